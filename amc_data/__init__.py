@@ -1,0 +1,45 @@
+"""amc-data: the AMC (CVPR 2017) keyword datasets, fetched, verified and encoded exactly as the
+authors did, in formats today's tools open.
+
+The pipeline runs one way, one module per stage: `fetch` -> `archive` -> `encode` -> `dataset`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .datadir import resolve_data_dir
+from .errors import (
+    AmcDataError,
+    ArchiveError,
+    ChecksumError,
+    ConfigError,
+    DownloadError,
+    HtmlResponseError,
+    InputError,
+    LockTimeoutError,
+    ManifestError,
+    MissingDependencyError,
+    UnsafePickleError,
+)
+
+try:
+    __version__ = version("amc-data")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AmcDataError",
+    "ArchiveError",
+    "ChecksumError",
+    "ConfigError",
+    "DownloadError",
+    "HtmlResponseError",
+    "InputError",
+    "LockTimeoutError",
+    "ManifestError",
+    "MissingDependencyError",
+    "UnsafePickleError",
+    "__version__",
+    "resolve_data_dir",
+]

@@ -1,0 +1,57 @@
+"""The project's own exceptions.
+
+Every error a user can cause or meet is one of these. Messages are complete sentences meant for a
+person: what went wrong, where (file, member, URL, list line), what was expected, what was found,
+and what to do next. The CLI catches `AmcDataError` once and prints the message without a
+traceback (`--debug` shows it).
+"""
+
+from __future__ import annotations
+
+
+class AmcDataError(Exception):
+    """Base class of every error amc-data raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(AmcDataError):
+    """An option or setting is invalid (unknown dataset, bad data folder, bad parameter)."""
+
+    exit_code = 2
+
+
+class ManifestError(AmcDataError):
+    """A manifest or lock file is unreadable or malformed."""
+
+
+class DownloadError(AmcDataError):
+    """A file could not be downloaded from any of its sources."""
+
+
+class HtmlResponseError(DownloadError):
+    """A server answered with an HTML page where file data was expected."""
+
+
+class ChecksumError(AmcDataError):
+    """A file's size or hash differs from the expected value."""
+
+
+class ArchiveError(AmcDataError):
+    """A zip archive or one of its members is unsafe, damaged or not as expected."""
+
+
+class InputError(AmcDataError):
+    """Input data (a keyword file, a list file, dataset.json, a pickle) is not as expected."""
+
+
+class UnsafePickleError(InputError):
+    """A pickle tried to load a global (class or function); it was refused, nothing was run."""
+
+
+class LockTimeoutError(AmcDataError):
+    """Another amc-data process held a lock for longer than we were willing to wait."""
+
+
+class MissingDependencyError(AmcDataError):
+    """An optional dependency (torch for `train` and `eval`) is not installed."""

@@ -1,0 +1,7 @@
+"""`amc-data encode`."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,61 @@
+"""The `amc-data` group: global options, logging set-up, and the single place errors are caught."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from amc_data.errors import AmcDataError
+
+
+class AmcGroup(click.Group):
+    """A Click group that turns amc-data's own exceptions into clean exits.
+
+    Errors are caught here, once: the message is printed without a traceback, unless `--debug`
+    was given, and the process exits with the error's code.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AmcDataError as exc:
+            if ctx.params.get("debug"):
+                traceback.print_exc(file=sys.stderr)
+            click.secho(f"Error: {exc}", err=True, fg="red")
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing half-written was left behind.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=AmcGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar="AMC_DATA_DEBUG", help="Show tracebacks on errors.")
+@click.option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="amc-data", prog_name="amc-data")
+def cli(debug: bool, verbose: int) -> None:
+    """Fetch, verify and encode the AMC keyword datasets (Clickture, MSCOCO) exactly as the
+    authors did, and train and evaluate the AMC model on them."""
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    level = logging.DEBUG if debug else levels.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _register_subcommands() -> None:
+    # Imported here so each subcommand module can import `cli` without a cycle.
+    from . import encode, fetch
+
+    for module in (fetch, encode):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register_subcommands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="amc-data")
