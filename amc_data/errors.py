@@ -55,3 +55,16 @@ class LockTimeoutError(AmcDataError):
 
 class MissingDependencyError(AmcDataError):
     """An optional dependency (torch for `train` and `eval`) is not installed."""
+
+
+class FetchIncompleteError(DownloadError):
+    """`fetch` ended with at least one requested file missing or unverified (details per file)."""
+
+
+class VerificationError(ChecksumError):
+    """`verify` found at least one file missing or different from its expected checksums."""
+
+
+class TransientDownloadError(DownloadError):
+    """A download failed in a way worth retrying: a dropped connection, a timeout, a 5xx, 408 or
+    429 answer, or a body shorter than announced (the partial download is kept for resuming)."""

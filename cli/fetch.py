@@ -1,7 +1,220 @@
-"""`amc-data fetch`, `verify` and `info`."""
+"""`amc-data fetch`, `verify` and `info`: parse options, call the library, print tables."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 
-COMMANDS: list[click.Command] = []
+from amc_data.errors import FetchIncompleteError, VerificationError
+from amc_data.fetch import FetchResult, Outcome, fetch
+from amc_data.progress import progress_enabled
+from amc_data.verify import FileReport, FileStatus, info, verify
+
+from .options import data_dir_option, jobs_option, quiet_option
+
+_manifest_option = click.option(
+    "--manifest",
+    "manifest_paths",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=str),
+    help="Use this manifest (TOML) instead of the bundled one of the same name; its `name` is "
+    "the dataset. Repeatable.",
+)
+
+
+def human_size(size: int | None) -> str:
+    """Bytes as a short human-readable size ("1.5 MiB"); "-" when unknown."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+_OUTCOME_COLOUR = {Outcome.FAILED: "red", Outcome.RECORDED: "yellow"}
+
+
+def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
+    if not quiet:
+        rows = [(f"{r.dataset}/{r.name}", human_size(r.size), r.outcome.value) for r in results]
+        click.echo(_table(("file", "size", "outcome"), rows))
+        recorded = [r for r in results if r.outcome is Outcome.RECORDED]
+        if recorded:
+            click.secho(
+                f"\n{len(recorded)} file(s) had no published hash: their size and sha256 were "
+                "recorded in the dataset's amc-data.lock.json; later runs and `verify` hold them "
+                "to it.",
+                fg="yellow",
+            )
+    failed = [r for r in results if not r.ok]
+    if failed:
+        click.secho("\nFailures:", fg="red", err=True)
+        for r in failed:
+            click.echo(f"  {r.dataset}/{r.name}: {r.reason}", err=True)
+
+
+@click.command("fetch")
+@click.argument("datasets", nargs=-1)
+@data_dir_option
+@_manifest_option
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=str),
+    help="Folder of files placed by hand (DIR/<file> or DIR/<dataset>/<file>), looked at before "
+    "any network call; each is verified, then copied or linked in.",
+)
+@jobs_option(4, "Files fetched at once.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Retries per URL on transient errors (drops, timeouts, 5xx, 408, 429).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a connection or for data.",
+)
+@click.option(
+    "--backoff",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="First retry delay in seconds; it doubles on each retry.",
+)
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to wait for another amc-data process fetching the same file "
+    "(default: as long as it takes).",
+)
+@quiet_option
+def fetch_command(
+    datasets: tuple[str, ...],
+    data_dir: str | None,
+    manifest_paths: tuple[str, ...],
+    from_dir: str | None,
+    jobs: int,
+    retries: int,
+    timeout: float,
+    backoff: float,
+    lock_timeout: float | None,
+    quiet: bool,
+) -> None:
+    """Download DATASETS (default: every bundled one) into the data folder, verified.
+
+    A file already present and verified costs no network call; a partial download resumes;
+    files without a published hash get their size and sha256 recorded. Exits 0 only when every
+    requested file is present and verified.
+    """
+    results = fetch(
+        datasets,
+        data_dir=data_dir,
+        manifest_paths=manifest_paths,
+        from_dir=from_dir,
+        jobs=jobs,
+        retries=retries,
+        timeout=timeout,
+        backoff=backoff,
+        lock_timeout=lock_timeout,
+        progress=progress_enabled(quiet),
+    )
+    _print_fetch(results, quiet)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        raise FetchIncompleteError(
+            f"{failed} of {len(results)} file(s) are not in place (reasons above). Run the same "
+            "command again to resume, or download by hand and use `--from DIR`."
+        )
+
+
+def _report_rows(reports: Sequence[FileReport]) -> list[tuple[str, str, str, str]]:
+    return [
+        (f"{r.dataset}/{r.name}", human_size(r.size), r.status.value, r.detail or "")
+        for r in reports
+    ]
+
+
+@click.command("verify")
+@click.argument("datasets", nargs=-1)
+@data_dir_option
+@_manifest_option
+@quiet_option
+def verify_command(
+    datasets: tuple[str, ...], data_dir: str | None, manifest_paths: tuple[str, ...], quiet: bool
+) -> None:
+    """Re-hash the files of DATASETS (default: every bundled one) against their manifests and
+    the recorded hashes. Exits non-zero on any missing or different file."""
+    reports = verify(
+        datasets, data_dir=data_dir, manifest_paths=manifest_paths, progress=progress_enabled(quiet)
+    )
+    failed = [r for r in reports if r.status.failed]
+    shown = failed if quiet else reports
+    if shown:
+        click.echo(_table(("file", "size", "status", "detail"), _report_rows(shown)))
+    if failed:
+        raise VerificationError(
+            f"{len(failed)} of {len(reports)} file(s) are missing or not the expected files. "
+            "Run `amc-data fetch` to download them again."
+        )
+
+
+@click.command("info")
+@click.argument("datasets", nargs=-1)
+@data_dir_option
+@_manifest_option
+@click.option("--no-hash", is_flag=True, help="Check presence and size only (fast).")
+@quiet_option
+def info_command(
+    datasets: tuple[str, ...],
+    data_dir: str | None,
+    manifest_paths: tuple[str, ...],
+    no_hash: bool,
+    quiet: bool,
+) -> None:
+    """Show the data folder, the manifests, and which files are present and verified."""
+    report = info(
+        datasets,
+        data_dir=data_dir,
+        manifest_paths=manifest_paths,
+        hash_files=not no_hash,
+        progress=progress_enabled(quiet),
+    )
+    click.echo(f"data folder: {report.data_dir}")
+    for ds in report.datasets:
+        kind = "bundled" if ds.manifest.bundled else "given"
+        click.echo(f"\n{ds.manifest.name}: {ds.manifest.description or ''}".rstrip())
+        click.echo(f"  manifest ({kind}): {ds.manifest.source}")
+        click.echo(f"  folder: {ds.folder}")
+        if ds.manifest.note:
+            click.echo(f"  note: {ds.manifest.note}")
+        ready = sum(r.status is FileStatus.OK for r in ds.files)
+        click.echo(f"  {ready} of {len(ds.files)} file(s) verified")
+        rows = [
+            (r.name, human_size(r.size), r.status.value, r.expected.source, r.detail or "")
+            for r in ds.files
+        ]
+        table = _table(("file", "size", "status", "checksums", "detail"), rows)
+        click.echo("\n".join("  " + line for line in table.splitlines()))
+
+
+COMMANDS: list[click.Command] = [fetch_command, verify_command, info_command]

@@ -1,0 +1,253 @@
+"""A real HTTP server on 127.0.0.1 for the tests, with scriptable misbehaviour per route.
+
+Each route serves bytes and can, on chosen requests, fail with a status, ignore `Range`, answer a
+206 that starts at the wrong byte, drop the connection after some bytes, send a close-delimited
+body, or serve an HTML page. The server counts requests and body bytes sent per route, so a test
+can check that a resume re-sent fewer bytes than the file holds.
+
+It also fakes the three Google Drive pages amc-data meets: a folder's `embeddedfolderview`
+listing, the "virus scan" confirmation form, and the quota-exceeded page.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass
+class Route:
+    """What one path serves, and how it misbehaves.
+
+    Request numbers count from 1. `fail` maps request numbers to an error status; `drop_after`
+    maps request numbers to the body bytes sent before the connection is cut (the announced
+    Content-Length stays the full one).
+    """
+
+    data: bytes
+    content_type: str = "application/octet-stream"
+    status: int | None = None  # always answer this status (e.g. 404) with a tiny body
+    fail: dict[int, int] = field(default_factory=dict)
+    drop_after: dict[int, int] = field(default_factory=dict)
+    ranges: str = "honour"  # "honour", "ignore" (always 200), "wrong-start" (206 from byte 0)
+    close_delimited: bool = False  # no Content-Length; the end of the body is the closed socket
+    chunk_delay: float = 0.0  # seconds between 64 KiB pieces, to make downloads slow
+    requests: int = 0
+    bytes_sent: int = 0
+    ranges_asked: list[str | None] = field(default_factory=list)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients hanging up mid-body is what several tests do on purpose.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class FakeServer:
+    """The routes and the running server. Add routes with `add`; build URLs with `url`."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.lock = threading.Lock()
+        self.httpd = _QuietServer(("127.0.0.1", 0), _Handler)
+        self.httpd.fake = self  # type: ignore[attr-defined]
+        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def add(self, key: str, data: bytes = b"", **behaviour: object) -> Route:
+        """Serve `data` at `key`: a path, or a path with the query it must match
+        (`/uc?id=abc`: a request matches when it carries those parameters)."""
+        route = Route(data=data, **behaviour)  # type: ignore[arg-type]
+        self.routes[key] = route
+        return route
+
+    def url(self, key: str) -> str:
+        """The full URL of a route key."""
+        return self.origin + key
+
+    def find(self, target: str) -> Route | None:
+        """The route a request target matches (exact path, then path plus query subset)."""
+        parts = urlsplit(target)
+        params = dict(parse_qsl(parts.query))
+        for key, route in self.routes.items():
+            key_parts = urlsplit(key)
+            if key_parts.path != parts.path:
+                continue
+            wanted = dict(parse_qsl(key_parts.query))
+            if all(params.get(k) == v for k, v in wanted.items()):
+                return route
+        return None
+
+    # ------------------------------------------------------------------ Google Drive fake
+
+    def add_drive_folder(self, folder_id: str, entries: list[tuple[str, str, str]]) -> str:
+        """A Drive folder listing; entries are (kind "file"/"folder", id, name). Returns the
+        folder URL a manifest would hold."""
+        links = []
+        for kind, entry_id, name in entries:
+            href = (
+                f"https://drive.google.com/file/d/{entry_id}/view?usp=drive_web"
+                if kind == "file"
+                else f"https://drive.google.com/drive/folders/{entry_id}"
+            )
+            links.append(
+                f'<div class="flip-entry" id="entry-{entry_id}"><div class="flip-entry-info">'
+                f'<a href="{href}" target="_blank"><div class="flip-entry-list-icon"><img '
+                f'src="x.png"></div><div class="flip-entry-title">{name}</div></a></div>'
+                '<div class="flip-entry-last-modified"><div>Jan 1, 2017</div></div></div>'
+            )
+        page = (
+            "<!DOCTYPE html><html><head><title>AMC data</title></head><body>"
+            f'<div class="flip-entries">{"".join(links)}</div></body></html>'
+        )
+        self.add(f"/embeddedfolderview?id={folder_id}", page.encode(), content_type=_HTML)
+        return self.url(f"/drive/folders/{folder_id}")
+
+    def add_drive_file(self, file_id: str, data: bytes, *, mode: str = "confirm", **kw: object):
+        """A Drive file. mode "direct": `uc` serves the bytes; "confirm": `uc` answers the virus
+        scan form whose confirmed URL serves them; "quota": `uc` answers the quota page.
+        Returns the route that serves the bytes (None for "quota")."""
+        if mode == "direct":
+            return self.add(f"/uc?id={file_id}", data, **kw)
+        if mode == "quota":
+            self.add(f"/uc?id={file_id}", _QUOTA_PAGE.encode(), content_type=_HTML)
+            return None
+        form = (
+            "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
+            '<body><div class="uc-main"><p class="uc-warning-caption">Google Drive can\'t scan '
+            "this file for viruses.</p>\n"
+            f'<form id="download-form" action="{self.origin}/download" method="get">'
+            '<input type="submit" id="uc-download-link" value="Download anyway"/>'
+            f'<input type="hidden" name="id" value="{file_id}">'
+            '<input type="hidden" name="export" value="download">'
+            '<input type="hidden" name="confirm" value="t">'
+            '<input type="hidden" name="uuid" value="5c3c1b4e-0000-4000-8000-000000000000">'
+            "</form>\n</div></body></html>"
+        )
+        self.add(f"/uc?id={file_id}", form.encode(), content_type=_HTML)
+        return self.add(f"/download?id={file_id}&confirm=t", data, **kw)
+
+
+_HTML = "text/html; charset=utf-8"
+_QUOTA_PAGE = (
+    "<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>\n"
+    '<div class="uc-main"><p class="uc-error-caption">Sorry, you can\'t view or download this '
+    "file at this time.</p>\n"
+    '<p class="uc-error-subcaption">Too many users have viewed or downloaded this file recently. '
+    "Please try accessing the file again later.</p>\n</div></body></html>"
+)
+_RANGE = re.compile(r"bytes=(\d+)-$")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # the tests' output stays clean
+        pass
+
+    def do_GET(self) -> None:
+        fake: FakeServer = self.server.fake  # type: ignore[attr-defined]
+        with fake.lock:
+            route = fake.find(self.path)
+            if route is not None:
+                route.requests += 1
+                number = route.requests
+                route.ranges_asked.append(self.headers.get("Range"))
+        if route is None:
+            return self._small(404, b"no such route")
+        status = route.status or route.fail.get(number)
+        if status:
+            return self._small(status, b"scripted failure")
+        data = route.data
+        start = 0
+        asked = _RANGE.match(self.headers.get("Range", ""))
+        code = 200
+        if asked and route.ranges == "honour":
+            start = int(asked.group(1))
+            if start >= len(data):
+                return self._small(416, b"range not satisfiable", total=len(data))
+            code = 206
+        elif asked and route.ranges == "wrong-start":
+            code = 206  # a 206, but from byte 0 whatever was asked
+        body = data[start:]
+        self.send_response(code)
+        self.send_header("Content-Type", route.content_type)
+        self.send_header("Accept-Ranges", "bytes")
+        if code == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        if route.close_delimited:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = route.drop_after.get(number)
+        self._send_body(route, body if cut is None else body[:cut], fake)
+        if cut is not None:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+
+    def _send_body(self, route: Route, body: bytes, fake: FakeServer) -> None:
+        step = 64 * 1024
+        for offset in range(0, len(body), step):
+            piece = body[offset : offset + step]
+            try:
+                self.wfile.write(piece)
+            except OSError:  # the client went away
+                return
+            with fake.lock:
+                route.bytes_sent += len(piece)
+            if route.chunk_delay:
+                time.sleep(route.chunk_delay)
+
+    def _small(self, code: int, body: bytes, total: int | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        if total is not None:
+            self.send_header("Content-Range", f"bytes */{total}")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextmanager
+def serve() -> Iterator[FakeServer]:
+    """Run a FakeServer in a thread for the length of the block."""
+    fake = FakeServer()
+    thread = threading.Thread(target=fake.httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        fake.httpd.shutdown()
+        fake.httpd.server_close()
+        thread.join(timeout=5)
+
+
+def write_manifest(path: Path, name: str, files: list[dict[str, object]]) -> Path:
+    """Write a manifest TOML for the tests; each file is a dict of manifest keys."""
+    lines = [f'name = "{name}"']
+    for entry in files:
+        lines.append("[[files]]")
+        for key, value in entry.items():
+            if isinstance(value, list | tuple):
+                items = ", ".join(f'"{item}"' for item in value)
+                lines.append(f"{key} = [{items}]")
+            elif isinstance(value, int):
+                lines.append(f"{key} = {value}")
+            else:
+                lines.append(f'{key} = "{value}"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

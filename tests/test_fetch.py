@@ -1,0 +1,312 @@
+"""`fetch` against a real loopback HTTP server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import FakeServer, serve, write_manifest
+
+from amc_data.errors import ConfigError
+from amc_data.fetch import FetchResult, Outcome, fetch, looks_like_html
+from amc_data.manifest import LOCK_FILE_NAME
+
+SIZE = 300_000
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    with serve() as fake:
+        yield fake
+
+
+@pytest.fixture
+def data() -> bytes:
+    return random.Random(7).randbytes(SIZE)
+
+
+def git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def entry(name: str, urls: list[str], data: bytes | None, *, hashes: str = "all") -> dict:
+    """A manifest entry; `hashes`: "all", "git" (git blob sha1 only) or "none"."""
+    item: dict[str, object] = {"name": name, "urls": urls}
+    if data is not None and hashes == "all":
+        item.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if data is not None and hashes in ("all", "git"):
+        item["git_blob_sha1"] = git_sha1(data)
+    return item
+
+
+def run(tmp_path: Path, files: list[dict], **options) -> list[FetchResult]:
+    manifest = write_manifest(tmp_path / "t.toml", "t", files)
+    options = {"retries": 3, "backoff": 0.01, "timeout": 5, "jobs": 1, **options}
+    return fetch(["t"], data_dir=tmp_path / "data", manifest_paths=[manifest], **options)
+
+
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "t"
+
+
+def test_download_then_present_without_network(tmp_path, server, data):
+    route = server.add("/f.bin", data)
+    files = [entry("f.bin", [server.url("/f.bin")], data)]
+    [result] = run(tmp_path, files)
+    assert result.outcome is Outcome.DOWNLOADED and result.ok
+    assert (folder(tmp_path) / "f.bin").read_bytes() == data
+    assert sorted(p.name for p in folder(tmp_path).iterdir() if not p.name.endswith(".lock")) == [
+        "f.bin"
+    ]  # no partial left behind, and no lock file: the manifest vouches for the file
+    [again] = run(tmp_path, files)
+    assert again.outcome is Outcome.PRESENT
+    assert route.requests == 1
+
+
+def test_resume_after_dropped_connection_resends_less(tmp_path, server, data):
+    route = server.add("/f.bin", data, drop_after={1: 120_000})
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.RESUMED
+    assert (folder(tmp_path) / "f.bin").read_bytes() == data
+    assert route.requests == 2
+    assert route.ranges_asked[0] is None
+    assert route.ranges_asked[1] is not None and route.ranges_asked[1] != "bytes=0-"
+    assert route.bytes_sent < 1.5 * SIZE  # the second request did not send the whole file
+
+
+def test_partial_survives_a_failed_run_and_the_next_run_resumes(tmp_path, server, data):
+    route = server.add("/f.bin", data, drop_after={1: 150_000})
+    files = [entry("f.bin", [server.url("/f.bin")], data)]
+    [failed] = run(tmp_path, files, retries=0)
+    assert failed.outcome is Outcome.FAILED
+    assert "kept for resuming" in failed.reason
+    assert not (folder(tmp_path) / "f.bin").exists()  # nothing incomplete at the final name
+    held = (folder(tmp_path) / ".f.bin.part").stat().st_size
+    assert 0 < held < SIZE
+    [result] = run(tmp_path, files)
+    assert result.outcome is Outcome.RESUMED
+    assert route.ranges_asked[1] == f"bytes={held}-"
+    assert (folder(tmp_path) / "f.bin").read_bytes() == data
+
+
+def test_server_ignoring_range_restarts_from_zero(tmp_path, server, data):
+    route = server.add("/f.bin", data, drop_after={1: 100_000}, ranges="ignore")
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.DOWNLOADED  # the 200 body was taken as the whole file
+    assert (folder(tmp_path) / "f.bin").read_bytes() == data
+    assert route.requests == 2
+
+
+def test_206_starting_elsewhere_is_not_appended(tmp_path, server, data):
+    route = server.add("/f.bin", data, drop_after={1: 100_000}, ranges="wrong-start")
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.ok
+    assert (folder(tmp_path) / "f.bin").read_bytes() == data
+    assert route.ranges_asked[1] is not None  # the resume was asked for ...
+    assert route.ranges_asked[2] is None  # ... refused, and the whole file asked for again
+
+
+def test_503_twice_then_success(tmp_path, server, data):
+    route = server.add("/f.bin", data, fail={1: 503, 2: 503})
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.DOWNLOADED
+    assert route.requests == 3
+
+
+def test_retries_run_out(tmp_path, server, data):
+    route = server.add("/f.bin", data, fail={1: 503, 2: 429, 3: 503})
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)], retries=2)
+    assert result.outcome is Outcome.FAILED
+    assert "503" in result.reason
+    assert route.requests == 3
+
+
+def test_404_is_not_retried_and_the_mirror_is_used(tmp_path, server, data):
+    dead = server.add("/dead.bin", status=404)
+    server.add("/f.bin", data)
+    urls = [server.url("/dead.bin"), server.url("/f.bin")]
+    [result] = run(tmp_path, [entry("f.bin", urls, data)])
+    assert result.outcome is Outcome.DOWNLOADED
+    assert result.origin == urls[1]
+    assert "404" in result.reason  # the dead mirror is mentioned
+    assert dead.requests == 1
+
+
+def test_close_delimited_short_body_never_lands(tmp_path, server, data):
+    route = server.add("/f.bin", data[:-1000], close_delimited=True)
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)], retries=1)
+    assert result.outcome is Outcome.FAILED
+    assert "short" in result.reason
+    assert not (folder(tmp_path) / "f.bin").exists()
+    assert route.requests >= 2  # a short body is retried
+
+
+def test_body_shorter_than_content_length_every_time(tmp_path, server, data):
+    server.add("/f.bin", data, drop_after={n: 1000 for n in range(1, 10)}, ranges="ignore")
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)], retries=2)
+    assert result.outcome is Outcome.FAILED
+    assert not (folder(tmp_path) / "f.bin").exists()
+
+
+def test_wrong_bytes_of_the_right_size(tmp_path, server, data):
+    wrong = bytes(b ^ 0xFF for b in data)
+    server.add("/f.bin", wrong)
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.FAILED
+    assert "f.bin" in result.reason and "deleted" in result.reason
+    assert hashlib.sha256(data).hexdigest() in result.reason  # expected
+    assert hashlib.sha256(wrong).hexdigest() in result.reason  # found
+    assert sorted(p.name for p in folder(tmp_path).iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_a_file_in_place_is_never_destroyed_by_a_bad_download(tmp_path, server, data):
+    server.add("/f.bin", bytes(len(data)))
+    target = folder(tmp_path) / "f.bin"
+    target.parent.mkdir(parents=True)
+    old = data[:-1] + b"x"  # what a user had: not the manifest's file, but theirs
+    target.write_bytes(old)
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.FAILED
+    assert "does not match" in result.reason
+    assert target.read_bytes() == old
+
+
+def test_good_file_in_place_costs_no_request(tmp_path, server, data):
+    route = server.add("/f.bin", bytes(len(data)))
+    target = folder(tmp_path) / "f.bin"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.PRESENT
+    assert route.requests == 0
+    assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"<html><body>Sign in</body></html>", "text/html"),
+        (b"\xef\xbb\xbf \n <!DOCTYPE html><html>quota</html>" + bytes(SIZE), "application/zip"),
+    ],
+)
+def test_html_page_instead_of_data(tmp_path, server, data, body, content_type):
+    route = server.add("/f.bin", body, content_type=content_type)
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data, hashes="none")])
+    assert result.outcome is Outcome.FAILED
+    assert "HTML" in result.reason and "--from" in result.reason
+    assert route.requests == 1  # not retried
+    written = [p.name for p in folder(tmp_path).iterdir() if not p.name.endswith(".lock")]
+    assert written == []  # no partial, no file, no record
+    assert not (folder(tmp_path) / LOCK_FILE_NAME).exists()
+
+
+def test_looks_like_html():
+    assert looks_like_html(b"  \r\n<!doctype HTML>")
+    assert looks_like_html(b"\xef\xbb\xbf<html lang='en'>")
+    assert looks_like_html(b"PK\x03\x04", "text/html; charset=utf-8")
+    assert not looks_like_html(b"PK\x03\x04<html>")
+    assert not looks_like_html(b"00048500\n00048501\n")
+
+
+@pytest.mark.parametrize("layout", ["flat", "per-dataset"])
+def test_from_folder_good_file_costs_no_request(tmp_path, server, data, layout):
+    route = server.add("/f.bin", data)
+    given = tmp_path / "given" / ("t" if layout == "per-dataset" else "")
+    given.mkdir(parents=True)
+    (given / "f.bin").write_bytes(data)
+    files = [entry("f.bin", [server.url("/f.bin")], data)]
+    [result] = run(tmp_path, files, from_dir=tmp_path / "given")
+    assert result.outcome is Outcome.COPIED
+    assert result.origin == str(given / "f.bin")
+    assert (folder(tmp_path) / "f.bin").read_bytes() == data
+    assert route.requests == 0
+
+
+def test_from_folder_bad_file_fails_without_network(tmp_path, server, data):
+    route = server.add("/f.bin", data)
+    (tmp_path / "given").mkdir()
+    (tmp_path / "given" / "f.bin").write_bytes(data[:-10])
+    files = [entry("f.bin", [server.url("/f.bin")], data)]
+    [result] = run(tmp_path, files, from_dir=tmp_path / "given")
+    assert result.outcome is Outcome.FAILED
+    assert "--from" in result.reason and "not downloaded" in result.reason
+    assert "size" in result.reason
+    assert route.requests == 0
+    assert not (folder(tmp_path) / "f.bin").exists()
+
+
+def test_missing_from_folder_is_a_config_error(tmp_path, data):
+    with pytest.raises(ConfigError, match="does not exist"):
+        run(tmp_path, [entry("f.bin", ["http://127.0.0.1:9/f"], data)], from_dir=tmp_path / "no")
+
+
+def test_file_without_hash_is_recorded_and_then_held_to_it(tmp_path, server, data):
+    route = server.add("/f.bin", data)
+    files = [entry("f.bin", [server.url("/f.bin")], data, hashes="none")]
+    [result] = run(tmp_path, files)
+    assert result.outcome is Outcome.RECORDED
+    lock = json.loads((folder(tmp_path) / LOCK_FILE_NAME).read_text())
+    assert lock["files"]["f.bin"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert lock["files"]["f.bin"]["size"] == SIZE
+    # The file changes on disk: the next fetch sees it and puts the recorded file back.
+    target = folder(tmp_path) / "f.bin"
+    target.write_bytes(b"\0" + data[1:])
+    [again] = run(tmp_path, files)
+    assert again.outcome is Outcome.DOWNLOADED
+    assert target.read_bytes() == data
+    assert route.requests == 2
+    # And a server that now serves other bytes is refused.
+    target.unlink()
+    route.data = bytes(len(data))
+    [changed] = run(tmp_path, files)
+    assert changed.outcome is Outcome.FAILED
+    assert "sha256" in changed.reason
+
+
+def test_git_blob_sha1_only(tmp_path, server, data):
+    server.add("/f.bin", data, close_delimited=True)  # size unknown until the end
+    server.add("/g.bin", data)
+    files = [
+        entry("f.bin", [server.url("/f.bin")], data, hashes="git"),
+        entry("g.bin", [server.url("/g.bin")], data[::-1], hashes="git"),
+    ]
+    ok, bad = run(tmp_path, files)
+    assert ok.outcome is Outcome.DOWNLOADED  # vouched for by git: not "recorded"
+    lock = json.loads((folder(tmp_path) / LOCK_FILE_NAME).read_text())
+    assert lock["files"]["f.bin"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert bad.outcome is Outcome.FAILED
+    assert "git blob sha1" in bad.reason and git_sha1(data[::-1]) in bad.reason
+
+
+def test_announced_size_differs_from_manifest(tmp_path, server, data):
+    server.add("/f.bin", data + b"extra")
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.FAILED
+    assert "announces" in result.reason and str(SIZE) in result.reason
+
+
+def test_parallel_jobs(tmp_path, server):
+    blobs = {f"f{i}.bin": random.Random(i).randbytes(50_000 + i) for i in range(6)}
+    for name, blob in blobs.items():
+        server.add(f"/{name}", blob, fail={1: 503})
+    files = [entry(name, [server.url(f"/{name}")], blob) for name, blob in blobs.items()]
+    results = run(tmp_path, files, jobs=3)
+    assert [r.name for r in results] == list(blobs)  # manifest order
+    assert all(r.outcome is Outcome.DOWNLOADED for r in results)
+    for name, blob in blobs.items():
+        assert (folder(tmp_path) / name).read_bytes() == blob
+
+
+def test_parallel_records_all_land_in_the_lock_file(tmp_path, server):
+    blobs = {f"f{i}.bin": random.Random(i).randbytes(10_000) for i in range(8)}
+    for name, blob in blobs.items():
+        server.add(f"/{name}", blob)
+    files = [entry(name, [server.url(f"/{name}")], None) for name in blobs]
+    results = run(tmp_path, files, jobs=4)
+    assert all(r.outcome is Outcome.RECORDED for r in results)
+    lock = json.loads((folder(tmp_path) / LOCK_FILE_NAME).read_text())
+    assert sorted(lock["files"]) == sorted(blobs)
