@@ -18,10 +18,12 @@ import os
 import pickle
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
+
+import numpy as np
 
 from .errors import ArchiveError, InputError, UnsafePickleError
 
@@ -89,6 +91,8 @@ class Archive(Protocol):
     def member(self, name: str) -> Member | None: ...
     def top_folders(self) -> list[str]: ...
     def read_member(self, member: Member) -> bytes: ...
+    def locations(self, names: Sequence[str]) -> np.ndarray: ...
+    def read_at(self, name: str, location: Sequence[int]) -> bytes: ...
 
 
 class ZipArchive:
@@ -231,6 +235,18 @@ class ZipArchive:
         fields = self._index().get(name)
         return None if fields is None else Member(name, *fields)
 
+    def locations(self, names: Sequence[str]) -> np.ndarray:
+        """`(len(names), 6)` int64: each member's fields after its name, for `read_at`.
+
+        The compact form in which the encoder ships a million member references to workers.
+        """
+        index = self._index()
+        return np.array([index[name] for name in names], dtype=np.int64).reshape(-1, 6)
+
+    def read_at(self, name: str, location: Sequence[int]) -> bytes:
+        """Read a member from its name and a row of `locations`, without the directory."""
+        return self.read_member(Member(name, *map(int, location)))
+
     def members(self, include_junk: bool = False) -> Iterator[Member]:
         """Every file member, in directory order (junk entries left out unless asked for)."""
         for name, fields in self._index().items():
@@ -351,6 +367,13 @@ class DirectoryArchive:
             if entry.is_dir() and not is_junk(entry.name)
         )
 
+    def locations(self, names: Sequence[str]) -> np.ndarray:
+        """Placeholders: a folder needs no locations, `read_at` goes by name."""
+        return np.full((len(names), 6), -1, dtype=np.int64)
+
+    def read_at(self, name: str, location: Sequence[int]) -> bytes:
+        return self.read(name)
+
     def read_member(self, member: Member) -> bytes:
         if member.size > self.limits.max_member_size:
             raise ArchiveError(f"File {self.path / member.name} is over the member-size cap.")
@@ -376,16 +399,37 @@ def open_archive(path: str | os.PathLike[str], limits: ArchiveLimits | None = No
     return ZipArchive(path, limits)
 
 
-def find_root(archive: Archive, expected: Iterable[str]) -> str:
-    """The folder prefix ('' or 'top/') under which the `expected` relative member names live.
+@dataclass(frozen=True)
+class MemberLayout:
+    """How an archive's member names relate to the names the authors' scripts expect.
 
-    Archives are sometimes zipped with one wrapping folder around everything; this finds out
-    from a sample of names we know must be there. Ties go to the archive's root.
+    Archives are sometimes zipped with one wrapping folder around everything, or without the
+    folder level the scripts expect (a folder unzipped in place); `name` maps an expected
+    relative name such as `keywords_dev/00048500.json` to the member that holds it.
+    """
+
+    prefix: str = ""
+    strip_first_folder: bool = False
+
+    def name(self, expected: str) -> str:
+        if self.strip_first_folder and "/" in expected:
+            expected = expected.split("/", 1)[1]
+        return self.prefix + expected
+
+
+def find_layout(archive: Archive, expected: Iterable[str]) -> MemberLayout:
+    """The layout under which most of the `expected` names (a sample) exist in `archive`.
+
+    Ties go to the plainest layout: the archive's root, names as expected.
     """
     sample = list(expected)
-    candidates = ["", *(f"{top}/" for top in archive.top_folders())]
-    hits = {prefix: sum((prefix + name) in archive for name in sample) for prefix in candidates}
-    return max(candidates, key=lambda prefix: hits[prefix])
+    layouts = [
+        MemberLayout(prefix, strip)
+        for prefix in ["", *(f"{top}/" for top in archive.top_folders())]
+        for strip in (False, True)
+    ]
+    hits = [sum(layout.name(name) in archive for name in sample) for layout in layouts]
+    return layouts[hits.index(max(hits))]
 
 
 # -- pickles -----------------------------------------------------------------------------------

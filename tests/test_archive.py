@@ -14,7 +14,7 @@ from amc_data.archive import (
     ArchiveLimits,
     DirectoryArchive,
     ZipArchive,
-    find_root,
+    find_layout,
     load_id_map,
     open_archive,
 )
@@ -73,10 +73,16 @@ def test_junk_entries_are_left_out_and_wrapping_folders_found(tmp_path):
     with ZipArchive(path) as archive:
         assert archive.top_folders() == ["wrap"]
         assert all("MACOSX" not in m.name and "DS_Store" not in m.name for m in archive.members())
-        assert find_root(archive, ["keywords_dev/00000001.json", "dataset.json"]) == "wrap/"
+        layout = find_layout(archive, ["keywords_dev/00000001.json", "dataset.json"])
+        assert layout.name("dataset.json") == "wrap/dataset.json"
     unwrapped = write_zip(tmp_path / "u.zip", CONTENT)
     with ZipArchive(unwrapped) as archive:
-        assert find_root(archive, ["keywords_dev/00000001.json"]) == ""
+        layout = find_layout(archive, ["keywords_dev/00000001.json"])
+        assert layout.name("keywords_dev/x.json") == "keywords_dev/x.json"
+    flat = write_zip(tmp_path / "flat.zip", {"00000001.json": b"{}", "00000002.json": b"{}"})
+    with ZipArchive(flat) as archive:
+        layout = find_layout(archive, ["keywords_dev/00000001.json", "keywords_dev/00000002.json"])
+        assert layout.name("keywords_dev/00000009.json") == "00000009.json"
 
 
 @pytest.mark.parametrize(

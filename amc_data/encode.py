@@ -1,0 +1,472 @@
+"""`encode`: the authors' keyword encoding (SPEC §2), exactly, streaming and in parallel.
+
+Two passes over the documents, each spread over `jobs` worker processes that read members
+straight from the archives: the first counts document frequencies over the fitting set and fixes
+the vocabulary; the second turns every document into word ids. Results come back in order, a
+chunk at a time, and go straight to the writers in `formats`; everything is written into a
+staging folder that replaces the output folder in one rename, so a crash or Ctrl-C leaves the
+previous outputs as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from itertools import repeat
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .analyzer import (
+    Analyzer,
+    count_document_frequencies,
+    document_from_keywords,
+    fit_vocabulary,
+    load_stop_words,
+)
+from .archive import Archive
+from .datadir import dataset_dir
+from .errors import ArchiveError, ConfigError, InputError
+from .inputs import (
+    SKIP_HINT,
+    Documents,
+    OnError,
+    SkippedItem,
+    check_dataset,
+    input_files,
+    plan_documents,
+)
+from .outputs import (
+    OutputWriters,
+    commit_outputs,
+    input_records,
+    output_lock,
+    package_versions,
+    read_manifest,
+    staging_folder,
+)
+from .progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("original", "csr", "parquet")
+_CHUNK = 4096  # documents per task: small enough for smooth progress, large enough to amortise IPC
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """What `encode` does; the defaults are the authors' settings."""
+
+    min_df: int = 6
+    stop_words: str = "english"  # "english", "none", or the path of a word list
+    formats: tuple[str, ...] = FORMATS
+    on_error: OnError = "fail"
+    jobs: int | None = None  # worker processes; None: all cores
+    force: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown or not self.formats:
+            raise ConfigError(
+                f"Unknown output format(s) {unknown or '(none given)'}; choose from "
+                f"{', '.join(FORMATS)}."
+            )
+        if self.on_error not in ("fail", "skip"):
+            raise ConfigError(f"on_error must be 'fail' or 'skip', not {self.on_error!r}.")
+        if isinstance(self.min_df, bool) or not isinstance(self.min_df, int) or self.min_df < 0:
+            raise ConfigError(f"min_df must be a whole number >= 0, not {self.min_df!r}.")
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(f"jobs must be at least 1, not {self.jobs}.")
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """What an encode produced (or found already up to date)."""
+
+    dataset: str
+    out_dir: Path
+    up_to_date: bool
+    vocabulary_size: int
+    counts: dict[str, dict[str, int]]  # split -> documents, encoded, skipped, pairs
+    skipped: tuple[SkippedItem, ...] = ()
+    outputs: tuple[str, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- worker side ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Task:
+    start: int  # index of the chunk's first document
+    archive: int
+    members: list[str]
+    locations: np.ndarray  # (n, 6)
+
+
+_state: dict[str, Any] = {}  # per worker process: archives, analyzer, vocabulary table
+
+
+def _init_worker(archives: tuple[Archive, ...], analyzer: Analyzer, words: list[str]) -> None:
+    _state["archives"] = archives
+    _state["analyzer"] = analyzer
+    _state["table"] = {word: word_id for word_id, word in enumerate(words)}
+
+
+class _BadDocument(Exception):
+    pass
+
+
+def _document(archive: Archive, name: str, location: np.ndarray) -> str:
+    """The member's document: its keywords joined by one space, or `_BadDocument` saying why."""
+    where = f"{archive.path} member {name!r}"
+    try:
+        data = archive.read_at(name, location)
+    except ArchiveError as exc:
+        raise _BadDocument(str(exc)) from None
+    try:
+        record = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise _BadDocument(f"{where} is not valid JSON ({exc}).") from None
+    expected = 'expected {"tagging": {"keywords": [strings]}}'
+    if type(record) is not dict or type(record.get("tagging")) is not dict:
+        found = "no 'tagging' object" if type(record) is dict else f"a {type(record).__name__}"
+        raise _BadDocument(f"{where} holds {found}; {expected}.")
+    keywords = record["tagging"].get("keywords")
+    if type(keywords) is not list or not all(type(k) is str for k in keywords):
+        found = "no 'keywords'" if keywords is None else f"keywords {json.dumps(keywords)[:120]}"
+        raise _BadDocument(f"{where} has {found}; {expected}.")
+    return document_from_keywords(keywords)
+
+
+def _documents(task: _Task, errors: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    archive = _state["archives"][task.archive]
+    for offset, (name, location) in enumerate(zip(task.members, task.locations, strict=True)):
+        try:
+            yield offset, _document(archive, name, location)
+        except _BadDocument as exc:
+            errors.append((offset, str(exc)))
+
+
+@dataclass
+class _Counts:
+    document_frequency: Counter[str]
+    documents: int
+    errors: list[tuple[int, str]]
+
+
+def _count_chunk(task: _Task) -> _Counts:
+    errors: list[tuple[int, str]] = []
+    documents = [text for _, text in _documents(task, errors)]
+    counter = count_document_frequencies(_state["analyzer"], documents)
+    return _Counts(counter, len(documents), errors)
+
+
+@dataclass
+class ChunkResult:
+    """Word ids of a chunk of documents, as flat arrays (no Python list per document)."""
+
+    start: int
+    tokens_seen: np.ndarray  # (n,) int32
+    tokens_kept: np.ndarray  # (n,) int32
+    word_ids: np.ndarray  # (k,) int32, in document then token order
+    positions: np.ndarray  # (k,) int32: index of the token among the document's tokens
+    csr_nnz: np.ndarray  # (n,) int32: distinct words per document
+    csr_columns: np.ndarray  # (u,) int32
+    csr_values: np.ndarray  # (u,) int32: counts
+    errors: list[tuple[int, str]]
+
+
+def _encode_chunk(task: _Task) -> ChunkResult:
+    analyzer, get = _state["analyzer"], _state["table"].get
+    n = len(task.members)
+    tokens_seen = np.zeros(n, dtype=np.int32)
+    ids: list[int] = []
+    errors: list[tuple[int, str]] = []
+    for offset, text in _documents(task, errors):
+        tokens = analyzer(text)
+        tokens_seen[offset] = len(tokens)
+        ids += map(get, tokens, repeat(-1))  # -1: not in the vocabulary
+    all_ids = np.array(ids, dtype=np.int32)
+    token_doc = np.repeat(np.arange(n), tokens_seen)  # (t,)
+    doc_start = np.cumsum(tokens_seen, dtype=np.int64) - tokens_seen
+    positions = np.arange(all_ids.size, dtype=np.int64) - doc_start[token_doc]
+    keep = all_ids >= 0
+    word_ids, kept_doc = all_ids[keep], token_doc[keep]
+    # Counts per (document, word) for the CSR matrices: one sort per chunk.
+    n_words = max(len(_state["table"]), 1)
+    keys, counts = np.unique(kept_doc.astype(np.int64) * n_words + word_ids, return_counts=True)
+    return ChunkResult(
+        start=task.start,
+        tokens_seen=tokens_seen,
+        tokens_kept=np.bincount(kept_doc, minlength=n).astype(np.int32),
+        word_ids=word_ids,
+        positions=positions[keep].astype(np.int32),
+        csr_nnz=np.bincount(keys // n_words, minlength=n).astype(np.int32),
+        csr_columns=(keys % n_words).astype(np.int32),
+        csr_values=counts.astype(np.int32),
+        errors=errors,
+    )
+
+
+# -- main side -----------------------------------------------------------------------------------
+def _tasks(documents: Documents, rows: np.ndarray) -> Iterator[_Task]:
+    """Chunks of the given document rows; a chunk never spans two archives."""
+    if rows.size == 0:
+        return
+    boundaries = np.flatnonzero(np.diff(documents.archive[rows])) + 1
+    for run in np.split(rows, boundaries):
+        for lo in range(0, run.size, _CHUNK):
+            chunk = run[lo : lo + _CHUNK]
+            yield _Task(
+                start=int(chunk[0]),
+                archive=int(documents.archive[chunk[0]]),
+                members=[documents.members[i] for i in chunk],
+                locations=documents.locations[chunk],
+            )
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _ordered_map(
+    executor: Executor | None, fn: Callable[[T], R], tasks: Iterable[T], window: int
+) -> Iterator[R]:
+    """`map` in order with at most `window` tasks in flight, so results never pile up."""
+    if executor is None:
+        yield from map(fn, tasks)
+        return
+    pending: deque[Any] = deque()
+    iterator = iter(tasks)
+    for task in iterator:
+        pending.append(executor.submit(fn, task))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _executor(jobs: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor | None:
+    """Worker processes, or None to work in this process (jobs=1)."""
+    if jobs == 1:
+        _init_worker(*initargs)
+        return None
+    # On Linux, fork shares the parent's imports (scikit-learn's is slow); elsewhere fork is
+    # unsafe or absent and the platform's default start method is used.
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+    return ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=initargs
+    )
+
+
+def _handle_errors(
+    errors: list[tuple[int, str]],
+    start: int,
+    documents: Documents,
+    config: EncodeConfig,
+    skipped: dict[int, SkippedItem],
+) -> None:
+    for offset, message in errors:
+        if config.on_error == "fail":
+            raise InputError(f"{message} {SKIP_HINT}")
+        row = start + offset
+        split = documents.splits[documents.split[row]]
+        skipped[row] = SkippedItem(split, documents.members[row], documents.members[row], message)
+
+
+def _fit(
+    documents: Documents, analyzer: Analyzer, config: EncodeConfig, jobs: int
+) -> tuple[list[str], np.ndarray]:
+    """Count document frequencies over the fitting set; return the vocabulary and its dfs.
+
+    Bad documents stop the run here under `on_error="fail"`; under "skip" they are left out of
+    the counts and recorded by the encoding pass, which meets them again.
+    """
+    rows = np.flatnonzero(documents.fit)
+    frequency: Counter[str] = Counter()
+    n_documents = 0
+    executor = _executor(jobs, (documents.archives, analyzer, []))
+    with (
+        executor or _NoExecutor(),
+        progress_bar(
+            total=rows.size, desc="fitting vocabulary", unit="doc", enabled=config.progress
+        ) as bar,
+    ):
+        for counts in _ordered_map(executor, _count_chunk, _tasks(documents, rows), 2 * jobs):
+            frequency.update(counts.document_frequency)
+            n_documents += counts.documents
+            _handle_errors(counts.errors, 0, documents, config, {})
+            bar.update(counts.documents + len(counts.errors))
+    words = fit_vocabulary(frequency, n_documents, config.min_df)
+    return words, np.array([frequency[word] for word in words], dtype=np.int64)
+
+
+class _NoExecutor:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _fingerprint(dataset: str, inputs: list[Path], config: EncodeConfig) -> dict[str, Any]:
+    """What decides the outputs: input identities, parameters, and this package's version."""
+    from . import __version__
+
+    stop_words = config.stop_words
+    if stop_words not in ("english", "none"):
+        stat = Path(stop_words).stat()
+        stop_words = f"{Path(stop_words).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return {
+        "dataset": dataset,
+        "inputs": [
+            {"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+            for p in inputs
+        ],
+        "min_df": config.min_df,
+        "stop_words": stop_words,
+        "formats": sorted(config.formats),
+        "on_error": config.on_error,
+        "amc_data": __version__,
+    }
+
+
+def encode(
+    dataset: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    config: EncodeConfig | None = None,
+) -> EncodeResult:
+    """Encode `dataset` ("clickture" or "coco") from `<data_dir>/<dataset>/` into `out`
+    (default `<data_dir>/<dataset>/encoded/`); return what was written."""
+    check_dataset(dataset)
+    config = config or EncodeConfig()
+    folder = dataset_dir(data_dir, dataset)
+    out_dir = Path(out) if out is not None else folder / "encoded"
+    inputs = input_files(dataset, folder)
+    fingerprint = _fingerprint(dataset, inputs, config)
+    with output_lock(out_dir):
+        previous = read_manifest(out_dir)
+        if not config.force and _up_to_date(out_dir, previous, fingerprint):
+            log.info("%s is up to date with its inputs; nothing to do", out_dir)
+            return _result_from_manifest(out_dir, previous)
+        with staging_folder(out_dir) as staging:
+            result, manifest = _encode_into(staging, dataset, folder, inputs, config)
+            manifest["fingerprint"] = fingerprint
+            (staging / "encode.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            commit_outputs(staging, out_dir)
+    return replace(result, out_dir=out_dir)
+
+
+def _encode_into(
+    staging: Path, dataset: str, folder: Path, inputs: list[Path], config: EncodeConfig
+) -> tuple[EncodeResult, dict[str, Any]]:
+    jobs = config.jobs or _cpu_count()
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+    documents = plan_documents(dataset, folder, config.on_error)
+    analyzer = Analyzer(load_stop_words(config.stop_words))
+    seconds["plan"] = time.perf_counter() - began
+    skipped_rows: dict[int, SkippedItem] = {}
+
+    mark = time.perf_counter()
+    words, frequencies = _fit(documents, analyzer, config, jobs)
+    seconds["fit"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    writers = OutputWriters(staging, documents, words, frequencies, config.formats, config.min_df)
+    rows = np.arange(len(documents))
+    executor = _executor(jobs, (documents.archives, analyzer, words))
+    with (
+        executor or _NoExecutor(),
+        progress_bar(
+            total=len(documents), desc=f"encoding {dataset}", unit="doc", enabled=config.progress
+        ) as bar,
+    ):
+        for chunk in _ordered_map(executor, _encode_chunk, _tasks(documents, rows), 2 * jobs):
+            _handle_errors(chunk.errors, chunk.start, documents, config, skipped_rows)
+            writers.add(chunk, {chunk.start + offset for offset, _ in chunk.errors})
+            bar.update(chunk.tokens_seen.size)
+    outputs, counts = writers.close()
+    seconds["encode"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - began
+
+    skipped = (*documents.skipped, *(skipped_rows[row] for row in sorted(skipped_rows)))
+    for split in documents.splits:
+        counts.setdefault(split, {"documents": 0, "encoded": 0, "pairs": 0})
+        counts[split]["skipped"] = sum(item.split == split for item in skipped)
+    result = EncodeResult(
+        dataset=dataset,
+        out_dir=staging,
+        up_to_date=False,
+        vocabulary_size=len(words),
+        counts=counts,
+        skipped=tuple(skipped),
+        outputs=(*outputs, "encode.json"),
+        seconds=seconds,
+    )
+    return result, _manifest(result, documents, inputs, folder, config, jobs)
+
+
+def _manifest(
+    result: EncodeResult,
+    documents: Documents,
+    inputs: list[Path],
+    folder: Path,
+    config: EncodeConfig,
+    jobs: int,
+) -> dict[str, Any]:
+    return {
+        "dataset": result.dataset,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": input_records(folder, result.dataset, inputs),
+        "parameters": {
+            "min_df": config.min_df,
+            "stop_words": config.stop_words,
+            "formats": list(config.formats),
+            "on_error": config.on_error,
+            "jobs": jobs,
+        },
+        "packages": package_versions(),
+        "vocabulary_size": result.vocabulary_size,
+        "counts": result.counts,
+        "absent_splits": list(documents.absent_splits),
+        "skipped": [asdict(item) for item in result.skipped],
+        "seconds": {key: round(value, 3) for key, value in result.seconds.items()},
+        "outputs": list(result.outputs),
+    }
+
+
+def _up_to_date(out_dir: Path, previous: dict[str, Any] | None, fingerprint: dict) -> bool:
+    if not previous or previous.get("fingerprint") != fingerprint:
+        return False
+    return all((out_dir / name).exists() for name in previous.get("outputs", []))
+
+
+def _result_from_manifest(out_dir: Path, manifest: dict[str, Any]) -> EncodeResult:
+    return EncodeResult(
+        dataset=manifest["dataset"],
+        out_dir=out_dir,
+        up_to_date=True,
+        vocabulary_size=manifest["vocabulary_size"],
+        counts=manifest["counts"],
+        skipped=tuple(SkippedItem(**item) for item in manifest.get("skipped", [])),
+        outputs=tuple(manifest.get("outputs", [])),
+        seconds={},
+    )
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

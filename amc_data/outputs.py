@@ -1,0 +1,271 @@
+"""The output folder of an encode: the writers for each format fed chunk by chunk, the staging
+folder that is swapped in whole, the lock that keeps two encodes apart, and `encode.json`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import filelock
+import numpy as np
+import pyarrow as pa
+
+from .errors import ConfigError
+from .formats import (
+    CsrBuilder,
+    NpyRowWriter,
+    ParquetTableWriter,
+    original_index,
+    save_csr,
+    write_vocab_tsv,
+)
+from .inputs import ORIGINAL_OUTPUTS, Documents
+
+if TYPE_CHECKING:
+    from .encode import ChunkResult
+
+log = logging.getLogger(__name__)
+
+PAIRS_ROW_GROUP = 1 << 21  # 2M rows of 13 bytes: ~26 MB a row group
+IMAGES_ROW_GROUP = 1 << 19
+SPLIT_TYPE = pa.dictionary(pa.int8(), pa.string())
+PAIRS_SCHEMA = pa.schema(
+    [("split", SPLIT_TYPE), ("img_id", pa.int32()), ("word_id", pa.int32()),
+     ("position", pa.int32())]
+)  # fmt: skip
+IMAGES_SCHEMA = pa.schema(
+    [("img_id", pa.int32()), ("split", SPLIT_TYPE), ("source_member", pa.string()),
+     ("tokens_seen", pa.int32()), ("tokens_kept", pa.int32())]
+)  # fmt: skip
+VOCAB_SCHEMA = pa.schema([("word_id", pa.int32()), ("word", pa.string()), ("df", pa.int64())])
+
+
+def csr_name(dataset: str, split: str) -> str:
+    return f"{dataset}_{split}_csr.npz"
+
+
+class OutputWriters:
+    """Every output format of one encode, fed one chunk of documents at a time."""
+
+    def __init__(
+        self,
+        folder: Path,
+        documents: Documents,
+        words: list[str],
+        frequencies: np.ndarray,
+        formats: tuple[str, ...],
+        min_df: int,
+    ) -> None:
+        self.folder = folder
+        self.documents = documents
+        self.min_df = min_df
+        self.outputs: list[str] = ["vocab.tsv"]
+        self.counts = {s: {"documents": 0, "encoded": 0, "pairs": 0} for s in documents.splits}
+        self._split_names = pa.array(documents.splits, type=pa.string())
+        write_vocab_tsv(folder / "vocab.tsv", words, frequencies)
+        self.originals = []
+        if "original" in formats:
+            for output in ORIGINAL_OUTPUTS[documents.dataset]:
+                writer = NpyRowWriter(folder / output.pairs_name(min_df), columns=2)
+                codes = documents.split_codes(output.splits)
+                self.originals.append((output, writer, codes, [], []))
+        self.csr = {}
+        if "csr" in formats:
+            present = np.unique(documents.split)
+            self.csr = {int(code): CsrBuilder(len(words)) for code in present}
+        self.pairs = self.images = None
+        if "parquet" in formats:
+            self.pairs = ParquetTableWriter(folder / "pairs.parquet", PAIRS_SCHEMA, PAIRS_ROW_GROUP)
+            self.images = ParquetTableWriter(
+                folder / "images.parquet", IMAGES_SCHEMA, IMAGES_ROW_GROUP
+            )
+            vocab = ParquetTableWriter(folder / "vocab.parquet", VOCAB_SCHEMA, 1 << 20)
+            vocab.write({"word_id": np.arange(len(words)), "word": words, "df": frequencies})
+            vocab.close()
+            self.outputs.append("vocab.parquet")
+
+    def _splits(self, codes: np.ndarray) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int8)), self._split_names)
+
+    def add(self, chunk: ChunkResult, skipped_rows: set[int]) -> None:
+        """Write a chunk of encoded documents (rows from `chunk.start`), less the skipped ones."""
+        lo, n = chunk.start, chunk.tokens_seen.size
+        split = self.documents.split[lo : lo + n]
+        img = self.documents.img_id[lo : lo + n]
+        ok = np.ones(n, dtype=bool)
+        ok[[row - lo for row in skipped_rows]] = False
+        kept = np.where(ok, chunk.tokens_kept, 0)
+        token_img = np.repeat(img, kept)  # (k,)
+        for code in np.unique(split):
+            in_split = split == code
+            counts = self.counts[self.documents.splits[code]]
+            counts["documents"] += int(in_split.sum())
+            counts["encoded"] += int((in_split & ok).sum())
+            counts["pairs"] += int(kept[in_split].sum())
+        for _output, writer, codes, index_ids, index_counts in self.originals:
+            docs = np.isin(split, codes) & ok
+            tokens = np.repeat(docs, kept)
+            writer.write(np.column_stack((token_img[tokens], chunk.word_ids[tokens])))
+            index_ids.append(img[docs])
+            index_counts.append(kept[docs])
+        entry_docs = np.repeat(np.arange(n), chunk.csr_nnz)
+        for code, builder in self.csr.items():
+            docs = (split == code) & ok
+            if docs.any():
+                entries = docs[entry_docs]
+                builder.add(
+                    img[docs], chunk.csr_nnz[docs], chunk.csr_columns[entries],
+                    chunk.csr_values[entries],
+                )  # fmt: skip
+        if self.pairs is not None and self.images is not None:
+            self.pairs.write(
+                {
+                    "split": self._splits(np.repeat(split, kept)),
+                    "img_id": token_img,
+                    "word_id": chunk.word_ids,
+                    "position": chunk.positions,
+                }
+            )
+            rows = np.flatnonzero(ok)
+            self.images.write(
+                {
+                    "img_id": img[rows],
+                    "split": self._splits(split[rows]),
+                    "source_member": [self.documents.members[lo + r] for r in rows],
+                    "tokens_seen": chunk.tokens_seen[rows],
+                    "tokens_kept": chunk.tokens_kept[rows],
+                }
+            )
+
+    def close(self) -> tuple[list[str], dict[str, dict[str, int]]]:
+        """Finish every file; return the file names written and the counts per split."""
+        for output, writer, _codes, index_ids, index_counts in self.originals:
+            writer.close()
+            index = original_index(_concat(index_ids, np.int64), _concat(index_counts, np.int64))
+            np.save(self.folder / output.index_name(self.min_df), index)
+            self.outputs += [output.pairs_name(self.min_df), output.index_name(self.min_df)]
+        for code, builder in self.csr.items():
+            name = csr_name(self.documents.dataset, self.documents.splits[code])
+            save_csr(self.folder / name, builder.build())
+            self.outputs.append(name)
+        for name, writer in (("pairs.parquet", self.pairs), ("images.parquet", self.images)):
+            if writer is not None:
+                writer.close()
+                self.outputs.append(name)
+        return self.outputs, self.counts
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+# -- the output folder ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the output folder's lock; restore an interrupted swap; refuse a foreign folder."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(out_dir.parent / f".{out_dir.name}.lock")
+    try:
+        lock.acquire(timeout=1)
+    except filelock.Timeout:
+        log.warning("waiting for another encode writing %s", out_dir)
+        lock.acquire()
+    try:
+        _recover(out_dir)
+        if out_dir.exists() and not (out_dir / "encode.json").exists() and any(out_dir.iterdir()):
+            raise ConfigError(
+                f"Output folder {out_dir} holds files amc-data did not write (no encode.json). "
+                "Encode replaces its output folder as a whole, so it will not touch this one: "
+                "choose another --out, or empty the folder."
+            )
+        yield
+    finally:
+        lock.release()
+
+
+def _recover(out_dir: Path) -> None:
+    """Finish what a crash between the two renames of `commit_outputs` left, and tidy up."""
+    leftovers = sorted(out_dir.parent.glob(f".{out_dir.name}.previous-*"))
+    if leftovers and not out_dir.exists():
+        log.warning("restoring %s from an interrupted run", out_dir)
+        os.replace(leftovers.pop(), out_dir)
+    for path in [*leftovers, *out_dir.parent.glob(f".{out_dir.name}.staging-*")]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_folder(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside `out_dir`, removed again unless it was committed."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def commit_outputs(staging: Path, out_dir: Path) -> None:
+    """Replace `out_dir` by `staging` whole: readers see all old files or all new ones."""
+    if out_dir.exists():
+        previous = out_dir.with_name(f".{out_dir.name}.previous-{os.getpid()}")
+        os.replace(out_dir, previous)
+        os.replace(staging, out_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """The `encode.json` of an earlier run, or None."""
+    try:
+        return json.loads((out_dir / "encode.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", out_dir / "encode.json", exc)
+        return None
+
+
+def input_records(folder: Path, dataset: str, inputs: list[Path]) -> list[dict[str, Any]]:
+    """Name, size and the sha256 that `fetch` verified (from the manifest or its lock file)."""
+    known = _known_checksums(folder, dataset)
+    records = []
+    for path in inputs:
+        checksum = known.get(path.name)
+        records.append(
+            {
+                "name": path.name,
+                "path": str(path),
+                "size": path.stat().st_size if path.is_file() else None,
+                "sha256": getattr(checksum, "sha256", None),
+                "sha256_source": getattr(checksum, "source", None),
+            }
+        )
+    return records
+
+
+def _known_checksums(folder: Path, dataset: str) -> dict[str, Any]:
+    try:
+        from .manifest import bundled_manifests, expected_checksums
+    except ImportError:  # the fetch stage is optional for encode
+        return {}
+    manifest = bundled_manifests().get(dataset)
+    return dict(expected_checksums(folder, manifest)) if manifest is not None else {}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("amc-data", "numpy", "scipy", "pyarrow", "scikit-learn"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
