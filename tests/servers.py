@@ -111,7 +111,7 @@ class FakeServer:
             "<!DOCTYPE html><html><head><title>AMC data</title></head><body>"
             f'<div class="flip-entries">{"".join(links)}</div></body></html>'
         )
-        self.add(f"/embeddedfolderview?id={folder_id}", page.encode(), content_type=_HTML)
+        self.add(f"/embeddedfolderview?id={folder_id}", page.encode(), **_PAGE)
         return self.url(f"/drive/folders/{folder_id}")
 
     def add_drive_file(self, file_id: str, data: bytes, *, mode: str = "confirm", **kw: object):
@@ -121,7 +121,7 @@ class FakeServer:
         if mode == "direct":
             return self.add(f"/uc?id={file_id}", data, **kw)
         if mode == "quota":
-            self.add(f"/uc?id={file_id}", _QUOTA_PAGE.encode(), content_type=_HTML)
+            self.add(f"/uc?id={file_id}", _QUOTA_PAGE.encode(), **_PAGE)
             return None
         form = (
             "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
@@ -135,11 +135,11 @@ class FakeServer:
             '<input type="hidden" name="uuid" value="5c3c1b4e-0000-4000-8000-000000000000">'
             "</form>\n</div></body></html>"
         )
-        self.add(f"/uc?id={file_id}", form.encode(), content_type=_HTML)
+        self.add(f"/uc?id={file_id}", form.encode(), **_PAGE)
         return self.add(f"/download?id={file_id}&confirm=t", data, **kw)
 
 
-_HTML = "text/html; charset=utf-8"
+_PAGE = {"content_type": "text/html; charset=utf-8", "ranges": "ignore"}  # Drive's pages
 _QUOTA_PAGE = (
     "<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>\n"
     '<div class="uc-main"><p class="uc-error-caption">Sorry, you can\'t view or download this '
