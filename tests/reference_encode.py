@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import tempfile
 import zipfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -52,24 +52,27 @@ def reference_clickture(
     "img_keyword_ind_clickture_dev_sk_6_sparse.npy": index, ...lite likewise}`.
     """
     dataset_dir = Path(dataset_dir)
-    parts = {}
-    for part in ("dev", "lite"):
-        root = _extract(dataset_dir / f"keywords_{part}.zip", workdir, f"keywords_{part}")
-        lines = _read_list(dataset_dir / f"clickture-{part}.lst")
-        parts[part] = [
-            (int(line.split("/")[-1]), _document(root / f"keywords_{part}" / f"{line}.json"))
-            for line in lines
-        ]
+    roots = {
+        part: _extract(dataset_dir / f"keywords_{part}.zip", workdir, f"keywords_{part}")
+        for part in ("dev", "lite")
+    }
+
+    def documents(part: str):
+        """(img_id, document) for each list line, read from the extracted files one by one."""
+        for line in _read_list(dataset_dir / f"clickture-{part}.lst"):
+            path = roots[part] / f"keywords_{part}" / f"{line}.json"
+            yield int(line.split("/")[-1]), _document(path)
 
     # The vocabulary is fitted on the dev documents only, in list order.
+    dev = list(documents("dev"))
     vectorizer = _vectorizer(min_df, stop_words)
-    vectorizer.fit([document for _, document in parts["dev"]])
+    vectorizer.fit([document for _, document in dev])
 
     result: dict[str, np.ndarray | list[str]] = {"vocabulary": _vocabulary_words(vectorizer)}
-    for part in ("dev", "lite"):
-        pairs = _encode(parts[part], vectorizer)
+    for part, items in (("dev", dev), ("lite", documents("lite"))):
+        pairs, index = _encode(items, vectorizer)
         result[f"img_keyword_rec_clickture_{part}_sk_{min_df}.npy"] = pairs
-        result[f"img_keyword_ind_clickture_{part}_sk_{min_df}_sparse.npy"] = index_from_pairs(pairs)
+        result[f"img_keyword_ind_clickture_{part}_sk_{min_df}_sparse.npy"] = index
     return result
 
 
@@ -98,11 +101,11 @@ def reference_coco(
 
     vectorizer = _vectorizer(min_df, stop_words)
     vectorizer.fit([document for _, document in items])
-    pairs = _encode(items, vectorizer)
+    pairs, index = _encode(items, vectorizer)
     return {
         "vocabulary": _vocabulary_words(vectorizer),
         f"img_keyword_rec_coco_sk_{min_df}.npy": pairs,
-        f"img_keyword_ind_coco_sk_{min_df}.npy": index_from_pairs(pairs),
+        f"img_keyword_ind_coco_sk_{min_df}.npy": index,
     }
 
 
@@ -124,18 +127,21 @@ def write_reference(result: dict[str, np.ndarray | list[str]], folder: Path) -> 
 
 def index_from_pairs(pairs: np.ndarray) -> np.ndarray:
     """The `(max_img_id + 1) x 2` index: row i is `[first_row, last_row]` of image i's block."""
-    rows = pairs.tolist()
-    if not rows:
-        return np.zeros((0, 2), dtype=np.int64)
-    max_img_id = max(img_id for img_id, _ in rows)
-    index = [[-1, -1] for _ in range(max_img_id + 1)]
+    return np.array(_walk(pairs[:, 0].tolist()), dtype=np.int64).reshape(-1, 2)
+
+
+def _walk(img_ids: list[int]) -> list[list[int]]:
+    """The index rows, by walking the pair rows' image ids as the original scripts did."""
+    if not img_ids:
+        return []
+    index = [[-1, -1] for _ in range(max(img_ids) + 1)]
     current, start = 0, 0
-    for i, (img_id, _) in enumerate(rows):
+    for i, img_id in enumerate(img_ids):
         if img_id != current:
             index[current] = [start, i - 1]
             current, start = img_id, i
-    index[current] = [start, len(rows) - 1]
-    return np.array(index, dtype=np.int64)
+    index[current] = [start, len(img_ids) - 1]
+    return index
 
 
 def _vectorizer(min_df: int, stop_words: str | Collection[str] | None) -> CountVectorizer:
@@ -151,8 +157,11 @@ def _vocabulary_words(vectorizer: CountVectorizer) -> list[str]:
     return [word for word, _ in by_id]
 
 
-def _encode(items: list[tuple[int, str]], vectorizer: CountVectorizer) -> np.ndarray:
-    """Pair rows `[img_id, word_id]`: every in-vocabulary token, in token order, repeats kept."""
+def _encode(
+    items: Iterable[tuple[int, str]], vectorizer: CountVectorizer
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pair rows `[img_id, word_id]` (every in-vocabulary token, in token order, repeats kept),
+    and the index walked over them."""
     analyze = vectorizer.build_analyzer()
     vocabulary = vectorizer.vocabulary_
     rows = []
@@ -160,7 +169,9 @@ def _encode(items: list[tuple[int, str]], vectorizer: CountVectorizer) -> np.nda
         for token in analyze(document):
             if token in vocabulary:
                 rows.append([img_id, int(vocabulary[token])])
-    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+    index = _walk([img_id for img_id, _ in rows])
+    pairs = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    return pairs, np.array(index, dtype=np.int64).reshape(-1, 2)
 
 
 def _document(path: Path) -> str:
