@@ -19,7 +19,6 @@ import logging
 import os
 import queue
 import re
-import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from .hashes import (
     Action,
     Digests,
     FileChecksum,
+    HashingWriter,
     StreamHasher,
     decide,
     file_size,
@@ -168,43 +168,6 @@ def _status_error(resp: requests.Response, label: str) -> DownloadError:
     return DownloadError(f"{text}; trying the next source, if any.")
 
 
-class _Sink:
-    """Writes a stream to a file and hashes it. The writing and hashing run in a helper thread,
-    so that reading the network overlaps them (file writes and hashlib release the GIL)."""
-
-    def __init__(self, path: Path, *, append: bool, hasher: StreamHasher) -> None:
-        self._fh = open(path, "ab" if append else "wb")  # noqa: SIM115 -- closed by close()
-        self._hasher = hasher
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="amc-data-sink", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._fh.write(chunk)
-                    self._hasher.update(chunk)
-                except BaseException as exc:  # handed to the producer on its next call
-                    self._error = exc
-
-    def write(self, chunk: bytes) -> None:
-        """Queue a chunk; raises the helper's error (a full disk, say) if it met one."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put(chunk)
-
-    def close(self) -> Digests:
-        """Wait for the queued chunks, close the file, and return the digests."""
-        self._queue.put(None)
-        self._thread.join()
-        self._fh.close()
-        if self._error is not None:
-            raise self._error
-        return self._hasher.digests()
-
-
 def _content_range(resp: requests.Response) -> tuple[int, int | None] | None:
     """(first byte, total size or None) of a 206 answer's Content-Range, None if unreadable."""
     match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
@@ -284,9 +247,8 @@ class HttpDownloader:
         position: int | None,
     ) -> Download:
         held = file_size(part)
-        if decide(final_verified=False, partial_bytes=held, expected_size=expected.size) in (
-            Action.DOWNLOAD,
-            Action.PRESENT,
+        if decide(final_verified=False, partial_bytes=held, expected_size=expected.size) is not (
+            Action.RESUME
         ):
             held = 0
         try:
@@ -328,26 +290,11 @@ class HttpDownloader:
         position: int | None,
     ) -> Download:
         name = part.name[1:].removesuffix(".part")
-        if looks_like_html(b"", resp.headers.get("Content-Type")):
-            raise HtmlResponseError(source.html_advice())
-        if resp.status_code == 206 and _start(resp) != held:
-            raise TransientDownloadError(f"{source.label} sent a range that was not asked for.")
-        length = _body_length(resp)
-        content_range = _content_range(resp) if resp.status_code == 206 else None
-        total = content_range[1] if content_range else None
-        if total is None and length is not None:
-            total = held + length
-        if expected.size is not None and total is not None and total != expected.size:
-            raise ChecksumError(
-                f"{source.label} announces {total} bytes for {name}, but {expected.size} are "
-                "expected; nothing was kept from it. The source may hold another version."
-            )
-        total = total if total is not None else expected.size
+        length, total = _announced(resp, source, held, expected, name)
         hasher = StreamHasher(git_size=total if expected.git_blob_sha1 else None)
         if held:
             hash_file(part, hasher=hasher)  # take up the bytes already held
-        received = 0
-        sink = _Sink(part, append=bool(held), hasher=hasher)
+        sink = HashingWriter(part, append=bool(held), hasher=hasher)
         bar = progress_bar(
             total=total,
             desc=name,
@@ -356,6 +303,7 @@ class HttpDownloader:
             bytes_units=True,
             initial=held,
         )
+        received = 0
         try:
             for chunk in _body_chunks(resp, self.chunk_size):
                 if not received and not held and looks_like_html(chunk):
@@ -386,7 +334,7 @@ class HttpDownloader:
                 f"{source.label} ended the body {short_of} bytes short; the {digests.size} bytes "
                 "received are kept for resuming."
             )
-        if expected.git_blob_sha1 and digests.git_blob_sha1 is None:  # size was unknown
+        if expected.git_blob_sha1 and digests.git_blob_sha1 is None:  # the size was unknown
             digests = hash_file(part)
         problem = mismatch(expected, digests)
         if problem:
@@ -397,6 +345,29 @@ class HttpDownloader:
                 "copy."
             )
         return Download(digests=digests, resumed=held > 0)
+
+
+def _announced(
+    resp: requests.Response, source: Source, held: int, expected: FileChecksum, name: str
+) -> tuple[int | None, int | None]:
+    """Check a response's headers before reading its body; return (body length, whole file
+    size), each None when unknown. Refuses HTML pages, ranges not asked for, and a size that
+    differs from the expected one."""
+    if looks_like_html(b"", resp.headers.get("Content-Type")):
+        raise HtmlResponseError(source.html_advice())
+    content_range = _content_range(resp) if resp.status_code == 206 else None
+    if resp.status_code == 206 and (content_range is None or content_range[0] != held):
+        raise TransientDownloadError(f"{source.label} sent a range that was not asked for.")
+    length = _body_length(resp)
+    total = content_range[1] if content_range else None
+    if total is None and length is not None:
+        total = held + length
+    if expected.size is not None and total is not None and total != expected.size:
+        raise ChecksumError(
+            f"{source.label} announces {total} bytes for {name}, but {expected.size} are "
+            "expected; nothing was kept from it. The source may hold another version."
+        )
+    return length, total if total is not None else expected.size
 
 
 def _body_chunks(resp: requests.Response, size: int) -> Iterator[bytes]:
@@ -652,7 +623,7 @@ def _copy_in(
             digests = _hash_with_bar(run, tmp, expected, f"checking {entry.name}", position)
         except OSError:  # another file system, or links not allowed: copy, hashing on the way
             git_size = src.stat().st_size if expected.git_blob_sha1 else None
-            sink = _Sink(tmp, append=False, hasher=StreamHasher(git_size=git_size))
+            sink = HashingWriter(tmp, append=False, hasher=StreamHasher(git_size=git_size))
             with open(src, "rb") as fh:
                 while chunk := fh.read(CHUNK_SIZE):
                     sink.write(chunk)

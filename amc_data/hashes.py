@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,43 @@ class StreamHasher:
             sha256=self._sha256.hexdigest(),
             git_blob_sha1=self._sha1.hexdigest() if self._sha1 is not None else None,
         )
+
+
+class HashingWriter:
+    """Writes a stream to a file and hashes it on the way. Writing and hashing run in a helper
+    thread, so reading the network overlaps them (file writes and hashlib release the GIL)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, append: bool, hasher: StreamHasher) -> None:
+        self._fh = open(path, "ab" if append else "wb")  # noqa: SIM115 -- closed by close()
+        self._hasher = hasher
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="amc-data-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._fh.write(chunk)
+                    self._hasher.update(chunk)
+                except BaseException as exc:  # handed to the producer on its next call
+                    self._error = exc
+
+    def write(self, chunk: bytes) -> None:
+        """Queue a chunk; raises the helper's error (a full disk, say) if it met one."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> Digests:
+        """Wait for the queued chunks, close the file, and return the digests."""
+        self._queue.put(None)
+        self._thread.join()
+        self._fh.close()
+        if self._error is not None:
+            raise self._error
+        return self._hasher.digests()
 
 
 def hash_file(
