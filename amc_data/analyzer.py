@@ -119,6 +119,8 @@ class Analyzer:
     _is_stop: Callable[[object], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop_words, str):  # frozenset("english") would be a set of letters
+            raise TypeError("stop_words must be a collection of words; see load_stop_words()")
         # A list or set given by a caller is frozen here, so the analyzer can never change.
         if not isinstance(self.stop_words, frozenset):
             object.__setattr__(self, "stop_words", frozenset(self.stop_words))

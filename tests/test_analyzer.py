@@ -140,6 +140,8 @@ def test_analyzer_is_frozen_hashable_and_picklable() -> None:
     assert hash(analyze) == hash(Analyzer(frozenset({"red"})))
     assert Analyzer(["red"]).stop_words == frozenset({"red"})  # type: ignore[arg-type]
     assert "318 stop words" in repr(Analyzer())
+    with pytest.raises(TypeError, match="load_stop_words"):
+        Analyzer("english")  # type: ignore[arg-type]
 
 
 def test_document_from_keywords_joins_with_one_space() -> None:
@@ -338,7 +340,7 @@ _small_words = st.sampled_from(
 _document = st.lists(st.one_of(_small_words, _pieces), max_size=6).map(document_from_keywords)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     documents=st.lists(_document, max_size=10),
     min_df=st.integers(1, 4),
