@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -60,6 +61,7 @@ from .progress import progress_bar
 log = logging.getLogger(__name__)
 
 _HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<meta", b"<title", b"<script")
+_LOCK_POLL_S = 0.5  # how often a run waiting for another one's lock looks again
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
@@ -220,14 +222,19 @@ class HttpDownloader:
         *,
         session: requests.Session,
         position: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> Download:
         """Download `source` into `part` (resuming what it holds) and verify it against
-        `expected`. On success the verified file is still at `part`; the caller renames it."""
+        `expected`. On success the verified file is still at `part`; the caller renames it.
+        Setting `cancel` stops the download (KeyboardInterrupt) within a chunk; the partial
+        download is kept."""
+        cancel = cancel or threading.Event()
         retrying = Retrying(
             stop=stop_after_attempt(self.retries + 1),
             wait=wait_exponential(multiplier=self.backoff, max=60),
             retry=retry_if_exception_type(TransientDownloadError),
             reraise=True,
+            sleep=lambda seconds: _sleep(seconds, cancel),
             before_sleep=lambda state: log.warning(
                 "%s: %s (attempt %d of %d); retrying",
                 part.name[1:].removesuffix(".part"),
@@ -236,7 +243,7 @@ class HttpDownloader:
                 self.retries + 1,
             ),
         )
-        return retrying(self._attempt, source, part, expected, session, position)
+        return retrying(self._attempt, source, part, expected, session, position, cancel)
 
     def _attempt(
         self,
@@ -245,6 +252,7 @@ class HttpDownloader:
         expected: FileChecksum,
         session: requests.Session,
         position: int | None,
+        cancel: threading.Event,
     ) -> Download:
         held = file_size(part)
         if decide(final_verified=False, partial_bytes=held, expected_size=expected.size) is not (
@@ -262,7 +270,7 @@ class HttpDownloader:
                     resp = self._open(source, session, 0)
                 held = 0
             with resp:
-                return self._receive(resp, source, part, expected, held, position)
+                return self._receive(resp, source, part, expected, held, position, cancel)
         except requests.HTTPError as exc:  # from a Drive folder listing
             raise _status_error(exc.response, source.label) from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
@@ -288,6 +296,7 @@ class HttpDownloader:
         expected: FileChecksum,
         held: int,
         position: int | None,
+        cancel: threading.Event,
     ) -> Download:
         name = part.name[1:].removesuffix(".part")
         length, total = _announced(resp, source, held, expected, name)
@@ -306,6 +315,8 @@ class HttpDownloader:
         received = 0
         try:
             for chunk in _body_chunks(resp, self.chunk_size):
+                if cancel.is_set():
+                    raise KeyboardInterrupt
                 if not received and not held and looks_like_html(chunk):
                     raise HtmlResponseError(source.html_advice())
                 sink.write(chunk)
@@ -370,6 +381,12 @@ def _announced(
     return length, total if total is not None else expected.size
 
 
+def _sleep(seconds: float, cancel: threading.Event) -> None:
+    """Wait between retries, but not past a cancellation."""
+    if cancel.wait(seconds):
+        raise KeyboardInterrupt
+
+
 def _body_chunks(resp: requests.Response, size: int) -> Iterator[bytes]:
     """The body as it arrives, one socket read at a time, so every byte received is written
     even when the connection then breaks (`read(n)` drops what it buffered if the body ends
@@ -395,6 +412,7 @@ class _Run:
     drive_index: DriveFolderIndex
     from_dir: Path | None
     lock_timeout: float | None
+    cancel: threading.Event  # set on Ctrl-C: every job stops at its next chunk
     progress: bool
     jobs: int
     slots: queue.Queue[int]  # progress-bar rows free for the next job
@@ -457,14 +475,21 @@ def fetch_manifests(
         drive_index=DriveFolderIndex(),
         from_dir=Path(from_dir) if from_dir is not None else None,
         lock_timeout=lock_timeout,
+        cancel=threading.Event(),
         progress=downloader.progress,
         jobs=jobs,
         slots=slots,
     )
     if jobs == 1:
         return [_fetch_one(run, manifest, entry) for manifest, entry in work]
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="amc-data-fetch") as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="amc-data-fetch")
+    try:
         return list(pool.map(lambda job: _fetch_one(run, *job), work))
+    except BaseException:  # Ctrl-C: stop the other jobs at their next chunk, keep partials
+        run.cancel.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_settings(jobs: int, downloader: HttpDownloader, from_dir: object) -> None:
@@ -486,7 +511,7 @@ def _fetch_one(run: _Run, manifest: Manifest, entry: FileEntry) -> FetchResult:
     slot = run.slots.get()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with _file_lock(folder, entry.name, run.lock_timeout):
+        with _file_lock(folder, entry.name, run.lock_timeout, run.cancel):
             return _fetch_locked(run, manifest, entry, folder, slot)
     except (AmcDataError, OSError) as exc:
         log.error("%s/%s: %s", manifest.name, entry.name, exc)
@@ -498,21 +523,28 @@ def _fetch_one(run: _Run, manifest: Manifest, entry: FileEntry) -> FetchResult:
 
 
 @contextmanager
-def _file_lock(folder: Path, name: str, timeout: float | None) -> Iterator[None]:
+def _file_lock(
+    folder: Path, name: str, timeout: float | None, cancel: threading.Event
+) -> Iterator[None]:
     """Hold `.<name>.lock`: one process at a time works on a file; the next one waits, then
-    finds the file present."""
+    finds the file present. The wait polls, so a cancelled run does not hang here."""
     lock = FileLock(folder / f".{name}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.warning("%s: another amc-data process is fetching it; waiting for it", name)
+    waited = 0.0
+    while True:
         try:
-            lock.acquire(timeout=-1 if timeout is None else timeout)
-        except Timeout as exc:
-            raise LockTimeoutError(
-                f"Waited {timeout} s for {folder / name}: another amc-data process is still "
-                "fetching it. Run again when it is done, or raise the lock timeout."
-            ) from exc
+            lock.acquire(timeout=0 if not waited else _LOCK_POLL_S)
+            break
+        except Timeout:
+            if not waited:
+                log.warning("%s: another amc-data process is fetching it; waiting", name)
+            if cancel.is_set():
+                raise KeyboardInterrupt from None
+            if timeout is not None and waited >= timeout:
+                raise LockTimeoutError(
+                    f"Waited {timeout:g} s for {folder / name}: another amc-data process is "
+                    "still fetching it. Run again when it is done, or raise --lock-timeout."
+                ) from None
+            waited += _LOCK_POLL_S
     try:
         yield
     finally:
@@ -552,7 +584,7 @@ def _fetch_locked(
             source = make_source(url, entry.name, run.drive_index)
             try:
                 download = run.downloader(
-                    source, part, expected, session=session, position=position
+                    source, part, expected, session=session, position=position, cancel=run.cancel
                 )
             except (DownloadError, ChecksumError) as exc:
                 log.warning("%s: %s", entry.name, exc)

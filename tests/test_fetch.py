@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from filelock import FileLock
 from servers import FakeServer, serve, write_manifest
 
 from amc_data.errors import ConfigError
-from amc_data.fetch import FetchResult, Outcome, fetch, looks_like_html
+from amc_data.fetch import FetchResult, HttpDownloader, Outcome, UrlSource, fetch, looks_like_html
+from amc_data.hashes import FileChecksum
 from amc_data.manifest import LOCK_FILE_NAME
 
 SIZE = 300_000
@@ -310,3 +314,29 @@ def test_parallel_records_all_land_in_the_lock_file(tmp_path, server):
     assert all(r.outcome is Outcome.RECORDED for r in results)
     lock = json.loads((folder(tmp_path) / LOCK_FILE_NAME).read_text())
     assert sorted(lock["files"]) == sorted(blobs)
+
+
+def test_lock_held_elsewhere_times_out(tmp_path, server, data):
+    server.add("/f.bin", data)
+    folder(tmp_path).mkdir(parents=True)
+    with FileLock(folder(tmp_path) / ".f.bin.lock"):  # another process at work on the file
+        [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)], lock_timeout=0.6)
+    assert result.outcome is Outcome.FAILED
+    assert "another amc-data process" in result.reason and "--lock-timeout" in result.reason
+
+
+def test_cancel_stops_a_download_and_keeps_the_partial(tmp_path, server, data):
+    server.add("/f.bin", data * 4, chunk_delay=0.05)
+    part = tmp_path / ".f.bin.part"
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    downloader = HttpDownloader(retries=0, timeout=5)
+    with requests.Session() as session, pytest.raises(KeyboardInterrupt):
+        downloader(
+            UrlSource(server.url("/f.bin"), "f.bin"),
+            part,
+            FileChecksum(),
+            session=session,
+            cancel=cancel,
+        )
+    assert 0 < part.stat().st_size < 4 * SIZE
