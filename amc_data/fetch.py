@@ -275,7 +275,7 @@ class HttpDownloader:
             raise _status_error(exc.response, source.label) from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise TransientDownloadError(
-                f"{source.label}: {exc}; the partial download is kept for resuming."
+                f"{source.label}: {_describe(exc)}; the partial download is kept for resuming."
             ) from exc
 
     def _open(self, source: Source, session: requests.Session, held: int) -> requests.Response:
@@ -379,6 +379,13 @@ def _announced(
             "expected; nothing was kept from it. The source may hold another version."
         )
     return length, total if total is not None else expected.size
+
+
+def _describe(exc: BaseException) -> str:
+    """A network error in one line (urllib3 repeats its message inside a tuple)."""
+    while exc.args and isinstance(exc.args[0], BaseException):  # requests wraps urllib3
+        exc = exc.args[0]
+    return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
 
 
 def _sleep(seconds: float, cancel: threading.Event) -> None:
@@ -514,7 +521,7 @@ def _fetch_one(run: _Run, manifest: Manifest, entry: FileEntry) -> FetchResult:
         with _file_lock(folder, entry.name, run.lock_timeout, run.cancel):
             return _fetch_locked(run, manifest, entry, folder, slot)
     except (AmcDataError, OSError) as exc:
-        log.error("%s/%s: %s", manifest.name, entry.name, exc)
+        log.info("%s/%s failed: %s", manifest.name, entry.name, exc)  # the result says it too
         return FetchResult(
             manifest.name, entry.name, folder / entry.name, Outcome.FAILED, reason=str(exc)
         )
@@ -564,7 +571,7 @@ def _fetch_locked(
         problem = mismatch(expected, digests)
         if problem is None:
             return _finish(manifest, entry, folder, Outcome.PRESENT, digests, expected, str(final))
-        log.warning("%s: the file in place is not the expected one (%s)", final, problem)
+        log.info("%s: the file in place is not the expected one (%s)", final, problem)
         notes.append(
             f"the file at {final} does not match ({problem}); it stays there until a "
             "verified copy replaces it"
@@ -587,7 +594,7 @@ def _fetch_locked(
                     source, part, expected, session=session, position=position, cancel=run.cancel
                 )
             except (DownloadError, ChecksumError) as exc:
-                log.warning("%s: %s", entry.name, exc)
+                log.info("%s: %s", entry.name, exc)  # collected into the result
                 notes.append(str(exc))
                 continue
             os.replace(part, final)

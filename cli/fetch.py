@@ -207,8 +207,12 @@ def info_command(
         click.echo(f"  folder: {ds.folder}")
         if ds.manifest.note:
             click.echo(f"  note: {ds.manifest.note}")
-        ready = sum(r.status is FileStatus.OK for r in ds.files)
-        click.echo(f"  {ready} of {len(ds.files)} file(s) verified")
+        if no_hash:
+            ready = sum(r.status is FileStatus.NOT_HASHED for r in ds.files)
+            click.echo(f"  {ready} of {len(ds.files)} file(s) present (not hashed: --no-hash)")
+        else:
+            ready = sum(r.status is FileStatus.OK for r in ds.files)
+            click.echo(f"  {ready} of {len(ds.files)} file(s) present and verified")
         rows = [
             (r.name, human_size(r.size), r.status.value, r.expected.source, r.detail or "")
             for r in ds.files

@@ -174,4 +174,8 @@ def test_cli_info(tmp_path):
     )
     assert given.exit_code == 0
     assert "manifest (given)" in given.stdout and "clickture" not in given.stdout
-    assert "0 of 2 file(s) verified" in given.stdout
+    assert "1 of 2 file(s) present (not hashed" in given.stdout
+    hashed = invoke(
+        "info", "--data-dir", str(tmp_path / "data"), "--manifest", str(manifest(tmp_path))
+    )
+    assert "1 of 2 file(s) present and verified" in hashed.stdout
