@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .archive import ArchiveLimits, ZipArchive, load_id_map, open_archive
 from .datadir import resolve_data_dir
+from .dataset import EncodedSplit, load_encoded
+from .encode import EncodeConfig, EncodeResult, encode
 from .errors import (
     AmcDataError,
     ArchiveError,
@@ -31,15 +34,24 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "AmcDataError",
     "ArchiveError",
+    "ArchiveLimits",
     "ChecksumError",
     "ConfigError",
     "DownloadError",
+    "EncodeConfig",
+    "EncodeResult",
+    "EncodedSplit",
     "HtmlResponseError",
     "InputError",
     "LockTimeoutError",
     "ManifestError",
     "MissingDependencyError",
     "UnsafePickleError",
+    "ZipArchive",
     "__version__",
+    "encode",
+    "load_encoded",
+    "load_id_map",
+    "open_archive",
     "resolve_data_dir",
 ]

@@ -401,9 +401,9 @@ def _encode_into(
     seconds["total"] = time.perf_counter() - began
 
     skipped = (*documents.skipped, *(skipped_rows[row] for row in sorted(skipped_rows)))
-    for split in documents.splits:
-        counts.setdefault(split, {"documents": 0, "encoded": 0, "pairs": 0})
-        counts[split]["skipped"] = sum(item.split == split for item in skipped)
+    for split, split_counts in counts.items():
+        split_counts["skipped"] = sum(item.split == split for item in skipped)
+        split_counts["documents"] = split_counts["encoded"] + split_counts["skipped"]
     result = EncodeResult(
         dataset=dataset,
         out_dir=staging,

@@ -13,11 +13,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 
-from .archive import Archive, find_layout, open_archive
+from .archive import Archive, MemberLayout, find_layout, open_archive
 from .errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -131,19 +131,25 @@ def input_files(dataset: str, folder: Path) -> list[Path]:
     return [_archive_path(folder, "keywords_coco")]
 
 
-class _Candidate(NamedTuple):
-    """An image the list names, before its member is looked up (a million of these: a tuple)."""
+@dataclass
+class _Candidates:
+    """Images a list names, before their members are looked up: parallel columns, since a
+    million objects would cost more than the lookups."""
 
-    split: str
-    item: str
-    img_id: int
-    expected: str  # the member name the authors' scripts open
-    place: str  # a template for messages, such as "Line {} of .../clickture-dev.lst"
-    number: int
+    splits: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)  # list line, or file name in dataset.json
+    img_ids: list[int] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)  # the member the authors' scripts open
+    places: list[str] = field(default_factory=list)  # message template, e.g. "Line {} of ..."
+    numbers: list[int] = field(default_factory=list)
 
-    @property
-    def where(self) -> str:
-        return self.place.format(self.number)
+    def add(self, split: str, item: str, img_id: int, expected: str, place: str, number: int):
+        self.splits.append(split)
+        self.items.append(item)
+        self.img_ids.append(img_id)
+        self.expected.append(expected)
+        self.places.append(place)
+        self.numbers.append(number)
 
 
 class _Planner:
@@ -161,89 +167,110 @@ class _Planner:
         self.skipped.append(SkippedItem(split, item, member, message))
 
     def documents(
-        self, candidates: list[_Candidate], archive_of: dict[str, int], absent: tuple[str, ...]
+        self, found: _Candidates, archive_of: dict[str, int], absent: tuple[str, ...]
     ) -> Documents:
-        """Look every candidate's member up (with each split's layout) and build the columns."""
+        """Look every candidate's member up (with its split's layout) and build the columns."""
         splits = SPLITS[self.dataset]
-        layouts = {}
-        for split in splits:
-            sample = [c.expected for c in candidates if c.split == split][:_LAYOUT_SAMPLE]
-            layouts[split] = find_layout(self.archives[archive_of[split]], sample)
-        kept: list[_Candidate] = []
-        members: list[str] = []
-        for candidate in candidates:
-            if candidate.split in absent:
+        codes = np.array([splits.index(s) for s in found.splits], dtype=np.uint8)
+        archive_index = np.array([archive_of[s] for s in splits], dtype=np.uint8)[codes]
+        names = list(found.expected)
+        keep = ~np.isin(codes, [splits.index(s) for s in absent])
+        for code, split in enumerate(splits):
+            rows = np.flatnonzero(codes == code)
+            if split in absent or rows.size == 0:
                 continue
-            archive = self.archives[archive_of[candidate.split]]
-            name = layouts[candidate.split].name(candidate.expected)
-            if name not in archive:
-                self.problem(
-                    candidate.split,
-                    candidate.item,
-                    name,
-                    f"{candidate.where} names {candidate.item!r}, but {archive.path} has no "
-                    f"member {name!r}. Expected one keyword file per listed image; the archive "
-                    "may be incomplete (run `amc-data verify`).",
-                )
-                continue
-            kept.append(candidate)
-            members.append(name)
-        archive_index = np.array([archive_of[c.split] for c in kept], dtype=np.uint8)
-        locations = np.full((len(kept), 6), -1, dtype=np.int64)
+            archive = self.archives[archive_of[split]]
+            layout = find_layout(archive, [names[r] for r in rows[:_LAYOUT_SAMPLE]])
+            if layout != MemberLayout():
+                for r in rows.tolist():
+                    names[r] = layout.name(names[r])
+        locations = np.full((len(names), 6), -1, dtype=np.int64)
         for index, archive in enumerate(self.archives):
-            rows = np.flatnonzero(archive_index == index)
-            locations[rows] = archive.locations([members[r] for r in rows])
+            rows = np.flatnonzero((archive_index == index) & keep)
+            locations[rows] = archive.locations([names[r] for r in rows.tolist()])
+        for r in np.flatnonzero(keep & (locations[:, 2] < 0)).tolist():
+            archive = self.archives[archive_index[r]]
+            where = found.places[r].format(found.numbers[r])
+            self.problem(
+                found.splits[r],
+                found.items[r],
+                names[r],
+                f"{where} names {found.items[r]!r}, but {archive.path} has no member "
+                f"{names[r]!r}. Expected one keyword file per listed image; the archive may be "
+                "incomplete (run `amc-data verify`).",
+            )
+            keep[r] = False
+        rows = np.flatnonzero(keep)
         return Documents(
             dataset=self.dataset,
             splits=splits,
             archives=self.archives,
-            split=np.array([splits.index(c.split) for c in kept], dtype=np.uint8),
-            img_id=np.array([c.img_id for c in kept], dtype=np.int64),
-            archive=archive_index,
-            members=members,
-            locations=locations,
+            split=codes[rows],
+            img_id=np.array(found.img_ids, dtype=np.int64)[rows],
+            archive=archive_index[rows],
+            members=[names[r] for r in rows.tolist()],
+            locations=locations[rows],
             skipped=self.skipped,
             absent_splits=absent,
         )
 
 
-def _list_candidates(path: Path, split: str, planner: _Planner) -> list[_Candidate]:
-    """One candidate per list line; image id `int(line.split("/")[-1])`, as the scripts did."""
+def _list_candidates(path: Path, split: str, planner: _Planner, found: _Candidates) -> None:
+    """One candidate per list line; image id `int(line.split("/")[-1])`, as the scripts did.
+
+    Written column-wise, with the per-line checks skipped when a whole-list check passes: a
+    Lite list has a million lines.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"Cannot read the list {path}: {exc}.") from exc
-    candidates: list[_Candidate] = []
-    first_seen: dict[str, int] = {}
-    member = f"keywords_{split}/<line>.json"
+    numbered = [(n, line) for n, raw in enumerate(text.split("\n"), 1) if (line := raw.strip())]
+    tails = [line.rpartition("/")[2] for _, line in numbered]
+    joined = "".join(tails)
+    all_ids = joined.isascii() and joined.isdigit() and all(tails)
+    unique = len({line for _, line in numbered}) == len(numbered)
     place = f"Line {{}} of {path}"
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        tail = line.split("/")[-1]
-        where = place.format(number)
+    if not (all_ids and unique):
+        numbered, tails = _check_lines(numbered, tails, split, place, planner)
+    found.splits += [split] * len(numbered)
+    found.items += [line for _, line in numbered]
+    found.img_ids += map(int, tails)
+    found.expected += [f"keywords_{split}/{line}.json" for _, line in numbered]
+    found.places += [place] * len(numbered)
+    found.numbers += [number for number, _ in numbered]
+
+
+def _check_lines(
+    numbered: list[tuple[int, str]], tails: list[str], split: str, place: str, planner: _Planner
+) -> tuple[list[tuple[int, str]], list[str]]:
+    """The lines that are image ids and not repeats; a problem reported for each other one."""
+    member = f"keywords_{split}/<line>.json"
+    first_seen: dict[str, int] = {}
+    good: list[tuple[int, str]] = []
+    good_tails: list[str] = []
+    for (number, line), tail in zip(numbered, tails, strict=True):
         if not (tail.isascii() and tail.isdigit()):
             planner.problem(
                 split,
                 line,
                 member,
-                f"{where} is {line!r}, not an image id (expected digits, optionally after a "
-                "folder, such as '00048500').",
+                f"{place.format(number)} is {line!r}, not an image id (expected digits, "
+                "optionally after a folder, such as '00048500').",
             )
         elif line in first_seen:
             planner.problem(
                 split,
                 line,
                 member,
-                f"{where} repeats line {first_seen[line]} ({line!r}); each image must be listed "
-                "once.",
+                f"{place.format(number)} repeats line {first_seen[line]} ({line!r}); each image "
+                "must be listed once.",
             )
         else:
             first_seen[line] = number
-            expected = f"keywords_{split}/{line}.json"
-            candidates.append(_Candidate(split, line, int(tail), expected, place, number))
-    return candidates
+            good.append((number, line))
+            good_tails.append(tail)
+    return good, good_tails
 
 
 def _plan_clickture(folder: Path, on_error: OnError) -> Documents:
@@ -252,11 +279,10 @@ def _plan_clickture(folder: Path, on_error: OnError) -> Documents:
         open_archive(_archive_path(folder, "keywords_lite")),
     )
     planner = _Planner("clickture", archives, on_error)
-    candidates: list[_Candidate] = []
+    found = _Candidates()
     for split in ("dev", "lite"):
-        list_path = _file_path(folder, f"clickture-{split}.lst")
-        candidates += _list_candidates(list_path, split, planner)
-    return planner.documents(candidates, {"dev": 0, "lite": 1}, absent=())
+        _list_candidates(_file_path(folder, f"clickture-{split}.lst"), split, planner, found)
+    return planner.documents(found, {"dev": 0, "lite": 1}, absent=())
 
 
 def _load_dataset_json(archive: Archive) -> tuple[list[object], str]:
@@ -280,10 +306,10 @@ def _load_dataset_json(archive: Archive) -> tuple[list[object], str]:
     return images, name
 
 
-def _coco_candidates(archive: Archive, planner: _Planner) -> list[_Candidate]:
+def _coco_candidates(archive: Archive, planner: _Planner) -> _Candidates:
     images, json_name = _load_dataset_json(archive)
     splits = SPLITS["coco"]
-    candidates: list[_Candidate] = []
+    found = _Candidates()
     seen_ids: dict[int, int] = {}
     place = f"images[{{}}] of {archive.path} member {json_name!r}"
     for position, image in enumerate(images):
@@ -304,11 +330,11 @@ def _coco_candidates(archive: Archive, planner: _Planner) -> list[_Candidate]:
         else:
             seen_ids[img_id] = position
             expected = f"keyword_{split}/{filename.removesuffix('.jpg')}.json"
-            candidates.append(_Candidate(split, filename, img_id, expected, place, position))
-    return candidates
+            found.add(split, filename, img_id, expected, place, position)
+    return found
 
 
-def _absent_splits(archive: Archive, candidates: list[_Candidate]) -> tuple[str, ...]:
+def _absent_splits(archive: Archive, found: _Candidates) -> tuple[str, ...]:
     """Splits outside the fitting set for which the archive holds no keyword file at all.
 
     The authors' scripts read train and test only, so an archive without the other splits'
@@ -316,7 +342,7 @@ def _absent_splits(archive: Archive, candidates: list[_Candidate]) -> tuple[str,
     """
     absent = []
     for split in SPLITS["coco"]:
-        names = [c.expected for c in candidates if c.split == split]
+        names = [e for s, e in zip(found.splits, found.expected, strict=True) if s == split]
         if not names or split in FIT_SPLITS["coco"]:
             continue
         layout = find_layout(archive, names[:_LAYOUT_SAMPLE])
@@ -330,9 +356,9 @@ def _absent_splits(archive: Archive, candidates: list[_Candidate]) -> tuple[str,
 def _plan_coco(folder: Path, on_error: OnError) -> Documents:
     archive = open_archive(_archive_path(folder, "keywords_coco"))
     planner = _Planner("coco", (archive,), on_error)
-    candidates = _coco_candidates(archive, planner)
+    found = _coco_candidates(archive, planner)
     archive_of = dict.fromkeys(SPLITS["coco"], 0)
-    return planner.documents(candidates, archive_of, _absent_splits(archive, candidates))
+    return planner.documents(found, archive_of, _absent_splits(archive, found))
 
 
 def plan_documents(dataset: str, folder: Path, on_error: OnError = "fail") -> Documents:

@@ -2,6 +2,114 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from amc_data.encode import FORMATS, EncodeConfig, EncodeResult, encode
+from amc_data.inputs import DATASETS
+from amc_data.progress import progress_enabled
+
+from .options import data_dir_option, jobs_option, quiet_option
+
+
+def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [part for part in chosen if part not in FORMATS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"{', '.join(unknown) or 'nothing'} is not a format; use a comma-separated list of "
+            f"{', '.join(FORMATS)}."
+        )
+    return chosen
+
+
+@click.command("encode")
+@click.argument("dataset", type=click.Choice([*DATASETS, "all"]))
+@data_dir_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default <data-dir>/<dataset>/encoded; with 'all', <out>/<dataset>).",
+)
+@jobs_option(None, "Worker processes (default: all cores). Output is the same for any value.")
+@click.option(
+    "--min-df", type=click.IntRange(min=0), default=6, show_default=True,
+    help="Keep a word found in at least this many fitting documents (the authors used 6).",
+)  # fmt: skip
+@click.option(
+    "--stop-words", default="english", show_default=True, metavar="english|none|PATH",
+    help="scikit-learn's English list (the authors'), none, or a file with one word per line.",
+)  # fmt: skip
+@click.option(
+    "--formats", default=",".join(FORMATS), show_default=True, callback=_formats,
+    help="Comma-separated outputs: original (the authors' .npy), csr (.npz), parquet.",
+)  # fmt: skip
+@click.option(
+    "--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    help="On a bad keyword file or list line: stop (write nothing), or skip and record it.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Encode again even if the outputs are up to date.")
+@quiet_option
+def encode_command(
+    dataset: str,
+    data_dir: str | None,
+    out: Path | None,
+    jobs: int | None,
+    min_df: int,
+    stop_words: str,
+    formats: tuple[str, ...],
+    on_error: str,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Encode DATASET's keywords exactly as the authors did (clickture, coco, or all).
+
+    Reads the archives and lists that `fetch` put in <data-dir>/<dataset>/ and writes the
+    authors' .npy files, vocab.tsv, per-split CSR matrices, Parquet tables and encode.json.
+    A second run with the same inputs and options does nothing; --force redoes it.
+    """
+    config = EncodeConfig(
+        min_df=min_df,
+        stop_words=stop_words,
+        formats=formats,
+        on_error=on_error,  # type: ignore[arg-type]
+        jobs=jobs,
+        force=force,
+        progress=progress_enabled(quiet),
+    )
+    datasets = list(DATASETS) if dataset == "all" else [dataset]
+    for name in datasets:
+        target = out / name if (out is not None and dataset == "all") else out
+        result = encode(name, data_dir=data_dir, out=target, config=config)
+        if not quiet:
+            _report(result)
+
+
+def _report(result: EncodeResult) -> None:
+    if result.up_to_date:
+        click.echo(
+            f"{result.dataset}: {result.out_dir} is up to date with its inputs; nothing to do "
+            "(--force encodes again)."
+        )
+        return
+    click.echo(f"{result.dataset}: encoded into {result.out_dir}")
+    click.echo(f"  {'split':<8} {'documents':>10} {'encoded':>10} {'skipped':>8} {'pairs':>12}")
+    for split, counts in result.counts.items():
+        if counts.get("documents") or counts.get("skipped"):
+            click.echo(
+                f"  {split:<8} {counts['documents']:>10,} {counts['encoded']:>10,} "
+                f"{counts['skipped']:>8,} {counts['pairs']:>12,}"
+            )
+    click.echo(f"  vocabulary: {result.vocabulary_size:,} words")
+    if result.skipped:
+        click.echo(
+            f"  {len(result.skipped):,} item(s) skipped; each is recorded with its reason in "
+            f"{result.out_dir / 'encode.json'}"
+        )
+    if "total" in result.seconds:
+        click.echo(f"  time: {result.seconds['total']:.1f} s")
+
+
+COMMANDS: list[click.Command] = [encode_command]

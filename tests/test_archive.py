@@ -142,7 +142,8 @@ def test_member_inflating_past_its_declared_size_is_refused(tmp_path):
     assert data[entry : entry + 4] == b"PK\x01\x02"
     struct.pack_into("<L", data, entry + 24, 100)  # uncompressed size field
     path.write_bytes(bytes(data))
-    with pytest.raises(ArchiveError, match=r"inflates to 101\+ bytes where its directory says 100"):
+    expected = r"inflates to [\d,]+ bytes or more where its directory says 100"
+    with pytest.raises(ArchiveError, match=expected):
         ZipArchive(path).read("dataset.json")
 
 
