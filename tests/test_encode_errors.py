@@ -1,0 +1,282 @@
+"""Bad input, interrupted runs and up-to-date checks: each error names the file and member (or
+list line), says what was expected and found, exits non-zero, and destroys nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+
+import corpus
+import pytest
+from amc_data_cli.main import cli
+from click.testing import CliRunner
+from encode_helpers import manifest, small_clickture, small_coco, snapshot
+
+from amc_data.encode import EncodeConfig, encode
+from amc_data.errors import ConfigError, InputError
+
+
+@pytest.fixture
+def clickture(tmp_path, shared_data):
+    made = small_clickture(tmp_path, shared_data, n_dev=120, n_lite=80, seed=21)
+    return tmp_path, made
+
+
+def run(data_dir, *args, dataset="clickture"):
+    arguments = ["encode", dataset, *args, "--data-dir", str(data_dir), "--jobs", "2"]
+    return CliRunner().invoke(cli, arguments)
+
+
+def _dev_member(made, index=5):
+    line = made.lines("dev")[index]
+    return line, made.member("dev", line)
+
+
+def _lite_member(made, index=7):
+    line = made.lines("lite")[index]
+    return line, made.member("lite", line)
+
+
+# Each defect: (name, apply(made) -> (what the message must name, the skipped split)).
+def _invalid_json(made):
+    _line, member = _dev_member(made)
+    corpus.break_json(made.zip_path("dev"), member)
+    return [member, "keywords_dev.zip", "not valid JSON"], "dev"
+
+
+def _no_tagging(made):
+    _line, member = _lite_member(made)
+    corpus.drop_tagging(made.zip_path("lite"), member)
+    return [member, "keywords_lite.zip", "no 'tagging' object", "expected"], "lite"
+
+
+def _no_keywords(made):
+    _line, member = _dev_member(made)
+    corpus.drop_keywords(made.zip_path("dev"), member)
+    return [member, "has no 'keywords'", "expected"], "dev"
+
+
+def _keywords_not_strings(made):
+    _line, member = _lite_member(made)
+    corpus.set_keywords(made.zip_path("lite"), member, ["red", 7])
+    return [member, 'keywords ["red", 7]', "expected"], "lite"
+
+
+def _keywords_a_string(made):
+    _line, member = _dev_member(made)
+    corpus.set_keywords(made.zip_path("dev"), member, "red sink")
+    return [member, 'keywords "red sink"'], "dev"
+
+
+def _missing_member(made):
+    line, member = _lite_member(made)
+    corpus.remove_member(made.zip_path("lite"), member)
+    return [f"of {made.list_path('lite')}", line, "has no member", member], "lite"
+
+
+def _repeated_line(made):
+    line = corpus.repeat_list_line(made.list_path("dev"), index=3)
+    number = len(made.lines("dev")) + 1
+    return [f"Line {number} of {made.list_path('dev')}", "repeats line 4", line], "dev"
+
+
+def _not_an_id(made):
+    path = made.list_path("lite")
+    path.write_text(path.read_text() + "lite/not-an-id\n")
+    return [str(path), "'lite/not-an-id'", "not an image id"], "lite"
+
+
+def _damaged_member(made):
+    _line, member = _dev_member(made, 9)
+    corpus.damage_member_crc(made.zip_path("dev"), member)
+    return [member, "keywords_dev.zip", "CRC"], "dev"
+
+
+DEFECTS = [
+    _invalid_json,
+    _no_tagging,
+    _no_keywords,
+    _keywords_not_strings,
+    _keywords_a_string,
+    _missing_member,
+    _repeated_line,
+    _not_an_id,
+    _damaged_member,
+]
+
+
+@pytest.mark.parametrize("defect", DEFECTS, ids=lambda d: d.__name__.strip("_"))
+def test_fail_stops_names_the_culprit_and_keeps_previous_outputs(clickture, defect):
+    data_dir, made = clickture
+    assert run(data_dir).exit_code == 0
+    out_dir = data_dir / "clickture" / "encoded"
+    before = snapshot(out_dir)
+    expected, _split = defect(made)
+    result = run(data_dir)
+    assert result.exit_code == 1, result.output
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)
+    assert "--on-error skip" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(out_dir) == before
+    assert sorted(p.name for p in out_dir.parent.iterdir() if p.name.startswith(".encoded")) == [
+        ".encoded.lock"
+    ]
+
+
+@pytest.mark.parametrize("defect", DEFECTS, ids=lambda d: d.__name__.strip("_"))
+def test_skip_goes_on_and_records_the_item(clickture, defect):
+    data_dir, made = clickture
+    expected, split = defect(made)
+    result = run(data_dir, "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert "1 item(s) skipped" in result.output
+    out_dir = data_dir / "clickture" / "encoded"
+    record = manifest(out_dir)
+    assert len(record["skipped"]) == 1
+    skipped = record["skipped"][0]
+    assert skipped["split"] == split
+    for text in expected:
+        assert text in skipped["reason"], (text, skipped["reason"])
+    assert record["counts"][split]["skipped"] == 1
+    counts = record["counts"][split]
+    assert counts["documents"] == counts["encoded"] + 1
+
+
+def test_fail_on_a_first_run_writes_nothing(clickture):
+    data_dir, made = clickture
+    _invalid_json(made)
+    result = run(data_dir)
+    assert result.exit_code == 1
+    leftovers = [p.name for p in (data_dir / "clickture").iterdir() if "encoded" in p.name]
+    assert leftovers == [".encoded.lock"]
+
+
+@pytest.mark.parametrize(
+    ("defect", "expected"),
+    [
+        (corpus.drop_images, ["dataset.json", "no 'images' list", "Karpathy"]),
+        (
+            lambda path, member: corpus.set_split(path, member, 3, "holdout"),
+            ["images[3]", "split 'holdout'", "expected one of"],
+        ),
+    ],
+    ids=["no-images", "unknown-split"],
+)
+def test_bad_dataset_json_is_named(tmp_path, defect, expected):
+    made = small_coco(tmp_path, per_split=20, seed=4)
+    defect(made.zip_path, made.dataset_member)
+    with pytest.raises(InputError) as caught:
+        encode("coco", data_dir=tmp_path, config=EncodeConfig(jobs=1))
+    for text in expected:
+        assert text in str(caught.value)
+    assert "keywords_coco.zip" in str(caught.value)
+    assert not (tmp_path / "coco" / "encoded").exists()
+
+
+def test_unknown_split_can_be_skipped(tmp_path):
+    made = small_coco(tmp_path, per_split=20, seed=4)
+    corpus.set_split(made.zip_path, made.dataset_member, 3, "holdout")
+    result = encode("coco", data_dir=tmp_path, config=EncodeConfig(jobs=1, on_error="skip"))
+    assert [item.item for item in result.skipped] == [made.images[3].filename]
+    assert sum(c["encoded"] for c in result.counts.values()) == len(made.images) - 1
+
+
+def test_missing_inputs_say_how_to_get_them(tmp_path):
+    result = run(tmp_path, dataset="coco")
+    assert result.exit_code == 1
+    assert "keywords_coco.zip not found" in result.stderr
+    assert "amc-data fetch coco" in result.stderr
+
+
+def test_second_run_does_nothing_until_inputs_or_options_change(clickture):
+    data_dir, made = clickture
+    first = run(data_dir)
+    assert first.exit_code == 0 and "encoded into" in first.output
+    out_dir = data_dir / "clickture" / "encoded"
+    stamp = (out_dir / "encode.json").stat().st_mtime_ns
+    second = run(data_dir)
+    assert second.exit_code == 0
+    assert "up to date" in second.output
+    assert (out_dir / "encode.json").stat().st_mtime_ns == stamp
+    forced = run(data_dir, "--force")
+    assert "encoded into" in forced.output
+    stamp = (out_dir / "encode.json").stat().st_mtime_ns
+    os.utime(made.list_path("lite"))  # an input changed (its mtime is part of the identity)
+    assert "encoded into" in run(data_dir).output
+    assert (out_dir / "encode.json").stat().st_mtime_ns != stamp
+    other = run(data_dir, "--min-df", "3")
+    assert "encoded into" in other.output
+    assert (out_dir / "img_keyword_rec_clickture_dev_sk_3.npy").exists()
+    assert not (out_dir / "img_keyword_rec_clickture_dev_sk_6.npy").exists()
+
+
+def test_interrupted_run_leaves_previous_outputs_untouched(clickture, monkeypatch):
+    data_dir, _made = clickture
+    encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1))
+    out_dir = data_dir / "clickture" / "encoded"
+    before = snapshot(out_dir)
+
+    import amc_data.outputs
+
+    calls = []
+    original_add = amc_data.outputs.OutputWriters.add
+
+    def interrupted_add(self, chunk, skipped):
+        calls.append(1)
+        original_add(self, chunk, skipped)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(amc_data.outputs.OutputWriters, "add", interrupted_add)
+    with pytest.raises(KeyboardInterrupt):
+        encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1, force=True))
+    assert calls
+    assert snapshot(out_dir) == before
+    assert not list(out_dir.parent.glob(".encoded.staging-*"))
+
+
+def test_crash_between_the_two_renames_is_repaired(clickture):
+    data_dir, _made = clickture
+    encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1))
+    out_dir = data_dir / "clickture" / "encoded"
+    before = snapshot(out_dir)
+    out_dir.rename(out_dir.with_name(".encoded.previous-4242"))  # as a crash would leave it
+    result = encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1))
+    assert result.up_to_date
+    assert snapshot(out_dir) == before
+
+
+def test_foreign_output_folder_is_refused_and_untouched(clickture):
+    data_dir, _made = clickture
+    foreign = data_dir / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    result = run(data_dir, "--out", str(foreign))
+    assert result.exit_code == 2
+    assert "did not write" in result.stderr and str(foreign) in result.stderr
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+    with pytest.raises(ConfigError):
+        encode("clickture", data_dir=data_dir, out=foreign, config=EncodeConfig(jobs=1))
+
+
+def test_folder_and_zip_may_wrap_differently(tmp_path, shared_data):
+    """Dev unzipped without its folder level, Lite zipped inside a wrapping folder."""
+    made = small_clickture(tmp_path, shared_data, n_dev=150, n_lite=60, seed=2)
+    folder = made.folder / "keywords_dev"
+    with zipfile.ZipFile(made.zip_path("dev")) as archive:
+        for line in made.lines("dev"):
+            (folder / f"{line}.json").parent.mkdir(parents=True, exist_ok=True)
+            (folder / f"{line}.json").write_bytes(archive.read(made.member("dev", line)))
+    made.zip_path("dev").unlink()
+    wrapped = made.folder / "wrapped.zip"
+    with zipfile.ZipFile(made.zip_path("lite")) as source, zipfile.ZipFile(wrapped, "w") as out:
+        for info in source.infolist():
+            out.writestr(f"keywords_lite_v1/{info.filename}", source.read(info))
+    shutil.move(wrapped, made.zip_path("lite"))
+    result = encode("clickture", data_dir=tmp_path, config=EncodeConfig(jobs=1))
+    assert result.counts["dev"]["encoded"] == 150
+    assert result.counts["lite"]["encoded"] == 60
+    record = json.loads((result.out_dir / "encode.json").read_text())
+    assert record["inputs"][0]["name"] == "keywords_dev"
