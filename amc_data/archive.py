@@ -253,7 +253,7 @@ class ZipArchive:
 
     def read_at(self, name: str, location: Sequence[int]) -> bytes:
         """Read a member from its name and a row of `locations`, without the directory."""
-        return self.read_member(Member(name, *map(int, location)))
+        return self.read_member(Member(name, *location))
 
     def members(self, include_junk: bool = False) -> Iterator[Member]:
         """Every file member, in directory order (junk entries left out unless asked for)."""

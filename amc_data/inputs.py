@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 OnError = Literal["fail", "skip"]
 DATASETS = ("clickture", "coco")
+FORMATS = ("original", "csr", "parquet")  # what `encode` can write beside vocab.tsv
 SPLITS = {"clickture": ("dev", "lite"), "coco": ("train", "restval", "val", "test")}
 # The documents the vocabulary is fitted on, which are also those of the authors' COCO outputs.
 FIT_SPLITS = {"clickture": ("dev",), "coco": ("train", "test")}

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from amc_data.encode import FORMATS, EncodeConfig, EncodeResult, encode
-from amc_data.inputs import DATASETS
+from amc_data.inputs import DATASETS, FORMATS
 from amc_data.progress import progress_enabled
 
 from .options import data_dir_option, jobs_option, quiet_option
+
+if TYPE_CHECKING:
+    from amc_data.encode import EncodeResult
 
 
 def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -70,6 +73,8 @@ def encode_command(
     authors' .npy files, vocab.tsv, per-split CSR matrices, Parquet tables and encode.json.
     A second run with the same inputs and options does nothing; --force redoes it.
     """
+    from amc_data.encode import EncodeConfig, encode  # scikit-learn loads only when encoding
+
     config = EncodeConfig(
         min_df=min_df,
         stop_words=stop_words,

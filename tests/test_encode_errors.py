@@ -55,7 +55,7 @@ def _no_tagging(made):
 def _no_keywords(made):
     _line, member = _dev_member(made)
     corpus.drop_keywords(made.zip_path("dev"), member)
-    return [member, "has no 'keywords'", "expected"], "dev"
+    return [member, "holds no 'keywords'", "expected"], "dev"
 
 
 def _keywords_not_strings(made):

@@ -1,0 +1,57 @@
+"""The command line as a whole: entry points, start-up cost, the one place errors are caught."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from amc_data_cli.main import cli
+from click.testing import CliRunner
+
+import amc_data
+
+
+def test_every_public_name_resolves():
+    for name in amc_data.__all__:
+        assert getattr(amc_data, name) is not None, name
+
+
+def test_importing_the_package_loads_neither_scikit_learn_nor_torch():
+    code = (
+        "import sys, amc_data, amc_data_cli.main; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'torch')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "amc_data", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("fetch", "verify", "info", "encode"):
+        assert command in out.stdout
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert amc_data.__version__ in result.output
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    args = ["encode", "coco", "--data-dir", str(tmp_path)]
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 1
+    assert plain.stderr.startswith("Error: Input ")
+    assert "Traceback" not in plain.stderr
+    debug = CliRunner().invoke(cli, ["--debug", *args])
+    assert debug.exit_code == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "InputError" in debug.stderr
+
+
+def test_unknown_formats_are_a_usage_error(tmp_path):
+    result = CliRunner().invoke(cli, ["encode", "coco", "--formats", "original,xml"])
+    assert result.exit_code == 2
+    assert "xml is not a format" in result.stderr
