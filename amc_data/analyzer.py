@@ -18,22 +18,24 @@ Each piece is what scikit-learn's own source does (`sklearn/feature_extraction/t
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, filterfalse
+from itertools import chain, filterfalse, repeat
 from pathlib import Path
-
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from .errors import ConfigError, InputError
 
 __all__ = [
     "TOKEN_PATTERN",
     "Analyzer",
+    "KeywordTokenIds",
     "count_document_frequencies",
     "document_from_keywords",
     "fit_vocabulary",
@@ -52,6 +54,34 @@ _TOKEN_RE = re.compile(r"\w\w+")
 _findall = _TOKEN_RE.findall
 
 
+@functools.cache
+def english_stop_words() -> frozenset[str]:
+    """scikit-learn's own `ENGLISH_STOP_WORDS`, the list the authors used.
+
+    Read from scikit-learn's source file (a single frozenset literal) without importing
+    scikit-learn, which takes about a second and 60 MB in every process; should that file ever
+    take another shape, scikit-learn is imported after all. The tests check the two agree.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "feature_extraction" / "_stop_words.py"
+        try:
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if (
+                    isinstance(node, ast.Assign)
+                    and [getattr(t, "id", None) for t in node.targets] == ["ENGLISH_STOP_WORDS"]
+                    and isinstance(node.value, ast.Call)
+                    and getattr(node.value.func, "id", None) == "frozenset"
+                    and len(node.value.args) == 1
+                ):
+                    return frozenset(ast.literal_eval(node.value.args[0]))
+        except (OSError, SyntaxError, ValueError):
+            pass
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return ENGLISH_STOP_WORDS
+
+
 def load_stop_words(spec: str | os.PathLike[str]) -> frozenset[str]:
     """The stop words named by `spec`: `"english"`, `"none"`, or a word-list file.
 
@@ -68,7 +98,7 @@ def load_stop_words(spec: str | os.PathLike[str]) -> frozenset[str]:
     Raises `ConfigError` when the file cannot be read or decoded.
     """
     if isinstance(spec, str) and spec == "english":
-        return ENGLISH_STOP_WORDS
+        return english_stop_words()
     if isinstance(spec, str) and spec == "none":
         return frozenset()
     path = Path(spec)
@@ -114,7 +144,7 @@ class Analyzer:
     stop set's `__contains__`.
     """
 
-    stop_words: frozenset[str] = ENGLISH_STOP_WORDS
+    stop_words: frozenset[str] = field(default_factory=english_stop_words)
     # Bound methods looked up once, not per call: this object is called a million times.
     _is_stop: Callable[[object], bool] = field(init=False, repr=False, compare=False)
 
@@ -127,7 +157,7 @@ class Analyzer:
         object.__setattr__(self, "_is_stop", self.stop_words.__contains__)
 
     def __repr__(self) -> str:
-        english = " (scikit-learn English)" if self.stop_words == ENGLISH_STOP_WORDS else ""
+        english = " (scikit-learn English)" if self.stop_words == english_stop_words() else ""
         return f"Analyzer(<{len(self.stop_words)} stop words{english}>)"
 
     def __call__(self, document: str) -> list[str]:
@@ -140,22 +170,34 @@ class Analyzer:
         tokens.difference_update(self.stop_words)
         return tokens
 
-    def word_id_function(self, vocabulary: Mapping[str, int]) -> Callable[[str], list[int]]:
-        """A function `document -> word ids` of its in-vocabulary tokens, in order, repeats kept.
 
-        Equivalent to `[vocabulary[t] for t in self(document) if t in vocabulary]`, the authors'
-        encoding. Stop words are removed from the lookup table once here, so the per-document
-        work is one lower-casing, one `findall` and one dict lookup per token.
-        """
-        is_stop = self._is_stop
-        table = {word: word_id for word, word_id in vocabulary.items() if not is_stop(word)}
-        get = table.get
-        findall = _findall
+class KeywordTokenIds(dict[str, tuple[int, ...]]):
+    """Keyword -> the vocabulary ids of its tokens (-1 for a token outside the vocabulary),
+    worked out once per distinct keyword.
 
-        def word_ids(document: str) -> list[int]:
-            return [i for i in map(get, findall(document.lower())) if i is not None]
+    `document_ids(keywords)` equals `[ids.get(t, -1) for t in analyzer(" ".join(keywords))]`:
+    the authors' document is the keywords joined by spaces, and a space is neither a word
+    character (tokens cannot span it) nor cased or case-ignorable (lower-casing, final sigma
+    included, cannot see across it), so a document's tokens are its keywords' tokens in turn.
+    Keywords repeat heavily (taggers draw from a fixed vocabulary), so this turns a regex pass
+    per document into a dictionary lookup per keyword.
+    """
 
-        return word_ids
+    def __init__(self, analyzer: Analyzer, vocabulary: Sequence[str], max_keywords: int = 1 << 20):
+        super().__init__()
+        self.analyzer = analyzer
+        self.max_keywords = max_keywords
+        self._get = {word: word_id for word_id, word in enumerate(vocabulary)}.get
+
+    def __missing__(self, keyword: str) -> tuple[int, ...]:
+        ids = tuple(map(self._get, self.analyzer(keyword), repeat(-1)))
+        if len(self) < self.max_keywords:  # bounded: a corpus of unique keywords cannot grow it
+            self[keyword] = ids
+        return ids
+
+    def document_ids(self, keywords: list[str]) -> list[int]:
+        """The ids of the document made of `keywords`, one per analyzer token, in order."""
+        return list(chain.from_iterable(map(self.__getitem__, keywords)))
 
 
 def count_document_frequencies(

@@ -10,6 +10,7 @@ previous outputs as they were.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing
@@ -20,7 +21,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ import orjson
 
 from .analyzer import (
     Analyzer,
+    KeywordTokenIds,
     count_document_frequencies,
     document_from_keywords,
     fit_vocabulary,
@@ -109,7 +110,7 @@ class EncodeResult:
 class _Task:
     start: int  # index of the chunk's first document
     archive: int
-    members: list[str]
+    members: np.ndarray  # (n,) bytes
     locations: np.ndarray  # (n, 6)
 
 
@@ -119,7 +120,8 @@ _state: dict[str, Any] = {}  # per worker process: archives, analyzer, vocabular
 def _init_worker(archives: tuple[Archive, ...], analyzer: Analyzer, words: list[str]) -> None:
     _state["archives"] = archives
     _state["analyzer"] = analyzer
-    _state["table"] = {word: word_id for word_id, word in enumerate(words)}
+    _state["token_ids"] = KeywordTokenIds(analyzer, words)
+    _state["n_words"] = len(words)
 
 
 class _BadDocument(Exception):
@@ -136,8 +138,8 @@ def _parse_json(data: bytes) -> Any:
         return json.loads(data)
 
 
-def _document(archive: Archive, name: str, location: list[int]) -> str:
-    """The member's document: its keywords joined by one space, or `_BadDocument` saying why."""
+def _keywords(archive: Archive, name: str, location: list[int]) -> list[str]:
+    """The member's keywords, or `_BadDocument` saying what is wrong with it."""
     try:
         record = _parse_json(archive.read_at(name, location))
     except ArchiveError as exc:
@@ -146,27 +148,33 @@ def _document(archive: Archive, name: str, location: list[int]) -> str:
         raise _BadDocument(f"{archive.path} member {name!r} is not valid JSON ({exc}).") from None
     tagging = record.get("tagging") if type(record) is dict else None
     keywords = tagging.get("keywords") if type(tagging) is dict else None
-    if type(keywords) is not list or not all(type(k) is str for k in keywords):
-        where = f"{archive.path} member {name!r}"
-        expected = 'expected {"tagging": {"keywords": [strings]}}'
-        if type(record) is not dict:
-            found = f"a JSON {type(record).__name__}"
-        elif type(tagging) is not dict:
-            found = "no 'tagging' object"
-        elif keywords is None:
-            found = "no 'keywords'"
-        else:
-            found = f"keywords {json.dumps(keywords, ensure_ascii=False)[:120]}"
-        raise _BadDocument(f"{where} holds {found}; {expected}.")
-    return document_from_keywords(keywords)
+    if type(keywords) is list:
+        try:
+            document_from_keywords(keywords)  # the quickest check that every item is a string
+            return keywords
+        except TypeError:
+            pass
+    where = f"{archive.path} member {name!r}"
+    expected = 'expected {"tagging": {"keywords": [strings]}}'
+    if type(record) is not dict:
+        found = f"a JSON {type(record).__name__}"
+    elif type(tagging) is not dict:
+        found = "no 'tagging' object"
+    elif keywords is None:
+        found = "no 'keywords'"
+    else:
+        found = f"keywords {json.dumps(keywords, ensure_ascii=False)[:120]}"
+    raise _BadDocument(f"{where} holds {found}; {expected}.")
 
 
-def _documents(task: _Task, errors: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+def _documents(task: _Task, errors: list[tuple[int, str]]) -> Iterator[tuple[int, list[str]]]:
+    """(offset in the chunk, keywords) of each good document; bad ones go to `errors`."""
     archive = _state["archives"][task.archive]
     locations = task.locations.tolist()  # plain ints: numpy scalars are slow to unpack
-    for offset, (name, location) in enumerate(zip(task.members, locations, strict=True)):
+    names = [name.decode("utf-8") for name in task.members.tolist()]
+    for offset, (name, location) in enumerate(zip(names, locations, strict=True)):
         try:
-            yield offset, _document(archive, name, location)
+            yield offset, _keywords(archive, name, location)
         except _BadDocument as exc:
             errors.append((offset, str(exc)))
 
@@ -180,7 +188,7 @@ class _Counts:
 
 def _count_chunk(task: _Task) -> _Counts:
     errors: list[tuple[int, str]] = []
-    documents = [text for _, text in _documents(task, errors)]
+    documents = [document_from_keywords(keywords) for _, keywords in _documents(task, errors)]
     counter = count_document_frequencies(_state["analyzer"], documents)
     return _Counts(counter, len(documents), errors)
 
@@ -201,23 +209,23 @@ class ChunkResult:
 
 
 def _encode_chunk(task: _Task) -> ChunkResult:
-    analyzer, get = _state["analyzer"], _state["table"].get
     n = len(task.members)
-    tokens_seen = np.zeros(n, dtype=np.int32)
-    ids: list[int] = []
     errors: list[tuple[int, str]] = []
-    for offset, text in _documents(task, errors):
-        tokens = analyzer(text)
-        tokens_seen[offset] = len(tokens)
-        ids += map(get, tokens, repeat(-1))  # -1: not in the vocabulary
-    all_ids = np.array(ids, dtype=np.int32)
+    document_ids = _state["token_ids"].document_ids
+    flat: list[int] = []
+    tokens_seen = np.zeros(n, dtype=np.int32)
+    for offset, keywords in _documents(task, errors):
+        before = len(flat)
+        flat += document_ids(keywords)
+        tokens_seen[offset] = len(flat) - before
+    ids = np.array(flat, dtype=np.int32)  # (t,): one per analyzer token, -1 outside the vocab
     token_doc = np.repeat(np.arange(n), tokens_seen)  # (t,)
     doc_start = np.cumsum(tokens_seen, dtype=np.int64) - tokens_seen
-    positions = np.arange(all_ids.size, dtype=np.int64) - doc_start[token_doc]
-    keep = all_ids >= 0
-    word_ids, kept_doc = all_ids[keep], token_doc[keep]
+    positions = np.arange(ids.size, dtype=np.int64) - doc_start[token_doc]
+    keep = ids >= 0  # in the vocabulary
+    word_ids, kept_doc = ids[keep], token_doc[keep]
     # Counts per (document, word) for the CSR matrices: one sort per chunk.
-    n_words = max(len(_state["table"]), 1)
+    n_words = max(_state["n_words"], 1)
     keys, counts = np.unique(kept_doc.astype(np.int64) * n_words + word_ids, return_counts=True)
     return ChunkResult(
         start=task.start,
@@ -244,7 +252,7 @@ def _tasks(documents: Documents, rows: np.ndarray) -> Iterator[_Task]:
             yield _Task(
                 start=int(chunk[0]),
                 archive=int(documents.archive[chunk[0]]),
-                members=[documents.members[i] for i in chunk],
+                members=documents.members[chunk],
                 locations=documents.locations[chunk],
             )
 
@@ -278,6 +286,9 @@ def _executor(jobs: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor | Non
     # On Linux, fork shares the parent's imports (scikit-learn's is slow); elsewhere fork is
     # unsafe or absent and the platform's default start method is used.
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+    # Objects the workers inherit stay shared only if nothing writes to them: keep the garbage
+    # collector's bookkeeping off them (it writes to every object it visits).
+    gc.freeze()
     return ProcessPoolExecutor(
         jobs, mp_context=context, initializer=_init_worker, initargs=initargs
     )
@@ -295,7 +306,8 @@ def _handle_errors(
             raise InputError(f"{message} {SKIP_HINT}")
         row = start + offset
         split = documents.splits[documents.split[row]]
-        skipped[row] = SkippedItem(split, documents.members[row], documents.members[row], message)
+        member = bytes(documents.members[row]).decode("utf-8")
+        skipped[row] = SkippedItem(split, member, member, message)
 
 
 def _fit(

@@ -93,6 +93,8 @@ class CsrBuilder:
 
     def __init__(self, n_columns: int) -> None:
         self.n_columns = n_columns
+        # Held compactly until `build`: a million documents make tens of millions of entries.
+        self._column_type = np.uint16 if n_columns <= 1 << 16 else np.int32
         self._img_ids: list[np.ndarray] = []
         self._row_nnz: list[np.ndarray] = []
         self._columns: list[np.ndarray] = []
@@ -102,24 +104,36 @@ class CsrBuilder:
         self, img_ids: np.ndarray, row_nnz: np.ndarray, columns: np.ndarray, values: np.ndarray
     ) -> None:
         """Documents with their counts: `row_nnz[d]` (column, value) pairs each, in order."""
-        self._img_ids.append(img_ids.astype(np.int64, copy=False))
-        self._row_nnz.append(row_nnz.astype(np.int64, copy=False))
-        self._columns.append(columns.astype(np.int32, copy=False))
-        self._values.append(values.astype(np.int32, copy=False))
+        self._img_ids.append(img_ids.astype(np.int64))
+        self._row_nnz.append(row_nnz.astype(np.int32))
+        self._columns.append(columns.astype(self._column_type))
+        small = values.max(initial=0) < 1 << 16
+        self._values.append(values.astype(np.uint16 if small else np.int32))
+
+    @staticmethod
+    def _take(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        """Concatenate `parts` into `dtype`, emptying the list as it goes."""
+        out = np.empty(sum(p.size for p in parts), dtype=dtype)
+        position = 0
+        while parts:
+            part = parts.pop(0)
+            out[position : position + part.size] = part
+            position += part.size
+        return out
 
     def build(self) -> scipy.sparse.csr_matrix:
         """The matrix, rows `0..max img_id`; documents sharing an image id add up."""
-        img_ids = np.concatenate(self._img_ids) if self._img_ids else np.zeros(0, np.int64)
-        row_nnz = np.concatenate(self._row_nnz) if self._row_nnz else np.zeros(0, np.int64)
-        columns = np.concatenate(self._columns) if self._columns else np.zeros(0, np.int32)
-        values = np.concatenate(self._values) if self._values else np.zeros(0, np.int32)
-        self._img_ids, self._row_nnz, self._columns, self._values = [], [], [], []
+        img_ids = self._take(self._img_ids, np.int64)
+        row_nnz = self._take(self._row_nnz, np.int64)
+        columns = self._take(self._columns, self._column_type)
+        values = self._take(self._values, np.int32)
         n_rows = int(img_ids.max()) + 1 if img_ids.size else 0
         shape = (n_rows, self.n_columns)
         order = np.argsort(img_ids, kind="stable")
         if img_ids.size and np.any(np.diff(img_ids[order]) == 0):
             rows = np.repeat(img_ids, row_nnz)
-            matrix = scipy.sparse.coo_matrix((values, (rows, columns)), shape=shape).tocsr()
+            coo = (values, (rows, columns.astype(np.int32)))
+            matrix = scipy.sparse.coo_matrix(coo, shape=shape).tocsr()
             matrix.sum_duplicates()
             return matrix
         # Distinct ids: move each document's block to its image's row, a slice of rows at a time
@@ -128,7 +142,7 @@ class CsrBuilder:
         indptr[img_ids + 1] = row_nnz
         np.cumsum(indptr, out=indptr)
         source_starts = np.concatenate(([0], np.cumsum(row_nnz)[:-1])) if row_nnz.size else row_nnz
-        out_columns = np.empty_like(columns)
+        out_columns = np.empty(columns.size, dtype=np.int32)
         out_values = np.empty_like(values)
         for lo in range(0, order.size, 65536):
             docs = order[lo : lo + 65536]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from .archive import Archive, MemberLayout, find_layout, open_archive
+from .archive import Archive, MemberLayout, ZipArchive, find_layout, open_archive
 from .errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Documents:
     split: np.ndarray  # (n,) uint8: index into `splits`
     img_id: np.ndarray  # (n,) int64
     archive: np.ndarray  # (n,) uint8: index into `archives`
-    members: list[str]  # (n,) member names
+    members: np.ndarray  # (n,) bytes: member names, UTF-8
     locations: np.ndarray  # (n, 6) int64: where each member lies, for `Archive.read_at`
     skipped: list[SkippedItem] = field(default_factory=list)
     absent_splits: tuple[str, ...] = ()  # splits whose keyword files the archive lacks
@@ -134,23 +135,38 @@ def input_files(dataset: str, folder: Path) -> list[Path]:
 
 @dataclass
 class _Candidates:
-    """Images a list names, before their members are looked up: parallel columns, since a
-    million objects would cost more than the lookups."""
+    """Images a list names, before their members are looked up: numpy columns, since a Lite
+    list has a million lines. The member the authors' scripts open for candidate `i` is
+    `<folder of its split>/<stems[i]>.json`."""
 
-    splits: list[str] = field(default_factory=list)
-    items: list[str] = field(default_factory=list)  # list line, or file name in dataset.json
-    img_ids: list[int] = field(default_factory=list)
-    expected: list[str] = field(default_factory=list)  # the member the authors' scripts open
-    places: list[str] = field(default_factory=list)  # message template, e.g. "Line {} of ..."
-    numbers: list[int] = field(default_factory=list)
+    split: np.ndarray  # (n,) uint8: index into SPLITS[dataset]
+    items: np.ndarray  # (n,) bytes: the list line, or the file name in dataset.json
+    stems: np.ndarray  # (n,) bytes
+    img_id: np.ndarray  # (n,) int64
+    numbers: np.ndarray  # (n,) int64: line number, or position in dataset.json
+    places: dict[int, str]  # split code -> message template, "Line {} of .../clickture-dev.lst"
 
-    def add(self, split: str, item: str, img_id: int, expected: str, place: str, number: int):
-        self.splits.append(split)
-        self.items.append(item)
-        self.img_ids.append(img_id)
-        self.expected.append(expected)
-        self.places.append(place)
-        self.numbers.append(number)
+    @staticmethod
+    def concat(parts: list[_Candidates]) -> _Candidates:
+        columns = ("split", "items", "stems", "img_id", "numbers")
+        merged = {c: np.concatenate([getattr(p, c) for p in parts]) for c in columns}
+        return _Candidates(**merged, places={k: v for p in parts for k, v in p.places.items()})
+
+    def where(self, row: int) -> str:
+        return self.places[int(self.split[row])].format(int(self.numbers[row]))
+
+    def item(self, row: int) -> str:
+        return bytes(self.items[row]).decode("utf-8")
+
+
+def _member_folder(dataset: str, split: str) -> str:
+    """The folder of a split's keyword files, as the scripts name it."""
+    return f"keywords_{split}" if dataset == "clickture" else f"keyword_{split}"
+
+
+def _member_names(head: str, stems: np.ndarray) -> np.ndarray:
+    """`head + stem + ".json"` for each stem, as UTF-8 bytes."""
+    return np.char.add(np.char.add(head.encode("utf-8"), stems), b".json")
 
 
 class _Planner:
@@ -158,6 +174,7 @@ class _Planner:
 
     def __init__(self, dataset: str, archives: tuple[Archive, ...], on_error: OnError) -> None:
         self.dataset = dataset
+        self.splits = SPLITS[dataset]
         self.archives = archives
         self.on_error = on_error
         self.skipped: list[SkippedItem] = []
@@ -167,111 +184,119 @@ class _Planner:
             raise InputError(f"{message} {SKIP_HINT}")
         self.skipped.append(SkippedItem(split, item, member, message))
 
+    def layout(self, archive: Archive, folder: str, stems: np.ndarray) -> MemberLayout:
+        sample = [f"{folder}/{bytes(stem).decode('utf-8')}.json" for stem in stems[:_LAYOUT_SAMPLE]]
+        return find_layout(archive, sample)
+
     def documents(
-        self, found: _Candidates, archive_of: dict[str, int], absent: tuple[str, ...]
+        self, found: _Candidates, archive_of: dict[str, int], absent: tuple[str, ...] = ()
     ) -> Documents:
         """Look every candidate's member up (with its split's layout) and build the columns."""
-        splits = SPLITS[self.dataset]
-        codes = np.array([splits.index(s) for s in found.splits], dtype=np.uint8)
-        archive_index = np.array([archive_of[s] for s in splits], dtype=np.uint8)[codes]
-        names = list(found.expected)
-        keep = ~np.isin(codes, [splits.index(s) for s in absent])
-        for code, split in enumerate(splits):
-            rows = np.flatnonzero(codes == code)
-            if split in absent or rows.size == 0:
+        n = found.split.size
+        archive_index = np.array([archive_of[s] for s in self.splits], dtype=np.uint8)[found.split]
+        names = np.zeros(n, dtype="S1")
+        keep = np.ones(n, dtype=bool)
+        locations = np.full((n, 6), -1, dtype=np.int64)
+        for code, split in enumerate(self.splits):
+            rows = np.flatnonzero(found.split == code)
+            if rows.size == 0:
+                continue
+            if split in absent:
+                keep[rows] = False
                 continue
             archive = self.archives[archive_of[split]]
-            layout = find_layout(archive, [names[r] for r in rows[:_LAYOUT_SAMPLE]])
-            if layout != MemberLayout():
-                for r in rows.tolist():
-                    names[r] = layout.name(names[r])
-        locations = np.full((len(names), 6), -1, dtype=np.int64)
-        for index, archive in enumerate(self.archives):
-            rows = np.flatnonzero((archive_index == index) & keep)
-            locations[rows] = archive.locations([names[r] for r in rows.tolist()])
-        for r in np.flatnonzero(keep & (locations[:, 2] < 0)).tolist():
-            archive = self.archives[archive_index[r]]
-            where = found.places[r].format(found.numbers[r])
+            folder = _member_folder(self.dataset, split)
+            layout = self.layout(archive, folder, found.stems[rows])
+            head = layout.prefix + ("" if layout.strip_first_folder else f"{folder}/")
+            split_names = _member_names(head, found.stems[rows])
+            if split_names.dtype.itemsize > names.dtype.itemsize:
+                names = names.astype(split_names.dtype)
+            names[rows] = split_names
+            locations[rows] = archive.locations(split_names)
+        for row in np.flatnonzero(keep & (locations[:, 2] < 0)).tolist():
+            archive = self.archives[archive_index[row]]
+            name = bytes(names[row]).decode("utf-8")
+            item = found.item(row)
             self.problem(
-                found.splits[r],
-                found.items[r],
-                names[r],
-                f"{where} names {found.items[r]!r}, but {archive.path} has no member "
-                f"{names[r]!r}. Expected one keyword file per listed image; the archive may be "
-                "incomplete (run `amc-data verify`).",
+                self.splits[found.split[row]],
+                item,
+                name,
+                f"{found.where(row)} names {item!r}, but {archive.path} has no member {name!r}. "
+                "Expected one keyword file per listed image; the archive may be incomplete (run "
+                "`amc-data verify`).",
             )
-            keep[r] = False
+            keep[row] = False
+        for archive in self.archives:
+            archive.close()  # drop the parsed directory: workers read by location alone
         rows = np.flatnonzero(keep)
         return Documents(
             dataset=self.dataset,
-            splits=splits,
+            splits=self.splits,
             archives=self.archives,
-            split=codes[rows],
-            img_id=np.array(found.img_ids, dtype=np.int64)[rows],
+            split=found.split[rows],
+            img_id=found.img_id[rows],
             archive=archive_index[rows],
-            members=[names[r] for r in rows.tolist()],
+            members=names[rows],
             locations=locations[rows],
             skipped=self.skipped,
             absent_splits=absent,
         )
 
 
-def _list_candidates(path: Path, split: str, planner: _Planner, found: _Candidates) -> None:
+def _read_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A list file's non-empty lines (stripped, as UTF-8 bytes) and their line numbers."""
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")  # a clear error for a file that is not text
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read the list {path} as UTF-8 text: {exc}.") from exc
+    raw = data.split(b"\n")
+    if any(space in data for space in (b" ", b"\t", b"\r", b"\x0b", b"\x0c")):
+        raw = [line.strip() for line in raw]
+    numbers = np.flatnonzero(np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))) + 1
+    lines = np.array([raw[i - 1] for i in numbers.tolist()], dtype=bytes)
+    return lines.astype("S1") if lines.size == 0 else lines, numbers
+
+
+def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
     """One candidate per list line; image id `int(line.split("/")[-1])`, as the scripts did.
 
-    Written column-wise, with the per-line checks skipped when a whole-list check passes: a
-    Lite list has a million lines.
+    Checked column-wise: a Lite list has a million lines.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"Cannot read the list {path}: {exc}.") from exc
-    numbered = [(n, line) for n, raw in enumerate(text.split("\n"), 1) if (line := raw.strip())]
-    tails = [line.rpartition("/")[2] for _, line in numbered]
-    joined = "".join(tails)
-    all_ids = joined.isascii() and joined.isdigit() and all(tails)
-    unique = len({line for _, line in numbered}) == len(numbered)
+    lines, numbers = _read_lines(path)
+    code = planner.splits.index(split)
     place = f"Line {{}} of {path}"
-    if not (all_ids and unique):
-        numbered, tails = _check_lines(numbered, tails, split, place, planner)
-    found.splits += [split] * len(numbered)
-    found.items += [line for _, line in numbered]
-    found.img_ids += map(int, tails)
-    found.expected += [f"keywords_{split}/{line}.json" for _, line in numbered]
-    found.places += [place] * len(numbered)
-    found.numbers += [number for number, _ in numbered]
-
-
-def _check_lines(
-    numbered: list[tuple[int, str]], tails: list[str], split: str, place: str, planner: _Planner
-) -> tuple[list[tuple[int, str]], list[str]]:
-    """The lines that are image ids and not repeats; a problem reported for each other one."""
-    member = f"keywords_{split}/<line>.json"
-    first_seen: dict[str, int] = {}
-    good: list[tuple[int, str]] = []
-    good_tails: list[str] = []
-    for (number, line), tail in zip(numbered, tails, strict=True):
-        if not (tail.isascii() and tail.isdigit()):
-            planner.problem(
-                split,
-                line,
-                member,
-                f"{place.format(number)} is {line!r}, not an image id (expected digits, "
-                "optionally after a folder, such as '00048500').",
-            )
-        elif line in first_seen:
-            planner.problem(
-                split,
-                line,
-                member,
-                f"{place.format(number)} repeats line {first_seen[line]} ({line!r}); each image "
-                "must be listed once.",
+    tails = lines
+    if (lines.view(np.uint8) == ord("/")).any():
+        tails = np.array([line.rpartition(b"/")[2] for line in lines.tolist()], dtype=bytes)
+    # An id is 1 to 18 ASCII digits (18 fit an int64); a repeated line is a problem too.
+    bad_id = ~np.char.isdigit(tails) | (np.char.str_len(tails) > 18)
+    order = np.argsort(lines, kind="stable")
+    repeats = order[1:][lines[order][1:] == lines[order][:-1]]
+    problems = set(np.flatnonzero(bad_id).tolist()) | set(repeats.tolist())
+    member = f"{_member_folder(planner.dataset, split)}/<line>.json"
+    for row in sorted(problems):
+        line = bytes(lines[row]).decode("utf-8")
+        where = place.format(int(numbers[row]))
+        if bad_id[row]:
+            message = (
+                f"{where} is {line!r}, not an image id (expected digits, optionally after a "
+                "folder, such as '00048500')."
             )
         else:
-            first_seen[line] = number
-            good.append((number, line))
-            good_tails.append(tail)
-    return good, good_tails
+            first = int(numbers[np.flatnonzero(lines == lines[row])[0]])
+            message = f"{where} repeats line {first} ({line!r}); each image must be listed once."
+        planner.problem(split, line, member, message)
+    keep = np.ones(lines.size, dtype=bool)
+    keep[list(problems)] = False
+    return _Candidates(
+        split=np.full(int(keep.sum()), code, dtype=np.uint8),
+        items=lines[keep],
+        stems=lines[keep],
+        img_id=tails[keep].astype(np.int64),
+        numbers=numbers[keep],
+        places={code: place},
+    )
 
 
 def _plan_clickture(folder: Path, on_error: OnError) -> Documents:
@@ -280,10 +305,24 @@ def _plan_clickture(folder: Path, on_error: OnError) -> Documents:
         open_archive(_archive_path(folder, "keywords_lite")),
     )
     planner = _Planner("clickture", archives, on_error)
-    found = _Candidates()
-    for split in ("dev", "lite"):
-        _list_candidates(_file_path(folder, f"clickture-{split}.lst"), split, planner, found)
-    return planner.documents(found, {"dev": 0, "lite": 1}, absent=())
+    # Parse the archives' directories (mostly numpy, which lets go of the GIL) while this
+    # thread reads the lists.
+    with ThreadPoolExecutor(len(archives)) as pool:
+        parsed = [pool.submit(_prefetch, archive) for archive in archives]
+        found = _Candidates.concat(
+            [
+                _list_candidates(_file_path(folder, f"clickture-{split}.lst"), split, planner)
+                for split in ("dev", "lite")
+            ]
+        )
+        for future in parsed:
+            future.result()
+    return planner.documents(found, {"dev": 0, "lite": 1})
+
+
+def _prefetch(archive: Archive) -> None:
+    if isinstance(archive, ZipArchive):
+        archive.index()
 
 
 def _load_dataset_json(archive: Archive) -> tuple[list[object], str]:
@@ -309,8 +348,8 @@ def _load_dataset_json(archive: Archive) -> tuple[list[object], str]:
 
 def _coco_candidates(archive: Archive, planner: _Planner) -> _Candidates:
     images, json_name = _load_dataset_json(archive)
-    splits = SPLITS["coco"]
-    found = _Candidates()
+    splits = planner.splits
+    columns: dict[str, list] = {"split": [], "items": [], "img_id": [], "numbers": []}
     seen_ids: dict[int, int] = {}
     place = f"images[{{}}] of {archive.path} member {json_name!r}"
     for position, image in enumerate(images):
@@ -319,8 +358,8 @@ def _coco_candidates(archive: Archive, planner: _Planner) -> _Candidates:
         filename, img_id, split = record.get("filename"), record.get("imgid"), record.get("split")
         item = filename if isinstance(filename, str) else f"images[{position}]"
         if not isinstance(filename, str) or type(img_id) is not int or img_id < 0:
-            found = json.dumps(image)[:200]
-            message = f"{where} lacks a string 'filename' or an integer 'imgid' >= 0 ({found})."
+            shown = json.dumps(image)[:200]
+            message = f"{where} lacks a string 'filename' or an integer 'imgid' >= 0 ({shown})."
             planner.problem(str(split), item, json_name, message)
         elif split not in splits:
             message = f"{where} ({filename}) has split {split!r}; expected one of {splits}."
@@ -330,26 +369,40 @@ def _coco_candidates(archive: Archive, planner: _Planner) -> _Candidates:
             planner.problem(split, item, json_name, message)
         else:
             seen_ids[img_id] = position
-            expected = f"keyword_{split}/{filename.removesuffix('.jpg')}.json"
-            found.add(split, filename, img_id, expected, place, position)
-    return found
+            columns["split"].append(splits.index(split))
+            columns["items"].append(filename.encode("utf-8"))
+            columns["img_id"].append(img_id)
+            columns["numbers"].append(position)
+    items = np.array(columns["items"], dtype=bytes) if images else np.zeros(0, "S1")
+    stems = np.array([item.removesuffix(b".jpg") for item in columns["items"]], dtype=items.dtype)
+    return _Candidates(
+        split=np.array(columns["split"], dtype=np.uint8),
+        items=items,
+        stems=stems,
+        img_id=np.array(columns["img_id"], dtype=np.int64),
+        numbers=np.array(columns["numbers"], dtype=np.int64),
+        places=dict.fromkeys(range(len(splits)), place),
+    )
 
 
-def _absent_splits(archive: Archive, found: _Candidates) -> tuple[str, ...]:
+def _absent_splits(planner: _Planner, found: _Candidates) -> tuple[str, ...]:
     """Splits outside the fitting set for which the archive holds no keyword file at all.
 
     The authors' scripts read train and test only, so an archive without the other splits'
     files is complete for them: such a split is left out with a warning, not an error.
     """
+    archive = planner.archives[0]
     absent = []
-    for split in SPLITS["coco"]:
-        names = [e for s, e in zip(found.splits, found.expected, strict=True) if s == split]
-        if not names or split in FIT_SPLITS["coco"]:
+    for code, split in enumerate(planner.splits):
+        stems = found.stems[found.split == code]
+        if stems.size == 0 or split in FIT_SPLITS["coco"]:
             continue
-        layout = find_layout(archive, names[:_LAYOUT_SAMPLE])
-        if not any(layout.name(name) in archive for name in names):
-            log.warning("%s has no keyword_%s/ files: its %d images are left out.",
-                        archive.path, split, len(names))  # fmt: skip
+        folder = _member_folder("coco", split)
+        layout = planner.layout(archive, folder, stems)
+        head = layout.prefix + ("" if layout.strip_first_folder else f"{folder}/")
+        if (archive.locations(_member_names(head, stems))[:, 2] < 0).all():
+            log.warning("%s has no %s/ files: its %d images are left out.",
+                        archive.path, folder, stems.size)  # fmt: skip
             absent.append(split)
     return tuple(absent)
 
@@ -359,7 +412,7 @@ def _plan_coco(folder: Path, on_error: OnError) -> Documents:
     planner = _Planner("coco", (archive,), on_error)
     found = _coco_candidates(archive, planner)
     archive_of = dict.fromkeys(SPLITS["coco"], 0)
-    return planner.documents(found, archive_of, _absent_splits(archive, found))
+    return planner.documents(found, archive_of, _absent_splits(planner, found))
 
 
 def plan_documents(dataset: str, folder: Path, on_error: OnError = "fail") -> Documents:

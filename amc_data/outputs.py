@@ -103,9 +103,10 @@ class OutputWriters:
         img = self.documents.img_id[lo : lo + n]
         ok = np.ones(n, dtype=bool)
         ok[[row - lo for row in skipped_rows]] = False
-        kept = np.where(ok, chunk.tokens_kept, 0)
+        kept = chunk.tokens_kept  # zero for skipped documents: they yielded no tokens
         token_img = np.repeat(img, kept)  # (k,)
-        for code in np.unique(split):
+        single = split[0] == split[-1] and (split == split[0]).all()  # the usual chunk
+        for code in [split[0]] if single else np.unique(split):
             in_split = split == code
             counts = self.counts[self.documents.splits[code]]
             counts["documents"] += int(in_split.sum())
@@ -113,15 +114,18 @@ class OutputWriters:
             counts["pairs"] += int(kept[in_split].sum())
         for _output, writer, codes, index_ids, index_counts in self.originals:
             docs = np.isin(split, codes) & ok
-            tokens = np.repeat(docs, kept)
-            writer.write(np.column_stack((token_img[tokens], chunk.word_ids[tokens])))
+            tokens = slice(None) if docs.all() else np.repeat(docs, kept)
+            rows = np.empty((token_img[tokens].size, 2), dtype=np.int64)
+            rows[:, 0], rows[:, 1] = token_img[tokens], chunk.word_ids[tokens]
+            writer.write(rows)
             index_ids.append(img[docs])
             index_counts.append(kept[docs])
-        entry_docs = np.repeat(np.arange(n), chunk.csr_nnz)
         for code, builder in self.csr.items():
             docs = (split == code) & ok
-            if docs.any():
-                entries = docs[entry_docs]
+            if docs.all():
+                builder.add(img, chunk.csr_nnz, chunk.csr_columns, chunk.csr_values)
+            elif docs.any():
+                entries = np.repeat(docs, chunk.csr_nnz)
                 builder.add(
                     img[docs], chunk.csr_nnz[docs], chunk.csr_columns[entries],
                     chunk.csr_values[entries],
@@ -136,11 +140,12 @@ class OutputWriters:
                 }
             )
             rows = np.flatnonzero(ok)
+            members = self.documents.members
             self.images.write(
                 {
                     "img_id": img[rows],
                     "split": self._splits(split[rows]),
-                    "source_member": [self.documents.members[lo + r] for r in rows],
+                    "source_member": pa.array(members[lo + rows]).cast(pa.string()),
                     "tokens_seen": chunk.tokens_seen[rows],
                     "tokens_kept": chunk.tokens_kept[rows],
                 }

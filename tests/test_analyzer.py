@@ -13,6 +13,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
 from amc_data.analyzer import (
     Analyzer,
+    KeywordTokenIds,
     count_document_frequencies,
     document_from_keywords,
     fit_vocabulary,
@@ -150,14 +151,25 @@ def test_document_from_keywords_joins_with_one_space() -> None:
     assert document_from_keywords(["", "a"]) == " a"
 
 
-def test_word_id_function_equals_filtering_the_analyzer_output() -> None:
+def _ids_via_the_document(analyze, vocabulary, keywords):
+    table = {word: i for i, word in enumerate(vocabulary)}
+    return [table.get(t, -1) for t in analyze(document_from_keywords(keywords))]
+
+
+def test_keyword_token_ids_equal_the_analyzer_on_the_joined_document() -> None:
     analyze = Analyzer()
-    vocabulary = {"red": 0, "the": 1, "sink": 2, "οδος": 3}  # "the" can never be emitted
-    word_ids = analyze.word_id_function(vocabulary)
-    for document in [*HOSTILE, "Red the SINK red ΟΔΟΣ blue sink", ""]:
-        expected = [vocabulary[t] for t in analyze(document) if t in vocabulary]
-        assert word_ids(document) == expected
-    assert word_ids("Red the SINK red blue sink") == [0, 2, 0, 2]
+    vocabulary = ["blue", "red", "sink", "οδος", "οδοσ"]
+    ids = KeywordTokenIds(analyze, vocabulary)
+    for keywords in [HOSTILE, ["Red the SINK", "red ΟΔΟΣ", "blue sink"], [], [""], ["ΣΑΣ.", "Σ"]]:
+        assert ids.document_ids(keywords) == _ids_via_the_document(analyze, vocabulary, keywords)
+    assert ids.document_ids(["Red the SINK", "red", "blue sink"]) == [1, 2, 1, 0, 2]
+    assert ids["Red the SINK"] == (1, 2)  # cached per keyword
+
+
+def test_keyword_token_ids_stop_caching_at_their_bound() -> None:
+    ids = KeywordTokenIds(Analyzer(), ["red"], max_keywords=2)
+    assert ids.document_ids(["red", "a red", "red red", "x"]) == [0, 0, 0, 0]
+    assert len(ids) == 2
 
 
 def test_token_set_and_document_frequencies() -> None:
@@ -260,7 +272,8 @@ def test_fit_vocabulary_refuses_impossible_counts(df: int) -> None:
 
 
 def test_load_stop_words_builtin_specs() -> None:
-    assert load_stop_words("english") is ENGLISH_STOP_WORDS
+    assert load_stop_words("english") == ENGLISH_STOP_WORDS
+    assert len(ENGLISH_STOP_WORDS) == 318
     assert load_stop_words("none") == frozenset()
 
 
@@ -323,6 +336,21 @@ _hostile_text = st.lists(st.tuples(_pieces, _separators), max_size=12).map(
     lambda pairs: "".join(piece + sep for piece, sep in pairs)
 )
 _any_text = st.one_of(st.text(max_size=60), _hostile_text, st.text(st.characters(), max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keywords=st.lists(_any_text, max_size=8),
+    vocabulary=st.lists(st.sampled_from(["red", "οδος", "οδοσ", "café", "stanbul", "ｗｃ", "x1"])),
+    stop=st.sampled_from(STOP_SPECS),
+)
+def test_property_keyword_token_ids_equal_sklearn_on_the_document(keywords, vocabulary, stop):
+    """Tokenising keyword by keyword changes nothing: same ids as scikit-learn on the document."""
+    words = sorted(set(vocabulary))
+    ids = KeywordTokenIds(Analyzer(load_stop_words(stop)), words)
+    assert ids.document_ids(keywords) == _ids_via_the_document(
+        _sklearn_analyzer(stop), words, keywords
+    )
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,0 +1,199 @@
+"""Benchmark: `amc-data encode` against the reference workflow, in the same run.
+
+The reference workflow is what the authors' scripts do: unzip the archives to disk, read one JSON
+file per image, fit scikit-learn's CountVectorizer and encode every document into a Python list
+of rows (`tests/reference_encode.py`, one process). Both run as child processes on the same
+generated Clickture-shaped corpus (by default 1,000,000 documents: the real 79,665-line dev list
+when `../shared/data` is there, the rest Lite); we record wall time and peak memory (the sum of
+the proportional set size of the process and its workers, sampled every 50 ms, so pages that
+forked workers share are counted once), then check that the outputs are identical.
+
+    python benchmarks/bench_encode.py                  # 1M documents (about 10 minutes)
+    python benchmarks/bench_encode.py --docs 100000    # quicker
+
+Results go to stdout and to bench-results/encode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import corpus  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+REFERENCE_SCRIPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import reference_encode
+result = reference_encode.reference_clickture(Path({dataset!r}), Path({work!r}))
+reference_encode.write_reference(result, Path({out!r}))
+"""
+
+
+class PeakMemory:
+    """Samples the summed PSS (and RSS) of a process tree until stopped."""
+
+    def __init__(self, process: psutil.Process, interval: float = 0.05) -> None:
+        self.process = process
+        self.interval = interval
+        self.peak_pss = 0
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pss = rss = 0
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+            except psutil.Error:
+                break
+            for proc in tree:
+                try:
+                    info = proc.memory_full_info()
+                except psutil.Error:
+                    continue
+                pss += info.pss
+                rss += info.rss
+            self.peak_pss = max(self.peak_pss, pss)
+            self.peak_rss = max(self.peak_rss, rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run `command`; return its wall time and peak memory."""
+    started = time.perf_counter()
+    process = psutil.Popen(command, env=env)
+    with PeakMemory(process) as memory:
+        code = process.wait()
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"{command[:3]} failed with exit code {code}")
+    return {"seconds": seconds, "peak_pss_mib": memory.peak_pss / 2**20,
+            "peak_rss_mib": memory.peak_rss / 2**20}  # fmt: skip
+
+
+def make_corpus(folder: Path, docs: int, dev: int, seed: int) -> Path:
+    """Generate the corpus once per (docs, dev, seed); later runs reuse it."""
+    marker = folder / "corpus.json"
+    wanted = {"docs": docs, "dev": dev, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    if SHARED_DATA.exists():
+        dev_lines = corpus.real_dev_lines(SHARED_DATA, dev)
+    else:
+        dev_lines = corpus.lite_lines(dev, seed=seed + 1, first_id=10_000_000)
+    lite_lines = corpus.lite_lines(docs - len(dev_lines), seed=seed)
+    started = time.perf_counter()
+    corpus.make_clickture(folder / "clickture", dev_lines, lite_lines, seed=seed)
+    print(f"generated {docs:,} documents in {time.perf_counter() - started:.0f} s", flush=True)
+    marker.write_text(json.dumps(wanted))
+    return folder
+
+
+def compare(reference_dir: Path, encoded_dir: Path) -> list[str]:
+    """Names of the original outputs that differ (empty: identical)."""
+    differ = []
+    for path in sorted(reference_dir.glob("*.npy")):
+        if path.read_bytes() != (encoded_dir / path.name).read_bytes():
+            ours, theirs = np.load(encoded_dir / path.name), np.load(path)
+            if not (ours.dtype == theirs.dtype and np.array_equal(ours, theirs)):
+                differ.append(path.name)
+    words = (reference_dir / "vocabulary.txt").read_text(encoding="utf-8").splitlines()
+    lines = (encoded_dir / "vocab.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    if words != [line.split("\t")[1] for line in lines]:
+        differ.append("vocabulary")
+    return differ
+
+
+def machine() -> dict[str, object]:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=1_000_000)
+    parser.add_argument("--dev", type=int, default=80_000, help="dev documents (79,665 real max)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=None, help="amc-data --jobs (default: all)")
+    parser.add_argument("--workdir", type=Path, default=Path("bench-results/encode-work"))
+    parser.add_argument("--skip-reference", action="store_true", help="time amc-data only")
+    args = parser.parse_args(argv)
+
+    work = args.workdir.resolve()
+    data_dir = make_corpus(work / "corpus", args.docs, min(args.dev, args.docs), args.seed)
+    dataset = data_dir / "clickture"
+    results: dict[str, object] = {"documents": args.docs, "machine": machine()}
+
+    encoded = work / "encoded"
+    shutil.rmtree(encoded, ignore_errors=True)
+    amc = shutil.which("amc-data") or "amc-data"
+    command = [amc, "encode", "clickture", "--data-dir", str(data_dir), "--out", str(encoded)]
+    command += ["--quiet", "--force", *(["--jobs", str(args.jobs)] if args.jobs else [])]
+    print("amc-data encode ...", flush=True)
+    results["amc_data"] = measure(command)
+    print(f"  {results['amc_data']}", flush=True)
+
+    if not args.skip_reference:
+        reference_out, reference_work = work / "reference-out", work / "reference-unzipped"
+        for folder in (reference_out, reference_work):
+            shutil.rmtree(folder, ignore_errors=True)
+        script = REFERENCE_SCRIPT.format(
+            tests=str(ROOT / "tests"), dataset=str(dataset), work=str(reference_work),
+            out=str(reference_out),
+        )  # fmt: skip
+        print("reference workflow (unzip to disk, then scikit-learn) ...", flush=True)
+        results["reference"] = measure([sys.executable, "-c", script])
+        print(f"  {results['reference']}", flush=True)
+        shutil.rmtree(reference_work, ignore_errors=True)
+        differ = compare(reference_out, encoded)
+        results["identical"] = not differ
+        results["differ"] = differ
+        ours, theirs = results["amc_data"], results["reference"]
+        results["speedup"] = theirs["seconds"] / ours["seconds"]
+        results["memory_ratio"] = ours["peak_pss_mib"] / theirs["peak_pss_mib"]
+
+    out = ROOT / "bench-results" / "encode.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    if results.get("identical") is False:
+        raise SystemExit(f"outputs differ: {results['differ']}")
+
+
+if __name__ == "__main__":
+    main()
