@@ -149,7 +149,29 @@ class ZipArchive:
         return found[index.rows(names)]
 
     def read_at(self, name: str, location: Sequence[int]) -> bytes:
-        """Read a member from its name and a row of `locations`, without the directory."""
+        """Read a member from its name and a row of `locations`, without the directory.
+
+        The common case (a small deflated member that reads back whole and passes its checks)
+        takes a short path; anything else goes through `read_member`, which says what is wrong.
+        """
+        offset, compressed_size, size, crc, method, flags = location
+        if (
+            method == _DEFLATED
+            and not flags & FLAG_ENCRYPTED
+            and compressed_size <= _ONE_SHOT_LIMIT
+        ):
+            block = os.pread(self._fd or self._file(), 30 + _LOCAL_SLACK + compressed_size, offset)
+            if block[:4] == b"PK\x03\x04":
+                name_len, extra_len = _LOCAL_LENGTHS.unpack_from(block, 26)
+                start = 30 + name_len + extra_len
+                if start + compressed_size <= len(block):
+                    data = memoryview(block)[start : start + compressed_size]
+                    try:
+                        content = zlib.decompress(data, -15, size)
+                    except zlib.error:
+                        content = b""
+                    if len(content) == size and zlib.crc32(content) == crc:
+                        return content
         return self.read_member(Member(name, *location))
 
     def members(self, include_junk: bool = False) -> Iterator[Member]:

@@ -46,7 +46,7 @@ from .inputs import (
     SkippedItem,
     check_dataset,
     input_files,
-    plan_documents,
+    plan_parts,
 )
 from .outputs import (
     OutputWriters,
@@ -55,6 +55,7 @@ from .outputs import (
     output_lock,
     package_versions,
     read_manifest,
+    release_memory,
     staging_folder,
 )
 from .progress import progress_bar
@@ -219,6 +220,7 @@ def _encode_chunk(task: _Task) -> ChunkResult:
         flat += document_ids(keywords)
         tokens_seen[offset] = len(flat) - before
     ids = np.array(flat, dtype=np.int32)  # (t,): one per analyzer token, -1 outside the vocab
+    del flat
     token_doc = np.repeat(np.arange(n), tokens_seen)  # (t,)
     doc_start = np.cumsum(tokens_seen, dtype=np.int64) - tokens_seen
     positions = np.arange(ids.size, dtype=np.int64) - doc_start[token_doc]
@@ -311,30 +313,43 @@ def _handle_errors(
 
 
 def _fit(
-    documents: Documents, analyzer: Analyzer, config: EncodeConfig, jobs: int
-) -> tuple[list[str], np.ndarray]:
-    """Count document frequencies over the fitting set; return the vocabulary and its dfs.
+    first: Documents,
+    analyzer: Analyzer,
+    config: EncodeConfig,
+    jobs: int,
+    meanwhile: Callable[[], T],
+) -> tuple[list[str], np.ndarray, T]:
+    """Count document frequencies over the fitting set (all in `first`, the first part of the
+    plan) and fix the vocabulary; run `meanwhile` (planning the other parts) while the workers
+    count. Return the words, their document frequencies, and what `meanwhile` returned.
 
     Bad documents stop the run here under `on_error="fail"`; under "skip" they are left out of
     the counts and recorded by the encoding pass, which meets them again.
     """
-    rows = np.flatnonzero(documents.fit)
+    tasks = list(_tasks(first, np.flatnonzero(first.fit)))
     frequency: Counter[str] = Counter()
     n_documents = 0
-    executor = _executor(jobs, (documents.archives, analyzer, []))
+    executor = _executor(jobs, (first.archives, analyzer, []))
     with (
         executor or _NoExecutor(),
         progress_bar(
-            total=rows.size, desc="fitting vocabulary", unit="doc", enabled=config.progress
+            total=int(first.fit.sum()), desc="fitting vocabulary", unit="doc",
+            enabled=config.progress,
         ) as bar,
-    ):
-        for counts in _ordered_map(executor, _count_chunk, _tasks(documents, rows), 2 * jobs):
+    ):  # fmt: skip
+        if executor is None:
+            results: Iterable[_Counts] = map(_count_chunk, tasks)
+        else:  # a few dozen tasks: all submitted at once, so the workers start right away
+            futures = [executor.submit(_count_chunk, task) for task in tasks]
+            results = (future.result() for future in futures)
+        rest = meanwhile()
+        for counts in results:
             frequency.update(counts.document_frequency)
             n_documents += counts.documents
-            _handle_errors(counts.errors, 0, documents, config, {})
+            _handle_errors(counts.errors, 0, first, config, {})
             bar.update(counts.documents + len(counts.errors))
     words = fit_vocabulary(frequency, n_documents, config.min_df)
-    return words, np.array([frequency[word] for word in words], dtype=np.int64)
+    return words, np.array([frequency[word] for word in words], dtype=np.int64), rest
 
 
 class _NoExecutor:
@@ -400,13 +415,20 @@ def _encode_into(
     jobs = config.jobs or _cpu_count()
     seconds: dict[str, float] = {}
     began = time.perf_counter()
-    documents = plan_documents(dataset, folder, config.on_error)
     analyzer = Analyzer(load_stop_words(config.stop_words))
+    parts = plan_parts(dataset, folder, config.on_error)
+    first = next(parts)
     seconds["plan"] = time.perf_counter() - began
     skipped_rows: dict[int, SkippedItem] = {}
 
+    def plan_the_rest() -> Documents:
+        documents = Documents.concat([first, *parts])
+        release_memory()  # planning's temporaries
+        return documents
+
+    # "fit" includes planning the parts after the first, which runs meanwhile.
     mark = time.perf_counter()
-    words, frequencies = _fit(documents, analyzer, config, jobs)
+    words, frequencies, documents = _fit(first, analyzer, config, jobs, plan_the_rest)
     seconds["fit"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -423,6 +445,8 @@ def _encode_into(
             _handle_errors(chunk.errors, chunk.start, documents, config, skipped_rows)
             writers.add(chunk, {chunk.start + offset for offset, _ in chunk.errors})
             bar.update(chunk.tokens_seen.size)
+    documents.locations = documents.locations[:0]  # not needed to finish the files
+    release_memory()
     outputs, counts = writers.close()
     seconds["encode"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - began

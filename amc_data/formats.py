@@ -5,7 +5,8 @@ compact numpy buffers, never to Python lists of rows."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,51 +122,62 @@ class CsrBuilder:
             position += part.size
         return out
 
-    def build(self) -> scipy.sparse.csr_matrix:
-        """The matrix, rows `0..max img_id`; documents sharing an image id add up."""
+    def save(self, path: Path) -> tuple[int, int]:
+        """Write the matrix (rows `0..max img_id`; documents sharing an id add up) as a
+        `scipy.sparse.save_npz` file; return its shape.
+
+        Rows are gathered into image-id order a slice at a time and streamed into the file, so
+        the full matrix never sits in memory beside the collected counts.
+        """
         img_ids = self._take(self._img_ids, np.int64)
         row_nnz = self._take(self._row_nnz, np.int64)
         columns = self._take(self._columns, self._column_type)
-        values = self._take(self._values, np.int32)
+        value_type = np.uint16 if all(v.dtype == np.uint16 for v in self._values) else np.int32
+        values = self._take(self._values, value_type)
         n_rows = int(img_ids.max()) + 1 if img_ids.size else 0
         shape = (n_rows, self.n_columns)
         order = np.argsort(img_ids, kind="stable")
         if img_ids.size and np.any(np.diff(img_ids[order]) == 0):
             rows = np.repeat(img_ids, row_nnz)
-            coo = (values, (rows, columns.astype(np.int32)))
+            coo = (values.astype(np.int32), (rows, columns.astype(np.int32)))
             matrix = scipy.sparse.coo_matrix(coo, shape=shape).tocsr()
             matrix.sum_duplicates()
-            return matrix
-        # Distinct ids: move each document's block to its image's row, a slice of rows at a time
-        # so the gather index never holds more than a slice's entries.
+            scipy.sparse.save_npz(path, matrix, compressed=False)
+            return shape
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         indptr[img_ids + 1] = row_nnz
         np.cumsum(indptr, out=indptr)
-        source_starts = np.concatenate(([0], np.cumsum(row_nnz)[:-1])) if row_nnz.size else row_nnz
-        out_columns = np.empty(columns.size, dtype=np.int32)
-        out_values = np.empty_like(values)
-        for lo in range(0, order.size, 65536):
-            docs = order[lo : lo + 65536]
-            counts = row_nnz[docs]
-            total = int(counts.sum())
-            if total == 0:
-                continue
-            target_starts = indptr[img_ids[docs]]
-            first = int(target_starts[0])
-            gather = np.repeat(source_starts[docs] - (target_starts - first), counts)
-            gather += np.arange(total)
-            out_columns[first : first + total] = columns[gather]
-            out_values[first : first + total] = values[gather]
-        index_dtype = np.int32 if columns.size < np.iinfo(np.int32).max else np.int64
-        return scipy.sparse.csr_matrix(
-            (out_values, out_columns.astype(index_dtype, copy=False), indptr.astype(index_dtype)),
-            shape=shape,
-        )
+        source_starts = np.cumsum(row_nnz) - row_nnz
+
+        def in_row_order(source: np.ndarray) -> Iterator[np.ndarray]:
+            for lo in range(0, order.size, 65536):
+                docs = order[lo : lo + 65536]
+                counts = row_nnz[docs]
+                target = indptr[img_ids[docs]]
+                gather = np.repeat(source_starts[docs] - (target - target[0]), counts)
+                yield source[gather + np.arange(gather.size)]
+
+        index_type = np.int32 if columns.size < 1 << 31 and n_rows < 1 << 31 else np.int64
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as npz:
+            _npz_member(npz, "indices", index_type, (columns.size,), in_row_order(columns))
+            _npz_member(npz, "indptr", index_type, indptr.shape, [indptr])
+            _npz_member(npz, "format", np.dtype("S3"), (), [np.array(b"csr")])
+            _npz_member(npz, "shape", np.int64, (2,), [np.array(shape)])
+            _npz_member(npz, "data", np.int32, (values.size,), in_row_order(values))
+        return shape
 
 
-def save_csr(path: Path, matrix: scipy.sparse.csr_matrix) -> None:
-    """Save with `scipy.sparse.save_npz` (uncompressed: loads faster, and counts compress badly)."""
-    scipy.sparse.save_npz(path, matrix, compressed=False)
+def _npz_member(
+    npz: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, ...], blocks: Iterable
+) -> None:
+    """One `.npy` member of an `.npz` file, written from blocks of its values in order."""
+    dtype = np.dtype(dtype)
+    with npz.open(f"{name}.npy", "w", force_zip64=True) as member:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": shape}  # fmt: skip
+        np.lib.format.write_array_header_1_0(member, header)
+        for block in blocks:
+            member.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
 
 
 class ParquetTableWriter:

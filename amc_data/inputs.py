@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,25 @@ class Documents:
 
     def __len__(self) -> int:
         return len(self.members)
+
+    @staticmethod
+    def concat(parts: list[Documents]) -> Documents:
+        """One table of the parts' documents, in order (parts of one plan share archives)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return Documents(
+            dataset=first.dataset,
+            splits=first.splits,
+            archives=first.archives,
+            split=np.concatenate([p.split for p in parts]),
+            img_id=np.concatenate([p.img_id for p in parts]),
+            archive=np.concatenate([p.archive for p in parts]),
+            members=np.concatenate([p.members for p in parts]),
+            locations=np.concatenate([p.locations for p in parts]),
+            skipped=parts[-1].skipped,
+            absent_splits=tuple(dict.fromkeys(s for p in parts for s in p.absent_splits)),
+        )
 
     def split_codes(self, names: tuple[str, ...]) -> list[int]:
         return [self.splits.index(name) for name in names]
@@ -226,8 +246,9 @@ class _Planner:
                 "`amc-data verify`).",
             )
             keep[row] = False
-        for archive in self.archives:
-            archive.close()  # drop the parsed directory: workers read by location alone
+        for code in np.unique(found.split).tolist():
+            # Drop the parsed directory: workers read by location alone.
+            self.archives[archive_of[self.splits[code]]].close()
         rows = np.flatnonzero(keep)
         return Documents(
             dataset=self.dataset,
@@ -299,25 +320,20 @@ def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
     )
 
 
-def _plan_clickture(folder: Path, on_error: OnError) -> Documents:
+def _plan_clickture(folder: Path, on_error: OnError) -> Iterator[Documents]:
     archives = (
         open_archive(_archive_path(folder, "keywords_dev")),
         open_archive(_archive_path(folder, "keywords_lite")),
     )
     planner = _Planner("clickture", archives, on_error)
-    # Parse the archives' directories (mostly numpy, which lets go of the GIL) while this
-    # thread reads the lists.
+    # Parse the archives' directories (mostly numpy, which lets go of the GIL) in threads while
+    # this one reads the lists, and hand over dev (the fitting set) before Lite is planned.
     with ThreadPoolExecutor(len(archives)) as pool:
         parsed = [pool.submit(_prefetch, archive) for archive in archives]
-        found = _Candidates.concat(
-            [
-                _list_candidates(_file_path(folder, f"clickture-{split}.lst"), split, planner)
-                for split in ("dev", "lite")
-            ]
-        )
-        for future in parsed:
-            future.result()
-    return planner.documents(found, {"dev": 0, "lite": 1})
+        for index, split in enumerate(("dev", "lite")):
+            found = _list_candidates(_file_path(folder, f"clickture-{split}.lst"), split, planner)
+            parsed[index].result()
+            yield planner.documents(found, {"dev": 0, "lite": 1})
 
 
 def _prefetch(archive: Archive) -> None:
@@ -415,11 +431,18 @@ def _plan_coco(folder: Path, on_error: OnError) -> Documents:
     return planner.documents(found, archive_of, _absent_splits(planner, found))
 
 
-def plan_documents(dataset: str, folder: Path, on_error: OnError = "fail") -> Documents:
-    """Read `dataset`'s image list from `folder` and tie each image to its keyword member."""
+def plan_parts(dataset: str, folder: Path, on_error: OnError = "fail") -> Iterator[Documents]:
+    """`plan_documents` in parts, the fitting set's part first, so that the vocabulary can be
+    counted while the rest is planned."""
     check_dataset(dataset)
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
     if dataset == "clickture":
-        return _plan_clickture(folder, on_error)
-    return _plan_coco(folder, on_error)
+        yield from _plan_clickture(folder, on_error)
+    else:
+        yield _plan_coco(folder, on_error)
+
+
+def plan_documents(dataset: str, folder: Path, on_error: OnError = "fail") -> Documents:
+    """Read `dataset`'s image list from `folder` and tie each image to its keyword member."""
+    return Documents.concat(list(plan_parts(dataset, folder, on_error)))
