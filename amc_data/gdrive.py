@@ -24,6 +24,7 @@ import requests
 from gdown.download import get_url_from_gdrive_confirmation
 from gdown.exceptions import FileURLRetrievalError
 
+from .download import by_hand_advice, looks_like_html
 from .errors import DownloadError, HtmlResponseError
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,6 @@ def drive_folder_id(url: str) -> str | None:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def by_hand_advice(name: str, folder_url: str) -> str:
-    """The way out when Drive refuses: download by hand, then `fetch --from`."""
-    return (
-        f"Download {name} by hand from {folder_url} in a web browser, put it in a folder, and run "
-        "`amc-data fetch --from THAT_FOLDER`."
-    )
 
 
 class _FolderViewParser(HTMLParser):
@@ -162,16 +155,16 @@ def _get_page(session: requests.Session, url: str, timeout: float) -> str:
     into retryable or not."""
     with session.get(url, timeout=timeout, stream=True) as resp:
         resp.raise_for_status()
-        data = resp.raw.read(_PAGE_LIMIT, decode_content=True)
-        return data.decode(resp.encoding or "utf-8", errors="replace")
+        return _read_page(resp)
 
 
-def _is_html(resp: requests.Response) -> bool:
-    return "html" in resp.headers.get("Content-Type", "").lower()
+def _read_page(resp: requests.Response) -> str:
+    """The text of one of Drive's pages (UTF-8), read up to `_PAGE_LIMIT` bytes."""
+    return resp.raw.read(_PAGE_LIMIT, decode_content=True).decode("utf-8", errors="replace")
 
 
 class DriveSource:
-    """The file `name` of a Drive folder, as a download source (see `fetch.Source`)."""
+    """The file `name` of a Drive folder, as a download source (see `download.Source`)."""
 
     def __init__(self, folder_url: str, name: str, index: DriveFolderIndex) -> None:
         self.url = folder_url
@@ -196,10 +189,10 @@ class DriveSource:
         resp = session.get(
             f"{_origin(self.url)}/uc?{query}", headers=dict(headers), timeout=timeout, stream=True
         )
-        if resp.status_code != 200 or not _is_html(resp):
+        if resp.status_code != 200 or not looks_like_html(b"", resp.headers.get("Content-Type")):
             return resp
         with resp:
-            page = resp.raw.read(_PAGE_LIMIT, decode_content=True).decode("utf-8", "replace")
+            page = _read_page(resp)
         try:
             confirmed = get_url_from_gdrive_confirmation(page)
         except (FileURLRetrievalError, AssertionError, KeyError) as exc:  # gdown asserts too

@@ -295,7 +295,16 @@ def lock_file_path(dataset_folder: Path) -> Path:
 
 def read_lock(dataset_folder: str | os.PathLike[str]) -> dict[str, FileChecksum]:
     """The recorded checksums of a dataset folder, by file name (empty when none was recorded)."""
-    path = lock_file_path(Path(dataset_folder))
+    records = _read_records(lock_file_path(Path(dataset_folder)))
+    return {
+        name: FileChecksum(size=rec["size"], sha256=rec["sha256"], source="recorded")
+        for name, rec in records.items()
+    }
+
+
+def _read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """The lock file's `files` table as stored, every key kept (empty when there is no lock
+    file). A malformed lock file is a ManifestError, never silently overwritten."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -311,7 +320,6 @@ def read_lock(dataset_folder: str | os.PathLike[str]) -> dict[str, FileChecksum]
             f"The lock file {path} has no `files` table. Delete it to record the checksums "
             "again on the next `amc-data fetch`."
         )
-    records: dict[str, FileChecksum] = {}
     for name, rec in files.items():
         size, sha256 = (rec.get("size"), rec.get("sha256")) if isinstance(rec, dict) else (0, 0)
         if not isinstance(size, int) or not isinstance(sha256, str) or len(sha256) != 64:
@@ -319,8 +327,7 @@ def read_lock(dataset_folder: str | os.PathLike[str]) -> dict[str, FileChecksum]
                 f"The lock file {path} has a malformed record for {name!r} (expected `size` and "
                 f"`sha256`, found {rec!r}). Delete the record or the file to record it again."
             )
-        records[name] = FileChecksum(size=size, sha256=sha256, source="recorded")
-    return records
+    return files
 
 
 def record_checksum(
@@ -333,10 +340,7 @@ def record_checksum(
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(folder / f".{LOCK_FILE_NAME}.lock", timeout=LOCK_WAIT_S):
-            read_lock(folder)  # refuses a malformed lock file rather than overwrite it
-            records: dict[str, Any] = {}
-            if path.exists():  # other records keep every key they have
-                records = json.loads(path.read_text(encoding="utf-8"))["files"]
+            records = _read_records(path)  # other records keep every key they have
             records[name] = {
                 "size": size,
                 "sha256": sha256,

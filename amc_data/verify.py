@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from .datadir import resolve_data_dir
@@ -77,10 +78,7 @@ def check_file(
 ) -> FileReport:
     """Hold one file to `expected`. Sizes are compared first, so a truncated file is caught
     without reading it; with `hash_it` false, a file of the right size is NOT_HASHED."""
-
-    def report(status: FileStatus, **kwargs: object) -> FileReport:
-        return FileReport(dataset, path.name, path, status, expected, **kwargs)  # type: ignore[arg-type]
-
+    report = partial(FileReport, dataset, path.name, path, expected=expected)
     try:
         size = path.stat().st_size
     except FileNotFoundError:

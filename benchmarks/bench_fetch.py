@@ -24,6 +24,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from amc_data_cli.options import cpu_count
+
 from amc_data.fetch import Outcome, fetch
 
 MIB = 1 << 20
@@ -85,13 +87,6 @@ def _time(action, repeats: int) -> list[float]:
         action()
         times.append(time.perf_counter() - start)
     return times
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _cpu_model() -> str:
@@ -167,9 +162,7 @@ def main() -> None:
         "file_bytes": size,
         "repeats": args.repeats,
         "cpu": _cpu_model(),
-        "cores": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cores": cpu_count(),
         "python": platform.python_version(),
         "results": speeds,
         "ratio_amc_over_curl_best": round(ratio_best, 3),

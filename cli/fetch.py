@@ -9,7 +9,7 @@ import click
 from amc_data.errors import FetchIncompleteError, VerificationError
 from amc_data.fetch import FetchResult, Outcome, fetch
 from amc_data.progress import progress_enabled
-from amc_data.verify import FileReport, FileStatus, info, verify
+from amc_data.verify import FileStatus, info, verify
 
 from .options import data_dir_option, jobs_option, quiet_option
 
@@ -27,12 +27,14 @@ def human_size(size: int | None) -> str:
     """Bytes as a short human-readable size ("1.5 MiB"); "-" when unknown."""
     if size is None:
         return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{value:.1f} GiB"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -147,13 +149,6 @@ def fetch_command(
         )
 
 
-def _report_rows(reports: Sequence[FileReport]) -> list[tuple[str, str, str, str]]:
-    return [
-        (f"{r.dataset}/{r.name}", human_size(r.size), r.status.value, r.detail or "")
-        for r in reports
-    ]
-
-
 @click.command("verify")
 @click.argument("datasets", nargs=-1)
 @data_dir_option
@@ -170,7 +165,11 @@ def verify_command(
     failed = [r for r in reports if r.status.failed]
     shown = failed if quiet else reports
     if shown:
-        click.echo(_table(("file", "size", "status", "detail"), _report_rows(shown)))
+        rows = [
+            (f"{r.dataset}/{r.name}", human_size(r.size), r.status.value, r.detail or "")
+            for r in shown
+        ]
+        click.echo(_table(("file", "size", "status", "detail"), rows))
     if failed:
         raise VerificationError(
             f"{len(failed)} of {len(reports)} file(s) are missing or not the expected files. "

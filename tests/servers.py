@@ -2,8 +2,9 @@
 
 Each route serves bytes and can, on chosen requests, fail with a status, ignore `Range`, answer a
 206 that starts at the wrong byte, drop the connection after some bytes, send a close-delimited
-body, or serve an HTML page. The server counts requests and body bytes sent per route, so a test
-can check that a resume re-sent fewer bytes than the file holds.
+body, serve an HTML page, or hold its body back until the test releases it. The server counts
+requests and body bytes sent per route, so a test can check that a resume re-sent fewer bytes than
+the file holds.
 
 It also fakes the three Google Drive pages amc-data meets: a folder's `embeddedfolderview`
 listing, the "virus scan" confirmation form, and the quota-exceeded page.
@@ -41,6 +42,7 @@ class Route:
     ranges: str = "honour"  # "honour", "ignore" (always 200), "wrong-start" (206 from byte 0)
     close_delimited: bool = False  # no Content-Length; the end of the body is the closed socket
     chunk_delay: float = 0.0  # seconds between 64 KiB pieces, to make downloads slow
+    hold: threading.Event | None = None  # the body waits for this event (30 s at most)
     requests: int = 0
     bytes_sent: int = 0
     ranges_asked: list[str | None] = field(default_factory=list)
@@ -192,6 +194,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if route.hold is not None:
+            self.wfile.flush()
+            route.hold.wait(30)
         cut = route.drop_after.get(number)
         self._send_body(route, body if cut is None else body[:cut], fake)
         if cut is not None:

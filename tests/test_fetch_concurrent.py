@@ -1,5 +1,5 @@
 """Two `amc-data fetch` processes on one data folder at once both end with verified files, and
-the file is downloaded once: the second run waits for the first, then finds it present."""
+each file is downloaded once: the second run waits for the first, then finds it present."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import hashlib
 import random
 import subprocess
 import sys
+import threading
+import time
 
 from servers import serve, write_manifest
 
@@ -16,10 +18,11 @@ from amc_data.verify import FileStatus, verify
 def test_two_processes_same_data_folder(tmp_path):
     hashed = random.Random(11).randbytes(1_000_000)
     free = random.Random(12).randbytes(400_000)
+    release = threading.Event()
     with serve() as server:
-        # Slow enough (about half a second per file) that the two runs overlap.
-        hashed_route = server.add("/hashed.bin", hashed, chunk_delay=0.03)
-        free_route = server.add("/free.bin", free, chunk_delay=0.05)
+        # The bodies are held back until the second run is seen waiting, so the runs overlap.
+        hashed_route = server.add("/hashed.bin", hashed, hold=release)
+        free_route = server.add("/free.bin", free, hold=release)
         manifest = write_manifest(
             tmp_path / "c.toml",
             "c",
@@ -37,16 +40,37 @@ def test_two_processes_same_data_folder(tmp_path):
             sys.executable, "-m", "amc_data", "fetch", "--manifest", str(manifest),
             "--data-dir", str(tmp_path / "data"), "--backoff", "0", "--jobs", "2",
         ]  # fmt: skip
-        runs = [
-            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)
+        first = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + 60
+        while not (hashed_route.requests and free_route.requests):  # both file locks are held
+            assert first.poll() is None, first.communicate()[0]
+            assert time.monotonic() < deadline, "the first run never asked for the files"
+            time.sleep(0.05)
+        second = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        seen = []
+        for line in second.stdout:  # up to the line saying it waits (or its end)
+            seen.append(line)
+            if "is fetching it; waiting" in line:
+                break
+        release.set()
+        outputs = [
+            first.communicate(timeout=60)[0],
+            "".join(seen) + second.communicate(timeout=60)[0],
         ]
-        outputs = [run.communicate(timeout=60)[0] for run in runs]
-    for run, output in zip(runs, outputs, strict=True):
+    for run, output in zip((first, second), outputs, strict=True):
         assert run.returncode == 0, output
+    assert "another amc-data process is fetching it; waiting" in outputs[1]
     assert hashed_route.requests == 1 and hashed_route.bytes_sent == len(hashed)
     assert free_route.requests == 1 and free_route.bytes_sent == len(free)
-    # One run downloaded (or recorded) each file, the other found it present.
-    assert sum(" present" in output for output in outputs) >= 1
+    outcomes = [
+        {line.split()[0]: line.split()[-1] for line in output.splitlines() if line[:2] == "c/"}
+        for output in outputs
+    ]
+    assert outcomes[0] == {"c/hashed.bin": "downloaded", "c/free.bin": "recorded"}
+    assert outcomes[1] == {"c/hashed.bin": "present", "c/free.bin": "present"}
     reports = verify(data_dir=tmp_path / "data", manifest_paths=[manifest])
     assert [r.status for r in reports] == [FileStatus.OK, FileStatus.OK]
