@@ -30,6 +30,7 @@ from .formats import (
     write_vocab_tsv,
 )
 from .inputs import ORIGINAL_OUTPUTS, Documents
+from .manifest import bundled_manifests, expected_checksums
 
 if TYPE_CHECKING:
     from .encode import ChunkResult
@@ -268,30 +269,26 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
 
 
 def input_records(folder: Path, dataset: str, inputs: list[Path]) -> list[dict[str, Any]]:
-    """Name, size and the sha256 that `fetch` verified (from the manifest or its lock file)."""
-    known = _known_checksums(folder, dataset)
+    """Name, size, and the sha256 `fetch` holds the file to (from the manifest or the lock
+    file's record), given only when the file still has the size fetch saw: encode does not
+    re-hash its inputs, and must not vouch for a file that was swapped since."""
+    manifest = bundled_manifests().get(dataset)
+    known = expected_checksums(folder, manifest) if manifest is not None else {}
     records = []
     for path in inputs:
+        size = path.stat().st_size if path.is_file() else None
         checksum = known.get(path.name)
+        vouched = checksum is not None and checksum.sha256 and checksum.size in (None, size)
         records.append(
             {
                 "name": path.name,
                 "path": str(path),
-                "size": path.stat().st_size if path.is_file() else None,
-                "sha256": getattr(checksum, "sha256", None),
-                "sha256_source": getattr(checksum, "source", None),
+                "size": size,
+                "sha256": checksum.sha256 if vouched else None,
+                "sha256_source": checksum.source if vouched else None,
             }
         )
     return records
-
-
-def _known_checksums(folder: Path, dataset: str) -> dict[str, Any]:
-    try:
-        from .manifest import bundled_manifests, expected_checksums
-    except ImportError:  # the fetch stage is optional for encode
-        return {}
-    manifest = bundled_manifests().get(dataset)
-    return dict(expected_checksums(folder, manifest)) if manifest is not None else {}
 
 
 def package_versions() -> dict[str, str]:

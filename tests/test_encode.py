@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+from pathlib import Path
 
 import corpus
 import duckdb
@@ -30,6 +31,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 from amc_data import load_encoded
 from amc_data.encode import EncodeConfig, encode
 from amc_data.formats import original_index
+from amc_data.manifest import record_checksum
+from amc_data.outputs import input_records
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +258,28 @@ def test_index_quirks_match_the_reference_walk(blocks):
     actual = original_index(img_ids, counts)
     assert actual.dtype == np.int64
     assert actual.tolist() == expected.tolist()
+
+
+def test_encode_json_records_inputs_and_vouches_only_for_known_files(clickture, shared_data):
+    _data_dir, _made, result, _reference = clickture
+    record = manifest(result.out_dir)
+    inputs = {item["name"]: item for item in record["inputs"]}
+    # A slice of the real list is not the file fetch knows: no hash is claimed for it...
+    assert inputs["clickture-dev.lst"]["size"] > 0
+    assert inputs["clickture-dev.lst"]["sha256"] is None
+    assert inputs["keywords_dev.zip"]["sha256"] is None  # never fetched, no record
+    assert record["parameters"]["min_df"] == 6
+    assert record["packages"]["scikit-learn"] != "not installed"
+    assert record["vocabulary_size"] == len(vocab_words(result.out_dir))
+    # ...while the real file gets the manifest's hash.
+    folder = result.out_dir.parent / "real"
+    folder.mkdir(exist_ok=True)
+    real = shutil.copy(shared_data / "clickture-dev.lst", folder / "clickture-dev.lst")
+    (records,) = input_records(folder, "clickture", [Path(real)])
+    assert records["sha256"] == "e5a1c92899aa568854c513f5731a648cfc16867773facd310d3bce04a85cf41f"
+    assert records["sha256_source"] == "manifest"
+    # A file fetch recorded on first download (no published hash) gets the recorded hash.
+    archive = Path(shutil.copy(result.out_dir / "vocab.tsv", folder / "keywords_dev.zip"))
+    record_checksum(folder, "keywords_dev.zip", archive.stat().st_size, "ab" * 32, "download")
+    (recorded,) = input_records(folder, "clickture", [archive])
+    assert (recorded["sha256"], recorded["sha256_source"]) == ("ab" * 32, "recorded")
