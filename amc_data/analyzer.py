@@ -197,7 +197,13 @@ class KeywordTokenIds(dict[str, tuple[int, ...]]):
 
     def document_ids(self, keywords: list[str]) -> list[int]:
         """The ids of the document made of `keywords`, one per analyzer token, in order."""
-        return list(chain.from_iterable(map(self.__getitem__, keywords)))
+        ids: list[int] = []
+        self.extend_ids(ids, keywords)
+        return ids
+
+    def extend_ids(self, ids: list[int], keywords: list[str]) -> None:
+        """Append the document's ids to `ids` (what a worker does for a chunk of documents)."""
+        ids.extend(chain.from_iterable(map(self.__getitem__, keywords)))
 
 
 def count_document_frequencies(

@@ -145,8 +145,12 @@ class ZipArchive:
         The compact form in which the encoder ships a million member references to workers.
         """
         index = self.index()
-        found = np.vstack((index.fields, np.full((1, 6), -1, dtype=np.int64)))
-        return found[index.rows(names)]
+        rows = index.rows(names)
+        if index.fields.size == 0:
+            return np.full((len(names), 6), -1, dtype=np.int64)
+        locations = index.fields[rows]  # a missing name (-1) picks the last row: overwritten
+        locations[rows < 0] = -1
+        return locations
 
     def read_at(self, name: str, location: Sequence[int]) -> bytes:
         """Read a member from its name and a row of `locations`, without the directory.

@@ -10,6 +10,7 @@ previous outputs as they were.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -48,6 +49,7 @@ from .inputs import (
     input_files,
     plan_parts,
 )
+from .machine import cpu_count, release_memory
 from .outputs import (
     OutputWriters,
     commit_outputs,
@@ -55,7 +57,6 @@ from .outputs import (
     output_lock,
     package_versions,
     read_manifest,
-    release_memory,
     staging_folder,
 )
 from .progress import progress_bar
@@ -212,13 +213,16 @@ class ChunkResult:
 def _encode_chunk(task: _Task) -> ChunkResult:
     n = len(task.members)
     errors: list[tuple[int, str]] = []
-    document_ids = _state["token_ids"].document_ids
+    extend_ids = _state["token_ids"].extend_ids
     flat: list[int] = []
-    tokens_seen = np.zeros(n, dtype=np.int32)
+    offsets: list[int] = []
+    ends: list[int] = []
     for offset, keywords in _documents(task, errors):
-        before = len(flat)
-        flat += document_ids(keywords)
-        tokens_seen[offset] = len(flat) - before
+        extend_ids(flat, keywords)
+        offsets.append(offset)
+        ends.append(len(flat))
+    tokens_seen = np.zeros(n, dtype=np.int32)
+    tokens_seen[offsets] = np.diff(ends, prepend=0)
     ids = np.array(flat, dtype=np.int32)  # (t,): one per analyzer token, -1 outside the vocab
     del flat
     token_doc = np.repeat(np.arange(n), tokens_seen)  # (t,)
@@ -280,20 +284,26 @@ def _ordered_map(
         yield pending.popleft().result()
 
 
-def _executor(jobs: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor | None:
-    """Worker processes, or None to work in this process (jobs=1)."""
+@contextlib.contextmanager
+def _worker_pool(jobs: int, initargs: tuple[Any, ...]) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes, or None to work in this process (jobs=1); shut down on exit."""
     if jobs == 1:
         _init_worker(*initargs)
-        return None
-    # On Linux, fork shares the parent's imports (scikit-learn's is slow); elsewhere fork is
-    # unsafe or absent and the platform's default start method is used.
+        yield None
+        return
+    # On Linux, fork shares the parent's imports and data; elsewhere fork is unsafe or absent
+    # and the platform's default start method is used.
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-    # Objects the workers inherit stay shared only if nothing writes to them: keep the garbage
-    # collector's bookkeeping off them (it writes to every object it visits).
+    # What the workers inherit stays shared only if nothing writes to it: keep the garbage
+    # collector's bookkeeping off those objects while the workers live.
     gc.freeze()
-    return ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_init_worker, initargs=initargs
-    )
+    try:
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_init_worker, initargs=initargs
+        ) as executor:
+            yield executor
+    finally:
+        gc.unfreeze()
 
 
 def _handle_errors(
@@ -329,9 +339,8 @@ def _fit(
     tasks = list(_tasks(first, np.flatnonzero(first.fit)))
     frequency: Counter[str] = Counter()
     n_documents = 0
-    executor = _executor(jobs, (first.archives, analyzer, []))
     with (
-        executor or _NoExecutor(),
+        _worker_pool(jobs, (first.archives, analyzer, [])) as executor,
         progress_bar(
             total=int(first.fit.sum()), desc="fitting vocabulary", unit="doc",
             enabled=config.progress,
@@ -350,14 +359,6 @@ def _fit(
             bar.update(counts.documents + len(counts.errors))
     words = fit_vocabulary(frequency, n_documents, config.min_df)
     return words, np.array([frequency[word] for word in words], dtype=np.int64), rest
-
-
-class _NoExecutor:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
 
 
 def _fingerprint(dataset: str, inputs: list[Path], config: EncodeConfig) -> dict[str, Any]:
@@ -412,7 +413,7 @@ def encode(
 def _encode_into(
     staging: Path, dataset: str, folder: Path, inputs: list[Path], config: EncodeConfig
 ) -> tuple[EncodeResult, dict[str, Any]]:
-    jobs = config.jobs or _cpu_count()
+    jobs = config.jobs or cpu_count()
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     analyzer = Analyzer(load_stop_words(config.stop_words))
@@ -434,9 +435,8 @@ def _encode_into(
     mark = time.perf_counter()
     writers = OutputWriters(staging, documents, words, frequencies, config.formats, config.min_df)
     rows = np.arange(len(documents))
-    executor = _executor(jobs, (documents.archives, analyzer, words))
     with (
-        executor or _NoExecutor(),
+        _worker_pool(jobs, (documents.archives, analyzer, words)) as executor,
         progress_bar(
             total=len(documents), desc=f"encoding {dataset}", unit="doc", enabled=config.progress
         ) as bar,
@@ -514,10 +514,3 @@ def _result_from_manifest(out_dir: Path, manifest: dict[str, Any]) -> EncodeResu
         outputs=tuple(manifest.get("outputs", [])),
         seconds={},
     )
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

@@ -90,26 +90,45 @@ def original_index(img_ids: np.ndarray, row_counts: np.ndarray) -> np.ndarray:
 
 
 class CsrBuilder:
-    """Collects per-document word counts and builds a CSR matrix whose row `i` is image `i`."""
+    """Collects per-document word counts and writes a CSR matrix whose row `i` is image `i`.
 
-    def __init__(self, n_columns: int) -> None:
+    The counts wait on disk, in `spill_dir`, until `save`: a million documents make tens of
+    millions of entries, which would otherwise sit in memory while the workers run.
+    """
+
+    def __init__(self, n_columns: int, spill_dir: Path, name: str) -> None:
         self.n_columns = n_columns
-        # Held compactly until `build`: a million documents make tens of millions of entries.
         self._column_type = np.uint16 if n_columns <= 1 << 16 else np.int32
+        self._value_type: type = np.uint16
         self._img_ids: list[np.ndarray] = []
         self._row_nnz: list[np.ndarray] = []
-        self._columns: list[np.ndarray] = []
-        self._values: list[np.ndarray] = []
+        self._spill = {part: spill_dir / f".{name}.{part}.tmp" for part in ("columns", "values")}
+        self._files = {part: open(path, "wb") for part, path in self._spill.items()}  # noqa: SIM115
 
     def add(
         self, img_ids: np.ndarray, row_nnz: np.ndarray, columns: np.ndarray, values: np.ndarray
     ) -> None:
         """Documents with their counts: `row_nnz[d]` (column, value) pairs each, in order."""
+        if values.max(initial=0) >= 1 << 16 and self._value_type is np.uint16:
+            self._widen_values()
         self._img_ids.append(img_ids.astype(np.int64))
         self._row_nnz.append(row_nnz.astype(np.int32))
-        self._columns.append(columns.astype(self._column_type))
-        small = values.max(initial=0) < 1 << 16
-        self._values.append(values.astype(np.uint16 if small else np.int32))
+        columns.astype(self._column_type).tofile(self._files["columns"])
+        values.astype(self._value_type).tofile(self._files["values"])
+
+    def _widen_values(self) -> None:
+        """A count over 65535 (never seen in keyword data): store the values as int32 from now."""
+        self._files["values"].close()
+        widened = np.fromfile(self._spill["values"], dtype=np.uint16).astype(np.int32)
+        self._files["values"] = open(self._spill["values"], "wb")  # noqa: SIM115
+        widened.tofile(self._files["values"])
+        self._value_type = np.int32
+
+    def _load(self, part: str, dtype: type) -> np.ndarray:
+        self._files[part].close()
+        array = np.fromfile(self._spill[part], dtype=dtype)
+        self._spill[part].unlink()
+        return array
 
     @staticmethod
     def _take(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -131,9 +150,8 @@ class CsrBuilder:
         """
         img_ids = self._take(self._img_ids, np.int64)
         row_nnz = self._take(self._row_nnz, np.int64)
-        columns = self._take(self._columns, self._column_type)
-        value_type = np.uint16 if all(v.dtype == np.uint16 for v in self._values) else np.int32
-        values = self._take(self._values, value_type)
+        columns = self._load("columns", self._column_type)
+        values = self._load("values", self._value_type)
         n_rows = int(img_ids.max()) + 1 if img_ids.size else 0
         shape = (n_rows, self.n_columns)
         order = np.argsort(img_ids, kind="stable")
@@ -183,14 +201,23 @@ def _npz_member(
 class ParquetTableWriter:
     """Buffers column chunks and writes one row group per `row_group_rows` rows."""
 
-    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        row_group_rows: int,
+        dictionary_columns: Sequence[str] | bool = True,
+    ) -> None:
         self.path = path
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.rows = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+        # Dictionary-encoding a column of distinct values (image ids, names) is wasted work.
+        self._writer = pq.ParquetWriter(
+            path, schema, compression="zstd", use_dictionary=dictionary_columns
+        )
 
     def write(self, columns: dict[str, np.ndarray | pa.Array | Sequence[object]]) -> None:
         """Append rows given column by column (names and order as in the schema)."""

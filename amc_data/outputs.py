@@ -4,13 +4,11 @@ folder that is swapped in whole, the lock that keeps two encodes apart, and `enc
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import platform
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -30,6 +28,7 @@ from .formats import (
     write_vocab_tsv,
 )
 from .inputs import ORIGINAL_OUTPUTS, Documents
+from .machine import release_memory
 from .manifest import bundled_manifests, expected_checksums
 
 if TYPE_CHECKING:
@@ -49,30 +48,6 @@ IMAGES_SCHEMA = pa.schema(
      ("tokens_seen", pa.int32()), ("tokens_kept", pa.int32())]
 )  # fmt: skip
 VOCAB_SCHEMA = pa.schema([("word_id", pa.int32()), ("word", pa.string()), ("df", pa.int64())])
-
-
-def release_memory() -> None:
-    """Hand memory freed by Python and numpy back to the system.
-
-    glibc keeps freed heap memory for reuse; after planning's temporaries and before the files
-    are finished that is hundreds of MB nobody will use again. A no-op without glibc.
-    """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018 -- musl has no malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _load_libc()
 
 
 def csr_name(dataset: str, split: str) -> str:
@@ -107,13 +82,22 @@ class OutputWriters:
         self.csr = {}
         if "csr" in formats:
             present = np.unique(documents.split)
-            self.csr = {int(code): CsrBuilder(len(words)) for code in present}
+            self.csr = {
+                int(code): CsrBuilder(
+                    len(words), folder, csr_name(documents.dataset, documents.splits[code])
+                )
+                for code in present
+            }
         self.pairs = self.images = None
         if "parquet" in formats:
-            self.pairs = ParquetTableWriter(folder / "pairs.parquet", PAIRS_SCHEMA, PAIRS_ROW_GROUP)
+            self.pairs = ParquetTableWriter(
+                folder / "pairs.parquet", PAIRS_SCHEMA, PAIRS_ROW_GROUP,
+                dictionary_columns=["split", "word_id", "position"],
+            )  # fmt: skip
             self.images = ParquetTableWriter(
-                folder / "images.parquet", IMAGES_SCHEMA, IMAGES_ROW_GROUP
-            )
+                folder / "images.parquet", IMAGES_SCHEMA, IMAGES_ROW_GROUP,
+                dictionary_columns=["split", "tokens_seen", "tokens_kept"],
+            )  # fmt: skip
             vocab = ParquetTableWriter(folder / "vocab.parquet", VOCAB_SCHEMA, 1 << 20)
             vocab.write({"word_id": np.arange(len(words)), "word": words, "df": frequencies})
             vocab.close()

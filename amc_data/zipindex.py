@@ -93,7 +93,9 @@ class ZipIndex:
             return np.full(query.size, -1, dtype=np.int64)
         # Same dtype as the index, or numpy would convert the whole index for every call.
         fits = np.char.str_len(query) <= self.names.dtype.itemsize
-        query = np.where(fits, query, b"").astype(self.names.dtype)
+        if not fits.all():
+            query = np.where(fits, query, b"")
+        query = query.astype(self.names.dtype, copy=False)
         # Searching in sorted order lets numpy start each search where the last one ended.
         order = np.argsort(query)
         rows = np.empty(query.size, dtype=np.int64)
@@ -112,8 +114,8 @@ def read_index(path: Path, limits: ArchiveLimits) -> ZipIndex:
             directory, count, shift = _read_directory(path, file.fileno())
     except OSError as exc:
         raise ArchiveError(f"Cannot read archive {path}: {exc}.") from exc
-    parsed = _parse_columns(directory, count) or _parse_loop(path, directory, count)
-    names, fields = parsed
+    names, fields = _parse_columns(directory, count) or _parse_loop(path, directory, count)
+    del directory  # tens of MB for a million members: gone before the checks allocate theirs
     fields[:, 0] += shift
     return _checked(path, names, fields, limits)
 
@@ -164,36 +166,40 @@ def _parse_columns(directory: bytes, count: int) -> tuple[np.ndarray, np.ndarray
             for a in range(4)
         ])
     )  # fmt: skip
-    if starts.size != count or starts[0] != 0:
+    if starts.size != count or starts[0] != 0 or starts[-1] + 46 > len(directory):
         return None  # a signature inside a name or extra field: let the loop walk it
 
-    def u16(at: int) -> np.ndarray:
-        return data[starts + at].astype(np.int64) | data[starts + at + 1].astype(np.int64) << 8
+    def u16(at: int) -> np.ndarray:  # (count,) little-endian field at `at` of each entry
+        return data[starts + at].astype(np.uint32) | data[starts + at + 1].astype(np.uint32) << 8
 
     def u32(at: int) -> np.ndarray:
         return u16(at) | u16(at + 2) << 16
 
-    name_len, extra_len, comment_len = u16(28), u16(30), u16(32)
-    ends = starts + 46 + name_len + extra_len + comment_len
+    name_len = u16(28)
+    ends = starts + 46 + name_len + u16(30) + u16(32)
     if not (np.array_equal(ends[:-1], starts[1:]) and ends[-1] == len(directory)):
         return None
-    flags, method = u16(8), u16(10)
-    fields = np.column_stack((u32(42), u32(20), u32(24), u32(16), method, flags))
+    del ends
+    flags = u16(8)
+    fields = np.empty((count, 6), dtype=np.int64)
+    for column, at in enumerate((42, 20, 24, 16)):  # offset, compressed size, size, crc
+        fields[:, column] = u32(at)
+    fields[:, 4], fields[:, 5] = u16(10), flags
     if (fields[:, :3] == 0xFFFFFFFF).any():
         return None  # zip64 sizes inside entries
     width = int(name_len.max())
     chars = np.zeros((count, max(width, 1)), dtype=np.uint8)
     columns = np.arange(width)
-    for lo in range(0, count, _BLOCK):
+    legacy = flags & FLAG_UTF8 == 0
+    for lo in range(0, count, _BLOCK):  # a block at a time: the temporaries stay small
         hi = min(lo + _BLOCK, count)
         inside = columns < name_len[lo:hi, None]
-        gathered = data[np.where(inside, starts[lo:hi, None] + 46 + columns, 0)]
-        chars[lo:hi, :width] = np.where(inside, gathered, 0)
-    inside = columns < name_len[:, None]
-    if ((chars[:, :width] == 0) & inside).any():
-        return None  # NUL inside a name: the loop reports it
-    if ((chars >= 0x80).any(axis=1) & (flags & FLAG_UTF8 == 0)).any():
-        return None  # cp437 names: the loop transcodes them
+        block = np.where(inside, data[np.where(inside, starts[lo:hi, None] + 46 + columns, 0)], 0)
+        if ((block == 0) & inside).any():
+            return None  # NUL inside a name: the loop reports it
+        if ((block >= 0x80).any(axis=1) & legacy[lo:hi]).any():
+            return None  # cp437 names: the loop transcodes them
+        chars[lo:hi, :width] = block
     return chars.view(f"S{chars.shape[1]}").ravel(), fields
 
 
@@ -246,10 +252,18 @@ def _checked(path: Path, names: np.ndarray, fields: np.ndarray, limits: ArchiveL
     """Refuse unsafe names, duplicates and oversized members; sort; drop folder entries."""
     count = names.size
     chars = names.view(np.uint8).reshape(count, -1) if count else np.zeros((0, 1), np.uint8)
-    suspicious = (chars[:, 0] == 0) | (chars[:, 0] == ord("/")) | (chars[:, 0] == ord("\\"))
-    if chars.shape[1] > 1:
-        suspicious |= chars[:, 1] == ord(":")
-        suspicious |= ((chars[:, :-1] == ord(".")) & (chars[:, 1:] == ord("."))).any(axis=1)
+    suspicious = np.zeros(count, dtype=bool)
+    is_folder = np.zeros(count, dtype=bool)
+    for lo in range(0, count, _BLOCK):  # a block at a time: the temporaries stay small
+        block = chars[lo : lo + _BLOCK]
+        first, second = block[:, 0], block[:, 1] if block.shape[1] > 1 else block[:, 0] * 0
+        dots = (block[:, :-1] == ord(".")) & (block[:, 1:] == ord("."))
+        suspicious[lo : lo + _BLOCK] = (
+            (first == 0) | (first == ord("/")) | (first == ord("\\")) | (second == ord(":"))
+            | dots.any(axis=1)
+        )  # fmt: skip
+        last = np.maximum((block != 0).sum(axis=1) - 1, 0)
+        is_folder[lo : lo + _BLOCK] = block[np.arange(block.shape[0]), last] == ord("/")
     for row in np.flatnonzero(suspicious):
         name = bytes(names[row]).decode("utf-8")
         if reason := unsafe_reason(name):
@@ -277,25 +291,35 @@ def _checked(path: Path, names: np.ndarray, fields: np.ndarray, limits: ArchiveL
             f"declares {total:,} bytes uncompressed in all, over the cap of "
             f"{limits.max_total_size:,}",
         )
-    lengths = (chars != 0).sum(axis=1)
-    is_folder = chars[np.arange(count), np.maximum(lengths - 1, 0)] == ord("/")
-    keep = np.flatnonzero(~is_folder)
-    order = keep[np.argsort(names[keep], kind="stable")]
+    if is_folder.any():
+        keep = np.flatnonzero(~is_folder)
+        order = keep[np.argsort(names[keep], kind="stable")]
+    else:
+        order = np.argsort(names, kind="stable")
     sorted_names = names[order]
     repeated = np.flatnonzero(sorted_names[1:] == sorted_names[:-1])
     if repeated.size:
         name = bytes(sorted_names[repeated[0]]).decode("utf-8")
         raise archive_error(path, "holds two members of the same name; refusing it", name)
-    return ZipIndex(sorted_names, fields[order], order, _top_folders(sorted_names, chars[order]))
+    return ZipIndex(sorted_names, fields[order], order, _top_folders(sorted_names))
 
 
-def _top_folders(names: np.ndarray, chars: np.ndarray) -> tuple[str, ...]:
+def _top_folders(names: np.ndarray) -> tuple[str, ...]:
     """The distinct first path components of the sorted `names` (junk left out).
 
     Names under one folder sort together, so each folder costs one look and one jump past its
     names (to the first name that starts with `folder` + "0", the character after "/").
     """
-    with_folder = np.flatnonzero((chars == ord("/")).any(axis=1))
+    chars = names.view(np.uint8).reshape(names.size, -1)
+    with_folder = np.flatnonzero(
+        np.concatenate(
+            [
+                (chars[lo : lo + _BLOCK] == ord("/")).any(axis=1)
+                for lo in range(0, names.size, _BLOCK)
+            ]
+            or [np.zeros(0, dtype=bool)]
+        )
+    )
     tops = []
     position = 0
     while position < with_folder.size:

@@ -5,7 +5,7 @@ file per image, fit scikit-learn's CountVectorizer and encode every document int
 of rows (`tests/reference_encode.py`, one process). Both run as child processes on the same
 generated Clickture-shaped corpus (by default 1,000,000 documents: the real 79,665-line dev list
 when `../shared/data` is there, the rest Lite); we record wall time and peak memory (the sum of
-the proportional set size of the process and its workers, sampled every 50 ms, so pages that
+the proportional set size of the process and its workers, sampled every 100 ms, so pages that
 forked workers share are counted once), then check that the outputs are identical.
 
     python benchmarks/bench_encode.py                  # 1M documents (about 10 minutes)
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import sys
@@ -34,6 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import corpus  # noqa: E402
 
+from amc_data.machine import cpu_count  # noqa: E402
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 REFERENCE_SCRIPT = """
 import sys, time
@@ -48,7 +49,7 @@ reference_encode.write_reference(result, Path({out!r}))
 class PeakMemory:
     """Samples the summed PSS (and RSS) of a process tree until stopped."""
 
-    def __init__(self, process: psutil.Process, interval: float = 0.05) -> None:
+    def __init__(self, process: psutil.Process, interval: float = 0.1) -> None:
         self.process = process
         self.interval = interval
         self.peak_pss = 0
@@ -139,7 +140,7 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)),
+    return {"cpu": model, "cores": cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
 

@@ -24,9 +24,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from amc_data_cli.options import cpu_count
-
 from amc_data.fetch import Outcome, fetch
+from amc_data.machine import cpu_count
 
 MIB = 1 << 20
 

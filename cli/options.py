@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from amc_data.datadir import ENV_DATA_HOME
+from amc_data.machine import cpu_count
+
+__all__ = ["cpu_count", "data_dir_option", "jobs_option", "quiet_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,11 +44,3 @@ def jobs_option(default: int | None, help_text: str) -> Callable[[F], F]:
         )(func)
 
     return decorate
-
-
-def cpu_count() -> int:
-    """Cores this process may use (respects affinity masks and containers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

@@ -40,7 +40,8 @@ documents = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(documents, max_size=4))
 def test_csr_equals_scipy_built_from_the_same_counts(tmp_path_factory, chunks):
-    builder = CsrBuilder(n_columns=10)
+    folder = tmp_path_factory.mktemp("csr")
+    builder = CsrBuilder(n_columns=10, spill_dir=folder, name="m")
     rows, cols, vals = [], [], []
     for chunk in chunks:
         img_ids = np.array([img for img, _ in chunk], dtype=np.int64)
@@ -53,8 +54,9 @@ def test_csr_equals_scipy_built_from_the_same_counts(tmp_path_factory, chunks):
                 rows.append(img)
                 cols.append(word)
                 vals.append(count)
-    path = tmp_path_factory.mktemp("csr") / "m.npz"
+    path = folder / "m.npz"
     shape = builder.save(path)
+    assert sorted(p.name for p in folder.iterdir()) == ["m.npz"]  # the spill files are gone
     loaded = scipy.sparse.load_npz(path)
     n_rows = max([img for chunk in chunks for img, _ in chunk], default=-1) + 1
     assert shape == loaded.shape == (n_rows, 10)
