@@ -181,7 +181,7 @@ class ZipArchive:
     def members(self, include_junk: bool = False) -> Iterator[Member]:
         """Every file member, in directory order (junk entries left out unless asked for)."""
         index = self.index()
-        for row in np.argsort(index.directory_order).tolist():
+        for row in range(index.names.size):
             name = index.name(row)
             if include_junk or not is_junk(name):
                 yield Member(name, *index.fields[row].tolist())

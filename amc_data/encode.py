@@ -119,6 +119,13 @@ class _Task:
 _state: dict[str, Any] = {}  # per worker process: archives, analyzer, vocabulary table
 
 
+def _init_worker_process(*initargs: Any) -> None:
+    # A worker builds only acyclic data (parsed JSON, lists of ids): the cyclic garbage
+    # collector would spend its time scanning them for nothing.
+    gc.disable()
+    _init_worker(*initargs)
+
+
 def _init_worker(archives: tuple[Archive, ...], analyzer: Analyzer, words: list[str]) -> None:
     _state["archives"] = archives
     _state["analyzer"] = analyzer
@@ -299,7 +306,7 @@ def _worker_pool(jobs: int, initargs: tuple[Any, ...]) -> Iterator[ProcessPoolEx
     gc.freeze()
     try:
         with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_init_worker, initargs=initargs
+            jobs, mp_context=context, initializer=_init_worker_process, initargs=initargs
         ) as executor:
             yield executor
     finally:

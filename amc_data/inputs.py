@@ -21,6 +21,7 @@ import numpy as np
 
 from .archive import Archive, MemberLayout, ZipArchive, find_layout, open_archive
 from .errors import ConfigError, InputError
+from .zipindex import name_keys
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,23 @@ def _read_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return lines.astype("S1") if lines.size == 0 else lines, numbers
 
 
+def _repeats(lines: np.ndarray) -> set[int]:
+    """Rows whose line equals an earlier one. Only lines whose hash key occurs more than once
+    are compared, so a million distinct lines cost one hash and one integer sort."""
+    keys = name_keys(lines)
+    sorted_keys = np.sort(keys)
+    shared = np.unique(sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]])
+    first_seen: dict[bytes, int] = {}
+    repeats = set()
+    for row in np.flatnonzero(np.isin(keys, shared)).tolist():
+        line = bytes(lines[row])
+        if line in first_seen:
+            repeats.add(row)
+        else:
+            first_seen[line] = row
+    return repeats
+
+
 def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
     """One candidate per list line; image id `int(line.split("/")[-1])`, as the scripts did.
 
@@ -292,9 +310,7 @@ def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
         tails = np.array([line.rpartition(b"/")[2] for line in lines.tolist()], dtype=bytes)
     # An id is 1 to 18 ASCII digits (18 fit an int64); a repeated line is a problem too.
     bad_id = ~np.char.isdigit(tails) | (np.char.str_len(tails) > 18)
-    order = np.argsort(lines, kind="stable")
-    repeats = order[1:][lines[order][1:] == lines[order][:-1]]
-    problems = set(np.flatnonzero(bad_id).tolist()) | set(repeats.tolist())
+    problems = set(np.flatnonzero(bad_id).tolist()) | _repeats(lines)
     member = f"{_member_folder(planner.dataset, split)}/<line>.json"
     for row in sorted(problems):
         line = bytes(lines[row]).decode("utf-8")

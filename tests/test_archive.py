@@ -8,6 +8,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from amc_data.archive import (
@@ -114,6 +115,35 @@ def test_duplicate_member_names_are_refused(tmp_path):
         archive.writestr("dataset.json", b"two")
     with pytest.raises(ArchiveError, match="two members of the same name"):
         ZipArchive(path).member("dataset.json")
+
+
+def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch):
+    """Names are found through 64-bit hash keys; a collision must never give a wrong answer."""
+    import amc_data.inputs
+    import amc_data.zipindex
+
+    def collide(names):
+        return np.zeros(names.size, dtype=np.uint64)
+
+    monkeypatch.setattr(amc_data.zipindex, "name_keys", collide)
+    monkeypatch.setattr(amc_data.inputs, "name_keys", collide)
+    path = write_zip(tmp_path / "a.zip", CONTENT, compression=zipfile.ZIP_DEFLATED)
+    with ZipArchive(path) as archive:
+        for name, data in CONTENT.items():
+            assert archive.read(name) == data
+        assert "keywords_dev/00000003.json" not in archive
+        locations = archive.locations(["dataset.json", "nope", "keywords_dev/00000002.json"])
+        assert (locations[:, 2] >= 0).tolist() == [True, False, True]
+    dup = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup, "w") as out, pytest.warns(UserWarning):
+        out.writestr("a.json", b"1")
+        out.writestr("b.json", b"2")
+        out.writestr("a.json", b"3")
+    with pytest.raises(ArchiveError, match="two members of the same name") as caught:
+        ZipArchive(dup).member("b.json")
+    assert "a.json" in str(caught.value)
+    lines = np.array([b"0001", b"0002", b"0001", b"0003", b"0002"])
+    assert amc_data.inputs._repeats(lines) == {2, 4}
 
 
 def test_zip_bomb_ratio_and_size_caps(tmp_path):
