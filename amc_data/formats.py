@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import scipy.sparse
 
 _NPY_HEADER_BYTES = 128  # what numpy writes for any 2-D int64 shape with fewer than ~40 digits
 
@@ -156,6 +155,8 @@ class CsrBuilder:
         shape = (n_rows, self.n_columns)
         order = np.argsort(img_ids, kind="stable")
         if img_ids.size and np.any(np.diff(img_ids[order]) == 0):
+            import scipy.sparse  # only here: a second or so of start-up for every run otherwise
+
             rows = np.repeat(img_ids, row_nnz)
             coo = (values.astype(np.int32), (rows, columns.astype(np.int32)))
             matrix = scipy.sparse.coo_matrix(coo, shape=shape).tocsr()
@@ -198,6 +199,46 @@ def _npz_member(
             member.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
 
 
+_NUMPY_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32,
+                pa.int64(): np.int64, pa.float64(): np.float64}  # fmt: skip
+
+
+def arrow_array(values: np.ndarray | Sequence[str] | pa.Array, type: pa.DataType) -> pa.Array:
+    """A pyarrow array built straight from numpy buffers.
+
+    `pyarrow.array` on numpy input imports pandas (a third of a second and some 50 MB, in every
+    encode); numbers, strings (a numpy bytes array or a list of str) and dictionary-encoded
+    strings need nothing of it.
+    """
+    if isinstance(values, pa.Array):
+        return values
+    if type in _NUMPY_TYPES:
+        data = np.ascontiguousarray(values, dtype=_NUMPY_TYPES[type])
+        return pa.Array.from_buffers(type, data.size, [None, pa.py_buffer(data)])
+    if type == pa.string():
+        if not isinstance(values, np.ndarray):
+            values = np.array([v.encode("utf-8") for v in values], dtype=bytes)
+        values = np.ascontiguousarray(values)
+        width = max(values.dtype.itemsize, 1)
+        chars = values.view(np.uint8).reshape(values.size, -1) if values.size else np.zeros(
+            (0, width), np.uint8)  # fmt: skip
+        inside = chars != 0  # names and words hold no NUL: the rest is numpy's padding
+        offsets = np.zeros(values.size + 1, dtype=np.int32)
+        np.cumsum(inside.sum(axis=1), out=offsets[1:])
+        data = np.ascontiguousarray(chars[inside])
+        array = pa.Array.from_buffers(
+            pa.string(), values.size, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+        array.validate(full=True)  # UTF-8 checked, as pyarrow.array would
+        return array
+    raise TypeError(f"arrow_array does not build {type}")
+
+
+def dictionary_array(codes: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+    """Dictionary-encoded values: `dictionary[codes[i]]`, with int8 codes."""
+    return pa.DictionaryArray.from_arrays(arrow_array(codes, pa.int8()), dictionary)
+
+
 class ParquetTableWriter:
     """Buffers column chunks and writes one row group per `row_group_rows` rows."""
 
@@ -207,6 +248,7 @@ class ParquetTableWriter:
         schema: pa.Schema,
         row_group_rows: int,
         dictionary_columns: Sequence[str] | bool = True,
+        statistics_columns: Sequence[str] | bool = True,
     ) -> None:
         self.path = path
         self.schema = schema
@@ -215,14 +257,16 @@ class ParquetTableWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         # Dictionary-encoding a column of distinct values (image ids, names) is wasted work.
+        # Statistics let readers skip row groups (by split, by image); only where they do.
         self._writer = pq.ParquetWriter(
-            path, schema, compression="zstd", use_dictionary=dictionary_columns
-        )
+            path, schema, compression="zstd", use_dictionary=dictionary_columns,
+            write_statistics=statistics_columns,
+        )  # fmt: skip
 
     def write(self, columns: dict[str, np.ndarray | pa.Array | Sequence[object]]) -> None:
         """Append rows given column by column (names and order as in the schema)."""
         batch = pa.record_batch(
-            [pa.array(columns[f.name], type=f.type) for f in self.schema], schema=self.schema
+            [arrow_array(columns[f.name], f.type) for f in self.schema], schema=self.schema
         )
         self._pending.append(batch)
         self._pending_rows += batch.num_rows

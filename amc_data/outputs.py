@@ -24,6 +24,8 @@ from .formats import (
     CsrBuilder,
     NpyRowWriter,
     ParquetTableWriter,
+    arrow_array,
+    dictionary_array,
     original_index,
     write_vocab_tsv,
 )
@@ -71,7 +73,7 @@ class OutputWriters:
         self.min_df = min_df
         self.outputs: list[str] = ["vocab.tsv"]
         self.counts = {s: {"documents": 0, "encoded": 0, "pairs": 0} for s in documents.splits}
-        self._split_names = pa.array(documents.splits, type=pa.string())
+        self._split_names = arrow_array(list(documents.splits), pa.string())
         write_vocab_tsv(folder / "vocab.tsv", words, frequencies)
         self.originals = []
         if "original" in formats:
@@ -93,6 +95,7 @@ class OutputWriters:
             self.pairs = ParquetTableWriter(
                 folder / "pairs.parquet", PAIRS_SCHEMA, PAIRS_ROW_GROUP,
                 dictionary_columns=["split", "word_id", "position"],
+                statistics_columns=["split", "img_id", "word_id"],
             )  # fmt: skip
             self.images = ParquetTableWriter(
                 folder / "images.parquet", IMAGES_SCHEMA, IMAGES_ROW_GROUP,
@@ -104,7 +107,7 @@ class OutputWriters:
             self.outputs.append("vocab.parquet")
 
     def _splits(self, codes: np.ndarray) -> pa.DictionaryArray:
-        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int8)), self._split_names)
+        return dictionary_array(codes, self._split_names)
 
     def add(self, chunk: ChunkResult, skipped_rows: set[int]) -> None:
         """Write a chunk of encoded documents (rows from `chunk.start`), less the skipped ones."""
@@ -155,7 +158,7 @@ class OutputWriters:
                 {
                     "img_id": img[rows],
                     "split": self._splits(split[rows]),
-                    "source_member": pa.array(members[lo + rows]).cast(pa.string()),
+                    "source_member": members[lo + rows],
                     "tokens_seen": chunk.tokens_seen[rows],
                     "tokens_kept": chunk.tokens_kept[rows],
                 }

@@ -64,3 +64,23 @@ def test_csr_equals_scipy_built_from_the_same_counts(tmp_path_factory, chunks):
     assert (loaded != expected).nnz == 0
     assert loaded.dtype == np.int32
     assert loaded.has_sorted_indices or loaded.nnz == 0
+
+
+def test_arrow_arrays_from_numpy_equal_pyarrow_own():
+    import pyarrow as pa
+
+    from amc_data.formats import arrow_array, dictionary_array
+
+    names = np.array(["keywords_dev/caf\u00e9.json".encode(), b"a.json", b""], dtype=bytes)
+    assert arrow_array(names, pa.string()).to_pylist() == ["keywords_dev/café.json", "a.json", ""]
+    assert arrow_array(["x", "ÿ"], pa.string()).to_pylist() == ["x", "ÿ"]
+    numbers = np.array([3, -1, 7], dtype=np.int64)
+    assert arrow_array(numbers, pa.int32()).equals(pa.array([3, -1, 7], type=pa.int32()))
+    splits = dictionary_array(np.array([1, 0, 1]), arrow_array(["dev", "lite"], pa.string()))
+    assert splits.to_pylist() == ["lite", "dev", "lite"]
+    try:
+        arrow_array(np.array([b"\xff\xfe"], dtype=bytes), pa.string())
+    except pa.ArrowInvalid:
+        pass
+    else:
+        raise AssertionError("invalid UTF-8 must be refused")
