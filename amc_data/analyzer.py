@@ -235,11 +235,11 @@ def fit_vocabulary(
     Raises `InputError` where scikit-learn raises `ValueError`, checked in scikit-learn's order:
     no words at all ("empty vocabulary"); fewer documents than `min_df` ("max_df corresponds to <
     documents than min_df"); no word reaching `min_df` ("After pruning, no terms remain").
-    Raises `ConfigError` for a `min_df` that is not an integer >= 0 (scikit-learn refuses it too).
+    Raises `ConfigError` for a `min_df` that is not an integer >= 1 (scikit-learn refuses it too).
     """
-    if isinstance(min_df, bool) or not isinstance(min_df, int) or min_df < 0:
+    if isinstance(min_df, bool) or not isinstance(min_df, int) or min_df < 1:
         raise ConfigError(
-            f"min_df must be a whole number of documents >= 0 (the authors used 6); got {min_df!r}."
+            f"min_df must be a whole number of documents >= 1 (the authors used 6); got {min_df!r}."
         )
     if n_documents < 0:
         raise ValueError(f"n_documents must be >= 0, got {n_documents}")

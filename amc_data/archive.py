@@ -115,8 +115,8 @@ class ZipArchive:
         if self._fd is None:
             try:
                 self._fd = os.open(self.path, os.O_RDONLY)
-            except OSError as exc:
-                raise ArchiveError(f"Cannot open archive {self.path}: {exc}.") from exc
+            except OSError as exc:  # the whole archive, not one member: never "skipped"
+                raise InputError(f"Cannot open archive {self.path}: {exc}.") from exc
         return self._fd
 
     def _error(self, what: str, member: str | None = None) -> ArchiveError:
@@ -296,6 +296,8 @@ class DirectoryArchive:
         for row, name in enumerate(names):
             if isinstance(name, bytes | np.bytes_):
                 name = bytes(name).decode("utf-8")
+            if unsafe_reason(name):
+                continue  # a name that would leave the folder is simply not a member
             member = self.member(name)
             if member is not None:
                 rows[row] = (-1, member.size, member.size, 0, _STORED, 0)

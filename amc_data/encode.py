@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from .analyzer import (
 )
 from .archive import Archive
 from .datadir import dataset_dir
-from .errors import ArchiveError, ConfigError, InputError
+from .errors import AmcDataError, ArchiveError, ConfigError, InputError
 from .inputs import (
     FORMATS,
     SKIP_HINT,
@@ -79,6 +80,9 @@ class EncodeConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        # A path is welcome as stop_words; kept as a string, so encode.json can record it.
+        object.__setattr__(self, "stop_words", os.fspath(self.stop_words))
+        object.__setattr__(self, "formats", tuple(self.formats))
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise ConfigError(
@@ -87,10 +91,13 @@ class EncodeConfig:
             )
         if self.on_error not in ("fail", "skip"):
             raise ConfigError(f"on_error must be 'fail' or 'skip', not {self.on_error!r}.")
-        if isinstance(self.min_df, bool) or not isinstance(self.min_df, int) or self.min_df < 0:
-            raise ConfigError(f"min_df must be a whole number >= 0, not {self.min_df!r}.")
-        if self.jobs is not None and self.jobs < 1:
-            raise ConfigError(f"jobs must be at least 1, not {self.jobs}.")
+        if isinstance(self.min_df, bool) or not isinstance(self.min_df, int) or self.min_df < 1:
+            raise ConfigError(
+                f"min_df must be a whole number of documents >= 1 (the authors used 6), not "
+                f"{self.min_df!r}."
+            )
+        if self.jobs is not None and (type(self.jobs) is not int or self.jobs < 1):
+            raise ConfigError(f"jobs must be a whole number >= 1, not {self.jobs!r}.")
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,7 @@ class EncodeResult:
 @dataclass(frozen=True)
 class _Task:
     start: int  # index of the chunk's first document
-    archive: int
+    archive: Archive  # pickles as its path: a worker opens the file itself
     members: np.ndarray  # (n,) bytes
     locations: np.ndarray  # (n, 6)
 
@@ -126,8 +133,7 @@ def _init_worker_process(*initargs: Any) -> None:
     _init_worker(*initargs)
 
 
-def _init_worker(archives: tuple[Archive, ...], analyzer: Analyzer, words: list[str]) -> None:
-    _state["archives"] = archives
+def _init_worker(analyzer: Analyzer, words: list[str]) -> None:
     _state["analyzer"] = analyzer
     _state["token_ids"] = KeywordTokenIds(analyzer, words)
     _state["n_words"] = len(words)
@@ -138,13 +144,13 @@ class _BadDocument(Exception):
 
 
 def _parse_json(data: bytes) -> Any:
-    """`json.loads`, sped up by orjson: for anything orjson accepts the result is the same, and
-    anything it refuses (NaN, a BOM, lone surrogates, deep nesting) goes to `json`, so the
-    authors' parser decides what is valid."""
+    """The file read as UTF-8 text and parsed by `json`, sped up by orjson: for anything orjson
+    accepts the result is the same, and what it refuses (NaN, lone surrogates, deep nesting)
+    goes to `json`, which decides. Like the reference, a BOM or another encoding is an error."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        return json.loads(data.decode("utf-8"))
 
 
 def _keywords(archive: Archive, name: str, location: list[int]) -> list[str]:
@@ -178,7 +184,7 @@ def _keywords(archive: Archive, name: str, location: list[int]) -> list[str]:
 
 def _documents(task: _Task, errors: list[tuple[int, str]]) -> Iterator[tuple[int, list[str]]]:
     """(offset in the chunk, keywords) of each good document; bad ones go to `errors`."""
-    archive = _state["archives"][task.archive]
+    archive = task.archive
     locations = task.locations.tolist()  # plain ints: numpy scalars are slow to unpack
     names = [name.decode("utf-8") for name in task.members.tolist()]
     for offset, (name, location) in enumerate(zip(names, locations, strict=True)):
@@ -264,7 +270,7 @@ def _tasks(documents: Documents, rows: np.ndarray) -> Iterator[_Task]:
             chunk = run[lo : lo + _CHUNK]
             yield _Task(
                 start=int(chunk[0]),
-                archive=int(documents.archive[chunk[0]]),
+                archive=documents.archives[documents.archive[chunk[0]]],
                 members=documents.members[chunk],
                 locations=documents.locations[chunk],
             )
@@ -296,7 +302,10 @@ def _worker_pool(jobs: int, initargs: tuple[Any, ...]) -> Iterator[ProcessPoolEx
     """Worker processes, or None to work in this process (jobs=1); shut down on exit."""
     if jobs == 1:
         _init_worker(*initargs)
-        yield None
+        try:
+            yield None
+        finally:
+            _state.clear()  # the keyword cache can be large: not kept after the run
         return
     # On Linux, fork shares the parent's imports and data; elsewhere fork is unsafe or absent
     # and the platform's default start method is used.
@@ -308,9 +317,22 @@ def _worker_pool(jobs: int, initargs: tuple[Any, ...]) -> Iterator[ProcessPoolEx
         with ProcessPoolExecutor(
             jobs, mp_context=context, initializer=_init_worker_process, initargs=initargs
         ) as executor:
+            # Start every worker now, while this process runs no other thread: forking a
+            # process with threads can deadlock the child.
+            for _ in executor.map(_started, range(jobs)):
+                pass
             yield executor
+    except BrokenProcessPool as exc:
+        raise AmcDataError(
+            "A worker process died before finishing its part (out of memory, or killed). "
+            "Nothing was written. Run again with fewer --jobs."
+        ) from exc
     finally:
         gc.unfreeze()
+
+
+def _started(_: int) -> None:
+    """A task that does nothing: submitting it makes the pool start its processes."""
 
 
 def _handle_errors(
@@ -326,46 +348,45 @@ def _handle_errors(
         row = start + offset
         split = documents.splits[documents.split[row]]
         member = bytes(documents.members[row]).decode("utf-8")
-        skipped[row] = SkippedItem(split, member, member, message)
+        item = bytes(documents.items[row]).decode("utf-8")
+        skipped[row] = SkippedItem(split, item, member, message)
 
 
 def _fit(
-    first: Documents,
-    analyzer: Analyzer,
-    config: EncodeConfig,
-    jobs: int,
-    meanwhile: Callable[[], T],
-) -> tuple[list[str], np.ndarray, T]:
-    """Count document frequencies over the fitting set (all in `first`, the first part of the
-    plan) and fix the vocabulary; run `meanwhile` (planning the other parts) while the workers
-    count. Return the words, their document frequencies, and what `meanwhile` returned.
+    parts: Iterator[Documents], analyzer: Analyzer, config: EncodeConfig, jobs: int
+) -> tuple[list[str], np.ndarray, Documents]:
+    """Plan the documents and count document frequencies over the fitting set; return the
+    vocabulary, its document frequencies, and all the documents.
 
-    Bad documents stop the run here under `on_error="fail"`; under "skip" they are left out of
-    the counts and recorded by the encoding pass, which meets them again.
+    The workers start before planning does (planning uses threads, and processes must not be
+    forked beside them) and count the fitting set (all in the plan's first part) while the rest
+    is planned. Bad documents stop the run here under `on_error="fail"`; under "skip" they are
+    left out of the counts and recorded by the encoding pass, which meets them again.
     """
-    tasks = list(_tasks(first, np.flatnonzero(first.fit)))
     frequency: Counter[str] = Counter()
     n_documents = 0
-    with (
-        _worker_pool(jobs, (first.archives, analyzer, [])) as executor,
-        progress_bar(
-            total=int(first.fit.sum()), desc="fitting vocabulary", unit="doc",
-            enabled=config.progress,
-        ) as bar,
-    ):  # fmt: skip
+    with _worker_pool(jobs, (analyzer, [])) as executor:
+        first = next(parts)
+        tasks = list(_tasks(first, np.flatnonzero(first.fit)))
         if executor is None:
             results: Iterable[_Counts] = map(_count_chunk, tasks)
         else:  # a few dozen tasks: all submitted at once, so the workers start right away
             futures = [executor.submit(_count_chunk, task) for task in tasks]
             results = (future.result() for future in futures)
-        rest = meanwhile()
-        for counts in results:
-            frequency.update(counts.document_frequency)
-            n_documents += counts.documents
-            _handle_errors(counts.errors, 0, first, config, {})
-            bar.update(counts.documents + len(counts.errors))
+        documents = Documents.concat([first, *parts])
+        release_memory()  # planning's temporaries
+        with progress_bar(
+            total=int(first.fit.sum()), desc="fitting vocabulary", unit="doc",
+            enabled=config.progress,
+        ) as bar:  # fmt: skip
+            for counts in results:
+                if counts.errors and config.on_error == "fail":
+                    raise InputError(f"{counts.errors[0][1]} {SKIP_HINT}")
+                frequency.update(counts.document_frequency)
+                n_documents += counts.documents
+                bar.update(counts.documents + len(counts.errors))
     words = fit_vocabulary(frequency, n_documents, config.min_df)
-    return words, np.array([frequency[word] for word in words], dtype=np.int64), rest
+    return words, np.array([frequency[word] for word in words], dtype=np.int64), documents
 
 
 def _fingerprint(dataset: str, inputs: list[Path], config: EncodeConfig) -> dict[str, Any]:
@@ -378,16 +399,27 @@ def _fingerprint(dataset: str, inputs: list[Path], config: EncodeConfig) -> dict
         stop_words = f"{Path(stop_words).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     return {
         "dataset": dataset,
-        "inputs": [
-            {"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-            for p in inputs
-        ],
+        "inputs": [{"name": path.name, **_identity(path)} for path in inputs],
         "min_df": config.min_df,
         "stop_words": stop_words,
         "formats": sorted(config.formats),
         "on_error": config.on_error,
         "amc_data": __version__,
     }
+
+
+def _identity(path: Path) -> dict[str, int]:
+    """Size and modification time: of the file, or summed over a folder's files (an unzipped
+    archive changes inside, not at its top)."""
+    if not path.is_dir():
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    files = size = newest = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            stat = os.stat(os.path.join(folder, name))
+            files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
+    return {"files": files, "size": size, "mtime_ns": newest}
 
 
 def encode(
@@ -401,10 +433,12 @@ def encode(
     check_dataset(dataset)
     config = config or EncodeConfig()
     folder = dataset_dir(data_dir, dataset)
-    out_dir = Path(out) if out is not None else folder / "encoded"
+    # Resolved, so that a symbolic link is written through and `.` has a name and a parent.
+    out_dir = (Path(out) if out is not None else folder / "encoded").expanduser().resolve()
     inputs = input_files(dataset, folder)
+    load_stop_words(config.stop_words)  # a bad --stop-words fails here, with its own message
     fingerprint = _fingerprint(dataset, inputs, config)
-    with output_lock(out_dir):
+    with output_lock(out_dir, dataset):
         previous = read_manifest(out_dir)
         if not config.force and _up_to_date(out_dir, previous, fingerprint):
             log.info("%s is up to date with its inputs; nothing to do", out_dir)
@@ -424,26 +458,16 @@ def _encode_into(
     seconds: dict[str, float] = {}
     began = time.perf_counter()
     analyzer = Analyzer(load_stop_words(config.stop_words))
-    parts = plan_parts(dataset, folder, config.on_error)
-    first = next(parts)
-    seconds["plan"] = time.perf_counter() - began
     skipped_rows: dict[int, SkippedItem] = {}
-
-    def plan_the_rest() -> Documents:
-        documents = Documents.concat([first, *parts])
-        release_memory()  # planning's temporaries
-        return documents
-
-    # "fit" includes planning the parts after the first, which runs meanwhile.
-    mark = time.perf_counter()
-    words, frequencies, documents = _fit(first, analyzer, config, jobs, plan_the_rest)
-    seconds["fit"] = time.perf_counter() - mark
+    parts = plan_parts(dataset, folder, config.on_error)
+    words, frequencies, documents = _fit(parts, analyzer, config, jobs)
+    seconds["plan_and_fit"] = time.perf_counter() - began
 
     mark = time.perf_counter()
     writers = OutputWriters(staging, documents, words, frequencies, config.formats, config.min_df)
     rows = np.arange(len(documents))
     with (
-        _worker_pool(jobs, (documents.archives, analyzer, words)) as executor,
+        _worker_pool(jobs, (analyzer, words)) as executor,
         progress_bar(
             total=len(documents), desc=f"encoding {dataset}", unit="doc", enabled=config.progress
         ) as bar,

@@ -80,6 +80,7 @@ class Documents:
     img_id: np.ndarray  # (n,) int64
     archive: np.ndarray  # (n,) uint8: index into `archives`
     members: np.ndarray  # (n,) bytes: member names, UTF-8
+    items: np.ndarray  # (n,) bytes: the list line, or the file name in dataset.json
     locations: np.ndarray  # (n, 6) int64: where each member lies, for `Archive.read_at`
     skipped: list[SkippedItem] = field(default_factory=list)
     absent_splits: tuple[str, ...] = ()  # splits whose keyword files the archive lacks
@@ -101,6 +102,7 @@ class Documents:
             img_id=np.concatenate([p.img_id for p in parts]),
             archive=np.concatenate([p.archive for p in parts]),
             members=np.concatenate([p.members for p in parts]),
+            items=np.concatenate([p.items for p in parts]),
             locations=np.concatenate([p.locations for p in parts]),
             skipped=parts[-1].skipped,
             absent_splits=tuple(dict.fromkeys(s for p in parts for s in p.absent_splits)),
@@ -259,6 +261,7 @@ class _Planner:
             img_id=found.img_id[rows],
             archive=archive_index[rows],
             members=names[rows],
+            items=found.items[rows],
             locations=locations[rows],
             skipped=self.skipped,
             absent_splits=absent,
@@ -311,9 +314,10 @@ def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
     # An id is 1 to 18 ASCII digits (18 fit an int64); a repeated line is a problem too.
     bad_id = ~np.char.isdigit(tails) | (np.char.str_len(tails) > 18)
     problems = set(np.flatnonzero(bad_id).tolist()) | _repeats(lines)
-    member = f"{_member_folder(planner.dataset, split)}/<line>.json"
+    folder = _member_folder(planner.dataset, split)
     for row in sorted(problems):
         line = bytes(lines[row]).decode("utf-8")
+        member = f"{folder}/{line}.json"
         where = place.format(int(numbers[row]))
         if bad_id[row]:
             message = (

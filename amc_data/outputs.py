@@ -191,8 +191,12 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
 
 # -- the output folder ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def output_lock(out_dir: Path) -> Iterator[None]:
-    """Hold the output folder's lock; restore an interrupted swap; refuse a foreign folder."""
+def output_lock(out_dir: Path, dataset: str) -> Iterator[None]:
+    """Hold the output folder's lock; restore an interrupted swap; refuse a folder amc-data did
+    not write, or one that holds another dataset's encoding. `out_dir` must be resolved (no
+    symbolic link, no `.`): it is replaced by a rename beside it."""
+    if not out_dir.name:
+        raise ConfigError(f"{out_dir} cannot be an output folder: choose a folder inside it.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(out_dir.parent / f".{out_dir.name}.lock")
     try:
@@ -202,11 +206,18 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         lock.acquire()
     try:
         _recover(out_dir)
-        if out_dir.exists() and not (out_dir / "encode.json").exists() and any(out_dir.iterdir()):
+        previous = read_manifest(out_dir)
+        if out_dir.exists() and previous is None and any(out_dir.iterdir()):
             raise ConfigError(
                 f"Output folder {out_dir} holds files amc-data did not write (no encode.json). "
                 "Encode replaces its output folder as a whole, so it will not touch this one: "
                 "choose another --out, or empty the folder."
+            )
+        if previous is not None and previous.get("dataset") != dataset:
+            raise ConfigError(
+                f"Output folder {out_dir} holds the {previous.get('dataset')} encoding; encoding "
+                f"{dataset} there would replace it. Choose another --out (with 'all', each "
+                "dataset gets its own folder), or delete that one first."
             )
         yield
     finally:
@@ -220,7 +231,10 @@ def _recover(out_dir: Path) -> None:
         log.warning("restoring %s from an interrupted run", out_dir)
         os.replace(leftovers.pop(), out_dir)
     for path in [*leftovers, *out_dir.parent.glob(f".{out_dir.name}.staging-*")]:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 )
 @jobs_option(None, "Worker processes (default: all cores). Output is the same for any value.")
 @click.option(
-    "--min-df", type=click.IntRange(min=0), default=6, show_default=True,
+    "--min-df", type=click.IntRange(min=1), default=6, show_default=True,
     help="Keep a word found in at least this many fitting documents (the authors used 6).",
 )  # fmt: skip
 @click.option(

@@ -227,7 +227,7 @@ def test_fit_vocabulary_sorts_by_code_point_and_cuts_at_min_df() -> None:
     frequencies = {"zebra": 3, "Zebra": 3, "apple": 2, "éclair": 5, "eclair": 1, "ｗｃ": 4}
     assert fit_vocabulary(frequencies, 5, 2) == ["Zebra", "apple", "zebra", "éclair", "ｗｃ"]
     assert fit_vocabulary(frequencies, 5, 4) == ["éclair", "ｗｃ"]
-    assert fit_vocabulary(frequencies, 5, 0) == sorted(frequencies)
+    assert fit_vocabulary(frequencies, 5, 1) == sorted(frequencies)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +256,7 @@ def test_fit_vocabulary_messages_say_what_to_do() -> None:
         fit_vocabulary({}, 4, 2)
 
 
-@pytest.mark.parametrize("min_df", [-1, 1.0, True, "6", None])
+@pytest.mark.parametrize("min_df", [-1, 0, 1.0, True, "6", None])
 def test_fit_vocabulary_refuses_a_bad_min_df(min_df: object) -> None:
     with pytest.raises(ConfigError, match="min_df"):
         fit_vocabulary({"red": 1}, 1, min_df)  # type: ignore[arg-type]
