@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from .errors import ArchiveError, InputError, UnsafePickleError
+from .machine import pread
 from .zipindex import (
     FLAG_ENCRYPTED,
     ArchiveLimits,
@@ -164,7 +165,7 @@ class ZipArchive:
             and not flags & FLAG_ENCRYPTED
             and compressed_size <= _ONE_SHOT_LIMIT
         ):
-            block = os.pread(self._fd or self._file(), 30 + _LOCAL_SLACK + compressed_size, offset)
+            block = pread(self._fd or self._file(), 30 + _LOCAL_SLACK + compressed_size, offset)
             if block[:4] == b"PK\x03\x04":
                 name_len, extra_len = _LOCAL_LENGTHS.unpack_from(block, 26)
                 start = 30 + name_len + extra_len
@@ -203,14 +204,14 @@ class ZipArchive:
         if member.flags & FLAG_ENCRYPTED:
             raise self._error("is encrypted; amc-data reads only unencrypted archives", member.name)
         # One read for the local header and the data, guessing the header's variable part.
-        block = os.pread(self._file(), 30 + _LOCAL_SLACK + member.compressed_size, member.offset)
+        block = pread(self._file(), 30 + _LOCAL_SLACK + member.compressed_size, member.offset)
         if block[:4] != b"PK\x03\x04":
             raise self._error("has no local header where its directory says", member.name)
         name_len, extra_len = _LOCAL_LENGTHS.unpack_from(block, 26)
         start = 30 + name_len + extra_len
         end = start + member.compressed_size
         if end > len(block):
-            block = os.pread(self._file(), end, member.offset)
+            block = pread(self._file(), end, member.offset)
             if end > len(block):
                 raise self._error("ends before this member's data does (truncated?)", member.name)
         data = memoryview(block)[start:end]

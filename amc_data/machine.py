@@ -15,6 +15,15 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+if hasattr(os, "pread"):
+    pread = os.pread  # read at an offset without moving a shared file position
+else:  # Windows: each process reads through a descriptor of its own, so seeking is safe
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, size)
+
+
 def _load_libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

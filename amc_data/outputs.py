@@ -19,7 +19,7 @@ import filelock
 import numpy as np
 import pyarrow as pa
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .formats import (
     CsrBuilder,
     NpyRowWriter,
@@ -42,11 +42,11 @@ PAIRS_ROW_GROUP = 1 << 21  # 2M rows of 13 bytes: ~26 MB a row group
 IMAGES_ROW_GROUP = 1 << 18  # 256K rows with their member names: ~20 MB
 SPLIT_TYPE = pa.dictionary(pa.int8(), pa.string())
 PAIRS_SCHEMA = pa.schema(
-    [("split", SPLIT_TYPE), ("img_id", pa.int32()), ("word_id", pa.int32()),
+    [("split", SPLIT_TYPE), ("img_id", pa.int64()), ("word_id", pa.int32()),
      ("position", pa.int32())]
 )  # fmt: skip
 IMAGES_SCHEMA = pa.schema(
-    [("img_id", pa.int32()), ("split", SPLIT_TYPE), ("source_member", pa.string()),
+    [("img_id", pa.int64()), ("split", SPLIT_TYPE), ("source_member", pa.string()),
      ("tokens_seen", pa.int32()), ("tokens_kept", pa.int32())]
 )  # fmt: skip
 VOCAB_SCHEMA = pa.schema([("word_id", pa.int32()), ("word", pa.string()), ("df", pa.int64())])
@@ -68,6 +68,8 @@ class OutputWriters:
         formats: tuple[str, ...],
         min_df: int,
     ) -> None:
+        if {"original", "csr"} & set(formats) and documents.img_id.size:
+            _check_id_range(documents)
         self.folder = folder
         self.documents = documents
         self.min_df = min_df
@@ -185,6 +187,22 @@ class OutputWriters:
         return self.outputs, self.counts
 
 
+MAX_IMAGE_ID = (1 << 28) - 1  # the authors' index has a row per id up to the largest: 4 GiB here
+
+
+def _check_id_range(documents: Documents) -> None:
+    row = int(np.argmax(documents.img_id))
+    largest = int(documents.img_id[row])
+    if largest > MAX_IMAGE_ID:
+        item = bytes(documents.items[row]).decode("utf-8")
+        raise InputError(
+            f"Image id {largest:,} ({item!r}, {documents.splits[documents.split[row]]}) is too "
+            f"large: the authors' index and the CSR matrices have a row for every id up to the "
+            f"largest, {(largest + 1) * 16 / 2**30:,.0f} GiB here. Expected ids below "
+            f"{MAX_IMAGE_ID + 1:,}; check the list, or encode with --formats parquet only."
+        )
+
+
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
@@ -195,8 +213,13 @@ def output_lock(out_dir: Path, dataset: str) -> Iterator[None]:
     """Hold the output folder's lock; restore an interrupted swap; refuse a folder amc-data did
     not write, or one that holds another dataset's encoding. `out_dir` must be resolved (no
     symbolic link, no `.`): it is replaced by a rename beside it."""
-    if not out_dir.name:
-        raise ConfigError(f"{out_dir} cannot be an output folder: choose a folder inside it.")
+    cwd = Path.cwd().resolve()
+    if not out_dir.name or cwd == out_dir or out_dir in cwd.parents:
+        raise ConfigError(
+            f"{out_dir} cannot be the output folder: encode replaces its output folder with a "
+            "rename, and this one is (or holds) the current folder. Choose a folder of its own, "
+            "such as --out ./encoded."
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(out_dir.parent / f".{out_dir.name}.lock")
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArchiveError
+from .machine import pread
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -140,22 +141,25 @@ def read_index(path: Path, limits: ArchiveLimits) -> ZipIndex:
     """Read and check the central directory of the zip file at `path`."""
     try:
         with open(path, "rb") as file:
-            directory, count, shift = _read_directory(path, file.fileno())
+            size = os.fstat(file.fileno()).st_size
+            directory, count, shift = _read_directory(path, file.fileno(), size)
     except OSError as exc:
         raise ArchiveError(f"Cannot read archive {path}: {exc}.") from exc
-    names, fields = _parse_columns(directory, count) or _parse_loop(path, directory, count)
+    try:
+        names, fields = _parse_columns(directory, count) or _parse_loop(path, directory, count)
+    except (struct.error, StopIteration, UnicodeDecodeError, IndexError) as exc:
+        raise archive_error(path, f"has a damaged central directory ({exc})") from None
     del directory  # tens of MB for a million members: gone before the checks allocate theirs
     fields[:, 0] += shift
-    return _checked(path, names, fields, limits)
+    return _checked(path, names, fields, limits, size)
 
 
-def _read_directory(path: Path, fd: int) -> tuple[bytes, int, int]:
+def _read_directory(path: Path, fd: int, size: int) -> tuple[bytes, int, int]:
     """The central directory's bytes, its entry count, and the shift of all offsets."""
-    size = os.fstat(fd).st_size
     if size == 0:
         raise archive_error(path, "is empty, not a zip archive")
     tail_start = max(0, size - (_EOCD.size + 0xFFFF + _ZIP64_LOCATOR.size))
-    tail = os.pread(fd, size - tail_start, tail_start)
+    tail = pread(fd, size - tail_start, tail_start)
     eocd_at = tail.rfind(b"PK\x05\x06")
     if eocd_at < 0 or eocd_at + _EOCD.size > len(tail):
         raise archive_error(path, "has no zip directory (end-of-central-directory record missing)")
@@ -163,8 +167,15 @@ def _read_directory(path: Path, fd: int) -> tuple[bytes, int, int]:
     directory_end = tail_start + eocd_at
     locator_at = eocd_at - _ZIP64_LOCATOR.size
     if locator_at >= 0 and tail[locator_at : locator_at + 4] == b"PK\x06\x07":
+        # The zip64 record sits right before its locator; the locator's own offset is wrong
+        # when bytes were prepended to the archive, so it is only the second place to look.
         _, _, zip64_at, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
-        record = os.pread(fd, _ZIP64_EOCD.size, zip64_at)
+        before_locator = tail_start + locator_at - _ZIP64_EOCD.size
+        record = pread(fd, _ZIP64_EOCD.size, max(before_locator, 0))
+        if record[:4] == b"PK\x06\x06":
+            zip64_at = before_locator
+        else:
+            record = pread(fd, _ZIP64_EOCD.size, zip64_at)
         if len(record) < _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
             raise archive_error(path, "has a broken zip64 directory record")
         fields = _ZIP64_EOCD.unpack(record)
@@ -176,7 +187,7 @@ def _read_directory(path: Path, fd: int) -> tuple[bytes, int, int]:
     shift = directory_end - cd_size - cd_offset
     if shift < 0:
         raise archive_error(path, "has a central directory that points outside the file")
-    directory = os.pread(fd, cd_size, cd_offset + shift)
+    directory = pread(fd, cd_size, cd_offset + shift)
     if len(directory) != cd_size:
         raise archive_error(path, "ends inside its central directory (truncated?)")
     return directory, count, shift
@@ -277,11 +288,15 @@ def _zip64_sizes(extra: bytes, size: int, csize: int, offset: int) -> tuple[int,
     return size, csize, offset
 
 
-def _checked(path: Path, names: np.ndarray, fields: np.ndarray, limits: ArchiveLimits) -> ZipIndex:
-    """Refuse unsafe names, duplicates and oversized members; sort; drop folder entries."""
+def _checked(
+    path: Path, names: np.ndarray, fields: np.ndarray, limits: ArchiveLimits, file_size: int
+) -> ZipIndex:
+    """Refuse unsafe or undecodable names, duplicates, oversized members and data beyond the
+    end of the file; drop folder entries; index by name."""
     count = names.size
     chars = names.view(np.uint8).reshape(count, -1) if count else np.zeros((0, 1), np.uint8)
     suspicious = np.zeros(count, dtype=bool)
+    non_ascii = np.zeros(count, dtype=bool)
     is_folder = np.zeros(count, dtype=bool)
     for lo in range(0, count, _BLOCK):  # a block at a time: the temporaries stay small
         block = chars[lo : lo + _BLOCK]
@@ -291,8 +306,15 @@ def _checked(path: Path, names: np.ndarray, fields: np.ndarray, limits: ArchiveL
             (first == 0) | (first == ord("/")) | (first == ord("\\")) | (second == ord(":"))
             | dots.any(axis=1)
         )  # fmt: skip
+        non_ascii[lo : lo + _BLOCK] = (block >= 0x80).any(axis=1)
         last = np.maximum((block != 0).sum(axis=1) - 1, 0)
         is_folder[lo : lo + _BLOCK] = block[np.arange(block.shape[0]), last] == ord("/")
+    for row in np.flatnonzero(non_ascii):
+        try:
+            bytes(names[row]).decode("utf-8")
+        except UnicodeDecodeError:
+            shown = bytes(names[row]).decode("utf-8", "replace")
+            raise archive_error(path, "has a member name that is not valid UTF-8", shown) from None
     for row in np.flatnonzero(suspicious):
         name = bytes(names[row]).decode("utf-8")
         if reason := unsafe_reason(name):
@@ -301,7 +323,9 @@ def _checked(path: Path, names: np.ndarray, fields: np.ndarray, limits: ArchiveL
                 "write or read outside its folder). Delete it and fetch it again."
             )
     sizes, compressed = fields[:, 2], np.maximum(fields[:, 1], 1)
+    beyond = fields[:, 0] + fields[:, 1] > file_size
     for bad, what in (
+        (beyond, "declares data beyond the end of the file (truncated, or a crafted size)"),
         (sizes > limits.max_member_size, "declares {size:,} bytes for one member, over the cap "
          f"of {limits.max_member_size:,}"),
         ((sizes > limits.ratio_floor) & (sizes > limits.max_ratio * compressed),

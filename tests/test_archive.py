@@ -301,3 +301,52 @@ def test_reading_never_extracts_to_disk(tmp_path):
     with ZipArchive(path) as archive:
         assert len(list(archive.iter_members())) == len(CONTENT)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["only.zip"]
+
+
+def _zip64_archive(path: Path, members: int) -> Path:
+    """Over 65,535 members: zipfile writes zip64 end records, as for the real Lite archive."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(members):
+            archive.writestr(f"keywords_lite/{i:08d}.json", b"{}")
+    return path
+
+
+def test_zip64_end_records_with_and_without_prepended_bytes(tmp_path):
+    plain = _zip64_archive(tmp_path / "z64.zip", 65_600)
+    shifted = tmp_path / "shifted.zip"
+    shifted.write_bytes(b"#!/bin/sh\n" * 70 + plain.read_bytes())
+    for path in (plain, shifted):
+        with ZipArchive(path) as archive, zipfile.ZipFile(path) as reference:
+            assert len(list(archive.members())) == 65_600
+            name = "keywords_lite/00065599.json"
+            assert archive.read(name) == reference.read(name) == b"{}"
+
+
+def test_legacy_cp437_names_decode_as_zipfile_does(tmp_path):
+    path = write_zip(tmp_path / "cp.zip", {"caf\u00e9.json": b"{}", "plain.json": b"[]"})
+    data = bytearray(path.read_bytes())
+    entry = _central_entry_offset(bytes(data), "caf\u00e9.json".encode())
+    flags = struct.unpack_from("<H", data, entry + 8)[0]
+    struct.pack_into("<H", data, entry + 8, flags & ~0x800)  # clear the UTF-8 flag
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as reference:
+        expected = sorted(reference.namelist())
+    with ZipArchive(path) as archive:
+        assert sorted(m.name for m in archive.members()) == expected
+        assert archive.read(expected[0]) == b"{}"
+
+
+@pytest.mark.parametrize("damage", ["huge compressed size", "bad utf-8 name", "short zip64 extra"])
+def test_damaged_directories_are_archive_errors(tmp_path, damage):
+    path = write_zip(tmp_path / "d.zip", {"\u00e9t\u00e9.json": b"{}", "b.json": b"[]"})
+    data = bytearray(path.read_bytes())
+    entry = _central_entry_offset(bytes(data), "\u00e9t\u00e9.json".encode())
+    if damage == "huge compressed size":
+        struct.pack_into("<L", data, entry + 20, 0xFFFFFFF0)
+    elif damage == "bad utf-8 name":
+        data[entry + 46] = 0xFF  # the name's first byte, with the UTF-8 flag set
+    else:  # sizes say "see the zip64 extra field", which is missing
+        struct.pack_into("<L", data, entry + 24, 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match=r"d\.zip"):
+        ZipArchive(path).read("b.json")

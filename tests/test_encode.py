@@ -164,7 +164,7 @@ def test_csr_parquet_and_pair_matrix_agree(clickture):
         split_images = images[images["split"] == split]
         assert split_images["tokens_kept"].sum() == len(pairs) == result.counts[split]["pairs"]
         assert len(split_images) == result.counts[split]["encoded"]
-    assert str(pairs_table["img_id"].dtype) == "int32"
+    assert str(pairs_table["img_id"].dtype) == "int64"
     assert str(pairs_table["word_id"].dtype) == "int32"
     vocab = pd.read_parquet(out_dir / "vocab.parquet")
     assert vocab["word"].tolist() == words

@@ -280,3 +280,112 @@ def test_folder_and_zip_may_wrap_differently(tmp_path, shared_data):
     assert result.counts["lite"]["encoded"] == 60
     record = json.loads((result.out_dir / "encode.json").read_text())
     assert record["inputs"][0]["name"] == "keywords_dev"
+
+
+def test_output_folder_behind_a_symbolic_link_is_written_through(clickture):
+    data_dir, _made = clickture
+    target = data_dir / "elsewhere" / "encoded-data"
+    target.mkdir(parents=True)
+    link = data_dir / "clickture" / "encoded"
+    link.symlink_to(target, target_is_directory=True)
+    assert run(data_dir).exit_code == 0
+    assert link.is_symlink() and (target / "encode.json").exists()
+    assert "up to date" in run(data_dir).output
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".encoded-data.")][1:]
+
+
+def test_the_current_folder_as_output_is_refused_cleanly(clickture, monkeypatch):
+    data_dir, _made = clickture
+    here = data_dir / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    result = run(data_dir, "--out", ".")
+    assert result.exit_code == 2
+    assert (
+        "is (or holds) the current folder" in result.stderr and "--out ./encoded" in result.stderr
+    )
+    assert list(here.iterdir()) == []  # nothing left behind, not even a lock file
+    assert run(data_dir, "--out", "encoded").exit_code == 0
+    assert (here / "encoded" / "encode.json").exists()
+
+
+def test_another_datasets_output_folder_is_refused(clickture, tmp_path):
+    data_dir, _made = clickture
+    small_coco(data_dir, per_split=20, seed=1)
+    shared_out = tmp_path / "out"
+    assert run(data_dir, "--out", str(shared_out)).exit_code == 0
+    before = snapshot(shared_out)
+    result = run(data_dir, "--out", str(shared_out), dataset="coco")
+    assert result.exit_code == 2
+    assert "holds the clickture encoding" in result.stderr
+    assert snapshot(shared_out) == before
+
+
+def test_an_edit_inside_an_unzipped_folder_is_noticed(clickture):
+    data_dir, made = clickture
+    folder = made.folder / "keywords_dev"
+    with zipfile.ZipFile(made.zip_path("dev")) as archive:
+        archive.extractall(folder)
+    made.zip_path("dev").unlink()
+    assert "encoded into" in run(data_dir).output
+    member = next(folder.rglob("*.json"))
+    member.write_text('{"tagging": {"keywords": ["red sink"]}}')
+    assert "encoded into" in run(data_dir).output
+
+
+@pytest.mark.parametrize("spec", ["/no/such/list.txt", "English"])
+def test_a_bad_stop_word_list_is_a_clear_error(clickture, spec):
+    data_dir, _made = clickture
+    result = run(data_dir, "--stop-words", spec)
+    assert result.exit_code == 2
+    assert "stop-word list" in result.stderr and "'english'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_accepts_a_path_and_refuses_what_scikit_learn_refuses(clickture, tmp_path):
+    data_dir, _made = clickture
+    words = tmp_path / "stop.txt"
+    words.write_text("red\n", encoding="utf-8")
+    result = encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1, stop_words=words))
+    assert manifest(result.out_dir)["parameters"]["stop_words"] == str(words)
+    for bad in ({"min_df": 0}, {"jobs": 2.5}, {"jobs": 0}, {"formats": ("xml",)}):
+        with pytest.raises(ConfigError):
+            EncodeConfig(**bad)
+    assert run(data_dir, "--min-df", "0").exit_code == 2
+
+
+def test_a_skipped_fitting_document_counts_for_nothing(clickture):
+    """Under skip, a bad dev document is out of the document frequencies, recorded once, with
+    its list line as the item."""
+    data_dir, made = clickture
+    line, member = _dev_member(made, 2)
+    corpus.break_json(made.zip_path("dev"), member)
+    result = encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=2, on_error="skip"))
+    assert [(s.item, s.member) for s in result.skipped] == [(line, member)]
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    documents = []
+    with zipfile.ZipFile(made.zip_path("dev")) as archive:
+        for other in made.lines("dev"):
+            if other != line:
+                record = json.loads(archive.read(made.member("dev", other)))
+                documents.append(" ".join(record["tagging"]["keywords"]))
+    fitted = CountVectorizer(min_df=6, stop_words="english").fit(documents)
+    words = (result.out_dir / "vocab.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    assert [w.split("\t")[1] for w in words] == sorted(fitted.vocabulary_)
+
+
+def test_an_image_id_too_large_for_the_index_is_refused(tmp_path, shared_data):
+    made = small_clickture(tmp_path, shared_data, n_dev=60, n_lite=20, seed=5)
+    path = made.list_path("lite")
+    line = made.lines("lite")[0]
+    text = path.read_text().replace(f"{line}\n", "lite/3000000000\n", 1)
+    path.write_text(text)
+    with zipfile.ZipFile(made.zip_path("lite"), "a") as archive:
+        archive.writestr("keywords_lite/lite/3000000000.json", '{"tagging": {"keywords": []}}')
+    with pytest.raises(InputError, match=r"Image id 3,000,000,000 .* too large"):
+        encode("clickture", data_dir=tmp_path, config=EncodeConfig(jobs=1))
+    result = encode(
+        "clickture", data_dir=tmp_path, config=EncodeConfig(jobs=1, formats=("parquet",))
+    )
+    assert result.counts["lite"]["encoded"] == 20
