@@ -486,6 +486,8 @@ def _encode_into(
     for split, split_counts in counts.items():
         split_counts["skipped"] = sum(item.split == split for item in skipped)
         split_counts["documents"] = split_counts["encoded"] + split_counts["skipped"]
+        counts[split] = {key: split_counts[key] for key in ("documents", "encoded", "skipped",
+                                                            "pairs")}  # fmt: skip
     result = EncodeResult(
         dataset=dataset,
         out_dir=staging,

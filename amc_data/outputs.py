@@ -74,7 +74,8 @@ class OutputWriters:
         self.documents = documents
         self.min_df = min_df
         self.outputs: list[str] = ["vocab.tsv"]
-        self.counts = {s: {"documents": 0, "encoded": 0, "pairs": 0} for s in documents.splits}
+        # Documents per split = encoded + skipped: the encoder adds the skipped at the end.
+        self.counts = {s: {"encoded": 0, "pairs": 0} for s in documents.splits}
         self._split_names = arrow_array(list(documents.splits), pa.string())
         write_vocab_tsv(folder / "vocab.tsv", words, frequencies)
         self.originals = []
@@ -124,7 +125,6 @@ class OutputWriters:
         for code in [split[0]] if single else np.unique(split):
             in_split = split == code
             counts = self.counts[self.documents.splits[code]]
-            counts["documents"] += int(in_split.sum())
             counts["encoded"] += int((in_split & ok).sum())
             counts["pairs"] += int(kept[in_split].sum())
         for _output, writer, codes, index_ids, index_counts in self.originals:
