@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import scipy.sparse
@@ -94,8 +93,3 @@ def load_encoded(
     images = pq.read_table(images_path, filters=[("split", "=", split)]).to_pandas()
     images["split"] = images["split"].astype(str)
     return EncodedSplit(dataset, split, matrix, vocabulary, images.reset_index(drop=True))
-
-
-def pair_matrix(out_dir: Path, name: str) -> np.ndarray:
-    """One of the authors' `.npy` files, memory-mapped (they can be large)."""
-    return np.load(out_dir / name, mmap_mode="r")

@@ -436,7 +436,7 @@ def encode(
     # Resolved, so that a symbolic link is written through and `.` has a name and a parent.
     out_dir = (Path(out) if out is not None else folder / "encoded").expanduser().resolve()
     inputs = input_files(dataset, folder)
-    load_stop_words(config.stop_words)  # a bad --stop-words fails here, with its own message
+    analyzer = Analyzer(load_stop_words(config.stop_words))  # a bad list fails here, clearly
     fingerprint = _fingerprint(dataset, inputs, config)
     with output_lock(out_dir, dataset):
         previous = read_manifest(out_dir)
@@ -444,7 +444,7 @@ def encode(
             log.info("%s is up to date with its inputs; nothing to do", out_dir)
             return _result_from_manifest(out_dir, previous)
         with staging_folder(out_dir) as staging:
-            result, manifest = _encode_into(staging, dataset, folder, inputs, config)
+            result, manifest = _encode_into(staging, dataset, folder, inputs, config, analyzer)
             manifest["fingerprint"] = fingerprint
             (staging / "encode.json").write_text(json.dumps(manifest, indent=2) + "\n")
             commit_outputs(staging, out_dir)
@@ -452,12 +452,16 @@ def encode(
 
 
 def _encode_into(
-    staging: Path, dataset: str, folder: Path, inputs: list[Path], config: EncodeConfig
+    staging: Path,
+    dataset: str,
+    folder: Path,
+    inputs: list[Path],
+    config: EncodeConfig,
+    analyzer: Analyzer,
 ) -> tuple[EncodeResult, dict[str, Any]]:
     jobs = config.jobs or cpu_count()
     seconds: dict[str, float] = {}
     began = time.perf_counter()
-    analyzer = Analyzer(load_stop_words(config.stop_words))
     skipped_rows: dict[int, SkippedItem] = {}
     parts = plan_parts(dataset, folder, config.on_error)
     words, frequencies, documents = _fit(parts, analyzer, config, jobs)

@@ -169,12 +169,6 @@ class _Candidates:
     numbers: np.ndarray  # (n,) int64: line number, or position in dataset.json
     places: dict[int, str]  # split code -> message template, "Line {} of .../clickture-dev.lst"
 
-    @staticmethod
-    def concat(parts: list[_Candidates]) -> _Candidates:
-        columns = ("split", "items", "stems", "img_id", "numbers")
-        merged = {c: np.concatenate([getattr(p, c) for p in parts]) for c in columns}
-        return _Candidates(**merged, places={k: v for p in parts for k, v in p.places.items()})
-
     def where(self, row: int) -> str:
         return self.places[int(self.split[row])].format(int(self.numbers[row]))
 
@@ -452,8 +446,9 @@ def _plan_coco(folder: Path, on_error: OnError) -> Documents:
 
 
 def plan_parts(dataset: str, folder: Path, on_error: OnError = "fail") -> Iterator[Documents]:
-    """`plan_documents` in parts, the fitting set's part first, so that the vocabulary can be
-    counted while the rest is planned."""
+    """Read `dataset`'s image list from `folder` and tie each image to its keyword member, in
+    parts (`Documents.concat` joins them): the fitting set's part first, so that the vocabulary
+    can be counted while the rest is planned."""
     check_dataset(dataset)
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
@@ -461,8 +456,3 @@ def plan_parts(dataset: str, folder: Path, on_error: OnError = "fail") -> Iterat
         yield from _plan_clickture(folder, on_error)
     else:
         yield _plan_coco(folder, on_error)
-
-
-def plan_documents(dataset: str, folder: Path, on_error: OnError = "fail") -> Documents:
-    """Read `dataset`'s image list from `folder` and tie each image to its keyword member."""
-    return Documents.concat(list(plan_parts(dataset, folder, on_error)))

@@ -8,9 +8,6 @@ from typing import Any, TypeVar
 import click
 
 from amc_data.datadir import ENV_DATA_HOME
-from amc_data.machine import cpu_count
-
-__all__ = ["cpu_count", "data_dir_option", "jobs_option", "quiet_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
