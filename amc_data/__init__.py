@@ -17,6 +17,7 @@ from .datadir import resolve_data_dir
 from .errors import (
     AmcDataError,
     ArchiveError,
+    CheckpointError,
     ChecksumError,
     ConfigError,
     DownloadError,
@@ -26,6 +27,7 @@ from .errors import (
     LockTimeoutError,
     ManifestError,
     MissingDependencyError,
+    TrainingError,
     UnsafePickleError,
     VerificationError,
 )
@@ -105,6 +107,7 @@ __all__ = [
     "AmcDataError",
     "ArchiveError",
     "ArchiveLimits",
+    "CheckpointError",
     "ChecksumError",
     "ConfigError",
     "DatasetInfo",
@@ -128,6 +131,7 @@ __all__ = [
     "ManifestError",
     "MissingDependencyError",
     "Outcome",
+    "TrainingError",
     "UnsafePickleError",
     "VerificationError",
     "ZipArchive",

@@ -68,3 +68,11 @@ class VerificationError(ChecksumError):
 class TransientDownloadError(DownloadError):
     """A download failed in a way worth retrying: a dropped connection, a timeout, a 5xx, 408 or
     429 answer, or a body shorter than announced (the partial download is kept for resuming)."""
+
+
+class CheckpointError(AmcDataError):
+    """A checkpoint is unreadable, not amc-data's, or does not match the prepared data."""
+
+
+class TrainingError(AmcDataError):
+    """Training cannot go on (a NaN or Inf loss, a run folder that holds another run)."""
