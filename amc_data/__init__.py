@@ -1,7 +1,8 @@
 """amc-data: the AMC (CVPR 2017) keyword datasets, fetched, verified and encoded exactly as the
 authors did, in formats today's tools open.
 
-The pipeline runs one way, one module per stage: `fetch` -> `archive` -> `encode` -> `dataset`.
+The pipeline runs one way, one sub-package or module per stage: `fetch` -> `archive` ->
+`encode` -> `dataset`.
 Everything the command line does is a function here; each returns a result object and prints
 nothing. Names are imported on first use, so `import amc_data` (and the CLI) start fast and
 scikit-learn is loaded only by what needs it.
@@ -10,7 +11,6 @@ scikit-learn is loaded only by what needs it.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .datadir import resolve_data_dir
@@ -32,42 +32,39 @@ from .errors import (
     VerificationError,
 )
 
-try:
-    __version__ = version("amc-data")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from .version import __version__
 
 # Public name -> the module that defines it; imported on first use.
 _LAZY = {
-    "fetch": "fetch",
-    "fetch_manifests": "fetch",
-    "FetchResult": "fetch",
-    "Outcome": "fetch",
-    "HttpDownloader": "fetch",
-    "verify": "verify",
-    "info": "verify",
-    "check_file": "verify",
-    "FileReport": "verify",
-    "FileStatus": "verify",
-    "InfoReport": "verify",
-    "DatasetInfo": "verify",
-    "load_manifest": "manifest",
-    "bundled_manifests": "manifest",
-    "resolve_manifests": "manifest",
-    "expected_checksums": "manifest",
-    "read_lock": "manifest",
-    "Manifest": "manifest",
-    "FileEntry": "manifest",
-    "FileChecksum": "hashes",
-    "Digests": "hashes",
-    "hash_file": "hashes",
-    "ZipArchive": "archive",
-    "ArchiveLimits": "archive",
-    "open_archive": "archive",
-    "load_id_map": "archive",
-    "encode": "encode",
-    "EncodeConfig": "encode",
-    "EncodeResult": "encode",
+    "fetch": "fetching.core",
+    "fetch_manifests": "fetching.core",
+    "FetchResult": "fetching.core",
+    "Outcome": "fetching.core",
+    "HttpDownloader": "fetching.download",
+    "verify": "fetching.verify",
+    "info": "fetching.verify",
+    "check_file": "fetching.verify",
+    "FileReport": "fetching.verify",
+    "FileStatus": "fetching.verify",
+    "InfoReport": "fetching.verify",
+    "DatasetInfo": "fetching.verify",
+    "load_manifest": "fetching.manifest",
+    "bundled_manifests": "fetching.manifest",
+    "resolve_manifests": "fetching.manifest",
+    "expected_checksums": "fetching.manifest",
+    "read_lock": "fetching.manifest",
+    "Manifest": "fetching.manifest",
+    "FileEntry": "fetching.manifest",
+    "FileChecksum": "fetching.checksums",
+    "Digests": "fetching.checksums",
+    "hash_file": "fetching.checksums",
+    "ZipArchive": "archive.reader",
+    "ArchiveLimits": "archive.reader",
+    "open_archive": "archive.reader",
+    "load_id_map": "archive.reader",
+    "encode": "encoding.core",
+    "EncodeConfig": "encoding.core",
+    "EncodeResult": "encoding.core",
     "load_encoded": "dataset",
     "EncodedSplit": "dataset",
 }
@@ -87,12 +84,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .archive import ArchiveLimits, ZipArchive, load_id_map, open_archive
+    from .archive.reader import ArchiveLimits, ZipArchive, load_id_map, open_archive
     from .dataset import EncodedSplit, load_encoded
-    from .encode import EncodeConfig, EncodeResult, encode
-    from .fetch import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
-    from .hashes import Digests, FileChecksum, hash_file
-    from .manifest import (
+    from .encoding.core import EncodeConfig, EncodeResult, encode
+    from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
+    from .fetching.checksums import Digests, FileChecksum, hash_file
+    from .fetching.manifest import (
         FileEntry,
         Manifest,
         bundled_manifests,
@@ -101,7 +98,7 @@ if TYPE_CHECKING:
         read_lock,
         resolve_manifests,
     )
-    from .verify import DatasetInfo, FileReport, FileStatus, InfoReport, check_file, info, verify
+    from .fetching.verify import DatasetInfo, FileReport, FileStatus, InfoReport, check_file, info, verify
 
 __all__ = [
     "AmcDataError",

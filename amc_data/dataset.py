@@ -13,8 +13,8 @@ import scipy.sparse
 
 from .datadir import dataset_dir
 from .errors import InputError
-from .inputs import SPLITS, check_dataset
-from .outputs import csr_name, read_manifest
+from .encoding.inputs import SPLITS, check_dataset
+from .encoding.outputs import csr_name, read_manifest
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from amc_data.fetch import Outcome, fetch
+from amc_data.fetching.core import Outcome, fetch
 from amc_data.machine import cpu_count
 
 MIB = 1 << 20

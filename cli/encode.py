@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from amc_data.inputs import DATASETS, FORMATS
+from amc_data.encoding.inputs import DATASETS, FORMATS
 from amc_data.progress import progress_enabled
 
 from .options import data_dir_option, jobs_option, quiet_option
 
 if TYPE_CHECKING:
-    from amc_data.encode import EncodeResult
+    from amc_data.encoding.core import EncodeResult
 
 
 def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -73,7 +73,7 @@ def encode_command(
     authors' .npy files, vocab.tsv, per-split CSR matrices, Parquet tables and encode.json.
     A second run with the same inputs and options does nothing; --force redoes it.
     """
-    from amc_data.encode import EncodeConfig, encode  # scikit-learn loads only when encoding
+    from amc_data.encoding.core import EncodeConfig, encode  # scikit-learn loads only when encoding
 
     config = EncodeConfig(
         min_df=min_df,

@@ -1,4 +1,4 @@
-"""`amc_data.analyzer` against scikit-learn's `CountVectorizer` itself, on hostile text."""
+"""`amc_data.encoding.analyzer` against scikit-learn's `CountVectorizer` itself, on hostile text."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
-from amc_data.analyzer import (
+from amc_data.encoding.analyzer import (
     Analyzer,
     KeywordTokenIds,
     count_document_frequencies,
@@ -290,7 +290,7 @@ def test_load_stop_words_from_a_file(tmp_path: Path, caplog: pytest.LogCaptureFi
         "   # indented",
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="amc_data.analyzer"):
+    with caplog.at_level(logging.WARNING, logger="amc_data.encoding.analyzer"):
         words = load_stop_words(path)
     assert words == {"red", "blue", "Green", "two words"}
     # Entries kept as written can never match, as in scikit-learn; the log says which.

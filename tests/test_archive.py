@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amc_data.archive import (
+from amc_data.archive.reader import (
     ArchiveLimits,
     DirectoryArchive,
     ZipArchive,
@@ -119,14 +119,14 @@ def test_duplicate_member_names_are_refused(tmp_path):
 
 def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch):
     """Names are found through 64-bit hash keys; a collision must never give a wrong answer."""
-    import amc_data.inputs
-    import amc_data.zipindex
+    import amc_data.encoding.inputs
+    import amc_data.archive.zipindex
 
     def collide(names):
         return np.zeros(names.size, dtype=np.uint64)
 
-    monkeypatch.setattr(amc_data.zipindex, "name_keys", collide)
-    monkeypatch.setattr(amc_data.inputs, "name_keys", collide)
+    monkeypatch.setattr(amc_data.archive.zipindex, "name_keys", collide)
+    monkeypatch.setattr(amc_data.encoding.inputs, "name_keys", collide)
     path = write_zip(tmp_path / "a.zip", CONTENT, compression=zipfile.ZIP_DEFLATED)
     with ZipArchive(path) as archive:
         for name, data in CONTENT.items():
@@ -143,7 +143,7 @@ def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch)
         ZipArchive(dup).member("b.json")
     assert "a.json" in str(caught.value)
     lines = np.array([b"0001", b"0002", b"0001", b"0003", b"0002"])
-    assert amc_data.inputs._repeats(lines) == {2, 4}
+    assert amc_data.encoding.inputs._repeats(lines) == {2, 4}
 
 
 def test_zip_bomb_ratio_and_size_caps(tmp_path):

@@ -29,10 +29,10 @@ from hypothesis import strategies as st
 from sklearn.feature_extraction.text import CountVectorizer
 
 from amc_data import load_encoded
-from amc_data.encode import EncodeConfig, encode
-from amc_data.formats import original_index
-from amc_data.manifest import record_checksum
-from amc_data.outputs import input_records
+from amc_data.encoding.core import EncodeConfig, encode
+from amc_data.encoding.formats import original_index
+from amc_data.fetching.manifest import record_checksum
+from amc_data.encoding.outputs import input_records
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +207,9 @@ def test_parquet_is_readable_by_duckdb_and_has_bounded_row_groups(clickture, mon
     ).fetchall()
     assert dict(counts) == {s: result.counts[s]["pairs"] for s in ("dev", "lite")}
     # The row-group size is honoured: shrink it and count the groups.
-    import amc_data.outputs
+    import amc_data.encoding.outputs
 
-    monkeypatch.setattr(amc_data.outputs, "PAIRS_ROW_GROUP", 5000)
+    monkeypatch.setattr(amc_data.encoding.outputs, "PAIRS_ROW_GROUP", 5000)
     out = tmp_path / "small-groups"
     encode("clickture", data_dir=data_dir, out=out, config=EncodeConfig(jobs=1))
     metadata = pq.ParquetFile(out / "pairs.parquet").metadata

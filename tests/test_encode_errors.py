@@ -14,7 +14,7 @@ from amc_data_cli.main import cli
 from click.testing import CliRunner
 from encode_helpers import manifest, small_clickture, small_coco, snapshot
 
-from amc_data.encode import EncodeConfig, encode
+from amc_data.encoding.core import EncodeConfig, encode
 from amc_data.errors import ConfigError, InputError
 
 
@@ -219,17 +219,17 @@ def test_interrupted_run_leaves_previous_outputs_untouched(clickture, monkeypatc
     out_dir = data_dir / "clickture" / "encoded"
     before = snapshot(out_dir)
 
-    import amc_data.outputs
+    import amc_data.encoding.outputs
 
     calls = []
-    original_add = amc_data.outputs.OutputWriters.add
+    original_add = amc_data.encoding.outputs.OutputWriters.add
 
     def interrupted_add(self, chunk, skipped):
         calls.append(1)
         original_add(self, chunk, skipped)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(amc_data.outputs.OutputWriters, "add", interrupted_add)
+    monkeypatch.setattr(amc_data.encoding.outputs.OutputWriters, "add", interrupted_add)
     with pytest.raises(KeyboardInterrupt):
         encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1, force=True))
     assert calls

@@ -14,12 +14,12 @@ import requests
 from filelock import FileLock
 from servers import FakeServer, serve, write_manifest
 
-import amc_data.download
-import amc_data.fetch
+import amc_data.fetching.download
+import amc_data.fetching.core
 from amc_data.errors import ConfigError
-from amc_data.fetch import FetchResult, HttpDownloader, Outcome, UrlSource, fetch, looks_like_html
-from amc_data.hashes import FileChecksum
-from amc_data.manifest import LOCK_FILE_NAME
+from amc_data.fetching.core import FetchResult, HttpDownloader, Outcome, UrlSource, fetch, looks_like_html
+from amc_data.fetching.checksums import FileChecksum
+from amc_data.fetching.manifest import LOCK_FILE_NAME
 
 SIZE = 300_000
 
@@ -284,9 +284,9 @@ def test_bad_settings_are_config_errors(tmp_path, data, options, words):
 
 
 def test_the_transport_is_importable_from_the_stage():
-    assert amc_data.fetch.HttpDownloader is amc_data.download.HttpDownloader
+    assert amc_data.fetching.core.HttpDownloader is amc_data.fetching.download.HttpDownloader
     for name in ("Download", "Source", "UrlSource", "looks_like_html"):
-        assert getattr(amc_data.fetch, name) is getattr(amc_data.download, name)
+        assert getattr(amc_data.fetching.core, name) is getattr(amc_data.fetching.download, name)
 
 
 def test_file_without_hash_is_recorded_and_then_held_to_it(tmp_path, server, data):

@@ -12,7 +12,7 @@ import time
 
 from servers import serve, write_manifest
 
-from amc_data.verify import FileStatus, verify
+from amc_data.fetching.verify import FileStatus, verify
 
 
 def test_two_processes_same_data_folder(tmp_path):

@@ -11,7 +11,7 @@ import scipy.sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amc_data.formats import CsrBuilder, NpyRowWriter
+from amc_data.encoding.formats import CsrBuilder, NpyRowWriter
 
 
 @settings(max_examples=60, deadline=None)
@@ -70,7 +70,7 @@ def test_csr_equals_scipy_built_from_the_same_counts(tmp_path_factory, chunks):
 def test_arrow_arrays_from_numpy_equal_pyarrow_own():
     import pyarrow as pa
 
-    from amc_data.formats import arrow_array, dictionary_array
+    from amc_data.encoding.formats import arrow_array, dictionary_array
 
     names = np.array(["keywords_dev/caf\u00e9.json".encode(), b"a.json", b""], dtype=bytes)
     assert arrow_array(names, pa.string()).to_pylist() == ["keywords_dev/café.json", "a.json", ""]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from servers import FakeServer, serve, write_manifest
 
-from amc_data.fetch import FetchResult, Outcome, fetch
-from amc_data.gdrive import drive_folder_id, parse_folder_view
+from amc_data.fetching.core import FetchResult, Outcome, fetch
+from amc_data.fetching.gdrive import drive_folder_id, parse_folder_view
 
 ROOT = "1x4HAg5Mitx9sWo1XoQJ8aDKuMjObSgiX"
 SUB = "1SubFolderSubFolderSubFolderAbc"

@@ -12,9 +12,9 @@ from amc_data_cli.main import cli
 from click.testing import CliRunner
 from servers import FakeServer, serve, write_manifest
 
-from amc_data.hashes import FileChecksum
-from amc_data.manifest import record_checksum
-from amc_data.verify import FileStatus, check_file, info, verify
+from amc_data.fetching.checksums import FileChecksum
+from amc_data.fetching.manifest import record_checksum
+from amc_data.fetching.verify import FileStatus, check_file, info, verify
 
 DATA = random.Random(3).randbytes(100_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .datadir import resolve_data_dir
-from .hashes import Digests, FileChecksum, hash_file, mismatch
+from ..datadir import resolve_data_dir
+from .checksums import Digests, FileChecksum, hash_file, mismatch
 from .manifest import Manifest, expected_checksums, resolve_manifests
-from .progress import progress_bar
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 

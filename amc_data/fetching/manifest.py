@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 
 from filelock import FileLock, Timeout
 
-from .errors import ConfigError, LockTimeoutError, ManifestError
-from .hashes import FileChecksum
+from ..errors import ConfigError, LockTimeoutError, ManifestError
+from .checksums import FileChecksum
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def _bundled_manifest_files() -> list[tuple[str, bytes, str]]:
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         items = []
     if not items:
-        repo_folder = Path(__file__).resolve().parent.parent / "manifests"
+        repo_folder = Path(__file__).resolve().parents[2] / "manifests"
         items = sorted(repo_folder.glob("*.toml"))
     return [(item.name, item.read_bytes(), str(item)) for item in sorted(items, key=_name)]
 

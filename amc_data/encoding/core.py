@@ -37,9 +37,9 @@ from .analyzer import (
     fit_vocabulary,
     load_stop_words,
 )
-from .archive import Archive
-from .datadir import dataset_dir
-from .errors import AmcDataError, ArchiveError, ConfigError, InputError
+from ..archive.reader import Archive
+from ..datadir import dataset_dir
+from ..errors import AmcDataError, ArchiveError, ConfigError, InputError
 from .inputs import (
     FORMATS,
     SKIP_HINT,
@@ -50,7 +50,7 @@ from .inputs import (
     input_files,
     plan_parts,
 )
-from .machine import cpu_count, release_memory
+from ..machine import cpu_count, release_memory
 from .outputs import (
     OutputWriters,
     commit_outputs,
@@ -60,7 +60,7 @@ from .outputs import (
     read_manifest,
     staging_folder,
 )
-from .progress import progress_bar
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ def _fit(
 
 def _fingerprint(dataset: str, inputs: list[Path], config: EncodeConfig) -> dict[str, Any]:
     """What decides the outputs: input identities, parameters, and this package's version."""
-    from . import __version__
+    from ..version import __version__
 
     stop_words = config.stop_words
     if stop_words not in ("english", "none"):

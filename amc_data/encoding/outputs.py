@@ -19,7 +19,7 @@ import filelock
 import numpy as np
 import pyarrow as pa
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 from .formats import (
     CsrBuilder,
     NpyRowWriter,
@@ -30,11 +30,11 @@ from .formats import (
     write_vocab_tsv,
 )
 from .inputs import ORIGINAL_OUTPUTS, Documents
-from .machine import release_memory
-from .manifest import bundled_manifests, expected_checksums
+from ..machine import release_memory
+from ..fetching.manifest import bundled_manifests, expected_checksums
 
 if TYPE_CHECKING:
-    from .encode import ChunkResult
+    from .core import ChunkResult
 
 log = logging.getLogger(__name__)
 

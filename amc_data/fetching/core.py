@@ -26,11 +26,11 @@ from pathlib import Path
 import requests
 from filelock import FileLock, Timeout
 
-from .datadir import resolve_data_dir
+from ..datadir import resolve_data_dir
 from .download import Download, HttpDownloader, Source, UrlSource, looks_like_html
-from .errors import AmcDataError, ChecksumError, ConfigError, DownloadError, LockTimeoutError
+from ..errors import AmcDataError, ChecksumError, ConfigError, DownloadError, LockTimeoutError
 from .gdrive import DriveFolderIndex, DriveSource, drive_folder_id
-from .hashes import (
+from .checksums import (
     CHUNK_SIZE,
     Digests,
     FileChecksum,
@@ -41,7 +41,7 @@ from .hashes import (
     mismatch,
 )
 from .manifest import FileEntry, Manifest, expected_checksums, record_checksum, resolve_manifests
-from .progress import progress_bar
+from ..progress import progress_bar
 
 # The transport's public names stay importable from here.
 __all__ = [

@@ -21,14 +21,14 @@ import requests
 import urllib3
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .errors import (
+from ..errors import (
     ChecksumError,
     ConfigError,
     DownloadError,
     HtmlResponseError,
     TransientDownloadError,
 )
-from .hashes import (
+from .checksums import (
     CHUNK_SIZE,
     Action,
     Digests,
@@ -40,7 +40,7 @@ from .hashes import (
     hash_file,
     mismatch,
 )
-from .progress import progress_bar
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 

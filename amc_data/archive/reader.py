@@ -21,8 +21,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from .errors import ArchiveError, InputError, UnsafePickleError
-from .machine import pread
+from ..errors import ArchiveError, InputError, UnsafePickleError
+from ..machine import pread
 from .zipindex import (
     FLAG_ENCRYPTED,
     ArchiveLimits,

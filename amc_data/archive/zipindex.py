@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArchiveError
-from .machine import pread
+from ..errors import ArchiveError
+from ..machine import pread
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -19,9 +19,9 @@ from typing import Literal
 
 import numpy as np
 
-from .archive import Archive, MemberLayout, ZipArchive, find_layout, open_archive
-from .errors import ConfigError, InputError
-from .zipindex import name_keys
+from ..archive.reader import Archive, MemberLayout, ZipArchive, find_layout, open_archive
+from ..errors import ConfigError, InputError
+from ..archive.zipindex import name_keys
 
 log = logging.getLogger(__name__)
 

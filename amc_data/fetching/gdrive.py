@@ -25,7 +25,7 @@ from gdown.download import get_url_from_gdrive_confirmation
 from gdown.exceptions import FileURLRetrievalError
 
 from .download import by_hand_advice, looks_like_html
-from .errors import DownloadError, HtmlResponseError
+from ..errors import DownloadError, HtmlResponseError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from itertools import chain, filterfalse, repeat
 from pathlib import Path
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 
 __all__ = [
     "TOKEN_PATTERN",

@@ -1,0 +1,32 @@
+"""The public API keeps its names whatever sub-package was imported first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("first", "name"),
+    [
+        ("amc_data.fetching.core", "fetch"),
+        ("amc_data.encoding.core", "encode"),
+        ("amc_data.fetching.verify", "verify"),
+        ("amc_data.dataset", "load_encoded"),
+    ],
+)
+def test_public_functions_stay_functions_after_a_submodule_import(first: str, name: str) -> None:
+    code = f"import {first}, amc_data, inspect; print(inspect.isfunction(amc_data.{name}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_importing_the_package_and_cli_loads_no_heavy_library() -> None:
+    code = (
+        "import sys, amc_data, amc_data_cli.main; "
+        "print(sorted(m for m in ('torch', 'sklearn', 'pandas', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
