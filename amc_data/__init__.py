@@ -31,7 +31,6 @@ from .errors import (
     UnsafePickleError,
     VerificationError,
 )
-
 from .version import __version__
 
 # Public name -> the module that defines it; imported on first use.
@@ -87,8 +86,8 @@ if TYPE_CHECKING:
     from .archive.reader import ArchiveLimits, ZipArchive, load_id_map, open_archive
     from .dataset import EncodedSplit, load_encoded
     from .encoding.core import EncodeConfig, EncodeResult, encode
-    from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
     from .fetching.checksums import Digests, FileChecksum, hash_file
+    from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
     from .fetching.manifest import (
         FileEntry,
         Manifest,
@@ -98,7 +97,15 @@ if TYPE_CHECKING:
         read_lock,
         resolve_manifests,
     )
-    from .fetching.verify import DatasetInfo, FileReport, FileStatus, InfoReport, check_file, info, verify
+    from .fetching.verify import (
+        DatasetInfo,
+        FileReport,
+        FileStatus,
+        InfoReport,
+        check_file,
+        info,
+        verify,
+    )
 
 __all__ = [
     "AmcDataError",

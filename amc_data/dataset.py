@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import scipy.sparse
 
 from .datadir import dataset_dir
-from .errors import InputError
 from .encoding.inputs import SPLITS, check_dataset
 from .encoding.outputs import csr_name, read_manifest
+from .errors import InputError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import click
 
 from amc_data.errors import FetchIncompleteError, VerificationError
 from amc_data.fetching.core import FetchResult, Outcome, fetch
-from amc_data.progress import progress_enabled
 from amc_data.fetching.verify import FileStatus, info, verify
+from amc_data.progress import progress_enabled
 
 from .options import data_dir_option, jobs_option, quiet_option
 

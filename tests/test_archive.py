@@ -119,8 +119,8 @@ def test_duplicate_member_names_are_refused(tmp_path):
 
 def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch):
     """Names are found through 64-bit hash keys; a collision must never give a wrong answer."""
-    import amc_data.encoding.inputs
     import amc_data.archive.zipindex
+    import amc_data.encoding.inputs
 
     def collide(names):
         return np.zeros(names.size, dtype=np.uint64)

@@ -31,8 +31,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 from amc_data import load_encoded
 from amc_data.encoding.core import EncodeConfig, encode
 from amc_data.encoding.formats import original_index
-from amc_data.fetching.manifest import record_checksum
 from amc_data.encoding.outputs import input_records
+from amc_data.fetching.manifest import record_checksum
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,18 @@ import requests
 from filelock import FileLock
 from servers import FakeServer, serve, write_manifest
 
-import amc_data.fetching.download
 import amc_data.fetching.core
+import amc_data.fetching.download
 from amc_data.errors import ConfigError
-from amc_data.fetching.core import FetchResult, HttpDownloader, Outcome, UrlSource, fetch, looks_like_html
 from amc_data.fetching.checksums import FileChecksum
+from amc_data.fetching.core import (
+    FetchResult,
+    HttpDownloader,
+    Outcome,
+    UrlSource,
+    fetch,
+    looks_like_html,
+)
 from amc_data.fetching.manifest import LOCK_FILE_NAME
 
 SIZE = 300_000

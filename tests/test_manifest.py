@@ -15,7 +15,14 @@ import pytest
 from servers import write_manifest
 
 from amc_data.errors import ConfigError, ManifestError
-from amc_data.fetching.checksums import Action, FileChecksum, StreamHasher, decide, hash_file, mismatch
+from amc_data.fetching.checksums import (
+    Action,
+    FileChecksum,
+    StreamHasher,
+    decide,
+    hash_file,
+    mismatch,
+)
 from amc_data.fetching.manifest import (
     LOCK_FILE_NAME,
     bundled_manifests,
@@ -83,7 +90,9 @@ def test_installed_package_finds_its_manifests(tmp_path):
     assert "amc_data/manifests/clickture.toml" in names
     assert "amc_data/manifests/coco.toml" in names
     subprocess.run([*pip, "install", "--no-deps", "-t", target, wheel], check=True)
-    code = "from amc_data.fetching.manifest import bundled_manifests as b; print(b()['coco'].source)"
+    code = (
+        "from amc_data.fetching.manifest import bundled_manifests as b; print(b()['coco'].source)"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True

@@ -29,6 +29,11 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
+from ..archive.reader import Archive
+from ..datadir import dataset_dir
+from ..errors import AmcDataError, ArchiveError, ConfigError, InputError
+from ..machine import cpu_count, release_memory
+from ..progress import progress_bar
 from .analyzer import (
     Analyzer,
     KeywordTokenIds,
@@ -37,9 +42,6 @@ from .analyzer import (
     fit_vocabulary,
     load_stop_words,
 )
-from ..archive.reader import Archive
-from ..datadir import dataset_dir
-from ..errors import AmcDataError, ArchiveError, ConfigError, InputError
 from .inputs import (
     FORMATS,
     SKIP_HINT,
@@ -50,7 +52,6 @@ from .inputs import (
     input_files,
     plan_parts,
 )
-from ..machine import cpu_count, release_memory
 from .outputs import (
     OutputWriters,
     commit_outputs,
@@ -60,7 +61,6 @@ from .outputs import (
     read_manifest,
     staging_folder,
 )
-from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Literal
 import numpy as np
 
 from ..archive.reader import Archive, MemberLayout, ZipArchive, find_layout, open_archive
-from ..errors import ConfigError, InputError
 from ..archive.zipindex import name_keys
+from ..errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

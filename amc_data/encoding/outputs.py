@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
+from ..fetching.manifest import bundled_manifests, expected_checksums
+from ..machine import release_memory
 from .formats import (
     CsrBuilder,
     NpyRowWriter,
@@ -30,8 +32,6 @@ from .formats import (
     write_vocab_tsv,
 )
 from .inputs import ORIGINAL_OUTPUTS, Documents
-from ..machine import release_memory
-from ..fetching.manifest import bundled_manifests, expected_checksums
 
 if TYPE_CHECKING:
     from .core import ChunkResult

@@ -12,4 +12,13 @@ from .core import FetchResult, Outcome, fetch, fetch_manifests
 from .download import HttpDownloader, UrlSource
 from .verify import info, verify
 
-__all__ = ["FetchResult", "HttpDownloader", "Outcome", "UrlSource", "fetch", "fetch_manifests", "info", "verify"]
+__all__ = [
+    "FetchResult",
+    "HttpDownloader",
+    "Outcome",
+    "UrlSource",
+    "fetch",
+    "fetch_manifests",
+    "info",
+    "verify",
+]

@@ -27,9 +27,8 @@ import requests
 from filelock import FileLock, Timeout
 
 from ..datadir import resolve_data_dir
-from .download import Download, HttpDownloader, Source, UrlSource, looks_like_html
 from ..errors import AmcDataError, ChecksumError, ConfigError, DownloadError, LockTimeoutError
-from .gdrive import DriveFolderIndex, DriveSource, drive_folder_id
+from ..progress import progress_bar
 from .checksums import (
     CHUNK_SIZE,
     Digests,
@@ -40,8 +39,9 @@ from .checksums import (
     hash_file,
     mismatch,
 )
+from .download import Download, HttpDownloader, Source, UrlSource, looks_like_html
+from .gdrive import DriveFolderIndex, DriveSource, drive_folder_id
 from .manifest import FileEntry, Manifest, expected_checksums, record_checksum, resolve_manifests
-from ..progress import progress_bar
 
 # The transport's public names stay importable from here.
 __all__ = [

@@ -28,6 +28,7 @@ from ..errors import (
     HtmlResponseError,
     TransientDownloadError,
 )
+from ..progress import progress_bar
 from .checksums import (
     CHUNK_SIZE,
     Action,
@@ -40,7 +41,6 @@ from .checksums import (
     hash_file,
     mismatch,
 )
-from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import requests
 from gdown.download import get_url_from_gdrive_confirmation
 from gdown.exceptions import FileURLRetrievalError
 
-from .download import by_hand_advice, looks_like_html
 from ..errors import DownloadError, HtmlResponseError
+from .download import by_hand_advice, looks_like_html
 
 log = logging.getLogger(__name__)
 

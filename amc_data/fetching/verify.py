@@ -14,9 +14,9 @@ from functools import partial
 from pathlib import Path
 
 from ..datadir import resolve_data_dir
+from ..progress import progress_bar
 from .checksums import Digests, FileChecksum, hash_file, mismatch
 from .manifest import Manifest, expected_checksums, resolve_manifests
-from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
