@@ -66,6 +66,8 @@ _LAZY = {
     "EncodeResult": "encoding.core",
     "load_encoded": "dataset",
     "EncodedSplit": "dataset",
+    "load_prepared": "prepare.format",
+    "PreparedDataset": "prepare.format",
 }
 
 
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
         info,
         verify,
     )
+    from .prepare.format import PreparedDataset, load_prepared
 
 __all__ = [
     "AmcDataError",
@@ -135,6 +138,7 @@ __all__ = [
     "ManifestError",
     "MissingDependencyError",
     "Outcome",
+    "PreparedDataset",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -151,6 +155,7 @@ __all__ = [
     "load_encoded",
     "load_id_map",
     "load_manifest",
+    "load_prepared",
     "open_archive",
     "read_lock",
     "resolve_data_dir",
