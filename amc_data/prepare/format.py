@@ -384,7 +384,7 @@ def _copy_vocab(source: Path, target: Path) -> int:
         shutil.copyfile(source, target)
     except FileNotFoundError:
         raise InputError(f"{source} not found: run `amc-data encode` first.") from None
-    return len(_read_keyword_vocabulary(target))
+    return len(read_keyword_vocabulary(target))
 
 
 def _json_default(value: Any) -> Any:
@@ -588,11 +588,13 @@ def _check_split(split: str) -> None:
         raise ConfigError(f"There is no split {split!r}; the splits are {', '.join(SPLITS)}.")
 
 
-def _read_keyword_vocabulary(path: Path) -> list[str]:
+def read_keyword_vocabulary(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
-        raise InputError(f"{path} not found: the prepared folder is incomplete.") from None
+        raise InputError(
+            f"{path} not found: expected the keyword vocabulary that `amc-data encode` writes."
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"Cannot read {path} as UTF-8 text ({exc}).") from exc
     if lines and lines[-1] == "":
@@ -725,7 +727,7 @@ def load_prepared(
     changed = (stat.st_size, stat.st_mtime_ns) != (recorded.get("size"), recorded.get("mtime_ns"))
     if check_features or (check_features is None and changed):
         _scan_finite(features, ids, str(root / "features.npy"))
-    vocabulary = _read_keyword_vocabulary(root / "vocab.tsv")
+    vocabulary = read_keyword_vocabulary(root / "vocab.tsv")
     query_vocabulary = QueryVocabulary.read_tsv(root / "query_vocab.tsv")
     fingerprints = {
         "keywords": sha256_file(root / "vocab.tsv"),
@@ -857,7 +859,8 @@ def _check_columns(root: Path, name: str, frame: pd.DataFrame, schema: pa.Schema
                     values = frame[f.name].to_numpy()
                     bad = np.flatnonzero(values != np.round(values))
                     if bad.size:
-                        hint = f"; row {int(bad[0])} holds {values[bad[0]].item()!r}, not a whole number"
+                        value = values[bad[0]].item()
+                        hint = f"; row {int(bad[0])} holds {value!r}, not a whole number"
                 raise _fail(
                     root,
                     name,
