@@ -57,12 +57,15 @@ class Problems:
         self.hint = hint
         self.recorded: dict[str, dict[str, Any]] = {}
 
-    def report(self, kind: str, count: int, examples: Sequence[Any], message: str) -> None:
-        """`message` says what, where, how many (`count`), with a few `examples`."""
+    def report(
+        self, kind: str, count: int, examples: Sequence[Any], message: str, hint: str = ""
+    ) -> None:
+        """`message` says what, where, how many (`count`), with a few `examples`; `hint` is
+        added when the run stops."""
         if count == 0:
             return
         if self.on_error == "fail":
-            raise InputError(f"{message} {self.hint}")
+            raise InputError(f"{message}{hint} {self.hint}")
         log.warning("%s Left out.", message)
         entry = self.recorded.setdefault(kind, {"count": 0, "examples": []})
         entry["count"] += int(count)
