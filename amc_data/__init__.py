@@ -68,6 +68,8 @@ _LAZY = {
     "EncodedSplit": "dataset",
     "load_prepared": "prepare.format",
     "PreparedDataset": "prepare.format",
+    "prepare_coco": "prepare.coco",
+    "prepare_clickture": "prepare.clickture",
 }
 
 
@@ -108,6 +110,8 @@ if TYPE_CHECKING:
         info,
         verify,
     )
+    from .prepare.clickture import prepare_clickture
+    from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
 
 __all__ = [
@@ -157,6 +161,8 @@ __all__ = [
     "load_manifest",
     "load_prepared",
     "open_archive",
+    "prepare_clickture",
+    "prepare_coco",
     "read_lock",
     "resolve_data_dir",
     "resolve_manifests",
