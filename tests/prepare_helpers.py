@@ -24,14 +24,18 @@ def write_vocab_tsv(path: Path, words: list[str] = KEYWORDS) -> Path:
     return path
 
 
-def small_parts(tmp: Path, n_images: int = 12, regions: int = 3, dim: int = 4,
-                seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def small_parts(
+    tmp: Path, n_images: int = 12, regions: int = 3, dim: int = 4, seed: int = 0
+) -> dict[str, Any]:
     """The arguments of `write_prepared` for a small, valid dataset: images split 6/3/3, two
     queries per image, each judged on its own image."""
     rng = np.random.default_rng(seed)
     img_ids = np.arange(100, 100 + n_images, dtype=np.int64)[rng.permutation(n_images)]
-    splits = np.array(["train"] * (n_images // 2) + ["val"] * (n_images // 4)
-                      + ["test"] * (n_images - n_images // 2 - n_images // 4))  # fmt: skip
+    splits = np.array(
+        ["train"] * (n_images // 2)
+        + ["val"] * (n_images // 4)
+        + ["test"] * (n_images - n_images // 2 - n_images // 4)
+    )
     images = pd.DataFrame({"img_id": img_ids, "split": splits, "fold": np.int8(-1)})
     texts = ["a red car by the sea", "dog on the beach", "red dog", "the sea at night"]
     queries = pd.DataFrame(
@@ -86,8 +90,15 @@ def encoded_coco(data_dir: Path, counts: dict[str, int] | None = None, seed: int
     return made
 
 
-def save_features(folder: Path, name: str, ids: np.ndarray, regions: int = 3, dim: int = 4,
-                  seed: int = 0, dtype=np.float16) -> tuple[Path, Path]:  # fmt: skip
+def save_features(
+    folder: Path,
+    name: str,
+    ids: np.ndarray,
+    regions: int = 3,
+    dim: int = 4,
+    seed: int = 0,
+    dtype=np.float16,
+) -> tuple[Path, Path]:
     """`<name>.npy` (features) and `<name>_ids.npy` in `folder`, rows in the order of `ids`."""
     rng = np.random.default_rng(seed)
     features = folder / f"{name}.npy"
@@ -108,8 +119,9 @@ def write_id_map(path: Path, ids) -> Path:
     return path
 
 
-def clickture_inputs(data_dir: Path, seed: int = 0, n_lite: int = 80, n_dev: int = 60,
-                     dev_queries: int = 12) -> dict[str, Path]:  # fmt: skip
+def clickture_inputs(
+    data_dir: Path, seed: int = 0, n_lite: int = 80, n_dev: int = 60, dev_queries: int = 12
+) -> dict[str, Path]:
     """Everything `prepare clickture` reads, generated: keyword archives and lists (Lite ids
     0..n_lite-1 and dev ids 0..n_dev-1, overlapping as the real ones do), their encode output,
     the id maps, a click log, dev judgments and features for both parts."""
@@ -118,8 +130,12 @@ def clickture_inputs(data_dir: Path, seed: int = 0, n_lite: int = 80, n_dev: int
     from amc_data import EncodeConfig, encode
 
     folder = data_dir / "clickture"
-    corpus.make_clickture(folder, corpus.lite_lines(n_dev, seed=seed + 1),
-                          corpus.lite_lines(n_lite, seed=seed + 2), seed=seed)  # fmt: skip
+    corpus.make_clickture(
+        folder,
+        corpus.lite_lines(n_dev, seed=seed + 1),
+        corpus.lite_lines(n_lite, seed=seed + 2),
+        seed=seed,
+    )
     encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1, min_df=2))
     write_id_map(folder / "img_id_map.pkl", range(n_lite))
     write_id_map(folder / "img_id_map_dev.pkl", range(n_dev))
@@ -148,5 +164,11 @@ def clickture_inputs(data_dir: Path, seed: int = 0, n_lite: int = 80, n_dev: int
     labels.write_text("\n".join(label_lines) + "\n", encoding="utf-8")
     lite_f, lite_i = save_features(folder, "lite", rng.permutation(n_lite), seed=seed)
     dev_f, dev_i = save_features(folder, "dev", rng.permutation(n_dev), seed=seed + 1)
-    return {"clicks": clicks, "dev_labels": labels, "features": lite_f, "feature_ids": lite_i,
-            "dev_features": dev_f, "dev_feature_ids": dev_i}  # fmt: skip
+    return {
+        "clicks": clicks,
+        "dev_labels": labels,
+        "features": lite_f,
+        "feature_ids": lite_i,
+        "dev_features": dev_f,
+        "dev_feature_ids": dev_i,
+    }

@@ -46,14 +46,16 @@ def _all_features(tmp_path: Path, made: corpus.CocoCorpus, order=None) -> tuple[
 def test_captions_become_queries_judged_on_their_own_image(tmp_path, coco):
     data_dir, made = coco
     features, ids = _all_features(tmp_path, made, order=np.random.default_rng(1).permutation(75))
-    result = prepare_coco(features, ids, tmp_path / "out", data_dir=data_dir,
-                          config=CocoConfig(**FAST))  # fmt: skip
+    result = prepare_coco(
+        features, ids, tmp_path / "out", data_dir=data_dir, config=CocoConfig(**FAST)
+    )
     data = load_prepared(result.out)
     assert result.counts["images"] == {"train": 40, "val": 10, "test": 25}  # restval in train
     assert result.counts["queries"] == {"train": 200, "val": 50, "test": 125}
     karpathy = _dataset_json(made)["images"]
-    expected = {s["sentid"]: (s["raw"].strip(), im["imgid"]) for im in karpathy
-                for s in im["sentences"][:5]}  # fmt: skip
+    expected = {
+        s["sentid"]: (s["raw"].strip(), im["imgid"]) for im in karpathy for s in im["sentences"][:5]
+    }
     queries = pq.read_table(result.out / "queries.parquet").to_pandas()
     judgments = pq.read_table(result.out / "judgments.parquet").to_pandas()
     assert len(queries) == 375 and set(queries["query_id"]) == set(expected)
@@ -89,8 +91,13 @@ def test_captions_become_queries_judged_on_their_own_image(tmp_path, coco):
 def test_restval_can_go_to_val_or_be_dropped(tmp_path, coco, restval, train, val):
     data_dir, made = coco
     features, ids = _all_features(tmp_path, made)
-    result = prepare_coco(features, ids, tmp_path / "out", data_dir=data_dir,
-                          config=CocoConfig(restval=restval, **FAST))  # fmt: skip
+    result = prepare_coco(
+        features,
+        ids,
+        tmp_path / "out",
+        data_dir=data_dir,
+        config=CocoConfig(restval=restval, **FAST),
+    )
     assert result.counts["images"] == {"train": train, "val": val, "test": 25}
     if restval == "drop":  # rows of the dropped images are left out: a copy, not a link
         assert result.features_stored == "copy"
@@ -105,14 +112,20 @@ def test_images_without_features_stop_the_run_or_are_left_out(tmp_path, coco):
     lacking = sorted(test_ids[:3])
     features, ids_path = save_features(tmp_path, "f", ids[~np.isin(ids, lacking)])
     with pytest.raises(InputError) as caught:
-        prepare_coco(features, ids_path, tmp_path / "out", data_dir=data_dir,
-                     config=CocoConfig(**FAST))  # fmt: skip
+        prepare_coco(
+            features, ids_path, tmp_path / "out", data_dir=data_dir, config=CocoConfig(**FAST)
+        )
     message = str(caught.value)
     assert "3 of 75 images have no row in" in message and "--missing skip" in message
     assert f"id {lacking[0]}, {lacking[1]}, {lacking[2]}" in message
     assert not (tmp_path / "out").exists()
-    result = prepare_coco(features, ids_path, tmp_path / "out", data_dir=data_dir,
-                          config=CocoConfig(missing="skip", **FAST))  # fmt: skip
+    result = prepare_coco(
+        features,
+        ids_path,
+        tmp_path / "out",
+        data_dir=data_dir,
+        config=CocoConfig(missing="skip", **FAST),
+    )
     assert result.counts["images"]["test"] == 22 and result.counts["queries"]["test"] == 110
     assert result.skipped["images without features"]["count"] == 3
     data = load_prepared(result.out)
@@ -126,8 +139,13 @@ def test_features_matched_by_coco_id(tmp_path, coco):
     data_dir, made = coco
     karpathy = _dataset_json(made)["images"]
     features, ids = save_features(tmp_path, "f", [im["cocoid"] for im in karpathy])
-    result = prepare_coco(features, ids, tmp_path / "out", data_dir=data_dir,
-                          config=CocoConfig(feature_id_kind="cocoid", **FAST))  # fmt: skip
+    result = prepare_coco(
+        features,
+        ids,
+        tmp_path / "out",
+        data_dir=data_dir,
+        config=CocoConfig(feature_id_kind="cocoid", **FAST),
+    )
     data = load_prepared(result.out)
     assert data.feature_ids.tolist() == [im["imgid"] for im in karpathy]
     assert data.images.set_index("img_id")["source_id"].to_dict() == {
@@ -144,25 +162,39 @@ def test_bad_entries_of_dataset_json(tmp_path, coco):
     path.write_text(json.dumps(content))
     features, ids = _all_features(tmp_path, made)
     with pytest.raises(InputError, match=r"images\[9\] \(split 'holdout'\).*--on-error skip"):
-        prepare_coco(features, ids, tmp_path / "out", data_dir=data_dir, dataset_json=path,
-                     config=CocoConfig(**FAST))  # fmt: skip
-    result = prepare_coco(features, ids, tmp_path / "out", data_dir=data_dir, dataset_json=path,
-                          config=CocoConfig(on_error="skip", **FAST))  # fmt: skip
+        prepare_coco(
+            features,
+            ids,
+            tmp_path / "out",
+            data_dir=data_dir,
+            dataset_json=path,
+            config=CocoConfig(**FAST),
+        )
+    result = prepare_coco(
+        features,
+        ids,
+        tmp_path / "out",
+        data_dir=data_dir,
+        dataset_json=path,
+        config=CocoConfig(on_error="skip", **FAST),
+    )
     assert sum(result.counts["images"].values()) == 73
     assert result.skipped["dataset.json: captions"]["examples"] == ["images[4] (imgid 4: 3)"]
     assert result.skipped["dataset.json: split"]["count"] == 1
     (tmp_path / "broken.json").write_text("{'images'")
     with pytest.raises(InputError, match="is not valid JSON"):
-        prepare_coco(features, ids, tmp_path / "o2", data_dir=data_dir,
-                     dataset_json=tmp_path / "broken.json")  # fmt: skip
+        prepare_coco(
+            features, ids, tmp_path / "o2", data_dir=data_dir, dataset_json=tmp_path / "broken.json"
+        )
 
 
 def test_the_encode_output_must_exist_and_match_the_archive(tmp_path, coco):
     data_dir, made = coco
     features, ids = _all_features(tmp_path, made)
     with pytest.raises(InputError, match="Run `amc-data encode coco` first"):
-        prepare_coco(features, ids, tmp_path / "out", data_dir=data_dir,
-                     encoded=tmp_path / "nowhere")  # fmt: skip
+        prepare_coco(
+            features, ids, tmp_path / "out", data_dir=data_dir, encoded=tmp_path / "nowhere"
+        )
     other = tmp_path / "data"
     shutil.copytree(data_dir / "coco", other / "coco")
     zip_path = other / "coco" / "keywords_coco.zip"
@@ -200,8 +232,9 @@ def test_a_split_without_keyword_files_gets_empty_keyword_rows(tmp_path):
 
     encode("coco", data_dir=data_dir, config=EncodeConfig(jobs=1, min_df=2))
     features, ids = _all_features(tmp_path, made)
-    result = prepare_coco(features, ids, tmp_path / "out", data_dir=data_dir,
-                          config=CocoConfig(**FAST))  # fmt: skip
+    result = prepare_coco(
+        features, ids, tmp_path / "out", data_dir=data_dir, config=CocoConfig(**FAST)
+    )
     data = load_prepared(result.out)
     val_rows = data.rows(data.split_images("val"))
     assert data.keywords[val_rows].nnz == 0 and data.keywords.nnz > 0
@@ -211,9 +244,22 @@ def test_a_split_without_keyword_files_gets_empty_keyword_rows(tmp_path):
 def test_cli(tmp_path, coco):
     data_dir, made = coco
     features, ids = _all_features(tmp_path, made)
-    args = ["prepare", "coco", "--data-dir", str(data_dir), "--features", str(features),
-            "--feature-ids", str(ids), "--out", str(tmp_path / "out"), "--fold-size", "5",
-            "--min-query-count", "1"]  # fmt: skip
+    args = [
+        "prepare",
+        "coco",
+        "--data-dir",
+        str(data_dir),
+        "--features",
+        str(features),
+        "--feature-ids",
+        str(ids),
+        "--out",
+        str(tmp_path / "out"),
+        "--fold-size",
+        "5",
+        "--min-query-count",
+        "1",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "coco: prepared into" in result.output and "(hardlink)" in result.output

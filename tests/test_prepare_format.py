@@ -41,9 +41,18 @@ def test_round_trip_keeps_every_file_and_records_what_it_was_made_of(tmp_path, p
     parts = small_parts(tmp_path)
     data = load_prepared(prepared)
     assert sorted(p.name for p in prepared.iterdir()) == sorted(
-        ["prepared.json", "features.npy", "feature_ids.npy", "keywords.npz", "vocab.tsv",
-         "images.parquet", "queries.parquet", "judgments.parquet", "query_vocab.tsv"]
-    )  # fmt: skip
+        [
+            "prepared.json",
+            "features.npy",
+            "feature_ids.npy",
+            "keywords.npz",
+            "vocab.tsv",
+            "images.parquet",
+            "queries.parquet",
+            "judgments.parquet",
+            "query_vocab.tsv",
+        ]
+    )
     assert isinstance(data.features, np.memmap)
     assert np.array_equal(data.features, parts["features"])
     assert data.feature_ids.dtype == np.int64
@@ -53,12 +62,21 @@ def test_round_trip_keeps_every_file_and_records_what_it_was_made_of(tmp_path, p
     assert data.vocabulary == KEYWORDS
     assert data.query_vocabulary == list(parts["query_vocabulary"].words)
     # The Parquet files, read with pyarrow alone, have the documented types.
-    assert pq.read_schema(prepared / "images.parquet").types[:3] == [pa.int64(), pa.string(),
-                                                                     pa.int8()]  # fmt: skip
-    assert pq.read_schema(prepared / "queries.parquet").types[:3] == [pa.int64(), pa.string(),
-                                                                      pa.string()]  # fmt: skip
-    assert pq.read_schema(prepared / "judgments.parquet").types == [pa.int64(), pa.int64(),
-                                                                    pa.int32()]  # fmt: skip
+    assert pq.read_schema(prepared / "images.parquet").types[:3] == [
+        pa.int64(),
+        pa.string(),
+        pa.int8(),
+    ]
+    assert pq.read_schema(prepared / "queries.parquet").types[:3] == [
+        pa.int64(),
+        pa.string(),
+        pa.string(),
+    ]
+    assert pq.read_schema(prepared / "judgments.parquet").types == [
+        pa.int64(),
+        pa.int64(),
+        pa.int32(),
+    ]
     info = json.loads((prepared / "prepared.json").read_text())
     assert info == data.info
     assert info["format_version"] == 1 and info["source"] == "synth"
@@ -66,8 +84,10 @@ def test_round_trip_keeps_every_file_and_records_what_it_was_made_of(tmp_path, p
     assert info["counts"]["images"] == {"train": 6, "val": 3, "test": 3}
     assert info["counts"]["queries"] == {"train": 12, "val": 6, "test": 6}
     assert info["features"]["shape"] == [12, 3, 4] and info["features"]["dtype"] == "float32"
-    assert info["fingerprints"] == {"keywords": _sha256(prepared / "vocab.tsv"),
-                                    "queries": _sha256(prepared / "query_vocab.tsv")}  # fmt: skip
+    assert info["fingerprints"] == {
+        "keywords": _sha256(prepared / "vocab.tsv"),
+        "queries": _sha256(prepared / "query_vocab.tsv"),
+    }
     assert data.fingerprints == info["fingerprints"]
     assert info["options"] == {"seed": 0}
     assert not list(tmp_path.glob(".prepared.*staging*"))
@@ -115,8 +135,9 @@ def test_a_feature_file_in_the_layout_is_linked_not_copied(tmp_path):
     # Linking can be declined; rows picked from a file are always copied.
     copied = write_small(tmp_path / "c", tmp_path, features=rows, link_features=False)
     assert not os.path.samefile(copied / "features.npy", source)
-    picked = FeatureRows((np.load(source, mmap_mode="r"),), rows=(np.arange(12)[::-1],),
-                         path=source)  # fmt: skip
+    picked = FeatureRows(
+        (np.load(source, mmap_mode="r"),), rows=(np.arange(12)[::-1],), path=source
+    )
     out = write_small(tmp_path / "r", tmp_path, features=picked)
     assert load_prepared(out).info["features"]["stored"] == "copy"
     assert np.array_equal(load_prepared(out).features, parts["features"][::-1])
@@ -143,8 +164,7 @@ def test_an_existing_prepared_folder_is_replaced_only_with_force(tmp_path, prepa
     with pytest.raises(ConfigError, match=r"already holds a prepared dataset.*--force"):
         write_small(prepared, tmp_path)
     parts = small_parts(tmp_path)
-    write_small(prepared, tmp_path, force=True, options={"seed": 1},
-                features=parts["features"] * 2)  # fmt: skip
+    write_small(prepared, tmp_path, force=True, options={"seed": 1}, features=parts["features"] * 2)
     data = load_prepared(prepared)
     assert data.info["options"] == {"seed": 1}
     assert np.array_equal(data.features, parts["features"] * 2)
@@ -215,8 +235,13 @@ def test_images_without_features(prepared):
         return pd.concat([frame, extra], ignore_index=True)
 
     rewrite_table(prepared / "images.parquet", add_image)
-    _load_fails(prepared, "images.parquet", "1 image(s) with no row in feature_ids.npy",
-                "img_id 999", "Prepare the dataset again")  # fmt: skip
+    _load_fails(
+        prepared,
+        "images.parquet",
+        "1 image(s) with no row in feature_ids.npy",
+        "img_id 999",
+        "Prepare the dataset again",
+    )
 
 
 def test_features_without_an_image_or_without_an_id(tmp_path, prepared):
@@ -226,16 +251,24 @@ def test_features_without_an_image_or_without_an_id(tmp_path, prepared):
     _load_fails(prepared, "feature_ids.npy", "images.parquet does not list", f"img_id {ids[3]}")
     pq.write_table(original, prepared / "images.parquet")
     np.save(prepared / "feature_ids.npy", ids[:-1])
-    _load_fails(prepared, "feature_ids.npy", "11 ids but features.npy has 12 rows",
-                "feature rows without an id")  # fmt: skip
+    _load_fails(
+        prepared,
+        "feature_ids.npy",
+        "11 ids but features.npy has 12 rows",
+        "feature rows without an id",
+    )
 
 
 def test_duplicate_feature_ids(prepared):
     ids = np.load(prepared / "feature_ids.npy")
     ids[7] = ids[2]
     np.save(prepared / "feature_ids.npy", ids)
-    _load_fails(prepared, "feature_ids.npy", f"lists img_id {ids[2]} twice (rows 2 and 7",
-                "drop the repeats")  # fmt: skip
+    _load_fails(
+        prepared,
+        "feature_ids.npy",
+        f"lists img_id {ids[2]} twice (rows 2 and 7",
+        "drop the repeats",
+    )
 
 
 def test_nan_or_inf_in_features_found_chunk_by_chunk(prepared, monkeypatch):
@@ -247,8 +280,13 @@ def test_nan_or_inf_in_features_found_chunk_by_chunk(prepared, monkeypatch):
     features.flush()
     del features
     ids = np.load(prepared / "feature_ids.npy")
-    _load_fails(prepared, "features.npy row 9", f"(img_id {ids[9]})", "NaN or Inf",
-                "Extract the features of those images again")  # fmt: skip
+    _load_fails(
+        prepared,
+        "features.npy row 9",
+        f"(img_id {ids[9]})",
+        "NaN or Inf",
+        "Extract the features of those images again",
+    )
     with pytest.raises(InputError, match="row 9"):
         load_prepared(prepared, check_features=True)
     load_prepared(prepared, check_features=False)  # the caller's choice
@@ -273,14 +311,22 @@ def test_labels_that_are_not_integers(prepared):
         return frame
 
     rewrite_table(prepared / "judgments.parquet", float_labels)
-    _load_fails(prepared, "judgments.parquet", "column 'label' is float64, expected int32",
-                "row 5 holds 0.5")  # fmt: skip
+    _load_fails(
+        prepared,
+        "judgments.parquet",
+        "column 'label' is float64, expected int32",
+        "row 5 holds 0.5",
+    )
 
 
 def test_a_query_without_judgments(prepared):
     rewrite_table(prepared / "judgments.parquet", lambda f: f[f.query_id != 1003])
-    _load_fails(prepared, "queries.parquet", "query_id 1003 ('the sea at night', train) has no "
-                "judgment", "drop such queries")  # fmt: skip
+    _load_fails(
+        prepared,
+        "queries.parquet",
+        "query_id 1003 ('the sea at night', train) has no judgment",
+        "drop such queries",
+    )
 
 
 def test_unknown_splits(prepared):
@@ -289,8 +335,9 @@ def test_unknown_splits(prepared):
         return frame
 
     rewrite_table(prepared / "queries.parquet", rename)
-    _load_fails(prepared, "queries.parquet", "row 4 (query_id 1004) has split 'dev'",
-                "train, val, test")  # fmt: skip
+    _load_fails(
+        prepared, "queries.parquet", "row 4 (query_id 1004) has split 'dev'", "train, val, test"
+    )
 
 
 def test_unknown_split_of_an_image(tmp_path, prepared):
@@ -338,8 +385,13 @@ def test_judgments_of_unknown_queries_or_images_and_leaks(prepared):
     data = load_prepared(prepared)
     test_image = int(data.split_images("test")[0])
     rewrite_table(path, lambda f: f.assign(img_id=f.img_id.where(f.index != 0, test_image)))
-    _load_fails(prepared, "judgments.parquet", f"row 0 judges img_id {test_image} (test)",
-                "(train)", "Keep the splits apart")  # fmt: skip
+    _load_fails(
+        prepared,
+        "judgments.parquet",
+        f"row 0 judges img_id {test_image} (test)",
+        "(train)",
+        "Keep the splits apart",
+    )
 
 
 def test_duplicate_query_ids_and_judgments(prepared):
@@ -347,8 +399,10 @@ def test_duplicate_query_ids_and_judgments(prepared):
     rewrite_table(prepared / "judgments.parquet", lambda f: pd.concat([f, f.iloc[[3]]]))
     _load_fails(prepared, "judgments.parquet", "repeats the judgment of query_id 1003")
     pq.write_table(original, prepared / "judgments.parquet")
-    rewrite_table(prepared / "queries.parquet",
-                  lambda f: f.assign(query_id=f.query_id.where(f.index != 1, 1000)))  # fmt: skip
+    rewrite_table(
+        prepared / "queries.parquet",
+        lambda f: f.assign(query_id=f.query_id.where(f.index != 1, 1000)),
+    )
     _load_fails(prepared, "queries.parquet", "lists query_id 1000 more than once (rows [0, 1]")
 
 
@@ -409,7 +463,8 @@ def test_write_prepared_accepts_extra_columns(tmp_path):
     parts = small_parts(tmp_path)
     images = parts["images"].assign(source="synth", source_id=parts["images"].img_id * 10)
     queries = parts["queries"].assign(intent="visual")
-    data = load_prepared(write_prepared(tmp_path / "p", **{**parts, "images": images,
-                                                           "queries": queries}))  # fmt: skip
+    data = load_prepared(
+        write_prepared(tmp_path / "p", **{**parts, "images": images, "queries": queries})
+    )
     assert data.images["source_id"].tolist() == (data.images["img_id"] * 10).tolist()
     assert set(data.queries["intent"]) == {"visual"}

@@ -225,6 +225,8 @@ def _load_key_map(path: Path) -> pd.Series:
         raise InputError(f"{path} is not a UTF-8 TSV of key<TAB>img_id ({exc}).") from exc
     if len(table) and not table["img_id"].iloc[0].isdigit():
         table = table.iloc[1:]  # a header line
+    if table.empty:
+        raise InputError(f"{path} maps no image key; expected lines of key<TAB>img_id.")
     ids = pd.to_numeric(table["img_id"], errors="coerce")
     bad = np.flatnonzero(ids.isna().to_numpy() | (ids < 0).to_numpy())
     if bad.size:
