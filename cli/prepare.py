@@ -153,8 +153,8 @@ def coco_command(
     from amc_data.prepare.coco import CocoConfig, prepare_coco
 
     config = CocoConfig(
-        restval=restval,
-        missing=missing,
+        restval=restval,  # type: ignore[arg-type]
+        missing=missing,  # type: ignore[arg-type]
         on_error=on_error,  # type: ignore[arg-type]
         captions_per_image=captions_per_image,
         fold_size=fold_size,
@@ -278,9 +278,9 @@ def clickture_command(
         val_fraction=val_fraction,
         split_seed=split_seed,
         min_query_count=min_query_count,
-        on_error=on_error,
-        missing=missing,
-        force=force,  # type: ignore[arg-type]
+        on_error=on_error,  # type: ignore[arg-type]
+        missing=missing,  # type: ignore[arg-type]
+        force=force,
     )
     result = prepare_clickture(
         clicks,

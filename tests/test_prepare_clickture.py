@@ -131,15 +131,17 @@ def test_unknown_keys_stop_the_run_or_are_skipped(tmp_path, inputs):
     clicks = _lines(paths["clicks"])
     clicks[2] = clicks[2].replace("\timg", "\tnoimg")
     clicks[5] = clicks[5].replace("\timg", "\tnoimg")
+    clicks.insert(1, "")  # a blank line is skipped, and still counted
     broken = {**paths, "clicks": _write(tmp_path / "clicks.tsv", clicks)}
     with pytest.raises(InputError) as caught:
         _run(data_dir, broken, tmp_path / "out")
     message = str(caught.value)
     assert "2 lines of" in message and "img_id_map.pkl does not map" in message
-    assert "line 3: 'noimg" in message and "--on-error skip" in message
+    assert "line 4: 'noimg" in message and "line 7: 'noimg" in message
+    assert "--on-error skip" in message
     result = _run(data_dir, broken, tmp_path / "out", on_error="skip")
     entry = result.skipped["clicks.tsv: unknown image keys"]
-    assert entry["count"] == 2 and entry["examples"][0].startswith("line 3: 'noimg")
+    assert entry["count"] == 2 and entry["examples"][0].startswith("line 4: 'noimg")
     recorded = load_prepared(result.out).info["skipped"]
     assert recorded["clicks.tsv: unknown image keys"]["count"] == 2
 

@@ -468,3 +468,35 @@ def test_write_prepared_accepts_extra_columns(tmp_path):
     )
     assert data.images["source_id"].tolist() == (data.images["img_id"] * 10).tolist()
     assert set(data.queries["intent"]) == {"visual"}
+
+
+def test_pickling_sends_the_path_not_the_features(prepared):
+    import pickle
+
+    data = load_prepared(prepared)
+    data.rows(np.array([100]))  # fills a cache, which is not sent
+    blob = pickle.dumps(data)
+    assert len(blob) < 20_000 and data.features.tobytes() not in blob
+    copy = pickle.loads(blob)
+    assert isinstance(copy.features, np.memmap)
+    assert np.array_equal(copy.features, data.features)
+    assert copy.rows(np.array([105])).tolist() == data.rows(np.array([105])).tolist()
+    assert copy.queries.equals(data.queries)
+
+
+def test_a_crash_between_the_two_renames_is_repaired(tmp_path, prepared):
+    before = (prepared / "prepared.json").read_bytes()
+    os.replace(prepared, tmp_path / ".prepared.previous-4242")
+    (tmp_path / ".prepared.staging-x").mkdir()
+    with pytest.raises(ConfigError, match="already holds a prepared dataset"):
+        write_small(prepared, tmp_path)
+    assert (prepared / "prepared.json").read_bytes() == before
+    assert not list(tmp_path.glob(".prepared.*-*"))
+
+
+def test_null_text_is_refused(tmp_path):
+    parts = small_parts(tmp_path)
+    queries = parts["queries"].astype({"query": object})
+    queries.loc[2, "query"] = None
+    with pytest.raises(InputError, match="queries column 'query' is empty"):
+        write_small(tmp_path / "p", tmp_path, queries=queries)

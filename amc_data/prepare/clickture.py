@@ -150,7 +150,11 @@ def _read_tsv(
                 use_threads=False,
             ),
             parse_options=pacsv.ParseOptions(
-                delimiter="\t", quote_char=False, escape_char=False, invalid_row_handler=invalid
+                delimiter="\t",
+                quote_char=False,
+                escape_char=False,
+                invalid_row_handler=invalid,
+                ignore_empty_lines=False,  # kept as rows (dropped below) so lines can be counted
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names},
@@ -167,13 +171,13 @@ def _read_tsv(
             f"Pass its encoding with --encoding (for example latin-1)."
         ) from exc
     frame = table.to_pandas()
-    # Line numbers: valid rows fill the lines the invalid ones left (blank lines are skipped by
-    # the reader and so not counted here).
-    skipped_lines = sorted(n for n, _, _ in bad if n is not None)
-    lines = np.arange(len(frame) + len(skipped_lines), dtype=np.int64) + 1 + int(layout.header)
-    if skipped_lines:
-        lines = np.setdiff1d(lines, skipped_lines)[: len(frame)]
-    frame["line"] = lines[: len(frame)]
+    # Line numbers: the rows (blank lines included) fill the lines the invalid ones left.
+    invalid_lines = np.array(sorted(n for n, _, _ in bad if n is not None), dtype=np.int64)
+    first = 1 + int(layout.header)
+    lines = np.arange(first, first + len(frame) + invalid_lines.size, dtype=np.int64)
+    frame["line"] = np.setdiff1d(lines, invalid_lines, assume_unique=True)[: len(frame)]
+    blank = np.logical_and.reduce([(frame[c].fillna("") == "").to_numpy() for c in wanted])
+    frame = frame.loc[~blank].reset_index(drop=True)
     examples = [f"line {n}: {text[:60]!r} ({k} fields)" for n, text, k in bad]
     problems.report(
         f"{what}: lines with {len(layout.columns)} fields expected",

@@ -249,8 +249,9 @@ def _place_features(
     )
     start = 0
     for chunk in features.chunks(_rows_per_chunk(row_shape, dtype.itemsize)):
+        chunk = chunk.astype(dtype, copy=False)  # checked after the cast: it may overflow
         if not np.isfinite(chunk).all():
-            _report_nonfinite(chunk, start, ids, "The features' output")
+            _report_nonfinite(chunk, start, ids, "The features given (in output order):")
         out[start : start + chunk.shape[0]] = chunk
         start += chunk.shape[0]
     out.flush()
@@ -274,6 +275,9 @@ def _table(
         if f.name not in frame.columns:
             continue
         values = frame[f.name]
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise InputError(f"{name} column {f.name!r} is empty (null) at row {row}.")
         if pa.types.is_integer(f.type):
             _check_integral(values, name, f.name)
         try:
@@ -344,8 +348,7 @@ def _output_folder(out: str | os.PathLike[str], force: bool) -> Iterator[tuple[P
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(out_dir.parent / f".{out_dir.name}.lock")
     with lock:
-        for leftover in out_dir.parent.glob(f".{out_dir.name}.staging-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        _recover(out_dir)
         if out_dir.exists() and any(out_dir.iterdir()):
             previous = _is_prepared(out_dir)
             if previous is None:
@@ -365,6 +368,16 @@ def _output_folder(out: str | os.PathLike[str], force: bool) -> Iterator[tuple[P
             yield out_dir, staging
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _recover(out_dir: Path) -> None:
+    """Finish what a crash between the two renames of `_commit` left, and tidy up."""
+    previous = sorted(out_dir.parent.glob(f".{out_dir.name}.previous-*"))
+    if previous and not out_dir.exists():
+        log.warning("restoring %s from an interrupted run", out_dir)
+        os.replace(previous.pop(), out_dir)
+    for leftover in [*previous, *out_dir.parent.glob(f".{out_dir.name}.staging-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _commit(staging: Path, out_dir: Path) -> None:
@@ -511,7 +524,7 @@ def _counts(
 
 
 # -- reading --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PreparedDataset:
     """A prepared dataset folder, opened and cross-checked by `load_prepared`."""
 
@@ -526,6 +539,18 @@ class PreparedDataset:
     queries: pd.DataFrame  # query_id, query, split[, intent]
     judgments: pd.DataFrame  # query_id, img_id, label
     fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A memmap would be pickled as a full in-memory copy (worker processes started with
+        # "spawn" receive the dataset this way): send the path, reopen it on the other side.
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        state["features"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "features", _load_features(self.root, self.info))
 
     @functools.cached_property
     def _row_order(self) -> np.ndarray:
@@ -605,7 +630,7 @@ def read_keyword_vocabulary(path: Path) -> list[str]:
             f"{path} starts with {found}, not the header {VOCAB_HEADER!r} of an encode "
             "output's vocab.tsv. Encode again, then prepare again."
         )
-    words = []
+    words: list[str] = []
     for number, line in enumerate(lines[1:], start=2):
         parts = line.split("\t")
         if len(parts) != 3 or parts[0] != str(len(words)):

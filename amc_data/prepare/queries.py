@@ -103,7 +103,8 @@ class QueryVocabulary:
                 f"{path} starts with {found}, not the header {QUERY_VOCAB_HEADER!r}. Prepare "
                 "the dataset again."
             )
-        words, counts = [], []
+        words: list[str] = []
+        counts: list[int] = []
         for number, line in enumerate(lines[1:], start=2):
             parts = line.split("\t")
             if len(parts) != 3 or parts[0] != str(len(words)) or not parts[2].isdigit():
