@@ -98,7 +98,9 @@ def _report(
     help=f"Sign flips of the paired randomisation test (per-query NDCG@{SIGNIFICANCE_K}, "
     "each row against the first).",
 )  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the randomisation test.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the randomisation test."
+)
 def eval_command(
     runs: tuple[Path, ...],
     scores_paths: tuple[Path, ...],

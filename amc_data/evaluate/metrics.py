@@ -46,7 +46,9 @@ def _vector(name: str, values: object) -> np.ndarray:
 
 
 def _check_scores(name: str, scores: np.ndarray) -> np.ndarray:
-    if not np.issubdtype(scores.dtype, np.number) or np.issubdtype(scores.dtype, np.complexfloating):
+    if not np.issubdtype(scores.dtype, np.number) or np.issubdtype(
+        scores.dtype, np.complexfloating
+    ):
         raise InputError(f"{name} must be real numbers; found dtype {scores.dtype}.")
     scores = scores.astype(np.float64, copy=False)
     bad = ~np.isfinite(scores)
@@ -124,7 +126,9 @@ class RankingMetrics:
 
     def summary(self) -> dict[str, float]:
         """Flat means: `ndcg@5` ... `ndcg@25`, `dcg@25_challenge`, `auc`, and the counts."""
-        out: dict[str, float] = {f"ndcg@{k}": float(m) for k, m in zip(self.ks, self.ndcg.mean(0))}
+        out: dict[str, float] = {
+            f"ndcg@{k}": float(m) for k, m in zip(self.ks, self.ndcg.mean(0), strict=True)
+        }
         out[f"dcg@{CHALLENGE_K}_challenge"] = self.challenge
         out["auc"] = self.auc
         out["queries"] = len(self.query_ids)
@@ -284,7 +288,9 @@ def ranking_metrics(
     columns = [all_ks.index(k) for k in ks]
     no_relevant = int(n_queries - has_gain.sum())
     if no_relevant:
-        log.info("%d of %d queries have no relevant candidate; they score 0", no_relevant, n_queries)
+        log.info(
+            "%d of %d queries have no relevant candidate; they score 0", no_relevant, n_queries
+        )
     return RankingMetrics(
         query_ids=sorted_queries[starts],
         candidates=sizes,
@@ -410,7 +416,11 @@ class RecallAtK:
 
     def summary(self) -> dict[str, float]:
         """Flat values: `r@1`, `r@5`, `r@10`, `medr`, `meanr`."""
-        return {**{f"r@{k}": v for k, v in self.recall.items()}, "medr": self.medr, "meanr": self.meanr}
+        return {
+            **{f"r@{k}": v for k, v in self.recall.items()},
+            "medr": self.medr,
+            "meanr": self.meanr,
+        }
 
 
 def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = RECALL_CUTOFFS) -> RecallAtK:
@@ -495,7 +505,8 @@ class CaptionRanking:
     def fold_means(self) -> dict[str, float]:
         """Each fold-level value (`i2t_r@1`, ..., `t2i_meanr`) averaged over the folds."""
         rows = [
-            {**_prefixed("i2t", a.summary()), **_prefixed("t2i", r.summary())} for a, r in self.folds
+            {**_prefixed("i2t", a.summary()), **_prefixed("t2i", r.summary())}
+            for a, r in self.folds
         ]
         return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]} if rows else {}
 
@@ -551,7 +562,9 @@ def caption_ranking(
         caption_image = np.repeat(np.arange(n_images), captions_per_image)
     caption_image = _vector("caption_image", caption_image).astype(np.int64)
     if len(caption_image) != n_captions:
-        raise InputError(f"caption_image has {len(caption_image)} entries for {n_captions} captions.")
+        raise InputError(
+            f"caption_image has {len(caption_image)} entries for {n_captions} captions."
+        )
     if caption_image.min() < 0 or caption_image.max() >= n_images:
         raise InputError(f"caption_image must hold image indices 0..{n_images - 1}.")
     captionless = np.flatnonzero(np.bincount(caption_image, minlength=n_images) == 0)
@@ -724,9 +737,13 @@ def compare_to_baseline(
     base = runs[baseline]
     return {
         name: paired_by_query(
-            run.query_ids, run.ndcg_at(k), base.query_ids, base.ndcg_at(k),
-            resamples=resamples, seed=seed,
-        )  # fmt: skip
+            run.query_ids,
+            run.ndcg_at(k),
+            base.query_ids,
+            base.ndcg_at(k),
+            resamples=resamples,
+            seed=seed,
+        )
         for name, run in runs.items()
         if name != baseline
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,8 @@ COLUMNS = ("query_id", "img_id", "score", "label")
 _PARQUET_MAGIC = b"PAR1"
 _TSV_TYPES = {"score": pa.float64(), "label": pa.float64()}  # labels checked whole afterwards
 
-Source = str | Path | pd.DataFrame
-Locate = Callable[[int], str]
+Source: TypeAlias = str | Path | pd.DataFrame
+Locate: TypeAlias = Callable[[int], str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,9 @@ def _check(table: pa.Table, source: str, locate: Locate) -> _Checked:
             f"{source}, {locate(row)}: score is {scores[row]}; every score must be a finite "
             "number. Clip or replace infinite scores."
         )
-    labels = _numbers(table["label"], "label", "a whole-number label (0 = not relevant)", source, locate)
+    labels = _numbers(
+        table["label"], "label", "a whole-number label (0 = not relevant)", source, locate
+    )
     whole = labels == np.floor(labels)
     if not whole.all():
         row = _first(~whole)
