@@ -84,8 +84,8 @@ def test_read_scores_types_extra_columns_and_text_ids(tmp_path):
             "query 1, image 1", "Keep one row per (query, image) pair"]),
         ("", ["is empty (0 bytes)", "Write a header line"]),
         (HEADER, ["has no rows", "one row per (query, candidate image)"]),
-        (HEADER + "1\t1\t0.5\t1\n\n1\t2\t0.5\n", ["line 4: expected 4 tab-separated fields, found 3",
-            "separated by tabs"]),
+        (HEADER + "1\t1\t0.5\t1\n\n1\t2\t0.5\n", ["line 4: expected 4 tab-separated fields, "
+            "found 3", "separated by tabs"]),
         (HEADER + "1\t1\t0.5\t1\n\t2\t0.5\t1\n", ["line 3: query_id is missing"]),
     ],
     ids=["missing-column", "commas", "text-score", "nan-score", "empty-score", "inf-score",
