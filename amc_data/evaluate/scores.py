@@ -40,8 +40,6 @@ class _Checked:
     img_ids: np.ndarray  # (n,)
     scores: np.ndarray  # (n,) float64, finite
     labels: np.ndarray  # (n,) int64, >= 0
-    query_codes: np.ndarray  # (n,) int64 dense codes in ascending query_id order
-    query_values: np.ndarray  # (Q,) the query ids of those codes
 
 
 def _is_parquet(path: Path) -> bool:
@@ -211,25 +209,36 @@ def _check(table: pa.Table, source: str, locate: Locate) -> _Checked:
             f"{source}, {locate(row)}: label is {labels[row]:g}; labels must be 0 (not relevant) "
             "or more."
         )
-    query_codes, query_values = pd.factorize(query_ids, sort=True)
-    img_codes, img_values = pd.factorize(img_ids)
-    pair = query_codes.astype(np.int64) * len(img_values) + img_codes  # unique per (query, image)
-    repeated = pd.Series(pair).duplicated().to_numpy()
-    if repeated.any():
-        later = _first(repeated)
-        earlier = _first(pair == pair[later])
+    repeated = _first_repeat(query_ids, img_ids)
+    if repeated is not None:
+        earlier, later = repeated
         raise InputError(
             f"{source}, {locate(earlier)} and {locate(later)}: both score query "
             f"{query_ids[later]}, image {img_ids[later]}. Keep one row per (query, image) pair."
         )
-    return _Checked(
-        query_ids=query_ids,
-        img_ids=img_ids,
-        scores=scores,
-        labels=labels.astype(np.int64),
-        query_codes=query_codes.astype(np.int64),
-        query_values=np.asarray(query_values),
-    )
+    return _Checked(query_ids, img_ids, scores, labels.astype(np.int64))
+
+
+def _offsets(ids: np.ndarray) -> np.ndarray:
+    """Non-negative int64 codes, equal exactly where the ids are: offsets from the smallest
+    integer id (order kept, no hashing), or hash codes for text ids."""
+    if ids.dtype.kind in "iu" and int(ids.max()) - int(ids.min()) < 2**62:
+        return ids.astype(np.int64) - ids.min()
+    return pd.factorize(ids)[0].astype(np.int64)
+
+
+def _first_repeat(query_ids: np.ndarray, img_ids: np.ndarray) -> tuple[int, int] | None:
+    """The rows of the first repeated (query, image) pair, or None."""
+    queries, images = _offsets(query_ids), _offsets(img_ids)
+    if (int(queries.max()) + 1) * (int(images.max()) + 1) >= 2**62:  # the key would overflow
+        queries, images = (pd.factorize(ids)[0].astype(np.int64) for ids in (query_ids, img_ids))
+    pair = queries * (int(images.max()) + 1) + images  # (n,) one value per (query, image)
+    # Files come grouped by query, so a stable (run-merging) sort is nearly linear here.
+    ordered = np.sort(pair, kind="stable")
+    if not (ordered[1:] == ordered[:-1]).any():
+        return None
+    later = _first(pd.Series(pair).duplicated().to_numpy())
+    return _first(pair == pair[later]), later
 
 
 def _load(source: Source) -> _Checked:
@@ -270,10 +279,14 @@ def scores_metrics(
 ) -> RankingMetrics:
     """Per-query and mean metrics of a scores file or table (see `ranking_metrics`)."""
     checked = _load(source)
-    result = ranking_metrics(
-        checked.query_codes, checked.scores, checked.labels, relevant=relevant, ks=ks
-    )
-    return dataclasses.replace(result, query_ids=checked.query_values[result.query_ids])
+    if checked.query_ids.dtype.kind in "iu":
+        return ranking_metrics(
+            checked.query_ids, checked.scores, checked.labels, relevant=relevant, ks=ks
+        )
+    # Text ids: rank by their codes (in id order), then name the queries again.
+    codes, values = pd.factorize(checked.query_ids, sort=True)
+    result = ranking_metrics(codes, checked.scores, checked.labels, relevant=relevant, ks=ks)
+    return dataclasses.replace(result, query_ids=np.asarray(values)[result.query_ids])
 
 
 def evaluate_scores(source: Source, relevant: int = 1) -> dict[str, float]:
