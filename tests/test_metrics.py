@@ -115,7 +115,9 @@ def test_any_query_id_type_gives_the_same_values():
     small = ranking_metrics(query_ids, scores, labels)
     wide = ranking_metrics(query_ids * 10**9, scores, labels)  # the 64-bit sort path
     text = ranking_metrics(np.char.add("q", query_ids.astype(str)), scores, labels)
+    narrow = ranking_metrics(query_ids.astype(np.int16) - 300, scores, labels)
     np.testing.assert_array_equal(small.ndcg, wide.ndcg)
+    np.testing.assert_array_equal(small.ndcg, narrow.ndcg)
     by_text = dict(zip(text.query_ids, text.ndcg[:, 1], strict=True))
     for query, value in zip(small.query_ids, small.ndcg[:, 1], strict=True):
         assert by_text[f"q{query}"] == value
@@ -141,6 +143,7 @@ def test_ndcg_at_k_two_dimensional_with_mask_equals_rows():
         ([0.1, np.inf], [1, 0], r"scores\[1\] is inf"),
         ([0.1, 0.2], [1, -1], r"labels\[1\] is -1; labels must be 0 or more"),
         ([0.1, 0.2], [1, 0.5], r"labels\[1\] is 0.5"),
+        ([0.1, 0.2], [1, 5000], r"labels\[1\] is 5000; the gain 2\*\*label - 1"),
         ([0.1, 0.2], [1], "lengths are 2, 2 and 1"),
         ([], [], "zero rows"),
     ],

@@ -30,6 +30,7 @@ CHALLENGE_K = 25
 # the challenge published it, so a perfect list of 25 Excellent images scores about 1.
 CHALLENGE_SCALE = 0.01757
 RECALL_CUTOFFS: tuple[int, ...] = (1, 5, 10)
+MAX_LABEL = 1000  # 2**1024 overflows float64
 # Intermediate arrays of the chunked computations stay near this many bytes.
 CHUNK_BYTES = 64 * 2**20
 
@@ -77,6 +78,12 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
         first = int(np.flatnonzero(labels < 0)[0])
         raise InputError(
             f"labels[{first}] is {labels[first]}; labels must be 0 or more (0 = not relevant)."
+        )
+    if labels.size and labels.max() > MAX_LABEL:
+        first = int(np.flatnonzero(labels > MAX_LABEL)[0])
+        raise InputError(
+            f"labels[{first}] is {labels[first]}; the gain 2**label - 1 of a label above "
+            f"{MAX_LABEL} does not fit a float. Labels are relevance grades (Clickture: 0..3)."
         )
     return labels
 
@@ -146,7 +153,7 @@ def _query_key(query_ids: np.ndarray) -> np.ndarray:
     if np.issubdtype(query_ids.dtype, np.integer) and len(query_ids):
         low, high = int(query_ids.min()), int(query_ids.max())
         if high - low < 2**16:
-            return (query_ids - low).astype(np.uint16)
+            return (query_ids.astype(np.int64) - low).astype(np.uint16)
         return query_ids
     return np.unique(query_ids, return_inverse=True)[1]
 
