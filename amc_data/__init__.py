@@ -66,6 +66,9 @@ _LAZY = {
     "EncodeResult": "encoding.core",
     "load_encoded": "dataset",
     "EncodedSplit": "dataset",
+    "extract_features": "featurizing.core",
+    "FeatureConfig": "featurizing.core",
+    "FeatureResult": "featurizing.core",
 }
 
 
@@ -86,6 +89,7 @@ if TYPE_CHECKING:
     from .archive.reader import ArchiveLimits, ZipArchive, load_id_map, open_archive
     from .dataset import EncodedSplit, load_encoded
     from .encoding.core import EncodeConfig, EncodeResult, encode
+    from .featurizing.core import FeatureConfig, FeatureResult, extract_features
     from .fetching.checksums import Digests, FileChecksum, hash_file
     from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
     from .fetching.manifest import (
@@ -120,6 +124,8 @@ __all__ = [
     "EncodeConfig",
     "EncodeResult",
     "EncodedSplit",
+    "FeatureConfig",
+    "FeatureResult",
     "FetchIncompleteError",
     "FetchResult",
     "FileChecksum",
@@ -144,6 +150,7 @@ __all__ = [
     "check_file",
     "encode",
     "expected_checksums",
+    "extract_features",
     "fetch",
     "fetch_manifests",
     "hash_file",
