@@ -1,4 +1,5 @@
-"""The backbone: a torchvision trunk or a TorchScript file, run on a device and pooled to a grid.
+"""The backbone: a torchvision trunk, a TorchScript file or an exported program (torch.export),
+run on a device and pooled to a grid.
 
 Imported only once torch is known to be installed (`deps.require_torch`).
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +72,8 @@ class GridExtractor:
 
     def __init__(self, module: nn.Module, setup: DeviceSetup, grid: int, name: str) -> None:
         memory_format = torch.channels_last if setup.channels_last else torch.preserve_format
-        self.module = module.eval().to(setup.device, memory_format=memory_format)
+        # nn.Module.to takes memory_format (its type stubs do not say so).
+        self.module = module.to(setup.device, memory_format=memory_format)  # type: ignore[call-overload]
         self.setup = setup
         self.grid = grid
         self.name = name
@@ -97,10 +101,12 @@ class GridExtractor:
 
     def _check(self, output: object, batch: int) -> None:
         if not isinstance(output, torch.Tensor) or output.dim() != 4 or output.shape[0] != batch:
-            found = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            found = (
+                tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            )
             raise InputError(
                 f"The backbone {self.name} returned {found} for a batch of {batch} images; "
-                f"expected a feature map (B, D, h, w) = ({batch}, D, h, w). A TorchScript file "
+                f"expected a feature map (B, D, h, w) = ({batch}, D, h, w). A model file "
                 "must hold the convolutional trunk only (no pooling, no classifier)."
             )
 
@@ -111,33 +117,46 @@ def load_backbone(
     """The extractor and a description of what it is (recorded in the report and fingerprinted:
     a resumed run must use the same network)."""
     if model_file is not None:
-        module, description = _torchscript(model_file)
+        module, description = _model_file(model_file)
     else:
         module, description = _torchvision(name, weights, seed)
     return GridExtractor(module, setup, grid, description["name"]), description
 
 
-def _torchscript(path: Path) -> tuple[nn.Module, dict[str, str]]:
+def _model_file(path: Path) -> tuple[nn.Module, dict[str, str]]:
+    """A TorchScript file (torch.jit.save), or an exported program (torch.export.save, `.pt2`)
+    whose batch and image dimensions were exported as dynamic."""
     try:
         content = path.read_bytes()
     except OSError as exc:
         raise InputError(f"Cannot read the model file {path}: {exc}.") from exc
+    sha256 = hashlib.sha256(content).hexdigest()
+    if path.suffix == ".pt2":
+        try:
+            # An exported program is traced in the mode it was exported in; it has no eval().
+            module = torch.export.load(str(path)).module()
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"{path} is not a program saved with torch.export.save ({first_line})."
+            ) from exc
+        return module, {"kind": "exported", "name": str(path), "sha256": sha256}
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates TorchScript in favour of torch.export; both are accepted.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
         raise InputError(
             f"{path} is not a TorchScript file ({str(exc).splitlines()[0]}). Save the backbone "
-            "with torch.jit.save(torch.jit.script(model), path) or torch.jit.trace; a state dict "
-            "saved with torch.save is not enough."
+            "with torch.jit.save(torch.jit.script(model), path), or with torch.export.save as a "
+            ".pt2 file; a state dict saved with torch.save is not enough."
         ) from exc
-    sha256 = hashlib.sha256(content).hexdigest()
-    return module, {"kind": "torchscript", "name": str(path), "sha256": sha256}
+    return module.eval(), {"kind": "torchscript", "name": str(path), "sha256": sha256}
 
 
 def _torchvision(name: str, weights: str, seed: int) -> tuple[nn.Module, dict[str, str]]:
     models = require_torchvision()
-    import torchvision
-
     if name not in models.list_models(module=models):
         raise ConfigError(
             f"--backbone {name!r} is not a torchvision classification model. Choose one of "
@@ -161,9 +180,9 @@ def _torchvision(name: str, weights: str, seed: int) -> tuple[nn.Module, dict[st
         "kind": "torchvision",
         "name": name,
         "weights": str(chosen) if chosen is not None else f"none (random, seed {seed})",
-        "torchvision": torchvision.__version__,
+        "torchvision": version("torchvision"),
     }
-    return _trunk(model, name), description
+    return _trunk(model, name).eval(), description
 
 
 def _trunk(model: nn.Module, name: str) -> nn.Module:
@@ -178,5 +197,5 @@ def _trunk(model: nn.Module, name: str) -> nn.Module:
     raise ConfigError(
         f"--backbone {name}: cannot find its convolutional trunk (no `features`, nor `avgpool` "
         "and `fc`). Use a ResNet, ResNeXt, RegNet, VGG, DenseNet, MobileNet, EfficientNet or "
-        "ConvNeXt, or save the trunk you want as TorchScript and pass --model-file."
+        "ConvNeXt, or save the trunk you want (TorchScript or torch.export) and pass --model-file."
     )

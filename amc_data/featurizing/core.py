@@ -38,7 +38,16 @@ from .outputs import (
     read_report,
     save_progress,
 )
-from .sources import ID_SOURCES, CenterCrop, IdSource, ImageReader, OnError, Plan, SkippedImage, plan_inputs
+from .sources import (
+    ID_SOURCES,
+    CenterCrop,
+    IdSource,
+    ImageReader,
+    OnError,
+    Plan,
+    SkippedImage,
+    plan_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +62,9 @@ class FeatureConfig:
     of 224 x 224 centre crops, in float16."""
 
     backbone: str = "resnet50"  # a torchvision model name; unused when model_file is given
-    model_file: Path | None = None  # a TorchScript file mapping (B, 3, H, W) to (B, D, h, w)
+    model_file: Path | None = (
+        None  # TorchScript or .pt2 (torch.export): (B, 3, H, W) -> (B, D, h, w)
+    )
     weights: Literal["default", "none"] = "default"  # torchvision's pretrained weights, or random
     grid: int = 7  # features are pooled to grid x grid cells: R = grid * grid
     image_size: int = 224  # side of the centre crop the backbone sees
@@ -76,7 +87,9 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         for name in ("grid", "image_size", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, not {getattr(self, name)!r}.")
+                raise ConfigError(
+                    f"{name} must be a positive integer, not {getattr(self, name)!r}."
+                )
         if self.resize is not None and self.resize < self.image_size:
             raise ConfigError(
                 f"resize ({self.resize}) must be at least image_size ({self.image_size}): the "
@@ -95,7 +108,9 @@ class FeatureConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}."
+                )
         if (self.id_source == "name") != (self.id_file is None):
             raise ConfigError(
                 "id_file is needed exactly when id_source is not 'name' (found id_source "
@@ -155,10 +170,9 @@ def extract_features(
     line), `ConfigError` for bad options, `MissingDependencyError` without torch or Pillow.
     """
     config = config or FeatureConfig()
-    torch = require_torch()
+    require_torch()
     require_pillow()
     from .backbone import DeviceSetup, load_backbone
-    from .loader import image_batches
 
     started = time.perf_counter()
     paths = OutputPaths.for_output(out, ids)
@@ -178,92 +192,163 @@ def extract_features(
         setup=setup,
         grid=config.grid,
     )
-    fingerprint = _fingerprint(plan, backbone, config, setup.device.type, setup.precision)
-    shape = (len(plan), config.grid * config.grid, extractor.feature_dim(config.image_size))
-    summary = {"backbone": backbone, "device": str(setup.device), "precision": setup.precision}
-
+    run = _Run(
+        config=config,
+        paths=paths,
+        plan=plan,
+        extractor=extractor,
+        backbone=backbone,
+        device=str(setup.device),
+        precision=setup.precision,
+        fingerprint=_fingerprint(plan, backbone, config, setup.device.type, setup.precision),
+        shape=(len(plan), config.grid**2, extractor.feature_dim(config.image_size)),
+        started=started,
+    )
     with output_lock(paths):
         done = None if config.force else read_report(paths)
-        if done is not None and done.get("fingerprint") == fingerprint:
+        if done is not None and done.get("fingerprint") == run.fingerprint:
             log.info("%s is up to date with its inputs and options; nothing to do", paths.features)
             skipped = [SkippedImage(**item) for item in done.get("skipped", [])]
-            return FeatureResult(
-                paths.features, paths.ids, paths.report, tuple(done["shape"]), True, True,
-                skipped=skipped, **summary,
-            )  # fmt: skip
-        progress, fresh = _start(paths, config, fingerprint, shape)
+            return run.result(tuple(done["shape"]), complete=True, up_to_date=True, skipped=skipped)
+        progress, fresh = _start(paths, config, run.fingerprint, run.shape)
         resumed_from = progress.next_input
         array = open_partial(paths, progress, fresh=fresh)
-        reader = ImageReader(plan, CenterCrop(config.image_size, config.resize_to))
-        batches = [
-            list(range(start, min(start + config.batch_size, len(plan))))
-            for start in range(progress.next_input, len(plan), config.batch_size)
-        ][: config.max_batches]
-        loader = image_batches(
-            reader, batches, workers=config.worker_count, pin_memory=setup.device.type == "cuda"
-        )
-        bar = progress_bar(
-            total=len(plan), initial=progress.next_input, desc="features", unit="img",
-            enabled=config.progress,
-        )  # fmt: skip
-        iterator = iter(loader)
         try:
-            for planned, batch in zip(batches, iterator, strict=True):
-                progress = _write_batch(plan, config, extractor, array, progress, batch)
-                progress = replace(progress, next_input=planned[-1] + 1)
-                array.flush()  # rows reach the file before the record says they are there
-                save_progress(paths, progress)
-                bar.update(len(planned))
+            progress = _extract(run, array, progress)
         finally:
-            bar.close()
-            shutdown = getattr(iterator, "_shutdown_workers", None)
-            if shutdown is not None:  # stop the decoding workers now, even on an error
-                shutdown()
-        seconds = time.perf_counter() - started
-        done_now = progress.next_input - resumed_from
-        rate = done_now / seconds if seconds > 0 else 0.0
-        skipped = [*plan.skipped, *progress.skipped]
+            array.flush()
+            del array  # unmapped before the file is cut to its rows and renamed
         if progress.next_input < len(plan):
-            log.info("stopped after %d batches at input %d of %d; run again to resume",
-                     len(batches), progress.next_input, len(plan))  # fmt: skip
-            return FeatureResult(
-                paths.features, paths.ids, paths.report, (progress.rows, *shape[1:]), False,
-                False, resumed_from, skipped, seconds=seconds, images_per_second=rate, **summary,
-            )  # fmt: skip
-        if progress.rows == 0:
-            del array
-            discard(paths)
-            raise InputError(
-                f"None of the {len(plan)} images of {plan.root} could be decoded (first: "
-                f"{skipped[-1].source}: {skipped[-1].reason}). Nothing was written."
+            log.info(
+                "stopped at input %d of %d; run again to resume", progress.next_input, len(plan)
             )
-        decoded_skips = np.array([s.img_id for s in progress.skipped], dtype=np.int64)
-        row_ids = plan.img_ids[~np.isin(plan.img_ids, decoded_skips)]
-        final_shape = (progress.rows, *shape[1:])
-        report = {
-            "version": REPORT_VERSION,
-            "fingerprint": fingerprint,
-            "shape": list(final_shape),
-            "dtype": config.dtype,
-            "ids": paths.ids.name,
-            "input": {
-                "path": str(plan.root), "kind": plan.kind, "found": len(plan) + len(plan.skipped),
-                "id_source": config.id_source,
-                "id_file": None if config.id_file is None else str(config.id_file),
-                "tsv_columns": list(config.tsv_columns) if plan.kind == "tsv" else None,
-            },
-            "grid": config.grid, "image_size": config.image_size, "resize": config.resize_to,
-            **summary,
-            "skipped": [asdict(item) for item in skipped],
-            "seconds": round(seconds, 3), "images_per_second": round(rate, 2),
-            "versions": _versions(torch.__version__),
-        }  # fmt: skip
-        finish(paths, array, progress.rows, row_ids, report)
-        log.info("wrote %s %s (%.1f images/s)", paths.features, final_shape, rate)
+            return run.result((progress.rows, *run.shape[1:]), complete=False,
+                              resumed_from=resumed_from, progress=progress)  # fmt: skip
+        return _finish(run, progress, resumed_from)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One extraction's settled facts, handed between the steps of `extract_features`."""
+
+    config: FeatureConfig
+    paths: OutputPaths
+    plan: Plan
+    extractor: Any  # backbone.GridExtractor (a torch module's wrapper)
+    backbone: dict[str, str]
+    device: str
+    precision: str
+    fingerprint: str
+    shape: tuple[int, int, int]  # of the partial file: (planned images, R, D)
+    started: float
+
+    def result(
+        self,
+        shape: tuple[int, ...],
+        *,
+        complete: bool,
+        up_to_date: bool = False,
+        resumed_from: int = 0,
+        progress: Progress | None = None,
+        skipped: list[SkippedImage] | None = None,
+    ) -> FeatureResult:
+        seconds = time.perf_counter() - self.started
+        done = 0 if progress is None else progress.next_input - resumed_from
+        if skipped is None:
+            skipped = [*self.plan.skipped, *(progress.skipped if progress else [])]
         return FeatureResult(
-            paths.features, paths.ids, paths.report, final_shape, True, False, resumed_from,
-            skipped, seconds=seconds, images_per_second=rate, **summary,
-        )  # fmt: skip
+            features=self.paths.features,
+            ids=self.paths.ids,
+            report=self.paths.report,
+            shape=shape,
+            complete=complete,
+            up_to_date=up_to_date,
+            resumed_from=resumed_from,
+            skipped=skipped,
+            backbone=self.backbone,
+            device=self.device,
+            precision=self.precision,
+            seconds=seconds,
+            images_per_second=done / seconds if seconds > 0 else 0.0,
+        )
+
+
+def _extract(run: _Run, array: np.memmap, progress: Progress) -> Progress:
+    """Decode, extract and write batch after batch from `progress.next_input` on, recording
+    progress after each; returns the progress at the end (or at `max_batches`)."""
+    from .loader import image_batches
+
+    config, plan = run.config, run.plan
+    reader = ImageReader(plan, CenterCrop(config.image_size, config.resize_to))
+    batches = [
+        list(range(start, min(start + config.batch_size, len(plan))))
+        for start in range(progress.next_input, len(plan), config.batch_size)
+    ][: config.max_batches]
+    loader = image_batches(
+        reader, batches, workers=config.worker_count, pin_memory=run.device.startswith("cuda")
+    )
+    bar = progress_bar(
+        total=len(plan), initial=progress.next_input, desc="features", unit="img",
+        enabled=config.progress,
+    )  # fmt: skip
+    iterator = iter(loader)
+    try:
+        for planned, batch in zip(batches, iterator, strict=True):
+            progress = _write_batch(run, array, progress, batch)
+            progress = replace(progress, next_input=planned[-1] + 1)
+            array.flush()  # rows reach the file before the record says they are there
+            save_progress(run.paths, progress)
+            bar.update(len(planned))
+    finally:
+        bar.close()
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:  # stop the decoding workers now, even on an error
+            shutdown()
+    return progress
+
+
+def _finish(run: _Run, progress: Progress, resumed_from: int) -> FeatureResult:
+    """Write ids and report, cut the features to the rows written, rename all into place."""
+    config, plan, paths = run.config, run.plan, run.paths
+    if progress.rows == 0:
+        discard(paths)
+        first = progress.skipped[0]
+        raise InputError(
+            f"None of the {len(plan)} images of {plan.root} could be decoded (the first: "
+            f"{first.source}: {first.reason}). Nothing was written."
+        )
+    decoded_skips = np.array([s.img_id for s in progress.skipped], dtype=np.int64)
+    row_ids = plan.img_ids[~np.isin(plan.img_ids, decoded_skips)]
+    shape = (progress.rows, *run.shape[1:])
+    result = run.result(shape, complete=True, resumed_from=resumed_from, progress=progress)
+    report = {
+        "version": REPORT_VERSION,
+        "fingerprint": run.fingerprint,
+        "shape": list(shape),
+        "dtype": config.dtype,
+        "ids": paths.ids.name,
+        "input": {
+            "path": str(plan.root),
+            "kind": plan.kind,
+            "found": len(plan) + len(plan.skipped),
+            "id_source": config.id_source,
+            "id_file": None if config.id_file is None else str(config.id_file),
+            "tsv_columns": list(config.tsv_columns) if plan.kind == "tsv" else None,
+        },
+        "backbone": run.backbone,
+        "grid": config.grid,
+        "image_size": config.image_size,
+        "resize": config.resize_to,
+        "device": run.device,
+        "precision": run.precision,
+        "skipped": [asdict(item) for item in result.skipped],
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 2),
+        "versions": _versions(),
+    }
+    finish(paths, shape, np.dtype(config.dtype), row_ids, report)
+    log.info("wrote %s %s (%.1f images/s)", paths.features, shape, result.images_per_second)
+    return result
 
 
 def _start(
@@ -279,16 +364,20 @@ def _start(
             "--no-resume to discard it and start again."
         )
     if previous is not None:
-        log.info("resuming %s at input %d (%d rows written)", paths.features, previous.next_input, previous.rows)
+        log.info(
+            "resuming %s at input %d (%d rows written)",
+            paths.features,
+            previous.next_input,
+            previous.rows,
+        )
         return previous, False
     discard(paths)
     return Progress(fingerprint=fingerprint, shape=shape, dtype=config.dtype), True
 
 
-def _write_batch(
-    plan: Plan, config: FeatureConfig, extractor: Any, array: np.memmap, progress: Progress, batch: Any
-) -> Progress:
+def _write_batch(run: _Run, array: np.memmap, progress: Progress, batch: Any) -> Progress:
     """Run one decoded batch through the backbone and write its rows; handle its bad images."""
+    config, plan = run.config, run.plan
     if batch.errors and config.on_error == "fail":
         index, reason = batch.errors[0]
         raise InputError(
@@ -303,12 +392,15 @@ def _write_batch(
         skipped.append(SkippedImage(plan.describe(index), int(plan.img_ids[index]), reason))
     rows = progress.rows
     if batch.indices:
-        features = extractor(batch.pixels).numpy().astype(config.dtype)  # (k, G*G, D)
-        if not np.isfinite(features).all():
-            first = batch.indices[int(np.flatnonzero(~np.isfinite(features).reshape(len(features), -1).all(1))[0])]
+        with np.errstate(over="ignore"):  # values past float16's range are reported just below
+            features = run.extractor(batch.pixels).numpy().astype(config.dtype)  # (k, G*G, D)
+        finite = np.isfinite(features).reshape(len(features), -1).all(axis=1)  # (k,)
+        if not finite.all():
+            first = batch.indices[int(np.flatnonzero(~finite)[0])]
+            hint = " (past float16's range, 65504: pass --dtype float32)"
             raise InputError(
-                f"The backbone {extractor.name} gave NaN or Inf features for {plan.describe(first)}"
-                + (" (values past float16's range 65504: pass --dtype float32)." if config.dtype == "float16" else ".")
+                f"The backbone {run.extractor.name} gave NaN or Inf features for "
+                f"{plan.describe(first)}{hint if config.dtype == 'float16' else ''}."
             )
         array[rows : rows + len(features)] = features
         rows += len(features)
@@ -321,8 +413,8 @@ def _fingerprint(
     """sha256 of everything that decides the output's bytes: the images and their ids, the
     network, and the options. Batch size and workers are left out: a resumed run may change
     them (a different batch size may change the last bits of some values, nothing more)."""
-    # A TorchScript file is known by its content, not by where it lies.
-    moved = ("name",) if backbone["kind"] == "torchscript" else ()
+    # A model file is known by its content, not by where it lies.
+    moved = ("name",) if "sha256" in backbone else ()
     network = {k: v for k, v in backbone.items() if k not in moved}
     content = {
         "plan": plan.digest(),
@@ -339,9 +431,9 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _versions(torch_version: str) -> dict[str, str]:
-    versions = {"amc-data": __version__, "torch": torch_version}
-    for name in ("numpy", "pillow", "torchvision"):
+def _versions() -> dict[str, str]:
+    versions = {"amc-data": __version__}
+    for name in ("torch", "torchvision", "pillow", "numpy"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

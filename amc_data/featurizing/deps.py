@@ -43,7 +43,7 @@ def require_torchvision() -> ModuleType:
     """
     try:
         return importlib.import_module("torchvision.models")
-    except Exception as exc:  # noqa: BLE001 -- a mismatched build raises RuntimeError, not ImportError
+    except Exception as exc:
         import torch
 
         raise MissingDependencyError(

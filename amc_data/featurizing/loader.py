@@ -33,7 +33,9 @@ class Collate:
 
     def __call__(self, samples: Sequence[tuple[int, np.ndarray | None, str | None]]) -> ImageBatch:
         good = [(index, pixels) for index, pixels, _ in samples if pixels is not None]
-        errors = [(index, reason or "undecodable") for index, pixels, reason in samples if pixels is None]
+        errors = [
+            (index, reason or "undecodable") for index, pixels, reason in samples if pixels is None
+        ]
         if good:
             pixels = torch.from_numpy(np.stack([p for _, p in good]))  # (k, H, W, 3)
         else:

@@ -3,9 +3,9 @@ progress record beside it that a later run resumes from, and the final rename.
 
 Files, for `--out DIR/features.npy`:
   DIR/features.npy.partial         the features while they are written (a valid .npy)
-  DIR/features.npy.progress.json   which inputs are done, how many rows are written, what was skipped
+  DIR/features.npy.progress.json   inputs done, rows written, images skipped so far
   DIR/features.npy                 (N, R, D) float16/float32, renamed into place at the end
-  DIR/feature_ids.npy              (N,) int64, the img_id of each row (`<stem>_ids.npy` for other names)
+  DIR/feature_ids.npy              (N,) int64, the img_id of each row (else `<stem>_ids.npy`)
   DIR/features.json                the report: options, shape, skipped images, timings
 Nothing exists at a final name until it is complete.
 """
@@ -46,17 +46,23 @@ class OutputPaths:
     lock: Path
 
     @classmethod
-    def for_output(cls, out: str | os.PathLike[str], ids: str | os.PathLike[str] | None = None) -> OutputPaths:
+    def for_output(
+        cls, out: str | os.PathLike[str], ids: str | os.PathLike[str] | None = None
+    ) -> OutputPaths:
         """Paths for features at `out`; ids at `ids`, else `feature_ids.npy` beside
         `features.npy` (the prepared-dataset names) or `<stem>_ids.npy` beside any other name."""
         out = Path(out)
         if out.suffix != ".npy":
             raise InputError(f"{out}: the features file must end in .npy (it is a numpy array).")
         if ids is None:
-            ids = out.with_name("feature_ids.npy" if out.name == "features.npy" else f"{out.stem}_ids.npy")
+            ids = out.with_name(
+                "feature_ids.npy" if out.name == "features.npy" else f"{out.stem}_ids.npy"
+            )
         ids = Path(ids)
         if ids.resolve() == out.resolve():
-            raise InputError(f"The ids file {ids} cannot be the features file; choose another --ids.")
+            raise InputError(
+                f"The ids file {ids} cannot be the features file; choose another --ids."
+            )
         return cls(
             features=out,
             ids=ids,
@@ -71,6 +77,7 @@ class OutputPaths:
 def output_lock(paths: OutputPaths) -> Iterator[None]:
     """Hold the output's lock for the whole run: two runs never write the same partial file."""
     paths.features.parent.mkdir(parents=True, exist_ok=True)
+    paths.ids.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(paths.lock)
     try:
         lock.acquire(timeout=0)
@@ -87,7 +94,7 @@ def output_lock(paths: OutputPaths) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Progress:
-    """What a run has done so far: inputs `[0, next_input)` are handled, rows `[0, rows)` written."""
+    """What a run has done so far: inputs `[0, next_input)` handled, rows `[0, rows)` written."""
 
     fingerprint: str  # of the inputs and of every option that changes the numbers
     shape: tuple[int, int, int]  # of the partial file: (planned images, R, D)
@@ -157,13 +164,16 @@ def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> np.m
     return array
 
 
-def finish(paths: OutputPaths, array: np.memmap, rows: int, ids: np.ndarray, report: dict[str, Any]) -> None:
-    """Cut the partial file to its `rows` written rows, then rename ids, features and report
-    into place (the report last: its presence says the other two are complete)."""
-    array.flush()
-    shape = (rows, *array.shape[1:])
-    dtype = array.dtype
-    del array  # the mapping must be closed before the file is truncated
+def finish(
+    paths: OutputPaths,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    ids: np.ndarray,
+    report: dict[str, Any],
+) -> None:
+    """Cut the partial file (flushed, no longer mapped) to the `shape[0]` rows written, then
+    rename ids, features and report into place (the report last: its presence says the other
+    two are complete)."""
     _shrink_rows(paths.partial, shape, dtype)
     temporary_ids = paths.ids.with_name(f".{paths.ids.name}.tmp-{os.getpid()}")
     with open(temporary_ids, "wb") as file:
@@ -188,7 +198,11 @@ def _shrink_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         if tuple(old_shape) == tuple(shape):
             return
         header = io.BytesIO()
-        description = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        description = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": shape,
+        }
         if version == (1, 0):
             np.lib.format.write_array_header_1_0(header, description)
         else:

@@ -133,9 +133,9 @@ def plan_inputs(
         shown = "; ".join(f"{p.source}: {p.reason}" for p in problems[:_EXAMPLES])
         more = f" (and {len(problems) - _EXAMPLES} more)" if len(problems) > _EXAMPLES else ""
         raise InputError(
-            f"{len(problems)} of the {len(entries)} images in {root} cannot be given an img_id: "
-            f"{shown}{more}. Fix the names or the mapping (--ids-from), or pass --on-error skip "
-            "to leave them out (they are listed in the report)."
+            f"{len(problems)} of the {len(entries)} images in {root} cannot be used: "
+            f"{shown}{more}. Fix them (the names, the mapping given with --ids-from, or the "
+            "lines), or pass --on-error skip to leave them out (they are listed in the report)."
         )
     if problems:
         log.warning("%d image(s) of %s left out: no usable img_id", len(problems), root)
@@ -187,10 +187,11 @@ def _tsv_entries(path: Path, columns: tuple[int, int]) -> Iterator[_Entry]:
                 line = raw.rstrip(b"\r\n")
                 if line.strip():
                     fields = line.split(b"\t", needed)
-                    key = fields[key_column].decode("utf-8", "replace") if len(fields) > key_column else ""
+                    whole = len(fields) >= needed
+                    key = fields[key_column].decode("utf-8", "replace") if whole else ""
                     source = f"{path} line {number}" + (f" (key {key!r})" if key else "")
                     problem = None
-                    if len(fields) < needed:
+                    if not whole:
                         problem = (
                             f"has {len(fields)} tab-separated column(s); expected the key in "
                             f"column {key_column} and the base64 image in column {image_column} "
@@ -323,7 +324,7 @@ class CenterCrop:
                 # faster for large photos; same result every run).
                 image.draft("RGB", (self.resize, self.resize))
                 rgb = image.convert("RGB")
-        except Exception as exc:  # noqa: BLE001 -- Pillow raises many types for bad data
+        except Exception as exc:
             raise UndecodableImage(f"{type(exc).__name__}: {exc}") from exc
         width, height = rgb.size
         if width < 1 or height < 1:
@@ -333,8 +334,8 @@ class CenterCrop:
         target = (self.resize, scaled_long) if width <= height else (scaled_long, self.resize)
         if target != rgb.size:
             rgb = rgb.resize(target, image_module.Resampling.BILINEAR)
-        left = int(round((target[0] - self.size) / 2.0))
-        top = int(round((target[1] - self.size) / 2.0))
+        left = round((target[0] - self.size) / 2.0)
+        top = round((target[1] - self.size) / 2.0)
         rgb = rgb.crop((left, top, left + self.size, top + self.size))
         return np.asarray(rgb, dtype=np.uint8)  # (size, size, 3)
 
@@ -375,4 +376,6 @@ class ImageReader:
         try:
             return base64.b64decode(fields[plan.image_column].strip(), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise UndecodableImage(f"column {plan.image_column} is not valid base64 ({exc})") from exc
+            raise UndecodableImage(
+                f"column {plan.image_column} is not valid base64 ({exc})"
+            ) from exc
