@@ -4,6 +4,7 @@ TorchScript CNN made here (the registry's torchvision does not import with the C
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import pickle
 import subprocess
@@ -17,7 +18,13 @@ import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
 
-from amc_data import ConfigError, InputError, LockTimeoutError, MissingDependencyError
+from amc_data import (
+    ConfigError,
+    DownloadError,
+    InputError,
+    LockTimeoutError,
+    MissingDependencyError,
+)
 
 torch = pytest.importorskip("torch", reason="feature extraction needs torch (the train extra)")
 Image = pytest.importorskip("PIL.Image", reason="feature extraction needs Pillow (the train extra)")
@@ -444,6 +451,66 @@ def test_missing_optional_packages_say_what_to_install(tmp_path, monkeypatch, mo
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(MissingDependencyError, match=r'torch.*pip install "amc-data\[train\]"'):
         extract_features(tmp_path / "images", out, config=config(model_file))
+
+
+class _FakeWeights:
+    url = "https://example.invalid/tiny-0123.pth"
+
+    def __str__(self) -> str:
+        return "Tiny_Weights.IMAGENET1K_V1"
+
+
+def fake_torchvision(monkeypatch: pytest.MonkeyPatch, *, offline: bool = False) -> None:
+    """A stand-in for torchvision's model registry, shaped like the real one, for machines where
+    torchvision cannot import: it checks our side (trunk cutting, seeding, messages), not
+    torchvision itself (the test below does that where it imports)."""
+    import types
+
+    def get_model(name: str, weights: object = None) -> torch.nn.Module:
+        if weights is not None and offline:
+            raise OSError("no network")
+        conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        if name == "resnet_tiny":  # a trunk, then avgpool and fc: ResNet's shape
+            return torch.nn.Sequential(collections.OrderedDict(
+                conv1=conv, relu=torch.nn.ReLU(), avgpool=torch.nn.AdaptiveAvgPool2d(1),
+                fc=torch.nn.Linear(8, 10)))  # fmt: skip
+        return torch.nn.Sequential(collections.OrderedDict(  # VGG's shape
+            features=torch.nn.Sequential(conv), classifier=torch.nn.Linear(8, 10)))  # fmt: skip
+
+    models = types.ModuleType("torchvision.models")
+    models.list_models = lambda module=None: ["resnet_tiny", "vgg_tiny"]  # type: ignore[attr-defined]
+    models.get_model_weights = lambda name: types.SimpleNamespace(DEFAULT=_FakeWeights())  # type: ignore[attr-defined]
+    models.get_model = get_model  # type: ignore[attr-defined]
+    package = types.ModuleType("torchvision")
+    package.__version__ = "0.0-fake"  # type: ignore[attr-defined]
+    package.models = models  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+
+
+def test_torchvision_models_lose_their_head_and_random_weights_follow_the_seed(
+    tmp_path, monkeypatch
+):
+    fake_torchvision(monkeypatch)
+    make_folder(tmp_path / "images", 3)
+    settings = {"weights": "none", "grid": 2, "image_size": SIZE, "workers": 0}
+    outputs = {}
+    for name, backbone, seed in [("a", "resnet_tiny", 0), ("b", "resnet_tiny", 0),
+                                 ("c", "resnet_tiny", 1), ("d", "vgg_tiny", 0)]:  # fmt: skip
+        chosen = FeatureConfig(backbone=backbone, seed=seed, **settings)
+        result = extract_features(tmp_path / "images", tmp_path / f"{name}.npy", config=chosen)
+        assert result.shape == (3, 4, 8)  # the feature map, not the 10 classes of the head
+        assert result.backbone["weights"] == f"none (random, seed {seed})"
+        outputs[name] = (tmp_path / f"{name}.npy").read_bytes()
+    assert outputs["a"] == outputs["b"] != outputs["c"]
+
+    with pytest.raises(ConfigError, match=r"'resnet_huge' is not a torchvision"):
+        extract_features(tmp_path / "images", tmp_path / "e.npy", config=FeatureConfig(
+            backbone="resnet_huge", **settings))  # fmt: skip
+    fake_torchvision(monkeypatch, offline=True)
+    with pytest.raises(DownloadError, match=r"tiny-0123\.pth there, or pass --weights none"):
+        extract_features(tmp_path / "images", tmp_path / "e.npy", config=FeatureConfig(
+            backbone="resnet_tiny", workers=0))  # fmt: skip
 
 
 def _torchvision_or_skip() -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ def _model_file(path: Path) -> tuple[nn.Module, dict[str, str]]:
         try:
             # An exported program is traced in the mode it was exported in; it has no eval().
             module = torch.export.load(str(path)).module()
-        except Exception as exc:
+        except Exception as exc:  # torch.export raises RuntimeError, KeyError, and more
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(
                 f"{path} is not a program saved with torch.export.save ({first_line})."
@@ -180,7 +180,7 @@ def _torchvision(name: str, weights: str, seed: int) -> tuple[nn.Module, dict[st
         "kind": "torchvision",
         "name": name,
         "weights": str(chosen) if chosen is not None else f"none (random, seed {seed})",
-        "torchvision": version("torchvision"),
+        "torchvision": getattr(sys.modules.get("torchvision"), "__version__", "unknown"),
     }
     return _trunk(model, name).eval(), description
 

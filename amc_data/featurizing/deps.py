@@ -43,7 +43,7 @@ def require_torchvision() -> ModuleType:
     """
     try:
         return importlib.import_module("torchvision.models")
-    except Exception as exc:
+    except Exception as exc:  # a mismatched build raises RuntimeError, not ImportError
         import torch
 
         raise MissingDependencyError(

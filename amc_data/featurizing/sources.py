@@ -324,7 +324,9 @@ class CenterCrop:
                 # faster for large photos; same result every run).
                 image.draft("RGB", (self.resize, self.resize))
                 rgb = image.convert("RGB")
-        except Exception as exc:
+        except image_module.UnidentifiedImageError as exc:
+            raise UndecodableImage("not in an image format Pillow knows, or damaged") from exc
+        except Exception as exc:  # Pillow raises many types for damaged data
             raise UndecodableImage(f"{type(exc).__name__}: {exc}") from exc
         width, height = rgb.size
         if width < 1 or height < 1:
