@@ -425,6 +425,29 @@ def test_an_exported_program_is_a_backbone_too(tmp_path, model_file):
     np.testing.assert_allclose(np.load(exported), np.load(scripted), rtol=1e-3, atol=1e-3)
 
 
+def test_the_gpu_settings_run_on_the_cpu_too(tmp_path, model_file):
+    """bf16 autocast and channels-last are what a GPU gets; the same code must hold on a CPU."""
+    from amc_data.featurizing.backbone import DeviceSetup, GridExtractor
+
+    pixels = torch.from_numpy(np.stack([np.asarray(picture(i, SIZE, SIZE)) for i in range(3)]))
+    plain = GridExtractor(
+        load_script(model_file), DeviceSetup(torch.device("cpu"), "fp32", False), GRID, "t"
+    )
+    gpu_like = GridExtractor(
+        load_script(model_file), DeviceSetup(torch.device("cpu"), "bf16", True), GRID, "t"
+    )
+    expected = plain(pixels)  # (3, G*G, D)
+    assert expected.shape == (3, GRID * GRID, DIM) and expected.dtype == torch.float32
+    torch.testing.assert_close(gpu_like(pixels), expected, rtol=0.05, atol=0.05)  # bf16: 8 bits
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+            make_folder(tmp_path / "images", 1)
+            extract_features(
+                tmp_path / "images", tmp_path / "f.npy", config=config(model_file, device="cuda")
+            )
+
+
 def test_options_are_checked_up_front(model_file):
     bad_settings = [
         {"grid": 0}, {"resize": 16}, {"batch_size": 0}, {"dtype": "int8"},
@@ -589,9 +612,11 @@ def test_cli_errors_are_clean(tmp_path, model_file):
     assert columns.exit_code == 2 and "key column and image column" in columns.stderr
 
 
-def test_cli_help_does_not_import_torch():
+def test_the_package_and_the_cli_help_do_not_import_torch():
     code = (
-        "import sys\nfrom amc_data_cli.main import cli\n"
+        "import sys, inspect, amc_data.featurizing, amc_data\n"
+        "assert inspect.isfunction(amc_data.extract_features)\n"
+        "from amc_data_cli.main import cli\n"
         "try:\n    cli(['features', '--help'])\nexcept SystemExit:\n    pass\n"
         "print('torch' in sys.modules, 'PIL' in sys.modules)"
     )

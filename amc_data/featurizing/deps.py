@@ -1,7 +1,8 @@
-"""The optional dependencies of feature extraction, each checked in one place.
+"""The optional dependencies of feature extraction.
 
-torch and Pillow come with the `train` extra; torchvision is optional beyond it (a TorchScript
-backbone needs only torch). A missing one is a `MissingDependencyError` saying what to install.
+torch and Pillow come with the `train` extra (`amc_data._optional` says how to get them);
+torchvision is needed only for a torchvision backbone (a model file needs torch alone), and must
+be the build made for the installed torch.
 """
 
 from __future__ import annotations
@@ -9,29 +10,20 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from .._optional import require
 from ..errors import MissingDependencyError
 
 TRAIN_EXTRA = 'pip install "amc-data[train]"'
 
 
-def _require(module: str, purpose: str, hint: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{purpose} needs {module.split('.')[0]}, which is not installed ({exc}). "
-            f"Install it with: {hint}"
-        ) from exc
-
-
 def require_torch() -> ModuleType:
     """Import torch, or raise `MissingDependencyError` naming the extra that brings it."""
-    return _require("torch", "Feature extraction", TRAIN_EXTRA)
+    return require("torch", "feature extraction")
 
 
 def require_pillow() -> ModuleType:
     """Import Pillow's `PIL.Image`, or raise `MissingDependencyError`."""
-    return _require("PIL.Image", "Decoding images", TRAIN_EXTRA)
+    return require("PIL.Image", "decoding images")
 
 
 def require_torchvision() -> ModuleType:
@@ -51,5 +43,5 @@ def require_torchvision() -> ModuleType:
             f"Install the torchvision built for torch {torch.__version__}, from the same package "
             "index as torch (torchvision 0.N+15 pairs with torch 2.N, e.g. 0.28 with 2.13; a CPU "
             f"torch needs the CPU torchvision), after {TRAIN_EXTRA}; or pass --model-file with a "
-            "TorchScript backbone instead."
+            "TorchScript or torch.export backbone instead."
         ) from exc
