@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
+import logging
 import pickle
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def reference_features(path: Path, model_file: Path, resize: int = 37) -> np.nda
 
 
 # -- inputs, shapes, ids, values ---------------------------------------------------------------
-def test_folder_gives_grid_features_ids_and_a_report(tmp_path, model_file):
+def test_folder_gives_grid_features_ids_and_a_report(tmp_path, model_file, caplog):
     numbers = make_folder(tmp_path / "images", 5)
     (tmp_path / "images" / "sub").mkdir()
     picture(9, mode="RGBA").save(tmp_path / "images" / "sub" / "COCO_val2014_000000000003.png")
@@ -132,7 +133,9 @@ def test_folder_gives_grid_features_ids_and_a_report(tmp_path, model_file):
     (tmp_path / "images" / "._COCO_val2014_000000000001.jpg").write_bytes(b"macOS junk")
     out = tmp_path / "prepared" / "features.npy"
 
-    result = extract_features(tmp_path / "images", out, config=config(model_file))
+    with caplog.at_level(logging.WARNING):
+        result = extract_features(tmp_path / "images", out, config=config(model_file))
+    assert "--ids-from dataset-json" in caplog.text  # COCO's ids are not Karpathy's imgids
 
     features = np.load(out, mmap_mode="r")
     ids = np.load(out.with_name("feature_ids.npy"))

@@ -35,6 +35,7 @@ ID_SOURCES = ("name", "dataset-json", "id-map", "tsv")
 IdSource = Literal["name", "dataset-json", "id-map", "tsv"]
 OnError = Literal["fail", "skip"]
 _EXAMPLES = 5  # problems quoted in an error message
+_COCO_NAME = re.compile(r"COCO_(train|val|test)20\d\d_\d+\.jpg$")
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,13 @@ def plan_inputs(
         )
     if problems:
         log.warning("%d image(s) of %s left out: no usable img_id", len(problems), root)
+    if id_source == "name" and kind == "folder" and _COCO_NAME.search(entries[0].name):
+        log.warning(
+            "%s holds COCO file names: their number is COCO's image id, not the `imgid` of "
+            "Karpathy's dataset.json that the COCO keywords and `prepare coco` use; pass "
+            "--ids-from dataset-json PATH for those",
+            root,
+        )
     if not keep:
         raise InputError(f"None of the {len(entries)} images in {root} has a usable img_id.")
     return Plan(
