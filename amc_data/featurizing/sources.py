@@ -139,7 +139,7 @@ def plan_inputs(
             "lines), or pass --on-error skip to leave them out (they are listed in the report)."
         )
     if problems:
-        log.warning("%d image(s) of %s left out: no usable img_id", len(problems), root)
+        log.warning("%d image(s) of %s left out (listed in the report)", len(problems), root)
     if id_source == "name" and kind == "folder" and _COCO_NAME.search(entries[0].name):
         log.warning(
             "%s holds COCO file names: their number is COCO's image id, not the `imgid` of "
