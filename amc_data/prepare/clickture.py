@@ -335,8 +335,8 @@ class _Judged:
         used = np.zeros(len(self.texts), dtype=bool)
         used[query] = True
         renumber = np.cumsum(used) - 1
-        return _Judged(renumber[query], self.img_id[rows], self.label[rows],
-                       self.texts.filter(pa.array(used)))  # fmt: skip
+        texts = self.texts.filter(pa.array(used))
+        return _Judged(renumber[query], self.img_id[rows], self.label[rows], texts)
 
 
 def _pairs(query: np.ndarray, img_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
