@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amc_data.archive.reader import (
+from amc_data.archive import (
     ArchiveLimits,
     DirectoryArchive,
     ZipArchive,
     find_layout,
     load_id_map,
     open_archive,
+    repeated_rows,
 )
 from amc_data.errors import ArchiveError, InputError, UnsafePickleError
 
@@ -119,14 +120,12 @@ def test_duplicate_member_names_are_refused(tmp_path):
 
 def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch):
     """Names are found through 64-bit hash keys; a collision must never give a wrong answer."""
-    import amc_data.archive.zipindex
-    import amc_data.encoding.inputs
+    import amc_data.archive.members
 
     def collide(names):
         return np.zeros(names.size, dtype=np.uint64)
 
-    monkeypatch.setattr(amc_data.archive.zipindex, "name_keys", collide)
-    monkeypatch.setattr(amc_data.encoding.inputs, "name_keys", collide)
+    monkeypatch.setattr(amc_data.archive.members, "name_keys", collide)
     path = write_zip(tmp_path / "a.zip", CONTENT, compression=zipfile.ZIP_DEFLATED)
     with ZipArchive(path) as archive:
         for name, data in CONTENT.items():
@@ -143,7 +142,7 @@ def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch)
         ZipArchive(dup).member("b.json")
     assert "a.json" in str(caught.value)
     lines = np.array([b"0001", b"0002", b"0001", b"0003", b"0002"])
-    assert amc_data.encoding.inputs._repeats(lines) == {2, 4}
+    assert repeated_rows(lines).tolist() == [2, 4]
 
 
 def test_zip_bomb_ratio_and_size_caps(tmp_path):
