@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArchiveError
+from ..errors import AmcDataError, ArchiveError
 from .members import STORED, ArchiveLimits, Member, is_junk, unsafe_reason
 
-__all__ = ["DirectoryArchive"]
+__all__ = ["DirectoryArchive", "read_regular_file"]
 
 # Opening a FIFO for reading waits for a writer unless non-blocking; regular files ignore it.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
@@ -104,34 +104,7 @@ class DirectoryArchive:
     # -- reading -------------------------------------------------------------------------------
     def read(self, name: str) -> bytes:
         """The bytes of the regular file `name` (a link to one is followed)."""
-        path = self._file(name)
-        try:
-            before = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            if path.is_symlink():
-                raise ArchiveError(
-                    f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist. "
-                    "Replace the link with the file it stands for, or remove it."
-                ) from None
-            raise ArchiveError(f"Folder {self.path} has no file {name!r}.") from None
-        except OSError as exc:
-            raise ArchiveError(f"Cannot read {path}: {exc}.") from exc
-        self._check_regular(path, before)
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except OSError as exc:
-            raise ArchiveError(f"Cannot read {path}: {exc}.") from exc
-        with open(fd, "rb") as file:
-            opened = os.fstat(fd)
-            self._check_regular(path, opened)  # swapped for something else since the stat?
-            try:
-                # Never more than the size seen (+1 to notice growth): a bounded allocation.
-                data = file.read(opened.st_size + 1)
-            except OSError as exc:
-                raise ArchiveError(f"Cannot read {path}: {exc}.") from exc
-        if len(data) > opened.st_size:
-            raise ArchiveError(f"{path} grew while it was read; read it again when it is still.")
-        return data
+        return read_regular_file(self._file(name), self.limits.max_member_size)
 
     def read_member(self, member: Member) -> bytes:
         return self.read(member.name)
@@ -139,18 +112,51 @@ class DirectoryArchive:
     def read_at(self, name: str, location: Sequence[int]) -> bytes:
         return self.read(name)
 
-    def _check_regular(self, path: Path, info: os.stat_result) -> None:
-        if not stat.S_ISREG(info.st_mode):
-            link = (
-                f" (through a symbolic link to {os.readlink(path)!r})" if path.is_symlink() else ""
-            )
-            raise ArchiveError(
-                f"{path} is {_kind(info.st_mode)}{link}, not a regular file; only regular files "
-                "are read from an unzipped archive folder. Replace it with the file it stands "
-                "for, or remove it."
-            )
-        if info.st_size > self.limits.max_member_size:
-            raise ArchiveError(
-                f"{path} holds {info.st_size:,} bytes, over the cap of "
-                f"{self.limits.max_member_size:,} for one member."
-            )
+
+def read_regular_file(
+    path: Path, max_size: int, error: type[AmcDataError] = ArchiveError, what: str = "member"
+) -> bytes:
+    """The bytes of `path` if it is a regular file (a link to one is followed) of at most
+    `max_size` bytes; otherwise `error`, naming it, and nothing is read."""
+    try:
+        before = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            raise error(
+                f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist. "
+                "Replace the link with the file it stands for, or remove it."
+            ) from None
+        raise error(f"{path} does not exist.") from None
+    except OSError as exc:
+        raise error(f"Cannot read {path}: {exc}.") from exc
+    _check_regular(path, before, max_size, error, what)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise error(f"Cannot read {path}: {exc}.") from exc
+    with open(fd, "rb") as file:
+        opened = os.fstat(fd)
+        _check_regular(path, opened, max_size, error, what)  # swapped since the stat?
+        try:
+            # Never more than the size seen (+1 to notice growth): a bounded allocation.
+            data = file.read(opened.st_size + 1)
+        except OSError as exc:
+            raise error(f"Cannot read {path}: {exc}.") from exc
+    if len(data) > opened.st_size:
+        raise error(f"{path} grew while it was read; read it again once it is complete.")
+    return data
+
+
+def _check_regular(
+    path: Path, info: os.stat_result, max_size: int, error: type[AmcDataError], what: str
+) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        link = f" (through a symbolic link to {os.readlink(path)!r})" if path.is_symlink() else ""
+        raise error(
+            f"{path} is {_kind(info.st_mode)}{link}, not a regular file; only regular files are "
+            "read. Replace it with the file it stands for, or remove it."
+        )
+    if info.st_size > max_size:
+        raise error(
+            f"{path} holds {info.st_size:,} bytes, over the cap of {max_size:,} for one {what}."
+        )

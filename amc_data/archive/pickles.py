@@ -14,11 +14,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import stat
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UnsafePickleError
+from .folder import read_regular_file
 
 __all__ = ["load_id_map"]
 
@@ -38,7 +38,6 @@ _COUNTED = {
 }  # fmt: skip
 _LINE = frozenset(b"ILFSVpg")  # protocol 0: INT, LONG, FLOAT, STRING, UNICODE, PUT, GET
 _SIGNED_LENGTH = frozenset({ord("T"), 0x8B})
-_LONG_BINPUT = ord("r")  # 1-byte BINPUT indexes are small by construction
 # Instructions that reach code: refused by name, before anything is loaded.
 _REFUSED = {
     ord("c"): "GLOBAL (imports an object)",
@@ -57,7 +56,23 @@ _REFUSED = {
     0x97: "NEXT_BUFFER (reads an out-of-band buffer)",
     0x98: "READONLY_BUFFER (reads an out-of-band buffer)",
 }
-_STOP = ord(".")
+_STOP, _FRAME, _LONG_BINPUT = ord("."), 0x95, ord("r")  # 1-byte BINPUT indexes are small
+_BOUNDED = frozenset({_FRAME, _LONG_BINPUT})
+# Each byte's kind, looked up once per instruction: -w for a w-byte length and that many bytes,
+# w in 1..8 for a fixed w-byte argument, then no argument, a text line, code, not an opcode.
+_NONE, _TEXT_LINE, _CODE, _UNKNOWN = 9, 10, 11, 12
+_KINDS = [_UNKNOWN] * 256
+for _opcode in _NO_ARGUMENT:
+    _KINDS[_opcode] = _NONE
+for _opcode, _width in _FIXED.items():
+    _KINDS[_opcode] = _width
+for _opcode, _width in _COUNTED.items():
+    _KINDS[_opcode] = -_width
+for _opcode in _LINE:
+    _KINDS[_opcode] = _TEXT_LINE
+for _opcode in _REFUSED:
+    _KINDS[_opcode] = _CODE
+_MAX_SIZE = 1 << 30  # read whole into memory; a million entries take about 13 MB
 
 
 class _Refused(Exception):
@@ -77,57 +92,66 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
 
 
 def _walk(data: bytes) -> None:
-    """Check every instruction up to STOP; raise `_Refused` (code) or `ValueError` (damage)."""
+    """Check every instruction up to STOP; raise `_Refused` (code) or `ValueError` (damage).
+
+    A million-entry map is some 3 million instructions, so the common ones (strings, small
+    integers) take the fewest steps.
+    """
     size = len(data)
     position = 0
+    kinds = _KINDS
     while position < size:
-        opcode = data[position]
         at = position
+        kind = kinds[data[position]]
         position += 1
-        if opcode in _NO_ARGUMENT:
-            if opcode == _STOP:
-                return
-            continue
-        width = _FIXED.get(opcode)
-        if width is not None:
-            if position + width > size:
-                raise ValueError(f"it ends inside the instruction at byte {at}")
-            value = int.from_bytes(data[position : position + width], "little")
+        if kind < 0:  # a length of -kind bytes, then that many bytes
+            width = -kind
+            if width == 1 and position < size:
+                length = data[position]
+            else:
+                signed = data[at] in _SIGNED_LENGTH
+                length = int.from_bytes(data[position : position + width], "little", signed=signed)
             position += width
-            if opcode == 0x95 and value > size - position:  # FRAME
-                raise ValueError(f"a frame at byte {at} declares {value:,} bytes")
-            if opcode == _LONG_BINPUT and value > size:
-                raise ValueError(f"the memo index {value:,} at byte {at} is beyond any real one")
-            continue
-        width = _COUNTED.get(opcode)
-        if width is not None:
-            if position + width > size:
-                raise ValueError(f"it ends inside the instruction at byte {at}")
-            signed = opcode in _SIGNED_LENGTH
-            length = int.from_bytes(data[position : position + width], "little", signed=signed)
-            position += width
-            if length < 0 or length > size - position:
+            if length < 0 or position + length > size:
                 raise ValueError(
                     f"the value at byte {at} declares {length:,} bytes where "
-                    f"{size - position:,} are left (truncated or crafted)"
+                    f"{max(size - position, 0):,} are left (truncated or crafted)"
                 )
             position += length
-            continue
-        if opcode in _LINE:
+        elif kind == _NONE:
+            if data[at] == _STOP:
+                return
+        elif kind < _NONE:  # a fixed argument of `kind` bytes
+            position += kind
+            if data[at] in _BOUNDED:
+                _check_bound(data, at, position, size)
+        elif kind == _TEXT_LINE:
             end = data.find(b"\n", position)
             if end < 0:
-                raise ValueError(f"it ends inside the instruction at byte {at}")
-            if opcode == ord("p") and not (data[position:end].isdigit() and end - position < 12):
+                break
+            if data[at] == ord("p") and not (data[position:end].isdigit() and end - position < 10):
                 raise ValueError(f"the memo index at byte {at} is not a small number")
-            if opcode == ord("p") and int(data[position:end]) > size:
+            if data[at] == ord("p") and int(data[position:end]) > size:
                 raise ValueError(f"the memo index at byte {at} is beyond any real one")
             position = end + 1
-            continue
-        if opcode in _REFUSED:
-            named = _named(data, position, opcode)
-            raise _Refused(f"refused the instruction {_REFUSED[opcode]} at byte {at}{named}")
-        raise ValueError(f"byte {at} holds {opcode:#04x}, which is no pickle instruction")
+        elif kind == _CODE:
+            named = _named(data, position, data[at])
+            raise _Refused(f"refused the instruction {_REFUSED[data[at]]} at byte {at}{named}")
+        else:
+            raise ValueError(f"byte {at} holds {data[at]:#04x}, which is no pickle instruction")
     raise ValueError("it ends without a STOP instruction (truncated?)")
+
+
+def _check_bound(data: bytes, at: int, end: int, size: int) -> None:
+    """FRAME's length must fit in the file; LONG_BINPUT's memo index must be no bigger than it
+    (the unpickler sizes its memo table by the largest index)."""
+    if end > size:
+        raise ValueError("it ends without a STOP instruction (truncated?)")
+    value = int.from_bytes(data[at + 1 : end], "little")
+    if data[at] == _FRAME and value > size - end:
+        raise ValueError(f"a frame at byte {at} declares {value:,} bytes")
+    if data[at] == _LONG_BINPUT and value > size:
+        raise ValueError(f"the memo index {value:,} at byte {at} is beyond any real one")
 
 
 def _named(data: bytes, position: int, opcode: int) -> str:
@@ -146,13 +170,7 @@ def load_id_map(path: str | os.PathLike[str]) -> dict[str, int]:
     """
     path = Path(path)
     again = "This file is not the authors' pickle: delete it and fetch it again."
-    try:
-        with open(path, "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                raise InputError(f"{path} is not a regular file; expected the id-map pickle.")
-            data = file.read()
-    except OSError as exc:
-        raise InputError(f"Cannot read {path}: {exc}.") from exc
+    data = read_regular_file(path, _MAX_SIZE, InputError, "id-map pickle")
     try:
         _walk(data)
     except _Refused as exc:
