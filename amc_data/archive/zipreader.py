@@ -128,34 +128,43 @@ class ZipArchive:
 
     def read_member(self, member: Member) -> bytes:
         """The bytes of `member`, inflated (never past its declared size) and CRC-checked."""
-        return self._read(*member)
-
-    def read_at(self, name: str, location: Sequence[int]) -> bytes:
-        """`read_member` from a member's name and its row of `locations`, without the directory
-        (what a worker process does, a million times)."""
-        return self._read(name, *location)
+        return self.read_at(member.name, member[1:])
 
     def iter_members(self, include_junk: bool = False) -> Iterator[tuple[Member, bytes]]:
         """Each member with its bytes, in file order, without extracting anything to disk."""
         for member in sorted(self.members(include_junk), key=lambda m: m.offset):
             yield member, self.read_member(member)
 
-    def _read(
-        self, name: str, offset: int, compressed_size: int, size: int, crc: int, method: int,
-        flags: int,
-    ) -> bytes:  # fmt: skip
+    def read_at(self, name: str, location: Sequence[int]) -> bytes:
+        """`read_member` from a member's name and its row of `locations`, without the directory
+        (what a worker process does, a million times: hence one function, one local-header
+        parse, and one `pread` unless the header's variable part is longer than guessed)."""
+        offset, compressed_size, size, crc, method, flags = location
         if flags & FLAG_ENCRYPTED:
             raise self._error("is encrypted; amc-data reads only unencrypted archives", name)
-        data = self._data(name, offset, compressed_size)
-        if method == STORED:
-            content = bytes(data)
-        elif method == DEFLATED:
+        fd = self._fd if self._fd is not None else self._file()
+        block = pread(fd, _LOCAL_HEADER.size + _LOCAL_SLACK + compressed_size, offset)
+        if len(block) < _LOCAL_HEADER.size:
+            raise self._error("ends before this member's local header (truncated?)", name)
+        signature, name_len, extra_len = _LOCAL_HEADER.unpack_from(block)
+        if signature != b"PK\x03\x04":
+            raise self._error("has no local header where its directory says", name)
+        start = _LOCAL_HEADER.size + name_len + extra_len
+        end = start + compressed_size
+        if end > len(block):
+            block += pread(fd, end - len(block), offset + len(block))
+            if end > len(block):
+                raise self._error("ends before this member's data does (truncated?)", name)
+        data = memoryview(block)[start:end]
+        if method == DEFLATED:
             try:
                 # max_length caps the output: one byte more than declared is enough to refuse
                 # a member that lies about its size, whatever its compressed bytes would give.
                 content = zlib.decompressobj(-15).decompress(data, size + 1)
             except zlib.error as exc:
                 raise self._error(f"has damaged compressed data ({exc})", name) from exc
+        elif method == STORED:
+            content = bytes(data)
         else:
             raise self._error(
                 f"uses compression method {method}; only stored and deflate are supported: "
@@ -172,21 +181,3 @@ class ZipArchive:
                 f"fails its CRC check (expected {crc:08x}, found {zlib.crc32(content):08x})", name
             )
         return content
-
-    def _data(self, name: str, offset: int, compressed_size: int) -> memoryview:
-        """The member's compressed bytes: one read for the local header and the data, guessing
-        the length of the header's variable part, and a second only when the guess was short."""
-        fd = self._fd if self._fd is not None else self._file()
-        block = pread(fd, _LOCAL_HEADER.size + _LOCAL_SLACK + compressed_size, offset)
-        if len(block) < _LOCAL_HEADER.size:
-            raise self._error("ends before this member's local header (truncated?)", name)
-        signature, name_len, extra_len = _LOCAL_HEADER.unpack_from(block)
-        if signature != b"PK\x03\x04":
-            raise self._error("has no local header where its directory says", name)
-        start = _LOCAL_HEADER.size + name_len + extra_len
-        end = start + compressed_size
-        if end > len(block):
-            block += pread(fd, end - len(block), offset + len(block))
-            if end > len(block):
-                raise self._error("ends before this member's data does (truncated?)", name)
-        return memoryview(block)[start:end]
