@@ -27,6 +27,8 @@ __all__ = ["ZipArchive"]
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then name and extra lengths at 26
 _LOCAL_SLACK = 160  # bytes read beyond the fixed local header, for its name and extra field
+_BZIP2, _LZMA = 12, 14
+_STDLIB_METHODS = (_BZIP2, _LZMA)
 
 
 class ZipArchive:
@@ -165,10 +167,15 @@ class ZipArchive:
                 raise self._error(f"has damaged compressed data ({exc})", name) from exc
         elif method == STORED:
             content = bytes(data)
+        elif method in _STDLIB_METHODS:
+            try:
+                content = _stdlib_inflate(method, data, size + 1)
+            except (ValueError, ImportError) as exc:
+                raise self._error(f"has damaged compressed data ({exc})", name) from exc
         else:
             raise self._error(
-                f"uses compression method {method}; only stored and deflate are supported: "
-                "re-zip it with `zip -r`",
+                f"uses compression method {method}; amc-data reads stored, deflate, bzip2 and "
+                "lzma members: re-zip it with `zip -r`",
                 name,
             )
         if len(content) != size:
@@ -181,3 +188,36 @@ class ZipArchive:
                 f"fails its CRC check (expected {crc:08x}, found {zlib.crc32(content):08x})", name
             )
         return content
+
+
+def _stdlib_inflate(method: int, data: memoryview, max_length: int) -> bytes:
+    """A bzip2 or lzma member's bytes, at most `max_length` of them; `ValueError` if damaged.
+
+    These rare methods go to the standard library's own decompressors (not through `zipfile`,
+    which would first parse the whole directory again), with the same cap on the output.
+    """
+    if method == _BZIP2:
+        import bz2
+
+        try:
+            return bz2.BZ2Decompressor().decompress(data, max_length)
+        except OSError as exc:  # bz2 reports bad data as OSError
+            raise ValueError(str(exc)) from exc
+    import lzma
+
+    # A zip's lzma member: 2 bytes of encoder version, 2 bytes of properties size, then the
+    # LZMA1 properties (lc/lp/pb in one byte, the dictionary size in four) and the raw stream.
+    props_size = int.from_bytes(data[2:4], "little")
+    props = bytes(data[4 : 4 + props_size])
+    if props_size != 5 or len(props) != 5:
+        raise ValueError(f"lzma properties of {props_size} bytes, expected 5")
+    lc, rest = props[0] % 9, props[0] // 9
+    filters = [{
+        "id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5,
+        "dict_size": int.from_bytes(props[1:5], "little"),
+    }]  # fmt: skip
+    try:
+        inflater = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
+        return inflater.decompress(data[4 + props_size :], max_length)
+    except lzma.LZMAError as exc:
+        raise ValueError(str(exc)) from exc
