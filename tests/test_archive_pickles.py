@@ -149,3 +149,33 @@ def test_a_pickle_path_that_is_no_regular_file_is_refused(tmp_path):
     os.mkfifo(path)
     with pytest.raises(InputError, match="not a regular file"):
         load_id_map(path)
+
+
+def test_the_instruction_table_agrees_with_pickletools():
+    """The walk's hand-written table: every instruction the standard library documents is
+    either refused (it reaches code or outside buffers) or allowed with the argument size
+    `pickletools` gives it; nothing is left out."""
+    import pickletools
+
+    from amc_data.archive import pickles
+
+    widths = {
+        pickletools.TAKEN_FROM_ARGUMENT1: -1,
+        pickletools.TAKEN_FROM_ARGUMENT4: -4,
+        pickletools.TAKEN_FROM_ARGUMENT4U: -4,
+        pickletools.TAKEN_FROM_ARGUMENT8U: -8,
+        pickletools.UP_TO_NEWLINE: pickles._TEXT_LINE,
+    }
+    reaching_code = {
+        "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX",
+        "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER",
+    }  # fmt: skip
+    for op in pickletools.opcodes:
+        kind = pickles._KINDS[op.code.encode("latin-1")[0]]
+        if op.name in reaching_code:
+            assert kind == pickles._CODE, op.name
+        elif op.arg is None:
+            assert kind == pickles._NONE, op.name
+        else:
+            assert kind == (op.arg.n if op.arg.n >= 0 else widths[op.arg.n]), op.name
+    assert sum(kind != pickles._UNKNOWN for kind in pickles._KINDS) == len(pickletools.opcodes)
