@@ -57,10 +57,10 @@ _LAZY = {
     "FileChecksum": "fetching.checksums",
     "Digests": "fetching.checksums",
     "hash_file": "fetching.checksums",
-    "ZipArchive": "archive.reader",
-    "ArchiveLimits": "archive.reader",
-    "open_archive": "archive.reader",
-    "load_id_map": "archive.reader",
+    "ZipArchive": "archive.zipreader",
+    "ArchiveLimits": "archive.members",
+    "open_archive": "archive",
+    "load_id_map": "archive.pickles",
     "encode": "encoding.core",
     "EncodeConfig": "encoding.core",
     "EncodeResult": "encoding.core",
@@ -105,7 +105,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .archive.reader import ArchiveLimits, ZipArchive, load_id_map, open_archive
+    from .archive import ArchiveLimits, ZipArchive, load_id_map, open_archive
     from .dataset import EncodedSplit, load_encoded
     from .encoding.core import EncodeConfig, EncodeResult, encode
     from .evaluation import (
