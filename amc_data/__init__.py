@@ -40,6 +40,7 @@ _LAZY = {
     "FetchResult": "fetching.core",
     "Outcome": "fetching.core",
     "HttpDownloader": "fetching.download",
+    "Problem": "fetching.problems",
     "verify": "fetching.verify",
     "info": "fetching.verify",
     "check_file": "fetching.verify",
@@ -51,6 +52,7 @@ _LAZY = {
     "bundled_manifests": "fetching.manifest",
     "resolve_manifests": "fetching.manifest",
     "expected_checksums": "fetching.manifest",
+    "read_checksums": "fetching.manifest",
     "read_lock": "fetching.manifest",
     "Manifest": "fetching.manifest",
     "FileEntry": "fetching.manifest",
@@ -94,9 +96,11 @@ if TYPE_CHECKING:
         bundled_manifests,
         expected_checksums,
         load_manifest,
+        read_checksums,
         read_lock,
         resolve_manifests,
     )
+    from .fetching.problems import Problem
     from .fetching.verify import (
         DatasetInfo,
         FileReport,
@@ -135,6 +139,7 @@ __all__ = [
     "ManifestError",
     "MissingDependencyError",
     "Outcome",
+    "Problem",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -152,6 +157,7 @@ __all__ = [
     "load_id_map",
     "load_manifest",
     "open_archive",
+    "read_checksums",
     "read_lock",
     "resolve_data_dir",
     "resolve_manifests",
