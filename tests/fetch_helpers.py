@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import random
+import zipfile
 from pathlib import Path
 
 from servers import write_manifest
@@ -42,3 +45,11 @@ def folder(tmp_path: Path) -> Path:
 def visible(tmp_path: Path) -> list[str]:
     """The files of the dataset folder, file locks left out."""
     return sorted(p.name for p in folder(tmp_path).iterdir() if not p.name.endswith(".lock"))
+
+
+def zip_bytes(seed: int, size: int = 200_000) -> bytes:
+    """A complete zip archive of about `size` bytes (one stored member of random bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("keyword/00000001.json", random.Random(seed).randbytes(size))
+    return buffer.getvalue()

@@ -145,23 +145,36 @@ class FakeServer:
         if mode == "quota":
             self.add(f"/uc?id={file_id}", _QUOTA_PAGE.encode(), **_PAGE)
             return None
-        form = (
-            "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
-            '<body><div class="uc-main"><p class="uc-warning-caption">Google Drive can\'t scan '
-            "this file for viruses.</p>\n"
-            f'<form id="download-form" action="{self.origin}/download" method="get">'
-            '<input type="submit" id="uc-download-link" value="Download anyway"/>'
-            f'<input type="hidden" name="id" value="{file_id}">'
-            '<input type="hidden" name="export" value="download">'
-            '<input type="hidden" name="confirm" value="t">'
-            '<input type="hidden" name="uuid" value="5c3c1b4e-0000-4000-8000-000000000000">'
-            "</form>\n</div></body></html>"
-        )
+        form = drive_confirmation_page(f"{self.origin}/download", file_id, "keywords.zip (1.2G)")
         self.add(f"/uc?id={file_id}", form.encode(), **_PAGE)
         return self.add(f"/download?id={file_id}&confirm=t", data, **kw)
 
 
 _PAGE = {"content_type": "text/html; charset=utf-8", "ranges": "ignore"}  # Drive's pages
+
+
+def drive_confirmation_page(action: str, file_id: str, label: str) -> str:
+    """Drive's "virus scan warning" page as it is served today (2024 layout: a GET form to
+    drive.usercontent.google.com with hidden inputs), with `action` as the form's target."""
+    return (
+        "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title><meta "
+        'http-equiv="content-type" content="text/html; charset=utf-8"/><style nonce="x1">'
+        ".goog-inline-block{position:relative;display:-moz-inline-box;display:inline-block}"
+        '</style><link rel="icon" href="//ssl.gstatic.com/docs/doclist/images/drive_2022q3_32dp'
+        '.png"/></head><body><div class="uc-main"><div id="uc-text"><p class="uc-warning-'
+        'caption">Google Drive can&#39;t scan this file for viruses.</p><p class="uc-warning-'
+        f'subcaption"><span class="uc-name-size"><a href="/open?id={file_id}">{label}</a></span>'
+        " is too large for Google to scan for viruses. Would you still like to download this "
+        f'file?</p><form id="download-form" action="{action}" method="get"><input type="submit" '
+        'id="uc-download-link" class="goog-inline-block jfk-button jfk-button-action" '
+        f'value="Download anyway"/><input type="hidden" name="id" value="{file_id}"><input '
+        'type="hidden" name="export" value="download"><input type="hidden" name="confirm" '
+        'value="t"><input type="hidden" name="uuid" value="5c3c1b4e-7d2f-4a8e-9b1c-'
+        '0a1b2c3d4e5f"></form></div></div><div class="uc-footer"><hr class="uc-footer-divider">'
+        "</div></body></html>"
+    )
+
+
 _QUOTA_PAGE = (
     "<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>\n"
     '<div class="uc-main"><p class="uc-error-caption">Sorry, you can\'t view or download this '

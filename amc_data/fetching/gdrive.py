@@ -165,21 +165,26 @@ def parse_confirmation_page(html: str, page_url: str) -> ConfirmationPage:
     parser = _ConfirmationParser()
     parser.feed(html)
     parser.close()
-    url = None
-    if parser.action is not None:
-        parts = urlsplit(urljoin(page_url, parser.action))
-        query = urlencode([*parse_qsl(parts.query), *parser.fields])
-        url = urlunsplit(parts._replace(query=query))
-    elif parser.link is not None:
-        url = urljoin(page_url, parser.link)
-    elif match := _DOWNLOAD_URL.search(html):
-        try:
-            url = urljoin(page_url, json.loads(match.group(1)))
-        except ValueError:
-            url = None
+    try:
+        url = _confirmed_url(parser, html, page_url)
+    except ValueError:  # a malformed address (an unclosed IPv6 bracket, bad JSON)
+        url = None
     if url is not None and urlsplit(url).scheme not in ("http", "https"):
         url = None
     return ConfirmationPage(url, " ".join(parser.captions))
+
+
+def _confirmed_url(parser: _ConfirmationParser, html: str, page_url: str) -> str | None:
+    if parser.action is not None:
+        parts = urlsplit(urljoin(page_url, parser.action))
+        return urlunsplit(
+            parts._replace(query=urlencode([*parse_qsl(parts.query), *parser.fields]))
+        )
+    if parser.link is not None:
+        return urljoin(page_url, parser.link)
+    if match := _DOWNLOAD_URL.search(html):
+        return urljoin(page_url, json.loads(match.group(1)))
+    return None
 
 
 class DriveFolderIndex:
