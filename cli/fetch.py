@@ -88,7 +88,8 @@ def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    help="Retries per URL on transient errors (drops, timeouts, 5xx, 408, 429).",
+    help="Retries per URL on transient errors (drops, timeouts, 5xx, 408, 429, short bodies); "
+    "a host that cannot be reached is retried once at most.",
 )
 @click.option(
     "--timeout",

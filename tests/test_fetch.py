@@ -321,7 +321,7 @@ def test_parallel_jobs(tmp_path, server):
         assert (folder(tmp_path) / name).read_bytes() == blob
 
 
-def test_parallel_records_all_land_in_the_lock_file(tmp_path, server):
+def test_parallel_records_all_land_in_the_checksum_record(tmp_path, server):
     blobs = {f"f{i}.bin": random.Random(i).randbytes(10_000) for i in range(8)}
     for name, blob in blobs.items():
         server.add(f"/{name}", blob)

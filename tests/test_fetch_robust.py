@@ -239,6 +239,21 @@ def test_deadline_bounds_a_download_that_stalls(tmp_path, server):
     assert route.requests == 1
 
 
+def test_cli_deadline_option(tmp_path, server):
+    release = threading.Event()
+    server.add("/f.bin", DATA, hold=release)  # headers, then nothing
+    manifest = write_manifest(
+        tmp_path / "t.toml", "t", [entry("f.bin", [server.url("/f.bin")], DATA)]
+    )
+    args = ["fetch", "--manifest", str(manifest), "--data-dir", str(tmp_path / "data")]
+    try:
+        result = CliRunner().invoke(cli, [*args, "--deadline", "0.3", "--backoff", "0"])
+    finally:
+        release.set()
+    assert result.exit_code == 1
+    assert "within the deadline of 0.3 s; no bytes were kept" in result.stderr
+
+
 def test_body_of_unknown_length_is_capped(tmp_path, server):
     server.add("/endless.bin", DATA, close_delimited=True)
     server.add("/announced.bin", DATA)

@@ -244,7 +244,7 @@ def test_nul_in_a_file_name_is_a_one_line_manifest_error(tmp_path):
 
 
 def test_git_blob_sha1_matches_git(shared_data):
-    # Values from git itself (SPEC §1); streamed in uneven pieces.
+    # Values computed by git itself (`git hash-object`); streamed in uneven pieces.
     data = (shared_data / "clickture-dev.lst").read_bytes()
     hasher = StreamHasher(git_size=len(data))
     for start in range(0, len(data), 99_991):

@@ -232,7 +232,9 @@ class HttpDownloader:
         job.check(source.label, self.deadline)
         state = partial.load(part, source.url)
         held = file_size(part)
-        size = job.expected.size if job.expected.size is not None or state is None else state.total
+        size = job.expected.size
+        if size is None and state is not None:
+            size = state.total  # the size the first answer announced
         action = decide(partial_bytes=held, expected_size=size, resumable=state is not None)
         if action is Action.DOWNLOAD:
             held, state = 0, None
@@ -347,6 +349,7 @@ class HttpDownloader:
                 bar.update(len(data))
             if sniffer and (rest := sniffer.finish()):
                 sink.write(rest)
+                bar.update(len(rest))
             elif sniffer and sniffer.is_html:
                 raise source_error(Problem.HTML, source.html_advice())
         except BaseException as exc:
@@ -463,8 +466,6 @@ def status_error(resp: requests.Response, label: str) -> SourceError:
 
 def _network_error(exc: BaseException, source: Source, part: Path, timeout: float) -> SourceError:
     """A requests or urllib3 failure as a `SourceError` in plain words."""
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:  # a Drive listing
-        return status_error(exc.response, source.label)
     if isinstance(exc, _REDIRECT_ERRORS):
         return source_error(
             Problem.REDIRECT,
