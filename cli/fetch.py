@@ -190,8 +190,9 @@ def verify_command(
         click.echo(_table(("file", "size", "status", "detail"), rows))
     if failed:
         raise VerificationError(
-            f"{len(failed)} of {len(reports)} file(s) are missing or not the expected files. "
-            "Run `amc-data fetch` to download them again."
+            f"{len(failed)} of {len(reports)} file(s) are missing, unreadable or not the expected "
+            "files (see the table). Fix what is unreadable, then run `amc-data fetch` to download "
+            "the rest again."
         )
 
 
