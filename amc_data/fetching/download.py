@@ -11,16 +11,13 @@ verified file into place.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -42,7 +39,7 @@ from .checksums import (
     mismatch,
 )
 from .partial import PartState
-from .problems import Problem, SourceError, source_error
+from .problems import Problem, SourceError, network_error, source_error, status_error
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +47,6 @@ GiB = 1 << 30
 MAX_UNKNOWN_SIZE = 16 * GiB  # the most bytes taken for a file whose size nobody announced
 _MAX_WAIT = 60.0  # the longest pause between two attempts, in seconds
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_REDIRECT_ERRORS = (  # what requests raises for a redirect loop or to a non-http(s) address
-    requests.TooManyRedirects,
-    requests.exceptions.InvalidSchema,
-    requests.exceptions.InvalidURL,
-    requests.exceptions.MissingSchema,
-)
-_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
 
 
 def by_hand_advice(name: str, url: str) -> str:
@@ -247,7 +237,7 @@ class HttpDownloader:
                     partial.remember(part, _resume_state(resp, source, answer))
                 digests, reader = self._stream(resp, job, held, answer)
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise _network_error(exc, source, part, self.timeout) from exc
+            raise network_error(exc, source.label, source.url, self.timeout, _kept(part)) from exc
         self._check_complete(job, answer, held, digests, reader)
         digests = self._verify(job, digests)
         partial.forget(part)
@@ -455,71 +445,6 @@ def _kept(part: Path) -> str:
     return f"the {held} bytes received cannot be resumed from (no validator); a retry starts over."
 
 
-def status_error(resp: requests.Response, label: str) -> SourceError:
-    """An unusable HTTP status: retryable (5xx, 408, 429) or the end of that URL."""
-    code = resp.status_code
-    text = f"{label} answered HTTP {code} {resp.reason or ''}".rstrip()
-    if code >= 500 or code in (408, 429):
-        return source_error(Problem.SERVER_ERROR, f"{text}.")
-    return source_error(Problem.HTTP_STATUS, f"{text}; trying the next source, if any.")
-
-
-def _network_error(exc: BaseException, source: Source, part: Path, timeout: float) -> SourceError:
-    """A requests or urllib3 failure as a `SourceError` in plain words."""
-    if isinstance(exc, _REDIRECT_ERRORS):
-        return source_error(
-            Problem.REDIRECT,
-            f"{source.label} redirected in a loop or to an address that is not http(s) "
-            f"({_describe(exc)}); trying the next source, if any.",
-        )
-    host = _host(exc, source.url)
-    why = _unreachable_reason(exc, timeout)
-    if why is not None:
-        return source_error(Problem.UNREACHABLE, f"{host} could not be reached ({why}).")
-    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError):
-        return source_error(
-            Problem.NETWORK, f"{source.label}: no data for {timeout:g} s; {_kept(part)}"
-        )
-    return source_error(Problem.NETWORK, f"{source.label}: {_describe(exc)}; {_kept(part)}")
-
-
-def _unreachable_reason(exc: BaseException, timeout: float) -> str | None:
-    """Why no connection could be made, in plain words; None when one was made."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return f"no answer to the connection within {timeout:g} s"
-    for cause in _causes(exc):
-        if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
-            return "its name does not resolve: no network, or a wrong address"
-        if isinstance(cause, OSError) and cause.errno in _UNREACHABLE_ERRNOS:
-            if cause.errno == errno.ECONNREFUSED:
-                return "the connection was refused"
-            return "the network is unreachable"
-    return None
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc` and what it wraps (requests wraps urllib3, which wraps the socket error)."""
-    seen: list[BaseException] = []
-    todo = [exc]
-    while todo and len(seen) < 20:
-        current = todo.pop()
-        if any(current is s for s in seen):
-            continue
-        seen.append(current)
-        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        for linked in (current.__cause__, current.__context__, getattr(current, "reason", None)):
-            if isinstance(linked, BaseException):
-                todo.append(linked)
-    return seen
-
-
-def _host(exc: BaseException, fallback_url: str) -> str:
-    """The host a failed request went to."""
-    request = getattr(exc, "request", None)
-    url = getattr(request, "url", None) or fallback_url
-    return urlsplit(url).netloc or url
-
-
 def _content_range(resp: requests.Response) -> tuple[int, int | None] | None:
     """(first byte, total size or None) of a 206 answer's Content-Range; None for any other
     answer, or when the header is missing or unreadable."""
@@ -538,13 +463,6 @@ def _header_int(resp: requests.Response, name: str) -> int | None:
     except (KeyError, ValueError):
         return None
     return value if value >= 0 else None
-
-
-def _describe(exc: BaseException) -> str:
-    """A network error in one line (urllib3 repeats its message inside a tuple)."""
-    while exc.args and isinstance(exc.args[0], BaseException):  # requests wraps urllib3
-        exc = exc.args[0]
-    return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
 
 
 def _sleep(seconds: float, job: _Job) -> None:

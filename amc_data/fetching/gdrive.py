@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 import requests
 
 from .body import looks_like_html
-from .download import by_hand_advice, status_error
-from .problems import Problem, source_error
+from .download import by_hand_advice
+from .problems import Problem, source_error, status_error
 
 log = logging.getLogger(__name__)
 

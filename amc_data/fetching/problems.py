@@ -1,5 +1,5 @@
-"""Why a fetch went wrong, in a form a program can read: the `Problem` enum, and the exceptions
-of the transport that carry one.
+"""Why a fetch went wrong, in a form a program can read: the `Problem` enum, the exceptions of
+the transport that carry one, and the sorting of HTTP statuses and network failures into them.
 
 Each `SourceError` is one of the project's own exceptions (a `DownloadError`; the HTML and
 wrong-file kinds are also `HtmlResponseError` and `ChecksumError`), so a caller can catch it by
@@ -10,6 +10,12 @@ phrase, a page's words) never reaches a terminal with control characters in it.
 from __future__ import annotations
 
 import enum
+import errno
+import socket
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
 
 from ..errors import ChecksumError, DownloadError, HtmlResponseError, TransientDownloadError
 
@@ -90,3 +96,87 @@ def source_error(problem: Problem, message: str) -> SourceError:
     if problem.transient:
         return RetryableSourceError(problem, message)
     return SourceError(problem, message)
+
+
+# --------------------------------------------------------------------------- sorting failures
+
+_REDIRECT_ERRORS = (  # what requests raises for a redirect loop or to a non-http(s) address
+    requests.TooManyRedirects,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+)
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def status_error(resp: requests.Response, label: str) -> SourceError:
+    """An unusable HTTP status: retryable (5xx, 408, 429) or the end of that URL."""
+    code = resp.status_code
+    text = f"{label} answered HTTP {code} {resp.reason or ''}".rstrip()
+    if code >= 500 or code in (408, 429):
+        return source_error(Problem.SERVER_ERROR, f"{text}.")
+    return source_error(Problem.HTTP_STATUS, f"{text}; trying the next source, if any.")
+
+
+def network_error(
+    exc: BaseException, label: str, url: str, timeout: float, kept: str
+) -> SourceError:
+    """A requests or urllib3 failure met while fetching from `label` (at `url`) as a
+    `SourceError` in plain words; `kept` says what became of the bytes received."""
+    if isinstance(exc, _REDIRECT_ERRORS):
+        return source_error(
+            Problem.REDIRECT,
+            f"{label} redirected in a loop or to an address that is not http(s) "
+            f"({_describe(exc)}); trying the next source, if any.",
+        )
+    host = _host(exc, url)
+    why = _unreachable_reason(exc, timeout)
+    if why is not None:
+        return source_error(Problem.UNREACHABLE, f"{host} could not be reached ({why}).")
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.TimeoutError):
+        return source_error(Problem.NETWORK, f"{label}: no data for {timeout:g} s; {kept}")
+    return source_error(Problem.NETWORK, f"{label}: {_describe(exc)}; {kept}")
+
+
+def _unreachable_reason(exc: BaseException, timeout: float) -> str | None:
+    """Why no connection could be made, in plain words; None when one was made."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"no answer to the connection within {timeout:g} s"
+    for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            return "its name does not resolve: no network, or a wrong address"
+        if isinstance(cause, OSError) and cause.errno in _UNREACHABLE_ERRNOS:
+            if cause.errno == errno.ECONNREFUSED:
+                return "the connection was refused"
+            return "the network is unreachable"
+    return None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps (requests wraps urllib3, which wraps the socket error)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop()
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        for linked in (current.__cause__, current.__context__, getattr(current, "reason", None)):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+    return seen
+
+
+def _host(exc: BaseException, fallback_url: str) -> str:
+    """The host a failed request went to."""
+    request = getattr(exc, "request", None)
+    url = getattr(request, "url", None) or fallback_url
+    return urlsplit(url).netloc or url
+
+
+def _describe(exc: BaseException) -> str:
+    """A network error in one line (urllib3 repeats its message inside a tuple)."""
+    while exc.args and isinstance(exc.args[0], BaseException):  # requests wraps urllib3
+        exc = exc.args[0]
+    return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
