@@ -40,6 +40,7 @@ _LAZY = {
     "FetchResult": "fetching.core",
     "Outcome": "fetching.core",
     "HttpDownloader": "fetching.download",
+    "Problem": "fetching.problems",
     "verify": "fetching.verify",
     "info": "fetching.verify",
     "check_file": "fetching.verify",
@@ -51,6 +52,7 @@ _LAZY = {
     "bundled_manifests": "fetching.manifest",
     "resolve_manifests": "fetching.manifest",
     "expected_checksums": "fetching.manifest",
+    "read_checksums": "fetching.manifest",
     "read_lock": "fetching.manifest",
     "Manifest": "fetching.manifest",
     "FileEntry": "fetching.manifest",
@@ -134,9 +136,11 @@ if TYPE_CHECKING:
         bundled_manifests,
         expected_checksums,
         load_manifest,
+        read_checksums,
         read_lock,
         resolve_manifests,
     )
+    from .fetching.problems import Problem
     from .fetching.verify import (
         DatasetInfo,
         FileReport,
@@ -186,6 +190,7 @@ __all__ = [
     "RankingMetrics",
     "RecallAtK",
     "RocCurve",
+    "Problem",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -213,6 +218,7 @@ __all__ = [
     "prepare_clickture",
     "prepare_coco",
     "ranking_metrics",
+    "read_checksums",
     "read_lock",
     "read_scores",
     "resolve_data_dir",
