@@ -84,6 +84,11 @@ _LAZY = {
     "extract_features": "featurizing.core",
     "FeatureConfig": "featurizing.core",
     "FeatureResult": "featurizing.core",
+    "ModelConfig": "model",
+    "RankingModel": "model",
+    "Attention": "model",
+    "build_model": "model",
+    "load_word_vectors": "model",
 }
 
 
@@ -142,11 +147,13 @@ if TYPE_CHECKING:
         info,
         verify,
     )
+    from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
 
 __all__ = [
     "AmcDataError",
     "ArchiveError",
     "ArchiveLimits",
+    "Attention",
     "CaptionRanking",
     "CheckpointError",
     "ChecksumError",
@@ -173,9 +180,11 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
+    "ModelConfig",
     "Outcome",
     "PairedTest",
     "RankingMetrics",
+    "RankingModel",
     "RecallAtK",
     "RocCurve",
     "TrainingError",
@@ -183,6 +192,7 @@ __all__ = [
     "VerificationError",
     "ZipArchive",
     "__version__",
+    "build_model",
     "bundled_manifests",
     "caption_ranking",
     "check_file",
@@ -198,6 +208,7 @@ __all__ = [
     "load_encoded",
     "load_id_map",
     "load_manifest",
+    "load_word_vectors",
     "ndcg_at_k",
     "open_archive",
     "paired_test",
