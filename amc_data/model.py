@@ -382,16 +382,21 @@ class CCAModel(RankingModel):
         float64, regularised by a ridge of `cca_reg` times their mean variance, and solved by an
         SVD of the whitened cross-covariance."""
         device = self.query_mean.device
-        n, sums = 0, None  # type: tuple[int, tuple[Tensor, ...] | None]
-        for batch in batches:  # sums of x, y, x x^T, y y^T, x y^T in float64
+        n = 0
+        sums: list[Tensor] = []  # of x, y, x x^T, y y^T, x y^T, in float64
+        for batch in batches:
             batch = batch.to(device)
             positives = _index_images(batch.images, 0)  # (B, ...)
             x = self._query_bags(batch.query).double()  # (B, Vq)
             y = self._image_features(positives).double()  # (B, D + Vk)
-            terms = (x.sum(0), y.sum(0), x.T @ x, y.T @ y, x.T @ y)
-            sums = terms if sums is None else tuple(s + t for s, t in zip(sums, terms, strict=True))
+            terms = [x.sum(0), y.sum(0), x.T @ x, y.T @ y, x.T @ y]
+            if not sums:
+                sums = terms
+            else:
+                for total, term in zip(sums, terms, strict=True):
+                    total += term
             n += x.shape[0]
-        if sums is None or n < 2:
+        if n < 2:
             raise TrainingError(f"cca needs at least 2 training pairs to fit, got {n}.")
         sx, sy, sxx, syy, sxy = sums
         mx, my = sx / n, sy / n

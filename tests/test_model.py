@@ -126,6 +126,24 @@ def test_score_pool_agrees_with_forward(kind, extra):
     torch.testing.assert_close(model.score_pool(query, pool), expected)
 
 
+def test_score_pool_projects_each_image_once():
+    model = model_for("amc", {})
+    model.pool_chunk_elements = 1  # queries scored one at a time
+    rows = []
+    for layer in (model.region_key, model.region_value, model.keywords):
+        layer.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1]))
+    model.score_pool(make_queries(5), make_images(7))
+    assert rows == [(7, 5), (7, 5), (7,)]  # (N, R) regions twice (key, value), (N,) keyword lists
+
+
+def test_state_dict_round_trip_keeps_scores():
+    model = model_for("amc", {})
+    copy = build_model(model.config)
+    copy.load_state_dict(model.state_dict())
+    query, images = make_queries(3), make_images(3, 4)
+    torch.testing.assert_close(copy.eval()(query, images), model(query, images))
+
+
 @pytest.mark.parametrize(("kind", "extra"), VARIANTS, ids=IDS)
 def test_padded_regions_and_keywords_change_nothing(kind, extra):
     model = model_for(kind, extra)
