@@ -83,14 +83,7 @@ def model_for(kind: str, extra: dict, **options) -> RankingModel:
 
 def expand(images: ImageBatch, count: int) -> ImageBatch:
     """A pool (N, ...) as every query's own candidates (count, N, ...)."""
-    return ImageBatch(
-        **{
-            f.name: getattr(images, f.name)
-            .unsqueeze(0)
-            .expand(count, *getattr(images, f.name).shape)
-            for f in dataclasses.fields(images)
-        }
-    )
+    return images.map(lambda t: t.unsqueeze(0).expand(count, *t.shape))
 
 
 def replace_images(images: ImageBatch, **changes) -> ImageBatch:
@@ -340,14 +333,7 @@ def test_cca_fits_in_closed_form_and_ranks_a_planted_correspondence():
 
 def expand_pairs(images: ImageBatch, rows: slice) -> ImageBatch:
     """Rows of (N, ...) images as (B, 2, ...) candidates: the positive, then any negative."""
-    return ImageBatch(
-        **{
-            f.name: torch.stack(
-                [getattr(images, f.name)[rows], getattr(images, f.name)[rows].roll(1, 0)], 1
-            )
-            for f in dataclasses.fields(images)
-        }
-    )
+    return images.map(lambda t: torch.stack([t[rows], t[rows].roll(1, 0)], 1))
 
 
 def test_cca_refuses_what_it_cannot_do():
@@ -389,7 +375,7 @@ def train_on_intent_toy(kind: str, steps: int = 100) -> tuple[float, torch.Tenso
     )
 
     def pick(rows: torch.Tensor) -> ImageBatch:
-        return ImageBatch(**{f.name: getattr(pool, f.name)[rows] for f in dataclasses.fields(pool)})
+        return pool.map(lambda t: t[rows])
 
     def queries(n: int, seed: int) -> tuple[QueryBatch, torch.Tensor, torch.Tensor]:
         r = torch.Generator().manual_seed(seed)
