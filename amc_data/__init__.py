@@ -90,6 +90,11 @@ _LAZY = {
     "PreparedDataset": "prepare.format",
     "prepare_coco": "prepare.coco",
     "prepare_clickture": "prepare.clickture",
+    "ModelConfig": "model",
+    "RankingModel": "model",
+    "Attention": "model",
+    "build_model": "model",
+    "load_word_vectors": "model",
 }
 
 
@@ -153,11 +158,13 @@ if TYPE_CHECKING:
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
+    from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
 
 __all__ = [
     "AmcDataError",
     "ArchiveError",
     "ArchiveLimits",
+    "Attention",
     "CaptionRanking",
     "CheckpointError",
     "ChecksumError",
@@ -184,10 +191,12 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
+    "ModelConfig",
     "Outcome",
     "PairedTest",
     "PreparedDataset",
     "RankingMetrics",
+    "RankingModel",
     "RecallAtK",
     "RocCurve",
     "Problem",
@@ -196,6 +205,7 @@ __all__ = [
     "VerificationError",
     "ZipArchive",
     "__version__",
+    "build_model",
     "bundled_manifests",
     "caption_ranking",
     "check_file",
@@ -212,6 +222,7 @@ __all__ = [
     "load_id_map",
     "load_manifest",
     "load_prepared",
+    "load_word_vectors",
     "ndcg_at_k",
     "open_archive",
     "paired_test",
