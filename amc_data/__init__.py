@@ -155,10 +155,10 @@ if TYPE_CHECKING:
         info,
         verify,
     )
+    from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
-    from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
 
 __all__ = [
     "AmcDataError",
@@ -195,11 +195,11 @@ __all__ = [
     "Outcome",
     "PairedTest",
     "PreparedDataset",
+    "Problem",
     "RankingMetrics",
     "RankingModel",
     "RecallAtK",
     "RocCurve",
-    "Problem",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
