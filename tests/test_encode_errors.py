@@ -12,15 +12,15 @@ import corpus
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from encode_helpers import manifest, small_clickture, small_coco, snapshot
+from encode_helpers import encode_record, small_clickture, small_coco, snapshot
 
 from amc_data.encoding.core import EncodeConfig, encode
 from amc_data.errors import ConfigError, InputError
 
 
 @pytest.fixture
-def clickture(tmp_path, shared_data):
-    made = small_clickture(tmp_path, shared_data, n_dev=120, n_lite=80, seed=21)
+def clickture(tmp_path):
+    made = small_clickture(tmp_path, n_dev=120, n_lite=80, seed=21)
     return tmp_path, made
 
 
@@ -134,7 +134,7 @@ def test_skip_goes_on_and_records_the_item(clickture, defect):
     assert result.exit_code == 0, result.output
     assert "1 item(s) skipped" in result.output
     out_dir = data_dir / "clickture" / "encoded"
-    record = manifest(out_dir)
+    record = encode_record(out_dir)
     assert len(record["skipped"]) == 1
     skipped = record["skipped"][0]
     assert skipped["split"] == split
@@ -261,9 +261,9 @@ def test_foreign_output_folder_is_refused_and_untouched(clickture):
         encode("clickture", data_dir=data_dir, out=foreign, config=EncodeConfig(jobs=1))
 
 
-def test_folder_and_zip_may_wrap_differently(tmp_path, shared_data):
+def test_folder_and_zip_may_wrap_differently(tmp_path):
     """Dev unzipped without its folder level, Lite zipped inside a wrapping folder."""
-    made = small_clickture(tmp_path, shared_data, n_dev=150, n_lite=60, seed=2)
+    made = small_clickture(tmp_path, n_dev=150, n_lite=60, seed=2)
     folder = made.folder / "keywords_dev"
     with zipfile.ZipFile(made.zip_path("dev")) as archive:
         for line in made.lines("dev"):
@@ -347,7 +347,7 @@ def test_config_accepts_a_path_and_refuses_what_scikit_learn_refuses(clickture, 
     words = tmp_path / "stop.txt"
     words.write_text("red\n", encoding="utf-8")
     result = encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1, stop_words=words))
-    assert manifest(result.out_dir)["parameters"]["stop_words"] == str(words)
+    assert encode_record(result.out_dir)["parameters"]["stop_words"] == str(words)
     for bad in ({"min_df": 0}, {"jobs": 2.5}, {"jobs": 0}, {"formats": ("xml",)}):
         with pytest.raises(ConfigError):
             EncodeConfig(**bad)
@@ -375,8 +375,8 @@ def test_a_skipped_fitting_document_counts_for_nothing(clickture):
     assert [w.split("\t")[1] for w in words] == sorted(fitted.vocabulary_)
 
 
-def test_an_image_id_too_large_for_the_index_is_refused(tmp_path, shared_data):
-    made = small_clickture(tmp_path, shared_data, n_dev=60, n_lite=20, seed=5)
+def test_an_image_id_too_large_for_the_index_is_refused(tmp_path):
+    made = small_clickture(tmp_path, n_dev=60, n_lite=20, seed=5)
     path = made.list_path("lite")
     line = made.lines("lite")[0]
     text = path.read_text().replace(f"{line}\n", "lite/3000000000\n", 1)
