@@ -94,6 +94,14 @@ def _damaged_member(made):
     return [member, "keywords_dev.zip", "CRC"], "dev"
 
 
+def _huge_keyword(made):
+    """A keyword far longer than any tagger writes: bad input (each distinct one would be held
+    several times over in memory)."""
+    _line, member = _lite_member(made)
+    corpus.set_keywords(made.zip_path("lite"), member, ["red", "x" * 250_000])
+    return [member, "250,000 characters", "at most 1,000"], "lite"
+
+
 DEFECTS = [
     _invalid_json,
     _no_tagging,
@@ -104,6 +112,7 @@ DEFECTS = [
     _repeated_line,
     _not_an_id,
     _damaged_member,
+    _huge_keyword,
 ]
 
 
@@ -389,3 +398,39 @@ def test_an_image_id_too_large_for_the_index_is_refused(tmp_path):
         "clickture", data_dir=tmp_path, config=EncodeConfig(jobs=1, formats=("parquet",))
     )
     assert result.counts["lite"]["encoded"] == 20
+
+
+def test_an_imgid_beyond_int64_is_a_clear_error_or_skipped(tmp_path):
+    made = small_coco(tmp_path, per_split=20, seed=4)
+
+    def edit(value):
+        value["images"][3]["imgid"] = 2**63
+
+    corpus._edit_json(made.zip_path, made.dataset_member, edit)
+    result = run(tmp_path, dataset="coco")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "images[3]" in result.stderr and "2**63 - 1" in result.stderr
+    assert not isinstance(result.exception, OverflowError)
+    skipped = encode("coco", data_dir=tmp_path, config=EncodeConfig(jobs=1, on_error="skip"))
+    assert [item.item for item in skipped.skipped] == [made.images[3].filename]
+
+
+def test_files_renamed_or_swapped_inside_an_unzipped_folder_are_noticed(clickture):
+    """Count, total size and newest mtime stay the same; names and change times do not."""
+    data_dir, made = clickture
+    folder = made.folder / "keywords_dev"
+    with zipfile.ZipFile(made.zip_path("dev")) as archive:
+        archive.extractall(folder)
+    made.zip_path("dev").unlink()
+    assert "encoded into" in run(data_dir).output
+    assert "up to date" in run(data_dir).output
+    first, second = (folder / made.member("dev", made.lines("dev")[i]) for i in (0, 1))
+    parked = first.with_name("parked")
+    first.rename(parked)
+    second.rename(first)
+    parked.rename(second)
+    assert "encoded into" in run(data_dir).output
+    # A rename to a name no list line holds is noticed too (and reported as a missing member).
+    second.rename(second.with_name("elsewhere.json"))
+    result = run(data_dir)
+    assert result.exit_code == 1 and "has no member" in result.stderr
