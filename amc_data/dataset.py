@@ -46,7 +46,7 @@ def read_vocabulary(out_dir: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise InputError(f"{path} not found: run `amc-data encode` first.") from None
-    words = []
+    words: list[str] = []
     for number, line in enumerate(lines[1:], start=2):
         word_id, word, _df = line.split("\t")
         if int(word_id) != len(words):

@@ -321,13 +321,14 @@ def _prefetch(archive: Archive) -> None:
 
 def _load_dataset_json(archive: Archive) -> tuple[list[object], str]:
     name = find_layout(archive, ["dataset.json"]).name("dataset.json")
-    if name not in archive:
+    member = archive.member(name)
+    if member is None:
         raise InputError(
             f"{archive.path} has no dataset.json (Karpathy's split file). Expected it beside the "
             "keyword_<split>/ folders; fetch the archive again."
         )
     try:
-        content = json.loads(archive.read(name))
+        content = json.loads(archive.read_member(member))
     except ValueError as exc:
         raise InputError(f"{archive.path} member {name!r} is not valid JSON ({exc}).") from exc
     images = content.get("images") if isinstance(content, dict) else None
@@ -344,7 +345,7 @@ def _coco_candidates(archive: Archive, planner: _Planner) -> _Candidates:
     images, json_name = _load_dataset_json(archive)
     splits = planner.splits
     columns: dict[str, list] = {"split": [], "items": [], "img_id": [], "numbers": []}
-    seen_ids: dict[int, int] = {}
+    seen_ids: dict[object, int] = {}
     place = f"images[{{}}] of {archive.path} member {json_name!r}"
     for position, image in enumerate(images):
         where = place.format(position)

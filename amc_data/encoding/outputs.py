@@ -200,14 +200,14 @@ class OutputWriters:
                     "position": chunk.positions,
                 }
             )
-            rows = np.flatnonzero(ok)
+            good = np.flatnonzero(ok)
             self.parquet.images.write(
                 {
-                    "img_id": img[rows],
-                    "split": self._splits(split[rows]),
-                    "source_member": self.documents.members[lo + rows],
-                    "tokens_seen": chunk.tokens_seen[rows],
-                    "tokens_kept": chunk.tokens_kept[rows],
+                    "img_id": img[good],
+                    "split": self._splits(split[good]),
+                    "source_member": self.documents.members[lo + good],
+                    "tokens_seen": chunk.tokens_seen[good],
+                    "tokens_kept": chunk.tokens_kept[good],
                 }
             )
 

@@ -36,7 +36,7 @@ def read_record(out_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        problem = f"cannot be read ({exc})"
+        problem: str | None = f"cannot be read ({exc})"
     else:
         problem = _record_problem(record)
         if problem is None:
