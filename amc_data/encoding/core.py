@@ -104,11 +104,11 @@ def encode(
     folder = dataset_dir(data_dir, dataset)
     # Resolved, so that a symbolic link is written through and `.` has a name and a parent.
     out_dir = (Path(out) if out is not None else folder / "encoded").expanduser().resolve()
-    inputs = input_files(spec, folder)
-    (manifest,) = resolve_manifests([dataset], config.manifest_paths)  # a bad one fails now
-    analyzer = Analyzer(load_stop_words(config.stop_words))  # a bad list fails here, clearly
-    fingerprint = _fingerprint(dataset, inputs, config)
     try:
+        inputs = input_files(spec, folder)
+        (manifest,) = resolve_manifests([dataset], config.manifest_paths)  # a bad one fails now
+        analyzer = Analyzer(load_stop_words(config.stop_words))  # a bad list fails here, clearly
+        fingerprint = _fingerprint(dataset, inputs, config)
         with output_lock(out_dir, dataset) as previous:
             if not config.force:
                 current = _up_to_date(out_dir, previous, fingerprint)
@@ -122,7 +122,7 @@ def encode(
                 record["fingerprint"] = fingerprint
                 write_record(staging, record)
                 swap_in(staging, out_dir, previous)
-    except OSError as exc:  # disk full, read-only location, ...: one line, not a traceback
+    except OSError as exc:  # a full disk, a read-only location, ...: one line, no traceback
         raise os_error(exc, out_dir) from exc
     return replace(result, out_dir=out_dir)
 

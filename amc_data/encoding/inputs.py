@@ -1,6 +1,6 @@
 """What an encode reads: find a dataset's input files, read its image list (the Clickture list
 files, or COCO's `dataset.json`), and turn it into a table of documents, each tied to the archive
-member that holds its keywords (SPEC §2).
+member that holds its keywords, as the authors' scripts did.
 
 Planning problems (a list line that is no image id, a repeated line, a member the archive lacks,
 an image of an unknown split) either stop the encode or, with `on_error="skip"`, are recorded

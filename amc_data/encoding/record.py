@@ -90,15 +90,31 @@ def input_identity(path: Path) -> dict[str, Any]:
         return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "ctime_ns": info.st_ctime_ns}
     digest = hashlib.sha256()
     files = total = 0
-    for folder, dirs, names in os.walk(path):
-        dirs.sort()  # a fixed walk order, so the digest depends on the files alone
-        for name in sorted(names):
-            full = os.path.join(folder, name)
-            info = _stat(Path(full))
-            relative = os.path.relpath(full, path)
-            line = f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\n"
-            digest.update(line.encode("utf-8", "surrogateescape"))
-            files, total = files + 1, total + info.st_size
+    folders = [("", os.fspath(path))]  # (name relative to `path`, with a final "/"; location)
+    while folders:
+        relative, location = folders.pop()
+        try:
+            with os.scandir(location) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)  # a fixed order
+        except OSError as exc:
+            raise InputError(f"Cannot read the input {location}: {exc.strerror or exc}.") from exc
+        lines = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                folders.append((f"{relative}{entry.name}/", entry.path))
+                continue
+            if entry.is_dir():  # a link to a folder: not followed, as os.walk does not
+                continue
+            try:
+                info = entry.stat()
+            except FileNotFoundError:  # a dangling link: its own identity (reading it fails)
+                info = entry.stat(follow_symlinks=False)
+            lines.append(
+                f"{relative}{entry.name}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\n"
+            )
+            total += info.st_size
+        files += len(lines)
+        digest.update("".join(lines).encode("utf-8", "surrogateescape"))
     return {"files": files, "size": total, "digest": digest.hexdigest()}
 
 
