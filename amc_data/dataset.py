@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import scipy.sparse
 
 from .datadir import dataset_dir
-from .encoding.inputs import SPLITS, check_dataset
-from .encoding.outputs import csr_name, read_manifest
+from .encoding.record import RECORD_NAME, read_record
 from .errors import InputError
+from .spec import dataset_spec
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def read_vocabulary(out_dir: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise InputError(f"{path} not found: run `amc-data encode` first.") from None
-    words = []
+    words: list[str] = []
     for number, line in enumerate(lines[1:], start=2):
         word_id, word, _df = line.split("\t")
         if int(word_id) != len(words):
@@ -64,17 +64,19 @@ def load_encoded(
 ) -> EncodedSplit:
     """Load split `split` of an encoded `dataset` from `out` (default
     `<data_dir>/<dataset>/encoded`): CSR matrix, vocabulary and image table."""
-    check_dataset(dataset)
-    if split not in SPLITS[dataset]:
-        raise InputError(f"{dataset} has no split {split!r}; its splits are {SPLITS[dataset]}.")
+    spec = dataset_spec(dataset)
+    spec.check_split(split)
     out_dir = Path(out) if out is not None else dataset_dir(data_dir, dataset) / "encoded"
-    manifest = read_manifest(out_dir)
-    if manifest is None:
-        raise InputError(f"{out_dir} holds no encode.json: run `amc-data encode {dataset}` first.")
-    if manifest.get("dataset") != dataset:
-        found = manifest.get("dataset")
+    record = read_record(out_dir)
+    if record is None:
+        raise InputError(
+            f"{out_dir} holds no encode record ({RECORD_NAME}): run `amc-data encode {dataset}` "
+            "first."
+        )
+    if record["dataset"] != dataset:
+        found = record["dataset"]
         raise InputError(f"{out_dir} holds an encoding of {found!r}, not {dataset!r}.")
-    matrix_path = out_dir / csr_name(dataset, split)
+    matrix_path = out_dir / spec.csr_name(split)
     images_path = out_dir / "images.parquet"
     for path, fmt in ((matrix_path, "csr"), (images_path, "parquet")):
         if not path.exists():

@@ -4,12 +4,13 @@ The reference workflow is what the authors' scripts do: unzip the archives to di
 file per image, fit scikit-learn's CountVectorizer and encode every document into a Python list
 of rows (`tests/reference_encode.py`, one process). Both run as child processes on the same
 generated Clickture-shaped corpus (by default 1,000,000 documents: the real 79,665-line dev list
-when `../shared/data` is there, the rest Lite), with the inputs in the page cache before every
-run. amc-data is timed three times (the median counts) without the memory sampler, which would
-compete for the cores it uses, then run once more for its peak memory; the reference (one
-process, leaving a core to the sampler) is timed and sampled in one run. Peak memory is the sum
-of the proportional set size of the process and its workers, sampled every 100 ms, so pages
-that forked workers share are counted once. Last, the outputs are checked to be identical.
+when `../shared/data` is there, else a generated list of its shape, the rest Lite), with the
+inputs in the page cache before every run. amc-data is timed three times (the median counts)
+without the memory sampler, which would compete for the cores it uses, then run once more for
+its peak memory; the reference (one process, leaving a core to the sampler) is timed and
+sampled in one run. Peak memory is the sum of the proportional set size of the process and its
+workers, sampled every 100 ms, so pages that forked workers share are counted once. Last, the
+outputs are checked to be identical.
 
     python benchmarks/bench_encode.py                  # 1M documents (about 10 minutes)
     python benchmarks/bench_encode.py --docs 100000    # quicker
@@ -38,7 +39,6 @@ import corpus  # noqa: E402
 
 from amc_data.machine import cpu_count  # noqa: E402
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
 REFERENCE_SCRIPT = """
 import sys, time
 from pathlib import Path
@@ -121,10 +121,7 @@ def make_corpus(folder: Path, docs: int, dev: int, seed: int) -> Path:
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    if SHARED_DATA.exists():
-        dev_lines = corpus.real_dev_lines(SHARED_DATA, dev)
-    else:
-        dev_lines = corpus.lite_lines(dev, seed=seed + 1, first_id=10_000_000)
+    dev_lines = corpus.dev_lines(dev)  # the real list where it is at hand, else its shape
     lite_lines = corpus.lite_lines(docs - len(dev_lines), seed=seed)
     started = time.perf_counter()
     corpus.make_clickture(folder / "clickture", dev_lines, lite_lines, seed=seed)
@@ -165,7 +162,7 @@ def machine() -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
-    parser.add_argument("--dev", type=int, default=80_000, help="dev documents (79,665 real max)")
+    parser.add_argument("--dev", type=int, default=80_000, help="dev documents (79,665 at most)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=None, help="amc-data --jobs (default: all)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-results/encode-work"))

@@ -7,28 +7,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from amc_data.encoding.inputs import DATASETS, FORMATS
 from amc_data.progress import progress_enabled
+from amc_data.spec import DATASETS, FORMATS
 
-from .options import data_dir_option, jobs_option, quiet_option
+from .options import data_dir_option, jobs_option, manifest_option, quiet_option
 
 if TYPE_CHECKING:
     from amc_data.encoding.core import EncodeResult
 
 
-def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
-    chosen = tuple(part.strip() for part in value.split(",") if part.strip())
-    unknown = [part for part in chosen if part not in FORMATS]
-    if unknown or not chosen:
-        raise click.BadParameter(
-            f"{', '.join(unknown) or 'nothing'} is not a format; use a comma-separated list of "
-            f"{', '.join(FORMATS)}."
-        )
-    return chosen
-
-
 @click.command("encode")
-@click.argument("dataset", type=click.Choice([*DATASETS, "all"]))
+@click.argument("dataset", metavar=f"{{{'|'.join([*DATASETS, 'all'])}}}")
 @data_dir_option
 @click.option(
     "--out",
@@ -38,7 +27,7 @@ def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 )
 @jobs_option(None, "Worker processes (default: all cores). Output is the same for any value.")
 @click.option(
-    "--min-df", type=click.IntRange(min=1), default=6, show_default=True,
+    "--min-df", type=int, default=6, show_default=True,
     help="Keep a word found in at least this many fitting documents (the authors used 6).",
 )  # fmt: skip
 @click.option(
@@ -46,14 +35,15 @@ def _formats(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
     help="scikit-learn's English list (the authors'), none, or a file with one word per line.",
 )  # fmt: skip
 @click.option(
-    "--formats", default=",".join(FORMATS), show_default=True, callback=_formats,
+    "--formats", default=",".join(FORMATS), show_default=True,
     help="Comma-separated outputs: original (the authors' .npy), csr (.npz), parquet.",
 )  # fmt: skip
 @click.option(
-    "--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    "--on-error", default="fail", show_default=True, metavar="fail|skip",
     help="On a bad keyword file or list line: stop (write nothing), or skip and record it.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Encode again even if the outputs are up to date.")
+@manifest_option
 @quiet_option
 def encode_command(
     dataset: str,
@@ -62,27 +52,31 @@ def encode_command(
     jobs: int | None,
     min_df: int,
     stop_words: str,
-    formats: tuple[str, ...],
+    formats: str,
     on_error: str,
     force: bool,
+    manifest_paths: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Encode DATASET's keywords exactly as the authors did (clickture, coco, or all).
 
     Reads the archives and lists that `fetch` put in <data-dir>/<dataset>/ and writes the
-    authors' .npy files, vocab.tsv, per-split CSR matrices, Parquet tables and encode.json.
-    A second run with the same inputs and options does nothing; --force redoes it.
+    authors' .npy files, vocab.tsv, per-split CSR matrices, Parquet tables and the encode
+    record, encode.json. A second run with the same inputs and options does nothing; --force
+    redoes it. --manifest only changes which checksums the encode record vouches for.
     """
-    from amc_data.encoding.core import EncodeConfig, encode  # scikit-learn loads only when encoding
+    from amc_data.encoding.core import EncodeConfig, encode  # the encoder loads only when used
 
+    # Every option is checked by EncodeConfig and every dataset name by encode: once, there.
     config = EncodeConfig(
         min_df=min_df,
         stop_words=stop_words,
-        formats=formats,
+        formats=formats,  # type: ignore[arg-type]  # a comma-separated string is welcome
         on_error=on_error,  # type: ignore[arg-type]
         jobs=jobs,
         force=force,
         progress=progress_enabled(quiet),
+        manifest_paths=manifest_paths,
     )
     datasets = list(DATASETS) if dataset == "all" else [dataset]
     for name in datasets:
@@ -111,7 +105,7 @@ def _report(result: EncodeResult) -> None:
     if result.skipped:
         click.echo(
             f"  {len(result.skipped):,} item(s) skipped; each is recorded with its reason in "
-            f"{result.out_dir / 'encode.json'}"
+            f"the encode record, {result.out_dir / 'encode.json'}"
         )
     if "total" in result.seconds:
         click.echo(f"  time: {result.seconds['total']:.1f} s")

@@ -41,3 +41,15 @@ def jobs_option(default: int | None, help_text: str) -> Callable[[F], F]:
         )(func)
 
     return decorate
+
+
+def manifest_option(func: F) -> F:
+    """`--manifest PATH` (repeatable): manifests replacing the bundled ones of the same name."""
+    return click.option(
+        "--manifest",
+        "manifest_paths",
+        multiple=True,
+        type=click.Path(dir_okay=False, exists=True, path_type=str),
+        help="Use this manifest (TOML) instead of the bundled one of the same name; its `name` is "
+        "the dataset. Repeatable.",
+    )(func)

@@ -3,7 +3,9 @@
 - `keyword_pool()`: a Zipf-distributed pool of realistic keywords (words and phrases, capitals,
   accents, stop words, digits, and the pieces tokenisers trip on a little deeper).
 - `make_clickture()`: `keywords_dev.zip`, `keywords_lite.zip`, `clickture-dev.lst`,
-  `clickture-lite.lst`; `real_dev_lines()`, `lite_lines()` and `place_zero()` make list lines.
+  `clickture-lite.lst`; `dev_lines()` (the real dev list where it is at hand, else
+  `synthetic_dev_lines()`, a list of the same shape), `lite_lines()` and `place_zero()` make
+  list lines.
 - `make_coco()`: `keywords_coco.zip` with a Karpathy-format `dataset.json` and one keyword file
   per image in `keyword_<split>/`.
 - Defects, one function each, applied to a written corpus: `break_json`, `drop_tagging`,
@@ -36,6 +38,14 @@ import numpy as np
 DATE_TIME = (2017, 3, 1, 12, 0, 0)
 PARTS = ("dev", "lite")
 SPLITS = ("train", "restval", "val", "test")
+
+# The authors' clickture-dev.lst, where a checkout has it beside the repository.
+REAL_DEV_LIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "clickture-dev.lst"
+# Its shape: every id from 0 to 79,664 once, as 8 zero-padded digits, in an unsorted order
+# whose first line is 00048500 and whose image 0 is line 71,587.
+DEV_LIST_SIZE = 79_665
+DEV_LIST_FIRST_ID = 48_500
+DEV_LIST_ZERO_AT = 71_586  # 0-based
 
 # The head of the Zipf distribution: keywords as an auto-tagger writes them. Their order is
 # shuffled per pool seed, so each lands somewhere in the first ranks.
@@ -315,6 +325,26 @@ def real_dev_lines(shared_data: Path, n: int | None = None, start: int = 0) -> l
     """Lines `start` to `start + n` of the authors' real `clickture-dev.lst` (unsorted ids)."""
     lines = (Path(shared_data) / "clickture-dev.lst").read_text(encoding="ascii").splitlines()
     return lines[start : None if n is None else start + n]
+
+
+@functools.cache
+def synthetic_dev_lines(seed: int = 0) -> tuple[str, ...]:
+    """A list shaped like the authors' `clickture-dev.lst`: ids 0 to 79,664 each once, 8
+    zero-padded digits, in a seeded random order with 00048500 first and image 0 where the real
+    list has it (line 71,587). Which id sits where otherwise owes nothing to the real list."""
+    ids = np.random.default_rng([seed, 11]).permutation(DEV_LIST_SIZE)
+    for position, img_id in ((0, DEV_LIST_FIRST_ID), (DEV_LIST_ZERO_AT, 0)):
+        found = int(np.flatnonzero(ids == img_id)[0])
+        ids[[position, found]] = ids[[found, position]]
+    return tuple(f"{i:08d}" for i in ids.tolist())
+
+
+def dev_lines(n: int | None = None, start: int = 0) -> list[str]:
+    """Lines `start` to `start + n` of the real `clickture-dev.lst` where the checkout has it
+    (`REAL_DEV_LIST`), else of `synthetic_dev_lines()`, which has the same shape."""
+    if REAL_DEV_LIST.is_file():
+        return real_dev_lines(REAL_DEV_LIST.parent, n, start)
+    return list(synthetic_dev_lines()[start : None if n is None else start + n])
 
 
 def lite_lines(
@@ -641,22 +671,18 @@ def set_split(zip_path: Path, member: str, imgid: int, split: str = "holdout") -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Write a benchmark-sized Clickture corpus: the real dev list plus generated Lite lines."""
+    """Write a benchmark-sized Clickture corpus: the dev list (the real one where it is at hand,
+    else one of its shape) plus generated Lite lines."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("out", type=Path)
-    parser.add_argument(
-        "--shared-data", type=Path, default=Path(__file__).parents[2] / "shared/data"
-    )
     parser.add_argument("--lite", type=int, default=920_335, help="Lite documents (default 920335)")
-    parser.add_argument(
-        "--dev", type=int, default=None, help="first N real dev lines (default all)"
-    )
+    parser.add_argument("--dev", type=int, default=None, help="first N dev lines (default all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     began = time.perf_counter()
     corpus = make_clickture(
         args.out,
-        real_dev_lines(args.shared_data, args.dev),
+        dev_lines(args.dev),
         lite_lines(args.lite, args.seed),
         seed=args.seed,
     )

@@ -12,13 +12,14 @@ import numpy as np
 import reference_encode
 
 
-def small_clickture(data_dir: Path, shared_data: Path, n_dev: int = 400, n_lite: int = 400,
-                    seed: int = 0, **kwargs) -> corpus.ClicktureCorpus:  # fmt: skip
-    """A Clickture corpus in `<data_dir>/clickture`: real dev list order, Lite lines with a
-    folder part, image 0 present in Lite (not first) and absent from dev."""
+def small_clickture(data_dir: Path, n_dev: int = 400, n_lite: int = 400, seed: int = 0,
+                    **kwargs) -> corpus.ClicktureCorpus:  # fmt: skip
+    """A Clickture corpus in `<data_dir>/clickture`: the head of the dev list (the real one, or
+    one of its shape), Lite lines with a folder part, image 0 present in Lite (not first) and
+    absent from dev."""
     return corpus.make_clickture(
         data_dir / "clickture",
-        corpus.real_dev_lines(shared_data, n_dev),
+        corpus.dev_lines(n_dev),
         corpus.lite_lines(n_lite, seed=seed, prefix="lite/"),
         seed=seed,
         **kwargs,
@@ -63,7 +64,8 @@ def reference_for(dataset: str, data_dir: Path, workdir: Path, **kwargs) -> dict
     return result
 
 
-def manifest(out_dir: Path) -> dict:
+def encode_record(out_dir: Path) -> dict:
+    """The encode record of `out_dir`."""
     return json.loads((out_dir / "encode.json").read_text(encoding="utf-8"))
 
 

@@ -170,6 +170,11 @@ def test_keyword_token_ids_stop_caching_at_their_bound() -> None:
     ids = KeywordTokenIds(Analyzer(), ["red"], max_keywords=2)
     assert ids.document_ids(["red", "a red", "red red", "x"]) == [0, 0, 0, 0]
     assert len(ids) == 2
+    # Long keywords are worked out each time, never cached: unique huge ones cost no memory.
+    ids = KeywordTokenIds(Analyzer(), ["red"])
+    long = "red " + "x" * 500
+    assert ids.document_ids([long, long]) == [0, -1, 0, -1]
+    assert long not in ids
 
 
 def test_token_set_and_document_frequencies() -> None:
@@ -275,6 +280,14 @@ def test_load_stop_words_builtin_specs() -> None:
     assert load_stop_words("english") == ENGLISH_STOP_WORDS
     assert len(ENGLISH_STOP_WORDS) == 318
     assert load_stop_words("none") == frozenset()
+
+
+def test_the_copied_english_list_is_scikit_learns() -> None:
+    """amc-data carries its own copy of the list; it must stay scikit-learn's, word for word."""
+    from amc_data.encoding.stop_words import ENGLISH_STOP_WORDS as copied
+
+    assert copied == ENGLISH_STOP_WORDS
+    assert Analyzer().stop_words is copied  # the default analyzer needs no scikit-learn
 
 
 def test_load_stop_words_from_a_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

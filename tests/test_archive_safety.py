@@ -227,18 +227,8 @@ def _unzipped_coco(tmp_path: Path):
     return made, unzipped / made.member(victim), victim
 
 
-# The encoder's up-to-date fingerprint (encoding/core.py `_identity`) stats every file of the
-# folder through links before anything is read, and a dangling link makes that raise
-# FileNotFoundError: that part of the fix belongs to the encoder; this case passes once it lands.
-_FINGERPRINT_FOLLOWS_LINKS = pytest.mark.xfail(
-    raises=FileNotFoundError, strict=True, reason="the encode fingerprint stats through links"
-)
-
-
 @pytest.mark.timeout(120)  # before the fix, the FIFO case blocked forever
-@pytest.mark.parametrize(
-    "kind", [pytest.param("dangling link", marks=_FINGERPRINT_FOLLOWS_LINKS), "fifo"]
-)
+@pytest.mark.parametrize("kind", ["dangling link", "fifo"])
 def test_encode_names_a_member_that_is_no_regular_file(tmp_path, kind):
     if kind == "fifo" and not hasattr(os, "mkfifo"):
         pytest.skip("no FIFOs on this system")

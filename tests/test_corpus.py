@@ -6,6 +6,7 @@ import itertools
 import json
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from corpus import (
     DocumentStyle,
     break_json,
     damage_member_crc,
+    dev_lines,
     drop_images,
     drop_keywords,
     drop_tagging,
@@ -32,6 +34,7 @@ from corpus import (
     repeat_list_line,
     set_keywords,
     set_split,
+    synthetic_dev_lines,
 )
 from reference_encode import reference_clickture, reference_coco
 
@@ -47,8 +50,8 @@ def _names(zip_path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def clickture(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> ClicktureCorpus:
-    dev = real_dev_lines(shared_data, 300)
+def clickture(tmp_path_factory: pytest.TempPathFactory) -> ClicktureCorpus:
+    dev = dev_lines(300)
     lite = lite_lines(400, seed=1, prefix="lite/")
     return make_clickture(tmp_path_factory.mktemp("clickture"), dev, lite, seed=3)
 
@@ -114,10 +117,42 @@ def test_place_zero() -> None:
     ]
 
 
-def test_real_dev_lines(shared_data: Path) -> None:
+def _shape(lines: Sequence[str]) -> dict[str, object]:
+    """What tests rely on in a dev list, and the statistics that make it look like one."""
+    ids = np.array([int(line) for line in lines])
+    steps = np.diff(ids)
+    return {
+        "lines": len(lines),
+        "8 digits": all(len(line) == 8 and line.isdigit() for line in lines),
+        "every id 0..n-1 once": np.array_equal(np.sort(ids), np.arange(len(ids))),
+        "first": lines[0],
+        "image 0 at": lines.index("00000000"),
+        "about half the steps go up": 0.48 < (steps > 0).mean() < 0.52,
+        "no two consecutive ids in a row": (np.abs(steps) == 1).mean() < 0.001,
+    }
+
+
+def test_synthetic_dev_lines_have_the_real_lists_shape() -> None:
+    lines = synthetic_dev_lines()
+    assert _shape(lines) == {
+        "lines": 79_665,
+        "8 digits": True,
+        "every id 0..n-1 once": True,
+        "first": "00048500",
+        "image 0 at": 71_586,
+        "about half the steps go up": True,
+        "no two consecutive ids in a row": True,
+    }
+    assert synthetic_dev_lines() == lines and synthetic_dev_lines(seed=1) != lines  # seeded
+    assert dev_lines(3, start=1) == dev_lines()[1:4]
+
+
+def test_the_real_dev_list_has_the_shape_the_synthetic_one_copies(shared_data: Path) -> None:
+    """The real file's own bytes: what `synthetic_dev_lines` imitates is what the file is."""
     lines = real_dev_lines(shared_data)
-    assert len(lines) == 79_665 and lines[0] == "00048500"
+    assert _shape(lines) == _shape(synthetic_dev_lines())
     assert real_dev_lines(shared_data, 3, start=1) == lines[1:4]
+    assert dev_lines() == lines  # the tests use the real list where it is at hand
 
 
 def test_clickture_members_lists_and_documents(clickture: ClicktureCorpus) -> None:

@@ -3,6 +3,7 @@ other: the original .npy files, vocab.tsv, CSR matrices and Parquet tables."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import zipfile
 from pathlib import Path
@@ -15,9 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import reference_encode
 import scipy.sparse
+from amc_data_cli.main import cli
+from click.testing import CliRunner
 from encode_helpers import (
     assert_matches_reference,
-    manifest,
+    encode_record,
     reference_for,
     small_clickture,
     small_coco,
@@ -31,17 +34,17 @@ from sklearn.feature_extraction.text import CountVectorizer
 from amc_data import load_encoded
 from amc_data.encoding.core import EncodeConfig, encode
 from amc_data.encoding.formats import original_index
-from amc_data.encoding.outputs import input_records
-from amc_data.fetching.manifest import record_checksum
+from amc_data.encoding.record import input_records
+from amc_data.fetching.manifest import bundled_manifests, record_checksum
 
 
 @pytest.fixture(scope="module")
-def clickture(tmp_path_factory, shared_data):
+def clickture(tmp_path_factory):
     """A Clickture corpus wrapped in a top folder, with junk and folder entries, encoded once."""
     data_dir = tmp_path_factory.mktemp("clickture-data")
     made = small_clickture(
-        data_dir, shared_data, n_dev=1500, n_lite=2500, seed=11, wrap="keywords", junk=True,
-        dir_entries=True, empty_lines=[corpus.real_dev_lines(shared_data, 3)[2]],
+        data_dir, n_dev=1500, n_lite=2500, seed=11, wrap="keywords", junk=True,
+        dir_entries=True, empty_lines=[corpus.dev_lines(3)[2]],
     )  # fmt: skip
     result = encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=2))
     reference = reference_for("clickture", data_dir, data_dir / "reference-work")
@@ -84,8 +87,8 @@ def test_coco_original_outputs_equal_the_reference_bit_for_bit(coco):
 
 
 @pytest.mark.parametrize(("min_df", "stop_words"), [(2, "none"), (9, "english")])
-def test_other_parameters_match_the_reference_too(tmp_path, shared_data, min_df, stop_words):
-    small_clickture(tmp_path, shared_data, n_dev=300, n_lite=200, seed=3)
+def test_other_parameters_match_the_reference_too(tmp_path, min_df, stop_words):
+    small_clickture(tmp_path, n_dev=300, n_lite=200, seed=3)
     config = EncodeConfig(jobs=1, min_df=min_df, stop_words=stop_words, formats=("original",))
     encode("clickture", data_dir=tmp_path, config=config)
     reference = reference_for(
@@ -95,8 +98,8 @@ def test_other_parameters_match_the_reference_too(tmp_path, shared_data, min_df,
     assert_matches_reference(tmp_path / "clickture" / "encoded", reference)
 
 
-def test_a_stop_word_file_matches_the_reference(tmp_path, shared_data):
-    small_clickture(tmp_path, shared_data, n_dev=300, n_lite=100, seed=4)
+def test_a_stop_word_file_matches_the_reference(tmp_path):
+    small_clickture(tmp_path, n_dev=300, n_lite=100, seed=4)
     words = ["white", "sink", "new", "the"]
     stop_file = tmp_path / "stop.txt"
     stop_file.write_text("# my list\n" + "\n".join(words) + "\n", encoding="utf-8")
@@ -106,14 +109,14 @@ def test_a_stop_word_file_matches_the_reference(tmp_path, shared_data):
     assert_matches_reference(tmp_path / "clickture" / "encoded", reference)
 
 
-def test_output_is_identical_whatever_the_number_of_jobs(tmp_path, shared_data):
-    small_clickture(tmp_path, shared_data, n_dev=600, n_lite=900, seed=8)
+def test_output_is_identical_whatever_the_number_of_jobs(tmp_path):
+    small_clickture(tmp_path, n_dev=600, n_lite=900, seed=8)
     snapshots = []
     for jobs in (1, 2, 3):
         out = tmp_path / f"out-{jobs}"
         encode("clickture", data_dir=tmp_path, out=out, config=EncodeConfig(jobs=jobs))
         files = snapshot(out)
-        record = manifest(out)
+        record = encode_record(out)
         files.pop("encode.json")
         for key in ("created", "seconds"):
             record.pop(key)
@@ -122,8 +125,8 @@ def test_output_is_identical_whatever_the_number_of_jobs(tmp_path, shared_data):
     assert snapshots[0] == snapshots[1] == snapshots[2]
 
 
-def test_a_folder_stands_in_for_each_archive(tmp_path, shared_data):
-    made = small_clickture(tmp_path, shared_data, n_dev=300, n_lite=300, seed=9, wrap="top")
+def test_a_folder_stands_in_for_each_archive(tmp_path):
+    made = small_clickture(tmp_path, n_dev=300, n_lite=300, seed=9, wrap="top")
     zipped = tmp_path / "zipped"
     encode("clickture", data_dir=tmp_path, out=zipped, config=EncodeConfig(jobs=1))
     for part in ("dev", "lite"):
@@ -171,7 +174,7 @@ def test_csr_parquet_and_pair_matrix_agree(clickture):
     assert vocab["word_id"].tolist() == list(range(len(words)))
 
 
-def test_tokens_seen_kept_positions_and_df_follow_scikit_learn(clickture, shared_data):
+def test_tokens_seen_kept_positions_and_df_follow_scikit_learn(clickture):
     """The extra columns, checked against scikit-learn's own analyzer on the real documents."""
     data_dir, made, _result, _reference = clickture
     out_dir = data_dir / "clickture" / "encoded"
@@ -240,7 +243,7 @@ def test_coco_split_without_keyword_files_is_left_out_with_a_warning(tmp_path, c
     result = encode("coco", data_dir=tmp_path, config=EncodeConfig(jobs=1))
     assert "keyword_val/" in caplog.text
     assert result.counts["val"]["encoded"] == 0
-    assert manifest(result.out_dir)["absent_splits"] == ["val"]
+    assert encode_record(result.out_dir)["absent_splits"] == ["val"]
     assert not (result.out_dir / "coco_val_csr.npz").exists()
     reference = reference_for("coco", tmp_path, tmp_path / "work")
     assert_matches_reference(result.out_dir, reference)
@@ -260,26 +263,52 @@ def test_index_quirks_match_the_reference_walk(blocks):
     assert actual.tolist() == expected.tolist()
 
 
-def test_encode_json_records_inputs_and_vouches_only_for_known_files(clickture, shared_data):
-    _data_dir, _made, result, _reference = clickture
-    record = manifest(result.out_dir)
+def test_the_encode_record_vouches_only_for_files_fetch_knows(clickture, tmp_path):
+    data_dir, made, result, _reference = clickture
+    record = encode_record(result.out_dir)
     inputs = {item["name"]: item for item in record["inputs"]}
-    # A slice of the real list is not the file fetch knows: no hash is claimed for it...
+    # A generated list is not the file the bundled manifest knows: no hash is claimed for it.
     assert inputs["clickture-dev.lst"]["size"] > 0
     assert inputs["clickture-dev.lst"]["sha256"] is None
     assert inputs["keywords_dev.zip"]["sha256"] is None  # never fetched, no record
     assert record["parameters"]["min_df"] == 6
     assert record["packages"]["scikit-learn"] != "not installed"
     assert record["vocabulary_size"] == len(vocab_words(result.out_dir))
-    # ...while the real file gets the manifest's hash.
-    folder = result.out_dir.parent / "real"
-    folder.mkdir(exist_ok=True)
-    real = shutil.copy(shared_data / "clickture-dev.lst", folder / "clickture-dev.lst")
-    (records,) = input_records(folder, "clickture", [Path(real)])
-    assert records["sha256"] == "e5a1c92899aa568854c513f5731a648cfc16867773facd310d3bce04a85cf41f"
-    assert records["sha256_source"] == "manifest"
+    # A manifest given with --manifest replaces the bundled one: its hash is vouched for, for
+    # a file of its size only.
+    listed = made.list_path("dev")
+    digest = hashlib.sha256(listed.read_bytes()).hexdigest()
+    manifest = tmp_path / "clickture.toml"
+    manifest.write_text(
+        'name = "clickture"\n'
+        + "".join(
+            f'[[files]]\nname = "{name}"\nurls = ["https://example.invalid/{name}"]\n{extra}\n'
+            for name, extra in [
+                ("clickture-dev.lst", f'size = {listed.stat().st_size}\nsha256 = "{digest}"'),
+                ("clickture-lite.lst", f'size = 1\nsha256 = "{"cd" * 32}"'),
+            ]
+        )
+    )
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["encode", "clickture", "--data-dir", str(data_dir), "--out", str(out), "-j", "1"]
+    assert runner.invoke(cli, [*args, "--manifest", str(manifest)]).exit_code == 0
+    inputs = {item["name"]: item for item in encode_record(out)["inputs"]}
+    vouched = inputs["clickture-dev.lst"]
+    assert (vouched["sha256"], vouched["sha256_source"]) == (digest, "manifest")
+    assert inputs["clickture-lite.lst"]["sha256"] is None  # the size differs: not that file
     # A file fetch recorded on first download (no published hash) gets the recorded hash.
-    archive = Path(shutil.copy(result.out_dir / "vocab.tsv", folder / "keywords_dev.zip"))
-    record_checksum(folder, "keywords_dev.zip", archive.stat().st_size, "ab" * 32, "download")
-    (recorded,) = input_records(folder, "clickture", [archive])
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    archive = Path(shutil.copy(made.zip_path("dev"), fetched))
+    record_checksum(fetched, archive.name, archive.stat().st_size, "ab" * 32, "download")
+    (recorded,) = input_records(fetched, bundled_manifests()["clickture"], [archive])
     assert (recorded["sha256"], recorded["sha256_source"]) == ("ab" * 32, "recorded")
+
+
+def test_the_real_dev_list_gets_the_bundled_manifests_hash(shared_data, tmp_path):
+    """The real file's own bytes: only this part needs the authors' list at hand."""
+    real = Path(shutil.copy(shared_data / "clickture-dev.lst", tmp_path / "clickture-dev.lst"))
+    (record,) = input_records(tmp_path, bundled_manifests()["clickture"], [real])
+    assert record["sha256"] == "e5a1c92899aa568854c513f5731a648cfc16867773facd310d3bce04a85cf41f"
+    assert record["sha256_source"] == "manifest"

@@ -12,15 +12,15 @@ import corpus
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from encode_helpers import manifest, small_clickture, small_coco, snapshot
+from encode_helpers import encode_record, small_clickture, small_coco, snapshot
 
 from amc_data.encoding.core import EncodeConfig, encode
 from amc_data.errors import ConfigError, InputError
 
 
 @pytest.fixture
-def clickture(tmp_path, shared_data):
-    made = small_clickture(tmp_path, shared_data, n_dev=120, n_lite=80, seed=21)
+def clickture(tmp_path):
+    made = small_clickture(tmp_path, n_dev=120, n_lite=80, seed=21)
     return tmp_path, made
 
 
@@ -94,6 +94,14 @@ def _damaged_member(made):
     return [member, "keywords_dev.zip", "CRC"], "dev"
 
 
+def _huge_keyword(made):
+    """A keyword far longer than any tagger writes: bad input (each distinct one would be held
+    several times over in memory)."""
+    _line, member = _lite_member(made)
+    corpus.set_keywords(made.zip_path("lite"), member, ["red", "x" * 250_000])
+    return [member, "250,000 characters", "at most 1,000"], "lite"
+
+
 DEFECTS = [
     _invalid_json,
     _no_tagging,
@@ -104,6 +112,7 @@ DEFECTS = [
     _repeated_line,
     _not_an_id,
     _damaged_member,
+    _huge_keyword,
 ]
 
 
@@ -134,7 +143,7 @@ def test_skip_goes_on_and_records_the_item(clickture, defect):
     assert result.exit_code == 0, result.output
     assert "1 item(s) skipped" in result.output
     out_dir = data_dir / "clickture" / "encoded"
-    record = manifest(out_dir)
+    record = encode_record(out_dir)
     assert len(record["skipped"]) == 1
     skipped = record["skipped"][0]
     assert skipped["split"] == split
@@ -261,9 +270,9 @@ def test_foreign_output_folder_is_refused_and_untouched(clickture):
         encode("clickture", data_dir=data_dir, out=foreign, config=EncodeConfig(jobs=1))
 
 
-def test_folder_and_zip_may_wrap_differently(tmp_path, shared_data):
+def test_folder_and_zip_may_wrap_differently(tmp_path):
     """Dev unzipped without its folder level, Lite zipped inside a wrapping folder."""
-    made = small_clickture(tmp_path, shared_data, n_dev=150, n_lite=60, seed=2)
+    made = small_clickture(tmp_path, n_dev=150, n_lite=60, seed=2)
     folder = made.folder / "keywords_dev"
     with zipfile.ZipFile(made.zip_path("dev")) as archive:
         for line in made.lines("dev"):
@@ -347,7 +356,7 @@ def test_config_accepts_a_path_and_refuses_what_scikit_learn_refuses(clickture, 
     words = tmp_path / "stop.txt"
     words.write_text("red\n", encoding="utf-8")
     result = encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=1, stop_words=words))
-    assert manifest(result.out_dir)["parameters"]["stop_words"] == str(words)
+    assert encode_record(result.out_dir)["parameters"]["stop_words"] == str(words)
     for bad in ({"min_df": 0}, {"jobs": 2.5}, {"jobs": 0}, {"formats": ("xml",)}):
         with pytest.raises(ConfigError):
             EncodeConfig(**bad)
@@ -375,8 +384,8 @@ def test_a_skipped_fitting_document_counts_for_nothing(clickture):
     assert [w.split("\t")[1] for w in words] == sorted(fitted.vocabulary_)
 
 
-def test_an_image_id_too_large_for_the_index_is_refused(tmp_path, shared_data):
-    made = small_clickture(tmp_path, shared_data, n_dev=60, n_lite=20, seed=5)
+def test_an_image_id_too_large_for_the_index_is_refused(tmp_path):
+    made = small_clickture(tmp_path, n_dev=60, n_lite=20, seed=5)
     path = made.list_path("lite")
     line = made.lines("lite")[0]
     text = path.read_text().replace(f"{line}\n", "lite/3000000000\n", 1)
@@ -389,3 +398,39 @@ def test_an_image_id_too_large_for_the_index_is_refused(tmp_path, shared_data):
         "clickture", data_dir=tmp_path, config=EncodeConfig(jobs=1, formats=("parquet",))
     )
     assert result.counts["lite"]["encoded"] == 20
+
+
+def test_an_imgid_beyond_int64_is_a_clear_error_or_skipped(tmp_path):
+    made = small_coco(tmp_path, per_split=20, seed=4)
+
+    def edit(value):
+        value["images"][3]["imgid"] = 2**63
+
+    corpus._edit_json(made.zip_path, made.dataset_member, edit)
+    result = run(tmp_path, dataset="coco")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "images[3]" in result.stderr and "2**63 - 1" in result.stderr
+    assert not isinstance(result.exception, OverflowError)
+    skipped = encode("coco", data_dir=tmp_path, config=EncodeConfig(jobs=1, on_error="skip"))
+    assert [item.item for item in skipped.skipped] == [made.images[3].filename]
+
+
+def test_files_renamed_or_swapped_inside_an_unzipped_folder_are_noticed(clickture):
+    """Count, total size and newest mtime stay the same; names and change times do not."""
+    data_dir, made = clickture
+    folder = made.folder / "keywords_dev"
+    with zipfile.ZipFile(made.zip_path("dev")) as archive:
+        archive.extractall(folder)
+    made.zip_path("dev").unlink()
+    assert "encoded into" in run(data_dir).output
+    assert "up to date" in run(data_dir).output
+    first, second = (folder / made.member("dev", made.lines("dev")[i]) for i in (0, 1))
+    parked = first.with_name("parked")
+    first.rename(parked)
+    second.rename(first)
+    parked.rename(second)
+    assert "encoded into" in run(data_dir).output
+    # A rename to a name no list line holds is noticed too (and reported as a missing member).
+    second.rename(second.with_name("elsewhere.json"))
+    result = run(data_dir)
+    assert result.exit_code == 1 and "has no member" in result.stderr

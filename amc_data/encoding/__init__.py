@@ -1,9 +1,11 @@
 """Stage 3, encode: keyword files to word ids exactly as the authors' scikit-learn scripts did,
 written in their `.npy` layout and as CSR and Parquet.
 
-`analyzer` is the tokeniser and vocabulary fit; `inputs` plans the documents of a dataset;
-`core` runs the two passes (fit, then encode) over worker processes; `formats` and `outputs`
-write the files and the encode record.
+`analyzer` (with `stop_words`) is the tokeniser and vocabulary fit; `inputs` plans the documents
+of a dataset; `policy` decides what a bad item does; `workers` reads and encodes chunks of
+documents in worker processes; `core` runs the two passes (fit, then encode); `formats` and
+`outputs` write the files; `record` reads and writes the encode record (`encode.json`);
+`staging` owns the output folder (lock, staging folder, atomic swap).
 """
 
 from __future__ import annotations

@@ -18,9 +18,6 @@ Each piece is what scikit-learn's own source does (`sklearn/feature_extraction/t
 
 from __future__ import annotations
 
-import ast
-import functools
-import importlib.util
 import logging
 import os
 import re
@@ -31,11 +28,14 @@ from itertools import chain, filterfalse, repeat
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
+from .stop_words import ENGLISH_STOP_WORDS
 
 __all__ = [
+    "MAX_KEYWORD_LENGTH",
     "TOKEN_PATTERN",
     "Analyzer",
     "KeywordTokenIds",
+    "check_min_df",
     "count_document_frequencies",
     "document_from_keywords",
     "fit_vocabulary",
@@ -53,32 +53,19 @@ TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 _TOKEN_RE = re.compile(r"\w\w+")
 _findall = _TOKEN_RE.findall
 
+#: The longest keyword accepted, in characters. Taggers write words and short phrases (tens of
+#: characters); a longer keyword is bad input, because every distinct word is held several times
+#: over (token caches, document-frequency counters in each worker and in the main process), so a
+#: few thousand files of one unique huge word each would otherwise cost gigabytes.
+MAX_KEYWORD_LENGTH = 1000
+# Keywords up to this length are cached by `KeywordTokenIds`: a hostile corpus of long unique
+# keywords then cannot grow the cache past `max_keywords` times this size.
+_CACHED_LENGTH = 100
 
-@functools.cache
+
 def english_stop_words() -> frozenset[str]:
-    """scikit-learn's own `ENGLISH_STOP_WORDS`, the list the authors used.
-
-    Read from scikit-learn's source file (a single frozenset literal) without importing
-    scikit-learn, which takes about a second and 60 MB in every process; should that file ever
-    take another shape, scikit-learn is imported after all. The tests check the two agree.
-    """
-    spec = importlib.util.find_spec("sklearn")
-    if spec is not None and spec.origin is not None:
-        path = Path(spec.origin).parent / "feature_extraction" / "_stop_words.py"
-        try:
-            for node in ast.parse(path.read_text(encoding="utf-8")).body:
-                if (
-                    isinstance(node, ast.Assign)
-                    and [getattr(t, "id", None) for t in node.targets] == ["ENGLISH_STOP_WORDS"]
-                    and isinstance(node.value, ast.Call)
-                    and getattr(node.value.func, "id", None) == "frozenset"
-                    and len(node.value.args) == 1
-                ):
-                    return frozenset(ast.literal_eval(node.value.args[0]))
-        except (OSError, SyntaxError, ValueError):
-            pass
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
+    """scikit-learn's `ENGLISH_STOP_WORDS`, the list the authors used (a copy; see
+    `stop_words`)."""
     return ENGLISH_STOP_WORDS
 
 
@@ -191,7 +178,8 @@ class KeywordTokenIds(dict[str, tuple[int, ...]]):
 
     def __missing__(self, keyword: str) -> tuple[int, ...]:
         ids = tuple(map(self._get, self.analyzer(keyword), repeat(-1)))
-        if len(self) < self.max_keywords:  # bounded: a corpus of unique keywords cannot grow it
+        # Bounded in count and size: a corpus of unique or huge keywords cannot grow it.
+        if len(self) < self.max_keywords and len(keyword) <= _CACHED_LENGTH:
             self[keyword] = ids
         return ids
 
@@ -221,6 +209,15 @@ def count_document_frequencies(
     return counter
 
 
+def check_min_df(min_df: object) -> None:
+    """ConfigError unless `min_df` is a whole number of documents >= 1, as scikit-learn wants
+    of an integer `min_df`."""
+    if isinstance(min_df, bool) or not isinstance(min_df, int) or min_df < 1:
+        raise ConfigError(
+            f"min_df must be a whole number of documents >= 1 (the authors used 6), not {min_df!r}."
+        )
+
+
 def fit_vocabulary(
     document_frequency: Mapping[str, int], n_documents: int, min_df: int
 ) -> list[str]:
@@ -237,10 +234,7 @@ def fit_vocabulary(
     documents than min_df"); no word reaching `min_df` ("After pruning, no terms remain").
     Raises `ConfigError` for a `min_df` that is not an integer >= 1 (scikit-learn refuses it too).
     """
-    if isinstance(min_df, bool) or not isinstance(min_df, int) or min_df < 1:
-        raise ConfigError(
-            f"min_df must be a whole number of documents >= 1 (the authors used 6); got {min_df!r}."
-        )
+    check_min_df(min_df)
     if n_documents < 0:
         raise ValueError(f"n_documents must be >= 0, got {n_documents}")
     if not document_frequency:

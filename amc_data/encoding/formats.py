@@ -125,14 +125,14 @@ class CsrBuilder:
 
     def _load(self, part: str, dtype: type) -> np.ndarray:
         self._files[part].close()
-        array = np.fromfile(self._spill[part], dtype=dtype)
+        array: np.ndarray = np.fromfile(self._spill[part], dtype=dtype)
         self._spill[part].unlink()
         return array
 
     @staticmethod
     def _take(parts: list[np.ndarray], dtype: type) -> np.ndarray:
         """Concatenate `parts` into `dtype`, emptying the list as it goes."""
-        out = np.empty(sum(p.size for p in parts), dtype=dtype)
+        out: np.ndarray = np.empty(sum(p.size for p in parts), dtype=dtype)
         position = 0
         while parts:
             part = parts.pop(0)
@@ -187,16 +187,20 @@ class CsrBuilder:
 
 
 def _npz_member(
-    npz: zipfile.ZipFile, name: str, dtype: type, shape: tuple[int, ...], blocks: Iterable
+    npz: zipfile.ZipFile,
+    name: str,
+    dtype: type | np.dtype,
+    shape: tuple[int, ...],
+    blocks: Iterable[np.ndarray],
 ) -> None:
     """One `.npy` member of an `.npz` file, written from blocks of its values in order."""
-    dtype = np.dtype(dtype)
+    kind = np.dtype(dtype)
     with npz.open(f"{name}.npy", "w", force_zip64=True) as member:
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+        header = {"descr": np.lib.format.dtype_to_descr(kind), "fortran_order": False,
                   "shape": shape}  # fmt: skip
         np.lib.format.write_array_header_1_0(member, header)
         for block in blocks:
-            member.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+            member.write(np.ascontiguousarray(block, dtype=kind).tobytes())
 
 
 _NUMPY_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32,

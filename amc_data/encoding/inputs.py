@@ -1,6 +1,6 @@
 """What an encode reads: find a dataset's input files, read its image list (the Clickture list
 files, or COCO's `dataset.json`), and turn it into a table of documents, each tied to the archive
-member that holds its keywords (SPEC §2).
+member that holds its keywords, as the authors' scripts did.
 
 Planning problems (a list line that is no image id, a repeated line, a member the archive lacks,
 an image of an unknown split) either stop the encode or, with `on_error="skip"`, are recorded
@@ -13,9 +13,8 @@ import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -27,69 +26,41 @@ from ..archive import (
     open_archive,
     repeated_rows,
 )
-from ..errors import ConfigError, InputError
+from ..errors import InputError
+from ..spec import DatasetSpec
+from .policy import ErrorPolicy, SkippedItem
 
 log = logging.getLogger(__name__)
 
-OnError = Literal["fail", "skip"]
-DATASETS = ("clickture", "coco")
-FORMATS = ("original", "csr", "parquet")  # what `encode` can write beside vocab.tsv
-SPLITS = {"clickture": ("dev", "lite"), "coco": ("train", "restval", "val", "test")}
-# The documents the vocabulary is fitted on, which are also those of the authors' COCO outputs.
-FIT_SPLITS = {"clickture": ("dev",), "coco": ("train", "test")}
-SKIP_HINT = "Use --on-error skip to leave such items out and record them in encode.json."
 _LAYOUT_SAMPLE = 200
-
-
-@dataclass(frozen=True)
-class SkippedItem:
-    """A document left out under `on_error="skip"`, and why."""
-
-    split: str
-    item: str  # the list line, or the image's file name in dataset.json
-    member: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class OriginalOutput:
-    """One pair of the authors' output files and the splits whose documents it holds."""
-
-    stem: str  # "clickture_dev", "coco"
-    index_suffix: str  # "_sparse" for Clickture, "" for COCO, as the scripts named them
-    splits: tuple[str, ...]
-
-    def pairs_name(self, min_df: int) -> str:
-        return f"img_keyword_rec_{self.stem}_sk_{min_df}.npy"
-
-    def index_name(self, min_df: int) -> str:
-        return f"img_keyword_ind_{self.stem}_sk_{min_df}{self.index_suffix}.npy"
-
-
-ORIGINAL_OUTPUTS = {
-    "clickture": (
-        OriginalOutput("clickture_dev", "_sparse", ("dev",)),
-        OriginalOutput("clickture_lite", "_sparse", ("lite",)),
-    ),
-    "coco": (OriginalOutput("coco", "", ("train", "test")),),
-}
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass
 class Documents:
-    """The documents of one dataset, in the authors' order, as parallel columns."""
+    """The documents of one dataset, in the authors' order, as parallel columns.
 
-    dataset: str
-    splits: tuple[str, ...]
+    `splits` and `archives` name the splits and archives; per document, `split_code` and
+    `archive_code` index into them.
+    """
+
+    spec: DatasetSpec
     archives: tuple[Archive, ...]
-    split: np.ndarray  # (n,) uint8: index into `splits`
+    split_code: np.ndarray  # (n,) uint8: index into `splits`
     img_id: np.ndarray  # (n,) int64
-    archive: np.ndarray  # (n,) uint8: index into `archives`
+    archive_code: np.ndarray  # (n,) uint8: index into `archives`
     members: np.ndarray  # (n,) bytes: member names, UTF-8
     items: np.ndarray  # (n,) bytes: the list line, or the file name in dataset.json
     locations: np.ndarray  # (n, 6) int64: where each member lies, for `Archive.read_at`
-    skipped: list[SkippedItem] = field(default_factory=list)
     absent_splits: tuple[str, ...] = ()  # splits whose keyword files the archive lacks
+
+    @property
+    def dataset(self) -> str:
+        return self.spec.name
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return self.spec.splits
 
     def __len__(self) -> int:
         return len(self.members)
@@ -101,16 +72,14 @@ class Documents:
             return parts[0]
         first = parts[0]
         return Documents(
-            dataset=first.dataset,
-            splits=first.splits,
+            spec=first.spec,
             archives=first.archives,
-            split=np.concatenate([p.split for p in parts]),
+            split_code=np.concatenate([p.split_code for p in parts]),
             img_id=np.concatenate([p.img_id for p in parts]),
-            archive=np.concatenate([p.archive for p in parts]),
+            archive_code=np.concatenate([p.archive_code for p in parts]),
             members=np.concatenate([p.members for p in parts]),
             items=np.concatenate([p.items for p in parts]),
             locations=np.concatenate([p.locations for p in parts]),
-            skipped=parts[-1].skipped,
             absent_splits=tuple(dict.fromkeys(s for p in parts for s in p.absent_splits)),
         )
 
@@ -120,12 +89,16 @@ class Documents:
     @property
     def fit(self) -> np.ndarray:
         """(n,) bool: the document belongs to the vocabulary's fitting set."""
-        return np.isin(self.split, self.split_codes(FIT_SPLITS[self.dataset]))
+        return np.isin(self.split_code, self.split_codes(self.spec.fit_splits))
 
-
-def check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ConfigError(f"Unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}.")
+    def skipped_item(self, row: int, reason: str) -> SkippedItem:
+        """Document `row` as an item left out for `reason`."""
+        return SkippedItem(
+            split=self.splits[self.split_code[row]],
+            item=bytes(self.items[row]).decode("utf-8"),
+            member=bytes(self.members[row]).decode("utf-8"),
+            reason=reason,
+        )
 
 
 def _archive_path(folder: Path, stem: str) -> Path:
@@ -149,17 +122,12 @@ def _file_path(folder: Path, name: str) -> Path:
     return path
 
 
-def input_files(dataset: str, folder: Path) -> list[Path]:
-    """The files (or unzipped folders) an encode of `dataset` reads, without reading them."""
-    check_dataset(dataset)
-    if dataset == "clickture":
-        return [
-            _archive_path(folder, "keywords_dev"),
-            _archive_path(folder, "keywords_lite"),
-            _file_path(folder, "clickture-dev.lst"),
-            _file_path(folder, "clickture-lite.lst"),
-        ]
-    return [_archive_path(folder, "keywords_coco")]
+def input_files(spec: DatasetSpec, folder: Path) -> list[Path]:
+    """The files (or unzipped folders) an encode of a dataset reads, without reading them."""
+    return [
+        *(_archive_path(folder, stem) for stem in spec.archives),
+        *(_file_path(folder, name) for name in spec.lists),
+    ]
 
 
 @dataclass
@@ -168,7 +136,7 @@ class _Candidates:
     list has a million lines. The member the authors' scripts open for candidate `i` is
     `<folder of its split>/<stems[i]>.json`."""
 
-    split: np.ndarray  # (n,) uint8: index into SPLITS[dataset]
+    split: np.ndarray  # (n,) uint8: index into the dataset's splits
     items: np.ndarray  # (n,) bytes: the list line, or the file name in dataset.json
     stems: np.ndarray  # (n,) bytes
     img_id: np.ndarray  # (n,) int64
@@ -182,9 +150,9 @@ class _Candidates:
         return bytes(self.items[row]).decode("utf-8")
 
 
-def _member_folder(dataset: str, split: str) -> str:
+def _member_folder(spec: DatasetSpec, split: str) -> str:
     """The folder of a split's keyword files, as the scripts name it."""
-    return f"keywords_{split}" if dataset == "clickture" else f"keyword_{split}"
+    return spec.member_folder(split)
 
 
 def _member_names(layout: MemberLayout, folder: str, stems: np.ndarray) -> np.ndarray:
@@ -195,17 +163,14 @@ def _member_names(layout: MemberLayout, folder: str, stems: np.ndarray) -> np.nd
 class _Planner:
     """Builds the document columns, honouring `on_error` for every problem found."""
 
-    def __init__(self, dataset: str, archives: tuple[Archive, ...], on_error: OnError) -> None:
-        self.dataset = dataset
-        self.splits = SPLITS[dataset]
+    def __init__(self, spec: DatasetSpec, archives: tuple[Archive, ...], policy: ErrorPolicy):
+        self.dataset = spec  # the dataset, as its spec
+        self.splits = spec.splits
         self.archives = archives
-        self.on_error = on_error
-        self.skipped: list[SkippedItem] = []
+        self.policy = policy
 
     def problem(self, split: str, item: str, member: str, message: str) -> None:
-        if self.on_error == "fail":
-            raise InputError(f"{message} {SKIP_HINT}")
-        self.skipped.append(SkippedItem(split, item, member, message))
+        self.policy.problem(SkippedItem(split, item, member, message))
 
     def layout(self, archive: Archive, folder: str, stems: np.ndarray) -> MemberLayout:
         sample = [f"{folder}/{bytes(stem).decode('utf-8')}.json" for stem in stems[:_LAYOUT_SAMPLE]]
@@ -253,16 +218,14 @@ class _Planner:
             self.archives[archive_of[self.splits[code]]].close()
         rows = np.flatnonzero(keep)
         return Documents(
-            dataset=self.dataset,
-            splits=self.splits,
+            spec=self.dataset,
             archives=self.archives,
-            split=found.split[rows],
+            split_code=found.split[rows],
             img_id=found.img_id[rows],
-            archive=archive_index[rows],
+            archive_code=archive_index[rows],
             members=names[rows],
             items=found.items[rows],
             locations=locations[rows],
-            skipped=self.skipped,
             absent_splits=absent,
         )
 
@@ -322,20 +285,21 @@ def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
     )
 
 
-def _plan_clickture(folder: Path, on_error: OnError) -> Iterator[Documents]:
-    archives = (
-        open_archive(_archive_path(folder, "keywords_dev")),
-        open_archive(_archive_path(folder, "keywords_lite")),
-    )
-    planner = _Planner("clickture", archives, on_error)
+def _plan_lists(spec: DatasetSpec, folder: Path, policy: ErrorPolicy) -> Iterator[Documents]:
+    """A dataset whose splits each have a list file and an archive (Clickture), split by split,
+    in the spec's order: the fitting split (dev) comes first."""
+    stems = spec.archives
+    archives = tuple(open_archive(_archive_path(folder, stem)) for stem in stems)
+    archive_of = {split: stems.index(spec.archive_of(split)) for split in spec.splits}
+    planner = _Planner(spec, archives, policy)
     # Parse the archives' directories (mostly numpy, which lets go of the GIL) in threads while
     # this one reads the lists, and hand over dev (the fitting set) before Lite is planned.
     with ThreadPoolExecutor(len(archives)) as pool:
         parsed = [pool.submit(_prefetch, archive) for archive in archives]
-        for index, split in enumerate(("dev", "lite")):
-            found = _list_candidates(_file_path(folder, f"clickture-{split}.lst"), split, planner)
-            parsed[index].result()
-            yield planner.documents(found, {"dev": 0, "lite": 1})
+        for split, list_name in zip(spec.splits, spec.lists, strict=True):
+            found = _list_candidates(_file_path(folder, list_name), split, planner)
+            parsed[archive_of[split]].result()
+            yield planner.documents(found, archive_of)
 
 
 def _prefetch(archive: Archive) -> None:
@@ -343,15 +307,17 @@ def _prefetch(archive: Archive) -> None:
         archive.index()
 
 
-def _load_dataset_json(archive: Archive) -> tuple[list[object], str]:
+def load_dataset_json(archive: Archive) -> tuple[list[object], str]:
+    """The `images` list of Karpathy's `dataset.json` in a COCO archive, and its member name."""
     name = find_layout(archive, ["dataset.json"]).name("dataset.json")
-    if name not in archive:
+    member = archive.member(name)
+    if member is None:
         raise InputError(
             f"{archive.path} has no dataset.json (Karpathy's split file). Expected it beside the "
             "keyword_<split>/ folders; fetch the archive again."
         )
     try:
-        content = json.loads(archive.read(name))
+        content = json.loads(archive.read_member(member))
     except ValueError as exc:
         raise InputError(f"{archive.path} member {name!r} is not valid JSON ({exc}).") from exc
     images = content.get("images") if isinstance(content, dict) else None
@@ -365,19 +331,23 @@ def _load_dataset_json(archive: Archive) -> tuple[list[object], str]:
 
 
 def _coco_candidates(archive: Archive, planner: _Planner) -> _Candidates:
-    images, json_name = _load_dataset_json(archive)
+    images, json_name = load_dataset_json(archive)
     splits = planner.splits
     columns: dict[str, list] = {"split": [], "items": [], "img_id": [], "numbers": []}
-    seen_ids: dict[int, int] = {}
+    seen_ids: dict[object, int] = {}
     place = f"images[{{}}] of {archive.path} member {json_name!r}"
     for position, image in enumerate(images):
         where = place.format(position)
         record = image if isinstance(image, dict) else {}
         filename, img_id, split = record.get("filename"), record.get("imgid"), record.get("split")
         item = filename if isinstance(filename, str) else f"images[{position}]"
-        if not isinstance(filename, str) or type(img_id) is not int or img_id < 0:
+        good_id = type(img_id) is int and 0 <= img_id <= _INT64_MAX  # an int64, as written out
+        if not isinstance(filename, str) or not good_id:
             shown = json.dumps(image)[:200]
-            message = f"{where} lacks a string 'filename' or an integer 'imgid' >= 0 ({shown})."
+            message = (
+                f"{where} lacks a string 'filename' or an integer 'imgid' from 0 to 2**63 - 1 "
+                f"({shown})."
+            )
             planner.problem(str(split), item, json_name, message)
         elif split not in splits:
             message = f"{where} ({filename}) has split {split!r}; expected one of {splits}."
@@ -413,9 +383,9 @@ def _absent_splits(planner: _Planner, found: _Candidates) -> tuple[str, ...]:
     absent = []
     for code, split in enumerate(planner.splits):
         stems = found.stems[found.split == code]
-        if stems.size == 0 or split in FIT_SPLITS["coco"]:
+        if stems.size == 0 or split in planner.dataset.fit_splits:
             continue
-        folder = _member_folder("coco", split)
+        folder = _member_folder(planner.dataset, split)
         layout = planner.layout(archive, folder, stems)
         if (archive.locations(_member_names(layout, folder, stems))[:, 2] < 0).all():
             log.warning("%s has no %s/ files: its %d images are left out.",
@@ -424,22 +394,21 @@ def _absent_splits(planner: _Planner, found: _Candidates) -> tuple[str, ...]:
     return tuple(absent)
 
 
-def _plan_coco(folder: Path, on_error: OnError) -> Documents:
-    archive = open_archive(_archive_path(folder, "keywords_coco"))
-    planner = _Planner("coco", (archive,), on_error)
+def _plan_dataset_json(spec: DatasetSpec, folder: Path, policy: ErrorPolicy) -> Documents:
+    """A dataset whose one archive holds every split and `dataset.json` (COCO)."""
+    (stem,) = spec.archives
+    archive = open_archive(_archive_path(folder, stem))
+    planner = _Planner(spec, (archive,), policy)
     found = _coco_candidates(archive, planner)
-    archive_of = dict.fromkeys(SPLITS["coco"], 0)
+    archive_of = dict.fromkeys(spec.splits, 0)
     return planner.documents(found, archive_of, _absent_splits(planner, found))
 
 
-def plan_parts(dataset: str, folder: Path, on_error: OnError = "fail") -> Iterator[Documents]:
-    """Read `dataset`'s image list from `folder` and tie each image to its keyword member, in
+def plan_parts(spec: DatasetSpec, folder: Path, policy: ErrorPolicy) -> Iterator[Documents]:
+    """Read a dataset's image list from `folder` and tie each image to its keyword member, in
     parts (`Documents.concat` joins them): the fitting set's part first, so that the vocabulary
-    can be counted while the rest is planned."""
-    check_dataset(dataset)
-    if on_error not in ("fail", "skip"):
-        raise ConfigError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
-    if dataset == "clickture":
-        yield from _plan_clickture(folder, on_error)
+    can be counted while the rest is planned. Problems go to `policy`."""
+    if spec.lists:
+        yield from _plan_lists(spec, folder, policy)
     else:
-        yield _plan_coco(folder, on_error)
+        yield _plan_dataset_json(spec, folder, policy)

@@ -266,10 +266,10 @@ def _dataset_json_ids(path: Path) -> dict[str, int]:
                 "{'images': [{'filename', 'imgid', ...}, ...]}."
             )
     else:  # keywords_coco.zip, or the folder it unzips to, found as `encode` finds it
-        from ..encoding.inputs import _load_dataset_json
+        from ..encoding.inputs import load_dataset_json
 
         try:
-            images, member = _load_dataset_json(open_archive(path))
+            images, member = load_dataset_json(open_archive(path))
         except ArchiveError as exc:
             raise InputError(f"Cannot read dataset.json from {path}: {exc}") from exc
         where = f"{path} member {member!r}"

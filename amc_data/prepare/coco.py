@@ -33,6 +33,7 @@ from ..datadir import dataset_dir
 from ..dataset import load_encoded
 from ..encoding.inputs import input_files
 from ..errors import ConfigError, InputError
+from ..spec import dataset_spec
 from .common import (
     EXAMPLES,
     Missing,
@@ -94,7 +95,7 @@ def _read_dataset_json(folder: Path, dataset_json: Path | None) -> tuple[list[An
         except OSError as exc:
             raise InputError(f"Cannot read {dataset_json}: {exc}.") from exc
     else:
-        archive_path = input_files("coco", folder)[0]
+        archive_path = input_files(dataset_spec("coco"), folder)[0]
         archive = open_archive(archive_path)
         try:
             # At the archive's root, or inside the one folder it was zipped with.
@@ -308,7 +309,7 @@ def prepare_coco(
     array, user_ids, features_path = open_features(features, feature_ids)
     images_json, where = _read_dataset_json(folder, Path(dataset_json) if dataset_json else None)
     karpathy = _parse_images(images_json, where, config, problems)
-    archive = None if dataset_json else input_files("coco", folder)[0]
+    archive = None if dataset_json else input_files(dataset_spec("coco"), folder)[0]
     record = _encode_record(encoded_dir, archive)
 
     img_ids = np.array(karpathy.imgid, dtype=np.int64)
