@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Under `pytest -n auto` every core runs a worker; torch's own thread pool on top of that makes
+# the small models of the tests several times slower (threads spinning against each other).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
