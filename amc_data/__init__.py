@@ -70,6 +70,8 @@ _LAZY = {
     "PreparedDataset": "prepare.format",
     "prepare_coco": "prepare.coco",
     "prepare_clickture": "prepare.clickture",
+    "synth": "prepare.synth",
+    "SynthConfig": "prepare.synth",
 }
 
 
@@ -113,6 +115,7 @@ if TYPE_CHECKING:
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
+    from .prepare.synth import SynthConfig, synth
 
 __all__ = [
     "AmcDataError",
@@ -143,6 +146,7 @@ __all__ = [
     "MissingDependencyError",
     "Outcome",
     "PreparedDataset",
+    "SynthConfig",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -166,5 +170,6 @@ __all__ = [
     "read_lock",
     "resolve_data_dir",
     "resolve_manifests",
+    "synth",
     "verify",
 ]

@@ -425,7 +425,7 @@ def _fixed_times(out_dir: Path) -> None:
     os.utime(out_dir / "features.npy", ns=(stamp, stamp))
     path = out_dir / "prepared.json"
     info = json.loads(path.read_text(encoding="utf-8"))
-    info["created"] = None
+    del info["created"]
     info["features"]["mtime_ns"] = stamp
     temporary = path.with_name(".prepared.json.tmp")
     temporary.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
