@@ -70,6 +70,11 @@ _LAZY = {
     "EncodeResult": "encode",
     "load_encoded": "dataset",
     "EncodedSplit": "dataset",
+    "ModelConfig": "model",
+    "RankingModel": "model",
+    "Attention": "model",
+    "build_model": "model",
+    "load_word_vectors": "model",
 }
 
 
@@ -101,12 +106,14 @@ if TYPE_CHECKING:
         read_lock,
         resolve_manifests,
     )
+    from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
     from .verify import DatasetInfo, FileReport, FileStatus, InfoReport, check_file, info, verify
 
 __all__ = [
     "AmcDataError",
     "ArchiveError",
     "ArchiveLimits",
+    "Attention",
     "CheckpointError",
     "ChecksumError",
     "ConfigError",
@@ -130,12 +137,15 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
+    "ModelConfig",
     "Outcome",
+    "RankingModel",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
     "ZipArchive",
     "__version__",
+    "build_model",
     "bundled_manifests",
     "check_file",
     "encode",
@@ -147,6 +157,7 @@ __all__ = [
     "load_encoded",
     "load_id_map",
     "load_manifest",
+    "load_word_vectors",
     "open_archive",
     "read_lock",
     "resolve_data_dir",
