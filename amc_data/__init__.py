@@ -72,6 +72,11 @@ _LAZY = {
     "prepare_clickture": "prepare.clickture",
     "synth": "prepare.synth",
     "SynthConfig": "prepare.synth",
+    "ModelConfig": "model",
+    "RankingModel": "model",
+    "Attention": "model",
+    "build_model": "model",
+    "load_word_vectors": "model",
 }
 
 
@@ -112,6 +117,7 @@ if TYPE_CHECKING:
         info,
         verify,
     )
+    from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
@@ -121,6 +127,7 @@ __all__ = [
     "AmcDataError",
     "ArchiveError",
     "ArchiveLimits",
+    "Attention",
     "CheckpointError",
     "ChecksumError",
     "ConfigError",
@@ -144,14 +151,17 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
+    "ModelConfig",
     "Outcome",
     "PreparedDataset",
+    "RankingModel",
     "SynthConfig",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
     "ZipArchive",
     "__version__",
+    "build_model",
     "bundled_manifests",
     "check_file",
     "encode",
@@ -164,6 +174,7 @@ __all__ = [
     "load_id_map",
     "load_manifest",
     "load_prepared",
+    "load_word_vectors",
     "open_archive",
     "prepare_clickture",
     "prepare_coco",
