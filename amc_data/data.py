@@ -7,7 +7,9 @@ a prepared dataset folder.
   rank or order, and differs from epoch to epoch.
 - `train_loader`: a `DataLoader` over it (a `DistributedSampler` per rank, persistent workers,
   pinned memory on request). Call `loader.sampler.set_epoch(epoch)` at the start of each epoch,
-  as with any distributed sampler: the epoch travels with each index to the workers.
+  as with any distributed sampler: the epoch travels with each index to the workers. (A loader
+  built by hand over `TrainingPairs` works too: call both the sampler's and the dataset's
+  `set_epoch`; the dataset keeps its epoch in shared memory, which its workers read.)
 - `query_batch`, `image_batch`: tensors for scoring (validation, evaluation, demo).
 
 Features stay memory-mapped: each process (each loader worker) opens the file itself on first
@@ -172,7 +174,9 @@ class TrainingPairs(Dataset):
         _check_positive("max_query_tokens", max_query_tokens)
         self.split, self.negatives, self.seed = split, int(negatives), int(seed)
         self.max_keywords = int(max_keywords)
-        self.epoch = 0
+        # In shared memory, so that `set_epoch` reaches loader workers too, persistent ones
+        # included: they read it when the next epoch's indices arrive.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.root = prepared.root
 
         queries = prepared.split_queries(split)
@@ -228,10 +232,16 @@ class TrainingPairs(Dataset):
     def __len__(self) -> int:
         return int(self._pair_query.size)
 
-    def set_epoch(self, epoch: int) -> None:
+    @property
+    def epoch(self) -> int:
         """The epoch whose negatives plain integer indices draw."""
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of plain integer indices, in this process and in its loader workers
+        (call it before iterating the loader for that epoch)."""
         _check_positive("epoch", epoch, low=0)
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def __getstate__(self) -> dict[str, Any]:
         # The memmap stays behind: each worker opens the file itself.

@@ -274,3 +274,27 @@ def test_a_split_without_positives_is_an_input_error(tmp_path):
     data = load_prepared(write_prepared(tmp_path / "p", **parts))
     with pytest.raises(InputError, match="no train query has a judgment with label > 0"):
         TrainingPairs(data)
+
+
+def test_a_hand_built_loader_with_persistent_workers_follows_the_datasets_epoch(prepared):
+    """The pattern of a loop that builds its own DataLoader: a DistributedSampler and
+    `dataset.set_epoch` reach persistent workers, which draw each epoch's negatives."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    def build(workers: int) -> DataLoader:
+        pairs = TrainingPairs(prepared, negatives=2, seed=6)
+        sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=True, seed=6)
+        return DataLoader(
+            pairs, batch_size=40, sampler=sampler, collate_fn=collate_train,
+            num_workers=workers, persistent_workers=workers > 0,
+        )  # fmt: skip
+
+    def run(loader: DataLoader, epoch: int) -> list[TrainBatch]:
+        loader.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        return list(loader)
+
+    inline, workers = build(0), build(2)
+    for epoch in (0, 1, 2):
+        expected, found = run(inline, epoch), run(workers, epoch)
+        assert all(_same(x, y) for x, y in zip(expected, found, strict=True))
