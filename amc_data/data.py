@@ -131,6 +131,41 @@ def _check_positive(name: str, value: object, low: int = 1) -> None:
         raise ConfigError(f"{name} must be a whole number >= {low}, not {value!r}.")
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that scatters every input bit."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash_below(
+    seed: int, epochs: np.ndarray, indices: np.ndarray, round_: int, t: int, bounds: np.ndarray
+) -> np.ndarray:
+    """`(B, t)` integers, entry (i, j) uniform in [0, bounds[i]) and a function of (seed,
+    epochs[i], indices[i], round_, j) alone."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the hash intends
+        h = _mix(np.full(indices.shape, seed, dtype=np.uint64) + _GOLDEN)
+        h = _mix(h ^ (epochs.astype(np.uint64) + _GOLDEN))
+        h = _mix(h ^ (indices.astype(np.uint64) + _GOLDEN))
+        j = np.arange(t, dtype=np.uint64) + np.uint64(round_ * t)
+        h = _mix(h[:, None] ^ (j[None, :] + _GOLDEN))  # (B, t)
+        # The top 32 bits scaled to the bound (bias below 2**-32 * bound: negligible).
+        scaled = (h >> np.uint64(32)) * bounds.astype(np.uint64)[:, None]
+        return (scaled >> np.uint64(32)).astype(np.int64)
+
+
+def _repeats(values: np.ndarray) -> np.ndarray:
+    """`(B, t)` bool: the entry repeats an earlier entry of its row."""
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    later = np.zeros(values.shape, dtype=bool)
+    np.put_along_axis(later, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
+    return later
+
+
 # -- training pairs ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PairSample:
@@ -211,6 +246,8 @@ class TrainingPairs(Dataset):
                 f"image {pair_img_ids[bad]}, which is not in the {split} images. Prepare the "
                 "dataset again."
             )
+        self.query_ids = pair_query_ids  # (pairs,) the query of each item
+        self.img_ids = pair_img_ids  # (pairs,) its positive image
         self._pair_query = np.repeat(np.arange(query_ids.size), per_query)  # (pairs,)
         self._pair_positive = self._pool_rows[positions]  # (pairs,) feature rows
         self._positive_positions = positions  # sorted within each query's run
@@ -267,14 +304,40 @@ class TrainingPairs(Dataset):
     def negatives_for(self, item: int | tuple[int, int]) -> np.ndarray:
         """The feature rows of item's negatives, `(negatives,)`."""
         epoch, index = self._key(item)
-        pair_query = self._pair_query[index]
-        start = self._positive_start[pair_query]
-        excluded = self._positive_positions[start : start + self._positive_count[pair_query]]
-        free = self._pool_rows.size - excluded.size
-        rng = np.random.default_rng([self.seed, epoch, index])
-        draws = rng.choice(free, size=self.negatives, replace=self.negatives > free)
-        # The k-th pool position not among the (sorted) excluded ones.
-        shift = np.searchsorted(excluded - np.arange(excluded.size), draws, side="right")
+        return self._negatives(np.array([epoch]), np.array([index]))[0]
+
+    def _negatives(self, epochs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Feature rows of the negatives of items (epochs[i], indices[i]): `(B, negatives)`.
+
+        Draw j of round r of an item is a hash of (seed, epoch, index, r, j), so every item's
+        negatives are the same whatever batch it is in. Position k among the `free` pool images
+        that are not the query's positives is then mapped to its pool position. Draws repeated
+        within an item are drawn again in the next round while the pool allows no repeats.
+        """
+        queries = self._pair_query[indices]  # (B,)
+        counts = self._positive_count[queries]  # (B,)
+        free = self._pool_rows.size - counts  # (B,)
+        t = self.negatives
+        draws = _hash_below(self.seed, epochs, indices, 0, t, free)  # (B, t)
+        distinct = t <= free  # rows that can avoid repeats
+        for round_ in range(1, 64):
+            repeated = _repeats(draws) & distinct[:, None]
+            if not repeated.any():
+                break
+            fresh = _hash_below(self.seed, epochs, indices, round_, t, free)
+            draws = np.where(repeated, fresh, draws)
+        # Skip the excluded positions: excluded e_0 < e_1 < ... ; the k-th free position is
+        # k + #{i : e_i - i <= k}. Rows are searched together by offsetting each by its item.
+        starts = self._positive_start[queries]
+        total = int(counts.sum())
+        item = np.repeat(np.arange(indices.size), counts)
+        rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        excluded = self._positive_positions[np.repeat(starts, counts) + rank] - rank
+        width = self._pool_rows.size + 1
+        keys = item * width + excluded  # sorted: items ascending, each run non-decreasing
+        wanted = np.arange(indices.size)[:, None] * width + draws  # (B, t)
+        before = np.cumsum(counts) - counts  # keys of earlier items
+        shift = np.searchsorted(keys, wanted, side="right") - before[:, None]
         return self._pool_rows[draws + shift]
 
     def __getitem__(self, item: int | tuple[int, int]) -> PairSample:
@@ -286,8 +349,7 @@ class TrainingPairs(Dataset):
         indices = np.array([index for _, index in keys], dtype=np.int64)
         rows = np.empty((len(keys), 1 + self.negatives), dtype=np.int64)  # (B, M)
         rows[:, 0] = self._pair_positive[indices]
-        for i, key in enumerate(keys):
-            rows[i, 1:] = self.negatives_for(key)
+        rows[:, 1:] = self._negatives(np.array([epoch for epoch, _ in keys]), indices)
         regions = _gather_regions(self.features, rows)  # (B, M, R, D)
         keywords, counts = self._keywords.gather(rows, self.max_keywords)  # (B, M, K)
         queries = self._pair_query[indices]

@@ -85,8 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--negatives", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3, help="loader epochs timed")
     parser.add_argument("--steps", type=int, default=40, help="training steps timed")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: its own)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results/loader.json"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as work:
         root = args.data or synth(Path(work) / "synth").out

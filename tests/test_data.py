@@ -164,9 +164,11 @@ def test_negatives_come_from_the_split_and_are_never_the_querys_positives(prepar
     positives = _positives(prepared)
     pool = set(prepared.split_images("train").tolist())
     train = prepared.judgments.merge(prepared.split_queries("train"), on="query_id")
-    query_of = train[train["label"] > 0].sort_values(["query_id", "img_id"])["query_id"]
+    train = train[train["label"] > 0].sort_values(["query_id", "img_id"])
+    assert np.array_equal(pairs.query_ids, train["query_id"])
+    assert np.array_equal(pairs.img_ids, train["img_id"])
     for epoch in (0, 1):
-        for index, query_id in enumerate(query_of.tolist()):
+        for index, query_id in enumerate(pairs.query_ids.tolist()):
             drawn = set(prepared.feature_ids[pairs.negatives_for((epoch, index))].tolist())
             assert drawn <= pool
             assert not drawn & positives[query_id]
@@ -298,3 +300,22 @@ def test_a_hand_built_loader_with_persistent_workers_follows_the_datasets_epoch(
     for epoch in (0, 1, 2):
         expected, found = run(inline, epoch), run(workers, epoch)
         assert all(_same(x, y) for x, y in zip(expected, found, strict=True))
+
+
+def test_negatives_are_uniform_over_the_pool_less_the_positives(prepared):
+    pairs = TrainingPairs(prepared, negatives=6, seed=9)
+    drawn = np.concatenate([pairs.negatives_for((epoch, 10)) for epoch in range(1000)])
+    counts = np.bincount(drawn, minlength=prepared.features.shape[0])
+    free = set(prepared.rows(prepared.split_images("train")).tolist())
+    free -= set(prepared.rows(np.array(sorted(_positives(prepared)[pairs.query_ids[10]]))).tolist())
+    assert set(np.flatnonzero(counts).tolist()) == free
+    observed = counts[sorted(free)]
+    expected = drawn.size / len(free)
+    chi2_per_dof = ((observed - expected) ** 2 / expected).sum() / (len(free) - 1)
+    assert 0.8 < chi2_per_dof < 1.25
+
+
+def test_no_negatives_gives_the_positive_alone(prepared):
+    loader = train_loader(prepared, split="train", batch_size=8, negatives=0, seed=0, workers=0)
+    batch = next(iter(loader))
+    assert batch.images.shape == (8, 1)
