@@ -83,14 +83,7 @@ def model_for(kind: str, extra: dict, **options) -> RankingModel:
 
 def expand(images: ImageBatch, count: int) -> ImageBatch:
     """A pool (N, ...) as every query's own candidates (count, N, ...)."""
-    return ImageBatch(
-        **{
-            f.name: getattr(images, f.name)
-            .unsqueeze(0)
-            .expand(count, *getattr(images, f.name).shape)
-            for f in dataclasses.fields(images)
-        }
-    )
+    return images.map(lambda t: t.unsqueeze(0).expand(count, *t.shape))
 
 
 def replace_images(images: ImageBatch, **changes) -> ImageBatch:
@@ -124,6 +117,24 @@ def test_score_pool_agrees_with_forward(kind, extra):
     torch.testing.assert_close(model.score_pool(query, pool), expected)
     model.pool_chunk_elements = 1  # one query at a time: chunking changes nothing
     torch.testing.assert_close(model.score_pool(query, pool), expected)
+
+
+def test_score_pool_projects_each_image_once():
+    model = model_for("amc", {})
+    model.pool_chunk_elements = 1  # queries scored one at a time
+    rows = []
+    for layer in (model.region_key, model.region_value, model.keywords):
+        layer.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1]))
+    model.score_pool(make_queries(5), make_images(7))
+    assert rows == [(7, 5), (7, 5), (7,)]  # (N, R) regions twice (key, value), (N,) keyword lists
+
+
+def test_state_dict_round_trip_keeps_scores():
+    model = model_for("amc", {})
+    copy = build_model(model.config)
+    copy.load_state_dict(model.state_dict())
+    query, images = make_queries(3), make_images(3, 4)
+    torch.testing.assert_close(copy.eval()(query, images), model(query, images))
 
 
 @pytest.mark.parametrize(("kind", "extra"), VARIANTS, ids=IDS)
@@ -322,14 +333,7 @@ def test_cca_fits_in_closed_form_and_ranks_a_planted_correspondence():
 
 def expand_pairs(images: ImageBatch, rows: slice) -> ImageBatch:
     """Rows of (N, ...) images as (B, 2, ...) candidates: the positive, then any negative."""
-    return ImageBatch(
-        **{
-            f.name: torch.stack(
-                [getattr(images, f.name)[rows], getattr(images, f.name)[rows].roll(1, 0)], 1
-            )
-            for f in dataclasses.fields(images)
-        }
-    )
+    return images.map(lambda t: torch.stack([t[rows], t[rows].roll(1, 0)], 1))
 
 
 def test_cca_refuses_what_it_cannot_do():
@@ -371,7 +375,7 @@ def train_on_intent_toy(kind: str, steps: int = 100) -> tuple[float, torch.Tenso
     )
 
     def pick(rows: torch.Tensor) -> ImageBatch:
-        return ImageBatch(**{f.name: getattr(pool, f.name)[rows] for f in dataclasses.fields(pool)})
+        return pool.map(lambda t: t[rows])
 
     def queries(n: int, seed: int) -> tuple[QueryBatch, torch.Tensor, torch.Tensor]:
         r = torch.Generator().manual_seed(seed)
