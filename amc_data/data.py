@@ -27,18 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputError, MissingDependencyError
+from ._optional import require
+from .errors import ConfigError, InputError
 
-try:
-    import torch
-    from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-except ImportError as exc:  # pragma: no cover - exercised only without torch
-    raise MissingDependencyError(
-        'Training and scoring need PyTorch, which is not installed: pip install "amc-data[train]"'
-    ) from exc
+require("torch", "the training data loader")  # a one-line MissingDependencyError without torch
 
-from .batch import ImageBatch, QueryBatch, TrainBatch
-from .prepare.format import PreparedDataset, load_prepared
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler  # noqa: E402
+
+from .batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
+from .prepare.format import PreparedDataset, load_prepared  # noqa: E402
 
 __all__ = [
     "EpochSampler",
