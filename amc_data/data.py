@@ -293,11 +293,13 @@ class TrainingPairs(Dataset):
         return self._features
 
     def _key(self, item: int | tuple[int, int]) -> tuple[int, int]:
-        epoch, index = (self.epoch, item) if np.isscalar(item) else item  # type: ignore[misc]
-        index = int(index)
+        if isinstance(item, tuple):
+            epoch, index = int(item[0]), int(item[1])
+        else:
+            epoch, index = self.epoch, int(item)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} training pairs")
-        return int(epoch), index
+        return epoch, index
 
     def negatives_for(self, item: int | tuple[int, int]) -> np.ndarray:
         """The feature rows of item's negatives, `(negatives,)`."""
@@ -416,7 +418,7 @@ class EpochSampler(Sampler):
         shuffle: bool = True,
         seed: int = 0,
     ) -> None:
-        self.inner = DistributedSampler(
+        self.inner: DistributedSampler[int] = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
         )
         self.epoch = 0

@@ -100,9 +100,8 @@ def main(argv: list[str] | None = None) -> None:
             prepared, split="train", batch_size=args.batch_size, negatives=args.negatives,
             seed=0, workers=args.workers, pin_memory=False,
         )  # fmt: skip
-        print(
-            f"{len(loader.dataset):,} training pairs, {len(loader)} batches per epoch", flush=True
-        )
+        pairs = len(loader.dataset)  # type: ignore[arg-type]
+        print(f"{pairs:,} training pairs, {len(loader)} batches per epoch", flush=True)
         loader_rate = _loader_rate(loader, args.epochs)
         print(f"loader alone: {loader_rate['median']:,.0f} samples/s", flush=True)
 
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         model = build_model(config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loader.sampler.set_epoch(50)
+        loader.sampler.set_epoch(50)  # type: ignore[attr-defined]
         batches = [batch for _, batch in zip(range(8), loader, strict=False)]
         step_rate = _step_rate(model, optimizer, batches, args.steps)
         print(

@@ -159,26 +159,27 @@ class SynthConfig:
         ):
             _check_whole(name, getattr(self, name), low, high)
         _check_whole("candidates", self.candidates, self.true_candidates + self.decoy_candidates)
-        for name, high in (
+        limits: tuple[tuple[str, float | None], ...] = (
             ("noise", None),
             ("faint", None),
             ("background", 1.0),
             ("two_intent_words", 1.0),
             ("no_keywords", 0.5),
-        ):
+        )
+        for name, top in limits:
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
                 or value < 0
-                or (high is not None and value > high)
+                or (top is not None and value > top)
             ):
-                bound = f"between 0 and {high}" if high is not None else ">= 0"
+                bound = f"between 0 and {top}" if top is not None else ">= 0"
                 raise ConfigError(f"synth: {name} must be a number {bound}, not {value!r}.")
-        low, high = self.distractors
-        if not 1 <= low <= high:
+        fewest, most = self.distractors
+        if not 1 <= fewest <= most:
             raise ConfigError(
-                f"synth: distractors must be a range 1 <= low <= high, not {(low, high)}."
+                f"synth: distractors must be a range 1 <= low <= high, not {self.distractors}."
             )
 
 
