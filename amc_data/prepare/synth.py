@@ -141,12 +141,10 @@ class SynthConfig:
     query_min_count: int = 1  # the query vocabulary's minimum count over train queries
 
     def __post_init__(self) -> None:
-        concepts = self.concepts if isinstance(self.concepts, int) else 0
         for name, low, high in (
             ("seed", 0, None),
             ("concepts", 2, len(CONCEPTS)),
-            # Each split then holds every concept, shown and labelled, at least once.
-            ("images", 10 * concepts, None),
+            ("images", 1, None),
             ("queries", 10, None),
             ("regions", 2, None),
             ("dim", 2, None),
@@ -158,6 +156,11 @@ class SynthConfig:
             ("query_min_count", 1, None),
         ):
             _check_whole(name, getattr(self, name), low, high)
+        if self.images < 10 * self.concepts:
+            raise ConfigError(
+                f"synth: images must be >= {10 * self.concepts} (10 per concept, so that every "
+                f"split shows and names every concept), not {self.images}."
+            )
         _check_whole("candidates", self.candidates, self.true_candidates + self.decoy_candidates)
         limits: tuple[tuple[str, float | None], ...] = (
             ("noise", None),
