@@ -319,3 +319,12 @@ def test_no_negatives_gives_the_positive_alone(prepared):
     loader = train_loader(prepared, split="train", batch_size=8, negatives=0, seed=0, workers=0)
     batch = next(iter(loader))
     assert batch.images.shape == (8, 1)
+
+
+def test_features_of_one_vector_per_image_are_one_region(tmp_path):
+    parts = small_parts(tmp_path)
+    parts["features"] = parts["features"][:, 0, :]  # (N, D)
+    data = load_prepared(write_prepared(tmp_path / "p", **parts))
+    batch = next(iter(train_loader(data, batch_size=4, negatives=2, workers=0)))
+    assert batch.images.regions.shape == (4, 3, 1, 4)
+    assert image_batch(data, data.feature_ids[:2]).regions.shape == (2, 1, 4)
