@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=0, help="loader workers (training default)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--negatives", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3, help="loader epochs timed")
+    parser.add_argument("--epochs", type=int, default=4, help="loader epochs timed")
     parser.add_argument("--steps", type=int, default=40, help="training steps timed")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (median)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: its own)"
     )
@@ -115,11 +116,14 @@ def main(argv: list[str] | None = None) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         loader.sampler.set_epoch(50)  # type: ignore[attr-defined]
         batches = [batch for _, batch in zip(range(8), loader, strict=False)]
-        step_rate = _step_rate(model, optimizer, batches, args.steps)
-        print(
-            f"training step alone (amc, dim {config.dim}): {step_rate:,.0f} samples/s", flush=True
+        # The median of a few runs: on a shared machine one run can be far off.
+        step_rate = statistics.median(
+            _step_rate(model, optimizer, batches, args.steps) for _ in range(args.repeats)
         )
-        both_rate = _both_rate(model, optimizer, loader, 1)
+        print(f"step alone (amc, dim {config.dim}): {step_rate:,.0f} samples/s", flush=True)
+        both_rate = statistics.median(
+            _both_rate(model, optimizer, loader, 1) for _ in range(args.repeats)
+        )
         print(f"loader and step together: {both_rate:,.0f} samples/s", flush=True)
 
     results = {
