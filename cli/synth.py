@@ -39,7 +39,7 @@ def synth_command(
     modality (pixels or keywords) by the query's intent.
 
     The keywords go through the real encoder; the same options give byte-identical files.
-    Train on it with `amc-data train OUT`.
+    Train on it with `amc-data train OUT --out RUN`.
     """
     from amc_data.prepare.synth import synth
 
