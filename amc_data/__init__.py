@@ -90,6 +90,8 @@ _LAZY = {
     "PreparedDataset": "prepare.format",
     "prepare_coco": "prepare.coco",
     "prepare_clickture": "prepare.clickture",
+    "synth": "prepare.synth",
+    "SynthConfig": "prepare.synth",
     "ModelConfig": "model",
     "RankingModel": "model",
     "Attention": "model",
@@ -159,6 +161,7 @@ if TYPE_CHECKING:
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
+    from .prepare.synth import SynthConfig, synth
 
 __all__ = [
     "AmcDataError",
@@ -200,6 +203,7 @@ __all__ = [
     "RankingModel",
     "RecallAtK",
     "RocCurve",
+    "SynthConfig",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -237,5 +241,6 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "scores_metrics",
+    "synth",
     "verify",
 ]
