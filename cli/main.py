@@ -46,9 +46,9 @@ def cli(debug: bool, verbose: int) -> None:
 
 def _register_subcommands() -> None:
     # Imported here so each subcommand module can import `cli` without a cycle.
-    from . import encode, fetch
+    from . import encode, fetch, train
 
-    for module in (fetch, encode):
+    for module in (fetch, encode, train):
         for command in module.COMMANDS:
             cli.add_command(command)
 
