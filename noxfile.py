@@ -8,6 +8,7 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = "torch==2.13.0"  # the CPU build; a bare `torch` can pull a CUDA build of several GB
+BENCHMARKS = ("fetch", "encode", "loader", "train", "eval")
 
 
 @nox.session
@@ -20,23 +21,27 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and format check."""
-    session.install("ruff")
+    """ruff (lint and format check) and mypy."""
+    session.install(TORCH)
+    session.install(".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: fetch against curl, encode against the reference workflow.
+    """Benchmarks, each against its reference in the same run (see the README for figures).
 
-    Results are printed and written to bench-results/ as JSON; the README quotes them.
-    Pass `-- fetch` or `-- encode` to run one; `-- encode --docs 100000` for a quicker run.
+    Results are printed and written to bench-results/ as JSON. `-- NAME [ARGS]` runs one of
+    fetch, encode, loader, train, eval; e.g. `-- encode --docs 100000` for a quicker run.
     """
+    session.install(TORCH)
     session.install(".[dev]")
     which = session.posargs[0] if session.posargs else "all"
-    rest = session.posargs[1:]
-    if which in ("all", "fetch"):
-        session.run("python", "benchmarks/bench_fetch.py", *(rest if which == "fetch" else []))
-    if which in ("all", "encode"):
-        session.run("python", "benchmarks/bench_encode.py", *(rest if which == "encode" else []))
+    if which not in (*BENCHMARKS, "all"):
+        session.error(f"unknown benchmark {which!r}; choose from {', '.join(BENCHMARKS)}")
+    for name in BENCHMARKS:
+        if which in ("all", name):
+            rest = session.posargs[1:] if which == name else []
+            session.run("python", f"benchmarks/bench_{name}.py", *rest)

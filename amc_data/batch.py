@@ -7,6 +7,7 @@ so that 0 is the padding id of every embedding table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Self
 
@@ -30,11 +31,26 @@ class _TensorFields:
             **{f.name: _pin(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
         )
 
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> Self:
+        """The same batch with `function` applied to every tensor (a reshape, an index, ...)."""
+        return type(self)(
+            **{
+                f.name: _apply(getattr(self, f.name), function)
+                for f in fields(self)  # type: ignore[arg-type]
+            }
+        )
+
 
 def _move(value: object, device: torch.device | str, non_blocking: bool) -> object:
     if isinstance(value, torch.Tensor | _TensorFields):
         return value.to(device, non_blocking=non_blocking)
     return value
+
+
+def _apply(value: object, function: Callable[[torch.Tensor], torch.Tensor]) -> object:
+    if isinstance(value, _TensorFields):
+        return value.map(function)
+    return function(value) if isinstance(value, torch.Tensor) else value
 
 
 def _pin(value: object) -> object:
