@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batch import ImageBatch
 from .data import image_batch, query_batch
 
 if TYPE_CHECKING:
@@ -37,16 +36,6 @@ def candidates_are_split(prepared: PreparedDataset) -> bool:
     if mode is not None:
         return mode == "split"
     return prepared.info.get("source") == "coco"
-
-
-def _grid(images: ImageBatch, rows: int, cols: int) -> ImageBatch:
-    """View a flat `(rows * cols, ...)` image batch as `(rows, cols, ...)`."""
-    return ImageBatch(
-        **{
-            name: getattr(images, name).reshape(rows, cols, *getattr(images, name).shape[1:])
-            for name in ("regions", "region_mask", "keywords", "keyword_counts", "keyword_mask")
-        }
-    )
 
 
 @torch.no_grad()
@@ -100,8 +89,9 @@ def _score_judged(
         # Pad each query's candidates to the widest by repeating its first; dropped afterwards.
         offsets = np.minimum(lo[:, None] + np.arange(width)[None, :], hi[:, None] - 1)  # (B, M)
         query = query_batch(prepared, query_ids[lo]).to(device, non_blocking=True)
-        flat = image_batch(prepared, img_ids[offsets.reshape(-1)])
-        images = _grid(flat, len(lo), width).to(device, non_blocking=True)
+        flat = image_batch(prepared, img_ids[offsets.reshape(-1)])  # (B * M, ...)
+        images = flat.map(lambda t: t.reshape(len(lo), width, *t.shape[1:]))  # (B, M, ...)
+        images = images.to(device, non_blocking=True)
         with precision_context(device, amp):
             block = model(query, images).float().cpu().numpy()  # (B, M)
         valid = np.arange(width)[None, :] < (hi - lo)[:, None]

@@ -322,7 +322,7 @@ class _Run:
                     scores = net(batch.query, batch.images)  # (B, 1 + t)
                     in_batch = None
                     if self.config.in_batch:
-                        positives = _first(batch.images)
+                        positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
                         in_batch = _unwrap(net).score_pool(batch.query, positives)  # (B, B)
                     loss = hinge_ranking_loss(scores.float(), self.config.margin,
                                               None if in_batch is None else in_batch.float())  # fmt: skip
@@ -370,8 +370,9 @@ class _Run:
         )
         frame = pd.concat(distributed.gather(frame, self.processes), ignore_index=True)
         value = ndcg_at_k(
-            frame["query_id"].to_numpy(), frame["score"].to_numpy(), frame["label"].to_numpy(), 10
-        )
+            frame["score"].to_numpy(), frame["label"].to_numpy(), 10,
+            query_ids=frame["query_id"].to_numpy(),
+        )  # fmt: skip
         return {VALIDATION_METRIC: float(value)}
 
     def _fit_closed_form(self, model: RankingModel) -> TrainResult:
@@ -433,14 +434,6 @@ class _Run:
 def _tick(bar: Any, item: Any) -> Any:
     bar.update(1)
     return item
-
-
-def _first(images: Any) -> Any:
-    """The positives of a `(B, 1 + t)` image batch as a `(B,)` pool."""
-    from .batch import ImageBatch
-
-    return ImageBatch(**{name: getattr(images, name)[:, 0] for name in
-                         ("regions", "region_mask", "keywords", "keyword_counts", "keyword_mask")})  # fmt: skip
 
 
 def _unwrap(net: torch.nn.Module) -> Any:
