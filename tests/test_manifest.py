@@ -87,6 +87,8 @@ def test_installed_package_finds_its_manifests(tmp_path):
     )
     [wheel] = wheel_dir.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    sources = {p.relative_to(REPO).as_posix() for p in (REPO / "amc_data").rglob("*.py")}
+    assert sources <= set(names), f"the wheel lacks {sorted(sources - set(names))}"
     assert "amc_data/manifests/clickture.toml" in names
     assert "amc_data/manifests/coco.toml" in names
     subprocess.run([*pip, "install", "--no-deps", "-t", target, wheel], check=True)

@@ -1,0 +1,60 @@
+"""Evaluation: the paper's metrics (plain numpy) and scores files from any ranker.
+
+`metrics` holds pure functions vectorised over queries (NDCG@k, the challenge DCG@25, ROC/AUC,
+COCO Recall@K both ways, paired significance tests); `scores` reads and checks
+`query_id, img_id, score, label` files and evaluates them. Neither imports torch.
+"""
+
+from __future__ import annotations
+
+from .metrics import (
+    CHALLENGE_SCALE,
+    NDCG_CUTOFFS,
+    RECALL_CUTOFFS,
+    CaptionRanking,
+    PairedTest,
+    RankingMetrics,
+    RecallAtK,
+    RocCurve,
+    annotation_ranks,
+    caption_ranking,
+    compare_to_baseline,
+    ndcg_at_k,
+    paired_by_query,
+    paired_t_test,
+    paired_test,
+    randomization_test,
+    ranking_metrics,
+    recall_at_k,
+    retrieval_ranks,
+    roc_auc,
+    roc_curve,
+)
+from .scores import evaluate_scores, read_scores, scores_metrics
+
+__all__ = [
+    "CHALLENGE_SCALE",
+    "NDCG_CUTOFFS",
+    "RECALL_CUTOFFS",
+    "CaptionRanking",
+    "PairedTest",
+    "RankingMetrics",
+    "RecallAtK",
+    "RocCurve",
+    "annotation_ranks",
+    "caption_ranking",
+    "compare_to_baseline",
+    "evaluate_scores",
+    "ndcg_at_k",
+    "paired_by_query",
+    "paired_t_test",
+    "paired_test",
+    "randomization_test",
+    "ranking_metrics",
+    "read_scores",
+    "recall_at_k",
+    "retrieval_ranks",
+    "roc_auc",
+    "roc_curve",
+    "scores_metrics",
+]

@@ -1,0 +1,300 @@
+"""Scores files: any ranker's output, read, checked and evaluated (as trec_eval is for TREC).
+
+A scores file has one row per (query, candidate image): columns `query_id`, `img_id`, `score`
+(higher ranks first) and `label` (graded relevance, 0 = not relevant), as Parquet or as
+tab-separated text with a header line (optionally gzip-compressed, `.tsv.gz`). Extra columns
+are ignored. Every malformed file gets one `InputError` that names the file, the row (the
+1-based line of a TSV file, the 0-based row index of a Parquet file) and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeAlias
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from amc_data.errors import InputError
+
+from .metrics import NDCG_CUTOFFS, RankingMetrics, ranking_metrics
+
+COLUMNS = ("query_id", "img_id", "score", "label")
+_PARQUET_MAGIC = b"PAR1"
+_TSV_TYPES = {"score": pa.float64(), "label": pa.float64()}  # labels checked whole afterwards
+
+Source: TypeAlias = str | Path | pd.DataFrame
+Locate: TypeAlias = Callable[[int], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    """The four validated columns of a scores table, as numpy arrays."""
+
+    query_ids: np.ndarray  # (n,) int64, or object (strings)
+    img_ids: np.ndarray  # (n,)
+    scores: np.ndarray  # (n,) float64, finite
+    labels: np.ndarray  # (n,) int64, >= 0
+
+
+def _is_parquet(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == _PARQUET_MAGIC
+
+
+def _physical_line(path: Path, nth_line: int) -> int:
+    """The 1-based line number of the `nth_line`-th non-empty line (the CSV reader skips empty
+    lines, so its row numbers need this to point at the line an editor shows)."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        data = stream.read()
+    seen = 0
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if line.rstrip(b"\r"):
+            seen += 1
+            if seen == nth_line:
+                return number
+    return nth_line
+
+
+def _tsv_locate(path: Path) -> Locate:
+    # Data row i is non-empty line i + 2: the header is the first.
+    return lambda row: f"line {_physical_line(path, row + 2)}"
+
+
+def _read_tsv(path: Path, as_strings: bool = False) -> pa.Table:
+    invalid: list[pacsv.InvalidRow] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        invalid.append(row)
+        return "skip"
+
+    types = dict.fromkeys(COLUMNS, pa.string()) if as_strings else _TSV_TYPES
+    try:
+        table = pacsv.read_csv(
+            path,
+            # Row numbers of bad rows are only known when one thread reads.
+            read_options=pacsv.ReadOptions(use_threads=not as_strings),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t", invalid_row_handler=on_invalid if as_strings else None
+            ),
+            convert_options=pacsv.ConvertOptions(column_types=types),
+        )
+    except pa.ArrowInvalid as exc:
+        if as_strings:
+            raise InputError(
+                f"{path} is not a readable tab-separated scores file ({exc}). Write it with a "
+                f"header line `{chr(9).join(COLUMNS)}` and one tab-separated row per pair."
+            ) from exc
+        # A value that is not a number, or a row with the wrong number of fields: read it again
+        # as text to say exactly where.
+        table = _read_tsv(path, as_strings=True)
+    if invalid:
+        row = invalid[0]
+        where = f"line {_physical_line(path, row.number)}" if row.number else "a row"
+        raise InputError(
+            f"{path}, {where}: expected {row.expected_columns} tab-separated fields, found "
+            f"{row.actual_columns} ({row.text[:80]!r}). Give every row one value per header "
+            "column, separated by tabs."
+        )
+    return table
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    try:
+        names = pq.read_schema(path).names
+        return pq.read_table(path, columns=[c for c in COLUMNS if c in names])
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(
+            f"{path} starts like a Parquet file but cannot be read ({exc}); write it again."
+        ) from exc
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _numbers(
+    column: pa.ChunkedArray, name: str, what: str, source: str, locate: Locate
+) -> np.ndarray:
+    """A column as float64, with the first missing or non-numeric value named."""
+    if column.null_count:
+        row = _first(column.is_null().to_numpy(zero_copy_only=False))
+        raise InputError(
+            f"{source}, {locate(row)}: {name} is missing (empty, NA or NaN). Give every row {what}."
+        )
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return column.to_numpy().astype(np.float64, copy=False)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isnan(values)
+        if bad.any():
+            row = _first(bad)
+            raise InputError(
+                f"{source}, {locate(row)}: {name} is {text.iloc[row]!r}, not a number. Give every "
+                f"row {what}."
+            )
+        return values
+    raise InputError(f"{source}: column {name} holds {kind}; it must hold numbers ({what}).")
+
+
+def _ids(column: pa.ChunkedArray, name: str, source: str, locate: Locate) -> np.ndarray:
+    if column.null_count:
+        row = _first(column.is_null().to_numpy(zero_copy_only=False))
+        raise InputError(f"{source}, {locate(row)}: {name} is missing. Give every row its {name}.")
+    kind = column.type
+    if pa.types.is_integer(kind):
+        return column.to_numpy().astype(np.int64, copy=False)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column.to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(kind):
+        values = column.to_numpy()
+        whole = np.isfinite(values) & (values == np.floor(values))
+        if whole.all():
+            return values.astype(np.int64)
+        row = _first(~whole)
+        raise InputError(
+            f"{source}, {locate(row)}: {name} is {values[row]}; ids must be whole numbers or text."
+        )
+    raise InputError(f"{source}: column {name} holds {kind}; ids must be integers or text.")
+
+
+def _check(table: pa.Table, source: str, locate: Locate) -> _Checked:
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        found = ", ".join(table.column_names) or "none"
+        hint = (
+            " The header looks comma-separated: scores text files must be tab-separated."
+            if len(table.column_names) == 1 and "," in table.column_names[0]
+            else ""
+        )
+        raise InputError(
+            f"{source} lacks the column(s) {', '.join(missing)} (found: {found}).{hint} A scores "
+            f"file needs the columns {', '.join(COLUMNS)}, named in its header."
+        )
+    if table.num_rows == 0:
+        raise InputError(
+            f"{source} has no rows. Write one row per (query, candidate image) pair under the "
+            f"header {', '.join(COLUMNS)}."
+        )
+    query_ids = _ids(table["query_id"], "query_id", source, locate)
+    img_ids = _ids(table["img_id"], "img_id", source, locate)
+    scores = _numbers(table["score"], "score", "a finite number as its score", source, locate)
+    infinite = ~np.isfinite(scores)
+    if infinite.any():
+        row = _first(infinite)
+        raise InputError(
+            f"{source}, {locate(row)}: score is {scores[row]}; every score must be a finite "
+            "number. Clip or replace infinite scores."
+        )
+    labels = _numbers(
+        table["label"], "label", "a whole-number label (0 = not relevant)", source, locate
+    )
+    whole = labels == np.floor(labels)
+    if not whole.all():
+        row = _first(~whole)
+        raise InputError(
+            f"{source}, {locate(row)}: label is {labels[row]}, not a whole number. Labels are "
+            "graded relevance (Clickture: Excellent 3, Good 2, Bad 0)."
+        )
+    if labels.min() < 0:
+        row = _first(labels < 0)
+        raise InputError(
+            f"{source}, {locate(row)}: label is {labels[row]:g}; labels must be 0 (not relevant) "
+            "or more."
+        )
+    repeated = _first_repeat(query_ids, img_ids)
+    if repeated is not None:
+        earlier, later = repeated
+        raise InputError(
+            f"{source}, {locate(earlier)} and {locate(later)}: both score query "
+            f"{query_ids[later]}, image {img_ids[later]}. Keep one row per (query, image) pair."
+        )
+    return _Checked(query_ids, img_ids, scores, labels.astype(np.int64))
+
+
+def _offsets(ids: np.ndarray) -> np.ndarray:
+    """Non-negative int64 codes, equal exactly where the ids are: offsets from the smallest
+    integer id (order kept, no hashing), or hash codes for text ids."""
+    if ids.dtype.kind in "iu" and int(ids.max()) - int(ids.min()) < 2**62:
+        return ids.astype(np.int64) - ids.min()
+    return pd.factorize(ids)[0].astype(np.int64)
+
+
+def _first_repeat(query_ids: np.ndarray, img_ids: np.ndarray) -> tuple[int, int] | None:
+    """The rows of the first repeated (query, image) pair, or None."""
+    queries, images = _offsets(query_ids), _offsets(img_ids)
+    if (int(queries.max()) + 1) * (int(images.max()) + 1) >= 2**62:  # the key would overflow
+        queries, images = (pd.factorize(ids)[0].astype(np.int64) for ids in (query_ids, img_ids))
+    pair = queries * (int(images.max()) + 1) + images  # (n,) one value per (query, image)
+    # Files come grouped by query, so a stable (run-merging) sort is nearly linear here.
+    ordered = np.sort(pair, kind="stable")
+    if not (ordered[1:] == ordered[:-1]).any():
+        return None
+    later = _first(pd.Series(pair).duplicated().to_numpy())
+    return _first(pair == pair[later]), later
+
+
+def _load(source: Source) -> _Checked:
+    if isinstance(source, pd.DataFrame):
+        table = pa.Table.from_pandas(source, preserve_index=False)
+        return _check(table, "the scores table", lambda row: f"row {row} (counting from 0)")
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{path}: no such scores file. Check the path.")
+    if path.stat().st_size == 0:
+        raise InputError(
+            f"{path} is empty (0 bytes). Write a header line {chr(9).join(COLUMNS)!r} and one "
+            "row per (query, candidate image) pair, or a Parquet file with those columns."
+        )
+    if _is_parquet(path):
+        return _check(_read_parquet(path), str(path), lambda row: f"row index {row}")
+    return _check(_read_tsv(path), str(path), _tsv_locate(path))
+
+
+def read_scores(source: Source) -> pd.DataFrame:
+    """Read and check a scores file (Parquet or TSV) or table; raise `InputError` if malformed.
+
+    Returns columns `query_id`, `img_id`, `score` (float64) and `label` (int64), in file order.
+    """
+    checked = _load(source)
+    return pd.DataFrame(
+        {
+            "query_id": checked.query_ids,
+            "img_id": checked.img_ids,
+            "score": checked.scores,
+            "label": checked.labels,
+        }
+    )
+
+
+def scores_metrics(
+    source: Source, relevant: int = 1, ks: tuple[int, ...] = NDCG_CUTOFFS
+) -> RankingMetrics:
+    """Per-query and mean metrics of a scores file or table (see `ranking_metrics`)."""
+    checked = _load(source)
+    if checked.query_ids.dtype.kind in "iu":
+        return ranking_metrics(
+            checked.query_ids, checked.scores, checked.labels, relevant=relevant, ks=ks
+        )
+    # Text ids: rank by their codes (in id order), then name the queries again.
+    codes, values = pd.factorize(checked.query_ids, sort=True)
+    result = ranking_metrics(codes, checked.scores, checked.labels, relevant=relevant, ks=ks)
+    return dataclasses.replace(result, query_ids=np.asarray(values)[result.query_ids])
+
+
+def evaluate_scores(source: Source, relevant: int = 1) -> dict[str, float]:
+    """The Clickture metrics of a scores file (Parquet or TSV) or table, as flat keys.
+
+    `ndcg@5` ... `ndcg@25` (per-query NDCG averaged over queries, gain `2**label - 1`, tied
+    scores averaged over their orders), `dcg@25_challenge` (0.01757 * DCG@25, averaged), `auc`
+    (pairs with `label >= relevant` are relevant; NaN if one class is absent), `queries`,
+    `pairs` and `queries_without_relevant` (no label above 0: NDCG 0, counted in the means).
+    """
+    return scores_metrics(source, relevant).summary()

@@ -1,0 +1,229 @@
+"""Scores files: reading, every malformed-file error, and `amc-data eval --scores`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from amc_data_cli.main import cli
+from click.testing import CliRunner
+
+from amc_data.errors import InputError
+from amc_data.evaluation.metrics import ranking_metrics
+from amc_data.evaluation.scores import evaluate_scores, read_scores, scores_metrics
+
+HEADER = "query_id\timg_id\tscore\tlabel\n"
+
+
+def _frame(seed: int = 0, queries: int = 30, candidates: int = 12) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    labels = rng.choice([0, 2, 3], size=queries * candidates)
+    return pd.DataFrame(
+        {
+            "query_id": np.repeat(np.arange(queries) * 3 + 100, candidates),
+            "img_id": np.tile(np.arange(candidates) * 5, queries),
+            "score": np.round(labels + rng.normal(size=queries * candidates), 1),  # some ties
+            "label": labels,
+        }
+    )
+
+
+def _write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_parquet_tsv_gzip_and_frame_agree_with_the_metrics(tmp_path):
+    frame = _frame()
+    frame.to_parquet(tmp_path / "s.parquet", index=False)
+    frame.to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    with gzip.open(tmp_path / "s.tsv.gz", "wt") as file:
+        frame.to_csv(file, sep="\t", index=False)
+    expected = ranking_metrics(frame.query_id, frame.score, frame.label).summary()
+    for source in (tmp_path / "s.parquet", tmp_path / "s.tsv", tmp_path / "s.tsv.gz", frame):
+        assert evaluate_scores(source) == pytest.approx(expected, abs=1e-12)
+    assert expected["queries"] == 30 and expected["pairs"] == 360
+
+
+def test_read_scores_types_extra_columns_and_text_ids(tmp_path):
+    text = "query_id\timg_id\tscore\tlabel\tnote\nq1\t7\t0.5\t2.0\tx\nq1\t8\t1\t0\ty\n"
+    path = _write(tmp_path, "s.tsv", text)
+    frame = read_scores(path)
+    assert list(frame.columns) == ["query_id", "img_id", "score", "label"]
+    assert list(frame.query_id) == ["q1", "q1"]
+    assert frame.score.dtype == np.float64 and frame.label.dtype == np.int64
+    assert list(frame.label) == [2, 0]
+    result = scores_metrics(path)
+    assert list(result.query_ids) == ["q1"]
+    assert result.ndcg[0, 0] == pytest.approx(1 / math.log2(3))  # the one gain (3) at rank 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("query_id\timg_id\tscore\n1\t2\t0.5\n", ["lacks the column(s) label",
+            "found: query_id, img_id, score", "needs the columns query_id, img_id, score, label"]),
+        ("query_id,img_id,score,label\n1,2,0.5,1\n", ["lacks the column(s)", "comma-separated"]),
+        (HEADER + "1\t1\t0.5\t1\n\n1\t2\tabc\t0\n", ["line 4: score is 'abc', not a number",
+            "Give every row a finite number"]),
+        (HEADER + "1\t1\t0.5\t1\n1\t2\tnan\t0\n", ["line 3: score is missing (empty, NA or NaN)"]),
+        (HEADER + "1\t1\t0.5\t1\n1\t2\t\t0\n", ["line 3: score is missing"]),
+        (HEADER + "1\t1\t0.5\t1\n1\t2\tinf\t0\n", ["line 3: score is inf", "Clip or replace"]),
+        (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t2.5\n", ["line 3: label is 2.5, not a whole number",
+            "graded relevance"]),
+        (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\tgood\n", ["line 3: label is 'good', not a number"]),
+        (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t-1\n", ["line 3: label is -1", "must be 0"]),
+        (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t0\n1\t1\t0.7\t1\n", ["line 2 and line 4: both score "
+            "query 1, image 1", "Keep one row per (query, image) pair"]),
+        ("", ["is empty (0 bytes)", "Write a header line"]),
+        (HEADER, ["has no rows", "one row per (query, candidate image)"]),
+        (HEADER + "1\t1\t0.5\t1\n\n1\t2\t0.5\n", ["line 4: expected 4 tab-separated fields, "
+            "found 3", "separated by tabs"]),
+        (HEADER + "1\t1\t0.5\t1\n\t2\t0.5\t1\n", ["line 3: query_id is missing"]),
+    ],
+    ids=["missing-column", "commas", "text-score", "nan-score", "empty-score", "inf-score",
+         "fractional-label", "text-label", "negative-label", "duplicate", "empty-file",
+         "header-only", "short-row", "missing-id"],
+)  # fmt: skip
+def test_malformed_tsv_files_name_file_line_and_fix(tmp_path, text, expected):
+    path = _write(tmp_path, "bad.tsv", text)
+    with pytest.raises(InputError) as info:
+        read_scores(path)
+    message = str(info.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message
+
+
+def test_line_numbers_count_from_the_header_in_a_large_file(tmp_path):
+    frame = _frame(queries=2000)  # several CSV blocks
+    frame.loc[23_456, "score"] = np.nan
+    frame.to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match="line 23458: score is missing"):
+        read_scores(tmp_path / "s.tsv")
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "expected"),
+    [
+        ("score", ["0.5", "0.7", "x"], "row index 2: score is 'x', not a number"),
+        ("score", [0.5, None, 0.1], "row index 1: score is missing"),
+        ("label", [1.0, 0.0, 0.5], "row index 2: label is 0.5, not a whole number"),
+        ("img_id", [1, 2, 1], "row index 0 and row index 2: both score query 1, image 1"),
+        ("query_id", [1.0, 1.5, 1.0], "row index 1: query_id is 1.5"),
+    ],
+)
+def test_malformed_parquet_files_name_file_row_index_and_fix(tmp_path, column, values, expected):
+    frame = pd.DataFrame({"query_id": [1, 1, 1], "img_id": [1, 2, 3], "score": [0.5, 0.7, 0.1],
+                          "label": [1, 0, 2]})  # fmt: skip
+    frame[column] = values
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path, index=False)
+    with pytest.raises(InputError, match=expected) as info:
+        read_scores(path)
+    assert str(path) in str(info.value)
+
+
+def test_parquet_without_columns_rows_or_integrity(tmp_path):
+    path = tmp_path / "cols.parquet"
+    pd.DataFrame({"query_id": [1], "score": [0.5]}).to_parquet(path)
+    with pytest.raises(InputError, match=r"lacks the column\(s\) img_id, label"):
+        read_scores(path)
+    empty = tmp_path / "empty.parquet"
+    _frame().iloc[:0].to_parquet(empty, index=False)
+    with pytest.raises(InputError, match="has no rows"):
+        read_scores(empty)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1" + b"\0" * 64)
+    with pytest.raises(InputError, match="starts like a Parquet file but cannot be read"):
+        read_scores(broken)
+    with pytest.raises(InputError, match="no such scores file"):
+        read_scores(tmp_path / "absent.tsv")
+
+
+def test_a_frame_names_its_row():
+    frame = _frame()
+    frame.loc[4, "score"] = np.inf
+    expected = r"the scores table, row 4 \(counting from 0\): score is inf"
+    with pytest.raises(InputError, match=expected):
+        evaluate_scores(frame)
+
+
+# The command line --------------------------------------------------------------------------
+
+
+def test_eval_prints_one_row_per_file_and_writes_json(tmp_path):
+    frame = _frame()
+    frame.to_parquet(tmp_path / "a.parquet", index=False)
+    better = frame.assign(score=frame.score + 2 * frame.label)
+    better.to_csv(tmp_path / "b.tsv", sep="\t", index=False)
+    a, b, out = tmp_path / "a.parquet", tmp_path / "b.tsv", tmp_path / "out" / "m.json"
+    result = CliRunner().invoke(
+        cli,
+        ["eval", "--scores", str(a), "--scores", str(b), "--json", str(out), "--resamples", "500"],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["scores", "queries", "pairs", "no", "rel", "ndcg@5", "ndcg@10",
+        "ndcg@15", "ndcg@20", "ndcg@25", "dcg@25", "ch", "auc", "p", "rand", "p", "t"]  # fmt: skip
+    assert lines[2].startswith(str(a)) and lines[3].startswith(str(b))
+    data = json.loads(out.read_text())
+    assert list(data) == [str(a), str(b)]
+    assert data[str(a)] == pytest.approx(evaluate_scores(a))
+    assert f"{data[str(a)]['ndcg@10']:.4f}" in lines[2]
+    assert "p_randomization_ndcg@10" not in data[str(a)]
+    assert data[str(b)]["p_randomization_ndcg@10"] == pytest.approx(1 / 501)
+    assert data[str(b)]["p_t_ndcg@10"] < 0.01
+    assert "per-query NDCG@10" in result.stdout
+
+
+def test_eval_relevant_threshold_and_undefined_auc(tmp_path):
+    path = _write(tmp_path, "s.tsv", HEADER + "1\t1\t0.9\t1\n1\t2\t0.5\t3\n1\t3\t0.1\t0\n")
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(cli, ["eval", "--scores", str(path), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())[str(path)]["auc"] == 1.0
+    result = CliRunner().invoke(
+        cli, ["eval", "--scores", str(path), "--relevant", "2", "--json", str(out)]
+    )
+    assert json.loads(out.read_text())[str(path)]["auc"] == 0.5  # 0.5 beats 0.1, not 0.9
+    none = _write(tmp_path, "none.tsv", HEADER + "1\t1\t0.9\t0\n1\t2\t0.5\t0\n")
+    result = CliRunner().invoke(cli, ["eval", "--scores", str(none), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    values = json.loads(out.read_text())[str(none)]
+    assert values["auc"] is None and values["queries_without_relevant"] == 1
+    assert "no rel: queries with no candidate" in result.stdout
+
+
+def test_eval_errors(tmp_path):
+    bad = _write(tmp_path, "bad.tsv", HEADER + "1\t1\tx\t1\n")
+    result = CliRunner().invoke(cli, ["eval", "--scores", str(bad)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {bad}, line 2: score is 'x'")
+    result = CliRunner().invoke(cli, ["eval", "a.tsv", "b.tsv"])
+    assert result.exit_code == 2
+    assert "comes with the model half" in result.stderr
+    assert "--scores A --scores B" in result.stderr
+    result = CliRunner().invoke(cli, ["eval"])
+    assert result.exit_code == 2
+    assert "give --scores PATH" in result.stderr
+
+
+def test_eval_loads_neither_torch_nor_scikit_learn(tmp_path):
+    path = tmp_path / "s.parquet"
+    _frame().to_parquet(path, index=False)
+    code = (
+        "import sys; from amc_data_cli.main import main\n"
+        f"try: main(['eval', '--scores', {str(path)!r}])\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'torch')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
