@@ -9,6 +9,7 @@ import click
 from amc_data._optional import require
 from amc_data.progress import progress_enabled
 
+from .evaluate import comparison_table
 from .options import quiet_option
 
 
@@ -27,7 +28,6 @@ def demo_command(
     require("torch")
     require("matplotlib", "the demo's pictures")
     from amc_data.demo import run_demo
-    from amc_data.evaluation.runs import comparison_table
 
     say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
     result = run_demo(out, seed=seed, images=images, queries=queries, epochs=epochs,

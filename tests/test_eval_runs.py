@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 
 import amc_data  # noqa: E402
 from amc_data.errors import CheckpointError  # noqa: E402
-from amc_data.evaluation.runs import comparison_table, evaluate  # noqa: E402
+from amc_data.evaluation.runs import evaluate  # noqa: E402
 from amc_data.training import TrainConfig, train  # noqa: E402
 from amc_data_cli.main import cli  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
@@ -59,8 +59,8 @@ def test_two_runs_side_by_side_with_a_random_row_and_files_per_run(
     best = result.best
     others = [r for r in result.runs if r.name != best]
     assert all(r.p_randomization is not None and 0 < r.p_randomization <= 1 for r in others)
-    text = comparison_table(result)
-    assert text.splitlines()[0].split()[:2] == ["run", "model"] and "best" in text
+    table = result.table()
+    assert table[best]["ndcg@10"] == max(row["ndcg@10"] for row in table.values())
 
 
 def test_by_default_results_land_in_each_run_folder(trained: tuple[Path, Path, Path]) -> None:
@@ -105,6 +105,7 @@ def test_cli_eval_prints_one_table_and_writes_json(
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
+    assert lines[0].split()[:2] == ["run", "model"] and "best" in result.output
     assert any(line.startswith("amc") for line in lines)
     assert any(line.startswith("random") for line in lines)
     assert json.loads((tmp_path / "m.json").read_text()).keys() == {"amc", "visual", "random"}

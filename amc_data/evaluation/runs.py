@@ -221,28 +221,3 @@ def _write_json(path: Path, value: Any) -> None:
     tmp.write_text(json.dumps(value, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
-
-TABLE_METRICS = ("ndcg@5", "ndcg@10", "ndcg@25", "dcg@25_challenge", "auc")
-
-
-def comparison_table(evaluation: Evaluation, metrics: Sequence[str] = TABLE_METRICS) -> str:
-    """A plain-text table, a row per run, with the paired tests against the best run."""
-    shown = [m for m in metrics if all(m in run.metrics for run in evaluation.runs)]
-    header = ["run", "model", *shown, "p (rand.)", "p (t)"]
-    rows = []
-    for run in evaluation.runs:
-        p_rand = "best" if run.name == evaluation.best else _p(run.p_randomization)
-        p_t = "" if run.name == evaluation.best else _p(run.p_t)
-        rows.append([run.name, run.kind, *(f"{run.metrics[m]:.4f}" for m in shown), p_rand, p_t])
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-             for row in [header, *rows]]  # fmt: skip
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _p(value: float | None) -> str:
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
