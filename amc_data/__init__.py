@@ -81,6 +81,9 @@ _LAZY = {
     "paired_test": "evaluation",
     "PairedTest": "evaluation",
     "compare_to_baseline": "evaluation",
+    "extract_features": "featurizing.core",
+    "FeatureConfig": "featurizing.core",
+    "FeatureResult": "featurizing.core",
 }
 
 
@@ -118,6 +121,7 @@ if TYPE_CHECKING:
         roc_curve,
         scores_metrics,
     )
+    from .featurizing.core import FeatureConfig, FeatureResult, extract_features
     from .fetching.checksums import Digests, FileChecksum, hash_file
     from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
     from .fetching.manifest import (
@@ -153,6 +157,8 @@ __all__ = [
     "EncodeConfig",
     "EncodeResult",
     "EncodedSplit",
+    "FeatureConfig",
+    "FeatureResult",
     "FetchIncompleteError",
     "FetchResult",
     "FileChecksum",
@@ -184,6 +190,7 @@ __all__ = [
     "encode",
     "evaluate_scores",
     "expected_checksums",
+    "extract_features",
     "fetch",
     "fetch_manifests",
     "hash_file",

@@ -1,0 +1,441 @@
+"""`extract_features`: grid features of a folder of images or a base64 TSV, written chunk by chunk
+into a memory-mapped `.npy` that a later run resumes.
+
+Planning (names, keys, ids) happens first and needs no torch; the images are then read and
+decoded by `workers` processes, batch by batch in input order, run through the backbone on the
+chosen device, pooled to a G x G grid and written at their rows. After each batch the file is
+flushed and a progress record says how far it got, so an interrupted run (a crash, Ctrl-C, a bad
+image in fail mode, `max_batches`) resumes at the next batch and ends with the same bytes as a
+run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..machine import cpu_count
+from ..progress import progress_bar
+from ..version import __version__
+from .deps import require_pillow, require_torch
+from .outputs import (
+    OutputPaths,
+    Progress,
+    discard,
+    finish,
+    load_progress,
+    open_partial,
+    output_lock,
+    read_report,
+    save_progress,
+)
+from .sources import (
+    ID_SOURCES,
+    CenterCrop,
+    IdSource,
+    ImageReader,
+    OnError,
+    Plan,
+    SkippedImage,
+    plan_inputs,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+DTYPES = ("float16", "float32")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How `extract_features` runs; the defaults give ResNet-50 7 x 7 grid features (2048-d)
+    of 224 x 224 centre crops, in float16."""
+
+    backbone: str = "resnet50"  # a torchvision model name; unused when model_file is given
+    model_file: Path | None = (
+        None  # TorchScript or .pt2 (torch.export): (B, 3, H, W) -> (B, D, h, w)
+    )
+    weights: Literal["default", "none"] = "default"  # torchvision's pretrained weights, or random
+    grid: int = 7  # features are pooled to grid x grid cells: R = grid * grid
+    image_size: int = 224  # side of the centre crop the backbone sees
+    resize: int | None = None  # shorter side before cropping; None: image_size / 0.875 (256)
+    batch_size: int = 32
+    workers: int | None = None  # decoding processes; None: min(8, cores); 0: in this process
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
+    dtype: Literal["float16", "float32"] = "float16"  # of the written features
+    id_source: IdSource = "name"  # name | dataset-json | id-map | tsv
+    id_file: Path | None = None  # the mapping file for id_source other than name
+    tsv_columns: tuple[int, int] = (0, 1)  # 0-based columns of the key and the base64 image
+    on_error: OnError = "fail"  # an image without id or undecodable: stop, or skip and record
+    resume: bool = True  # continue an interrupted run at this output (False: start again)
+    force: bool = False  # extract again even if the output is up to date
+    max_batches: int | None = None  # stop after this many batches (a later run resumes)
+    seed: int = 0  # for random weights (--weights none)
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("grid", "image_size", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(
+                    f"{name} must be a positive integer, not {getattr(self, name)!r}."
+                )
+        if self.resize is not None and self.resize < self.image_size:
+            raise ConfigError(
+                f"resize ({self.resize}) must be at least image_size ({self.image_size}): the "
+                "shorter side is scaled to resize, then the centre image_size square is cut."
+            )
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, not {self.workers}.")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError(f"max_batches must be at least 1, not {self.max_batches}.")
+        choices: dict[str, tuple[str, ...]] = {
+            "weights": ("default", "none"),
+            "precision": PRECISIONS,
+            "dtype": DTYPES,
+            "id_source": ID_SOURCES,
+            "on_error": ("fail", "skip"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}."
+                )
+        if (self.id_source == "name") != (self.id_file is None):
+            raise ConfigError(
+                "id_file is needed exactly when id_source is not 'name' (found id_source "
+                f"{self.id_source!r} and id_file {self.id_file!r})."
+            )
+        columns = self.tsv_columns
+        if len(columns) != 2 or min(columns) < 0 or columns[0] == columns[1]:
+            raise ConfigError(f"tsv_columns must be two different columns >= 0, not {columns!r}.")
+        for name in ("model_file", "id_file"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+    @property
+    def resize_to(self) -> int:
+        """The shorter side before cropping (ImageNet's 256 for a 224 crop)."""
+        return self.resize if self.resize is not None else round(self.image_size / 0.875)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers is not None else min(8, cpu_count())
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    """What `extract_features` did."""
+
+    features: Path
+    ids: Path
+    report: Path
+    shape: tuple[int, ...]  # (N, G*G, D) of the finished file; rows written so far otherwise
+    complete: bool  # False when max_batches stopped the run early (a later run resumes)
+    up_to_date: bool  # the output already matched these inputs and options: nothing was done
+    resumed_from: int = 0  # inputs already done by an earlier run when this one started
+    skipped: list[SkippedImage] = field(default_factory=list)
+    backbone: dict[str, str] = field(default_factory=dict)
+    device: str = ""
+    precision: str = ""
+    seconds: float = 0.0
+    images_per_second: float = 0.0  # of the images this run extracted
+
+
+def extract_features(
+    images: str | Path,
+    out: str | Path,
+    *,
+    ids: str | Path | None = None,
+    config: FeatureConfig | None = None,
+) -> FeatureResult:
+    """Extract `(N, G*G, D)` grid features of `images` (a folder, or a TSV of `key<TAB>base64`)
+    into the `.npy` file `out`, with the img_id of each row in `ids` (default `feature_ids.npy`
+    beside `features.npy`, else `<stem>_ids.npy`) and a report `<stem>.json`.
+
+    A run interrupted for any reason resumes where it stopped when run again with the same
+    inputs and options (byte-identical result); different ones are refused unless
+    `config.resume` is False. Raises `InputError` for unreadable inputs (naming the file or TSV
+    line), `ConfigError` for bad options, `MissingDependencyError` without torch or Pillow.
+    """
+    config = config or FeatureConfig()
+    require_torch()
+    require_pillow()
+    from .backbone import DeviceSetup, load_backbone
+
+    started = time.perf_counter()
+    paths = OutputPaths.for_output(out, ids)
+    plan = plan_inputs(
+        images,
+        id_source=config.id_source,
+        id_file=config.id_file,
+        tsv_columns=config.tsv_columns,
+        on_error=config.on_error,
+    )
+    setup = DeviceSetup.resolve(config.device, config.precision)
+    extractor, backbone = load_backbone(
+        name=config.backbone,
+        model_file=config.model_file,
+        weights=config.weights,
+        seed=config.seed,
+        setup=setup,
+        grid=config.grid,
+    )
+    run = _Run(
+        config=config,
+        paths=paths,
+        plan=plan,
+        extractor=extractor,
+        backbone=backbone,
+        device=str(setup.device),
+        precision=setup.precision,
+        fingerprint=_fingerprint(plan, backbone, config, setup.device.type, setup.precision),
+        shape=(len(plan), config.grid**2, extractor.feature_dim(config.image_size)),
+        started=started,
+    )
+    with output_lock(paths):
+        done = None if config.force else read_report(paths)
+        if done is not None and done.get("fingerprint") == run.fingerprint:
+            log.info("%s is up to date with its inputs and options; nothing to do", paths.features)
+            skipped = [SkippedImage(**item) for item in done.get("skipped", [])]
+            return run.result(tuple(done["shape"]), complete=True, up_to_date=True, skipped=skipped)
+        progress, fresh = _start(paths, config, run.fingerprint, run.shape)
+        resumed_from = progress.next_input
+        array = open_partial(paths, progress, fresh=fresh)
+        try:
+            progress = _extract(run, array, progress)
+        finally:
+            array.flush()
+            del array  # unmapped before the file is cut to its rows and renamed
+        if progress.next_input < len(plan):
+            log.info(
+                "stopped at input %d of %d; run again to resume", progress.next_input, len(plan)
+            )
+            return run.result((progress.rows, *run.shape[1:]), complete=False,
+                              resumed_from=resumed_from, progress=progress)  # fmt: skip
+        return _finish(run, progress, resumed_from)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One extraction's settled facts, handed between the steps of `extract_features`."""
+
+    config: FeatureConfig
+    paths: OutputPaths
+    plan: Plan
+    extractor: Any  # backbone.GridExtractor (a torch module's wrapper)
+    backbone: dict[str, str]
+    device: str
+    precision: str
+    fingerprint: str
+    shape: tuple[int, int, int]  # of the partial file: (planned images, R, D)
+    started: float
+
+    def result(
+        self,
+        shape: tuple[int, ...],
+        *,
+        complete: bool,
+        up_to_date: bool = False,
+        resumed_from: int = 0,
+        progress: Progress | None = None,
+        skipped: list[SkippedImage] | None = None,
+    ) -> FeatureResult:
+        seconds = time.perf_counter() - self.started
+        done = 0 if progress is None else progress.next_input - resumed_from
+        if skipped is None:
+            skipped = [*self.plan.skipped, *(progress.skipped if progress else [])]
+        return FeatureResult(
+            features=self.paths.features,
+            ids=self.paths.ids,
+            report=self.paths.report,
+            shape=shape,
+            complete=complete,
+            up_to_date=up_to_date,
+            resumed_from=resumed_from,
+            skipped=skipped,
+            backbone=self.backbone,
+            device=self.device,
+            precision=self.precision,
+            seconds=seconds,
+            images_per_second=done / seconds if seconds > 0 else 0.0,
+        )
+
+
+def _extract(run: _Run, array: np.memmap, progress: Progress) -> Progress:
+    """Decode, extract and write batch after batch from `progress.next_input` on, recording
+    progress after each; returns the progress at the end (or at `max_batches`)."""
+    from .loader import image_batches
+
+    config, plan = run.config, run.plan
+    reader = ImageReader(plan, CenterCrop(config.image_size, config.resize_to))
+    batches = [
+        list(range(start, min(start + config.batch_size, len(plan))))
+        for start in range(progress.next_input, len(plan), config.batch_size)
+    ][: config.max_batches]
+    loader = image_batches(
+        reader, batches, workers=config.worker_count, pin_memory=run.device.startswith("cuda")
+    )
+    bar = progress_bar(
+        total=len(plan), initial=progress.next_input, desc="features", unit="img",
+        enabled=config.progress,
+    )  # fmt: skip
+    iterator = iter(loader)
+    try:
+        for planned, batch in zip(batches, iterator, strict=True):
+            progress = _write_batch(run, array, progress, batch)
+            progress = replace(progress, next_input=planned[-1] + 1)
+            array.flush()  # rows reach the file before the record says they are there
+            save_progress(run.paths, progress)
+            bar.update(len(planned))
+    finally:
+        bar.close()
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:  # stop the decoding workers now, even on an error
+            shutdown()
+    return progress
+
+
+def _finish(run: _Run, progress: Progress, resumed_from: int) -> FeatureResult:
+    """Write ids and report, cut the features to the rows written, rename all into place."""
+    config, plan, paths = run.config, run.plan, run.paths
+    if progress.rows == 0:
+        discard(paths)
+        first = progress.skipped[0]
+        raise InputError(
+            f"None of the {len(plan)} images of {plan.root} could be decoded (the first: "
+            f"{first.source}: {first.reason}). Nothing was written."
+        )
+    decoded_skips = np.array([s.img_id for s in progress.skipped], dtype=np.int64)
+    row_ids = plan.img_ids[~np.isin(plan.img_ids, decoded_skips)]
+    shape = (progress.rows, *run.shape[1:])
+    result = run.result(shape, complete=True, resumed_from=resumed_from, progress=progress)
+    report = {
+        "version": REPORT_VERSION,
+        "fingerprint": run.fingerprint,
+        "shape": list(shape),
+        "dtype": config.dtype,
+        "ids": paths.ids.name,
+        "input": {
+            "path": str(plan.root),
+            "kind": plan.kind,
+            "found": len(plan) + len(plan.skipped),
+            "id_source": config.id_source,
+            "id_file": None if config.id_file is None else str(config.id_file),
+            "tsv_columns": list(config.tsv_columns) if plan.kind == "tsv" else None,
+        },
+        "backbone": run.backbone,
+        "grid": config.grid,
+        "image_size": config.image_size,
+        "resize": config.resize_to,
+        "device": run.device,
+        "precision": run.precision,
+        "skipped": [asdict(item) for item in result.skipped],
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 2),
+        "versions": _versions(),
+    }
+    finish(paths, shape, np.dtype(config.dtype), row_ids, report)
+    log.info("wrote %s %s (%.1f images/s)", paths.features, shape, result.images_per_second)
+    return result
+
+
+def _start(
+    paths: OutputPaths, config: FeatureConfig, fingerprint: str, shape: tuple[int, int, int]
+) -> tuple[Progress, bool]:
+    """The progress to continue from, and whether the partial file must be created afresh."""
+    previous = load_progress(paths) if config.resume else None
+    if previous is not None and previous.fingerprint != fingerprint:
+        raise ConfigError(
+            f"{paths.partial} holds an interrupted run ({previous.rows} rows written) made with "
+            "other inputs or options (images, ids, backbone, grid, image size, dtype, device "
+            "type or precision differ). Run the same command as before to resume it, or pass "
+            "--no-resume to discard it and start again."
+        )
+    if previous is not None:
+        log.info(
+            "resuming %s at input %d (%d rows written)",
+            paths.features,
+            previous.next_input,
+            previous.rows,
+        )
+        return previous, False
+    discard(paths)
+    return Progress(fingerprint=fingerprint, shape=shape, dtype=config.dtype), True
+
+
+def _write_batch(run: _Run, array: np.memmap, progress: Progress, batch: Any) -> Progress:
+    """Run one decoded batch through the backbone and write its rows; handle its bad images."""
+    config, plan = run.config, run.plan
+    if batch.errors and config.on_error == "fail":
+        index, reason = batch.errors[0]
+        raise InputError(
+            f"{plan.describe(index)} cannot be decoded as an image ({reason}). Replace or remove "
+            f"it and run the same command again (the {progress.rows} rows already written are "
+            "kept; the run resumes at this batch), or pass --on-error skip to leave it out and "
+            "record it in the report."
+        )
+    skipped = list(progress.skipped)
+    for index, reason in batch.errors:
+        log.warning("skipped %s: %s", plan.describe(index), reason)
+        skipped.append(SkippedImage(plan.describe(index), int(plan.img_ids[index]), reason))
+    rows = progress.rows
+    if batch.indices:
+        with np.errstate(over="ignore"):  # values past float16's range are reported just below
+            features = run.extractor(batch.pixels).numpy().astype(config.dtype)  # (k, G*G, D)
+        finite = np.isfinite(features).reshape(len(features), -1).all(axis=1)  # (k,)
+        if not finite.all():
+            first = batch.indices[int(np.flatnonzero(~finite)[0])]
+            hint = " (past float16's range, 65504: pass --dtype float32)"
+            raise InputError(
+                f"The backbone {run.extractor.name} gave NaN or Inf features for "
+                f"{plan.describe(first)}{hint if config.dtype == 'float16' else ''}."
+            )
+        array[rows : rows + len(features)] = features
+        rows += len(features)
+    return replace(progress, rows=rows, skipped=skipped)
+
+
+def _fingerprint(
+    plan: Plan, backbone: dict[str, str], config: FeatureConfig, device_type: str, precision: str
+) -> str:
+    """sha256 of everything that decides the output's bytes: the images and their ids, the
+    network, and the options. Batch size and workers are left out: a resumed run may change
+    them (a different batch size may change the last bits of some values, nothing more)."""
+    # A model file is known by its content, not by where it lies.
+    moved = ("name",) if "sha256" in backbone else ()
+    network = {k: v for k, v in backbone.items() if k not in moved}
+    content = {
+        "plan": plan.digest(),
+        "kind": plan.kind,
+        "image_column": plan.image_column if plan.kind == "tsv" else None,
+        "backbone": network,
+        "grid": config.grid,
+        "image_size": config.image_size,
+        "resize": config.resize_to,
+        "dtype": config.dtype,
+        "device_type": device_type,
+        "precision": precision,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    versions = {"amc-data": __version__}
+    for name in ("torch", "torchvision", "pillow", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

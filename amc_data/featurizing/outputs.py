@@ -1,0 +1,251 @@
+"""Where features go: a memory-mapped `.npy` written chunk by chunk under a temporary name, a
+progress record beside it that a later run resumes from, and the final rename.
+
+Files, for `--out DIR/features.npy`:
+  DIR/features.npy.partial         the features while they are written (a valid .npy)
+  DIR/features.npy.progress.json   inputs done, rows written, images skipped so far
+  DIR/features.npy                 (N, R, D) float16/float32, renamed into place at the end
+  DIR/feature_ids.npy              (N,) int64, the img_id of each row (else `<stem>_ids.npy`)
+  DIR/features.json                the report: options, shape, skipped images, timings
+Nothing exists at a final name until it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+import numpy as np
+
+from ..errors import InputError, LockTimeoutError
+from .sources import SkippedImage
+
+log = logging.getLogger(__name__)
+
+PROGRESS_VERSION = 1
+_COPY_ROWS = 4096  # rows per chunk when a partial file must be copied rather than truncated
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The files one extraction reads and writes."""
+
+    features: Path
+    ids: Path
+    report: Path
+    partial: Path
+    progress: Path
+    lock: Path
+
+    @classmethod
+    def for_output(
+        cls, out: str | os.PathLike[str], ids: str | os.PathLike[str] | None = None
+    ) -> OutputPaths:
+        """Paths for features at `out`; ids at `ids`, else `feature_ids.npy` beside
+        `features.npy` (the prepared-dataset names) or `<stem>_ids.npy` beside any other name."""
+        out = Path(out)
+        if out.suffix != ".npy":
+            raise InputError(f"{out}: the features file must end in .npy (it is a numpy array).")
+        if ids is None:
+            ids = out.with_name(
+                "feature_ids.npy" if out.name == "features.npy" else f"{out.stem}_ids.npy"
+            )
+        ids = Path(ids)
+        if ids.resolve() == out.resolve():
+            raise InputError(
+                f"The ids file {ids} cannot be the features file; choose another --ids."
+            )
+        return cls(
+            features=out,
+            ids=ids,
+            report=out.with_suffix(".json"),
+            partial=out.with_name(out.name + ".partial"),
+            progress=out.with_name(out.name + ".progress.json"),
+            lock=out.with_name(f".{out.name}.lock"),
+        )
+
+
+@contextlib.contextmanager
+def output_lock(paths: OutputPaths) -> Iterator[None]:
+    """Hold the output's lock for the whole run: two runs never write the same partial file."""
+    paths.features.parent.mkdir(parents=True, exist_ok=True)
+    paths.ids.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(paths.lock)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise LockTimeoutError(
+            f"Another amc-data features run is writing {paths.features} (it holds {paths.lock}). "
+            "Wait for it to finish, or choose another --out."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a run has done so far: inputs `[0, next_input)` handled, rows `[0, rows)` written."""
+
+    fingerprint: str  # of the inputs and of every option that changes the numbers
+    shape: tuple[int, int, int]  # of the partial file: (planned images, R, D)
+    dtype: str
+    next_input: int = 0
+    rows: int = 0
+    skipped: list[SkippedImage] = field(default_factory=list)  # while decoding
+
+
+def load_progress(paths: OutputPaths) -> Progress | None:
+    """The progress record of an interrupted run, if there is one with its partial file."""
+    try:
+        record = json.loads(paths.progress.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable progress record %s: %s", paths.progress, exc)
+        return None
+    if record.get("version") != PROGRESS_VERSION or not paths.partial.is_file():
+        log.warning("ignoring %s: no partial file beside it, or another format", paths.progress)
+        return None
+    try:
+        return Progress(
+            fingerprint=str(record["fingerprint"]),
+            shape=tuple(int(v) for v in record["shape"]),  # type: ignore[arg-type]
+            dtype=str(record["dtype"]),
+            next_input=int(record["next_input"]),
+            rows=int(record["rows"]),
+            skipped=[SkippedImage(**item) for item in record["skipped"]],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("ignoring malformed progress record %s: %s", paths.progress, exc)
+        return None
+
+
+def save_progress(paths: OutputPaths, progress: Progress) -> None:
+    """Write the record atomically (temp file, then rename): a crash leaves the old one whole."""
+    record = {"version": PROGRESS_VERSION, **asdict(progress)}
+    write_json(paths.progress, record)
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON to a temporary name beside `path` and rename it into place."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def discard(paths: OutputPaths) -> None:
+    """Forget an interrupted run: remove its partial file and progress record."""
+    for path in (paths.partial, paths.progress):
+        path.unlink(missing_ok=True)
+
+
+def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> np.memmap:
+    """The partial features file, created (`fresh`) or opened for writing where it stopped."""
+    if fresh:
+        return np.lib.format.open_memmap(
+            paths.partial, mode="w+", dtype=np.dtype(progress.dtype), shape=progress.shape
+        )
+    array = np.lib.format.open_memmap(paths.partial, mode="r+")
+    if array.shape != progress.shape or array.dtype != np.dtype(progress.dtype):
+        raise InputError(
+            f"{paths.partial} is {array.shape} {array.dtype}, but its progress record says "
+            f"{progress.shape} {progress.dtype}. Start again with --no-resume."
+        )
+    return array
+
+
+def finish(
+    paths: OutputPaths,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    ids: np.ndarray,
+    report: dict[str, Any],
+) -> None:
+    """Cut the partial file (flushed, no longer mapped) to the `shape[0]` rows written, then
+    rename ids, features and report into place (the report last: its presence says the other
+    two are complete)."""
+    _shrink_rows(paths.partial, shape, dtype)
+    temporary_ids = paths.ids.with_name(f".{paths.ids.name}.tmp-{os.getpid()}")
+    with open(temporary_ids, "wb") as file:
+        np.save(file, np.ascontiguousarray(ids, dtype=np.int64))
+    _fsync(paths.partial)
+    os.replace(temporary_ids, paths.ids)
+    os.replace(paths.partial, paths.features)
+    write_json(paths.report, report)
+    paths.progress.unlink(missing_ok=True)
+
+
+def _shrink_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Make the .npy at `path` hold only its first `shape[0]` rows.
+
+    numpy pads a header so the first axis can change in place, so this rewrites the header and
+    truncates: the result is byte for byte what `open_memmap` writes for `shape`. Should the
+    header length differ, the rows are copied into a new file instead."""
+    with open(path, "r+b") as file:
+        version = np.lib.format.read_magic(file)
+        old_shape, _, _ = _read_header(file, version)
+        header_length = file.tell()
+        if tuple(old_shape) == tuple(shape):
+            return
+        header = io.BytesIO()
+        description = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": shape,
+        }
+        if version == (1, 0):
+            np.lib.format.write_array_header_1_0(header, description)
+        else:
+            np.lib.format.write_array_header_2_0(header, description)
+        if len(header.getvalue()) == header_length:
+            file.seek(0)
+            file.write(header.getvalue())
+            file.truncate(header_length + int(np.prod(shape)) * dtype.itemsize)
+            return
+    source = np.load(path, mmap_mode="r")
+    copy_path = path.with_name(path.name + ".copy")
+    target = np.lib.format.open_memmap(copy_path, mode="w+", dtype=dtype, shape=shape)
+    for start in range(0, shape[0], _COPY_ROWS):
+        target[start : start + _COPY_ROWS] = source[start : start + _COPY_ROWS]
+    target.flush()
+    del source, target
+    os.replace(copy_path, path)
+
+
+def _read_header(file: Any, version: tuple[int, int]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(file)
+    return np.lib.format.read_array_header_2_0(file)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def read_report(paths: OutputPaths) -> dict[str, Any] | None:
+    """The report of a finished run at these paths, if its features and ids are still there."""
+    try:
+        report = json.loads(paths.report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (paths.features.is_file() and paths.ids.is_file()):
+        return None
+    try:
+        features = np.load(paths.features, mmap_mode="r")
+        ids = np.load(paths.ids, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if list(features.shape) != report.get("shape") or ids.shape != (features.shape[0],):
+        return None
+    return report

@@ -1,0 +1,178 @@
+"""`amc-data features`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from amc_data.progress import progress_enabled
+
+from .options import quiet_option
+
+if TYPE_CHECKING:
+    from amc_data.featurizing.core import FeatureResult
+
+_ID_SOURCES = ("dataset-json", "id-map", "tsv")
+
+
+def _columns(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
+    parts = [part.strip() for part in value.split(",")]
+    if len(parts) != 2 or not all(part.isdigit() for part in parts) or parts[0] == parts[1]:
+        raise click.BadParameter(
+            f"{value!r}: give the 0-based key column and image column, e.g. 0,1."
+        )
+    return int(parts[0]), int(parts[1])
+
+
+@click.command("features")
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Features file to write (.npy, (N, G*G, D)); e.g. DIR/features.npy.",
+)  # fmt: skip
+@click.option(
+    "--ids", "ids_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="img_id file to write [default: feature_ids.npy beside features.npy, else "
+    "<stem>_ids.npy].",
+)  # fmt: skip
+@click.option(
+    "--ids-from", nargs=2, type=(click.Choice(_ID_SOURCES), click.Path(path_type=Path)),
+    default=None, metavar="KIND PATH",
+    help="Map names to img_ids: dataset-json (Karpathy's dataset.json, or keywords_coco.zip), "
+    "id-map (the authors' img_id_map*.pkl), tsv (key<TAB>img_id lines). Default: the number in "
+    "the file name, or the TSV key as an integer.",
+)  # fmt: skip
+@click.option(
+    "--tsv-columns", default="0,1", show_default=True, callback=_columns, metavar="KEY,IMAGE",
+    help="0-based columns of the image key and the base64 image, for a TSV input.",
+)  # fmt: skip
+@click.option(
+    "--backbone", default=None, metavar="NAME",
+    help="torchvision model whose convolutional trunk extracts the features [default: resnet50].",
+)  # fmt: skip
+@click.option(
+    "--model-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Backbone file instead: TorchScript (torch.jit.save) or an exported program "
+    "(torch.export.save, .pt2) mapping (B, 3, H, W) ImageNet-normalised images to (B, D, h, w).",
+)  # fmt: skip
+@click.option(
+    "--weights", type=click.Choice(["default", "none"]), default="default", show_default=True,
+    help="torchvision's pretrained weights (from its cache), or random ones.",
+)  # fmt: skip
+@click.option("--grid", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Pool the feature map to GRID x GRID cells (R = GRID^2).")  # fmt: skip
+@click.option("--image-size", type=click.IntRange(min=1), default=224, show_default=True,
+              help="Side of the centre crop the backbone sees.")  # fmt: skip
+@click.option(
+    "--resize", type=click.IntRange(min=1), default=None,
+    help="Shorter side before cropping [default: image size / 0.875, 256 for 224].",
+)  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=None,
+    help="Decoding processes [default: min(8, cores)]; 0 decodes in this process.",
+)  # fmt: skip
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="auto uses CUDA when present.")  # fmt: skip
+@click.option(
+    "--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+    help="auto: bf16 autocast on a GPU that has it, else fp32.",
+)  # fmt: skip
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True, help="Type of the written features.")  # fmt: skip
+@click.option(
+    "--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    help="An image without id or that does not decode: stop, or leave it out and record it.",
+)  # fmt: skip
+@click.option(
+    "--resume/--no-resume", default=True, show_default=True,
+    help="Continue an interrupted run at this --out (same inputs and options), or start again.",
+)  # fmt: skip
+@click.option("--max-batches", type=click.IntRange(min=1), default=None,
+              help="Stop after this many batches; run again to continue.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Extract again even if --out is up to date.")
+@quiet_option
+def features_command(
+    images: Path,
+    out: Path,
+    ids_path: Path | None,
+    ids_from: tuple[str, Path] | None,
+    tsv_columns: tuple[int, int],
+    backbone: str | None,
+    model_file: Path | None,
+    weights: str,
+    grid: int,
+    image_size: int,
+    resize: int | None,
+    batch_size: int,
+    workers: int | None,
+    device: str,
+    precision: str,
+    dtype: str,
+    on_error: str,
+    resume: bool,
+    max_batches: int | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Extract grid features of IMAGES (a folder of images, or a TSV of key<TAB>base64 image)
+    into --out, with the img_id of each row beside it.
+
+    An interrupted run continues where it stopped when run again with the same options.
+    """
+    from amc_data.featurizing.core import FeatureConfig, extract_features  # torch loads here
+
+    if backbone is not None and model_file is not None:
+        raise click.UsageError("Give --backbone or --model-file, not both.")
+    config = FeatureConfig(
+        backbone=backbone or "resnet50",
+        model_file=model_file,
+        weights=weights,  # type: ignore[arg-type]
+        grid=grid,
+        image_size=image_size,
+        resize=resize,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+        dtype=dtype,  # type: ignore[arg-type]
+        id_source=ids_from[0] if ids_from else "name",  # type: ignore[arg-type]
+        id_file=ids_from[1] if ids_from else None,
+        tsv_columns=tsv_columns,
+        on_error=on_error,  # type: ignore[arg-type]
+        resume=resume,
+        force=force,
+        max_batches=max_batches,
+        progress=progress_enabled(quiet),
+    )
+    result = extract_features(images, out, ids=ids_path, config=config)
+    if not quiet:
+        _report(result)
+
+
+def _report(result: FeatureResult) -> None:
+    if result.up_to_date:
+        click.echo(
+            f"{result.features} is up to date with these images and options; nothing to do "
+            "(--force extracts again)."
+        )
+        return
+    rows, cells, dim = result.shape
+    if not result.complete:
+        click.echo(
+            f"Stopped as asked with {rows:,} rows in {result.features}.partial; run the same "
+            "command again to continue."
+        )
+        return
+    click.echo(f"Wrote {result.features} ({rows:,} x {cells} x {dim}) and {result.ids}")
+    click.echo(f"  backbone: {result.backbone.get('name')} on {result.device} ({result.precision})")
+    if result.resumed_from:
+        click.echo(f"  resumed after {result.resumed_from:,} images done by an earlier run")
+    if result.skipped:
+        click.echo(f"  {len(result.skipped):,} image(s) skipped; each is listed in {result.report}")
+    click.echo(f"  time: {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)")
+
+
+COMMANDS: list[click.Command] = [features_command]
