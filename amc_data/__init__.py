@@ -84,6 +84,11 @@ _LAZY = {
     "extract_features": "featurizing.core",
     "FeatureConfig": "featurizing.core",
     "FeatureResult": "featurizing.core",
+    "ModelConfig": "model",
+    "RankingModel": "model",
+    "Attention": "model",
+    "build_model": "model",
+    "load_word_vectors": "model",
 }
 
 
@@ -142,12 +147,15 @@ if TYPE_CHECKING:
         info,
         verify,
     )
+    from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
+    from .verify import DatasetInfo, FileReport, FileStatus, InfoReport, check_file, info, verify
 
 __all__ = [
     "AmcDataError",
     "ArchiveError",
     "ArchiveLimits",
     "CaptionRanking",
+    "Attention",
     "CheckpointError",
     "ChecksumError",
     "ConfigError",
@@ -173,16 +181,19 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
+    "ModelConfig",
     "Outcome",
     "PairedTest",
     "RankingMetrics",
     "RecallAtK",
     "RocCurve",
+    "RankingModel",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
     "ZipArchive",
     "__version__",
+    "build_model",
     "bundled_manifests",
     "caption_ranking",
     "check_file",
@@ -199,6 +210,7 @@ __all__ = [
     "load_id_map",
     "load_manifest",
     "ndcg_at_k",
+    "load_word_vectors",
     "open_archive",
     "paired_test",
     "ranking_metrics",
