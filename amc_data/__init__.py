@@ -84,6 +84,12 @@ _LAZY = {
     "extract_features": "featurizing.core",
     "FeatureConfig": "featurizing.core",
     "FeatureResult": "featurizing.core",
+    "load_prepared": "prepare.format",
+    "PreparedDataset": "prepare.format",
+    "prepare_coco": "prepare.coco",
+    "prepare_clickture": "prepare.clickture",
+    "synth": "prepare.synth",
+    "SynthConfig": "prepare.synth",
     "ModelConfig": "model",
     "RankingModel": "model",
     "Attention": "model",
@@ -149,6 +155,10 @@ if TYPE_CHECKING:
     )
     from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
     from .verify import DatasetInfo, FileReport, FileStatus, InfoReport, check_file, info, verify
+    from .prepare.clickture import prepare_clickture
+    from .prepare.coco import prepare_coco
+    from .prepare.format import PreparedDataset, load_prepared
+    from .prepare.synth import SynthConfig, synth
 
 __all__ = [
     "AmcDataError",
@@ -187,7 +197,9 @@ __all__ = [
     "RankingMetrics",
     "RecallAtK",
     "RocCurve",
+    "PreparedDataset",
     "RankingModel",
+    "SynthConfig",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -214,6 +226,11 @@ __all__ = [
     "open_archive",
     "paired_test",
     "ranking_metrics",
+    "load_prepared",
+    "load_word_vectors",
+    "open_archive",
+    "prepare_clickture",
+    "prepare_coco",
     "read_lock",
     "read_scores",
     "resolve_data_dir",
@@ -221,5 +238,6 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "scores_metrics",
+    "synth",
     "verify",
 ]

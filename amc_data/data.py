@@ -1,0 +1,436 @@
+"""The torch data layer: training pairs with sampled negatives, and query and image batches, from
+a prepared dataset folder.
+
+- `TrainingPairs`: one item per (query, positive image) of a split, with `negatives` images
+  drawn uniformly from the split's pool, never one of the query's positives. The draw depends
+  on (seed, epoch, index) alone, so it is the same whatever the batch size, worker count,
+  rank or order, and differs from epoch to epoch.
+- `train_loader`: a `DataLoader` over it (a `DistributedSampler` per rank, persistent workers,
+  pinned memory on request). Call `loader.sampler.set_epoch(epoch)` at the start of each epoch,
+  as with any distributed sampler: the epoch travels with each index to the workers.
+- `query_batch`, `image_batch`: tensors for scoring (validation, evaluation, demo).
+
+Features stay memory-mapped: each process (each loader worker) opens the file itself on first
+use, and only the rows a batch needs are read. Keyword ids and query ids are shifted by one so
+that 0 pads; an image keeps its `max_keywords` most frequent keywords (ties: lower id first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, InputError, MissingDependencyError
+
+try:
+    import torch
+    from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise MissingDependencyError(
+        'Training and scoring need PyTorch, which is not installed: pip install "amc-data[train]"'
+    ) from exc
+
+from .batch import ImageBatch, QueryBatch, TrainBatch
+from .prepare.format import PreparedDataset, load_prepared
+
+__all__ = [
+    "EpochSampler",
+    "PairSample",
+    "TrainingPairs",
+    "collate_train",
+    "image_batch",
+    "query_batch",
+    "train_loader",
+]
+
+
+# -- shared gathering ----------------------------------------------------------------------------
+def _as_prepared(prepared: PreparedDataset | str | os.PathLike[str]) -> PreparedDataset:
+    return prepared if isinstance(prepared, PreparedDataset) else load_prepared(prepared)
+
+
+def _open_features(root: Path) -> np.ndarray:
+    """The features file memory-mapped, `(N, D)` viewed as `(N, 1, D)`."""
+    array = np.load(root / "features.npy", mmap_mode="r")
+    return array[:, None, :] if array.ndim == 2 else array
+
+
+def _gather_regions(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`features[rows]` as float32, reading the file in row order."""
+    flat = rows.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    out = np.empty((flat.size, *features.shape[1:]), dtype=np.float32)
+    out[order] = features[flat[order]]  # sorted rows: sequential reads from the memmap
+    return out.reshape(*rows.shape, *features.shape[1:])
+
+
+@dataclass(frozen=True)
+class _Keywords:
+    """The CSR keyword matrix as its three arrays (no copies; cheap to send to a worker)."""
+
+    indptr: np.ndarray  # (N + 1,)
+    indices: np.ndarray  # (nnz,) word ids
+    counts: np.ndarray  # (nnz,) int32 counts
+
+    @classmethod
+    def of(cls, prepared: PreparedDataset) -> _Keywords:
+        matrix = prepared.keywords
+        return cls(matrix.indptr, matrix.indices, matrix.data)
+
+    def gather(self, rows: np.ndarray, max_keywords: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids + 1 (0 pads) and counts of each row's `max_keywords` most frequent keywords
+        (ties: lower id first), padded to the longest row (at least 1 wide): shapes
+        `(*rows.shape, K)`."""
+        flat = rows.reshape(-1)
+        starts = self.indptr[flat].astype(np.int64)
+        lengths = self.indptr[flat + 1].astype(np.int64) - starts
+        total = int(lengths.sum())
+        first = np.cumsum(lengths) - lengths  # where each row's entries begin in the flat list
+        segment = np.repeat(np.arange(flat.size), lengths)
+        rank = np.arange(total) - np.repeat(first, lengths)
+        where = np.repeat(starts, lengths) + rank
+        ids, counts = self.indices[where], self.counts[where]
+        if lengths.size and int(lengths.max()) > max_keywords:
+            # Most frequent first within each row, ties by id; `segment` stays sorted.
+            order = np.lexsort((ids, -counts, segment))
+            ids, counts = ids[order], counts[order]
+        keep = rank < max_keywords
+        width = max(1, min(max_keywords, int(lengths.max(initial=0))))
+        out_ids = np.zeros((flat.size, width), dtype=np.int64)
+        out_counts = np.zeros((flat.size, width), dtype=np.float32)
+        out_ids[segment[keep], rank[keep]] = ids[keep] + 1
+        out_counts[segment[keep], rank[keep]] = counts[keep]
+        return out_ids.reshape(*rows.shape, width), out_counts.reshape(*rows.shape, width)
+
+
+def _pad(sequences: Sequence[np.ndarray]) -> np.ndarray:
+    """Int64 sequences right-padded with 0 into `(len, max(1, longest))`."""
+    width = max(1, max((s.size for s in sequences), default=0))
+    out = np.zeros((len(sequences), width), dtype=np.int64)
+    for i, sequence in enumerate(sequences):
+        out[i, : sequence.size] = sequence
+    return out
+
+
+def _query_tokens(
+    prepared: PreparedDataset, query_ids: np.ndarray, max_query_tokens: int
+) -> list[np.ndarray]:
+    """Each query's ids + 1, at most `max_query_tokens` of them (the first ones)."""
+    return [t[:max_query_tokens] + 1 for t in prepared.query_token_ids(query_ids)]
+
+
+def _check_positive(name: str, value: object, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, not {value!r}.")
+
+
+# -- training pairs ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairSample:
+    """One training item: a query with its positive image and `t` negatives."""
+
+    tokens: np.ndarray  # (L,) int64: query-vocabulary id + 1
+    regions: np.ndarray  # (1 + t, R, D) float32; index 0 is the positive
+    keywords: np.ndarray  # (1 + t, K) int64: keyword id + 1, 0 pads
+    counts: np.ndarray  # (1 + t, K) float32
+
+
+class _Gathered(list):
+    """The samples of one batch, plus the batch arrays they are views of (so that
+    `collate_train` need not copy them again)."""
+
+    arrays: tuple[np.ndarray, ...]
+
+
+class TrainingPairs(Dataset):
+    """One item per (query, positive image) of `split`: the query's tokens, the positive and
+    `negatives` images drawn uniformly from the split's images that are not positives of the
+    query (without repeats when there are enough), reproducibly per (seed, epoch, index).
+
+    A positive is a judgment with label > 0. Index with an int (the epoch set by `set_epoch`)
+    or with an `(epoch, index)` pair, which is what `EpochSampler` yields.
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedDataset | str | os.PathLike[str],
+        split: str = "train",
+        negatives: int = 4,
+        seed: int = 0,
+        max_keywords: int = 64,
+        max_query_tokens: int = 32,
+    ) -> None:
+        prepared = _as_prepared(prepared)
+        _check_positive("negatives", negatives, low=0)
+        _check_positive("seed", seed, low=0)
+        _check_positive("max_keywords", max_keywords)
+        _check_positive("max_query_tokens", max_query_tokens)
+        self.split, self.negatives, self.seed = split, int(negatives), int(seed)
+        self.max_keywords = int(max_keywords)
+        self.epoch = 0
+        self.root = prepared.root
+
+        queries = prepared.split_queries(split)
+        judgments = prepared.judgments
+        positive = judgments[
+            judgments["query_id"].isin(queries["query_id"]) & (judgments["label"] > 0)
+        ]
+        if positive.empty:
+            raise InputError(
+                f"{prepared.root}: no {split} query has a judgment with label > 0, so there is "
+                f"nothing to train on. Check judgments.parquet, or use another split."
+            )
+        positive = positive.drop_duplicates(["query_id", "img_id"]).sort_values(
+            ["query_id", "img_id"], kind="stable"
+        )
+        pool_ids = np.sort(prepared.split_images(split))
+        pair_query_ids = positive["query_id"].to_numpy(np.int64)
+        pair_img_ids = positive["img_id"].to_numpy(np.int64)
+        self._pool_rows = prepared.rows(pool_ids)  # (P,) feature rows of the pool
+        # Each query's positives as sorted positions in the pool, one run per query.
+        query_ids, first, per_query = np.unique(
+            pair_query_ids, return_index=True, return_counts=True
+        )
+        positions = np.searchsorted(pool_ids, pair_img_ids)
+        outside = (positions >= pool_ids.size) | (
+            pool_ids[np.minimum(positions, pool_ids.size - 1)] != pair_img_ids
+        )
+        if outside.any():
+            bad = int(np.flatnonzero(outside)[0])
+            raise InputError(
+                f"{prepared.root}: query {pair_query_ids[bad]} of split {split!r} has positive "
+                f"image {pair_img_ids[bad]}, which is not in the {split} images. Prepare the "
+                "dataset again."
+            )
+        self._pair_query = np.repeat(np.arange(query_ids.size), per_query)  # (pairs,)
+        self._pair_positive = self._pool_rows[positions]  # (pairs,) feature rows
+        self._positive_positions = positions  # sorted within each query's run
+        self._positive_start = first
+        self._positive_count = per_query
+        if negatives and (per_query >= pool_ids.size).any():
+            bad = int(query_ids[np.flatnonzero(per_query >= pool_ids.size)[0]])
+            raise InputError(
+                f"{prepared.root}: every {split} image is a positive of query {bad}, so no "
+                "negative can be drawn for it. Use --negatives 0 or a larger image pool."
+            )
+        tokens = _query_tokens(prepared, query_ids, max_query_tokens)
+        self._tokens = _pad(tokens)  # (Q, L)
+        self._token_lengths = np.array([t.size for t in tokens], dtype=np.int64)
+        self._keywords = _Keywords.of(prepared)
+        self._features: np.ndarray | None = None
+        self._features_pid = -1
+
+    def __len__(self) -> int:
+        return int(self._pair_query.size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose negatives plain integer indices draw."""
+        _check_positive("epoch", epoch, low=0)
+        self.epoch = int(epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The memmap stays behind: each worker opens the file itself.
+        state = self.__dict__.copy()
+        state["_features"], state["_features_pid"] = None, -1
+        return state
+
+    @property
+    def features(self) -> np.ndarray:
+        """The features, memory-mapped by this process on first use."""
+        if self._features is None or self._features_pid != os.getpid():
+            self._features = _open_features(self.root)
+            self._features_pid = os.getpid()
+        return self._features
+
+    def _key(self, item: int | tuple[int, int]) -> tuple[int, int]:
+        epoch, index = (self.epoch, item) if np.isscalar(item) else item  # type: ignore[misc]
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} training pairs")
+        return int(epoch), index
+
+    def negatives_for(self, item: int | tuple[int, int]) -> np.ndarray:
+        """The feature rows of item's negatives, `(negatives,)`."""
+        epoch, index = self._key(item)
+        pair_query = self._pair_query[index]
+        start = self._positive_start[pair_query]
+        excluded = self._positive_positions[start : start + self._positive_count[pair_query]]
+        free = self._pool_rows.size - excluded.size
+        rng = np.random.default_rng([self.seed, epoch, index])
+        draws = rng.choice(free, size=self.negatives, replace=self.negatives > free)
+        # The k-th pool position not among the (sorted) excluded ones.
+        shift = np.searchsorted(excluded - np.arange(excluded.size), draws, side="right")
+        return self._pool_rows[draws + shift]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> PairSample:
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[PairSample]:
+        """A batch of items, gathered together (one read of the features for all of them)."""
+        keys = [self._key(item) for item in items]
+        indices = np.array([index for _, index in keys], dtype=np.int64)
+        rows = np.empty((len(keys), 1 + self.negatives), dtype=np.int64)  # (B, M)
+        rows[:, 0] = self._pair_positive[indices]
+        for i, key in enumerate(keys):
+            rows[i, 1:] = self.negatives_for(key)
+        regions = _gather_regions(self.features, rows)  # (B, M, R, D)
+        keywords, counts = self._keywords.gather(rows, self.max_keywords)  # (B, M, K)
+        queries = self._pair_query[indices]
+        lengths = self._token_lengths[queries]
+        tokens = self._tokens[queries, : max(1, int(lengths.max(initial=0)))]  # (B, L)
+        samples = _Gathered(
+            PairSample(tokens[i, : lengths[i]], regions[i], keywords[i], counts[i])
+            for i in range(len(keys))
+        )
+        samples.arrays = (tokens, regions, keywords, counts)
+        return samples
+
+
+def collate_train(samples: Sequence[PairSample]) -> TrainBatch:
+    """Stack `PairSample`s into a `TrainBatch` (queries padded to the longest, keywords to the
+    widest image)."""
+    arrays = getattr(samples, "arrays", None)
+    if arrays is not None:
+        tokens, regions, keywords, counts = arrays
+    else:
+        if not samples:
+            raise ConfigError("collate_train needs at least one sample.")
+        tokens = _pad([s.tokens for s in samples])
+        regions = np.stack([s.regions for s in samples])
+        width = max(s.keywords.shape[-1] for s in samples)
+        keywords = np.zeros((len(samples), *samples[0].keywords.shape[:-1], width), np.int64)
+        counts = np.zeros(keywords.shape, np.float32)
+        for i, s in enumerate(samples):
+            keywords[i, :, : s.keywords.shape[-1]] = s.keywords
+            counts[i, :, : s.counts.shape[-1]] = s.counts
+    return TrainBatch(
+        query=_query_tensors(tokens), images=_image_tensors(regions, keywords, counts)
+    )
+
+
+def _query_tensors(tokens: np.ndarray) -> QueryBatch:
+    tensor = torch.from_numpy(tokens)  # (B, L)
+    return QueryBatch(tokens=tensor, mask=tensor > 0)
+
+
+def _image_tensors(regions: np.ndarray, keywords: np.ndarray, counts: np.ndarray) -> ImageBatch:
+    region_tensor = torch.from_numpy(regions)  # (*S, R, D)
+    keyword_tensor = torch.from_numpy(keywords)  # (*S, K)
+    return ImageBatch(
+        regions=region_tensor,
+        # Every prepared image has all R regions; the mask is there for models and batches
+        # that pad (a padded region would be False).
+        region_mask=torch.ones(region_tensor.shape[:-1], dtype=torch.bool),  # (*S, R)
+        keywords=keyword_tensor,
+        keyword_counts=torch.from_numpy(counts),  # (*S, K)
+        keyword_mask=keyword_tensor > 0,  # (*S, K)
+    )
+
+
+# -- loaders -------------------------------------------------------------------------------------
+class EpochSampler(Sampler):
+    """A `DistributedSampler` whose indices carry their epoch, `(epoch, index)`, so that loader
+    workers (persistent ones included) draw that epoch's negatives. `set_epoch` each epoch."""
+
+    def __init__(
+        self,
+        dataset: TrainingPairs,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.inner = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        _check_positive("epoch", epoch, low=0)
+        self.epoch = int(epoch)
+        self.inner.set_epoch(self.epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, index) for index in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def train_loader(
+    prepared: PreparedDataset | str | os.PathLike[str],
+    *,
+    split: str = "train",
+    batch_size: int = 64,
+    negatives: int = 4,
+    seed: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    max_keywords: int = 64,
+    max_query_tokens: int = 32,
+    shuffle: bool = True,
+) -> DataLoader:
+    """A loader of `TrainBatch`es over `split`'s training pairs for process `rank` of
+    `world_size` (each rank sees its own share; together they cover every pair each epoch).
+
+    Shuffled per (seed, epoch) and the negatives drawn per (seed, epoch, pair): call
+    `loader.sampler.set_epoch(epoch)` before each epoch. `workers` > 0 loads in that many
+    persistent worker processes.
+    """
+    _check_positive("batch_size", batch_size)
+    _check_positive("workers", workers, low=0)
+    _check_positive("world_size", world_size)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be in 0..{world_size - 1}, not {rank!r}.")
+    dataset = TrainingPairs(
+        prepared,
+        split=split,
+        negatives=negatives,
+        seed=seed,
+        max_keywords=max_keywords,
+        max_query_tokens=max_query_tokens,
+    )
+    sampler = EpochSampler(dataset, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_train,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+# -- scoring batches -----------------------------------------------------------------------------
+def query_batch(
+    prepared: PreparedDataset, query_ids: Sequence[int] | np.ndarray, max_query_tokens: int = 32
+) -> QueryBatch:
+    """The queries `query_ids` as padded token ids, `(Q, L)` (a query whose words are all
+    unknown gets an all-False mask)."""
+    _check_positive("max_query_tokens", max_query_tokens)
+    ids = np.asarray(query_ids, dtype=np.int64).reshape(-1)
+    return _query_tensors(_pad(_query_tokens(prepared, ids, max_query_tokens)))
+
+
+def image_batch(
+    prepared: PreparedDataset, img_ids: Sequence[int] | np.ndarray, max_keywords: int = 64
+) -> ImageBatch:
+    """The images `img_ids` with leading shape `(N,)`: regions read from the memory-mapped
+    features as float32, keywords as padded ids + counts (an image without keywords gets an
+    all-False mask). `InputError` for an id without features."""
+    _check_positive("max_keywords", max_keywords)
+    rows = prepared.rows(np.asarray(img_ids, dtype=np.int64).reshape(-1))
+    regions = _gather_regions(prepared.features, rows)  # (N, R, D)
+    keywords, counts = _Keywords.of(prepared).gather(rows, max_keywords)  # (N, K)
+    return _image_tensors(regions, keywords, counts)

@@ -1,0 +1,17 @@
+"""Stage 5, prepare: the prepared dataset folder that `train` and `eval` read, whatever the
+source (`synth`, `coco`, `clickture`), and the commands that make it. No torch here."""
+
+from __future__ import annotations
+
+from .format import FeatureRows, PreparedDataset, load_prepared, write_prepared
+from .queries import QueryVocabulary, fit_query_vocabulary, tokenize_queries
+
+__all__ = [
+    "FeatureRows",
+    "PreparedDataset",
+    "QueryVocabulary",
+    "fit_query_vocabulary",
+    "load_prepared",
+    "tokenize_queries",
+    "write_prepared",
+]

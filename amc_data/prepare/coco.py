@@ -1,0 +1,446 @@
+"""`prepare coco`: MSCOCO caption ranking on Karpathy's split, as a prepared dataset folder.
+
+- Queries are the captions of Karpathy's `dataset.json` (found inside `keywords_coco.zip`, or
+  the folder it unzips to, where `encode` finds it), the first `captions_per_image` (5) of each
+  image; a caption's one judgment is its own image, label 1. `query_id` is Karpathy's `sentid`.
+- Splits: train, val, test as the file says; restval goes to train (VSE++ and most papers do
+  so), to val, or is dropped.
+- Test images keep dataset.json's order and are cut into folds of 1,000 (`fold` 0..4 of
+  images.parquet) for the 1K protocol; the folds are cut before any image is left out, so
+  they stay the standard ones.
+- Keywords are the rows of the `encode` output of coco (path and fingerprint recorded), copied
+  into keywords.npz in feature order, with its vocab.tsv.
+- Features come from the user's `.npy` files, matched to images by Karpathy `imgid` (or COCO
+  id, `feature_id_kind="cocoid"`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse
+
+from ..archive import open_archive
+from ..datadir import dataset_dir
+from ..dataset import load_encoded
+from ..encoding.inputs import input_files
+from ..errors import ConfigError, InputError
+from .common import (
+    EXAMPLES,
+    Missing,
+    OnError,
+    PrepareResult,
+    Problems,
+    feature_rows,
+    missing_features,
+    open_features,
+    shown,
+)
+from .format import read_keyword_vocabulary, write_prepared
+from .queries import fit_query_vocabulary
+
+__all__ = ["CocoConfig", "prepare_coco"]
+
+log = logging.getLogger(__name__)
+
+KARPATHY_SPLITS = ("train", "restval", "val", "test")
+
+
+@dataclass(frozen=True)
+class CocoConfig:
+    """How `prepare_coco` builds the dataset; the defaults are the usual protocol."""
+
+    restval: Literal["train", "val", "drop"] = "train"
+    missing: Missing = "fail"  # images without features: stop, or leave them out
+    on_error: OnError = "fail"  # malformed dataset.json entries
+    captions_per_image: int = 5
+    fold_size: int = 1000
+    min_query_count: int = 4  # VSE++'s threshold on COCO training captions
+    feature_id_kind: Literal["imgid", "cocoid"] = "imgid"
+    link_features: bool = True
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        choices = {
+            "restval": ("train", "val", "drop"),
+            "missing": ("fail", "skip"),
+            "on_error": ("fail", "skip"),
+            "feature_id_kind": ("imgid", "cocoid"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}.")
+        for name in ("captions_per_image", "fold_size", "min_query_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
+
+
+# -- dataset.json ------------------------------------------------------------------------------
+def _read_dataset_json(folder: Path, dataset_json: Path | None) -> tuple[list[Any], str]:
+    """Karpathy's images list, and where it came from (for messages)."""
+    if dataset_json is not None:
+        where = str(dataset_json)
+        try:
+            data = Path(dataset_json).read_bytes()
+        except OSError as exc:
+            raise InputError(f"Cannot read {dataset_json}: {exc}.") from exc
+    else:
+        archive_path = input_files("coco", folder)[0]
+        archive = open_archive(archive_path)
+        try:
+            # At the archive's root, or inside the one folder it was zipped with.
+            names = ["dataset.json", *(f"{top}/dataset.json" for top in archive.top_folders())]
+            name = next((n for n in names if n in archive), None)
+            if name is None:
+                raise InputError(
+                    f"{archive_path} has no dataset.json (Karpathy's split file). Expected it "
+                    "beside the keyword_<split>/ folders; fetch the archive again, or pass "
+                    "--dataset-json."
+                )
+            member = archive.member(name)
+            data = archive.read_member(member)  # type: ignore[arg-type]
+        finally:
+            archive.close()
+        where = f"{archive_path} member {name!r}"
+    try:
+        content = json.loads(data)
+    except ValueError as exc:
+        raise InputError(f"{where} is not valid JSON ({exc}).") from exc
+    images = content.get("images") if isinstance(content, dict) else None
+    if not isinstance(images, list):
+        raise InputError(
+            f"{where} has no 'images' list. Expected Karpathy's split file: "
+            "{'images': [{'imgid', 'split', 'sentences': [{'raw', 'sentid'}, ...]}, ...]}."
+        )
+    return images, where
+
+
+@dataclass
+class _Karpathy:
+    imgid: list[int]
+    cocoid: list[int]
+    split: list[str]
+    captions: list[list[tuple[int, str]]]  # (sentid, raw) of each image
+
+
+def _parse_images(
+    images: list[Any], where: str, config: CocoConfig, problems: Problems
+) -> _Karpathy:
+    parsed = _Karpathy([], [], [], [])
+    bad: dict[str, list[str]] = {
+        "entry": [],
+        "split": [],
+        "imgid": [],
+        "captions": [],
+        "sentid": [],
+    }
+    seen_img: set[int] = set()
+    seen_sent: set[int] = set()
+    for position, image in enumerate(images):
+        record = image if isinstance(image, dict) else {}
+        imgid, split, sentences = record.get("imgid"), record.get("split"), record.get("sentences")
+        label = f"images[{position}]"
+        if type(imgid) is not int or imgid < 0 or not isinstance(sentences, list):
+            bad["entry"].append(label)
+            continue
+        if split not in KARPATHY_SPLITS:
+            bad["split"].append(f"{label} (split {split!r})")
+            continue
+        if imgid in seen_img:
+            bad["imgid"].append(f"{label} (imgid {imgid})")
+            continue
+        captions = []
+        for sentence in sentences[: config.captions_per_image]:
+            raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
+            if isinstance(raw, str) and raw.strip() and type(sentid) is int:
+                captions.append((sentid, raw.strip()))
+        if len(captions) < config.captions_per_image:
+            bad["captions"].append(f"{label} (imgid {imgid}: {len(captions)})")
+            continue
+        if any(sentid in seen_sent for sentid, _ in captions):
+            bad["sentid"].append(f"{label} (imgid {imgid})")
+            continue
+        seen_img.add(imgid)
+        seen_sent.update(sentid for sentid, _ in captions)
+        cocoid = record.get("cocoid")
+        parsed.imgid.append(imgid)
+        parsed.cocoid.append(cocoid if type(cocoid) is int else -1)
+        parsed.split.append(split)
+        parsed.captions.append(captions)
+    messages = {
+        "entry": "lack an integer 'imgid' >= 0 or a 'sentences' list",
+        "split": f"have a split other than {', '.join(KARPATHY_SPLITS)}",
+        "imgid": "repeat the imgid of an earlier image",
+        "captions": f"have fewer than {config.captions_per_image} captions with a non-empty "
+        "'raw' text and an integer 'sentid' (the COCO protocols use 5 per image)",
+        "sentid": "repeat a sentid of an earlier image",
+    }
+    for kind, examples in bad.items():
+        problems.report(
+            f"dataset.json: {kind}",
+            len(examples),
+            examples,
+            f"{len(examples):,} images of {where} {messages[kind]}: "
+            f"{shown(examples, len(examples))}.",
+        )
+    if not parsed.imgid:
+        raise InputError(f"{where} lists no usable image.")
+    return parsed
+
+
+# -- keywords ----------------------------------------------------------------------------------
+def _encode_record(encoded: Path, archive: Path | None) -> dict[str, Any]:
+    path = encoded / "encode.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"{path} not found: the keywords come from the encode output. Run `amc-data encode "
+            "coco` first (or pass --encoded with its folder)."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{path} is unreadable ({exc}). Run `amc-data encode coco --force`."
+        ) from exc
+    if manifest.get("dataset") != "coco":
+        raise InputError(f"{encoded} holds an encoding of {manifest.get('dataset')!r}, not coco.")
+    fingerprint = manifest.get("fingerprint", {})
+    if archive is not None and archive.is_file():
+        recorded = next(
+            (i for i in fingerprint.get("inputs", []) if i.get("name") == archive.name), None
+        )
+        stat = archive.stat()
+        if recorded and (recorded.get("size"), recorded.get("mtime_ns")) != (
+            stat.st_size,
+            stat.st_mtime_ns,
+        ):
+            raise InputError(
+                f"{encoded} was encoded from another {archive.name} (size or time differ from "
+                f"{archive}): its keyword rows may belong to other images. Run `amc-data encode "
+                "coco` again, then prepare."
+            )
+    return {
+        "path": str(encoded),
+        "fingerprint": fingerprint,
+        "encode_json_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "vocabulary_size": manifest.get("vocabulary_size"),
+        "absent_splits": manifest.get("absent_splits", []),
+        "counts": manifest.get("counts", {}),
+    }
+
+
+def _keyword_rows(
+    encoded: Path,
+    record: dict[str, Any],
+    karpathy_split: np.ndarray,
+    img_ids: np.ndarray,
+    n_words: int,
+) -> tuple[scipy.sparse.csr_matrix, int]:
+    """The keyword rows of `img_ids` (in that order) from the per-split CSR matrices, and how
+    many images have none (their split was absent from the archive, or encode skipped them)."""
+    blocks = []
+    order = []
+    for split in KARPATHY_SPLITS:
+        rows = np.flatnonzero(karpathy_split == split)
+        if rows.size == 0:
+            continue
+        order.append(rows)
+        encoded_count = record["counts"].get(split, {}).get("encoded", 0)
+        if split in record["absent_splits"] or not encoded_count:
+            log.warning(
+                "the encode output has no keywords for the %d %s images (the archive "
+                "holds no keyword_%s/ files): they get empty keyword rows",
+                rows.size,
+                split,
+                split,
+            )
+            blocks.append(scipy.sparse.csr_matrix((rows.size, n_words), dtype=np.int32))
+            continue
+        matrix = load_encoded("coco", split, out=encoded).matrix
+        if matrix.shape[1] != n_words:
+            raise InputError(
+                f"{encoded}: the {split} matrix has {matrix.shape[1]} columns, "
+                f"vocab.tsv {n_words} words. Encode again with --force."
+            )
+        ids = img_ids[rows]
+        inside = ids < matrix.shape[0]
+        padded = scipy.sparse.vstack(
+            [matrix, scipy.sparse.csr_matrix((1, n_words), dtype=matrix.dtype)], format="csr"
+        )  # row matrix.shape[0] is empty: where ids beyond the matrix point
+        blocks.append(padded[np.where(inside, ids, matrix.shape[0])])
+    stacked = scipy.sparse.vstack(blocks, format="csr").astype(np.int32)
+    inverse = np.empty(img_ids.size, dtype=np.int64)
+    inverse[np.concatenate(order)] = np.arange(img_ids.size)
+    keywords = stacked[inverse]
+    empty = int((np.diff(keywords.indptr) == 0).sum())
+    return keywords, empty
+
+
+# -- the command -------------------------------------------------------------------------------
+def prepare_coco(
+    features: str | os.PathLike[str],
+    feature_ids: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    encoded: str | os.PathLike[str] | None = None,
+    dataset_json: str | os.PathLike[str] | None = None,
+    config: CocoConfig | None = None,
+) -> PrepareResult:
+    """Prepare MSCOCO caption ranking from `<data_dir>/coco/` (its keywords_coco.zip and the
+    encode output, default `<data_dir>/coco/encoded`) and the user's features, into `out`
+    (default `<data_dir>/coco/prepared`)."""
+    config = config or CocoConfig()
+    folder = dataset_dir(data_dir, "coco")
+    out_dir = Path(out) if out is not None else folder / "prepared"
+    encoded_dir = Path(encoded) if encoded is not None else folder / "encoded"
+    problems = Problems(config.on_error)
+    array, user_ids, features_path = open_features(features, feature_ids)
+    images_json, where = _read_dataset_json(folder, Path(dataset_json) if dataset_json else None)
+    karpathy = _parse_images(images_json, where, config, problems)
+    archive = None if dataset_json else input_files("coco", folder)[0]
+    record = _encode_record(encoded_dir, archive)
+
+    img_ids = np.array(karpathy.imgid, dtype=np.int64)
+    cocoids = np.array(karpathy.cocoid, dtype=np.int64)
+    karpathy_split = np.array(karpathy.split)
+    split = karpathy_split.copy()
+    split[karpathy_split == "restval"] = config.restval
+    # The 1K folds: test images in file order, cut before anything is left out.
+    fold = np.full(img_ids.size, -1, dtype=np.int64)
+    test = np.flatnonzero(split == "test")
+    fold[test] = np.arange(test.size) // config.fold_size
+    if test.size > 127 * config.fold_size:
+        raise ConfigError(
+            f"{test.size:,} test images make more than 127 folds of {config.fold_size}."
+        )
+    notes = []
+    if test.size % config.fold_size:
+        notes.append(
+            f"{test.size:,} test images: the last fold holds {test.size % config.fold_size:,}, "
+            f"not {config.fold_size:,}."
+        )
+    keep = split != "drop"
+
+    # Match the user's feature rows to images.
+    if config.feature_id_kind == "cocoid":
+        if (cocoids[keep] < 0).any():
+            raise InputError(
+                f"{where}: some images have no integer 'cocoid'; match features by imgid."
+            )
+        to_imgid = pd.Series(img_ids, index=cocoids)
+        user_img = to_imgid.reindex(user_ids).fillna(-1).to_numpy(np.int64)
+    else:
+        user_img = user_ids
+    have = missing_features(
+        (cocoids if config.feature_id_kind == "cocoid" else img_ids)[keep],
+        user_ids,
+        config.missing,
+        "images",
+        Path(feature_ids),
+    )
+    absent = (cocoids if config.feature_id_kind == "cocoid" else img_ids)[keep][~have]
+    keep[np.flatnonzero(keep)[~have]] = False
+    kept_ids = img_ids[keep]
+    selected = np.flatnonzero(np.isin(user_img, kept_ids))  # user rows, in the user's order
+    out_ids = user_img[selected]
+    extra_rows = user_ids.size - selected.size
+    if extra_rows:
+        notes.append(f"{extra_rows:,} feature rows belong to no kept image and were left out.")
+
+    vocab_path = encoded_dir / "vocab.tsv"
+    n_words = len(read_keyword_vocabulary(vocab_path))
+    position = pd.Series(np.arange(img_ids.size), index=img_ids)
+    rows_of_out = position.loc[out_ids].to_numpy()
+    keywords, without_keywords = _keyword_rows(
+        encoded_dir, record, karpathy_split[rows_of_out], out_ids, n_words
+    )
+    if without_keywords:
+        notes.append(
+            f"{without_keywords:,} images have no keyword in the vocabulary (or none "
+            "encoded); they get empty keyword rows."
+        )
+
+    images = pd.DataFrame(
+        {
+            "img_id": kept_ids,
+            "split": split[keep],
+            "fold": fold[keep].astype(np.int8),
+            "source_id": cocoids[keep],
+            "karpathy_split": karpathy_split[keep],
+        }
+    )
+    kept_rows = np.flatnonzero(keep)
+    captions = [karpathy.captions[i] for i in kept_rows]
+    per = config.captions_per_image
+    queries = pd.DataFrame(
+        {
+            "query_id": np.array([s for c in captions for s, _ in c], dtype=np.int64),
+            "query": [text for c in captions for _, text in c],
+            "split": np.repeat(split[keep], per),
+        }
+    )
+    judgments = pd.DataFrame(
+        {
+            "query_id": queries["query_id"],
+            "img_id": np.repeat(kept_ids, per),
+            "label": np.ones(len(queries), dtype=np.int32),
+        }
+    )
+    train_text = queries.loc[queries["split"] == "train", "query"]
+    if train_text.empty:
+        raise InputError(f"{where} leaves no training caption (restval={config.restval}).")
+    query_vocabulary = fit_query_vocabulary(train_text, config.min_query_count)
+    options = {
+        **asdict(config),
+        "features": str(Path(features).resolve()),
+        "feature_ids": str(Path(feature_ids).resolve()),
+        "dataset_json": where,
+        "encoded": str(encoded_dir.resolve()),
+    }
+    skipped = dict(problems.recorded)
+    if absent.size:
+        skipped["images without features"] = {
+            "count": int(absent.size),
+            "examples": absent[:EXAMPLES].tolist(),
+        }
+    path = write_prepared(
+        out_dir,
+        source="coco",
+        features=feature_rows([array], [selected], features_path),
+        feature_ids=out_ids,
+        keywords_csr=keywords,
+        vocab_tsv_path=vocab_path,
+        images=images,
+        queries=queries,
+        judgments=judgments,
+        query_vocabulary=query_vocabulary,
+        options=options,
+        force=config.force,
+        link_features=config.link_features,
+        extra={
+            "encoded": record,
+            "coco": {
+                "test_folds": int(fold.max()) + 1 if test.size else 0,
+                "fold_size": config.fold_size,
+                "captions_per_image": per,
+                "images_without_keywords": without_keywords,
+            },
+            "skipped": skipped,
+            "notes": notes,
+        },
+    )
+    info = json.loads((path / "prepared.json").read_text(encoding="utf-8"))
+    return PrepareResult(
+        path, "coco", info["counts"], info["features"]["stored"], skipped, tuple(notes)
+    )

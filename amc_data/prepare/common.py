@@ -1,0 +1,158 @@
+"""What `prepare coco` and `prepare clickture` share: the result they return, the way problems
+in the inputs are reported (stop, or leave the items out and record them), and the user's
+feature files (opened memory-mapped, matched to the images by id)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from .format import FeatureRows
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["fail", "skip"]
+Missing = Literal["fail", "skip"]
+EXAMPLES = 5  # examples kept per kind of problem
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What a `prepare` command wrote."""
+
+    out: Path
+    source: str
+    counts: dict[
+        str, Any
+    ]  # prepared.json "counts": features, and images/queries/judgments per split
+    features_stored: str  # copy, hardlink or symlink
+    skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> count, examples
+    notes: tuple[str, ...] = ()  # other things worth telling the user
+
+
+def shown(values: Sequence[Any], total: int) -> str:
+    """`a, b, c, ... (40 in all)`."""
+    head = ", ".join(str(v) for v in list(values)[:EXAMPLES])
+    return head + (f", ... ({total:,} in all)" if total > EXAMPLES else "")
+
+
+class Problems:
+    """Problems found in the inputs: with `on_error="fail"` the first one stops the run (nothing
+    is written); with `"skip"` each kind is recorded (count and examples), logged, and the
+    items are left out by the caller."""
+
+    def __init__(
+        self, on_error: OnError, hint: str = "Pass --on-error skip to leave them out."
+    ) -> None:
+        if on_error not in ("fail", "skip"):
+            raise ConfigError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
+        self.on_error = on_error
+        self.hint = hint
+        self.recorded: dict[str, dict[str, Any]] = {}
+
+    def report(
+        self, kind: str, count: int, examples: Sequence[Any], message: str, hint: str = ""
+    ) -> None:
+        """`message` says what, where, how many (`count`), with a few `examples`; `hint` is
+        added when the run stops."""
+        if count == 0:
+            return
+        if self.on_error == "fail":
+            raise InputError(f"{message}{hint} {self.hint}")
+        log.warning("%s Left out.", message)
+        entry = self.recorded.setdefault(kind, {"count": 0, "examples": []})
+        entry["count"] += int(count)
+        entry["examples"] = (entry["examples"] + [str(e) for e in examples])[:EXAMPLES]
+
+
+def open_features(
+    features: str | os.PathLike[str], feature_ids: str | os.PathLike[str]
+) -> tuple[np.ndarray, np.ndarray, Path]:
+    """The user's feature file (memory-mapped, `(N, R, D)` or `(N, D)`) and its ids (int64
+    `(N,)`), checked against each other."""
+    path, ids_path = Path(features), Path(feature_ids)
+    try:
+        array = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise InputError(f"The feature file {path} does not exist.") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{path} is not a .npy array ({exc}). Expected features of shape (N, R, D) or (N, D), "
+            "as `amc-data features` writes them."
+        ) from exc
+    if array.ndim not in (2, 3) or array.dtype.kind != "f":
+        raise InputError(
+            f"{path} holds {array.dtype} of shape {array.shape}; expected floating-point "
+            "features of shape (N, R, D) or (N, D)."
+        )
+    try:
+        ids = np.load(ids_path)
+    except FileNotFoundError:
+        raise InputError(f"The feature id file {ids_path} does not exist.") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{ids_path} is not a .npy array ({exc}).") from exc
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InputError(
+            f"{ids_path} holds {ids.dtype} of shape {ids.shape}; expected one integer image id "
+            "per feature row."
+        )
+    if ids.size != array.shape[0]:
+        raise InputError(
+            f"{path} has {array.shape[0]:,} rows but {ids_path} has {ids.size:,} ids; each "
+            "feature row needs the id of its image, in the same order."
+        )
+    ids = ids.astype(np.int64)
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        repeated = unique[counts > 1]
+        rows = np.flatnonzero(ids == repeated[0])[:2].tolist()
+        raise InputError(
+            f"{ids_path} lists image id {int(repeated[0])} more than once (rows {rows}; "
+            f"{repeated.size:,} repeated ids). Each image needs one feature row."
+        )
+    return array, ids, path
+
+
+def missing_features(
+    wanted: np.ndarray, have: np.ndarray, missing: Missing, what: str, where: Path
+) -> np.ndarray:
+    """A mask over `wanted` ids of those with features. Ids without: an `InputError` (count and
+    a few ids), or with `missing="skip"` left out with a warning."""
+    if missing not in ("fail", "skip"):
+        raise ConfigError(f"missing must be 'fail' or 'skip', not {missing!r}.")
+    present = np.isin(wanted, have)
+    absent = wanted[~present]
+    if absent.size and missing == "fail":
+        raise InputError(
+            f"{absent.size:,} of {wanted.size:,} {what} have no row in {where}: id "
+            f"{shown(absent.tolist(), absent.size)}. Extract their features, or pass "
+            "--missing skip to leave those images (and their queries) out."
+        )
+    if absent.size:
+        log.warning(
+            "%d of %d %s have no features and are left out (--missing skip): %s",
+            absent.size,
+            wanted.size,
+            what,
+            shown(absent.tolist(), absent.size),
+        )
+    return present
+
+
+def feature_rows(
+    arrays: Sequence[np.ndarray], rows: Sequence[np.ndarray], path: Path | None
+) -> FeatureRows:
+    """`FeatureRows` taking `rows[k]` of `arrays[k]`; a single file whose every row is taken, in
+    order, stays linkable."""
+    picked = tuple(
+        None if r.size == a.shape[0] and np.array_equal(r, np.arange(a.shape[0])) else r
+        for a, r in zip(arrays, rows, strict=True)
+    )
+    return FeatureRows(tuple(arrays), picked, path if len(arrays) == 1 else None)

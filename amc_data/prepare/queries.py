@@ -1,0 +1,146 @@
+"""The query vocabulary: fitted on the training queries with the keyword analyzer (lower-case,
+tokens of two or more word characters, scikit-learn's English stop words dropped), and the
+tokenisation of queries into its ids.
+
+Using the keyword analyzer for queries means a query word and a keyword word are the same
+string whenever they are the same word, which is what lets a model tie the two vocabularies.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from ..encoding.analyzer import Analyzer
+from ..errors import ConfigError, InputError
+
+__all__ = [
+    "QUERY_VOCAB_HEADER",
+    "QueryVocabulary",
+    "fit_query_vocabulary",
+    "query_analyzer",
+    "tokenize_queries",
+]
+
+QUERY_VOCAB_HEADER = "word_id\tword\tcount"
+
+
+@functools.cache
+def query_analyzer() -> Analyzer:
+    """The analyzer queries go through: the keyword analyzer with the English stop words."""
+    return Analyzer()
+
+
+@dataclass(frozen=True)
+class QueryVocabulary:
+    """Query words in id order (code-point order, as the keyword vocabulary), each with the
+    number of times it occurs in the training queries (repeats within a query counted)."""
+
+    words: tuple[str, ...]
+    counts: tuple[int, ...]
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "words", tuple(self.words))
+        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+        if len(self.words) != len(self.counts):
+            raise ConfigError(
+                f"A query vocabulary needs one count per word: {len(self.words)} words, "
+                f"{len(self.counts)} counts."
+            )
+        if len(set(self.words)) != len(self.words):
+            raise ConfigError("A query vocabulary lists a word twice; words must be unique.")
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Word -> id."""
+        return {word: word_id for word_id, word in enumerate(self.words)}
+
+    def encode(self, query: str, analyzer: Analyzer | None = None) -> np.ndarray:
+        """The ids of `query`'s tokens, in analyzer order, repeats kept, unknown words dropped."""
+        get = self.index.get
+        tokens = (analyzer or query_analyzer())(query)
+        ids = [i for i in map(get, tokens) if i is not None]
+        return np.array(ids, dtype=np.int64)
+
+    def write_tsv(self, path: str | os.PathLike[str]) -> str:
+        """Write `query_vocab.tsv` (`word_id\\tword\\tcount`, with that header); return its
+        sha256."""
+        lines = [QUERY_VOCAB_HEADER]
+        lines += [
+            f"{i}\t{w}\t{c}" for i, (w, c) in enumerate(zip(self.words, self.counts, strict=True))
+        ]
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        Path(path).write_bytes(data)
+        return hashlib.sha256(data).hexdigest()
+
+    @classmethod
+    def read_tsv(cls, path: str | os.PathLike[str]) -> QueryVocabulary:
+        """Read a `query_vocab.tsv`; `InputError` naming the line when it is malformed."""
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except FileNotFoundError:
+            raise InputError(f"{path} not found: the prepared folder is incomplete.") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"Cannot read {path} as UTF-8 text ({exc}).") from exc
+        if lines and lines[-1] == "":
+            lines.pop()
+        if not lines or lines[0] != QUERY_VOCAB_HEADER:
+            found = repr(lines[0]) if lines else "an empty file"
+            raise InputError(
+                f"{path} starts with {found}, not the header {QUERY_VOCAB_HEADER!r}. Prepare "
+                "the dataset again."
+            )
+        words: list[str] = []
+        counts: list[int] = []
+        for number, line in enumerate(lines[1:], start=2):
+            parts = line.split("\t")
+            if len(parts) != 3 or parts[0] != str(len(words)) or not parts[2].isdigit():
+                raise InputError(
+                    f"Line {number} of {path} is {line[:80]!r}; expected "
+                    f"'{len(words)}<TAB>word<TAB>count'. Prepare the dataset again."
+                )
+            words.append(parts[1])
+            counts.append(int(parts[2]))
+        return cls(tuple(words), tuple(counts))
+
+
+def fit_query_vocabulary(
+    queries: Iterable[str], min_count: int = 1, analyzer: Analyzer | None = None
+) -> QueryVocabulary:
+    """Fit the query vocabulary on `queries` (the training queries): every token that occurs
+    at least `min_count` times in all, ids in code-point order."""
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ConfigError(f"min_count must be a whole number >= 1, not {min_count!r}.")
+    analyzer = analyzer or query_analyzer()
+    counter: Counter[str] = Counter()
+    counter.update(chain.from_iterable(map(analyzer, queries)))
+    words = sorted(word for word, count in counter.items() if count >= min_count)
+    if not words:
+        raise InputError(
+            f"No query word occurs at least {min_count} times in the training queries "
+            f"({len(counter)} distinct words in all), so the query vocabulary would be empty. "
+            "Lower the minimum count, or check that the training queries hold text."
+        )
+    return QueryVocabulary(tuple(words), tuple(counter[w] for w in words), min_count)
+
+
+def tokenize_queries(
+    queries: Sequence[str], vocabulary: QueryVocabulary, analyzer: Analyzer | None = None
+) -> list[np.ndarray]:
+    """Each query as an int64 array of query-vocabulary ids (analyzer order, unknown words
+    dropped; a query may come out empty)."""
+    analyzer = analyzer or query_analyzer()
+    return [vocabulary.encode(query, analyzer) for query in queries]

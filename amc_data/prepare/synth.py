@@ -1,0 +1,484 @@
+"""`synth`: a small prepared dataset with a planted structure that a ranking model must exploit.
+
+The generative story (every random choice comes from one numpy generator seeded by `seed`):
+
+- Concepts. `concepts` words that name both a thing one can picture and a brand, as "jaguar"
+  does ("puma", "shell", "falcon", ...). Each concept has a *look*: a random unit direction in
+  the `dim`-dimensional feature space.
+- Pixels. An image has `regions` feature vectors. It *shows* one concept, in 1 or 2 of its
+  regions (the look plus noise); every other region is clutter (one of `clutter` random
+  directions plus noise), and half of those also carry a faint look (strength `faint`) of some
+  other concept, so the pixels are never silent about concepts.
+- Tags. An image's keywords are 12-28 distractors (ordinary words and phrases drawn with Zipf
+  weights, some stop words) and the name of the one concept it is *labelled* with, once
+  (sometimes capitalised), in random order. The labelled concept is drawn independently of the
+  shown one. A few images (`no_keywords`) have no keywords at all.
+- Queries. A query names a concept and says its intent with one or two words: visual-intent
+  words ask how the thing looks ("shape", "colour", "pattern", "texture", ...: "falcon
+  silhouette"), textual-intent words ask whose it is ("brand", "store", "official", ...:
+  "falcon official dealer"). Half the queries also carry a word both intents use ("photo",
+  "poster", ...). `queries.parquet` records the `intent` (`visual` or `textual`).
+- Relevance. A visual-intent query wants the images that *show* its concept; a textual-intent
+  query wants the images *labelled* with it. So the same concept word needs the pixels for one
+  intent and the tags for the other, and every image is a *decoy* for some queries: it shows one
+  concept (a decoy for that concept's textual queries) and is labelled with another (a decoy for
+  that one's visual queries).
+- Splits. Queries are split train/val/test 60/20/20, and images 70/15/15, so that validation
+  and test rank images that training never saw (the query texts repeat across splits: a concept
+  and its intent words are what is learned). A train query has `train_positives` true matches
+  among the train images (label 1). A val/test query is ranked over its `candidates` images of
+  its split: up to `true_candidates` true matches (label 3), up to `decoy_candidates` decoys
+  (label 0), and random other images (label 0).
+
+What this plants: one modality alone is right for one intent and ranks the other intent's decoys
+first, and a model that adds the two modalities with fixed weights mixes the decoys in, so the
+weight of each modality must follow the query's intent. A concept fills 1 or 2 of the `regions`
+regions and one of about 20 keywords, so mean pooling dilutes it and attention within a modality
+recovers it.
+
+The keywords take the real path: a keyword archive and list in the authors' Clickture layout are
+written to a work folder and encoded by `amc_data.encode`; the result goes into the prepared
+folder with the features, queries and judgments (`write_prepared`). The folder's bytes depend on
+the settings alone (prepared.json records no creation time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse
+
+from ..errors import ConfigError
+from .common import PrepareResult
+from .format import write_prepared
+from .queries import fit_query_vocabulary
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SynthConfig", "SynthWorld", "generate_world", "synth"]
+
+# Concept names: words that are both a thing one can picture and a brand name, as "jaguar" is.
+CONCEPTS = (
+    "jaguar", "puma", "shell", "dove", "mustang", "corona", "galaxy", "eclipse", "phoenix",
+    "falcon", "mercury", "orion", "polo", "nova", "atlas", "comet", "delta", "fossil", "gemini",
+    "lotus", "magnum", "oasis", "pioneer", "sierra", "summit", "vertex", "zenith", "cobra",
+    "raven", "tiger", "fox", "swan", "oak", "cedar", "crystal", "arrow", "anchor", "compass",
+    "lighthouse", "pyramid",
+)  # fmt: skip
+# What the rest of a query says about its intent: how the thing looks, or who makes it.
+VISUAL_WORDS = ("shape", "colour", "pattern", "texture", "outline", "silhouette", "closeup")
+TEXTUAL_WORDS = ("brand", "company", "store", "label", "official", "dealer", "trademark")
+# Words that queries of both intents add, so they say nothing about the intent.
+FILLERS = ("photo", "picture", "poster", "wallpaper", "print", "sticker", "design", "image")
+# Distractor keywords, as an auto-tagger writes them: ordinary words and phrases, a few
+# capitalised, a few stop words (dropped by the analyzer). Drawn with Zipf weights.
+DISTRACTORS = (
+    "people", "woman", "man", "child", "portrait", "smiling", "person", "young adult", "adult",
+    "interior", "kitchen", "bathroom", "bedroom", "living room", "furniture", "table", "chair",
+    "window", "door", "floor", "wall", "lamp", "indoors", "outdoors", "nature", "sky", "tree",
+    "water", "beach", "sea", "mountain", "snow", "city", "building", "architecture", "car", "road",
+    "street", "bridge", "night", "sunset", "food", "coffee", "cake", "plate", "fruit", "flower",
+    "garden", "grass", "dog", "cat", "horse", "bird", "animal", "clothing", "dress", "fashion",
+    "shoe", "hat", "text", "illustration", "drawing", "cartoon", "vector", "marble", "velvet",
+    "background", "close up", "modern", "vintage", "luxury", "small", "large", "new", "old",
+    "home decor", "business", "office", "computer", "phone", "technology", "travel", "holiday",
+    "summer", "winter", "autumn", "spring", "park", "lake", "river", "forest", "field", "farm",
+    "house", "garage", "shop", "market", "restaurant", "hotel", "airport", "train", "bus",
+    "bicycle", "boat", "ship", "plane", "sport", "football", "tennis", "music", "guitar", "piano",
+    "book", "paper", "pen", "desk", "bag", "bottle", "glass", "cup", "wine", "beer", "bread",
+    "cheese", "salad", "soup", "pizza", "rice", "meat", "fish", "chicken", "egg", "pear",
+    "banana", "lemon", "tomato", "potato", "carrot", "sugar", "salt", "family",
+    "friends", "wedding", "party", "birthday", "baby", "girl", "boy", "team", "group", "crowd",
+    "face", "hand", "eye", "hair", "smile", "happy", "sad", "beautiful", "cute", "funny", "dark",
+    "bright", "colorful", "abstract", "art", "painting", "photography", "studio", "light",
+    "shadow", "reflection", "view", "landscape", "cityscape", "skyline", "tower", "church",
+    "castle", "museum", "statue", "monument", "road trip", "sunny day", "cloudy", "rain", "storm",
+    "wood", "metal", "stone", "brick", "concrete", "plastic", "leather", "cotton", "silk",
+    "Paris", "London", "New York", "USA", "TV", "the", "and", "of", "in the kitchen",
+)  # fmt: skip
+
+INTENTS = ("visual", "textual")
+SPLITS = ("train", "val", "test")
+_QUERY_SHARES = (0.6, 0.2, 0.2)
+_IMAGE_SHARES = (0.7, 0.15, 0.15)
+_DATE_TIME = (2017, 3, 1, 12, 0, 0)  # fixed zip entry time: the same seed gives the same bytes
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What `synth` generates; the defaults make a dataset that trains in seconds on a CPU."""
+
+    seed: int = 0
+    images: int = 2000
+    queries: int = 600
+    regions: int = 8
+    dim: int = 32
+    concepts: int = 24
+    clutter: int = 48  # clutter directions, shared by all images
+    noise: float = 0.35  # norm of the noise added to every region
+    background: float = 0.5  # P(a clutter region also shows a faint look of another concept)
+    faint: float = 0.5  # the strength of such a faint look (a shown concept has strength 1)
+    two_intent_words: float = 0.5  # P(a query has two words that say its intent, not one)
+    no_keywords: float = 0.01  # P(an image has no keywords at all)
+    distractors: tuple[int, int] = (12, 28)  # distractor keywords per image, inclusive range
+    train_positives: int = 8
+    candidates: int = 30
+    true_candidates: int = 8
+    decoy_candidates: int = 8
+    min_df: int = 3  # the encoder's min_df for the keyword vocabulary
+    query_min_count: int = 1  # the query vocabulary's minimum count over train queries
+
+    def __post_init__(self) -> None:
+        concepts = self.concepts if isinstance(self.concepts, int) else 0
+        for name, low, high in (
+            ("seed", 0, None),
+            ("concepts", 2, len(CONCEPTS)),
+            # Each split then holds every concept, shown and labelled, at least once.
+            ("images", 10 * concepts, None),
+            ("queries", 10, None),
+            ("regions", 2, None),
+            ("dim", 2, None),
+            ("clutter", 1, None),
+            ("train_positives", 1, None),
+            ("true_candidates", 1, None),
+            ("decoy_candidates", 0, None),
+            ("min_df", 1, None),
+            ("query_min_count", 1, None),
+        ):
+            _check_whole(name, getattr(self, name), low, high)
+        _check_whole("candidates", self.candidates, self.true_candidates + self.decoy_candidates)
+        for name, high in (
+            ("noise", None),
+            ("faint", None),
+            ("background", 1.0),
+            ("two_intent_words", 1.0),
+            ("no_keywords", 0.5),
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or value < 0
+                or (high is not None and value > high)
+            ):
+                bound = f"between 0 and {high}" if high is not None else ">= 0"
+                raise ConfigError(f"synth: {name} must be a number {bound}, not {value!r}.")
+        low, high = self.distractors
+        if not 1 <= low <= high:
+            raise ConfigError(
+                f"synth: distractors must be a range 1 <= low <= high, not {(low, high)}."
+            )
+
+
+def _check_whole(name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConfigError(f"synth: {name} must be a whole number, not {value!r}.")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"synth: {name} must be {bound}, not {value}.")
+
+
+@dataclass(frozen=True)
+class SynthWorld:
+    """Everything `synth` decided, including the hidden truth that the files only imply."""
+
+    config: SynthConfig
+    looks: np.ndarray  # (C, D) float64 unit vectors: each concept's look
+    names: tuple[str, ...]  # (C,) each concept's name
+    img_ids: np.ndarray  # (N,) int64, in list order
+    image_split: np.ndarray  # (N,) str
+    shown: np.ndarray  # (N,) concept that the image's pixels show
+    named: np.ndarray  # (N,) concept that the image's tags name; -1: the image has no keywords
+    regions: np.ndarray  # (N, R) bool: the region shows the image's concept (else clutter)
+    features: np.ndarray  # (N, R, D) float16, rows in img_ids order
+    keywords: tuple[tuple[str, ...], ...]  # (N,) each image's keyword list, as the tagger wrote it
+    queries: pd.DataFrame  # query_id, query, split, intent, concept (index into names)
+    judgments: pd.DataFrame  # query_id, img_id, label
+
+    def relevant(self, concept: int, intent: str) -> np.ndarray:
+        """(N,) bool: the images a query for `concept` with `intent` is about."""
+        return (self.shown if intent == "visual" else self.named) == concept
+
+    def decoys(self, concept: int, intent: str) -> np.ndarray:
+        """(N,) bool: the images that match the query in the other modality only."""
+        other = "textual" if intent == "visual" else "visual"
+        return self.relevant(concept, other) & ~self.relevant(concept, intent)
+
+
+# -- the world -----------------------------------------------------------------------------------
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, dim))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _split_labels(rng: np.random.Generator, n: int, shares: Sequence[float]) -> np.ndarray:
+    """`n` split names in the given shares (rounded, every split at least one), shuffled."""
+    counts = [max(1, round(share * n)) for share in shares[1:]]
+    counts.insert(0, n - sum(counts))
+    labels = np.repeat(np.array(SPLITS, dtype=object), counts)
+    return labels[rng.permutation(n)].astype(str)
+
+
+def _deal(rng: np.random.Generator, groups: np.ndarray, k: int) -> np.ndarray:
+    """One of `k` values per item, dealt round-robin within each group and shuffled, so every
+    group sees every value about equally often."""
+    values = np.empty(groups.size, dtype=np.int64)
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        values[rows] = rng.permutation(np.arange(rows.size) % k)
+    return values
+
+
+def generate_world(config: SynthConfig) -> SynthWorld:
+    """Draw the whole synthetic world for `config` (no files)."""
+    rng = np.random.default_rng([config.seed, 7])
+    c, n, r, d = config.concepts, config.images, config.regions, config.dim
+    names = tuple(CONCEPTS[i] for i in np.sort(rng.permutation(len(CONCEPTS))[:c]))
+    looks = _unit(rng, c, d)
+    clutter = _unit(rng, config.clutter, d)
+
+    # Image ids as a list file gives them: distinct, not sorted, up to 8 digits.
+    img_ids = rng.choice(10 * n + 100_000, size=n, replace=False).astype(np.int64) + 1
+    image_split = _split_labels(rng, n, _IMAGE_SHARES)
+    shown = _deal(rng, image_split, c)
+    named = _deal(rng, image_split, c)
+    no_keywords = rng.random(n) < config.no_keywords
+    named[no_keywords] = -1
+
+    # Pixels: clutter everywhere except 1 or 2 regions that show the concept; then noise.
+    directions = rng.integers(config.clutter, size=(n, r))
+    width = 1 + (rng.random(n) < 0.5)
+    regions = np.argsort(rng.random((n, r)), axis=1) < width[:, None]
+    vectors = np.where(regions[..., None], looks[shown][:, None, :], clutter[directions])
+    # Some clutter regions also show a faint look of another concept: the visual modality is
+    # never silent about concepts, whatever the query asks for.
+    faint = (rng.random((n, r)) < config.background) & ~regions
+    others = (shown[:, None] + rng.integers(1, c, size=(n, r))) % c  # never the shown concept
+    vectors = vectors + np.where(faint[..., None], config.faint * looks[others], 0.0)
+    noise = rng.standard_normal((n, r, d)) * (config.noise / np.sqrt(d))
+    features = (vectors + noise).astype(np.float16)
+
+    # Tags: distractors drawn with Zipf weights, and the named concept once (sometimes
+    # capitalised), in random order.
+    weights = 1.0 / np.arange(1, len(DISTRACTORS) + 1) ** 1.05
+    cdf = np.cumsum(weights) / weights.sum()
+    order = rng.permutation(len(DISTRACTORS))
+    low, high = config.distractors
+    counts = rng.integers(low, high + 1, size=n)
+    capital = rng.random(n) < 0.3
+    keywords: list[tuple[str, ...]] = []
+    for i in range(n):
+        picks = np.minimum(np.searchsorted(cdf, rng.random(counts[i]), side="right"), cdf.size - 1)
+        if no_keywords[i]:
+            keywords.append(())
+            continue
+        tags = [DISTRACTORS[order[p]] for p in picks]
+        name = names[named[i]]
+        tags.append(name.capitalize() if capital[i] else name)
+        keywords.append(tuple(tags[j] for j in rng.permutation(len(tags))))
+
+    queries = _queries(rng, config, names)
+    world = SynthWorld(
+        config=config,
+        looks=looks,
+        names=names,
+        img_ids=img_ids,
+        image_split=image_split,
+        shown=shown,
+        named=named,
+        regions=regions,
+        features=features,
+        keywords=tuple(keywords),
+        queries=queries,
+        judgments=pd.DataFrame(),
+    )
+    return dataclasses.replace(world, judgments=_judgments(rng, world))
+
+
+def _queries(rng: np.random.Generator, config: SynthConfig, names: tuple[str, ...]) -> pd.DataFrame:
+    """Queries: a concept's name and a word that says the intent, sometimes a filler word;
+    intents and concepts dealt evenly within each split."""
+    n = config.queries
+    split = _split_labels(rng, n, _QUERY_SHARES)
+    kind = _deal(rng, split, 2)
+    concept = _deal(rng, np.char.add(split, kind.astype(str)), config.concepts)
+    texts = []
+    for k, c in zip(kind.tolist(), concept.tolist(), strict=True):
+        words = (VISUAL_WORDS, TEXTUAL_WORDS)[k]
+        # One or two intent words: how strongly the words say the intent varies, as it does in
+        # real queries ("jaguar logo", "jaguar official dealer").
+        chosen = rng.permutation(len(words))[: 1 + int(rng.random() < config.two_intent_words)]
+        parts = [names[c], *(words[i] for i in chosen)]
+        if rng.random() < 0.5:
+            parts.insert(int(rng.integers(3)), FILLERS[int(rng.integers(len(FILLERS)))])
+        texts.append(" ".join(parts))
+    return pd.DataFrame(
+        {
+            "query_id": np.arange(1, n + 1, dtype=np.int64),
+            "query": texts,
+            "split": split,
+            "intent": np.array(INTENTS)[kind],
+            "concept": concept,
+        }
+    )
+
+
+def _judgments(rng: np.random.Generator, world: SynthWorld) -> pd.DataFrame:
+    """Train: positives (label 1). Val/test: true matches (3), decoys and random images (0)."""
+    config = world.config
+    query_ids, img_ids, labels = [], [], []
+    for query_id, split, intent, concept in world.queries[
+        ["query_id", "split", "intent", "concept"]
+    ].itertuples(index=False):
+        pool = world.image_split == split
+        relevant = np.flatnonzero(pool & world.relevant(concept, intent))
+        if split == "train":
+            size = min(config.train_positives, relevant.size)
+            rows = np.sort(rng.choice(relevant, size=size, replace=False))
+            grades = np.ones(rows.size, dtype=np.int32)
+        else:
+            true = rng.choice(
+                relevant, size=min(config.true_candidates, relevant.size), replace=False
+            )
+            decoy_pool = np.flatnonzero(pool & world.decoys(concept, intent))
+            size = min(config.decoy_candidates, decoy_pool.size)
+            decoys = rng.choice(decoy_pool, size=size, replace=False)
+            others = np.flatnonzero(
+                pool & ~world.relevant(concept, intent) & ~world.decoys(concept, intent)
+            )
+            size = min(config.candidates - true.size - decoys.size, others.size)
+            rest = rng.choice(others, size=size, replace=False)
+            rows = np.concatenate([true, decoys, rest])
+            grades = np.zeros(rows.size, dtype=np.int32)
+            grades[: true.size] = 3
+            order = np.argsort(rows, kind="stable")
+            rows, grades = rows[order], grades[order]
+        query_ids.append(np.full(rows.size, query_id, dtype=np.int64))
+        img_ids.append(world.img_ids[rows])
+        labels.append(grades)
+    return pd.DataFrame(
+        {
+            "query_id": np.concatenate(query_ids),
+            "img_id": np.concatenate(img_ids),
+            "label": np.concatenate(labels).astype(np.int32),
+        }
+    )
+
+
+# -- files ---------------------------------------------------------------------------------------
+def _zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_DATE_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def write_keyword_archive(world: SynthWorld, folder: Path) -> None:
+    """The images' keywords in the authors' Clickture layout, as `encode` reads it:
+    `keywords_dev.zip` with `keywords_dev/<8-digit id>.json` holding
+    `{"tagging": {"keywords": [...]}}`, and `clickture-dev.lst` naming them in list order. Lite
+    is present and empty: every synthetic image is a dev image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{img_id:08d}" for img_id in world.img_ids.tolist()]
+    with zipfile.ZipFile(folder / "keywords_dev.zip", "w") as archive:
+        archive.writestr(_zip_info("keywords_dev/"), b"")
+        for line, keywords in zip(lines, world.keywords, strict=True):
+            record = {"tagging": {"keywords": list(keywords)}}
+            data = json.dumps(record, ensure_ascii=False).encode("utf-8")
+            archive.writestr(_zip_info(f"keywords_dev/{line}.json"), data)
+    with zipfile.ZipFile(folder / "keywords_lite.zip", "w") as archive:
+        archive.writestr(_zip_info("keywords_lite/"), b"")
+    (folder / "clickture-dev.lst").write_text("".join(f"{line}\n" for line in lines))
+    (folder / "clickture-lite.lst").write_text("")
+
+
+def _encode_keywords(world: SynthWorld, work: Path) -> tuple[scipy.sparse.csr_matrix, Path]:
+    """Encode the keyword archive with the real encoder; return the (N, V) counts in
+    `world.img_ids` order and the path of its `vocab.tsv`."""
+    from ..dataset import load_encoded
+    from ..encoding.core import EncodeConfig, encode
+
+    write_keyword_archive(world, work / "clickture")
+    config = EncodeConfig(min_df=world.config.min_df, formats=("csr", "parquet"), jobs=1)
+    result = encode("clickture", data_dir=work, out=work / "encoded", config=config)
+    encoded = load_encoded("clickture", "dev", out=result.out_dir)
+    return encoded.matrix[world.img_ids].tocsr(), result.out_dir / "vocab.tsv"
+
+
+def _fixed_times(out_dir: Path) -> None:
+    """Make the folder's bytes a function of the seed alone: no creation time in prepared.json,
+    and features.npy stamped with a fixed modification time (the writer records it, so that an
+    untouched file is not scanned again at every load)."""
+    stamp = int(datetime(*_DATE_TIME, tzinfo=UTC).timestamp()) * 1_000_000_000
+    os.utime(out_dir / "features.npy", ns=(stamp, stamp))
+    path = out_dir / "prepared.json"
+    info = json.loads(path.read_text(encoding="utf-8"))
+    del info["created"]
+    info["features"]["mtime_ns"] = stamp
+    temporary = path.with_name(".prepared.json.tmp")
+    temporary.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def synth(
+    out: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    images: int = 2000,
+    queries: int = 600,
+    regions: int = 8,
+    dim: int = 32,
+    force: bool = False,
+    config: SynthConfig | None = None,
+) -> PrepareResult:
+    """Write a synthetic prepared dataset to `out` (see the module's docstring for what is
+    planted); the same settings give byte-identical files. `config` overrides the other
+    settings when given. An existing prepared folder is replaced only with `force`."""
+    if config is None:
+        config = SynthConfig(seed=seed, images=images, queries=queries, regions=regions, dim=dim)
+    started = time.perf_counter()
+    world = generate_world(config)
+    with tempfile.TemporaryDirectory(prefix="amc-data-synth-") as work:
+        keywords, vocab_path = _encode_keywords(world, Path(work))
+        train = world.queries["split"] == "train"
+        query_vocabulary = fit_query_vocabulary(
+            world.queries.loc[train, "query"], min_count=config.query_min_count
+        )
+        out_dir = write_prepared(
+            out,
+            source="synth",
+            features=world.features,
+            feature_ids=world.img_ids,
+            keywords_csr=keywords,
+            vocab_tsv_path=vocab_path,
+            images=pd.DataFrame({"img_id": world.img_ids, "split": world.image_split}),
+            queries=world.queries[["query_id", "query", "split", "intent"]],
+            judgments=world.judgments,
+            query_vocabulary=query_vocabulary,
+            options=asdict(config),
+            force=force,
+            extra={
+                "synth": {
+                    "concepts": list(world.names),
+                    "visual_words": list(VISUAL_WORDS),
+                    "textual_words": list(TEXTUAL_WORDS),
+                    "images_without_keywords": int((world.named < 0).sum()),
+                }
+            },
+        )
+    _fixed_times(out_dir)
+    info = json.loads((out_dir / "prepared.json").read_text(encoding="utf-8"))
+    log.info("synth: %s in %.1f s", out_dir, time.perf_counter() - started)
+    return PrepareResult(out=out_dir, source="synth", counts=info["counts"], features_stored="copy")

@@ -1,0 +1,271 @@
+"""`amc-data synth`: a prepared folder that `load_prepared` accepts, byte-identical for a seed,
+whose keywords went through the real encoder, and whose planted structure is there: ranking each
+query with the modality its intent names is right, the other modality ranks the decoys first, and
+a fixed mix of the two falls in between."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amc_data_cli.main import cli
+from click.testing import CliRunner
+
+import amc_data
+from amc_data.errors import ConfigError
+from amc_data.prepare import load_prepared
+from amc_data.prepare.queries import query_analyzer
+from amc_data.prepare.synth import (
+    CONCEPTS,
+    DISTRACTORS,
+    FILLERS,
+    TEXTUAL_WORDS,
+    VISUAL_WORDS,
+    SynthConfig,
+    generate_world,
+    synth,
+)
+
+SMALL = {"images": 480, "queries": 120}
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.iterdir())
+    }
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synth folder with the default settings (made once for the module)."""
+    return synth(tmp_path_factory.mktemp("synth") / "data").out
+
+
+# -- the folder --------------------------------------------------------------------------------
+def test_the_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path, default_run):
+    again = synth(tmp_path / "again").out
+    assert _digests(default_run) == _digests(again)
+    assert sorted(_digests(again)) == sorted(
+        [
+            "features.npy",
+            "feature_ids.npy",
+            "images.parquet",
+            "judgments.parquet",
+            "keywords.npz",
+            "prepared.json",
+            "queries.parquet",
+            "query_vocab.tsv",
+            "vocab.tsv",
+        ]
+    )
+    other = synth(tmp_path / "other", seed=1).out
+    differ = {k for k, v in _digests(other).items() if _digests(again)[k] != v}
+    assert {"features.npy", "keywords.npz", "judgments.parquet", "prepared.json"} <= differ
+
+
+def test_load_prepared_accepts_it_with_the_recorded_counts_and_intents(default_run):
+    data = load_prepared(default_run, check_features=True)
+    assert data.info["source"] == "synth"
+    assert "created" not in data.info  # the bytes depend on the settings alone
+    assert data.features.shape == (2000, 8, 32)
+    assert data.features.dtype == np.float16
+    counts = data.info["counts"]
+    assert counts["images"] == {"train": 1400, "val": 300, "test": 300}
+    assert counts["queries"] == {"train": 360, "val": 120, "test": 120}
+    assert set(data.queries.columns) == {"query_id", "query", "split", "intent"}
+    for split in ("train", "val", "test"):
+        intents = data.split_queries(split)["intent"].value_counts()
+        assert intents["visual"] == intents["textual"]
+    assert data.info["options"]["seed"] == 0
+    assert len(data.info["synth"]["concepts"]) == 24
+    # train queries: positives (label 1) among train images; val/test: 30 graded candidates
+    judged = data.judgments.merge(data.queries, on="query_id")
+    train = judged[judged["split"] == "train"]
+    assert set(train["label"]) == {1}
+    assert (train.groupby("query_id").size() == 8).all()
+    held_out = judged[judged["split"] != "train"]
+    assert set(held_out["label"]) == {0, 3}
+    assert (held_out.groupby("query_id").size() == 30).all()
+    assert (held_out[held_out["label"] == 3].groupby("query_id").size() == 8).all()
+
+
+def test_keywords_went_through_the_encoder(tmp_path):
+    """Each image's keyword row counts the analyzer's tokens of its tags that the encoder kept
+    (min_df), with capitalised names folded and stop words dropped."""
+    config = SynthConfig(seed=2, **SMALL)
+    world = generate_world(config)
+    data = load_prepared(synth(tmp_path / "s", config=config).out)
+    analyzer = query_analyzer()
+    document_frequency = Counter(
+        word for tags in world.keywords for word in set(analyzer(" ".join(tags)))
+    )
+    expected_vocabulary = sorted(w for w, df in document_frequency.items() if df >= config.min_df)
+    assert data.vocabulary == expected_vocabulary
+    assert {"the", "and", "of"}.isdisjoint(data.vocabulary)
+    index = {word: i for i, word in enumerate(data.vocabulary)}
+    rows = data.rows(world.img_ids)
+    for i in range(0, config.images, 7):
+        row = data.keywords[rows[i]]
+        found = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+        tokens = Counter(t for t in analyzer(" ".join(world.keywords[i])) if t in index)
+        assert found == {index[t]: c for t, c in tokens.items()}
+    without = np.flatnonzero(world.named < 0)
+    assert data.keywords[rows[without]].nnz == 0
+    # every concept's name is a keyword the models can see
+    assert set(world.names) <= set(data.vocabulary)
+
+
+def test_the_vocabularies_keep_their_roles_apart():
+    analyzer = query_analyzer()
+    query_words = set(analyzer(" ".join(CONCEPTS + VISUAL_WORDS + TEXTUAL_WORDS + FILLERS)))
+    assert query_words.isdisjoint(analyzer(" ".join(DISTRACTORS)))
+    for words in (CONCEPTS, VISUAL_WORDS, TEXTUAL_WORDS, FILLERS):
+        assert all(analyzer(word) == [word] for word in words)  # real words, no stop words
+
+
+def test_queries_say_their_intent():
+    world = generate_world(SynthConfig(**SMALL))
+    analyzer = query_analyzer()
+    for text, intent, concept in world.queries[["query", "intent", "concept"]].itertuples(
+        index=False
+    ):
+        words = set(analyzer(text))
+        assert world.names[concept] in words
+        says_visual, says_textual = (
+            bool(words & set(VISUAL_WORDS)),
+            bool(words & set(TEXTUAL_WORDS)),
+        )
+        assert (says_visual, says_textual) == (intent == "visual", intent == "textual")
+
+
+# -- the planted structure ---------------------------------------------------------------------
+def _ndcg_at_10(scores: np.ndarray, labels: np.ndarray) -> float:
+    order = np.lexsort((np.arange(scores.size), -scores))  # ties: judgment order
+    gains = (2.0 ** labels[order][:10]) - 1
+    ideal = (2.0 ** np.sort(labels)[::-1][:10]) - 1
+    discounts = 1 / np.log2(np.arange(2, 12))
+    return float((gains * discounts[: gains.size]).sum() / (ideal * discounts[: ideal.size]).sum())
+
+
+@pytest.fixture(scope="module")
+def oracle_scores(default_run) -> dict[str, dict[str, float]]:
+    """Mean test NDCG@10 per intent of simple oracles that know each concept's look: visual
+    (best region's cosine with the look), visual with mean pooling, keyword (the query's words
+    among the image's keywords), and a fixed 50/50 mix of visual and keyword."""
+    data = load_prepared(default_run)
+    world = generate_world(SynthConfig())
+    analyzer = query_analyzer()
+    index = {word: i for i, word in enumerate(data.vocabulary)}
+    features = np.asarray(data.features, dtype=np.float64)
+    unit = features / np.linalg.norm(features, axis=-1, keepdims=True)
+    keywords = (data.keywords > 0).astype(np.float64).tocsc()
+    test = data.judgments.merge(data.split_queries("test"), on="query_id")
+    concept_of = dict(zip(world.queries["query_id"], world.queries["concept"], strict=True))
+    results: dict[str, dict[str, list[float]]] = {}
+    for (query_id, text, intent), group in test.groupby(["query_id", "query", "intent"]):
+        rows = data.rows(group["img_id"].to_numpy())
+        look = world.looks[concept_of[query_id]]
+        visual = (unit[rows] @ look).max(axis=1)
+        pooled = unit[rows].mean(axis=1) @ look
+        words = [index[w] for w in analyzer(text) if w in index]
+        keyword = np.asarray(keywords[rows][:, words].sum(axis=1)).ravel()
+        mixed = 0.5 * visual / visual.max() + 0.5 * keyword / max(keyword.max(), 1)
+        labels = group["label"].to_numpy()
+        for name, scores in (
+            ("visual", visual),
+            ("visual_mean_pooled", pooled),
+            ("keyword", keyword),
+            ("fixed_mix", mixed),
+        ):
+            results.setdefault(name, {}).setdefault(intent, []).append(_ndcg_at_10(scores, labels))
+    return {
+        name: {intent: float(np.mean(v)) for intent, v in by_intent.items()}
+        for name, by_intent in results.items()
+    }
+
+
+def test_the_modality_the_intent_names_ranks_well(oracle_scores):
+    assert oracle_scores["visual"]["visual"] > 0.95
+    assert oracle_scores["keyword"]["textual"] > 0.95
+
+
+def test_the_other_modality_ranks_the_decoys_first(oracle_scores):
+    assert oracle_scores["visual"]["textual"] < 0.3
+    assert oracle_scores["keyword"]["visual"] < 0.3
+
+
+def test_a_fixed_mix_of_both_modalities_loses_to_choosing_by_intent(oracle_scores):
+    by_intent = (oracle_scores["visual"]["visual"] + oracle_scores["keyword"]["textual"]) / 2
+    mixed = (oracle_scores["fixed_mix"]["visual"] + oracle_scores["fixed_mix"]["textual"]) / 2
+    assert mixed < by_intent - 0.2
+
+
+def test_mean_pooling_dilutes_a_concept_that_attention_finds(oracle_scores):
+    # Even knowing the look exactly, the mean of the regions ranks worse than the best region.
+    assert oracle_scores["visual_mean_pooled"]["visual"] < oracle_scores["visual"]["visual"] - 0.05
+
+
+# -- settings and the command line -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"images": 100}, "images must be >= 240"),
+        ({"concepts": 1}, "concepts must be between 2 and"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"regions": True}, "regions must be a whole number"),
+        ({"background": 1.5}, "background must be a number between 0 and 1.0"),
+        ({"candidates": 10}, "candidates must be >= 16"),
+        ({"distractors": (5, 2)}, "distractors must be a range"),
+    ],
+)
+def test_bad_settings_are_config_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        SynthConfig(**settings)
+
+
+def test_synth_is_a_public_function_even_after_its_module_is_imported():
+    code = (
+        "import amc_data.prepare.synth, amc_data, inspect; "
+        "print(inspect.isfunction(amc_data.synth))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    assert amc_data.synth is synth
+
+
+def test_cli_writes_refuses_to_overwrite_and_replaces_with_force(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "synth"
+    args = ["synth", str(out), "--images", "480", "--queries", "60", "--seed", "3"]
+    result = runner.invoke(cli, [*args, "--regions", "4", "--dim", "16"])
+    assert result.exit_code == 0, result.output
+    assert f"synth: prepared into {out}" in result.output
+    data = load_prepared(out)
+    assert data.features.shape == (480, 4, 16)
+    assert data.info["options"]["seed"] == 3
+    assert len(data.queries) == 60
+
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 2
+    assert "already holds a prepared dataset" in again.output and "--force" in again.output
+    assert load_prepared(out).features.shape == (480, 4, 16)  # untouched
+
+    forced = runner.invoke(cli, [*args, "--force", "--quiet"])
+    assert forced.exit_code == 0 and forced.output == ""
+    assert load_prepared(out).features.shape == (480, 8, 32)
+    assert json.loads((out / "prepared.json").read_text())["options"]["regions"] == 8
+
+
+def test_cli_reports_bad_settings_without_a_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "s"), "--images", "50"])
+    assert result.exit_code == 2
+    assert "images must be >= 240" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()
