@@ -40,6 +40,7 @@ _LAZY = {
     "FetchResult": "fetching.core",
     "Outcome": "fetching.core",
     "HttpDownloader": "fetching.download",
+    "Problem": "fetching.problems",
     "verify": "fetching.verify",
     "info": "fetching.verify",
     "check_file": "fetching.verify",
@@ -51,16 +52,17 @@ _LAZY = {
     "bundled_manifests": "fetching.manifest",
     "resolve_manifests": "fetching.manifest",
     "expected_checksums": "fetching.manifest",
+    "read_checksums": "fetching.manifest",
     "read_lock": "fetching.manifest",
     "Manifest": "fetching.manifest",
     "FileEntry": "fetching.manifest",
     "FileChecksum": "fetching.checksums",
     "Digests": "fetching.checksums",
     "hash_file": "fetching.checksums",
-    "ZipArchive": "archive.reader",
-    "ArchiveLimits": "archive.reader",
-    "open_archive": "archive.reader",
-    "load_id_map": "archive.reader",
+    "ZipArchive": "archive.zipreader",
+    "ArchiveLimits": "archive.members",
+    "open_archive": "archive",
+    "load_id_map": "archive.pickles",
     "encode": "encoding.core",
     "EncodeConfig": "encoding.core",
     "EncodeResult": "encoding.core",
@@ -112,7 +114,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .archive.reader import ArchiveLimits, ZipArchive, load_id_map, open_archive
+    from .archive import ArchiveLimits, ZipArchive, load_id_map, open_archive
     from .dataset import EncodedSplit, load_encoded
     from .encoding.core import EncodeConfig, EncodeResult, encode
     from .evaluation import (
@@ -141,9 +143,11 @@ if TYPE_CHECKING:
         bundled_manifests,
         expected_checksums,
         load_manifest,
+        read_checksums,
         read_lock,
         resolve_manifests,
     )
+    from .fetching.problems import Problem
     from .fetching.verify import (
         DatasetInfo,
         FileReport,
@@ -164,6 +168,7 @@ __all__ = [
     "AmcDataError",
     "ArchiveError",
     "ArchiveLimits",
+    "Attention",
     "CaptionRanking",
     "Attention",
     "CheckpointError",
@@ -194,7 +199,10 @@ __all__ = [
     "ModelConfig",
     "Outcome",
     "PairedTest",
+    "PreparedDataset",
+    "Problem",
     "RankingMetrics",
+    "RankingModel",
     "RecallAtK",
     "RocCurve",
     "PreparedDataset",
@@ -221,16 +229,21 @@ __all__ = [
     "load_encoded",
     "load_id_map",
     "load_manifest",
+    "load_prepared",
+    "load_word_vectors",
     "ndcg_at_k",
     "load_word_vectors",
     "open_archive",
     "paired_test",
+    "prepare_clickture",
+    "prepare_coco",
     "ranking_metrics",
     "load_prepared",
     "load_word_vectors",
     "open_archive",
     "prepare_clickture",
     "prepare_coco",
+    "read_checksums",
     "read_lock",
     "read_scores",
     "resolve_data_dir",

@@ -8,6 +8,8 @@ import click
 
 from amc_data.errors import FetchIncompleteError, VerificationError
 from amc_data.fetching.core import FetchResult, Outcome, fetch
+from amc_data.fetching.manifest import CHECKSUMS_FILE_NAME
+from amc_data.fetching.problems import Problem
 from amc_data.fetching.verify import FileStatus, info, verify
 from amc_data.progress import progress_enabled
 
@@ -58,8 +60,8 @@ def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
         if recorded:
             click.secho(
                 f"\n{len(recorded)} file(s) had no published hash: their size and sha256 were "
-                "recorded in the dataset's amc-data.lock.json; later runs and `verify` hold them "
-                "to it.",
+                f"recorded in the dataset's {CHECKSUMS_FILE_NAME}; later runs and `verify` hold "
+                "them to it.",
                 fg="yellow",
             )
     failed = [r for r in results if not r.ok]
@@ -86,14 +88,21 @@ def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
-    help="Retries per URL on transient errors (drops, timeouts, 5xx, 408, 429).",
+    help="Retries per URL on transient errors (drops, timeouts, 5xx, 408, 429, short bodies); "
+    "a host that cannot be reached is retried once at most.",
 )
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=60.0,
     show_default=True,
-    help="Seconds to wait for a connection or for data.",
+    help="Seconds to wait for a connection or for data (each read, not the whole download).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds one file may take from one source in all, retries included (default: no limit).",
 )
 @click.option(
     "--backoff",
@@ -119,6 +128,7 @@ def fetch_command(
     retries: int,
     timeout: float,
     backoff: float,
+    deadline: float | None,
     lock_timeout: float | None,
     quiet: bool,
 ) -> None:
@@ -137,15 +147,23 @@ def fetch_command(
         retries=retries,
         timeout=timeout,
         backoff=backoff,
+        deadline=deadline,
         lock_timeout=lock_timeout,
         progress=progress_enabled(quiet),
     )
     _print_fetch(results, quiet)
-    failed = sum(not r.ok for r in results)
+    failed = [r for r in results if not r.ok]
     if failed:
+        offline = all(set(r.problems) == {Problem.UNREACHABLE} for r in failed)
+        next_step = (
+            "No source could be reached: check the network connection, then run the same "
+            "command again"
+            if offline
+            else "Run the same command again to resume"
+        )
         raise FetchIncompleteError(
-            f"{failed} of {len(results)} file(s) are not in place (reasons above). Run the same "
-            "command again to resume, or download by hand and use `--from DIR`."
+            f"{len(failed)} of {len(results)} file(s) are not in place (reasons above). "
+            f"{next_step}, or download by hand and use `--from DIR`."
         )
 
 
@@ -172,8 +190,9 @@ def verify_command(
         click.echo(_table(("file", "size", "status", "detail"), rows))
     if failed:
         raise VerificationError(
-            f"{len(failed)} of {len(reports)} file(s) are missing or not the expected files. "
-            "Run `amc-data fetch` to download them again."
+            f"{len(failed)} of {len(reports)} file(s) are missing, unreadable or not the expected "
+            "files (see the table). Fix what is unreadable, then run `amc-data fetch` to download "
+            "the rest again."
         )
 
 

@@ -1,10 +1,13 @@
 """A real HTTP server on 127.0.0.1 for the tests, with scriptable misbehaviour per route.
 
-Each route serves bytes and can, on chosen requests, fail with a status, ignore `Range`, answer a
-206 that starts at the wrong byte, drop the connection after some bytes, send a close-delimited
-body, serve an HTML page, or hold its body back until the test releases it. The server counts
-requests and body bytes sent per route, so a test can check that a resume re-sent fewer bytes than
-the file holds.
+Each route serves bytes with a strong ETag (a hash of its current bytes, so changing the data
+changes it) and can, on chosen requests, fail with a status (and a reason phrase of its choice),
+redirect, ignore `Range` or `If-Range`, answer a 206 that starts at the wrong byte or holds only a
+piece of the file, drop the connection after some bytes, send a close-delimited or compressed
+body, send its first bytes in tiny separate pieces, serve an HTML page, or hold its body back
+(after some bytes) until the test releases it. The server counts requests and body bytes sent per
+route, and keeps the `Range` and `If-Range` of each request, so a test can check what a resume
+asked for and re-sent.
 
 It also fakes the three Google Drive pages amc-data meets: a folder's `embeddedfolderview`
 listing, the "virus scan" confirmation form, and the quota-exceeded page.
@@ -12,6 +15,8 @@ listing, the "virus scan" confirmation form, and the quota-exceeded page.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import re
 import socket
 import sys
@@ -37,15 +42,30 @@ class Route:
     data: bytes
     content_type: str = "application/octet-stream"
     status: int | None = None  # always answer this status (e.g. 404) with a tiny body
+    reason: str | None = None  # the reason phrase sent with `status` / `fail` statuses
     fail: dict[int, int] = field(default_factory=dict)
     drop_after: dict[int, int] = field(default_factory=dict)
     ranges: str = "honour"  # "honour", "ignore" (always 200), "wrong-start" (206 from byte 0)
+    etag: bool = True  # send a strong ETag derived from the current data
+    last_modified: str | None = None  # send this Last-Modified
+    if_range: str = "honour"  # "honour" (a stale If-Range gets the whole file) or "ignore"
+    piece: int | None = None  # answer with a 206 of at most this many bytes, asked or not
+    redirect: str | None = None  # answer 302 to this URL (or path on this server)
+    content_encoding: str | None = None  # "gzip": the body is gzip-compressed; others: as is
     close_delimited: bool = False  # no Content-Length; the end of the body is the closed socket
+    segments: tuple[int, ...] = ()  # sizes of the body's first writes, each sent on its own
     chunk_delay: float = 0.0  # seconds between 64 KiB pieces, to make downloads slow
-    hold: threading.Event | None = None  # the body waits for this event (30 s at most)
+    hold: threading.Event | None = None  # the body waits for this event (30 s at most) ...
+    hold_after: int = 0  # ... after sending this many of its bytes
+    holding: threading.Event = field(default_factory=threading.Event)  # set while it waits
     requests: int = 0
     bytes_sent: int = 0
     ranges_asked: list[str | None] = field(default_factory=list)
+    if_ranges: list[str | None] = field(default_factory=list)
+
+    def current_etag(self) -> str:
+        """The strong ETag of the bytes served now."""
+        return '"' + hashlib.sha1(self.data).hexdigest()[:16] + '"'
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -125,23 +145,36 @@ class FakeServer:
         if mode == "quota":
             self.add(f"/uc?id={file_id}", _QUOTA_PAGE.encode(), **_PAGE)
             return None
-        form = (
-            "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head>"
-            '<body><div class="uc-main"><p class="uc-warning-caption">Google Drive can\'t scan '
-            "this file for viruses.</p>\n"
-            f'<form id="download-form" action="{self.origin}/download" method="get">'
-            '<input type="submit" id="uc-download-link" value="Download anyway"/>'
-            f'<input type="hidden" name="id" value="{file_id}">'
-            '<input type="hidden" name="export" value="download">'
-            '<input type="hidden" name="confirm" value="t">'
-            '<input type="hidden" name="uuid" value="5c3c1b4e-0000-4000-8000-000000000000">'
-            "</form>\n</div></body></html>"
-        )
+        form = drive_confirmation_page(f"{self.origin}/download", file_id, "keywords.zip (1.2G)")
         self.add(f"/uc?id={file_id}", form.encode(), **_PAGE)
         return self.add(f"/download?id={file_id}&confirm=t", data, **kw)
 
 
 _PAGE = {"content_type": "text/html; charset=utf-8", "ranges": "ignore"}  # Drive's pages
+
+
+def drive_confirmation_page(action: str, file_id: str, label: str) -> str:
+    """Drive's "virus scan warning" page as it is served today (2024 layout: a GET form to
+    drive.usercontent.google.com with hidden inputs), with `action` as the form's target."""
+    return (
+        "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title><meta "
+        'http-equiv="content-type" content="text/html; charset=utf-8"/><style nonce="x1">'
+        ".goog-inline-block{position:relative;display:-moz-inline-box;display:inline-block}"
+        '</style><link rel="icon" href="//ssl.gstatic.com/docs/doclist/images/drive_2022q3_32dp'
+        '.png"/></head><body><div class="uc-main"><div id="uc-text"><p class="uc-warning-'
+        'caption">Google Drive can&#39;t scan this file for viruses.</p><p class="uc-warning-'
+        f'subcaption"><span class="uc-name-size"><a href="/open?id={file_id}">{label}</a></span>'
+        " is too large for Google to scan for viruses. Would you still like to download this "
+        f'file?</p><form id="download-form" action="{action}" method="get"><input type="submit" '
+        'id="uc-download-link" class="goog-inline-block jfk-button jfk-button-action" '
+        f'value="Download anyway"/><input type="hidden" name="id" value="{file_id}"><input '
+        'type="hidden" name="export" value="download"><input type="hidden" name="confirm" '
+        'value="t"><input type="hidden" name="uuid" value="5c3c1b4e-7d2f-4a8e-9b1c-'
+        '0a1b2c3d4e5f"></form></div></div><div class="uc-footer"><hr class="uc-footer-divider">'
+        "</div></body></html>"
+    )
+
+
 _QUOTA_PAGE = (
     "<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>\n"
     '<div class="uc-main"><p class="uc-error-caption">Sorry, you can\'t view or download this '
@@ -166,37 +199,39 @@ class _Handler(BaseHTTPRequestHandler):
                 route.requests += 1
                 number = route.requests
                 route.ranges_asked.append(self.headers.get("Range"))
+                route.if_ranges.append(self.headers.get("If-Range"))
         if route is None:
             return self._small(404, b"no such route")
         status = route.status or route.fail.get(number)
         if status:
-            return self._small(status, b"scripted failure")
+            return self._small(status, b"scripted failure", reason=route.reason)
+        if route.redirect is not None:
+            return self._small(302, b"moved", location=route.redirect)
         data = route.data
-        start = 0
-        asked = _RANGE.match(self.headers.get("Range", ""))
-        code = 200
-        if asked and route.ranges == "honour":
-            start = int(asked.group(1))
-            if start >= len(data):
-                return self._small(416, b"range not satisfiable", total=len(data))
-            code = 206
-        elif asked and route.ranges == "wrong-start":
-            code = 206  # a 206, but from byte 0 whatever was asked
-        body = data[start:]
+        if route.content_encoding == "gzip":
+            data = gzip.compress(data)
+        start, code = self._range(route, len(data))
+        if code == 416:
+            return self._small(416, b"range not satisfiable", total=len(data))
+        end = len(data) if route.piece is None else min(len(data), start + route.piece)
+        body = data[start:end]
         self.send_response(code)
         self.send_header("Content-Type", route.content_type)
         self.send_header("Accept-Ranges", "bytes")
+        if route.etag:
+            self.send_header("ETag", route.current_etag())
+        if route.last_modified:
+            self.send_header("Last-Modified", route.last_modified)
+        if route.content_encoding:
+            self.send_header("Content-Encoding", route.content_encoding)
         if code == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
         if route.close_delimited:
             self.send_header("Connection", "close")
             self.close_connection = True
         else:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if route.hold is not None:
-            self.wfile.flush()
-            route.hold.wait(30)
         cut = route.drop_after.get(number)
         self._send_body(route, body if cut is None else body[:cut], fake)
         if cut is not None:
@@ -204,25 +239,79 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
 
+    def _range(self, route: Route, size: int) -> tuple[int, int]:
+        """(first byte, status) of the answer to this request's Range and If-Range."""
+        asked = _RANGE.match(self.headers.get("Range", ""))
+        if_range = self.headers.get("If-Range")
+        stale = if_range is not None and if_range not in (
+            route.current_etag() if route.etag else None,
+            route.last_modified,
+        )
+        if asked and route.ranges == "honour" and not (stale and route.if_range == "honour"):
+            start = int(asked.group(1))
+            return (start, 416) if start >= size else (start, 206)
+        if asked and route.ranges == "wrong-start":
+            return 0, 206  # a 206, but from byte 0 whatever was asked
+        return 0, 206 if route.piece is not None else 200
+
     def _send_body(self, route: Route, body: bytes, fake: FakeServer) -> None:
+        pieces = []
+        offset = 0
+        for size in route.segments:  # the first writes, each flushed on its own
+            pieces.append((body[offset : offset + size], True))
+            offset += size
         step = 64 * 1024
-        for offset in range(0, len(body), step):
-            piece = body[offset : offset + step]
-            try:
-                self.wfile.write(piece)
-            except OSError:  # the client went away
+        pieces += [(body[at : at + step], False) for at in range(offset, len(body), step)]
+        sent = 0
+        for piece, alone in pieces:
+            if route.hold is not None and sent <= route.hold_after < sent + len(piece):
+                split = route.hold_after - sent
+                if not self._write(route, piece[:split], fake):
+                    return
+                sent += split
+                piece = piece[split:]
+                self._wait(route)
+            if not self._write(route, piece, fake):
                 return
-            with fake.lock:
-                route.bytes_sent += len(piece)
+            sent += len(piece)
+            if alone:
+                self.wfile.flush()
+                time.sleep(0.05)  # lets the client read this piece before the next arrives
             if route.chunk_delay:
                 time.sleep(route.chunk_delay)
+        if route.hold is not None and sent <= route.hold_after:
+            self._wait(route)
 
-    def _small(self, code: int, body: bytes, total: int | None = None) -> None:
-        self.send_response(code)
+    def _write(self, route: Route, piece: bytes, fake: FakeServer) -> bool:
+        try:
+            self.wfile.write(piece)
+        except OSError:  # the client went away
+            return False
+        with fake.lock:
+            route.bytes_sent += len(piece)
+        return True
+
+    def _wait(self, route: Route) -> None:
+        self.wfile.flush()
+        route.holding.set()
+        assert route.hold is not None
+        route.hold.wait(30)
+
+    def _small(
+        self,
+        code: int,
+        body: bytes,
+        total: int | None = None,
+        reason: str | None = None,
+        location: str | None = None,
+    ) -> None:
+        self.send_response(code, reason)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         if total is not None:
             self.send_header("Content-Range", f"bytes */{total}")
+        if location is not None:
+            self.send_header("Location", location)
         self.end_headers()
         self.wfile.write(body)
 

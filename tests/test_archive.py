@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amc_data.archive.reader import (
+from amc_data.archive import (
     ArchiveLimits,
     DirectoryArchive,
+    MemberLayout,
     ZipArchive,
     find_layout,
     load_id_map,
     open_archive,
+    repeated_rows,
 )
 from amc_data.errors import ArchiveError, InputError, UnsafePickleError
 
@@ -119,14 +121,12 @@ def test_duplicate_member_names_are_refused(tmp_path):
 
 def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch):
     """Names are found through 64-bit hash keys; a collision must never give a wrong answer."""
-    import amc_data.archive.zipindex
-    import amc_data.encoding.inputs
+    import amc_data.archive.members
 
     def collide(names):
         return np.zeros(names.size, dtype=np.uint64)
 
-    monkeypatch.setattr(amc_data.archive.zipindex, "name_keys", collide)
-    monkeypatch.setattr(amc_data.encoding.inputs, "name_keys", collide)
+    monkeypatch.setattr(amc_data.archive.members, "name_keys", collide)
     path = write_zip(tmp_path / "a.zip", CONTENT, compression=zipfile.ZIP_DEFLATED)
     with ZipArchive(path) as archive:
         for name, data in CONTENT.items():
@@ -143,7 +143,7 @@ def test_lookups_stay_exact_when_every_name_hash_collides(tmp_path, monkeypatch)
         ZipArchive(dup).member("b.json")
     assert "a.json" in str(caught.value)
     lines = np.array([b"0001", b"0002", b"0001", b"0003", b"0002"])
-    assert amc_data.encoding.inputs._repeats(lines) == {2, 4}
+    assert repeated_rows(lines).tolist() == [2, 4]
 
 
 def test_zip_bomb_ratio_and_size_caps(tmp_path):
@@ -350,3 +350,45 @@ def test_damaged_directories_are_archive_errors(tmp_path, damage):
     path.write_bytes(bytes(data))
     with pytest.raises(ArchiveError, match=r"d\.zip"):
         ZipArchive(path).read("b.json")
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_bzip2_and_lzma_members_read_as_zipfile_reads_them(tmp_path, compression):
+    path = write_zip(tmp_path / "m.zip", {**CONTENT, "empty.json": b""}, compression=compression)
+    with ZipArchive(path) as archive, zipfile.ZipFile(path) as reference:
+        for name in [*CONTENT, "empty.json"]:
+            assert archive.read(name) == reference.read(name)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_bzip2_and_lzma_inflation_stops_past_the_declared_size(tmp_path, compression):
+    path = write_zip(tmp_path / "m.zip", {"zeros.bin": bytes(4 << 20)}, compression=compression)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<L", data, _central_entry_offset(bytes(data), b"zeros.bin") + 24, 1000)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match="inflates to 1,001 bytes or more where its directory"):
+        ZipArchive(path).read("zeros.bin")
+
+
+def test_other_compression_methods_are_refused_with_advice(tmp_path):
+    path = write_zip(tmp_path / "d64.zip", {"a.json": b"{}"})
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, _central_entry_offset(bytes(data), b"a.json") + 10, 9)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match=r"compression method 9.*re-zip it with `zip -r`"):
+        ZipArchive(path).read("a.json")
+
+
+def test_member_layouts_map_expected_names_one_way(tmp_path):
+    """`MemberLayout.name` (one name) and `.names` (a column of file names) are one rule."""
+    files = np.array([b"00000001.json", b"caf\xc3\xa9.json"])
+    for prefix in ("", "wrap/"):
+        for strip in (False, True):
+            layout = MemberLayout(prefix, strip)
+            column = layout.names("keywords_dev", files).tolist()
+            one_by_one = [
+                layout.name(f"keywords_dev/{name.decode()}").encode() for name in files.tolist()
+            ]
+            assert column == one_by_one
+            assert layout.name("dataset.json") == prefix + "dataset.json"
+    assert MemberLayout("wrap/", True).name("keywords_dev/a.json") == "wrap/a.json"

@@ -8,11 +8,12 @@ import random
 import subprocess
 import sys
 import threading
-import time
 
 from servers import serve, write_manifest
 
 from amc_data.fetching.verify import FileStatus, verify
+
+WAITING = "another amc-data process is fetching it; waiting"
 
 
 def test_two_processes_same_data_folder(tmp_path):
@@ -43,27 +44,28 @@ def test_two_processes_same_data_folder(tmp_path):
         first = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        deadline = time.monotonic() + 60
-        while not (hashed_route.requests and free_route.requests):  # both file locks are held
-            assert first.poll() is None, first.communicate()[0]
-            assert time.monotonic() < deadline, "the first run never asked for the files"
-            time.sleep(0.05)
+        for route in (hashed_route, free_route):  # both bodies held: both file locks are held
+            if not route.holding.wait(60):
+                release.set()
+                raise AssertionError(
+                    f"the first run never asked for the files: {first.communicate(timeout=60)[0]}"
+                )
         second = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        seen = []
-        for line in second.stdout:  # up to the line saying it waits (or its end)
-            seen.append(line)
-            if "is fetching it; waiting" in line:
-                break
+        waiting = threading.Event()
+        seen: list[str] = []
+        reader = threading.Thread(target=_read_lines, args=(second, seen, waiting), daemon=True)
+        reader.start()  # the second run's output, read aside so no read can block the test
+        waiting.wait(60)  # it says it waits for the first (or it ended, or a minute passed)
         release.set()
-        outputs = [
-            first.communicate(timeout=60)[0],
-            "".join(seen) + second.communicate(timeout=60)[0],
-        ]
+        outputs = [first.communicate(timeout=60)[0]]
+        second.wait(timeout=60)
+        reader.join(timeout=60)
+        outputs.append("".join(seen))
     for run, output in zip((first, second), outputs, strict=True):
         assert run.returncode == 0, output
-    assert "another amc-data process is fetching it; waiting" in outputs[1]
+    assert WAITING in outputs[1]
     assert hashed_route.requests == 1 and hashed_route.bytes_sent == len(hashed)
     assert free_route.requests == 1 and free_route.bytes_sent == len(free)
     outcomes = [
@@ -74,3 +76,13 @@ def test_two_processes_same_data_folder(tmp_path):
     assert outcomes[1] == {"c/hashed.bin": "present", "c/free.bin": "present"}
     reports = verify(data_dir=tmp_path / "data", manifest_paths=[manifest])
     assert [r.status for r in reports] == [FileStatus.OK, FileStatus.OK]
+
+
+def _read_lines(process: subprocess.Popen, seen: list[str], waiting: threading.Event) -> None:
+    """Collect a process's output; set `waiting` at the line saying it waits, or at its end."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        seen.append(line)
+        if WAITING in line:
+            waiting.set()
+    waiting.set()

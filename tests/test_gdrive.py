@@ -3,15 +3,16 @@ fake of Drive's pages: the manifest URL points at the fake, nothing else is swit
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import FakeServer, serve, write_manifest
+from fetch_helpers import zip_bytes
+from servers import FakeServer, drive_confirmation_page, serve, write_manifest
 
 from amc_data.fetching.core import FetchResult, Outcome, fetch
-from amc_data.fetching.gdrive import drive_folder_id, parse_folder_view
+from amc_data.fetching.gdrive import drive_folder_id, parse_confirmation_page, parse_folder_view
+from amc_data.fetching.problems import Problem
 
 ROOT = "1x4HAg5Mitx9sWo1XoQJ8aDKuMjObSgiX"
 SUB = "1SubFolderSubFolderSubFolderAbc"
@@ -27,7 +28,7 @@ def server() -> Iterator[FakeServer]:
 
 
 def blob(seed: int, size: int = 200_000) -> bytes:
-    return random.Random(seed).randbytes(size)
+    return zip_bytes(seed, size)  # the Drive files are zips: recorded only when complete
 
 
 def run(tmp_path: Path, names: list[str], folder_url: str, **options) -> list[FetchResult]:
@@ -58,7 +59,7 @@ def test_parse_folder_view_reads_files_and_folders(server):
         ("folder", SUB, "more"),
         ("file", COCO, "keywords_coco.zip"),
     ]
-    # gdown's plainer layout: the link text is the name.
+    # A plainer layout: the link text is the name.
     plain = '<a href="https://drive.google.com/file/d/abc/view?usp=sharing">a &amp; b.zip</a>'
     assert parse_folder_view(plain) == [("file", "abc", "a & b.zip")]
 
@@ -101,9 +102,8 @@ def test_quota_page_says_download_by_hand(tmp_path, server):
     url = drive_folder(server)
     server.add_drive_file(DEV, b"", mode="quota")
     [result] = run(tmp_path, ["keywords_dev.zip"], url)
-    assert result.outcome is Outcome.FAILED
+    assert result.outcome is Outcome.FAILED and result.problem is Problem.HTML
     assert "keywords_dev.zip" in result.reason
-    assert "quota or confirmation page" in result.reason
     assert "--from" in result.reason and "by hand" in result.reason
     assert "Too many users" in result.reason  # Drive's own words
     assert server.routes[f"/uc?id={DEV}"].requests == 1  # a quota page is not hammered
@@ -113,8 +113,7 @@ def test_quota_page_says_download_by_hand(tmp_path, server):
 def test_file_missing_from_folder(tmp_path, server):
     url = drive_folder(server)
     [result] = run(tmp_path, ["keywords_other.zip"], url)
-    assert result.outcome is Outcome.FAILED
-    assert "no file named 'keywords_other.zip'" in result.reason
+    assert result.outcome is Outcome.FAILED and result.problem is Problem.NOT_LISTED
     assert "keywords_dev.zip" in result.reason  # what the folder does list
 
 
@@ -125,3 +124,60 @@ def test_listing_error_is_retried(tmp_path, server):
     [result] = run(tmp_path, ["keywords_dev.zip"], url)
     assert result.ok
     assert server.routes[f"/embeddedfolderview?id={ROOT}"].requests == 2
+
+
+PAGE_URL = "https://drive.google.com/uc?export=download&id=1Abc"
+
+
+def test_confirmation_form_of_todays_page():
+    action = "https://drive.usercontent.google.com/download"
+    page = parse_confirmation_page(
+        drive_confirmation_page(action, "1Abc", "x.zip (1.2G)"), PAGE_URL
+    )
+    assert page.url == (
+        "https://drive.usercontent.google.com/download?id=1Abc&export=download&confirm=t"
+        "&uuid=5c3c1b4e-7d2f-4a8e-9b1c-0a1b2c3d4e5f"
+    )
+    assert "can't scan this file for viruses" in page.message
+
+
+def test_confirmation_link_of_older_pages_and_relative_form():
+    older = (
+        '<html><body><p class="uc-warning-caption">Google Drive can\'t scan this file.</p>'
+        '<a id="uc-download-link" class="goog-inline-block jfk-button" '
+        'href="/uc?export=download&amp;confirm=AbCd&amp;id=1Abc">Download anyway</a></body></html>'
+    )
+    page = parse_confirmation_page(older, PAGE_URL)
+    assert page.url == "https://drive.google.com/uc?export=download&confirm=AbCd&id=1Abc"
+    relative = (
+        '<form id="download-form" action="/download?x=1">'
+        '<input type="hidden" name="id" value="a b"></form>'
+    )
+    assert parse_confirmation_page(relative, PAGE_URL).url == (
+        "https://drive.google.com/download?x=1&id=a+b"
+    )
+    script = '<script>var c = {"downloadUrl":"https://drive.usercontent.google.com/d?id\\u003d1\\u0026c\\u003dt"};</script>'
+    assert parse_confirmation_page(script, PAGE_URL).url == (
+        "https://drive.usercontent.google.com/d?id=1&c=t"
+    )
+
+
+def test_quota_page_and_hostile_pages_give_no_url():
+    quota = server_quota_page()
+    page = parse_confirmation_page(quota, PAGE_URL)
+    assert page.url is None
+    assert page.message.startswith("Sorry, you can't view or download this file at this time.")
+    assert "Too many users" in page.message
+    for hostile in (
+        '<form id="download-form" action="javascript:alert(1)"></form>',
+        '<a id="uc-download-link" href="file:///etc/passwd">x</a>',
+        "<html><body>nothing here</body></html>",
+        '<form id="download-form" action="http://[::1">',  # an unclosed IPv6 bracket
+    ):
+        assert parse_confirmation_page(hostile, PAGE_URL).url is None, hostile
+
+
+def server_quota_page() -> str:
+    with serve() as fake:
+        fake.add_drive_file("q", b"", mode="quota")
+        return fake.routes["/uc?id=q"].data.decode()

@@ -1,4 +1,4 @@
-"""Manifests (bundled and given), their validation, the lock file and the checksum decisions."""
+"""Manifests (bundled and given), their validation, the checksum record and the resume decision."""
 
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ from amc_data.fetching.checksums import (
     mismatch,
 )
 from amc_data.fetching.manifest import (
-    LOCK_FILE_NAME,
+    CHECKSUMS_FILE_NAME,
+    LEGACY_CHECKSUMS_FILE_NAME,
     bundled_manifests,
     expected_checksums,
     load_manifest,
-    read_lock,
+    migrate_checksums,
+    read_checksums,
     record_checksum,
     resolve_manifests,
 )
@@ -116,6 +118,9 @@ GOOD = {"name": "f.bin", "urls": ["https://example.org/f.bin"]}
         ([{**GOOD, "urls": ["ftp://x/y"]}], "files[0].urls[0]", "http(s) URL"),
         ([{**GOOD, "name": "../f.bin"}], "files[0].name", "plain file name"),
         ([{**GOOD, "name": ".hidden"}], "files[0].name", "plain file name"),
+        ([{**GOOD, "name": "checksums.json"}], "files[0].name", "plain file name"),
+        ([{**GOOD, "name": "amc-data.lock.json"}], "files[0].name", "plain file name"),
+        ([{**GOOD, "urls": ["http://h/a b"]}], "files[0].urls[0]", "http(s) URL"),
         ([GOOD, {**GOOD}], "files[1].name", "listed twice"),
         ([], "files", "one or more"),
     ],
@@ -155,7 +160,7 @@ def test_resolve_manifests(tmp_path):
     assert [m.bundled for m in both] == [True, False]
 
 
-def test_lock_file_records_and_merges(tmp_path):
+def test_checksum_record_records_and_merges(tmp_path):
     manifest = load_manifest(
         write_manifest(
             tmp_path / "m.toml",
@@ -168,25 +173,80 @@ def test_lock_file_records_and_merges(tmp_path):
     sha = hashlib.sha256(b"x").hexdigest()
     record_checksum(folder, "f.bin", 1, sha, "https://example.org/f.bin")
     record_checksum(folder, "g.bin", 2, sha, "here")
-    assert read_lock(folder)["f.bin"] == FileChecksum(size=1, sha256=sha, source="recorded")
+    assert read_checksums(folder)["f.bin"] == FileChecksum(size=1, sha256=sha, source="recorded")
     expected = expected_checksums(folder, manifest)
     assert expected["f.bin"].source == "recorded" and expected["f.bin"].has_hash
     assert expected["g.bin"] == FileChecksum(2, sha, "a" * 40, source="manifest")
-    raw = json.loads((folder / LOCK_FILE_NAME).read_text())
+    raw = json.loads((folder / CHECKSUMS_FILE_NAME).read_text())
     assert raw["files"]["f.bin"]["origin"] == "https://example.org/f.bin"
+    assert not (folder / LEGACY_CHECKSUMS_FILE_NAME).exists()
 
 
-def test_malformed_lock_file_is_refused_not_overwritten(tmp_path):
-    (tmp_path / LOCK_FILE_NAME).write_text("{not json")
+def _legacy(folder: Path, records: dict[str, tuple[int, str]]) -> Path:
+    """A checksum record under its old name, as an earlier amc-data wrote it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        name: {"size": size, "sha256": sha, "origin": "old"}
+        for name, (size, sha) in records.items()
+    }
+    path = folder / LEGACY_CHECKSUMS_FILE_NAME
+    path.write_text(json.dumps({"format": 1, "files": files}))
+    return path
+
+
+def test_legacy_checksum_file_is_read_then_migrated(tmp_path):
+    folder = tmp_path / "m"
+    old_sha, new_sha = "1" * 64, "2" * 64
+    legacy = _legacy(folder, {"a.zip": (10, old_sha), "b.zip": (20, old_sha)})
+    # Read as it is: verify and info see the old records without anything being written.
+    assert read_checksums(folder)["a.zip"] == FileChecksum(10, old_sha, source="recorded")
+    assert not (folder / CHECKSUMS_FILE_NAME).exists()
+    # A new record moves every old record into checksums.json and retires the old file.
+    record_checksum(folder, "b.zip", 21, new_sha, "new")
+    assert not legacy.exists()
+    records = json.loads((folder / CHECKSUMS_FILE_NAME).read_text())["files"]
+    assert records["a.zip"]["sha256"] == old_sha and records["a.zip"]["origin"] == "old"
+    assert records["b.zip"]["sha256"] == new_sha  # the new record wins
+    # migrate_checksums alone does the same, and is a no-op without a legacy file.
+    other = tmp_path / "n"
+    _legacy(other, {"c.zip": (5, old_sha)})
+    migrate_checksums(other)
+    assert read_checksums(other) == {"c.zip": FileChecksum(5, old_sha, source="recorded")}
+    assert sorted(p.name for p in other.iterdir() if not p.name.endswith(".lock")) == [
+        CHECKSUMS_FILE_NAME
+    ]
+    migrate_checksums(tmp_path / "absent")
+    assert not (tmp_path / "absent").exists()
+
+
+def test_malformed_checksum_record_is_refused_not_overwritten(tmp_path):
+    (tmp_path / CHECKSUMS_FILE_NAME).write_text("{not json")
     with pytest.raises(ManifestError, match="delete it"):
-        read_lock(tmp_path)
+        read_checksums(tmp_path)
     with pytest.raises(ManifestError):
         record_checksum(tmp_path, "f", 1, "0" * 64, "x")
-    assert (tmp_path / LOCK_FILE_NAME).read_text() == "{not json"
+    assert (tmp_path / CHECKSUMS_FILE_NAME).read_text() == "{not json"
+
+
+def test_dataset_name_with_a_trailing_newline_is_refused(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('name = "coco\\n"\n[[files]]\nname = "a"\nurls = ["http://h/a"]\n')
+    with pytest.raises(ManifestError, match="`name`"):
+        load_manifest(path)
+
+
+def test_nul_in_a_file_name_is_a_one_line_manifest_error(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('name = "m"\n[[files]]\nname = "a\\u0000b.zip"\nurls = ["http://h/a"]\n')
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    message = str(err.value)
+    assert "`files[0].name`" in message and "'a\\x00b.zip'" in message
+    assert "\n" not in message and "\x00" not in message
 
 
 def test_git_blob_sha1_matches_git(shared_data):
-    # Values from git itself (SPEC §1); streamed in uneven pieces.
+    # Values computed by git itself (`git hash-object`); streamed in uneven pieces.
     data = (shared_data / "clickture-dev.lst").read_bytes()
     hasher = StreamHasher(git_size=len(data))
     for start in range(0, len(data), 99_991):
@@ -208,15 +268,15 @@ def test_mismatch_names_each_difference():
 
 
 @pytest.mark.parametrize(
-    ("verified", "held", "size", "action"),
+    ("held", "size", "resumable", "action"),
     [
-        (True, 10, 100, Action.PRESENT),
-        (False, 0, 100, Action.DOWNLOAD),
-        (False, 10, 100, Action.RESUME),
-        (False, 10, None, Action.RESUME),
-        (False, 100, 100, Action.DOWNLOAD),  # complete but unverified, or too long: start over
-        (False, 150, 100, Action.DOWNLOAD),
+        (0, 100, True, Action.DOWNLOAD),
+        (10, 100, True, Action.RESUME),
+        (10, None, True, Action.RESUME),
+        (10, 100, False, Action.DOWNLOAD),  # no validator: the held bytes cannot be trusted
+        (100, 100, True, Action.DOWNLOAD),  # complete but unverified, or too long: start over
+        (150, 100, True, Action.DOWNLOAD),
     ],
 )
-def test_decide(verified, held, size, action):
-    assert decide(final_verified=verified, partial_bytes=held, expected_size=size) is action
+def test_decide(held, size, resumable, action):
+    assert decide(partial_bytes=held, expected_size=size, resumable=resumable) is action

@@ -331,3 +331,29 @@ def test_cli(tmp_path, inputs):
     )
     assert skipped.exit_code == 0, skipped.output
     assert "left out: 1 dev judgments: unknown grades" in skipped.output
+
+
+def test_negative_counts_and_empty_queries(tmp_path, inputs):
+    data_dir, paths = inputs
+    clicks = _lines(paths["clicks"])
+    clicks[0] = clicks[0].rsplit("\t", 1)[0] + "\t-3"
+    clicks[1] = "   \t" + clicks[1].split("\t", 1)[1]
+    clicks[2] = clicks[2].rsplit("\t", 1)[0] + "\t 7 "  # spaces around a count are fine
+    broken = {**paths, "clicks": _write(tmp_path / "clicks.tsv", clicks)}
+    with pytest.raises(InputError, match=r"1 lines of .* not a whole number >= 0: line 1: '-3'"):
+        _run(data_dir, broken, tmp_path / "out")
+    result = _run(data_dir, broken, tmp_path / "out", on_error="skip")
+    assert result.skipped["click log: click counts that are not whole numbers >= 0"]["count"] == 1
+    assert result.skipped["click log: empty queries"]["examples"] == ["2"]
+    data = load_prepared(result.out)
+    assert "" not in set(data.queries["query"])
+    query = clicks[2].split("\t")[0]
+    key = int(clicks[2].split("\t")[1][3:])
+    judged = data.judgments.merge(data.queries, on="query_id")
+    label = judged.loc[(judged["query"] == query) & (judged.img_id == key), "label"]
+    expected = 7 + sum(
+        int(line.rsplit("\t", 1)[1])
+        for line in clicks[3:]
+        if line.startswith(f"{query}\timg{key}\t")
+    )
+    assert label.tolist() == [expected]

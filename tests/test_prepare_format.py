@@ -500,3 +500,17 @@ def test_null_text_is_refused(tmp_path):
     queries.loc[2, "query"] = None
     with pytest.raises(InputError, match="queries column 'query' is empty"):
         write_small(tmp_path / "p", tmp_path, queries=queries)
+
+
+def test_prepare_loads_no_torch_and_keeps_the_public_names_functions():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, inspect, amc_data.prepare.coco, amc_data.prepare.clickture, amc_data; "
+        "print(inspect.isfunction(amc_data.prepare_coco), inspect.isfunction("
+        "amc_data.prepare_clickture), inspect.isfunction(amc_data.load_prepared), "
+        "'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True", "False"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,37 @@ def test_check_file_details(tmp_path):
     assert fast.status is FileStatus.NOT_HASHED and fast.actual is None
 
 
+@pytest.mark.parametrize("kind", ["folder", "symlink loop"])
+def test_unreadable_file_is_a_status_not_a_traceback(tmp_path, kind):
+    path = tmp_path / "data" / "v" / "good.bin"
+    path.parent.mkdir(parents=True)
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path)  # stat() fails with "too many levels of symbolic links"
+    assert statuses(tmp_path)["good.bin"] is FileStatus.UNREADABLE
+    args = ["--data-dir", str(tmp_path / "data"), "--manifest", str(manifest(tmp_path))]
+    for command in ("verify", "info"):
+        result = invoke(command, *args)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            result.output  # a clean exit, not an exception
+        )
+        [row] = [line for line in result.stdout.splitlines() if "good.bin" in line]
+        assert "unreadable" in row
+    assert invoke("verify", *args).exit_code == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_permission_denied_is_unreadable(tmp_path):
+    path = place(tmp_path, "good.bin", DATA)
+    path.chmod(0)
+    try:
+        report = check_file("v", path, FileChecksum(size=len(DATA), sha256=SHA))
+    finally:
+        path.chmod(0o600)
+    assert report.status is FileStatus.UNREADABLE and "ermission" in report.detail
+
+
 def test_info_reports_folders_and_states(tmp_path):
     place(tmp_path, "good.bin", DATA)
     report = info(data_dir=tmp_path / "data", manifest_paths=[manifest(tmp_path)])
@@ -113,7 +145,7 @@ def test_cli_fetch_table_and_exit_codes(tmp_path, server):
     assert lines[0].split() == ["file", "size", "outcome"]
     assert any(line.split()[::3] == ["v/good.bin", "downloaded"] for line in lines)
     assert any("v/free.bin" in line and "recorded" in line for line in lines)
-    assert "amc-data.lock.json" in result.stdout
+    assert "checksums.json" in result.stdout
     again = invoke("fetch", *common, "--quiet")
     assert again.exit_code == 0 and again.stdout == ""
     # A failure: exit 1, the table says failed, the reason and a summary go to stderr.

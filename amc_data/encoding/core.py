@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from ..archive.reader import Archive
+from ..archive import Archive
 from ..datadir import dataset_dir
 from ..errors import AmcDataError, ArchiveError, ConfigError, InputError
 from ..machine import cpu_count, release_memory

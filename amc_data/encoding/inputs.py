@@ -19,8 +19,14 @@ from typing import Literal
 
 import numpy as np
 
-from ..archive.reader import Archive, MemberLayout, ZipArchive, find_layout, open_archive
-from ..archive.zipindex import name_keys
+from ..archive import (
+    Archive,
+    MemberLayout,
+    ZipArchive,
+    find_layout,
+    open_archive,
+    repeated_rows,
+)
 from ..errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -181,9 +187,9 @@ def _member_folder(dataset: str, split: str) -> str:
     return f"keywords_{split}" if dataset == "clickture" else f"keyword_{split}"
 
 
-def _member_names(head: str, stems: np.ndarray) -> np.ndarray:
-    """`head + stem + ".json"` for each stem, as UTF-8 bytes."""
-    return np.char.add(np.char.add(head.encode("utf-8"), stems), b".json")
+def _member_names(layout: MemberLayout, folder: str, stems: np.ndarray) -> np.ndarray:
+    """The members holding `<folder>/<stem>.json` under `layout`, as UTF-8 bytes."""
+    return layout.names(folder, np.char.add(stems, b".json"))
 
 
 class _Planner:
@@ -224,8 +230,7 @@ class _Planner:
             archive = self.archives[archive_of[split]]
             folder = _member_folder(self.dataset, split)
             layout = self.layout(archive, folder, found.stems[rows])
-            head = layout.prefix + ("" if layout.strip_first_folder else f"{folder}/")
-            split_names = _member_names(head, found.stems[rows])
+            split_names = _member_names(layout, folder, found.stems[rows])
             if split_names.dtype.itemsize > names.dtype.itemsize:
                 names = names.astype(split_names.dtype)
             names[rows] = split_names
@@ -277,23 +282,6 @@ def _read_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return lines.astype("S1") if lines.size == 0 else lines, numbers
 
 
-def _repeats(lines: np.ndarray) -> set[int]:
-    """Rows whose line equals an earlier one. Only lines whose hash key occurs more than once
-    are compared, so a million distinct lines cost one hash and one integer sort."""
-    keys = name_keys(lines)
-    sorted_keys = np.sort(keys)
-    shared = np.unique(sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]])
-    first_seen: dict[bytes, int] = {}
-    repeats = set()
-    for row in np.flatnonzero(np.isin(keys, shared)).tolist():
-        line = bytes(lines[row])
-        if line in first_seen:
-            repeats.add(row)
-        else:
-            first_seen[line] = row
-    return repeats
-
-
 def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
     """One candidate per list line; image id `int(line.split("/")[-1])`, as the scripts did.
 
@@ -307,7 +295,7 @@ def _list_candidates(path: Path, split: str, planner: _Planner) -> _Candidates:
         tails = np.array([line.rpartition(b"/")[2] for line in lines.tolist()], dtype=bytes)
     # An id is 1 to 18 ASCII digits (18 fit an int64); a repeated line is a problem too.
     bad_id = ~np.char.isdigit(tails) | (np.char.str_len(tails) > 18)
-    problems = set(np.flatnonzero(bad_id).tolist()) | _repeats(lines)
+    problems = set(np.flatnonzero(bad_id).tolist()) | set(repeated_rows(lines).tolist())
     folder = _member_folder(planner.dataset, split)
     for row in sorted(problems):
         line = bytes(lines[row]).decode("utf-8")
@@ -429,8 +417,7 @@ def _absent_splits(planner: _Planner, found: _Candidates) -> tuple[str, ...]:
             continue
         folder = _member_folder("coco", split)
         layout = planner.layout(archive, folder, stems)
-        head = layout.prefix + ("" if layout.strip_first_folder else f"{folder}/")
-        if (archive.locations(_member_names(head, stems))[:, 2] < 0).all():
+        if (archive.locations(_member_names(layout, folder, stems))[:, 2] < 0).all():
             log.warning("%s has no %s/ files: its %d images are left out.",
                         archive.path, folder, stems.size)  # fmt: skip
             absent.append(split)

@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..archive.reader import load_id_map, open_archive
-from ..archive.zipindex import is_junk
+from ..archive import load_id_map, open_archive
+from ..archive.members import is_junk
 from ..errors import ArchiveError, InputError
 from ..machine import pread
 from .deps import require_pillow

@@ -1,5 +1,5 @@
-"""Checksums: the one streaming hasher, one-pass file verification, and the pure decision of what
-to do with a file (already here, download afresh, or resume a partial download).
+"""Checksums: the one streaming hasher, one-pass file verification (with its progress bar), and
+the pure decision of what to do with a partial download (start afresh, or continue it).
 
 Two kinds of checksum are supported: sha256, and git's blob sha1
 (`sha1(b"blob <size>\\0" + data)`), which verifies files whose size and sha256 nobody published
@@ -13,10 +13,11 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from ..progress import progress_bar
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar
 
@@ -27,7 +28,7 @@ ChecksumSource = Literal["manifest", "recorded", "none"]
 class FileChecksum:
     """What a file is expected to be. Any field may be unknown (None).
 
-    `source` says where the values came from: the manifest, the lock file's record of a first
+    `source` says where the values came from: the manifest, the checksum record of a first
     download ("recorded"), or nowhere ("none": the file cannot be verified yet).
     """
 
@@ -120,24 +121,31 @@ def hash_file(
     *,
     git_blob_sha1: bool = True,
     hasher: StreamHasher | None = None,
-    on_bytes: Callable[[int], None] | None = None,
+    progress: bool = False,
+    position: int | None = None,
 ) -> Digests:
     """Hash a file in one pass (sha256, plus git blob sha1 unless `git_blob_sha1` is false).
 
     With `hasher`, the file's bytes are fed into that hasher (used to take up a partial download
-    where it stopped) and its digests are returned. `on_bytes` is called with each chunk's length
-    (for a progress bar).
+    where it stopped) and its digests are returned. With `progress`, a "checking <name>" bar is
+    drawn (at row `position` when several run at once).
     """
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         if hasher is None:
-            size = os.fstat(fh.fileno()).st_size
             hasher = StreamHasher(git_size=size if git_blob_sha1 else None)
         buffer = bytearray(CHUNK_SIZE)
         view = memoryview(buffer)
-        while n := fh.readinto(buffer):
-            hasher.update(view[:n])
-            if on_bytes is not None:
-                on_bytes(n)
+        with progress_bar(
+            total=size,
+            desc=f"checking {Path(path).name}",
+            enabled=progress and size > 0,
+            position=position,
+            bytes_units=True,
+        ) as bar:
+            while n := fh.readinto(buffer):
+                hasher.update(view[:n])
+                bar.update(n)
     return hasher.digests()
 
 
@@ -159,24 +167,21 @@ def mismatch(expected: FileChecksum, actual: Digests) -> str | None:
 
 
 class Action(enum.Enum):
-    """What to do about one file."""
+    """What to do about a partial download."""
 
-    PRESENT = "present"  # the file at its final name is verified: nothing to do
     DOWNLOAD = "download"  # fetch from byte 0 (any partial download is discarded)
     RESUME = "resume"  # continue the partial download from the bytes it holds
 
 
-def decide(*, final_verified: bool, partial_bytes: int, expected_size: int | None) -> Action:
-    """Pure decision for one file, from what is on disk.
+def decide(*, partial_bytes: int, expected_size: int | None, resumable: bool) -> Action:
+    """Pure decision for a partial download, from what is on disk.
 
-    `final_verified`: the file at its final name exists and matches what is expected.
-    `partial_bytes`: bytes held by the partial download beside it (0 when there is none).
-    A partial at least as large as the expected size cannot be continued (it is complete but was
-    never verified, or it is wrong): it is downloaded afresh.
+    `partial_bytes`: bytes the partial holds (0 when there is none). `resumable`: the partial
+    was started from this source and a validator was kept that lets the server prove the file
+    has not changed since. A partial at least as large as the expected size cannot be continued
+    (it is complete but was never verified, or it is wrong): it is downloaded afresh.
     """
-    if final_verified:
-        return Action.PRESENT
-    if partial_bytes <= 0:
+    if partial_bytes <= 0 or not resumable:
         return Action.DOWNLOAD
     if expected_size is not None and partial_bytes >= expected_size:
         return Action.DOWNLOAD

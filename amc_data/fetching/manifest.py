@@ -1,5 +1,5 @@
-"""Manifests (where each file of a dataset comes from and what it must be) and the lock file (the
-size and sha256 recorded on first download for files whose manifest has none).
+"""Manifests (where each file of a dataset comes from and what it must be) and the checksum record
+(the size and sha256 recorded on first download for files whose manifest has none).
 
 A manifest is a TOML file, one per dataset:
 
@@ -12,8 +12,10 @@ A manifest is a TOML file, one per dataset:
     git_blob_sha1 = "..."        # optional
     note = "..."                 # optional, shown by `amc-data info`
 
-The lock file, `<data-dir>/<dataset>/amc-data.lock.json`, holds what amc-data recorded for files
-the manifest gives no hash for; later runs and `verify` hold those files to it.
+The checksum record, `<data-dir>/<dataset>/checksums.json`, holds what amc-data recorded for
+files the manifest gives no hash for; later runs and `verify` hold those files to it. Earlier
+versions called it `amc-data.lock.json`: that name is still read, and `fetch` moves its records
+into `checksums.json`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import os
 import re
 import tempfile
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from filelock import FileLock, Timeout
 
@@ -39,12 +42,15 @@ from .checksums import FileChecksum
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE_NAME = "amc-data.lock.json"
-LOCK_FORMAT = 1
-LOCK_WAIT_S = 60.0  # writers hold the lock file's guard for milliseconds; a minute means trouble
+CHECKSUMS_FILE_NAME = "checksums.json"
+LEGACY_CHECKSUMS_FILE_NAME = "amc-data.lock.json"  # its earlier name: read, then migrated
+LOCK_FILE_NAME = CHECKSUMS_FILE_NAME  # the old constant's name, kept importable for now
+CHECKSUMS_FORMAT = 1
+GUARD_WAIT_S = 60.0  # writers hold the record's guard for milliseconds; a minute means trouble
 
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole name: fullmatch
 _HEX = {"sha256": 64, "git_blob_sha1": 40}
+_RESERVED_NAMES = (CHECKSUMS_FILE_NAME, LEGACY_CHECKSUMS_FILE_NAME)
 _TOP_KEYS = {"name", "description", "note", "files"}
 _FILE_KEYS = {"name", "urls", "size", "sha256", "git_blob_sha1", "note"}
 
@@ -125,7 +131,7 @@ def _validate(raw: Mapping[str, Any], source: str, bundled: bool) -> Manifest:
         allowed = ", ".join(sorted(_TOP_KEYS))
         raise _fail(source, unknown[0], f"unknown key (allowed at the top level: {allowed})")
     name = raw.get("name")
-    if not isinstance(name, str) or not _DATASET_NAME.match(name):
+    if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
         raise _fail(
             source,
             "name",
@@ -162,23 +168,24 @@ def _validate_file(item: Any, where: str, source: str) -> FileEntry:
     if (
         not isinstance(name, str)
         or not name
+        or not name.isprintable()  # a NUL or a control character
         or name.startswith(".")
         or "/" in name
         or "\\" in name
-        or name == LOCK_FILE_NAME
+        or name in _RESERVED_NAMES
         or len(name) > 200
     ):
         raise _fail(
             source,
             f"{where}.name",
-            "expected a plain file name (no folders, not starting with '.', not "
-            f"{LOCK_FILE_NAME!r}), found {name!r}",
+            "expected a plain file name (printable characters, no folders, not starting with '.', "
+            f"not {' or '.join(map(repr, _RESERVED_NAMES))}), found {name!r}",
         )
     urls = item.get("urls")
     if not isinstance(urls, list) or not urls:
         raise _fail(source, f"{where}.urls", "expected a non-empty list of http(s) URLs")
     for j, url in enumerate(urls):
-        parts = urlsplit(url) if isinstance(url, str) else None
+        parts = _url_parts(url)
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise _fail(source, f"{where}.urls[{j}]", f"expected an http(s) URL, found {url!r}")
     size = item.get("size")
@@ -202,6 +209,16 @@ def _validate_file(item: Any, where: str, source: str) -> FileEntry:
         git_blob_sha1=hashes["git_blob_sha1"],
         note=_optional_str(item, "note", f"{where}.note", source),
     )
+
+
+def _url_parts(url: object) -> SplitResult | None:
+    """The parts of a URL written as one printable word, else None."""
+    if not isinstance(url, str) or not url.isprintable() or " " in url:
+        return None
+    try:
+        return urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
 
 
 def _optional_str(raw: Mapping[str, Any], key: str, where: str, source: str) -> str | None:
@@ -269,7 +286,7 @@ def resolve_manifests(
     return [available[name] for name in wanted]
 
 
-# --------------------------------------------------------------------------- lock file
+# --------------------------------------------------------------------------- checksum record
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -288,73 +305,112 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def lock_file_path(dataset_folder: Path) -> Path:
-    """Where a dataset folder's lock file lives."""
-    return Path(dataset_folder) / LOCK_FILE_NAME
+def checksums_path(dataset_folder: str | os.PathLike[str]) -> Path:
+    """Where a dataset folder's checksum record lives."""
+    return Path(dataset_folder) / CHECKSUMS_FILE_NAME
 
 
-def read_lock(dataset_folder: str | os.PathLike[str]) -> dict[str, FileChecksum]:
-    """The recorded checksums of a dataset folder, by file name (empty when none was recorded)."""
-    records = _read_records(lock_file_path(Path(dataset_folder)))
+def read_checksums(dataset_folder: str | os.PathLike[str]) -> dict[str, FileChecksum]:
+    """The recorded checksums of a dataset folder, by file name (empty when none was recorded).
+    Records still under the legacy name `amc-data.lock.json` are read too."""
+    records = _read_all(Path(dataset_folder))
     return {
         name: FileChecksum(size=rec["size"], sha256=rec["sha256"], source="recorded")
         for name, rec in records.items()
     }
 
 
+read_lock = read_checksums  # the old name, kept importable for now
+
+
+def _read_all(folder: Path) -> dict[str, dict[str, Any]]:
+    """The records of `checksums.json`, over those of the legacy file (a record in the new file
+    wins)."""
+    legacy = _read_records(folder / LEGACY_CHECKSUMS_FILE_NAME)
+    return {**legacy, **_read_records(checksums_path(folder))}
+
+
 def _read_records(path: Path) -> dict[str, dict[str, Any]]:
-    """The lock file's `files` table as stored, every key kept (empty when there is no lock
-    file). A malformed lock file is a ManifestError, never silently overwritten."""
+    """A checksum file's `files` table as stored, every key kept (empty when there is no such
+    file). A malformed file is a ManifestError, never silently overwritten."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
         raise ManifestError(
-            f"The lock file {path} cannot be read ({exc}). It holds the checksums recorded on "
-            "first download; delete it to record them again on the next `amc-data fetch`."
+            f"The checksum record {path} cannot be read ({exc}). It holds the checksums recorded "
+            "on first download; delete it to record them again on the next `amc-data fetch`."
         ) from exc
     files = raw.get("files") if isinstance(raw, dict) else None
     if not isinstance(files, dict):
         raise ManifestError(
-            f"The lock file {path} has no `files` table. Delete it to record the checksums "
+            f"The checksum record {path} has no `files` table. Delete it to record the checksums "
             "again on the next `amc-data fetch`."
         )
     for name, rec in files.items():
         size, sha256 = (rec.get("size"), rec.get("sha256")) if isinstance(rec, dict) else (0, 0)
         if not isinstance(size, int) or not isinstance(sha256, str) or len(sha256) != 64:
             raise ManifestError(
-                f"The lock file {path} has a malformed record for {name!r} (expected `size` and "
-                f"`sha256`, found {rec!r}). Delete the record or the file to record it again."
+                f"The checksum record {path} has a malformed record for {name!r} (expected "
+                f"`size` and `sha256`, found {rec!r}). Delete the record or the file to record "
+                "it again."
             )
     return files
+
+
+@contextmanager
+def _guarded(folder: Path) -> Iterator[None]:
+    """Hold the checksum record's guard: one writer at a time, across threads and processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(folder / f".{CHECKSUMS_FILE_NAME}.lock", timeout=GUARD_WAIT_S):
+            yield
+    except Timeout as exc:
+        raise LockTimeoutError(
+            f"Waited {GUARD_WAIT_S:.0f} s to update {checksums_path(folder)}; another amc-data "
+            "process holds it. Try again when it is done."
+        ) from exc
+
+
+def _write_all(folder: Path, records: dict[str, dict[str, Any]]) -> None:
+    """Write every record to `checksums.json`, then retire the legacy file (its records are
+    all in the new one by then)."""
+    body = {"format": CHECKSUMS_FORMAT, "files": dict(sorted(records.items()))}
+    atomic_write_bytes(checksums_path(folder), (json.dumps(body, indent=2) + "\n").encode("utf-8"))
+    legacy = folder / LEGACY_CHECKSUMS_FILE_NAME
+    if legacy.exists():
+        legacy.unlink()
+        log.info("moved the records of %s into %s", legacy, CHECKSUMS_FILE_NAME)
 
 
 def record_checksum(
     dataset_folder: str | os.PathLike[str], name: str, size: int, sha256: str, origin: str
 ) -> None:
-    """Record a file's size and sha256 in the dataset folder's lock file (atomic; safe against
-    parallel jobs and other processes). `origin` says where the file came from."""
+    """Record a file's size and sha256 in the dataset folder's checksum record (atomic; safe
+    against parallel jobs and other processes). `origin` says where the file came from."""
     folder = Path(dataset_folder)
-    path = lock_file_path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(folder / f".{LOCK_FILE_NAME}.lock", timeout=LOCK_WAIT_S):
-            records = _read_records(path)  # other records keep every key they have
-            records[name] = {
-                "size": size,
-                "sha256": sha256,
-                "origin": origin,
-                "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            }
-            body = {"format": LOCK_FORMAT, "files": dict(sorted(records.items()))}
-            atomic_write_bytes(path, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
-    except Timeout as exc:
-        raise LockTimeoutError(
-            f"Waited {LOCK_WAIT_S:.0f} s for the lock of {path}; another amc-data process holds "
-            "it. Try again when it is done."
-        ) from exc
+    with _guarded(folder):
+        records = _read_all(folder)  # other records keep every key they have
+        records[name] = {
+            "size": size,
+            "sha256": sha256,
+            "origin": origin,
+            "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        _write_all(folder, records)
     log.info("recorded %s: %d bytes, sha256 %s", name, size, sha256)
+
+
+def migrate_checksums(dataset_folder: str | os.PathLike[str]) -> None:
+    """Move the records of a legacy `amc-data.lock.json` into `checksums.json` (nothing to do
+    when there is no legacy file)."""
+    folder = Path(dataset_folder)
+    if not (folder / LEGACY_CHECKSUMS_FILE_NAME).exists():
+        return
+    with _guarded(folder):
+        if (folder / LEGACY_CHECKSUMS_FILE_NAME).exists():  # another process may have done it
+            _write_all(folder, _read_all(folder))
 
 
 def expected_checksums(
@@ -362,11 +418,11 @@ def expected_checksums(
 ) -> dict[str, FileChecksum]:
     """What each file of `manifest` must be in `dataset_folder`, without hashing anything.
 
-    Manifest values win; values the manifest lacks come from the lock file's record. `source` is
+    Manifest values win; values the manifest lacks come from the checksum record. `source` is
     "manifest" when the manifest gives any value, "recorded" when only the record does, "none"
     when nothing is known yet (the file cannot be verified).
     """
-    records = read_lock(dataset_folder)
+    records = read_checksums(dataset_folder)
     result: dict[str, FileChecksum] = {}
     for entry in manifest.files:
         own = entry.checksum

@@ -1,4 +1,4 @@
-"""`verify` and `info`: what is on disk, held to the manifests and the lock file.
+"""`verify` and `info`: what is on disk, held to the manifests and the checksum record.
 
 Both return data (frozen dataclasses); the CLI formats them.
 """
@@ -8,13 +8,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Callable, Iterable
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from ..datadir import resolve_data_dir
-from ..progress import progress_bar
 from .checksums import Digests, FileChecksum, hash_file, mismatch
 from .manifest import Manifest, expected_checksums, resolve_manifests
 
@@ -30,11 +30,17 @@ class FileStatus(enum.Enum):
     HASH_MISMATCH = "hash mismatch"
     UNVERIFIABLE = "unverifiable"  # present, but no hash is known (never fetched by amc-data)
     NOT_HASHED = "present"  # present with the right size; not hashed (info's fast mode)
+    UNREADABLE = "unreadable"  # there, but not a readable file (a folder, no permission, a loop)
 
     @property
     def failed(self) -> bool:
         """True for the states `verify` exits non-zero on."""
-        return self in (FileStatus.MISSING, FileStatus.SIZE_MISMATCH, FileStatus.HASH_MISMATCH)
+        return self in (
+            FileStatus.MISSING,
+            FileStatus.SIZE_MISMATCH,
+            FileStatus.HASH_MISMATCH,
+            FileStatus.UNREADABLE,
+        )
 
 
 @dataclass(frozen=True)
@@ -74,15 +80,22 @@ def check_file(
     expected: FileChecksum,
     *,
     hash_it: bool = True,
-    on_bytes: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> FileReport:
     """Hold one file to `expected`. Sizes are compared first, so a truncated file is caught
-    without reading it; with `hash_it` false, a file of the right size is NOT_HASHED."""
+    without reading it; with `hash_it` false, a file of the right size is NOT_HASHED. A path
+    that cannot be read as a file is UNREADABLE, with the reason in `detail`."""
     report = partial(FileReport, dataset, path.name, path, expected=expected)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         return report(FileStatus.MISSING, detail="not there; run `amc-data fetch`")
+    except OSError as exc:
+        return report(FileStatus.UNREADABLE, detail=_unreadable(exc))
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        return report(FileStatus.UNREADABLE, detail=f"{kind} where the file should be")
+    size = info.st_size
     if expected.size is not None and size != expected.size:
         return report(
             FileStatus.SIZE_MISMATCH,
@@ -98,10 +111,19 @@ def check_file(
             detail="no hash is known for it (the manifest gives none and none was recorded); "
             "`amc-data fetch` records one",
         )
-    digests = hash_file(path, git_blob_sha1=expected.git_blob_sha1 is not None, on_bytes=on_bytes)
+    try:
+        digests = hash_file(
+            path, git_blob_sha1=expected.git_blob_sha1 is not None, progress=progress
+        )
+    except OSError as exc:
+        return report(FileStatus.UNREADABLE, size=size, detail=_unreadable(exc))
     problem = mismatch(expected, digests)
     status = FileStatus.OK if problem is None else FileStatus.HASH_MISMATCH
     return report(status, actual=digests, size=size, detail=problem)
+
+
+def _unreadable(exc: OSError) -> str:
+    return f"cannot be read: {exc.strerror or exc}"
 
 
 def _check_manifest(
@@ -112,16 +134,11 @@ def _check_manifest(
     reports = []
     for entry in manifest.files:
         path = folder / entry.name
-        total = path.stat().st_size if hash_it and path.is_file() else 0
-        with progress_bar(
-            total=total, desc=f"checking {entry.name}", enabled=progress and total > 0,
-            bytes_units=True,
-        ) as bar:  # fmt: skip
-            reports.append(
-                check_file(
-                    manifest.name, path, expected[entry.name], hash_it=hash_it, on_bytes=bar.update
-                )
+        reports.append(
+            check_file(
+                manifest.name, path, expected[entry.name], hash_it=hash_it, progress=progress
             )
+        )
         log.info("%s/%s: %s", manifest.name, entry.name, reports[-1].status.value)
     return tuple(reports)
 
@@ -134,7 +151,7 @@ def verify(
     progress: bool = False,
 ) -> list[FileReport]:
     """Re-hash every file of the named datasets (all bundled ones when none is named) against
-    its manifest and the lock file. One report per file, in manifest order."""
+    its manifest and the checksum record. One report per file, in manifest order."""
     root = resolve_data_dir(data_dir)
     reports: list[FileReport] = []
     for manifest in resolve_manifests(datasets, manifest_paths):

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import scipy.sparse
 
@@ -47,7 +49,7 @@ from .common import (
     open_features,
     shown,
 )
-from .format import read_keyword_vocabulary, write_prepared
+from .format import SPLITS, read_keyword_vocabulary, unique_ids, write_prepared
 from .queries import fit_query_vocabulary
 
 __all__ = [
@@ -125,11 +127,23 @@ class ClicktureConfig:
 
 
 # -- reading the TSV files ---------------------------------------------------------------------
+def _numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(array.to_numpy(zero_copy_only=False))
+
+
+def _examples(table: pa.Table, mask: np.ndarray, column: str) -> list[str]:
+    """`line N: 'value'` for the first few rows of `mask`."""
+    rows = table.take(pa.array(np.flatnonzero(mask)[:EXAMPLES]))
+    pairs = zip(rows["line"].to_pylist(), rows[column].to_pylist(), strict=True)
+    return [f"line {n}: {value!r}" for n, value in pairs]
+
+
 def _read_tsv(
     path: Path, layout: TsvLayout, what: str, option: str, problems: Problems
-) -> pd.DataFrame:
-    """The named columns of a TSV file as strings, with `line` (1-based line number). Lines with
-    another number of fields are problems."""
+) -> pa.Table:
+    """The named columns of a TSV file as text, with `line` (its 1-based line number); blank
+    lines dropped, lines with another number of fields a problem. Read column-wise by Arrow:
+    a click log has tens of millions of lines."""
     names = [c if c not in _IGNORED else f"_ignored_{i}" for i, c in enumerate(layout.columns)]
     wanted = [c for c in layout.columns if c not in _IGNORED]
     bad: list[tuple[int | None, str, int]] = []
@@ -147,7 +161,7 @@ def _read_tsv(
                 column_names=names,
                 skip_rows=int(layout.header),
                 encoding=layout.encoding,
-                use_threads=False,
+                use_threads=False,  # invalid lines then come with their line numbers
             ),
             parse_options=pacsv.ParseOptions(
                 delimiter="\t",
@@ -157,7 +171,7 @@ def _read_tsv(
                 ignore_empty_lines=False,  # kept as rows (dropped below) so lines can be counted
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
+                column_types={n: pa.large_string() for n in names},
                 include_columns=wanted,
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
@@ -170,14 +184,14 @@ def _read_tsv(
             f"Cannot read the {what} {path} as {layout.encoding} tab-separated text ({exc}). "
             f"Pass its encoding with --encoding (for example latin-1)."
         ) from exc
-    frame = table.to_pandas()
     # Line numbers: the rows (blank lines included) fill the lines the invalid ones left.
     invalid_lines = np.array(sorted(n for n, _, _ in bad if n is not None), dtype=np.int64)
     first = 1 + int(layout.header)
-    lines = np.arange(first, first + len(frame) + invalid_lines.size, dtype=np.int64)
-    frame["line"] = np.setdiff1d(lines, invalid_lines, assume_unique=True)[: len(frame)]
-    blank = np.logical_and.reduce([(frame[c].fillna("") == "").to_numpy() for c in wanted])
-    frame = frame.loc[~blank].reset_index(drop=True)
+    lines = np.arange(first, first + table.num_rows + invalid_lines.size, dtype=np.int64)
+    lines = np.setdiff1d(lines, invalid_lines, assume_unique=True)[: table.num_rows]
+    table = table.append_column("line", pa.array(lines))
+    blank = np.logical_and.reduce([_numpy(pc.equal(table[c], "")) for c in wanted])
+    table = table.filter(pa.array(~blank))
     examples = [f"line {n}: {text[:60]!r} ({k} fields)" for n, text, k in bad]
     problems.report(
         f"{what}: lines with {len(layout.columns)} fields expected",
@@ -187,16 +201,18 @@ def _read_tsv(
         f"({', '.join(layout.columns)}): {shown(examples, len(bad))}. If the file has other "
         f"columns, describe them with {option}.",
     )
-    if frame.empty:
+    if table.num_rows == 0:
         raise InputError(f"The {what} {path} holds no line with {', '.join(layout.columns)}.")
-    return frame
+    return table
 
 
-def _column_hint(frame: pd.DataFrame, layout: TsvLayout, numeric: str, option: str) -> str:
+def _column_hint(table: pa.Table, layout: TsvLayout, numeric: str, option: str) -> str:
     """Where the numbers seem to be, when not in the column named `numeric`."""
-    head = frame.head(200)
-    for name in head.columns:
-        if name not in (numeric, "line") and head[name].str.fullmatch(r"\d+").all():
+    head = table.slice(0, 200)
+    for name in head.column_names:
+        if name in (numeric, "line"):
+            continue
+        if _numpy(pc.match_substring_regex(head[name], r"^[0-9]+$")).all():
             columns = [
                 numeric if c == name else (name if c == numeric else c) for c in layout.columns
             ]
@@ -247,115 +263,178 @@ def _load_key_map(path: Path) -> pd.Series:
 
 
 def _map_keys(
-    frame: pd.DataFrame, key_map: pd.Series, path: Path, map_path: Path, problems: Problems
-) -> pd.DataFrame:
-    codes, uniques = pd.factorize(frame["key"])
-    mapped = key_map.reindex(uniques)
-    ids = mapped.to_numpy(dtype=np.float64)[codes]
-    unknown = np.isnan(ids)
+    table: pa.Table, key_map: pd.Series, path: Path, map_path: Path, problems: Problems
+) -> pa.Table:
+    """`table` less the lines whose key the map lacks (a problem), with an `img_id` column."""
+    keys = pc.dictionary_encode(table["key"].combine_chunks())
+    where = key_map.index.get_indexer(keys.dictionary.to_pandas())
+    known = where >= 0
+    per_key = np.where(known, key_map.to_numpy()[where], -1)
+    ids = per_key[_numpy(keys.indices)]
+    unknown = ids < 0
     if unknown.any():
-        rows = frame.loc[unknown]
-        examples = [
-            f"line {n}: {k!r}"
-            for n, k in zip(rows["line"][:EXAMPLES], rows["key"][:EXAMPLES], strict=True)
-        ]
+        examples = _examples(table, unknown, "key")
         problems.report(
             f"{path.name}: unknown image keys",
             int(unknown.sum()),
             examples,
             f"{int(unknown.sum()):,} lines of {path} name an image key that {map_path} does not "
-            f"map ({int(np.isnan(mapped.to_numpy(np.float64)).sum()):,} distinct keys): "
+            f"map ({int((~known).sum()):,} distinct keys): "
             f"{shown(examples, int(unknown.sum()))}. Check that the id map belongs to this file "
             "(img_id_map.pkl: Lite; img_id_map_dev.pkl: dev).",
         )
-    frame = frame.loc[~unknown].copy()
-    frame["img_id"] = ids[~unknown].astype(np.int64)
-    return frame
+    ids = ids[~unknown]
+    if ids.size and int(ids.max()) >= DEV_ID_OFFSET:
+        raise InputError(
+            f"{map_path} maps an image to id {int(ids.max()):,}, but the prepared folder puts "
+            f"dev images at ids from {DEV_ID_OFFSET:,} up, so ids must stay below that. "
+            "Check the id map."
+        )
+    return table.filter(pa.array(~unknown)).append_column("img_id", pa.array(ids))
 
 
-def normalize_query(texts: pd.Series) -> pd.Series:
-    """How queries are compared between train and dev: stripped, lower-case, runs of white
-    space made one space."""
-    return texts.str.strip().str.lower().str.replace(r"\s+", " ", regex=True)
+def normalize_query(texts: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """How queries are compared between train and dev: lower-case, runs of white space made
+    one space, no white space at either end."""
+    collapsed = pc.replace_substring_regex(pc.utf8_lower(texts), r"\s+", " ")
+    return pc.utf8_trim_whitespace(collapsed)
 
 
-def split_dev_queries(queries: pd.Series, val_fraction: float, seed: int) -> np.ndarray:
+def split_dev_queries(
+    queries: Sequence[str] | pa.Array, val_fraction: float, seed: int
+) -> np.ndarray:
     """`"val"` or `"test"` for each distinct dev query: the queries are ordered by the sha256 of
     `"<seed>\\0<normalised query>"` and the first `round(val_fraction * n)` go to val. The
     split depends on the query texts alone (not on file order), and a seed gives another."""
-    normalized = normalize_query(queries)
+    texts = queries if isinstance(queries, pa.Array) else pa.array(list(queries), pa.string())
+    normalized = normalize_query(texts).to_pylist()
     keys = [hashlib.sha256(f"{seed}\0{q}".encode()).digest() for q in normalized]
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    split = np.full(len(keys), "test", dtype=object)
+    split = np.full(len(keys), "test", dtype="<U5")
     split[order[: round(val_fraction * len(keys))]] = "val"
-    return split.astype(str)
+    return split
 
 
 # -- the two inputs ----------------------------------------------------------------------------
-def _without_empty_queries(
-    frame: pd.DataFrame, path: Path, what: str, problems: Problems
-) -> pd.DataFrame:
-    """`frame` with its queries stripped, less the lines whose query is empty (a problem)."""
-    frame = frame.assign(query=frame["query"].str.strip())
-    empty = (frame["query"] == "").to_numpy()
-    lines = frame.loc[empty, "line"].tolist()
-    problems.report(
-        f"{what}: empty queries",
-        len(lines),
-        lines[:EXAMPLES],
-        f"{len(lines):,} lines of {path} have an empty query (lines {shown(lines, len(lines))}).",
-    )
-    return frame.loc[~empty]
+@dataclass(frozen=True)
+class _Judged:
+    """Judgments read from one file, one row per (query, image) pair, as numpy columns; each
+    distinct query text once, in order of first appearance."""
+
+    query: np.ndarray  # (n,) int64: index into texts
+    img_id: np.ndarray  # (n,) int64
+    label: np.ndarray  # (n,) int64
+    texts: pa.Array  # distinct queries
+
+    def __len__(self) -> int:
+        return self.query.size
+
+    def keep(self, rows: np.ndarray) -> _Judged:
+        """Only the rows of mask `rows`; texts no row uses any more are dropped."""
+        query = self.query[rows]
+        used = np.zeros(len(self.texts), dtype=bool)
+        used[query] = True
+        renumber = np.cumsum(used) - 1
+        texts = self.texts.filter(pa.array(used))
+        return _Judged(renumber[query], self.img_id[rows], self.label[rows], texts)
+
+
+def _pairs(query: np.ndarray, img_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group rows by (query, image): the rows sorted by pair, where each group starts in that
+    order, and each group's first row in the file."""
+    pair = query.astype(np.int64) * DEV_ID_OFFSET + img_id  # img_id < DEV_ID_OFFSET
+    order = np.argsort(pair, kind="stable")
+    ordered = pair[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return order, starts, order[starts]
+
+
+def _queries(
+    table: pa.Table, path: Path, what: str, problems: Problems
+) -> tuple[pa.Table, np.ndarray, pa.Array]:
+    """Each line's query as a code into the distinct stripped query texts (in order of first
+    appearance); lines whose query is empty are a problem and left out."""
+    raw = pc.dictionary_encode(table["query"].combine_chunks())
+    # Strip the distinct texts, not every line: a click log repeats its queries many times.
+    stripped = pc.dictionary_encode(pc.utf8_trim_whitespace(raw.dictionary))
+    codes = _numpy(stripped.indices).astype(np.int64)[_numpy(raw.indices)]
+    texts = stripped.dictionary
+    empty_code = _numpy(pc.equal(texts, ""))
+    empty = empty_code[codes]
+    if empty.any():
+        lines = _numpy(table["line"])[empty].tolist()
+        problems.report(
+            f"{what}: empty queries",
+            len(lines),
+            lines[:EXAMPLES],
+            f"{len(lines):,} lines of {path} have an empty query (lines "
+            f"{shown(lines, len(lines))}).",
+        )
+        table, codes = table.filter(pa.array(~empty)), codes[~empty]
+    return table, codes, texts
+
+
+def _click_counts(
+    table: pa.Table, path: Path, layout: TsvLayout, problems: Problems
+) -> tuple[pa.Table, np.ndarray]:
+    """Each line's click count; lines whose count is not a whole number >= 0 are a problem and
+    left out."""
+    try:  # the common case, in one pass
+        counts = _numpy(pc.cast(table["clicks"], pa.int64()))
+        whole = counts >= 0
+    except pa.ArrowInvalid:
+        text = pc.utf8_trim_whitespace(table["clicks"])
+        whole = _numpy(pc.match_substring_regex(text, r"^[0-9]{1,18}$"))
+        counts = np.zeros(table.num_rows, dtype=np.int64)
+        counts[whole] = _numpy(pc.cast(text.filter(pa.array(whole)), pa.int64()))
+    if not whole.all():
+        examples = _examples(table, ~whole, "clicks")
+        problems.report(
+            "click log: click counts that are not whole numbers >= 0",
+            int((~whole).sum()),
+            examples,
+            f"{int((~whole).sum()):,} lines of {path} have a click count that is not a whole "
+            f"number >= 0: {shown(examples, int((~whole).sum()))}.",
+            hint=_column_hint(table, layout, "clicks", "--clicks-columns"),
+        )
+        table, counts = table.filter(pa.array(whole)), counts[whole]
+    return table, counts
 
 
 def _clicks(
     path: Path, key_map: pd.Series, map_path: Path, config: ClicktureConfig, problems: Problems
-) -> tuple[pd.DataFrame, list[str]]:
+) -> tuple[_Judged, list[str]]:
     layout = config.clicks_layout
-    frame = _read_tsv(path, layout, "click log", "--clicks-columns", problems)
-    clicks = pd.to_numeric(frame["clicks"], errors="coerce")
-    bad = (clicks.isna() | (clicks < 0) | (clicks != clicks.round())).to_numpy()
-    if bad.any():
-        rows = frame.loc[bad]
-        examples = [
-            f"line {n}: {c!r}"
-            for n, c in zip(rows["line"][:EXAMPLES], rows["clicks"][:EXAMPLES], strict=True)
-        ]
-        problems.report(
-            "click log: click counts that are not whole numbers >= 0",
-            int(bad.sum()),
-            examples,
-            f"{int(bad.sum()):,} lines of {path} have a click count that is not a whole number "
-            f">= 0: {shown(examples, int(bad.sum()))}.",
-            hint=_column_hint(frame, layout, "clicks", "--clicks-columns"),
-        )
-    frame = frame.loc[~bad].assign(clicks=clicks[~bad].astype(np.int64))
-    frame = _without_empty_queries(frame, path, "click log", problems)
-    frame = _map_keys(frame, key_map, path, map_path, problems)
+    table = _read_tsv(path, layout, "click log", "--clicks-columns", problems)
+    table, clicks = _click_counts(table, path, layout, problems)
+    table = table.append_column("count", pa.array(clicks))
+    table = _map_keys(table, key_map, path, map_path, problems)
+    table, query, texts = _queries(table, path, "click log", problems)
+    clicks, img_id = _numpy(table["count"]), _numpy(table["img_id"])
+    order, starts, first = _pairs(query, img_id)
+    sums = np.add.reduceat(clicks[order], starts) if starts.size else clicks[:0]
+    appear = np.argsort(first, kind="stable")  # pairs in the order the log first names them
     notes = []
-    grouped = frame.groupby(["query", "img_id"], sort=False, as_index=False).agg(
-        clicks=("clicks", "sum"), line=("line", "first")
-    )
-    if len(grouped) < len(frame):
+    if starts.size < query.size:
         notes.append(
-            f"{len(frame) - len(grouped):,} click-log lines repeat a (query, image) pair; their "
+            f"{query.size - starts.size:,} click-log lines repeat a (query, image) pair; their "
             "clicks were added up."
         )
-    return grouped, notes
+    judged = _Judged(query[first][appear], img_id[first][appear], sums[appear], texts)
+    return judged.keep(np.ones(len(judged), dtype=bool)), notes
 
 
 def _dev_labels(
     path: Path, key_map: pd.Series, map_path: Path, config: ClicktureConfig, problems: Problems
-) -> tuple[pd.DataFrame, list[str]]:
-    frame = _read_tsv(path, config.labels_layout, "dev judgments", "--labels-columns", problems)
-    grade = frame["grade"].str.strip().str.lower().map(GRADES)
-    unknown = grade.isna().to_numpy()
+) -> tuple[_Judged, list[str]]:
+    table = _read_tsv(path, config.labels_layout, "dev judgments", "--labels-columns", problems)
+    grade = pc.utf8_lower(pc.utf8_trim_whitespace(table["grade"]))
+    label = np.full(table.num_rows, -1, dtype=np.int64)
+    for name, value in GRADES.items():
+        label[_numpy(pc.equal(grade, name))] = value
+    unknown = label < 0
     if unknown.any():
-        rows = frame.loc[unknown]
-        examples = [
-            f"line {n}: {g!r}"
-            for n, g in zip(rows["line"][:EXAMPLES], rows["grade"][:EXAMPLES], strict=True)
-        ]
+        examples = _examples(table, unknown, "grade")
         problems.report(
             "dev judgments: unknown grades",
             int(unknown.sum()),
@@ -363,30 +442,37 @@ def _dev_labels(
             f"{int(unknown.sum()):,} lines of {path} have a grade other than Excellent, Good or "
             f"Bad: {shown(examples, int(unknown.sum()))}.",
         )
-    frame = frame.loc[~unknown].assign(label=grade[~unknown].astype(np.int32))
-    frame = _without_empty_queries(frame, path, "dev judgments", problems)
-    frame = _map_keys(frame, key_map, path, map_path, problems)
+        table = table.filter(pa.array(~unknown))
+        label = label[~unknown]
+    table = table.append_column("label", pa.array(label))
+    table = _map_keys(table, key_map, path, map_path, problems)
+    table, query, texts = _queries(table, path, "dev judgments", problems)
+    label, img_id = _numpy(table["label"]), _numpy(table["img_id"])
+    order, starts, first = _pairs(query, img_id)
+    lowest = np.minimum.reduceat(label[order], starts)
+    highest = np.maximum.reduceat(label[order], starts)
     notes = []
-    labels = frame.groupby(["query", "img_id"], sort=False)["label"]
-    conflicting = (labels.transform("nunique") > 1).to_numpy()
-    if conflicting.any():
-        rows = frame.loc[conflicting]
-        examples = [
-            f"line {n}: {q!r}"
-            for n, q in zip(rows["line"][:EXAMPLES], rows["query"][:EXAMPLES], strict=True)
-        ]
+    conflict = lowest != highest
+    if conflict.any():
+        boundary = np.zeros(query.size, dtype=bool)
+        boundary[starts] = True
+        group = np.empty(query.size, dtype=np.int64)
+        group[order] = np.cumsum(boundary) - 1
+        rows = conflict[group]
+        examples = _examples(table, rows, "query")
         problems.report(
             "dev judgments: conflicting grades",
-            int(conflicting.sum()),
+            int(rows.sum()),
             examples,
-            f"{int(conflicting.sum()):,} lines of {path} grade a (query, image) pair that another "
-            f"line grades differently: {shown(examples, int(conflicting.sum()))}.",
+            f"{int(rows.sum()):,} lines of {path} grade a (query, image) pair that another "
+            f"line grades differently: {shown(examples, int(rows.sum()))}.",
         )
-        frame = frame.loc[~conflicting]
-    deduped = frame.drop_duplicates(["query", "img_id"])
-    if len(deduped) < len(frame):
-        notes.append(f"{len(frame) - len(deduped):,} dev lines repeat a judgment; kept once.")
-    return deduped, notes
+    if starts.size < query.size:
+        notes.append(f"{query.size - starts.size:,} dev lines repeat a judgment; kept once.")
+    first = first[~conflict]
+    appear = np.sort(first)
+    judged = _Judged(query[appear], img_id[appear], label[appear], texts)
+    return judged.keep(np.ones(appear.size, dtype=bool)), notes
 
 
 # -- keywords and features ---------------------------------------------------------------------
@@ -432,24 +518,55 @@ def _keyword_rows(
 
 
 def _with_features(
-    frame: pd.DataFrame,
+    judged: _Judged,
     have: np.ndarray,
     what: str,
     ids_path: Path,
     missing: Missing,
     skipped: dict[str, dict[str, Any]],
-) -> pd.DataFrame:
-    """`frame` less the judgments of images without features (or an `InputError`)."""
-    wanted = np.unique(frame["img_id"].to_numpy())
+) -> _Judged:
+    """`judged` less the judgments of images without features (or an `InputError`)."""
+    wanted = unique_ids(judged.img_id)
     present = missing_features(wanted, have, missing, what, ids_path)
     if present.all():
-        return frame
+        return judged
     absent = wanted[~present]
     skipped[f"{what} without features"] = {
         "count": int(absent.size),
         "examples": absent[:EXAMPLES].tolist(),
     }
-    return frame.loc[~frame["img_id"].isin(absent)]
+    return judged.keep(~np.isin(judged.img_id, absent))
+
+
+def _without_shared_queries(
+    train: _Judged, dev: _Judged, dev_split: np.ndarray, clicks: Path, problems: Problems
+) -> _Judged:
+    """`train` less the queries that are also dev queries (a problem: evaluating on queries
+    seen in training inflates the scores)."""
+    train_normalized = normalize_query(train.texts)
+    dev_normalized = normalize_query(dev.texts)
+    shared = _numpy(pc.is_in(dev_normalized, value_set=train_normalized))
+    if not shared.any():
+        return train
+    texts = dev.texts.filter(pa.array(shared)).to_pylist()
+    splits, counts = np.unique(dev_split[shared], return_counts=True)
+    where = ", ".join(f"{n:,} {s}" for s, n in zip(splits, counts, strict=True))
+    problems.report(
+        "queries in both train and val/test",
+        len(texts),
+        texts[:EXAMPLES],
+        f"{len(texts):,} dev queries ({where}) also appear in the click log {clicks} (compared "
+        f"lower-cased, spaces collapsed): {shown([repr(t) for t in texts], len(texts))}. "
+        "Evaluating on queries the model was trained on inflates the scores.",
+    )
+    leaked = _numpy(pc.is_in(train_normalized, value_set=dev_normalized.filter(pa.array(shared))))
+    return train.keep(~leaked[train.query])
+
+
+def _batches(texts: pa.Array, size: int = 1 << 16) -> Iterator[str]:
+    """The texts as Python strings, a slice at a time (a click log has millions)."""
+    for start in range(0, len(texts), size):
+        yield from texts.slice(start, size).to_pylist()
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -494,13 +611,6 @@ def prepare_clickture(
         labels_path, _load_key_map(dev_map_path), dev_map_path, config, problems
     )
     notes += dev_notes
-    for ids, name in ((train["img_id"], lite_map_path), (dev["img_id"], dev_map_path)):
-        if len(ids) and int(ids.max()) >= DEV_ID_OFFSET:
-            raise InputError(
-                f"{name} maps an image to id {int(ids.max()):,}, but the prepared folder puts "
-                f"dev images at ids from {DEV_ID_OFFSET:,} up, so ids must stay below that. "
-                "Check the id map."
-            )
 
     # Images without features: stop, or drop them with their judgments.
     skipped: dict[str, dict[str, Any]] = {}
@@ -510,73 +620,46 @@ def prepare_clickture(
     dev = _with_features(
         dev, dev_have, "dev images of the judgments", Path(dev_feature_ids), config.missing, skipped
     )
-
     # Dev queries: val or test by query; a dev query that is also a train query is a leak.
-    dev_queries = pd.Series(dev["query"].unique())
-    dev_split = pd.Series(
-        split_dev_queries(dev_queries, config.val_fraction, config.split_seed),
-        index=dev_queries.to_numpy(),
-    )
-    train_normalized = normalize_query(train["query"])
-    dev_normalized = pd.Series(
-        normalize_query(dev_queries).to_numpy(), index=dev_queries.to_numpy()
-    )
-    shared = dev_normalized[dev_normalized.isin(set(train_normalized.unique()))]
-    if len(shared):
-        by_split = dev_split.loc[shared.index].value_counts().to_dict()
-        where = ", ".join(f"{n:,} {s}" for s, n in sorted(by_split.items()))
-        problems.report(
-            "queries in both train and val/test",
-            len(shared),
-            shared.index[:EXAMPLES].tolist(),
-            f"{len(shared):,} dev queries ({where}) also appear in the click log "
-            f"{clicks_path} (compared lower-cased, spaces collapsed): "
-            f"{shown([repr(q) for q in shared.index[:EXAMPLES]], len(shared))}. Evaluating on "
-            "queries the model was trained on inflates the scores.",
-        )
-        train = train.loc[~train_normalized.isin(set(shared.to_numpy())).to_numpy()]
-    if train.empty:
+    dev_split = split_dev_queries(dev.texts, config.val_fraction, config.split_seed)
+    train = _without_shared_queries(train, dev, dev_split, clicks_path, problems)
+    if len(train) == 0:
         raise InputError(f"No training judgment is left from {clicks_path}.")
-    if dev.empty:
+    if len(dev) == 0:
         raise InputError(f"No dev judgment is left from {labels_path}.")
 
     # Queries: train in click-log order, then dev in judgment order.
-    train_codes, train_texts = pd.factorize(train["query"])
-    dev_codes, dev_texts = pd.factorize(dev["query"])
-    n_train = len(train_texts)
+    n_train, n_dev = len(train.texts), len(dev.texts)
+    split_code = np.concatenate(
+        [np.zeros(n_train, dtype=np.int8), np.where(dev_split == "val", 1, 2).astype(np.int8)]
+    )
+    texts = pa.concat_arrays(
+        [train.texts.cast(pa.large_string()), dev.texts.cast(pa.large_string())]
+    )
     queries = pd.DataFrame(
         {
-            "query_id": np.arange(n_train + len(dev_texts), dtype=np.int64),
-            "query": np.concatenate(
-                [np.asarray(train_texts, dtype=object), np.asarray(dev_texts, dtype=object)]
-            ),
-            "split": np.concatenate(
-                [
-                    np.full(n_train, "train", dtype=object),
-                    dev_split.loc[np.asarray(dev_texts, dtype=object)].to_numpy(object),
-                ]
-            ),
+            "query_id": np.arange(n_train + n_dev, dtype=np.int64),
+            "query": texts.to_pandas(),
+            "split": pd.Categorical.from_codes(split_code, categories=SPLITS),
         }
     )
-    dev_img = dev["img_id"].to_numpy(np.int64) + DEV_ID_OFFSET
+    dev_img = dev.img_id + DEV_ID_OFFSET
     judgments = pd.DataFrame(
         {
-            "query_id": np.concatenate([train_codes, n_train + dev_codes]).astype(np.int64),
-            "img_id": np.concatenate([train["img_id"].to_numpy(np.int64), dev_img]),
-            "label": np.concatenate([train["clicks"].to_numpy(), dev["label"].to_numpy()]).astype(
-                np.int32
-            ),
+            "query_id": np.concatenate([train.query, n_train + dev.query]),
+            "img_id": np.concatenate([train.img_id, dev_img]),
+            "label": np.concatenate([train.label, dev.label]).astype(np.int32),
         }
     )
 
     # Images: the clicked Lite images (train), the judged dev images (test where any test
     # query judges them, else val).
-    lite_ids = np.unique(train["img_id"].to_numpy(np.int64))
-    dev_ids = np.unique(dev["img_id"].to_numpy(np.int64))
-    judged_in = queries["split"].to_numpy()[n_train + dev_codes]  # each dev judgment's split
-    judged_by_test = np.unique(dev_img[judged_in == "test"])
-    dev_image_split = np.where(np.isin(dev_ids + DEV_ID_OFFSET, judged_by_test), "test", "val")
-    both = int(np.isin(np.unique(dev_img[judged_in == "val"]), judged_by_test).sum())
+    lite_ids = unique_ids(train.img_id)
+    dev_ids = unique_ids(dev.img_id)
+    judged_in = dev_split[dev.query]  # each dev judgment's split
+    judged_by_test = unique_ids(dev.img_id[judged_in == "test"])
+    dev_test = np.isin(dev_ids, judged_by_test)
+    both = int(np.isin(unique_ids(dev.img_id[judged_in == "val"]), judged_by_test).sum())
     if both:
         notes.append(
             f"{both:,} dev images are judged by both val and test queries; their split is test."
@@ -584,15 +667,13 @@ def prepare_clickture(
     images = pd.DataFrame(
         {
             "img_id": np.concatenate([lite_ids, dev_ids + DEV_ID_OFFSET]),
-            "split": np.concatenate(
-                [np.full(lite_ids.size, "train", dtype=object), dev_image_split.astype(object)]
+            "split": pd.Categorical.from_codes(
+                np.concatenate([np.zeros(lite_ids.size, np.int8), np.where(dev_test, 2, 1)]),
+                categories=SPLITS,
             ),
             "fold": np.int8(-1),
-            "source": np.concatenate(
-                [
-                    np.full(lite_ids.size, "lite", dtype=object),
-                    np.full(dev_ids.size, "dev", dtype=object),
-                ]
+            "source": pd.Categorical.from_codes(
+                np.repeat([0, 1], [lite_ids.size, dev_ids.size]), categories=["lite", "dev"]
             ),
             "source_id": np.concatenate([lite_ids, dev_ids]),
         }
@@ -621,9 +702,7 @@ def prepare_clickture(
     if extra_rows:
         notes.append(f"{extra_rows:,} feature rows belong to no judged image and were left out.")
 
-    query_vocabulary = fit_query_vocabulary(
-        queries.loc[queries["split"] == "train", "query"], config.min_query_count
-    )
+    query_vocabulary = fit_query_vocabulary(_batches(train.texts), config.min_query_count)
     options = {
         **asdict(config),
         "clicks": str(clicks_path.resolve()),

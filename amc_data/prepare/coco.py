@@ -338,8 +338,15 @@ def prepare_coco(
             raise InputError(
                 f"{where}: some images have no integer 'cocoid'; match features by imgid."
             )
-        to_imgid = pd.Series(img_ids, index=cocoids)
-        user_img = to_imgid.reindex(user_ids).fillna(-1).to_numpy(np.int64)
+        kept_cocoids = pd.Index(cocoids[keep])
+        if kept_cocoids.has_duplicates:
+            cocoid = int(kept_cocoids[kept_cocoids.duplicated()][0])
+            raise InputError(
+                f"{where}: cocoid {cocoid} belongs to more than one image, so features cannot "
+                "be matched by cocoid. Match them by imgid."
+            )
+        where_in = kept_cocoids.get_indexer(user_ids)
+        user_img = np.where(where_in >= 0, img_ids[keep][where_in], -1)
     else:
         user_img = user_ids
     have = missing_features(

@@ -96,6 +96,20 @@ def _shown(values: Sequence[Any] | np.ndarray, total: int | None = None) -> str:
     return text + (f", ... ({total:,} in all)" if total > len(values) else "")
 
 
+def unique_ids(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer array (by sorting: numpy's hash-based
+    `unique` is many times slower on millions of ids)."""
+    ordered = np.sort(values, kind="stable")
+    if ordered.size == 0:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
+def positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The index in `keys` (unique) of each of `wanted`, -1 where absent (a hash lookup)."""
+    return pd.Index(keys).get_indexer(wanted)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -281,27 +295,30 @@ def _table(
         if pa.types.is_integer(f.type):
             _check_integral(values, name, f.name)
         try:
-            columns.append(
-                pa.array(
-                    values.to_numpy()
-                    if pa.types.is_integer(f.type)
-                    else values.astype(str).to_numpy(object),
-                    type=f.type,
-                )
-            )
-        except (pa.ArrowInvalid, OverflowError) as exc:
+            columns.append(_arrow_column(values, f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             raise InputError(f"{name} column {f.name!r} does not fit {f.type}: {exc}.") from exc
         fields.append(f)
     for extra in frame.columns:
         if extra not in schema.names:
-            array = pa.array(
-                frame[extra].to_numpy()
-                if frame[extra].dtype != object
-                else frame[extra].astype(str).to_numpy(object)
-            )
+            array = _arrow_column(frame[extra], None)
             columns.append(array)
             fields.append(pa.field(extra, array.type))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _arrow_column(values: pd.Series, kind: pa.DataType | None) -> pa.Array:
+    """One column as Arrow: numbers from their numpy buffer, text without a round trip through
+    Python objects where pandas already holds it as Arrow."""
+    if kind is not None and pa.types.is_integer(kind):
+        return pa.array(values.to_numpy(), type=kind)
+    if values.dtype == object or kind is not None:
+        values = values.astype("string[pyarrow]") if values.dtype == object else values
+        array = pa.array(values)
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        return array.cast(kind or pa.string())
+    return pa.array(values.to_numpy())
 
 
 def _check_integral(values: pd.Series, name: str, column: str) -> None:
@@ -513,13 +530,14 @@ def write_prepared(
 def _counts(
     images: pd.DataFrame, queries: pd.DataFrame, judgments: pd.DataFrame, n_features: int
 ) -> dict[str, Any]:
-    split_of_query = pd.Series(queries["split"].astype(str).to_numpy(), index=queries["query_id"])
-    judged = judgments["query_id"].map(split_of_query)
+    query_split = pd.Categorical(queries["split"], categories=SPLITS).codes
+    where = positions(queries["query_id"].to_numpy(), judgments["query_id"].to_numpy())
+    judged = query_split[where[where >= 0]]
     return {
         "features": n_features,
         "images": {s: int((images["split"] == s).sum()) for s in SPLITS},
-        "queries": {s: int((queries["split"] == s).sum()) for s in SPLITS},
-        "judgments": {s: int((judged == s).sum()) for s in SPLITS},
+        "queries": {s: int((query_split == i).sum()) for i, s in enumerate(SPLITS)},
+        "judgments": {s: int((judged == i).sum()) for i, s in enumerate(SPLITS)},
     }
 
 
@@ -573,7 +591,7 @@ class PreparedDataset:
         where_clipped = np.minimum(where, max(0, sorted_ids.size - 1))
         found = (where < sorted_ids.size) & (sorted_ids[where_clipped] == wanted)
         if not found.all():
-            unknown = np.unique(wanted[~found])
+            unknown = unique_ids(wanted[~found])
             raise InputError(
                 f"img_id(s) {_shown(unknown, unknown.size)} have no features in {self.root}. "
                 "Use ids from images.parquet."
@@ -586,7 +604,8 @@ class PreparedDataset:
         try:
             texts = self._query_text.loc[wanted].tolist()
         except KeyError:
-            unknown = np.setdiff1d(wanted, self._query_text.index.to_numpy())
+            known = positions(self._query_text.index.to_numpy(), wanted) >= 0
+            unknown = unique_ids(wanted[~known])
             raise InputError(
                 f"query_id(s) {_shown(unknown, unknown.size)} are not in {self.root}/"
                 "queries.parquet."
@@ -910,8 +929,8 @@ def _check_splits(root: Path, name: str, frame: pd.DataFrame, id_column: str) ->
 
 
 def _check_unique(root: Path, name: str, values: np.ndarray, column: str) -> None:
-    unique, counts = np.unique(values, return_counts=True)
-    repeated = unique[counts > 1]
+    ordered = np.sort(values)
+    repeated = unique_ids(ordered[1:][ordered[1:] == ordered[:-1]])
     if repeated.size:
         rows = np.flatnonzero(values == repeated[0])[:2].tolist()
         raise _fail(
@@ -929,7 +948,7 @@ def _load_images(root: Path, ids: np.ndarray) -> pd.DataFrame:
     img_ids = images["img_id"].to_numpy()
     _check_unique(root, "images.parquet", img_ids, "img_id")
     _check_splits(root, "images.parquet", images, "img_id")
-    without_features = np.setdiff1d(img_ids, ids)
+    without_features = unique_ids(img_ids[positions(ids, img_ids) < 0])
     if without_features.size:
         raise _fail(
             root,
@@ -938,7 +957,7 @@ def _load_images(root: Path, ids: np.ndarray) -> pd.DataFrame:
             f"row in feature_ids.npy: img_id {_shown(without_features, without_features.size)}",
             "Every image needs features: " + _REPREPARE,
         )
-    without_image = np.setdiff1d(ids, img_ids)
+    without_image = unique_ids(ids[positions(img_ids, ids) < 0])
     if without_image.size:
         raise _fail(
             root,
@@ -959,12 +978,6 @@ def _load_queries(root: Path) -> pd.DataFrame:
     return queries
 
 
-def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """`values[i]` where `keys[i] == w`, for each `w` of `wanted` (all known, keys unique)."""
-    order = np.argsort(keys, kind="stable")
-    return values[order[np.searchsorted(keys[order], wanted)]]
-
-
 def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
     name = "judgments.parquet"
     judgments = _read_table(root, name)
@@ -972,11 +985,13 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
     query_ids = queries["query_id"].to_numpy()
     judged_queries = judgments["query_id"].to_numpy()
     judged_images = judgments["img_id"].to_numpy()
-    for values, known, what, table in (
-        (judged_queries, query_ids, "query_id", "queries.parquet"),
-        (judged_images, images["img_id"].to_numpy(), "img_id", "images.parquet"),
+    query_row = positions(query_ids, judged_queries)
+    image_row = positions(images["img_id"].to_numpy(), judged_images)
+    for values, where, what, table in (
+        (judged_queries, query_row, "query_id", "queries.parquet"),
+        (judged_images, image_row, "img_id", "images.parquet"),
     ):
-        unknown = ~np.isin(values, known)
+        unknown = where < 0
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
             raise _fail(
@@ -986,7 +1001,7 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
                 f"does not list ({int(unknown.sum()):,} such rows)",
                 _REPREPARE,
             )
-    unjudged = np.setdiff1d(query_ids, judged_queries)
+    unjudged = query_ids[np.bincount(query_row, minlength=query_ids.size) == 0]
     if unjudged.size:
         first = queries.loc[queries["query_id"] == unjudged[0]].iloc[0]
         raise _fail(
@@ -997,10 +1012,12 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             f"{_shown(unjudged, unjudged.size)})",
             "Every query needs at least one judged image: drop such queries and prepare again.",
         )
-    order = np.lexsort((judged_images, judged_queries))
-    same = (np.diff(judged_queries[order]) == 0) & (np.diff(judged_images[order]) == 0)
+    # One int64 key per (query, image) pair: row numbers in the two tables.
+    pair = query_row.astype(np.int64) * max(1, len(images)) + image_row
+    order = np.argsort(pair, kind="stable")
+    same = pair[order][1:] == pair[order][:-1]
     if same.any():
-        row = int(np.sort(order[1:][same])[0])
+        row = int(order[1:][same].min())
         raise _fail(
             root,
             name,
@@ -1009,16 +1026,18 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             f"({int(same.sum()):,} repeats)",
             "Each (query, image) pair is judged once: " + _REPREPARE,
         )
-    q_split = _lookup(query_ids, queries["split"].to_numpy(), judged_queries)
-    i_split = _lookup(images["img_id"].to_numpy(), images["split"].to_numpy(), judged_images)
-    leak = (q_split == "train") != (i_split == "train")
+    train_query = (queries["split"] == "train").to_numpy()[query_row]
+    train_image = (images["split"] == "train").to_numpy()[image_row]
+    leak = train_query != train_image
     if leak.any():
         row = int(np.flatnonzero(leak)[0])
+        q_split = queries["split"].iloc[int(query_row[row])]
+        i_split = images["split"].iloc[int(image_row[row])]
         raise _fail(
             root,
             name,
-            f"row {row} judges img_id {int(judged_images[row])} ({i_split[row]}) for "
-            f"query_id {int(judged_queries[row])} ({q_split[row]}); train queries are judged on "
+            f"row {row} judges img_id {int(judged_images[row])} ({i_split}) for "
+            f"query_id {int(judged_queries[row])} ({q_split}); train queries are judged on "
             f"train images only, val/test queries never on train images ({int(leak.sum()):,} "
             "such rows)",
             "Keep the splits apart: " + _REPREPARE,
