@@ -35,6 +35,16 @@ from .version import __version__
 
 # Public name -> the module that defines it; imported on first use.
 _LAZY = {
+    "train": "training",
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "load_model": "checkpoint",
+    "LoadedModel": "checkpoint",
+    "evaluate": "evaluation.runs",
+    "Evaluation": "evaluation.runs",
+    "run_demo": "demo",
+    "DemoResult": "demo",
+    "synth": "prepare.synth",
     "fetch": "fetching.core",
     "fetch_manifests": "fetching.core",
     "FetchResult": "fetching.core",
@@ -90,8 +100,6 @@ _LAZY = {
     "PreparedDataset": "prepare.format",
     "prepare_coco": "prepare.coco",
     "prepare_clickture": "prepare.clickture",
-    "synth": "prepare.synth",
-    "SynthConfig": "prepare.synth",
     "ModelConfig": "model",
     "RankingModel": "model",
     "Attention": "model",
@@ -115,7 +123,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .archive import ArchiveLimits, ZipArchive, load_id_map, open_archive
+    from .checkpoint import LoadedModel, load_model
     from .dataset import EncodedSplit, load_encoded
+    from .demo import DemoResult, run_demo
     from .encoding.core import EncodeConfig, EncodeResult, encode
     from .evaluation import (
         CaptionRanking,
@@ -134,6 +144,7 @@ if TYPE_CHECKING:
         roc_curve,
         scores_metrics,
     )
+    from .evaluation.runs import Evaluation, evaluate
     from .featurizing.core import FeatureConfig, FeatureResult, extract_features
     from .fetching.checksums import Digests, FileChecksum, hash_file
     from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
@@ -158,11 +169,11 @@ if TYPE_CHECKING:
         verify,
     )
     from .model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
-    from .verify import DatasetInfo, FileReport, FileStatus, InfoReport, check_file, info, verify
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
-    from .prepare.synth import SynthConfig, synth
+    from .prepare.synth import synth
+    from .training import TrainConfig, TrainResult, train
 
 __all__ = [
     "AmcDataError",
@@ -170,16 +181,17 @@ __all__ = [
     "ArchiveLimits",
     "Attention",
     "CaptionRanking",
-    "Attention",
     "CheckpointError",
     "ChecksumError",
     "ConfigError",
     "DatasetInfo",
+    "DemoResult",
     "Digests",
     "DownloadError",
     "EncodeConfig",
     "EncodeResult",
     "EncodedSplit",
+    "Evaluation",
     "FeatureConfig",
     "FeatureResult",
     "FetchIncompleteError",
@@ -192,6 +204,7 @@ __all__ = [
     "HttpDownloader",
     "InfoReport",
     "InputError",
+    "LoadedModel",
     "LockTimeoutError",
     "Manifest",
     "ManifestError",
@@ -205,9 +218,8 @@ __all__ = [
     "RankingModel",
     "RecallAtK",
     "RocCurve",
-    "PreparedDataset",
-    "RankingModel",
-    "SynthConfig",
+    "TrainConfig",
+    "TrainResult",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -219,6 +231,7 @@ __all__ = [
     "check_file",
     "compare_to_baseline",
     "encode",
+    "evaluate",
     "evaluate_scores",
     "expected_checksums",
     "extract_features",
@@ -229,20 +242,15 @@ __all__ = [
     "load_encoded",
     "load_id_map",
     "load_manifest",
+    "load_model",
     "load_prepared",
     "load_word_vectors",
     "ndcg_at_k",
-    "load_word_vectors",
     "open_archive",
     "paired_test",
     "prepare_clickture",
     "prepare_coco",
     "ranking_metrics",
-    "load_prepared",
-    "load_word_vectors",
-    "open_archive",
-    "prepare_clickture",
-    "prepare_coco",
     "read_checksums",
     "read_lock",
     "read_scores",
@@ -250,7 +258,9 @@ __all__ = [
     "resolve_manifests",
     "roc_auc",
     "roc_curve",
+    "run_demo",
     "scores_metrics",
     "synth",
+    "train",
     "verify",
 ]

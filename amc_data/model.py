@@ -28,23 +28,6 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-<<<<<<< HEAD
-from pathlib import Path
-from typing import Any
-
-from .errors import ConfigError, InputError, MissingDependencyError, TrainingError
-
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import Tensor, nn
-except ImportError as error:  # pragma: no cover - exercised only without torch
-    raise MissingDependencyError(
-        'The ranking models need PyTorch, which is not installed: pip install "amc-data[train]"'
-    ) from error
-
-from .batch import ImageBatch, QueryBatch, TrainBatch
-=======
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -59,7 +42,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from .batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
->>>>>>> main
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +163,10 @@ class RankingModel(nn.Module):
         encoded = self._encode_images(images)
         n, items = images.shape[0], images.regions.shape[-2] + images.keywords.shape[-1]
         chunk = max(1, self.pool_chunk_elements // max(1, n * (items + 2 * self.config.dim)))
-<<<<<<< HEAD
-        parts = [
-            self._score(self._encode_query(_rows(query, start, chunk)), encoded, pool=True)[0]
-            for start in range(0, len(query), chunk)
-        ]
-=======
         parts = []
         for start in range(0, len(query), chunk):
             rows = query.map(itemgetter(slice(start, start + chunk)))  # (chunk, L)
             parts.append(self._score(self._encode_query(rows), encoded, pool=True)[0])
->>>>>>> main
         if not parts:
             return torch.zeros(0, n, device=images.regions.device)
         return torch.cat(parts)
@@ -406,18 +381,6 @@ class CCAModel(RankingModel):
         float64, regularised by a ridge of `cca_reg` times their mean variance, and solved by an
         SVD of the whitened cross-covariance."""
         device = self.query_mean.device
-<<<<<<< HEAD
-        n, sums = 0, None  # type: tuple[int, tuple[Tensor, ...] | None]
-        for batch in batches:  # sums of x, y, x x^T, y y^T, x y^T in float64
-            batch = batch.to(device)
-            positives = _index_images(batch.images, 0)  # (B, ...)
-            x = self._query_bags(batch.query).double()  # (B, Vq)
-            y = self._image_features(positives).double()  # (B, D + Vk)
-            terms = (x.sum(0), y.sum(0), x.T @ x, y.T @ y, x.T @ y)
-            sums = terms if sums is None else tuple(s + t for s, t in zip(sums, terms, strict=True))
-            n += x.shape[0]
-        if sums is None or n < 2:
-=======
         n = 0
         sums: list[Tensor] = []  # of x, y, x x^T, y y^T, x y^T, in float64
         for batch in batches:
@@ -433,7 +396,6 @@ class CCAModel(RankingModel):
                     total += term
             n += x.shape[0]
         if n < 2:
->>>>>>> main
             raise TrainingError(f"cca needs at least 2 training pairs to fit, got {n}.")
         sx, sy, sxx, syy, sxy = sums
         mx, my = sx / n, sy / n
@@ -637,20 +599,6 @@ def _float32(tensor: Tensor) -> torch.autocast:
     return torch.autocast(tensor.device.type, enabled=False)
 
 
-<<<<<<< HEAD
-def _rows(query: QueryBatch, start: int, count: int) -> QueryBatch:
-    return QueryBatch(query.tokens[start : start + count], query.mask[start : start + count])
-
-
-def _index_images(images: ImageBatch, index: int) -> ImageBatch:
-    """Candidate `index` of each query: (B, M, ...) -> (B, ...)."""
-    return ImageBatch(
-        **{f.name: getattr(images, f.name)[:, index] for f in fields(images)}  # type: ignore[arg-type]
-    )
-
-
-=======
->>>>>>> main
 def _inverse_sqrt(covariance: Tensor, reg: float) -> Tensor:
     """(C + reg * trace(C) / size * I) ^ -1/2: a ridge scaled to the covariance's mean variance,
     so `reg` means the same whatever the features' scale."""

@@ -13,13 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
+from amc_data_cli.main import cli  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+
 import amc_data  # noqa: E402
 from amc_data.errors import CheckpointError  # noqa: E402
 from amc_data.evaluation.runs import evaluate  # noqa: E402
 from amc_data.training import TrainConfig, train  # noqa: E402
-from amc_data_cli.main import cli  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from PIL import Image  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}
 FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}

@@ -83,18 +83,7 @@ def model_for(kind: str, extra: dict, **options) -> RankingModel:
 
 def expand(images: ImageBatch, count: int) -> ImageBatch:
     """A pool (N, ...) as every query's own candidates (count, N, ...)."""
-<<<<<<< HEAD
-    return ImageBatch(
-        **{
-            f.name: getattr(images, f.name)
-            .unsqueeze(0)
-            .expand(count, *getattr(images, f.name).shape)
-            for f in dataclasses.fields(images)
-        }
-    )
-=======
     return images.map(lambda t: t.unsqueeze(0).expand(count, *t.shape))
->>>>>>> main
 
 
 def replace_images(images: ImageBatch, **changes) -> ImageBatch:
@@ -130,8 +119,6 @@ def test_score_pool_agrees_with_forward(kind, extra):
     torch.testing.assert_close(model.score_pool(query, pool), expected)
 
 
-<<<<<<< HEAD
-=======
 def test_score_pool_projects_each_image_once():
     model = model_for("amc", {})
     model.pool_chunk_elements = 1  # queries scored one at a time
@@ -150,7 +137,6 @@ def test_state_dict_round_trip_keeps_scores():
     torch.testing.assert_close(copy.eval()(query, images), model(query, images))
 
 
->>>>>>> main
 @pytest.mark.parametrize(("kind", "extra"), VARIANTS, ids=IDS)
 def test_padded_regions_and_keywords_change_nothing(kind, extra):
     model = model_for(kind, extra)
@@ -347,18 +333,7 @@ def test_cca_fits_in_closed_form_and_ranks_a_planted_correspondence():
 
 def expand_pairs(images: ImageBatch, rows: slice) -> ImageBatch:
     """Rows of (N, ...) images as (B, 2, ...) candidates: the positive, then any negative."""
-<<<<<<< HEAD
-    return ImageBatch(
-        **{
-            f.name: torch.stack(
-                [getattr(images, f.name)[rows], getattr(images, f.name)[rows].roll(1, 0)], 1
-            )
-            for f in dataclasses.fields(images)
-        }
-    )
-=======
     return images.map(lambda t: torch.stack([t[rows], t[rows].roll(1, 0)], 1))
->>>>>>> main
 
 
 def test_cca_refuses_what_it_cannot_do():
@@ -400,11 +375,7 @@ def train_on_intent_toy(kind: str, steps: int = 100) -> tuple[float, torch.Tenso
     )
 
     def pick(rows: torch.Tensor) -> ImageBatch:
-<<<<<<< HEAD
-        return ImageBatch(**{f.name: getattr(pool, f.name)[rows] for f in dataclasses.fields(pool)})
-=======
         return pool.map(lambda t: t[rows])
->>>>>>> main
 
     def queries(n: int, seed: int) -> tuple[QueryBatch, torch.Tensor, torch.Tensor]:
         r = torch.Generator().manual_seed(seed)

@@ -14,7 +14,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from amc_data.prepare.format import load_prepared  # noqa: E402
 from amc_data_cli.main import cli  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
@@ -22,6 +21,7 @@ import amc_data  # noqa: E402
 import amc_data.training as training  # noqa: E402
 from amc_data.checkpoint import load_model, read_checkpoint  # noqa: E402
 from amc_data.errors import CheckpointError, ConfigError, TrainingError  # noqa: E402
+from amc_data.prepare.format import load_prepared  # noqa: E402
 from amc_data.training import TrainConfig, train  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}

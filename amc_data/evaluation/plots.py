@@ -142,7 +142,7 @@ def _draw(plt: Any, record: dict[str, Any], path: Path) -> Path:
 
     heat = fig.add_subplot(spec[2])
     regions = np.asarray(record["regions"], dtype=float)
-    side = int(math.isqrt(len(regions)))
+    side = math.isqrt(len(regions))
     shape = (side, side) if side * side == len(regions) and side > 1 else (1, max(len(regions), 1))
     image = regions.reshape(shape) if len(regions) else np.zeros(shape)
     shown = heat.imshow(image, cmap="viridis", vmin=0, vmax=max(float(image.max()), 1e-6))

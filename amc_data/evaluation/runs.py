@@ -24,7 +24,7 @@ from ..distributed import resolve_device
 from ..errors import ConfigError, InputError
 from ..prepare.format import PreparedDataset, load_prepared
 from ..scoring import candidates_are_split, score_matrix, score_split
-from .metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics, roc_curve
+from .metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics
 
 log = logging.getLogger(__name__)
 
