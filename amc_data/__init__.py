@@ -35,6 +35,16 @@ from .version import __version__
 
 # Public name -> the module that defines it; imported on first use.
 _LAZY = {
+    "train": "training",
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "load_model": "checkpoint",
+    "LoadedModel": "checkpoint",
+    "evaluate": "evaluation.runs",
+    "Evaluation": "evaluation.runs",
+    "run_demo": "demo",
+    "DemoResult": "demo",
+    "synth": "prepare.synth",
     "fetch": "fetching.core",
     "fetch_manifests": "fetching.core",
     "FetchResult": "fetching.core",
@@ -90,7 +100,6 @@ _LAZY = {
     "PreparedDataset": "prepare.format",
     "prepare_coco": "prepare.coco",
     "prepare_clickture": "prepare.clickture",
-    "synth": "prepare.synth",
     "SynthConfig": "prepare.synth",
     "ModelConfig": "model",
     "RankingModel": "model",
@@ -115,7 +124,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .archive import ArchiveLimits, ZipArchive, load_id_map, open_archive
+    from .checkpoint import LoadedModel, load_model
     from .dataset import EncodedSplit, load_encoded
+    from .demo import DemoResult, run_demo
     from .encoding.core import EncodeConfig, EncodeResult, encode
     from .evaluation import (
         CaptionRanking,
@@ -134,6 +145,7 @@ if TYPE_CHECKING:
         roc_curve,
         scores_metrics,
     )
+    from .evaluation.runs import Evaluation, evaluate
     from .featurizing.core import FeatureConfig, FeatureResult, extract_features
     from .fetching.checksums import Digests, FileChecksum, hash_file
     from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
@@ -161,7 +173,8 @@ if TYPE_CHECKING:
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
-    from .prepare.synth import SynthConfig, synth
+    from .prepare.synth import synth
+    from .training import TrainConfig, TrainResult, train
 
 __all__ = [
     "AmcDataError",
@@ -173,11 +186,13 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "DatasetInfo",
+    "DemoResult",
     "Digests",
     "DownloadError",
     "EncodeConfig",
     "EncodeResult",
     "EncodedSplit",
+    "Evaluation",
     "FeatureConfig",
     "FeatureResult",
     "FetchIncompleteError",
@@ -190,6 +205,7 @@ __all__ = [
     "HttpDownloader",
     "InfoReport",
     "InputError",
+    "LoadedModel",
     "LockTimeoutError",
     "Manifest",
     "ManifestError",
@@ -204,6 +220,8 @@ __all__ = [
     "RecallAtK",
     "RocCurve",
     "SynthConfig",
+    "TrainConfig",
+    "TrainResult",
     "TrainingError",
     "UnsafePickleError",
     "VerificationError",
@@ -215,6 +233,7 @@ __all__ = [
     "check_file",
     "compare_to_baseline",
     "encode",
+    "evaluate",
     "evaluate_scores",
     "expected_checksums",
     "extract_features",
@@ -225,6 +244,7 @@ __all__ = [
     "load_encoded",
     "load_id_map",
     "load_manifest",
+    "load_model",
     "load_prepared",
     "load_word_vectors",
     "ndcg_at_k",
@@ -240,7 +260,9 @@ __all__ = [
     "resolve_manifests",
     "roc_auc",
     "roc_curve",
+    "run_demo",
     "scores_metrics",
     "synth",
+    "train",
     "verify",
 ]

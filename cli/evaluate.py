@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from amc_data.errors import ConfigError
+from amc_data._optional import require
 
-from .fetch import _table
+from .tables import text_table
 
 if TYPE_CHECKING:
     from amc_data.evaluation.metrics import PairedTest, RankingMetrics
+    from amc_data.evaluation.runs import Evaluation
 
 SIGNIFICANCE_K = 10
-_SCORES_SUFFIXES = (".parquet", ".pq", ".tsv", ".gz", ".txt")
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -74,11 +74,34 @@ def _report(
             row += ["base", "base"]
         rows.append(row)
         data[name] = _finite_or_none(values)
-    return _table(header, rows), data
+    return text_table(header, rows), data
 
 
 @click.command("eval")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="With RUN folders: the prepared folder to score them on (from synth or prepare).",
+)  # fmt: skip
+@click.option(
+    "--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+    help="With RUN folders: the queries to evaluate.",
+)  # fmt: skip
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="With RUN folders: write OUT/<run>/metrics.json and scores.parquet "
+    "(default: RUN/eval-<split>/).",
+)  # fmt: skip
+@click.option(
+    "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="With RUN folders: draw roc.png and attention-<query>.png into this folder.",
+)  # fmt: skip
+@click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Queries whose attention --plot draws.")  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="With RUN folders: where to score.")  # fmt: skip
+@click.option("--random/--no-random", "random_row", default=True, show_default=True,
+              help="With RUN folders: add a random ranker's row.")  # fmt: skip
 @click.option(
     "--scores", "scores_paths", multiple=True, metavar="PATH",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -103,27 +126,42 @@ def _report(
 )
 def eval_command(
     runs: tuple[Path, ...],
+    data: Path | None,
+    split: str,
+    out: Path | None,
+    plot_dir: Path | None,
+    examples: int,
+    device: str,
+    random_row: bool,
     scores_paths: tuple[Path, ...],
     json_path: Path | None,
     relevant: int,
     resamples: int,
     seed: int,
 ) -> None:
-    """Evaluate rankings: NDCG@5..25, the challenge DCG@25 and AUC, one row per scores file.
+    """Evaluate trained RUN folders on a prepared folder (--data), or rankers' --scores files:
+    NDCG@5..25, the challenge DCG@25 and AUC (and COCO's Recall@K), one row per run or file.
 
-    With several files, each row after the first gets paired randomisation and t-test p-values
-    on per-query NDCG@10 against the first.
+    Runs are compared with the best of them, files with the first: paired randomisation and
+    t-test p-values on per-query NDCG@10.
     """
+    if runs and scores_paths:
+        raise click.UsageError("Give RUN folders or --scores files, not both.")
     if runs:
-        _refuse_runs(runs)
+        _check_run_folders(runs)
+        _evaluate_runs(runs, data, split, out, json_path, plot_dir, examples, device,
+                       random_row, relevant, resamples, seed)  # fmt: skip
+        return
     if not scores_paths:
-        raise click.UsageError("Nothing to evaluate: give --scores PATH (repeatable).")
+        raise click.UsageError(
+            "Nothing to evaluate: give RUN folders with --data, or --scores PATH."
+        )
     from amc_data.evaluation.metrics import compare_to_baseline
     from amc_data.evaluation.scores import scores_metrics
 
     results = {str(path): scores_metrics(path, relevant) for path in scores_paths}
     tests = compare_to_baseline(results, k=SIGNIFICANCE_K, resamples=resamples, seed=seed)
-    table, data = _report(results, tests)
+    table, rows = _report(results, tests)
     click.echo(table)
     if tests:
         click.echo(
@@ -137,18 +175,62 @@ def eval_command(
             "the means."
         )
     if json_path is not None:
-        _write_json(json_path, data)
+        _write_json(json_path, rows)
 
 
-def _refuse_runs(runs: Sequence[Path]) -> None:
-    hint = ""
-    if any(str(run).endswith(_SCORES_SUFFIXES) for run in runs):
-        hint = " To evaluate several scores files, repeat the option: --scores A --scores B."
-    raise ConfigError(
-        f"Evaluating trained runs ({', '.join(map(str, runs))}) with `amc-data eval RUN --data "
-        "DATA` comes with the model half of amc-data; this version evaluates rankers' scores "
-        f"files: amc-data eval --scores PATH.{hint}"
+def _check_run_folders(runs: Sequence[Path]) -> None:
+    files = [str(run) for run in runs if not run.is_dir()]
+    if files:
+        hint = " ".join(f"--scores {name}" for name in files)
+        raise click.UsageError(
+            f"{', '.join(files)}: not a run folder (one written by `amc-data train --out`). To "
+            f"evaluate scores files, name each with --scores: amc-data eval {hint}"
+        )
+
+
+def _evaluate_runs(
+    runs: Sequence[Path], data: Path | None, split: str, out: Path | None, json_path: Path | None,
+    plot_dir: Path | None, examples: int, device: str, random_row: bool, relevant: int,
+    resamples: int, seed: int,
+) -> None:  # fmt: skip
+    if data is None:
+        raise click.UsageError("Evaluating RUN folders needs --data: the prepared folder.")
+    require("torch")
+    if plot_dir is not None:
+        require("matplotlib", "eval's pictures")
+    from amc_data.evaluation.runs import evaluate
+
+    evaluation = evaluate(
+        runs, data, split=split, out=out, json_path=json_path, device=device,
+        relevant=relevant, random_baseline=random_row, seed=seed, plot_dir=plot_dir,
+        examples=examples, resamples=resamples,
+    )  # fmt: skip
+    click.echo(comparison_table(evaluation))
+    click.echo(
+        f"\n{split} queries of {evaluation.data}. p: two-sided paired tests on per-query "
+        f"NDCG@{SIGNIFICANCE_K} against the best run, {evaluation.best} (randomisation: "
+        f"{resamples:,} sign flips, seed {seed}; t: paired t-test)."
     )
+    if plot_dir is not None:
+        click.echo(f"Pictures: {', '.join(str(p) for p in evaluation.plots)}")
 
+
+def comparison_table(evaluation: Evaluation) -> str:
+    """One row per run, best first, random last, with the paired tests against the best."""
+    columns = [c for c in TABLE_METRICS if all(c in run.metrics for run in evaluation.runs)]
+    rows = []
+    for run in evaluation.runs:
+        best = run.name == evaluation.best
+        tests = ["best", ""] if best else [_maybe_p(run.p_randomization), _maybe_p(run.p_t)]
+        rows.append([run.name, run.kind, *(_number(run.metrics[c]) for c in columns), *tests])
+    return text_table(["run", "model", *columns, "p rand", "p t"], rows, left=2)
+
+
+def _maybe_p(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else _p_value(value)
+
+
+TABLE_METRICS = ("ndcg@5", "ndcg@10", "ndcg@25", "dcg@25_challenge", "auc", "i2t_r@1_1k",
+                 "t2i_r@1_1k")  # fmt: skip
 
 COMMANDS: list[click.Command] = [eval_command]

@@ -209,11 +209,11 @@ def test_eval_errors(tmp_path):
     assert result.stderr.startswith(f"Error: {bad}, line 2: score is 'x'")
     result = CliRunner().invoke(cli, ["eval", "a.tsv", "b.tsv"])
     assert result.exit_code == 2
-    assert "comes with the model half" in result.stderr
-    assert "--scores A --scores B" in result.stderr
+    assert "not a run folder" in result.stderr
+    assert "--scores a.tsv --scores b.tsv" in result.stderr
     result = CliRunner().invoke(cli, ["eval"])
     assert result.exit_code == 2
-    assert "give --scores PATH" in result.stderr
+    assert "or --scores PATH" in result.stderr
 
 
 def test_eval_loads_neither_torch_nor_scikit_learn(tmp_path):

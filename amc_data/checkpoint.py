@@ -1,0 +1,133 @@
+"""Checkpoints: written atomically, read with `torch.load(weights_only=True)` so a checkpoint
+can never run code, and checked against the prepared data they are used with.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
+`format`, `format_version`, `amc_data_version`, `train_config`, `model_config`, `model`
+(state dict), `optimizer`, `scheduler`, `epoch` (epochs completed), `step`, `best_metric`,
+`metrics` (the last validation), `rng` (torch's CPU and CUDA generator states), `fingerprints`
+(sha256 of the keyword and query vocabularies the model was trained with).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import CheckpointError
+from .model import ModelConfig, RankingModel, build_model
+
+if TYPE_CHECKING:
+    from .prepare.format import PreparedDataset
+
+FORMAT = "amc-data-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write `payload` to `path` through a temporary file in the same folder and one rename, so
+    an interruption leaves the previous checkpoint whole."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint at `path` as a dict (tensors on the CPU). Anything that is not an amc-data
+    checkpoint, or that would need code to load, is a `CheckpointError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give a checkpoint file such as {path}/best.pt.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist: train first (amc-data train).") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint without running code or is damaged "
+            f"({first_line[:200]}); it was not loaded. Use a checkpoint written by amc-data train."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an amc-data checkpoint (no '{FORMAT}' marker).")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload.get('format_version')!r}; this amc-data reads "
+            f"format {FORMAT_VERSION}. Train again with this version."
+        )
+    return payload
+
+
+def check_fingerprints(
+    checkpoint: Mapping[str, Any], fingerprints: Mapping[str, str], where: str, data: str
+) -> None:
+    """Refuse to score data whose vocabularies differ from the ones the model learnt: the word
+    ids would mean other words."""
+    saved = checkpoint.get("fingerprints", {})
+    for name in ("keywords", "queries"):
+        if saved.get(name) != fingerprints.get(name):
+            raise CheckpointError(
+                f"The {name} vocabulary of {data} (sha256 {str(fingerprints.get(name))[:12]}…) is "
+                f"not the one {where} was trained with ({str(saved.get(name))[:12]}…): its word "
+                f"ids would mean other words. Use the prepared folder the run was trained on, or "
+                f"train on this one."
+            )
+
+
+@dataclass
+class LoadedModel:
+    """A trained model rebuilt from its checkpoint's own configuration."""
+
+    model: RankingModel
+    model_config: ModelConfig
+    train_config: dict[str, Any]
+    epoch: int
+    metrics: dict[str, float]
+    path: Path
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    prepared: PreparedDataset | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Rebuild the model of a checkpoint (a `.pt` file, or a run folder: its `best.pt`), checked
+    against `prepared`'s vocabularies when given, in eval mode on `device`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    checkpoint = read_checkpoint(path)
+    if prepared is not None:
+        check_fingerprints(checkpoint, prepared.fingerprints, str(path), str(prepared.root))
+    try:
+        model_config = ModelConfig.from_dict(checkpoint["model_config"])
+        model = build_model(model_config)
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} does not hold a model this amc-data can rebuild ({str(exc)[:200]}); train "
+            f"again with this version."
+        ) from None
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        model_config=model_config,
+        train_config=dict(checkpoint.get("train_config", {})),
+        epoch=int(checkpoint.get("epoch", 0)),
+        metrics=dict(checkpoint.get("metrics", {})),
+        path=path,
+    )

@@ -1,0 +1,115 @@
+"""Devices and distributed training in one place: torchrun's environment, the process group, and
+which process is the main one. Everything else asks this module.
+
+Under `torchrun` (or `python -m torch.distributed.run`) the variables `RANK`, `WORLD_SIZE` and
+`LOCAL_RANK` are set; one process per GPU (NCCL) or per CPU worker (gloo). Without them this is a
+single process and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when a GPU is visible, else the CPU; `cuda` without a GPU is an error."""
+    if choice not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {choice!r}.")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "--device cuda was asked for but torch sees no CUDA device; use --device cpu, "
+                "or install a CUDA build of torch."
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def start(device: str) -> Processes:
+    """Join the process group when torchrun started us; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+    return Processes(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
+
+
+def stop(processes: Processes) -> None:
+    """Leave the process group (a no-op for one process)."""
+    if processes.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_across(value: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """The mean of a tensor over all processes (the tensor itself for one process)."""
+    if not processes.distributed:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / processes.world_size
+
+
+def max_across(value: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """The largest value of a tensor over all processes."""
+    if not processes.distributed:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def gather(obj: Any, processes: Processes) -> list[Any]:
+    """Every process's `obj`, in rank order, on every process."""
+    if not processes.distributed:
+        return [obj]
+    out: list[Any] = [None] * processes.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj: Any, processes: Processes) -> Any:
+    """Rank 0's `obj` on every process."""
+    if not processes.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(processes: Processes) -> None:
+    if processes.distributed:
+        dist.barrier()

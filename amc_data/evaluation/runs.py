@@ -1,0 +1,226 @@
+"""`amc-data eval RUN [RUN ...] --data DATA`: score trained runs on a prepared split and put
+them side by side, with a random ranker, significance tests and, on request, pictures.
+
+Per run it writes `metrics.json` (flat keys) and `scores.parquet` (`query_id`, `img_id`,
+`score`, `label`) into `OUT/<run name>/` (default: `RUN/eval-<split>/`). The significance of
+each run against the best one (by mean NDCG@10) comes from paired tests on per-query NDCG@10.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..checkpoint import load_model
+from ..distributed import resolve_device
+from ..errors import ConfigError, InputError
+from ..prepare.format import PreparedDataset, load_prepared
+from ..scoring import candidates_are_split, score_matrix, score_split
+from .metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"
+SIGNIFICANCE_METRIC = 10  # per-query NDCG@10 drives the paired tests
+
+
+@dataclass
+class RunEvaluation:
+    """One run's scores and metrics on the split."""
+
+    name: str
+    kind: str  # the model kind, or "random"
+    metrics: dict[str, float]
+    ranking: RankingMetrics
+    scores: pd.DataFrame
+    out_dir: Path | None = None
+    p_randomization: float | None = None  # against the best run
+    p_t: float | None = None
+
+
+@dataclass
+class Evaluation:
+    """Every run of one `eval`, best first by NDCG@10 (random last)."""
+
+    split: str
+    data: Path
+    runs: list[RunEvaluation]
+    best: str
+    plots: list[Path] = field(default_factory=list)
+
+    def table(self) -> dict[str, dict[str, float]]:
+        """`{run name: {metric: value}}`, as `--json` writes it."""
+        table: dict[str, dict[str, float]] = {}
+        for run in self.runs:
+            row = dict(run.metrics)
+            if run.p_randomization is not None:
+                row["p_randomization_vs_best"] = run.p_randomization
+                row["p_t_vs_best"] = float(run.p_t) if run.p_t is not None else float("nan")
+            table[run.name] = row
+        return table
+
+
+def run_names(runs: Sequence[Path]) -> list[str]:
+    """A short unique name per run: its folder name, with its parent's where two collide."""
+    names = [Path(run).resolve().name for run in runs]
+    return [
+        f"{Path(run).resolve().parent.name}/{name}" if names.count(name) > 1 else name
+        for run, name in zip(runs, names, strict=True)
+    ]
+
+
+def evaluate(
+    runs: Sequence[str | os.PathLike[str]],
+    data: str | os.PathLike[str] | PreparedDataset,
+    *,
+    split: str = "test",
+    out: str | os.PathLike[str] | None = None,
+    json_path: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    relevant: int = 1,
+    random_baseline: bool = True,
+    seed: int = 0,
+    plot_dir: str | os.PathLike[str] | None = None,
+    examples: int = 3,
+    resamples: int = 10_000,
+) -> Evaluation:
+    """Score every run on `split` of `data` and compare them (see the module docstring)."""
+    if not runs:
+        raise ConfigError("eval needs at least one run folder (or --scores files).")
+    prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, not {split!r}.")
+    if prepared.split_queries(split).empty:
+        raise InputError(
+            f"{prepared.root} has no {split} queries to evaluate; choose another --split."
+        )
+    chosen = resolve_device(device)
+    paths = [Path(run) for run in runs]
+    results: list[RunEvaluation] = []
+    loaded_models = {}
+    for path, name in zip(paths, run_names(paths), strict=True):
+        loaded = load_model(path, prepared, chosen)
+        loaded_models[name] = loaded
+        frame = score_split(loaded.model, prepared, split, device=chosen)
+        results.append(_measure(name, loaded.model_config.kind, frame, prepared, split, relevant,
+                                loaded, chosen))  # fmt: skip
+    if random_baseline:
+        reference = results[0].scores
+        rng = np.random.default_rng(seed)
+        frame = reference.assign(score=rng.random(len(reference)).astype(np.float32))
+        results.append(
+            _measure(RANDOM, RANDOM, frame, prepared, split, relevant, None, chosen, rng)
+        )
+    best = max((r for r in results if r.kind != RANDOM), key=lambda r: r.metrics["ndcg@10"])
+    _significance(best, results, resamples, seed)
+    results.sort(key=lambda r: (r.kind == RANDOM, -r.metrics["ndcg@10"]))
+    evaluation = Evaluation(split=split, data=prepared.root, runs=results, best=best.name)
+    for path, run in zip(paths, run_names(paths), strict=True):
+        result = next(r for r in results if r.name == run)
+        result.out_dir = (Path(out) / run) if out is not None else path / f"eval-{split}"
+    for result in results:
+        if result.out_dir is not None:
+            _write_run(result)
+    if json_path is not None:
+        _write_json(Path(json_path), evaluation.table())
+    if plot_dir is not None:
+        from .plots import plot_attention, plot_roc
+
+        plot_dir = Path(plot_dir)
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        evaluation.plots.append(plot_roc(results, plot_dir / "roc.png", relevant))
+        attentive = [(n, m) for n, m in loaded_models.items() if m.model_config.kind == "amc"]
+        if attentive and examples > 0:
+            name, loaded = attentive[0]
+            scores = next(r for r in results if r.name == name).scores
+            evaluation.plots.extend(
+                plot_attention(loaded.model, prepared, scores, split, plot_dir, examples, chosen)
+            )
+    return evaluation
+
+
+def _measure(
+    name: str,
+    kind: str,
+    frame: pd.DataFrame,
+    prepared: PreparedDataset,
+    split: str,
+    relevant: int,
+    loaded: Any,
+    device: Any,
+    rng: np.random.Generator | None = None,
+) -> RunEvaluation:
+    ranking = ranking_metrics(
+        frame["query_id"].to_numpy(), frame["score"].to_numpy(), frame["label"].to_numpy(),
+        relevant=relevant,
+    )  # fmt: skip
+    metrics = ranking.summary()
+    if candidates_are_split(prepared):
+        metrics |= _caption_metrics(prepared, split, loaded, device, rng)
+    return RunEvaluation(name=name, kind=kind, metrics=metrics, ranking=ranking, scores=frame)
+
+
+def _caption_metrics(
+    prepared: PreparedDataset,
+    split: str,
+    loaded: Any,
+    device: Any,
+    rng: np.random.Generator | None,
+) -> dict[str, float]:
+    """COCO's Recall@K both ways, on the whole split and on its folds of 1,000 images."""
+    images = prepared.images[prepared.images["split"] == split].sort_values("img_id")
+    img_ids = images["img_id"].to_numpy(np.int64)
+    judged = prepared.judgments.merge(prepared.split_queries(split)[["query_id"]], on="query_id")
+    judged = judged[judged["label"] > 0].drop_duplicates("query_id").sort_values("query_id")
+    captions = judged["query_id"].to_numpy(np.int64)
+    caption_image = np.searchsorted(img_ids, judged["img_id"].to_numpy(np.int64))
+    if loaded is None:
+        sims = (rng or np.random.default_rng(0)).random((len(img_ids), len(captions)))
+    else:
+        sims = score_matrix(loaded.model, prepared, captions, img_ids, device=device).T
+    folds = images["fold"].to_numpy() if "fold" in images else None
+    use_folds = folds is not None and (folds >= 0).all() and len(np.unique(folds)) > 1
+    result = caption_ranking(
+        sims.astype(np.float32), caption_image,
+        captions_per_image=max(int(np.bincount(caption_image).max()), 1),
+        image_folds=folds if use_folds else None,
+    )  # fmt: skip
+    return result.summary()
+
+
+def _significance(
+    best: RunEvaluation, results: list[RunEvaluation], resamples: int, seed: int
+) -> None:
+    for result in results:
+        if result is best:
+            continue
+        test = paired_by_query(
+            best.ranking.query_ids, best.ranking.ndcg_at(SIGNIFICANCE_METRIC),
+            result.ranking.query_ids, result.ranking.ndcg_at(SIGNIFICANCE_METRIC),
+            resamples=resamples, seed=seed,
+        )  # fmt: skip
+        result.p_randomization, result.p_t = test.p_randomization, test.p_t
+
+
+def _write_run(result: RunEvaluation) -> None:
+    assert result.out_dir is not None  # set for every run before writing
+    result.out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(result.out_dir / "metrics.json", result.metrics)
+    tmp = result.out_dir / ".scores.parquet.tmp"
+    result.scores.to_parquet(tmp, index=False)
+    os.replace(tmp, result.out_dir / "scores.parquet")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,479 @@
+"""`amc-data train`: fit a ranking model on a prepared folder, with real checkpoints.
+
+One loop for every device: on the CPU, one GPU, or several processes under `torchrun`
+(DistributedDataParallel; rank 0 alone writes). Each epoch: hinge ranking loss over the `t`
+sampled negatives of each (query, positive) pair (optionally in-batch negatives too), AdamW with
+warm-up and cosine decay, gradient clipping; then validation NDCG@10 on the `val` queries.
+`RUN/` holds `config.json`, `last.pt` (after every epoch), `best.pt` (best validation NDCG@10)
+and `log.jsonl` (one line per epoch). `--resume` continues from `last.pt` and, on the CPU,
+reaches the same weights as an uninterrupted run: the order of pairs, the negatives and dropout
+depend only on the seed and the epoch, and the generators' states travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from . import distributed
+from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
+from .data import train_loader
+from .errors import ConfigError, TrainingError
+from .evaluation.metrics import ndcg_at_k
+from .loss import hinge_ranking_loss
+from .model import ModelConfig, RankingModel, build_model, load_word_vectors
+from .prepare.format import PreparedDataset, load_prepared
+from .progress import progress_bar
+from .scoring import precision_context, score_split
+from .version import __version__
+
+log = logging.getLogger(__name__)
+
+MODELS = ("amc", "visual", "keyword", "fusion", "cca")
+CONFIG_FILE, LAST, BEST, LOG_FILE = "config.json", "last.pt", "best.pt", "log.jsonl"
+VALIDATION_METRIC = "ndcg@10"
+# Options a resumed run must share with the run it continues: they decide the model's shape, the
+# pairs and negatives of every epoch, and the steps per epoch.
+RESUME_MUST_MATCH = ("model", "intra", "inter", "dim", "seed", "negatives", "batch_size", "epochs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (saved in `config.json` and every checkpoint)."""
+
+    model: str = "amc"
+    intra: bool = True  # attention inside each modality (False: mean pooling)
+    inter: bool = True  # query-dependent modality weights (False: fixed 0.5 / 0.5)
+    dim: int = 64
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05  # fraction of all steps spent warming the learning rate up
+    negatives: int = 8
+    margin: float = 0.2
+    in_batch: bool = False  # the batch's other positives count as negatives too
+    clip: float = 1.0  # gradient norm cap (0: none)
+    max_keywords: int = 64
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    compile: bool = False
+    word_vectors: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}.")
+        positive = {"dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "negatives": self.negatives, "max_keywords": self.max_keywords}  # fmt: skip
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}."
+                )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(
+                f"--warmup is a fraction of the steps in [0, 1), not {self.warmup!r}."
+            )
+        if self.margin < 0 or self.clip < 0 or self.weight_decay < 0 or self.workers < 0:
+            raise ConfigError("--margin, --clip, --weight-decay and --workers cannot be negative.")
+        if self.device not in distributed.DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(distributed.DEVICES)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    run_dir: Path
+    epochs: int  # epochs completed
+    best_epoch: int | None
+    best_metric: float | None
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / BEST
+
+
+def model_config_for(config: TrainConfig, prepared: PreparedDataset) -> ModelConfig:
+    """The model's shape, from the options and the prepared data's vocabularies and features."""
+    return ModelConfig(
+        kind=config.model,
+        query_vocab_size=len(prepared.query_vocabulary),
+        keyword_vocab_size=len(prepared.vocabulary),
+        feature_dim=int(prepared.features.shape[-1]),
+        dim=config.dim,
+        intra=config.intra,
+        inter=config.inter,
+    )
+
+
+def train(
+    data: str | os.PathLike[str] | PreparedDataset,
+    out: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = False,
+) -> TrainResult:
+    """Train `config.model` on the prepared folder `data`, writing the run into `out`."""
+    config = config or TrainConfig()
+    prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
+    processes = distributed.start(config.device)
+    try:
+        return _Run(prepared, Path(out), config, processes, progress).run(resume, force)
+    finally:
+        distributed.stop(processes)
+
+
+class _Run:
+    def __init__(
+        self,
+        prepared: PreparedDataset,
+        out: Path,
+        config: TrainConfig,
+        processes: distributed.Processes,
+        progress: bool,
+    ) -> None:
+        self.prepared, self.out, self.config = prepared, out, config
+        self.processes, self.device = processes, processes.device
+        self.progress = progress and processes.is_main
+        self.amp = config.amp and self.device.type == "cuda"
+        self.model_config = model_config_for(config, prepared)
+        self.log: list[dict[str, Any]] = []
+
+    # -- the run folder -----------------------------------------------------------------------
+
+    def _prepare_folder(self, resume: bool, force: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from (or None), after checking the folder is ours to use."""
+        config_path = self.out / CONFIG_FILE
+        if resume:
+            if not (self.out / LAST).is_file():
+                raise TrainingError(
+                    f"--resume: {self.out / LAST} does not exist; start without --resume."
+                )
+            checkpoint = read_checkpoint(self.out / LAST)
+            saved = TrainConfig.from_dict(checkpoint["train_config"])
+            changed = [
+                name for name in RESUME_MUST_MATCH
+                if getattr(saved, name) != getattr(self.config, name)
+            ]  # fmt: skip
+            if changed:
+                raise TrainingError(
+                    f"--resume: {', '.join(changed)} differ from the run in {self.out}; resume "
+                    f"with the same options or train into a new --out."
+                )
+            check_fingerprints(checkpoint, self.prepared.fingerprints, str(self.out / LAST),
+                               str(self.prepared.root))  # fmt: skip
+            self.log = _read_log(self.out / LOG_FILE)[: checkpoint["epoch"]]
+            return checkpoint
+        if config_path.exists() and not force:
+            raise TrainingError(
+                f"{self.out} already holds a run; continue it with --resume, replace it with "
+                f"--force, or choose another --out."
+            )
+        if self.processes.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if force:
+                for name in (LAST, BEST, LOG_FILE):
+                    (self.out / name).unlink(missing_ok=True)
+            _write_json(config_path, self._describe())
+        distributed.barrier(self.processes)
+        return None
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "train": self.config.to_dict(),
+            "model": self.model_config.to_dict(),
+            "data": str(self.prepared.root),
+            "fingerprints": dict(self.prepared.fingerprints),
+            "amc_data_version": __version__,
+        }
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, resume: bool, force: bool) -> TrainResult:
+        checkpoint = self._prepare_folder(resume, force)
+        torch.manual_seed(self.config.seed)
+        word_vectors = None
+        if self.config.word_vectors and checkpoint is None:
+            word_vectors = load_word_vectors(
+                self.config.word_vectors, self.prepared.query_vocabulary, self.config.dim
+            )
+        model = build_model(self.model_config, word_vectors=word_vectors).to(self.device)
+        if model.closed_form:
+            return self._fit_closed_form(model)
+        loader = self._loader()
+        steps_per_epoch = len(loader)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _warmup_cosine(self.config.warmup, self.config.epochs * steps_per_epoch)
+        )
+        start_epoch, step, best = 0, 0, None
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            start_epoch, step, best = (
+                checkpoint["epoch"],
+                checkpoint["step"],
+                checkpoint["best_metric"],
+            )
+            _set_rng(checkpoint["rng"])
+        net: torch.nn.Module = model
+        if self.processes.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=ids)
+        if self.config.compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        for epoch in range(start_epoch, self.config.epochs):
+            started = time.perf_counter()
+            loss, pairs, step = self._epoch(net, loader, optimizer, scheduler, epoch, step)
+            seconds = time.perf_counter() - started
+            metrics = self._validate(model)
+            value = metrics.get(VALIDATION_METRIC)
+            improved = value is not None and (best is None or value > best)
+            if improved or (value is None and best is None):
+                best = value
+            entry = {"epoch": epoch + 1, "step": step, "loss": loss, **metrics,
+                     "samples_per_s": pairs / seconds if seconds > 0 else None,
+                     "seconds": seconds, "lr": scheduler.get_last_lr()[0]}  # fmt: skip
+            self.log.append(entry)
+            if self.processes.is_main:
+                payload = self._payload(model, optimizer, scheduler, epoch + 1, step, best, metrics)
+                save_checkpoint(self.out / LAST, payload)
+                if improved or value is None:
+                    save_checkpoint(self.out / BEST, payload)
+                _write_log(self.out / LOG_FILE, self.log)
+                log.info("epoch %d: %s", epoch + 1, entry)
+            distributed.barrier(self.processes)
+        return self._result()
+
+    def _loader(self) -> DataLoader:
+        loader = train_loader(
+            self.prepared, split="train", batch_size=self.config.batch_size,
+            negatives=self.config.negatives, seed=self.config.seed, workers=self.config.workers,
+            pin_memory=self.device.type == "cuda", rank=self.processes.rank,
+            world_size=self.processes.world_size, max_keywords=self.config.max_keywords,
+        )  # fmt: skip
+        if len(loader.dataset) == 0:  # type: ignore[arg-type]
+            raise TrainingError(
+                f"{self.prepared.root} has no training pairs (no train query with a judgment of "
+                f"label > 0); prepare it again."
+            )
+        return loader
+
+    def _epoch(
+        self,
+        net: torch.nn.Module,
+        loader: DataLoader,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        epoch: int,
+        step: int,
+    ) -> tuple[float, int, int]:
+        net.train()
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        total = torch.zeros((), device=self.device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        pairs = 0
+        bar = progress_bar(
+            total=len(loader), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
+            enabled=self.progress,
+        )  # fmt: skip
+        first_step = step
+        with bar:
+            for batch in loader:
+                batch = batch.to(self.device, non_blocking=True)
+                with precision_context(self.device, self.amp):
+                    scores = net(batch.query, batch.images)  # (B, 1 + t)
+                    in_batch = None
+                    if self.config.in_batch:
+                        positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
+                        in_batch = _unwrap(net).score_pool(batch.query, positives)  # (B, B)
+                    extra = None if in_batch is None else in_batch.float()
+                    loss = hinge_ranking_loss(scores.float(), self.config.margin, extra)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.config.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), self.config.clip)
+                optimizer.step()
+                scheduler.step()
+                detached = loss.detach()
+                # Remember the first non-finite step on the device: no host sync per step.
+                bad_step = torch.where(
+                    (bad_step < 0) & ~torch.isfinite(detached),
+                    torch.tensor(step, device=self.device),
+                    bad_step,
+                )
+                total += torch.nan_to_num(detached, nan=0.0, posinf=0.0, neginf=0.0)
+                pairs += len(batch.query)
+                step += 1
+                if self.progress and (step - first_step) % 10 == 0:
+                    self._check_finite(bad_step, epoch)
+                    bar.set_postfix(loss=f"{total.item() / (step - first_step):.4f}")
+                bar.update(1)
+        self._check_finite(bad_step, epoch)
+        mean = distributed.mean_across(total / max(step - first_step, 1), self.processes)
+        return float(mean.item()), pairs * self.processes.world_size, step
+
+    def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
+        bad = int(distributed.max_across(bad_step, self.processes).item())
+        if bad >= 0:
+            raise TrainingError(
+                f"The loss became NaN or infinite at epoch {epoch + 1}, step {bad + 1}; training "
+                f"stopped and {self.out / LAST} holds the last good epoch. Lower --lr, keep "
+                f"--clip on, or check the features for extreme values."
+            )
+
+    def _validate(self, model: RankingModel) -> dict[str, float]:
+        """NDCG@10 on the `val` queries, each process scoring its share."""
+        queries = self.prepared.split_queries("val")["query_id"].to_numpy(np.int64)
+        if len(queries) == 0:
+            return {}
+        mine = queries[self.processes.rank :: self.processes.world_size]
+        frame = score_split(
+            model, self.prepared, "val", device=self.device, amp=self.amp, query_ids=mine
+        )
+        frame = pd.concat(distributed.gather(frame, self.processes), ignore_index=True)
+        value = ndcg_at_k(
+            frame["score"].to_numpy(), frame["label"].to_numpy(), 10,
+            query_ids=frame["query_id"].to_numpy(),
+        )  # fmt: skip
+        return {VALIDATION_METRIC: float(value)}
+
+    def _fit_closed_form(self, model: RankingModel) -> TrainResult:
+        started = time.perf_counter()
+        loader = self._loader()
+        loader.sampler.set_epoch(0)  # type: ignore[attr-defined]
+        bar = progress_bar(total=len(loader), desc="fitting", unit="batch", enabled=self.progress)
+        with bar:
+            model.fit_closed_form(_tick(bar, batch.to(self.device)) for batch in loader)
+        metrics = self._validate(model)
+        entry = {"epoch": 1, "step": 0, "loss": None, **metrics, "samples_per_s": None,
+                 "seconds": time.perf_counter() - started, "lr": None}  # fmt: skip
+        self.log = [entry]
+        if self.processes.is_main:
+            payload = self._payload(model, None, None, self.config.epochs, 0,
+                                    metrics.get(VALIDATION_METRIC), metrics)  # fmt: skip
+            save_checkpoint(self.out / LAST, payload)
+            save_checkpoint(self.out / BEST, payload)
+            _write_log(self.out / LOG_FILE, self.log)
+        return self._result()
+
+    def _payload(
+        self,
+        model: RankingModel,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        epoch: int,
+        step: int,
+        best: float | None,
+        metrics: dict[str, float],
+    ) -> dict[str, Any]:
+        return {
+            "amc_data_version": __version__,
+            "train_config": self.config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "epoch": epoch,
+            "step": step,
+            "best_metric": best,
+            "metrics": metrics,
+            "rng": _get_rng(),
+            "fingerprints": dict(self.prepared.fingerprints),
+        }
+
+    def _result(self) -> TrainResult:
+        values = [(e.get(VALIDATION_METRIC), e["epoch"]) for e in self.log]
+        scored = [(v, e) for v, e in values if v is not None]
+        best_metric, best_epoch = (
+            max(scored, key=lambda p: (p[0], -p[1])) if scored else (None, None)
+        )
+        return TrainResult(
+            run_dir=self.out, epochs=len(self.log), best_epoch=best_epoch,
+            best_metric=best_metric, log=list(self.log),
+        )  # fmt: skip
+
+
+def _tick(bar: Any, item: Any) -> Any:
+    bar.update(1)
+    return item
+
+
+def _unwrap(net: torch.nn.Module) -> Any:
+    inner = getattr(net, "_orig_mod", net)
+    return getattr(inner, "module", inner)
+
+
+def _warmup_cosine(warmup: float, total_steps: int) -> Any:
+    warm = max(int(warmup * total_steps), 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(total_steps - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _get_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_log(path: Path, entries: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

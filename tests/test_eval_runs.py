@@ -1,0 +1,146 @@
+"""`amc-data eval RUN ... --data DATA` and `amc-data demo`: runs side by side with a random row
+and paired tests, the files each run gets, the pictures, refusals, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from amc_data_cli.main import cli  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import amc_data  # noqa: E402
+from amc_data.errors import CheckpointError  # noqa: E402
+from amc_data.evaluation.runs import evaluate  # noqa: E402
+from amc_data.training import TrainConfig, train  # noqa: E402
+
+SMALL = {"images": 240, "queries": 90}
+FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    amc_data.synth(data, seed=5, **SMALL)
+    train(data, root / "amc", TrainConfig(**FAST))
+    train(data, root / "visual", TrainConfig(**{**FAST, "model": "visual"}))
+    return data, root / "amc", root / "visual"
+
+
+def test_two_runs_side_by_side_with_a_random_row_and_files_per_run(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, amc, visual = trained
+    result = evaluate([amc, visual], data, out=tmp_path / "out", json_path=tmp_path / "all.json")
+    names = [run.name for run in result.runs]
+    assert sorted(names) == ["amc", "random", "visual"] and names[-1] == "random"
+    for name in ("amc", "visual"):
+        metrics = json.loads((tmp_path / "out" / name / "metrics.json").read_text())
+        for key in (
+            "ndcg@5",
+            "ndcg@10",
+            "ndcg@15",
+            "ndcg@20",
+            "ndcg@25",
+            "dcg@25_challenge",
+            "auc",
+        ):
+            assert 0 <= metrics[key] <= 1
+        scores = pd.read_parquet(tmp_path / "out" / name / "scores.parquet")
+        assert list(scores.columns) == ["query_id", "img_id", "score", "label"]
+        prepared = amc_data.load_prepared(data)
+        test_queries = set(prepared.split_queries("test")["query_id"])
+        assert set(scores["query_id"]) == test_queries
+        judged = prepared.judgments[prepared.judgments["query_id"].isin(test_queries)]
+        assert len(scores) == len(judged)
+    table = json.loads((tmp_path / "all.json").read_text())
+    assert set(table) == {"amc", "visual", "random"}
+    assert "p_randomization_vs_best" in table["random"]
+    best = result.best
+    others = [r for r in result.runs if r.name != best]
+    assert all(r.p_randomization is not None and 0 < r.p_randomization <= 1 for r in others)
+    table = result.table()
+    trained = [row["ndcg@10"] for name, row in table.items() if name != "random"]
+    assert table[best]["ndcg@10"] == max(trained)
+
+
+def test_by_default_results_land_in_each_run_folder(trained: tuple[Path, Path, Path]) -> None:
+    data, amc, _ = trained
+    evaluate([amc], data, split="val", random_baseline=False)
+    assert (amc / "eval-val" / "metrics.json").is_file()
+
+
+def test_plots_are_written_and_readable(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data, amc, visual = trained
+    result = evaluate([amc, visual], data, plot_dir=tmp_path / "plots", examples=2)
+    roc = tmp_path / "plots" / "roc.png"
+    attention = sorted((tmp_path / "plots").glob("attention-*.png"))
+    assert roc in result.plots and len(attention) == 2
+    for path in [roc, *attention]:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 300
+    records = json.loads((tmp_path / "plots" / "attention.json").read_text())
+    assert len(records) == 2
+    for record in records:
+        assert abs(record["modality"]["visual"] + record["modality"]["keyword"] - 1) < 1e-4
+        assert abs(sum(record["regions"]) - 1) < 1e-3
+
+
+def test_a_run_trained_on_other_data_is_refused(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, amc, _ = trained
+    other = tmp_path / "other"
+    amc_data.synth(other, seed=6, **SMALL)
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        evaluate([amc], other)
+
+
+def test_cli_eval_prints_one_table_and_writes_json(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, amc, visual = trained
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(amc),
+            str(visual),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:2] == ["run", "model"] and "best" in result.output
+    assert any(line.startswith("amc") for line in lines)
+    assert any(line.startswith("random") for line in lines)
+    assert json.loads((tmp_path / "m.json").read_text()).keys() == {"amc", "visual", "random"}
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_at_a_reduced_size(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["demo", str(tmp_path / "demo"), "--images", "240", "--queries", "90", "--epochs", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    for kind in ("amc", "visual", "keyword", "fusion", "cca"):
+        assert (tmp_path / "demo" / "runs" / kind / "best.pt").is_file()
+        assert f"\n{kind}" in result.output or result.output.startswith(kind)
+    assert (tmp_path / "demo" / "plots" / "roc.png").stat().st_size > 10_000
+    assert "AMC ranks best" in result.output or "AMC did NOT rank best" in result.output
+    table = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
+    assert np.isfinite(table["amc"]["ndcg@10"])

@@ -1,0 +1,219 @@
+"""`amc-data train`: the run folder, checkpoints that resume exactly and never run code, the NaN
+stop, refusals, the CLI, and two processes under torchrun (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from amc_data_cli.main import cli  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+import amc_data  # noqa: E402
+import amc_data.training as training  # noqa: E402
+from amc_data.checkpoint import load_model, read_checkpoint  # noqa: E402
+from amc_data.errors import CheckpointError, ConfigError, TrainingError  # noqa: E402
+from amc_data.prepare.format import load_prepared  # noqa: E402
+from amc_data.training import TrainConfig, train  # noqa: E402
+
+SMALL = {"images": 240, "queries": 90}
+FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    amc_data.synth(out, seed=3, **SMALL)
+    return out
+
+
+def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return read_checkpoint(run / name)["model"]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_folder_holds_config_checkpoints_and_a_log(data: Path, tmp_path: Path) -> None:
+    result = train(data, tmp_path / "run", TrainConfig(**FAST))
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["model"]["kind"] == "amc"
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    for entry in lines:
+        assert entry["loss"] > 0 and 0 <= entry["ndcg@10"] <= 1 and entry["samples_per_s"] > 0
+    assert result.epochs == 2 and result.best_metric == max(x["ndcg@10"] for x in lines)
+    checkpoint = read_checkpoint(run / "last.pt")
+    prepared = load_prepared(data)
+    assert checkpoint["epoch"] == 2 and checkpoint["fingerprints"] == prepared.fingerprints
+    assert {"model", "optimizer", "scheduler", "rng", "train_config", "model_config"} <= set(
+        checkpoint
+    )
+    best = read_checkpoint(run / "best.pt")
+    assert best["metrics"]["ndcg@10"] == result.best_metric
+    loaded = load_model(run, prepared)  # the folder means its best.pt
+    assert _same(loaded.model.state_dict(), best["model"])
+    assert not loaded.model.training
+
+
+def test_same_seed_same_weights(data: Path, tmp_path: Path) -> None:
+    train(data, tmp_path / "a", TrainConfig(**FAST))
+    train(data, tmp_path / "b", TrainConfig(**FAST))
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    train(data, tmp_path / "c", TrainConfig(**{**FAST, "seed": 1}))
+    assert not _same(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
+
+
+def test_resume_after_ctrl_c_reaches_the_uninterrupted_weights(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(**{**FAST, "epochs": 3})
+    train(data, tmp_path / "whole", config)
+
+    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
+    steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 3
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 2:  # inside the second epoch
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path / "cut", config)
+    monkeypatch.setattr(training, "hinge_ranking_loss", real_loss)
+    assert read_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1  # nothing half-written
+    assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith(".")]
+    result = train(data, tmp_path / "cut", config, resume=True)
+    assert result.epochs == 3
+    assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "cut"))
+    whole = (tmp_path / "whole" / "log.jsonl").read_text().splitlines()
+    cut = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in whole] == [json.loads(x)["loss"] for x in cut]
+
+
+def test_a_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
+    config = TrainConfig(**FAST)
+    train(data, tmp_path / "ref", TrainConfig(**{**FAST, "epochs": 1}))
+    steps = read_checkpoint(tmp_path / "ref" / "last.pt")["step"]
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == steps + 3 else loss
+
+    monkeypatch.setattr(training, "hinge_ranking_loss", poisoned)
+    with pytest.raises(TrainingError, match=rf"epoch 2, step {steps + 3}\b"):
+        train(data, tmp_path / "run", config)
+    kept = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_an_existing_run_is_kept_unless_resumed_or_forced(data: Path, tmp_path: Path) -> None:
+    config = TrainConfig(**{**FAST, "epochs": 1})
+    train(data, tmp_path / "run", config)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(data, tmp_path / "run", config)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    with pytest.raises(TrainingError, match="differ"):
+        train(data, tmp_path / "run", TrainConfig(**{**FAST, "dim": 8}), resume=True)
+    train(data, tmp_path / "run", config, force=True)
+
+
+def test_a_checkpoint_for_other_vocabularies_is_refused(data: Path, tmp_path: Path) -> None:
+    train(data, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}))
+    other = tmp_path / "other"
+    amc_data.synth(other, seed=4, **SMALL)
+    with pytest.raises(CheckpointError, match=r"vocabulary of .* is not the one"):
+        load_model(tmp_path / "run", load_prepared(other))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": "amc-data-checkpoint", "x": Evil()}))
+    with pytest.raises(CheckpointError, match="without running code"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    torch.save({"some": "dict"}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an amc-data checkpoint"):
+        read_checkpoint(tmp_path / "foreign.pt")
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [({"model": "dssm"}, "--model"), ({"epochs": 0}, "--epochs"), ({"lr": -1.0}, "--lr"),
+     ({"warmup": 1.5}, "--warmup"), ({"device": "tpu"}, "--device")],
+)  # fmt: skip
+def test_bad_options_are_config_errors(changes: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        TrainConfig(**changes)
+
+
+def test_cca_is_fitted_in_closed_form_and_checkpointed(data: Path, tmp_path: Path) -> None:
+    result = train(data, tmp_path / "cca", TrainConfig(**{**FAST, "model": "cca"}))
+    assert result.epochs == 1 and result.best_metric is not None
+    loaded = load_model(tmp_path / "cca", load_prepared(data))
+    assert loaded.model_config.kind == "cca"
+
+
+def test_cli_trains_and_reports(data: Path, tmp_path: Path) -> None:
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--dim", "16",
+            "--batch-size", "32", "--negatives", "3", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "val ndcg@10" in result.output and (tmp_path / "run" / "best.pt").is_file()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "already holds a run" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_cli_without_torch_names_the_train_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from amc_data_cli.main import main\n"
+        f"main(['train', {str(tmp_path)!r}, '--out', {str(tmp_path / 'run')!r}])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert 'pip install "amc-data[train]"' in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_train_and_write_one_loadable_checkpoint(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "amc_data", "train", str(data), "--out", str(run), "--epochs", "1", "--dim", "16",
+        "--batch-size", "16", "--negatives", "3", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # rank 0 alone writes
+    loaded = load_model(run, load_prepared(data))
+    assert loaded.epoch == 1
