@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 from .model import ModelConfig, RankingModel, build_model
 
 if TYPE_CHECKING:
@@ -33,17 +33,8 @@ FORMAT_VERSION = 1
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
     """Write `payload` to `path` through a temporary file in the same folder and one rename, so
     an interruption leaves the previous checkpoint whole."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, handle)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

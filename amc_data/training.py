@@ -33,6 +33,7 @@ from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
 from .data import train_loader
 from .errors import ConfigError, TrainingError
 from .evaluation.metrics import ndcg_at_k
+from .files import atomic_write_bytes, atomic_write_json
 from .loss import hinge_ranking_loss
 from .model import ModelConfig, RankingModel, build_model, load_word_vectors
 from .prepare.format import PreparedDataset, load_prepared
@@ -203,7 +204,7 @@ class _Run:
             if force:
                 for name in (LAST, BEST, LOG_FILE):
                     (self.out / name).unlink(missing_ok=True)
-            _write_json(config_path, self._describe())
+            atomic_write_json(config_path, self._describe())
         distributed.barrier(self.processes)
         return None
 
@@ -461,16 +462,9 @@ def _set_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_log(path: Path, entries: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
-    os.replace(tmp, path)
+    lines = "".join(json.dumps(entry) + "\n" for entry in entries)
+    atomic_write_bytes(path, lines.encode("utf-8"))
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from amc_data._optional import require
+from amc_data.files import atomic_write_json
 
 from .tables import text_table
 
@@ -34,20 +32,6 @@ def _p_value(value: float) -> str:
 def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
     # JSON has no NaN: an undefined metric (AUC with one class) is written as null.
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
-
-
-def _write_json(path: Path, data: object) -> None:
-    """Write through a temporary file in the same folder, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2, allow_nan=False)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _report(
@@ -175,7 +159,7 @@ def eval_command(
             "the means."
         )
     if json_path is not None:
-        _write_json(json_path, rows)
+        atomic_write_json(json_path, rows)
 
 
 def _check_run_folders(runs: Sequence[Path]) -> None:

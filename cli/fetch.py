@@ -13,16 +13,8 @@ from amc_data.fetching.problems import Problem
 from amc_data.fetching.verify import FileStatus, info, verify
 from amc_data.progress import progress_enabled
 
-from .options import data_dir_option, jobs_option, quiet_option
-
-_manifest_option = click.option(
-    "--manifest",
-    "manifest_paths",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=str),
-    help="Use this manifest (TOML) instead of the bundled one of the same name; its `name` is "
-    "the dataset. Repeatable.",
-)
+from .options import data_dir_option, jobs_option, manifest_option, quiet_option
+from .tables import text_table
 
 
 def human_size(size: int | None) -> str:
@@ -39,23 +31,13 @@ def human_size(size: int | None) -> str:
     return f"{value:.1f} GiB"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
 _OUTCOME_COLOUR = {Outcome.FAILED: "red", Outcome.RECORDED: "yellow"}
 
 
 def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
     if not quiet:
         rows = [(f"{r.dataset}/{r.name}", human_size(r.size), r.outcome.value) for r in results]
-        click.echo(_table(("file", "size", "outcome"), rows))
+        click.echo(text_table(("file", "size", "outcome"), rows))
         recorded = [r for r in results if r.outcome is Outcome.RECORDED]
         if recorded:
             click.secho(
@@ -74,7 +56,7 @@ def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
 @click.command("fetch")
 @click.argument("datasets", nargs=-1)
 @data_dir_option
-@_manifest_option
+@manifest_option
 @click.option(
     "--from",
     "from_dir",
@@ -170,7 +152,7 @@ def fetch_command(
 @click.command("verify")
 @click.argument("datasets", nargs=-1)
 @data_dir_option
-@_manifest_option
+@manifest_option
 @quiet_option
 def verify_command(
     datasets: tuple[str, ...], data_dir: str | None, manifest_paths: tuple[str, ...], quiet: bool
@@ -187,7 +169,7 @@ def verify_command(
             (f"{r.dataset}/{r.name}", human_size(r.size), r.status.value, r.detail or "")
             for r in shown
         ]
-        click.echo(_table(("file", "size", "status", "detail"), rows))
+        click.echo(text_table(("file", "size", "status", "detail"), rows))
     if failed:
         raise VerificationError(
             f"{len(failed)} of {len(reports)} file(s) are missing, unreadable or not the expected "
@@ -199,7 +181,7 @@ def verify_command(
 @click.command("info")
 @click.argument("datasets", nargs=-1)
 @data_dir_option
-@_manifest_option
+@manifest_option
 @click.option("--no-hash", is_flag=True, help="Check presence and size only (fast).")
 @quiet_option
 def info_command(
@@ -235,7 +217,7 @@ def info_command(
             (r.name, human_size(r.size), r.status.value, r.expected.source, r.detail or "")
             for r in ds.files
         ]
-        table = _table(("file", "size", "status", "checksums", "detail"), rows)
+        table = text_table(("file", "size", "status", "checksums", "detail"), rows)
         click.echo("\n".join("  " + line for line in table.splitlines()))
 
 

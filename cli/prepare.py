@@ -173,7 +173,7 @@ def coco_command(
         config=config,
     )
     if not quiet:
-        _report(result)
+        report_prepared(result)
 
 
 @prepare_group.command("clickture")
@@ -297,10 +297,10 @@ def clickture_command(
         config=config,
     )
     if not quiet:
-        _report(result)
+        report_prepared(result)
 
 
-def _report(result: PrepareResult) -> None:
+def report_prepared(result: PrepareResult) -> None:
     counts = result.counts
     click.echo(f"{result.source}: prepared into {result.out}")
     click.echo(f"  {'split':<6} {'images':>10} {'queries':>10} {'judgments':>11}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .options import quiet_option
-from .prepare import _report
+from .prepare import report_prepared
 
 
 @click.command("synth")
@@ -47,7 +47,7 @@ def synth_command(
         out, seed=seed, images=images, queries=queries, regions=regions, dim=dim, force=force
     )
     if not quiet:
-        _report(result)
+        report_prepared(result)
 
 
 COMMANDS: list[click.Command] = [synth_command]

@@ -3,9 +3,7 @@ for a few queries, what AMC attended to. matplotlib with its headless backend.""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._optional import require
+from ..files import atomic_write, atomic_write_json
 from .metrics import roc_curve
 
 if TYPE_CHECKING:
@@ -48,10 +47,9 @@ def plot_roc(runs: Sequence[RunEvaluation], path: Path, relevant: int = 1) -> Pa
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -111,7 +109,7 @@ def plot_attention(
         }  # fmt: skip
         records.append(record)
         paths.append(_draw(plt, record, out_dir / f"attention-{query_id}.png"))
-    (out_dir / "attention.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out_dir / "attention.json", records)
     return paths
 
 

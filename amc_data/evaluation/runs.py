@@ -8,7 +8,6 @@ each run against the best one (by mean NDCG@10) comes from paired tests on per-q
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import pandas as pd
 from ..checkpoint import load_model
 from ..distributed import resolve_device
 from ..errors import ConfigError, InputError
+from ..files import atomic_write, atomic_write_json
 from ..prepare.format import PreparedDataset, load_prepared
 from ..scoring import candidates_are_split, score_matrix, score_split
 from .metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics
@@ -130,7 +130,7 @@ def evaluate(
         if result.out_dir is not None:
             _write_run(result)
     if json_path is not None:
-        _write_json(Path(json_path), evaluation.table())
+        atomic_write_json(json_path, {k: _json_safe(v) for k, v in evaluation.table().items()})
     if plot_dir is not None:
         from .plots import plot_attention, plot_roc
 
@@ -210,17 +210,16 @@ def _significance(
         result.p_randomization, result.p_t = test.p_randomization, test.p_t
 
 
+def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: an undefined metric (AUC with one class) is written as null."""
+    return {
+        k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in metrics.items()
+    }
+
+
 def _write_run(result: RunEvaluation) -> None:
     assert result.out_dir is not None  # set for every run before writing
     result.out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(result.out_dir / "metrics.json", result.metrics)
-    tmp = result.out_dir / ".scores.parquet.tmp"
-    result.scores.to_parquet(tmp, index=False)
-    os.replace(tmp, result.out_dir / "scores.parquet")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(result.out_dir / "metrics.json", _json_safe(result.metrics))
+    with atomic_write(result.out_dir / "scores.parquet") as handle:
+        result.scores.to_parquet(handle, index=False)

@@ -26,6 +26,7 @@ import filelock
 import numpy as np
 
 from ..errors import InputError, LockTimeoutError
+from ..files import atomic_write_json
 from .sources import SkippedImage
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,7 @@ def save_progress(paths: OutputPaths, progress: Progress) -> None:
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
     """Write JSON to a temporary name beside `path` and rename it into place."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_json(path, content, indent=1)
 
 
 def discard(paths: OutputPaths) -> None:

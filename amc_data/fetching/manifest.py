@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from urllib.parse import SplitResult, urlsplit
 from filelock import FileLock, Timeout
 
 from ..errors import ConfigError, LockTimeoutError, ManifestError
+from ..files import atomic_write_bytes
 from .checksums import FileChecksum
 
 log = logging.getLogger(__name__)
@@ -287,22 +287,6 @@ def resolve_manifests(
 
 
 # --------------------------------------------------------------------------- checksum record
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename, so
-    readers see the old content or the new, never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checksums_path(dataset_folder: str | os.PathLike[str]) -> Path:

@@ -61,6 +61,7 @@ import pandas as pd
 import scipy.sparse
 
 from ..errors import ConfigError
+from ..files import atomic_write_json
 from .common import PrepareResult
 from .format import write_prepared
 from .queries import fit_query_vocabulary
@@ -431,9 +432,7 @@ def _fixed_times(out_dir: Path) -> None:
     info = json.loads(path.read_text(encoding="utf-8"))
     del info["created"]
     info["features"]["mtime_ns"] = stamp
-    temporary = path.with_name(".prepared.json.tmp")
-    temporary.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_json(path, info)
 
 
 def synth(
