@@ -36,7 +36,7 @@ from .version import __version__
 # Public name -> the module that defines it; imported on first use.
 _LAZY = {
     "train": "training",
-    "TrainConfig": "training",
+    "TrainConfig": "train_config",
     "TrainResult": "training",
     "load_model": "checkpoint",
     "LoadedModel": "checkpoint",
@@ -174,7 +174,8 @@ if TYPE_CHECKING:
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
     from .prepare.synth import synth
-    from .training import TrainConfig, TrainResult, train
+    from .train_config import TrainConfig
+    from .training import TrainResult, train
 
 __all__ = [
     "AmcDataError",

@@ -16,8 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda")
+from .train_config import DEVICES
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ depend only on the seed and the epoch, and the generators' states travel in the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
 from .data import train_loader
-from .errors import ConfigError, TrainingError
+from .errors import TrainingError
 from .evaluation.metrics import ndcg_at_k
 from .files import atomic_write_bytes, atomic_write_json
 from .loss import hinge_ranking_loss
@@ -39,71 +38,16 @@ from .model import ModelConfig, RankingModel, build_model, load_word_vectors
 from .prepare.format import PreparedDataset, load_prepared
 from .progress import progress_bar
 from .scoring import precision_context, score_split
+from .train_config import TrainConfig
 from .version import __version__
 
 log = logging.getLogger(__name__)
 
-MODELS = ("amc", "visual", "keyword", "fusion", "cca")
 CONFIG_FILE, LAST, BEST, LOG_FILE = "config.json", "last.pt", "best.pt", "log.jsonl"
 VALIDATION_METRIC = "ndcg@10"
 # Options a resumed run must share with the run it continues: they decide the model's shape, the
 # pairs and negatives of every epoch, and the steps per epoch.
 RESUME_MUST_MATCH = ("model", "intra", "inter", "dim", "seed", "negatives", "batch_size", "epochs")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run (saved in `config.json` and every checkpoint)."""
-
-    model: str = "amc"
-    intra: bool = True  # attention inside each modality (False: mean pooling)
-    inter: bool = True  # query-dependent modality weights (False: fixed 0.5 / 0.5)
-    dim: int = 64
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.05  # fraction of all steps spent warming the learning rate up
-    negatives: int = 8
-    margin: float = 0.2
-    in_batch: bool = False  # the batch's other positives count as negatives too
-    clip: float = 1.0  # gradient norm cap (0: none)
-    max_keywords: int = 64
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    compile: bool = False
-    word_vectors: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}.")
-        positive = {"dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "negatives": self.negatives, "max_keywords": self.max_keywords}  # fmt: skip
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}."
-                )
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(
-                f"--warmup is a fraction of the steps in [0, 1), not {self.warmup!r}."
-            )
-        if self.margin < 0 or self.clip < 0 or self.weight_decay < 0 or self.workers < 0:
-            raise ConfigError("--margin, --clip, --weight-decay and --workers cannot be negative.")
-        if self.device not in distributed.DEVICES:
-            raise ConfigError(f"--device must be one of {', '.join(distributed.DEVICES)}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass

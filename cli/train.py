@@ -2,80 +2,81 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import click
 
 from amc_data._optional import require
 from amc_data.progress import progress_enabled
+from amc_data.train_config import DEVICES, MODELS, TrainConfig
 
 from .options import quiet_option
 
-MODELS = ("amc", "visual", "keyword", "fusion", "cca")  # the library checks the value again
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+
+def _option(name: str, help_text: str, **kwargs: Any) -> Any:
+    """`--name` with TrainConfig's default shown; the value is checked there, once."""
+    flag = "--" + name.replace("_", "-")
+    return click.option(flag, name, default=DEFAULTS[name], show_default=True, help=help_text,
+                        **kwargs)  # fmt: skip
 
 
 @click.command("train")
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: config.json, best.pt, last.pt, log.jsonl.")  # fmt: skip
-@click.option("--model", type=click.Choice(MODELS), default="amc", show_default=True,
-              help="AMC, or a baseline: visual, keyword, fusion (no attention), cca.")  # fmt: skip
+@_option("model", "AMC, or a baseline: visual, keyword, fusion (no attention), cca.",
+         type=click.Choice(MODELS))  # fmt: skip
 @click.option("--no-intra", is_flag=True, help="Ablation: mean pooling inside each modality.")
 @click.option("--no-inter", is_flag=True, help="Ablation: fixed 0.5/0.5 modality weights.")
-@click.option("--epochs", type=int, default=None, help="Passes over the training pairs.")
-@click.option("--batch-size", type=int, default=None, help="(query, positive) pairs per step.")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (AdamW).")
-@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay.")
-@click.option("--warmup", type=float, default=None, help="Fraction of steps warming the lr up.")
-@click.option("--negatives", "-t", type=int, default=None, help="Sampled negatives per positive.")
-@click.option("--margin", type=float, default=None, help="Hinge margin of the ranking loss.")
-@click.option("--in-batch/--no-in-batch", default=None,
-              help="Also use the batch's other positives as negatives.")  # fmt: skip
-@click.option("--clip", type=float, default=None, help="Gradient norm cap (0: none).")
-@click.option("--dim", type=int, default=None, help="Size of the shared space.")
-@click.option("--max-keywords", type=int, default=None, help="Keywords kept per image.")
-@click.option("--word-vectors", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="word2vec/GloVe text file to start the query word embeddings from.")  # fmt: skip
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="auto: CUDA when present.")  # fmt: skip
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA (default on).")
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
-@click.option("--seed", type=int, default=None, help="Seed of every random choice.")
-@click.option("--workers", type=int, default=None, help="Data-loader worker processes.")
+@_option("epochs", "Passes over the training pairs.", type=int)
+@_option("batch_size", "(query, positive) pairs per step.", type=int)
+@_option("lr", "Peak learning rate (AdamW).", type=float)
+@_option("weight_decay", "AdamW weight decay.", type=float)
+@_option("warmup", "Fraction of the steps warming the learning rate up.", type=float)
+@_option("negatives", "Sampled negatives per positive (the paper's t).", type=int)
+@_option("margin", "Hinge margin of the ranking loss.", type=float)
+@click.option("--in-batch", is_flag=True, help="Also use the batch's other positives as negatives.")
+@_option("clip", "Gradient norm cap (0: none).", type=float)
+@_option("dim", "Size of the shared space.", type=int)
+@_option("max_keywords", "Keywords kept per image (the most frequent).", type=int)
+@_option("word_vectors", "word2vec/GloVe text file to start the query word embeddings from.",
+         type=click.Path(dir_okay=False, exists=True))  # fmt: skip
+@_option("device", "auto: CUDA when torch sees a GPU.", type=click.Choice(DEVICES))
+@click.option("--amp/--no-amp", default=DEFAULTS["amp"], show_default=True,
+              help="bf16 autocast on CUDA (no effect on the CPU).")  # fmt: skip
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@_option("seed", "Seed of every random choice.", type=int)
+@_option("workers", "Data-loader worker processes (0: load in the training process).", type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--force", is_flag=True, help="Replace the run already in --out.")
 @quiet_option
 def train_command(
-    data: Path, out: Path, no_intra: bool, no_inter: bool, compile_: bool | None,
-    resume: bool, force: bool, quiet: bool, **options: object,
+    data: Path, out: Path, no_intra: bool, no_inter: bool, compile_: bool, resume: bool,
+    force: bool, quiet: bool, **options: Any,
 ) -> None:  # fmt: skip
     """Train AMC (or a baseline) on a prepared folder DATA (from `synth` or `prepare`).
 
-    Under torchrun this is one process of a distributed run:
+    Under torchrun each process is one rank of a distributed run:
     `torchrun --nproc_per_node 4 -m amc_data train DATA --out RUN`.
     """
+    config = TrainConfig(intra=not no_intra, inter=not no_inter, compile=compile_, **options)
     require("torch")
-    from amc_data.training import TrainConfig, train
+    from amc_data.training import train
 
-    chosen = {k: v for k, v in options.items() if v is not None}
-    if compile_:
-        chosen["compile"] = True
-    if no_intra:
-        chosen["intra"] = False
-    if no_inter:
-        chosen["inter"] = False
-    config = TrainConfig(**chosen)  # type: ignore[arg-type]
     result = train(data, out, config, resume=resume, force=force,
                    progress=progress_enabled(quiet))  # fmt: skip
     if quiet:
         return
     for entry in result.log:
-        metric = entry.get("ndcg@10")
-        shown = "n/a" if metric is None else f"{metric:.4f}"
-        loss = entry.get("loss")
+        metric, loss = entry.get("ndcg@10"), entry.get("loss")
         click.echo(
             f"epoch {entry['epoch']:>3}  loss {'n/a' if loss is None else f'{loss:.4f}'}  "
-            f"val ndcg@10 {shown}  {entry['seconds']:.1f} s"
+            f"val ndcg@10 {'n/a' if metric is None else f'{metric:.4f}'}  "
+            f"{entry['seconds']:.1f} s"
         )
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     click.echo(f"Best val ndcg@10 {best} (epoch {result.best_epoch}); run in {result.run_dir}")

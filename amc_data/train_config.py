@@ -1,0 +1,69 @@
+"""The options of `amc-data train`, in a module without torch so the CLI can show their defaults
+and check them before torch loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+MODELS = ("amc", "visual", "keyword", "fusion", "cca")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (saved in `config.json` and every checkpoint)."""
+
+    model: str = "amc"
+    intra: bool = True  # attention inside each modality (False: mean pooling)
+    inter: bool = True  # query-dependent modality weights (False: fixed 0.5 / 0.5)
+    dim: int = 64
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05  # fraction of all steps spent warming the learning rate up
+    negatives: int = 8
+    margin: float = 0.2
+    in_batch: bool = False  # the batch's other positives count as negatives too
+    clip: float = 1.0  # gradient norm cap (0: none)
+    max_keywords: int = 64
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    compile: bool = False
+    word_vectors: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}.")
+        positive = {"dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "negatives": self.negatives, "max_keywords": self.max_keywords}  # fmt: skip
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}."
+                )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(
+                f"--warmup is a fraction of the steps in [0, 1), not {self.warmup!r}."
+            )
+        if self.margin < 0 or self.clip < 0 or self.weight_decay < 0 or self.workers < 0:
+            raise ConfigError("--margin, --clip, --weight-decay and --workers cannot be negative.")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
