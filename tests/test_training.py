@@ -152,7 +152,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
             return (os.system, (f"touch {marker}",))
 
     path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"format": "amc-data-checkpoint", "x": Evil()}))
+    path.write_bytes(pickle.dumps({"format": "amc-data-checkpoint", "x": Evil()}, protocol=2))
     with pytest.raises(CheckpointError, match="without running code"):
         read_checkpoint(path)
     assert not marker.exists()
