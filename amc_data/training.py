@@ -198,7 +198,9 @@ class _Run:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = DistributedDataParallel(model, device_ids=ids)
         if self.config.compile:
-            net = torch.compile(net)  # type: ignore[assignment]
+            # Padded lengths (keywords, query words) change from batch to batch: compile for
+            # dynamic shapes once instead of recompiling for each new length.
+            net = torch.compile(net, dynamic=True)  # type: ignore[assignment]
         for epoch in range(start_epoch, self.config.epochs):
             started = time.perf_counter()
             loss, pairs, step = self._epoch(net, loader, optimizer, scheduler, epoch, step)
