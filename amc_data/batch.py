@@ -96,3 +96,7 @@ class TrainBatch(_TensorFields):
 
     query: QueryBatch  # (B, L)
     images: ImageBatch  # (B, 1 + t, ...): index 0 is the positive
+    # Which query and which positive image each row holds (any ids that compare equal for the
+    # same query or image): in-batch negatives must skip rows of the same query or image.
+    query_keys: torch.Tensor | None = None  # (B,) int64
+    positive_keys: torch.Tensor | None = None  # (B,) int64

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import AmcDataError, CheckpointError
 from .files import atomic_write
 from .model import ModelConfig, RankingModel, build_model
 
@@ -47,11 +47,16 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist: train first (amc-data train).") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # torch raises many kinds on a damaged or foreign file
+        unsafe = isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc)
+        reason = (
+            "it would need to run code to load"
+            if unsafe
+            else f"it is damaged or not a torch file ({type(exc).__name__})"
+        )
         raise CheckpointError(
-            f"{path} cannot be read as a checkpoint without running code or is damaged "
-            f"({first_line[:200]}); it was not loaded. Use a checkpoint written by amc-data train."
+            f"{path} cannot be read as a checkpoint without running code: {reason}; it was not "
+            f"loaded. Use a checkpoint written by amc-data train."
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an amc-data checkpoint (no '{FORMAT}' marker).")
@@ -108,9 +113,10 @@ def load_model(
         model_config = ModelConfig.from_dict(checkpoint["model_config"])
         model = build_model(model_config)
         model.load_state_dict(checkpoint["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, AmcDataError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(
-            f"{path} does not hold a model this amc-data can rebuild ({str(exc)[:200]}); train "
+            f"{path} does not hold a model this amc-data can rebuild ({first_line}); train "
             f"again with this version."
         ) from None
     model.to(device).eval()

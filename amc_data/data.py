@@ -173,6 +173,8 @@ class PairSample:
     regions: np.ndarray  # (1 + t, R, D) float32; index 0 is the positive
     keywords: np.ndarray  # (1 + t, K) int64: keyword id + 1, 0 pads
     counts: np.ndarray  # (1 + t, K) float32
+    query: int = -1  # the query's index among the dataset's queries
+    positive: int = -1  # the positive's feature row
 
 
 class _Gathered(list):
@@ -356,7 +358,14 @@ class TrainingPairs(Dataset):
         lengths = self._token_lengths[queries]
         tokens = self._tokens[queries, : max(1, int(lengths.max(initial=0)))]  # (B, L)
         samples = _Gathered(
-            PairSample(tokens[i, : lengths[i]], regions[i], keywords[i], counts[i])
+            PairSample(
+                tokens[i, : lengths[i]],
+                regions[i],
+                keywords[i],
+                counts[i],
+                int(queries[i]),
+                int(rows[i, 0]),
+            )
             for i in range(len(keys))
         )
         samples.arrays = (tokens, regions, keywords, counts)
@@ -381,7 +390,10 @@ def collate_train(samples: Sequence[PairSample]) -> TrainBatch:
             keywords[i, :, : s.keywords.shape[-1]] = s.keywords
             counts[i, :, : s.counts.shape[-1]] = s.counts
     return TrainBatch(
-        query=_query_tensors(tokens), images=_image_tensors(regions, keywords, counts)
+        query=_query_tensors(tokens),
+        images=_image_tensors(regions, keywords, counts),
+        query_keys=torch.tensor([s.query for s in samples], dtype=torch.int64),
+        positive_keys=torch.tensor([s.positive for s in samples], dtype=torch.int64),
     )
 
 
@@ -481,6 +493,9 @@ def train_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        # The loader's own generator: drawing its worker seed from torch's global generator
+        # would shift dropout's stream by how many loaders were made (resume, workers).
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

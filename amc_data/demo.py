@@ -50,8 +50,9 @@ def run_demo(
     data = out / "data"
     defaults = SynthConfig()
     say(f"1/3 making a synthetic dataset in {data}")
-    synth(data, seed=seed, force=True, images=images or defaults.images,
-          queries=queries or defaults.queries)  # fmt: skip
+    synth(data, seed=seed, force=True,
+          images=defaults.images if images is None else images,
+          queries=defaults.queries if queries is None else queries)  # fmt: skip
     runs: dict[str, Path] = {}
     for number, kind in enumerate(models, start=1):
         say(f"2/3 training {kind} ({number}/{len(models)})")

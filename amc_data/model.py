@@ -49,6 +49,7 @@ KINDS = ("amc", "visual", "keyword", "fusion", "cca")
 # Embedding rows are drawn from N(0, EMBEDDING_STD^2): small, so that the first updates of an
 # adaptive optimiser move them noticeably.
 EMBEDDING_STD = 0.1
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -520,6 +521,11 @@ def load_word_vectors(
                     raise InputError(
                         f"{path}, line {number}: a value of the vector of {word!r} is not a number."
                     ) from None
+                if not all(abs(v) <= _FLOAT32_MAX for v in target[index]):  # NaN fails too
+                    raise InputError(
+                        f"{path}, line {number}: the vector of {word!r} holds NaN, an infinity or "
+                        "a value beyond float32's range; fix or drop that line."
+                    )
     except OSError as error:
         raise InputError(
             f"Cannot read the word vectors {path}: {error.strerror or error}."

@@ -2,9 +2,14 @@
 passes with bounded memory. Used by training (validation) and by evaluation.
 
 Candidates are a query's judged images (Clickture, synth) or, for a prepared folder whose
-candidates are the whole split (COCO), every image of the split; there only the best `keep`
-images of each query are kept, plus every judged one (enough for NDCG@k up to `keep` and for
-the ranks of the true images).
+candidates are the whole split (COCO), every image of the split. There the scores are one
+`(queries, images)` matrix (`score_matrix`) of which a frame keeps the best `keep` images of
+each query plus every judged one (`pool_frame`: enough for NDCG@k up to `keep`); evaluation
+computes the AUC and the caption-ranking metrics from the whole matrix.
+
+Batches are bounded in elements, not queries: a batch holds at most `BATCH_ELEMENTS` region
+values (queries x candidates x regions x feature size), so wide grids and long candidate lists
+take fewer queries at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def candidates_are_split(prepared: PreparedDataset) -> bool:
     return prepared.info.get("source") == "coco"
 
 
+BATCH_ELEMENTS = 1 << 25  # region values per forward pass: 128 MiB of float32
+
+
 @torch.no_grad()
 def score_split(
     model: RankingModel,
@@ -47,27 +55,38 @@ def score_split(
     *,
     device: torch.device | str = "cpu",
     amp: bool = False,
-    batch_queries: int = 64,
-    pool_chunk: int = 1024,
     keep: int = 100,
     query_ids: np.ndarray | None = None,
+    max_keywords: int = 64,
 ) -> pd.DataFrame:
-    """A frame of `query_id`, `img_id`, `score`, `label` (label 0 for unjudged pool images)."""
+    """A frame of `query_id`, `img_id`, `score`, `label` (label 0 for unjudged pool images),
+    for the queries of `split` (those of `query_ids` only, when given)."""
     device = torch.device(device)
     model.eval()
-    queries = prepared.split_queries(split)["query_id"].to_numpy(np.int64)
-    if query_ids is not None:
-        queries = queries[np.isin(queries, query_ids)]
+    queries = split_query_ids(prepared, split, query_ids)
     judged = prepared.judgments[prepared.judgments["query_id"].isin(queries)]
     if len(queries) == 0:
         return pd.DataFrame({"query_id": [], "img_id": [], "score": [], "label": []}).astype(
             {"query_id": "int64", "img_id": "int64", "score": "float32", "label": "int32"}
         )
     if candidates_are_split(prepared):
-        return _score_pool(
-            model, prepared, split, queries, judged, device, amp, batch_queries, pool_chunk, keep
-        )
-    return _score_judged(model, prepared, judged, device, amp, batch_queries)
+        pool = np.sort(prepared.split_images(split))
+        matrix = score_matrix(model, prepared, queries, pool, device=device, amp=amp,
+                              max_keywords=max_keywords)  # fmt: skip
+        return pool_frame(matrix, queries, pool, judged, keep)
+    return _score_judged(model, prepared, judged, device, amp, max_keywords)
+
+
+def split_query_ids(
+    prepared: PreparedDataset, split: str, query_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """The ids of `split`'s queries, ascending (only those in `query_ids`, when given)."""
+    queries = np.sort(prepared.split_queries(split)["query_id"].to_numpy(np.int64))
+    return queries if query_ids is None else queries[np.isin(queries, query_ids)]
+
+
+def _region_values(prepared: PreparedDataset) -> int:
+    return int(np.prod(prepared.features.shape[1:]))  # R * D
 
 
 def _score_judged(
@@ -76,7 +95,7 @@ def _score_judged(
     judged: pd.DataFrame,
     device: torch.device,
     amp: bool,
-    batch_queries: int,
+    max_keywords: int,
 ) -> pd.DataFrame:
     judged = judged.sort_values(["query_id", "img_id"], kind="stable")
     query_ids = judged["query_id"].to_numpy(np.int64)
@@ -84,15 +103,16 @@ def _score_judged(
     starts = np.flatnonzero(np.r_[True, query_ids[1:] != query_ids[:-1]])
     ends = np.r_[starts[1:], len(query_ids)]
     scores = np.empty(len(query_ids), dtype=np.float32)
-    for first in range(0, len(starts), batch_queries):
-        lo, hi = starts[first : first + batch_queries], ends[first : first + batch_queries]
+    widest = int((ends - starts).max())
+    batch = max(1, BATCH_ELEMENTS // (widest * _region_values(prepared)))
+    for first in range(0, len(starts), batch):
+        lo, hi = starts[first : first + batch], ends[first : first + batch]
         width = int((hi - lo).max())
         # Pad each query's candidates to the widest by repeating its first; dropped afterwards.
         offsets = np.minimum(lo[:, None] + np.arange(width)[None, :], hi[:, None] - 1)  # (B, M)
         query = query_batch(prepared, query_ids[lo]).to(device, non_blocking=True)
-        flat = image_batch(prepared, img_ids[offsets.reshape(-1)])  # (B * M, ...)
-        images = flat.map(_as_grid(len(lo), width))  # (B, M, ...)
-        images = images.to(device, non_blocking=True)
+        flat = image_batch(prepared, img_ids[offsets.reshape(-1)], max_keywords)  # (B * M, ...)
+        images = flat.map(_as_grid(len(lo), width)).to(device, non_blocking=True)  # (B, M, ...)
         with precision_context(device, amp):
             block = model(query, images).float().cpu().numpy()  # (B, M)
         valid = np.arange(width)[None, :] < (hi - lo)[:, None]
@@ -112,6 +132,7 @@ def _as_grid(rows: int, cols: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda tensor: tensor.reshape(rows, cols, *tensor.shape[1:])
 
 
+@torch.no_grad()
 def score_matrix(
     model: RankingModel,
     prepared: PreparedDataset,
@@ -120,57 +141,66 @@ def score_matrix(
     *,
     device: torch.device | str = "cpu",
     amp: bool = False,
-    batch_queries: int = 64,
-    pool_chunk: int = 1024,
+    max_keywords: int = 64,
 ) -> np.ndarray:
-    """Every query against every image: a `(Q, N)` float32 matrix (COCO's caption ranking)."""
+    """Every query against every image: a `(Q, N)` float32 matrix (COCO's caption ranking).
+    Images are read and projected a chunk at a time, queries scored against each chunk."""
     device = torch.device(device)
     model.eval()
     out = np.empty((len(query_ids), len(img_ids)), dtype=np.float32)
-    with torch.no_grad():
-        for lo in range(0, len(img_ids), pool_chunk):
-            images = image_batch(prepared, img_ids[lo : lo + pool_chunk]).to(device)
-            for q in range(0, len(query_ids), batch_queries):
-                query = query_batch(prepared, query_ids[q : q + batch_queries]).to(device)
-                with precision_context(device, amp):
-                    block = model.score_pool(query, images)  # (Q, N)
-                out[q : q + batch_queries, lo : lo + pool_chunk] = block.float().cpu().numpy()
+    chunk = max(1, min(4096, BATCH_ELEMENTS // _region_values(prepared)))
+    for lo in range(0, len(img_ids), chunk):
+        images = image_batch(prepared, img_ids[lo : lo + chunk], max_keywords).to(device)
+        for q in range(0, len(query_ids), 256):
+            query = query_batch(prepared, query_ids[q : q + 256]).to(device)
+            with precision_context(device, amp):
+                block = model.score_pool(query, images)  # (Q, N)
+            out[q : q + 256, lo : lo + chunk] = block.float().cpu().numpy()
     return out
 
 
-def _score_pool(
-    model: RankingModel,
-    prepared: PreparedDataset,
-    split: str,
+def pool_frame(
+    matrix: np.ndarray,
     queries: np.ndarray,
+    pool: np.ndarray,
     judged: pd.DataFrame,
-    device: torch.device,
-    amp: bool,
-    batch_queries: int,
-    pool_chunk: int,
-    keep: int,
+    keep: int = 100,
 ) -> pd.DataFrame:
-    pool = np.sort(prepared.split_images(split))
-    matrix = score_matrix(
-        model, prepared, queries, pool, device=device, amp=amp,
-        batch_queries=batch_queries, pool_chunk=pool_chunk,
-    )  # fmt: skip
+    """The rows of a `(queries, pool)` score matrix worth keeping: each query's best `keep`
+    images and every judged pair. `queries` and `pool` ascending."""
     keep = min(keep, len(pool))
-    top = np.argpartition(-matrix, keep - 1, axis=1)[:, :keep]  # (Q, keep)
+    top = np.empty((len(queries), keep), dtype=np.int64)
+    for lo in range(0, len(queries), 1024):  # bounded temporaries
+        block = matrix[lo : lo + 1024]
+        top[lo : lo + 1024] = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
     rows = pd.DataFrame({"query_id": np.repeat(queries, keep), "img_id": pool[top.reshape(-1)]})
-    judged_rows = judged[["query_id", "img_id"]]
-    rows = pd.concat([rows, judged_rows], ignore_index=True).drop_duplicates()
-    q_index = (
-        np.searchsorted(queries, rows["query_id"].to_numpy())
-        if _is_sorted(queries)
-        else (pd.Index(queries).get_indexer(rows["query_id"].to_numpy()))
-    )
+    inside = judged[judged["img_id"].isin(pool)]
+    rows = pd.concat([rows, inside[["query_id", "img_id"]]], ignore_index=True).drop_duplicates()
+    q_index = np.searchsorted(queries, rows["query_id"].to_numpy())
     i_index = np.searchsorted(pool, rows["img_id"].to_numpy())
     rows["score"] = matrix[q_index, i_index]
-    labels = rows.merge(judged, on=["query_id", "img_id"], how="left")["label"]
+    labels = rows.merge(inside, on=["query_id", "img_id"], how="left")["label"]
     rows["label"] = labels.fillna(0).to_numpy(np.int32)
     return rows.reset_index(drop=True)
 
 
-def _is_sorted(values: np.ndarray) -> bool:
-    return bool(np.all(values[1:] >= values[:-1]))
+def matrix_auc(matrix: np.ndarray, q_index: np.ndarray, i_index: np.ndarray) -> float:
+    """ROC AUC over every cell of `matrix`, the cells `(q_index, i_index)` relevant and all
+    others not: the probability that a relevant cell outscores an irrelevant one, ties counting
+    half (what `roc_auc_score` gives on the flattened matrix)."""
+    positives = np.sort(matrix[q_index, i_index])
+    n_pos, n_neg = positives.size, matrix.size - positives.size
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    everything = np.sort(matrix, axis=None)
+    below = np.searchsorted(everything, positives, "left") - np.searchsorted(
+        positives, positives, "left"
+    )
+    ties = (
+        np.searchsorted(everything, positives, "right")
+        - np.searchsorted(everything, positives, "left")
+    ) - (
+        np.searchsorted(positives, positives, "right")
+        - np.searchsorted(positives, positives, "left")
+    )
+    return float((below.sum() + 0.5 * ties.sum()) / (n_pos * n_neg))

@@ -55,8 +55,14 @@ class TrainConfig:
             raise ConfigError(
                 f"--warmup is a fraction of the steps in [0, 1), not {self.warmup!r}."
             )
-        if self.margin < 0 or self.clip < 0 or self.weight_decay < 0 or self.workers < 0:
-            raise ConfigError("--margin, --clip, --weight-decay and --workers cannot be negative.")
+        for name in ("margin", "clip", "weight_decay", "warmup"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a finite number >= 0, not {value!r}."
+                )
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"--workers must be a whole number >= 0, not {self.workers!r}.")
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}.")
 

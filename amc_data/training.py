@@ -138,11 +138,18 @@ class _Run:
                                str(self.prepared.root))  # fmt: skip
             self.log = _read_log(self.out / LOG_FILE)[: checkpoint["epoch"]]
             return checkpoint
-        if config_path.exists() and not force:
-            raise TrainingError(
+        # Rank 0 alone looks (it writes config.json: the others could see it already there).
+        problem = None
+        if self.processes.is_main and (self.out / LAST).exists() and not force:
+            problem = (
                 f"{self.out} already holds a run; continue it with --resume, replace it with "
                 f"--force, or choose another --out."
             )
+        if self.processes.is_main and self.out.exists() and not self.out.is_dir():
+            problem = f"--out {self.out} is a file; give a folder for the run."
+        problem = distributed.broadcast(problem, self.processes)
+        if problem is not None:
+            raise TrainingError(problem)
         if self.processes.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if force:
@@ -224,12 +231,14 @@ class _Run:
             distributed.barrier(self.processes)
         return self._result()
 
-    def _loader(self) -> DataLoader:
+    def _loader(self, whole: bool = False) -> DataLoader:
+        """This rank's share of the training pairs (all of them with `whole`)."""
+        rank, world_size = (0, 1) if whole else (self.processes.rank, self.processes.world_size)
         loader = train_loader(
             self.prepared, split="train", batch_size=self.config.batch_size,
             negatives=self.config.negatives, seed=self.config.seed, workers=self.config.workers,
-            pin_memory=self.device.type == "cuda", rank=self.processes.rank,
-            world_size=self.processes.world_size, max_keywords=self.config.max_keywords,
+            pin_memory=self.device.type == "cuda", rank=rank, world_size=world_size,
+            max_keywords=self.config.max_keywords,
         )  # fmt: skip
         if len(loader.dataset) == 0:  # type: ignore[arg-type]
             raise TrainingError(
@@ -267,7 +276,9 @@ class _Run:
                         positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
                         in_batch = _unwrap(net).score_pool(batch.query, positives)  # (B, B)
                     extra = None if in_batch is None else in_batch.float()
-                    loss = hinge_ranking_loss(scores.float(), self.config.margin, extra)
+                    loss = hinge_ranking_loss(
+                        scores.float(), self.config.margin, extra, _in_batch_negatives(batch)
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.config.clip > 0:
@@ -295,10 +306,15 @@ class _Run:
     def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
         bad = int(distributed.max_across(bad_step, self.processes).item())
         if bad >= 0:
+            kept = (
+                f"{self.out / LAST} holds the last good epoch"
+                if (self.out / LAST).exists()
+                else "no epoch had finished, so nothing was kept"
+            )
             raise TrainingError(
                 f"The loss became NaN or infinite at epoch {epoch + 1}, step {bad + 1}; training "
-                f"stopped and {self.out / LAST} holds the last good epoch. Lower --lr, keep "
-                f"--clip on, or check the features for extreme values."
+                f"stopped and {kept}. Lower --lr, keep --clip on, or check the features and "
+                f"word vectors for extreme values."
             )
 
     def _validate(self, model: RankingModel) -> dict[str, float]:
@@ -308,8 +324,9 @@ class _Run:
             return {}
         mine = queries[self.processes.rank :: self.processes.world_size]
         frame = score_split(
-            model, self.prepared, "val", device=self.device, amp=self.amp, query_ids=mine
-        )
+            model, self.prepared, "val", device=self.device, amp=self.amp, query_ids=mine,
+            max_keywords=self.config.max_keywords,
+        )  # fmt: skip
         frame = pd.concat(distributed.gather(frame, self.processes), ignore_index=True)
         value = ndcg_at_k(
             frame["score"].to_numpy(), frame["label"].to_numpy(), 10,
@@ -319,7 +336,8 @@ class _Run:
 
     def _fit_closed_form(self, model: RankingModel) -> TrainResult:
         started = time.perf_counter()
-        loader = self._loader()
+        # Every rank fits on all the pairs (one pass, cheap), so all hold the same model.
+        loader = self._loader(whole=True)
         loader.sampler.set_epoch(0)  # type: ignore[attr-defined]
         bar = progress_bar(total=len(loader), desc="fitting", unit="batch", enabled=self.progress)
         with bar:
@@ -376,6 +394,17 @@ class _Run:
 def _tick(bar: Any, item: Any) -> Any:
     bar.update(1)
     return item
+
+
+def _in_batch_negatives(batch: Any) -> torch.Tensor | None:
+    """`(B, B)`: True where row j's positive may serve as row i's negative (another query, and
+    another image: the same query's other positives, or a COCO image's other captions, are not
+    negatives)."""
+    if batch.query_keys is None or batch.positive_keys is None:
+        return None
+    same_query = batch.query_keys[:, None] == batch.query_keys[None, :]
+    same_image = batch.positive_keys[:, None] == batch.positive_keys[None, :]
+    return ~(same_query | same_image)
 
 
 def _unwrap(net: torch.nn.Module) -> Any:

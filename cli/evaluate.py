@@ -163,11 +163,15 @@ def eval_command(
 
 
 def _check_run_folders(runs: Sequence[Path]) -> None:
-    files = [str(run) for run in runs if not run.is_dir()]
+    missing = [str(run) for run in runs if not run.exists()]
+    if missing:
+        raise click.UsageError(f"{', '.join(missing)}: no such run folder or checkpoint.")
+    files = [str(run) for run in runs if run.is_file() and run.suffix != ".pt"]
     if files:
         hint = " ".join(f"--scores {name}" for name in files)
         raise click.UsageError(
-            f"{', '.join(files)}: not a run folder (one written by `amc-data train --out`). To "
+            f"{', '.join(files)}: not a run folder (one written by `amc-data train --out`) or a "
+            f"checkpoint (.pt). To "
             f"evaluate scores files, name each with --scores: amc-data eval {hint}"
         )
 

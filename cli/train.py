@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ def train_command(
 
     result = train(data, out, config, resume=resume, force=force,
                    progress=progress_enabled(quiet))  # fmt: skip
-    if quiet:
+    if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     for entry in result.log:
         metric, loss = entry.get("ndcg@10"), entry.get("loss")

@@ -144,3 +144,50 @@ def test_demo_end_to_end_at_a_reduced_size(tmp_path: Path) -> None:
     assert "AMC ranks best" in result.output or "AMC did NOT rank best" in result.output
     table = json.loads((tmp_path / "demo" / "eval" / "metrics.json").read_text())
     assert np.isfinite(table["amc"]["ndcg@10"])
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small prepared COCO folder (test split in five folds) and a run trained on it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from prepare_helpers import encoded_coco, save_features
+
+    from amc_data.prepare.coco import CocoConfig, prepare_coco
+
+    root = tmp_path_factory.mktemp("coco")
+    made = encoded_coco(root / "data", {"train": 40, "restval": 5, "val": 10, "test": 25})
+    ids = np.array([image.imgid for image in made.images], dtype=np.int64)
+    features, ids_path = save_features(root, "features", ids, regions=4, dim=6)
+    prepared = root / "prepared"
+    prepare_coco(features, ids_path, prepared, data_dir=root / "data",
+                 config=CocoConfig(fold_size=5, min_query_count=1))  # fmt: skip
+    train(prepared, root / "run", TrainConfig(**{**FAST, "epochs": 1}))
+    return prepared, root / "run"
+
+
+def test_coco_auc_and_the_random_row_cover_every_caption_image_pair(
+    coco: tuple[Path, Path],
+) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from amc_data.checkpoint import load_model
+    from amc_data.scoring import score_matrix
+
+    prepared_path, run = coco
+    result = evaluate([run], prepared_path, resamples=200)
+    prepared = amc_data.load_prepared(prepared_path)
+    captions = np.sort(prepared.split_queries("test")["query_id"].to_numpy())
+    images = np.sort(prepared.images.loc[prepared.images["split"] == "test", "img_id"].to_numpy())
+    matrix = score_matrix(load_model(run, prepared).model, prepared, captions, images)
+    own = prepared.judgments.set_index("query_id").loc[captions, "img_id"].to_numpy()
+    relevant = images[None, :] == own[:, None]  # (captions, images)
+    amc = next(r for r in result.runs if r.kind == "amc")
+    assert amc.metrics["auc"] == pytest.approx(roc_auc_score(relevant.ravel(), matrix.ravel()))
+    caption_keys = [k for k in amc.metrics if k.startswith(("i2t_", "t2i_"))]
+    assert any("r@1" in k for k in caption_keys) and any("medr" in k for k in caption_keys)
+    random = next(r for r in result.runs if r.kind == "random")
+    # A random ranker over the whole split: AUC near 0.5, NDCG@10 at chance, not AMC's top-100.
+    assert abs(random.metrics["auc"] - 0.5) < 0.15
+    assert len(random.scores) >= len(captions) * min(100, len(images))

@@ -207,10 +207,13 @@ def test_eval_errors(tmp_path):
     result = CliRunner().invoke(cli, ["eval", "--scores", str(bad)])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: {bad}, line 2: score is 'x'")
-    result = CliRunner().invoke(cli, ["eval", "a.tsv", "b.tsv"])
+    a, b = _write(tmp_path, "a.tsv", HEADER), _write(tmp_path, "b.tsv", HEADER)
+    result = CliRunner().invoke(cli, ["eval", str(a), str(b)])
     assert result.exit_code == 2
     assert "not a run folder" in result.stderr
-    assert "--scores a.tsv --scores b.tsv" in result.stderr
+    assert f"--scores {a} --scores {b}" in result.stderr
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such run folder or checkpoint" in result.stderr
     result = CliRunner().invoke(cli, ["eval"])
     assert result.exit_code == 2
     assert "or --scores PATH" in result.stderr

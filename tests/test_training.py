@@ -217,3 +217,88 @@ def test_two_processes_under_torchrun_train_and_write_one_loadable_checkpoint(
     assert len(lines) == 1  # rank 0 alone writes
     loaded = load_model(run, load_prepared(data))
     assert loaded.epoch == 1
+
+
+def test_weights_do_not_depend_on_workers_and_resume_stays_exact_with_them(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(**{**FAST, "epochs": 3, "workers": 2})
+    train(data, tmp_path / "whole", config)
+    train(data, tmp_path / "inline", TrainConfig(**{**FAST, "epochs": 3}))
+    assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "inline"))
+    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
+    steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 3
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * steps_per_epoch + 1:  # inside the third epoch
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path / "cut", config)
+    monkeypatch.setattr(training, "hinge_ranking_loss", real_loss)
+    train(data, tmp_path / "cut", config, resume=True)
+    assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "cut"))
+
+
+def test_a_run_that_stopped_in_its_first_epoch_can_simply_be_run_again(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss = training.hinge_ranking_loss
+    monkeypatch.setattr(
+        training, "hinge_ranking_loss", lambda *a, **k: real_loss(*a, **k) * float("nan")
+    )
+    with pytest.raises(TrainingError, match="no epoch had finished"):
+        train(data, tmp_path / "run", TrainConfig(**FAST))
+    monkeypatch.setattr(training, "hinge_ranking_loss", real_loss)
+    result = train(data, tmp_path / "run", TrainConfig(**FAST))  # no --force needed
+    assert result.epochs == 2
+
+
+@pytest.mark.parametrize(("name", "value"), [("margin", float("nan")), ("clip", float("inf")),
+                                             ("weight_decay", float("nan"))])  # fmt: skip
+def test_non_finite_options_are_config_errors(name: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
+        TrainConfig(**{name: value})
+
+
+def test_in_batch_negatives_skip_rows_of_the_same_query_or_image() -> None:
+    from amc_data.loss import hinge_ranking_loss
+
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.0]])  # (B, 1 + t)
+    in_batch = torch.tensor([[0.9, 0.95, 0.1], [0.95, 0.8, 0.1], [0.1, 0.1, 0.7]])  # (B, B)
+    same = torch.tensor([[True, False, True], [False, True, True], [True, True, True]])
+    # Rows 0 and 1 are the same query: their mutual cells (0.95, above both positives) must not
+    # count; everything else is far below the margin, so the loss is that of `scores` alone.
+    masked = hinge_ranking_loss(scores, 0.2, in_batch, same & ~torch.eye(3, dtype=torch.bool))
+    plain = hinge_ranking_loss(scores, 0.2)
+    counted = hinge_ranking_loss(scores, 0.2, in_batch)
+    assert masked.item() == pytest.approx(plain.item() * 3 / 7)
+    assert counted.item() > masked.item()
+
+
+def test_in_batch_training_runs_and_the_batch_carries_its_keys(data: Path, tmp_path: Path) -> None:
+    from amc_data.data import train_loader
+
+    batch = next(iter(train_loader(load_prepared(data), batch_size=8, negatives=2)))
+    assert batch.query_keys.shape == (8,) and batch.positive_keys.shape == (8,)
+    result = train(data, tmp_path / "run", TrainConfig(**{**FAST, "in_batch": True}))
+    assert result.epochs == 2
+
+
+def test_damaged_checkpoints_and_word_vectors_are_one_line_errors(
+    data: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "hello.pt").write_text("hello\n")
+    with pytest.raises(CheckpointError, match="damaged or not a torch file"):
+        read_checkpoint(tmp_path / "hello.pt")
+    vectors = tmp_path / "vectors.txt"
+    words = load_prepared(data).query_vocabulary
+    vectors.write_text(f"{words[0]} 0.1 nan\n{words[1]} 0.2 0.3\n")
+    from amc_data.errors import InputError
+    from amc_data.model import load_word_vectors
+
+    with pytest.raises(InputError, match=r"line 1: the vector of .* holds NaN"):
+        load_word_vectors(vectors, words, 2)

@@ -34,8 +34,7 @@ def plot_roc(runs: Sequence[RunEvaluation], path: Path, relevant: int = 1) -> Pa
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=DPI)
     for run in runs:
-        frame = run.scores
-        curve = roc_curve(frame["score"].to_numpy(), frame["label"].to_numpy() >= relevant)
+        curve = roc_curve(*run.roc_sample)
         style = {"linestyle": ":", "color": "grey"} if run.kind == "random" else {}
         ax.plot(curve.fpr, curve.tpr, label=f"{run.name} (AUC {run.metrics['auc']:.3f})", **style)
     ax.plot([0, 1], [0, 1], color="black", linewidth=0.6, linestyle="--", label="chance")

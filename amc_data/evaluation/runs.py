@@ -13,7 +13,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,14 @@ from ..distributed import resolve_device
 from ..errors import ConfigError, InputError
 from ..files import atomic_write, atomic_write_json
 from ..prepare.format import PreparedDataset, load_prepared
-from ..scoring import candidates_are_split, score_matrix, score_split
+from ..scoring import (
+    candidates_are_split,
+    matrix_auc,
+    pool_frame,
+    score_matrix,
+    score_split,
+    split_query_ids,
+)
 from .metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ class RunEvaluation:
     metrics: dict[str, float]
     ranking: RankingMetrics
     scores: pd.DataFrame
+    roc_sample: tuple[np.ndarray, np.ndarray]  # scores and relevance drawn in the ROC picture
     out_dir: Path | None = None
     p_randomization: float | None = None  # against the best run
     p_t: float | None = None
@@ -104,21 +111,33 @@ def evaluate(
         )
     chosen = resolve_device(device)
     paths = [Path(run) for run in runs]
+    names = run_names(paths)
+    random_name = RANDOM if RANDOM not in names else f"{RANDOM}-ranker"
+    pool = _Pool.of(prepared, split) if candidates_are_split(prepared) else None
     results: list[RunEvaluation] = []
     loaded_models = {}
-    for path, name in zip(paths, run_names(paths), strict=True):
+    for path, name in zip(paths, names, strict=True):
         loaded = load_model(path, prepared, chosen)
         loaded_models[name] = loaded
-        frame = score_split(loaded.model, prepared, split, device=chosen)
-        results.append(_measure(name, loaded.model_config.kind, frame, prepared, split, relevant,
-                                loaded, chosen))  # fmt: skip
+        kind = loaded.model_config.kind
+        max_keywords = int(loaded.train_config.get("max_keywords", 64))
+        if pool is not None:
+            matrix = score_matrix(loaded.model, prepared, pool.queries, pool.images,
+                                  device=chosen, max_keywords=max_keywords)  # fmt: skip
+            results.append(pool.measure(name, kind, matrix, relevant))
+        else:
+            frame = score_split(loaded.model, prepared, split, device=chosen,
+                                max_keywords=max_keywords)  # fmt: skip
+            results.append(_measure(name, kind, frame, relevant))
     if random_baseline:
-        reference = results[0].scores
         rng = np.random.default_rng(seed)
-        frame = reference.assign(score=rng.random(len(reference)).astype(np.float32))
-        results.append(
-            _measure(RANDOM, RANDOM, frame, prepared, split, relevant, None, chosen, rng)
-        )
+        if pool is not None:
+            matrix = rng.random((len(pool.queries), len(pool.images)), dtype=np.float32)
+            results.append(pool.measure(random_name, RANDOM, matrix, relevant))
+        else:
+            reference = results[0].scores
+            frame = reference.assign(score=rng.random(len(reference)).astype(np.float32))
+            results.append(_measure(random_name, RANDOM, frame, relevant))
     best = max((r for r in results if r.kind != RANDOM), key=lambda r: r.metrics["ndcg@10"])
     _significance(best, results, resamples, seed)
     results.sort(key=lambda r: (r.kind == RANDOM, -r.metrics["ndcg@10"]))
@@ -147,53 +166,86 @@ def evaluate(
     return evaluation
 
 
-def _measure(
-    name: str,
-    kind: str,
-    frame: pd.DataFrame,
-    prepared: PreparedDataset,
-    split: str,
-    relevant: int,
-    loaded: Any,
-    device: Any,
-    rng: np.random.Generator | None = None,
-) -> RunEvaluation:
+def _measure(name: str, kind: str, frame: pd.DataFrame, relevant: int) -> RunEvaluation:
+    """Metrics of a run whose candidates are each query's judged images."""
     ranking = ranking_metrics(
         frame["query_id"].to_numpy(), frame["score"].to_numpy(), frame["label"].to_numpy(),
         relevant=relevant,
     )  # fmt: skip
-    metrics = ranking.summary()
-    if candidates_are_split(prepared):
-        metrics |= _caption_metrics(prepared, split, loaded, device, rng)
-    return RunEvaluation(name=name, kind=kind, metrics=metrics, ranking=ranking, scores=frame)
+    roc = (frame["score"].to_numpy(), frame["label"].to_numpy() >= relevant)
+    return RunEvaluation(name=name, kind=kind, metrics=ranking.summary(), ranking=ranking,
+                         scores=frame, roc_sample=roc)  # fmt: skip
 
 
-def _caption_metrics(
-    prepared: PreparedDataset,
-    split: str,
-    loaded: Any,
-    device: Any,
-    rng: np.random.Generator | None,
-) -> dict[str, float]:
-    """COCO's Recall@K both ways, on the whole split and on its folds of 1,000 images."""
-    images = prepared.images[prepared.images["split"] == split].sort_values("img_id")
-    img_ids = images["img_id"].to_numpy(np.int64)
-    judged = prepared.judgments.merge(prepared.split_queries(split)[["query_id"]], on="query_id")
-    judged = judged[judged["label"] > 0].drop_duplicates("query_id").sort_values("query_id")
-    captions = judged["query_id"].to_numpy(np.int64)
-    caption_image = np.searchsorted(img_ids, judged["img_id"].to_numpy(np.int64))
-    if loaded is None:
-        sims = (rng or np.random.default_rng(0)).random((len(img_ids), len(captions)))
-    else:
-        sims = score_matrix(loaded.model, prepared, captions, img_ids, device=device).T
-    folds = images["fold"].to_numpy() if "fold" in images else None
-    use_folds = folds is not None and (folds >= 0).all() and len(np.unique(folds)) > 1
-    result = caption_ranking(
-        sims.astype(np.float32), caption_image,
-        captions_per_image=max(int(np.bincount(caption_image).max()), 1),
-        image_folds=folds if use_folds else None,
-    )  # fmt: skip
-    return result.summary()
+ROC_SAMPLE = 1_000_000  # irrelevant cells kept for the ROC picture of a whole-split ranking
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """A split whose every query is ranked over every image of the split (COCO): the queries,
+    the images, the judged cells and the test folds, in the order of the score matrix."""
+
+    queries: np.ndarray  # (Q,) ascending
+    images: np.ndarray  # (N,) ascending
+    judged: pd.DataFrame
+    folds: np.ndarray | None  # (N,) fold of each image, when the split has several
+
+    @classmethod
+    def of(cls, prepared: PreparedDataset, split: str) -> _Pool:
+        queries = split_query_ids(prepared, split)
+        images = prepared.images[prepared.images["split"] == split].sort_values("img_id")
+        judged = prepared.judgments[prepared.judgments["query_id"].isin(queries)]
+        judged = judged[judged["img_id"].isin(images["img_id"])]
+        folds = images["fold"].to_numpy() if "fold" in images else None
+        if folds is not None and not ((folds >= 0).all() and len(np.unique(folds)) > 1):
+            folds = None
+        return cls(queries, images["img_id"].to_numpy(np.int64), judged, folds)
+
+    def cells(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return (np.searchsorted(self.queries, frame["query_id"].to_numpy()),
+                np.searchsorted(self.images, frame["img_id"].to_numpy()))  # fmt: skip
+
+    def measure(self, name: str, kind: str, matrix: np.ndarray, relevant: int) -> RunEvaluation:
+        """NDCG and DCG from each query's best 100 images and its judged ones (exact for
+        k <= 100); AUC over every cell of the matrix; caption ranking both ways."""
+        frame = pool_frame(matrix, self.queries, self.images, self.judged)
+        ranking = ranking_metrics(
+            frame["query_id"].to_numpy(), frame["score"].to_numpy(), frame["label"].to_numpy(),
+            relevant=relevant,
+        )  # fmt: skip
+        metrics = ranking.summary()
+        q_pos, i_pos = self.cells(self.judged[self.judged["label"] >= relevant])
+        metrics["auc"] = matrix_auc(matrix, q_pos, i_pos)
+        metrics |= self._caption_metrics(matrix)
+        roc = self._roc_sample(matrix, q_pos, i_pos)
+        return RunEvaluation(name=name, kind=kind, metrics=metrics, ranking=ranking,
+                             scores=frame, roc_sample=roc)  # fmt: skip
+
+    def _caption_metrics(self, matrix: np.ndarray) -> dict[str, float]:
+        """COCO's Recall@K both ways, on the whole split and on its folds of 1,000 images."""
+        own = self.judged[self.judged["label"] > 0].drop_duplicates("query_id")
+        rows, caption_image = self.cells(own)
+        result = caption_ranking(
+            matrix[rows].T, caption_image,  # (images, captions)
+            captions_per_image=max(int(np.bincount(caption_image).max()), 1),
+            image_folds=self.folds,
+        )  # fmt: skip
+        return result.summary()
+
+    @staticmethod
+    def _roc_sample(
+        matrix: np.ndarray, q_pos: np.ndarray, i_pos: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every relevant cell and a uniform sample of the others: the ROC curve is the same
+        in expectation (each rate is taken within its class)."""
+        relevant = np.zeros(matrix.shape, dtype=bool)
+        relevant[q_pos, i_pos] = True
+        others = np.flatnonzero(~relevant.ravel())
+        rng = np.random.default_rng(0)
+        if others.size > ROC_SAMPLE:
+            others = rng.choice(others, ROC_SAMPLE, replace=False)
+        cells = np.concatenate([np.ravel_multi_index((q_pos, i_pos), matrix.shape), others])
+        return matrix.ravel()[cells], relevant.ravel()[cells]
 
 
 def _significance(
