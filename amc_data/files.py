@@ -4,6 +4,7 @@ file in the same folder, flushed to disk, then one rename. Every stage writes it
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -13,6 +14,20 @@ from pathlib import Path
 from typing import IO, Any
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (at start-up, before threads matter)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """A binary file to write; it replaces `path` only when the block ends without an error."""
@@ -20,6 +35,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode a plain open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
