@@ -356,3 +356,13 @@ def test_compare_to_baseline_matches_queries_by_id():
     assert tests["better"].difference > 0 and tests["better"].p_t < 0.01
     with pytest.raises(ConfigError, match="baseline 'nope'"):
         compare_to_baseline(runs, baseline="nope")
+
+
+def test_paired_by_query_matches_numeric_and_text_query_ids():
+    from amc_data.evaluation.metrics import paired_by_query
+
+    numeric = np.array([3, 1, 2])
+    text = np.array(["1", "2", "3"], dtype=object)
+    test = paired_by_query(numeric, np.array([0.3, 0.1, 0.2]), text, np.array([0.1, 0.2, 0.3]),
+                           resamples=200)  # fmt: skip
+    assert test.n == 3 and test.difference == pytest.approx(0.0)

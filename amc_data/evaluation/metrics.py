@@ -713,6 +713,10 @@ def paired_by_query(
     seed: int = 0,
 ) -> PairedTest:
     """`paired_test` on the queries both runs hold, matched by query id."""
+    ids_a, ids_b = np.asarray(ids_a), np.asarray(ids_b)
+    if (ids_a.dtype.kind in "iuf") != (ids_b.dtype.kind in "iuf"):
+        # One run names its queries with numbers, the other with text: compare them as text.
+        ids_a, ids_b = ids_a.astype(str), ids_b.astype(str)
     common, index_a, index_b = np.intersect1d(ids_a, ids_b, assume_unique=True, return_indices=True)
     if not len(common):
         raise InputError("the two runs share no query; a paired test needs the same queries.")
