@@ -177,8 +177,18 @@ def main(argv: list[str] | None = None) -> None:
 
     encoded = work / "encoded"
     shutil.rmtree(encoded, ignore_errors=True)
-    amc = shutil.which("amc-data") or "amc-data"
-    command = [amc, "encode", "clickture", "--data-dir", str(data_dir), "--out", str(encoded)]
+    # The interpreter running the benchmark, so it works whether or not its venv is activated.
+    command = [
+        sys.executable,
+        "-m",
+        "amc_data",
+        "encode",
+        "clickture",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(encoded),
+    ]
     command += ["--quiet", "--force", *(["--jobs", str(args.jobs)] if args.jobs else [])]
     # Timed without the memory sampler, which would compete for the cores amc-data uses (the
     # reference leaves one idle); peak memory comes from one more, sampled run.
