@@ -44,6 +44,7 @@ from .common import (
     OnError,
     PrepareResult,
     Problems,
+    encode_summary,
     feature_rows,
     missing_features,
     open_features,
@@ -476,32 +477,6 @@ def _dev_labels(
 
 
 # -- keywords and features ---------------------------------------------------------------------
-def _encode_record(encoded: Path) -> dict[str, Any]:
-    path = encoded / "encode.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{path} not found: the keywords come from the encode output. Run `amc-data encode "
-            "clickture` first (or pass --encoded with its folder)."
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{path} is unreadable ({exc}). Run `amc-data encode clickture --force`."
-        ) from exc
-    if manifest.get("dataset") != "clickture":
-        raise InputError(
-            f"{encoded} holds an encoding of {manifest.get('dataset')!r}, not clickture."
-        )
-    return {
-        "path": str(encoded),
-        "fingerprint": manifest.get("fingerprint", {}),
-        "encode_json_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "vocabulary_size": manifest.get("vocabulary_size"),
-        "counts": manifest.get("counts", {}),
-    }
-
-
 def _keyword_rows(
     encoded: Path, part: str, ids: np.ndarray, n_words: int
 ) -> scipy.sparse.csr_matrix:
@@ -601,7 +576,7 @@ def prepare_clickture(
     dev_map_path = Path(dev_id_map) if dev_id_map is not None else folder / "img_id_map_dev.pkl"
     clicks_path, labels_path = Path(clicks), Path(dev_labels)
     problems = Problems(config.on_error)
-    record = _encode_record(encoded_dir)
+    record = encode_summary(encoded_dir, "clickture")
     lite_array, lite_have, lite_features_path = open_features(features, feature_ids)
     dev_array, dev_have, _ = open_features(dev_features, dev_feature_ids)
     train, notes = _clicks(

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from .common import (
     OnError,
     PrepareResult,
     Problems,
+    encode_summary,
     feature_rows,
     missing_features,
     open_features,
@@ -201,25 +201,11 @@ def _parse_images(
 
 # -- keywords ----------------------------------------------------------------------------------
 def _encode_record(encoded: Path, archive: Path | None) -> dict[str, Any]:
-    path = encoded / "encode.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"{path} not found: the keywords come from the encode output. Run `amc-data encode "
-            "coco` first (or pass --encoded with its folder)."
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"{path} is unreadable ({exc}). Run `amc-data encode coco --force`."
-        ) from exc
-    if manifest.get("dataset") != "coco":
-        raise InputError(f"{encoded} holds an encoding of {manifest.get('dataset')!r}, not coco.")
-    fingerprint = manifest.get("fingerprint", {})
+    """The encode output's summary, refusing one made from another copy of the archive."""
+    summary = encode_summary(encoded, "coco")
     if archive is not None and archive.is_file():
-        recorded = next(
-            (i for i in fingerprint.get("inputs", []) if i.get("name") == archive.name), None
-        )
+        inputs = summary["fingerprint"].get("inputs", [])
+        recorded = next((i for i in inputs if i.get("name") == archive.name), None)
         stat = archive.stat()
         if recorded and (recorded.get("size"), recorded.get("mtime_ns")) != (
             stat.st_size,
@@ -230,14 +216,7 @@ def _encode_record(encoded: Path, archive: Path | None) -> dict[str, Any]:
                 f"{archive}): its keyword rows may belong to other images. Run `amc-data encode "
                 "coco` again, then prepare."
             )
-    return {
-        "path": str(encoded),
-        "fingerprint": fingerprint,
-        "encode_json_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "vocabulary_size": manifest.get("vocabulary_size"),
-        "absent_splits": manifest.get("absent_splits", []),
-        "counts": manifest.get("counts", {}),
-    }
+    return summary
 
 
 def _keyword_rows(

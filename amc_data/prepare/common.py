@@ -4,6 +4,7 @@ feature files (opened memory-mapped, matched to the images by id)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..encoding.record import RECORD_NAME, read_record
 from ..errors import ConfigError, InputError
 from .format import FeatureRows
 
@@ -156,3 +158,27 @@ def feature_rows(
         for a, r in zip(arrays, rows, strict=True)
     )
     return FeatureRows(tuple(arrays), picked, path if len(arrays) == 1 else None)
+
+
+def encode_summary(encoded: Path, dataset: str) -> dict[str, Any]:
+    """What `prepared.json` records of the encode output the keywords come from: its folder,
+    fingerprint, the sha256 of its encode record, vocabulary size, counts and absent splits."""
+    record = read_record(encoded)
+    if record is None:
+        raise InputError(
+            f"{encoded / RECORD_NAME} not found: the keywords come from the encode output. Run "
+            f"`amc-data encode {dataset}` first (or pass --encoded with its folder)."
+        )
+    if record.get("dataset") != dataset:
+        raise InputError(
+            f"{encoded} holds an encoding of {record.get('dataset')!r}, not {dataset}; pass "
+            f"--encoded with the folder of `amc-data encode {dataset}`."
+        )
+    return {
+        "path": str(encoded),
+        "fingerprint": record.get("fingerprint", {}),
+        "encode_json_sha256": hashlib.sha256((encoded / RECORD_NAME).read_bytes()).hexdigest(),
+        "vocabulary_size": record.get("vocabulary_size"),
+        "absent_splits": record.get("absent_splits", []),
+        "counts": record.get("counts", {}),
+    }
