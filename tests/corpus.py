@@ -1,4 +1,4 @@
-"""Synthetic keyword corpora shaped like the authors' archives (SPEC §1), for tests and benchmarks.
+"""Synthetic keyword corpora shaped like the authors' archives, for tests and benchmarks.
 
 - `keyword_pool()`: a Zipf-distributed pool of realistic keywords (words and phrases, capitals,
   accents, stop words, digits, and the pieces tokenisers trip on a little deeper).

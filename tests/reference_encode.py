@@ -1,13 +1,15 @@
-"""A plain, independent reference of the authors' encoding (SPEC §2), for parity and benchmarks.
+"""A plain, independent reference of the authors' encoding, for parity and benchmarks.
 
-Written from the SPEC alone, in the way the authors' Python 2 scripts worked: unzip the archives
+Written from the description of the authors' scripts alone (scikit-learn's CountVectorizer with
+min_df=6 and English stop words, fitted on Clickture-dev or COCO train+test, tokens in order with
+repeats kept), the way their Python 2 scripts worked: unzip the archives
 to disk, read one JSON file per image, fit scikit-learn's `CountVectorizer`, encode each document
 with its `build_analyzer()` and `vocabulary_` into a plain list of `[img_id, word_id]` rows, then
 `numpy.array(rows, dtype=int64)`. It imports nothing from amc_data on purpose: it is the yardstick
 amc_data's encoder is measured against, bit for bit, and the "reference workflow" the benchmark
 times. Nothing here is optimised, and nothing should be.
 
-Conventions, stated because the SPEC leaves them open:
+Conventions, stated because that description leaves them open:
 
 - `max_img_id` is the largest image id among the pair rows, so the index has `max_img_id + 1`
   rows. An image with an empty keyword list (or no in-vocabulary token) that has the largest id
@@ -23,7 +25,8 @@ Conventions, stated because the SPEC leaves them open:
   everything in one top folder). Extracted files are left in `workdir` for the caller to delete.
 - List files: UTF-8, one line per image; surrounding whitespace is stripped and empty lines are
   skipped (a final newline is not an image).
-- Output names are the SPEC's with `sk_{min_df}` (the original `sk_6` at the default min_df).
+- Output names are the authors' (`img_keyword_rec_...`, `img_keyword_ind_...`) with
+  `sk_{min_df}` (the original `sk_6` at the default min_df).
 """
 
 from __future__ import annotations

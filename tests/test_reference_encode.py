@@ -1,4 +1,4 @@
-"""The reference encoder on tiny corpora whose every row was worked out by hand (SPEC §2).
+"""The reference encoder on tiny corpora whose every row was worked out by hand.
 
 These hand examples are what make the reference trustworthy: each expected array below was
 derived on paper from the keyword lists, not by running code.
