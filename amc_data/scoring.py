@@ -14,15 +14,16 @@ take fewer queries at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .data import image_batch, query_batch
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .model import RankingModel
@@ -58,6 +59,7 @@ def score_split(
     keep: int = 100,
     query_ids: np.ndarray | None = None,
     max_keywords: int = 64,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """A frame of `query_id`, `img_id`, `score`, `label` (label 0 for unjudged pool images),
     for the queries of `split` (those of `query_ids` only, when given)."""
@@ -72,9 +74,9 @@ def score_split(
     if candidates_are_split(prepared):
         pool = np.sort(prepared.split_images(split))
         matrix = score_matrix(model, prepared, queries, pool, device=device, amp=amp,
-                              max_keywords=max_keywords)  # fmt: skip
+                              max_keywords=max_keywords, progress=progress)  # fmt: skip
         return pool_frame(matrix, queries, pool, judged, keep)
-    return _score_judged(model, prepared, judged, device, amp, max_keywords)
+    return _score_judged(model, prepared, judged, device, amp, max_keywords, progress)
 
 
 def split_query_ids(
@@ -96,6 +98,7 @@ def _score_judged(
     device: torch.device,
     amp: bool,
     max_keywords: int,
+    progress: bool = False,
 ) -> pd.DataFrame:
     judged = judged.sort_values(["query_id", "img_id"], kind="stable")
     query_ids = judged["query_id"].to_numpy(np.int64)
@@ -105,7 +108,8 @@ def _score_judged(
     scores = np.empty(len(query_ids), dtype=np.float32)
     widest = int((ends - starts).max())
     batch = max(1, BATCH_ELEMENTS // (widest * _region_values(prepared)))
-    for first in range(0, len(starts), batch):
+    bar = progress_bar(total=len(starts), desc="scoring", unit="query", enabled=progress)
+    for first in bar_steps(bar, range(0, len(starts), batch), batch):
         lo, hi = starts[first : first + batch], ends[first : first + batch]
         width = int((hi - lo).max())
         # Pad each query's candidates to the widest by repeating its first; dropped afterwards.
@@ -127,6 +131,14 @@ def _score_judged(
     )
 
 
+def bar_steps(bar: Any, starts: range, step: int) -> Iterator[int]:
+    """`starts`, advancing `bar` by each step's size (the last may be short); closes it."""
+    with bar:
+        for start in starts:
+            yield start
+            bar.update(min(step, starts.stop - start))
+
+
 def _as_grid(rows: int, cols: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """View a flat `(rows * cols, ...)` tensor as `(rows, cols, ...)`."""
     return lambda tensor: tensor.reshape(rows, cols, *tensor.shape[1:])
@@ -142,6 +154,7 @@ def score_matrix(
     device: torch.device | str = "cpu",
     amp: bool = False,
     max_keywords: int = 64,
+    progress: bool = False,
 ) -> np.ndarray:
     """Every query against every image: a `(Q, N)` float32 matrix (COCO's caption ranking).
     Images are read and projected a chunk at a time, queries scored against each chunk."""
@@ -149,7 +162,8 @@ def score_matrix(
     model.eval()
     out = np.empty((len(query_ids), len(img_ids)), dtype=np.float32)
     chunk = max(1, min(4096, BATCH_ELEMENTS // _region_values(prepared)))
-    for lo in range(0, len(img_ids), chunk):
+    bar = progress_bar(total=len(img_ids), desc="scoring", unit="image", enabled=progress)
+    for lo in bar_steps(bar, range(0, len(img_ids), chunk), chunk):
         images = image_batch(prepared, img_ids[lo : lo + chunk], max_keywords).to(device)
         for q in range(0, len(query_ids), 256):
             query = query_batch(prepared, query_ids[q : q + 256]).to(device)

@@ -11,7 +11,9 @@ import click
 
 from amc_data._optional import require
 from amc_data.files import atomic_write_json
+from amc_data.progress import progress_enabled
 
+from .options import quiet_option
 from .tables import text_table
 
 if TYPE_CHECKING:
@@ -108,6 +110,7 @@ def _report(
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the randomisation test."
 )
+@quiet_option
 def eval_command(
     runs: tuple[Path, ...],
     data: Path | None,
@@ -122,6 +125,7 @@ def eval_command(
     relevant: int,
     resamples: int,
     seed: int,
+    quiet: bool,
 ) -> None:
     """Evaluate trained RUN folders on a prepared folder (--data), or rankers' --scores files:
     NDCG@5..25, the challenge DCG@25 and AUC (and COCO's Recall@K), one row per run or file.
@@ -134,7 +138,7 @@ def eval_command(
     if runs:
         _check_run_folders(runs)
         _evaluate_runs(runs, data, split, out, json_path, plot_dir, examples, device,
-                       random_row, relevant, resamples, seed)  # fmt: skip
+                       random_row, relevant, resamples, seed, progress_enabled(quiet))  # fmt: skip
         return
     if not scores_paths:
         raise click.UsageError(
@@ -179,7 +183,7 @@ def _check_run_folders(runs: Sequence[Path]) -> None:
 def _evaluate_runs(
     runs: Sequence[Path], data: Path | None, split: str, out: Path | None, json_path: Path | None,
     plot_dir: Path | None, examples: int, device: str, random_row: bool, relevant: int,
-    resamples: int, seed: int,
+    resamples: int, seed: int, progress: bool,
 ) -> None:  # fmt: skip
     if data is None:
         raise click.UsageError("Evaluating RUN folders needs --data: the prepared folder.")
@@ -191,7 +195,7 @@ def _evaluate_runs(
     evaluation = evaluate(
         runs, data, split=split, out=out, json_path=json_path, device=device,
         relevant=relevant, random_baseline=random_row, seed=seed, plot_dir=plot_dir,
-        examples=examples, resamples=resamples,
+        examples=examples, resamples=resamples, progress=progress,
     )  # fmt: skip
     click.echo(comparison_table(evaluation))
     click.echo(

@@ -98,6 +98,7 @@ def evaluate(
     plot_dir: str | os.PathLike[str] | None = None,
     examples: int = 3,
     resamples: int = 10_000,
+    progress: bool = False,
 ) -> Evaluation:
     """Score every run on `split` of `data` and compare them (see the module docstring)."""
     if not runs:
@@ -123,11 +124,12 @@ def evaluate(
         max_keywords = int(loaded.train_config.get("max_keywords", 64))
         if pool is not None:
             matrix = score_matrix(loaded.model, prepared, pool.queries, pool.images,
-                                  device=chosen, max_keywords=max_keywords)  # fmt: skip
+                                  device=chosen, max_keywords=max_keywords,
+                                  progress=progress)  # fmt: skip
             results.append(pool.measure(name, kind, matrix, relevant))
         else:
             frame = score_split(loaded.model, prepared, split, device=chosen,
-                                max_keywords=max_keywords)  # fmt: skip
+                                max_keywords=max_keywords, progress=progress)  # fmt: skip
             results.append(_measure(name, kind, frame, relevant))
     if random_baseline:
         rng = np.random.default_rng(seed)
