@@ -265,7 +265,7 @@ class _Run:
             total=len(loader), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
             enabled=self.progress,
         )  # fmt: skip
-        first_step = step
+        first_step, epoch_started = step, time.perf_counter()
         with bar:
             for batch in loader:
                 batch = batch.to(self.device, non_blocking=True)
@@ -297,7 +297,9 @@ class _Run:
                 step += 1
                 if self.progress and (step - first_step) % 10 == 0:
                     self._check_finite(bad_step, epoch)
-                    bar.set_postfix(loss=f"{total.item() / (step - first_step):.4f}")
+                    rate = pairs / max(time.perf_counter() - epoch_started, 1e-9)
+                    bar.set_postfix(loss=f"{total.item() / (step - first_step):.4f}",
+                                    pairs_per_s=f"{rate:,.0f}")  # fmt: skip
                 bar.update(1)
         self._check_finite(bad_step, epoch)
         mean = distributed.mean_across(total / max(step - first_step, 1), self.processes)
