@@ -498,7 +498,8 @@ def load_word_vectors(
                     if int(parts[1]) != dim:
                         raise InputError(
                             f"{path}: the header line says {parts[1]}-dimensional vectors, "
-                            f"expected {dim}: pass the file's dimension."
+                            f"expected {dim}: pass the file's dimension "
+                            f"(`amc-data train --dim {parts[1]}`)."
                         )
                     continue
                 # A few files hold tokens with spaces (the last `dim` fields are the values); the
@@ -506,7 +507,8 @@ def load_word_vectors(
                 if len(parts) < dim + 1 or (first and len(parts) != dim + 1):
                     raise InputError(
                         f"{path}, line {number}: {len(parts) - 1} fields after the word, expected "
-                        f"{dim} numbers (a word2vec/GloVe text file of {dim}-dimensional vectors)."
+                        f"{dim} numbers (a word2vec/GloVe text file of {dim}-dimensional vectors; "
+                        "for another size pass it with `amc-data train --dim N`)."
                     )
                 first = False
                 word = " ".join(parts[:-dim])
