@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse
 
-from amc_data.prepare.format import write_prepared
 from amc_data.prepare.queries import fit_query_vocabulary
+from amc_data.prepare.writer import write_prepared
 
 KEYWORDS = ["beach", "car", "dog", "red", "sea"]
 

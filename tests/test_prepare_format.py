@@ -298,7 +298,7 @@ def test_an_untouched_feature_file_is_not_rescanned(prepared, monkeypatch):
     def scan(*_args):
         raise AssertionError("scanned")
 
-    monkeypatch.setattr(fmt, "_scan_finite", scan)
+    monkeypatch.setattr(fmt, "scan_finite", scan)
     load_prepared(prepared)
     with pytest.raises(AssertionError):
         load_prepared(prepared, check_features=True)

@@ -3,8 +3,9 @@ source (`synth`, `coco`, `clickture`), and the commands that make it. No torch h
 
 from __future__ import annotations
 
-from .format import FeatureRows, PreparedDataset, load_prepared, write_prepared
+from .format import PreparedDataset, load_prepared
 from .queries import QueryVocabulary, fit_query_vocabulary, tokenize_queries
+from .writer import FeatureRows, write_prepared
 
 __all__ = [
     "FeatureRows",

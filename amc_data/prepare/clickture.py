@@ -50,8 +50,9 @@ from .common import (
     open_features,
     shown,
 )
-from .format import SPLITS, read_keyword_vocabulary, unique_ids, write_prepared
+from .format import SPLITS, read_keyword_vocabulary, unique_ids
 from .queries import fit_query_vocabulary
+from .writer import write_prepared
 
 __all__ = [
     "CLICK_COLUMNS",

@@ -45,8 +45,9 @@ from .common import (
     open_features,
     shown,
 )
-from .format import read_keyword_vocabulary, write_prepared
+from .format import read_keyword_vocabulary
 from .queries import fit_query_vocabulary
+from .writer import write_prepared
 
 __all__ = ["CocoConfig", "prepare_coco"]
 

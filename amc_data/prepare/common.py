@@ -16,7 +16,7 @@ import numpy as np
 
 from ..encoding.record import RECORD_NAME, read_record
 from ..errors import ConfigError, InputError
-from .format import FeatureRows
+from .writer import FeatureRows
 
 log = logging.getLogger(__name__)
 

@@ -63,8 +63,8 @@ import scipy.sparse
 from ..errors import ConfigError
 from ..files import atomic_write_json
 from .common import PrepareResult
-from .format import write_prepared
 from .queries import fit_query_vocabulary
+from .writer import write_prepared
 
 log = logging.getLogger(__name__)
 

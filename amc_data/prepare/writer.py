@@ -1,0 +1,405 @@
+"""Writing a prepared dataset folder (the format is described in `format`): built in a
+staging folder beside its destination, checked by `load_prepared`, then renamed into place, so a
+reader sees the old folder or the new one, never half of either. A folder that is not a
+prepared one is never replaced."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse
+
+from ..errors import ConfigError, InputError
+from ..version import __version__
+from .format import (
+    FEATURE_DTYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGES_SCHEMA,
+    JUDGMENTS_SCHEMA,
+    QUERIES_SCHEMA,
+    SOURCES,
+    check_integral,
+    counts_per_split,
+    feature_dtype,
+    load_prepared,
+    read_keyword_vocabulary,
+    report_nonfinite,
+    rows_per_chunk,
+    scan_finite,
+    sha256_file,
+)
+from .queries import QueryVocabulary
+
+__all__ = ["FeatureRows", "write_prepared"]
+
+log = logging.getLogger(__name__)
+
+
+# -- features -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureRows:
+    """The feature rows of a prepared folder, taken from one or more arrays (usually memmaps of
+    the user's files), in output order: all rows of `arrays[0]` picked by `rows[0]`, then those
+    of `arrays[1]`, and so on. `rows[k]` None takes every row of `arrays[k]` in order.
+
+    `path` names the `.npy` file behind a single array: when every row is taken in order and
+    the dtype is float16 or float32, the file is linked into the folder instead of copied.
+    """
+
+    arrays: tuple[np.ndarray, ...]  # each (n_k, R, D) or (n_k, D)
+    rows: tuple[np.ndarray | None, ...] = ()
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arrays", tuple(self.arrays))
+        rows = tuple(self.rows) or (None,) * len(self.arrays)
+        if len(rows) != len(self.arrays):
+            raise ConfigError("FeatureRows needs one `rows` entry (or None) per array.")
+        object.__setattr__(
+            self, "rows", tuple(None if r is None else np.asarray(r, np.int64) for r in rows)
+        )
+        shapes = {a.shape[1:] for a in self.arrays}
+        if len(shapes) > 1:
+            raise InputError(
+                f"The feature files have different row shapes {sorted(shapes)}; every image "
+                "needs features of one shape (regions, dimensions). Extract them alike."
+            )
+
+    def __len__(self) -> int:
+        return sum(
+            a.shape[0] if r is None else r.size for a, r in zip(self.arrays, self.rows, strict=True)
+        )
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.arrays[0].shape[1:]) if self.arrays else (0,)
+
+    @property
+    def linkable(self) -> bool:
+        if self.path is None or len(self.arrays) != 1:
+            return False
+        array, rows = self.arrays[0], self.rows[0]
+        in_order = rows is None or np.array_equal(rows, np.arange(array.shape[0]))
+        return in_order and array.dtype.name in FEATURE_DTYPES and array.ndim in (2, 3)
+
+    def chunks(self, rows_per_chunk: int) -> Iterator[np.ndarray]:
+        """The output rows, a chunk at a time (never the whole array in memory)."""
+        for array, rows in zip(self.arrays, self.rows, strict=True):
+            n = array.shape[0] if rows is None else rows.size
+            for start in range(0, n, rows_per_chunk):
+                stop = min(n, start + rows_per_chunk)
+                yield np.asarray(array[start:stop] if rows is None else array[rows[start:stop]])
+
+
+def _place_features(
+    features: np.ndarray | FeatureRows, ids: np.ndarray, folder: Path, out_dir: Path, link: bool
+) -> dict[str, Any]:
+    """Write (or link) `features.npy` into `folder`; return what prepared.json records."""
+    if not isinstance(features, FeatureRows):
+        features = FeatureRows(
+            (np.asarray(features) if not isinstance(features, np.memmap) else features,)
+        )
+    if not features.arrays or features.arrays[0].ndim not in (2, 3):
+        shape = features.arrays[0].shape if features.arrays else None
+        raise InputError(
+            f"Features must be an array of shape (N, R, D) or (N, D); got shape {shape}."
+        )
+    if len(features) != ids.size:
+        raise InputError(
+            f"{len(features):,} feature rows but {ids.size:,} feature ids: each row needs the "
+            "img_id of its image, in the same order."
+        )
+    target = folder / "features.npy"
+    record: dict[str, Any] = {"stored": "copy"}
+    if link and features.linkable:
+        source = Path(features.path).resolve()  # type: ignore[arg-type]
+        try:
+            os.link(source, target)
+            record = {"stored": "hardlink", "source": str(source)}
+        except OSError as exc:
+            if source.is_relative_to(out_dir):
+                # A symbolic link into the folder being replaced would dangle: copy instead.
+                log.info("copying %s: it lies inside %s (%s)", source, out_dir, exc)
+            else:
+                os.symlink(source, target)
+                record = {"stored": "symlink", "source": str(source)}
+                log.warning(
+                    "features.npy is a symbolic link to %s (%s): moving or deleting "
+                    "that file breaks the prepared folder",
+                    source,
+                    exc,
+                )
+        if record["stored"] != "copy":
+            array = features.arrays[0]
+            scan_finite(array, ids, f"{source}")
+            shape = (array.shape[0], 1, array.shape[1]) if array.ndim == 2 else array.shape
+            record.update(shape=list(shape), file_shape=list(array.shape), dtype=array.dtype.name)
+            return record
+    dtype = feature_dtype(features.arrays[0].dtype)
+    row_shape = features.row_shape
+    out = np.lib.format.open_memmap(
+        target, mode="w+", dtype=dtype, shape=(len(features), *row_shape)
+    )
+    start = 0
+    for chunk in features.chunks(rows_per_chunk(row_shape, dtype.itemsize)):
+        chunk = chunk.astype(dtype, copy=False)  # checked after the cast: it may overflow
+        if not np.isfinite(chunk).all():
+            report_nonfinite(chunk, start, ids, "The features given (in output order):")
+        out[start : start + chunk.shape[0]] = chunk
+        start += chunk.shape[0]
+    out.flush()
+    del out
+    shape = (len(features), 1, *row_shape) if len(row_shape) == 1 else (len(features), *row_shape)
+    record.update(shape=list(shape), file_shape=[len(features), *row_shape], dtype=dtype.name)
+    return record
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def _table(
+    frame: pd.DataFrame, schema: pa.Schema, name: str, optional: Sequence[str] = ()
+) -> pa.Table:
+    """`frame` as an Arrow table with `schema`'s columns first (typed), then any extra columns
+    (kept as they are: `source_id`, `intent`, ...)."""
+    missing = [f.name for f in schema if f.name not in frame.columns and f.name not in optional]
+    if missing:
+        raise ConfigError(f"{name} needs the columns {schema.names}; missing {missing}.")
+    columns, fields = [], []
+    for f in schema:
+        if f.name not in frame.columns:
+            continue
+        values = frame[f.name]
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise InputError(f"{name} column {f.name!r} is empty (null) at row {row}.")
+        if pa.types.is_integer(f.type):
+            check_integral(values, name, f.name)
+        try:
+            columns.append(_arrow_column(values, f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            raise InputError(f"{name} column {f.name!r} does not fit {f.type}: {exc}.") from exc
+        fields.append(f)
+    for extra in frame.columns:
+        if extra not in schema.names:
+            array = _arrow_column(frame[extra], None)
+            columns.append(array)
+            fields.append(pa.field(extra, array.type))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _arrow_column(values: pd.Series, kind: pa.DataType | None) -> pa.Array:
+    """One column as Arrow: numbers from their numpy buffer, text without a round trip through
+    Python objects where pandas already holds it as Arrow."""
+    if kind is not None and pa.types.is_integer(kind):
+        return pa.array(values.to_numpy(), type=kind)
+    if values.dtype == object or kind is not None:
+        values = values.astype("string[pyarrow]") if values.dtype == object else values
+        array = pa.array(values)
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        return array.cast(kind or pa.string())
+    return pa.array(values.to_numpy())
+
+
+# -- writing --------------------------------------------------------------------------------------
+def _is_prepared(folder: Path) -> dict[str, Any] | None:
+    """The prepared.json of `folder`, when it holds one of ours."""
+    try:
+        info = json.loads((folder / "prepared.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == FORMAT_NAME else None
+
+
+@contextlib.contextmanager
+def _output_folder(out: str | os.PathLike[str], force: bool) -> Iterator[tuple[Path, Path]]:
+    """Yield (destination, staging folder beside it) under a lock; the caller fills the
+    staging folder and calls `_commit`. The staging folder is removed unless committed."""
+    import filelock
+
+    out_dir = Path(out).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if not out_dir.name or cwd == out_dir or out_dir in cwd.parents:
+        raise ConfigError(
+            f"{out_dir} cannot be the prepared folder: it is replaced by a rename, and this one is "
+            "(or holds) the current folder. Choose a folder of its own, such as --out ./prepared."
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file, not a folder. Choose another --out.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(out_dir.parent / f".{out_dir.name}.lock")
+    with lock:
+        _recover(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            previous = _is_prepared(out_dir)
+            if previous is None:
+                raise ConfigError(
+                    f"{out_dir} holds files that are not a prepared dataset (no amc-data "
+                    "prepared.json). A prepared folder is replaced as a whole, so this one is left "
+                    "alone: choose another --out, or empty it."
+                )
+            if not force:
+                raise ConfigError(
+                    f"{out_dir} already holds a prepared dataset ({previous.get('source')}, made "
+                    f"{previous.get('created', 'at an unknown time')}). Pass --force to replace "
+                    "it, or choose another --out."
+                )
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+        try:
+            yield out_dir, staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _recover(out_dir: Path) -> None:
+    """Finish what a crash between the two renames of `_commit` left, and tidy up."""
+    previous = sorted(out_dir.parent.glob(f".{out_dir.name}.previous-*"))
+    if previous and not out_dir.exists():
+        log.warning("restoring %s from an interrupted run", out_dir)
+        os.replace(previous.pop(), out_dir)
+    for leftover in [*previous, *out_dir.parent.glob(f".{out_dir.name}.staging-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _commit(staging: Path, out_dir: Path) -> None:
+    """Swap `staging` in for `out_dir` with renames: readers see all old files or all new."""
+    if out_dir.exists():
+        previous = out_dir.with_name(f".{out_dir.name}.previous-{os.getpid()}")
+        os.replace(out_dir, previous)
+        os.replace(staging, out_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+def _copy_vocab(source: Path, target: Path) -> int:
+    """Copy the keyword `vocab.tsv`; return its number of words (checked on the way)."""
+    try:
+        shutil.copyfile(source, target)
+    except FileNotFoundError:
+        raise InputError(f"{source} not found: run `amc-data encode` first.") from None
+    return len(read_keyword_vocabulary(target))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_prepared(
+    out: str | os.PathLike[str],
+    *,
+    source: str,
+    features: np.ndarray | FeatureRows,
+    feature_ids: np.ndarray,
+    keywords_csr: scipy.sparse.spmatrix,
+    vocab_tsv_path: str | os.PathLike[str],
+    images: pd.DataFrame,
+    queries: pd.DataFrame,
+    judgments: pd.DataFrame,
+    query_vocabulary: QueryVocabulary,
+    options: dict[str, Any],
+    force: bool = False,
+    link_features: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a prepared dataset folder at `out`; return its resolved path.
+
+    `features` is an `(N, R, D)` or `(N, D)` float array (a memmap is copied chunk by chunk) or
+    `FeatureRows` (rows picked from the user's files; linked when already in the layout and
+    `link_features`); row `i` belongs to image `feature_ids[i]`, and so does row `i` of
+    `keywords_csr` (`(N, V)` counts over the words of `vocab_tsv_path`, the encode output's
+    `vocab.tsv`, which is copied). `images`, `queries` and `judgments` are DataFrames with the
+    columns of the format (extra columns are kept; `fold` defaults to -1). `options` (what the
+    dataset was made with) and `extra` (anything else worth recording) go into prepared.json.
+
+    Everything is written into a staging folder beside `out`, opened with `load_prepared` (every
+    check), and only then renamed into place. An existing `out` is replaced only when it holds
+    a prepared dataset and `force` is true; a folder holding anything else is never touched.
+    """
+    if source not in SOURCES:
+        raise ConfigError(f"source must be one of {SOURCES}, not {source!r}.")
+    ids = np.asarray(feature_ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InputError(f"feature_ids must be a 1-D integer array, not {ids.dtype} {ids.shape}.")
+    ids = ids.astype(np.int64)
+    images = images.copy()
+    if "fold" not in images.columns:
+        images["fold"] = -1
+    started = time.perf_counter()
+    with _output_folder(out, force) as (out_dir, staging):
+        np.save(staging / "feature_ids.npy", ids)
+        feature_record = _place_features(features, ids, staging, out_dir, link_features)
+        n_words = _copy_vocab(Path(vocab_tsv_path), staging / "vocab.tsv")
+        matrix = scipy.sparse.csr_matrix(keywords_csr)
+        if matrix.shape != (ids.size, n_words):
+            raise InputError(
+                f"The keyword matrix has shape {matrix.shape}; expected ({ids.size}, {n_words}): "
+                f"one row per feature row and one column per word of {vocab_tsv_path}."
+            )
+        check_integral(pd.Series(matrix.data), "The keyword matrix", "counts")
+        matrix = matrix.astype(np.int32)
+        matrix.sort_indices()
+        scipy.sparse.save_npz(staging / "keywords.npz", matrix, compressed=False)
+        tables = {
+            "images.parquet": _table(images, IMAGES_SCHEMA, "images"),
+            "queries.parquet": _table(queries, QUERIES_SCHEMA, "queries"),
+            "judgments.parquet": _table(judgments, JUDGMENTS_SCHEMA, "judgments"),
+        }
+        for name, table in tables.items():
+            pq.write_table(table, staging / name)
+        query_fingerprint = query_vocabulary.write_tsv(staging / "query_vocab.tsv")
+        feature_file = staging / "features.npy"
+        stat = feature_file.stat()
+        info = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "source": source,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "amc_data": __version__,
+            "counts": counts_per_split(images, queries, judgments, ids.size),
+            "features": {
+                **feature_record,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "checked_finite": True,
+            },
+            "keywords": {"vocabulary_size": n_words, "nonzeros": int(matrix.nnz)},
+            "query_vocabulary": {
+                "size": len(query_vocabulary),
+                "min_count": query_vocabulary.min_count,
+            },
+            "fingerprints": {
+                "keywords": sha256_file(staging / "vocab.tsv"),
+                "queries": query_fingerprint,
+            },
+            "options": options,
+            **(extra or {}),
+        }
+        (staging / "prepared.json").write_text(
+            json.dumps(info, indent=2, default=_json_default, ensure_ascii=False) + "\n",
+            encoding="utf-8",
+        )
+        load_prepared(staging, check_features=False)  # every cross-check, before it goes live
+        _commit(staging, out_dir)
+    log.info("prepared %s (%s) in %.1f s", out_dir, source, time.perf_counter() - started)
+    return out_dir
