@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import scipy.sparse
 
 from .datadir import dataset_dir
+from .encoding.formats import VOCAB_HEADER, read_vocab_tsv
 from .encoding.record import RECORD_NAME, read_record
 from .errors import InputError
 from .spec import dataset_spec
@@ -41,18 +42,10 @@ class EncodedSplit:
 
 def read_vocabulary(out_dir: Path) -> list[str]:
     """Words in id order, from `vocab.tsv`."""
-    path = out_dir / "vocab.tsv"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{path} not found: run `amc-data encode` first.") from None
-    words: list[str] = []
-    for number, line in enumerate(lines[1:], start=2):
-        word_id, word, _df = line.split("\t")
-        if int(word_id) != len(words):
-            expected = len(words)
-            raise InputError(f"Line {number} of {path} has word id {word_id}, not {expected}.")
-        words.append(word)
+    words, _ = read_vocab_tsv(
+        out_dir / "vocab.tsv", VOCAB_HEADER, missing="run `amc-data encode` first.",
+        fix="Encode again (amc-data encode --force).",
+    )  # fmt: skip
     return words
 
 

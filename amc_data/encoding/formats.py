@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import InputError
+
 _NPY_HEADER_BYTES = 128  # what numpy writes for any 2-D int64 shape with fewer than ~40 digits
 
 
@@ -292,9 +294,44 @@ class ParquetTableWriter:
         self._writer.close()
 
 
+VOCAB_HEADER = "word_id\tword\tdf"
+
+
 def write_vocab_tsv(path: Path, words: Sequence[str], document_frequency: np.ndarray) -> None:
     """`word_id<TAB>word<TAB>df`, one word per line, with a header line."""
     with open(path, "w", encoding="utf-8", newline="\n") as file:
-        file.write("word_id\tword\tdf\n")
+        file.write(VOCAB_HEADER + "\n")
         rows = enumerate(zip(words, document_frequency, strict=True))
         file.writelines(f"{word_id}\t{word}\t{df}\n" for word_id, (word, df) in rows)
+
+
+def read_vocab_tsv(
+    path: Path, header: str, *, missing: str, fix: str
+) -> tuple[list[str], list[int]]:
+    """Words in id order and their counts, from a `word_id<TAB>word<TAB>number` file with the
+    header line `header` (the keyword `vocab.tsv`, the query `query_vocab.tsv`). Each problem
+    is an `InputError` naming the file (and line); `missing` and `fix` say what to do."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read {path} as UTF-8 text ({exc}).") from exc
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or lines[0] != header:
+        found = repr(lines[0]) if lines else "an empty file"
+        raise InputError(f"{path} starts with {found}, not the header {header!r}. {fix}")
+    column = header.rsplit("\t", 1)[-1]
+    words: list[str] = []
+    numbers: list[int] = []
+    for number, line in enumerate(lines[1:], start=2):
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[0] != str(len(words)) or not parts[2].isdigit():
+            raise InputError(
+                f"Line {number} of {path} is {line[:80]!r}; expected "
+                f"'{len(words)}<TAB>word<TAB>{column}'. {fix}"
+            )
+        words.append(parts[1])
+        numbers.append(int(parts[2]))
+    return words, numbers

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse
 
+from ..encoding.formats import VOCAB_HEADER, read_vocab_tsv
 from ..errors import ConfigError, InputError
 from ..version import __version__
 from .queries import QueryVocabulary, query_analyzer
@@ -56,7 +57,6 @@ FORMAT_VERSION = 1
 SOURCES = ("synth", "coco", "clickture")
 SPLITS = ("train", "val", "test")
 FEATURE_DTYPES = ("float16", "float32")
-VOCAB_HEADER = "word_id\tword\tdf"
 FILES = (
     "prepared.json",
     "features.npy",
@@ -270,31 +270,13 @@ def _check_split(split: str) -> None:
 
 
 def read_keyword_vocabulary(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise InputError(
-            f"{path} not found: expected the keyword vocabulary that `amc-data encode` writes."
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"Cannot read {path} as UTF-8 text ({exc}).") from exc
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines or lines[0] != VOCAB_HEADER:
-        found = repr(lines[0]) if lines else "an empty file"
-        raise InputError(
-            f"{path} starts with {found}, not the header {VOCAB_HEADER!r} of an encode "
-            "output's vocab.tsv. Encode again, then prepare again."
-        )
-    words: list[str] = []
-    for number, line in enumerate(lines[1:], start=2):
-        parts = line.split("\t")
-        if len(parts) != 3 or parts[0] != str(len(words)):
-            raise InputError(
-                f"Line {number} of {path} is {line[:80]!r}; expected "
-                f"'{len(words)}<TAB>word<TAB>df'. Encode again, then prepare again."
-            )
-        words.append(parts[1])
+    """The keyword words in id order, from an encode output's `vocab.tsv`."""
+    words, _ = read_vocab_tsv(
+        path,
+        VOCAB_HEADER,
+        missing="expected the keyword vocabulary that `amc-data encode` writes.",
+        fix="Encode again, then prepare again.",
+    )
     return words
 
 

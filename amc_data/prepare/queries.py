@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..encoding.analyzer import Analyzer
+from ..encoding.formats import read_vocab_tsv
 from ..errors import ConfigError, InputError
 
 __all__ = [
@@ -88,32 +89,10 @@ class QueryVocabulary:
     @classmethod
     def read_tsv(cls, path: str | os.PathLike[str]) -> QueryVocabulary:
         """Read a `query_vocab.tsv`; `InputError` naming the line when it is malformed."""
-        path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except FileNotFoundError:
-            raise InputError(f"{path} not found: the prepared folder is incomplete.") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"Cannot read {path} as UTF-8 text ({exc}).") from exc
-        if lines and lines[-1] == "":
-            lines.pop()
-        if not lines or lines[0] != QUERY_VOCAB_HEADER:
-            found = repr(lines[0]) if lines else "an empty file"
-            raise InputError(
-                f"{path} starts with {found}, not the header {QUERY_VOCAB_HEADER!r}. Prepare "
-                "the dataset again."
-            )
-        words: list[str] = []
-        counts: list[int] = []
-        for number, line in enumerate(lines[1:], start=2):
-            parts = line.split("\t")
-            if len(parts) != 3 or parts[0] != str(len(words)) or not parts[2].isdigit():
-                raise InputError(
-                    f"Line {number} of {path} is {line[:80]!r}; expected "
-                    f"'{len(words)}<TAB>word<TAB>count'. Prepare the dataset again."
-                )
-            words.append(parts[1])
-            counts.append(int(parts[2]))
+        words, counts = read_vocab_tsv(
+            Path(path), QUERY_VOCAB_HEADER, missing="the prepared folder is incomplete.",
+            fix="Prepare the dataset again.",
+        )  # fmt: skip
         return cls(tuple(words), tuple(counts))
 
 
