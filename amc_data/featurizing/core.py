@@ -34,6 +34,7 @@ from ..version import __version__
 from .deps import require_pillow, require_torch
 from .outputs import (
     OutputPaths,
+    PartialRows,
     Progress,
     close_gaps,
     discard,
@@ -175,6 +176,10 @@ def extract_features(
     inputs and options (byte-identical result); different ones are refused unless
     `config.resume` is False. Raises `InputError` for unreadable inputs (naming the file or TSV
     line), `ConfigError` for bad options, `MissingDependencyError` without torch or Pillow.
+
+    Called in every process of a torchrun job (`RANK`, `WORLD_SIZE` set), each process extracts
+    its shard of the images (on GPU `LOCAL_RANK` for device `auto` or `cuda`) and every process
+    returns the same result; a process whose peer failed raises `shards.OtherRankFailed`.
     """
     config = config or FeatureConfig()
     require_torch()
@@ -254,9 +259,7 @@ def _prepare(run: _Run, held: contextlib.ExitStack) -> FeatureResult | list[Prog
         skipped = [SkippedImage(**item) for item in done.get("skipped", [])]
         return run.result(tuple(done["shape"]), complete=True, up_to_date=True, skipped=skipped)
     shards, fresh = _start(paths, config, run.fingerprint, run.shape, run.ranks)
-    array = open_partial(paths, shards[0], fresh=fresh)  # created, or checked against the record
-    array.flush()
-    del array
+    open_partial(paths, shards[0], fresh=fresh).close()  # created, or checked against the record
     return shards
 
 
@@ -274,12 +277,8 @@ def _extract_shards(run: _Run, group: Group, shards: list[Progress]) -> FeatureR
         )  # fmt: skip
 
     def extract() -> Progress:
-        array = open_partial(paths, mine, fresh=False)
-        try:
-            return _extract(run, array, mine)
-        finally:
-            array.flush()
-            del array  # unmapped before the file is cut to its rows and renamed
+        with open_partial(paths, mine, fresh=False) as partial:
+            return _extract(run, partial, mine)
 
     ended = group.all_succeed(extract)
     resumed_from = sum(p.next_input - p.start for p in shards)
@@ -340,7 +339,7 @@ class _Run:
         )
 
 
-def _extract(run: _Run, array: np.memmap, progress: Progress) -> Progress:
+def _extract(run: _Run, partial: PartialRows, progress: Progress) -> Progress:
     """Decode, extract and write batch after batch of the shard from `progress.next_input` on,
     recording progress after each; returns the progress at the shard's end (or at
     `max_batches`)."""
@@ -365,9 +364,9 @@ def _extract(run: _Run, array: np.memmap, progress: Progress) -> Progress:
     iterator = iter(loader)
     try:
         for planned, batch in zip(batches, iterator, strict=True):
-            progress = _write_batch(run, array, progress, batch)
+            progress = _write_batch(run, partial, progress, batch)
             progress = replace(progress, next_input=planned[-1] + 1)
-            array.flush()  # rows reach the file before the record says they are there
+            partial.flush()  # rows reach the disk before the record says they are there
             save_progress(run.paths, progress)
             bar.update(len(planned))
     finally:
@@ -491,7 +490,7 @@ def _fresh(
     )
 
 
-def _write_batch(run: _Run, array: np.memmap, progress: Progress, batch: Any) -> Progress:
+def _write_batch(run: _Run, partial: PartialRows, progress: Progress, batch: Any) -> Progress:
     """Run one decoded batch through the backbone and write its rows; handle its bad images."""
     config, plan = run.config, run.plan
     if batch.errors and config.on_error == "fail":
@@ -518,8 +517,7 @@ def _write_batch(run: _Run, array: np.memmap, progress: Progress, batch: Any) ->
                 f"The backbone {run.extractor.name} gave NaN or Inf features for "
                 f"{plan.describe(first)}{hint if config.dtype == 'float16' else ''}."
             )
-        at = progress.start + rows  # the shard's rows follow each other from its first row
-        array[at : at + len(features)] = features
+        partial.write(progress.start + rows, features)  # a shard's rows follow its first row
         rows += len(features)
     return replace(progress, rows=rows, skipped=skipped)
 

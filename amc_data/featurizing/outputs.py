@@ -11,6 +11,9 @@ Files, for `--out DIR/features.npy`:
 Nothing exists at a final name until it is complete. Under torchrun each rank writes the rows of
 its shard of the images (`shards`) into the one partial file, from the row where its shard
 starts; rank 0 closes the gaps that skipped images leave between shards before the final cut.
+Rows are written with positioned writes of exactly their bytes, not through a memory map: two
+ranks on two hosts sharing the file over a network file system then never write back each
+other's half of the page where their shards meet.
 """
 
 from __future__ import annotations
@@ -222,19 +225,70 @@ def close_gaps(paths: OutputPaths, shards: list[tuple[int, int]]) -> int:
     return offset
 
 
-def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> np.memmap:
-    """The partial features file, created (`fresh`) or opened for writing where it stopped."""
+class PartialRows:
+    """Writes rows of the partial `.npy` at their positions; `flush` makes them durable.
+
+    A context manager: the file is closed on leaving it."""
+
+    def __init__(self, path: Path, header_length: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.shape = shape
+        self.dtype = dtype
+        self._header_length = header_length
+        self._row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        self._fd = os.open(path, os.O_WRONLY)
+
+    def __enter__(self) -> PartialRows:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, row: int, rows: np.ndarray) -> None:
+        """Write `rows` (k, R, D) of this file's dtype from row `row` on."""
+        if rows.shape[1:] != self.shape[1:] or not 0 <= row <= self.shape[0] - len(rows):
+            raise ValueError(f"rows {rows.shape} at {row} do not fit {self.shape}")
+        data = np.ascontiguousarray(rows, dtype=self.dtype).data.cast("B")
+        offset = self._header_length + row * self._row_bytes
+        while data:  # pwrite may write less than asked
+            written = os.pwrite(self._fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def flush(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> PartialRows:
+    """The partial features file, created (`fresh`: a header, then zeros) or opened for writing
+    where it stopped."""
+    dtype = np.dtype(progress.dtype)
     if fresh:
-        return np.lib.format.open_memmap(
-            paths.partial, mode="w+", dtype=np.dtype(progress.dtype), shape=progress.shape
+        array = np.lib.format.open_memmap(
+            paths.partial, mode="w+", dtype=dtype, shape=progress.shape
         )
-    array = np.lib.format.open_memmap(paths.partial, mode="r+")
-    if array.shape != progress.shape or array.dtype != np.dtype(progress.dtype):
+        array.flush()
+        del array
+    with open(paths.partial, "rb") as file:
+        try:
+            version = np.lib.format.read_magic(file)
+            shape, fortran, found = _read_header(file, version)
+        except ValueError as exc:
+            raise InputError(
+                f"{paths.partial} is not a .npy file ({exc}). Start again with --no-resume."
+            ) from exc
+        header_length = file.tell()
+        size = os.fstat(file.fileno()).st_size
+    expected_size = header_length + int(np.prod(progress.shape)) * dtype.itemsize
+    if tuple(shape) != progress.shape or found != dtype or fortran or size != expected_size:
         raise InputError(
-            f"{paths.partial} is {array.shape} {array.dtype}, but its progress record says "
-            f"{progress.shape} {progress.dtype}. Start again with --no-resume."
+            f"{paths.partial} is {tuple(shape)} {found} ({size} bytes), but its progress record "
+            f"says {progress.shape} {progress.dtype}. Start again with --no-resume."
         )
-    return array
+    return PartialRows(paths.partial, header_length, progress.shape, dtype)
 
 
 def finish(
