@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{report['device']}: {args.images:,} x {args.regions} x {args.dim} float16, "
-          f"{args.train_captions:,} train captions, bf16 autocast")  # fmt: skip
+          f"{args.train_captions:,} train captions, "
+          f"{'bf16 autocast' if device == 'cuda' else 'float32 on the CPU'}")  # fmt: skip
     for name, r in report["results"].items():
         if "error" in r:
             print(f"{name:<14} failed: {r['error']}")
