@@ -168,8 +168,12 @@ class RankingModel(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, query: QueryBatch, images: ImageBatch) -> Tensor:
-        """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M)."""
+    def forward(self, query: QueryBatch, images: ImageBatch, pool: bool = False) -> Tensor:
+        """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M);
+        with `pool`, of every query against one pool, as `score_pool` (through `forward`, so
+        that DistributedDataParallel sees the call)."""
+        if pool:
+            return self.score_pool(query, images)
         self._check(query, images, pool=False)
         scored = self._score(self._encode_query(query), self._encode_images(images), pool=False)
         return scored[0]
@@ -258,7 +262,10 @@ class AttentionModel(RankingModel):
         if self.use_visual:
             # Features from a CNN vary widely in scale; normalising each region first keeps the
             # attention logits in a range a softmax can learn from.
-            self.region_norm = nn.LayerNorm(config.feature_dim)
+            # No affine part: the next linear layers absorb any per-feature scale and shift,
+            # and without parameters here no gradient flows back into the (B, R, D) regions,
+            # which at 49 x 2,048 would cost as much as the projections themselves.
+            self.region_norm = nn.LayerNorm(config.feature_dim, elementwise_affine=False)
             self.region_value = nn.Linear(config.feature_dim, d)
             if self.attend:
                 self.region_key = nn.Linear(config.feature_dim, d)
@@ -276,6 +283,20 @@ class AttentionModel(RankingModel):
             # answers this query for this image).
             self.gate_prior = nn.Linear(w, 2)
             self.gate_probe = nn.Linear(w, d)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        # Checkpoints of amc-data 0.1 carry an affine region norm: fold its scale g and shift b
+        # into the projections that read it, W (g x + b) + c = (W g) x + (W b + c), exactly.
+        scale = state_dict.pop(prefix + "region_norm.weight", None)
+        shift = state_dict.pop(prefix + "region_norm.bias", None)
+        if scale is not None and shift is not None:
+            for name in ("region_value", "region_key"):
+                weight, bias = prefix + f"{name}.weight", prefix + f"{name}.bias"
+                if weight in state_dict and bias in state_dict:
+                    w = state_dict[weight]
+                    state_dict[bias] = state_dict[bias] + w @ shift
+                    state_dict[weight] = w * scale
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def explain(self, query: QueryBatch, images: ImageBatch) -> Attention:
         self._check(query, images, pool=False)
