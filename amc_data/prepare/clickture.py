@@ -19,7 +19,6 @@ Lite and dev ids overlap, so the prepared folder gives dev images `DEV_ID_OFFSET
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -49,10 +48,10 @@ from .common import (
     missing_features,
     open_features,
     shown,
+    write_folder,
 )
 from .format import SPLITS, read_keyword_vocabulary, unique_ids
 from .queries import fit_query_vocabulary
-from .writer import write_prepared
 
 __all__ = [
     "CLICK_COLUMNS",
@@ -692,13 +691,13 @@ def prepare_clickture(
         "encoded": str(encoded_dir.resolve()),
     }
     skipped = {**problems.recorded, **skipped}
-    path = write_prepared(
+    return write_folder(
         out_dir,
-        source="clickture",
+        "clickture",
         features=feature_rows([lite_array, dev_array], [lite_rows, dev_rows], lite_features_path),
         feature_ids=out_ids,
-        keywords_csr=keywords,
-        vocab_tsv_path=vocab_path,
+        keywords=keywords,
+        vocab_path=vocab_path,
         images=images,
         queries=queries,
         judgments=judgments,
@@ -706,24 +705,18 @@ def prepare_clickture(
         options=options,
         force=config.force,
         link_features=False,
-        extra={
-            "encoded": record,
-            "clickture": {
-                "id_space": {"lite": {"offset": 0}, "dev": {"offset": DEV_ID_OFFSET}},
-                "grades": {"Excellent": 3, "Good": 2, "Bad": 0},
-                "dev_split": {
-                    "val_fraction": config.val_fraction,
-                    "seed": config.split_seed,
-                    "rule": "dev queries ordered by sha256('<seed>\\0<normalised query>'); the "
-                    "first round(val_fraction * n) are val",
-                },
-                "images_without_keywords": without_keywords,
+        encoded=record,
+        details={
+            "id_space": {"lite": {"offset": 0}, "dev": {"offset": DEV_ID_OFFSET}},
+            "grades": {"Excellent": 3, "Good": 2, "Bad": 0},
+            "dev_split": {
+                "val_fraction": config.val_fraction,
+                "seed": config.split_seed,
+                "rule": "dev queries ordered by sha256('<seed>\\0<normalised query>'); the "
+                "first round(val_fraction * n) are val",
             },
-            "skipped": skipped,
-            "notes": notes,
+            "images_without_keywords": without_keywords,
         },
-    )
-    info = json.loads((path / "prepared.json").read_text(encoding="utf-8"))
-    return PrepareResult(
-        path, "clickture", info["counts"], info["features"]["stored"], skipped, tuple(notes)
+        skipped=skipped,
+        notes=notes,
     )
