@@ -36,9 +36,8 @@ class PrepareResult:
 
     out: Path
     source: str
-    counts: dict[
-        str, Any
-    ]  # prepared.json "counts": features, and images/queries/judgments per split
+    # prepared.json "counts": features, and images/queries/judgments per split
+    counts: dict[str, Any]
     features_stored: str  # copy, hardlink or symlink
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> count, examples
     notes: tuple[str, ...] = ()  # other things worth telling the user
