@@ -58,7 +58,7 @@ from .common import (
     write_folder,
 )
 from .format import SPLITS, read_keyword_vocabulary, unique_ids
-from .queries import fit_query_vocabulary
+from .queries import fit_query_vocabulary, query_analyzer
 from .writer import FeatureRows
 
 __all__ = [
@@ -78,6 +78,7 @@ CLICK_COLUMNS = ("query", "key", "clicks")
 LABEL_COLUMNS = ("query", "key", "grade")
 GRADES = {"excellent": 3, "good": 2, "bad": 0, "3": 3, "2": 2, "0": 0}
 DEV_ID_OFFSET = 1_000_000_000  # dev image 48500 is img_id 1_000_048_500 in the prepared folder
+_BATCH = 1 << 16  # click-log queries turned into Python strings at a time (a log has millions)
 
 
 @dataclass(frozen=True)
@@ -334,34 +335,54 @@ def _with_features(
     return judged.keep(~np.isin(judged.img_id, absent))
 
 
+def _read_as(texts: Sequence[str]) -> list[str]:
+    """Each query as the model reads it: its analyzer tokens (lower-cased, punctuation and stop
+    words dropped, order and repeats kept), joined by one space. Tokens hold no space, so two
+    queries give the same string exactly when they give the same tokens."""
+    analyzer = query_analyzer()
+    return list(map(" ".join, map(analyzer, texts)))
+
+
 def _without_shared_queries(
     train: _Judged, dev: _Judged, dev_split: np.ndarray, clicks: Path, problems: Problems
 ) -> _Judged:
-    """`train` less the queries that are also dev queries (a problem: evaluating on queries
-    seen in training inflates the scores)."""
-    train_normalized = normalize_query(train.texts)
-    dev_normalized = normalize_query(dev.texts)
-    shared = numpy_column(pc.is_in(dev_normalized, value_set=train_normalized))
+    """`train` less the queries the model cannot tell from a dev query (a problem: evaluating
+    on queries seen in training inflates the scores). Queries are compared as the model reads
+    them, so "dog!", "The DOG" and "dog" are one query."""
+    dev_read = pa.array(_read_as(dev.texts.to_pylist()), pa.large_string())
+    leaked = np.zeros(len(train.texts), dtype=bool)
+    twin: dict[str, str] = {}  # a dev query's reading -> the first click-log query read alike
+    for start in range(0, len(train.texts), _BATCH):
+        texts = train.texts.slice(start, _BATCH).to_pylist()
+        read = pa.array(_read_as(texts), pa.large_string())
+        hits = np.flatnonzero(numpy_column(pc.is_in(read, value_set=dev_read)))
+        leaked[start + hits] = True
+        for i in hits.tolist():
+            twin.setdefault(read[i].as_py(), texts[i])
+    shared = numpy_column(pc.is_in(dev_read, value_set=pa.array(list(twin), pa.large_string())))
     if not shared.any():
         return train
     texts = dev.texts.filter(pa.array(shared)).to_pylist()
+    readings = dev_read.filter(pa.array(shared)).to_pylist()
     splits, counts = np.unique(dev_split[shared], return_counts=True)
     where = ", ".join(f"{n:,} {s}" for s, n in zip(splits, counts, strict=True))
+    pairs = [
+        repr(t) if twin[r] == t else f"{t!r} (click log: {twin[r]!r})"
+        for t, r in zip(texts, readings, strict=True)
+    ]
     problems.report(
         "queries in both train and val/test",
         len(texts),
         texts[:EXAMPLES],
-        f"{len(texts):,} dev queries ({where}) also appear in the click log {clicks} (compared "
-        f"lower-cased, spaces collapsed): {shown([repr(t) for t in texts], len(texts))}. "
-        "Evaluating on queries the model was trained on inflates the scores.",
-    )
-    leaked = numpy_column(
-        pc.is_in(train_normalized, value_set=dev_normalized.filter(pa.array(shared)))
+        f"{len(texts):,} dev queries ({where}) also appear in the click log {clicks}, compared "
+        "as the model reads queries (lower-cased, punctuation and stop words dropped): "
+        f"{shown(pairs, len(texts))}. Evaluating on queries the model was trained on inflates "
+        "the scores.",
     )
     return train.keep(~leaked[train.query])
 
 
-def _batches(texts: pa.Array, size: int = 1 << 16) -> Iterator[str]:
+def _batches(texts: pa.Array, size: int = _BATCH) -> Iterator[str]:
     """The texts as Python strings, a slice at a time (a click log has millions)."""
     for start in range(0, len(texts), size):
         yield from texts.slice(start, size).to_pylist()
