@@ -319,6 +319,34 @@ def test_labels_that_are_not_integers(prepared):
     )
 
 
+def test_labels_outside_their_range_are_refused_at_load_time(tmp_path, prepared):
+    """Eval would stop only after scoring, naming neither file nor row."""
+
+    def set_label(row: int, value: int):
+        def edit(frame):
+            frame.loc[row, "label"] = value
+            return frame
+
+        return edit
+
+    rewrite_table(prepared / "judgments.parquet", set_label(21, -5))
+    _load_fails(
+        prepared,
+        "judgments.parquet: row 21 ",
+        "label -5",
+        "0 or more",
+        "Fix the labels",
+    )
+    # A click count of a train judgment may be large; a val/test grade must fit eval's gain.
+    again = write_small(tmp_path / "again", tmp_path)
+    rewrite_table(again / "judgments.parquet", set_label(3, 50_000))
+    assert load_prepared(again).judgments["label"].max() == 50_000
+    rewrite_table(again / "judgments.parquet", set_label(14, 2_000))
+    _load_fails(
+        again, "judgments.parquet: row 14 ", "label 2000", "at most 1000", "query_id 1014, val"
+    )
+
+
 def test_a_query_without_judgments(prepared):
     rewrite_table(prepared / "judgments.parquet", lambda f: f[f.query_id != 1003])
     _load_fails(

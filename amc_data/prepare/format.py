@@ -68,6 +68,9 @@ FILES = (
     "judgments.parquet",
     "query_vocab.tsv",
 )
+#: The highest label of a val/test judgment: eval's gain 2**label - 1 must fit a float64.
+#: Train labels (click counts) only need to be 0 or more.
+MAX_EVAL_LABEL = 1000
 _CHUNK_BYTES = 64 << 20  # features are copied and scanned this much at a time
 _SHOWN = 5  # ids shown in a message
 
@@ -371,7 +374,8 @@ def load_prepared(
     amc-data; shapes and dtypes; feature ids unique and matching images.parquet both ways (no
     image without features, no features without an image); the keyword matrix's shape against
     both vocabularies' sizes; vocab.tsv and query_vocab.tsv against their recorded sha256
-    fingerprints; unique img_ids and query_ids; only train/val/test splits; integer labels;
+    fingerprints; unique img_ids and query_ids; only train/val/test splits; integer labels,
+    0 or more (val/test at most `MAX_EVAL_LABEL`);
     judgments naming known queries and images; every query judged at least once; train queries
     judged on train images only and val/test queries never on train images; the counts of
     prepared.json. Each failure is an `InputError` naming the file, row or id, and the fix.
@@ -620,6 +624,7 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
                 f"does not list ({int(unknown.sum()):,} such rows)",
                 _REPREPARE,
             )
+    _check_labels(root, judgments, queries["split"].to_numpy()[query_row])
     unjudged = query_ids[np.bincount(query_row, minlength=query_ids.size) == 0]
     if unjudged.size:
         first = queries.loc[queries["query_id"] == unjudged[0]].iloc[0]
@@ -662,3 +667,29 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             "Keep the splits apart: " + _REPREPARE,
         )
     return judgments
+
+
+def _check_labels(root: Path, judgments: pd.DataFrame, split: np.ndarray) -> None:
+    """Labels 0 or more everywhere, at most `MAX_EVAL_LABEL` in val/test (`split`: each
+    judgment's query split), so eval never stops on them after scoring."""
+    labels = judgments["label"].to_numpy()
+    evaluated = split != "train"
+    for bad, allowed in (
+        (labels < 0, "labels are 0 or more (0 = not relevant)"),
+        (
+            evaluated & (labels > MAX_EVAL_LABEL),
+            f"val/test labels are relevance grades of at most {MAX_EVAL_LABEL} (eval's gain "
+            "2**label - 1 must fit a float; Clickture: Excellent 3, Good 2, Bad 0)",
+        ),
+    ):
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise _fail(
+                root,
+                "judgments.parquet",
+                f"row {row} (query_id {int(judgments['query_id'].iloc[row])}, {split[row]}; "
+                f"img_id {int(judgments['img_id'].iloc[row])}) has label "
+                f"{int(labels[row])}; {allowed} ({int(bad.sum()):,} such rows)",
+                "Fix the labels of the input (train: click counts or 1; val/test: grades) and "
+                "prepare the dataset again.",
+            )
