@@ -445,6 +445,55 @@ def test_missing_files_newer_versions_and_other_folders(tmp_path, prepared):
     _load_fails(prepared, "lacks keywords.npz", "incomplete")
 
 
+def test_a_truncated_keyword_file_is_a_one_line_error(prepared):
+    data = (prepared / "keywords.npz").read_bytes()
+    (prepared / "keywords.npz").write_bytes(data[: len(data) // 2])
+    _load_fails(prepared, "keywords.npz", "is not a scipy sparse .npz", "Prepare the dataset again")
+    (prepared / "keywords.npz").write_bytes(b"")
+    _load_fails(prepared, "keywords.npz", "is not a scipy sparse .npz")
+
+
+@pytest.mark.parametrize(
+    "value, found",
+    [(None, "row 3 (query_id 1003) has no query text (null)"), (7, "holds int64, not text")],
+)
+def test_query_texts_must_be_text(prepared, value, found):
+    def edit(frame):
+        if value is None:
+            frame["query"] = frame["query"].astype(object)
+            frame.loc[3, "query"] = None
+        else:
+            frame["query"] = np.arange(len(frame), dtype=np.int64) + value
+        return frame
+
+    rewrite_table(prepared / "queries.parquet", edit)
+    _load_fails(prepared, "queries.parquet", found, "Prepare the dataset again")
+
+
+@pytest.mark.parametrize(
+    "field, value, found",
+    [
+        (("features",), "features.npy", "'features' is text ('features.npy'), expected an object"),
+        (("features", "shape"), "12x3x4", "'features.shape' is text"),
+        (("features", "shape"), [12, "3", 4], "'features.shape' is [12, '3', 4], expected a list"),
+        (("features", "size"), True, "'features.size' is true/false"),
+        (("fingerprints",), ["abc"], "'fingerprints' is a list"),
+        (("fingerprints", "queries"), 5, "'fingerprints.queries' is a whole number"),
+        (("counts",), "many", "'counts' is text"),
+        (("candidates",), 1, "'candidates' is a whole number (1), expected text"),
+    ],
+)
+def test_fields_of_prepared_json_of_the_wrong_type(prepared, field, value, found):
+    info = json.loads((prepared / "prepared.json").read_text())
+    target = info
+    for name in field[:-1]:
+        target = target[name]
+    target[field[-1]] = value
+    (prepared / "prepared.json").write_text(json.dumps(info))
+    message = _load_fails(prepared, "prepared.json: ", found, "Prepare the dataset again")
+    assert "\n" not in message
+
+
 def test_counts_of_prepared_json_must_match_the_files(prepared):
     info = json.loads((prepared / "prepared.json").read_text())
     info["counts"]["queries"]["val"] = 99
