@@ -173,6 +173,19 @@ def test_an_existing_prepared_folder_is_replaced_only_with_force(tmp_path, prepa
     ]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_folders_get_the_mode_the_umask_gives(tmp_path, umask):
+    """Not the 0700 of a private temporary folder: others may read what the umask lets them."""
+    previous = os.umask(umask)
+    try:
+        out = write_small(tmp_path / "new" / "prepared", tmp_path)
+        replaced = write_small(out, tmp_path, force=True)
+    finally:
+        os.umask(previous)
+    for folder in (out.parent, out, replaced):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~umask), folder
+
+
 def test_a_folder_that_is_not_prepared_is_never_touched(tmp_path):
     other = tmp_path / "photos"
     other.mkdir()
