@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import json, resource, sys, torch
-from amc_data.training import TrainConfig, train
+from amc_data.ranking.training import TrainConfig, train
 config = TrainConfig(**json.loads(sys.argv[3]))
 if config.device == "cuda":
     torch.cuda.reset_peak_memory_stats()

@@ -27,7 +27,7 @@ def demo_command(
     pictures. Everything lands in OUT (default ./amc-demo)."""
     require("torch")
     require("matplotlib", "the demo's pictures")
-    from amc_data.demo import run_demo
+    from amc_data.ranking.demo import run_demo
 
     say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
     result = run_demo(out, seed=seed, images=images, queries=queries, epochs=epochs,

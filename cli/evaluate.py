@@ -18,7 +18,7 @@ from .tables import text_table
 
 if TYPE_CHECKING:
     from amc_data.evaluation.metrics import PairedTest, RankingMetrics
-    from amc_data.evaluation.runs import Evaluation
+    from amc_data.ranking.runs import Evaluation
 
 SIGNIFICANCE_K = 10
 
@@ -190,7 +190,7 @@ def _evaluate_runs(
     require("torch")
     if plot_dir is not None:
         require("matplotlib", "eval's pictures")
-    from amc_data.evaluation.runs import evaluate
+    from amc_data.ranking.runs import evaluate
 
     evaluation = evaluate(
         runs, data, split=split, out=out, json_path=json_path, device=device,

@@ -11,7 +11,7 @@ import click
 
 from amc_data._optional import require
 from amc_data.progress import progress_enabled
-from amc_data.train_config import DEVICES, MODELS, TrainConfig
+from amc_data.ranking.config import DEVICES, MODELS, TrainConfig
 
 from .options import quiet_option
 
@@ -66,7 +66,7 @@ def train_command(
     """
     config = TrainConfig(intra=not no_intra, inter=not no_inter, compile=compile_, **options)
     require("torch")
-    from amc_data.training import train
+    from amc_data.ranking.training import train
 
     result = train(data, out, config, resume=resume, force=force,
                    progress=progress_enabled(quiet))  # fmt: skip

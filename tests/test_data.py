@@ -12,8 +12,11 @@ import scipy.sparse
 import torch
 from prepare_helpers import small_parts
 
-from amc_data.batch import ImageBatch, QueryBatch, TrainBatch
-from amc_data.data import (
+from amc_data.errors import ConfigError, InputError
+from amc_data.prepare import load_prepared, write_prepared
+from amc_data.prepare.synth import SynthConfig, synth
+from amc_data.ranking.batch import ImageBatch, QueryBatch, TrainBatch
+from amc_data.ranking.data import (
     EpochSampler,
     TrainingPairs,
     collate_train,
@@ -21,9 +24,6 @@ from amc_data.data import (
     query_batch,
     train_loader,
 )
-from amc_data.errors import ConfigError, InputError
-from amc_data.prepare import load_prepared, write_prepared
-from amc_data.prepare.synth import SynthConfig, synth
 
 
 @pytest.fixture(scope="module")

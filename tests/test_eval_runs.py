@@ -19,8 +19,8 @@ from PIL import Image  # noqa: E402
 
 import amc_data  # noqa: E402
 from amc_data.errors import CheckpointError  # noqa: E402
-from amc_data.evaluation.runs import evaluate  # noqa: E402
-from amc_data.training import TrainConfig, train  # noqa: E402
+from amc_data.ranking.runs import evaluate  # noqa: E402
+from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}
 FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
@@ -172,8 +172,8 @@ def test_coco_auc_and_the_random_row_cover_every_caption_image_pair(
 ) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from amc_data.checkpoint import load_model
-    from amc_data.scoring import score_matrix
+    from amc_data.ranking.checkpoint import load_model
+    from amc_data.ranking.scoring import score_matrix
 
     prepared_path, run = coco
     result = evaluate([run], prepared_path, resamples=200)

@@ -14,7 +14,7 @@ import pytest
         ("amc_data.fetching.core", "fetch"),
         ("amc_data.encoding.core", "encode"),
         ("amc_data.fetching.verify", "verify"),
-        ("amc_data.dataset", "load_encoded"),
+        ("amc_data.encoding.dataset", "load_encoded"),
     ],
 )
 def test_public_functions_stay_functions_after_a_submodule_import(first: str, name: str) -> None:

@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from amc_data.batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
 from amc_data.errors import ConfigError, InputError, TrainingError  # noqa: E402
-from amc_data.model import (  # noqa: E402
+from amc_data.ranking.batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
+from amc_data.ranking.model import (  # noqa: E402
     KINDS,
     Attention,
     ModelConfig,

@@ -11,12 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from amc_data.checkpoint import load_model  # noqa: E402
-from amc_data.data import image_batch, query_batch  # noqa: E402
-from amc_data.evaluation.runs import evaluate  # noqa: E402
 from amc_data.prepare.format import PreparedDataset, load_prepared  # noqa: E402
 from amc_data.prepare.synth import synth  # noqa: E402
-from amc_data.training import TrainConfig, train  # noqa: E402
+from amc_data.ranking.checkpoint import load_model  # noqa: E402
+from amc_data.ranking.data import image_batch, query_batch  # noqa: E402
+from amc_data.ranking.runs import evaluate  # noqa: E402
+from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 VARIANTS = {
     "amc": {},

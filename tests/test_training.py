@@ -18,11 +18,11 @@ from amc_data_cli.main import cli  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 import amc_data  # noqa: E402
-import amc_data.training as training  # noqa: E402
-from amc_data.checkpoint import load_model, read_checkpoint  # noqa: E402
+import amc_data.ranking.training as training  # noqa: E402
 from amc_data.errors import CheckpointError, ConfigError, TrainingError  # noqa: E402
 from amc_data.prepare.format import load_prepared  # noqa: E402
-from amc_data.training import TrainConfig, train  # noqa: E402
+from amc_data.ranking.checkpoint import load_model, read_checkpoint  # noqa: E402
+from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}
 FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
@@ -265,7 +265,7 @@ def test_non_finite_options_are_config_errors(name: str, value: float) -> None:
 
 
 def test_in_batch_negatives_skip_rows_of_the_same_query_or_image() -> None:
-    from amc_data.loss import hinge_ranking_loss
+    from amc_data.ranking.loss import hinge_ranking_loss
 
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.0]])  # (B, 1 + t)
     in_batch = torch.tensor([[0.9, 0.95, 0.1], [0.95, 0.8, 0.1], [0.1, 0.1, 0.7]])  # (B, B)
@@ -280,7 +280,7 @@ def test_in_batch_negatives_skip_rows_of_the_same_query_or_image() -> None:
 
 
 def test_in_batch_training_runs_and_the_batch_carries_its_keys(data: Path, tmp_path: Path) -> None:
-    from amc_data.data import train_loader
+    from amc_data.ranking.data import train_loader
 
     batch = next(iter(train_loader(load_prepared(data), batch_size=8, negatives=2)))
     assert batch.query_keys.shape == (8,) and batch.positive_keys.shape == (8,)
@@ -298,7 +298,7 @@ def test_damaged_checkpoints_and_word_vectors_are_one_line_errors(
     words = load_prepared(data).query_vocabulary
     vectors.write_text(f"{words[0]} 0.1 nan\n{words[1]} 0.2 0.3\n")
     from amc_data.errors import InputError
-    from amc_data.model import load_word_vectors
+    from amc_data.ranking.model import load_word_vectors
 
     with pytest.raises(InputError, match=r"line 1: the vector of .* holds NaN"):
         load_word_vectors(vectors, words, 2)

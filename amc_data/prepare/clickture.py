@@ -36,7 +36,7 @@ import scipy.sparse
 
 from ..archive import load_id_map
 from ..datadir import dataset_dir
-from ..dataset import load_encoded
+from ..encoding.dataset import load_encoded
 from ..errors import ConfigError, InputError
 from .common import (
     EXAMPLES,

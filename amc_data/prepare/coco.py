@@ -29,7 +29,7 @@ import scipy.sparse
 
 from ..archive import open_archive
 from ..datadir import dataset_dir
-from ..dataset import load_encoded
+from ..encoding.dataset import load_encoded
 from ..encoding.inputs import input_files
 from ..errors import ConfigError, InputError
 from ..spec import dataset_spec

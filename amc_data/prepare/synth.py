@@ -412,8 +412,8 @@ def write_keyword_archive(world: SynthWorld, folder: Path) -> None:
 def _encode_keywords(world: SynthWorld, work: Path) -> tuple[scipy.sparse.csr_matrix, Path]:
     """Encode the keyword archive with the real encoder; return the (N, V) counts in
     `world.img_ids` order and the path of its `vocab.tsv`."""
-    from ..dataset import load_encoded
     from ..encoding.core import EncodeConfig, encode
+    from ..encoding.dataset import load_encoded
 
     write_keyword_archive(world, work / "clickture")
     config = EncodeConfig(min_df=world.config.min_df, formats=("csr", "parquet"), jobs=1)

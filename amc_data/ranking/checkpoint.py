@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import AmcDataError, CheckpointError
-from .files import atomic_write
+from ..errors import AmcDataError, CheckpointError
+from ..files import atomic_write
 from .model import ModelConfig, RankingModel, build_model
 
 if TYPE_CHECKING:
-    from .prepare.format import PreparedDataset
+    from ..prepare.format import PreparedDataset
 
 FORMAT = "amc-data-checkpoint"
 FORMAT_VERSION = 1

@@ -27,19 +27,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ..errors import TrainingError
+from ..evaluation.metrics import ndcg_at_k
+from ..files import atomic_write_bytes, atomic_write_json
+from ..prepare.format import PreparedDataset, load_prepared
+from ..progress import progress_bar
+from ..version import __version__
 from . import distributed
 from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .data import train_loader
-from .errors import TrainingError
-from .evaluation.metrics import ndcg_at_k
-from .files import atomic_write_bytes, atomic_write_json
 from .loss import hinge_ranking_loss
 from .model import ModelConfig, RankingModel, build_model, load_word_vectors
-from .prepare.format import PreparedDataset, load_prepared
-from .progress import progress_bar
 from .scoring import precision_context, score_split
-from .train_config import TrainConfig
-from .version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..progress import progress_bar
 from .data import image_batch, query_batch
-from .progress import progress_bar
 
 if TYPE_CHECKING:
+    from ..prepare.format import PreparedDataset
     from .model import RankingModel
-    from .prepare.format import PreparedDataset
 
 
 def precision_context(device: torch.device, amp: bool) -> AbstractContextManager[object]:

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
-from .train_config import DEVICES
+from ..errors import ConfigError
+from .config import DEVICES
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from ._optional import require
-from .errors import ConfigError, InputError
+from .._optional import require
+from ..errors import ConfigError, InputError
 
 require("torch", "the training data loader")  # a one-line MissingDependencyError without torch
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler  # noqa: E402
 
+from ..prepare.format import PreparedDataset, load_prepared  # noqa: E402
 from .batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
-from .prepare.format import PreparedDataset, load_prepared  # noqa: E402
 
 __all__ = [
     "EpochSampler",

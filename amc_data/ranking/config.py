@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MODELS = ("amc", "visual", "keyword", "fusion", "cca")
 DEVICES = ("auto", "cpu", "cuda")

@@ -11,11 +11,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import scipy.sparse
 
-from .datadir import dataset_dir
-from .encoding.formats import VOCAB_HEADER, read_vocab_tsv
-from .encoding.record import RECORD_NAME, read_record
-from .errors import InputError
-from .spec import dataset_spec
+from ..datadir import dataset_dir
+from ..errors import InputError
+from ..spec import dataset_spec
+from .formats import VOCAB_HEADER, read_vocab_tsv
+from .record import RECORD_NAME, read_record
 
 
 @dataclass(frozen=True)

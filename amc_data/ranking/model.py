@@ -1,7 +1,7 @@
 """Ranking models: AMC (attention guided multi-modal correlation) and the paper's baselines.
 
 Every model scores (query, image) pairs, where an image is a set of region features and a bag of
-keywords (`amc_data.batch`). AMC follows the paper's framework:
+keywords (`amc_data.ranking.batch`). AMC follows the paper's framework:
 
 - the query's words are embedded and mean-pooled into `q`, which yields four vectors: `s_q`
   (guides visual attention), `q W_ql` (guides keyword attention), `q^m` (the query's point in the
@@ -32,8 +32,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from ._optional import require
-from .errors import ConfigError, InputError, TrainingError
+from .._optional import require
+from ..errors import ConfigError, InputError, TrainingError
 
 require("torch", "the ranking models")  # a one-line MissingDependencyError without torch
 

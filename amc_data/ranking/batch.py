@@ -1,8 +1,8 @@
 """The tensors a ranking model reads: a batch of queries and a batch of images.
 
-The data layer (`amc_data.data`) produces them, the models (`amc_data.model`) consume them, and
-both the training loop and evaluation move them to a device with `.to()`. Ids are shifted by one
-so that 0 is the padding id of every embedding table.
+The data layer (`data`) produces them, the models (`model`) consume them, and both the training
+loop and evaluation move them to a device with `.to()`. Ids are shifted by one so that 0 is the
+padding id of every embedding table.
 """
 
 from __future__ import annotations

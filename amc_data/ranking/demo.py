@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .evaluation.runs import Evaluation, evaluate
-from .prepare.synth import SynthConfig, synth
+from ..prepare.synth import SynthConfig, synth
+from .runs import Evaluation, evaluate
 from .training import TrainConfig, train
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..checkpoint import load_model
-from ..distributed import resolve_device
 from ..errors import ConfigError, InputError
+from ..evaluation.metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics
 from ..files import atomic_write, atomic_write_json
 from ..prepare.format import PreparedDataset, load_prepared
-from ..scoring import (
+from .checkpoint import load_model
+from .distributed import resolve_device
+from .scoring import (
     candidates_are_split,
     matrix_auc,
     pool_frame,
@@ -30,7 +31,6 @@ from ..scoring import (
     score_split,
     split_query_ids,
 )
-from .metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 from .._optional import require
+from ..evaluation.metrics import roc_curve
 from ..files import atomic_write, atomic_write_json
-from .metrics import roc_curve
 
 if TYPE_CHECKING:
-    from ..model import RankingModel
     from ..prepare.format import PreparedDataset
+    from .model import RankingModel
     from .runs import RunEvaluation
 
 DPI = 110
@@ -75,7 +75,7 @@ def plot_attention(
     `attention.json` with the same numbers."""
     import torch
 
-    from ..data import image_batch, query_batch
+    from .data import image_batch, query_batch
 
     plt = _pyplot()
     texts = prepared.queries.set_index("query_id")["query"]
