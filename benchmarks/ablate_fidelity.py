@@ -240,6 +240,38 @@ REFERENCE = {
     "ref amc init 0.5": {"init_std": 0.5},
     "ref amc dropout 0": {"dropout": 0.0},
     "ref amc weight decay 0": {"weight_decay": 0.0},
+    "ref amc unit values": {"unit_values": True},
+    "ref amc cosine attention x10": {"cosine_attention": 10.0},
+    "ref amc batch + cosine x10": {"negatives": "batch", "cosine_attention": 10.0},
+    "ref amc batch + cosine learned from 1": {
+        "negatives": "batch",
+        "cosine_attention": 1.0,
+        "learn_scale": True,
+    },
+    "ref amc batch + cosine learned from 4": {
+        "negatives": "batch",
+        "cosine_attention": 4.0,
+        "learn_scale": True,
+    },
+    "ref amc batch + temperature 0.125": {"negatives": "batch", "temperature": 0.125},
+    "ref amc infonce batch": {"negatives": "batch", "loss": "infonce"},
+    "ref amc infonce batch + cosine x10": {
+        "negatives": "batch",
+        "loss": "infonce",
+        "cosine_attention": 10.0,
+    },
+    "ref amc infonce batch + cosine x10 + shared": {
+        "negatives": "batch",
+        "loss": "infonce",
+        "cosine_attention": 10.0,
+        "shared_words": True,
+    },
+    "ref amc batch + unit": {"negatives": "batch", "unit_values": True},
+    "ref amc batch + shared + unit": {
+        "negatives": "batch",
+        "shared_words": True,
+        "unit_values": True,
+    },
 }
 PACKAGE = {
     "pkg amc": {},

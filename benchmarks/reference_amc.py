@@ -39,6 +39,10 @@ class RefConfig:
     epochs: int = 8
     batch_size: int = 64
     seed: int = 0
+    cosine_attention: float = 0.0  # > 0: logits are this times the cosine of guide and key
+    learn_scale: bool = False  # the cosine attention's scale is learned (from cosine_attention)
+    loss: str = "hinge"  # hinge | infonce (softmax over the batch's images, temperature tau)
+    tau: float = 0.05
     unit_values: bool = False  # each region / keyword value scaled to unit length before pooling
 
 
@@ -111,6 +115,8 @@ class RefAMC(nn.Module):
         self.q_keyword = nn.Linear(d, d, bias=False)
         self.gate_prior, self.gate_probe = nn.Linear(d, 2), nn.Linear(d, d)
         self.drop = nn.Dropout(config.dropout)
+        start = math.log(max(config.cosine_attention, 1e-6))
+        self.log_scale = nn.Parameter(torch.tensor(start), requires_grad=config.learn_scale)
 
     def keyword_table(self) -> nn.Embedding:
         return self.words if self.c.shared_words else self.keywords
@@ -119,6 +125,13 @@ class RefAMC(nn.Module):
         mask = (tokens > 0).float()
         q = (self.words(tokens) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         return self.drop(q)
+
+    def logits(self, guide: Tensor, key: Tensor, scale: float) -> Tensor:
+        """(B, M, T) attention logits of guides (B, d) over keys (S, M, T, d)."""
+        if self.c.cosine_attention > 0:
+            guide, key = F.normalize(guide, dim=-1), F.normalize(key, dim=-1)
+            return self.log_scale.exp() * (guide[:, None, None] * key).sum(-1)
+        return (guide[:, None, None] * key).sum(-1) / scale
 
     def pool(self, q: Tensor, regions: Tensor, kw: Tensor, counts: Tensor):
         """Scores (Q, N) of every query against every image (N, ...), and the weights."""
@@ -135,10 +148,10 @@ class RefAMC(nn.Module):
         kmask = counts > 0
         b, m = q.shape[0], kw.shape[1]
         if c.kind == "amc" and c.intra:
-            rl = (self.q_visual(q)[:, None, None] * self.region_key(r)).sum(-1) / scale
+            rl = self.logits(self.q_visual(q), self.region_key(r), scale)
             rw = torch.softmax(rl, -1)  # (B, M, R)
             key = self.key_proj(kv) if self.key_proj is not None else kv
-            kl = (self.q_keyword(q)[:, None, None] * key).sum(-1) / scale
+            kl = self.logits(self.q_keyword(q), key, scale)
             kl = kl + torch.log(counts.clamp_min(1e-6))
             kl = kl.masked_fill(~kmask, -1e9)
             kw_w = torch.softmax(kl, -1) * kmask.any(-1, keepdim=True)  # (B, M, K)
@@ -176,11 +189,18 @@ def loss_of(config: RefConfig, model: RefAMC, tables: Tables, qids, pos_rows, ne
         b, m = rows.shape
         view = lambda t: t.view(b, m, *t.shape[1:])
         s, *_ = model.score(q, view(regions), view(kw), view(counts))  # (B, m)
+        if config.loss == "infonce":
+            return F.cross_entropy(s / config.tau, torch.zeros(b, dtype=torch.long))
         return (config.margin - s[:, :1] + s[:, 1:]).clamp(min=0).mean()
     regions, kw, counts = tables.images(pos_rows)
     s, *_ = model.pool(q, regions, kw, counts)  # (B, B)
     positive = s.diagonal()[:, None]
     hinge = (config.margin - positive + s).clamp(min=0).masked_fill(torch.as_tensor(same), 0)
+    if config.loss == "infonce":
+        logits = (s / config.tau).masked_fill(
+            torch.as_tensor(same) & ~torch.eye(len(s), dtype=torch.bool), -1e9
+        )
+        return F.cross_entropy(logits, torch.arange(len(s)))
     if config.negatives == "hardest":
         return hinge.max(1).values.mean()
     return hinge.sum(1).mean()
