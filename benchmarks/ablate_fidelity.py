@@ -294,6 +294,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--concepts", type=int, default=60)
     parser.add_argument("--coco-images", type=int, nargs=4, default=(1200, 0, 300, 300))
+    parser.add_argument("--regions", type=int, default=8)
+    parser.add_argument("--background", type=float, default=0.7)
+    parser.add_argument("--faint", type=float, default=0.7)
+    parser.add_argument("--distractors", type=int, nargs=2, default=(8, 16))
     parser.add_argument("--synth-images", type=int, default=2000)
     parser.add_argument("--synth-queries", type=int, default=600)
     parser.add_argument("--set", nargs="*", default=[], help="reference options KEY=VALUE for all")
@@ -310,7 +314,14 @@ def main() -> None:
     if args.world in ("synth", "both"):
         worlds.append(synth_world(args.work, args.seed, args.synth_images, args.synth_queries))
     if args.world in ("coco", "both"):
-        config = planted_coco.PlantedConfig(concepts=args.concepts, images=tuple(args.coco_images))
+        config = planted_coco.PlantedConfig(
+            concepts=args.concepts,
+            images=tuple(args.coco_images),
+            regions=args.regions,
+            distractors=tuple(args.distractors),
+            background=args.background,
+            faint=args.faint,
+        )
         worlds.append(coco_world(args.work, args.seed, config))
     results = []
     for world in worlds:
@@ -326,8 +337,8 @@ def main() -> None:
                 config = RefConfig(**{"epochs": args.epochs, "seed": args.seed, **base, **options})
                 figures = reference_run(world, config)
             else:
-                figures = package_run(world, args.work, name.replace(" ", "_"),
-                                      {"epochs": args.epochs, "seed": args.seed, **options})  # fmt: skip
+                options = {"epochs": args.epochs, "seed": args.seed, **options}
+                figures = package_run(world, args.work, name.replace(" ", "_"), options)
             row = {"world": world.name, "run": name, **figures}
             results.append(row)
             print(_line(row), flush=True)

@@ -187,8 +187,7 @@ def loss_of(config: RefConfig, model: RefAMC, tables: Tables, qids, pos_rows, ne
         rows = np.concatenate([pos_rows[:, None], neg_rows], 1)  # (B, 1 + t)
         regions, kw, counts = tables.images(rows.reshape(-1))
         b, m = rows.shape
-        view = lambda t: t.view(b, m, *t.shape[1:])
-        s, *_ = model.score(q, view(regions), view(kw), view(counts))  # (B, m)
+        s, *_ = model.score(q, *(t.view(b, m, *t.shape[1:]) for t in (regions, kw, counts)))
         if config.loss == "infonce":
             return F.cross_entropy(s / config.tau, torch.zeros(b, dtype=torch.long))
         return (config.margin - s[:, :1] + s[:, 1:]).clamp(min=0).mean()

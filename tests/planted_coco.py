@@ -73,8 +73,8 @@ class PlantedConfig:
     dim: int = 32
     clutter: int = 24
     noise: float = 0.35
-    faint: float = 0.5  # strength of a faint look in a clutter region
-    background: float = 0.4  # P(a clutter region shows a faint look)
+    faint: float = 0.7  # strength of a faint look in a clutter region
+    background: float = 0.7  # P(a clutter region shows a faint look)
     distractors: tuple[int, int] = (8, 16)
     filler_words: tuple[int, int] = (5, 9)
 
