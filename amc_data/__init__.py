@@ -87,12 +87,14 @@ if TYPE_CHECKING:
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
     from .prepare.synth import SynthConfig, synth
+    from .ranking.build import build_model
     from .ranking.checkpoint import LoadedModel, load_model
     from .ranking.config import TrainConfig
     from .ranking.demo import DemoResult, run_demo
-    from .ranking.model import Attention, ModelConfig, RankingModel, build_model, load_word_vectors
+    from .ranking.model import Attention, ModelConfig, RankingModel
     from .ranking.runs import Evaluation, evaluate
     from .ranking.training import TrainResult, train
+    from .ranking.word_vectors import load_word_vectors
 
 
 def _lazy_map() -> dict[str, str]:

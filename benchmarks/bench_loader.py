@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from amc_data.machine import cpu_count
 from amc_data.prepare import load_prepared
 from amc_data.prepare.synth import synth
+from amc_data.ranking.build import build_model
 from amc_data.ranking.data import train_loader
-from amc_data.ranking.model import ModelConfig, build_model
+from amc_data.ranking.model import ModelConfig
 
 
 def _loader_rate(loader, epochs: int) -> dict[str, float]:

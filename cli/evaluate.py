@@ -17,7 +17,8 @@ from .options import quiet_option
 from .tables import text_table
 
 if TYPE_CHECKING:
-    from amc_data.evaluation.metrics import PairedTest, RankingMetrics
+    from amc_data.evaluation.metrics import RankingMetrics
+    from amc_data.evaluation.significance import PairedTest
     from amc_data.ranking.runs import Evaluation
 
 SIGNIFICANCE_K = 10
@@ -144,8 +145,8 @@ def eval_command(
         raise click.UsageError(
             "Nothing to evaluate: give RUN folders with --data, or --scores PATH."
         )
-    from amc_data.evaluation.metrics import compare_to_baseline
     from amc_data.evaluation.scores import scores_metrics
+    from amc_data.evaluation.significance import compare_to_baseline
 
     results = {str(path): scores_metrics(path, relevant) for path in scores_paths}
     tests = compare_to_baseline(results, k=SIGNIFICANCE_K, resamples=resamples, seed=seed)

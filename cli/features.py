@@ -121,11 +121,17 @@ def features_command(
     into --out, with the img_id of each row beside it.
 
     An interrupted run continues where it stopped when run again with the same options.
+
+    Under torchrun (python -m torch.distributed.run --nproc_per_node N -m amc_data features ...)
+    each process extracts a shard of the images into the same --out, on its own GPU; rank 0
+    reports. The result is the same file as one process would write.
     """
     from amc_data.featurizing.core import FeatureConfig, extract_features  # torch loads here
+    from amc_data.featurizing.shards import OtherRankFailed, ranks_from_env
 
     if backbone is not None and model_file is not None:
         raise click.UsageError("Give --backbone or --model-file, not both.")
+    main = ranks_from_env().is_main  # under torchrun, rank 0 alone draws and reports
     config = FeatureConfig(
         backbone=backbone or "resnet50",
         model_file=model_file,
@@ -145,10 +151,14 @@ def features_command(
         resume=resume,
         force=force,
         max_batches=max_batches,
-        progress=progress_enabled(quiet),
+        progress=progress_enabled(quiet) and main,
     )
-    result = extract_features(images, out, ids=ids_path, config=config)
-    if not quiet:
+    try:
+        result = extract_features(images, out, ids=ids_path, config=config)
+    except OtherRankFailed:
+        # The rank that failed has printed why; saying it again from every rank adds nothing.
+        raise click.exceptions.Exit(1) from None
+    if not quiet and main:  # under torchrun, rank 0 reports
         _report(result)
 
 

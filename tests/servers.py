@@ -4,8 +4,9 @@ Each route serves bytes with a strong ETag (a hash of its current bytes, so chan
 changes it) and can, on chosen requests, fail with a status (and a reason phrase of its choice),
 redirect, ignore `Range` or `If-Range`, answer a 206 that starts at the wrong byte or holds only a
 piece of the file, drop the connection after some bytes, send a close-delimited or compressed
-body, send its first bytes in tiny separate pieces, serve an HTML page, or hold its body back
-(after some bytes) until the test releases it. The server counts requests and body bytes sent per
+body, send its first bytes in tiny separate pieces, serve an HTML page, serve other bytes on chosen
+requests (a file that changes between two answers), or hold its body back (after some bytes)
+until the test releases it. The server counts requests and body bytes sent per
 route, and keeps the `Range` and `If-Range` of each request, so a test can check what a resume
 asked for and re-sent.
 
@@ -36,7 +37,8 @@ class Route:
 
     Request numbers count from 1. `fail` maps request numbers to an error status; `drop_after`
     maps request numbers to the body bytes sent before the connection is cut (the announced
-    Content-Length stays the full one).
+    Content-Length stays the full one); `data_for` maps request numbers to the bytes served then
+    instead of `data` (its ETag follows the bytes served).
     """
 
     data: bytes
@@ -45,6 +47,7 @@ class Route:
     reason: str | None = None  # the reason phrase sent with `status` / `fail` statuses
     fail: dict[int, int] = field(default_factory=dict)
     drop_after: dict[int, int] = field(default_factory=dict)
+    data_for: dict[int, bytes] = field(default_factory=dict)
     ranges: str = "honour"  # "honour", "ignore" (always 200), "wrong-start" (206 from byte 0)
     etag: bool = True  # send a strong ETag derived from the current data
     last_modified: str | None = None  # send this Last-Modified
@@ -63,9 +66,9 @@ class Route:
     ranges_asked: list[str | None] = field(default_factory=list)
     if_ranges: list[str | None] = field(default_factory=list)
 
-    def current_etag(self) -> str:
-        """The strong ETag of the bytes served now."""
-        return '"' + hashlib.sha1(self.data).hexdigest()[:16] + '"'
+    def current_etag(self, data: bytes | None = None) -> str:
+        """The strong ETag of the bytes served now (or of `data`)."""
+        return '"' + hashlib.sha1(self.data if data is None else data).hexdigest()[:16] + '"'
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -207,10 +210,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._small(status, b"scripted failure", reason=route.reason)
         if route.redirect is not None:
             return self._small(302, b"moved", location=route.redirect)
-        data = route.data
+        served = route.data_for.get(number, route.data)
+        data = served
         if route.content_encoding == "gzip":
             data = gzip.compress(data)
-        start, code = self._range(route, len(data))
+        start, code = self._range(route, len(data), served)
         if code == 416:
             return self._small(416, b"range not satisfiable", total=len(data))
         end = len(data) if route.piece is None else min(len(data), start + route.piece)
@@ -219,7 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", route.content_type)
         self.send_header("Accept-Ranges", "bytes")
         if route.etag:
-            self.send_header("ETag", route.current_etag())
+            self.send_header("ETag", route.current_etag(served))
         if route.last_modified:
             self.send_header("Last-Modified", route.last_modified)
         if route.content_encoding:
@@ -239,12 +243,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
 
-    def _range(self, route: Route, size: int) -> tuple[int, int]:
+    def _range(self, route: Route, size: int, served: bytes) -> tuple[int, int]:
         """(first byte, status) of the answer to this request's Range and If-Range."""
         asked = _RANGE.match(self.headers.get("Range", ""))
         if_range = self.headers.get("If-Range")
         stale = if_range is not None and if_range not in (
-            route.current_etag() if route.etag else None,
+            route.current_etag(served) if route.etag else None,
             route.last_modified,
         )
         if asked and route.ranges == "honour" and not (stale and route.if_range == "honour"):

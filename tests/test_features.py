@@ -7,6 +7,7 @@ import base64
 import collections
 import json
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -328,6 +329,52 @@ def test_skip_leaves_bad_images_out_and_lists_them(tmp_path, model_file):
     assert [s["img_id"] for s in skipped] == [numbers[1]]
     assert coco_name(numbers[1]) in skipped[0]["source"] and skipped[0]["reason"]
     assert np.load(out, mmap_mode="r").shape == (4, 4, DIM)  # header and size agree
+
+
+@pytest.mark.timeout(60)  # a FIFO opened for reading blocks until a writer comes: never here
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_fifo_named_like_an_image_is_refused_by_name_not_read(tmp_path, model_file, on_error):
+    numbers = make_folder(tmp_path / "images", 3)
+    fifo = tmp_path / "images" / "x_4242.jpg"  # a number in its name: it gets an img_id
+    os.mkfifo(fifo)
+    args = [
+        "features", str(tmp_path / "images"), "--out", str(tmp_path / "out" / "features.npy"),
+        "--model-file", str(model_file), "--grid", "2", "--image-size", "32", "--workers", "0",
+        "--on-error", on_error,
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    if on_error == "fail":
+        assert result.exit_code == 1
+        [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert "x_4242.jpg" in error and "FIFO" in error and "not a regular file" in error
+        return
+    assert result.exit_code == 0, result.output
+    assert "1 image(s) skipped" in result.output
+    ids = np.load(tmp_path / "out" / "feature_ids.npy")
+    assert ids.tolist() == numbers  # the FIFO's id (4242) is not among them
+    [skipped] = json.loads((tmp_path / "out" / "features.json").read_text())["skipped"]
+    assert skipped["img_id"] == 4242 and "x_4242.jpg" in skipped["source"]
+    assert "FIFO" in skipped["reason"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+def test_a_fifo_as_tsv_model_or_mapping_file_is_refused_not_read(tmp_path, model_file):
+    make_folder(tmp_path / "images", 2)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = tmp_path / "features.npy"
+    with pytest.raises(InputError, match="neither a folder nor a regular file"):
+        extract_features(fifo, out, config=config(model_file))
+    with pytest.raises(InputError, match=r"pipe is a FIFO.*not a regular file"):
+        extract_features(tmp_path / "images", out, config=config(fifo))
+    json_fifo = tmp_path / "dataset.json"
+    os.mkfifo(json_fifo)
+    for kind, path in (("dataset-json", json_fifo), ("tsv", fifo), ("id-map", fifo)):
+        mapped = config(model_file, id_source=kind, id_file=path)
+        with pytest.raises(InputError, match=rf"{path.name} is a FIFO.*not a regular file"):
+            extract_features(tmp_path / "images", out, config=mapped)
 
 
 def test_bad_tsv_lines_are_named_by_line_number(tmp_path, model_file):

@@ -124,6 +124,68 @@ def test_no_validator_means_no_resume(tmp_path, server):
     assert (folder(tmp_path) / "f.bin").read_bytes() == DATA
 
 
+def _held_at_resume(asked: str | None) -> int:
+    assert asked is not None and asked.startswith("bytes=") and asked.endswith("-")
+    return int(asked.removeprefix("bytes=").removesuffix("-"))
+
+
+def test_a_published_hash_lets_a_file_resume_without_a_validator(tmp_path, server):
+    size = 3_000_000
+    data = random.Random(23).randbytes(size)
+    route = server.add("/f.bin", data, etag=False, drop_after={1: 1_200_000})
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], data)])
+    assert result.outcome is Outcome.RESUMED and result.problems == ()
+    assert (folder(tmp_path) / "f.bin").read_bytes() == data
+    assert route.ranges_asked[0] is None and route.if_ranges[1] is None  # nothing to send
+    held = _held_at_resume(route.ranges_asked[1])
+    assert 0 < held <= 1_200_000
+    assert route.bytes_sent == 1_200_000 + size - held < size + 1_200_000  # only the rest again
+    assert visible(tmp_path) == ["f.bin"]  # the resume state went with the partial
+
+
+def test_a_partial_with_a_hash_but_no_validator_survives_a_failed_run(tmp_path, server):
+    route = server.add("/f.bin", DATA, etag=False, drop_after={1: 100_000})
+    files = [entry("f.bin", [server.url("/f.bin")], DATA)]
+    [failed] = run(tmp_path, files, retries=0)
+    assert failed.problem is Problem.NETWORK and "kept for resuming" in failed.reason
+    [result] = run(tmp_path, files)
+    assert result.outcome is Outcome.RESUMED
+    assert 0 < _held_at_resume(route.ranges_asked[1]) <= 100_000
+    assert (folder(tmp_path) / "f.bin").read_bytes() == DATA
+
+
+def test_a_resume_spliced_onto_another_file_starts_over_once(tmp_path, server):
+    # The second answer (the resume) is the rest of another version of the file; the third
+    # answer is the expected file again.
+    route = server.add("/f.bin", DATA, etag=False, drop_after={1: 100_000}, data_for={2: OTHER})
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], DATA)])
+    assert result.outcome is Outcome.DOWNLOADED and result.problems == ()
+    assert (folder(tmp_path) / "f.bin").read_bytes() == DATA  # not v1's head + v2's tail
+    assert route.ranges_asked[1] is not None and route.ranges_asked[2] is None  # from zero
+    assert route.requests == 3
+    assert visible(tmp_path) == ["f.bin"]
+
+
+def test_a_source_that_keeps_serving_another_file_fails_clearly(tmp_path, server):
+    route = server.add(
+        "/f.bin", DATA, etag=False, drop_after={1: 100_000}, data_for={2: OTHER, 3: OTHER}
+    )
+    [result] = run(tmp_path, [entry("f.bin", [server.url("/f.bin")], DATA)])
+    assert result.outcome is Outcome.FAILED and result.problem is Problem.WRONG_FILE
+    assert "not the expected file" in result.reason and "sha256" in result.reason
+    assert route.requests == 3  # one start over from zero, no more
+    assert route.ranges_asked[2] is None
+    assert visible(tmp_path) == []  # nothing at the final name, no partial kept
+
+
+def test_a_file_with_only_a_size_still_needs_a_validator(tmp_path, server):
+    route = server.add("/f.bin", DATA, etag=False, drop_after={1: 100_000})
+    [result] = run(tmp_path, [{"name": "f.bin", "urls": [server.url("/f.bin")], "size": SIZE}])
+    assert result.outcome is Outcome.RECORDED
+    assert route.ranges_asked == [None, None]  # a size alone cannot catch a spliced file
+    assert (folder(tmp_path) / "f.bin").read_bytes() == DATA
+
+
 # --------------------------------------------------------------------------- content encoding
 
 

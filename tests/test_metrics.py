@@ -16,16 +16,18 @@ from amc_data.evaluation.metrics import (
     CHALLENGE_SCALE,
     annotation_ranks,
     caption_ranking,
-    compare_to_baseline,
     ndcg_at_k,
-    paired_t_test,
-    paired_test,
-    randomization_test,
     ranking_metrics,
     recall_at_k,
     retrieval_ranks,
     roc_auc,
     roc_curve,
+)
+from amc_data.evaluation.significance import (
+    compare_to_baseline,
+    paired_t_test,
+    paired_test,
+    randomization_test,
 )
 
 KS = (1, 3, 5, 10, 15, 20, 25, 40)
@@ -359,7 +361,7 @@ def test_compare_to_baseline_matches_queries_by_id():
 
 
 def test_paired_by_query_matches_numeric_and_text_query_ids():
-    from amc_data.evaluation.metrics import paired_by_query
+    from amc_data.evaluation.significance import paired_by_query
 
     numeric = np.array([3, 1, 2])
     text = np.array(["1", "2", "3"], dtype=object)

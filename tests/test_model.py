@@ -12,14 +12,10 @@ torch = pytest.importorskip("torch")
 
 from amc_data.errors import ConfigError, InputError, TrainingError  # noqa: E402
 from amc_data.ranking.batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
-from amc_data.ranking.model import (  # noqa: E402
-    KINDS,
-    Attention,
-    ModelConfig,
-    RankingModel,
-    build_model,
-    load_word_vectors,
-)
+from amc_data.ranking.build import build_model  # noqa: E402
+from amc_data.ranking.config import MODELS as KINDS  # noqa: E402
+from amc_data.ranking.model import Attention, ModelConfig, RankingModel  # noqa: E402
+from amc_data.ranking.word_vectors import load_word_vectors  # noqa: E402
 
 VQ, VK, D = 20, 30, 12
 

@@ -298,7 +298,7 @@ def test_damaged_checkpoints_and_word_vectors_are_one_line_errors(
     words = load_prepared(data).query_vocabulary
     vectors.write_text(f"{words[0]} 0.1 nan\n{words[1]} 0.2 0.3\n")
     from amc_data.errors import InputError
-    from amc_data.ranking.model import load_word_vectors
+    from amc_data.ranking.word_vectors import load_word_vectors
 
     with pytest.raises(InputError, match=r"line 1: the vector of .* holds NaN"):
         load_word_vectors(vectors, words, 2)

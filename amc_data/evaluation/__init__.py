@@ -1,8 +1,8 @@
 """Evaluation: the paper's metrics (plain numpy) and scores files from any ranker.
 
 `metrics` holds pure functions vectorised over queries (NDCG@k, the challenge DCG@25, ROC/AUC,
-COCO Recall@K both ways, paired significance tests); `scores` reads and checks
-`query_id, img_id, score, label` files and evaluates them. Neither imports torch.
+COCO Recall@K both ways); `significance` the paired tests between two rankers; `scores` reads
+and checks `query_id, img_id, score, label` files and evaluates them. None imports torch.
 """
 
 from __future__ import annotations
@@ -12,18 +12,13 @@ from .metrics import (
     NDCG_CUTOFFS,
     RECALL_CUTOFFS,
     CaptionRanking,
-    PairedTest,
     RankingMetrics,
     RecallAtK,
     RocCurve,
     annotation_ranks,
     caption_ranking,
-    compare_to_baseline,
+    matrix_auc,
     ndcg_at_k,
-    paired_by_query,
-    paired_t_test,
-    paired_test,
-    randomization_test,
     ranking_metrics,
     recall_at_k,
     retrieval_ranks,
@@ -31,6 +26,14 @@ from .metrics import (
     roc_curve,
 )
 from .scores import evaluate_scores, read_scores, scores_metrics
+from .significance import (
+    PairedTest,
+    compare_to_baseline,
+    paired_by_query,
+    paired_t_test,
+    paired_test,
+    randomization_test,
+)
 
 __all__ = [
     "CHALLENGE_SCALE",
@@ -45,6 +48,7 @@ __all__ = [
     "caption_ranking",
     "compare_to_baseline",
     "evaluate_scores",
+    "matrix_auc",
     "ndcg_at_k",
     "paired_by_query",
     "paired_t_test",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..archive.folder import read_regular_file
 from ..errors import ConfigError, DownloadError, InputError
 from .deps import require_torchvision
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # ImageNet statistics: what every torchvision classifier (and most backbones) was trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_MODEL_BYTES = 16 << 30  # a backbone file; the largest torchvision trunks are under 2 GB
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,8 @@ def load_backbone(
 def _model_file(path: Path) -> tuple[nn.Module, dict[str, str]]:
     """A TorchScript file (torch.jit.save), or an exported program (torch.export.save, `.pt2`)
     whose batch and image dimensions were exported as dynamic."""
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"Cannot read the model file {path}: {exc}.") from exc
+    # A regular file only: a FIFO given as --model-file would block the read forever.
+    content = read_regular_file(path, MAX_MODEL_BYTES, InputError, "model file")
     sha256 = hashlib.sha256(content).hexdigest()
     if path.suffix == ".pt2":
         try:

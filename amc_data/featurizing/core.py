@@ -7,10 +7,15 @@ chosen device, pooled to a G x G grid and written at their rows. After each batc
 flushed and a progress record says how far it got, so an interrupted run (a crash, Ctrl-C, a bad
 image in fail mode, `max_batches`) resumes at the next batch and ends with the same bytes as a
 run that was never interrupted.
+
+Under torchrun each rank extracts its shard of the images (`shards`) into the same partial file,
+with its own progress record, so a rank stopped mid-way resumes its shard alone; rank 0 plans,
+prepares and finishes the output, and the bytes are those of a single-process run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +34,9 @@ from ..version import __version__
 from .deps import require_pillow, require_torch
 from .outputs import (
     OutputPaths,
+    PartialRows,
     Progress,
+    close_gaps,
     discard,
     finish,
     load_progress,
@@ -38,6 +45,7 @@ from .outputs import (
     read_report,
     save_progress,
 )
+from .shards import Group, Ranks, device_for, ranks_from_env, shard_bounds
 from .sources import (
     ID_SOURCES,
     CenterCrop,
@@ -168,31 +176,64 @@ def extract_features(
     inputs and options (byte-identical result); different ones are refused unless
     `config.resume` is False. Raises `InputError` for unreadable inputs (naming the file or TSV
     line), `ConfigError` for bad options, `MissingDependencyError` without torch or Pillow.
+
+    Called in every process of a torchrun job (`RANK`, `WORLD_SIZE` set), each process extracts
+    its shard of the images (on GPU `LOCAL_RANK` for device `auto` or `cuda`) and every process
+    returns the same result; a process whose peer failed raises `shards.OtherRankFailed`.
     """
     config = config or FeatureConfig()
     require_torch()
     require_pillow()
-    from .backbone import DeviceSetup, load_backbone
-
     started = time.perf_counter()
     paths = OutputPaths.for_output(out, ids)
-    plan = plan_inputs(
-        images,
-        id_source=config.id_source,
-        id_file=config.id_file,
-        tsv_columns=config.tsv_columns,
-        on_error=config.on_error,
+    group = Group(ranks_from_env())
+    try:
+        run = _set_up(images, paths, config, group, started)
+        with contextlib.ExitStack() as held:
+            # Rank 0 holds the output's lock for the whole run, the other ranks under it.
+            state = group.on_main(lambda: _prepare(run, held))
+            if isinstance(state, FeatureResult):
+                return state
+            return _extract_shards(run, group, state)
+    finally:
+        group.close()
+
+
+def _set_up(
+    images: str | Path, paths: OutputPaths, config: FeatureConfig, group: Group, started: float
+) -> _Run:
+    """Plan the inputs (rank 0 lists them, every rank gets the same plan) and load the backbone
+    (rank 0 first: a bad model file is reported once)."""
+    from .backbone import DeviceSetup, load_backbone
+
+    ranks = group.ranks
+    plan = group.on_main(
+        lambda: plan_inputs(
+            images,
+            id_source=config.id_source,
+            id_file=config.id_file,
+            tsv_columns=config.tsv_columns,
+            on_error=config.on_error,
+        )
     )
-    setup = DeviceSetup.resolve(config.device, config.precision)
-    extractor, backbone = load_backbone(
-        name=config.backbone,
-        model_file=config.model_file,
-        weights=config.weights,
-        seed=config.seed,
-        setup=setup,
-        grid=config.grid,
-    )
-    run = _Run(
+    loaded: list[Any] = []
+
+    def load() -> None:
+        setup = DeviceSetup.resolve(device_for(config.device, ranks), config.precision)
+        extractor, backbone = load_backbone(
+            name=config.backbone,
+            model_file=config.model_file,
+            weights=config.weights,
+            seed=config.seed,
+            setup=setup,
+            grid=config.grid,
+        )
+        loaded.append((setup, extractor, backbone))
+
+    group.on_main(load)
+    group.all_succeed(lambda: None if loaded else load())
+    setup, extractor, backbone = loaded[0]
+    return _Run(
         config=config,
         paths=paths,
         plan=plan,
@@ -203,28 +244,54 @@ def extract_features(
         fingerprint=_fingerprint(plan, backbone, config, setup.device.type, setup.precision),
         shape=(len(plan), config.grid**2, extractor.feature_dim(config.image_size)),
         started=started,
+        ranks=ranks,
     )
-    with output_lock(paths):
-        done = None if config.force else read_report(paths)
-        if done is not None and done.get("fingerprint") == run.fingerprint:
-            log.info("%s is up to date with its inputs and options; nothing to do", paths.features)
-            skipped = [SkippedImage(**item) for item in done.get("skipped", [])]
-            return run.result(tuple(done["shape"]), complete=True, up_to_date=True, skipped=skipped)
-        progress, fresh = _start(paths, config, run.fingerprint, run.shape)
-        resumed_from = progress.next_input
-        array = open_partial(paths, progress, fresh=fresh)
-        try:
-            progress = _extract(run, array, progress)
-        finally:
-            array.flush()
-            del array  # unmapped before the file is cut to its rows and renamed
-        if progress.next_input < len(plan):
-            log.info(
-                "stopped at input %d of %d; run again to resume", progress.next_input, len(plan)
-            )
-            return run.result((progress.rows, *run.shape[1:]), complete=False,
-                              resumed_from=resumed_from, progress=progress)  # fmt: skip
-        return _finish(run, progress, resumed_from)
+
+
+def _prepare(run: _Run, held: contextlib.ExitStack) -> FeatureResult | list[Progress]:
+    """Rank 0, under the output's lock: the finished result when the output is up to date,
+    else every shard's progress to continue from (the partial file ready for them)."""
+    config, paths = run.config, run.paths
+    held.enter_context(output_lock(paths))
+    done = None if config.force else read_report(paths)
+    if done is not None and done.get("fingerprint") == run.fingerprint:
+        log.info("%s is up to date with its inputs and options; nothing to do", paths.features)
+        skipped = [SkippedImage(**item) for item in done.get("skipped", [])]
+        return run.result(tuple(done["shape"]), complete=True, up_to_date=True, skipped=skipped)
+    shards, fresh = _start(paths, config, run.fingerprint, run.shape, run.ranks)
+    open_partial(paths, shards[0], fresh=fresh).close()  # created, or checked against the record
+    return shards
+
+
+def _extract_shards(run: _Run, group: Group, shards: list[Progress]) -> FeatureResult:
+    """Every rank extracts its shard; rank 0 then finishes the output once all are done."""
+    ranks, paths, plan = run.ranks, run.paths, run.plan
+    mine = shards[ranks.rank]
+    shard = f"shard {ranks.rank} of {ranks.world_size}: " if ranks.distributed else ""
+    if mine.done:
+        log.info("%s%s: done by an earlier run", shard, paths.features)
+    elif mine.next_input > mine.start:
+        log.info(
+            "%sresuming %s at input %d (%d rows written)",
+            shard, paths.features, mine.next_input, mine.rows,
+        )  # fmt: skip
+
+    def extract() -> Progress:
+        with open_partial(paths, mine, fresh=False) as partial:
+            return _extract(run, partial, mine)
+
+    ended = group.all_succeed(extract)
+    resumed_from = sum(p.next_input - p.start for p in shards)
+    done = sum(e.next_input for e in ended) - sum(p.next_input for p in shards)
+    if not all(p.done for p in ended):
+        mine = ended[ranks.rank]
+        if not mine.done:
+            log.info("stopped at input %d of %d; run again to resume", mine.next_input, len(plan))
+        rows = sum(p.rows for p in ended)
+        skipped = [*plan.skipped, *(s for p in ended for s in p.skipped)]
+        return run.result((rows, *run.shape[1:]), complete=False, resumed_from=resumed_from,
+                          done=done, skipped=skipped)  # fmt: skip
+    return group.on_main(lambda: _finish(run, ended, resumed_from, done))
 
 
 @dataclass(frozen=True)
@@ -241,6 +308,7 @@ class _Run:
     fingerprint: str
     shape: tuple[int, int, int]  # of the partial file: (planned images, R, D)
     started: float
+    ranks: Ranks
 
     def result(
         self,
@@ -249,13 +317,11 @@ class _Run:
         complete: bool,
         up_to_date: bool = False,
         resumed_from: int = 0,
-        progress: Progress | None = None,
+        done: int = 0,
         skipped: list[SkippedImage] | None = None,
     ) -> FeatureResult:
+        """`done`: the inputs this run handled (on every rank)."""
         seconds = time.perf_counter() - self.started
-        done = 0 if progress is None else progress.next_input - resumed_from
-        if skipped is None:
-            skipped = [*self.plan.skipped, *(progress.skipped if progress else [])]
         return FeatureResult(
             features=self.paths.features,
             ids=self.paths.ids,
@@ -264,7 +330,7 @@ class _Run:
             complete=complete,
             up_to_date=up_to_date,
             resumed_from=resumed_from,
-            skipped=skipped,
+            skipped=list(skipped or []),
             backbone=self.backbone,
             device=self.device,
             precision=self.precision,
@@ -273,30 +339,34 @@ class _Run:
         )
 
 
-def _extract(run: _Run, array: np.memmap, progress: Progress) -> Progress:
-    """Decode, extract and write batch after batch from `progress.next_input` on, recording
-    progress after each; returns the progress at the end (or at `max_batches`)."""
+def _extract(run: _Run, partial: PartialRows, progress: Progress) -> Progress:
+    """Decode, extract and write batch after batch of the shard from `progress.next_input` on,
+    recording progress after each; returns the progress at the shard's end (or at
+    `max_batches`)."""
     from .loader import image_batches
 
     config, plan = run.config, run.plan
     reader = ImageReader(plan, CenterCrop(config.image_size, config.resize_to))
+    stop = progress.stop
     batches = [
-        list(range(start, min(start + config.batch_size, len(plan))))
-        for start in range(progress.next_input, len(plan), config.batch_size)
+        list(range(start, min(start + config.batch_size, stop)))
+        for start in range(progress.next_input, stop, config.batch_size)
     ][: config.max_batches]
+    if not batches:  # a shard finished by an earlier run
+        return progress
     loader = image_batches(
         reader, batches, workers=config.worker_count, pin_memory=run.device.startswith("cuda")
     )
     bar = progress_bar(
-        total=len(plan), initial=progress.next_input, desc="features", unit="img",
-        enabled=config.progress,
+        total=stop - progress.start, initial=progress.next_input - progress.start,
+        desc="features", unit="img", enabled=config.progress and run.ranks.is_main,
     )  # fmt: skip
     iterator = iter(loader)
     try:
         for planned, batch in zip(batches, iterator, strict=True):
-            progress = _write_batch(run, array, progress, batch)
+            progress = _write_batch(run, partial, progress, batch)
             progress = replace(progress, next_input=planned[-1] + 1)
-            array.flush()  # rows reach the file before the record says they are there
+            partial.flush()  # rows reach the disk before the record says they are there
             save_progress(run.paths, progress)
             bar.update(len(planned))
     finally:
@@ -307,20 +377,24 @@ def _extract(run: _Run, array: np.memmap, progress: Progress) -> Progress:
     return progress
 
 
-def _finish(run: _Run, progress: Progress, resumed_from: int) -> FeatureResult:
-    """Write ids and report, cut the features to the rows written, rename all into place."""
+def _finish(run: _Run, shards: list[Progress], resumed_from: int, done: int) -> FeatureResult:
+    """Close the gaps between the shards' rows, write ids and report, cut the features to the
+    rows written, rename all into place."""
     config, plan, paths = run.config, run.plan, run.paths
-    if progress.rows == 0:
+    decoding_skips = [item for shard in shards for item in shard.skipped]  # in plan order
+    rows = close_gaps(paths, [(shard.start, shard.rows) for shard in shards])
+    if rows == 0:
         discard(paths)
-        first = progress.skipped[0]
+        first = decoding_skips[0]
         raise InputError(
             f"None of the {len(plan)} images of {plan.root} could be decoded (the first: "
             f"{first.source}: {first.reason}). Nothing was written."
         )
-    decoded_skips = np.array([s.img_id for s in progress.skipped], dtype=np.int64)
+    decoded_skips = np.array([s.img_id for s in decoding_skips], dtype=np.int64)
     row_ids = plan.img_ids[~np.isin(plan.img_ids, decoded_skips)]
-    shape = (progress.rows, *run.shape[1:])
-    result = run.result(shape, complete=True, resumed_from=resumed_from, progress=progress)
+    shape = (rows, *run.shape[1:])
+    result = run.result(shape, complete=True, resumed_from=resumed_from, done=done,
+                        skipped=[*plan.skipped, *decoding_skips])  # fmt: skip
     report = {
         "version": REPORT_VERSION,
         "fingerprint": run.fingerprint,
@@ -342,6 +416,7 @@ def _finish(run: _Run, progress: Progress, resumed_from: int) -> FeatureResult:
         "device": run.device,
         "precision": run.precision,
         "skipped": [asdict(item) for item in result.skipped],
+        "processes": run.ranks.world_size,  # under torchrun; the features do not depend on it
         "seconds": round(result.seconds, 3),
         "images_per_second": round(result.images_per_second, 2),
         "versions": _versions(),
@@ -352,39 +427,79 @@ def _finish(run: _Run, progress: Progress, resumed_from: int) -> FeatureResult:
 
 
 def _start(
-    paths: OutputPaths, config: FeatureConfig, fingerprint: str, shape: tuple[int, int, int]
-) -> tuple[Progress, bool]:
-    """The progress to continue from, and whether the partial file must be created afresh."""
-    previous = load_progress(paths) if config.resume else None
-    if previous is not None and previous.fingerprint != fingerprint:
-        raise ConfigError(
-            f"{paths.partial} holds an interrupted run ({previous.rows} rows written) made with "
-            "other inputs or options (images, ids, backbone, grid, image size, dtype, device "
-            "type or precision differ). Run the same command as before to resume it, or pass "
-            "--no-resume to discard it and start again."
-        )
-    if previous is not None:
-        log.info(
-            "resuming %s at input %d (%d rows written)",
-            paths.features,
-            previous.next_input,
-            previous.rows,
-        )
-        return previous, False
+    paths: OutputPaths,
+    config: FeatureConfig,
+    fingerprint: str,
+    shape: tuple[int, int, int],
+    ranks: Ranks,
+) -> tuple[list[Progress], bool]:
+    """Every shard's progress to continue from, and whether the partial file must be created
+    afresh. An interrupted run is continued only with the same inputs, options and number of
+    processes (its shards are cut for that number)."""
+    found = (
+        [load_progress(paths, path) for path in paths.progress_records()] if config.resume else []
+    )
+    previous = [p for p in found if p is not None]
+    for record in previous:
+        if record.fingerprint != fingerprint:
+            raise ConfigError(
+                f"{paths.partial} holds an interrupted run ({record.rows} rows written) made with "
+                "other inputs or options (images, ids, backbone, grid, image size, dtype, device "
+                "type or precision differ). Run the same command as before to resume it, or pass "
+                "--no-resume to discard it and start again."
+            )
+    if previous:
+        counts = sorted({p.world_size for p in previous})
+        layouts = {p.bounds for p in previous}
+        if counts != [ranks.world_size] or len(layouts) != 1:
+            raise ConfigError(
+                f"{paths.partial} holds an interrupted run of "
+                f"{' and '.join(map(str, counts))} process(es), cut into shards for that number, "
+                f"but this run has {ranks.world_size}. Run it again with "
+                f"{counts[0]} process(es) (torchrun --nproc_per_node and --nnodes) to resume it, "
+                "or pass --no-resume to discard it and start again."
+            )
+        by_rank = {p.rank: p for p in previous}
+        (bounds,) = layouts
+        shards = [
+            by_rank.get(rank) or _fresh(fingerprint, shape, config, rank, bounds)
+            for rank in range(ranks.world_size)
+        ]
+        return shards, False
     discard(paths)
-    return Progress(fingerprint=fingerprint, shape=shape, dtype=config.dtype), True
+    bounds = tuple(shard_bounds(shape[0], config.batch_size, ranks.world_size))
+    return [_fresh(fingerprint, shape, config, r, bounds) for r in range(ranks.world_size)], True
 
 
-def _write_batch(run: _Run, array: np.memmap, progress: Progress, batch: Any) -> Progress:
+def _fresh(
+    fingerprint: str,
+    shape: tuple[int, int, int],
+    config: FeatureConfig,
+    rank: int,
+    bounds: tuple[int, ...],
+) -> Progress:
+    """A shard not started yet."""
+    return Progress(
+        fingerprint=fingerprint,
+        shape=shape,
+        dtype=config.dtype,
+        next_input=bounds[rank],
+        rank=rank,
+        world_size=len(bounds) - 1,
+        bounds=bounds,
+    )
+
+
+def _write_batch(run: _Run, partial: PartialRows, progress: Progress, batch: Any) -> Progress:
     """Run one decoded batch through the backbone and write its rows; handle its bad images."""
     config, plan = run.config, run.plan
     if batch.errors and config.on_error == "fail":
         index, reason = batch.errors[0]
         raise InputError(
             f"{plan.describe(index)} cannot be decoded as an image ({reason}). Replace or remove "
-            f"it and run the same command again (the {progress.rows} rows already written are "
-            "kept; the run resumes at this batch), or pass --on-error skip to leave it out and "
-            "record it in the report."
+            f"it and run the same command again (the {progress.rows} rows already written"
+            f"{' by this process' if run.ranks.distributed else ''} are kept; the run resumes at "
+            "this batch), or pass --on-error skip to leave it out and record it in the report."
         )
     skipped = list(progress.skipped)
     for index, reason in batch.errors:
@@ -402,7 +517,7 @@ def _write_batch(run: _Run, array: np.memmap, progress: Progress, batch: Any) ->
                 f"The backbone {run.extractor.name} gave NaN or Inf features for "
                 f"{plan.describe(first)}{hint if config.dtype == 'float16' else ''}."
             )
-        array[rows : rows + len(features)] = features
+        partial.write(progress.start + rows, features)  # a shard's rows follow its first row
         rows += len(features)
     return replace(progress, rows=rows, skipped=skipped)
 

@@ -3,11 +3,17 @@ progress record beside it that a later run resumes from, and the final rename.
 
 Files, for `--out DIR/features.npy`:
   DIR/features.npy.partial         the features while they are written (a valid .npy)
-  DIR/features.npy.progress.json   inputs done, rows written, images skipped so far
+  DIR/features.npy.progress.json   inputs done, rows written, images skipped so far (under
+                                   torchrun, one `features.npy.progress.R-of-W.json` per rank)
   DIR/features.npy                 (N, R, D) float16/float32, renamed into place at the end
   DIR/feature_ids.npy              (N,) int64, the img_id of each row (else `<stem>_ids.npy`)
   DIR/features.json                the report: options, shape, skipped images, timings
-Nothing exists at a final name until it is complete.
+Nothing exists at a final name until it is complete. Under torchrun each rank writes the rows of
+its shard of the images (`shards`) into the one partial file, from the row where its shard
+starts; rank 0 closes the gaps that skipped images leave between shards before the final cut.
+Rows are written with positioned writes of exactly their bytes, not through a memory map: two
+ranks on two hosts sharing the file over a network file system then never write back each
+other's half of the page where their shards meet.
 """
 
 from __future__ import annotations
@@ -73,6 +79,17 @@ class OutputPaths:
             lock=out.with_name(f".{out.name}.lock"),
         )
 
+    def progress_of(self, rank: int, world_size: int) -> Path:
+        """The progress record of one rank's shard (`progress` itself for a single process)."""
+        if world_size == 1:
+            return self.progress
+        return self.features.with_name(f"{self.features.name}.progress.{rank}-of-{world_size}.json")
+
+    def progress_records(self) -> list[Path]:
+        """Every progress record there is for this output, of any number of processes."""
+        shards = sorted(self.features.parent.glob(f"{self.features.name}.progress.*-of-*.json"))
+        return [path for path in [self.progress, *shards] if path.is_file()]
+
 
 @contextlib.contextmanager
 def output_lock(paths: OutputPaths) -> Iterator[None]:
@@ -95,7 +112,9 @@ def output_lock(paths: OutputPaths) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Progress:
-    """What a run has done so far: inputs `[0, next_input)` handled, rows `[0, rows)` written."""
+    """What one shard has done so far: its inputs `[start, next_input)` handled, and their rows
+    written at `[start, start + rows)` of the partial file. A single process has one shard, the
+    whole plan; under torchrun rank r has shard r of `bounds` (shard r is `[b[r], b[r+1])`)."""
 
     fingerprint: str  # of the inputs and of every option that changes the numbers
     shape: tuple[int, int, int]  # of the partial file: (planned images, R, D)
@@ -103,38 +122,72 @@ class Progress:
     next_input: int = 0
     rows: int = 0
     skipped: list[SkippedImage] = field(default_factory=list)  # while decoding
+    rank: int = 0
+    world_size: int = 1
+    bounds: tuple[int, ...] = ()  # where each shard starts, then the planned count
+
+    @property
+    def start(self) -> int:
+        """The shard's first input, and the partial file's row its rows start at."""
+        return self.bounds[self.rank] if self.bounds else 0
+
+    @property
+    def stop(self) -> int:
+        """One past the shard's last input."""
+        return self.bounds[self.rank + 1] if self.bounds else self.shape[0]
+
+    @property
+    def done(self) -> bool:
+        return self.next_input >= self.stop
 
 
-def load_progress(paths: OutputPaths) -> Progress | None:
-    """The progress record of an interrupted run, if there is one with its partial file."""
+def load_progress(paths: OutputPaths, record_path: Path | None = None) -> Progress | None:
+    """A progress record of an interrupted run (`paths.progress` unless `record_path` is given),
+    if it is readable and its partial file is there."""
+    path = record_path or paths.progress
     try:
-        record = json.loads(paths.progress.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable progress record %s: %s", paths.progress, exc)
+        log.warning("ignoring unreadable progress record %s: %s", path, exc)
         return None
     if record.get("version") != PROGRESS_VERSION or not paths.partial.is_file():
-        log.warning("ignoring %s: no partial file beside it, or another format", paths.progress)
+        log.warning("ignoring %s: no partial file beside it, or another format", path)
         return None
     try:
-        return Progress(
+        shape = tuple(int(v) for v in record["shape"])
+        progress = Progress(
             fingerprint=str(record["fingerprint"]),
-            shape=tuple(int(v) for v in record["shape"]),  # type: ignore[arg-type]
+            shape=shape,  # type: ignore[arg-type]
             dtype=str(record["dtype"]),
             next_input=int(record["next_input"]),
             rows=int(record["rows"]),
             skipped=[SkippedImage(**item) for item in record["skipped"]],
+            rank=int(record.get("rank", 0)),
+            world_size=int(record.get("world_size", 1)),
+            bounds=tuple(int(v) for v in record.get("bounds", (0, shape[0]))),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning("ignoring malformed progress record %s: %s", paths.progress, exc)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        log.warning("ignoring malformed progress record %s: %s", path, exc)
         return None
+    bounds = progress.bounds
+    if (
+        len(bounds) != progress.world_size + 1
+        or not 0 <= progress.rank < progress.world_size
+        or list(bounds) != sorted(bounds)
+        or not progress.start <= progress.next_input <= progress.stop
+        or not 0 <= progress.rows <= progress.next_input - progress.start
+    ):
+        log.warning("ignoring inconsistent progress record %s", path)
+        return None
+    return progress
 
 
 def save_progress(paths: OutputPaths, progress: Progress) -> None:
     """Write the record atomically (temp file, then rename): a crash leaves the old one whole."""
     record = {"version": PROGRESS_VERSION, **asdict(progress)}
-    write_json(paths.progress, record)
+    write_json(paths.progress_of(progress.rank, progress.world_size), record)
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
@@ -143,24 +196,99 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
 
 
 def discard(paths: OutputPaths) -> None:
-    """Forget an interrupted run: remove its partial file and progress record."""
-    for path in (paths.partial, paths.progress):
+    """Forget an interrupted run: remove its partial file and progress records."""
+    for path in (paths.partial, *paths.progress_records()):
         path.unlink(missing_ok=True)
 
 
-def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> np.memmap:
-    """The partial features file, created (`fresh`) or opened for writing where it stopped."""
+def close_gaps(paths: OutputPaths, shards: list[tuple[int, int]]) -> int:
+    """Move each shard's rows, given as (first row, rows), right after the previous shard's, in
+    the flushed, unmapped partial file; return the rows in all. Rows only move towards the
+    start, in order, so none is overwritten before it is moved. Nothing moves when no image was
+    skipped before the last shard (and never for a single process)."""
+    offset = 0
+    moves = []
+    for start, rows in shards:
+        if start != offset and rows:
+            moves.append((start, offset, rows))
+        offset += rows
+    if moves:
+        array = np.lib.format.open_memmap(paths.partial, mode="r+")
+        for start, target, rows in moves:
+            for done in range(0, rows, _COPY_ROWS):
+                count = min(_COPY_ROWS, rows - done)
+                array[target + done : target + done + count] = array[
+                    start + done : start + done + count
+                ]
+        array.flush()
+        del array
+    return offset
+
+
+class PartialRows:
+    """Writes rows of the partial `.npy` at their positions; `flush` makes them durable.
+
+    A context manager: the file is closed on leaving it."""
+
+    def __init__(self, path: Path, header_length: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.shape = shape
+        self.dtype = dtype
+        self._header_length = header_length
+        self._row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        self._fd = os.open(path, os.O_WRONLY)
+
+    def __enter__(self) -> PartialRows:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, row: int, rows: np.ndarray) -> None:
+        """Write `rows` (k, R, D) of this file's dtype from row `row` on."""
+        if rows.shape[1:] != self.shape[1:] or not 0 <= row <= self.shape[0] - len(rows):
+            raise ValueError(f"rows {rows.shape} at {row} do not fit {self.shape}")
+        data = np.ascontiguousarray(rows, dtype=self.dtype).data.cast("B")
+        offset = self._header_length + row * self._row_bytes
+        while data:  # pwrite may write less than asked
+            written = os.pwrite(self._fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def flush(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> PartialRows:
+    """The partial features file, created (`fresh`: a header, then zeros) or opened for writing
+    where it stopped."""
+    dtype = np.dtype(progress.dtype)
     if fresh:
-        return np.lib.format.open_memmap(
-            paths.partial, mode="w+", dtype=np.dtype(progress.dtype), shape=progress.shape
+        array = np.lib.format.open_memmap(
+            paths.partial, mode="w+", dtype=dtype, shape=progress.shape
         )
-    array = np.lib.format.open_memmap(paths.partial, mode="r+")
-    if array.shape != progress.shape or array.dtype != np.dtype(progress.dtype):
+        array.flush()
+        del array
+    with open(paths.partial, "rb") as file:
+        try:
+            version = np.lib.format.read_magic(file)
+            shape, fortran, found = _read_header(file, version)
+        except ValueError as exc:
+            raise InputError(
+                f"{paths.partial} is not a .npy file ({exc}). Start again with --no-resume."
+            ) from exc
+        header_length = file.tell()
+        size = os.fstat(file.fileno()).st_size
+    expected_size = header_length + int(np.prod(progress.shape)) * dtype.itemsize
+    if tuple(shape) != progress.shape or found != dtype or fortran or size != expected_size:
         raise InputError(
-            f"{paths.partial} is {array.shape} {array.dtype}, but its progress record says "
-            f"{progress.shape} {progress.dtype}. Start again with --no-resume."
+            f"{paths.partial} is {tuple(shape)} {found} ({size} bytes), but its progress record "
+            f"says {progress.shape} {progress.dtype}. Start again with --no-resume."
         )
-    return array
+    return PartialRows(paths.partial, header_length, progress.shape, dtype)
 
 
 def finish(
@@ -181,7 +309,8 @@ def finish(
     os.replace(temporary_ids, paths.ids)
     os.replace(paths.partial, paths.features)
     write_json(paths.report, report)
-    paths.progress.unlink(missing_ok=True)
+    for record in paths.progress_records():
+        record.unlink(missing_ok=True)
 
 
 def _shrink_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:

@@ -2,7 +2,9 @@
 Clickture distribution), each tied to the img_id it will have in the prepared dataset.
 
 Nothing here needs torch. Planning reads names and keys only; the pixels are read and decoded
-later, one image at a time, by `ImageReader` in the loader's worker processes.
+later, one image at a time, by `ImageReader` in the loader's worker processes. Only regular files
+are read (a link to one is followed): a FIFO named like an image would block the read forever, and
+a device would be read until memory runs out, so anything else is refused by name unopened.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from ..archive import load_id_map, open_archive
+from ..archive.folder import read_regular_file
 from ..archive.members import is_junk
 from ..errors import ArchiveError, InputError
 from ..machine import pread
@@ -36,6 +39,8 @@ IdSource = Literal["name", "dataset-json", "id-map", "tsv"]
 OnError = Literal["fail", "skip"]
 _EXAMPLES = 5  # problems quoted in an error message
 _COCO_NAME = re.compile(r"COCO_(train|val|test)20\d\d_\d+\.jpg$")
+MAX_IMAGE_BYTES = 1 << 30  # one image file; far above any photo, below what exhausts a worker
+MAX_MAPPING_BYTES = 4 << 30  # a dataset.json or key<TAB>img_id file (COCO's is about 150 MB)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,11 @@ def plan_inputs(
     elif root.is_file():
         entries = list(_tsv_entries(root, tsv_columns))
         kind = "tsv"
+    elif root.exists():  # a FIFO, a device, a socket: never opened
+        raise InputError(
+            f"{root} is neither a folder nor a regular file (a FIFO, a device or a socket). "
+            "Expected a folder of images or a base64 TSV."
+        )
     else:
         raise InputError(f"{root} does not exist. Expected a folder of images or a base64 TSV.")
     if not entries:
@@ -254,9 +264,7 @@ def _dataset_json_ids(path: Path) -> dict[str, int]:
     if path.suffix.lower() == ".json":
         where = str(path)
         try:
-            content = json.loads(path.read_bytes())
-        except OSError as exc:
-            raise InputError(f"Cannot read {path}: {exc}.") from exc
+            content = json.loads(read_regular_file(path, MAX_MAPPING_BYTES, InputError, "file"))
         except ValueError as exc:
             raise InputError(f"{path} is not valid JSON ({exc}).") from exc
         images = content.get("images") if isinstance(content, dict) else None
@@ -290,8 +298,8 @@ def _tsv_ids(path: Path) -> dict[str, int]:
     """`key<TAB>img_id` lines; a first line whose id is not an integer is a header."""
     ids: dict[str, int] = {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_regular_file(path, MAX_MAPPING_BYTES, InputError, "file").decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise InputError(f"Cannot read {path} as UTF-8 text: {exc}.") from exc
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -373,9 +381,13 @@ class ImageReader:
     def read(self, index: int) -> bytes:
         """The encoded bytes of image `index` (a file's content, or a TSV line's base64 decoded)."""
         plan = self.plan
+        if plan.kind == "folder":
+            path = plan.root / plan.names[index]
+            try:
+                return read_regular_file(path, MAX_IMAGE_BYTES, InputError, "image")
+            except InputError as exc:  # a FIFO, a device, a folder, too large, unreadable
+                raise UndecodableImage(str(exc).rstrip(".")) from exc
         try:
-            if plan.kind == "folder":
-                return (plan.root / plan.names[index]).read_bytes()
             with open(plan.root, "rb") as file:
                 line = pread(file.fileno(), int(plan.lengths[index]), int(plan.offsets[index]))
         except OSError as exc:

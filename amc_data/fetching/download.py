@@ -4,8 +4,9 @@
 attempt is four steps, one unit each: open (asking to continue the partial when it may be, see
 `partial`), check the answer's headers, stream the body, then check it is complete and is the
 expected file. Failures are `SourceError`s whose `problem` says what happened; the transient ones
-are retried with backoff (a host that cannot be reached once at most). The caller renames the
-verified file into place.
+are retried with backoff (a host that cannot be reached once at most). A resumed download that
+turns out not to be the expected file (its head and tail may come from two versions) is started
+over from zero, once. The caller renames the verified file into place.
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ class _Job:
             )
 
 
+class _SplicedResume(Exception):
+    """A resumed download is whole but not the expected file: start over from zero (once)."""
+
+    def __init__(self, error: SourceError) -> None:
+        super().__init__(str(error))
+        self.error = error  # what to raise if the download from zero fails the same way
+
+
 @dataclass(frozen=True)
 class _Answer:
     """What a response's headers announce: body length as sent (None when unknown), the whole
@@ -149,12 +158,13 @@ class HttpDownloader:
     instance serves every thread. Transient failures (dropped connections, timeouts, 5xx, 408,
     429, short bodies) are retried `retries` times with exponential backoff (`backoff`,
     `2 * backoff`, ... seconds), each attempt continuing the bytes held when the server proves
-    the file unchanged; a host that cannot be reached (its name does not resolve, it refuses the
-    connection) is retried once at most. `timeout` bounds each connection and read; `deadline`,
-    when set, bounds the whole call, retries included. A file of unknown size may be at most
-    `max_unknown_size` bytes. Raises `SourceError` (its `problem` says why; the HTML and
-    wrong-file kinds are also `HtmlResponseError` and `ChecksumError`); `ConfigError` for
-    settings out of range.
+    the file unchanged (a validator) or the expected hash will prove it whole; a resumed file
+    that fails its hash is downloaded once more from zero. A host that cannot be reached (its
+    name does not resolve, it refuses the connection) is retried once at most. `timeout` bounds
+    each connection and read; `deadline`, when set, bounds the whole call, retries included. A
+    file of unknown size may be at most `max_unknown_size` bytes. Raises `SourceError` (its
+    `problem` says why; the HTML and wrong-file kinds are also `HtmlResponseError` and
+    `ChecksumError`); `ConfigError` for settings out of range.
     """
 
     retries: int = 5
@@ -197,11 +207,20 @@ class HttpDownloader:
         download is kept."""
         deadline = None if self.deadline is None else time.monotonic() + self.deadline
         job = _Job(source, part, expected, session, position, cancel or threading.Event(), deadline)
-        attempt, wait = 1, 0.0
+        attempt, wait, restarted = 1, 0.0, False
         while True:
             try:
                 _sleep(wait, job)
                 return self._attempt(job)
+            except _SplicedResume as spliced:
+                if restarted:
+                    raise spliced.error from None
+                log.warning(
+                    "%s It had been resumed, so its first part may be another version's: "
+                    "downloading it again from the start.",
+                    spliced,
+                )
+                restarted, wait = True, 0.0  # a fresh start, not a retry of a failure
             except SourceError as exc:
                 if exc.problem is Problem.DEADLINE:  # say what became of the bytes received
                     raise source_error(exc.problem, f"{exc} {_kept(part)}") from exc
@@ -225,7 +244,9 @@ class HttpDownloader:
         size = job.expected.size
         if size is None and state is not None:
             size = state.total  # the size the first answer announced
-        action = decide(partial_bytes=held, expected_size=size, resumable=state is not None)
+        # Without a validator only a known hash can catch a partial spliced onto another file.
+        resumable = state is not None and (state.validator is not None or job.expected.has_hash)
+        action = decide(partial_bytes=held, expected_size=size, resumable=resumable)
         if action is Action.DOWNLOAD:
             held, state = 0, None
         log.debug("%s: %s from %s (%d bytes held)", source.name, action.value, source.label, held)
@@ -234,12 +255,17 @@ class HttpDownloader:
             with resp:
                 answer = self._announced(resp, job, held)
                 if not held:  # a fresh start: what a later attempt may continue from
-                    partial.remember(part, _resume_state(resp, source, answer))
+                    partial.remember(part, _resume_state(resp, source, answer, job.expected))
                 digests, reader = self._stream(resp, job, held, answer)
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise network_error(exc, source.label, source.url, self.timeout, _kept(part)) from exc
         self._check_complete(job, answer, held, digests, reader)
-        digests = self._verify(job, digests)
+        try:
+            digests = self._verify(job, digests)
+        except SourceError as exc:
+            if held:  # the bytes held may be another version's: try once more from zero
+                raise _SplicedResume(exc) from exc
+            raise
         partial.forget(part)
         return Download(digests=digests, resumed=held > 0)
 
@@ -262,7 +288,8 @@ class HttpDownloader:
         headers = {"Accept-Encoding": "identity"}  # sizes and hashes are of the bytes as stored
         if held and state is not None:
             headers["Range"] = f"bytes={held}-"
-            headers["If-Range"] = state.validator
+            if state.validator is not None:
+                headers["If-Range"] = state.validator
         timeout = self.timeout
         if job.deadline is not None:
             timeout = max(0.001, min(timeout, job.deadline - time.monotonic()))
@@ -421,16 +448,18 @@ def _continues(resp: requests.Response, held: int, state: PartState | None) -> b
     if state is None or content_range is None or content_range[0] != held:
         return False
     validator = partial.validator_of(resp)
-    if validator is not None and validator != state.validator:
+    if validator is not None and state.validator is not None and validator != state.validator:
         return False  # the server ignored If-Range, but its answer shows the file changed
     return content_range[1] in (None, state.total) and content_encoding(resp) is None
 
 
-def _resume_state(resp: requests.Response, source: Source, answer: _Answer) -> PartState | None:
+def _resume_state(
+    resp: requests.Response, source: Source, answer: _Answer, expected: FileChecksum
+) -> PartState | None:
     """What a partial started from this answer may be continued with; None when it may not
-    (no validator, no known size, or a compressed body)."""
+    (no validator and no known hash, no known size, or a compressed body)."""
     validator = partial.validator_of(resp)
-    if validator is None or answer.total is None or answer.encoded:
+    if (validator is None and not expected.has_hash) or answer.total is None or answer.encoded:
         return None
     return PartState(source.url, validator, answer.total)
 
@@ -442,7 +471,10 @@ def _kept(part: Path) -> str:
         return "no bytes were kept."
     if partial.state_path(part).exists():
         return f"the {held} bytes received are kept for resuming."
-    return f"the {held} bytes received cannot be resumed from (no validator); a retry starts over."
+    return (
+        f"the {held} bytes received cannot be resumed from (no validator and no known hash); a "
+        "retry starts over."
+    )
 
 
 def _content_range(resp: requests.Response) -> tuple[int, int | None] | None:

@@ -1,10 +1,13 @@
 """A partial download and what it may be continued from.
 
-Bytes held in `.<name>.part` are worth continuing only when the server can prove the file has not
-changed since: the first answer's validator (a strong ETag, else its Last-Modified) is kept beside
-the partial in `.<name>.part.json`, with the source and the whole file's size. A resume sends it
-as `If-Range`; a partial without one (a server that gave no validator, a body of unknown length,
-a compressed body) is never continued, only restarted from zero.
+Bytes held in `.<name>.part` are worth continuing only when a spliced file (the head of one
+version, the tail of another) cannot slip through. Either the server proves the file has not
+changed: the first answer's validator (a strong ETag, else its Last-Modified) is kept beside the
+partial in `.<name>.part.json`, with the source and the whole file's size, and a resume sends it
+as `If-Range`. Or a published hash will be checked once the file is whole, which catches a splice
+(the downloader then starts over from zero once): such a partial is kept with no validator. A
+partial with neither (no validator and no known hash), or with a body of unknown length or a
+compressed body, is never continued, only restarted from zero.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class PartState:
     """What a partial download was started from."""
 
     source: str  # the source's URL (a Drive folder URL for a Drive file)
-    validator: str  # sent as If-Range when continuing
+    validator: str | None  # sent as If-Range when continuing; None: the hash check guards it
     total: int  # the whole file's size, as the first answer announced it
 
 
@@ -46,7 +49,10 @@ def load(part: Path, source: str) -> PartState | None:
     """The state of `part` when it was started from `source` and can be continued, else None."""
     try:
         raw = json.loads(state_path(part).read_text(encoding="utf-8"))
-        state = PartState(str(raw["source"]), str(raw["validator"]), int(raw["total"]))
+        validator = raw["validator"]
+        if validator is not None and not isinstance(validator, str):
+            raise TypeError(f"validator is {validator!r}")
+        state = PartState(str(raw["source"]), validator, int(raw["total"]))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError) as exc:

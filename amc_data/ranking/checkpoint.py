@@ -21,7 +21,9 @@ import torch
 
 from ..errors import AmcDataError, CheckpointError
 from ..files import atomic_write
-from .model import ModelConfig, RankingModel, build_model
+from .build import build_model
+from .config import BEST
+from .model import ModelConfig, RankingModel
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
@@ -42,7 +44,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     checkpoint, or that would need code to load, is a `CheckpointError`."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give a checkpoint file such as {path}/best.pt.")
+        raise CheckpointError(f"{path} is a folder; give a checkpoint file such as {path / BEST}.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -105,7 +107,7 @@ def load_model(
     against `prepared`'s vocabularies when given, in eval mode on `device`."""
     path = Path(path)
     if path.is_dir():
-        path = path / "best.pt"
+        path = path / BEST
     checkpoint = read_checkpoint(path)
     if prepared is not None:
         check_fingerprints(checkpoint, prepared.fingerprints, str(path), str(prepared.root))

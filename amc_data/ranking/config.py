@@ -10,8 +10,12 @@ from typing import Any
 
 from ..errors import ConfigError
 
-MODELS = ("amc", "visual", "keyword", "fusion", "cca")
+MODELS = ("amc", "visual", "keyword", "fusion", "cca")  # AMC, then the paper's baselines
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DIM = 64  # the shared space, for TrainConfig and ModelConfig alike
+
+# The files of a run folder.
+CONFIG_FILE, LAST, BEST, LOG_FILE = "config.json", "last.pt", "best.pt", "log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class TrainConfig:
     model: str = "amc"
     intra: bool = True  # attention inside each modality (False: mean pooling)
     inter: bool = True  # query-dependent modality weights (False: fixed 0.5 / 0.5)
-    dim: int = 64
+    dim: int = DEFAULT_DIM
     epochs: int = 8
     batch_size: int = 64
     lr: float = 3e-3
@@ -45,7 +49,7 @@ class TrainConfig:
         positive = {"dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size,
                     "negatives": self.negatives, "max_keywords": self.max_keywords}  # fmt: skip
         for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}."
                 )
@@ -61,7 +65,7 @@ class TrainConfig:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be a finite number >= 0, not {value!r}."
                 )
-        if not isinstance(self.workers, int) or self.workers < 0:
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise ConfigError(f"--workers must be a whole number >= 0, not {self.workers!r}.")
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}.")
@@ -71,5 +75,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The inverse of `to_dict`; unknown fields are a `ConfigError` (as for `ModelConfig`)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown training option(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(known))}. Was the run written by a newer amc-data?"
+            )
+        return cls(**values)

@@ -12,12 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..prepare.synth import SynthConfig, synth
+from .config import MODELS
 from .runs import Evaluation, evaluate
 from .training import TrainConfig, train
 
 log = logging.getLogger(__name__)
-
-DEMO_MODELS = ("amc", "visual", "keyword", "fusion", "cca")
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def run_demo(
     images: int | None = None,
     queries: int | None = None,
     epochs: int | None = None,
-    models: tuple[str, ...] = DEMO_MODELS,
+    models: tuple[str, ...] = MODELS,
     progress: bool = False,
     say: Callable[[str], None] = log.info,
 ) -> DemoResult:

@@ -31,11 +31,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from operator import itemgetter
-from pathlib import Path
 from typing import Any
 
 from .._optional import require
-from ..errors import ConfigError, InputError, TrainingError
+from ..errors import ConfigError, InputError
 
 require("torch", "the ranking models")  # a one-line MissingDependencyError without torch
 
@@ -44,15 +43,14 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from .batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
+from .config import DEFAULT_DIM, MODELS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-KINDS = ("amc", "visual", "keyword", "fusion", "cca")
 ATTENTIONS = ("cosine", "dot")
 # Embedding rows are drawn from N(0, EMBEDDING_STD^2): small, so that the first updates of an
 # adaptive optimiser move them noticeably.
 EMBEDDING_STD = 0.1
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +61,7 @@ class ModelConfig:
     query_vocab_size: int  # query words, without the padding row
     keyword_vocab_size: int  # keyword words, without the padding row
     feature_dim: int  # D of the region features
-    dim: int = 128  # the shared space (cca: at most this many canonical components)
+    dim: int = DEFAULT_DIM  # the shared space (cca: at most this many canonical components)
     word_dim: int | None = None  # query word embeddings; None: same as `dim`
     intra: bool = True  # False: mean pooling inside each modality (AMC ablation)
     inter: bool = True  # False: fixed 0.5/0.5 modality weights (AMC ablation)
@@ -76,9 +74,9 @@ class ModelConfig:
     cca_reg: float = 0.1  # cca: ridge added to each covariance, relative to its mean variance
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        if self.kind not in MODELS:
             raise ConfigError(
-                f"Unknown model kind {self.kind!r}: choose one of {', '.join(KINDS)}."
+                f"Unknown model kind {self.kind!r}: choose one of {', '.join(MODELS)}."
             )
         if self.word_dim is None:
             object.__setattr__(self, "word_dim", self.dim)
@@ -147,15 +145,36 @@ class Attention:
     modality_weights: Tensor  # (B, M, 2): [visual, keyword], summing to 1
 
 
-def build_model(config: ModelConfig, word_vectors: Tensor | None = None) -> RankingModel:
-    """The model `config` describes, its query word embeddings optionally set to `word_vectors`
-    (shape `(query_vocab_size + 1, word_dim)`, row 0 the padding row, as `load_word_vectors`
-    returns)."""
-    if config.kind == "cca":
-        if word_vectors is not None:
-            raise ConfigError("The cca model uses bags of words, not word vectors: drop them.")
-        return CCAModel(config)
-    return AttentionModel(config, word_vectors)
+@dataclass(frozen=True)
+class EncodedQuery:
+    """The query embedding block's outputs (the paper's four vectors). A vector the model does
+    not use (a baseline, an ablation) is None."""
+
+    shared: Tensor  # q^m (B, d): the query's point in the shared space
+    visual_guide: Tensor | None  # s_q (B, d): guides the visual intra-attention
+    keyword_guide: Tensor | None  # q W_ql (B, d): guides the language intra-attention
+    modality_prior: Tensor | None  # q', part one (B, 2): the query's own leaning to a modality
+    modality_probe: Tensor | None  # q', part two (B, d): matched against each attended vector
+
+
+@dataclass(frozen=True)
+class EncodedModality:
+    """One modality of a set of images, projected once per image: its items (regions, or
+    keywords) and, for attention, their keys; for mean pooling, the fixed pooling weights."""
+
+    value: Tensor  # (*S, T, d): what an item contributes when attended
+    mask: Tensor  # (*S, T) bool: real items, not padding
+    key: Tensor | None = None  # (*S, T, d): what the query's guide is matched against
+    bias: Tensor | None = None  # (*S, T): added to the attention logits (keyword repeats)
+    pooling: Tensor | None = None  # (*S, T): fixed weights, when there is no attention
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Both modalities of a set of images; a modality the model does not read is None."""
+
+    visual: EncodedModality | None  # the regions v
+    keywords: EncodedModality | None  # the keyword set K
 
 
 class RankingModel(nn.Module):
@@ -298,43 +317,61 @@ class AttentionModel(RankingModel):
             modality = torch.cat([modality, torch.zeros_like(modality)], -1)
         return Attention(scores, region, keyword, modality)
 
-    def _encode_query(self, query: QueryBatch) -> dict[str, Tensor]:
+    def _encode_query(self, query: QueryBatch) -> EncodedQuery:
+        """The query embedding block: mean-pooled words `q`, then its four vectors."""
         words = self.words(query.tokens)  # (B, L, W)
         q = self.dropout(_masked_mean(words, query.mask))  # (B, W)
-        out = {"shared": self.query_shared(q)}  # (B, d)
-        if self.attend and self.use_visual:
-            out["visual"] = self.query_visual(q)  # (B, d)
-        if self.attend and self.use_keywords:
-            out["keyword"] = self.query_keyword(q)  # (B, d)
-        if self.gated:
-            out["prior"] = self.gate_prior(q)  # (B, 2)
-            out["probe"] = self.gate_probe(q)  # (B, d)
-        return out
+        attend_visual = self.attend and self.use_visual
+        attend_keywords = self.attend and self.use_keywords
+        return EncodedQuery(
+            shared=self.query_shared(q),  # q^m (B, d)
+            visual_guide=self.query_visual(q) if attend_visual else None,  # s_q (B, d)
+            keyword_guide=self.query_keyword(q) if attend_keywords else None,  # q W_ql (B, d)
+            modality_prior=self.gate_prior(q) if self.gated else None,  # (B, 2)
+            modality_probe=self.gate_probe(q) if self.gated else None,  # (B, d)
+        )
 
-    def _encode_images(self, images: ImageBatch) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
+    def _encode_images(self, images: ImageBatch) -> EncodedImages:
+        """Each image's query-independent part, once per image (leading shape *S)."""
+        visual = keywords = None
         if self.use_visual:
             regions = self.region_norm(images.regions)  # (*S, R, D)
-            out["region_value"] = self.region_value(regions)  # (*S, R, d)
-            out["region_mask"] = images.region_mask  # (*S, R)
-            if self.attend:
-                out["region_key"] = self.region_key(regions)  # (*S, R, d)
-            else:
-                out["region_weight"] = _normalise(images.region_mask.float())  # (*S, R)
+            mask = images.region_mask  # (*S, R)
+            visual = EncodedModality(
+                value=self.region_value(regions),  # (*S, R, d)
+                mask=mask,
+                key=self.region_key(regions) if self.attend else None,  # (*S, R, d)
+                pooling=None if self.attend else _normalise(mask.float()),  # (*S, R)
+            )
         if self.use_keywords:
             embedded = self.keywords(images.keywords)  # (*S, K, d)
             counts = images.keyword_counts.float() * images.keyword_mask  # (*S, K)
-            out["keyword_value"] = embedded  # (*S, K, d)
-            out["keyword_mask"] = images.keyword_mask  # (*S, K)
-            if self.attend:
-                out["keyword_key"] = embedded
-                out["keyword_bias"] = torch.log(counts.clamp_min(1e-6))  # repeats as copies
-            else:
-                out["keyword_weight"] = _normalise(counts)  # (*S, K): the multiset's mean
-        return out
+            keywords = EncodedModality(
+                value=embedded,
+                mask=images.keyword_mask,  # (*S, K)
+                key=embedded if self.attend else None,
+                # A keyword seen c times counts as c copies of it: log c joins its logit.
+                bias=torch.log(counts.clamp_min(1e-6)) if self.attend else None,
+                pooling=None if self.attend else _normalise(counts),  # the multiset's mean
+            )
+        return EncodedImages(visual=visual, keywords=keywords)
+
+    def _attend_modality(
+        self, guide: Tensor | None, items: EncodedModality, pool: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Intra-attention (or fixed pooling) over one modality's items: the attended vector
+        (B|Q|1, M|N, d) and the weights over the items (B|Q|*S, M|N, T)."""
+        if guide is not None and items.key is not None:
+            scale = getattr(self, "attention_log_scale", None)
+            return _attend(guide, items.key, items.value, items.bias, items.mask, pool,
+                           None if scale is None else scale.exp())  # fmt: skip
+        pooling = items.pooling
+        weight = _normalise(items.mask.float()) if pooling is None else pooling  # (*S, T)
+        vec = torch.einsum("...t,...td->...d", weight.to(items.value.dtype), items.value)
+        return (vec.unsqueeze(0) if pool else vec), weight  # (*S, d), with a leading 1 in pool
 
     def _score(
-        self, q: dict[str, Tensor], img: dict[str, Tensor], pool: bool
+        self, q: EncodedQuery, img: EncodedImages, pool: bool
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Scores, the weights inside each modality, and the modality weights (used ones only).
 
@@ -343,247 +380,34 @@ class AttentionModel(RankingModel):
         and broadcast against the queries only where they meet them.
         """
         attended, weights, available = [], {}, []
-        for name, use in (("region", self.use_visual), ("keyword", self.use_keywords)):
-            if not use:
+        modalities = (
+            ("region", img.visual, q.visual_guide),
+            ("keyword", img.keywords, q.keyword_guide),
+        )
+        for name, items, guide in modalities:
+            if items is None:
                 continue
-            value, mask = img[f"{name}_value"], img[f"{name}_mask"]  # (*S, T, d), (*S, T)
-            if self.attend:
-                guide = q["visual" if name == "region" else "keyword"]  # (B|Q, d)
-                scale = getattr(self, "attention_log_scale", None)
-                vec, weight = _attend(  # (B|Q, M|N, d), (B|Q, M|N, T)
-                    guide,
-                    img[f"{name}_key"],
-                    value,
-                    img.get(f"{name}_bias"),
-                    mask,
-                    pool,
-                    None if scale is None else scale.exp(),
-                )
-            else:
-                weight = img[f"{name}_weight"]  # (*S, T)
-                vec = torch.einsum("...t,...td->...d", weight.to(value.dtype), value)  # (*S, d)
-                if pool:
-                    vec = vec.unsqueeze(0)  # (1, N, d)
+            vec, weight = self._attend_modality(guide, items, pool)  # v^q or k^q
             vec = self.dropout(vec)  # once per pooled vector: cheaper than per item
             attended.append(F.normalize(vec.float(), dim=-1, eps=1e-6))  # unit length, or 0
             weights[name] = weight
-            available.append(mask.any(-1).unsqueeze(0) if pool else mask.any(-1))  # (B|1, M|N)
+            present = items.mask.any(-1)  # (*S): the image has items of this modality
+            available.append(present.unsqueeze(0) if pool else present)  # (B|1, M|N)
         avail = torch.stack(available, -1)  # (B|1, M|N, modalities)
 
-        if self.gated:
-            probe = q["probe"].float().unsqueeze(1)  # (B|Q, 1, d)
+        # Inter-attention: modality weights from q' (a prior from the query alone, and a probe
+        # matched against each attended vector), or fixed equal weights.
+        if q.modality_prior is not None and q.modality_probe is not None:
+            probe = q.modality_probe.float().unsqueeze(1)  # (B|Q, 1, d)
             content = torch.stack([_dot(probe, vec) for vec in attended], -1)  # (B|Q, M|N, 2)
-            logits = q["prior"].float().unsqueeze(1) + content
+            logits = q.modality_prior.float().unsqueeze(1) + content
         else:
-            logits = torch.zeros(avail.shape, device=avail.device)  # fixed, equal weights
+            logits = torch.zeros(avail.shape, device=avail.device)
         modality = _masked_softmax(logits, avail)  # (B|Q|1, M|N, modalities)
-        x = sum(modality[..., i : i + 1] * vec for i, vec in enumerate(attended))  # (., M|N, d)
-        query_unit = F.normalize(q["shared"].float(), dim=-1, eps=1e-6).unsqueeze(1)  # (B|Q, 1, d)
+        x = sum(modality[..., i : i + 1] * vec for i, vec in enumerate(attended))  # x^q
+        query_unit = F.normalize(q.shared.float(), dim=-1, eps=1e-6).unsqueeze(1)  # (B|Q, 1, d)
         scores = _dot(query_unit, F.normalize(x, dim=-1, eps=1e-6))  # type: ignore[arg-type]
         return scores, weights, modality  # scores (B|Q, M|N)
-
-
-class CCAModel(RankingModel):
-    """Regularised linear CCA between a query's bag of words and an image's mean region feature
-    concatenated with its bag of keywords; scores are cosines in the canonical space, each
-    component weighted by its canonical correlation. Each bag and the pooled feature is scaled to
-    unit length first, so that no block dominates the regularisation."""
-
-    closed_form = True
-    query_mean: Tensor  # (Vq,)
-    query_projection: Tensor  # (Vq, k)
-    image_mean: Tensor  # (D + Vk,)
-    image_projection: Tensor  # (D + Vk, k)
-    correlations: Tensor  # (k,)
-    fitted: Tensor  # () bool
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        vq, p = config.query_vocab_size, config.feature_dim + config.keyword_vocab_size
-        k = min(config.dim, vq, p)
-        self.components = k
-        self.register_buffer("query_mean", torch.zeros(vq))
-        self.register_buffer("query_projection", torch.zeros(vq, k))
-        self.register_buffer("image_mean", torch.zeros(p))
-        self.register_buffer("image_projection", torch.zeros(p, k))
-        self.register_buffer("correlations", torch.zeros(k))
-        self.register_buffer("fitted", torch.tensor(False))
-
-    @torch.no_grad()
-    def fit_closed_form(self, batches: Iterable[TrainBatch]) -> None:
-        """Fit on the positive pair (index 0) of every batch: covariances are accumulated in
-        float64, regularised by a ridge of `cca_reg` times their mean variance, and solved by an
-        SVD of the whitened cross-covariance."""
-        device = self.query_mean.device
-        n = 0
-        sums: list[Tensor] = []  # of x, y, x x^T, y y^T, x y^T, in float64
-        for batch in batches:
-            batch = batch.to(device)
-            positives = batch.images.map(lambda t: t[:, 0])  # (B, ...): the positives
-            x = self._query_bags(batch.query).double()  # (B, Vq)
-            y = self._image_features(positives).double()  # (B, D + Vk)
-            terms = [x.sum(0), y.sum(0), x.T @ x, y.T @ y, x.T @ y]
-            if not sums:
-                sums = terms
-            else:
-                for total, term in zip(sums, terms, strict=True):
-                    total += term
-            n += x.shape[0]
-        if n < 2:
-            raise TrainingError(f"cca needs at least 2 training pairs to fit, got {n}.")
-        sx, sy, sxx, syy, sxy = sums
-        mx, my = sx / n, sy / n
-        cxx = sxx / n - torch.outer(mx, mx)
-        cyy = syy / n - torch.outer(my, my)
-        cxy = sxy / n - torch.outer(mx, my)
-        wx, wy = _inverse_sqrt(cxx, self.config.cca_reg), _inverse_sqrt(cyy, self.config.cca_reg)
-        u, s, vh = torch.linalg.svd(wx @ cxy @ wy, full_matrices=False)
-        k = self.components
-        s = s[:k].clamp(0.0, 1.0)
-        self.query_mean.copy_(mx)
-        self.image_mean.copy_(my)
-        self.query_projection.copy_(wx @ u[:, :k] * s)
-        self.image_projection.copy_(wy @ vh[:k].T * s)
-        self.correlations.copy_(s)
-        self.fitted.fill_(True)
-        log.info("cca fitted on %d pairs; top canonical correlations %s", n, s[:5].tolist())
-
-    def _query_bags(self, query: QueryBatch) -> Tensor:
-        vq = self.config.query_vocab_size
-        bags = torch.zeros(len(query), vq + 1, device=query.tokens.device)  # (B, Vq + 1)
-        bags.scatter_add_(1, query.tokens, query.mask.float())
-        return F.normalize(bags[:, 1:], dim=-1)  # (B, Vq): padding column dropped
-
-    def _image_features(self, images: ImageBatch) -> Tensor:
-        """Dense image vectors [mean region | keyword bag] (*S, D + Vk), for fitting."""
-        pooled, counts = self._image_parts(images)
-        size = self.config.keyword_vocab_size + 1
-        bags = torch.zeros(*counts.shape[:-1], size, device=counts.device)  # (*S, Vk + 1)
-        bags.scatter_add_(-1, images.keywords, counts)
-        return torch.cat([pooled, bags[..., 1:]], -1)
-
-    @staticmethod
-    def _image_parts(images: ImageBatch) -> tuple[Tensor, Tensor]:
-        mask = images.region_mask.float()  # (*S, R)
-        pooled = torch.einsum("...r,...rd->...d", _normalise(mask), images.regions.float())
-        counts = images.keyword_counts.float() * images.keyword_mask  # (*S, K)
-        counts = counts / counts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return F.normalize(pooled, dim=-1), counts
-
-    def _encode_query(self, query: QueryBatch) -> Tensor:
-        self._require_fitted()
-        with _float32(query.tokens):
-            return (self._query_bags(query) - self.query_mean) @ self.query_projection  # (B, k)
-
-    def _encode_images(self, images: ImageBatch) -> Tensor:
-        self._require_fitted()
-        d, projection = self.config.feature_dim, self.image_projection
-        with _float32(images.regions):
-            pooled, counts = self._image_parts(images)  # (*S, D), (*S, K)
-            # The keyword bag's projection is a count-weighted sum of projection rows.
-            rows = F.pad(projection[d:], (0, 0, 1, 0))  # (Vk + 1, k): row 0 for padding
-            keywords = torch.einsum("...k,...kc->...c", counts, F.embedding(images.keywords, rows))
-            return pooled @ projection[:d] + keywords - self.image_mean @ projection  # (*S, k)
-
-    def _score(self, query: Tensor, images: Tensor, pool: bool) -> tuple[Tensor]:
-        with _float32(query):
-            q = F.normalize(query.float(), dim=-1, eps=1e-6)  # (B|Q, k)
-            i = F.normalize(images.float(), dim=-1, eps=1e-6)  # (B, M, k) | (N, k)
-            return (q @ i.T if pool else torch.einsum("bc,bmc->bm", q, i),)
-
-    def _require_fitted(self) -> None:
-        if not bool(self.fitted):
-            raise TrainingError("The cca model is not fitted yet: call fit_closed_form first.")
-
-
-def load_word_vectors(
-    path: str | Path, vocabulary: list[str], dim: int, *, seed: int = 0
-) -> Tensor:
-    """Word vectors for `vocabulary` from a word2vec/GloVe text file ("word v1 ... v_dim" per
-    line, optionally a first line "count dim"), as a `(len(vocabulary) + 1, dim)` float32 table
-    whose row `i + 1` is word `i` and row 0 the padding row (zeros).
-
-    A word found only with other capitals is taken from its lower-cased form. Words the file
-    lacks get small random vectors (a tenth of the found vectors' spread; reproducible for
-    `seed`). A line with too few values, a first line of the wrong dimension, a value that is not
-    a number, or bytes that are not UTF-8 are an `InputError` naming the file and line.
-    """
-    path = Path(path)
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ConfigError(f"The word-vector dimension must be a positive integer, got {dim!r}.")
-    wanted = {word: i for i, word in enumerate(vocabulary)}
-    exact: dict[int, list[float]] = {}
-    lowered: dict[int, list[float]] = {}
-    first = True
-    try:
-        with path.open("rb") as file:
-            for number, raw in enumerate(file, 1):
-                try:
-                    parts = raw.decode("utf-8").split()
-                except UnicodeDecodeError as error:
-                    raise InputError(
-                        f"{path}, line {number}: not UTF-8 text ({error.reason}); word vectors "
-                        "must be a UTF-8 text file."
-                    ) from None
-                if not parts:
-                    continue
-                if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                    if int(parts[1]) != dim:
-                        raise InputError(
-                            f"{path}: the header line says {parts[1]}-dimensional vectors, "
-                            f"expected {dim}: pass the file's dimension "
-                            f"(`amc-data train --dim {parts[1]}`)."
-                        )
-                    continue
-                # A few files hold tokens with spaces (the last `dim` fields are the values); the
-                # first vector must be plain, which catches a file of another dimension early.
-                if len(parts) < dim + 1 or (first and len(parts) != dim + 1):
-                    raise InputError(
-                        f"{path}, line {number}: {len(parts) - 1} fields after the word, expected "
-                        f"{dim} numbers (a word2vec/GloVe text file of {dim}-dimensional vectors; "
-                        "for another size pass it with `amc-data train --dim N`)."
-                    )
-                first = False
-                word = " ".join(parts[:-dim])
-                index, target = wanted.get(word), exact
-                if index is None:
-                    index, target = wanted.get(word.lower()), lowered
-                if index is None or index in target:
-                    continue
-                try:
-                    target[index] = [float(v) for v in parts[-dim:]]
-                except ValueError:
-                    raise InputError(
-                        f"{path}, line {number}: a value of the vector of {word!r} is not a number."
-                    ) from None
-                if not all(abs(v) <= _FLOAT32_MAX for v in target[index]):  # NaN fails too
-                    raise InputError(
-                        f"{path}, line {number}: the vector of {word!r} holds NaN, an infinity or "
-                        "a value beyond float32's range; fix or drop that line."
-                    )
-    except OSError as error:
-        raise InputError(
-            f"Cannot read the word vectors {path}: {error.strerror or error}."
-        ) from None
-    found = {**lowered, **exact}
-    if vocabulary and not found:
-        raise InputError(
-            f"{path} holds none of the {len(vocabulary)} query words (e.g. {vocabulary[0]!r}): "
-            "is it a word-vector file for this language?"
-        )
-    table = torch.zeros(len(vocabulary) + 1, dim)
-    spread = EMBEDDING_STD
-    if found:
-        rows = torch.tensor(list(found)) + 1
-        table[rows] = torch.tensor(list(found.values()), dtype=torch.float32)
-        if len(found) > 1:
-            spread = float(table[rows].std())
-    missing = [i + 1 for i in range(len(vocabulary)) if i not in found]
-    if missing:
-        generator = torch.Generator().manual_seed(seed)
-        table[missing] = torch.randn(len(missing), dim, generator=generator) * 0.1 * spread
-    log.info("word vectors: %d of %d query words found in %s", len(found), len(vocabulary), path)
-    return table
 
 
 # Helpers ---------------------------------------------------------------------------------------
@@ -649,14 +473,3 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 def _float32(tensor: Tensor) -> torch.autocast:
     """A context in which matrix products stay float32 even inside autocast."""
     return torch.autocast(tensor.device.type, enabled=False)
-
-
-def _inverse_sqrt(covariance: Tensor, reg: float) -> Tensor:
-    """(C + reg * trace(C) / size * I) ^ -1/2: a ridge scaled to the covariance's mean variance,
-    so `reg` means the same whatever the features' scale."""
-    size = covariance.shape[0]
-    scale = max(float(torch.trace(covariance)) / size, 1e-12)
-    eye = torch.eye(size, dtype=covariance.dtype, device=covariance.device)
-    values, vectors = torch.linalg.eigh(covariance + reg * scale * eye)
-    floor = scale * 1e-6  # directions with (almost) no variance are not amplified without bound
-    return vectors @ torch.diag(values.clamp_min(floor).rsqrt()) @ vectors.T

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,6 @@ from ..files import atomic_write, atomic_write_json
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
     from .model import RankingModel
-    from .runs import RunEvaluation
 
 DPI = 110
 
@@ -29,7 +28,16 @@ def _pyplot() -> Any:
     return require("matplotlib.pyplot", "eval's pictures")
 
 
-def plot_roc(runs: Sequence[RunEvaluation], path: Path, relevant: int = 1) -> Path:
+class RocRun(Protocol):
+    """What `plot_roc` reads of a run (`runs.RunEvaluation` has it)."""
+
+    name: str
+    kind: str  # "random" is drawn dotted
+    metrics: dict[str, float]  # its "auc" goes into the legend
+    roc_sample: tuple[np.ndarray, np.ndarray]  # scores, relevance
+
+
+def plot_roc(runs: Sequence[RocRun], path: Path, relevant: int = 1) -> Path:
     """`roc.png`: one ROC curve per run (AUC in the legend) and the random diagonal."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=DPI)

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, InputError
-from ..evaluation.metrics import RankingMetrics, caption_ranking, paired_by_query, ranking_metrics
+from ..evaluation.metrics import RankingMetrics, caption_ranking, matrix_auc, ranking_metrics
+from ..evaluation.significance import paired_by_query
 from ..files import atomic_write, atomic_write_json
-from ..prepare.format import PreparedDataset, load_prepared
+from ..prepare.format import SPLITS, PreparedDataset, load_prepared
 from .checkpoint import load_model
 from .distributed import resolve_device
 from .scoring import (
     candidates_are_split,
-    matrix_auc,
     pool_frame,
     score_matrix,
     score_split,
@@ -104,8 +104,8 @@ def evaluate(
     if not runs:
         raise ConfigError("eval needs at least one run folder (or --scores files).")
     prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, not {split!r}.")
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}.")
     if prepared.split_queries(split).empty:
         raise InputError(
             f"{prepared.root} has no {split} queries to evaluate; choose another --split."

@@ -196,25 +196,3 @@ def pool_frame(
     labels = rows.merge(inside, on=["query_id", "img_id"], how="left")["label"]
     rows["label"] = labels.fillna(0).to_numpy(np.int32)
     return rows.reset_index(drop=True)
-
-
-def matrix_auc(matrix: np.ndarray, q_index: np.ndarray, i_index: np.ndarray) -> float:
-    """ROC AUC over every cell of `matrix`, the cells `(q_index, i_index)` relevant and all
-    others not: the probability that a relevant cell outscores an irrelevant one, ties counting
-    half (what `roc_auc_score` gives on the flattened matrix)."""
-    positives = np.sort(matrix[q_index, i_index])
-    n_pos, n_neg = positives.size, matrix.size - positives.size
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    everything = np.sort(matrix, axis=None)
-    below = np.searchsorted(everything, positives, "left") - np.searchsorted(
-        positives, positives, "left"
-    )
-    ties = (
-        np.searchsorted(everything, positives, "right")
-        - np.searchsorted(everything, positives, "left")
-    ) - (
-        np.searchsorted(positives, positives, "right")
-        - np.searchsorted(positives, positives, "left")
-    )
-    return float((below.sum() + 0.5 * ties.sum()) / (n_pos * n_neg))

@@ -34,16 +34,17 @@ from ..prepare.format import PreparedDataset, load_prepared
 from ..progress import progress_bar
 from ..version import __version__
 from . import distributed
+from .build import build_model
 from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig
 from .data import train_loader
 from .loss import hinge_ranking_loss
-from .model import ModelConfig, RankingModel, build_model, load_word_vectors
+from .model import ModelConfig, RankingModel
 from .scoring import precision_context, score_split
+from .word_vectors import load_word_vectors
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE, LAST, BEST, LOG_FILE = "config.json", "last.pt", "best.pt", "log.jsonl"
 VALIDATION_METRIC = "ndcg@10"
 # Options a resumed run must share with the run it continues: they decide the model's shape, the
 # pairs and negatives of every epoch, and the steps per epoch.
