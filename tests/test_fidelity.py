@@ -22,7 +22,7 @@ import torch
 
 import amc_data
 from amc_data import TrainConfig
-from amc_data.evaluation.metrics import paired_by_query
+from amc_data.evaluation.significance import paired_by_query
 from amc_data.prepare import load_prepared
 
 pytestmark = pytest.mark.slow
