@@ -79,3 +79,35 @@ def test_a_record_that_is_not_valid_options_is_one_line_error(saved: Any) -> Non
     with pytest.raises(TrainingError, match=r"cannot be resumed") as caught:
         check_resume(saved, TrainConfig(), "RUN")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [("dim", 1_000_000, "--dim must be a whole number from 1 to 8,192"),
+     ("seed", 2**64, "--seed must be a whole number from 0 to 9,223,372,036,854,775,807"),
+     ("seed", -1, "--seed must be"), ("negatives", 100_000, "--negatives .* 1 to 10,000"),
+     ("batch_size", 70_000, "--batch-size .* 1 to 65,536"), ("epochs", 10**6, "--epochs"),
+     ("max_keywords", 5000, "--max-keywords .* 1 to 4,096")],
+)  # fmt: skip
+def test_options_beyond_their_bounds_are_one_line_config_errors(
+    option: str, value: int, words: str
+) -> None:
+    from amc_data.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        TrainConfig(**{option: value})
+
+
+def test_the_cli_refuses_an_option_beyond_its_bound_without_torch(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from amc_data_cli.main import main\n"
+        f"main(['train', {str(tmp_path)!r}, '--out', {str(tmp_path / 'run')!r}, "
+        "'--seed', '18446744073709551616'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--seed must be a whole number" in out.stderr
+    assert "Traceback" not in out.stderr

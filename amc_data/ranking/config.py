@@ -17,9 +17,12 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from ..prepare.format import PreparedDataset
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,21 @@ DEFAULT_DIM = 64  # the shared space, for TrainConfig and ModelConfig alike
 
 # The files of a run folder.
 CONFIG_FILE, LAST, BEST, LOG_FILE = "config.json", "last.pt", "best.pt", "log.jsonl"
+
+# The whole-number options' bounds, checked before torch loads: beyond them a run only exhausts
+# memory (a 1,000,000-d shared space needs terabytes) or overflows the random generators.
+BOUNDS = {
+    "dim": (1, 8192),
+    "epochs": (1, 10_000),
+    "batch_size": (1, 65_536),
+    "negatives": (1, 10_000),  # and at most the training images outside a query's positives
+    "max_keywords": (1, 4096),
+    "seed": (0, 2**63 - 1),
+}
+_BOUND_REASONS = {
+    "dim": " Larger shared spaces do not fit in memory.",
+    "seed": " Seeds are 63-bit.",
+}
 
 # Options a resumed run may change: they decide how a session runs, not what it computes.
 # `device` and `compile` choose the kernels of the same formulas (float rounding may differ, as it
@@ -70,12 +88,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}.")
-        positive = {"dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "negatives": self.negatives, "max_keywords": self.max_keywords}  # fmt: skip
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}."
+                    f"--{name.replace('_', '-')} must be a whole number from {low} to {high:,}, "
+                    f"not {value!r}.{_BOUND_REASONS.get(name, '')}"
                 )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
@@ -159,3 +177,23 @@ def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> 
     if session:
         log.info("resuming %s with %s", where, ", ".join(session))
     return recorded
+
+
+def check_negatives(config: TrainConfig, prepared: PreparedDataset) -> None:
+    """Refuse more negatives than the training pool allows: a query cannot have more distinct
+    negatives than the training images outside its positives, and more draws only repeat them
+    while the batch's memory grows with each."""
+    judgments = prepared.judgments
+    queries = prepared.split_queries("train")["query_id"]
+    positive = judgments[judgments["query_id"].isin(queries) & (judgments["label"] > 0)]
+    pool = len(prepared.split_images("train"))
+    if positive.empty or pool == 0:
+        return  # the data layer says there is nothing to train on
+    fewest = int(positive.drop_duplicates(["query_id", "img_id"])["query_id"].value_counts().min())
+    most = pool - fewest
+    if config.negatives > most:
+        raise ConfigError(
+            f"--negatives {config.negatives:,} is more than the {most:,} training images outside "
+            f"any query's positives in {prepared.root} ({pool:,} training images): a query cannot "
+            f"have more distinct negatives. Use --negatives {max(most, 1):,} or fewer."
+        )

@@ -42,7 +42,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig, check_resume
+from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig, check_negatives, check_resume
 from .data import train_loader
 from .loss import hinge_ranking_loss
 from .model import ModelConfig, RankingModel
@@ -94,6 +94,7 @@ def train(
     """Train `config.model` on the prepared folder `data`, writing the run into `out`."""
     config = config or TrainConfig()
     prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
+    check_negatives(config, prepared)
     processes = distributed.start(config.device)
     try:
         return _Run(prepared, Path(out), config, processes, progress).run(resume, force)
