@@ -77,7 +77,7 @@ def _report(
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="With RUN folders: write OUT/<run>/metrics.json and scores.parquet "
-    "(default: RUN/eval-<split>/).",
+    "(default: RUN/eval-<split>/; for a checkpoint file RUN/X.pt, RUN/X-eval-<split>/).",
 )  # fmt: skip
 @click.option(
     "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -191,3 +191,14 @@ def test_coco_auc_and_the_random_row_cover_every_caption_image_pair(
     # A random ranker over the whole split: AUC near 0.5, NDCG@10 at chance, not AMC's top-100.
     assert abs(random.metrics["auc"] - 0.5) < 0.15
     assert len(random.scores) >= len(captions) * min(100, len(images))
+
+
+def test_a_checkpoint_file_s_results_go_beside_it(trained: tuple[Path, Path, Path]) -> None:
+    data, amc, _ = trained
+    result = CliRunner().invoke(
+        cli, ["eval", str(amc / "last.pt"), "--data", str(data), "--device", "cpu", "--quiet",
+              "--resamples", "100"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (amc / "last-eval-test" / "metrics.json").is_file()
+    assert (amc / "last-eval-test" / "scores.parquet").is_file()

@@ -131,7 +131,7 @@ def test_an_existing_run_is_kept_unless_resumed_or_forced(data: Path, tmp_path: 
     with pytest.raises(TrainingError, match="already holds a run"):
         train(data, tmp_path / "run", config)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
-    with pytest.raises(TrainingError, match="differ"):
+    with pytest.raises(TrainingError, match="--dim is 16 in the run, 8 now"):
         train(data, tmp_path / "run", TrainConfig(**{**FAST, "dim": 8}), resume=True)
     train(data, tmp_path / "run", config, force=True)
 
@@ -302,3 +302,81 @@ def test_damaged_checkpoints_and_word_vectors_are_one_line_errors(
 
     with pytest.raises(InputError, match=r"line 1: the vector of .* holds NaN"):
         load_word_vectors(vectors, words, 2)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("lr", 0.01), ("weight_decay", 0.0), ("margin", 0.5), ("warmup", 0.2), ("in_batch", True),
+     ("max_keywords", 8), ("clip", 0.0), ("amp", False)],
+)  # fmt: skip
+def test_resume_with_an_option_that_changes_the_run_is_refused_and_nothing_is_written(
+    data: Path, tmp_path: Path, option: str, value: object
+) -> None:
+    run = tmp_path / "run"
+    train(data, run, TrainConfig(**{**FAST, "epochs": 1}))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    changed = TrainConfig(**{**FAST, "epochs": 1, option: value})
+    flag = "--amp/--no-amp" if option == "amp" else f"--{option.replace('_', '-')}"
+    with pytest.raises(TrainingError, match=rf"{flag} is .* in the run, {value!r} now"):
+        train(data, run, changed, resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_resumed_run_keeps_config_json_and_its_checkpoints_in_agreement(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, config = tmp_path / "run", TrainConfig(**FAST)  # device "cpu"
+    real_loss = training.hinge_ranking_loss
+
+    def interrupted(*args, **kwargs):
+        if (run / "last.pt").exists():  # the first step of the second epoch
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, run, config)
+    monkeypatch.setattr(training, "hinge_ranking_loss", real_loss)
+    assert read_checkpoint(run / "last.pt")["epoch"] == 1
+    train(data, run, TrainConfig(**{**FAST, "device": "auto"}), resume=True)  # may differ
+    recorded = json.loads((run / "config.json").read_text())["train"]
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2
+    assert recorded == read_checkpoint(run / "last.pt")["train_config"] == config.to_dict()
+    assert recorded == read_checkpoint(run / "best.pt")["train_config"]
+
+
+def test_a_config_json_left_behind_a_checkpoint_is_rewritten_on_resume(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train(data, run, TrainConfig(**{**FAST, "epochs": 1}))
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["margin"] = 0.9  # what an older amc-data's resume with --margin 0.9 left
+    (run / "config.json").write_text(json.dumps(config))
+    train(data, run, TrainConfig(**{**FAST, "epochs": 1}), resume=True)
+    recorded = json.loads((run / "config.json").read_text())["train"]
+    assert recorded == read_checkpoint(run / "last.pt")["train_config"]
+
+
+def test_resuming_a_checkpoint_with_only_its_marker_is_one_line_error(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train(data, run, TrainConfig(**{**FAST, "epochs": 1}))
+    torch.save({"format": "amc-data-checkpoint", "format_version": 1}, run / "last.pt")
+    args = ["train", str(data), "--out", str(run), "--epochs", "1", "--dim", "16",
+            "--batch-size", "32", "--negatives", "3", "--device", "cpu", "--resume"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "lacks train_config, model_config" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_more_negatives_than_the_training_pool_holds_are_refused(
+    data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"--negatives 10,000 is more than the .* training images"
+    ):
+        train(data, tmp_path / "run", TrainConfig(**{**FAST, "negatives": 10_000}))
+    assert not (tmp_path / "run").exists()

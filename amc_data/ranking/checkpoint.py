@@ -70,6 +70,49 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
+# What `--resume` reads from a checkpoint, and the type each must have.
+RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "train_config": dict, "model_config": dict, "model": dict, "optimizer": dict,
+    "scheduler": dict, "epoch": int, "step": int, "best_metric": (float, int, type(None)),
+    "rng": dict, "fingerprints": dict,
+}  # fmt: skip
+
+
+def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse, in one line, a checkpoint that lacks what a resume reads (or holds it as the
+    wrong kind of value)."""
+    missing = [name for name in RESUME_FIELDS if name not in checkpoint]
+    wrong = [
+        f"{name} ({type(checkpoint[name]).__name__})"
+        for name, kind in RESUME_FIELDS.items()
+        if name in checkpoint and not isinstance(checkpoint[name], kind)
+    ]
+    if missing or wrong:
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"holds the wrong kind of {', '.join(wrong)}"] if wrong else []
+        )
+        raise CheckpointError(
+            f"{path} has the amc-data checkpoint marker but {' and '.join(problems)}: it cannot "
+            "be resumed. Train again with --force, or into another --out."
+        )
+
+
+def check_same_model(
+    checkpoint: Mapping[str, Any], path: str | os.PathLike[str], model_config: ModelConfig
+) -> None:
+    """Refuse to resume a checkpoint whose model is not the one the options and the prepared
+    data now describe (`model_config`): its weights would not fit."""
+    saved, now = checkpoint["model_config"], model_config.to_dict()
+    changed = [f"{k} is {saved.get(k)!r} in the run, {v!r} now" for k, v in now.items()
+               if saved.get(k, v) != v]  # fmt: skip
+    if changed:
+        raise CheckpointError(
+            f"{path} holds another model than the options and the prepared data describe: "
+            f"{'; '.join(changed)}. Resume on the prepared folder the run was trained on, or "
+            "train into a new --out."
+        )
+
+
 def check_fingerprints(
     checkpoint: Mapping[str, Any], fingerprints: Mapping[str, str], where: str, data: str
 ) -> None:

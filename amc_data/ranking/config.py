@@ -1,14 +1,30 @@
 """The options of `amc-data train`, in a module without torch so the CLI can show their defaults
-and check them before torch loads."""
+and check them before torch loads, and the rule of what a resumed run may change.
+
+Resume: a run continued with `--resume` computes exactly what the uninterrupted run would have,
+so every option must be the one its `last.pt` records, except those in `RESUME_MAY_CHANGE`
+(how a session runs: `device`, `workers`, `compile`). Any option added later is compared too,
+unless it is added to that list. An option missing from an older checkpoint's record counts as
+the value runs made before it existed behaved as: `ADDED_LATER` when listed there, otherwise its
+default. The records (`config.json`, `last.pt`, `best.pt`) keep the options the run started
+with, so they never disagree; a resumed session's own device, workers and compile are logged.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from ..prepare.format import PreparedDataset
+
+log = logging.getLogger(__name__)
 
 MODELS = ("amc", "visual", "keyword", "fusion", "cca")  # AMC, then the paper's baselines
 DEVICES = ("auto", "cpu", "cuda")
@@ -24,6 +40,32 @@ DEFAULT_DIM = 64  # the shared space, for TrainConfig and ModelConfig alike
 
 # The files of a run folder.
 CONFIG_FILE, LAST, BEST, LOG_FILE = "config.json", "last.pt", "best.pt", "log.jsonl"
+
+# The whole-number options' bounds, checked before torch loads: beyond them a run only exhausts
+# memory (a 1,000,000-d shared space needs terabytes) or overflows the random generators.
+BOUNDS = {
+    "dim": (1, 8192),
+    "epochs": (1, 10_000),
+    "batch_size": (1, 65_536),
+    "negatives": (1, 10_000),  # and at most the training images outside a query's positives
+    "max_keywords": (1, 4096),
+    "seed": (0, 2**63 - 1),
+}
+_BOUND_REASONS = {
+    "dim": " Larger shared spaces do not fit in memory.",
+    "seed": " Seeds are 63-bit.",
+}
+
+# Options a resumed run may change: they decide how a session runs, not what it computes.
+# `device` and `compile` choose the kernels of the same formulas (float rounding may differ, as it
+# does between any two machines; `amp` changes the precision itself, so it must match), and
+# `workers` only moves batch loading into other processes (the batches are the same).
+RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile"})
+# Options added after runs were first recorded, with the value those older runs behaved as. None
+# so far: every option has been recorded since the first checkpoint format.
+ADDED_LATER: dict[str, Any] = {}
+# How the CLI spells an option whose flag is not `--<name>`.
+_FLAGS = {"intra": "--no-intra", "inter": "--no-inter", "amp": "--amp/--no-amp"}
 
 
 @dataclass(frozen=True)
@@ -58,12 +100,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}.")
-        positive = {"dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "negatives": self.negatives, "max_keywords": self.max_keywords}  # fmt: skip
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}."
+                    f"--{name.replace('_', '-')} must be a whole number from {low} to {high:,}, "
+                    f"not {value!r}.{_BOUND_REASONS.get(name, '')}"
                 )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
@@ -101,7 +143,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """The inverse of `to_dict`; unknown fields are a `ConfigError` (as for `ModelConfig`)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -111,3 +153,74 @@ class TrainConfig:
                 f"{', '.join(sorted(known))}. Was the run written by a newer amc-data?"
             )
         return cls(**values)
+
+
+def option_flag(name: str) -> str:
+    """The CLI flag of the TrainConfig field `name`."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def resume_differences(saved: TrainConfig, current: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """`(option, saved value, current value)` for every option outside `RESUME_MAY_CHANGE` that
+    differs, in field order."""
+    return [
+        (f.name, getattr(saved, f.name), getattr(current, f.name))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RESUME_MAY_CHANGE and getattr(saved, f.name) != getattr(current, f.name)
+    ]
+
+
+def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> TrainConfig:
+    """The options to record for a run resumed with `current` from a checkpoint whose options
+    are `saved` (its `train_config`): the saved ones, once every option that decides what the
+    run computes is found equal. Otherwise a `TrainingError` naming each differing option with
+    both values. `where` names the run in messages."""
+    if not isinstance(saved, Mapping):
+        raise TrainingError(
+            f"--resume: {where} records no training options (train_config is "
+            f"{type(saved).__name__}); it cannot be resumed. Train again with --force, or into "
+            "another --out."
+        )
+    try:
+        recorded = TrainConfig.from_dict({**ADDED_LATER, **saved})
+    except (ConfigError, TypeError) as exc:
+        raise TrainingError(
+            f"--resume: the training options recorded in {where} are not valid for this amc-data "
+            f"({exc}); it cannot be resumed. Train again with --force, or into another --out."
+        ) from None
+    changed = resume_differences(recorded, current)
+    if changed:
+        listed = "; ".join(
+            f"{option_flag(name)} is {old!r} in the run, {new!r} now" for name, old, new in changed
+        )
+        raise TrainingError(
+            f"--resume would change what the run in {where} computes: {listed}. Resume with the "
+            f"run's options (every option but {', '.join(sorted(RESUME_MAY_CHANGE))} must match), "
+            "or train into a new --out."
+        )
+    session = [f"{name} {getattr(current, name)!r} (recorded: {getattr(recorded, name)!r})"
+               for name in sorted(RESUME_MAY_CHANGE)
+               if getattr(current, name) != getattr(recorded, name)]  # fmt: skip
+    if session:
+        log.info("resuming %s with %s", where, ", ".join(session))
+    return recorded
+
+
+def check_negatives(config: TrainConfig, prepared: PreparedDataset) -> None:
+    """Refuse more negatives than the training pool allows: a query cannot have more distinct
+    negatives than the training images outside its positives, and more draws only repeat them
+    while the batch's memory grows with each."""
+    judgments = prepared.judgments
+    queries = prepared.split_queries("train")["query_id"]
+    positive = judgments[judgments["query_id"].isin(queries) & (judgments["label"] > 0)]
+    pool = len(prepared.split_images("train"))
+    if positive.empty or pool == 0:
+        return  # the data layer says there is nothing to train on
+    fewest = int(positive.drop_duplicates(["query_id", "img_id"])["query_id"].value_counts().min())
+    most = pool - fewest
+    if config.negatives > most:
+        raise ConfigError(
+            f"--negatives {config.negatives:,} is more than the {most:,} training images outside "
+            f"any query's positives in {prepared.root} ({pool:,} training images): a query cannot "
+            f"have more distinct negatives. Use --negatives {max(most, 1):,} or fewer."
+        )

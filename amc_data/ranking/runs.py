@@ -2,8 +2,10 @@
 them side by side, with a random ranker, significance tests and, on request, pictures.
 
 Per run it writes `metrics.json` (flat keys) and `scores.parquet` (`query_id`, `img_id`,
-`score`, `label`) into `OUT/<run name>/` (default: `RUN/eval-<split>/`). The significance of
-each run against the best one (by mean NDCG@10) comes from paired tests on per-query NDCG@10.
+`score`, `label`) into `OUT/<run name>/` (default: `RUN/eval-<split>/` for a run folder, and
+`<stem>-eval-<split>/` beside a checkpoint file: `RUN/last.pt` -> `RUN/last-eval-<split>/`).
+The significance of each run against the best one (by mean NDCG@10) comes from paired tests on
+per-query NDCG@10.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ class Evaluation:
                 row["p_t_vs_best"] = float(run.p_t) if run.p_t is not None else float("nan")
             table[run.name] = row
         return table
+
+
+def default_out_dir(run: Path, split: str) -> Path:
+    """Where a run's results go without --out: inside a run folder, beside a checkpoint file."""
+    if run.is_file():
+        return run.parent / f"{run.stem}-eval-{split}"
+    return run / f"eval-{split}"
 
 
 def run_names(runs: Sequence[Path]) -> list[str]:
@@ -146,7 +155,7 @@ def evaluate(
     evaluation = Evaluation(split=split, data=prepared.root, runs=results, best=best.name)
     for path, run in zip(paths, run_names(paths), strict=True):
         result = next(r for r in results if r.name == run)
-        result.out_dir = (Path(out) / run) if out is not None else path / f"eval-{split}"
+        result.out_dir = (Path(out) / run) if out is not None else default_out_dir(path, split)
     for result in results:
         if result.out_dir is not None:
             _write_run(result)

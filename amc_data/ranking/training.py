@@ -40,8 +40,14 @@ from ..version import __version__
 from . import distributed
 from .batch import TrainBatch
 from .build import build_model
-from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
-from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig
+from .checkpoint import (
+    check_fingerprints,
+    check_resumable,
+    check_same_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig, check_negatives, check_resume
 from .data import train_loader
 from .loss import hinge_ranking_loss, pool_hinge_loss
 from .model import ModelConfig, RankingModel
@@ -52,9 +58,6 @@ from .word_vectors import load_word_vectors
 log = logging.getLogger(__name__)
 
 VALIDATION_METRIC = "ndcg@10"
-# Options a resumed run must share with the run it continues: they decide the model's shape, the
-# pairs and negatives of every epoch, and the steps per epoch.
-RESUME_MUST_MATCH = ("model", "intra", "inter", "dim", "seed", "negatives", "batch_size", "epochs")
 
 
 @dataclass
@@ -97,6 +100,7 @@ def train(
     """Train `config.model` on the prepared folder `data`, writing the run into `out`."""
     config = config or TrainConfig()
     prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
+    check_negatives(config, prepared)
     processes = distributed.start(config.device)
     try:
         return _Run(prepared, Path(out), config, processes, progress).run(resume, force)
@@ -114,6 +118,7 @@ class _Run:
         progress: bool,
     ) -> None:
         self.prepared, self.out, self.config = prepared, out, config
+        self.record = config  # the options config.json and the checkpoints record
         self.processes, self.device = processes, processes.device
         self.progress = progress and processes.is_main
         self.amp = config.amp and self.device.type == "cuda"
@@ -132,19 +137,14 @@ class _Run:
                     f"--resume: {self.out / LAST} does not exist; start without --resume."
                 )
             checkpoint = read_checkpoint(self.out / LAST)
-            saved = TrainConfig.from_dict(checkpoint["train_config"])
-            changed = [
-                name for name in RESUME_MUST_MATCH
-                if getattr(saved, name) != getattr(self.config, name)
-            ]  # fmt: skip
-            if changed:
-                raise TrainingError(
-                    f"--resume: {', '.join(changed)} differ from the run in {self.out}; resume "
-                    f"with the same options or train into a new --out."
-                )
+            check_resumable(checkpoint, self.out / LAST)
+            self.record = check_resume(checkpoint["train_config"], self.config, str(self.out))
+            check_same_model(checkpoint, self.out / LAST, self.model_config)
             check_fingerprints(checkpoint, self.prepared.fingerprints, str(self.out / LAST),
                                str(self.prepared.root))  # fmt: skip
             self.log = _read_log(self.out / LOG_FILE)[: checkpoint["epoch"]]
+            if self.processes.is_main:  # whatever an older amc-data left, the records agree
+                atomic_write_json(config_path, self._describe())
             return checkpoint
         # Rank 0 alone looks (it writes config.json: the others could see it already there).
         problem = None
@@ -169,7 +169,7 @@ class _Run:
 
     def _describe(self) -> dict[str, Any]:
         return {
-            "train": self.config.to_dict(),
+            "train": self.record.to_dict(),
             "model": self.model_config.to_dict(),
             "data": str(self.prepared.root),
             "fingerprints": dict(self.prepared.fingerprints),
@@ -410,7 +410,7 @@ class _Run:
     ) -> dict[str, Any]:
         return {
             "amc_data_version": __version__,
-            "train_config": self.config.to_dict(),
+            "train_config": self.record.to_dict(),
             "model_config": self.model_config.to_dict(),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else {},

@@ -1,0 +1,113 @@
+"""The options of `amc-data train` without torch: what a resume may change, and the bounds a
+user can understand, checked before torch loads."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from amc_data.errors import TrainingError
+from amc_data.ranking.config import (
+    RESUME_MAY_CHANGE,
+    TrainConfig,
+    check_resume,
+    option_flag,
+)
+
+
+def _other_value(field: dataclasses.Field, default: Any) -> Any:
+    """A valid value other than the default, by the field's type."""
+    if field.name == "model":
+        return "visual"
+    if field.name == "device":
+        return "cpu"
+    if field.name == "word_vectors":
+        return "vectors.txt"
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default + 0.5
+    raise AssertionError(f"add a changed value for the new option {field.name} to this test")
+
+
+OPTIONS = [f for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MAY_CHANGE]
+
+
+@pytest.mark.parametrize("field", OPTIONS, ids=[f.name for f in OPTIONS])
+def test_resume_refuses_every_option_that_changes_the_run_naming_both_values(
+    field: dataclasses.Field,
+) -> None:
+    saved = TrainConfig()
+    value = _other_value(field, getattr(saved, field.name))
+    current = dataclasses.replace(saved, **{field.name: value})
+    with pytest.raises(TrainingError) as caught:
+        check_resume(saved.to_dict(), current, "RUN")
+    message = str(caught.value)
+    assert option_flag(field.name) in message
+    assert f"{getattr(saved, field.name)!r} in the run, {value!r} now" in message
+    assert "\n" not in message
+
+
+def test_resume_names_every_differing_option_at_once() -> None:
+    saved = TrainConfig()
+    current = dataclasses.replace(saved, lr=0.01, margin=0.5, clip=0.0)
+    with pytest.raises(TrainingError, match=r"--lr .*--margin .*--clip"):
+        check_resume(saved.to_dict(), current, "RUN")
+
+
+def test_device_workers_and_compile_may_change_and_the_record_keeps_the_run_s() -> None:
+    saved = TrainConfig(device="cpu", workers=0)
+    current = dataclasses.replace(saved, device="auto", workers=2, compile=True)
+    assert check_resume(saved.to_dict(), current, "RUN") == saved
+    assert {"device", "workers", "compile"} == RESUME_MAY_CHANGE  # amp changes the numbers
+
+
+def test_an_option_missing_from_an_older_record_counts_as_its_default() -> None:
+    saved = TrainConfig().to_dict()
+    del saved["clip"], saved["in_batch"]
+    assert check_resume(saved, TrainConfig(), "RUN") == TrainConfig()
+    with pytest.raises(TrainingError, match=r"--clip is 1.0 in the run, 2.0 now"):
+        check_resume(saved, TrainConfig(clip=2.0), "RUN")
+
+
+@pytest.mark.parametrize("saved", [None, "amc", {"dim": "big"}, {"colour": "red"}])
+def test_a_record_that_is_not_valid_options_is_one_line_error(saved: Any) -> None:
+    with pytest.raises(TrainingError, match=r"cannot be resumed") as caught:
+        check_resume(saved, TrainConfig(), "RUN")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [("dim", 1_000_000, "--dim must be a whole number from 1 to 8,192"),
+     ("seed", 2**64, "--seed must be a whole number from 0 to 9,223,372,036,854,775,807"),
+     ("seed", -1, "--seed must be"), ("negatives", 100_000, "--negatives .* 1 to 10,000"),
+     ("batch_size", 70_000, "--batch-size .* 1 to 65,536"), ("epochs", 10**6, "--epochs"),
+     ("max_keywords", 5000, "--max-keywords .* 1 to 4,096")],
+)  # fmt: skip
+def test_options_beyond_their_bounds_are_one_line_config_errors(
+    option: str, value: int, words: str
+) -> None:
+    from amc_data.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        TrainConfig(**{option: value})
+
+
+def test_the_cli_refuses_an_option_beyond_its_bound_without_torch(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from amc_data_cli.main import main\n"
+        f"main(['train', {str(tmp_path)!r}, '--out', {str(tmp_path / 'run')!r}, "
+        "'--seed', '18446744073709551616'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--seed must be a whole number" in out.stderr
+    assert "Traceback" not in out.stderr
