@@ -48,6 +48,7 @@ BOUNDS = {
     "epochs": (1, 10_000),
     "batch_size": (1, 65_536),
     "negatives": (1, 10_000),  # and at most the training images outside a query's positives
+    "pool_negatives": (0, 65_536),  # images added to a batch's pool, each read once
     "max_keywords": (1, 4096),
     "seed": (0, 2**63 - 1),
 }
@@ -127,14 +128,6 @@ class TrainConfig:
             raise ConfigError(
                 f"--features-on must be one of {', '.join(FEATURE_PLACES)}, "
                 f"not {self.features_on!r}."
-            )
-        if (
-            not isinstance(self.pool_negatives, int)
-            or isinstance(self.pool_negatives, bool)
-            or self.pool_negatives < 0
-        ):
-            raise ConfigError(
-                f"--pool-negatives must be a whole number >= 0, not {self.pool_negatives!r}."
             )
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}.")

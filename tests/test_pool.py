@@ -1,0 +1,133 @@
+"""Pool batches: the shared-pool hinge loss, the pool's positive mask, and features resident on
+the training device (the CPU here) giving the same run as the memory-mapped path."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from amc_data import load_prepared, synth  # noqa: E402
+from amc_data.ranking.checkpoint import read_checkpoint  # noqa: E402
+from amc_data.ranking.config import TrainConfig  # noqa: E402
+from amc_data.ranking.data import TrainingPairs  # noqa: E402
+from amc_data.ranking.loss import pool_hinge_loss  # noqa: E402
+from amc_data.ranking.training import train  # noqa: E402
+
+
+def test_pool_hinge_loss_is_the_mean_over_every_query_and_negative() -> None:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(5, 9, generator=generator)
+    own = torch.tensor([0, 3, 3, 8, 1])
+    positive = torch.zeros(5, 9, dtype=torch.bool)
+    positive[torch.arange(5), own] = True
+    positive[1, 4] = positive[4, 0] = True  # other positives of the same query: no negatives
+    terms = [
+        max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
+        for b, p in itertools.product(range(5), range(9))
+        if not positive[b, p]
+    ]
+    assert float(pool_hinge_loss(scores, own, positive, 0.2)) == pytest.approx(np.mean(terms))
+    hardest = [
+        max(
+            max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
+            for p in range(9)
+            if not positive[b, p]
+        )
+        for b in range(5)
+    ]
+    assert float(pool_hinge_loss(scores, own, positive, 0.2, hardest=True)) == pytest.approx(
+        np.mean(hardest)
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pool") / "data"
+    synth(out, seed=5, images=400, queries=120)
+    return out
+
+
+def test_a_pool_marks_every_positive_of_every_query(data: Path) -> None:
+    prepared = load_prepared(data)
+    pairs = TrainingPairs(prepared, negatives=0, pool_negatives=40, seed=3)
+    indices = np.arange(0, len(pairs), 7)[:32]
+    rows, positive = pairs.pool_rows(2, indices)
+    assert np.array_equal(rows, np.unique(rows)) and rows.size <= indices.size + 40
+    judged = prepared.judgments[prepared.judgments["label"] > 0]
+    truth = set(
+        zip(
+            judged["query_id"],
+            prepared.feature_ids[
+                judged["img_id"].map(
+                    dict(zip(prepared.feature_ids, range(prepared.feature_ids.size)))
+                )
+            ],
+            strict=True,
+        )
+    )
+    row_ids = prepared.feature_ids[rows]
+    for b, index in enumerate(indices):
+        query = pairs.query_ids[index]
+        expected = [(query, image) in truth for image in row_ids]
+        assert positive[b].tolist() == expected
+    again, _ = pairs.pool_rows(2, indices)
+    other, _ = pairs.pool_rows(3, indices)
+    assert np.array_equal(rows, again) and not np.array_equal(rows, other)
+    batch = pairs.__getitems__([(2, int(i)) for i in indices])
+    own = batch.pool[1]
+    assert np.array_equal(rows[own], pairs._pair_positive[indices])
+
+
+def test_resident_features_give_the_memory_mapped_run(data: Path, tmp_path: Path) -> None:
+    options = dict(loss="pool", pool_negatives=32, epochs=2, seed=1, device="cpu", dim=16)
+    host = train(data, tmp_path / "host", TrainConfig(features_on="host", **options))
+    device = train(data, tmp_path / "device", TrainConfig(features_on="device", **options))
+    a = read_checkpoint(host.run_dir / "last.pt")["model"]
+    b = read_checkpoint(device.run_dir / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert host.log[-1]["loss"] == device.log[-1]["loss"]
+
+
+def test_the_pool_loss_trains(data: Path, tmp_path: Path) -> None:
+    config = TrainConfig(loss="pool", epochs=3, seed=2, device="cpu")
+    result = train(data, tmp_path / "run", config)
+    losses = [entry["loss"] for entry in result.log]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_checkpoints_with_an_affine_region_norm_load_with_the_same_scores() -> None:
+    from amc_data.ranking.batch import ImageBatch, QueryBatch
+    from amc_data.ranking.build import build_model
+    from amc_data.ranking.model import ModelConfig
+
+    config = ModelConfig(query_vocab_size=6, keyword_vocab_size=5, feature_dim=8, dim=4)
+    model = build_model(config).eval()
+    state = model.state_dict()
+    generator = torch.Generator().manual_seed(0)
+    scale, shift = torch.rand(8, generator=generator) + 0.5, torch.randn(8, generator=generator)
+    # The same model written the old way: an affine norm, and projections that undo it.
+    old = dict(state)
+    old["region_norm.weight"], old["region_norm.bias"] = scale, shift
+    for name in ("region_value", "region_key"):
+        w = state[f"{name}.weight"] / scale
+        old[f"{name}.weight"] = w
+        old[f"{name}.bias"] = state[f"{name}.bias"] - w @ shift
+    copy = build_model(config).eval()
+    copy.load_state_dict(old)
+    query = QueryBatch(tokens=torch.tensor([[1, 2, 0]]), mask=torch.tensor([[True, True, False]]))
+    regions = torch.randn(3, 4, 8, generator=generator)
+    images = ImageBatch(
+        regions=regions,
+        region_mask=torch.ones(3, 4, dtype=torch.bool),
+        keywords=torch.tensor([[1, 2], [3, 0], [4, 5]]),
+        keyword_counts=torch.ones(3, 2),
+        keyword_mask=torch.tensor([[True, True], [True, False], [True, True]]),
+    )
+    torch.testing.assert_close(copy.score_pool(query, images), model.score_pool(query, images))
