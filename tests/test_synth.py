@@ -9,8 +9,10 @@ import hashlib
 import json
 import subprocess
 import sys
+import tracemalloc
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from amc_data_cli.main import cli
 from click.testing import CliRunner
 
 import amc_data
+import amc_data.prepare.synth as synth_module
 from amc_data.errors import ConfigError
 from amc_data.prepare import load_prepared
 from amc_data.prepare.queries import query_analyzer
@@ -32,7 +35,7 @@ from amc_data.prepare.synth import (
     synth,
 )
 
-SMALL = {"images": 480, "queries": 120}
+SMALL: dict[str, Any] = {"images": 480, "queries": 120}
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -68,6 +71,69 @@ def test_the_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_
     other = synth(tmp_path / "other", seed=1).out
     differ = {k for k, v in _digests(other).items() if _digests(again)[k] != v}
     assert {"features.npy", "keywords.npz", "judgments.parquet", "prepared.json"} <= differ
+
+
+# The default folder's data files as synth has always written them for seed 0 (the Parquet
+# files and keywords.npz are left out: their bytes carry the writing library's version).
+DEFAULT_DIGESTS = {
+    "feature_ids.npy": "ce578f9d1e65cb71b414a1479da99008410c84c02f3254bd28e8e9574e910671",
+    "features.npy": "d0daf01b0d9b1f8539bd5b41bf3f6e8a10a86223282efdfa4e8173a62190d2f4",
+    "query_vocab.tsv": "13b9a14c53364ce27b41f8280f23962c3995d3d2e567caab3a9c575bd2e89abc",
+    "vocab.tsv": "4488527a265ec4582b93fad74193ac07278fae7d72a63c6d002ed25ee4e77768",
+}
+
+
+def test_a_seed_gives_the_dataset_it_always_gave(default_run):
+    digests = _digests(default_run)
+    assert {name: digests[name] for name in DEFAULT_DIGESTS} == DEFAULT_DIGESTS
+    info = json.loads((default_run / "prepared.json").read_text())
+    # the folder holds the only name of its features file, as it does of a copy
+    assert info["features"]["stored"] == "copy" and "source" not in info["features"]
+    assert (default_run / "features.npy").stat().st_nlink == 1
+    assert not list(default_run.parent.glob(".data.synth-*"))  # the work folder is gone
+
+
+def test_the_world_is_the_same_at_any_chunk_size_in_memory_or_on_disk(tmp_path):
+    """Features drawn a row at a time, or 7 rows at a time into a file, are those drawn in one
+    piece, and so is everything drawn after them (tags, queries, judgments)."""
+    config = SynthConfig(seed=4, **SMALL)
+    whole = generate_world(config, chunk_rows=config.images)
+    by_row = generate_world(config, chunk_rows=1)
+    on_disk = generate_world(config, tmp_path / "features.npy", chunk_rows=7)
+    assert isinstance(on_disk.features, np.memmap) and not on_disk.features.flags.writeable
+    for world in (by_row, on_disk):
+        assert world.features.dtype == np.float16
+        assert np.array_equal(world.features, whole.features)
+        assert world.keywords == whole.keywords
+        assert world.queries.equals(whole.queries)
+        assert world.judgments.equals(whole.judgments)
+    assert np.array_equal(np.load(tmp_path / "features.npy"), whole.features)
+
+
+def test_the_features_go_to_disk_without_the_tensor_ever_in_memory(tmp_path):
+    """A world whose features are 79 MB of float16 (315 MB as float64, the precision they are
+    drawn in) is drawn with less than the float16 tensor allocated at any moment: the rows go
+    to the file a chunk at a time, so the memory does not grow with the images."""
+    config = SynthConfig(seed=5, images=2400, queries=60, regions=8, dim=2048)
+    size = config.images * config.regions * config.dim * 2
+    tracemalloc.start()
+    try:
+        world = generate_world(config, tmp_path / "features.npy")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < size, f"peak {peak / 1e6:.0f} MB for {size / 1e6:.0f} MB of features"
+    assert world.features.shape == (2400, 8, 2048)
+    assert np.isfinite(world.features[-1]).all()
+
+
+def test_without_hard_links_the_features_are_copied_to_the_same_bytes(
+    tmp_path, default_run, monkeypatch
+):
+    """On a file system that makes no hard links (some network ones), the same folder."""
+    monkeypatch.setattr(synth_module, "_can_hardlink", lambda folder: False)
+    copied = synth(tmp_path / "copied").out
+    assert _digests(copied) == _digests(default_run)
 
 
 def test_load_prepared_accepts_it_with_the_recorded_counts_and_intents(default_run):
@@ -269,3 +335,25 @@ def test_cli_reports_bad_settings_without_a_traceback(tmp_path):
     assert "images must be >= 240" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_disk_too_small_for_the_features_is_one_clear_error(tmp_path):
+    """Writing past the room there is (here a file size limit, as a full disk refuses it) ends
+    with one line that names the folder and the space the features need, and leaves nothing."""
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))\n"
+        "from amc_data_cli.main import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    out = tmp_path / "s"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "synth", str(out)], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert f"Cannot write the synthetic dataset {out}" in result.stderr
+    assert "the features alone take 1 MiB" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert not list(tmp_path.glob(".s.synth-*"))

@@ -40,18 +40,27 @@ The keywords take the real path: a keyword archive and list in the authors' Clic
 written to a work folder and encoded by `amc_data.encode`; the result goes into the prepared
 folder with the features, queries and judgments (`write_prepared`). The folder's bytes depend on
 the settings alone (prepared.json records no creation time).
+
+Memory. The (N, R, D) feature tensor is never whole in memory: its rows are drawn and written a
+chunk at a time, straight into `features.npy` in a work folder beside the output, which is then
+linked into the prepared folder. The random stream does not depend on the chunk size (rows are
+drawn in order, and numpy's normal draws of k rows then m rows are those of k + m rows), so the
+bytes are the same at any chunk size. What stays in memory is the world's truth, a few values
+per image and region.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,11 +69,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse
 
-from ..errors import ConfigError
+from ..errors import AmcDataError, ConfigError
 from ..files import atomic_write_json
 from .common import PrepareResult
 from .queries import fit_query_vocabulary
-from .writer import write_prepared
+from .writer import FeatureRows, write_prepared
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +124,8 @@ SPLITS = ("train", "val", "test")
 _QUERY_SHARES = (0.6, 0.2, 0.2)
 _IMAGE_SHARES = (0.7, 0.15, 0.15)
 _DATE_TIME = (2017, 3, 1, 12, 0, 0)  # fixed zip entry time: the same seed gives the same bytes
+# The size of one float64 buffer of a chunk of feature rows (a chunk uses about four).
+_CHUNK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,8 @@ class SynthWorld:
     shown: np.ndarray  # (N,) concept that the image's pixels show
     named: np.ndarray  # (N,) concept that the image's tags name; -1: the image has no keywords
     regions: np.ndarray  # (N, R) bool: the region shows the image's concept (else clutter)
-    features: np.ndarray  # (N, R, D) float16, rows in img_ids order
+    features: np.ndarray  # (N, R, D) float16, rows in img_ids order (a read-only memmap when
+    # generate_world was given a file)
     keywords: tuple[tuple[str, ...], ...]  # (N,) each image's keyword list, as the tagger wrote it
     queries: pd.DataFrame  # query_id, query, split, intent, concept (index into names)
     judgments: pd.DataFrame  # query_id, img_id, label
@@ -246,8 +258,69 @@ def _deal(rng: np.random.Generator, groups: np.ndarray, k: int) -> np.ndarray:
     return values
 
 
-def generate_world(config: SynthConfig) -> SynthWorld:
-    """Draw the whole synthetic world for `config` (no files)."""
+@dataclass(frozen=True)
+class _Pixels:
+    """What decides each region's feature vector, apart from its noise."""
+
+    config: SynthConfig
+    looks: np.ndarray  # (C, D)
+    clutter: np.ndarray  # (K, D)
+    shown: np.ndarray  # (N,)
+    regions: np.ndarray  # (N, R) bool: shows the image's concept
+    directions: np.ndarray  # (N, R) the clutter direction of each region
+    faint: np.ndarray  # (N, R) bool: a clutter region that also shows a faint look
+    others: np.ndarray  # (N, R) the concept of that faint look
+
+    def chunks(self, rng: np.random.Generator, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float16 rows) a chunk of `rows` at a time, drawing each chunk's noise
+        from `rng` in row order. Every operation is elementwise, so a chunk's values are those
+        the whole tensor would have."""
+        config, n, d = self.config, self.shown.size, self.looks.shape[1]
+        for start in range(0, n, rows):
+            part = slice(start, min(n, start + rows))
+            vectors = np.where(  # (B, R, D)
+                self.regions[part][..., None],
+                self.looks[self.shown[part]][:, None, :],
+                self.clutter[self.directions[part]],
+            )
+            # In place, to keep a chunk to a few buffers; the same values as `a + b` and
+            # `a * s` (IEEE addition is commutative).
+            vectors += np.where(
+                self.faint[part][..., None], config.faint * self.looks[self.others[part]], 0.0
+            )
+            noise = rng.standard_normal(vectors.shape)
+            noise *= config.noise / np.sqrt(d)
+            noise += vectors
+            yield start, noise.astype(np.float16)
+
+
+def _write_npy(
+    path: Path, shape: tuple[int, ...], chunks: Iterator[tuple[int, np.ndarray]]
+) -> np.ndarray:
+    """Write float16 `chunks` (in row order) as the `.npy` file `path`; return it mapped
+    read-only. The rows go through ordinary file writes, not a writable mapping: written pages
+    of a mapping count in the process's resident memory until it is closed, so the peak would
+    grow with the file."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    offset = header.offset  # the same header as any .npy of this dtype and shape
+    del header
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        for _, chunk in chunks:
+            file.write(np.ascontiguousarray(chunk).data)
+    return np.load(path, mmap_mode="r")
+
+
+def generate_world(
+    config: SynthConfig,
+    features_path: str | os.PathLike[str] | None = None,
+    *,
+    chunk_rows: int | None = None,
+) -> SynthWorld:
+    """Draw the whole synthetic world for `config`. The features are drawn `chunk_rows` rows at
+    a time (by default, chunks of about 8 MB of float64) and held in memory, or, with
+    `features_path`, written there as a `.npy` file and mapped read-only; either way they are the
+    same values at any `chunk_rows`."""
     rng = np.random.default_rng([config.seed, 7])
     c, n, r, d = config.concepts, config.images, config.regions, config.dim
     names = tuple(CONCEPTS[i] for i in np.sort(rng.permutation(len(CONCEPTS))[:c]))
@@ -266,14 +339,19 @@ def generate_world(config: SynthConfig) -> SynthWorld:
     directions = rng.integers(config.clutter, size=(n, r))
     width = 1 + (rng.random(n) < 0.5)
     regions = np.argsort(rng.random((n, r)), axis=1) < width[:, None]
-    vectors = np.where(regions[..., None], looks[shown][:, None, :], clutter[directions])
     # Some clutter regions also show a faint look of another concept: the visual modality is
     # never silent about concepts, whatever the query asks for.
     faint = (rng.random((n, r)) < config.background) & ~regions
     others = (shown[:, None] + rng.integers(1, c, size=(n, r))) % c  # never the shown concept
-    vectors = vectors + np.where(faint[..., None], config.faint * looks[others], 0.0)
-    noise = rng.standard_normal((n, r, d)) * (config.noise / np.sqrt(d))
-    features = (vectors + noise).astype(np.float16)
+    pixels = _Pixels(config, looks, clutter, shown, regions, directions, faint, others)
+    step = chunk_rows or max(1, _CHUNK_BYTES // (r * d * 8))
+    # Every chunk's noise is drawn here, before the tags: the stream goes on from its end.
+    if features_path is None:
+        features = np.empty((n, r, d), dtype=np.float16)
+        for start, chunk in pixels.chunks(rng, step):
+            features[start : start + chunk.shape[0]] = chunk
+    else:
+        features = _write_npy(Path(features_path), (n, r, d), pixels.chunks(rng, step))
 
     # Tags: distractors drawn with Zipf weights, and the named concept once (sometimes
     # capitalised), in random order.
@@ -422,16 +500,69 @@ def _encode_keywords(world: SynthWorld, work: Path) -> tuple[scipy.sparse.csr_ma
     return encoded.matrix[world.img_ids].tocsr(), result.out_dir / "vocab.tsv"
 
 
+class _FileRows:
+    """The rows of a C-ordered `.npy` file, read with ordinary file reads (`rows[a:b]`), for
+    the writer's checks over the features it links: rows read through a mapping stay resident
+    in the reading process, so a scan of a memmap holds the whole file by its end. It has what
+    the writer asks of an array: `shape`, `ndim`, `dtype` and slices of rows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        mapped = np.load(path, mmap_mode="r")  # the header only: no row is read
+        self.shape: tuple[int, ...] = mapped.shape
+        self.dtype: np.dtype = mapped.dtype
+        self.offset: int = mapped.offset
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        del mapped
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("only slices of consecutive rows are read from the file")
+        start, stop, _ = rows.indices(self.shape[0])
+        out = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
+        with open(self.path, "rb") as file:
+            file.seek(self.offset + start * self.row_bytes)
+            if file.readinto(out.data) != out.nbytes:
+                raise OSError(f"{self.path} ended before row {stop}")
+        return out
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _can_hardlink(folder: Path) -> bool:
+    """Whether `folder`'s file system makes hard links (some network and FUSE ones do not)."""
+    probe, link = folder / "link-probe", folder / "link-probe.link"
+    probe.touch()
+    try:
+        os.link(probe, link)
+    except OSError:
+        return False
+    link.unlink()
+    return True
+
+
 def _fixed_times(out_dir: Path) -> None:
     """Make the folder's bytes a function of the seed alone: no creation time in prepared.json,
-    and features.npy stamped with a fixed modification time (the writer records it, so that an
-    untouched file is not scanned again at every load)."""
+    features.npy stamped with a fixed modification time (the writer records it, so that an
+    untouched file is not scanned again at every load), and the features recorded as the
+    folder's own file: they were linked from the work folder, which is gone, so the folder holds
+    the only name of that file, as it does of a copy."""
     stamp = int(datetime(*_DATE_TIME, tzinfo=UTC).timestamp()) * 1_000_000_000
     os.utime(out_dir / "features.npy", ns=(stamp, stamp))
     path = out_dir / "prepared.json"
     info = json.loads(path.read_text(encoding="utf-8"))
     del info["created"]
-    info["features"]["mtime_ns"] = stamp
+    record = {k: v for k, v in info["features"].items() if k not in ("stored", "source")}
+    info["features"] = {"stored": "copy", **record, "mtime_ns": stamp}
     atomic_write_json(path, info)
 
 
@@ -448,21 +579,46 @@ def synth(
 ) -> PrepareResult:
     """Write a synthetic prepared dataset to `out` (see the module's docstring for what is
     planted); the same settings give byte-identical files. `config` overrides the other
-    settings when given. An existing prepared folder is replaced only with `force`."""
+    settings when given. An existing prepared folder is replaced only with `force`.
+
+    Memory stays bounded at any size: the features are written a chunk at a time into a work
+    folder beside `out` (on its file system, so that they are linked into the folder, not
+    copied) and never held whole."""
     if config is None:
         config = SynthConfig(seed=seed, images=images, queries=queries, regions=regions, dim=dim)
     started = time.perf_counter()
-    world = generate_world(config)
-    with tempfile.TemporaryDirectory(prefix="amc-data-synth-") as work:
-        keywords, vocab_path = _encode_keywords(world, Path(work))
+    target = Path(out).expanduser().resolve()
+    try:
+        out_dir = _write(config, target, force)
+        _fixed_times(out_dir)
+    except OSError as exc:
+        raise _write_error(exc, target, config) from exc
+    info = json.loads((out_dir / "prepared.json").read_text(encoding="utf-8"))
+    log.info("synth: %s in %.1f s", out_dir, time.perf_counter() - started)
+    return PrepareResult(out=out_dir, source="synth", counts=info["counts"], features_stored="copy")
+
+
+def _write(config: SynthConfig, target: Path, force: bool) -> Path:
+    """The world for `config`, written as a prepared folder at `target`; return its path."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.synth-", dir=target.parent) as name:
+        work = Path(name)
+        world = generate_world(config, work / "features.npy")
+        keywords, vocab_path = _encode_keywords(world, work)
         train = world.queries["split"] == "train"
         query_vocabulary = fit_query_vocabulary(
             world.queries.loc[train, "query"], min_count=config.query_min_count
         )
+        link = _can_hardlink(work)
+        if not link:
+            log.info("synth: %s makes no hard links: the features are copied", work)
         out_dir = write_prepared(
-            out,
+            target,
             source="synth",
-            features=world.features,
+            features=FeatureRows(
+                (_FileRows(work / "features.npy"),),  # type: ignore[arg-type]
+                path=work / "features.npy",
+            ),
             feature_ids=world.img_ids,
             keywords_csr=keywords,
             vocab_tsv_path=vocab_path,
@@ -472,6 +628,7 @@ def synth(
             query_vocabulary=query_vocabulary,
             options=asdict(config),
             force=force,
+            link_features=link,
             extra={
                 "synth": {
                     "concepts": list(world.names),
@@ -481,7 +638,31 @@ def synth(
                 }
             },
         )
-    _fixed_times(out_dir)
-    info = json.loads((out_dir / "prepared.json").read_text(encoding="utf-8"))
-    log.info("synth: %s in %.1f s", out_dir, time.perf_counter() - started)
-    return PrepareResult(out=out_dir, source="synth", counts=info["counts"], features_stored="copy")
+        del world  # its features map a file of the work folder
+        features = out_dir / "features.npy"
+        if features.is_symlink():
+            # The hard link failed after all and the writer linked symbolically to the work
+            # folder, which is about to go: the folder gets its own copy instead.
+            copy = out_dir / ".features.npy.copy"
+            shutil.copyfile(work / "features.npy", copy)
+            os.replace(copy, features)
+    return out_dir
+
+
+def _write_error(exc: OSError, target: Path, config: SynthConfig) -> AmcDataError:
+    """One line for a failure to write: where, why, and what to do."""
+    size = config.images * config.regions * config.dim * 2
+    where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        advice = (
+            f"the features alone take {size / 2**20:,.0f} MiB: free some space, or choose an "
+            "OUT on a disk with room"
+        )
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "choose an OUT where you may write"
+    else:
+        advice = "check the output location and run again"
+    return AmcDataError(
+        f"Cannot write the synthetic dataset {target} ({where}{exc.strerror or exc}); {advice}. "
+        "Its work files beside it were removed."
+    )
