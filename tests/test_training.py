@@ -380,3 +380,19 @@ def test_more_negatives_than_the_training_pool_holds_are_refused(
     ):
         train(data, tmp_path / "run", TrainConfig(**{**FAST, "negatives": 10_000}))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_configuration_does_not_fit_its_weights_is_refused_before_building(
+    data: Path, tmp_path: Path
+) -> None:
+    import resource
+
+    train(data, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}))
+    checkpoint = read_checkpoint(tmp_path / "run" / "best.pt")
+    checkpoint["model_config"]["dim"] = 1_000_000
+    torch.save(checkpoint, tmp_path / "big.pt")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="does not fit its weights"):
+        load_model(tmp_path / "big.pt")
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 500_000  # without the check: gigabytes
