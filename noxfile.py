@@ -8,7 +8,9 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = "torch==2.13.0"  # the CPU build; a bare `torch` can pull a CUDA build of several GB
-BENCHMARKS = ("fetch", "encode", "loader", "train", "eval")
+BENCHMARKS = ("fetch", "encode", "loader", "train", "eval", "scale", "gpu")
+# Run by name only: scale writes a 25 GB folder and takes about half an hour; gpu needs CUDA.
+BY_NAME_ONLY = ("scale", "gpu")
 
 
 @nox.session
@@ -34,7 +36,9 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each against its reference in the same run (see the README for figures).
 
     Results are printed and written to bench-results/ as JSON. `-- NAME [ARGS]` runs one of
-    fetch, encode, loader, train, eval; e.g. `-- encode --docs 100000` for a quicker run.
+    fetch, encode, loader, train, eval, scale, gpu; e.g. `-- encode --docs 100000` for a
+    quicker run. Without a name all run except scale (COCO's size: 25 GB of disk, about half
+    an hour) and gpu (a CUDA machine; `-- gpu --cpu` is a dry run here).
     """
     session.install(TORCH)
     session.install(".[dev]")
@@ -42,6 +46,6 @@ def bench(session: nox.Session) -> None:
     if which not in (*BENCHMARKS, "all"):
         session.error(f"unknown benchmark {which!r}; choose from {', '.join(BENCHMARKS)}")
     for name in BENCHMARKS:
-        if which in ("all", name):
+        if (which == "all" and name not in BY_NAME_ONLY) or which == name:
             rest = session.posargs[1:] if which == name else []
             session.run("python", f"benchmarks/bench_{name}.py", *rest)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,67 +26,91 @@ def _columns(
     return tuple(part.strip() for part in value.split(","))
 
 
-def _common_options(func):
-    """Options every `prepare` subcommand takes."""
-    for option in reversed(
-        [
-            data_dir_option,
-            click.option(
-                "--out",
-                type=click.Path(file_okay=False, path_type=Path),
-                default=None,
-                help="Prepared folder (default <data-dir>/<dataset>/prepared).",
-            ),
-            click.option(
-                "--encoded",
-                type=click.Path(file_okay=False, path_type=Path),
-                default=None,
-                help="The encode output with the keywords (default <data-dir>/<dataset>/encoded).",
-            ),
-            click.option(
-                "--features",
-                type=_FILE,
-                required=True,
-                help="Features .npy, (N, R, D) or (N, D), float16/float32.",
-            ),
-            click.option(
-                "--feature-ids",
-                type=_FILE,
-                required=True,
-                help="The image id of each feature row, an int .npy of shape (N,).",
-            ),
-            click.option(
-                "--missing",
-                type=click.Choice(["fail", "skip"]),
-                default="fail",
-                show_default=True,
-                help="Images without features: stop, or leave them (and their queries) out.",
-            ),
-            click.option(
-                "--on-error",
-                type=click.Choice(["fail", "skip"]),
-                default="fail",
-                show_default=True,
-                help="Bad input lines or entries: stop (write nothing), or leave them out "
-                "and record them in prepared.json.",
-            ),
-            click.option(
-                "--min-query-count",
-                type=click.IntRange(min=1),
-                default=4,
-                show_default=True,
-                help="Keep a query word seen at least this often in the train queries.",
-            ),
-            click.option(
-                "--force",
-                is_flag=True,
-                help="Replace an existing prepared folder (never anything else).",
-            ),
-            quiet_option,
-        ]
-    ):
-        func = option(func)
-    return func
+@dataclass(frozen=True)
+class _Shared:
+    """The options every `prepare` subcommand takes, as one value."""
+
+    data_dir: str | None
+    out: Path | None
+    encoded: Path | None
+    features: Path
+    feature_ids: Path
+    missing: str
+    on_error: str
+    min_query_count: int
+    force: bool
+    quiet: bool
+
+
+_SHARED_OPTIONS = [
+    data_dir_option,
+    click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Prepared folder (default <data-dir>/<dataset>/prepared).",
+    ),
+    click.option(
+        "--encoded",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The encode output with the keywords (default <data-dir>/<dataset>/encoded).",
+    ),
+    click.option(
+        "--features",
+        type=_FILE,
+        required=True,
+        help="Features .npy, (N, R, D) or (N, D), float16/float32.",
+    ),
+    click.option(
+        "--feature-ids",
+        type=_FILE,
+        required=True,
+        help="The image id of each feature row, an int .npy of shape (N,).",
+    ),
+    click.option(
+        "--missing",
+        type=click.Choice(["fail", "skip"]),
+        default="fail",
+        show_default=True,
+        help="Images without features: stop, or leave them (and their queries) out.",
+    ),
+    click.option(
+        "--on-error",
+        type=click.Choice(["fail", "skip"]),
+        default="fail",
+        show_default=True,
+        help="Bad input lines or entries: stop (write nothing), or leave them out "
+        "and record them in prepared.json.",
+    ),
+    click.option(
+        "--min-query-count",
+        type=click.IntRange(min=1),
+        default=4,
+        show_default=True,
+        help="Keep a query word seen at least this often in the train queries.",
+    ),
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Replace an existing prepared folder (never anything else).",
+    ),
+    quiet_option,
+]
+
+
+def _shared_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Add the shared options to a subcommand, which receives them as one `_Shared` (its first
+    argument) beside its own options."""
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> None:
+        shared = _Shared(**{name: kwargs.pop(name) for name in _Shared.__dataclass_fields__})
+        func(shared, **kwargs)
+
+    for option in reversed(_SHARED_OPTIONS):
+        command = option(command)
+    return command
 
 
 @click.group("prepare")
@@ -93,7 +120,7 @@ def prepare_group() -> None:
 
 
 @prepare_group.command("coco")
-@_common_options
+@_shared_options
 @click.option(
     "--restval",
     type=click.Choice(["train", "val", "drop"]),
@@ -126,16 +153,7 @@ def prepare_group() -> None:
     "--copy-features", is_flag=True, help="Copy the features even when the file could be linked."
 )
 def coco_command(
-    data_dir: str | None,
-    out: Path | None,
-    encoded: Path | None,
-    features: Path,
-    feature_ids: Path,
-    missing: str,
-    on_error: str,
-    min_query_count: int,
-    force: bool,
-    quiet: bool,
+    shared: _Shared,
     restval: str,
     feature_id_kind: str,
     dataset_json: Path | None,
@@ -154,25 +172,25 @@ def coco_command(
 
     config = CocoConfig(
         restval=restval,  # type: ignore[arg-type]
-        missing=missing,  # type: ignore[arg-type]
-        on_error=on_error,  # type: ignore[arg-type]
+        missing=shared.missing,  # type: ignore[arg-type]
+        on_error=shared.on_error,  # type: ignore[arg-type]
         captions_per_image=captions_per_image,
         fold_size=fold_size,
-        min_query_count=min_query_count,
+        min_query_count=shared.min_query_count,
         feature_id_kind=feature_id_kind,  # type: ignore[arg-type]
         link_features=not copy_features,
-        force=force,
+        force=shared.force,
     )
     result = prepare_coco(
-        features,
-        feature_ids,
-        out,
-        data_dir=data_dir,
-        encoded=encoded,
+        shared.features,
+        shared.feature_ids,
+        shared.out,
+        data_dir=shared.data_dir,
+        encoded=shared.encoded,
         dataset_json=dataset_json,
         config=config,
     )
-    if not quiet:
+    if not shared.quiet:
         report_prepared(result)
 
 
@@ -189,7 +207,7 @@ def coco_command(
     required=True,
     help="The dev judgments: TSV of query, image key, Excellent/Good/Bad.",
 )
-@_common_options
+@_shared_options
 @click.option("--dev-features", type=_FILE, required=True, help="Features of the dev images.")
 @click.option("--dev-feature-ids", type=_FILE, required=True, help="Their image ids.")
 @click.option(
@@ -239,18 +257,9 @@ def coco_command(
     help="Seed of the val/test split of the dev queries.",
 )
 def clickture_command(
+    shared: _Shared,
     clicks: Path,
     dev_labels: Path,
-    data_dir: str | None,
-    out: Path | None,
-    encoded: Path | None,
-    features: Path,
-    feature_ids: Path,
-    missing: str,
-    on_error: str,
-    min_query_count: int,
-    force: bool,
-    quiet: bool,
     dev_features: Path,
     dev_feature_ids: Path,
     id_map: Path | None,
@@ -277,26 +286,26 @@ def clickture_command(
         labels_layout=TsvLayout(labels_columns, labels_header, encoding),
         val_fraction=val_fraction,
         split_seed=split_seed,
-        min_query_count=min_query_count,
-        on_error=on_error,  # type: ignore[arg-type]
-        missing=missing,  # type: ignore[arg-type]
-        force=force,
+        min_query_count=shared.min_query_count,
+        on_error=shared.on_error,  # type: ignore[arg-type]
+        missing=shared.missing,  # type: ignore[arg-type]
+        force=shared.force,
     )
     result = prepare_clickture(
         clicks,
         dev_labels,
-        features=features,
-        feature_ids=feature_ids,
+        features=shared.features,
+        feature_ids=shared.feature_ids,
         dev_features=dev_features,
         dev_feature_ids=dev_feature_ids,
-        out=out,
-        data_dir=data_dir,
-        encoded=encoded,
+        out=shared.out,
+        data_dir=shared.data_dir,
+        encoded=shared.encoded,
         id_map=id_map,
         dev_id_map=dev_id_map,
         config=config,
     )
-    if not quiet:
+    if not shared.quiet:
         report_prepared(result)
 
 

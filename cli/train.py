@@ -11,7 +11,7 @@ import click
 
 from amc_data._optional import require
 from amc_data.progress import progress_enabled
-from amc_data.ranking.config import DEVICES, MODELS, TrainConfig
+from amc_data.ranking.config import DEVICES, FEATURE_PLACES, LOSSES, MODELS, TrainConfig
 
 from .options import quiet_option
 
@@ -38,7 +38,22 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Any:
 @_option("lr", "Peak learning rate (AdamW).", type=float)
 @_option("weight_decay", "AdamW weight decay.", type=float)
 @_option("warmup", "Fraction of the steps warming the learning rate up.", type=float)
-@_option("negatives", "Sampled negatives per positive (the paper's t).", type=int)
+@_option(
+    "loss",
+    "pool: the batch's queries share one pool of negatives; pairs: each pair its own "
+    "(the paper's t).",
+    type=click.Choice(LOSSES),
+)
+@_option(
+    "negatives", "With --loss pairs: sampled negatives per positive (the paper's t).", type=int
+)
+@_option("pool_negatives", "With --loss pool: sampled images added to the batch's pool.", type=int)
+@click.option(
+    "--hardest/--no-hardest",
+    default=DEFAULTS["hardest"],
+    show_default=True,
+    help="With --loss pool: each query's hardest negative only (VSE++'s max violation).",
+)
 @_option("margin", "Hinge margin of the ranking loss.", type=float)
 @click.option("--in-batch", is_flag=True, help="Also use the batch's other positives as negatives.")
 @_option("clip", "Gradient norm cap (0: none).", type=float)
@@ -47,6 +62,12 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Any:
 @_option("word_vectors", "word2vec/GloVe text file to start the query word embeddings from.",
          type=click.Path(dir_okay=False, exists=True))  # fmt: skip
 @_option("device", "auto: CUDA when torch sees a GPU.", type=click.Choice(DEVICES))
+@_option(
+    "features_on",
+    "host: the loader reads the features file; device: all features "
+    "resident on the device; auto: device on a GPU with room.",
+    type=click.Choice(FEATURE_PLACES),
+)
 @click.option("--amp/--no-amp", default=DEFAULTS["amp"], show_default=True,
               help="bf16 autocast on CUDA (no effect on the CPU).")  # fmt: skip
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")

@@ -151,7 +151,9 @@ def clickture_inputs(
     train_queries = {line.split("\t")[0] for line in click_lines}
     label_lines, made = [], 0
     while made < dev_queries:
-        text = "dev " + query() + f" {made}"  # never a train query
+        # "q3", not "3": one-character tokens are dropped, and the queries must stay apart as
+        # the model reads them (and never be a train query)
+        text = "dev " + query() + f" q{made}"
         if text in train_queries:
             continue
         images = rng.choice(n_dev, size=6, replace=False)

@@ -189,6 +189,34 @@ def test_queries_in_both_train_and_test(tmp_path, inputs):
     assert dev_query in set(data.queries["query"])
 
 
+def test_queries_the_model_cannot_tell_apart_are_leaks_too(tmp_path, inputs):
+    """Punctuation, case, odd spaces and stop words are gone once a query is analyzed, so
+    "dog!", "The DOG" and "dog\xa0." are the training query "dog" to the model."""
+    data_dir, paths = inputs
+    clicks = [*_lines(paths["clicks"]), "dog\timg3\t4"]
+    variants = ["dog!", "The DOG", "dog\xa0."]
+    labels = [*_lines(paths["dev_labels"])]
+    labels += [f"{text}\timg{i}\tGood" for i, text in enumerate(variants)]
+    leaking = {
+        **paths,
+        "clicks": _write(tmp_path / "clicks.tsv", clicks),
+        "dev_labels": _write(tmp_path / "labels.tsv", labels),
+    }
+    with pytest.raises(InputError) as caught:
+        _run(data_dir, leaking, tmp_path / "out")
+    message = str(caught.value)
+    assert "3 dev queries" in message and "also appear in the click log" in message
+    assert "'dog!'" in message and "'The DOG'" in message and "'dog\\xa0.'" in message
+    assert "punctuation and stop words dropped" in message
+    result = _run(data_dir, leaking, tmp_path / "out", on_error="skip")
+    entry = result.skipped["queries in both train and val/test"]
+    assert entry["count"] == 3 and sorted(entry["examples"]) == sorted(variants)
+    data = load_prepared(result.out)
+    assert "dog" not in set(data.split_queries("train")["query"])
+    dev = set(data.queries.loc[data.queries["split"] != "train", "query"])
+    assert set(variants) <= dev
+
+
 def test_lines_with_the_wrong_number_of_fields(tmp_path, inputs):
     data_dir, paths = inputs
     clicks = _lines(paths["clicks"])

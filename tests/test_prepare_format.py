@@ -173,6 +173,19 @@ def test_an_existing_prepared_folder_is_replaced_only_with_force(tmp_path, prepa
     ]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_folders_get_the_mode_the_umask_gives(tmp_path, umask):
+    """Not the 0700 of a private temporary folder: others may read what the umask lets them."""
+    previous = os.umask(umask)
+    try:
+        out = write_small(tmp_path / "new" / "prepared", tmp_path)
+        replaced = write_small(out, tmp_path, force=True)
+    finally:
+        os.umask(previous)
+    for folder in (out.parent, out, replaced):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~umask), folder
+
+
 def test_a_folder_that_is_not_prepared_is_never_touched(tmp_path):
     other = tmp_path / "photos"
     other.mkdir()
@@ -319,6 +332,34 @@ def test_labels_that_are_not_integers(prepared):
     )
 
 
+def test_labels_outside_their_range_are_refused_at_load_time(tmp_path, prepared):
+    """Eval would stop only after scoring, naming neither file nor row."""
+
+    def set_label(row: int, value: int):
+        def edit(frame):
+            frame.loc[row, "label"] = value
+            return frame
+
+        return edit
+
+    rewrite_table(prepared / "judgments.parquet", set_label(21, -5))
+    _load_fails(
+        prepared,
+        "judgments.parquet: row 21 ",
+        "label -5",
+        "0 or more",
+        "Fix the labels",
+    )
+    # A click count of a train judgment may be large; a val/test grade must fit eval's gain.
+    again = write_small(tmp_path / "again", tmp_path)
+    rewrite_table(again / "judgments.parquet", set_label(3, 50_000))
+    assert load_prepared(again).judgments["label"].max() == 50_000
+    rewrite_table(again / "judgments.parquet", set_label(14, 2_000))
+    _load_fails(
+        again, "judgments.parquet: row 14 ", "label 2000", "at most 1000", "query_id 1014, val"
+    )
+
+
 def test_a_query_without_judgments(prepared):
     rewrite_table(prepared / "judgments.parquet", lambda f: f[f.query_id != 1003])
     _load_fails(
@@ -415,6 +456,55 @@ def test_missing_files_newer_versions_and_other_folders(tmp_path, prepared):
     (prepared / "prepared.json").write_text(json.dumps(info))
     (prepared / "keywords.npz").unlink()
     _load_fails(prepared, "lacks keywords.npz", "incomplete")
+
+
+def test_a_truncated_keyword_file_is_a_one_line_error(prepared):
+    data = (prepared / "keywords.npz").read_bytes()
+    (prepared / "keywords.npz").write_bytes(data[: len(data) // 2])
+    _load_fails(prepared, "keywords.npz", "is not a scipy sparse .npz", "Prepare the dataset again")
+    (prepared / "keywords.npz").write_bytes(b"")
+    _load_fails(prepared, "keywords.npz", "is not a scipy sparse .npz")
+
+
+@pytest.mark.parametrize(
+    "value, found",
+    [(None, "row 3 (query_id 1003) has no query text (null)"), (7, "holds int64, not text")],
+)
+def test_query_texts_must_be_text(prepared, value, found):
+    def edit(frame):
+        if value is None:
+            frame["query"] = frame["query"].astype(object)
+            frame.loc[3, "query"] = None
+        else:
+            frame["query"] = np.arange(len(frame), dtype=np.int64) + value
+        return frame
+
+    rewrite_table(prepared / "queries.parquet", edit)
+    _load_fails(prepared, "queries.parquet", found, "Prepare the dataset again")
+
+
+@pytest.mark.parametrize(
+    "field, value, found",
+    [
+        (("features",), "features.npy", "'features' is text ('features.npy'), expected an object"),
+        (("features", "shape"), "12x3x4", "'features.shape' is text"),
+        (("features", "shape"), [12, "3", 4], "'features.shape' is [12, '3', 4], expected a list"),
+        (("features", "size"), True, "'features.size' is true/false"),
+        (("fingerprints",), ["abc"], "'fingerprints' is a list"),
+        (("fingerprints", "queries"), 5, "'fingerprints.queries' is a whole number"),
+        (("counts",), "many", "'counts' is text"),
+        (("candidates",), 1, "'candidates' is a whole number (1), expected text"),
+    ],
+)
+def test_fields_of_prepared_json_of_the_wrong_type(prepared, field, value, found):
+    info = json.loads((prepared / "prepared.json").read_text())
+    target = info
+    for name in field[:-1]:
+        target = target[name]
+    target[field[-1]] = value
+    (prepared / "prepared.json").write_text(json.dumps(info))
+    message = _load_fails(prepared, "prepared.json: ", found, "Prepare the dataset again")
+    assert "\n" not in message
 
 
 def test_counts_of_prepared_json_must_match_the_files(prepared):

@@ -178,8 +178,9 @@ def decide(*, partial_bytes: int, expected_size: int | None, resumable: bool) ->
 
     `partial_bytes`: bytes the partial holds (0 when there is none). `resumable`: the partial
     was started from this source, and either a validator was kept that lets the server prove
-    the file has not changed since, or a known hash will catch a spliced file. A partial at least as large as the expected size cannot be continued
-    (it is complete but was never verified, or it is wrong): it is downloaded afresh.
+    the file has not changed since, or a known hash will catch a spliced file. A partial at
+    least as large as the expected size cannot be continued (it is complete but was never
+    verified, or it is wrong): it is downloaded afresh.
     """
     if partial_bytes <= 0 or not resumable:
         return Action.DOWNLOAD

@@ -19,7 +19,6 @@ Lite and dev ids overlap, so the prepared folder gives dev images `DEV_ID_OFFSET
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -31,13 +30,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import scipy.sparse
 
-from ..archive import load_id_map
 from ..datadir import dataset_dir
 from ..encoding.dataset import load_encoded
 from ..errors import ConfigError, InputError
+from .clickture_files import (
+    TsvLayout,
+    column_hint,
+    line_examples,
+    load_key_map,
+    map_keys,
+    numpy_column,
+    read_tsv,
+)
 from .common import (
     EXAMPLES,
     Missing,
@@ -49,10 +55,11 @@ from .common import (
     missing_features,
     open_features,
     shown,
+    write_folder,
 )
 from .format import SPLITS, read_keyword_vocabulary, unique_ids
-from .queries import fit_query_vocabulary
-from .writer import write_prepared
+from .queries import fit_query_vocabulary, query_analyzer
+from .writer import FeatureRows
 
 __all__ = [
     "CLICK_COLUMNS",
@@ -71,26 +78,7 @@ CLICK_COLUMNS = ("query", "key", "clicks")
 LABEL_COLUMNS = ("query", "key", "grade")
 GRADES = {"excellent": 3, "good": 2, "bad": 0, "3": 3, "2": 2, "0": 0}
 DEV_ID_OFFSET = 1_000_000_000  # dev image 48500 is img_id 1_000_048_500 in the prepared folder
-_IGNORED = ("-", "_")
-
-
-@dataclass(frozen=True)
-class TsvLayout:
-    """How a tab-separated input is laid out: its column names in file order (`-` for a column
-    to ignore), whether its first line is a header, and its text encoding."""
-
-    columns: tuple[str, ...]
-    header: bool = False
-    encoding: str = "utf-8"
-
-    def check(self, required: tuple[str, ...], option: str) -> None:
-        named = [c for c in self.columns if c not in _IGNORED]
-        if sorted(named) != sorted(required):
-            raise ConfigError(
-                f"{option} must name the columns {', '.join(required)} once each, in file order, "
-                f"with '-' for any column to ignore (for example "
-                f"{','.join(required)}); got {','.join(self.columns)!r}."
-            )
+_BATCH = 1 << 16  # click-log queries turned into Python strings at a time (a log has millions)
 
 
 @dataclass(frozen=True)
@@ -126,173 +114,6 @@ class ClicktureConfig:
             )
         if type(self.split_seed) is not int:
             raise ConfigError(f"split_seed must be an integer, not {self.split_seed!r}.")
-
-
-# -- reading the TSV files ---------------------------------------------------------------------
-def _numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(array.to_numpy(zero_copy_only=False))
-
-
-def _examples(table: pa.Table, mask: np.ndarray, column: str) -> list[str]:
-    """`line N: 'value'` for the first few rows of `mask`."""
-    rows = table.take(pa.array(np.flatnonzero(mask)[:EXAMPLES]))
-    pairs = zip(rows["line"].to_pylist(), rows[column].to_pylist(), strict=True)
-    return [f"line {n}: {value!r}" for n, value in pairs]
-
-
-def _read_tsv(
-    path: Path, layout: TsvLayout, what: str, option: str, problems: Problems
-) -> pa.Table:
-    """The named columns of a TSV file as text, with `line` (its 1-based line number); blank
-    lines dropped, lines with another number of fields a problem. Read column-wise by Arrow:
-    a click log has tens of millions of lines."""
-    names = [c if c not in _IGNORED else f"_ignored_{i}" for i, c in enumerate(layout.columns)]
-    wanted = [c for c in layout.columns if c not in _IGNORED]
-    bad: list[tuple[int | None, str, int]] = []
-
-    def invalid(row: Any) -> str:
-        bad.append((row.number, row.text, row.actual_columns))
-        return "skip"
-
-    if not path.is_file():
-        raise InputError(f"The {what} {path} does not exist.")
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                column_names=names,
-                skip_rows=int(layout.header),
-                encoding=layout.encoding,
-                use_threads=False,  # invalid lines then come with their line numbers
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter="\t",
-                quote_char=False,
-                escape_char=False,
-                invalid_row_handler=invalid,
-                ignore_empty_lines=False,  # kept as rows (dropped below) so lines can be counted
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.large_string() for n in names},
-                include_columns=wanted,
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    except LookupError as exc:  # an encoding Python does not know
-        raise ConfigError(f"Unknown text encoding {layout.encoding!r} for {path}: {exc}.") from exc
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"Cannot read the {what} {path} as {layout.encoding} tab-separated text ({exc}). "
-            f"Pass its encoding with --encoding (for example latin-1)."
-        ) from exc
-    # Line numbers: the rows (blank lines included) fill the lines the invalid ones left.
-    invalid_lines = np.array(sorted(n for n, _, _ in bad if n is not None), dtype=np.int64)
-    first = 1 + int(layout.header)
-    lines = np.arange(first, first + table.num_rows + invalid_lines.size, dtype=np.int64)
-    lines = np.setdiff1d(lines, invalid_lines, assume_unique=True)[: table.num_rows]
-    table = table.append_column("line", pa.array(lines))
-    blank = np.logical_and.reduce([_numpy(pc.equal(table[c], "")) for c in wanted])
-    table = table.filter(pa.array(~blank))
-    examples = [f"line {n}: {text[:60]!r} ({k} fields)" for n, text, k in bad]
-    problems.report(
-        f"{what}: lines with {len(layout.columns)} fields expected",
-        len(bad),
-        examples,
-        f"{len(bad):,} lines of {path} do not have {len(layout.columns)} tab-separated fields "
-        f"({', '.join(layout.columns)}): {shown(examples, len(bad))}. If the file has other "
-        f"columns, describe them with {option}.",
-    )
-    if table.num_rows == 0:
-        raise InputError(f"The {what} {path} holds no line with {', '.join(layout.columns)}.")
-    return table
-
-
-def _column_hint(table: pa.Table, layout: TsvLayout, numeric: str, option: str) -> str:
-    """Where the numbers seem to be, when not in the column named `numeric`."""
-    head = table.slice(0, 200)
-    for name in head.column_names:
-        if name in (numeric, "line"):
-            continue
-        if _numpy(pc.match_substring_regex(head[name], r"^[0-9]+$")).all():
-            columns = [
-                numeric if c == name else (name if c == numeric else c) for c in layout.columns
-            ]
-            return (
-                f" The numbers seem to be in the {name!r} column: try {option} {','.join(columns)}."
-            )
-    return ""
-
-
-def _load_key_map(path: Path) -> pd.Series:
-    """Image key -> img_id, from an authors' `img_id_map*.pkl` or a `key<TAB>img_id` TSV."""
-    if not path.is_file():
-        raise InputError(
-            f"The image id map {path} does not exist. Run `amc-data fetch clickture` for the "
-            "authors' img_id_map*.pkl, or pass a TSV of key<TAB>img_id."
-        )
-    if path.suffix == ".pkl":
-        mapping = load_id_map(path)
-        return pd.Series(np.fromiter(mapping.values(), np.int64, len(mapping)), index=list(mapping))
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=["key", "img_id"], use_threads=False),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={"key": pa.string(), "img_id": pa.string()}
-            ),
-        ).to_pandas()
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not a UTF-8 TSV of key<TAB>img_id ({exc}).") from exc
-    if len(table) and not table["img_id"].iloc[0].isdigit():
-        table = table.iloc[1:]  # a header line
-    if table.empty:
-        raise InputError(f"{path} maps no image key; expected lines of key<TAB>img_id.")
-    ids = pd.to_numeric(table["img_id"], errors="coerce")
-    bad = np.flatnonzero(ids.isna().to_numpy() | (ids < 0).to_numpy())
-    if bad.size:
-        row = table.iloc[int(bad[0])]
-        raise InputError(
-            f"{path}: the img_id of key {row['key']!r} is {row['img_id']!r}, not a whole "
-            "number >= 0."
-        )
-    series = pd.Series(ids.to_numpy(np.int64), index=table["key"].to_numpy())
-    if series.index.has_duplicates:
-        key = series.index[series.index.duplicated()][0]
-        raise InputError(f"{path} maps the key {key!r} more than once.")
-    return series
-
-
-def _map_keys(
-    table: pa.Table, key_map: pd.Series, path: Path, map_path: Path, problems: Problems
-) -> pa.Table:
-    """`table` less the lines whose key the map lacks (a problem), with an `img_id` column."""
-    keys = pc.dictionary_encode(table["key"].combine_chunks())
-    where = key_map.index.get_indexer(keys.dictionary.to_pandas())
-    known = where >= 0
-    per_key = np.where(known, key_map.to_numpy()[where], -1)
-    ids = per_key[_numpy(keys.indices)]
-    unknown = ids < 0
-    if unknown.any():
-        examples = _examples(table, unknown, "key")
-        problems.report(
-            f"{path.name}: unknown image keys",
-            int(unknown.sum()),
-            examples,
-            f"{int(unknown.sum()):,} lines of {path} name an image key that {map_path} does not "
-            f"map ({int((~known).sum()):,} distinct keys): "
-            f"{shown(examples, int(unknown.sum()))}. Check that the id map belongs to this file "
-            "(img_id_map.pkl: Lite; img_id_map_dev.pkl: dev).",
-        )
-    ids = ids[~unknown]
-    if ids.size and int(ids.max()) >= DEV_ID_OFFSET:
-        raise InputError(
-            f"{map_path} maps an image to id {int(ids.max()):,}, but the prepared folder puts "
-            f"dev images at ids from {DEV_ID_OFFSET:,} up, so ids must stay below that. "
-            "Check the id map."
-        )
-    return table.filter(pa.array(~unknown)).append_column("img_id", pa.array(ids))
 
 
 def normalize_query(texts: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -359,12 +180,12 @@ def _queries(
     raw = pc.dictionary_encode(table["query"].combine_chunks())
     # Strip the distinct texts, not every line: a click log repeats its queries many times.
     stripped = pc.dictionary_encode(pc.utf8_trim_whitespace(raw.dictionary))
-    codes = _numpy(stripped.indices).astype(np.int64)[_numpy(raw.indices)]
+    codes = numpy_column(stripped.indices).astype(np.int64)[numpy_column(raw.indices)]
     texts = stripped.dictionary
-    empty_code = _numpy(pc.equal(texts, ""))
+    empty_code = numpy_column(pc.equal(texts, ""))
     empty = empty_code[codes]
     if empty.any():
-        lines = _numpy(table["line"])[empty].tolist()
+        lines = numpy_column(table["line"])[empty].tolist()
         problems.report(
             f"{what}: empty queries",
             len(lines),
@@ -382,22 +203,22 @@ def _click_counts(
     """Each line's click count; lines whose count is not a whole number >= 0 are a problem and
     left out."""
     try:  # the common case, in one pass
-        counts = _numpy(pc.cast(table["clicks"], pa.int64()))
+        counts = numpy_column(pc.cast(table["clicks"], pa.int64()))
         whole = counts >= 0
     except pa.ArrowInvalid:
         text = pc.utf8_trim_whitespace(table["clicks"])
-        whole = _numpy(pc.match_substring_regex(text, r"^[0-9]{1,18}$"))
+        whole = numpy_column(pc.match_substring_regex(text, r"^[0-9]{1,18}$"))
         counts = np.zeros(table.num_rows, dtype=np.int64)
-        counts[whole] = _numpy(pc.cast(text.filter(pa.array(whole)), pa.int64()))
+        counts[whole] = numpy_column(pc.cast(text.filter(pa.array(whole)), pa.int64()))
     if not whole.all():
-        examples = _examples(table, ~whole, "clicks")
+        examples = line_examples(table, ~whole, "clicks")
         problems.report(
             "click log: click counts that are not whole numbers >= 0",
             int((~whole).sum()),
             examples,
             f"{int((~whole).sum()):,} lines of {path} have a click count that is not a whole "
             f"number >= 0: {shown(examples, int((~whole).sum()))}.",
-            hint=_column_hint(table, layout, "clicks", "--clicks-columns"),
+            hint=column_hint(table, layout, "clicks", "--clicks-columns"),
         )
         table, counts = table.filter(pa.array(whole)), counts[whole]
     return table, counts
@@ -407,12 +228,12 @@ def _clicks(
     path: Path, key_map: pd.Series, map_path: Path, config: ClicktureConfig, problems: Problems
 ) -> tuple[_Judged, list[str]]:
     layout = config.clicks_layout
-    table = _read_tsv(path, layout, "click log", "--clicks-columns", problems)
+    table = read_tsv(path, layout, "click log", "--clicks-columns", problems)
     table, clicks = _click_counts(table, path, layout, problems)
     table = table.append_column("count", pa.array(clicks))
-    table = _map_keys(table, key_map, path, map_path, problems)
+    table = map_keys(table, key_map, path, map_path, problems, DEV_ID_OFFSET)
     table, query, texts = _queries(table, path, "click log", problems)
-    clicks, img_id = _numpy(table["count"]), _numpy(table["img_id"])
+    clicks, img_id = numpy_column(table["count"]), numpy_column(table["img_id"])
     order, starts, first = _pairs(query, img_id)
     sums = np.add.reduceat(clicks[order], starts) if starts.size else clicks[:0]
     appear = np.argsort(first, kind="stable")  # pairs in the order the log first names them
@@ -429,14 +250,14 @@ def _clicks(
 def _dev_labels(
     path: Path, key_map: pd.Series, map_path: Path, config: ClicktureConfig, problems: Problems
 ) -> tuple[_Judged, list[str]]:
-    table = _read_tsv(path, config.labels_layout, "dev judgments", "--labels-columns", problems)
+    table = read_tsv(path, config.labels_layout, "dev judgments", "--labels-columns", problems)
     grade = pc.utf8_lower(pc.utf8_trim_whitespace(table["grade"]))
     label = np.full(table.num_rows, -1, dtype=np.int64)
     for name, value in GRADES.items():
-        label[_numpy(pc.equal(grade, name))] = value
+        label[numpy_column(pc.equal(grade, name))] = value
     unknown = label < 0
     if unknown.any():
-        examples = _examples(table, unknown, "grade")
+        examples = line_examples(table, unknown, "grade")
         problems.report(
             "dev judgments: unknown grades",
             int(unknown.sum()),
@@ -447,9 +268,9 @@ def _dev_labels(
         table = table.filter(pa.array(~unknown))
         label = label[~unknown]
     table = table.append_column("label", pa.array(label))
-    table = _map_keys(table, key_map, path, map_path, problems)
+    table = map_keys(table, key_map, path, map_path, problems, DEV_ID_OFFSET)
     table, query, texts = _queries(table, path, "dev judgments", problems)
-    label, img_id = _numpy(table["label"]), _numpy(table["img_id"])
+    label, img_id = numpy_column(table["label"]), numpy_column(table["img_id"])
     order, starts, first = _pairs(query, img_id)
     lowest = np.minimum.reduceat(label[order], starts)
     highest = np.maximum.reduceat(label[order], starts)
@@ -461,7 +282,7 @@ def _dev_labels(
         group = np.empty(query.size, dtype=np.int64)
         group[order] = np.cumsum(boundary) - 1
         rows = conflict[group]
-        examples = _examples(table, rows, "query")
+        examples = line_examples(table, rows, "query")
         problems.report(
             "dev judgments: conflicting grades",
             int(rows.sum()),
@@ -514,38 +335,219 @@ def _with_features(
     return judged.keep(~np.isin(judged.img_id, absent))
 
 
+def _read_as(texts: Sequence[str]) -> list[str]:
+    """Each query as the model reads it: its analyzer tokens (lower-cased, punctuation and stop
+    words dropped, order and repeats kept), joined by one space. Tokens hold no space, so two
+    queries give the same string exactly when they give the same tokens."""
+    analyzer = query_analyzer()
+    return list(map(" ".join, map(analyzer, texts)))
+
+
 def _without_shared_queries(
     train: _Judged, dev: _Judged, dev_split: np.ndarray, clicks: Path, problems: Problems
 ) -> _Judged:
-    """`train` less the queries that are also dev queries (a problem: evaluating on queries
-    seen in training inflates the scores)."""
-    train_normalized = normalize_query(train.texts)
-    dev_normalized = normalize_query(dev.texts)
-    shared = _numpy(pc.is_in(dev_normalized, value_set=train_normalized))
+    """`train` less the queries the model cannot tell from a dev query (a problem: evaluating
+    on queries seen in training inflates the scores). Queries are compared as the model reads
+    them, so "dog!", "The DOG" and "dog" are one query."""
+    dev_read = pa.array(_read_as(dev.texts.to_pylist()), pa.large_string())
+    leaked = np.zeros(len(train.texts), dtype=bool)
+    twin: dict[str, str] = {}  # a dev query's reading -> the first click-log query read alike
+    for start in range(0, len(train.texts), _BATCH):
+        texts = train.texts.slice(start, _BATCH).to_pylist()
+        read = pa.array(_read_as(texts), pa.large_string())
+        hits = np.flatnonzero(numpy_column(pc.is_in(read, value_set=dev_read)))
+        leaked[start + hits] = True
+        for i in hits.tolist():
+            twin.setdefault(read[i].as_py(), texts[i])
+    shared = numpy_column(pc.is_in(dev_read, value_set=pa.array(list(twin), pa.large_string())))
     if not shared.any():
         return train
     texts = dev.texts.filter(pa.array(shared)).to_pylist()
+    readings = dev_read.filter(pa.array(shared)).to_pylist()
     splits, counts = np.unique(dev_split[shared], return_counts=True)
     where = ", ".join(f"{n:,} {s}" for s, n in zip(splits, counts, strict=True))
+    pairs = [
+        repr(t) if twin[r] == t else f"{t!r} (click log: {twin[r]!r})"
+        for t, r in zip(texts, readings, strict=True)
+    ]
     problems.report(
         "queries in both train and val/test",
         len(texts),
         texts[:EXAMPLES],
-        f"{len(texts):,} dev queries ({where}) also appear in the click log {clicks} (compared "
-        f"lower-cased, spaces collapsed): {shown([repr(t) for t in texts], len(texts))}. "
-        "Evaluating on queries the model was trained on inflates the scores.",
+        f"{len(texts):,} dev queries ({where}) also appear in the click log {clicks}, compared "
+        "as the model reads queries (lower-cased, punctuation and stop words dropped): "
+        f"{shown(pairs, len(texts))}. Evaluating on queries the model was trained on inflates "
+        "the scores.",
     )
-    leaked = _numpy(pc.is_in(train_normalized, value_set=dev_normalized.filter(pa.array(shared))))
     return train.keep(~leaked[train.query])
 
 
-def _batches(texts: pa.Array, size: int = 1 << 16) -> Iterator[str]:
+def _batches(texts: pa.Array, size: int = _BATCH) -> Iterator[str]:
     """The texts as Python strings, a slice at a time (a click log has millions)."""
     for start in range(0, len(texts), size):
         yield from texts.slice(start, size).to_pylist()
 
 
-# -- the command -------------------------------------------------------------------------------
+# -- the command, step by step -----------------------------------------------------------------
+@dataclass(frozen=True)
+class _Paths:
+    """Where `prepare_clickture` reads (in the order prepared.json's options record them) and
+    where it writes."""
+
+    clicks: Path
+    dev_labels: Path
+    features: Path
+    feature_ids: Path
+    dev_features: Path
+    dev_feature_ids: Path
+    id_map: Path
+    dev_id_map: Path
+    encoded: Path
+    out: Path
+
+    def options(self) -> dict[str, str]:
+        """Every input, resolved, for prepared.json."""
+        return {
+            name: str(getattr(self, name).resolve())
+            for name in self.__dataclass_fields__
+            if name != "out"
+        }
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The prepared folder's rows: features and keywords, Lite then dev, each in the user's row
+    order."""
+
+    features: FeatureRows
+    ids: np.ndarray  # (N,) int64: prepared img_ids (dev ones offset)
+    keywords: scipy.sparse.csr_matrix  # (N, V) int32
+    without_keywords: int
+
+
+def _read_judgments(
+    paths: _Paths, config: ClicktureConfig, problems: Problems
+) -> tuple[_Judged, _Judged, list[str]]:
+    """The click log (train) and the dev judgments, each through its id map."""
+    train, notes = _clicks(paths.clicks, load_key_map(paths.id_map), paths.id_map, config, problems)
+    dev, dev_notes = _dev_labels(
+        paths.dev_labels, load_key_map(paths.dev_id_map), paths.dev_id_map, config, problems
+    )
+    return train, dev, notes + dev_notes
+
+
+def _query_tables(
+    train: _Judged, dev: _Judged, dev_split: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """queries.parquet (train in click-log order, then dev in judgment order) and
+    judgments.parquet (dev images in their own id range)."""
+    n_train, n_dev = len(train.texts), len(dev.texts)
+    split_code = np.concatenate(
+        [np.zeros(n_train, dtype=np.int8), np.where(dev_split == "val", 1, 2).astype(np.int8)]
+    )
+    texts = pa.concat_arrays(
+        [train.texts.cast(pa.large_string()), dev.texts.cast(pa.large_string())]
+    )
+    queries = pd.DataFrame(
+        {
+            "query_id": np.arange(n_train + n_dev, dtype=np.int64),
+            "query": texts.to_pandas(),
+            "split": pd.Categorical.from_codes(split_code, categories=SPLITS),
+        }
+    )
+    judgments = pd.DataFrame(
+        {
+            "query_id": np.concatenate([train.query, n_train + dev.query]),
+            "img_id": np.concatenate([train.img_id, dev.img_id + DEV_ID_OFFSET]),
+            "label": np.concatenate([train.label, dev.label]).astype(np.int32),
+        }
+    )
+    return queries, judgments
+
+
+def _image_table(
+    train: _Judged, dev: _Judged, dev_split: np.ndarray, notes: list[str]
+) -> pd.DataFrame:
+    """images.parquet: the clicked Lite images (train), the judged dev images (test where any
+    test query judges them, else val)."""
+    lite_ids = unique_ids(train.img_id)
+    dev_ids = unique_ids(dev.img_id)
+    judged_in = dev_split[dev.query]  # each dev judgment's split
+    judged_by_test = unique_ids(dev.img_id[judged_in == "test"])
+    dev_test = np.isin(dev_ids, judged_by_test)
+    both = int(np.isin(unique_ids(dev.img_id[judged_in == "val"]), judged_by_test).sum())
+    if both:
+        notes.append(
+            f"{both:,} dev images are judged by both val and test queries; their split is test."
+        )
+    return pd.DataFrame(
+        {
+            "img_id": np.concatenate([lite_ids, dev_ids + DEV_ID_OFFSET]),
+            "split": pd.Categorical.from_codes(
+                np.concatenate([np.zeros(lite_ids.size, np.int8), np.where(dev_test, 2, 1)]),
+                categories=SPLITS,
+            ),
+            "fold": np.int8(-1),
+            "source": pd.Categorical.from_codes(
+                np.repeat([0, 1], [lite_ids.size, dev_ids.size]), categories=["lite", "dev"]
+            ),
+            "source_id": np.concatenate([lite_ids, dev_ids]),
+        }
+    )
+
+
+def _rows(
+    lite: tuple[np.ndarray, np.ndarray, Path],
+    dev: tuple[np.ndarray, np.ndarray, Path],
+    train: _Judged,
+    judged: _Judged,
+    encoded: Path,
+    n_words: int,
+    notes: list[str],
+) -> _Rows:
+    """The feature rows of the judged images (Lite, then dev) and their keyword rows."""
+    (lite_array, lite_have, lite_path), (dev_array, dev_have, _) = lite, dev
+    lite_rows = np.flatnonzero(np.isin(lite_have, unique_ids(train.img_id)))
+    dev_rows = np.flatnonzero(np.isin(dev_have, unique_ids(judged.img_id)))
+    keywords = scipy.sparse.vstack(
+        [
+            _keyword_rows(encoded, "lite", lite_have[lite_rows], n_words),
+            _keyword_rows(encoded, "dev", dev_have[dev_rows], n_words),
+        ],
+        format="csr",
+    )
+    without_keywords = int((np.diff(keywords.indptr) == 0).sum())
+    if without_keywords:
+        notes.append(
+            f"{without_keywords:,} images have no keyword in the vocabulary (or were not "
+            "encoded); they get empty keyword rows."
+        )
+    extra_rows = lite_have.size - lite_rows.size + dev_have.size - dev_rows.size
+    if extra_rows:
+        notes.append(f"{extra_rows:,} feature rows belong to no judged image and were left out.")
+    return _Rows(
+        features=feature_rows([lite_array, dev_array], [lite_rows, dev_rows], lite_path),
+        ids=np.concatenate([lite_have[lite_rows], dev_have[dev_rows] + DEV_ID_OFFSET]),
+        keywords=keywords,
+        without_keywords=without_keywords,
+    )
+
+
+def _details(config: ClicktureConfig, without_keywords: int) -> dict[str, Any]:
+    """What prepared.json records of Clickture: the id space, the grades, the dev split."""
+    return {
+        "id_space": {"lite": {"offset": 0}, "dev": {"offset": DEV_ID_OFFSET}},
+        "grades": {"Excellent": 3, "Good": 2, "Bad": 0},
+        "dev_split": {
+            "val_fraction": config.val_fraction,
+            "seed": config.split_seed,
+            "rule": "dev queries ordered by sha256('<seed>\\0<normalised query>'); the "
+            "first round(val_fraction * n) are val",
+        },
+        "images_without_keywords": without_keywords,
+    }
+
+
 def prepare_clickture(
     clicks: str | os.PathLike[str],
     dev_labels: str | os.PathLike[str],
@@ -571,159 +573,67 @@ def prepare_clickture(
     """
     config = config or ClicktureConfig()
     folder = dataset_dir(data_dir, "clickture")
-    out_dir = Path(out) if out is not None else folder / "prepared"
-    encoded_dir = Path(encoded) if encoded is not None else folder / "encoded"
-    lite_map_path = Path(id_map) if id_map is not None else folder / "img_id_map.pkl"
-    dev_map_path = Path(dev_id_map) if dev_id_map is not None else folder / "img_id_map_dev.pkl"
-    clicks_path, labels_path = Path(clicks), Path(dev_labels)
+    paths = _Paths(
+        clicks=Path(clicks),
+        dev_labels=Path(dev_labels),
+        features=Path(features),
+        feature_ids=Path(feature_ids),
+        dev_features=Path(dev_features),
+        dev_feature_ids=Path(dev_feature_ids),
+        id_map=Path(id_map) if id_map is not None else folder / "img_id_map.pkl",
+        dev_id_map=Path(dev_id_map) if dev_id_map is not None else folder / "img_id_map_dev.pkl",
+        encoded=Path(encoded) if encoded is not None else folder / "encoded",
+        out=Path(out) if out is not None else folder / "prepared",
+    )
     problems = Problems(config.on_error)
-    record = encode_summary(encoded_dir, "clickture")
-    lite_array, lite_have, lite_features_path = open_features(features, feature_ids)
-    dev_array, dev_have, _ = open_features(dev_features, dev_feature_ids)
-    train, notes = _clicks(
-        clicks_path, _load_key_map(lite_map_path), lite_map_path, config, problems
-    )
-    dev, dev_notes = _dev_labels(
-        labels_path, _load_key_map(dev_map_path), dev_map_path, config, problems
-    )
-    notes += dev_notes
+    record = encode_summary(paths.encoded, "clickture")
+    lite = open_features(paths.features, paths.feature_ids)
+    dev = open_features(paths.dev_features, paths.dev_feature_ids)
+    train, judged, notes = _read_judgments(paths, config, problems)
 
     # Images without features: stop, or drop them with their judgments.
     skipped: dict[str, dict[str, Any]] = {}
     train = _with_features(
-        train, lite_have, "Lite images of the click log", Path(feature_ids), config.missing, skipped
+        train, lite[1], "Lite images of the click log", paths.feature_ids, config.missing, skipped
     )
-    dev = _with_features(
-        dev, dev_have, "dev images of the judgments", Path(dev_feature_ids), config.missing, skipped
+    judged = _with_features(
+        judged,
+        dev[1],
+        "dev images of the judgments",
+        paths.dev_feature_ids,
+        config.missing,
+        skipped,
     )
     # Dev queries: val or test by query; a dev query that is also a train query is a leak.
-    dev_split = split_dev_queries(dev.texts, config.val_fraction, config.split_seed)
-    train = _without_shared_queries(train, dev, dev_split, clicks_path, problems)
+    dev_split = split_dev_queries(judged.texts, config.val_fraction, config.split_seed)
+    train = _without_shared_queries(train, judged, dev_split, paths.clicks, problems)
     if len(train) == 0:
-        raise InputError(f"No training judgment is left from {clicks_path}.")
-    if len(dev) == 0:
-        raise InputError(f"No dev judgment is left from {labels_path}.")
+        raise InputError(f"No training judgment is left from {paths.clicks}.")
+    if len(judged) == 0:
+        raise InputError(f"No dev judgment is left from {paths.dev_labels}.")
 
-    # Queries: train in click-log order, then dev in judgment order.
-    n_train, n_dev = len(train.texts), len(dev.texts)
-    split_code = np.concatenate(
-        [np.zeros(n_train, dtype=np.int8), np.where(dev_split == "val", 1, 2).astype(np.int8)]
-    )
-    texts = pa.concat_arrays(
-        [train.texts.cast(pa.large_string()), dev.texts.cast(pa.large_string())]
-    )
-    queries = pd.DataFrame(
-        {
-            "query_id": np.arange(n_train + n_dev, dtype=np.int64),
-            "query": texts.to_pandas(),
-            "split": pd.Categorical.from_codes(split_code, categories=SPLITS),
-        }
-    )
-    dev_img = dev.img_id + DEV_ID_OFFSET
-    judgments = pd.DataFrame(
-        {
-            "query_id": np.concatenate([train.query, n_train + dev.query]),
-            "img_id": np.concatenate([train.img_id, dev_img]),
-            "label": np.concatenate([train.label, dev.label]).astype(np.int32),
-        }
-    )
-
-    # Images: the clicked Lite images (train), the judged dev images (test where any test
-    # query judges them, else val).
-    lite_ids = unique_ids(train.img_id)
-    dev_ids = unique_ids(dev.img_id)
-    judged_in = dev_split[dev.query]  # each dev judgment's split
-    judged_by_test = unique_ids(dev.img_id[judged_in == "test"])
-    dev_test = np.isin(dev_ids, judged_by_test)
-    both = int(np.isin(unique_ids(dev.img_id[judged_in == "val"]), judged_by_test).sum())
-    if both:
-        notes.append(
-            f"{both:,} dev images are judged by both val and test queries; their split is test."
-        )
-    images = pd.DataFrame(
-        {
-            "img_id": np.concatenate([lite_ids, dev_ids + DEV_ID_OFFSET]),
-            "split": pd.Categorical.from_codes(
-                np.concatenate([np.zeros(lite_ids.size, np.int8), np.where(dev_test, 2, 1)]),
-                categories=SPLITS,
-            ),
-            "fold": np.int8(-1),
-            "source": pd.Categorical.from_codes(
-                np.repeat([0, 1], [lite_ids.size, dev_ids.size]), categories=["lite", "dev"]
-            ),
-            "source_id": np.concatenate([lite_ids, dev_ids]),
-        }
-    )
-
-    # Features and keyword rows, Lite then dev, each in the user's row order.
-    lite_rows = np.flatnonzero(np.isin(lite_have, lite_ids))
-    dev_rows = np.flatnonzero(np.isin(dev_have, dev_ids))
-    out_ids = np.concatenate([lite_have[lite_rows], dev_have[dev_rows] + DEV_ID_OFFSET])
-    vocab_path = encoded_dir / "vocab.tsv"
+    queries, judgments = _query_tables(train, judged, dev_split)
+    images = _image_table(train, judged, dev_split, notes)
+    vocab_path = paths.encoded / "vocab.tsv"
     n_words = len(read_keyword_vocabulary(vocab_path))
-    keywords = scipy.sparse.vstack(
-        [
-            _keyword_rows(encoded_dir, "lite", lite_have[lite_rows], n_words),
-            _keyword_rows(encoded_dir, "dev", dev_have[dev_rows], n_words),
-        ],
-        format="csr",
-    )
-    without_keywords = int((np.diff(keywords.indptr) == 0).sum())
-    if without_keywords:
-        notes.append(
-            f"{without_keywords:,} images have no keyword in the vocabulary (or were not "
-            "encoded); they get empty keyword rows."
-        )
-    extra_rows = lite_have.size - lite_rows.size + dev_have.size - dev_rows.size
-    if extra_rows:
-        notes.append(f"{extra_rows:,} feature rows belong to no judged image and were left out.")
-
+    rows = _rows(lite, dev, train, judged, paths.encoded, n_words, notes)
     query_vocabulary = fit_query_vocabulary(_batches(train.texts), config.min_query_count)
-    options = {
-        **asdict(config),
-        "clicks": str(clicks_path.resolve()),
-        "dev_labels": str(labels_path.resolve()),
-        "features": str(Path(features).resolve()),
-        "feature_ids": str(Path(feature_ids).resolve()),
-        "dev_features": str(Path(dev_features).resolve()),
-        "dev_feature_ids": str(Path(dev_feature_ids).resolve()),
-        "id_map": str(lite_map_path.resolve()),
-        "dev_id_map": str(dev_map_path.resolve()),
-        "encoded": str(encoded_dir.resolve()),
-    }
-    skipped = {**problems.recorded, **skipped}
-    path = write_prepared(
-        out_dir,
-        source="clickture",
-        features=feature_rows([lite_array, dev_array], [lite_rows, dev_rows], lite_features_path),
-        feature_ids=out_ids,
-        keywords_csr=keywords,
-        vocab_tsv_path=vocab_path,
+    return write_folder(
+        paths.out,
+        "clickture",
+        features=rows.features,
+        feature_ids=rows.ids,
+        keywords=rows.keywords,
+        vocab_path=vocab_path,
         images=images,
         queries=queries,
         judgments=judgments,
         query_vocabulary=query_vocabulary,
-        options=options,
+        options={**asdict(config), **paths.options()},
         force=config.force,
         link_features=False,
-        extra={
-            "encoded": record,
-            "clickture": {
-                "id_space": {"lite": {"offset": 0}, "dev": {"offset": DEV_ID_OFFSET}},
-                "grades": {"Excellent": 3, "Good": 2, "Bad": 0},
-                "dev_split": {
-                    "val_fraction": config.val_fraction,
-                    "seed": config.split_seed,
-                    "rule": "dev queries ordered by sha256('<seed>\\0<normalised query>'); the "
-                    "first round(val_fraction * n) are val",
-                },
-                "images_without_keywords": without_keywords,
-            },
-            "skipped": skipped,
-            "notes": notes,
-        },
-    )
-    info = json.loads((path / "prepared.json").read_text(encoding="utf-8"))
-    return PrepareResult(
-        path, "clickture", info["counts"], info["features"]["stored"], skipped, tuple(notes)
+        encoded=record,
+        details=_details(config, rows.without_keywords),
+        skipped={**problems.recorded, **skipped},
+        notes=notes,
     )

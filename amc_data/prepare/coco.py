@@ -44,10 +44,10 @@ from .common import (
     missing_features,
     open_features,
     shown,
+    write_folder,
 )
 from .format import read_keyword_vocabulary
 from .queries import fit_query_vocabulary
-from .writer import write_prepared
 
 __all__ = ["CocoConfig", "prepare_coco"]
 
@@ -402,13 +402,13 @@ def prepare_coco(
             "count": int(absent.size),
             "examples": absent[:EXAMPLES].tolist(),
         }
-    path = write_prepared(
+    return write_folder(
         out_dir,
-        source="coco",
+        "coco",
         features=feature_rows([array], [selected], features_path),
         feature_ids=out_ids,
-        keywords_csr=keywords,
-        vocab_tsv_path=vocab_path,
+        keywords=keywords,
+        vocab_path=vocab_path,
         images=images,
         queries=queries,
         judgments=judgments,
@@ -416,19 +416,13 @@ def prepare_coco(
         options=options,
         force=config.force,
         link_features=config.link_features,
-        extra={
-            "encoded": record,
-            "coco": {
-                "test_folds": int(fold.max()) + 1 if test.size else 0,
-                "fold_size": config.fold_size,
-                "captions_per_image": per,
-                "images_without_keywords": without_keywords,
-            },
-            "skipped": skipped,
-            "notes": notes,
+        encoded=record,
+        details={
+            "test_folds": int(fold.max()) + 1 if test.size else 0,
+            "fold_size": config.fold_size,
+            "captions_per_image": per,
+            "images_without_keywords": without_keywords,
         },
-    )
-    info = json.loads((path / "prepared.json").read_text(encoding="utf-8"))
-    return PrepareResult(
-        path, "coco", info["counts"], info["features"]["stored"], skipped, tuple(notes)
+        skipped=skipped,
+        notes=notes,
     )

@@ -1,10 +1,12 @@
 """What `prepare coco` and `prepare clickture` share: the result they return, the way problems
-in the inputs are reported (stop, or leave the items out and record them), and the user's
-feature files (opened memory-mapped, matched to the images by id)."""
+in the inputs are reported (stop, or leave the items out and record them), the user's
+feature files (opened memory-mapped, matched to the images by id), and the last step (write the
+folder, read back what it records)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -13,10 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
+import scipy.sparse
 
 from ..encoding.record import RECORD_NAME, read_record
 from ..errors import ConfigError, InputError
-from .writer import FeatureRows
+from .queries import QueryVocabulary
+from .writer import FeatureRows, write_prepared
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +36,8 @@ class PrepareResult:
 
     out: Path
     source: str
-    counts: dict[
-        str, Any
-    ]  # prepared.json "counts": features, and images/queries/judgments per split
+    # prepared.json "counts": features, and images/queries/judgments per split
+    counts: dict[str, Any]
     features_stored: str  # copy, hardlink or symlink
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> count, examples
     notes: tuple[str, ...] = ()  # other things worth telling the user
@@ -182,3 +186,48 @@ def encode_summary(encoded: Path, dataset: str) -> dict[str, Any]:
         "absent_splits": record.get("absent_splits", []),
         "counts": record.get("counts", {}),
     }
+
+
+def write_folder(
+    out: Path,
+    source: str,
+    *,
+    features: FeatureRows,
+    feature_ids: np.ndarray,
+    keywords: scipy.sparse.csr_matrix,
+    vocab_path: Path,
+    images: pd.DataFrame,
+    queries: pd.DataFrame,
+    judgments: pd.DataFrame,
+    query_vocabulary: QueryVocabulary,
+    options: dict[str, Any],
+    force: bool,
+    link_features: bool,
+    encoded: dict[str, Any],
+    details: dict[str, Any],
+    skipped: dict[str, dict[str, Any]],
+    notes: list[str],
+) -> PrepareResult:
+    """Write the prepared folder of a real source (`write_prepared`), recording beside the
+    tables the encode output the keywords come from (`encoded`), the source's own `details`,
+    what was left out (`skipped`) and the `notes`; return what the folder records."""
+    path = write_prepared(
+        out,
+        source=source,
+        features=features,
+        feature_ids=feature_ids,
+        keywords_csr=keywords,
+        vocab_tsv_path=vocab_path,
+        images=images,
+        queries=queries,
+        judgments=judgments,
+        query_vocabulary=query_vocabulary,
+        options=options,
+        force=force,
+        link_features=link_features,
+        extra={"encoded": encoded, source: details, "skipped": skipped, "notes": notes},
+    )
+    info = json.loads((path / "prepared.json").read_text(encoding="utf-8"))
+    return PrepareResult(
+        path, source, info["counts"], info["features"]["stored"], skipped, tuple(notes)
+    )

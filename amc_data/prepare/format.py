@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ FILES = (
     "judgments.parquet",
     "query_vocab.tsv",
 )
+#: The highest label of a val/test judgment: eval's gain 2**label - 1 must fit a float64.
+#: Train labels (click counts) only need to be 0 or more.
+MAX_EVAL_LABEL = 1000
 _CHUNK_BYTES = 64 << 20  # features are copied and scanned this much at a time
 _SHOWN = 5  # ids shown in a message
 
@@ -303,7 +307,7 @@ def _read_info(root: Path) -> dict[str, Any]:
     if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
         raise _fail(root, "prepared.json", "is not an amc-data prepared.json", _REPREPARE)
     version = info.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version > FORMAT_VERSION:
         raise _fail(
             root,
             "prepared.json",
@@ -318,6 +322,7 @@ def _read_info(root: Path) -> dict[str, Any]:
             f"has source {info.get('source')!r}, not one of {SOURCES}",
             _REPREPARE,
         )
+    _check_fields(root, info)
     missing = [name for name in FILES if not (root / name).exists()]
     if missing:
         dangling = [n for n in missing if (root / n).is_symlink()]
@@ -331,6 +336,66 @@ def _read_info(root: Path) -> dict[str, Any]:
             f"{root} lacks {', '.join(missing)}{hint}: the folder is incomplete. {_REPREPARE}"
         )
     return info
+
+
+# The prepared.json fields this package reads, with their JSON type; each is checked when
+# present (a missing one is reported where it is used).
+_FIELDS: tuple[tuple[str, type], ...] = (
+    ("features", dict),
+    ("features.shape", list),
+    ("features.file_shape", list),
+    ("features.dtype", str),
+    ("features.stored", str),
+    ("features.size", int),
+    ("features.mtime_ns", int),
+    ("fingerprints", dict),
+    ("fingerprints.keywords", str),
+    ("fingerprints.queries", str),
+    ("counts", dict),
+    ("candidates", str),
+)
+_JSON_TYPES = {dict: "an object", list: "a list", str: "text", int: "a whole number"}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if value is None:
+        return "null"
+    for kind, described in _JSON_TYPES.items():
+        if isinstance(value, kind):
+            return described
+    return "a number with a fraction" if isinstance(value, float) else type(value).__name__
+
+
+def _check_fields(root: Path, info: dict[str, Any]) -> None:
+    """`InputError` naming the first field of `_FIELDS` whose value has another type."""
+    for dotted, kind in _FIELDS:
+        *parents, leaf = dotted.split(".")
+        holder: Any = info
+        for parent in parents:
+            holder = holder.get(parent)  # a parent is checked (a dict) before its children
+        if holder is None or leaf not in holder:
+            continue
+        value = holder[leaf]
+        fine = isinstance(value, kind) and not isinstance(value, bool)
+        if fine and kind is list:  # shapes: lists of whole numbers >= 0
+            fine = all(type(v) is int and v >= 0 for v in value)
+            if not fine:
+                raise _fail(
+                    root,
+                    "prepared.json",
+                    f"'{dotted}' is {value!r}, expected a list of whole numbers >= 0",
+                    _REPREPARE,
+                )
+        if not fine:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise _fail(
+                root,
+                "prepared.json",
+                f"'{dotted}' is {_json_type(value)} ({shown}), expected {_JSON_TYPES[kind]}",
+                _REPREPARE,
+            )
 
 
 def _load_features(root: Path, info: dict[str, Any]) -> np.ndarray:
@@ -371,7 +436,8 @@ def load_prepared(
     amc-data; shapes and dtypes; feature ids unique and matching images.parquet both ways (no
     image without features, no features without an image); the keyword matrix's shape against
     both vocabularies' sizes; vocab.tsv and query_vocab.tsv against their recorded sha256
-    fingerprints; unique img_ids and query_ids; only train/val/test splits; integer labels;
+    fingerprints; unique img_ids and query_ids; only train/val/test splits; integer labels,
+    0 or more (val/test at most `MAX_EVAL_LABEL`);
     judgments naming known queries and images; every query judged at least once; train queries
     judged on train images only and val/test queries never on train images; the counts of
     prepared.json. Each failure is an `InputError` naming the file, row or id, and the fix.
@@ -476,7 +542,8 @@ def _load_ids(root: Path, n: int) -> np.ndarray:
 def _load_keywords(root: Path, n: int, n_words: int) -> scipy.sparse.csr_matrix:
     try:
         matrix = scipy.sparse.load_npz(root / "keywords.npz")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        # A truncated or damaged zip, or one without the members of a sparse matrix.
         raise _fail(
             root, "keywords.npz", f"is not a scipy sparse .npz ({exc})", _REPREPARE
         ) from exc
@@ -592,9 +659,28 @@ def _load_images(root: Path, ids: np.ndarray) -> pd.DataFrame:
 def _load_queries(root: Path) -> pd.DataFrame:
     queries = _read_table(root, "queries.parquet")
     _check_columns(root, "queries.parquet", queries, QUERIES_SCHEMA)
+    _check_query_text(root, queries)
     _check_unique(root, "queries.parquet", queries["query_id"].to_numpy(), "query_id")
     _check_splits(root, "queries.parquet", queries, "query_id")
     return queries
+
+
+def _check_query_text(root: Path, queries: pd.DataFrame) -> None:
+    """Every query a text: the analyzer reads each one when a model encodes it."""
+    name = "queries.parquet"
+    kind = pq.read_schema(root / name).field("query").type  # the file's type, not pandas'
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise _fail(root, name, f"column 'query' holds {kind}, not text", _REPREPARE)
+    missing = queries["query"].isna().to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise _fail(
+            root,
+            name,
+            f"row {row} (query_id {int(queries['query_id'].iloc[row])}) has no query text "
+            f"(null) ({int(missing.sum()):,} such rows)",
+            _REPREPARE,
+        )
 
 
 def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> pd.DataFrame:
@@ -620,6 +706,7 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
                 f"does not list ({int(unknown.sum()):,} such rows)",
                 _REPREPARE,
             )
+    _check_labels(root, judgments, queries["split"].to_numpy()[query_row])
     unjudged = query_ids[np.bincount(query_row, minlength=query_ids.size) == 0]
     if unjudged.size:
         first = queries.loc[queries["query_id"] == unjudged[0]].iloc[0]
@@ -662,3 +749,29 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             "Keep the splits apart: " + _REPREPARE,
         )
     return judgments
+
+
+def _check_labels(root: Path, judgments: pd.DataFrame, split: np.ndarray) -> None:
+    """Labels 0 or more everywhere, at most `MAX_EVAL_LABEL` in val/test (`split`: each
+    judgment's query split), so eval never stops on them after scoring."""
+    labels = judgments["label"].to_numpy()
+    evaluated = split != "train"
+    for bad, allowed in (
+        (labels < 0, "labels are 0 or more (0 = not relevant)"),
+        (
+            evaluated & (labels > MAX_EVAL_LABEL),
+            f"val/test labels are relevance grades of at most {MAX_EVAL_LABEL} (eval's gain "
+            "2**label - 1 must fit a float; Clickture: Excellent 3, Good 2, Bad 0)",
+        ),
+    ):
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise _fail(
+                root,
+                "judgments.parquet",
+                f"row {row} (query_id {int(judgments['query_id'].iloc[row])}, {split[row]}; "
+                f"img_id {int(judgments['img_id'].iloc[row])}) has label "
+                f"{int(labels[row])}; {allowed} ({int(bad.sum()):,} such rows)",
+                "Fix the labels of the input (train: click counts or 1; val/test: grades) and "
+                "prepare the dataset again.",
+            )

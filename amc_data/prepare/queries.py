@@ -90,9 +90,11 @@ class QueryVocabulary:
     def read_tsv(cls, path: str | os.PathLike[str]) -> QueryVocabulary:
         """Read a `query_vocab.tsv`; `InputError` naming the line when it is malformed."""
         words, counts = read_vocab_tsv(
-            Path(path), QUERY_VOCAB_HEADER, missing="the prepared folder is incomplete.",
+            Path(path),
+            QUERY_VOCAB_HEADER,
+            missing="the prepared folder is incomplete.",
             fix="Prepare the dataset again.",
-        )  # fmt: skip
+        )
         return cls(tuple(words), tuple(counts))
 
 

@@ -9,8 +9,8 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -258,11 +258,23 @@ def _output_folder(out: str | os.PathLike[str], force: bool) -> Iterator[tuple[P
                     f"{previous.get('created', 'at an unknown time')}). Pass --force to replace "
                     "it, or choose another --out."
                 )
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+        staging = _new_folder(out_dir.parent, f".{out_dir.name}.staging-")
         try:
             yield out_dir, staging
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_folder(parent: Path, prefix: str) -> Path:
+    """A new folder `parent/<prefix><random>` with the mode the umask gives any new folder (it
+    becomes the prepared folder; `tempfile.mkdtemp` would make it private, 0700)."""
+    while True:
+        folder = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
 
 
 def _recover(out_dir: Path) -> None:

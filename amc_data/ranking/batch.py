@@ -92,11 +92,27 @@ class ImageBatch(_TensorFields):
 
 @dataclass(frozen=True)
 class TrainBatch(_TensorFields):
-    """One training step's input: each query with its positive and `t` negatives."""
+    """One training step's input, in one of two shapes.
+
+    Pairs (the paper's): each query with its positive and `t` negatives of its own, `images`
+    (B, 1 + t, ...) with the positive at index 0. Pool: the batch's queries share one pool of
+    images (their positives and sampled negatives, each once), `images` (P, ...), with
+    `pool_positive` saying which pool images are positives of which query and `pool_own` which
+    one is each row's own positive.
+    """
 
     query: QueryBatch  # (B, L)
-    images: ImageBatch  # (B, 1 + t, ...): index 0 is the positive
+    images: ImageBatch  # pairs (B, 1 + t, ...) | pool (P, ...)
     # Which query and which positive image each row holds (any ids that compare equal for the
     # same query or image): in-batch negatives must skip rows of the same query or image.
     query_keys: torch.Tensor | None = None  # (B,) int64
     positive_keys: torch.Tensor | None = None  # (B,) int64
+    pool_positive: torch.Tensor | None = None  # (B, P) bool: image p is a positive of query b
+    pool_own: torch.Tensor | None = None  # (B,) int64: the column of row b's own positive
+    # The feature rows of the images, when the regions are gathered on the device from
+    # resident features instead of by the loader (then `images.regions` is (*S, 0, 0)).
+    rows: torch.Tensor | None = None  # pairs (B, 1 + t) | pool (P,) int64
+
+    @property
+    def pooled(self) -> bool:
+        return self.pool_own is not None

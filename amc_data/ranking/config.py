@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 
 MODELS = ("amc", "visual", "keyword", "fusion", "cca")  # AMC, then the paper's baselines
 DEVICES = ("auto", "cpu", "cuda")
+# How a batch's negatives are chosen: "pool", every query of the batch against one shared pool
+# (the batch's positives and `pool_negatives` sampled images, each projected once); "pairs",
+# the paper's `negatives` images sampled for each (query, positive) pair on its own.
+LOSSES = ("pool", "pairs")
+# Where training reads region features: "host", gathered by the loader from the memory-mapped
+# file; "device", the whole file resident on the training device, gathered there; "auto",
+# the device when it is a GPU with room for the features.
+FEATURE_PLACES = ("auto", "host", "device")
 DEFAULT_DIM = 64  # the shared space, for TrainConfig and ModelConfig alike
 
 # The files of a run folder.
@@ -73,7 +81,10 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: float = 0.05  # fraction of all steps spent warming the learning rate up
-    negatives: int = 8
+    loss: str = "pairs"
+    negatives: int = 8  # per pair, with loss="pairs" (the paper's t)
+    pool_negatives: int = 64  # shared by the batch, with loss="pool"
+    hardest: bool = False  # loss="pool": each query's hardest negative only (VSE++)
     margin: float = 0.2
     in_batch: bool = False  # the batch's other positives count as negatives too
     clip: float = 1.0  # gradient norm cap (0: none)
@@ -83,6 +94,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
     compile: bool = False
+    features_on: str = "auto"
     word_vectors: str | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +121,21 @@ class TrainConfig:
                 )
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise ConfigError(f"--workers must be a whole number >= 0, not {self.workers!r}.")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}.")
+        if self.features_on not in FEATURE_PLACES:
+            raise ConfigError(
+                f"--features-on must be one of {', '.join(FEATURE_PLACES)}, "
+                f"not {self.features_on!r}."
+            )
+        if (
+            not isinstance(self.pool_negatives, int)
+            or isinstance(self.pool_negatives, bool)
+            or self.pool_negatives < 0
+        ):
+            raise ConfigError(
+                f"--pool-negatives must be a whole number >= 0, not {self.pool_negatives!r}."
+            )
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}.")
 

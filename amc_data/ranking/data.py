@@ -5,6 +5,11 @@ a prepared dataset folder.
   drawn uniformly from the split's pool, never one of the query's positives. The draw depends
   on (seed, epoch, index) alone, so it is the same whatever the batch size, worker count,
   rank or order, and differs from epoch to epoch.
+- Pool batches (`pool_negatives` set): the batch's queries share one pool instead, made of
+  their positives and `pool_negatives` images drawn uniformly from the split (per seed, epoch
+  and the batch's first pair), each image once; a mask says which pool images are positives of
+  which query. Every query then meets P - (its positives) negatives, and each image of the
+  batch is read and projected once.
 - `train_loader`: a `DataLoader` over it (a `DistributedSampler` per rank, persistent workers,
   pinned memory on request). Call `loader.sampler.set_epoch(epoch)` at the start of each epoch,
   as with any distributed sampler: the epoch travels with each index to the workers. (A loader
@@ -182,6 +187,8 @@ class _Gathered(list):
     `collate_train` need not copy them again)."""
 
     arrays: tuple[np.ndarray, ...]
+    rows: np.ndarray  # the feature rows of the images: pairs (B, M), pool (P,)
+    pool: tuple[np.ndarray, np.ndarray] | None = None  # pool batches: positive mask, own column
 
 
 class TrainingPairs(Dataset):
@@ -201,9 +208,18 @@ class TrainingPairs(Dataset):
         seed: int = 0,
         max_keywords: int = 64,
         max_query_tokens: int = 32,
+        pool_negatives: int | None = None,
+        gather_regions: bool = True,
     ) -> None:
         prepared = _as_prepared(prepared)
         _check_positive("negatives", negatives, low=0)
+        if pool_negatives is not None:
+            _check_positive("pool_negatives", pool_negatives, low=0)
+        # None: pairs with their own `negatives`; a number: pool batches (see the module).
+        self.pool_negatives = None if pool_negatives is None else int(pool_negatives)
+        # False: the loader leaves the regions out (the trainer gathers them from features
+        # resident on its device) and sends the feature rows instead.
+        self.gather_regions = bool(gather_regions)
         _check_positive("seed", seed, low=0)
         _check_positive("max_keywords", max_keywords)
         _check_positive("max_query_tokens", max_query_tokens)
@@ -260,6 +276,9 @@ class TrainingPairs(Dataset):
                 "negative can be drawn for it. Use --negatives 0 or a larger image pool."
             )
         tokens = _query_tokens(prepared, query_ids, max_query_tokens)
+        # Every positive (query, feature row) pair as one sorted key, for the pool's mask.
+        self._rows_total = int(prepared.features.shape[0])
+        self._positive_keys = np.unique(self._pair_query * self._rows_total + self._pair_positive)
         self._tokens = _pad(tokens)  # (Q, L)
         self._token_lengths = np.array([t.size for t in tokens], dtype=np.int64)
         self._keywords = _Keywords.of(prepared)
@@ -345,14 +364,38 @@ class TrainingPairs(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> PairSample:
         return self.__getitems__([item])[0]
 
+    def _regions(self, rows: np.ndarray) -> np.ndarray:
+        """The regions of feature rows `rows` as float32, or `(*rows.shape, 0, 0)` when the
+        trainer gathers them itself."""
+        if self.gather_regions:
+            return _gather_regions(self.features, rows)
+        return np.zeros((*rows.shape, 0, 0), dtype=np.float32)
+
+    def pool_rows(self, epoch: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pool of a batch of items: its sorted feature rows `(P,)` (the items' positives
+        and `pool_negatives` draws, each row once) and the mask `(B, P)` of the pool images
+        that are positives of each item's query. The draws depend on (seed, epoch, the first
+        item) alone."""
+        positives = self._pair_positive[indices]  # (B,)
+        count = int(self.pool_negatives or 0)
+        bound = np.array([self._pool_rows.size])
+        draws = _hash_below(self.seed, np.array([epoch]), indices[:1], 0, count, bound)[0]
+        rows = np.unique(np.concatenate([positives, self._pool_rows[draws]]))  # (P,)
+        queries = self._pair_query[indices]  # (B,)
+        keys = queries[:, None] * self._rows_total + rows[None, :]  # (B, P)
+        found = np.searchsorted(self._positive_keys, keys).clip(max=self._positive_keys.size - 1)
+        return rows, self._positive_keys[found] == keys
+
     def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[PairSample]:
         """A batch of items, gathered together (one read of the features for all of them)."""
         keys = [self._key(item) for item in items]
         indices = np.array([index for _, index in keys], dtype=np.int64)
+        if self.pool_negatives is not None:
+            return self._pool_items(keys, indices)
         rows = np.empty((len(keys), 1 + self.negatives), dtype=np.int64)  # (B, M)
         rows[:, 0] = self._pair_positive[indices]
         rows[:, 1:] = self._negatives(np.array([epoch for epoch, _ in keys]), indices)
-        regions = _gather_regions(self.features, rows)  # (B, M, R, D)
+        regions = self._regions(rows)  # (B, M, R, D)
         keywords, counts = self._keywords.gather(rows, self.max_keywords)  # (B, M, K)
         queries = self._pair_query[indices]
         lengths = self._token_lengths[queries]
@@ -369,6 +412,34 @@ class TrainingPairs(Dataset):
             for i in range(len(keys))
         )
         samples.arrays = (tokens, regions, keywords, counts)
+        samples.rows = rows
+        return samples
+
+    def _pool_items(self, keys: list[tuple[int, int]], indices: np.ndarray) -> _Gathered:
+        """A pool batch: each item as a sample of its positive alone, with the pool's arrays."""
+        if len({epoch for epoch, _ in keys}) > 1:
+            raise ConfigError("A pool batch takes items of one epoch.")
+        rows, positive = self.pool_rows(keys[0][0], indices)  # (P,), (B, P)
+        regions = self._regions(rows)  # (P, R, D)
+        keywords, counts = self._keywords.gather(rows, self.max_keywords)  # (P, K)
+        queries = self._pair_query[indices]
+        lengths = self._token_lengths[queries]
+        tokens = self._tokens[queries, : max(1, int(lengths.max(initial=0)))]  # (B, L)
+        own = np.searchsorted(rows, self._pair_positive[indices])  # (B,)
+        samples = _Gathered(
+            PairSample(
+                tokens[i, : lengths[i]],
+                regions[own[i] : own[i] + 1],
+                keywords[own[i] : own[i] + 1],
+                counts[own[i] : own[i] + 1],
+                int(queries[i]),
+                int(rows[own[i]]),
+            )
+            for i in range(len(keys))
+        )
+        samples.arrays = (tokens, regions, keywords, counts)
+        samples.pool = (positive, own)
+        samples.rows = rows
         return samples
 
 
@@ -376,6 +447,8 @@ def collate_train(samples: Sequence[PairSample]) -> TrainBatch:
     """Stack `PairSample`s into a `TrainBatch` (queries padded to the longest, keywords to the
     widest image)."""
     arrays = getattr(samples, "arrays", None)
+    pool = getattr(samples, "pool", None)
+    rows = getattr(samples, "rows", None)
     if arrays is not None:
         tokens, regions, keywords, counts = arrays
     else:
@@ -394,6 +467,9 @@ def collate_train(samples: Sequence[PairSample]) -> TrainBatch:
         images=_image_tensors(regions, keywords, counts),
         query_keys=torch.tensor([s.query for s in samples], dtype=torch.int64),
         positive_keys=torch.tensor([s.positive for s in samples], dtype=torch.int64),
+        pool_positive=None if pool is None else torch.from_numpy(pool[0]),
+        pool_own=None if pool is None else torch.from_numpy(pool[1].astype(np.int64)),
+        rows=None if rows is None else torch.from_numpy(rows),
     )
 
 
@@ -462,13 +538,16 @@ def train_loader(
     max_keywords: int = 64,
     max_query_tokens: int = 32,
     shuffle: bool = True,
+    pool_negatives: int | None = None,
+    gather_regions: bool = True,
 ) -> DataLoader:
     """A loader of `TrainBatch`es over `split`'s training pairs for process `rank` of
     `world_size` (each rank sees its own share; together they cover every pair each epoch).
 
     Shuffled per (seed, epoch) and the negatives drawn per (seed, epoch, pair): call
     `loader.sampler.set_epoch(epoch)` before each epoch. `workers` > 0 loads in that many
-    persistent worker processes.
+    persistent worker processes. `pool_negatives` makes pool batches (see the module);
+    `gather_regions=False` leaves the regions to the trainer (features resident on a device).
     """
     _check_positive("batch_size", batch_size)
     _check_positive("workers", workers, low=0)
@@ -482,6 +561,8 @@ def train_loader(
         seed=seed,
         max_keywords=max_keywords,
         max_query_tokens=max_query_tokens,
+        pool_negatives=pool_negatives,
+        gather_regions=gather_regions,
     )
     sampler = EpochSampler(dataset, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
     return DataLoader(

@@ -1,5 +1,7 @@
-"""The ranking loss AMC is trained with: a hinge on the margin between a query's positive image
-and its negatives, importable without the trainer."""
+"""The ranking losses AMC is trained with, importable without the trainer: a hinge on the margin
+between a query's positive image and its negatives, either the paper's `t` sampled negatives
+of each pair (`hinge_ranking_loss`) or every negative of a pool the batch shares
+(`pool_hinge_loss`)."""
 
 from __future__ import annotations
 
@@ -30,3 +32,30 @@ def hinge_ranking_loss(
         extra = (margin - own + in_batch).clamp(min=0)[others]  # (pairs,)
         total, count = total + extra.sum(), count + extra.numel()
     return total / max(count, 1)
+
+
+def pool_hinge_loss(
+    scores: torch.Tensor,
+    own: torch.Tensor,
+    positive: torch.Tensor,
+    margin: float,
+    hardest: bool = False,
+) -> torch.Tensor:
+    """The hinge over a shared pool: `max(0, margin - s(q, v+) + s(q, v-))` for each query's own
+    positive `v+` against every pool image `v-` that is none of the query's positives.
+
+    `scores` is `(B, P)` (every query against every pool image), `own` `(B,)` the column of
+    each query's own positive, `positive` `(B, P)` bool the pool images that are positives of
+    each query (its own included), which are never negatives. The mean over every (query,
+    negative) cell; with `hardest`, VSE++'s max violation: each query's largest term only,
+    averaged over the queries that have a negative.
+    """
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    own_scores = scores[rows, own].unsqueeze(1)  # (B, 1)
+    negative = ~positive  # (B, P)
+    terms = (margin - own_scores + scores).clamp(min=0) * negative  # (B, P), 0 off negatives
+    if hardest:
+        has_negative = negative.any(1)  # (B,)
+        worst = terms.max(1).values  # (B,): 0 where a query has no negative
+        return (worst * has_negative).sum() / has_negative.sum().clamp(min=1)
+    return terms.sum() / negative.sum().clamp(min=1)

@@ -9,6 +9,8 @@ keywords (`amc_data.ranking.batch`). AMC follows the paper's framework:
 - visual intra-attention: a softmax over the image's regions conditioned on `s_q` gives `v^q`;
 - language intra-attention: a softmax over the image's keywords conditioned on `q W_ql` gives `k^q`
   (a keyword seen `c` times counts as `c` copies: `log c` is added to its logit);
+- both softmaxes take a learned scale times the cosine of guide and key as logits (`attention`
+  "cosine", the default; "dot" is the scaled dot product of older checkpoints);
 - inter-attention: two modality weights, conditioned on `q'` and on the two attended vectors, sum
   to 1; `x^q` is their weighted combination of the unit-length `v^q` and `k^q`;
 - the score is `cos(q^m, x^q)`.
@@ -45,6 +47,7 @@ from .config import DEFAULT_DIM, MODELS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+ATTENTIONS = ("cosine", "dot")
 # Embedding rows are drawn from N(0, EMBEDDING_STD^2): small, so that the first updates of an
 # adaptive optimiser move them noticeably.
 EMBEDDING_STD = 0.1
@@ -63,6 +66,11 @@ class ModelConfig:
     intra: bool = True  # False: mean pooling inside each modality (AMC ablation)
     inter: bool = True  # False: fixed 0.5/0.5 modality weights (AMC ablation)
     dropout: float = 0.1  # on the pooled query and on each modality's pooled vector
+    # The intra-attention's logits: "cosine" is a learned scale (starting at attention_scale)
+    # times the cosine of guide and key; "dot" is their dot product over sqrt(dim), as in
+    # checkpoints written before the option existed.
+    attention: str = "cosine"
+    attention_scale: float = 4.0
     cca_reg: float = 0.1  # cca: ridge added to each covariance, relative to its mean variance
 
     def __post_init__(self) -> None:
@@ -87,6 +95,15 @@ class ModelConfig:
                 )
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"Model option dropout must be in [0, 1), got {self.dropout!r}.")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(
+                f"Model option attention must be one of {', '.join(ATTENTIONS)}, got "
+                f"{self.attention!r}."
+            )
+        if not _is_number(self.attention_scale) or self.attention_scale <= 0.0:
+            raise ConfigError(
+                f"Model option attention_scale must be a number > 0, got {self.attention_scale!r}."
+            )
         if not _is_number(self.cca_reg) or self.cca_reg < 0.0:
             raise ConfigError(f"Model option cca_reg must be a number >= 0, got {self.cca_reg!r}.")
 
@@ -108,6 +125,9 @@ class ModelConfig:
         missing = [name for name in required if name not in data]
         if missing:
             raise ConfigError(f"Model options {', '.join(missing)} are missing.")
+        data = dict(data)
+        # Checkpoints from before the option attended by scaled dot products.
+        data.setdefault("attention", "dot")
         return cls(**data)
 
 
@@ -168,8 +188,12 @@ class RankingModel(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, query: QueryBatch, images: ImageBatch) -> Tensor:
-        """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M)."""
+    def forward(self, query: QueryBatch, images: ImageBatch, pool: bool = False) -> Tensor:
+        """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M);
+        with `pool`, of every query against one pool, as `score_pool` (through `forward`, so
+        that DistributedDataParallel sees the call)."""
+        if pool:
+            return self.score_pool(query, images)
         self._check(query, images, pool=False)
         scored = self._score(self._encode_query(query), self._encode_images(images), pool=False)
         return scored[0]
@@ -258,7 +282,10 @@ class AttentionModel(RankingModel):
         if self.use_visual:
             # Features from a CNN vary widely in scale; normalising each region first keeps the
             # attention logits in a range a softmax can learn from.
-            self.region_norm = nn.LayerNorm(config.feature_dim)
+            # No affine part: the next linear layers absorb any per-feature scale and shift,
+            # and without parameters here no gradient flows back into the (B, R, D) regions,
+            # which at 49 x 2,048 would cost as much as the projections themselves.
+            self.region_norm = nn.LayerNorm(config.feature_dim, elementwise_affine=False)
             self.region_value = nn.Linear(config.feature_dim, d)
             if self.attend:
                 self.region_key = nn.Linear(config.feature_dim, d)
@@ -276,6 +303,26 @@ class AttentionModel(RankingModel):
             # answers this query for this image).
             self.gate_prior = nn.Linear(w, 2)
             self.gate_probe = nn.Linear(w, d)
+        if self.attend and config.attention == "cosine":
+            # Embeddings start small (norm about EMBEDDING_STD * sqrt(dim)), so a dot product
+            # over sqrt(dim) starts near 0 and stays there: measured, the keyword attention
+            # never left uniform. A cosine times a learned scale can reach any sharpness from
+            # a start that is close to uniform but not flat.
+            self.attention_log_scale = nn.Parameter(torch.tensor(math.log(config.attention_scale)))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        # Checkpoints of amc-data 0.1 carry an affine region norm: fold its scale g and shift b
+        # into the projections that read it, W (g x + b) + c = (W g) x + (W b + c), exactly.
+        scale = state_dict.pop(prefix + "region_norm.weight", None)
+        shift = state_dict.pop(prefix + "region_norm.bias", None)
+        if scale is not None and shift is not None:
+            for name in ("region_value", "region_key"):
+                weight, bias = prefix + f"{name}.weight", prefix + f"{name}.bias"
+                if weight in state_dict and bias in state_dict:
+                    w = state_dict[weight]
+                    state_dict[bias] = state_dict[bias] + w @ shift
+                    state_dict[weight] = w * scale
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def explain(self, query: QueryBatch, images: ImageBatch) -> Attention:
         self._check(query, images, pool=False)
@@ -336,7 +383,9 @@ class AttentionModel(RankingModel):
         """Intra-attention (or fixed pooling) over one modality's items: the attended vector
         (B|Q|1, M|N, d) and the weights over the items (B|Q|*S, M|N, T)."""
         if guide is not None and items.key is not None:
-            return _attend(guide, items.key, items.value, items.bias, items.mask, pool)
+            scale = getattr(self, "attention_log_scale", None)
+            return _attend(guide, items.key, items.value, items.bias, items.mask, pool,
+                           None if scale is None else scale.exp())  # fmt: skip
         pooling = items.pooling
         weight = _normalise(items.mask.float()) if pooling is None else pooling  # (*S, T)
         vec = torch.einsum("...t,...td->...d", weight.to(items.value.dtype), items.value)
@@ -406,15 +455,26 @@ def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
 
 
 def _attend(
-    guide: Tensor, key: Tensor, value: Tensor, bias: Tensor | None, mask: Tensor, pool: bool
+    guide: Tensor,
+    key: Tensor,
+    value: Tensor,
+    bias: Tensor | None,
+    mask: Tensor,
+    pool: bool,
+    scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Each query's softmax attention over each image's items.
+    """Each query's softmax attention over each image's items: logits are `scale` times the
+    cosine of guide and key, or (no `scale`) their dot product over sqrt(d).
 
     Pairs: guide (B, d), key/value (B, M, T, d), mask (B, M, T) -> (B, M, d), weights (B, M, T).
     Pool: guide (Q, d), key/value (N, T, d), mask (N, T) -> (Q, N, d), weights (Q, N, T).
     """
     pattern = "qd,ntd->qnt" if pool else "bd,bmtd->bmt"
-    logits = torch.einsum(pattern, guide, key).float() / math.sqrt(guide.shape[-1])
+    if scale is None:
+        logits = torch.einsum(pattern, guide, key).float() / math.sqrt(guide.shape[-1])
+    else:
+        unit_guide, unit_key = F.normalize(guide, dim=-1), F.normalize(key, dim=-1)
+        logits = torch.einsum(pattern, unit_guide, unit_key).float() * scale.float()
     if bias is not None:
         logits = logits + bias
     weights = _masked_softmax(logits, mask)

@@ -1,9 +1,13 @@
 """`amc-data train`: fit a ranking model on a prepared folder, with real checkpoints.
 
 One loop for every device: on the CPU, one GPU, or several processes under `torchrun`
-(DistributedDataParallel; rank 0 alone writes). Each epoch: hinge ranking loss over the `t`
-sampled negatives of each (query, positive) pair (optionally in-batch negatives too), AdamW with
-warm-up and cosine decay, gradient clipping; then validation NDCG@10 on the `val` queries.
+(DistributedDataParallel; rank 0 alone writes). Each epoch: a hinge ranking loss, either over
+one pool the batch shares (`loss="pool"`: the batch's positives and `pool_negatives` sampled
+images, each projected once, every query against all of them; optionally only the hardest) or
+over the `t` sampled negatives of each (query, positive) pair (`loss="pairs"`, the paper's;
+optionally in-batch negatives too); AdamW with warm-up and cosine decay, gradient clipping; then
+validation NDCG@10 on the `val` queries. Region features are read by the loader from the memmap,
+or kept resident on the device (`features_on`) and gathered there.
 `RUN/` holds `config.json`, `last.pt` (after every epoch), `best.pt` (best validation NDCG@10)
 and `log.jsonl` (one line per epoch). `--resume` continues from `last.pt` and, on the CPU,
 reaches the same weights as an uninterrupted run: the order of pairs, the negatives and dropout
@@ -35,6 +39,7 @@ from ..prepare.format import PreparedDataset, load_prepared
 from ..progress import progress_bar
 from ..version import __version__
 from . import distributed, run_folder
+from .batch import TrainBatch
 from .build import build_model
 from .checkpoint import (
     check_fingerprints,
@@ -45,8 +50,9 @@ from .checkpoint import (
 )
 from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig, check_negatives, check_resume
 from .data import train_loader
-from .loss import hinge_ranking_loss
+from .loss import hinge_ranking_loss, pool_hinge_loss
 from .model import ModelConfig, RankingModel
+from .resident import ResidentFeatures, features_fit
 from .scoring import precision_context, score_split
 from .word_vectors import load_word_vectors
 
@@ -122,6 +128,7 @@ class _Run:
         self.amp = config.amp and self.device.type == "cuda"
         self.model_config = model_config_for(config, prepared)
         self.log: list[dict[str, Any]] = []
+        self.resident: ResidentFeatures | None = None
 
     # -- the run folder -----------------------------------------------------------------------
 
@@ -186,6 +193,7 @@ class _Run:
         model = build_model(self.model_config, word_vectors=word_vectors).to(self.device)
         if model.closed_form:
             return self._fit_closed_form(model)
+        self.resident = self._resident_features()
         loader = self._loader()
         steps_per_epoch = len(loader)
         optimizer = torch.optim.AdamW(
@@ -236,15 +244,33 @@ class _Run:
             distributed.barrier(self.processes)
         return self._result()
 
+    def _resident_features(self) -> ResidentFeatures | None:
+        """The features on the training device, when `features_on` asks for it (or allows it
+        and they fit)."""
+        place = self.config.features_on
+        if place == "device" or (place == "auto" and features_fit(self.prepared, self.device)):
+            return ResidentFeatures(self.prepared, self.device)
+        return None
+
     def _loader(self, whole: bool = False) -> DataLoader:
-        """This rank's share of the training pairs (all of them with `whole`)."""
+        """This rank's share of the training pairs (all of them with `whole`, for a closed-form
+        fit, which reads each pair's positive)."""
         rank, world_size = (0, 1) if whole else (self.processes.rank, self.processes.world_size)
+        pooled = self.config.loss == "pool" and not whole
         loader = train_loader(
-            self.prepared, split="train", batch_size=self.config.batch_size,
-            negatives=self.config.negatives, seed=self.config.seed, workers=self.config.workers,
-            pin_memory=self.device.type == "cuda", rank=rank, world_size=world_size,
+            self.prepared,
+            split="train",
+            batch_size=self.config.batch_size,
+            negatives=self.config.negatives,
+            seed=self.config.seed,
+            workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+            rank=rank,
+            world_size=world_size,
             max_keywords=self.config.max_keywords,
-        )  # fmt: skip
+            pool_negatives=self.config.pool_negatives if pooled else None,
+            gather_regions=self.resident is None or whole,
+        )
         if len(loader.dataset) == 0:  # type: ignore[arg-type]
             raise TrainingError(
                 f"{self.prepared.root} has no training pairs (no train query with a judgment of "
@@ -274,16 +300,10 @@ class _Run:
         with bar:
             for batch in loader:
                 batch = batch.to(self.device, non_blocking=True)
+                if self.resident is not None:
+                    batch = self.resident.fill(batch)  # regions gathered on the device
                 with precision_context(self.device, self.amp):
-                    scores = net(batch.query, batch.images)  # (B, 1 + t)
-                    in_batch = None
-                    if self.config.in_batch:
-                        positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
-                        in_batch = _unwrap(net).score_pool(batch.query, positives)  # (B, B)
-                    extra = None if in_batch is None else in_batch.float()
-                    loss = hinge_ranking_loss(
-                        scores.float(), self.config.margin, extra, _in_batch_negatives(batch)
-                    )
+                    loss = self._loss(net, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.config.clip > 0:
@@ -309,6 +329,27 @@ class _Run:
         self._check_finite(bad_step, epoch)
         mean = distributed.mean_across(total / max(step - first_step, 1), self.processes)
         return float(mean.item()), pairs * self.processes.world_size, step
+
+    def _loss(self, net: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
+        """The batch's hinge loss: over its shared pool, or over each pair's own negatives."""
+        if batch.pooled:
+            assert batch.pool_own is not None and batch.pool_positive is not None
+            scores = net(batch.query, batch.images, pool=True)  # (B, P)
+            return pool_hinge_loss(
+                scores.float(),
+                batch.pool_own,
+                batch.pool_positive,
+                self.config.margin,
+                hardest=self.config.hardest,
+            )
+        scores = net(batch.query, batch.images)  # (B, 1 + t)
+        in_batch = None
+        if self.config.in_batch:
+            positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
+            in_batch = _unwrap(net).score_pool(batch.query, positives).float()  # (B, B)
+        return hinge_ranking_loss(
+            scores.float(), self.config.margin, in_batch, _in_batch_negatives(batch)
+        )
 
     def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
         bad = int(distributed.max_across(bad_step, self.processes).item())

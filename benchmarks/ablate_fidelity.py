@@ -1,0 +1,356 @@
+"""Ablations of AMC's fidelity: ranking quality and where the attention goes, on two planted
+worlds, for the package's models and for an independent reference AMC with one choice changed
+at a time.
+
+Worlds: `synth` (Clickture-style judged candidates; NDCG@10 over each test query's candidates)
+with a seed the demo does not use, and the planted COCO world of `tests/planted_coco.py`
+(captions against every test image; NDCG@10 and R@K). Attention: for test queries whose concept
+the keywords carry (synth: textual intent; COCO: textual concepts), the keyword attention's mass
+on the concept's keyword in their relevant images; for those the pixels carry, the region
+attention's mass on the concept's regions; each beside a uniform attention's mass.
+
+    python benchmarks/ablate_fidelity.py                       # everything, both worlds
+    python benchmarks/ablate_fidelity.py --only ref            # the reference ablations only
+    python benchmarks/ablate_fidelity.py --world coco --epochs 6
+
+Results: a markdown table on stdout and JSON in bench-results/fidelity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import planted_coco  # noqa: E402
+from reference_amc import RefConfig, fit  # noqa: E402
+
+import amc_data  # noqa: E402
+from amc_data.evaluation.metrics import ndcg_at_k  # noqa: E402
+from amc_data.prepare import load_prepared  # noqa: E402
+
+
+@dataclass
+class Probe:
+    query_ids: np.ndarray  # (P,)
+    img_ids: np.ndarray  # (P,)
+    keyword: np.ndarray  # (P,) prepared keyword id + 1 of the concept (keyword probes)
+    regions: np.ndarray  # (P, R) bool (region probes)
+
+
+@dataclass
+class World:
+    name: str
+    prepared: object
+    keyword_probe: Probe
+    region_probe: Probe
+
+
+def synth_world(work: Path, seed: int, images: int, queries: int) -> World:
+    from amc_data.prepare.synth import SynthConfig, generate_world
+
+    out = work / f"synth-{seed}"
+    amc_data.synth(out, seed=seed, images=images, queries=queries, force=True)
+    truth = generate_world(SynthConfig(seed=seed, images=images, queries=queries))
+    prepared = load_prepared(out)
+    row_of = {int(i): r for r, i in enumerate(truth.img_ids)}
+    word = {w: i + 1 for i, w in enumerate(prepared.vocabulary)}
+    test = truth.queries[truth.queries["split"] == "test"]
+    judged = prepared.judgments[prepared.judgments["label"] > 0]
+    parts: dict[str, list] = {"visual": [], "textual": []}
+    for qid, intent, concept in test[["query_id", "intent", "concept"]].itertuples(index=False):
+        for img in judged.loc[judged["query_id"] == qid, "img_id"].tolist():
+            parts[intent].append((qid, img, word[truth.names[concept]], truth.regions[row_of[img]]))
+    return World(f"synth seed {seed}", prepared, _probe(parts["textual"]), _probe(parts["visual"]))
+
+
+def coco_world(work: Path, seed: int, config: planted_coco.PlantedConfig) -> World:
+    folder = work / f"coco-{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    truth, out = planted_coco.prepare_world(folder, dataclasses.replace(config, seed=seed))
+    prepared = load_prepared(out)
+    word = {w: i + 1 for i, w in enumerate(prepared.vocabulary)}
+    parts: dict[str, list] = {"visual": [], "textual": []}
+    for qid in prepared.split_queries("test")["query_id"].tolist():
+        row = truth.captions[int(qid)]
+        kind = "visual" if truth.kinds[truth.concept[row]] == 0 else "textual"
+        name = truth.names[truth.concept[row]]
+        parts[kind].append((qid, int(truth.img_ids[row]), word.get(name, -1),
+                            truth.carrier_regions(row)))  # fmt: skip
+    return World(f"coco seed {seed}", prepared, _probe(parts["textual"]), _probe(parts["visual"]))
+
+
+def _probe(items: list) -> Probe:
+    q, i, k, r = zip(*items, strict=True)
+    return Probe(np.array(q), np.array(i), np.array(k), np.stack(r))
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def ranking(world: World, matrix: np.ndarray, queries: np.ndarray, images: np.ndarray) -> dict:
+    """NDCG@10 (and R@K on COCO) of a (Q, N) score matrix of the test queries x test images."""
+    prepared = world.prepared
+    judged = prepared.judgments[prepared.judgments["query_id"].isin(queries)]
+    qpos = {int(q): i for i, q in enumerate(queries)}
+    ipos = {int(m): j for j, m in enumerate(images)}
+    if prepared.info.get("source") == "coco":
+        labels = np.zeros_like(matrix, dtype=np.int64)
+        for q, m, lab in judged[["query_id", "img_id", "label"]].itertuples(index=False):
+            labels[qpos[int(q)], ipos[int(m)]] = lab
+        qids = np.repeat(queries, len(images))
+        out = {"ndcg@10": float(ndcg_at_k(matrix.ravel(), labels.ravel(), 10, query_ids=qids))}
+        own = (matrix * (labels > 0)).sum(1)
+        ranks = 1 + (matrix > own[:, None]).sum(1)
+        for k in (1, 5, 10):
+            out[f"r@{k}"] = float((ranks <= k).mean())
+        return out
+    rows = [qpos[int(q)] for q in judged["query_id"]]
+    cols = [ipos[int(m)] for m in judged["img_id"]]
+    scores = matrix[rows, cols]
+    value = ndcg_at_k(
+        scores, judged["label"].to_numpy(), 10, query_ids=judged["query_id"].to_numpy()
+    )
+    return {"ndcg@10": float(value)}
+
+
+def masses(world: World, attend) -> dict:
+    """Attention mass on the concept's keyword / regions, and a uniform attention's."""
+    out = {}
+    p = world.keyword_probe
+    ids, counts, weights, _ = attend(p.query_ids, p.img_ids)
+    hit = ids == p.keyword[:, None]
+    if weights is not None:
+        out["kw_mass"] = float((weights * hit).sum(1).mean())
+    out["kw_uniform"] = float(((counts * hit).sum(1) / counts.sum(1).clip(1e-9)).mean())
+    p = world.region_probe
+    _, _, _, regions = attend(p.query_ids, p.img_ids)
+    if regions is not None:
+        out["reg_mass"] = float((regions * p.regions).sum(1).mean())
+    out["reg_uniform"] = float(p.regions.mean())
+    return out
+
+
+# -- the package's models -----------------------------------------------------------------------
+def package_run(world: World, work: Path, name: str, options: dict) -> dict:
+    from amc_data import TrainConfig
+
+    try:
+        from amc_data.ranking.data import image_batch, query_batch
+    except ImportError:
+        from amc_data.data import image_batch, query_batch
+
+    out = work / f"run-{world.name.replace(' ', '-')}-{name}"
+    started = time.perf_counter()
+    amc_data.train(world.prepared, out, TrainConfig(**options), force=True)
+    seconds = time.perf_counter() - started
+    loaded = amc_data.load_model(out, world.prepared)
+    model = loaded.model
+    queries = np.sort(world.prepared.split_queries("test")["query_id"].to_numpy(np.int64))
+    images = np.sort(world.prepared.split_images("test"))
+    with torch.no_grad():
+        matrix = model.score_pool(
+            query_batch(world.prepared, queries), image_batch(world.prepared, images)
+        ).numpy()
+    result = {
+        "seconds": seconds,
+        "best_epoch": loaded.epoch,
+        **ranking(world, matrix, queries, images),
+    }
+
+    def attend(qids, img_ids):
+        imgs = image_batch(world.prepared, img_ids)
+        ids = imgs.keywords.numpy()
+        counts = imgs.keyword_counts.numpy() * imgs.keyword_mask.numpy()
+        if options.get("model", "amc") != "amc":
+            return ids, counts, None, None
+        with torch.no_grad():
+            grid = imgs.map(lambda t: t.unsqueeze(1))
+            explained = model.explain(query_batch(world.prepared, qids), grid)
+        result.setdefault("gate", []).append(explained.modality_weights[:, 0].mean(0).tolist())
+        return (ids, counts, explained.keyword_weights[:, 0].numpy(),
+                explained.region_weights[:, 0].numpy())  # fmt: skip
+
+    result.update(masses(world, attend))
+    return result
+
+
+# -- the reference ------------------------------------------------------------------------------
+def reference_run(world: World, config: RefConfig) -> dict:
+    prepared = world.prepared
+    row_of = {int(i): r for r, i in enumerate(prepared.feature_ids)}
+
+    def matrix_of(model, tables, split):
+        queries = np.sort(prepared.split_queries(split)["query_id"].to_numpy(np.int64))
+        images = np.sort(prepared.split_images(split))
+        rows = np.array([row_of[int(i)] for i in images])
+        with torch.no_grad():
+            q = model.encode_query(tables.query(queries))
+            s, *_ = model.pool(q, *tables.images(rows))
+        return s.numpy(), queries, images
+
+    def validate(model, tables):
+        return ranking(world, *matrix_of(model, tables, "val"))["ndcg@10"]
+
+    started = time.perf_counter()
+    model, tables, history = fit(config, prepared, validate)
+    result = {"seconds": time.perf_counter() - started, "val": history}
+    result.update(ranking(world, *matrix_of(model, tables, "test")))
+
+    def attend(qids, img_ids):
+        rows = np.array([row_of[int(i)] for i in img_ids])
+        ids, counts = tables.keyword_raw[rows], tables.keyword_counts[rows].numpy()
+        if config.kind != "amc" or not config.intra:
+            return ids, counts, None, None
+        kw, reg = [], []
+        with torch.no_grad():
+            for s in range(0, len(rows), 256):
+                q = model.encode_query(tables.query(qids[s : s + 256]))
+                images = [t[:, None] for t in tables.images(rows[s : s + 256])]
+                _, rw, kww, _ = model.score(q, *images)
+                kw.append(kww[:, 0].numpy())
+                reg.append(rw[:, 0].numpy())
+        return ids, counts, np.concatenate(kw), np.concatenate(reg)
+
+    result.update(masses(world, attend))
+    return result
+
+
+REFERENCE = {
+    "ref amc (paper: t=8 sampled)": {},
+    "ref visual": {"kind": "visual"},
+    "ref keyword": {"kind": "keyword"},
+    "ref fusion": {"kind": "fusion"},
+    "ref amc batch negatives": {"negatives": "batch"},
+    "ref amc hardest (VSE++)": {"negatives": "hardest"},
+    "ref amc shared words": {"shared_words": True},
+    "ref amc batch + shared": {"negatives": "batch", "shared_words": True},
+    "ref amc key projection": {"key_projection": True},
+    "ref amc temperature 0.25": {"temperature": 0.25},
+    "ref amc init 0.5": {"init_std": 0.5},
+    "ref amc dropout 0": {"dropout": 0.0},
+    "ref amc weight decay 0": {"weight_decay": 0.0},
+    "ref amc unit values": {"unit_values": True},
+    "ref amc cosine attention x10": {"cosine_attention": 10.0},
+    "ref amc batch + cosine x10": {"negatives": "batch", "cosine_attention": 10.0},
+    "ref amc batch + cosine learned from 1": {
+        "negatives": "batch",
+        "cosine_attention": 1.0,
+        "learn_scale": True,
+    },
+    "ref amc batch + cosine learned from 4": {
+        "negatives": "batch",
+        "cosine_attention": 4.0,
+        "learn_scale": True,
+    },
+    "ref amc batch + temperature 0.125": {"negatives": "batch", "temperature": 0.125},
+    "ref amc infonce batch": {"negatives": "batch", "loss": "infonce"},
+    "ref amc infonce batch + cosine x10": {
+        "negatives": "batch",
+        "loss": "infonce",
+        "cosine_attention": 10.0,
+    },
+    "ref amc infonce batch + cosine x10 + shared": {
+        "negatives": "batch",
+        "loss": "infonce",
+        "cosine_attention": 10.0,
+        "shared_words": True,
+    },
+    "ref amc batch + unit": {"negatives": "batch", "unit_values": True},
+    "ref amc batch + shared + unit": {
+        "negatives": "batch",
+        "shared_words": True,
+        "unit_values": True,
+    },
+}
+PACKAGE = {
+    "pkg amc": {},
+    "pkg visual": {"model": "visual"},
+    "pkg keyword": {"model": "keyword"},
+    "pkg fusion": {"model": "fusion"},
+    "pkg cca": {"model": "cca"},
+    "pkg amc --no-intra": {"intra": False},
+    "pkg amc --no-inter": {"inter": False},
+    "pkg amc --in-batch": {"in_batch": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", choices=("synth", "coco", "both"), default="both")
+    parser.add_argument("--only", choices=("ref", "pkg", "all"), default="all")
+    parser.add_argument("--runs", nargs="*", help="names (substrings) of the runs to do")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--concepts", type=int, default=60)
+    parser.add_argument("--coco-images", type=int, nargs=4, default=(1200, 0, 300, 300))
+    parser.add_argument("--regions", type=int, default=8)
+    parser.add_argument("--background", type=float, default=0.7)
+    parser.add_argument("--faint", type=float, default=0.7)
+    parser.add_argument("--distractors", type=int, nargs=2, default=(8, 16))
+    parser.add_argument("--synth-images", type=int, default=2000)
+    parser.add_argument("--synth-queries", type=int, default=600)
+    parser.add_argument("--set", nargs="*", default=[], help="reference options KEY=VALUE for all")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/amc-fidelity"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "fidelity.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        base[key] = json.loads(value) if value[:1] in "0123456789-tf[" else value
+    worlds = []
+    if args.world in ("synth", "both"):
+        worlds.append(synth_world(args.work, args.seed, args.synth_images, args.synth_queries))
+    if args.world in ("coco", "both"):
+        config = planted_coco.PlantedConfig(
+            concepts=args.concepts,
+            images=tuple(args.coco_images),
+            regions=args.regions,
+            distractors=tuple(args.distractors),
+            background=args.background,
+            faint=args.faint,
+        )
+        worlds.append(coco_world(args.work, args.seed, config))
+    results = []
+    for world in worlds:
+        runs = []
+        if args.only in ("ref", "all"):
+            runs += [(n, "ref", o) for n, o in REFERENCE.items()]
+        if args.only in ("pkg", "all"):
+            runs += [(n, "pkg", o) for n, o in PACKAGE.items()]
+        for name, kind, options in runs:
+            if args.runs and not any(s in name for s in args.runs):
+                continue
+            if kind == "ref":
+                config = RefConfig(**{"epochs": args.epochs, "seed": args.seed, **base, **options})
+                figures = reference_run(world, config)
+            else:
+                options = {"epochs": args.epochs, "seed": args.seed, **options}
+                figures = package_run(world, args.work, name.replace(" ", "_"), options)
+            row = {"world": world.name, "run": name, **figures}
+            results.append(row)
+            print(_line(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+
+
+def _line(row: dict) -> str:
+    keys = ("ndcg@10", "r@1", "r@10", "kw_mass", "kw_uniform", "reg_mass", "reg_uniform")
+    cells = [f"{row[k]:.3f}" if k in row else "-" for k in keys]
+    return f"| {row['world']} | {row['run']} | " + " | ".join(cells) + f" | {row['seconds']:.0f}s |"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""AMC does the paper's job on two planted worlds built apart from each other: with default
+options it beats every baseline with p < 0.01, each of its two attentions is worth something,
+and the intra-attention looks where the concept is.
+
+Worlds: `synth` (Clickture-style judged candidates; the modality follows an intent word) at
+seeds the demo does not use, and the planted COCO world of `planted_coco` (captions against all
+test images; the modality follows the concept), through `encode coco` and `prepare coco`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import planted_coco
+import torch
+
+import amc_data
+from amc_data import TrainConfig
+from amc_data.evaluation.significance import paired_by_query
+from amc_data.prepare import load_prepared
+
+pytestmark = pytest.mark.slow
+
+RUNS = {
+    "amc": {},
+    "visual": {"model": "visual"},
+    "keyword": {"model": "keyword"},
+    "fusion": {"model": "fusion"},
+    "cca": {"model": "cca"},
+    "no-intra": {"intra": False},
+    "no-inter": {"inter": False},
+}
+BASELINES = ("visual", "keyword", "fusion", "cca")
+
+
+@dataclass
+class Probes:
+    """(query, relevant image) pairs whose concept one modality carries, with where it is."""
+
+    keyword_queries: np.ndarray
+    keyword_images: np.ndarray
+    concept_keyword: np.ndarray  # keyword id + 1 of the concept
+    region_queries: np.ndarray
+    region_images: np.ndarray
+    concept_regions: np.ndarray  # (P, R) bool
+
+
+def _synth(folder: Path, seed: int):
+    from amc_data.prepare.synth import SynthConfig, generate_world
+
+    out = folder / "synth"
+    amc_data.synth(out, seed=seed, images=1400, queries=500)
+    truth = generate_world(SynthConfig(seed=seed, images=1400, queries=500))
+    prepared = load_prepared(out)
+    word = {w: i + 1 for i, w in enumerate(prepared.vocabulary)}
+    row = {int(i): r for r, i in enumerate(truth.img_ids)}
+    relevant = prepared.judgments[prepared.judgments["label"] > 0]
+    parts: dict[str, list] = {"visual": [], "textual": []}
+    test = truth.queries[truth.queries["split"] == "test"]
+    for qid, intent, concept in test[["query_id", "intent", "concept"]].itertuples(index=False):
+        for img in relevant.loc[relevant["query_id"] == qid, "img_id"].tolist():
+            parts[intent].append((qid, img, word[truth.names[concept]], truth.regions[row[img]]))
+    return prepared, _probes(parts["textual"], parts["visual"])
+
+
+def _coco(folder: Path, seed: int):
+    truth, out = planted_coco.prepare_world(folder, planted_coco.PlantedConfig(seed=seed))
+    prepared = load_prepared(out)
+    word = {w: i + 1 for i, w in enumerate(prepared.vocabulary)}
+    parts: dict[str, list] = {"visual": [], "textual": []}
+    for qid in prepared.split_queries("test")["query_id"].tolist():
+        row = truth.captions[int(qid)]
+        concept = truth.concept[row]
+        kind = "visual" if truth.kinds[concept] == 0 else "textual"
+        parts[kind].append((qid, int(truth.img_ids[row]), word[truth.names[concept]],
+                            truth.carrier_regions(row)))  # fmt: skip
+    return prepared, _probes(parts["textual"], parts["visual"])
+
+
+def _probes(keyword: list, region: list) -> Probes:
+    kq, ki, kk, _ = zip(*keyword, strict=True)
+    rq, ri, _, rr = zip(*region, strict=True)
+    return Probes(np.array(kq), np.array(ki), np.array(kk), np.array(rq), np.array(ri),
+                  np.stack(rr))  # fmt: skip
+
+
+def _attention(run: Path, prepared, probes: Probes) -> dict[str, float]:
+    """Mean attention mass on the concept's keyword and regions, and a uniform attention's."""
+    try:
+        from amc_data.ranking.data import image_batch, query_batch
+    except ImportError:  # the layout before the model half moved to amc_data.ranking
+        from amc_data.data import image_batch, query_batch
+
+    model = amc_data.load_model(run, prepared).model
+
+    def explain(queries, images):
+        batch = image_batch(prepared, images)
+        with torch.no_grad():
+            got = model.explain(query_batch(prepared, queries), batch.map(lambda t: t[:, None]))
+        return batch, got
+
+    batch, got = explain(probes.keyword_queries, probes.keyword_images)
+    hit = batch.keywords.numpy() == probes.concept_keyword[:, None]
+    counts = batch.keyword_counts.numpy() * batch.keyword_mask.numpy()
+    out = {
+        "keyword": float((got.keyword_weights[:, 0].numpy() * hit).sum(1).mean()),
+        "keyword_uniform": float(((counts * hit).sum(1) / counts.sum(1)).mean()),
+    }
+    _, got = explain(probes.region_queries, probes.region_images)
+    out["region"] = float((got.region_weights[:, 0].numpy() * probes.concept_regions).sum(1).mean())
+    out["region_uniform"] = float(probes.concept_regions.mean())
+    return out
+
+
+@pytest.fixture(scope="module", params=[("synth", 3), ("synth", 4), ("coco", 1), ("coco", 2)],
+                ids=lambda p: f"{p[0]}-seed{p[1]}")  # fmt: skip
+def trained(request, tmp_path_factory):
+    """A world, every run trained on it with default options, their evaluation and AMC's
+    attention."""
+    world, seed = request.param
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp(f"{world}{seed}")
+    prepared, probes = (_synth if world == "synth" else _coco)(folder, seed)
+    runs = []
+    for name, options in RUNS.items():
+        amc_data.train(prepared, folder / name, TrainConfig(seed=seed, device="cpu", **options))
+        runs.append(folder / name)
+    evaluation = amc_data.evaluate(runs, prepared, random_baseline=False, resamples=2000)
+    table = {run.name: run for run in evaluation.runs}
+    return world, evaluation, table, _attention(folder / "amc", prepared, probes)
+
+
+def _against_amc(table, name):
+    """AMC's per-query NDCG@10 against run `name`'s, paired by query."""
+    a, b = table["amc"].ranking, table[name].ranking
+    return paired_by_query(a.query_ids, a.ndcg_at(10), b.query_ids, b.ndcg_at(10), resamples=2000)
+
+
+def test_amc_beats_every_baseline_with_p_below_001(trained):
+    _, _, table, _ = trained
+    for name in BASELINES:
+        test = _against_amc(table, name)
+        assert test.difference > 0 and test.p_randomization < 0.01, (name, test)
+
+
+def test_each_ablation_costs_amc(trained):
+    world, _, table, _ = trained
+    # Without intra-attention the concept is diluted among regions and keywords: both worlds.
+    test = _against_amc(table, "no-intra")
+    assert test.difference >= 0.03 and test.p_randomization < 0.01, test
+    # Fixed modality weights cost little once the intra-attention is right: an attention can
+    # look away from a modality that does not answer the query, which is a gate of its own
+    # (benchmarks/FIDELITY.md). What holds: they never help on synth, whose modality follows
+    # an intent word, and never help by much on the COCO world, whose modality follows the
+    # concept.
+    test = _against_amc(table, "no-inter")
+    assert test.difference > (-0.005 if world == "synth" else -0.03), test
+
+
+def test_attention_looks_where_the_concept_is(trained):
+    world, _, _, attention = trained
+    # Far above a uniform attention in both modalities, in both worlds.
+    assert attention["keyword"] >= 5 * attention["keyword_uniform"], attention
+    assert attention["region"] >= 3 * attention["region_uniform"], attention
+    if world == "coco":  # the issue's goals, reached on this world
+        assert attention["keyword"] >= 0.5, attention
+        assert attention["region"] >= 0.7, attention
