@@ -9,14 +9,16 @@ import pickle
 import numpy as np
 import pytest
 import scipy.sparse
-import torch
-from prepare_helpers import small_parts
 
-from amc_data.errors import ConfigError, InputError
-from amc_data.prepare import load_prepared, write_prepared
-from amc_data.prepare.synth import SynthConfig, synth
-from amc_data.ranking.batch import ImageBatch, QueryBatch, TrainBatch
-from amc_data.ranking.data import (
+torch = pytest.importorskip("torch")
+
+from prepare_helpers import small_parts  # noqa: E402
+
+from amc_data.errors import ConfigError, InputError  # noqa: E402
+from amc_data.prepare import load_prepared, write_prepared  # noqa: E402
+from amc_data.prepare.synth import SynthConfig, synth  # noqa: E402
+from amc_data.ranking.batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
+from amc_data.ranking.data import (  # noqa: E402
     EpochSampler,
     TrainingPairs,
     collate_train,

@@ -230,3 +230,13 @@ def test_eval_loads_neither_torch_nor_scikit_learn(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_corrupt_gzip_scores_file_is_one_line_error(tmp_path) -> None:
+
+    rows = "".join(f"{q}\t{i}\t0.5\t1\n" for q in range(50) for i in range(200))
+    whole = gzip.compress(("query_id\timg_id\tscore\tlabel\n" + rows).encode())
+    path = tmp_path / "scores.tsv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"scores.tsv.gz cannot be read .*Write or copy it again"):
+        read_scores(path)

@@ -23,6 +23,8 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
         return "visual"
     if field.name == "device":
         return "cpu"
+    if field.name == "loss":
+        return "pool" if default != "pool" else "pairs"
     if field.name == "word_vectors":
         return "vectors.txt"
     if isinstance(default, bool):
@@ -63,7 +65,12 @@ def test_device_workers_and_compile_may_change_and_the_record_keeps_the_run_s() 
     saved = TrainConfig(device="cpu", workers=0)
     current = dataclasses.replace(saved, device="auto", workers=2, compile=True)
     assert check_resume(saved.to_dict(), current, "RUN") == saved
-    assert {"device", "workers", "compile"} == RESUME_MAY_CHANGE  # amp changes the numbers
+    assert {
+        "device",
+        "workers",
+        "compile",
+        "features_on",
+    } == RESUME_MAY_CHANGE  # amp changes the numbers
 
 
 def test_an_option_missing_from_an_older_record_counts_as_its_default() -> None:

@@ -380,3 +380,65 @@ def test_more_negatives_than_the_training_pool_holds_are_refused(
     ):
         train(data, tmp_path / "run", TrainConfig(**{**FAST, "negatives": 10_000}))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_configuration_does_not_fit_its_weights_is_refused_before_building(
+    data: Path, tmp_path: Path
+) -> None:
+    import resource
+
+    train(data, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}))
+    checkpoint = read_checkpoint(tmp_path / "run" / "best.pt")
+    checkpoint["model_config"]["dim"] = 1_000_000
+    torch.save(checkpoint, tmp_path / "big.pt")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="does not fit its weights"):
+        load_model(tmp_path / "big.pt")
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 500_000  # without the check: gigabytes
+
+
+def test_a_folder_holding_the_user_s_own_files_is_refused_by_name_unless_forced(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "config.json").write_text('{"my": "settings"}')
+    (run / "log.jsonl").write_text("my notes\n")
+    with pytest.raises(
+        TrainingError, match=r"not a run of amc-data train \(config.json, log.jsonl\)"
+    ):
+        train(data, run, TrainConfig(**{**FAST, "epochs": 1}))
+    assert (run / "config.json").read_text() == '{"my": "settings"}'
+    assert (run / "log.jsonl").read_text() == "my notes\n"
+    (run / "notes.txt").write_text("keep me")
+    train(data, run, TrainConfig(**{**FAST, "epochs": 1}), force=True)
+    assert (run / "notes.txt").read_text() == "keep me" and (run / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("inside", [".", "runs/amc"])
+def test_a_run_folder_in_a_prepared_folder_is_refused(
+    data: Path, tmp_path: Path, inside: str
+) -> None:
+    with pytest.raises(TrainingError, match="inside the prepared folder"):
+        train(data, data / inside, TrainConfig(**{**FAST, "epochs": 1}))
+    assert not (data / "runs").exists() and not (data / "last.pt").exists()
+
+
+def test_a_second_train_into_a_folder_being_written_fails_at_once(
+    data: Path, tmp_path: Path
+) -> None:
+    import filelock
+
+    from amc_data.errors import LockTimeoutError
+
+    run = tmp_path / "run"
+    with filelock.FileLock(tmp_path / ".run.lock"):  # what a running train holds
+        code = (
+            "import amc_data\nfrom amc_data.ranking.training import TrainConfig, train\n"
+            f"train({str(data)!r}, {str(run)!r}, TrainConfig(epochs=1, dim=16, device='cpu'))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert out.returncode != 0 and "Another amc-data train is writing" in out.stderr
+    assert LockTimeoutError.__name__ in out.stderr and not run.exists()

@@ -255,7 +255,15 @@ def _load(source: Source) -> _Checked:
         )
     if _is_parquet(path):
         return _check(_read_parquet(path), str(path), lambda row: f"row index {row}")
-    return _check(_read_tsv(path), str(path), _tsv_locate(path))
+    try:
+        table = _read_tsv(path)
+    except OSError as exc:  # a damaged gzip stream: "Truncated compressed stream", ...
+        raise InputError(
+            f"{path} cannot be read as a (gzip-compressed) tab-separated scores file: "
+            f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}"
+            ". Write or copy it again."
+        ) from None
+    return _check(table, str(path), _tsv_locate(path))
 
 
 def read_scores(source: Source) -> pd.DataFrame:

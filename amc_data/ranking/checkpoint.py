@@ -129,6 +129,27 @@ def check_fingerprints(
             )
 
 
+def _check_shapes(state: Any, model_config: ModelConfig, path: Path) -> None:
+    """Refuse a configuration its weights do not fit before building it: a few-KB checkpoint
+    whose configuration says dim=1000000 would otherwise allocate gigabytes first. The model is
+    built on the meta device, which allocates nothing."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds no model weights; train again with this version.")
+    with torch.device("meta"):
+        expected = {
+            name: tuple(t.shape) for name, t in build_model(model_config).state_dict().items()
+        }
+    found = {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
+    wrong = [f"{name} is {found.get(name)} for {shape}" for name, shape in expected.items()
+             if found.get(name) != shape]  # fmt: skip
+    if wrong:
+        raise CheckpointError(
+            f"{path}: its model configuration does not fit its weights ({'; '.join(wrong[:3])}"
+            f"{'; ...' if len(wrong) > 3 else ''}); it was not built. Train again with this "
+            "version."
+        )
+
+
 @dataclass
 class LoadedModel:
     """A trained model rebuilt from its checkpoint's own configuration."""
@@ -156,6 +177,7 @@ def load_model(
         check_fingerprints(checkpoint, prepared.fingerprints, str(path), str(prepared.root))
     try:
         model_config = ModelConfig.from_dict(checkpoint["model_config"])
+        _check_shapes(checkpoint["model"], model_config, path)
         model = build_model(model_config)
         model.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, ValueError, RuntimeError, AmcDataError) as exc:

@@ -3,11 +3,12 @@ and check them before torch loads, and the rule of what a resumed run may change
 
 Resume: a run continued with `--resume` computes exactly what the uninterrupted run would have,
 so every option must be the one its `last.pt` records, except those in `RESUME_MAY_CHANGE`
-(how a session runs: `device`, `workers`, `compile`). Any option added later is compared too,
-unless it is added to that list. An option missing from an older checkpoint's record counts as
-the value runs made before it existed behaved as: `ADDED_LATER` when listed there, otherwise its
-default. The records (`config.json`, `last.pt`, `best.pt`) keep the options the run started
-with, so they never disagree; a resumed session's own device, workers and compile are logged.
+(how a session runs: `device`, `workers`, `compile`, `features_on`). Any option added later is
+compared too, unless it is added to that list. An option missing from an older checkpoint's
+record counts as the value runs made before it existed behaved as: `ADDED_LATER` when listed
+there, otherwise its default. The records (`config.json`, `last.pt`, `best.pt`) keep the options
+the run started with, so they never disagree; a resumed session's own values of the others are
+logged.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ _BOUND_REASONS = {
 # `device` and `compile` choose the kernels of the same formulas (float rounding may differ, as it
 # does between any two machines; `amp` changes the precision itself, so it must match), and
 # `workers` only moves batch loading into other processes (the batches are the same).
-RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile"})
+# `features_on` only chooses where the same feature rows are held and gathered.
+RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile", "features_on"})
 # Options added after runs were first recorded, with the value those older runs behaved as. None
 # so far: every option has been recorded since the first checkpoint format.
 ADDED_LATER: dict[str, Any] = {}

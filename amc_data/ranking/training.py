@@ -16,6 +16,7 @@ depend only on the seed and the epoch, and the generators' states travel in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from ..files import atomic_write_bytes, atomic_write_json
 from ..prepare.format import PreparedDataset, load_prepared
 from ..progress import progress_bar
 from ..version import __version__
-from . import distributed
+from . import distributed, run_folder
 from .batch import TrainBatch
 from .build import build_model
 from .checkpoint import (
@@ -103,7 +104,10 @@ def train(
     check_negatives(config, prepared)
     processes = distributed.start(config.device)
     try:
-        return _Run(prepared, Path(out), config, processes, progress).run(resume, force)
+        # Rank 0 alone writes, so it alone holds the folder (its lock, location and contents).
+        held = run_folder.claim(Path(out), prepared.root, resume=resume, force=force)
+        with held if processes.is_main else contextlib.nullcontext():
+            return _Run(prepared, Path(out), config, processes, progress).run(resume, force)
     finally:
         distributed.stop(processes)
 
