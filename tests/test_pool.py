@@ -64,7 +64,7 @@ def test_a_pool_marks_every_positive_of_every_query(data: Path) -> None:
             judged["query_id"],
             prepared.feature_ids[
                 judged["img_id"].map(
-                    dict(zip(prepared.feature_ids, range(prepared.feature_ids.size)))
+                    dict(zip(prepared.feature_ids, range(prepared.feature_ids.size), strict=True))
                 )
             ],
             strict=True,
