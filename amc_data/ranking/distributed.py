@@ -8,7 +8,6 @@ single process and every helper here is a no-op.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..featurizing.shards import ranks_from_env
 from .config import DEVICES
 
 
@@ -56,9 +56,8 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
 
 def start(device: str) -> Processes:
     """Join the process group when torchrun started us; pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ranks = ranks_from_env()  # torchrun's variables, read and checked in one place
+    world_size, rank, local_rank = ranks.world_size, ranks.rank, ranks.local_rank
     chosen = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if chosen.type == "cuda":
