@@ -87,8 +87,9 @@ def coco_world(work: Path, seed: int, config: planted_coco.PlantedConfig) -> Wor
         row = truth.captions[int(qid)]
         kind = "visual" if truth.kinds[truth.concept[row]] == 0 else "textual"
         name = truth.names[truth.concept[row]]
-        parts[kind].append((qid, int(truth.img_ids[row]), word.get(name, -1),
-                            truth.carrier_regions(row)))  # fmt: skip
+        parts[kind].append(
+            (qid, int(truth.img_ids[row]), word.get(name, -1), truth.carrier_regions(row))
+        )
     return World(f"coco seed {seed}", prepared, _probe(parts["textual"]), _probe(parts["visual"]))
 
 
@@ -178,8 +179,12 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
             grid = imgs.map(lambda t: t.unsqueeze(1))
             explained = model.explain(query_batch(world.prepared, qids), grid)
         result.setdefault("gate", []).append(explained.modality_weights[:, 0].mean(0).tolist())
-        return (ids, counts, explained.keyword_weights[:, 0].numpy(),
-                explained.region_weights[:, 0].numpy())  # fmt: skip
+        return (
+            ids,
+            counts,
+            explained.keyword_weights[:, 0].numpy(),
+            explained.region_weights[:, 0].numpy(),
+        )
 
     result.update(masses(world, attend))
     return result

@@ -101,8 +101,11 @@ def measure(command: list[str], sample_memory: bool = True) -> dict[str, float]:
         raise SystemExit(f"{command[:3]} failed with exit code {code}")
     if not sample_memory:
         return {"seconds": seconds}
-    return {"seconds": seconds, "peak_pss_mib": memory.peak_pss / 2**20,
-            "peak_rss_mib": memory.peak_rss / 2**20}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "peak_pss_mib": memory.peak_pss / 2**20,
+        "peak_rss_mib": memory.peak_rss / 2**20,
+    }
 
 
 def warm_cache(folder: Path) -> None:
@@ -154,9 +157,13 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
-    return {"cpu": model, "cores": cpu_count(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+    return {
+        "cpu": model,
+        "cores": cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,18 +209,23 @@ def main(argv: list[str] | None = None) -> None:
     print("amc-data encode, memory run ...", flush=True)
     memory = measure(command)
     print(f"  {memory}", flush=True)
-    results["amc_data"] = {"seconds": sorted(runs)[len(runs) // 2], "runs": runs,
-                           "peak_pss_mib": memory["peak_pss_mib"],
-                           "peak_rss_mib": memory["peak_rss_mib"]}  # fmt: skip
+    results["amc_data"] = {
+        "seconds": sorted(runs)[len(runs) // 2],
+        "runs": runs,
+        "peak_pss_mib": memory["peak_pss_mib"],
+        "peak_rss_mib": memory["peak_rss_mib"],
+    }
 
     if not args.skip_reference:
         reference_out, reference_work = work / "reference-out", work / "reference-unzipped"
         for folder in (reference_out, reference_work):
             shutil.rmtree(folder, ignore_errors=True)
         script = REFERENCE_SCRIPT.format(
-            tests=str(ROOT / "tests"), dataset=str(dataset), work=str(reference_work),
+            tests=str(ROOT / "tests"),
+            dataset=str(dataset),
+            work=str(reference_work),
             out=str(reference_out),
-        )  # fmt: skip
+        )
         warm_cache(dataset)
         print("reference workflow (unzip to disk, then scikit-learn) ...", flush=True)
         results["reference"] = measure([sys.executable, "-c", script])

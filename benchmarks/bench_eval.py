@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> None:
 
     paths = make_scores(args.workdir.resolve(), args.queries, args.candidates, args.seed)
     results: dict[str, object] = {
-        "queries": args.queries, "candidates": args.candidates,
-        "rows": args.queries * args.candidates, "machine": machine(),
-    }  # fmt: skip
+        "queries": args.queries,
+        "candidates": args.candidates,
+        "rows": args.queries * args.candidates,
+        "machine": machine(),
+    }
     evaluate_scores(paths["parquet"])  # imports and first-touch costs before any timing
     for kind, path in paths.items():
         print(f"{kind}: amc-data ...", flush=True)
@@ -190,10 +192,12 @@ def main(argv: list[str] | None = None) -> None:
             f"largest NDCG difference {difference:.1e}"
         )
         results[kind] = {
-            "amc_data": ours, "loop": loop, "max_ndcg_difference": difference,
+            "amc_data": ours,
+            "loop": loop,
+            "max_ndcg_difference": difference,
             "speedup": loop["seconds"] / ours["seconds"],
             "speedup_cpu": loop["cpu_seconds"] / ours["cpu_seconds"],
-        }  # fmt: skip
+        }
 
     out = ROOT / "bench-results" / "eval.json"
     out.parent.mkdir(exist_ok=True)

@@ -51,18 +51,50 @@ from bench_scale import COCO_IMAGES, Memory, split_counts, write_features  # noq
 
 ROOT = HERE.parent
 CAPTION_WORDS = [
-    "a", "the", "man", "woman", "dog", "cat", "sits", "on", "in", "with", "red", "blue",
-    "table", "street", "bus", "train", "plate", "pizza", "field", "ball", "kitchen", "bed",
-    "horse", "beach", "snow", "player", "phone", "window", "car", "bike",
-]  # fmt: skip
+    "a",
+    "the",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "sits",
+    "on",
+    "in",
+    "with",
+    "red",
+    "blue",
+    "table",
+    "street",
+    "bus",
+    "train",
+    "plate",
+    "pizza",
+    "field",
+    "ball",
+    "kitchen",
+    "bed",
+    "horse",
+    "beach",
+    "snow",
+    "player",
+    "phone",
+    "window",
+    "car",
+    "bike",
+]
 KEYWORDS = 2_000
 
 
 # -- the folder -----------------------------------------------------------------------------------
 def coco_shaped_folder(
-    work: Path, images: int, regions: int, dim: int, train_captions: int, val_captions: int,
+    work: Path,
+    images: int,
+    regions: int,
+    dim: int,
+    train_captions: int,
+    val_captions: int,
     seed: int = 0,
-) -> Path:  # fmt: skip
+) -> Path:
     """A prepared folder of COCO's shape, written by `write_prepared` (features linked)."""
     import pandas as pd
     import scipy.sparse
@@ -86,10 +118,12 @@ def coco_shaped_folder(
     owner = np.concatenate(owners)
     words = rng.integers(len(CAPTION_WORDS), size=(owner.size, 8))
     texts = [" ".join(CAPTION_WORDS[w] for w in row) for row in words]
-    queries = pd.DataFrame({"query_id": np.arange(owner.size, dtype=np.int64), "query": texts,
-                            "split": split[owner]})  # fmt: skip
-    judgments = pd.DataFrame({"query_id": queries["query_id"], "img_id": img_ids[owner],
-                              "label": np.int32(1)})  # fmt: skip
+    queries = pd.DataFrame(
+        {"query_id": np.arange(owner.size, dtype=np.int64), "query": texts, "split": split[owner]}
+    )
+    judgments = pd.DataFrame(
+        {"query_id": queries["query_id"], "img_id": img_ids[owner], "label": np.int32(1)}
+    )
     per_image = rng.integers(10, 31, size=images)
     indptr = np.concatenate([[0], np.cumsum(per_image)])
     indices = np.concatenate([np.sort(rng.choice(KEYWORDS, n, replace=False)) for n in per_image])
@@ -98,23 +132,30 @@ def coco_shaped_folder(
     )
     df = np.bincount(indices, minlength=KEYWORDS)
     vocab = work / "vocab.tsv"
-    vocab.write_text("word_id\tword\tdf\n" + "".join(
-        f"{i}\tkw{i:05d}\t{df[i]}\n" for i in range(KEYWORDS)), encoding="utf-8")  # fmt: skip
+    vocab.write_text(
+        "word_id\tword\tdf\n" + "".join(f"{i}\tkw{i:05d}\t{df[i]}\n" for i in range(KEYWORDS)),
+        encoding="utf-8",
+    )
     features = work / "features.npy"
     write_features(features, images, regions, dim, seed=seed, drop_cache=False)
     out = work / "prepared"
     write_prepared(
-        out, source="coco",
+        out,
+        source="coco",
         features=FeatureRows((np.load(features, mmap_mode="r"),), path=features),
-        feature_ids=img_ids, keywords_csr=keywords, vocab_tsv_path=vocab,
+        feature_ids=img_ids,
+        keywords_csr=keywords,
+        vocab_tsv_path=vocab,
         images=pd.DataFrame({"img_id": img_ids, "split": split, "fold": fold}),
-        queries=queries, judgments=judgments,
+        queries=queries,
+        judgments=judgments,
         query_vocabulary=fit_query_vocabulary(queries.loc[queries.split == "train", "query"]),
         options={"bench_gpu": True, "seed": seed},
-        extra={"coco": {"test_folds": int(fold.max()) + 1, "fold_size": 1000,
-                        "captions_per_image": 5}},
+        extra={
+            "coco": {"test_folds": int(fold.max()) + 1, "fold_size": 1000, "captions_per_image": 5}
+        },
         force=True,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -200,8 +241,13 @@ def run_child(data: Path, run: Path, options: dict[str, Any]) -> dict[str, Any]:
     if options.get("device") == "cpu":
         # The dry run shares a small CPU: several OpenMP threads there wait on each other.
         env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, __file__, "--child", encoded], capture_output=True,
-                         text=True, check=False, env=env)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", encoded],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     if out.returncode != 0:
         return {"options": options, "error": out.stderr.strip().splitlines()[-3:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -234,13 +280,32 @@ def nccl_smoke(data: Path, run: Path) -> dict[str, Any]:
 
     if torch.cuda.device_count() < 2:
         return {"skipped": f"{torch.cuda.device_count()} GPU(s): the NCCL run needs 2"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", "-m", "amc_data", "train", str(data), "--out", str(run),
-               "--device", "cuda", "--epochs", "1", "--force"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "amc_data",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--device",
+        "cuda",
+        "--epochs",
+        "1",
+        "--force",
+    ]
     started = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, check=False)
-    return {"returncode": out.returncode, "seconds": time.perf_counter() - started,
-            "tail": out.stderr.strip().splitlines()[-3:]}  # fmt: skip
+    return {
+        "returncode": out.returncode,
+        "seconds": time.perf_counter() - started,
+        "tail": out.stderr.strip().splitlines()[-3:],
+    }
 
 
 # -- the benchmark --------------------------------------------------------------------------------
@@ -263,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gpu.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     if args.child:
         child(json.loads(args.child))
         return 0
@@ -271,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not args.cpu and not torch.cuda.is_available():
-        print("bench_gpu: torch sees no CUDA device here, so there is nothing to measure; run it "
-              "on a GPU machine, or pass --cpu for a dry run on the CPU.")  # fmt: skip
+        print(
+            "bench_gpu: torch sees no CUDA device here, so there is nothing to measure; run it "
+            "on a GPU machine, or pass --cpu for a dry run on the CPU."
+        )
         return 0
     tiny = {"images": 3000, "regions": 7, "dim": 64, "train_captions": 1000}
     full = {"images": COCO_IMAGES, "regions": 49, "dim": 2048, "train_captions": 20000}
@@ -293,13 +360,24 @@ def main(argv: list[str] | None = None) -> int:
         "gpus": torch.cuda.device_count(),
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
-        "data": {k: getattr(args, k) for k in ("images", "regions", "dim", "train_captions",
-                                               "val_captions", "epochs", "workers")},
-    }  # fmt: skip
+        "data": {
+            k: getattr(args, k)
+            for k in (
+                "images",
+                "regions",
+                "dim",
+                "train_captions",
+                "val_captions",
+                "epochs",
+                "workers",
+            )
+        },
+    }
     try:
         started = time.perf_counter()
-        data = coco_shaped_folder(work, args.images, args.regions, args.dim,
-                                  args.train_captions, args.val_captions)  # fmt: skip
+        data = coco_shaped_folder(
+            work, args.images, args.regions, args.dim, args.train_captions, args.val_captions
+        )
         report["build_s"] = time.perf_counter() - started
         print(f"built {data} in {report['build_s']:.0f} s", flush=True)
         results = {}
@@ -309,23 +387,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"... {name}", flush=True)
             results[name] = run_child(data, work / "runs" / name.replace(" ", "-"), options)
         report["results"] = results
-        report["nccl"] = nccl_smoke(data, work / "runs" / "nccl") if device == "cuda" else {
-            "skipped": "--cpu"}  # fmt: skip
+        report["nccl"] = (
+            nccl_smoke(data, work / "runs" / "nccl") if device == "cuda" else {"skipped": "--cpu"}
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{report['device']}: {args.images:,} x {args.regions} x {args.dim} float16, "
-          f"{args.train_captions:,} train captions, "
-          f"{'bf16 autocast' if device == 'cuda' else 'float32 on the CPU'}")  # fmt: skip
+    print(
+        f"\n{report['device']}: {args.images:,} x {args.regions} x {args.dim} float16, "
+        f"{args.train_captions:,} train captions, "
+        f"{'bf16 autocast' if device == 'cuda' else 'float32 on the CPU'}"
+    )
     for name, r in report["results"].items():
         if "error" in r:
             print(f"{name:<14} failed: {r['error']}")
             continue
         cuda = f"  GPU peak {r['peak_cuda_mib']:,.0f} MiB" if r["peak_cuda_mib"] else ""
         share = r["data_wait_share"]
-        print(f"{name:<14} {r['samples_per_s']:>10,.0f} pairs/s  waiting for data "
-              f"{'-' if share is None else f'{100 * share:.0f}%'}{cuda}  RSS peak "
-              f"{r['peak_rss_mib']:,.0f} MiB")  # fmt: skip
+        print(
+            f"{name:<14} {r['samples_per_s']:>10,.0f} pairs/s  waiting for data "
+            f"{'-' if share is None else f'{100 * share:.0f}%'}{cuda}  RSS peak "
+            f"{r['peak_rss_mib']:,.0f} MiB"
+        )
     print(f"torchrun NCCL: {report['nccl']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -99,9 +99,14 @@ def main(argv: list[str] | None = None) -> None:
         root = args.data or synth(Path(work) / "synth").out
         prepared = load_prepared(root)
         loader = train_loader(
-            prepared, split="train", batch_size=args.batch_size, negatives=args.negatives,
-            seed=0, workers=args.workers, pin_memory=False,
-        )  # fmt: skip
+            prepared,
+            split="train",
+            batch_size=args.batch_size,
+            negatives=args.negatives,
+            seed=0,
+            workers=args.workers,
+            pin_memory=False,
+        )
         pairs = len(loader.dataset)  # type: ignore[arg-type]
         print(f"{pairs:,} training pairs, {len(loader)} batches per epoch", flush=True)
         loader_rate = _loader_rate(loader, args.epochs)

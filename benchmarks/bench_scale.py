@@ -138,17 +138,25 @@ def training_folder(
     kept = queries[keep]
     judgments = prepared.judgments[prepared.judgments["query_id"].isin(kept["query_id"])]
     write_prepared(
-        out, source="coco",
+        out,
+        source="coco",
         features=FeatureRows((prepared.features,), path=prepared_dir / "features.npy"),
-        feature_ids=prepared.feature_ids, keywords_csr=prepared.keywords,
-        vocab_tsv_path=prepared_dir / "vocab.tsv", images=prepared.images, queries=kept,
+        feature_ids=prepared.feature_ids,
+        keywords_csr=prepared.keywords,
+        vocab_tsv_path=prepared_dir / "vocab.tsv",
+        images=prepared.images,
+        queries=kept,
         judgments=judgments,
         query_vocabulary=QueryVocabulary.read_tsv(prepared_dir / "query_vocab.tsv"),
-        options={"subset_of": str(prepared_dir), "train_captions": train_captions,
-                 "val_captions": val_captions, "seed": seed},
+        options={
+            "subset_of": str(prepared_dir),
+            "train_captions": train_captions,
+            "val_captions": val_captions,
+            "seed": seed,
+        },
         extra={"coco": prepared.info.get("coco"), "encoded": prepared.info.get("encoded")},
         force=True,
-    )  # fmt: skip
+    )
     return {s: int((kept["split"] == s).sum()) for s in ("train", "val", "test")}
 
 
@@ -238,15 +246,19 @@ def step_prepare(work: Path) -> dict[str, Any]:
     from amc_data.prepare.coco import CocoConfig, prepare_coco
 
     result = prepare_coco(
-        work / "features.npy", work / "ids.npy", work / "coco-prepared",
-        data_dir=work / "data", config=CocoConfig(force=True),
-    )  # fmt: skip
+        work / "features.npy",
+        work / "ids.npy",
+        work / "coco-prepared",
+        data_dir=work / "data",
+        config=CocoConfig(force=True),
+    )
     return {"counts": result.counts, "features_stored": result.features_stored}
 
 
 def step_subset(work: Path, train_captions: int, val_captions: int) -> dict[str, Any]:
-    counts = training_folder(work / "coco-prepared", work / "train-prepared",
-                             train_captions, val_captions)  # fmt: skip
+    counts = training_folder(
+        work / "coco-prepared", work / "train-prepared", train_captions, val_captions
+    )
     return {"queries": counts}
 
 
@@ -278,8 +290,14 @@ def step_eval(work: Path, run: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    evaluation = evaluate([run], work / "coco-prepared", split="test", device="cpu",
-                          out=work / "eval", random_baseline=False)  # fmt: skip
+    evaluation = evaluate(
+        [run],
+        work / "coco-prepared",
+        split="test",
+        device="cpu",
+        out=work / "eval",
+        random_baseline=False,
+    )
     seconds = time.perf_counter() - started
     metrics = evaluation.runs[0].metrics
     # The protocols' metrics alone, on a random matrix of the same shape.
@@ -292,8 +310,13 @@ def step_eval(work: Path, run: str) -> dict[str, Any]:
     caption_ranking(sims, captions_per_image=n_captions // n_images, fold_size=fold)
     protocols = time.perf_counter() - started
     recalls = {k: v for k, v in metrics.items() if "r@" in k or k.startswith(("5k", "1k"))}
-    return {"seconds": seconds, "protocols_only_s": protocols, "images": n_images,
-            "captions": n_captions, "metrics": recalls}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "protocols_only_s": protocols,
+        "images": n_images,
+        "captions": n_captions,
+        "metrics": recalls,
+    }
 
 
 STEPS = {
@@ -322,8 +345,11 @@ def run_step(step: str, **arguments: Any) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, __file__, "--child", step, encoded],
-        capture_output=True, text=True, check=False, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     if out.returncode != 0:
         tail = out.stderr.strip().splitlines()[-5:]
         raise SystemExit(f"step {shown} failed:\n" + "\n".join(tail))
@@ -345,9 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument(
-        "--reuse", action="store_true",
+        "--reuse",
+        action="store_true",
         help="with --keep: reuse the folders a previous run of the same size left in --work",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "scale.json")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -367,8 +394,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    shape = {"images": args.images, "regions": args.regions, "dim": args.dim,
-             "train_captions": args.train_captions, "val_captions": args.val_captions}  # fmt: skip
+    shape = {
+        "images": args.images,
+        "regions": args.regions,
+        "dim": args.dim,
+        "train_captions": args.train_captions,
+        "val_captions": args.val_captions,
+    }
     saved = json.loads(record.read_text()) if args.reuse and record.is_file() else {}
     if saved.get("shape") != shape:
         saved = {"shape": shape}
@@ -384,12 +416,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     setup = {
         "corpus": {"work": work, "images": args.images},
-        "features": {"work": work, "images": args.images, "regions": args.regions,
-                     "dim": args.dim},
+        "features": {"work": work, "images": args.images, "regions": args.regions, "dim": args.dim},
         "prepare": {"work": work},
-        "subset": {"work": work, "train_captions": args.train_captions,
-                   "val_captions": args.val_captions},
-    }  # fmt: skip
+        "subset": {
+            "work": work,
+            "train_captions": args.train_captions,
+            "val_captions": args.val_captions,
+        },
+    }
     try:
         for name, arguments in setup.items():
             if name in steps:
@@ -438,31 +472,44 @@ def _path(value: Any) -> Any:
 
 def print_table(report: dict[str, Any]) -> None:
     data, steps = report["data"], report["steps"]
-    print(f"\n{data['images']:,} images x {data['regions']} x {data['dim']} float16 "
-          f"({data['features_gib']:.1f} GiB); load {report['load_average']['before'][0]:.1f}"
-          f" -> {report['load_average']['after'][0]:.1f}")  # fmt: skip
+    print(
+        f"\n{data['images']:,} images x {data['regions']} x {data['dim']} float16 "
+        f"({data['features_gib']:.1f} GiB); load {report['load_average']['before'][0]:.1f}"
+        f" -> {report['load_average']['after'][0]:.1f}"
+    )
 
     def memory(r: dict[str, Any]) -> str:
-        return (f"RSS {r['peak_rss_mib']:>7,.0f} MiB (anon {r['peak_anon_mib']:>6,.0f}, "
-                f"file {r['peak_file_mib']:>6,.0f})")  # fmt: skip
+        return (
+            f"RSS {r['peak_rss_mib']:>7,.0f} MiB (anon {r['peak_anon_mib']:>6,.0f}, "
+            f"file {r['peak_file_mib']:>6,.0f})"
+        )
 
     corpus = steps["corpus"]
-    print(f"{'corpus + encode':<26} {corpus['step_seconds']:>8.1f} s  {memory(corpus)}  "
-          f"(corpus {corpus['corpus_s']:.0f} s, encode {corpus['encode_s']:.0f} s)")  # fmt: skip
+    print(
+        f"{'corpus + encode':<26} {corpus['step_seconds']:>8.1f} s  {memory(corpus)}  "
+        f"(corpus {corpus['corpus_s']:.0f} s, encode {corpus['encode_s']:.0f} s)"
+    )
     gib = data["features_gib"]
-    for name, label in (("features", "write features"), ("prepare", "prepare coco"),
-                        ("subset", "write training folder")):  # fmt: skip
+    for name, label in (
+        ("features", "write features"),
+        ("prepare", "prepare coco"),
+        ("subset", "write training folder"),
+    ):
         r = steps[name]
         rate = f"  {gib / r['step_seconds']:.2f} GiB/s" if name != "subset" else ""
         print(f"{label:<26} {r['step_seconds']:>8.1f} s  {memory(r)}{rate}")
     for name, r in steps["train"].items():
-        print(f"{'train ' + name:<26} {r['samples_per_s']:>8.1f} pairs/s  {memory(r)}  "
-              f"x{r['ratio_to_reference']:.2f}")  # fmt: skip
+        print(
+            f"{'train ' + name:<26} {r['samples_per_s']:>8.1f} pairs/s  {memory(r)}  "
+            f"x{r['ratio_to_reference']:.2f}"
+        )
     if "eval" in steps:
         r = steps["eval"]
-        print(f"{'eval 5K + 1K':<26} {r['seconds']:>8.1f} s  {memory(r)}  "
-              f"({r['captions']:,} x {r['images']:,}; metrics alone "
-              f"{r['protocols_only_s']:.1f} s)")  # fmt: skip
+        print(
+            f"{'eval 5K + 1K':<26} {r['seconds']:>8.1f} s  {memory(r)}  "
+            f"({r['captions']:,} x {r['images']:,}; metrics alone "
+            f"{r['protocols_only_s']:.1f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -31,9 +31,19 @@ def _run(out: Path, images: int, regions: int, dim: int) -> dict[str, float]:
     """One synth run in a child process: wall seconds, peak RSS and features.npy bytes."""
     entry = "import sys; from amc_data_cli.main import main; main(sys.argv[1:])"
     command = [
-        sys.executable, "-c", entry, "synth", str(out), "--images", str(images),
-        "--regions", str(regions), "--dim", str(dim), "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-c",
+        entry,
+        "synth",
+        str(out),
+        "--images",
+        str(images),
+        "--regions",
+        str(regions),
+        "--dim",
+        str(dim),
+        "--quiet",
+    ]
     started = time.perf_counter()
     child = subprocess.Popen(command)
     _, status, usage = os.wait4(child.pid, 0)

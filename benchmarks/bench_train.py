@@ -44,13 +44,19 @@ print(json.dumps({
 def run(data: Path, work: Path, name: str, options: dict) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(data), str(work / name), json.dumps(options)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         return {"name": name, "error": out.stderr.strip().splitlines()[-1:]}
     measured = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"name": name, "options": options, "samples_per_s": statistics.median(measured["rates"]),
-            **measured}  # fmt: skip
+    return {
+        "name": name,
+        "options": options,
+        "samples_per_s": statistics.median(measured["rates"]),
+        **measured,
+    }
 
 
 def main() -> None:
@@ -73,26 +79,35 @@ def main() -> None:
         configs = {"cpu": base, "cpu --compile": {**base, "compile": True}}
         if torch.cuda.is_available():
             gpu = {**base, "device": "cuda"}
-            configs |= {"cuda bf16": {**gpu, "amp": True}, "cuda fp32": {**gpu, "amp": False},
-                        "cuda bf16 --compile": {**gpu, "amp": True, "compile": True}}  # fmt: skip
+            configs |= {
+                "cuda bf16": {**gpu, "amp": True},
+                "cuda fp32": {**gpu, "amp": False},
+                "cuda bf16 --compile": {**gpu, "amp": True, "compile": True},
+            }
         results = [
             run(data, work, name.replace(" ", "_"), options) for name, options in configs.items()
         ]
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "cpus": len(__import__("os").sched_getaffinity(0)),
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": len(__import__("os").sched_getaffinity(0)),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
         "data": {"images": args.images, "queries": args.queries, "epochs": args.epochs},
         "results": results,
-    }  # fmt: skip
+    }
     for r in results:
         if "error" in r:
             print(f"{r['name']:<22} failed: {r['error']}")
             continue
         cuda = f"  GPU peak {r['peak_cuda_mib']:.0f} MiB" if r.get("peak_cuda_mib") else ""
-        print(f"{r['name']:<22} {r['samples_per_s']:>9.0f} pairs/s  RSS peak "
-              f"{r['peak_rss_mib']:.0f} MiB{cuda}")  # fmt: skip
+        print(
+            f"{r['name']:<22} {r['samples_per_s']:>9.0f} pairs/s  RSS peak "
+            f"{r['peak_rss_mib']:.0f} MiB{cuda}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -30,18 +30,31 @@ def demo_command(
     from amc_data.ranking.demo import run_demo
 
     say = (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
-    result = run_demo(out, seed=seed, images=images, queries=queries, epochs=epochs,
-                      progress=progress_enabled(quiet), say=say)  # fmt: skip
-    click.echo(f"\nTest split of {result.data}: every run against the best by NDCG@10 "
-               "(paired randomisation and t tests on per-query NDCG@10)\n")  # fmt: skip
+    result = run_demo(
+        out,
+        seed=seed,
+        images=images,
+        queries=queries,
+        epochs=epochs,
+        progress=progress_enabled(quiet),
+        say=say,
+    )
+    click.echo(
+        f"\nTest split of {result.data}: every run against the best by NDCG@10 "
+        "(paired randomisation and t tests on per-query NDCG@10)\n"
+    )
     click.echo(comparison_table(result.evaluation))
     if result.amc_best:
         click.echo("\nAMC ranks best, as the paper reports.")
     else:
-        click.echo(f"\nAMC did NOT rank best here: {result.evaluation.best} did. Say so when "
-                   "you report this run.")  # fmt: skip
-    click.echo(f"Pictures: {result.plot_dir} (roc.png, attention-*.png); metrics: "
-               f"{result.out / 'eval'}; finished in {result.seconds:.0f} s.")  # fmt: skip
+        click.echo(
+            f"\nAMC did NOT rank best here: {result.evaluation.best} did. Say so when "
+            "you report this run."
+        )
+    click.echo(
+        f"Pictures: {result.plot_dir} (roc.png, attention-*.png); metrics: "
+        f"{result.out / 'eval'}; finished in {result.seconds:.0f} s."
+    )
 
 
 COMMANDS = [demo_command]

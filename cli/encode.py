@@ -27,21 +27,32 @@ if TYPE_CHECKING:
 )
 @jobs_option(None, "Worker processes (default: all cores). Output is the same for any value.")
 @click.option(
-    "--min-df", type=int, default=6, show_default=True,
+    "--min-df",
+    type=int,
+    default=6,
+    show_default=True,
     help="Keep a word found in at least this many fitting documents (the authors used 6).",
-)  # fmt: skip
+)
 @click.option(
-    "--stop-words", default="english", show_default=True, metavar="english|none|PATH",
+    "--stop-words",
+    default="english",
+    show_default=True,
+    metavar="english|none|PATH",
     help="scikit-learn's English list (the authors'), none, or a file with one word per line.",
-)  # fmt: skip
+)
 @click.option(
-    "--formats", default=",".join(FORMATS), show_default=True,
+    "--formats",
+    default=",".join(FORMATS),
+    show_default=True,
     help="Comma-separated outputs: original (the authors' .npy), csr (.npz), parquet.",
-)  # fmt: skip
+)
 @click.option(
-    "--on-error", default="fail", show_default=True, metavar="fail|skip",
+    "--on-error",
+    default="fail",
+    show_default=True,
+    metavar="fail|skip",
     help="On a bad keyword file or list line: stop (write nothing), or skip and record it.",
-)  # fmt: skip
+)
 @click.option("--force", is_flag=True, help="Encode again even if the outputs are up to date.")
 @manifest_option
 @quiet_option

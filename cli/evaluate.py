@@ -67,47 +67,85 @@ def _report(
 @click.command("eval")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
-    "--data", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="With RUN folders: the prepared folder to score them on (from synth or prepare).",
-)  # fmt: skip
+)
 @click.option(
-    "--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+    "--split",
+    type=click.Choice(["test", "val", "train"]),
+    default="test",
+    show_default=True,
     help="With RUN folders: the queries to evaluate.",
-)  # fmt: skip
+)
 @click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="With RUN folders: write OUT/<run>/metrics.json and scores.parquet "
     "(default: RUN/eval-<split>/; for a checkpoint file RUN/X.pt, RUN/X-eval-<split>/).",
-)  # fmt: skip
+)
 @click.option(
-    "--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--plot",
+    "plot_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="With RUN folders: draw roc.png and attention-<query>.png into this folder.",
-)  # fmt: skip
-@click.option("--examples", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Queries whose attention --plot draws.")  # fmt: skip
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="With RUN folders: where to score.")  # fmt: skip
-@click.option("--random/--no-random", "random_row", default=True, show_default=True,
-              help="With RUN folders: add a random ranker's row.")  # fmt: skip
+)
 @click.option(
-    "--scores", "scores_paths", multiple=True, metavar="PATH",
+    "--examples",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Queries whose attention --plot draws.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="With RUN folders: where to score.",
+)
+@click.option(
+    "--random/--no-random",
+    "random_row",
+    default=True,
+    show_default=True,
+    help="With RUN folders: add a random ranker's row.",
+)
+@click.option(
+    "--scores",
+    "scores_paths",
+    multiple=True,
+    metavar="PATH",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="A ranker's scores file (Parquet, or TSV with a header) with columns query_id, img_id, "
     "score, label. Repeat for several files: one table row each.",
-)  # fmt: skip
+)
 @click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="Also write every row's metrics to this file: {name: {metric: value}}.",
-)  # fmt: skip
+)
 @click.option(
-    "--relevant", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    "--relevant",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
     help="For AUC, a pair is relevant when its label is at least N.",
-)  # fmt: skip
+)
 @click.option(
-    "--resamples", type=click.IntRange(min=1), default=10_000, show_default=True,
+    "--resamples",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
     help=f"Sign flips of the paired randomisation test (per-query NDCG@{SIGNIFICANCE_K}, "
     "each row against the first).",
-)  # fmt: skip
+)
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the randomisation test."
 )
@@ -138,8 +176,21 @@ def eval_command(
         raise click.UsageError("Give RUN folders or --scores files, not both.")
     if runs:
         _check_run_folders(runs)
-        _evaluate_runs(runs, data, split, out, json_path, plot_dir, examples, device,
-                       random_row, relevant, resamples, seed, progress_enabled(quiet))  # fmt: skip
+        _evaluate_runs(
+            runs,
+            data,
+            split,
+            out,
+            json_path,
+            plot_dir,
+            examples,
+            device,
+            random_row,
+            relevant,
+            resamples,
+            seed,
+            progress_enabled(quiet),
+        )
         return
     if not scores_paths:
         raise click.UsageError(
@@ -182,10 +233,20 @@ def _check_run_folders(runs: Sequence[Path]) -> None:
 
 
 def _evaluate_runs(
-    runs: Sequence[Path], data: Path | None, split: str, out: Path | None, json_path: Path | None,
-    plot_dir: Path | None, examples: int, device: str, random_row: bool, relevant: int,
-    resamples: int, seed: int, progress: bool,
-) -> None:  # fmt: skip
+    runs: Sequence[Path],
+    data: Path | None,
+    split: str,
+    out: Path | None,
+    json_path: Path | None,
+    plot_dir: Path | None,
+    examples: int,
+    device: str,
+    random_row: bool,
+    relevant: int,
+    resamples: int,
+    seed: int,
+    progress: bool,
+) -> None:
     if data is None:
         raise click.UsageError("Evaluating RUN folders needs --data: the prepared folder.")
     require("torch")
@@ -194,10 +255,20 @@ def _evaluate_runs(
     from amc_data.ranking.runs import evaluate
 
     evaluation = evaluate(
-        runs, data, split=split, out=out, json_path=json_path, device=device,
-        relevant=relevant, random_baseline=random_row, seed=seed, plot_dir=plot_dir,
-        examples=examples, resamples=resamples, progress=progress,
-    )  # fmt: skip
+        runs,
+        data,
+        split=split,
+        out=out,
+        json_path=json_path,
+        device=device,
+        relevant=relevant,
+        random_baseline=random_row,
+        seed=seed,
+        plot_dir=plot_dir,
+        examples=examples,
+        resamples=resamples,
+        progress=progress,
+    )
     click.echo(comparison_table(evaluation))
     click.echo(
         f"\n{split} queries of {evaluation.data}. p: two-sided paired tests on per-query "
@@ -223,7 +294,14 @@ def _maybe_p(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else _p_value(value)
 
 
-TABLE_METRICS = ("ndcg@5", "ndcg@10", "ndcg@25", "dcg@25_challenge", "auc", "i2t_r@1_1k",
-                 "t2i_r@1_1k")  # fmt: skip
+TABLE_METRICS = (
+    "ndcg@5",
+    "ndcg@10",
+    "ndcg@25",
+    "dcg@25_challenge",
+    "auc",
+    "i2t_r@1_1k",
+    "t2i_r@1_1k",
+)
 
 COMMANDS: list[click.Command] = [eval_command]

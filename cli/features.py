@@ -29,69 +29,124 @@ def _columns(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 @click.command("features")
 @click.argument("images", type=click.Path(path_type=Path))
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Features file to write (.npy, (N, G*G, D)); e.g. DIR/features.npy.",
-)  # fmt: skip
+)
 @click.option(
-    "--ids", "ids_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--ids",
+    "ids_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="img_id file to write [default: feature_ids.npy beside features.npy, else "
     "<stem>_ids.npy].",
-)  # fmt: skip
+)
 @click.option(
-    "--ids-from", nargs=2, type=(click.Choice(_ID_SOURCES), click.Path(path_type=Path)),
-    default=None, metavar="KIND PATH",
+    "--ids-from",
+    nargs=2,
+    type=(click.Choice(_ID_SOURCES), click.Path(path_type=Path)),
+    default=None,
+    metavar="KIND PATH",
     help="Map names to img_ids: dataset-json (Karpathy's dataset.json, or keywords_coco.zip), "
     "id-map (the authors' img_id_map*.pkl), tsv (key<TAB>img_id lines). Default: the number in "
     "the file name, or the TSV key as an integer.",
-)  # fmt: skip
+)
 @click.option(
-    "--tsv-columns", default="0,1", show_default=True, callback=_columns, metavar="KEY,IMAGE",
+    "--tsv-columns",
+    default="0,1",
+    show_default=True,
+    callback=_columns,
+    metavar="KEY,IMAGE",
     help="0-based columns of the image key and the base64 image, for a TSV input.",
-)  # fmt: skip
+)
 @click.option(
-    "--backbone", default=None, metavar="NAME",
+    "--backbone",
+    default=None,
+    metavar="NAME",
     help="torchvision model whose convolutional trunk extracts the features [default: resnet50].",
-)  # fmt: skip
+)
 @click.option(
-    "--model-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    "--model-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
     help="Backbone file instead: TorchScript (torch.jit.save) or an exported program "
     "(torch.export.save, .pt2) mapping (B, 3, H, W) ImageNet-normalised images to (B, D, h, w).",
-)  # fmt: skip
+)
 @click.option(
-    "--weights", type=click.Choice(["default", "none"]), default="default", show_default=True,
+    "--weights",
+    type=click.Choice(["default", "none"]),
+    default="default",
+    show_default=True,
     help="torchvision's pretrained weights (from its cache), or random ones.",
-)  # fmt: skip
-@click.option("--grid", type=click.IntRange(min=1), default=7, show_default=True,
-              help="Pool the feature map to GRID x GRID cells (R = GRID^2).")  # fmt: skip
-@click.option("--image-size", type=click.IntRange(min=1), default=224, show_default=True,
-              help="Side of the centre crop the backbone sees.")  # fmt: skip
+)
 @click.option(
-    "--resize", type=click.IntRange(min=1), default=None,
+    "--grid",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Pool the feature map to GRID x GRID cells (R = GRID^2).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=1),
+    default=224,
+    show_default=True,
+    help="Side of the centre crop the backbone sees.",
+)
+@click.option(
+    "--resize",
+    type=click.IntRange(min=1),
+    default=None,
     help="Shorter side before cropping [default: image size / 0.875, 256 for 224].",
-)  # fmt: skip
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
-    "--workers", type=click.IntRange(min=0), default=None,
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
     help="Decoding processes [default: min(8, cores)]; 0 decodes in this process.",
-)  # fmt: skip
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-              help="auto uses CUDA when present.")  # fmt: skip
+)
 @click.option(
-    "--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+    "--device",
+    default="auto",
+    show_default=True,
+    metavar="auto|cpu|cuda[:N]",
+    help="auto uses CUDA when present.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "bf16", "fp32"]),
+    default="auto",
+    show_default=True,
     help="auto: bf16 autocast on a GPU that has it, else fp32.",
-)  # fmt: skip
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
-              show_default=True, help="Type of the written features.")  # fmt: skip
+)
 @click.option(
-    "--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Type of the written features.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
     help="An image without id or that does not decode: stop, or leave it out and record it.",
-)  # fmt: skip
+)
 @click.option(
-    "--resume/--no-resume", default=True, show_default=True,
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
     help="Continue an interrupted run at this --out (same inputs and options), or start again.",
-)  # fmt: skip
-@click.option("--max-batches", type=click.IntRange(min=1), default=None,
-              help="Stop after this many batches; run again to continue.")  # fmt: skip
+)
+@click.option(
+    "--max-batches",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many batches; run again to continue.",
+)
 @click.option("--force", is_flag=True, help="Extract again even if --out is up to date.")
 @quiet_option
 def features_command(

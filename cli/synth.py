@@ -16,13 +16,19 @@ from .prepare import report_prepared
 @click.option("--images", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--queries", type=click.IntRange(min=1), default=600, show_default=True)
 @click.option(
-    "--regions", type=click.IntRange(min=2), default=8, show_default=True,
+    "--regions",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
     help="Feature vectors (regions) per image.",
-)  # fmt: skip
+)
 @click.option(
-    "--dim", type=click.IntRange(min=2), default=32, show_default=True,
+    "--dim",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
     help="Dimensions of a region's feature vector.",
-)  # fmt: skip
+)
 @click.option("--force", is_flag=True, help="Replace an existing prepared folder at OUT.")
 @quiet_option
 def synth_command(

@@ -21,16 +21,24 @@ DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 def _option(name: str, help_text: str, **kwargs: Any) -> Any:
     """`--name` with TrainConfig's default shown; the value is checked there, once."""
     flag = "--" + name.replace("_", "-")
-    return click.option(flag, name, default=DEFAULTS[name], show_default=True, help=help_text,
-                        **kwargs)  # fmt: skip
+    return click.option(
+        flag, name, default=DEFAULTS[name], show_default=True, help=help_text, **kwargs
+    )
 
 
 @click.command("train")
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run folder: config.json, best.pt, last.pt, log.jsonl.")  # fmt: skip
-@_option("model", "AMC, or a baseline: visual, keyword, fusion (no attention), cca.",
-         type=click.Choice(MODELS))  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run folder: config.json, best.pt, last.pt, log.jsonl.",
+)
+@_option(
+    "model",
+    "AMC, or a baseline: visual, keyword, fusion (no attention), cca.",
+    type=click.Choice(MODELS),
+)
 @click.option("--no-intra", is_flag=True, help="Ablation: mean pooling inside each modality.")
 @click.option("--no-inter", is_flag=True, help="Ablation: fixed 0.5/0.5 modality weights.")
 @_option("epochs", "Passes over the training pairs.", type=int)
@@ -59,8 +67,11 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Any:
 @_option("clip", "Gradient norm cap (0: none).", type=float)
 @_option("dim", "Size of the shared space.", type=int)
 @_option("max_keywords", "Keywords kept per image (the most frequent).", type=int)
-@_option("word_vectors", "word2vec/GloVe text file to start the query word embeddings from.",
-         type=click.Path(dir_okay=False, exists=True))  # fmt: skip
+@_option(
+    "word_vectors",
+    "word2vec/GloVe text file to start the query word embeddings from.",
+    type=click.Path(dir_okay=False, exists=True),
+)
 @_option("device", "auto: CUDA when torch sees a GPU.", type=click.Choice(DEVICES))
 @_option(
     "features_on",
@@ -68,8 +79,12 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Any:
     "resident on the device; auto: device on a GPU with room.",
     type=click.Choice(FEATURE_PLACES),
 )
-@click.option("--amp/--no-amp", default=DEFAULTS["amp"], show_default=True,
-              help="bf16 autocast on CUDA (no effect on the CPU).")  # fmt: skip
+@click.option(
+    "--amp/--no-amp",
+    default=DEFAULTS["amp"],
+    show_default=True,
+    help="bf16 autocast on CUDA (no effect on the CPU).",
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @_option("seed", "Seed of every random choice.", type=int)
 @_option("workers", "Data-loader worker processes (0: load in the training process).", type=int)
@@ -77,9 +92,16 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Any:
 @click.option("--force", is_flag=True, help="Replace the run already in --out.")
 @quiet_option
 def train_command(
-    data: Path, out: Path, no_intra: bool, no_inter: bool, compile_: bool, resume: bool,
-    force: bool, quiet: bool, **options: Any,
-) -> None:  # fmt: skip
+    data: Path,
+    out: Path,
+    no_intra: bool,
+    no_inter: bool,
+    compile_: bool,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    **options: Any,
+) -> None:
     """Train AMC (or a baseline) on a prepared folder DATA (from `synth` or `prepare`).
 
     Under torchrun each process is one rank of a distributed run:
@@ -89,8 +111,7 @@ def train_command(
     require("torch")
     from amc_data.ranking.training import train
 
-    result = train(data, out, config, resume=resume, force=force,
-                   progress=progress_enabled(quiet))  # fmt: skip
+    result = train(data, out, config, resume=resume, force=force, progress=progress_enabled(quiet))
     if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     for entry in result.log:

@@ -12,8 +12,9 @@ import numpy as np
 import reference_encode
 
 
-def small_clickture(data_dir: Path, n_dev: int = 400, n_lite: int = 400, seed: int = 0,
-                    **kwargs) -> corpus.ClicktureCorpus:  # fmt: skip
+def small_clickture(
+    data_dir: Path, n_dev: int = 400, n_lite: int = 400, seed: int = 0, **kwargs
+) -> corpus.ClicktureCorpus:
     """A Clickture corpus in `<data_dir>/clickture`: the head of the dev list (the real one, or
     one of its shape), Lite lines with a folder part, image 0 present in Lite (not first) and
     absent from dev."""
@@ -57,8 +58,10 @@ def assert_matches_reference(out_dir: Path, reference: dict) -> None:
 
 
 def reference_for(dataset: str, data_dir: Path, workdir: Path, **kwargs) -> dict:
-    function = {"clickture": reference_encode.reference_clickture,
-                "coco": reference_encode.reference_coco}[dataset]  # fmt: skip
+    function = {
+        "clickture": reference_encode.reference_clickture,
+        "coco": reference_encode.reference_coco,
+    }[dataset]
     result = function(data_dir / dataset, workdir, **kwargs)
     shutil.rmtree(workdir, ignore_errors=True)
     return result

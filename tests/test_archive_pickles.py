@@ -40,12 +40,21 @@ def write(tmp_path, payload: bytes):
 
 
 PYTHON2_MAP = (
-    PROTO2 + EMPTY_DICT + b"q\x01" + MARK
-    + short_binstring("img57159") + b"M" + (57159).to_bytes(2, "little")
-    + short_binstring("img7") + binint1(7)
-    + short_binstring("img123456") + b"J" + (123456).to_bytes(4, "little")
-    + SETITEMS + STOP
-)  # fmt: skip
+    PROTO2
+    + EMPTY_DICT
+    + b"q\x01"
+    + MARK
+    + short_binstring("img57159")
+    + b"M"
+    + (57159).to_bytes(2, "little")
+    + short_binstring("img7")
+    + binint1(7)
+    + short_binstring("img123456")
+    + b"J"
+    + (123456).to_bytes(4, "little")
+    + SETITEMS
+    + STOP
+)
 
 
 def test_a_python2_style_map_written_by_hand_loads(tmp_path):
@@ -167,9 +176,22 @@ def test_the_instruction_table_agrees_with_pickletools():
         pickletools.UP_TO_NEWLINE: pickles._TEXT_LINE,
     }
     reaching_code = {
-        "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX",
-        "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER",
-    }  # fmt: skip
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "REDUCE",
+        "BUILD",
+        "INST",
+        "OBJ",
+        "NEWOBJ",
+        "NEWOBJ_EX",
+        "EXT1",
+        "EXT2",
+        "EXT4",
+        "PERSID",
+        "BINPERSID",
+        "NEXT_BUFFER",
+        "READONLY_BUFFER",
+    }
     for op in pickletools.opcodes:
         kind = pickles._KINDS[op.code.encode("latin-1")[0]]
         if op.name in reaching_code:

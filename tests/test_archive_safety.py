@@ -49,9 +49,24 @@ def crafted_zip(
     for name, index, compressed_size, size, crc in entries:
         raw = name.encode()
         directory += _CENTRAL.pack(
-            b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, compressed_size, size, len(raw), 0, 0, 0, 0,
-            0, offsets[index],
-        )  # fmt: skip
+            b"PK\x01\x02",
+            20,
+            20,
+            0,
+            8,
+            0,
+            0,
+            crc,
+            compressed_size,
+            size,
+            len(raw),
+            0,
+            0,
+            0,
+            0,
+            0,
+            offsets[index],
+        )
         directory += raw
     end = _END.pack(b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), len(body), 0)
     path.write_bytes(bytes(body + directory + end))

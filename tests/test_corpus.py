@@ -241,8 +241,11 @@ def test_coco_dataset_json(coco: CocoCorpus) -> None:
     images = dataset["images"]
     assert [image["imgid"] for image in images] == list(range(77))
     assert Counter(image["split"] for image in images) == {
-        "train": 40, "restval": 15, "val": 10, "test": 12
-    }  # fmt: skip
+        "train": 40,
+        "restval": 15,
+        "val": 10,
+        "test": 12,
+    }
     splits = [image["split"] for image in images]
     changes = sum(a != b for a, b in itertools.pairwise(splits))
     assert changes > 20  # interleaved in file order, not grouped by split

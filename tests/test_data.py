@@ -227,9 +227,15 @@ def test_two_ranks_split_every_pair_between_them(prepared):
     assert len(shares[0]) == len(shares[1]) == -(-len(pairs) // 2)
     assert set(shares[0]) | set(shares[1]) == set(range(len(pairs)))
     loader = train_loader(
-        prepared, split="train", batch_size=50, negatives=1, seed=0, workers=0, rank=1,
+        prepared,
+        split="train",
+        batch_size=50,
+        negatives=1,
+        seed=0,
+        workers=0,
+        rank=1,
         world_size=2,
-    )  # fmt: skip
+    )
     assert sum(len(b.query) for b in _epoch(loader, 0)) == len(shares[1])
 
 
@@ -289,9 +295,13 @@ def test_a_hand_built_loader_with_persistent_workers_follows_the_datasets_epoch(
         pairs = TrainingPairs(prepared, negatives=2, seed=6)
         sampler = DistributedSampler(pairs, num_replicas=1, rank=0, shuffle=True, seed=6)
         return DataLoader(
-            pairs, batch_size=40, sampler=sampler, collate_fn=collate_train,
-            num_workers=workers, persistent_workers=workers > 0,
-        )  # fmt: skip
+            pairs,
+            batch_size=40,
+            sampler=sampler,
+            collate_fn=collate_train,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
 
     def run(loader: DataLoader, epoch: int) -> list[TrainBatch]:
         loader.sampler.set_epoch(epoch)

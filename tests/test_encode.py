@@ -43,9 +43,15 @@ def clickture(tmp_path_factory):
     """A Clickture corpus wrapped in a top folder, with junk and folder entries, encoded once."""
     data_dir = tmp_path_factory.mktemp("clickture-data")
     made = small_clickture(
-        data_dir, n_dev=1500, n_lite=2500, seed=11, wrap="keywords", junk=True,
-        dir_entries=True, empty_lines=[corpus.dev_lines(3)[2]],
-    )  # fmt: skip
+        data_dir,
+        n_dev=1500,
+        n_lite=2500,
+        seed=11,
+        wrap="keywords",
+        junk=True,
+        dir_entries=True,
+        empty_lines=[corpus.dev_lines(3)[2]],
+    )
     result = encode("clickture", data_dir=data_dir, config=EncodeConfig(jobs=2))
     reference = reference_for("clickture", data_dir, data_dir / "reference-work")
     return data_dir, made, result, reference
@@ -92,9 +98,12 @@ def test_other_parameters_match_the_reference_too(tmp_path, min_df, stop_words):
     config = EncodeConfig(jobs=1, min_df=min_df, stop_words=stop_words, formats=("original",))
     encode("clickture", data_dir=tmp_path, config=config)
     reference = reference_for(
-        "clickture", tmp_path, tmp_path / "work", min_df=min_df,
+        "clickture",
+        tmp_path,
+        tmp_path / "work",
+        min_df=min_df,
         stop_words=None if stop_words == "none" else stop_words,
-    )  # fmt: skip
+    )
     assert_matches_reference(tmp_path / "clickture" / "encoded", reference)
 
 

@@ -161,8 +161,13 @@ def coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ids = np.array([image.imgid for image in made.images], dtype=np.int64)
     features, ids_path = save_features(root, "features", ids, regions=4, dim=6)
     prepared = root / "prepared"
-    prepare_coco(features, ids_path, prepared, data_dir=root / "data",
-                 config=CocoConfig(fold_size=5, min_query_count=1))  # fmt: skip
+    prepare_coco(
+        features,
+        ids_path,
+        prepared,
+        data_dir=root / "data",
+        config=CocoConfig(fold_size=5, min_query_count=1),
+    )
     train(prepared, root / "run", TrainConfig(**{**FAST, "epochs": 1}))
     return prepared, root / "run"
 
@@ -196,9 +201,19 @@ def test_coco_auc_and_the_random_row_cover_every_caption_image_pair(
 def test_a_checkpoint_file_s_results_go_beside_it(trained: tuple[Path, Path, Path]) -> None:
     data, amc, _ = trained
     result = CliRunner().invoke(
-        cli, ["eval", str(amc / "last.pt"), "--data", str(data), "--device", "cpu", "--quiet",
-              "--resamples", "100"],
-    )  # fmt: skip
+        cli,
+        [
+            "eval",
+            str(amc / "last.pt"),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--resamples",
+            "100",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (amc / "last-eval-test" / "metrics.json").is_file()
     assert (amc / "last-eval-test" / "scores.parquet").is_file()

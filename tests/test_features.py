@@ -150,8 +150,10 @@ def test_folder_gives_grid_features_ids_and_a_report(tmp_path, model_file, caplo
     assert report["shape"] == [6, 4, DIM] and report["ids"] == "feature_ids.npy"
     assert report["backbone"]["kind"] == "torchscript" and report["grid"] == GRID
     assert sorted(p.name for p in out.parent.iterdir() if not p.name.startswith(".")) == [
-        "feature_ids.npy", "features.json", "features.npy",
-    ]  # fmt: skip
+        "feature_ids.npy",
+        "features.json",
+        "features.npy",
+    ]
 
 
 def test_other_output_names_put_ids_beside_or_where_asked(tmp_path, model_file):
@@ -159,9 +161,11 @@ def test_other_output_names_put_ids_beside_or_where_asked(tmp_path, model_file):
     extract_features(tmp_path / "images", tmp_path / "coco.npy", config=config(model_file))
     assert np.load(tmp_path / "coco_ids.npy").shape == (2,)
     extract_features(
-        tmp_path / "images", tmp_path / "b.npy", ids=tmp_path / "ids" / "rows.npy",
+        tmp_path / "images",
+        tmp_path / "b.npy",
+        ids=tmp_path / "ids" / "rows.npy",
         config=config(model_file),
-    )  # fmt: skip
+    )
     assert np.load(tmp_path / "ids" / "rows.npy").shape == (2,)
     with pytest.raises(InputError, match=r"must end in \.npy"):
         extract_features(tmp_path / "images", tmp_path / "features.bin", config=config(model_file))
@@ -203,14 +207,19 @@ def test_tsv_of_base64_images_gives_the_folder_features(tmp_path, model_file):
     # Other column orders, and a key-to-id TSV with a header.
     swapped = tmp_path / "swapped.tsv"
     swapped.write_bytes(
-        b"".join(b"\t".join([b"x", line.split(b"\t")[1].rstrip(), line.split(b"\t")[0]]) + b"\r\n"
-                 for line in tsv.read_bytes().splitlines(keepends=True))
-    )  # fmt: skip
+        b"".join(
+            b"\t".join([b"x", line.split(b"\t")[1].rstrip(), line.split(b"\t")[0]]) + b"\r\n"
+            for line in tsv.read_bytes().splitlines(keepends=True)
+        )
+    )
     key_ids = tmp_path / "ids.tsv"
     key_ids.write_text("key\timg_id\n" + "".join(f"{k}\t{100 + i}\n" for i, k in enumerate(keys)))
     other = tmp_path / "other" / "features.npy"
-    extract_features(swapped, other, config=config(
-        model_file, tsv_columns=(2, 1), id_source="tsv", id_file=key_ids))  # fmt: skip
+    extract_features(
+        swapped,
+        other,
+        config=config(model_file, tsv_columns=(2, 1), id_source="tsv", id_file=key_ids),
+    )
     assert np.load(other.with_name("feature_ids.npy")).tolist() == [100, 101, 102, 103, 104]
     assert other.read_bytes() == from_folder.read_bytes()
 
@@ -224,12 +233,18 @@ def test_dataset_json_maps_file_names_to_imgids(tmp_path, model_file):
     dataset_json.write_text(json.dumps({"images": entries[:3]}))  # the last image is unknown
     out = tmp_path / "features.npy"
     with pytest.raises(InputError, match=rf"{coco_name(numbers[3])}.*not in the dataset-json"):
-        extract_features(tmp_path / "images", out, config=config(
-            model_file, id_source="dataset-json", id_file=dataset_json))  # fmt: skip
+        extract_features(
+            tmp_path / "images",
+            out,
+            config=config(model_file, id_source="dataset-json", id_file=dataset_json),
+        )
     assert not out.exists()
 
-    result = extract_features(tmp_path / "images", out, config=config(
-        model_file, id_source="dataset-json", id_file=dataset_json, on_error="skip"))  # fmt: skip
+    result = extract_features(
+        tmp_path / "images",
+        out,
+        config=config(model_file, id_source="dataset-json", id_file=dataset_json, on_error="skip"),
+    )
     assert np.load(tmp_path / "feature_ids.npy").tolist() == [40, 39, 38]
     assert [s.img_id for s in result.skipped] == [None]
     assert (
@@ -243,8 +258,11 @@ def test_dataset_json_maps_file_names_to_imgids(tmp_path, model_file):
         zipped.writestr("coco/dataset.json", json.dumps({"images": entries}))
         zipped.writestr("coco/keyword_test/x.json", "{}")
     zipped_out = tmp_path / "z" / "features.npy"
-    extract_features(tmp_path / "images", zipped_out, config=config(
-        model_file, id_source="dataset-json", id_file=archive))  # fmt: skip
+    extract_features(
+        tmp_path / "images",
+        zipped_out,
+        config=config(model_file, id_source="dataset-json", id_file=archive),
+    )
     assert np.load(zipped_out.with_name("feature_ids.npy")).tolist() == [40, 39, 38, 37]
 
 
@@ -339,10 +357,21 @@ def test_a_fifo_named_like_an_image_is_refused_by_name_not_read(tmp_path, model_
     fifo = tmp_path / "images" / "x_4242.jpg"  # a number in its name: it gets an img_id
     os.mkfifo(fifo)
     args = [
-        "features", str(tmp_path / "images"), "--out", str(tmp_path / "out" / "features.npy"),
-        "--model-file", str(model_file), "--grid", "2", "--image-size", "32", "--workers", "0",
-        "--on-error", on_error,
-    ]  # fmt: skip
+        "features",
+        str(tmp_path / "images"),
+        "--out",
+        str(tmp_path / "out" / "features.npy"),
+        "--model-file",
+        str(model_file),
+        "--grid",
+        "2",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--on-error",
+        on_error,
+    ]
     result = CliRunner().invoke(cli, args)
     if on_error == "fail":
         assert result.exit_code == 1
@@ -465,9 +494,10 @@ def test_an_exported_program_is_a_backbone_too(tmp_path, model_file):
     extract_features(tmp_path / "images", scripted, config=config(model_file))
     batch, side = torch.export.Dim("batch"), torch.export.Dim("side", min=8, max=512)
     program = torch.export.export(
-        tiny_net(), (torch.zeros(2, 3, SIZE, SIZE),),
+        tiny_net(),
+        (torch.zeros(2, 3, SIZE, SIZE),),
         dynamic_shapes=({0: batch, 2: side, 3: side},),
-    )  # fmt: skip
+    )
     torch.export.save(program, tmp_path / "tiny.pt2")
     exported = tmp_path / "exported" / "features.npy"
     result = extract_features(tmp_path / "images", exported, config=config(tmp_path / "tiny.pt2"))
@@ -500,9 +530,14 @@ def test_the_gpu_settings_run_on_the_cpu_too(tmp_path, model_file):
 
 def test_options_are_checked_up_front(model_file):
     bad_settings = [
-        {"grid": 0}, {"resize": 16}, {"batch_size": 0}, {"dtype": "int8"},
-        {"id_source": "dataset-json"}, {"tsv_columns": (1, 1)}, {"workers": -1},
-    ]  # fmt: skip
+        {"grid": 0},
+        {"resize": 16},
+        {"batch_size": 0},
+        {"dtype": "int8"},
+        {"id_source": "dataset-json"},
+        {"tsv_columns": (1, 1)},
+        {"workers": -1},
+    ]
     for bad in bad_settings:
         with pytest.raises(ConfigError):
             config(model_file, **bad)
@@ -544,11 +579,19 @@ def fake_torchvision(monkeypatch: pytest.MonkeyPatch, *, offline: bool = False) 
             raise OSError("no network")
         conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
         if name == "resnet_tiny":  # a trunk, then avgpool and fc: ResNet's shape
-            return torch.nn.Sequential(collections.OrderedDict(
-                conv1=conv, relu=torch.nn.ReLU(), avgpool=torch.nn.AdaptiveAvgPool2d(1),
-                fc=torch.nn.Linear(8, 10)))  # fmt: skip
-        return torch.nn.Sequential(collections.OrderedDict(  # VGG's shape
-            features=torch.nn.Sequential(conv), classifier=torch.nn.Linear(8, 10)))  # fmt: skip
+            return torch.nn.Sequential(
+                collections.OrderedDict(
+                    conv1=conv,
+                    relu=torch.nn.ReLU(),
+                    avgpool=torch.nn.AdaptiveAvgPool2d(1),
+                    fc=torch.nn.Linear(8, 10),
+                )
+            )
+        return torch.nn.Sequential(
+            collections.OrderedDict(  # VGG's shape
+                features=torch.nn.Sequential(conv), classifier=torch.nn.Linear(8, 10)
+            )
+        )
 
     models = types.ModuleType("torchvision.models")
     models.list_models = lambda module=None: ["resnet_tiny", "vgg_tiny"]  # type: ignore[attr-defined]
@@ -568,8 +611,12 @@ def test_torchvision_models_lose_their_head_and_random_weights_follow_the_seed(
     make_folder(tmp_path / "images", 3)
     settings = {"weights": "none", "grid": 2, "image_size": SIZE, "workers": 0}
     outputs = {}
-    for name, backbone, seed in [("a", "resnet_tiny", 0), ("b", "resnet_tiny", 0),
-                                 ("c", "resnet_tiny", 1), ("d", "vgg_tiny", 0)]:  # fmt: skip
+    for name, backbone, seed in [
+        ("a", "resnet_tiny", 0),
+        ("b", "resnet_tiny", 0),
+        ("c", "resnet_tiny", 1),
+        ("d", "vgg_tiny", 0),
+    ]:
         chosen = FeatureConfig(backbone=backbone, seed=seed, **settings)
         result = extract_features(tmp_path / "images", tmp_path / f"{name}.npy", config=chosen)
         assert result.shape == (3, 4, 8)  # the feature map, not the 10 classes of the head
@@ -578,12 +625,18 @@ def test_torchvision_models_lose_their_head_and_random_weights_follow_the_seed(
     assert outputs["a"] == outputs["b"] != outputs["c"]
 
     with pytest.raises(ConfigError, match=r"'resnet_huge' is not a torchvision"):
-        extract_features(tmp_path / "images", tmp_path / "e.npy", config=FeatureConfig(
-            backbone="resnet_huge", **settings))  # fmt: skip
+        extract_features(
+            tmp_path / "images",
+            tmp_path / "e.npy",
+            config=FeatureConfig(backbone="resnet_huge", **settings),
+        )
     fake_torchvision(monkeypatch, offline=True)
     with pytest.raises(DownloadError, match=r"tiny-0123\.pth there, or pass --weights none"):
-        extract_features(tmp_path / "images", tmp_path / "e.npy", config=FeatureConfig(
-            backbone="resnet_tiny", workers=0))  # fmt: skip
+        extract_features(
+            tmp_path / "images",
+            tmp_path / "e.npy",
+            config=FeatureConfig(backbone="resnet_tiny", workers=0),
+        )
 
 
 def _torchvision_or_skip() -> None:
@@ -618,14 +671,31 @@ def test_torchvision_trunk_with_random_weights(tmp_path):
 def test_cli_extracts_resumes_and_reports(tmp_path, model_file):
     numbers = make_folder(tmp_path / "images", 5)
     dataset_json = tmp_path / "dataset.json"
-    dataset_json.write_text(json.dumps({"images": [
-        {"filename": coco_name(n), "imgid": i} for i, n in enumerate(numbers)]}))  # fmt: skip
+    dataset_json.write_text(
+        json.dumps(
+            {"images": [{"filename": coco_name(n), "imgid": i} for i, n in enumerate(numbers)]}
+        )
+    )
     out = tmp_path / "prepared" / "features.npy"
     args = [
-        "features", str(tmp_path / "images"), "--out", str(out), "--model-file", str(model_file),
-        "--grid", "2", "--image-size", "32", "--batch-size", "2", "--workers", "0",
-        "--ids-from", "dataset-json", str(dataset_json),
-    ]  # fmt: skip
+        "features",
+        str(tmp_path / "images"),
+        "--out",
+        str(out),
+        "--model-file",
+        str(model_file),
+        "--grid",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--ids-from",
+        "dataset-json",
+        str(dataset_json),
+    ]
     stopped = CliRunner().invoke(cli, [*args, "--max-batches", "1"])
     assert stopped.exit_code == 0, stopped.output
     assert "run the same command again" in stopped.output

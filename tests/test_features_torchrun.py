@@ -32,11 +32,33 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def torchrun(images: Path, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
     """`amc-data -v features` in two processes (gloo, the CPU), batches of 2."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "amc_data", "-v", "features", str(images), "--out", str(out),
-        "--model-file", str(model), "--grid", "2", "--image-size", "32", "--batch-size", "2",
-        "--workers", "0", "--device", "cpu", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "amc_data",
+        "-v",
+        "features",
+        str(images),
+        "--out",
+        str(out),
+        "--model-file",
+        str(model),
+        "--grid",
+        "2",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
 
@@ -66,8 +88,11 @@ def test_two_processes_write_the_bytes_of_one_even_with_skipped_images(tmp_path,
     assert json.loads(out.with_name("features.json").read_text())["processes"] == 2
     assert done.stdout.count("Wrote ") == 1  # rank 0 alone reports
     assert sorted(p.name for p in out.parent.iterdir()) == [
-        ".features.npy.lock", "feature_ids.npy", "features.json", "features.npy"
-    ]  # fmt: skip
+        ".features.npy.lock",
+        "feature_ids.npy",
+        "features.json",
+        "features.npy",
+    ]
 
 
 def test_a_process_stopped_mid_shard_resumes_its_shard_only(tmp_path, model_file):

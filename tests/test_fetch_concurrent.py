@@ -38,9 +38,19 @@ def test_two_processes_same_data_folder(tmp_path):
             ],
         )
         command = [
-            sys.executable, "-m", "amc_data", "fetch", "--manifest", str(manifest),
-            "--data-dir", str(tmp_path / "data"), "--backoff", "0", "--jobs", "2",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "amc_data",
+            "fetch",
+            "--manifest",
+            str(manifest),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--backoff",
+            "0",
+            "--jobs",
+            "2",
+        ]
         first = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -78,16 +78,18 @@ def _coco(folder: Path, seed: int):
         row = truth.captions[int(qid)]
         concept = truth.concept[row]
         kind = "visual" if truth.kinds[concept] == 0 else "textual"
-        parts[kind].append((qid, int(truth.img_ids[row]), word[truth.names[concept]],
-                            truth.carrier_regions(row)))  # fmt: skip
+        parts[kind].append(
+            (qid, int(truth.img_ids[row]), word[truth.names[concept]], truth.carrier_regions(row))
+        )
     return prepared, _probes(parts["textual"], parts["visual"])
 
 
 def _probes(keyword: list, region: list) -> Probes:
     kq, ki, kk, _ = zip(*keyword, strict=True)
     rq, ri, _, rr = zip(*region, strict=True)
-    return Probes(np.array(kq), np.array(ki), np.array(kk), np.array(rq), np.array(ri),
-                  np.stack(rr))  # fmt: skip
+    return Probes(
+        np.array(kq), np.array(ki), np.array(kk), np.array(rq), np.array(ri), np.stack(rr)
+    )
 
 
 def _attention(run: Path, prepared, probes: Probes) -> dict[str, float]:
@@ -118,8 +120,11 @@ def _attention(run: Path, prepared, probes: Probes) -> dict[str, float]:
     return out
 
 
-@pytest.fixture(scope="module", params=[("synth", 3), ("synth", 4), ("coco", 1), ("coco", 2)],
-                ids=lambda p: f"{p[0]}-seed{p[1]}")  # fmt: skip
+@pytest.fixture(
+    scope="module",
+    params=[("synth", 3), ("synth", 4), ("coco", 1), ("coco", 2)],
+    ids=lambda p: f"{p[0]}-seed{p[1]}",
+)
 def trained(request, tmp_path_factory):
     """A world, every run trained on it with default options, their evaluation and AMC's
     attention."""

@@ -107,9 +107,17 @@ def test_summary_keys():
     query_ids, scores, labels = _random_run(3)
     summary = ranking_metrics(query_ids, scores, labels).summary()
     assert list(summary) == [
-        "ndcg@5", "ndcg@10", "ndcg@15", "ndcg@20", "ndcg@25", "dcg@25_challenge", "auc",
-        "queries", "pairs", "queries_without_relevant",
-    ]  # fmt: skip
+        "ndcg@5",
+        "ndcg@10",
+        "ndcg@15",
+        "ndcg@20",
+        "ndcg@25",
+        "dcg@25_challenge",
+        "auc",
+        "queries",
+        "pairs",
+        "queries_without_relevant",
+    ]
 
 
 def test_any_query_id_type_gives_the_same_values():
@@ -237,8 +245,12 @@ def test_recall_median_and_mean_rank_as_vse_plus_plus():
     assert result.medr == np.floor(np.median(zero_based)) + 1
     assert result.meanr == zero_based.mean() + 1
     assert result.summary() == {
-        "r@1": 25.0, "r@5": 50.0, "r@10": 75.0, "medr": 5.0, "meanr": ranks.mean(),
-    }  # fmt: skip
+        "r@1": 25.0,
+        "r@5": 50.0,
+        "r@10": 75.0,
+        "medr": 5.0,
+        "meanr": ranks.mean(),
+    }
 
 
 def test_constant_scores_get_the_worst_rank_not_the_best():
@@ -365,6 +377,7 @@ def test_paired_by_query_matches_numeric_and_text_query_ids():
 
     numeric = np.array([3, 1, 2])
     text = np.array(["1", "2", "3"], dtype=object)
-    test = paired_by_query(numeric, np.array([0.3, 0.1, 0.2]), text, np.array([0.1, 0.2, 0.3]),
-                           resamples=200)  # fmt: skip
+    test = paired_by_query(
+        numeric, np.array([0.3, 0.1, 0.2]), text, np.array([0.1, 0.2, 0.3]), resamples=200
+    )
     assert test.n == 3 and test.difference == pytest.approx(0.0)

@@ -308,10 +308,12 @@ def test_cca_fits_in_closed_form_and_ranks_a_planted_correspondence():
         model.score_pool(*planted_pairs(4, seed=0))
     query, images = planted_pairs(400, seed=0)
     batches = [
-        TrainBatch(QueryBatch(query.tokens[i : i + 50], query.mask[i : i + 50]),
-                   expand_pairs(images, slice(i, i + 50)))
+        TrainBatch(
+            QueryBatch(query.tokens[i : i + 50], query.mask[i : i + 50]),
+            expand_pairs(images, slice(i, i + 50)),
+        )
         for i in range(0, 400, 50)
-    ]  # fmt: skip
+    ]
     model.fit_closed_form(batches)
     assert 0.7 < model.correlations[0] <= 1.0
 

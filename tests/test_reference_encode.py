@@ -103,8 +103,14 @@ def test_clickture_min_df_and_stop_words_are_parameters(tmp_path: Path) -> None:
     assert result["vocabulary"] == ["blue", "café", "red", "sink", "the", "wc", "white"]
     # Lite image 1 "white green" now has white (6); image 6 "red and RED" has no "and" in dev.
     assert result["img_keyword_rec_clickture_lite_sk_1.npy"].tolist() == [
-        [4, 3], [4, 3], [4, 3], [0, 5], [6, 2], [6, 2], [1, 6]
-    ]  # fmt: skip
+        [4, 3],
+        [4, 3],
+        [4, 3],
+        [0, 5],
+        [6, 2],
+        [6, 2],
+        [1, 6],
+    ]
     # The default min_df of 6 cuts every word of this tiny corpus: scikit-learn refuses.
     with pytest.raises(ValueError, match="max_df corresponds to < documents than min_df"):
         reference_clickture(data, tmp_path / "work")
@@ -112,8 +118,11 @@ def test_clickture_min_df_and_stop_words_are_parameters(tmp_path: Path) -> None:
     result = reference_clickture(data, tmp_path / "work", min_df=2, stop_words=["red", "the"])
     assert result["vocabulary"] == ["sink", "wc"]
     assert result["img_keyword_rec_clickture_dev_sk_2.npy"].tolist() == [
-        [3, 0], [3, 1], [1, 0], [2, 1]
-    ]  # fmt: skip
+        [3, 0],
+        [3, 1],
+        [1, 0],
+        [2, 1],
+    ]
 
 
 def test_clickture_missing_member_fails(tmp_path: Path) -> None:
@@ -152,10 +161,16 @@ def _coco(folder: Path, wrap: str = "") -> Path:
     for imgid, split, filepath, cocoid, words in COCO:
         filename = f"COCO_{filepath}_{cocoid:012d}.jpg"
         images.append(
-            {"filepath": filepath, "filename": filename, "imgid": imgid, "split": split,
-             "sentids": [imgid], "cocoid": cocoid,
-             "sentences": [{"tokens": ["a"], "raw": "A.", "imgid": imgid, "sentid": imgid}]}
-        )  # fmt: skip
+            {
+                "filepath": filepath,
+                "filename": filename,
+                "imgid": imgid,
+                "split": split,
+                "sentids": [imgid],
+                "cocoid": cocoid,
+                "sentences": [{"tokens": ["a"], "raw": "A.", "imgid": imgid, "sentid": imgid}],
+            }
+        )
         members[f"keyword_{split}/{filename[:-4]}.json"] = _keywords(words)
     members["dataset.json"] = {"images": images, "dataset": "coco"}
     _zip(folder / "keywords_coco.zip", members, wrap)

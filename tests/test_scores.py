@@ -68,30 +68,60 @@ def test_read_scores_types_extra_columns_and_text_ids(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("query_id\timg_id\tscore\n1\t2\t0.5\n", ["lacks the column(s) label",
-            "found: query_id, img_id, score", "needs the columns query_id, img_id, score, label"]),
+        (
+            "query_id\timg_id\tscore\n1\t2\t0.5\n",
+            [
+                "lacks the column(s) label",
+                "found: query_id, img_id, score",
+                "needs the columns query_id, img_id, score, label",
+            ],
+        ),
         ("query_id,img_id,score,label\n1,2,0.5,1\n", ["lacks the column(s)", "comma-separated"]),
-        (HEADER + "1\t1\t0.5\t1\n\n1\t2\tabc\t0\n", ["line 4: score is 'abc', not a number",
-            "Give every row a finite number"]),
+        (
+            HEADER + "1\t1\t0.5\t1\n\n1\t2\tabc\t0\n",
+            ["line 4: score is 'abc', not a number", "Give every row a finite number"],
+        ),
         (HEADER + "1\t1\t0.5\t1\n1\t2\tnan\t0\n", ["line 3: score is missing (empty, NA or NaN)"]),
         (HEADER + "1\t1\t0.5\t1\n1\t2\t\t0\n", ["line 3: score is missing"]),
         (HEADER + "1\t1\t0.5\t1\n1\t2\tinf\t0\n", ["line 3: score is inf", "Clip or replace"]),
-        (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t2.5\n", ["line 3: label is 2.5, not a whole number",
-            "graded relevance"]),
+        (
+            HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t2.5\n",
+            ["line 3: label is 2.5, not a whole number", "graded relevance"],
+        ),
         (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\tgood\n", ["line 3: label is 'good', not a number"]),
         (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t-1\n", ["line 3: label is -1", "must be 0"]),
-        (HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t0\n1\t1\t0.7\t1\n", ["line 2 and line 4: both score "
-            "query 1, image 1", "Keep one row per (query, image) pair"]),
+        (
+            HEADER + "1\t1\t0.5\t1\n1\t2\t0.1\t0\n1\t1\t0.7\t1\n",
+            [
+                "line 2 and line 4: both score query 1, image 1",
+                "Keep one row per (query, image) pair",
+            ],
+        ),
         ("", ["is empty (0 bytes)", "Write a header line"]),
         (HEADER, ["has no rows", "one row per (query, candidate image)"]),
-        (HEADER + "1\t1\t0.5\t1\n\n1\t2\t0.5\n", ["line 4: expected 4 tab-separated fields, "
-            "found 3", "separated by tabs"]),
+        (
+            HEADER + "1\t1\t0.5\t1\n\n1\t2\t0.5\n",
+            ["line 4: expected 4 tab-separated fields, found 3", "separated by tabs"],
+        ),
         (HEADER + "1\t1\t0.5\t1\n\t2\t0.5\t1\n", ["line 3: query_id is missing"]),
     ],
-    ids=["missing-column", "commas", "text-score", "nan-score", "empty-score", "inf-score",
-         "fractional-label", "text-label", "negative-label", "duplicate", "empty-file",
-         "header-only", "short-row", "missing-id"],
-)  # fmt: skip
+    ids=[
+        "missing-column",
+        "commas",
+        "text-score",
+        "nan-score",
+        "empty-score",
+        "inf-score",
+        "fractional-label",
+        "text-label",
+        "negative-label",
+        "duplicate",
+        "empty-file",
+        "header-only",
+        "short-row",
+        "missing-id",
+    ],
+)
 def test_malformed_tsv_files_name_file_line_and_fix(tmp_path, text, expected):
     path = _write(tmp_path, "bad.tsv", text)
     with pytest.raises(InputError) as info:
@@ -121,8 +151,9 @@ def test_line_numbers_count_from_the_header_in_a_large_file(tmp_path):
     ],
 )
 def test_malformed_parquet_files_name_file_row_index_and_fix(tmp_path, column, values, expected):
-    frame = pd.DataFrame({"query_id": [1, 1, 1], "img_id": [1, 2, 3], "score": [0.5, 0.7, 0.1],
-                          "label": [1, 0, 2]})  # fmt: skip
+    frame = pd.DataFrame(
+        {"query_id": [1, 1, 1], "img_id": [1, 2, 3], "score": [0.5, 0.7, 0.1], "label": [1, 0, 2]}
+    )
     frame[column] = values
     path = tmp_path / "bad.parquet"
     frame.to_parquet(path, index=False)
@@ -171,8 +202,25 @@ def test_eval_prints_one_row_per_file_and_writes_json(tmp_path):
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["scores", "queries", "pairs", "no", "rel", "ndcg@5", "ndcg@10",
-        "ndcg@15", "ndcg@20", "ndcg@25", "dcg@25", "ch", "auc", "p", "rand", "p", "t"]  # fmt: skip
+    assert lines[0].split() == [
+        "scores",
+        "queries",
+        "pairs",
+        "no",
+        "rel",
+        "ndcg@5",
+        "ndcg@10",
+        "ndcg@15",
+        "ndcg@20",
+        "ndcg@25",
+        "dcg@25",
+        "ch",
+        "auc",
+        "p",
+        "rand",
+        "p",
+        "t",
+    ]
     assert lines[2].startswith(str(a)) and lines[3].startswith(str(b))
     data = json.loads(out.read_text())
     assert list(data) == [str(a), str(b)]

@@ -90,12 +90,16 @@ def test_a_record_that_is_not_valid_options_is_one_line_error(saved: Any) -> Non
 
 @pytest.mark.parametrize(
     ("option", "value", "words"),
-    [("dim", 1_000_000, "--dim must be a whole number from 1 to 8,192"),
-     ("seed", 2**64, "--seed must be a whole number from 0 to 9,223,372,036,854,775,807"),
-     ("seed", -1, "--seed must be"), ("negatives", 100_000, "--negatives .* 1 to 10,000"),
-     ("batch_size", 70_000, "--batch-size .* 1 to 65,536"), ("epochs", 10**6, "--epochs"),
-     ("max_keywords", 5000, "--max-keywords .* 1 to 4,096")],
-)  # fmt: skip
+    [
+        ("dim", 1_000_000, "--dim must be a whole number from 1 to 8,192"),
+        ("seed", 2**64, "--seed must be a whole number from 0 to 9,223,372,036,854,775,807"),
+        ("seed", -1, "--seed must be"),
+        ("negatives", 100_000, "--negatives .* 1 to 10,000"),
+        ("batch_size", 70_000, "--batch-size .* 1 to 65,536"),
+        ("epochs", 10**6, "--epochs"),
+        ("max_keywords", 5000, "--max-keywords .* 1 to 4,096"),
+    ],
+)
 def test_options_beyond_their_bounds_are_one_line_config_errors(
     option: str, value: int, words: str
 ) -> None:

@@ -163,9 +163,14 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("changes", "words"),
-    [({"model": "dssm"}, "--model"), ({"epochs": 0}, "--epochs"), ({"lr": -1.0}, "--lr"),
-     ({"warmup": 1.5}, "--warmup"), ({"device": "tpu"}, "--device")],
-)  # fmt: skip
+    [
+        ({"model": "dssm"}, "--model"),
+        ({"epochs": 0}, "--epochs"),
+        ({"lr": -1.0}, "--lr"),
+        ({"warmup": 1.5}, "--warmup"),
+        ({"device": "tpu"}, "--device"),
+    ],
+)
 def test_bad_options_are_config_errors(changes: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         TrainConfig(**changes)
@@ -179,8 +184,22 @@ def test_cca_is_fitted_in_closed_form_and_checkpointed(data: Path, tmp_path: Pat
 
 
 def test_cli_trains_and_reports(data: Path, tmp_path: Path) -> None:
-    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--dim", "16",
-            "--batch-size", "32", "--negatives", "3", "--device", "cpu"]  # fmt: skip
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--dim",
+        "16",
+        "--batch-size",
+        "32",
+        "--negatives",
+        "3",
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "val ndcg@10" in result.output and (tmp_path / "run" / "best.pt").is_file()
@@ -206,10 +225,30 @@ def test_two_processes_under_torchrun_train_and_write_one_loadable_checkpoint(
 ) -> None:
     run = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "amc_data", "train", str(data), "--out", str(run), "--epochs", "1", "--dim", "16",
-        "--batch-size", "16", "--negatives", "3", "--device", "cpu", "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "amc_data",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--dim",
+        "16",
+        "--batch-size",
+        "16",
+        "--negatives",
+        "3",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -257,8 +296,10 @@ def test_a_run_that_stopped_in_its_first_epoch_can_simply_be_run_again(
     assert result.epochs == 2
 
 
-@pytest.mark.parametrize(("name", "value"), [("margin", float("nan")), ("clip", float("inf")),
-                                             ("weight_decay", float("nan"))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("margin", float("nan")), ("clip", float("inf")), ("weight_decay", float("nan"))],
+)
 def test_non_finite_options_are_config_errors(name: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
         TrainConfig(**{name: value})
@@ -306,9 +347,17 @@ def test_damaged_checkpoints_and_word_vectors_are_one_line_errors(
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("lr", 0.01), ("weight_decay", 0.0), ("margin", 0.5), ("warmup", 0.2), ("in_batch", True),
-     ("max_keywords", 8), ("clip", 0.0), ("amp", False)],
-)  # fmt: skip
+    [
+        ("lr", 0.01),
+        ("weight_decay", 0.0),
+        ("margin", 0.5),
+        ("warmup", 0.2),
+        ("in_batch", True),
+        ("max_keywords", 8),
+        ("clip", 0.0),
+        ("amp", False),
+    ],
+)
 def test_resume_with_an_option_that_changes_the_run_is_refused_and_nothing_is_written(
     data: Path, tmp_path: Path, option: str, value: object
 ) -> None:
@@ -364,8 +413,23 @@ def test_resuming_a_checkpoint_with_only_its_marker_is_one_line_error(
     run = tmp_path / "run"
     train(data, run, TrainConfig(**{**FAST, "epochs": 1}))
     torch.save({"format": "amc-data-checkpoint", "format_version": 1}, run / "last.pt")
-    args = ["train", str(data), "--out", str(run), "--epochs", "1", "--dim", "16",
-            "--batch-size", "32", "--negatives", "3", "--device", "cpu", "--resume"]  # fmt: skip
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--dim",
+        "16",
+        "--batch-size",
+        "32",
+        "--negatives",
+        "3",
+        "--device",
+        "cpu",
+        "--resume",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
     assert "lacks train_config, model_config" in result.output
@@ -438,7 +502,8 @@ def test_a_second_train_into_a_folder_being_written_fails_at_once(
             "import amc_data\nfrom amc_data.ranking.training import TrainConfig, train\n"
             f"train({str(data)!r}, {str(run)!r}, TrainConfig(epochs=1, dim=16, device='cpu'))\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
     assert out.returncode != 0 and "Another amc-data train is writing" in out.stderr
     assert LockTimeoutError.__name__ in out.stderr and not run.exists()

@@ -26,16 +26,30 @@ __all__ = ["load_id_map"]
 # a little-endian length of that many bytes followed by that many bytes, or a text line.
 _NO_ARGUMENT = frozenset(b"(.012N}d]laets)u\x85\x86\x87\x88\x89\x8f\x90\x91\x94")
 _FIXED = {
-    ord("K"): 1, ord("M"): 2, ord("J"): 4, ord("G"): 8,  # BININT1, BININT2, BININT, BINFLOAT
-    ord("h"): 1, ord("j"): 4,  # BINGET, LONG_BINGET
-    ord("q"): 1, ord("r"): 4,  # BINPUT, LONG_BINPUT
-    0x80: 1, 0x95: 8,  # PROTO, FRAME
-}  # fmt: skip
+    ord("K"): 1,
+    ord("M"): 2,
+    ord("J"): 4,
+    ord("G"): 8,  # BININT1, BININT2, BININT, BINFLOAT
+    ord("h"): 1,
+    ord("j"): 4,  # BINGET, LONG_BINGET
+    ord("q"): 1,
+    ord("r"): 4,  # BINPUT, LONG_BINPUT
+    0x80: 1,
+    0x95: 8,  # PROTO, FRAME
+}
 _COUNTED = {
-    ord("U"): 1, ord("T"): 4, 0x8C: 1, ord("X"): 4, 0x8D: 8,  # str (Python 2 and 3)
-    ord("C"): 1, ord("B"): 4, 0x8E: 8, 0x96: 8,  # bytes, bytearray
-    0x8A: 1, 0x8B: 4,  # LONG1, LONG4
-}  # fmt: skip
+    ord("U"): 1,
+    ord("T"): 4,
+    0x8C: 1,
+    ord("X"): 4,
+    0x8D: 8,  # str (Python 2 and 3)
+    ord("C"): 1,
+    ord("B"): 4,
+    0x8E: 8,
+    0x96: 8,  # bytes, bytearray
+    0x8A: 1,
+    0x8B: 4,  # LONG1, LONG4
+}
 _LINE = frozenset(b"ILFSVpg")  # protocol 0: INT, LONG, FLOAT, STRING, UNICODE, PUT, GET
 _SIGNED_LENGTH = frozenset({ord("T"), 0x8B})
 # Instructions that reach code: refused by name, before anything is loaded.
@@ -182,9 +196,16 @@ def load_id_map(path: str | os.PathLike[str]) -> dict[str, int]:
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}. Nothing was run. {again}") from None
     except (
-        pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-        KeyError, OverflowError, RecursionError,
-    ) as exc:  # fmt: skip
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         # Plain data put together wrongly: an unhashable key, an item set on a number, ...
         raise InputError(
             f"{path} is not a readable pickle ({type(exc).__name__}: {exc}). {again}"

@@ -135,13 +135,18 @@ def _parse_columns(directory: bytes, count: int) -> tuple[np.ndarray, np.ndarray
         return None
     data = np.frombuffer(directory, dtype=np.uint8)
     starts = np.sort(
-        np.concatenate([
-            np.flatnonzero(
-                np.frombuffer(directory, "<u4", (len(directory) - a) // 4, a) == _CENTRAL_SIGNATURE
-            ) * 4 + a
-            for a in range(4)
-        ])
-    )  # fmt: skip
+        np.concatenate(
+            [
+                np.flatnonzero(
+                    np.frombuffer(directory, "<u4", (len(directory) - a) // 4, a)
+                    == _CENTRAL_SIGNATURE
+                )
+                * 4
+                + a
+                for a in range(4)
+            ]
+        )
+    )
     if starts.size != count or starts[0] != 0 or starts[-1] + 46 > len(directory):
         return None  # a signature inside a name or extra field: let the loop walk it
 
@@ -240,9 +245,12 @@ def _checked(
         first, second = block[:, 0], block[:, 1] if block.shape[1] > 1 else block[:, 0] * 0
         dots = (block[:, :-1] == ord(".")) & (block[:, 1:] == ord("."))
         suspicious[lo : lo + _BLOCK] = (
-            (first == 0) | (first == ord("/")) | (first == ord("\\")) | (second == ord(":"))
+            (first == 0)
+            | (first == ord("/"))
+            | (first == ord("\\"))
+            | (second == ord(":"))
             | dots.any(axis=1)
-        )  # fmt: skip
+        )
         non_ascii[lo : lo + _BLOCK] = (block >= 0x80).any(axis=1)
         last = np.maximum((block != 0).sum(axis=1) - 1, 0)
         is_folder[lo : lo + _BLOCK] = block[np.arange(block.shape[0]), last] == ord("/")
@@ -262,12 +270,16 @@ def _checked(
     _check_no_overlap(path, names, fields, data_end)
     sizes, compressed = fields[:, 2], np.maximum(fields[:, 1], 1)
     for bad, what in (
-        (sizes > limits.max_member_size, "declares {size:,} bytes for one member, over the cap "
-         f"of {limits.max_member_size:,}"),
-        ((sizes > limits.ratio_floor) & (sizes > limits.max_ratio * compressed),
-         "declares a compression ratio of {ratio:,.0f}:1, over the cap of "
-         f"{limits.max_ratio:,.0f}:1 (a zip bomb?)"),
-    ):  # fmt: skip
+        (
+            sizes > limits.max_member_size,
+            f"declares {{size:,}} bytes for one member, over the cap of {limits.max_member_size:,}",
+        ),
+        (
+            (sizes > limits.ratio_floor) & (sizes > limits.max_ratio * compressed),
+            "declares a compression ratio of {ratio:,.0f}:1, over the cap of "
+            f"{limits.max_ratio:,.0f}:1 (a zip bomb?)",
+        ),
+    ):
         if bad.any():
             at = int(np.argmax(bad))
             ratio = sizes[at] / compressed[at]

@@ -212,10 +212,15 @@ def _stdlib_inflate(method: int, data: memoryview, max_length: int) -> bytes:
     if props_size != 5 or len(props) != 5:
         raise ValueError(f"lzma properties of {props_size} bytes, expected 5")
     lc, rest = props[0] % 9, props[0] // 9
-    filters = [{
-        "id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5,
-        "dict_size": int.from_bytes(props[1:5], "little"),
-    }]  # fmt: skip
+    filters = [
+        {
+            "id": lzma.FILTER_LZMA1,
+            "lc": lc,
+            "lp": rest % 5,
+            "pb": rest // 5,
+            "dict_size": int.from_bytes(props[1:5], "little"),
+        }
+    ]
     try:
         inflater = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
         return inflater.decompress(data[4 + props_size :], max_length)

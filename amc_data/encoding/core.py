@@ -155,9 +155,11 @@ def _fit(
         documents = Documents.concat([first, *parts])
         release_memory()  # planning's temporaries
         with progress_bar(
-            total=int(first.fit.sum()), desc="fitting vocabulary", unit="doc",
+            total=int(first.fit.sum()),
+            desc="fitting vocabulary",
+            unit="doc",
             enabled=config.progress,
-        ) as bar:  # fmt: skip
+        ) as bar:
             for task, counts in zip(fit_tasks, results, strict=True):
                 for offset, message in counts.errors:
                     item = first.skipped_item(task.start + offset, message)
@@ -212,10 +214,12 @@ def _encode_into(
     with (
         worker_pool(jobs, analyzer, words) as executor,
         progress_bar(
-            total=len(documents), desc=f"encoding {spec.name}", unit="doc",
+            total=len(documents),
+            desc=f"encoding {spec.name}",
+            unit="doc",
             enabled=config.progress,
         ) as bar,
-    ):  # fmt: skip
+    ):
         for chunk in ordered_map(executor, encode_chunk, tasks(documents, rows), 2 * jobs):
             for offset, message in chunk.errors:
                 policy.problem(documents.skipped_item(chunk.start + offset, message))

@@ -43,9 +43,11 @@ class EncodedSplit:
 def read_vocabulary(out_dir: Path) -> list[str]:
     """Words in id order, from `vocab.tsv`."""
     words, _ = read_vocab_tsv(
-        out_dir / "vocab.tsv", VOCAB_HEADER, missing="run `amc-data encode` first.",
+        out_dir / "vocab.tsv",
+        VOCAB_HEADER,
+        missing="run `amc-data encode` first.",
         fix="Encode again (amc-data encode --force).",
-    )  # fmt: skip
+    )
     return words
 
 

@@ -198,15 +198,23 @@ def _npz_member(
     """One `.npy` member of an `.npz` file, written from blocks of its values in order."""
     kind = np.dtype(dtype)
     with npz.open(f"{name}.npy", "w", force_zip64=True) as member:
-        header = {"descr": np.lib.format.dtype_to_descr(kind), "fortran_order": False,
-                  "shape": shape}  # fmt: skip
+        header = {
+            "descr": np.lib.format.dtype_to_descr(kind),
+            "fortran_order": False,
+            "shape": shape,
+        }
         np.lib.format.write_array_header_1_0(member, header)
         for block in blocks:
             member.write(np.ascontiguousarray(block, dtype=kind).tobytes())
 
 
-_NUMPY_TYPES = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32,
-                pa.int64(): np.int64, pa.float64(): np.float64}  # fmt: skip
+_NUMPY_TYPES = {
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.float64(): np.float64,
+}
 
 
 def arrow_array(values: np.ndarray | Sequence[str] | pa.Array, type: pa.DataType) -> pa.Array:
@@ -226,8 +234,11 @@ def arrow_array(values: np.ndarray | Sequence[str] | pa.Array, type: pa.DataType
             values = np.array([v.encode("utf-8") for v in values], dtype=bytes)
         values = np.ascontiguousarray(values)
         width = max(values.dtype.itemsize, 1)
-        chars = values.view(np.uint8).reshape(values.size, -1) if values.size else np.zeros(
-            (0, width), np.uint8)  # fmt: skip
+        chars = (
+            values.view(np.uint8).reshape(values.size, -1)
+            if values.size
+            else np.zeros((0, width), np.uint8)
+        )
         inside = chars != 0  # names and words hold no NUL: the rest is numpy's padding
         offsets = np.zeros(values.size + 1, dtype=np.int32)
         np.cumsum(inside.sum(axis=1), out=offsets[1:])
@@ -265,9 +276,12 @@ class ParquetTableWriter:
         # Dictionary-encoding a column of distinct values (image ids, names) is wasted work.
         # Statistics let readers skip row groups (by split, by image); only where they do.
         self._writer = pq.ParquetWriter(
-            path, schema, compression="zstd", use_dictionary=dictionary_columns,
+            path,
+            schema,
+            compression="zstd",
+            use_dictionary=dictionary_columns,
             write_statistics=statistics_columns,
-        )  # fmt: skip
+        )
 
     def write(self, columns: dict[str, np.ndarray | pa.Array | Sequence[object]]) -> None:
         """Append rows given column by column (names and order as in the schema)."""

@@ -388,8 +388,9 @@ def _absent_splits(planner: _Planner, found: _Candidates) -> tuple[str, ...]:
         folder = _member_folder(planner.dataset, split)
         layout = planner.layout(archive, folder, stems)
         if (archive.locations(_member_names(layout, folder, stems))[:, 2] < 0).all():
-            log.warning("%s has no %s/ files: its %d images are left out.",
-                        archive.path, folder, stems.size)  # fmt: skip
+            log.warning(
+                "%s has no %s/ files: its %d images are left out.", archive.path, folder, stems.size
+            )
             absent.append(split)
     return tuple(absent)
 

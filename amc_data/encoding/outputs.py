@@ -31,13 +31,22 @@ PAIRS_ROW_GROUP = 1 << 21  # 2M rows of 13 bytes: ~26 MB a row group
 IMAGES_ROW_GROUP = 1 << 18  # 256K rows with their member names: ~20 MB
 SPLIT_TYPE = pa.dictionary(pa.int8(), pa.string())
 PAIRS_SCHEMA = pa.schema(
-    [("split", SPLIT_TYPE), ("img_id", pa.int64()), ("word_id", pa.int32()),
-     ("position", pa.int32())]
-)  # fmt: skip
+    [
+        ("split", SPLIT_TYPE),
+        ("img_id", pa.int64()),
+        ("word_id", pa.int32()),
+        ("position", pa.int32()),
+    ]
+)
 IMAGES_SCHEMA = pa.schema(
-    [("img_id", pa.int64()), ("split", SPLIT_TYPE), ("source_member", pa.string()),
-     ("tokens_seen", pa.int32()), ("tokens_kept", pa.int32())]
-)  # fmt: skip
+    [
+        ("img_id", pa.int64()),
+        ("split", SPLIT_TYPE),
+        ("source_member", pa.string()),
+        ("tokens_seen", pa.int32()),
+        ("tokens_kept", pa.int32()),
+    ]
+)
 VOCAB_SCHEMA = pa.schema([("word_id", pa.int32()), ("word", pa.string()), ("df", pa.int64())])
 
 
@@ -140,15 +149,19 @@ class OutputWriters:
         if "parquet" in formats:
             parquet = _ParquetWriters(
                 pairs=ParquetTableWriter(
-                    folder / "pairs.parquet", PAIRS_SCHEMA, PAIRS_ROW_GROUP,
+                    folder / "pairs.parquet",
+                    PAIRS_SCHEMA,
+                    PAIRS_ROW_GROUP,
                     dictionary_columns=["split", "word_id", "position"],
                     statistics_columns=["split", "img_id", "word_id"],
                 ),
                 images=ParquetTableWriter(
-                    folder / "images.parquet", IMAGES_SCHEMA, IMAGES_ROW_GROUP,
+                    folder / "images.parquet",
+                    IMAGES_SCHEMA,
+                    IMAGES_ROW_GROUP,
                     dictionary_columns=["split", "tokens_seen", "tokens_kept"],
                 ),
-            )  # fmt: skip
+            )
             vocab = ParquetTableWriter(folder / "vocab.parquet", VOCAB_SCHEMA, 1 << 20)
             vocab.write({"word_id": np.arange(len(words)), "word": words, "df": frequencies})
             vocab.close()
@@ -188,9 +201,11 @@ class OutputWriters:
             elif docs.any():
                 entries = np.repeat(docs, chunk.csr_nnz)
                 builder.add(
-                    img[docs], chunk.csr_nnz[docs], chunk.csr_columns[entries],
+                    img[docs],
+                    chunk.csr_nnz[docs],
+                    chunk.csr_columns[entries],
                     chunk.csr_values[entries],
-                )  # fmt: skip
+                )
         if self.parquet is not None:
             self.parquet.pairs.write(
                 {

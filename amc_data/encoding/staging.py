@@ -188,8 +188,10 @@ def _discard_old(folder: Path, out_dir: Path) -> None:
         os.rename(folder, kept)
         log.warning(
             "%s held files amc-data did not write: kept them in %s (%s)",
-            out_dir, kept, ", ".join(sorted(os.listdir(kept))[:5]),
-        )  # fmt: skip
+            out_dir,
+            kept,
+            ", ".join(sorted(os.listdir(kept))[:5]),
+        )
 
 
 def _recover(out_dir: Path) -> None:

@@ -273,8 +273,11 @@ def _extract_shards(run: _Run, group: Group, shards: list[Progress]) -> FeatureR
     elif mine.next_input > mine.start:
         log.info(
             "%sresuming %s at input %d (%d rows written)",
-            shard, paths.features, mine.next_input, mine.rows,
-        )  # fmt: skip
+            shard,
+            paths.features,
+            mine.next_input,
+            mine.rows,
+        )
 
     def extract() -> Progress:
         with open_partial(paths, mine, fresh=False) as partial:
@@ -289,8 +292,13 @@ def _extract_shards(run: _Run, group: Group, shards: list[Progress]) -> FeatureR
             log.info("stopped at input %d of %d; run again to resume", mine.next_input, len(plan))
         rows = sum(p.rows for p in ended)
         skipped = [*plan.skipped, *(s for p in ended for s in p.skipped)]
-        return run.result((rows, *run.shape[1:]), complete=False, resumed_from=resumed_from,
-                          done=done, skipped=skipped)  # fmt: skip
+        return run.result(
+            (rows, *run.shape[1:]),
+            complete=False,
+            resumed_from=resumed_from,
+            done=done,
+            skipped=skipped,
+        )
     return group.on_main(lambda: _finish(run, ended, resumed_from, done))
 
 
@@ -358,9 +366,12 @@ def _extract(run: _Run, partial: PartialRows, progress: Progress) -> Progress:
         reader, batches, workers=config.worker_count, pin_memory=run.device.startswith("cuda")
     )
     bar = progress_bar(
-        total=stop - progress.start, initial=progress.next_input - progress.start,
-        desc="features", unit="img", enabled=config.progress and run.ranks.is_main,
-    )  # fmt: skip
+        total=stop - progress.start,
+        initial=progress.next_input - progress.start,
+        desc="features",
+        unit="img",
+        enabled=config.progress and run.ranks.is_main,
+    )
     iterator = iter(loader)
     try:
         for planned, batch in zip(batches, iterator, strict=True):
@@ -393,8 +404,13 @@ def _finish(run: _Run, shards: list[Progress], resumed_from: int, done: int) -> 
     decoded_skips = np.array([s.img_id for s in decoding_skips], dtype=np.int64)
     row_ids = plan.img_ids[~np.isin(plan.img_ids, decoded_skips)]
     shape = (rows, *run.shape[1:])
-    result = run.result(shape, complete=True, resumed_from=resumed_from, done=done,
-                        skipped=[*plan.skipped, *decoding_skips])  # fmt: skip
+    result = run.result(
+        shape,
+        complete=True,
+        resumed_from=resumed_from,
+        done=done,
+        skipped=[*plan.skipped, *decoding_skips],
+    )
     report = {
         "version": REPORT_VERSION,
         "fingerprint": run.fingerprint,

@@ -15,7 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
-from .model import ModelConfig, RankingModel, _float32, _normalise  # noqa: E402
+from .model import ModelConfig, RankingModel, float32_products, normalise_weights  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +102,20 @@ class CCAModel(RankingModel):
     @staticmethod
     def _image_parts(images: ImageBatch) -> tuple[Tensor, Tensor]:
         mask = images.region_mask.float()  # (*S, R)
-        pooled = torch.einsum("...r,...rd->...d", _normalise(mask), images.regions.float())
+        pooled = torch.einsum("...r,...rd->...d", normalise_weights(mask), images.regions.float())
         counts = images.keyword_counts.float() * images.keyword_mask  # (*S, K)
         counts = counts / counts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return F.normalize(pooled, dim=-1), counts
 
     def _encode_query(self, query: QueryBatch) -> Tensor:
         self._require_fitted()
-        with _float32(query.tokens):
+        with float32_products(query.tokens):
             return (self._query_bags(query) - self.query_mean) @ self.query_projection  # (B, k)
 
     def _encode_images(self, images: ImageBatch) -> Tensor:
         self._require_fitted()
         d, projection = self.config.feature_dim, self.image_projection
-        with _float32(images.regions):
+        with float32_products(images.regions):
             pooled, counts = self._image_parts(images)  # (*S, D), (*S, K)
             # The keyword bag's projection is a count-weighted sum of projection rows.
             rows = F.pad(projection[d:], (0, 0, 1, 0))  # (Vk + 1, k): row 0 for padding
@@ -123,7 +123,7 @@ class CCAModel(RankingModel):
             return pooled @ projection[:d] + keywords - self.image_mean @ projection  # (*S, k)
 
     def _score(self, query: Tensor, images: Tensor, pool: bool) -> tuple[Tensor]:
-        with _float32(query):
+        with float32_products(query):
             q = F.normalize(query.float(), dim=-1, eps=1e-6)  # (B|Q, k)
             i = F.normalize(images.float(), dim=-1, eps=1e-6)  # (B, M, k) | (N, k)
             return (q @ i.T if pool else torch.einsum("bc,bmc->bm", q, i),)

@@ -72,10 +72,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 # What `--resume` reads from a checkpoint, and the type each must have.
 RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "train_config": dict, "model_config": dict, "model": dict, "optimizer": dict,
-    "scheduler": dict, "epoch": int, "step": int, "best_metric": (float, int, type(None)),
-    "rng": dict, "fingerprints": dict,
-}  # fmt: skip
+    "train_config": dict,
+    "model_config": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "epoch": int,
+    "step": int,
+    "best_metric": (float, int, type(None)),
+    "rng": dict,
+    "fingerprints": dict,
+}
 
 
 def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -103,8 +110,11 @@ def check_same_model(
     """Refuse to resume a checkpoint whose model is not the one the options and the prepared
     data now describe (`model_config`): its weights would not fit."""
     saved, now = checkpoint["model_config"], model_config.to_dict()
-    changed = [f"{k} is {saved.get(k)!r} in the run, {v!r} now" for k, v in now.items()
-               if saved.get(k, v) != v]  # fmt: skip
+    changed = [
+        f"{k} is {saved.get(k)!r} in the run, {v!r} now"
+        for k, v in now.items()
+        if saved.get(k, v) != v
+    ]
     if changed:
         raise CheckpointError(
             f"{path} holds another model than the options and the prepared data describe: "
@@ -140,8 +150,11 @@ def _check_shapes(state: Any, model_config: ModelConfig, path: Path) -> None:
             name: tuple(t.shape) for name, t in build_model(model_config).state_dict().items()
         }
     found = {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
-    wrong = [f"{name} is {found.get(name)} for {shape}" for name, shape in expected.items()
-             if found.get(name) != shape]  # fmt: skip
+    wrong = [
+        f"{name} is {found.get(name)} for {shape}"
+        for name, shape in expected.items()
+        if found.get(name) != shape
+    ]
     if wrong:
         raise CheckpointError(
             f"{path}: its model configuration does not fit its weights ({'; '.join(wrong[:3])}"

@@ -193,9 +193,11 @@ def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> 
             f"run's options (every option but {', '.join(sorted(RESUME_MAY_CHANGE))} must match), "
             "or train into a new --out."
         )
-    session = [f"{name} {getattr(current, name)!r} (recorded: {getattr(recorded, name)!r})"
-               for name in sorted(RESUME_MAY_CHANGE)
-               if getattr(current, name) != getattr(recorded, name)]  # fmt: skip
+    session = [
+        f"{name} {getattr(current, name)!r} (recorded: {getattr(recorded, name)!r})"
+        for name in sorted(RESUME_MAY_CHANGE)
+        if getattr(current, name) != getattr(recorded, name)
+    ]
     if session:
         log.info("resuming %s with %s", where, ", ".join(session))
     return recorded

@@ -49,24 +49,39 @@ def run_demo(
     data = out / "data"
     defaults = SynthConfig()
     say(f"1/3 making a synthetic dataset in {data}")
-    synth(data, seed=seed, force=True,
-          images=defaults.images if images is None else images,
-          queries=defaults.queries if queries is None else queries)  # fmt: skip
+    synth(
+        data,
+        seed=seed,
+        force=True,
+        images=defaults.images if images is None else images,
+        queries=defaults.queries if queries is None else queries,
+    )
     runs: dict[str, Path] = {}
     for number, kind in enumerate(models, start=1):
         say(f"2/3 training {kind} ({number}/{len(models)})")
         config = TrainConfig(model=kind, seed=seed, device="cpu", workers=0)
         if epochs is not None:
             config = replace(config, epochs=epochs)
-        result = train(data, out / "runs" / kind, config, force=True,
-                       progress=progress)  # fmt: skip
+        result = train(data, out / "runs" / kind, config, force=True, progress=progress)
         runs[kind] = result.run_dir
     say("3/3 evaluating on the test queries")
     plot_dir = out / "plots"
-    evaluation = evaluate(list(runs.values()), data, split="test", out=out / "eval",
-                          json_path=out / "eval" / "metrics.json", plot_dir=plot_dir,
-                          device="cpu", seed=seed)  # fmt: skip
+    evaluation = evaluate(
+        list(runs.values()),
+        data,
+        split="test",
+        out=out / "eval",
+        json_path=out / "eval" / "metrics.json",
+        plot_dir=plot_dir,
+        device="cpu",
+        seed=seed,
+    )
     return DemoResult(
-        out=out, data=data, runs=runs, evaluation=evaluation, plot_dir=plot_dir,
-        amc_best=evaluation.best == "amc", seconds=time.perf_counter() - started,
-    )  # fmt: skip
+        out=out,
+        data=data,
+        runs=runs,
+        evaluation=evaluation,
+        plot_dir=plot_dir,
+        amc_best=evaluation.best == "amc",
+        seconds=time.perf_counter() - started,
+    )

@@ -362,7 +362,7 @@ class AttentionModel(RankingModel):
                 value=self.region_value(regions),  # (*S, R, d)
                 mask=mask,
                 key=self.region_key(regions) if self.attend else None,  # (*S, R, d)
-                pooling=None if self.attend else _normalise(mask.float()),  # (*S, R)
+                pooling=None if self.attend else normalise_weights(mask.float()),  # (*S, R)
             )
         if self.use_keywords:
             embedded = self.keywords(images.keywords)  # (*S, K, d)
@@ -373,7 +373,7 @@ class AttentionModel(RankingModel):
                 key=embedded if self.attend else None,
                 # A keyword seen c times counts as c copies of it: log c joins its logit.
                 bias=torch.log(counts.clamp_min(1e-6)) if self.attend else None,
-                pooling=None if self.attend else _normalise(counts),  # the multiset's mean
+                pooling=None if self.attend else normalise_weights(counts),  # the multiset's mean
             )
         return EncodedImages(visual=visual, keywords=keywords)
 
@@ -384,10 +384,17 @@ class AttentionModel(RankingModel):
         (B|Q|1, M|N, d) and the weights over the items (B|Q|*S, M|N, T)."""
         if guide is not None and items.key is not None:
             scale = getattr(self, "attention_log_scale", None)
-            return _attend(guide, items.key, items.value, items.bias, items.mask, pool,
-                           None if scale is None else scale.exp())  # fmt: skip
+            return _attend(
+                guide,
+                items.key,
+                items.value,
+                items.bias,
+                items.mask,
+                pool,
+                None if scale is None else scale.exp(),
+            )
         pooling = items.pooling
-        weight = _normalise(items.mask.float()) if pooling is None else pooling  # (*S, T)
+        weight = normalise_weights(items.mask.float()) if pooling is None else pooling  # (*S, T)
         vec = torch.einsum("...t,...td->...d", weight.to(items.value.dtype), items.value)
         return (vec.unsqueeze(0) if pool else vec), weight  # (*S, d), with a leading 1 in pool
 
@@ -436,11 +443,11 @@ class AttentionModel(RankingModel):
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of `values` (..., T, W) over the items where `mask` (..., T); 0 where none is."""
-    weights = _normalise(mask.to(values.dtype))
+    weights = normalise_weights(mask.to(values.dtype))
     return torch.einsum("...t,...tw->...w", weights, values)
 
 
-def _normalise(weights: Tensor) -> Tensor:
+def normalise_weights(weights: Tensor) -> Tensor:
     """Weights (..., T) scaled to sum to 1; rows of zeros stay zeros."""
     return weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
 
@@ -486,11 +493,11 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Dot products over the last axis: a (X, 1, d) with b (1, Y, d) as one matrix product
     (X, Y); otherwise elementwise with broadcasting."""
     if a.shape[1] == 1 and b.shape[0] == 1:
-        with _float32(a):
+        with float32_products(a):
             return a[:, 0].float() @ b[0].float().T
     return (a.float() * b.float()).sum(-1)
 
 
-def _float32(tensor: Tensor) -> torch.autocast:
+def float32_products(tensor: Tensor) -> torch.autocast:
     """A context in which matrix products stay float32 even inside autocast."""
     return torch.autocast(tensor.device.type, enabled=False)

@@ -106,14 +106,17 @@ def plot_attention(
         words = [prepared.vocabulary[i - 1] for i in keyword_ids[keyword_mask]]
         modality = attention.modality_weights[0, 0].float().cpu().numpy()
         record = {
-            "query_id": int(query_id), "query": str(texts.get(query_id, "")), "img_id": img_id,
-            "label": label, "score": float(attention.scores[0, 0]),
+            "query_id": int(query_id),
+            "query": str(texts.get(query_id, "")),
+            "img_id": img_id,
+            "label": label,
+            "score": float(attention.scores[0, 0]),
             "modality": {"visual": float(modality[0]), "keyword": float(modality[1])},
             "regions": regions[region_mask].round(6).tolist(),
             "keywords": dict(
                 zip(words, keyword_weights[keyword_mask].round(6).tolist(), strict=True)
             ),
-        }  # fmt: skip
+        }
         records.append(record)
         paths.append(_draw(plt, record, out_dir / f"attention-{query_id}.png"))
     atomic_write_json(out_dir / "attention.json", records)
@@ -141,9 +144,15 @@ def _draw(plt: Any, record: dict[str, Any], path: Path) -> Path:
     top = ranked[0][1] if ranked else 0.0
     for row, (word, weight) in enumerate(ranked):
         strong = weight == top and top > 0
-        words.text(0.02, 0.95 - row * 0.08, f"{word}  {weight:.2f}", fontsize=8,
-                   fontweight="bold" if strong else "normal",
-                   color="#C44E52" if strong else "black", transform=words.transAxes)  # fmt: skip
+        words.text(
+            0.02,
+            0.95 - row * 0.08,
+            f"{word}  {weight:.2f}",
+            fontsize=8,
+            fontweight="bold" if strong else "normal",
+            color="#C44E52" if strong else "black",
+            transform=words.transAxes,
+        )
     if not ranked:
         words.text(0.02, 0.9, "(no keywords)", fontsize=8, transform=words.transAxes)
 

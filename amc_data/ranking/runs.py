@@ -132,13 +132,25 @@ def evaluate(
         kind = loaded.model_config.kind
         max_keywords = int(loaded.train_config.get("max_keywords", 64))
         if pool is not None:
-            matrix = score_matrix(loaded.model, prepared, pool.queries, pool.images,
-                                  device=chosen, max_keywords=max_keywords,
-                                  progress=progress)  # fmt: skip
+            matrix = score_matrix(
+                loaded.model,
+                prepared,
+                pool.queries,
+                pool.images,
+                device=chosen,
+                max_keywords=max_keywords,
+                progress=progress,
+            )
             results.append(pool.measure(name, kind, matrix, relevant))
         else:
-            frame = score_split(loaded.model, prepared, split, device=chosen,
-                                max_keywords=max_keywords, progress=progress)  # fmt: skip
+            frame = score_split(
+                loaded.model,
+                prepared,
+                split,
+                device=chosen,
+                max_keywords=max_keywords,
+                progress=progress,
+            )
             results.append(_measure(name, kind, frame, relevant))
     if random_baseline:
         rng = np.random.default_rng(seed)
@@ -180,12 +192,20 @@ def evaluate(
 def _measure(name: str, kind: str, frame: pd.DataFrame, relevant: int) -> RunEvaluation:
     """Metrics of a run whose candidates are each query's judged images."""
     ranking = ranking_metrics(
-        frame["query_id"].to_numpy(), frame["score"].to_numpy(), frame["label"].to_numpy(),
+        frame["query_id"].to_numpy(),
+        frame["score"].to_numpy(),
+        frame["label"].to_numpy(),
         relevant=relevant,
-    )  # fmt: skip
+    )
     roc = (frame["score"].to_numpy(), frame["label"].to_numpy() >= relevant)
-    return RunEvaluation(name=name, kind=kind, metrics=ranking.summary(), ranking=ranking,
-                         scores=frame, roc_sample=roc)  # fmt: skip
+    return RunEvaluation(
+        name=name,
+        kind=kind,
+        metrics=ranking.summary(),
+        ranking=ranking,
+        scores=frame,
+        roc_sample=roc,
+    )
 
 
 ROC_SAMPLE = 1_000_000  # irrelevant cells kept for the ROC picture of a whole-split ranking
@@ -213,34 +233,40 @@ class _Pool:
         return cls(queries, images["img_id"].to_numpy(np.int64), judged, folds)
 
     def cells(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return (np.searchsorted(self.queries, frame["query_id"].to_numpy()),
-                np.searchsorted(self.images, frame["img_id"].to_numpy()))  # fmt: skip
+        return (
+            np.searchsorted(self.queries, frame["query_id"].to_numpy()),
+            np.searchsorted(self.images, frame["img_id"].to_numpy()),
+        )
 
     def measure(self, name: str, kind: str, matrix: np.ndarray, relevant: int) -> RunEvaluation:
         """NDCG and DCG from each query's best 100 images and its judged ones (exact for
         k <= 100); AUC over every cell of the matrix; caption ranking both ways."""
         frame = pool_frame(matrix, self.queries, self.images, self.judged)
         ranking = ranking_metrics(
-            frame["query_id"].to_numpy(), frame["score"].to_numpy(), frame["label"].to_numpy(),
+            frame["query_id"].to_numpy(),
+            frame["score"].to_numpy(),
+            frame["label"].to_numpy(),
             relevant=relevant,
-        )  # fmt: skip
+        )
         metrics = ranking.summary()
         q_pos, i_pos = self.cells(self.judged[self.judged["label"] >= relevant])
         metrics["auc"] = matrix_auc(matrix, q_pos, i_pos)
         metrics |= self._caption_metrics(matrix)
         roc = self._roc_sample(matrix, q_pos, i_pos)
-        return RunEvaluation(name=name, kind=kind, metrics=metrics, ranking=ranking,
-                             scores=frame, roc_sample=roc)  # fmt: skip
+        return RunEvaluation(
+            name=name, kind=kind, metrics=metrics, ranking=ranking, scores=frame, roc_sample=roc
+        )
 
     def _caption_metrics(self, matrix: np.ndarray) -> dict[str, float]:
         """COCO's Recall@K both ways, on the whole split and on its folds of 1,000 images."""
         own = self.judged[self.judged["label"] > 0].drop_duplicates("query_id")
         rows, caption_image = self.cells(own)
         result = caption_ranking(
-            matrix[rows].T, caption_image,  # (images, captions)
+            matrix[rows].T,
+            caption_image,  # (images, captions)
             captions_per_image=max(int(np.bincount(caption_image).max()), 1),
             image_folds=self.folds,
-        )  # fmt: skip
+        )
         return result.summary()
 
     @staticmethod
@@ -266,10 +292,13 @@ def _significance(
         if result is best:
             continue
         test = paired_by_query(
-            best.ranking.query_ids, best.ranking.ndcg_at(SIGNIFICANCE_METRIC),
-            result.ranking.query_ids, result.ranking.ndcg_at(SIGNIFICANCE_METRIC),
-            resamples=resamples, seed=seed,
-        )  # fmt: skip
+            best.ranking.query_ids,
+            best.ranking.ndcg_at(SIGNIFICANCE_METRIC),
+            result.ranking.query_ids,
+            result.ranking.ndcg_at(SIGNIFICANCE_METRIC),
+            resamples=resamples,
+            seed=seed,
+        )
         result.p_randomization, result.p_t = test.p_randomization, test.p_t
 
 

@@ -73,8 +73,16 @@ def score_split(
         )
     if candidates_are_split(prepared):
         pool = np.sort(prepared.split_images(split))
-        matrix = score_matrix(model, prepared, queries, pool, device=device, amp=amp,
-                              max_keywords=max_keywords, progress=progress)  # fmt: skip
+        matrix = score_matrix(
+            model,
+            prepared,
+            queries,
+            pool,
+            device=device,
+            amp=amp,
+            max_keywords=max_keywords,
+            progress=progress,
+        )
         return pool_frame(matrix, queries, pool, judged, keep)
     return _score_judged(model, prepared, judged, device, amp, max_keywords, progress)
 

@@ -144,8 +144,12 @@ class _Run:
             check_resumable(checkpoint, self.out / LAST)
             self.record = check_resume(checkpoint["train_config"], self.config, str(self.out))
             check_same_model(checkpoint, self.out / LAST, self.model_config)
-            check_fingerprints(checkpoint, self.prepared.fingerprints, str(self.out / LAST),
-                               str(self.prepared.root))  # fmt: skip
+            check_fingerprints(
+                checkpoint,
+                self.prepared.fingerprints,
+                str(self.out / LAST),
+                str(self.prepared.root),
+            )
             self.log = _read_log(self.out / LOG_FILE)[: checkpoint["epoch"]]
             if self.processes.is_main:  # whatever an older amc-data left, the records agree
                 atomic_write_json(config_path, self._describe())
@@ -230,9 +234,15 @@ class _Run:
             improved = value is not None and (best is None or value > best)
             if improved or (value is None and best is None):
                 best = value
-            entry = {"epoch": epoch + 1, "step": step, "loss": loss, **metrics,
-                     "samples_per_s": pairs / seconds if seconds > 0 else None,
-                     "seconds": seconds, "lr": scheduler.get_last_lr()[0]}  # fmt: skip
+            entry = {
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": loss,
+                **metrics,
+                "samples_per_s": pairs / seconds if seconds > 0 else None,
+                "seconds": seconds,
+                "lr": scheduler.get_last_lr()[0],
+            }
             self.log.append(entry)
             if self.processes.is_main:
                 payload = self._payload(model, optimizer, scheduler, epoch + 1, step, best, metrics)
@@ -293,9 +303,11 @@ class _Run:
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         pairs = 0
         bar = progress_bar(
-            total=len(loader), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step",
+            total=len(loader),
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            unit="step",
             enabled=self.progress,
-        )  # fmt: skip
+        )
         first_step, epoch_started = step, time.perf_counter()
         with bar:
             for batch in loader:
@@ -323,8 +335,9 @@ class _Run:
                 if self.progress and (step - first_step) % 10 == 0:
                     self._check_finite(bad_step, epoch)
                     rate = pairs / max(time.perf_counter() - epoch_started, 1e-9)
-                    bar.set_postfix(loss=f"{total.item() / (step - first_step):.4f}",
-                                    pairs_per_s=f"{rate:,.0f}")  # fmt: skip
+                    bar.set_postfix(
+                        loss=f"{total.item() / (step - first_step):.4f}", pairs_per_s=f"{rate:,.0f}"
+                    )
                 bar.update(1)
         self._check_finite(bad_step, epoch)
         mean = distributed.mean_across(total / max(step - first_step, 1), self.processes)
@@ -372,14 +385,21 @@ class _Run:
             return {}
         mine = queries[self.processes.rank :: self.processes.world_size]
         frame = score_split(
-            model, self.prepared, "val", device=self.device, amp=self.amp, query_ids=mine,
+            model,
+            self.prepared,
+            "val",
+            device=self.device,
+            amp=self.amp,
+            query_ids=mine,
             max_keywords=self.config.max_keywords,
-        )  # fmt: skip
+        )
         frame = pd.concat(distributed.gather(frame, self.processes), ignore_index=True)
         value = ndcg_at_k(
-            frame["score"].to_numpy(), frame["label"].to_numpy(), 10,
+            frame["score"].to_numpy(),
+            frame["label"].to_numpy(),
+            10,
             query_ids=frame["query_id"].to_numpy(),
-        )  # fmt: skip
+        )
         return {VALIDATION_METRIC: float(value)}
 
     def _fit_closed_form(self, model: RankingModel) -> TrainResult:
@@ -391,12 +411,20 @@ class _Run:
         with bar:
             model.fit_closed_form(_tick(bar, batch.to(self.device)) for batch in loader)
         metrics = self._validate(model)
-        entry = {"epoch": 1, "step": 0, "loss": None, **metrics, "samples_per_s": None,
-                 "seconds": time.perf_counter() - started, "lr": None}  # fmt: skip
+        entry = {
+            "epoch": 1,
+            "step": 0,
+            "loss": None,
+            **metrics,
+            "samples_per_s": None,
+            "seconds": time.perf_counter() - started,
+            "lr": None,
+        }
         self.log = [entry]
         if self.processes.is_main:
-            payload = self._payload(model, None, None, self.config.epochs, 0,
-                                    metrics.get(VALIDATION_METRIC), metrics)  # fmt: skip
+            payload = self._payload(
+                model, None, None, self.config.epochs, 0, metrics.get(VALIDATION_METRIC), metrics
+            )
             save_checkpoint(self.out / LAST, payload)
             save_checkpoint(self.out / BEST, payload)
             _write_log(self.out / LOG_FILE, self.log)
@@ -434,9 +462,12 @@ class _Run:
             max(scored, key=lambda p: (p[0], -p[1])) if scored else (None, None)
         )
         return TrainResult(
-            run_dir=self.out, epochs=len(self.log), best_epoch=best_epoch,
-            best_metric=best_metric, log=list(self.log),
-        )  # fmt: skip
+            run_dir=self.out,
+            epochs=len(self.log),
+            best_epoch=best_epoch,
+            best_metric=best_metric,
+            log=list(self.log),
+        )
 
 
 def _tick(bar: Any, item: Any) -> Any:
