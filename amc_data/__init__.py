@@ -93,6 +93,7 @@ if TYPE_CHECKING:
     from .ranking.demo import DemoResult, run_demo
     from .ranking.model import Attention, ModelConfig, RankingModel
     from .ranking.runs import Evaluation, evaluate
+    from .ranking.search import Searcher, SearchHit, SearchResult, search
     from .ranking.training import TrainResult, train
     from .ranking.word_vectors import load_word_vectors
 

@@ -1,0 +1,258 @@
+"""`amc-data search`: what a search engine built with a trained model does with a free-text query.
+
+The query goes through the analyzer training queries went through and the run's query
+vocabulary; every image of a split (or of the whole prepared folder) is scored against it in
+bounded chunks, and the best ones come back with what the model looked at: the modality
+weights, the most attended keywords and the most attended regions (AMC only: the baselines pool
+with fixed weights and CCA has no attention).
+
+A `Searcher` keeps the model, the prepared folder and (when they are small) the images' tensors
+between queries; `search()` is the one-query form.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, InputError
+from ..prepare.format import SPLITS, PreparedDataset, load_prepared
+from ..prepare.queries import query_analyzer
+from .batch import ImageBatch, QueryBatch
+from .checkpoint import load_model
+from .data import image_batch
+from .distributed import resolve_device
+
+log = logging.getLogger(__name__)
+
+ALL_IMAGES = "all"  # --split all: every image of the prepared folder
+MAX_QUERY_TOKENS = 32  # as at training: a query's first 32 known words
+SHOWN_ITEMS = 3  # keywords and regions listed per result
+# The images' tensors are kept between queries up to this many bytes; larger pools (COCO's
+# whole 49 x 2,048 split) are read again in chunks for each query.
+CACHE_BYTES = 256 << 20
+CHUNK_VALUES = 1 << 25  # region values read and scored at a time: 128 MiB of float32
+
+
+@dataclass(frozen=True)
+class AttendedKeyword:
+    word: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class AttendedRegion:
+    region: int  # index into the image's regions (row-major over the grid)
+    weight: float
+    row: int | None = None  # grid cell, when the regions are a square grid
+    col: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked image and, for an attention model, why it ranks there."""
+
+    rank: int
+    img_id: int
+    score: float
+    visual_weight: float | None = None  # the modality weights (summing to 1)
+    keyword_weight: float | None = None
+    keywords: list[AttendedKeyword] = field(default_factory=list)  # most attended first
+    regions: list[AttendedRegion] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        modality = None
+        if self.visual_weight is not None and self.keyword_weight is not None:
+            modality = {"visual": self.visual_weight, "keyword": self.keyword_weight}
+        return {
+            "rank": self.rank,
+            "img_id": self.img_id,
+            "score": self.score,
+            "modality_weights": modality,
+            "keywords": [{"word": k.word, "weight": k.weight} for k in self.keywords],
+            "regions": [
+                {"region": r.region, "row": r.row, "col": r.col, "weight": r.weight}
+                for r in self.regions
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The ranked images for one query, and how the query was read."""
+
+    query: str
+    words: list[str]  # the query's words the model knows, in analyzer order
+    unknown: list[str]  # analyzed words outside the run's query vocabulary (ignored)
+    split: str
+    images: int  # how many images were ranked
+    hits: list[SearchHit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "words": self.words,
+            "unknown": self.unknown,
+            "split": self.split,
+            "images": self.images,
+            "results": [hit.to_dict() for hit in self.hits],
+        }
+
+
+class Searcher:
+    """A trained run over a prepared folder's images, ready for free-text queries."""
+
+    def __init__(
+        self,
+        run: str | os.PathLike[str],
+        data: str | os.PathLike[str] | PreparedDataset,
+        *,
+        split: str = "test",
+        device: str = "cpu",
+    ) -> None:
+        if split not in (*SPLITS, ALL_IMAGES):
+            raise ConfigError(
+                f"There is no split {split!r} to search; choose one of "
+                f"{', '.join((*SPLITS, ALL_IMAGES))}."
+            )
+        self.prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
+        self.device = resolve_device(device)
+        self.loaded = load_model(run, self.prepared, self.device)
+        self.split = split
+        if split == ALL_IMAGES:
+            ids = self.prepared.images["img_id"].to_numpy(np.int64)
+        else:
+            ids = self.prepared.split_images(split)
+        self.img_ids = np.sort(np.asarray(ids, dtype=np.int64))
+        if self.img_ids.size == 0:
+            raise InputError(f"{self.prepared.root} has no {split} images to search.")
+        self.max_keywords = int(self.loaded.train_config.get("max_keywords", 64))
+        config = self.loaded.model_config
+        self.explains = config.kind == "amc"
+        self.attends = self.explains and config.intra
+        values = int(np.prod(self.prepared.features.shape[1:]))  # R * D per image
+        self.chunk = max(1, CHUNK_VALUES // values)
+        self._cached: list[ImageBatch] | None = None
+        if self.img_ids.size * values * 4 <= CACHE_BYTES:
+            self._cached = list(self._read_chunks())
+        self._index = {word: i for i, word in enumerate(self.prepared.query_vocabulary)}
+
+    def read_query(self, text: str) -> tuple[list[str], list[str], QueryBatch]:
+        """The query's known words, its unknown words, and its (1, L) batch."""
+        if not isinstance(text, str):
+            raise InputError(f"A query is text, not {type(text).__name__}.")
+        tokens = query_analyzer()(text)
+        known = [t for t in tokens if t in self._index]
+        unknown = list(dict.fromkeys(t for t in tokens if t not in self._index))
+        if not known:
+            why = (
+                f"none of its words ({', '.join(unknown)}) is in the query vocabulary the run "
+                "was trained with"
+                if unknown
+                else "it has no word the analyzer keeps (stop words and punctuation are dropped)"
+            )
+            raise InputError(
+                f"Cannot search for {text!r}: {why}. Use words of the training queries "
+                f"({self.prepared.root / 'query_vocab.tsv'} lists them)."
+            )
+        ids = [self._index[t] + 1 for t in known[:MAX_QUERY_TOKENS]]  # 0 is padding
+        tokens_tensor = torch.tensor([ids], dtype=torch.int64)
+        batch = QueryBatch(tokens=tokens_tensor, mask=tokens_tensor > 0)
+        return known, unknown, batch
+
+    @torch.no_grad()
+    def search(self, text: str, top: int = 10) -> SearchResult:
+        """The `top` best images of the split for `text`, best first (ties: lower img_id)."""
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ConfigError(f"top must be a whole number >= 1, not {top!r}.")
+        words, unknown, query = self.read_query(text)
+        scores = self.scores(query)
+        order = np.argsort(-scores, kind="stable")[: min(top, scores.size)]
+        hits = self._explain(query, self.img_ids[order], scores[order])
+        return SearchResult(text, words, unknown, self.split, int(self.img_ids.size), hits)
+
+    @torch.no_grad()
+    def scores(self, query: QueryBatch) -> np.ndarray:
+        """The score of every image (in `img_ids` order) for a (1, L) query."""
+        model = self.loaded.model
+        query = query.to(self.device)
+        parts = [
+            model.score_pool(query, images.to(self.device))[0].float().cpu().numpy()
+            for images in (self._cached if self._cached is not None else self._read_chunks())
+        ]
+        return np.concatenate(parts)
+
+    def _read_chunks(self) -> Iterator[ImageBatch]:
+        for lo in range(0, self.img_ids.size, self.chunk):
+            yield image_batch(self.prepared, self.img_ids[lo : lo + self.chunk], self.max_keywords)
+
+    def _explain(self, query: QueryBatch, ids: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
+        hits = [
+            SearchHit(rank=i + 1, img_id=int(img), score=float(s))
+            for i, (img, s) in enumerate(zip(ids, scores, strict=True))
+        ]
+        if not self.explains or not hits:
+            return hits
+        images = image_batch(self.prepared, ids, self.max_keywords)
+        grid = images.map(lambda t: t.unsqueeze(0)).to(self.device)  # (1, top, ...)
+        attention = self.loaded.model.explain(query.to(self.device), grid)
+        modality = attention.modality_weights[0].float().cpu().numpy()  # (top, 2)
+        regions = attention.region_weights[0].float().cpu().numpy()  # (top, R)
+        keywords = attention.keyword_weights[0].float().cpu().numpy()  # (top, K)
+        keyword_ids = images.keywords.numpy()  # ids + 1, 0 pads
+        side = math.isqrt(regions.shape[1])
+        square = side * side == regions.shape[1]
+        vocabulary = self.prepared.vocabulary
+        explained = []
+        for i, hit in enumerate(hits):
+            attended_keywords: list[AttendedKeyword] = []
+            attended_regions: list[AttendedRegion] = []
+            if self.attends:
+                for k in _strongest(keywords[i], keyword_ids[i] > 0):
+                    word = vocabulary[int(keyword_ids[i, k]) - 1]
+                    attended_keywords.append(AttendedKeyword(word, float(keywords[i, k])))
+                for r in _strongest(regions[i], np.ones(regions.shape[1], dtype=bool)):
+                    cell = divmod(int(r), side) if square and side > 1 else (None, None)
+                    attended_regions.append(
+                        AttendedRegion(int(r), float(regions[i, r]), cell[0], cell[1])
+                    )
+            explained.append(
+                SearchHit(
+                    rank=hit.rank,
+                    img_id=hit.img_id,
+                    score=hit.score,
+                    visual_weight=float(modality[i, 0]),
+                    keyword_weight=float(modality[i, 1]),
+                    keywords=attended_keywords,
+                    regions=attended_regions,
+                )
+            )
+        return explained
+
+
+def _strongest(weights: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Indices of the `SHOWN_ITEMS` largest weights among the valid (and non-zero) items."""
+    candidates = np.flatnonzero(valid & (weights > 0))
+    order = np.argsort(-weights[candidates], kind="stable")
+    return candidates[order[:SHOWN_ITEMS]]
+
+
+def search(
+    run: str | os.PathLike[str],
+    data: str | os.PathLike[str] | PreparedDataset,
+    query: str,
+    *,
+    split: str = "test",
+    top: int = 10,
+    device: str = "cpu",
+) -> SearchResult:
+    """Rank the images of `split` ("all": every image) of `data` for the free-text `query` with
+    the run (a run folder's best.pt, or a .pt file); see `Searcher` for repeated queries."""
+    return Searcher(run, data, split=split, device=device).search(query, top)

@@ -1,0 +1,163 @@
+"""`amc-data search`: a free-text query ranked over a split's images with a trained run, from the
+CLI and from Python; the ranking checked against the evaluation's own scoring path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from amc_data_cli.main import cli  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+import amc_data  # noqa: E402
+import amc_data.ranking.search as search_module  # noqa: E402
+from amc_data.errors import ConfigError, InputError  # noqa: E402
+from amc_data.ranking.scoring import score_matrix  # noqa: E402
+from amc_data.ranking.training import TrainConfig, train  # noqa: E402
+
+FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A synth folder with a 2 x 2 region grid, an AMC run and a visual baseline run."""
+    root = tmp_path_factory.mktemp("search")
+    data = root / "data"
+    amc_data.synth(data, seed=3, images=240, queries=90, regions=4)
+    train(data, root / "amc", TrainConfig(**FAST))
+    train(data, root / "visual", TrainConfig(**{**FAST, "model": "visual"}))
+    return data, root / "amc", root / "visual"
+
+
+def _test_query(data: Path) -> tuple[int, str]:
+    queries = amc_data.load_prepared(data).split_queries("test")
+    row = queries.iloc[0]
+    return int(row["query_id"]), str(row["query"])
+
+
+def test_the_ranking_is_the_models_own_scores_of_that_query(
+    world: tuple[Path, Path, Path],
+) -> None:
+    data, amc, _ = world
+    prepared = amc_data.load_prepared(data)
+    query_id, text = _test_query(data)
+    pool = np.sort(prepared.split_images("test"))
+    # The independent path: the query read by id, as evaluation reads it, over the whole pool.
+    expected = score_matrix(amc_data.load_model(amc, prepared).model, prepared, [query_id], pool)[0]
+    result = amc_data.search(amc, prepared, text, top=pool.size)
+    assert result.images == pool.size and len(result.hits) == pool.size
+    assert [hit.rank for hit in result.hits] == list(range(1, pool.size + 1))
+    found = {hit.img_id: hit.score for hit in result.hits}
+    assert set(found) == set(pool.tolist())
+    np.testing.assert_allclose([found[i] for i in pool], expected, rtol=1e-5, atol=1e-6)
+    scores = [hit.score for hit in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    top = amc_data.search(amc, prepared, text, top=5)
+    assert [h.img_id for h in top.hits] == [h.img_id for h in result.hits[:5]]
+
+
+def test_hits_explain_the_modality_weights_keywords_and_grid_cells(
+    world: tuple[Path, Path, Path],
+) -> None:
+    data, amc, _ = world
+    prepared = amc_data.load_prepared(data)
+    _, text = _test_query(data)
+    result = amc_data.search(amc, prepared, text, top=4)
+    rows = prepared.rows(np.array([hit.img_id for hit in result.hits]))
+    for hit, row in zip(result.hits, rows, strict=True):
+        assert hit.visual_weight is not None and hit.keyword_weight is not None
+        assert hit.visual_weight + hit.keyword_weight == pytest.approx(1.0, abs=1e-5)
+        image_words = {prepared.vocabulary[i] for i in prepared.keywords[row].indices}
+        assert 1 <= len(hit.keywords) <= 3 and {k.word for k in hit.keywords} <= image_words
+        assert 1 <= len(hit.regions) <= 3
+        for attended in (hit.keywords, hit.regions):
+            weights = [item.weight for item in attended]
+            assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
+        for region in hit.regions:  # 4 regions: a 2 x 2 grid, row-major
+            assert 0 <= region.region < 4
+            assert (region.row, region.col) == divmod(region.region, 2)
+
+
+def test_cached_and_chunked_reads_rank_the_same(
+    world: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, amc, _ = world
+    _, text = _test_query(data)
+    cached = amc_data.Searcher(amc, data, split="all")
+    monkeypatch.setattr(search_module, "CACHE_BYTES", 0)
+    monkeypatch.setattr(search_module, "CHUNK_VALUES", 7 * 4 * 32)  # 7 images a chunk
+    streamed = amc_data.Searcher(amc, data, split="all")
+    assert cached._cached is not None and streamed._cached is None
+    a, b = cached.search(text, top=20), streamed.search(text, top=20)
+    assert a.images == b.images == len(amc_data.load_prepared(data).images)
+    assert [h.img_id for h in a.hits] == [h.img_id for h in b.hits]
+    np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], rtol=1e-5)
+
+
+def test_unknown_words_are_named_and_a_query_without_known_words_is_refused(
+    world: tuple[Path, Path, Path],
+) -> None:
+    data, amc, _ = world
+    _, text = _test_query(data)
+    result = amc_data.search(amc, data, f"{text} zzyzx qwerty", top=3)
+    assert result.unknown == ["zzyzx", "qwerty"] and "zzyzx" not in result.words
+    plain = amc_data.search(amc, data, text, top=3)
+    assert [h.img_id for h in result.hits] == [h.img_id for h in plain.hits]
+    with pytest.raises(InputError, match=r"zzyzx.*query_vocab\.tsv"):
+        amc_data.search(amc, data, "zzyzx")
+    with pytest.raises(InputError, match="no word the analyzer keeps"):
+        amc_data.search(amc, data, "the of !")
+    with pytest.raises(ConfigError, match="no split 'dev'"):
+        amc_data.search(amc, data, text, split="dev")
+    with pytest.raises(ConfigError, match="top must be"):
+        amc_data.search(amc, data, text, top=0)
+
+
+def test_cli_table_json_split_and_errors(world: tuple[Path, Path, Path]) -> None:
+    data, amc, visual = world
+    _, text = _test_query(data)
+    runner = CliRunner()
+    args = ["search", str(amc), "--data", str(data), *text.split()]
+    table = runner.invoke(cli, [*args, "--top", "3"])
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert lines[0].startswith("3 best of ") and "test images" in lines[0]
+    assert lines[1].split()[:5] == ["rank", "img_id", "score", "visual", "keyword"]
+    assert len(lines) == 3 + 3
+
+    listed = runner.invoke(cli, [*args, "--json", "--split", "val", "--top", "2"])
+    assert listed.exit_code == 0, listed.output
+    hits = json.loads(listed.stdout)
+    assert isinstance(hits, list) and [h["rank"] for h in hits] == [1, 2]
+    val_images = set(amc_data.load_prepared(data).split_images("val").tolist())
+    assert {h["img_id"] for h in hits} <= val_images
+    assert set(hits[0]) == {"rank", "img_id", "score", "modality_weights", "keywords", "regions"}
+
+    unknown = runner.invoke(cli, [*args, "zzyzx", "--json"])
+    assert unknown.exit_code == 0 and "zzyzx" in unknown.stderr
+    assert json.loads(unknown.stdout)  # the JSON on stdout stays parseable
+
+    refused = runner.invoke(cli, ["search", str(amc), "--data", str(data), "zzyzx"])
+    assert refused.exit_code != 0
+    assert refused.stderr.count("\n") == 1 and "zzyzx" in refused.stderr
+    assert "Traceback" not in refused.output
+
+    baseline = runner.invoke(cli, ["search", str(visual), "--data", str(data), *text.split()])
+    assert baseline.exit_code == 0, baseline.output
+    first = baseline.output.splitlines()[3].split()
+    assert first[3:] == ["-", "-", "-", "-"]  # no modality weights, nothing attended
+
+
+def test_a_run_of_another_dataset_is_refused(
+    world: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, amc, _ = world
+    other = tmp_path / "other"
+    amc_data.synth(other, config=amc_data.SynthConfig(seed=9, images=120, queries=40, concepts=5))
+    with pytest.raises(amc_data.CheckpointError, match="vocabulary"):
+        amc_data.search(amc, other, "anything")
