@@ -149,6 +149,13 @@ def _report(
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the randomisation test."
 )
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --scores: refuse a file of more rows than this (they are held in memory, "
+    "32 bytes a row; files are read and checked a block at a time) [default: 100,000,000].",
+)
 @quiet_option
 def eval_command(
     runs: tuple[Path, ...],
@@ -164,6 +171,7 @@ def eval_command(
     relevant: int,
     resamples: int,
     seed: int,
+    max_rows: int | None,
     quiet: bool,
 ) -> None:
     """Evaluate trained RUN folders on a prepared folder (--data), or rankers' --scores files:
@@ -196,10 +204,11 @@ def eval_command(
         raise click.UsageError(
             "Nothing to evaluate: give RUN folders with --data, or --scores PATH."
         )
-    from amc_data.evaluation.scores import scores_metrics
+    from amc_data.evaluation.scores import MAX_ROWS, scores_metrics
     from amc_data.evaluation.significance import compare_to_baseline
 
-    results = {str(path): scores_metrics(path, relevant) for path in scores_paths}
+    limit = MAX_ROWS if max_rows is None else max_rows
+    results = {str(path): scores_metrics(path, relevant, max_rows=limit) for path in scores_paths}
     tests = compare_to_baseline(results, k=SIGNIFICANCE_K, resamples=resamples, seed=seed)
     table, rows = _report(results, tests)
     click.echo(table)

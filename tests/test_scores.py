@@ -288,3 +288,68 @@ def test_a_corrupt_gzip_scores_file_is_one_line_error(tmp_path) -> None:
     path.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(InputError, match=r"scores.tsv.gz cannot be read .*Write or copy it again"):
         read_scores(path)
+
+
+# -- reading in blocks: a bad row found where it is, the row cap, blocks joined exactly ---------
+
+
+def _rows(start: int, stop: int) -> str:
+    return "".join(f"{i // 10}\t{i}\t{i % 7 / 10}\t{i % 3}\n" for i in range(start, stop))
+
+
+def test_a_bad_row_is_reported_without_reading_what_follows(tmp_path, monkeypatch):
+    # A gzip file whose stream is cut short after a bad value: reading block by block reaches
+    # the bad value first, and the damage after it is never read.
+    import amc_data.evaluation.scores as scores_module
+
+    monkeypatch.setattr(scores_module, "_BLOCK_BYTES", 1 << 12)
+    text = HEADER + _rows(0, 200) + "1\t99999\tnope\t0\n" + _rows(200, 300_000)
+    whole = gzip.compress(text.encode(), compresslevel=1)
+    path = tmp_path / "cut.tsv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"line 202: score is 'nope'"):
+        read_scores(path)
+
+
+def test_blocks_are_joined_exactly_and_checked_across_their_boundaries(tmp_path, monkeypatch):
+    import amc_data.evaluation.scores as scores_module
+
+    monkeypatch.setattr(scores_module, "_BLOCK_BYTES", 1 << 10)
+    monkeypatch.setattr(scores_module, "_BATCH_ROWS", 37)
+    frame = _frame(queries=60, candidates=15)
+    tsv = tmp_path / "s.tsv"
+    frame.to_csv(tsv, sep="\t", index=False)
+    parquet = tmp_path / "s.parquet"
+    frame.to_parquet(parquet, row_group_size=100)
+    for path in (tsv, parquet):
+        pd.testing.assert_frame_equal(read_scores(path), read_scores(frame), check_dtype=False)
+    # A pair repeated far apart (different blocks) is named by both of its lines.
+    repeated = HEADER + _rows(0, 500) + "3\t31\t0.5\t1\n"
+    with pytest.raises(InputError, match=r"line 33 and line 502: both score query 3, image 31"):
+        read_scores(_write(tmp_path, "twice.tsv", repeated))
+    # A negative label in a late block is named by its own line.
+    late = HEADER + _rows(0, 500) + "900\t1\t0.5\t-1\n"
+    with pytest.raises(InputError, match=r"line 502: label is -1"):
+        read_scores(_write(tmp_path, "late.tsv", late))
+    # Ids that are numbers in the first block and text later are text throughout.
+    mixed = read_scores(_write(tmp_path, "mixed.tsv", HEADER + _rows(0, 500) + "q7\t1\t0.5\t1\n"))
+    assert mixed["query_id"].map(type).eq(str).all() and mixed["query_id"].iloc[-1] == "q7"
+    assert len(mixed) == 501
+
+
+def test_files_over_the_row_cap_are_refused_before_they_are_read_whole(tmp_path):
+    path = _write(tmp_path, "big.tsv", HEADER + _rows(0, 50))
+    assert len(read_scores(path, max_rows=50)) == 50
+    with pytest.raises(InputError, match=r"more than 49 rows.*--max-rows"):
+        read_scores(path, max_rows=49)
+    parquet = tmp_path / "big.parquet"
+    read_scores(path).to_parquet(parquet)
+    with pytest.raises(InputError, match="more than 10 rows"):
+        evaluate_scores(parquet, max_rows=10)
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["eval", "--scores", str(path), "--max-rows", "20"])
+    assert refused.exit_code != 0 and "more than 20 rows" in refused.output
+    assert runner.invoke(cli, ["eval", "--scores", str(path)]).exit_code == 0
+    from amc_data.evaluation.scores import MAX_ROWS
+
+    assert f"{MAX_ROWS:,}" in runner.invoke(cli, ["eval", "--help"]).output.replace("\n", " ")

@@ -10,7 +10,8 @@ are ignored. Every malformed file gets one `InputError` that names the file, the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeAlias
 
@@ -27,6 +28,11 @@ from .metrics import NDCG_CUTOFFS, RankingMetrics, ranking_metrics
 COLUMNS = ("query_id", "img_id", "score", "label")
 _PARQUET_MAGIC = b"PAR1"
 _TSV_TYPES = {"score": pa.float64(), "label": pa.float64()}  # labels checked whole afterwards
+# Files are read a block at a time and each block checked as it arrives, so a malformed row is
+# found without holding what follows it; the checked rows are kept as four numpy columns.
+_BLOCK_BYTES = 16 << 20  # of TSV text
+_BATCH_ROWS = 1 << 20  # of a Parquet file
+MAX_ROWS = 100_000_000  # rows a scores file may have (3.2 GB of checked columns)
 
 Source: TypeAlias = str | Path | pd.DataFrame
 Locate: TypeAlias = Callable[[int], str]
@@ -49,15 +55,16 @@ def _is_parquet(path: Path) -> bool:
 
 def _physical_line(path: Path, nth_line: int) -> int:
     """The 1-based line number of the `nth_line`-th non-empty line (the CSV reader skips empty
-    lines, so its row numbers need this to point at the line an editor shows)."""
-    with pa.input_stream(str(path), compression="detect") as stream:
-        data = stream.read()
+    lines, so its row numbers need this to point at the line an editor shows). Reads lines one
+    at a time: only as far as that line."""
     seen = 0
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if line.rstrip(b"\r"):
-            seen += 1
-            if seen == nth_line:
-                return number
+    with pa.input_stream(str(path), compression="detect") as stream:
+        lines = io.BufferedReader(stream, buffer_size=1 << 20)
+        for number, line in enumerate(lines, start=1):
+            if line.rstrip(b"\r\n"):
+                seen += 1
+                if seen == nth_line:
+                    return number
     return nth_line
 
 
@@ -66,48 +73,66 @@ def _tsv_locate(path: Path) -> Locate:
     return lambda row: f"line {_physical_line(path, row + 2)}"
 
 
-def _read_tsv(path: Path, as_strings: bool = False) -> pa.Table:
+class _TypeChange(Exception):
+    """A TSV column's values changed kind after the first block (ids: numbers, then text)."""
+
+
+def _tsv_batches(path: Path, types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+    """The rows of a TSV scores file, a block at a time (memory bounded by the block, not the
+    file), with the columns of `types` converted to those types (the others inferred from the
+    first block)."""
     invalid: list[pacsv.InvalidRow] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         invalid.append(row)
-        return "skip"
+        return "error"  # stop at the first one: it is reported below
 
-    types = dict.fromkeys(COLUMNS, pa.string()) if as_strings else _TSV_TYPES
     try:
-        table = pacsv.read_csv(
+        reader = pacsv.open_csv(
             path,
             # Row numbers of bad rows are only known when one thread reads.
-            read_options=pacsv.ReadOptions(use_threads=not as_strings),
-            parse_options=pacsv.ParseOptions(
-                delimiter="\t", invalid_row_handler=on_invalid if as_strings else None
-            ),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(delimiter="\t", invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(column_types=types),
         )
+        yield from _at_least_one(reader, reader.schema)
     except pa.ArrowInvalid as exc:
-        if as_strings:
+        if invalid:
+            row = invalid[0]
+            where = f"line {_physical_line(path, row.number)}" if row.number else "a row"
+            raise InputError(
+                f"{path}, {where}: expected {row.expected_columns} tab-separated fields, found "
+                f"{row.actual_columns} ({row.text[:80]!r}). Give every row one value per header "
+                "column, separated by tabs."
+            ) from None
+        if all(types.get(c) == pa.string() for c in COLUMNS):
             raise InputError(
                 f"{path} is not a readable tab-separated scores file ({exc}). Write it with a "
                 f"header line `{chr(9).join(COLUMNS)}` and one tab-separated row per pair."
             ) from exc
-        # A value that is not a number, or a row with the wrong number of fields: read it again
-        # as text to say exactly where.
-        table = _read_tsv(path, as_strings=True)
-    if invalid:
-        row = invalid[0]
-        where = f"line {_physical_line(path, row.number)}" if row.number else "a row"
-        raise InputError(
-            f"{path}, {where}: expected {row.expected_columns} tab-separated fields, found "
-            f"{row.actual_columns} ({row.text[:80]!r}). Give every row one value per header "
-            "column, separated by tabs."
-        )
-    return table
+        raise _TypeChange from exc  # a value that is not a number, or ids that change kind
 
 
-def _read_parquet(path: Path) -> pa.Table:
+def _at_least_one(blocks: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """`blocks`, or one empty block of `schema` when there are none (a file with no rows)."""
+    empty = True
+    for block in blocks:
+        empty = False
+        yield block
+    if empty:
+        yield pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
     try:
-        names = pq.read_schema(path).names
-        return pq.read_table(path, columns=[c for c in COLUMNS if c in names])
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        wanted = [c for c in COLUMNS if c in names]
+        schema = pa.schema([file.schema_arrow.field(c) for c in wanted]) if wanted else None
+        if schema is None:  # nothing to read: an empty block that names what the file has
+            yield pa.RecordBatch.from_pylist([], schema=file.schema_arrow)
+            return
+        yield from _at_least_one(file.iter_batches(batch_size=_BATCH_ROWS, columns=wanted), schema)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(
             f"{path} starts like a Parquet file but cannot be read ({exc}); write it again."
@@ -165,27 +190,26 @@ def _ids(column: pa.ChunkedArray, name: str, source: str, locate: Locate) -> np.
     raise InputError(f"{source}: column {name} holds {kind}; ids must be integers or text.")
 
 
-def _check(table: pa.Table, source: str, locate: Locate) -> _Checked:
-    missing = [c for c in COLUMNS if c not in table.column_names]
+def _check_names(names: list[str], source: str) -> None:
+    missing = [c for c in COLUMNS if c not in names]
     if missing:
-        found = ", ".join(table.column_names) or "none"
+        found = ", ".join(names) or "none"
         hint = (
             " The header looks comma-separated: scores text files must be tab-separated."
-            if len(table.column_names) == 1 and "," in table.column_names[0]
+            if len(names) == 1 and "," in names[0]
             else ""
         )
         raise InputError(
             f"{source} lacks the column(s) {', '.join(missing)} (found: {found}).{hint} A scores "
             f"file needs the columns {', '.join(COLUMNS)}, named in its header."
         )
-    if table.num_rows == 0:
-        raise InputError(
-            f"{source} has no rows. Write one row per (query, candidate image) pair under the "
-            f"header {', '.join(COLUMNS)}."
-        )
-    query_ids = _ids(table["query_id"], "query_id", source, locate)
-    img_ids = _ids(table["img_id"], "img_id", source, locate)
-    scores = _numbers(table["score"], "score", "a finite number as its score", source, locate)
+
+
+def _check_block(block: pa.RecordBatch | pa.Table, source: str, locate: Locate) -> _Checked:
+    """One block of rows checked value by value (`locate` numbers rows within the block)."""
+    query_ids = _ids(block["query_id"], "query_id", source, locate)
+    img_ids = _ids(block["img_id"], "img_id", source, locate)
+    scores = _numbers(block["score"], "score", "a finite number as its score", source, locate)
     infinite = ~np.isfinite(scores)
     if infinite.any():
         row = _first(infinite)
@@ -194,7 +218,7 @@ def _check(table: pa.Table, source: str, locate: Locate) -> _Checked:
             "number. Clip or replace infinite scores."
         )
     labels = _numbers(
-        table["label"], "label", "a whole-number label (0 = not relevant)", source, locate
+        block["label"], "label", "a whole-number label (0 = not relevant)", source, locate
     )
     whole = labels == np.floor(labels)
     if not whole.all():
@@ -203,20 +227,76 @@ def _check(table: pa.Table, source: str, locate: Locate) -> _Checked:
             f"{source}, {locate(row)}: label is {labels[row]}, not a whole number. Labels are "
             "graded relevance (Clickture: Excellent 3, Good 2, Bad 0)."
         )
-    if labels.min() < 0:
+    if labels.size and labels.min() < 0:
         row = _first(labels < 0)
         raise InputError(
             f"{source}, {locate(row)}: label is {labels[row]:g}; labels must be 0 (not relevant) "
             "or more."
         )
-    repeated = _first_repeat(query_ids, img_ids)
+    return _Checked(query_ids, img_ids, scores, labels.astype(np.int64))
+
+
+def _check_blocks(
+    blocks: Iterable[pa.RecordBatch | pa.Table],
+    source: str,
+    locate: Locate,
+    max_rows: int,
+    keep: bool = True,
+) -> _Checked | None:
+    """Every block checked as it arrives (a bad row stops the reading there), at most
+    `max_rows` rows kept, compactly; then the checks that need all rows. Without `keep`, only
+    the blocks' own checks (a scan that holds nothing)."""
+    parts: list[_Checked] = []
+    total = 0
+    named = False
+    for block in blocks:
+        if not named:
+            _check_names(block.schema.names, source)
+            named = True
+        if block.num_rows == 0:
+            continue
+        if total + block.num_rows > max_rows:
+            raise InputError(
+                f"{source} has more than {max_rows:,} rows, the most a scores file may have "
+                f"(they are held in memory, 32 bytes a row). Split it by query, or raise the "
+                f"limit (max_rows=, eval --max-rows) if this machine has the memory."
+            )
+        checked = _check_block(block, source, _shifted(locate, total))
+        if keep:
+            parts.append(checked)
+        total += block.num_rows
+    if total == 0:
+        raise InputError(
+            f"{source} has no rows. Write one row per (query, candidate image) pair under the "
+            f"header {', '.join(COLUMNS)}."
+        )
+    if not keep:
+        return None
+    checked = _Checked(
+        *(
+            _concatenate([getattr(part, name) for part in parts])
+            for name in ("query_ids", "img_ids", "scores", "labels")
+        )
+    )
+    repeated = _first_repeat(checked.query_ids, checked.img_ids)
     if repeated is not None:
         earlier, later = repeated
         raise InputError(
             f"{source}, {locate(earlier)} and {locate(later)}: both score query "
-            f"{query_ids[later]}, image {img_ids[later]}. Keep one row per (query, image) pair."
+            f"{checked.query_ids[later]}, image {checked.img_ids[later]}. Keep one row per "
+            "(query, image) pair."
         )
-    return _Checked(query_ids, img_ids, scores, labels.astype(np.int64))
+    return checked
+
+
+def _shifted(locate: Locate, start: int) -> Locate:
+    return lambda row: locate(start + row)
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    # Integer ids in one block and text in another cannot happen (a TSV whose ids change kind
+    # is read as text throughout), but keep object arrays whole if they do.
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _offsets(ids: np.ndarray) -> np.ndarray:
@@ -241,10 +321,13 @@ def _first_repeat(query_ids: np.ndarray, img_ids: np.ndarray) -> tuple[int, int]
     return _first(pair == pair[later]), later
 
 
-def _load(source: Source) -> _Checked:
+def _load(source: Source, max_rows: int = MAX_ROWS) -> _Checked:
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise InputError(f"max_rows must be a whole number >= 1, not {max_rows!r}.")
     if isinstance(source, pd.DataFrame):
         table = pa.Table.from_pandas(source, preserve_index=False)
-        return _check(table, "the scores table", lambda row: f"row {row} (counting from 0)")
+        locate = _shifted(lambda row: f"row {row} (counting from 0)", 0)
+        return _kept(_check_blocks([table], "the scores table", locate, max_rows))
     path = Path(source)
     if not path.is_file():
         raise InputError(f"{path}: no such scores file. Check the path.")
@@ -254,24 +337,45 @@ def _load(source: Source) -> _Checked:
             "row per (query, candidate image) pair, or a Parquet file with those columns."
         )
     if _is_parquet(path):
-        return _check(_read_parquet(path), str(path), lambda row: f"row index {row}")
+        locate = _shifted(lambda row: f"row index {row}", 0)
+        return _kept(_check_blocks(_parquet_batches(path), str(path), locate, max_rows))
     try:
-        table = _read_tsv(path)
+        return _load_tsv(path, max_rows)
     except OSError as exc:  # a damaged gzip stream: "Truncated compressed stream", ...
         raise InputError(
             f"{path} cannot be read as a (gzip-compressed) tab-separated scores file: "
             f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}"
             ". Write or copy it again."
         ) from None
-    return _check(table, str(path), _tsv_locate(path))
 
 
-def read_scores(source: Source) -> pd.DataFrame:
+def _load_tsv(path: Path, max_rows: int) -> _Checked:
+    source, locate = str(path), _tsv_locate(path)
+    try:
+        return _kept(_check_blocks(_tsv_batches(path, _TSV_TYPES), source, locate, max_rows))
+    except _TypeChange:
+        pass  # outside the handler, so that the rows kept so far are freed before reading again
+    # Read as text, keeping nothing, to say exactly where a value is not a number; if none is,
+    # the ids changed kind (numbers, then text): they are text throughout.
+    text = dict.fromkeys(COLUMNS, pa.string())
+    _check_blocks(_tsv_batches(path, text), source, locate, max_rows, keep=False)
+    text_ids = {**_TSV_TYPES, "query_id": pa.string(), "img_id": pa.string()}
+    return _kept(_check_blocks(_tsv_batches(path, text_ids), source, locate, max_rows))
+
+
+def _kept(checked: _Checked | None) -> _Checked:
+    assert checked is not None  # keep=True always returns the rows
+    return checked
+
+
+def read_scores(source: Source, max_rows: int = MAX_ROWS) -> pd.DataFrame:
     """Read and check a scores file (Parquet or TSV) or table; raise `InputError` if malformed.
 
     Returns columns `query_id`, `img_id`, `score` (float64) and `label` (int64), in file order.
+    Files are read and checked a block at a time; one of more than `max_rows` rows is refused
+    before it is read whole.
     """
-    checked = _load(source)
+    checked = _load(source, max_rows)
     return pd.DataFrame(
         {
             "query_id": checked.query_ids,
@@ -283,10 +387,13 @@ def read_scores(source: Source) -> pd.DataFrame:
 
 
 def scores_metrics(
-    source: Source, relevant: int = 1, ks: tuple[int, ...] = NDCG_CUTOFFS
+    source: Source,
+    relevant: int = 1,
+    ks: tuple[int, ...] = NDCG_CUTOFFS,
+    max_rows: int = MAX_ROWS,
 ) -> RankingMetrics:
     """Per-query and mean metrics of a scores file or table (see `ranking_metrics`)."""
-    checked = _load(source)
+    checked = _load(source, max_rows)
     if checked.query_ids.dtype.kind in "iu":
         return ranking_metrics(
             checked.query_ids, checked.scores, checked.labels, relevant=relevant, ks=ks
@@ -297,7 +404,9 @@ def scores_metrics(
     return dataclasses.replace(result, query_ids=np.asarray(values)[result.query_ids])
 
 
-def evaluate_scores(source: Source, relevant: int = 1) -> dict[str, float]:
+def evaluate_scores(
+    source: Source, relevant: int = 1, max_rows: int = MAX_ROWS
+) -> dict[str, float]:
     """The Clickture metrics of a scores file (Parquet or TSV) or table, as flat keys.
 
     `ndcg@5` ... `ndcg@25` (per-query NDCG averaged over queries, gain `2**label - 1`, tied
@@ -305,4 +414,4 @@ def evaluate_scores(source: Source, relevant: int = 1) -> dict[str, float]:
     (pairs with `label >= relevant` are relevant; NaN if one class is absent), `queries`,
     `pairs` and `queries_without_relevant` (no label above 0: NDCG 0, counted in the means).
     """
-    return scores_metrics(source, relevant).summary()
+    return scores_metrics(source, relevant, max_rows=max_rows).summary()
