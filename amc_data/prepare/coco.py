@@ -29,7 +29,6 @@ import scipy.sparse
 
 from ..archive import open_archive
 from ..datadir import dataset_dir
-from ..encoding.dataset import load_encoded
 from ..encoding.inputs import input_files
 from ..errors import ConfigError, InputError
 from ..spec import dataset_spec
@@ -40,6 +39,7 @@ from .common import (
     PrepareResult,
     Problems,
     encode_summary,
+    encoded_keyword_rows,
     feature_rows,
     missing_features,
     open_features,
@@ -247,18 +247,7 @@ def _keyword_rows(
             )
             blocks.append(scipy.sparse.csr_matrix((rows.size, n_words), dtype=np.int32))
             continue
-        matrix = load_encoded("coco", split, out=encoded).matrix
-        if matrix.shape[1] != n_words:
-            raise InputError(
-                f"{encoded}: the {split} matrix has {matrix.shape[1]} columns, "
-                f"vocab.tsv {n_words} words. Encode again with --force."
-            )
-        ids = img_ids[rows]
-        inside = ids < matrix.shape[0]
-        padded = scipy.sparse.vstack(
-            [matrix, scipy.sparse.csr_matrix((1, n_words), dtype=matrix.dtype)], format="csr"
-        )  # row matrix.shape[0] is empty: where ids beyond the matrix point
-        blocks.append(padded[np.where(inside, ids, matrix.shape[0])])
+        blocks.append(encoded_keyword_rows(encoded, "coco", split, img_ids[rows], n_words))
     stacked = scipy.sparse.vstack(blocks, format="csr").astype(np.int32)
     inverse = np.empty(img_ids.size, dtype=np.int64)
     inverse[np.concatenate(order)] = np.arange(img_ids.size)
