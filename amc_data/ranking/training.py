@@ -321,10 +321,25 @@ class _Run:
         metrics: dict[str, float],
         as_best: bool,
     ) -> None:
-        """Rank 0 writes `last.pt`, `best.pt` when `as_best`, and the log (each file whole)."""
+        """Rank 0 writes `last.pt`, `best.pt` when `as_best`, and the log (each file whole).
+        A checkpoint holds all a resume needs: the weights, the optimiser and schedule, where
+        the loop stands, the random generators, and the options and data it was trained on."""
         if not self.processes.is_main:
             return
-        payload = self._payload(model, optimizer, scheduler, at, metrics)
+        payload = {
+            "amc_data_version": __version__,
+            "train_config": self.record.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "epoch": at.epoch,
+            "step": at.step,
+            "best_metric": at.best,
+            "metrics": metrics,
+            "rng": _get_rng(),
+            "fingerprints": dict(self.prepared.fingerprints),
+        }
         save_checkpoint(self.out / LAST, payload)
         if as_best:
             save_checkpoint(self.out / BEST, payload)
@@ -514,29 +529,6 @@ class _Run:
         at = _Position(self.config.epochs, 0, metrics.get(VALIDATION_METRIC))
         self._save(model, None, None, at, metrics, as_best=True)
         return self._result()
-
-    def _payload(
-        self,
-        model: RankingModel,
-        optimizer: torch.optim.Optimizer | None,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        at: _Position,
-        metrics: dict[str, float],
-    ) -> dict[str, Any]:
-        return {
-            "amc_data_version": __version__,
-            "train_config": self.record.to_dict(),
-            "model_config": self.model_config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else {},
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "epoch": at.epoch,
-            "step": at.step,
-            "best_metric": at.best,
-            "metrics": metrics,
-            "rng": _get_rng(),
-            "fingerprints": dict(self.prepared.fingerprints),
-        }
 
     def _result(self) -> TrainResult:
         values = [(e.get(VALIDATION_METRIC), e["epoch"]) for e in self.log]
