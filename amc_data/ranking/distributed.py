@@ -1,9 +1,10 @@
-"""Devices and distributed training in one place: torchrun's environment, the process group, and
-which process is the main one. Everything else asks this module.
+"""Devices and distributed training in one place: this process's rank and device, the process
+group, and which process is the main one. Everything in training asks this module.
 
 Under `torchrun` (or `python -m torch.distributed.run`) the variables `RANK`, `WORLD_SIZE` and
 `LOCAL_RANK` are set; one process per GPU (NCCL) or per CPU worker (gloo). Without them this is a
-single process and every helper here is a no-op.
+single process and every helper here is a no-op. The variables are read, and objects exchanged
+between processes, by the same code as for feature extraction (`featurizing.shards`).
 """
 
 from __future__ import annotations
