@@ -12,6 +12,7 @@ import click
 from amc_data._optional import require
 from amc_data.files import atomic_write_json
 from amc_data.progress import progress_enabled
+from amc_data.ranking.config import DEVICES
 
 from .options import quiet_option
 from .tables import text_table
@@ -102,7 +103,7 @@ def _report(
 )
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     default="auto",
     show_default=True,
     help="With RUN folders: where to score.",

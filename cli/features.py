@@ -9,7 +9,7 @@ import click
 
 from amc_data.progress import progress_enabled
 
-from .options import quiet_option
+from .options import on_error_option, quiet_option
 
 if TYPE_CHECKING:
     from amc_data.featurizing.core import FeatureResult
@@ -128,12 +128,8 @@ def _columns(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
     show_default=True,
     help="Type of the written features.",
 )
-@click.option(
-    "--on-error",
-    type=click.Choice(["fail", "skip"]),
-    default="fail",
-    show_default=True,
-    help="An image without id or that does not decode: stop, or leave it out and record it.",
+@on_error_option(
+    "An image without id or that does not decode: stop, or leave it out and record it."
 )
 @click.option(
     "--resume/--no-resume",

@@ -53,3 +53,15 @@ def manifest_option(func: F) -> F:
         help="Use this manifest (TOML) instead of the bundled one of the same name; its `name` is "
         "the dataset. Repeatable.",
     )(func)
+
+
+def on_error_option(help_text: str) -> Callable[[F], F]:
+    """`--on-error fail|skip` (default fail): what a bad input item does, in the command's words
+    (`help_text`)."""
+    return click.option(
+        "--on-error",
+        type=click.Choice(["fail", "skip"]),
+        default="fail",
+        show_default=True,
+        help=help_text,
+    )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .options import data_dir_option, quiet_option
+from .options import data_dir_option, on_error_option, quiet_option
 
 if TYPE_CHECKING:
     from amc_data.prepare.common import PrepareResult
@@ -75,13 +75,9 @@ _SHARED_OPTIONS = [
         show_default=True,
         help="Images without features: stop, or leave them (and their queries) out.",
     ),
-    click.option(
-        "--on-error",
-        type=click.Choice(["fail", "skip"]),
-        default="fail",
-        show_default=True,
-        help="Bad input lines or entries: stop (write nothing), or leave them out "
-        "and record them in prepared.json.",
+    on_error_option(
+        "Bad input lines or entries: stop (write nothing), or leave them out and record them "
+        "in prepared.json."
     ),
     click.option(
         "--min-query-count",
@@ -310,10 +306,12 @@ def clickture_command(
 
 
 def report_prepared(result: PrepareResult) -> None:
+    from amc_data.prepare.format import SPLITS  # loaded already: the folder was just prepared
+
     counts = result.counts
     click.echo(f"{result.source}: prepared into {result.out}")
     click.echo(f"  {'split':<6} {'images':>10} {'queries':>10} {'judgments':>11}")
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         click.echo(
             f"  {split:<6} {counts['images'][split]:>10,} {counts['queries'][split]:>10,} "
             f"{counts['judgments'][split]:>11,}"

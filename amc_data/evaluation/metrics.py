@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from amc_data.errors import ConfigError, InputError
+from amc_data.prepare.format import MAX_EVAL_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ CHALLENGE_K = 25
 # the challenge published it, so a perfect list of 25 Excellent images scores about 1.
 CHALLENGE_SCALE = 0.01757
 RECALL_CUTOFFS: tuple[int, ...] = (1, 5, 10)
-MAX_LABEL = 1000  # 2**1024 overflows float64
 # Intermediate arrays of the chunked computations stay near this many bytes.
 CHUNK_BYTES = 64 * 2**20
 
@@ -79,11 +79,11 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
         raise InputError(
             f"labels[{first}] is {labels[first]}; labels must be 0 or more (0 = not relevant)."
         )
-    if labels.size and labels.max() > MAX_LABEL:
-        first = int(np.flatnonzero(labels > MAX_LABEL)[0])
+    if labels.size and labels.max() > MAX_EVAL_LABEL:
+        first = int(np.flatnonzero(labels > MAX_EVAL_LABEL)[0])
         raise InputError(
             f"labels[{first}] is {labels[first]}; the gain 2**label - 1 of a label above "
-            f"{MAX_LABEL} does not fit a float. Labels are relevance grades (Clickture: 0..3)."
+            f"{MAX_EVAL_LABEL} does not fit a float. Labels are relevance grades (Clickture: 0..3)."
         )
     return labels
 

@@ -1,4 +1,4 @@
-"""Grid features of images for the prepared datasets (`amc-data features`).
+"""Stage 5, features: grid features of images for the prepared datasets (`amc-data features`).
 
 `extract_features` reads a folder of images (COCO) or a TSV of base64 images (Clickture), runs a
 torchvision trunk or a TorchScript backbone over them and writes `(N, G*G, D)` features with their

@@ -8,8 +8,9 @@ bytes), into the rows of one shared partial file. Rank 0 prepares the output, an
 once every shard is done. Without those variables there is one shard and no process group.
 
 The ranks only exchange small Python objects, so the group is always gloo (on GPU hosts too):
-nothing here needs NCCL. The model half has its own, training-specific, helpers; this stage keeps
-its own few lines rather than import across the layers.
+nothing here needs NCCL. `Ranks`, `ranks_from_env`, `broadcast` and `gather` are the one reading
+of torchrun's variables and the one object exchange: training (a later stage,
+`amc_data.ranking.distributed`) builds on them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class OtherRankFailed(AmcDataError):
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place among the extracting processes."""
+    """This process's place among the processes torchrun started."""
 
     rank: int = 0
     world_size: int = 1
@@ -43,7 +44,7 @@ class Ranks:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 prepares and finishes the output, and alone reports."""
+        """Rank 0 alone writes the output (features, checkpoints, logs) and reports."""
         return self.rank == 0
 
     @property
@@ -91,6 +92,28 @@ def device_for(device: str, ranks: Ranks) -> str:
     return f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
 
 
+def broadcast(obj: T, ranks: Ranks) -> T:
+    """Rank 0's `obj` on every rank (`obj` itself for one process)."""
+    if not ranks.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj: T, ranks: Ranks) -> list[T]:
+    """Every rank's `obj`, in rank order, on every rank (`[obj]` for one process)."""
+    if not ranks.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 class Group:
     """The process group of a distributed extraction (every call is a no-op for one process)."""
 
@@ -113,23 +136,11 @@ class Group:
 
     def broadcast(self, obj: T) -> T:
         """Rank 0's `obj` on every rank."""
-        if not self.ranks.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return broadcast(obj, self.ranks)
 
     def gather(self, obj: T) -> list[T]:
         """Every rank's `obj`, in rank order, on every rank."""
-        if not self.ranks.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.ranks.world_size
-        dist.all_gather_object(out, obj)
-        return out
+        return gather(obj, self.ranks)
 
     def on_main(self, step: Callable[[], T]) -> T:
         """Run `step` on rank 0 and hand its value to every rank. If it raises, rank 0 raises

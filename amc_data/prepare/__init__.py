@@ -1,4 +1,4 @@
-"""Stage 5, prepare: the prepared dataset folder that `train` and `eval` read, whatever the
+"""Stage 4, prepare: the prepared dataset folder that `train` and `eval` read, whatever the
 source (`synth`, `coco`, `clickture`), and the commands that make it. No torch here."""
 
 from __future__ import annotations

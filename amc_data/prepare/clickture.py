@@ -33,7 +33,6 @@ import pyarrow.compute as pc
 import scipy.sparse
 
 from ..datadir import dataset_dir
-from ..encoding.dataset import load_encoded
 from ..errors import ConfigError, InputError
 from .clickture_files import (
     TsvLayout,
@@ -51,6 +50,7 @@ from .common import (
     PrepareResult,
     Problems,
     encode_summary,
+    encoded_keyword_rows,
     feature_rows,
     missing_features,
     open_features,
@@ -299,21 +299,6 @@ def _dev_labels(
 
 
 # -- keywords and features ---------------------------------------------------------------------
-def _keyword_rows(
-    encoded: Path, part: str, ids: np.ndarray, n_words: int
-) -> scipy.sparse.csr_matrix:
-    matrix = load_encoded("clickture", part, out=encoded).matrix
-    if matrix.shape[1] != n_words:
-        raise InputError(
-            f"{encoded}: the {part} matrix has {matrix.shape[1]} columns, vocab.tsv {n_words} "
-            "words. Encode again with --force."
-        )
-    padded = scipy.sparse.vstack(
-        [matrix, scipy.sparse.csr_matrix((1, n_words), dtype=matrix.dtype)], format="csr"
-    )
-    return padded[np.where(ids < matrix.shape[0], ids, matrix.shape[0])].astype(np.int32)
-
-
 def _with_features(
     judged: _Judged,
     have: np.ndarray,
@@ -511,8 +496,8 @@ def _rows(
     dev_rows = np.flatnonzero(np.isin(dev_have, unique_ids(judged.img_id)))
     keywords = scipy.sparse.vstack(
         [
-            _keyword_rows(encoded, "lite", lite_have[lite_rows], n_words),
-            _keyword_rows(encoded, "dev", dev_have[dev_rows], n_words),
+            encoded_keyword_rows(encoded, "clickture", "lite", lite_have[lite_rows], n_words),
+            encoded_keyword_rows(encoded, "clickture", "dev", dev_have[dev_rows], n_words),
         ],
         format="csr",
     )

@@ -29,7 +29,6 @@ import scipy.sparse
 
 from ..archive import open_archive
 from ..datadir import dataset_dir
-from ..encoding.dataset import load_encoded
 from ..encoding.inputs import input_files
 from ..errors import ConfigError, InputError
 from ..spec import dataset_spec
@@ -40,6 +39,7 @@ from .common import (
     PrepareResult,
     Problems,
     encode_summary,
+    encoded_keyword_rows,
     feature_rows,
     missing_features,
     open_features,
@@ -247,24 +247,153 @@ def _keyword_rows(
             )
             blocks.append(scipy.sparse.csr_matrix((rows.size, n_words), dtype=np.int32))
             continue
-        matrix = load_encoded("coco", split, out=encoded).matrix
-        if matrix.shape[1] != n_words:
-            raise InputError(
-                f"{encoded}: the {split} matrix has {matrix.shape[1]} columns, "
-                f"vocab.tsv {n_words} words. Encode again with --force."
-            )
-        ids = img_ids[rows]
-        inside = ids < matrix.shape[0]
-        padded = scipy.sparse.vstack(
-            [matrix, scipy.sparse.csr_matrix((1, n_words), dtype=matrix.dtype)], format="csr"
-        )  # row matrix.shape[0] is empty: where ids beyond the matrix point
-        blocks.append(padded[np.where(inside, ids, matrix.shape[0])])
+        blocks.append(encoded_keyword_rows(encoded, "coco", split, img_ids[rows], n_words))
     stacked = scipy.sparse.vstack(blocks, format="csr").astype(np.int32)
     inverse = np.empty(img_ids.size, dtype=np.int64)
     inverse[np.concatenate(order)] = np.arange(img_ids.size)
     keywords = stacked[inverse]
     empty = int((np.diff(keywords.indptr) == 0).sum())
     return keywords, empty
+
+
+# -- the steps of the command ------------------------------------------------------------------
+def _splits_and_folds(
+    karpathy_split: np.ndarray, config: CocoConfig, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's split (restval placed as `config.restval` says, or "drop") and its 1K fold
+    (-1 outside test): test images in file order, cut before anything is left out, so the
+    folds stay the standard ones."""
+    split = karpathy_split.copy()
+    split[karpathy_split == "restval"] = config.restval
+    fold = np.full(split.size, -1, dtype=np.int64)
+    test = np.flatnonzero(split == "test")
+    fold[test] = np.arange(test.size) // config.fold_size
+    if test.size > 127 * config.fold_size:  # folds are stored as int8
+        raise ConfigError(
+            f"{test.size:,} test images make more than 127 folds of {config.fold_size}."
+        )
+    if test.size % config.fold_size:
+        notes.append(
+            f"{test.size:,} test images: the last fold holds {test.size % config.fold_size:,}, "
+            f"not {config.fold_size:,}."
+        )
+    return split, fold
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """The user's feature rows matched to the images."""
+
+    keep: np.ndarray  # (images,) bool: kept (not dropped, and with features)
+    absent: np.ndarray  # the feature ids of the images left out for want of features
+    rows: np.ndarray  # the user's feature rows that are kept, in the user's order
+    img_ids: np.ndarray  # the img_id of each of those rows
+
+
+def _match_features(
+    karpathy: _Karpathy,
+    keep: np.ndarray,
+    user_ids: np.ndarray,
+    config: CocoConfig,
+    where: str,
+    feature_ids: Path,
+    notes: list[str],
+) -> _Matched:
+    """Match the user's feature ids (imgids, or cocoids with `feature_id_kind="cocoid"`) to the
+    images `keep` selects; images without features stop the run or are left out (`missing`)."""
+    img_ids = np.array(karpathy.imgid, dtype=np.int64)
+    cocoids = np.array(karpathy.cocoid, dtype=np.int64)
+    by_cocoid = config.feature_id_kind == "cocoid"
+    if by_cocoid:
+        if (cocoids[keep] < 0).any():
+            raise InputError(
+                f"{where}: some images have no integer 'cocoid'; match features by imgid."
+            )
+        kept_cocoids = pd.Index(cocoids[keep])
+        if kept_cocoids.has_duplicates:
+            cocoid = int(kept_cocoids[kept_cocoids.duplicated()][0])
+            raise InputError(
+                f"{where}: cocoid {cocoid} belongs to more than one image, so features cannot "
+                "be matched by cocoid. Match them by imgid."
+            )
+        where_in = kept_cocoids.get_indexer(user_ids)
+        user_img = np.where(where_in >= 0, img_ids[keep][where_in], -1)
+    else:
+        user_img = user_ids
+    wanted = (cocoids if by_cocoid else img_ids)[keep]
+    have = missing_features(wanted, user_ids, config.missing, "images", feature_ids)
+    keep = keep.copy()
+    keep[np.flatnonzero(keep)[~have]] = False
+    selected = np.flatnonzero(np.isin(user_img, img_ids[keep]))  # user rows, in the user's order
+    extra_rows = user_ids.size - selected.size
+    if extra_rows:
+        notes.append(f"{extra_rows:,} feature rows belong to no kept image and were left out.")
+    return _Matched(keep, wanted[~have], selected, user_img[selected])
+
+
+def _keywords(
+    encoded: Path,
+    record: dict[str, Any],
+    karpathy: _Karpathy,
+    karpathy_split: np.ndarray,
+    out_ids: np.ndarray,
+    notes: list[str],
+) -> tuple[scipy.sparse.csr_matrix, Path, int]:
+    """The keyword rows of the written images (`out_ids`, in that order), the vocabulary file
+    they count the words of, and how many images have no keyword."""
+    vocab_path = encoded / "vocab.tsv"
+    n_words = len(read_keyword_vocabulary(vocab_path))
+    img_ids = np.array(karpathy.imgid, dtype=np.int64)
+    position = pd.Series(np.arange(img_ids.size), index=img_ids)
+    rows_of_out = position.loc[out_ids].to_numpy()
+    keywords, without_keywords = _keyword_rows(
+        encoded, record, karpathy_split[rows_of_out], out_ids, n_words
+    )
+    if without_keywords:
+        notes.append(
+            f"{without_keywords:,} images have no keyword in the vocabulary (or none "
+            "encoded); they get empty keyword rows."
+        )
+    return keywords, vocab_path, without_keywords
+
+
+def _tables(
+    karpathy: _Karpathy,
+    karpathy_split: np.ndarray,
+    split: np.ndarray,
+    fold: np.ndarray,
+    keep: np.ndarray,
+    per: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The images, queries and judgments tables of the kept images: each caption is a query,
+    judged relevant (label 1) on its own image only."""
+    img_ids = np.array(karpathy.imgid, dtype=np.int64)
+    kept_ids = img_ids[keep]
+    images = pd.DataFrame(
+        {
+            "img_id": kept_ids,
+            "split": split[keep],
+            "fold": fold[keep].astype(np.int8),
+            "source_id": np.array(karpathy.cocoid, dtype=np.int64)[keep],
+            "karpathy_split": karpathy_split[keep],
+        }
+    )
+    captions = [karpathy.captions[i] for i in np.flatnonzero(keep)]
+    queries = pd.DataFrame(
+        {
+            "query_id": np.array([s for c in captions for s, _ in c], dtype=np.int64),
+            "query": [text for c in captions for _, text in c],
+            "split": np.repeat(split[keep], per),
+        }
+    )
+    judgments = pd.DataFrame(
+        {
+            "query_id": queries["query_id"],
+            "img_id": np.repeat(kept_ids, per),
+            "label": np.ones(len(queries), dtype=np.int32),
+        }
+    )
+    return images, queries, judgments
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -292,99 +421,17 @@ def prepare_coco(
     archive = None if dataset_json else input_files(dataset_spec("coco"), folder)[0]
     record = _encode_record(encoded_dir, archive)
 
-    img_ids = np.array(karpathy.imgid, dtype=np.int64)
-    cocoids = np.array(karpathy.cocoid, dtype=np.int64)
+    notes: list[str] = []
     karpathy_split = np.array(karpathy.split)
-    split = karpathy_split.copy()
-    split[karpathy_split == "restval"] = config.restval
-    # The 1K folds: test images in file order, cut before anything is left out.
-    fold = np.full(img_ids.size, -1, dtype=np.int64)
-    test = np.flatnonzero(split == "test")
-    fold[test] = np.arange(test.size) // config.fold_size
-    if test.size > 127 * config.fold_size:
-        raise ConfigError(
-            f"{test.size:,} test images make more than 127 folds of {config.fold_size}."
-        )
-    notes = []
-    if test.size % config.fold_size:
-        notes.append(
-            f"{test.size:,} test images: the last fold holds {test.size % config.fold_size:,}, "
-            f"not {config.fold_size:,}."
-        )
-    keep = split != "drop"
-
-    # Match the user's feature rows to images.
-    if config.feature_id_kind == "cocoid":
-        if (cocoids[keep] < 0).any():
-            raise InputError(
-                f"{where}: some images have no integer 'cocoid'; match features by imgid."
-            )
-        kept_cocoids = pd.Index(cocoids[keep])
-        if kept_cocoids.has_duplicates:
-            cocoid = int(kept_cocoids[kept_cocoids.duplicated()][0])
-            raise InputError(
-                f"{where}: cocoid {cocoid} belongs to more than one image, so features cannot "
-                "be matched by cocoid. Match them by imgid."
-            )
-        where_in = kept_cocoids.get_indexer(user_ids)
-        user_img = np.where(where_in >= 0, img_ids[keep][where_in], -1)
-    else:
-        user_img = user_ids
-    have = missing_features(
-        (cocoids if config.feature_id_kind == "cocoid" else img_ids)[keep],
-        user_ids,
-        config.missing,
-        "images",
-        Path(feature_ids),
+    split, fold = _splits_and_folds(karpathy_split, config, notes)
+    matched = _match_features(
+        karpathy, split != "drop", user_ids, config, where, Path(feature_ids), notes
     )
-    absent = (cocoids if config.feature_id_kind == "cocoid" else img_ids)[keep][~have]
-    keep[np.flatnonzero(keep)[~have]] = False
-    kept_ids = img_ids[keep]
-    selected = np.flatnonzero(np.isin(user_img, kept_ids))  # user rows, in the user's order
-    out_ids = user_img[selected]
-    extra_rows = user_ids.size - selected.size
-    if extra_rows:
-        notes.append(f"{extra_rows:,} feature rows belong to no kept image and were left out.")
-
-    vocab_path = encoded_dir / "vocab.tsv"
-    n_words = len(read_keyword_vocabulary(vocab_path))
-    position = pd.Series(np.arange(img_ids.size), index=img_ids)
-    rows_of_out = position.loc[out_ids].to_numpy()
-    keywords, without_keywords = _keyword_rows(
-        encoded_dir, record, karpathy_split[rows_of_out], out_ids, n_words
+    keywords, vocab_path, without_keywords = _keywords(
+        encoded_dir, record, karpathy, karpathy_split, matched.img_ids, notes
     )
-    if without_keywords:
-        notes.append(
-            f"{without_keywords:,} images have no keyword in the vocabulary (or none "
-            "encoded); they get empty keyword rows."
-        )
-
-    images = pd.DataFrame(
-        {
-            "img_id": kept_ids,
-            "split": split[keep],
-            "fold": fold[keep].astype(np.int8),
-            "source_id": cocoids[keep],
-            "karpathy_split": karpathy_split[keep],
-        }
-    )
-    kept_rows = np.flatnonzero(keep)
-    captions = [karpathy.captions[i] for i in kept_rows]
     per = config.captions_per_image
-    queries = pd.DataFrame(
-        {
-            "query_id": np.array([s for c in captions for s, _ in c], dtype=np.int64),
-            "query": [text for c in captions for _, text in c],
-            "split": np.repeat(split[keep], per),
-        }
-    )
-    judgments = pd.DataFrame(
-        {
-            "query_id": queries["query_id"],
-            "img_id": np.repeat(kept_ids, per),
-            "label": np.ones(len(queries), dtype=np.int32),
-        }
-    )
+    images, queries, judgments = _tables(karpathy, karpathy_split, split, fold, matched.keep, per)
     train_text = queries.loc[queries["split"] == "train", "query"]
     if train_text.empty:
         raise InputError(f"{where} leaves no training caption (restval={config.restval}).")
@@ -397,16 +444,16 @@ def prepare_coco(
         "encoded": str(encoded_dir.resolve()),
     }
     skipped = dict(problems.recorded)
-    if absent.size:
+    if matched.absent.size:
         skipped["images without features"] = {
-            "count": int(absent.size),
-            "examples": absent[:EXAMPLES].tolist(),
+            "count": int(matched.absent.size),
+            "examples": matched.absent[:EXAMPLES].tolist(),
         }
     return write_folder(
         out_dir,
         "coco",
-        features=feature_rows([array], [selected], features_path),
-        feature_ids=out_ids,
+        features=feature_rows([array], [matched.rows], features_path),
+        feature_ids=matched.img_ids,
         keywords=keywords,
         vocab_path=vocab_path,
         images=images,
@@ -418,7 +465,7 @@ def prepare_coco(
         link_features=config.link_features,
         encoded=record,
         details={
-            "test_folds": int(fold.max()) + 1 if test.size else 0,
+            "test_folds": int(fold.max()) + 1 if (fold >= 0).any() else 0,
             "fold_size": config.fold_size,
             "captions_per_image": per,
             "images_without_keywords": without_keywords,

@@ -1,7 +1,7 @@
 """What `prepare coco` and `prepare clickture` share: the result they return, the way problems
 in the inputs are reported (stop, or leave the items out and record them), the user's
-feature files (opened memory-mapped, matched to the images by id), and the last step (write the
-folder, read back what it records)."""
+feature files (opened memory-mapped, matched to the images by id), the keyword rows taken from
+the encode output, and the last step (write the folder, read back what it records)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse
 
+from ..encoding.dataset import load_encoded
 from ..encoding.record import RECORD_NAME, read_record
 from ..errors import ConfigError, InputError
 from .queries import QueryVocabulary
@@ -162,6 +163,23 @@ def feature_rows(
         for a, r in zip(arrays, rows, strict=True)
     )
     return FeatureRows(tuple(arrays), picked, path if len(arrays) == 1 else None)
+
+
+def encoded_keyword_rows(
+    encoded: Path, dataset: str, split: str, ids: np.ndarray, n_words: int
+) -> scipy.sparse.csr_matrix:
+    """Rows `ids` (in that order) of the encode output's `split` matrix, as int32 counts; an id
+    beyond the matrix (an image encode never saw) gets an empty row."""
+    matrix = load_encoded(dataset, split, out=encoded).matrix
+    if matrix.shape[1] != n_words:
+        raise InputError(
+            f"{encoded}: the {split} matrix has {matrix.shape[1]} columns, vocab.tsv {n_words} "
+            "words. Encode again with --force."
+        )
+    padded = scipy.sparse.vstack(
+        [matrix, scipy.sparse.csr_matrix((1, n_words), dtype=matrix.dtype)], format="csr"
+    )  # row matrix.shape[0] is empty: where ids beyond the matrix point
+    return padded[np.where(ids < matrix.shape[0], ids, matrix.shape[0])].astype(np.int32)
 
 
 def encode_summary(encoded: Path, dataset: str) -> dict[str, Any]:

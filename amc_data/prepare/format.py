@@ -69,8 +69,9 @@ FILES = (
     "judgments.parquet",
     "query_vocab.tsv",
 )
-#: The highest label of a val/test judgment: eval's gain 2**label - 1 must fit a float64.
-#: Train labels (click counts) only need to be 0 or more.
+#: The highest label of a val/test judgment, and of any label the metrics take: the gain
+#: 2**label - 1 must fit a float64 (2**1024 overflows it). Train labels (click counts) only
+#: need to be 0 or more.
 MAX_EVAL_LABEL = 1000
 _CHUNK_BYTES = 64 << 20  # features are copied and scanned this much at a time
 _SHOWN = 5  # ids shown in a message

@@ -72,6 +72,7 @@ import scipy.sparse
 from ..errors import AmcDataError, ConfigError
 from ..files import atomic_write_json
 from .common import PrepareResult
+from .format import SPLITS
 from .queries import fit_query_vocabulary
 from .writer import FeatureRows, write_prepared
 
@@ -338,7 +339,6 @@ DISTRACTORS = (
 )
 
 INTENTS = ("visual", "textual")
-SPLITS = ("train", "val", "test")
 _QUERY_SHARES = (0.6, 0.2, 0.2)
 _IMAGE_SHARES = (0.7, 0.15, 0.15)
 _DATE_TIME = (2017, 3, 1, 12, 0, 0)  # fixed zip entry time: the same seed gives the same bytes

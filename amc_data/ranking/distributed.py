@@ -1,41 +1,42 @@
-"""Devices and distributed training in one place: torchrun's environment, the process group, and
-which process is the main one. Everything else asks this module.
+"""Devices and distributed training in one place: this process's rank and device, the process
+group, and which process is the main one. Everything in training asks this module.
 
 Under `torchrun` (or `python -m torch.distributed.run`) the variables `RANK`, `WORLD_SIZE` and
 `LOCAL_RANK` are set; one process per GPU (NCCL) or per CPU worker (gloo). Without them this is a
-single process and every helper here is a no-op.
+single process and every helper here is a no-op. The variables are read, and objects exchanged
+between processes, by the same code as for feature extraction (`featurizing.shards`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
-from ..featurizing.shards import ranks_from_env
+from ..featurizing.shards import Ranks, broadcast, gather, ranks_from_env
 from .config import DEVICES
+
+__all__ = [
+    "Processes",
+    "barrier",
+    "broadcast",
+    "gather",
+    "max_across",
+    "mean_across",
+    "resolve_device",
+    "start",
+    "stop",
+]
 
 
 @dataclass(frozen=True)
-class Processes:
-    """This process's place among the training processes."""
+class Processes(Ranks):
+    """This process's place among the training processes (rank, world size, local rank, and
+    whether it is the main one, as for feature extraction), and its device."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 writes logs and checkpoints."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    device: torch.device = field(kw_only=True)
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -88,24 +89,6 @@ def max_across(value: torch.Tensor, processes: Processes) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value
-
-
-def gather(obj: Any, processes: Processes) -> list[Any]:
-    """Every process's `obj`, in rank order, on every process."""
-    if not processes.distributed:
-        return [obj]
-    out: list[Any] = [None] * processes.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast(obj: Any, processes: Processes) -> Any:
-    """Rank 0's `obj` on every process."""
-    if not processes.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier(processes: Processes) -> None:

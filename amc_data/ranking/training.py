@@ -76,6 +76,16 @@ class TrainResult:
         return self.run_dir / BEST
 
 
+@dataclass
+class _Position:
+    """Where the loop stands: epochs completed, optimiser steps taken, the best validation value
+    so far. Saved in every checkpoint; `--resume` starts from it."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+
+
 def model_config_for(config: TrainConfig, prepared: PreparedDataset) -> ModelConfig:
     """The model's shape, from the options and the prepared data's vocabularies and features."""
     return ModelConfig(
@@ -113,6 +123,10 @@ def train(
 
 
 class _Run:
+    """One training run. `run` reads top to bottom: the folder, the model, then (for a model
+    trained by gradient descent) the data, the optimiser, the restore, the wrap, and the epochs,
+    each trained, validated, counted and saved."""
+
     def __init__(
         self,
         prepared: PreparedDataset,
@@ -134,26 +148,36 @@ class _Run:
 
     def _prepare_folder(self, resume: bool, force: bool) -> dict[str, Any] | None:
         """The checkpoint to resume from (or None), after checking the folder is ours to use."""
-        config_path = self.out / CONFIG_FILE
         if resume:
-            if not (self.out / LAST).is_file():
-                raise TrainingError(
-                    f"--resume: {self.out / LAST} does not exist; start without --resume."
-                )
-            checkpoint = read_checkpoint(self.out / LAST)
-            check_resumable(checkpoint, self.out / LAST)
-            self.record = check_resume(checkpoint["train_config"], self.config, str(self.out))
-            check_same_model(checkpoint, self.out / LAST, self.model_config)
-            check_fingerprints(
-                checkpoint,
-                self.prepared.fingerprints,
-                str(self.out / LAST),
-                str(self.prepared.root),
+            return self._resumable()
+        self._start_folder(force)
+        return None
+
+    def _resumable(self) -> dict[str, Any]:
+        """`last.pt`, once it is known to continue this run: the same options (but those a
+        resume may change), the same model and the same prepared data."""
+        if not (self.out / LAST).is_file():
+            raise TrainingError(
+                f"--resume: {self.out / LAST} does not exist; start without --resume."
             )
-            self.log = _read_log(self.out / LOG_FILE)[: checkpoint["epoch"]]
-            if self.processes.is_main:  # whatever an older amc-data left, the records agree
-                atomic_write_json(config_path, self._describe())
-            return checkpoint
+        checkpoint = read_checkpoint(self.out / LAST)
+        check_resumable(checkpoint, self.out / LAST)
+        self.record = check_resume(checkpoint["train_config"], self.config, str(self.out))
+        check_same_model(checkpoint, self.out / LAST, self.model_config)
+        check_fingerprints(
+            checkpoint,
+            self.prepared.fingerprints,
+            str(self.out / LAST),
+            str(self.prepared.root),
+        )
+        self.log = _read_log(self.out / LOG_FILE)[: checkpoint["epoch"]]
+        if self.processes.is_main:  # whatever an older amc-data left, the records agree
+            atomic_write_json(self.out / CONFIG_FILE, self._describe())
+        return checkpoint
+
+    def _start_folder(self, force: bool) -> None:
+        """A folder for a new run: refused where it holds one (unless `force`, which clears its
+        checkpoints and log) or is a file; `config.json` written before the first epoch."""
         # Rank 0 alone looks (it writes config.json: the others could see it already there).
         problem = None
         if self.processes.is_main and (self.out / LAST).exists() and not force:
@@ -171,9 +195,8 @@ class _Run:
             if force:
                 for name in (LAST, BEST, LOG_FILE):
                     (self.out / name).unlink(missing_ok=True)
-            atomic_write_json(config_path, self._describe())
+            atomic_write_json(self.out / CONFIG_FILE, self._describe())
         distributed.barrier(self.processes)
-        return None
 
     def _describe(self) -> dict[str, Any]:
         return {
@@ -188,35 +211,67 @@ class _Run:
 
     def run(self, resume: bool, force: bool) -> TrainResult:
         checkpoint = self._prepare_folder(resume, force)
-        torch.manual_seed(self.config.seed)
-        word_vectors = None
-        if self.config.word_vectors and checkpoint is None:
-            word_vectors = load_word_vectors(
-                self.config.word_vectors, self.prepared.query_vocabulary, self.config.dim
-            )
-        model = build_model(self.model_config, word_vectors=word_vectors).to(self.device)
+        model = self._build(fresh=checkpoint is None)
         if model.closed_form:
             return self._fit_closed_form(model)
         self.resident = self._resident_features()
         loader = self._loader()
-        steps_per_epoch = len(loader)
+        optimizer, scheduler = self._optimizer(model, total_steps=self.config.epochs * len(loader))
+        at = self._restore(checkpoint, model, optimizer, scheduler)
+        net = self._wrap(model)
+        for epoch in range(at.epoch, self.config.epochs):
+            loss, pairs, seconds = self._train_epoch(net, loader, optimizer, scheduler, epoch, at)
+            metrics = self._validate(model)
+            as_best = self._end_epoch(at, loss, pairs, seconds, metrics, scheduler)
+            self._save(model, optimizer, scheduler, at, metrics, as_best)
+            distributed.barrier(self.processes)
+        return self._result()
+
+    def _build(self, fresh: bool) -> RankingModel:
+        """The model on the training device, initialised from the seed (and the word vectors,
+        for a fresh run: a resumed one gets its weights from the checkpoint)."""
+        torch.manual_seed(self.config.seed)
+        word_vectors = None
+        if self.config.word_vectors and fresh:
+            word_vectors = load_word_vectors(
+                self.config.word_vectors, self.prepared.query_vocabulary, self.config.dim
+            )
+        return build_model(self.model_config, word_vectors=word_vectors).to(self.device)
+
+    def _optimizer(
+        self, model: RankingModel, total_steps: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """AdamW, and a learning rate that warms up then decays on a cosine over the whole run."""
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _warmup_cosine(self.config.warmup, self.config.epochs * steps_per_epoch)
+            optimizer, _warmup_cosine(self.config.warmup, total_steps)
         )
-        start_epoch, step, best = 0, 0, None
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            start_epoch, step, best = (
-                checkpoint["epoch"],
-                checkpoint["step"],
-                checkpoint["best_metric"],
-            )
-            _set_rng(checkpoint["rng"])
+        return optimizer, scheduler
+
+    def _restore(
+        self,
+        checkpoint: dict[str, Any] | None,
+        model: RankingModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> _Position:
+        """Where the loop starts: at the beginning, or where `last.pt` left it. The random
+        generators' states come back too, so the resumed epochs draw what the uninterrupted run
+        drew."""
+        if checkpoint is None:
+            return _Position()
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _set_rng(checkpoint["rng"])
+        return _Position(checkpoint["epoch"], checkpoint["step"], checkpoint["best_metric"])
+
+    def _wrap(self, model: RankingModel) -> torch.nn.Module:
+        """What the epochs run: the model itself, in DistributedDataParallel across processes,
+        compiled when asked. Wrapped after the restore, so every process starts from rank 0's
+        restored weights; validation and the checkpoints use the bare model."""
         net: torch.nn.Module = model
         if self.processes.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -225,34 +280,70 @@ class _Run:
             # Padded lengths (keywords, query words) change from batch to batch: compile for
             # dynamic shapes once instead of recompiling for each new length.
             net = torch.compile(net, dynamic=True)  # type: ignore[assignment]
-        for epoch in range(start_epoch, self.config.epochs):
-            started = time.perf_counter()
-            loss, pairs, step = self._epoch(net, loader, optimizer, scheduler, epoch, step)
-            seconds = time.perf_counter() - started
-            metrics = self._validate(model)
-            value = metrics.get(VALIDATION_METRIC)
-            improved = value is not None and (best is None or value > best)
-            if improved or (value is None and best is None):
-                best = value
-            entry = {
-                "epoch": epoch + 1,
-                "step": step,
-                "loss": loss,
-                **metrics,
-                "samples_per_s": pairs / seconds if seconds > 0 else None,
-                "seconds": seconds,
-                "lr": scheduler.get_last_lr()[0],
-            }
-            self.log.append(entry)
-            if self.processes.is_main:
-                payload = self._payload(model, optimizer, scheduler, epoch + 1, step, best, metrics)
-                save_checkpoint(self.out / LAST, payload)
-                if improved or value is None:
-                    save_checkpoint(self.out / BEST, payload)
-                _write_log(self.out / LOG_FILE, self.log)
-                log.info("epoch %d: %s", epoch + 1, entry)
-            distributed.barrier(self.processes)
-        return self._result()
+        return net
+
+    def _end_epoch(
+        self,
+        at: _Position,
+        loss: float,
+        pairs: int,
+        seconds: float,
+        metrics: dict[str, float],
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> bool:
+        """Count the epoch, keep the best validation value and add the epoch's log entry; True
+        when this epoch's checkpoint is also `best.pt` (it improved, or nothing is measured)."""
+        at.epoch += 1
+        value = metrics.get(VALIDATION_METRIC)
+        improved = value is not None and (at.best is None or value > at.best)
+        if improved or (value is None and at.best is None):
+            at.best = value
+        entry = {
+            "epoch": at.epoch,
+            "step": at.step,
+            "loss": loss,
+            **metrics,
+            "samples_per_s": pairs / seconds if seconds > 0 else None,
+            "seconds": seconds,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        self.log.append(entry)
+        if self.processes.is_main:
+            log.info("epoch %d: %s", at.epoch, entry)
+        return improved or value is None
+
+    def _save(
+        self,
+        model: RankingModel,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        at: _Position,
+        metrics: dict[str, float],
+        as_best: bool,
+    ) -> None:
+        """Rank 0 writes `last.pt`, `best.pt` when `as_best`, and the log (each file whole).
+        A checkpoint holds all a resume needs: the weights, the optimiser and schedule, where
+        the loop stands, the random generators, and the options and data it was trained on."""
+        if not self.processes.is_main:
+            return
+        payload = {
+            "amc_data_version": __version__,
+            "train_config": self.record.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "epoch": at.epoch,
+            "step": at.step,
+            "best_metric": at.best,
+            "metrics": metrics,
+            "rng": _get_rng(),
+            "fingerprints": dict(self.prepared.fingerprints),
+        }
+        save_checkpoint(self.out / LAST, payload)
+        if as_best:
+            save_checkpoint(self.out / BEST, payload)
+        _write_log(self.out / LOG_FILE, self.log)
 
     def _resident_features(self) -> ResidentFeatures | None:
         """The features on the training device, when `features_on` asks for it (or allows it
@@ -288,60 +379,74 @@ class _Run:
             )
         return loader
 
-    def _epoch(
+    def _train_epoch(
         self,
         net: torch.nn.Module,
         loader: DataLoader,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         epoch: int,
-        step: int,
-    ) -> tuple[float, int, int]:
+        at: _Position,
+    ) -> tuple[float, int, float]:
+        """One pass over this rank's pairs, advancing `at.step`: the mean loss over all
+        processes, the pairs all of them saw, and the seconds it took."""
+        started = time.perf_counter()
         net.train()
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         total = torch.zeros((), device=self.device)
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        pairs = 0
+        pairs, first_step = 0, at.step
         bar = progress_bar(
             total=len(loader),
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
             unit="step",
             enabled=self.progress,
         )
-        first_step, epoch_started = step, time.perf_counter()
         with bar:
             for batch in loader:
-                batch = batch.to(self.device, non_blocking=True)
-                if self.resident is not None:
-                    batch = self.resident.fill(batch)  # regions gathered on the device
-                with precision_context(self.device, self.amp):
-                    loss = self._loss(net, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.config.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), self.config.clip)
-                optimizer.step()
-                scheduler.step()
-                detached = loss.detach()
+                loss = self._step(net, batch, optimizer, scheduler)
                 # Remember the first non-finite step on the device: no host sync per step.
                 bad_step = torch.where(
-                    (bad_step < 0) & ~torch.isfinite(detached),
-                    torch.tensor(step, device=self.device),
+                    (bad_step < 0) & ~torch.isfinite(loss),
+                    torch.tensor(at.step, device=self.device),
                     bad_step,
                 )
-                total += torch.nan_to_num(detached, nan=0.0, posinf=0.0, neginf=0.0)
+                total += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
                 pairs += len(batch.query)
-                step += 1
-                if self.progress and (step - first_step) % 10 == 0:
+                at.step += 1
+                if self.progress and (at.step - first_step) % 10 == 0:
                     self._check_finite(bad_step, epoch)
-                    rate = pairs / max(time.perf_counter() - epoch_started, 1e-9)
+                    rate = pairs / max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(
-                        loss=f"{total.item() / (step - first_step):.4f}", pairs_per_s=f"{rate:,.0f}"
+                        loss=f"{total.item() / (at.step - first_step):.4f}",
+                        pairs_per_s=f"{rate:,.0f}",
                     )
                 bar.update(1)
         self._check_finite(bad_step, epoch)
-        mean = distributed.mean_across(total / max(step - first_step, 1), self.processes)
-        return float(mean.item()), pairs * self.processes.world_size, step
+        mean = distributed.mean_across(total / max(at.step - first_step, 1), self.processes)
+        loss_value = float(mean.item())
+        return loss_value, pairs * self.processes.world_size, time.perf_counter() - started
+
+    def _step(
+        self,
+        net: torch.nn.Module,
+        batch: TrainBatch,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> torch.Tensor:
+        """One optimiser step on one batch; its loss, detached (still on the device)."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.resident is not None:
+            batch = self.resident.fill(batch)  # regions gathered on the device
+        with precision_context(self.device, self.amp):
+            loss = self._loss(net, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.config.clip)
+        optimizer.step()
+        scheduler.step()
+        return loss.detach()
 
     def _loss(self, net: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """The batch's hinge loss: over its shared pool, or over each pair's own negatives."""
@@ -421,39 +526,9 @@ class _Run:
             "lr": None,
         }
         self.log = [entry]
-        if self.processes.is_main:
-            payload = self._payload(
-                model, None, None, self.config.epochs, 0, metrics.get(VALIDATION_METRIC), metrics
-            )
-            save_checkpoint(self.out / LAST, payload)
-            save_checkpoint(self.out / BEST, payload)
-            _write_log(self.out / LOG_FILE, self.log)
+        at = _Position(self.config.epochs, 0, metrics.get(VALIDATION_METRIC))
+        self._save(model, None, None, at, metrics, as_best=True)
         return self._result()
-
-    def _payload(
-        self,
-        model: RankingModel,
-        optimizer: torch.optim.Optimizer | None,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        epoch: int,
-        step: int,
-        best: float | None,
-        metrics: dict[str, float],
-    ) -> dict[str, Any]:
-        return {
-            "amc_data_version": __version__,
-            "train_config": self.record.to_dict(),
-            "model_config": self.model_config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else {},
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "epoch": epoch,
-            "step": step,
-            "best_metric": best,
-            "metrics": metrics,
-            "rng": _get_rng(),
-            "fingerprints": dict(self.prepared.fingerprints),
-        }
 
     def _result(self) -> TrainResult:
         values = [(e.get(VALIDATION_METRIC), e["epoch"]) for e in self.log]
