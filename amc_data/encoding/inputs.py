@@ -307,6 +307,22 @@ def _prefetch(archive: Archive) -> None:
         archive.index()
 
 
+def parse_dataset_json(data: bytes | str, where: str) -> list[object]:
+    """The `images` list of Karpathy's `dataset.json` (`where` names it in errors)."""
+    try:
+        content = json.loads(data)
+    except ValueError as exc:
+        raise InputError(f"{where} is not valid JSON ({exc}).") from exc
+    images = content.get("images") if isinstance(content, dict) else None
+    if not isinstance(images, list):
+        found = f"keys {sorted(content)[:10]}" if isinstance(content, dict) else type(content)
+        raise InputError(
+            f"{where} has no 'images' list (found {found}). Expected Karpathy's split file: "
+            "{'images': [{'filename', 'imgid', 'split', 'sentences', ...}, ...]}."
+        )
+    return images
+
+
 def load_dataset_json(archive: Archive) -> tuple[list[object], str]:
     """The `images` list of Karpathy's `dataset.json` in a COCO archive, and its member name."""
     name = find_layout(archive, ["dataset.json"]).name("dataset.json")
@@ -316,18 +332,7 @@ def load_dataset_json(archive: Archive) -> tuple[list[object], str]:
             f"{archive.path} has no dataset.json (Karpathy's split file). Expected it beside the "
             "keyword_<split>/ folders; fetch the archive again."
         )
-    try:
-        content = json.loads(archive.read_member(member))
-    except ValueError as exc:
-        raise InputError(f"{archive.path} member {name!r} is not valid JSON ({exc}).") from exc
-    images = content.get("images") if isinstance(content, dict) else None
-    if not isinstance(images, list):
-        found = f"keys {sorted(content)[:10]}" if isinstance(content, dict) else type(content)
-        raise InputError(
-            f"{archive.path} member {name!r} has no 'images' list (found {found}). Expected "
-            "Karpathy's split file: {'images': [{'filename', 'imgid', 'split', ...}, ...]}."
-        )
-    return images, name
+    return parse_dataset_json(archive.read_member(member), f"{archive.path} member {name!r}"), name
 
 
 def _coco_candidates(archive: Archive, planner: _Planner) -> _Candidates:

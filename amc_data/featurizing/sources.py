@@ -261,21 +261,14 @@ def _load_mapping(id_source: str, id_file: Path | None) -> dict[str, int] | None
 
 def _dataset_json_ids(path: Path) -> dict[str, int]:
     """filename -> imgid from Karpathy's dataset.json, or from the archive that holds it."""
+    from ..encoding.inputs import load_dataset_json, parse_dataset_json
+
     if path.suffix.lower() == ".json":
         where = str(path)
-        try:
-            content = json.loads(read_regular_file(path, MAX_MAPPING_BYTES, InputError, "file"))
-        except ValueError as exc:
-            raise InputError(f"{path} is not valid JSON ({exc}).") from exc
-        images = content.get("images") if isinstance(content, dict) else None
-        if not isinstance(images, list):
-            raise InputError(
-                f"{path} has no 'images' list. Expected Karpathy's split file: "
-                "{'images': [{'filename', 'imgid', ...}, ...]}."
-            )
+        images = parse_dataset_json(
+            read_regular_file(path, MAX_MAPPING_BYTES, InputError, "file"), where
+        )
     else:  # keywords_coco.zip, or the folder it unzips to, found as `encode` finds it
-        from ..encoding.inputs import load_dataset_json
-
         try:
             images, member = load_dataset_json(open_archive(path))
         except ArchiveError as exc:

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ import scipy.sparse
 
 from ..archive import open_archive
 from ..datadir import dataset_dir
-from ..encoding.inputs import input_files
+from ..encoding.inputs import input_files, parse_dataset_json
 from ..errors import ConfigError, InputError
 from ..spec import dataset_spec
 from .common import (
@@ -113,16 +112,7 @@ def _read_dataset_json(folder: Path, dataset_json: Path | None) -> tuple[list[An
         finally:
             archive.close()
         where = f"{archive_path} member {name!r}"
-    try:
-        content = json.loads(data)
-    except ValueError as exc:
-        raise InputError(f"{where} is not valid JSON ({exc}).") from exc
-    images = content.get("images") if isinstance(content, dict) else None
-    if not isinstance(images, list):
-        raise InputError(
-            f"{where} has no 'images' list. Expected Karpathy's split file: "
-            "{'images': [{'imgid', 'split', 'sentences': [{'raw', 'sentid'}, ...]}, ...]}."
-        )
+    images = parse_dataset_json(data, where)
     return images, where
 
 
