@@ -15,10 +15,14 @@ from .errors import ConfigError
 __all__ = [
     "DATASETS",
     "FORMATS",
+    "PREPARED_SPLITS",
     "DatasetSpec",
     "OriginalOutput",
     "dataset_spec",
 ]
+
+#: The splits of a prepared folder (what `train`, `eval` and `search` read), in this order.
+PREPARED_SPLITS = ("train", "val", "test")
 
 #: What `encode` can write beside `vocab.tsv` and the encode record.
 FORMATS = ("original", "csr", "parquet")

@@ -13,6 +13,7 @@ from amc_data._optional import require
 from amc_data.files import atomic_write_json
 from amc_data.progress import progress_enabled
 from amc_data.ranking.config import DEVICES
+from amc_data.spec import PREPARED_SPLITS
 
 from .options import quiet_option
 from .tables import text_table
@@ -75,7 +76,7 @@ def _report(
 )
 @click.option(
     "--split",
-    type=click.Choice(["test", "val", "train"]),
+    type=click.Choice(list(reversed(PREPARED_SPLITS))),
     default="test",
     show_default=True,
     help="With RUN folders: the queries to evaluate.",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from amc_data._optional import require
+from amc_data.spec import PREPARED_SPLITS
 
 from .tables import text_table
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--split",
-    type=click.Choice(["test", "val", "train", "all"]),
+    type=click.Choice([*reversed(PREPARED_SPLITS), "all"]),
     default="test",
     show_default=True,
     help="The images to rank: one split's, or all of the prepared folder's.",

@@ -39,6 +39,7 @@ import scipy.sparse
 
 from ..encoding.formats import VOCAB_HEADER, read_vocab_tsv
 from ..errors import ConfigError, InputError
+from ..spec import PREPARED_SPLITS
 from ..version import __version__
 from .queries import QueryVocabulary, query_analyzer
 
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "amc-data prepared dataset"
 FORMAT_VERSION = 1
 SOURCES = ("synth", "coco", "clickture")
-SPLITS = ("train", "val", "test")
+SPLITS = PREPARED_SPLITS
 FEATURE_DTYPES = ("float16", "float32")
 FILES = (
     "prepared.json",
