@@ -8,7 +8,7 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = "torch==2.13.0"  # the CPU build; a bare `torch` can pull a CUDA build of several GB
-BENCHMARKS = ("fetch", "encode", "loader", "train", "eval", "search", "scale", "gpu")
+BENCHMARKS = ("fetch", "encode", "loader", "train", "eval", "search", "synth", "scale", "gpu")
 # Run by name only: scale writes a 25 GB folder and takes about half an hour; gpu needs CUDA.
 BY_NAME_ONLY = ("scale", "gpu")
 
@@ -36,7 +36,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each against its reference in the same run (see the README for figures).
 
     Results are printed and written to bench-results/ as JSON. `-- NAME [ARGS]` runs one of
-    fetch, encode, loader, train, eval, search, scale, gpu; e.g. `-- encode --docs 100000` for a
+    fetch, encode, loader, train, eval, search, synth, scale, gpu; e.g. `-- encode --docs 100000` for a
     quicker run. Without a name all run except scale (COCO's size: 25 GB of disk, about half
     an hour) and gpu (a CUDA machine; `-- gpu --cpu` is a dry run here).
     """
