@@ -36,9 +36,9 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each against its reference in the same run (see the README for figures).
 
     Results are printed and written to bench-results/ as JSON. `-- NAME [ARGS]` runs one of
-    fetch, encode, loader, train, eval, search, synth, scale, gpu; e.g. `-- encode --docs 100000` for a
-    quicker run. Without a name all run except scale (COCO's size: 25 GB of disk, about half
-    an hour) and gpu (a CUDA machine; `-- gpu --cpu` is a dry run here).
+    fetch, encode, loader, train, eval, search, synth, scale, gpu; e.g. `-- encode --docs
+    100000` for a quicker run. Without a name all run except scale (COCO's size: 25 GB of
+    disk, about half an hour) and gpu (a CUDA machine; `-- gpu --cpu` is a dry run here).
     """
     session.install(TORCH)
     session.install(".[dev]")
