@@ -1,6 +1,6 @@
 """The paper's claim, on data where it must hold: with default options (synth's and train's), AMC
-beats every baseline and its intra-attention ablation on held-out NDCG@10 by a clear margin, and
-its inter-attention ablation, and weighs the image more for visual-intent queries than for
+beats every baseline and its intra-attention ablation on held-out NDCG@10 by a clear margin,
+beats its inter-attention ablation, and weighs the image more for visual-intent queries than for
 textual ones. Two seeds, not one lucky one."""
 
 from __future__ import annotations
