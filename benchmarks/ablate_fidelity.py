@@ -151,9 +151,23 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     except ImportError:
         from amc_data.data import image_batch, query_batch
 
+    from amc_data.ranking import training
+
     out = work / f"run-{world.name.replace(' ', '-')}-{name}"
+    options = dict(options)
+    model_options = options.pop("model_options", {})
+    build = training.model_config_for
+    if model_options:  # ModelConfig fields that TrainConfig does not carry
+
+        def with_options(config, prepared):
+            return dataclasses.replace(build(config, prepared), **model_options)
+
+        training.model_config_for = with_options
     started = time.perf_counter()
-    amc_data.train(world.prepared, out, TrainConfig(**options), force=True)
+    try:
+        amc_data.train(world.prepared, out, TrainConfig(**options), force=True)
+    finally:
+        training.model_config_for = build
     seconds = time.perf_counter() - started
     loaded = amc_data.load_model(out, world.prepared)
     model = loaded.model
@@ -286,7 +300,17 @@ PACKAGE = {
     "pkg cca": {"model": "cca"},
     "pkg amc --no-intra": {"intra": False},
     "pkg amc --no-inter": {"inter": False},
-    "pkg amc --in-batch": {"in_batch": True},
+    # The gate and the loss of session 2 (FIDELITY.md), against the defaults they replaced.
+    "pkg amc --loss pairs": {"loss": "pairs"},
+    "pkg amc --loss pairs --no-inter": {"loss": "pairs", "inter": False},
+    "pkg amc --loss pairs --in-batch": {"loss": "pairs", "in_batch": True},
+    "pkg amc gate as before (pairs)": {
+        "loss": "pairs",
+        "model_options": {"gate_scale": 0.0, "gate_content": True},
+    },
+    "pkg amc gate reading the attended vectors": {"model_options": {"gate_content": True}},
+    "pkg amc unscaled gate": {"model_options": {"gate_scale": 0.0}},
+    "pkg amc attention scale from 5": {"model_options": {"attention_scale": 5.0}},
 }
 
 

@@ -20,8 +20,11 @@ The story (one numpy generator, seeded):
   caption filler words, so the words of a caption other than the concept match keywords at
   random.
 
-What a model must learn: per concept word, which modality to trust (the modality weights), and
-within a modality the one or two regions or the one keyword that carry it (the intra-attention).
+What a model must learn: per concept word, which modality to trust, and within a modality the
+one or two regions or the one keyword that carry it (the intra-attention). Since the modality
+follows the concept word itself, the query's embedding can learn it as well as a modality gate
+can: fixed modality weights do as well here (benchmarks/FIDELITY.md); synth, whose modality
+follows an intent word, is the world that needs the gate.
 `PlantedCoco` keeps the truth: each image's concept, kind, the concept's regions, and the
 concept's keyword, so tests can measure where the attention goes.
 """

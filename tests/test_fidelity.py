@@ -159,13 +159,16 @@ def test_each_ablation_costs_amc(trained):
     # Without intra-attention the concept is diluted among regions and keywords: both worlds.
     test = _against_amc(table, "no-intra")
     assert test.difference >= 0.03 and test.p_randomization < 0.01, test
-    # Fixed modality weights cost little once the intra-attention is right: an attention can
-    # look away from a modality that does not answer the query, which is a gate of its own
-    # (benchmarks/FIDELITY.md). What holds: they never help on synth, whose modality follows
-    # an intent word, and never help by much on the COCO world, whose modality follows the
-    # concept.
+    # Fixed modality weights: on synth the modality follows an intent word, so which modality
+    # answers depends on a word other than the concept's, and a gate that reads the query
+    # earns a clear margin. On the COCO world the modality follows the concept word itself,
+    # which the embeddings absorb with fixed weights as well (benchmarks/FIDELITY.md): there the
+    # gate has nothing to add, and fixed weights never help by much.
     test = _against_amc(table, "no-inter")
-    assert test.difference > (-0.005 if world == "synth" else -0.03), test
+    if world == "synth":
+        assert test.difference >= 0.03 and test.p_randomization < 0.01, test
+    else:
+        assert test.difference > -0.03, test
 
 
 def test_attention_looks_where_the_concept_is(trained):

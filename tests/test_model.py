@@ -251,6 +251,42 @@ def test_ablations_use_fixed_or_mean_weights():
     torch.testing.assert_close(visual, torch.tensor([1.0, 0.0]).expand(2, 3, 2))
 
 
+def test_the_gate_reads_the_query_alone_unless_told_to_read_the_content():
+    query = make_queries(1).map(lambda t: t.expand(3, *t.shape[1:]))
+    images = make_images(3, 4, seed=3)  # every image has regions and keywords
+    weights = model_for("amc", {}).explain(query, images).modality_weights
+    # One query, four different images: the same modality weights, from the query alone.
+    torch.testing.assert_close(weights, weights[:, :1].expand_as(weights))
+    assert not torch.allclose(weights[0, 0], torch.full((2,), 0.5))  # scaled, not flat
+    content = model_for("amc", {"gate_content": True}).explain(query, images).modality_weights
+    assert not torch.allclose(content, content[:, :1].expand_as(content))
+
+
+def test_checkpoints_from_before_the_gate_options_load_with_the_same_scores():
+    # A model as amc-data wrote it before gate_scale and gate_content existed: dot-product
+    # attention, an unscaled gate that reads the attended vectors.
+    torch.manual_seed(0)
+    old_config = ModelConfig(
+        query_vocab_size=VQ,
+        keyword_vocab_size=VK,
+        feature_dim=D,
+        dim=16,
+        attention="dot",
+        gate_scale=0.0,
+        gate_content=True,
+    )
+    old = build_model(old_config).eval()
+    recorded = old_config.to_dict()
+    for name in ("attention", "attention_scale", "gate_scale", "gate_content"):
+        del recorded[name]
+    config = ModelConfig.from_dict(recorded)
+    assert config == old_config
+    copy = build_model(config).eval()
+    copy.load_state_dict(old.state_dict())  # strict: no parameter missing or left over
+    query, images = make_queries(3), make_images(6)
+    torch.testing.assert_close(copy.score_pool(query, images), old.score_pool(query, images))
+
+
 @pytest.mark.parametrize(("kind", "extra"), SGD_VARIANTS[:3], ids=IDS[:3])
 def test_bf16_autocast_gives_float32_scores_close_to_float32(kind, extra):
     model = model_for(kind, extra)
@@ -447,6 +483,8 @@ def test_config_round_trips_and_defaults():
         ({"dropout": math.nan}, "dropout must be in"),
         ({"cca_reg": -0.1}, "cca_reg must be a number >= 0"),
         ({"intra": "no"}, "intra must be true or false"),
+        ({"gate_content": 1}, "gate_content must be true or false"),
+        ({"gate_scale": -1.0}, "gate_scale must be a number >= 0"),
         ({"kind": "fusion", "inter": False}, "ablation of the amc model"),
         ({"kind": "visual", "intra": False}, "ablation of the amc model"),
     ],

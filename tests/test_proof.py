@@ -1,6 +1,7 @@
 """The paper's claim, on data where it must hold: with default options (synth's and train's), AMC
-beats every baseline and both of its ablations on held-out NDCG@10 by a clear margin, and weighs
-the image more for visual-intent queries than for textual ones. Two seeds, not one lucky one."""
+beats every baseline and its intra-attention ablation on held-out NDCG@10 by a clear margin,
+beats its inter-attention ablation, and weighs the image more for visual-intent queries than for
+textual ones. Two seeds, not one lucky one."""
 
 from __future__ import annotations
 
@@ -61,11 +62,11 @@ def test_amc_earns_its_keep_on_synth(tmp_path: Path, seed: int) -> None:
         runs.append(tmp_path / name)
     result = evaluate(runs, data, random_baseline=False, resamples=2_000, seed=seed)
     ndcg = {run.name: run.metrics["ndcg@10"] for run in result.runs}
-    # With attention that works inside each modality (cosine logits), the fixed-weight ablation
-    # comes within noise of AMC on synth: the modality gate no longer earns a clear margin
-    # there. tests/test_fidelity.py asserts what it still does (it never helps).
-    assert max(ndcg, key=ndcg.get) in ("amc", "no-inter"), ndcg
-    assert ndcg["no-inter"] - ndcg["amc"] < ABLATION_MARGIN, ndcg
+    assert max(ndcg, key=ndcg.get) == "amc", ndcg
+    # The fixed-weight ablation always costs, but on seed 1 by less than the margin: the
+    # intra-attention can stand in for the gate by attending to an uninformative keyword or
+    # region for the modality the query does not ask for (benchmarks/FIDELITY.md).
+    assert ndcg["amc"] > ndcg["no-inter"], ndcg
     for name in ("visual", "keyword", "fusion", "cca"):
         assert ndcg["amc"] - ndcg[name] >= BASELINE_MARGIN, (name, ndcg)
     assert ndcg["amc"] - ndcg["no-intra"] >= ABLATION_MARGIN, ndcg

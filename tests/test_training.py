@@ -25,7 +25,8 @@ from amc_data.ranking.checkpoint import load_model, read_checkpoint  # noqa: E40
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}
-FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
+# The paper's per-pair loss: these tests patch hinge_ranking_loss to interrupt a run mid-epoch.
+FAST = {"epochs": 2, "batch_size": 32, "loss": "pairs", "negatives": 3, "dim": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

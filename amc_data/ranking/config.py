@@ -84,7 +84,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: float = 0.05  # fraction of all steps spent warming the learning rate up
-    loss: str = "pairs"
+    loss: str = "pool"
     negatives: int = 8  # per pair, with loss="pairs" (the paper's t)
     pool_negatives: int = 64  # shared by the batch, with loss="pool"
     hardest: bool = False  # loss="pool": each query's hardest negative only (VSE++)

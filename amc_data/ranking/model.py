@@ -11,8 +11,10 @@ keywords (`amc_data.ranking.batch`). AMC follows the paper's framework:
   (a keyword seen `c` times counts as `c` copies: `log c` is added to its logit);
 - both softmaxes take a learned scale times the cosine of guide and key as logits (`attention`
   "cosine", the default; "dot" is the scaled dot product of older checkpoints);
-- inter-attention: two modality weights, conditioned on `q'` and on the two attended vectors, sum
-  to 1; `x^q` is their weighted combination of the unit-length `v^q` and `k^q`;
+- inter-attention: two modality weights that sum to 1, a softmax of logits times a learned
+  scale (`gate_scale`), conditioned on `q'`: on the query alone by default, or also on the two
+  attended vectors (`gate_content`, the paper's form); `x^q` is their weighted combination of
+  the unit-length `v^q` and `k^q`;
 - the score is `cos(q^m, x^q)`.
 
 The baselines reuse the same parts: `visual` and `keyword` match the query against one modality,
@@ -71,6 +73,14 @@ class ModelConfig:
     # checkpoints written before the option existed.
     attention: str = "cosine"
     attention_scale: float = 4.0
+    # The modality gate's logits (prior plus content) are multiplied by a learned scale starting
+    # at gate_scale; 0 means no scale, as in checkpoints written before the option.
+    gate_scale: float = 4.0
+    # True: the gate also matches a probe from the query against each attended vector (the
+    # paper's inter-attention, and checkpoints written before the option); False: it reads the
+    # query alone. Measured, reading the vectors lets a decoy that matches in the wrong
+    # modality pull the weight to that modality (benchmarks/FIDELITY.md).
+    gate_content: bool = False
     cca_reg: float = 0.1  # cca: ridge added to each covariance, relative to its mean variance
 
     def __post_init__(self) -> None:
@@ -84,11 +94,11 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"Model option {name} must be a positive integer, got {value!r}.")
-        for name in ("intra", "inter"):
+        for name in ("intra", "inter", "gate_content"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError(f"Model option {name} must be true or false, got {value!r}.")
-            if not value and self.kind != "amc":
+            if not value and self.kind != "amc" and name != "gate_content":
                 raise ConfigError(
                     f"{name}=False (--no-{name}) is an ablation of the amc model; the {self.kind} "
                     f"model has no {name}-attention to switch off. Drop the option or use amc."
@@ -103,6 +113,10 @@ class ModelConfig:
         if not _is_number(self.attention_scale) or self.attention_scale <= 0.0:
             raise ConfigError(
                 f"Model option attention_scale must be a number > 0, got {self.attention_scale!r}."
+            )
+        if not _is_number(self.gate_scale) or self.gate_scale < 0.0:
+            raise ConfigError(
+                f"Model option gate_scale must be a number >= 0, got {self.gate_scale!r}."
             )
         if not _is_number(self.cca_reg) or self.cca_reg < 0.0:
             raise ConfigError(f"Model option cca_reg must be a number >= 0, got {self.cca_reg!r}.")
@@ -128,6 +142,9 @@ class ModelConfig:
         data = dict(data)
         # Checkpoints from before the option attended by scaled dot products.
         data.setdefault("attention", "dot")
+        # ... and gated the modalities with unscaled logits.
+        data.setdefault("gate_scale", 0.0)
+        data.setdefault("gate_content", True)
         return cls(**data)
 
 
@@ -299,10 +316,17 @@ class AttentionModel(RankingModel):
                 self.query_keyword = nn.Linear(w, d, bias=False)  # q W_ql
         if self.gated:
             # q' has two parts: a prior over the modalities read from the query alone (its
-            # intent), and a probe matched against each attended vector (how well each modality
-            # answers this query for this image).
+            # intent), and (gate_content) a probe matched against each attended vector (how well
+            # each modality answers this query for this image).
             self.gate_prior = nn.Linear(w, 2)
-            self.gate_probe = nn.Linear(w, d)
+            if config.gate_content:
+                self.gate_probe = nn.Linear(w, d)
+            if config.gate_scale > 0:
+                # The gate's inputs are small at the start (the query's mean word embedding),
+                # so its logits stay near 0 and the weights near 0.5/0.5: measured, 0.70/0.34
+                # image weight for visual/textual intents after training. A learned scale lets
+                # the weights follow the intent more sharply (0.81/0.19).
+                self.gate_log_scale = nn.Parameter(torch.tensor(math.log(config.gate_scale)))
         if self.attend and config.attention == "cosine":
             # Embeddings start small (norm about EMBEDDING_STD * sqrt(dim)), so a dot product
             # over sqrt(dim) starts near 0 and stays there: measured, the keyword attention
@@ -349,7 +373,7 @@ class AttentionModel(RankingModel):
             visual_guide=self.query_visual(q) if attend_visual else None,  # s_q (B, d)
             keyword_guide=self.query_keyword(q) if attend_keywords else None,  # q W_ql (B, d)
             modality_prior=self.gate_prior(q) if self.gated else None,  # (B, 2)
-            modality_probe=self.gate_probe(q) if self.gated else None,  # (B, d)
+            modality_probe=self.gate_probe(q) if hasattr(self, "gate_probe") else None,  # (B, d)
         )
 
     def _encode_images(self, images: ImageBatch) -> EncodedImages:
@@ -425,10 +449,16 @@ class AttentionModel(RankingModel):
 
         # Inter-attention: modality weights from q' (a prior from the query alone, and a probe
         # matched against each attended vector), or fixed equal weights.
-        if q.modality_prior is not None and q.modality_probe is not None:
-            probe = q.modality_probe.float().unsqueeze(1)  # (B|Q, 1, d)
-            content = torch.stack([_dot(probe, vec) for vec in attended], -1)  # (B|Q, M|N, 2)
-            logits = q.modality_prior.float().unsqueeze(1) + content
+        if q.modality_prior is not None:
+            logits = q.modality_prior.float().unsqueeze(1)  # (B|Q, 1, 2)
+            if q.modality_probe is not None:
+                probe = q.modality_probe.float().unsqueeze(1)  # (B|Q, 1, d)
+                content = [_dot(probe, vec) for vec in attended]
+                logits = logits + torch.stack(content, -1)  # (B|Q, M|N, 2)
+            gate_scale = getattr(self, "gate_log_scale", None)
+            if gate_scale is not None:
+                logits = logits * gate_scale.exp().float()
+            logits = logits.expand(torch.broadcast_shapes(logits.shape, avail.shape))
         else:
             logits = torch.zeros(avail.shape, device=avail.device)
         modality = _masked_softmax(logits, avail)  # (B|Q|1, M|N, modalities)
