@@ -63,7 +63,11 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Any:
     help="With --loss pool: each query's hardest negative only (VSE++'s max violation).",
 )
 @_option("margin", "Hinge margin of the ranking loss.", type=float)
-@click.option("--in-batch", is_flag=True, help="Also use the batch's other positives as negatives.")
+@click.option(
+    "--in-batch",
+    is_flag=True,
+    help="With --loss pairs: also use the batch's other positives as negatives.",
+)
 @_option("clip", "Gradient norm cap (0: none).", type=float)
 @_option("dim", "Size of the shared space.", type=int)
 @_option("max_keywords", "Keywords kept per image (the most frequent).", type=int)

@@ -7,8 +7,10 @@ import dataclasses
 from typing import Any
 
 import pytest
+from amc_data_cli.main import cli
+from click.testing import CliRunner
 
-from amc_data.errors import TrainingError
+from amc_data.errors import ConfigError, TrainingError
 from amc_data.ranking.config import (
     RESUME_MAY_CHANGE,
     TrainConfig,
@@ -43,7 +45,7 @@ OPTIONS = [f for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MA
 def test_resume_refuses_every_option_that_changes_the_run_naming_both_values(
     field: dataclasses.Field,
 ) -> None:
-    saved = TrainConfig()
+    saved = TrainConfig(loss="pairs") if field.name == "in_batch" else TrainConfig()
     value = _other_value(field, getattr(saved, field.name))
     current = dataclasses.replace(saved, **{field.name: value})
     with pytest.raises(TrainingError) as caught:
@@ -79,6 +81,26 @@ def test_an_option_missing_from_an_older_record_counts_as_its_default() -> None:
     assert check_resume(saved, TrainConfig(), "RUN") == TrainConfig()
     with pytest.raises(TrainingError, match=r"--clip is 1.0 in the run, 2.0 now"):
         check_resume(saved, TrainConfig(clip=2.0), "RUN")
+
+
+def test_a_switch_of_the_other_loss_is_refused_not_ignored() -> None:
+    with pytest.raises(ConfigError, match="--in-batch goes with --loss pairs"):
+        TrainConfig(in_batch=True)
+    with pytest.raises(ConfigError, match="--hardest goes with --loss pool"):
+        TrainConfig(loss="pairs", hardest=True)
+    assert TrainConfig(loss="pairs", in_batch=True).in_batch
+    result = CliRunner().invoke(cli, ["train", "nowhere", "--out", "x", "--in-batch"])
+    assert result.exit_code != 0 and "--in-batch goes with --loss pairs" in result.output
+
+
+def test_a_run_recorded_before_the_pool_loss_resumes_as_the_per_pair_run_it_was() -> None:
+    saved = TrainConfig(loss="pairs").to_dict()
+    for added in ("loss", "pool_negatives", "hardest", "features_on"):
+        del saved[added]
+    assert TrainConfig().loss == "pool"  # today's default is not what such a run did
+    with pytest.raises(TrainingError, match=r"--loss is 'pairs' in the run, 'pool' now"):
+        check_resume(saved, TrainConfig(), "RUN")
+    assert check_resume(saved, TrainConfig(loss="pairs"), "RUN") == TrainConfig(loss="pairs")
 
 
 @pytest.mark.parametrize("saved", [None, "amc", {"dim": "big"}, {"colour": "red"}])

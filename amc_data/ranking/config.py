@@ -64,9 +64,9 @@ _BOUND_REASONS = {
 # `workers` only moves batch loading into other processes (the batches are the same).
 # `features_on` only chooses where the same feature rows are held and gathered.
 RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile", "features_on"})
-# Options added after runs were first recorded, with the value those older runs behaved as. None
-# so far: every option has been recorded since the first checkpoint format.
-ADDED_LATER: dict[str, Any] = {}
+# Options added after runs were first recorded, with the value those older runs behaved as (where
+# it is not today's default): runs written before the pool loss trained with per-pair negatives.
+ADDED_LATER: dict[str, Any] = {"loss": "pairs"}
 # How the CLI spells an option whose flag is not `--<name>`.
 _FLAGS = {"intra": "--no-intra", "inter": "--no-inter", "amp": "--amp/--no-amp"}
 
@@ -126,6 +126,17 @@ class TrainConfig:
             raise ConfigError(f"--workers must be a whole number >= 0, not {self.workers!r}.")
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}.")
+        # Each loss's own switches: silently ignoring one would train another run than asked.
+        if self.in_batch and self.loss != "pairs":
+            raise ConfigError(
+                "--in-batch goes with --loss pairs: the pool loss already scores every query "
+                "against all of the batch's positives. Drop --in-batch, or add --loss pairs."
+            )
+        if self.hardest and self.loss != "pool":
+            raise ConfigError(
+                "--hardest goes with --loss pool (each query's hardest negative in the shared "
+                "pool). Drop --hardest, or use --loss pool."
+            )
         if self.features_on not in FEATURE_PLACES:
             raise ConfigError(
                 f"--features-on must be one of {', '.join(FEATURE_PLACES)}, "
