@@ -76,7 +76,11 @@ def main() -> None:
         data = work / "data"
         amc_data.synth(data, seed=0, images=args.images, queries=args.queries)
         base = {"epochs": args.epochs, "device": "cpu"}
-        configs = {"cpu": base, "cpu --compile": {**base, "compile": True}}
+        configs = {
+            "cpu": base,
+            "cpu --loss pairs": {**base, "loss": "pairs"},
+            "cpu --compile": {**base, "compile": True},
+        }
         if torch.cuda.is_available():
             gpu = {**base, "device": "cuda"}
             configs |= {

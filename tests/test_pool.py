@@ -131,3 +131,33 @@ def test_checkpoints_with_an_affine_region_norm_load_with_the_same_scores() -> N
         keyword_mask=torch.tensor([[True, True], [True, False], [True, True]]),
     )
     torch.testing.assert_close(copy.score_pool(query, images), model.score_pool(query, images))
+
+
+def test_compiled_pool_scoring_is_not_recompiled_for_every_pool_size(data: Path) -> None:
+    # A batch's pool holds its positives and sampled images once each, so its size changes
+    # from batch to batch; `--compile` (dynamic shapes) must not specialise on it.
+    from torch._dynamo.testing import CompileCounter
+
+    from amc_data.ranking.build import build_model
+    from amc_data.ranking.data import image_batch, query_batch
+    from amc_data.ranking.model import ModelConfig
+
+    prepared = load_prepared(data)
+    config = ModelConfig(
+        query_vocab_size=len(prepared.query_vocabulary),
+        keyword_vocab_size=len(prepared.vocabulary),
+        feature_dim=prepared.features.shape[-1],
+        dim=16,
+    )
+    model = build_model(config).eval()
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counter, dynamic=True)
+    queries = query_batch(prepared, prepared.split_queries("train")["query_id"][:32])
+    ids = prepared.split_images("train")
+    with torch.no_grad():
+        for size in (70, 77, 83, 91, 96):
+            images = image_batch(prepared, ids[:size])
+            scores = compiled(queries, images, pool=True)
+            assert torch.allclose(scores, model.score_pool(queries, images), atol=1e-6)
+    assert counter.frame_count <= 2  # the first shape, then one dynamic graph for all others

@@ -223,7 +223,12 @@ class RankingModel(nn.Module):
         self._check(query, images, pool=True)
         encoded = self._encode_images(images)
         n, items = images.shape[0], images.regions.shape[-2] + images.keywords.shape[-1]
-        chunk = max(1, self.pool_chunk_elements // max(1, n * (items + 2 * self.config.dim)))
+        per_query = max(1, n * (items + 2 * self.config.dim))  # elements one query needs
+        if len(query) > 0 and len(query) * per_query <= self.pool_chunk_elements:
+            # One chunk (a training batch's pool): no chunk size is computed from the shapes,
+            # so torch.compile does not specialise on it and recompile for every pool size.
+            return self._score(self._encode_query(query), encoded, pool=True)[0]
+        chunk = max(1, self.pool_chunk_elements // per_query)
         parts = []
         for start in range(0, len(query), chunk):
             rows = query.map(itemgetter(slice(start, start + chunk)))  # (chunk, L)
