@@ -23,8 +23,14 @@ The story (one numpy generator, seeded):
 What a model must learn: per concept word, which modality to trust, and within a modality the
 one or two regions or the one keyword that carry it (the intra-attention). Since the modality
 follows the concept word itself, the query's embedding can learn it as well as a modality gate
-can: fixed modality weights do as well here (benchmarks/FIDELITY.md); synth, whose modality
-follows an intent word, is the world that needs the gate.
+can: fixed modality weights do as well here (benchmarks/FIDELITY.md).
+
+`carrier="caption"` builds the variant that needs the gate: every concept can be carried by
+either modality, image by image (half each), and every caption of an image says which with a
+cue word among its fillers ("a dovira pictured on a table", "a dovira written on a wall").
+Decoys fake the concept in the other modality as before, so the same concept word must read the
+pixels after one cue and the keywords after the other: a product of two words that no fixed
+weighting of the two modalities expresses.
 `PlantedCoco` keeps the truth: each image's concept, kind, the concept's regions, and the
 concept's keyword, so tests can measure where the attention goes.
 """
@@ -126,6 +132,10 @@ _FILLERS = (
     "there",
     "is",
 )
+# The cue words of `carrier="caption"`: neither fillers nor keywords.
+_LOOK_CUES = ("pictured", "seen", "visible", "depicted", "photographed", "shows")
+_TEXT_CUES = ("written", "labelled", "printed", "lettering", "reading", "says")
+CARRIERS = ("concept", "caption")
 _DISTRACTORS = (
     "people",
     "man",
@@ -232,6 +242,13 @@ class PlantedConfig:
     background: float = 0.7  # P(a clutter region shows a faint look)
     distractors: tuple[int, int] = (8, 16)
     filler_words: tuple[int, int] = (5, 9)
+    # "concept": a concept's kind decides which modality carries it; "caption": each image's
+    # does, and its captions say which with a cue word.
+    carrier: str = "concept"
+
+    def __post_init__(self) -> None:
+        if self.carrier not in CARRIERS:
+            raise ValueError(f"carrier must be one of {CARRIERS}, not {self.carrier!r}")
 
 
 @dataclass(frozen=True)
@@ -243,7 +260,8 @@ class PlantedCoco:
     features: Path  # (N, R, D) float16, rows in img_ids order
     feature_ids: Path
     names: tuple[str, ...]  # (C,) concept words
-    kinds: np.ndarray  # (C,) 0 visual, 1 textual
+    kinds: np.ndarray  # (C,) 0 visual, 1 textual (carrier "concept")
+    image_kinds: np.ndarray  # (N,) 0 the pixels carry the image's concept, 1 the keywords
     img_ids: np.ndarray  # (N,) Karpathy imgid, dataset.json order
     split: np.ndarray  # (N,) Karpathy split
     concept: np.ndarray  # (N,) what the image is about
@@ -253,8 +271,8 @@ class PlantedCoco:
     captions: dict[int, int]  # sentid -> row of its image
 
     def visual(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows),) bool: the image is about a visual concept."""
-        return self.kinds[self.concept[rows]] == 0
+        """(len(rows),) bool: the pixels carry the image's concept."""
+        return self.image_kinds[rows] == 0
 
     def carrier_regions(self, row: int) -> np.ndarray:
         """(R,) bool: the regions that carry the image's own concept (none for a textual one)."""
@@ -302,14 +320,24 @@ def build_world(folder: Path, config: PlantedConfig = PlantedConfig()) -> Plante
     for name in SPLITS:  # every split holds every concept about equally often
         rows = np.flatnonzero(split == name)
         concept[rows] = rng.permutation(np.arange(rows.size) % c)
-    visual = kinds[concept] == 0
+    if config.carrier == "concept":
+        image_kinds = kinds[concept]
+        decoys = by_kind
+    else:  # half of each concept's images in each split carry it in each modality
+        image_kinds = np.empty(n, dtype=kinds.dtype)
+        for name in SPLITS:
+            for k in range(c):
+                rows = np.flatnonzero((split == name) & (concept == k))
+                image_kinds[rows] = rng.permutation(np.arange(rows.size) % 2)
+        decoys = [np.arange(c), np.arange(c)]
+    visual = image_kinds == 0
     shown = concept.copy()
     named = concept.copy()
     for i in range(n):
         if visual[i]:
-            named[i] = _other(rng, by_kind[0], concept[i])
+            named[i] = _other(rng, decoys[0], concept[i])
         else:
-            shown[i] = _other(rng, by_kind[1], concept[i])
+            shown[i] = _other(rng, decoys[1], concept[i])
 
     # Pixels: 1 or 2 regions show `shown`, the rest is clutter, some with a faint look.
     width = 1 + (rng.random(n) < 0.5)
@@ -347,6 +375,9 @@ def build_world(folder: Path, config: PlantedConfig = PlantedConfig()) -> Plante
                 _FILLERS[j] for j in rng.integers(len(_FILLERS), size=rng.integers(low, high + 1))
             ]
             words.insert(int(rng.integers(len(words) + 1)), names[concept[i]])
+            if config.carrier == "caption":
+                cues = _LOOK_CUES if visual[i] else _TEXT_CUES
+                words.insert(int(rng.integers(len(words) + 1)), cues[rng.integers(len(cues))])
             raw = " ".join(words).capitalize() + "."
             sentences.append({"tokens": words, "raw": raw, "imgid": int(i), "sentid": sentid})
             captions[sentid] = i
@@ -382,6 +413,7 @@ def build_world(folder: Path, config: PlantedConfig = PlantedConfig()) -> Plante
         feature_ids=feature_ids,
         names=names,
         kinds=kinds,
+        image_kinds=image_kinds,
         img_ids=img_ids,
         split=split,
         concept=concept,

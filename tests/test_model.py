@@ -262,6 +262,46 @@ def test_the_gate_reads_the_query_alone_unless_told_to_read_the_content():
     assert not torch.allclose(content, content[:, :1].expand_as(content))
 
 
+def test_attention_scale_rate_starts_at_the_same_scale_and_learns_that_many_times_faster():
+    query, images = make_queries(4), make_images(4, 3)
+    moved = {}
+    for rate in (1.0, 10.0):
+        extra = {"attention_scale": 2.0, "attention_scale_rate": rate, "dropout": 0.0}
+        model = model_for("amc", extra).train()
+        log_scale = model.attention_log_scale
+        start = float(log_scale.detach() * rate)
+        assert start == pytest.approx(math.log(2.0))  # the same sharpness at the start
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model(query, images).sum().backward()
+        optimizer.step()
+        moved[rate] = float(log_scale.detach() * rate) - start
+    # Adam's first step moves every weight by about lr: the scale's log, stored divided by the
+    # rate, moves `rate` times as far.
+    assert moved[1.0] != 0
+    assert moved[10.0] == pytest.approx(10 * moved[1.0], rel=1e-3)
+
+
+def test_checkpoints_from_before_the_attention_scale_rate_load_with_the_same_scores():
+    torch.manual_seed(0)
+    old_config = ModelConfig(
+        query_vocab_size=VQ,
+        keyword_vocab_size=VK,
+        feature_dim=D,
+        dim=16,
+        attention_scale=4.0,
+        attention_scale_rate=1.0,
+    )
+    old = build_model(old_config).eval()
+    recorded = old_config.to_dict()
+    del recorded["attention_scale_rate"]
+    config = ModelConfig.from_dict(recorded)
+    assert config == old_config
+    copy = build_model(config).eval()
+    copy.load_state_dict(old.state_dict())
+    query, images = make_queries(3), make_images(6)
+    torch.testing.assert_close(copy.score_pool(query, images), old.score_pool(query, images))
+
+
 def test_checkpoints_from_before_the_gate_options_load_with_the_same_scores():
     # A model as amc-data wrote it before gate_scale and gate_content existed: dot-product
     # attention, an unscaled gate that reads the attended vectors.

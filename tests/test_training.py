@@ -104,6 +104,47 @@ def test_resume_after_ctrl_c_reaches_the_uninterrupted_weights(
     assert [json.loads(x)["loss"] for x in whole] == [json.loads(x)["loss"] for x in cut]
 
 
+def test_a_run_from_before_a_model_default_changed_resumes_with_the_model_it_was_trained_with(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older amc-data learned the attention's scale from 4 at the pace of the other weights
+    # and did not record attention_scale_rate.
+    import dataclasses
+
+    new_model = training.model_config_for
+
+    def old_model(config, prepared):
+        return dataclasses.replace(
+            new_model(config, prepared), attention_scale=4.0, attention_scale_rate=1.0
+        )
+
+    config = TrainConfig(**FAST)
+    monkeypatch.setattr(training, "model_config_for", old_model)
+    train(data, tmp_path / "whole", config)
+    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
+    steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 2
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 2:  # inside the second epoch
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path / "cut", config)
+    monkeypatch.undo()  # today's defaults from here on
+    last = tmp_path / "cut" / "last.pt"
+    checkpoint = read_checkpoint(last)
+    del checkpoint["model_config"]["attention_scale_rate"]  # as the older amc-data wrote it
+    torch.save(checkpoint, last)
+
+    train(data, tmp_path / "cut", config, resume=True)
+    resumed = read_checkpoint(last)["model_config"]
+    assert resumed["attention_scale"] == 4.0 and resumed["attention_scale_rate"] == 1.0
+    assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "cut"))
+
+
 def test_a_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -104,16 +104,30 @@ def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str])
         )
 
 
-def check_same_model(
+# The model options that the training options and the prepared data decide; the others (how
+# the attention and the gate are built, dropout) are the run's own and follow its checkpoint.
+OPTION_FIELDS = (
+    "kind",
+    "query_vocab_size",
+    "keyword_vocab_size",
+    "feature_dim",
+    "dim",
+    "intra",
+    "inter",
+)
+
+
+def model_to_resume(
     checkpoint: Mapping[str, Any], path: str | os.PathLike[str], model_config: ModelConfig
-) -> None:
-    """Refuse to resume a checkpoint whose model is not the one the options and the prepared
-    data now describe (`model_config`): its weights would not fit."""
-    saved, now = checkpoint["model_config"], model_config.to_dict()
+) -> ModelConfig:
+    """The model a resumed run continues: the checkpoint's, once it is known to be the one the
+    options and the prepared data now describe (`model_config`); a run written before a
+    default changed keeps the model it was trained with."""
+    saved = ModelConfig.from_dict(checkpoint["model_config"])
     changed = [
-        f"{k} is {saved.get(k)!r} in the run, {v!r} now"
-        for k, v in now.items()
-        if saved.get(k, v) != v
+        f"{k} is {getattr(saved, k)!r} in the run, {getattr(model_config, k)!r} now"
+        for k in OPTION_FIELDS
+        if getattr(saved, k) != getattr(model_config, k)
     ]
     if changed:
         raise CheckpointError(
@@ -121,6 +135,7 @@ def check_same_model(
             f"{'; '.join(changed)}. Resume on the prepared folder the run was trained on, or "
             "train into a new --out."
         )
+    return saved
 
 
 def check_fingerprints(

@@ -44,7 +44,7 @@ from .build import build_model
 from .checkpoint import (
     check_fingerprints,
     check_resumable,
-    check_same_model,
+    model_to_resume,
     read_checkpoint,
     save_checkpoint,
 )
@@ -163,7 +163,7 @@ class _Run:
         checkpoint = read_checkpoint(self.out / LAST)
         check_resumable(checkpoint, self.out / LAST)
         self.record = check_resume(checkpoint["train_config"], self.config, str(self.out))
-        check_same_model(checkpoint, self.out / LAST, self.model_config)
+        self.model_config = model_to_resume(checkpoint, self.out / LAST, self.model_config)
         check_fingerprints(
             checkpoint,
             self.prepared.fingerprints,
