@@ -8,7 +8,7 @@ The story (one numpy generator, seeded):
 - Every image is *about* one concept (dealt evenly within each split). Its five captions name
   that concept among filler words ("a man sitting near the dovira on a table"); the query is
   the caption, its one relevant image its own.
-- Which modality carries the concept depends on the concept, never on a word of the caption:
+- Which modality carries the concept depends on the concept (`carrier="concept"`, the default):
   the pixels of an image about a visual concept show it in 1 or 2 of its regions; the keywords of
   an image about a textual concept name it once among 8-16 distractor keywords.
 - Decoys fake a concept in the modality that does not carry it: the keywords of an image about a

@@ -525,6 +525,8 @@ def test_config_round_trips_and_defaults():
         ({"intra": "no"}, "intra must be true or false"),
         ({"gate_content": 1}, "gate_content must be true or false"),
         ({"gate_scale": -1.0}, "gate_scale must be a number >= 0"),
+        ({"attention_scale_rate": 0.0}, "attention_scale_rate must be a number > 0"),
+        ({"attention_scale_rate": math.inf}, "attention_scale_rate must be a number > 0"),
         ({"kind": "fusion", "inter": False}, "ablation of the amc model"),
         ({"kind": "visual", "intra": False}, "ablation of the amc model"),
     ],
