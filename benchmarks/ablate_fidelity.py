@@ -82,7 +82,7 @@ def synth_world(work: Path, seed: int, images: int, queries: int) -> World:
 
 
 def coco_world(work: Path, seed: int, config: planted_coco.PlantedConfig) -> World:
-    folder = work / f"coco-{seed}"
+    folder = work / f"coco-{config.carrier}-{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     truth, out = planted_coco.prepare_world(folder, dataclasses.replace(config, seed=seed))
     prepared = load_prepared(out)
@@ -95,7 +95,8 @@ def coco_world(work: Path, seed: int, config: planted_coco.PlantedConfig) -> Wor
         parts[kind].append(
             (qid, int(truth.img_ids[row]), word.get(name, -1), truth.carrier_regions(row))
         )
-    return World(f"coco seed {seed}", prepared, _probe(parts["textual"]), _probe(parts["visual"]))
+    name = "coco" if config.carrier == "concept" else f"coco-{config.carrier}"
+    return World(f"{name} seed {seed}", prepared, _probe(parts["textual"]), _probe(parts["visual"]))
 
 
 def _probe(items: list) -> Probe:
@@ -162,7 +163,7 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
 
     from amc_data.ranking import training
 
-    out = work / f"run-{world.name.replace(' ', '-')}-{name}"
+    out = work / f"run-{world.name.replace(' ', '-')}-{name}-train-seed-{options['seed']}"
     options = dict(options)
     model_options = options.pop("model_options", {})
     build = training.model_config_for

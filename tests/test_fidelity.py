@@ -191,7 +191,7 @@ def test_attention_looks_where_the_concept_is(trained):
     world, _, _, attention = trained
     # The goals: at least half the keyword attention's mass on the concept's keyword (a uniform
     # attention puts 0.05-0.1 there), and 0.7 of the region attention's on its regions
-    # (uniform: about 0.19). On coco-caption the region attention reaches 0.64-0.68 only: there
+    # (uniform: about 0.19). On coco-caption the region attention reaches 0.62-0.68 only: there
     # far above uniform is what holds.
     assert attention["keyword"] >= 0.5, attention
     if world == "coco-caption":

@@ -264,17 +264,21 @@ def test_the_gate_reads_the_query_alone_unless_told_to_read_the_content():
 
 def test_attention_scale_rate_starts_at_the_same_scale_and_learns_that_many_times_faster():
     query, images = make_queries(4), make_images(4, 3)
-    moved = {}
+    moved, first = {}, {}
     for rate in (1.0, 10.0):
         extra = {"attention_scale": 2.0, "attention_scale_rate": rate, "dropout": 0.0}
         model = model_for("amc", extra).train()
         log_scale = model.attention_log_scale
         start = float(log_scale.detach() * rate)
         assert start == pytest.approx(math.log(2.0))  # the same sharpness at the start
+        scores = model(query, images)
+        first[rate] = scores.detach()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        model(query, images).sum().backward()
+        scores.sum().backward()
         optimizer.step()
         moved[rate] = float(log_scale.detach() * rate) - start
+    # The same weights score the same: the forward pass reads the scale, not the stored value.
+    torch.testing.assert_close(first[10.0], first[1.0])
     # Adam's first step moves every weight by about lr: the scale's log, stored divided by the
     # rate, moves `rate` times as far.
     assert moved[1.0] != 0

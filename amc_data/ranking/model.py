@@ -76,9 +76,12 @@ class ModelConfig:
     # How fast that scale learns relative to the other weights: its logarithm is stored divided
     # by this and multiplied back, so an adaptive optimiser moves it this many times faster.
     # Measured (benchmarks/FIDELITY.md): a soft start (scale 1) that sharpens quickly ranks
-    # better on every planted world than a sharp start that learns slowly (scale 4, rate 1,
-    # the default of checkpoints written before the option), and puts more mass on the
-    # concept's keyword and regions.
+    # better or as well on every planted world than a sharp start that learns slowly (scale 4,
+    # rate 1, the default of checkpoints written before the option), and on average puts more
+    # mass on the concept's keyword and regions. "Times faster" holds for Adam-type optimisers
+    # (steps about lr whatever the gradient's size); the rate also multiplies the stored
+    # parameter's gradient, which enters the gradient-norm clip (measured on the demo's data:
+    # the clip does not fire there).
     attention_scale_rate: float = 10.0
     # The modality gate's logits (prior plus content) are multiplied by a learned scale starting
     # at gate_scale; 0 means no scale, as in checkpoints written before the option.
