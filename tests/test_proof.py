@@ -63,8 +63,9 @@ def test_amc_earns_its_keep_on_synth(tmp_path: Path, seed: int) -> None:
     result = evaluate(runs, data, random_baseline=False, resamples=2_000, seed=seed)
     ndcg = {run.name: run.metrics["ndcg@10"] for run in result.runs}
     assert max(ndcg, key=ndcg.get) == "amc", ndcg
-    # The fixed-weight ablation always costs, but on seed 1 by less than the margin: the
-    # intra-attention can stand in for the gate by attending to an uninformative keyword or
+    # The fixed-weight ablation always costs, but by less than the margin (0.003-0.037 over
+    # three training seeds on these worlds): AMC is within 0.01 of a perfect NDCG@10 here, and
+    # the intra-attention can stand in for the gate by attending to an uninformative keyword or
     # region for the modality the query does not ask for (benchmarks/FIDELITY.md).
     assert ndcg["amc"] > ndcg["no-inter"], ndcg
     for name in ("visual", "keyword", "fusion", "cca"):
