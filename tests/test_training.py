@@ -44,6 +44,19 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the loss of training step `step` (counted from 1) raise KeyboardInterrupt (Ctrl-C)."""
+    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+
+
 def test_a_run_folder_holds_config_checkpoints_and_a_log(data: Path, tmp_path: Path) -> None:
     result = train(data, tmp_path / "run", TrainConfig(**FAST))
     run = tmp_path / "run"
@@ -81,19 +94,11 @@ def test_resume_after_ctrl_c_reaches_the_uninterrupted_weights(
     config = TrainConfig(**{**FAST, "epochs": 3})
     train(data, tmp_path / "whole", config)
 
-    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
     steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 3
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == steps_per_epoch + 2:  # inside the second epoch
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+    _interrupt_at_step(monkeypatch, steps_per_epoch + 2)  # inside the second epoch
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path / "cut", config)
-    monkeypatch.setattr(training, "hinge_ranking_loss", real_loss)
+    monkeypatch.undo()
     assert read_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1  # nothing half-written
     assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith(".")]
     result = train(data, tmp_path / "cut", config, resume=True)
@@ -121,16 +126,8 @@ def test_a_run_from_before_a_model_default_changed_resumes_with_the_model_it_was
     config = TrainConfig(**FAST)
     monkeypatch.setattr(training, "model_config_for", old_model)
     train(data, tmp_path / "whole", config)
-    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
     steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 2
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == steps_per_epoch + 2:  # inside the second epoch
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+    _interrupt_at_step(monkeypatch, steps_per_epoch + 2)  # inside the second epoch
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path / "cut", config)
     monkeypatch.undo()  # today's defaults from here on
@@ -307,19 +304,11 @@ def test_weights_do_not_depend_on_workers_and_resume_stays_exact_with_them(
     train(data, tmp_path / "whole", config)
     train(data, tmp_path / "inline", TrainConfig(**{**FAST, "epochs": 3}))
     assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "inline"))
-    real_loss, calls = training.hinge_ranking_loss, {"n": 0}
     steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 3
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2 * steps_per_epoch + 1:  # inside the third epoch
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(training, "hinge_ranking_loss", interrupted)
+    _interrupt_at_step(monkeypatch, 2 * steps_per_epoch + 1)  # inside the third epoch
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path / "cut", config)
-    monkeypatch.setattr(training, "hinge_ranking_loss", real_loss)
+    monkeypatch.undo()
     train(data, tmp_path / "cut", config, resume=True)
     assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "cut"))
 

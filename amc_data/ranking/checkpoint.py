@@ -104,30 +104,18 @@ def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str])
         )
 
 
-# The model options that the training options and the prepared data decide; the others (how
-# the attention and the gate are built, dropout) are the run's own and follow its checkpoint.
-OPTION_FIELDS = (
-    "kind",
-    "query_vocab_size",
-    "keyword_vocab_size",
-    "feature_dim",
-    "dim",
-    "intra",
-    "inter",
-)
-
-
 def model_to_resume(
-    checkpoint: Mapping[str, Any], path: str | os.PathLike[str], model_config: ModelConfig
+    checkpoint: Mapping[str, Any], path: str | os.PathLike[str], decided: Mapping[str, Any]
 ) -> ModelConfig:
-    """The model a resumed run continues: the checkpoint's, once it is known to be the one the
-    options and the prepared data now describe (`model_config`); a run written before a
-    default changed keeps the model it was trained with."""
+    """The model a resumed run continues: the checkpoint's, once the model options that the
+    training options and the prepared data now decide (`decided`) are known to be its own. The
+    others (how the attention and the gate are built, dropout) are the run's and follow the
+    checkpoint, so a run written before a default changed keeps the model it was trained with."""
     saved = ModelConfig.from_dict(checkpoint["model_config"])
     changed = [
-        f"{k} is {getattr(saved, k)!r} in the run, {getattr(model_config, k)!r} now"
-        for k in OPTION_FIELDS
-        if getattr(saved, k) != getattr(model_config, k)
+        f"{k} is {getattr(saved, k)!r} in the run, {v!r} now"
+        for k, v in decided.items()
+        if getattr(saved, k) != v
     ]
     if changed:
         raise CheckpointError(

@@ -86,17 +86,23 @@ class _Position:
     best: float | None = None
 
 
+def model_options_for(config: TrainConfig, prepared: PreparedDataset) -> dict[str, Any]:
+    """The model options that the training options and the prepared data's vocabularies and
+    features decide; the others keep `ModelConfig`'s defaults (or, resumed, the checkpoint's)."""
+    return {
+        "kind": config.model,
+        "query_vocab_size": len(prepared.query_vocabulary),
+        "keyword_vocab_size": len(prepared.vocabulary),
+        "feature_dim": int(prepared.features.shape[-1]),
+        "dim": config.dim,
+        "intra": config.intra,
+        "inter": config.inter,
+    }
+
+
 def model_config_for(config: TrainConfig, prepared: PreparedDataset) -> ModelConfig:
-    """The model's shape, from the options and the prepared data's vocabularies and features."""
-    return ModelConfig(
-        kind=config.model,
-        query_vocab_size=len(prepared.query_vocabulary),
-        keyword_vocab_size=len(prepared.vocabulary),
-        feature_dim=int(prepared.features.shape[-1]),
-        dim=config.dim,
-        intra=config.intra,
-        inter=config.inter,
-    )
+    """The model of a new run, from the options and the prepared data."""
+    return ModelConfig(**model_options_for(config, prepared))
 
 
 def train(
@@ -163,7 +169,8 @@ class _Run:
         checkpoint = read_checkpoint(self.out / LAST)
         check_resumable(checkpoint, self.out / LAST)
         self.record = check_resume(checkpoint["train_config"], self.config, str(self.out))
-        self.model_config = model_to_resume(checkpoint, self.out / LAST, self.model_config)
+        decided = model_options_for(self.config, self.prepared)
+        self.model_config = model_to_resume(checkpoint, self.out / LAST, decided)
         check_fingerprints(
             checkpoint,
             self.prepared.fingerprints,
