@@ -175,6 +175,21 @@ def test_an_existing_run_is_kept_unless_resumed_or_forced(data: Path, tmp_path: 
     train(data, tmp_path / "run", config, force=True)
 
 
+def test_resuming_on_other_prepared_data_is_refused_naming_the_model_options(
+    data: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(**{**FAST, "epochs": 1})
+    train(data, tmp_path / "run", config)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    other = tmp_path / "other"
+    amc_data.synth(other, seed=4, images=300, queries=120)
+    with pytest.raises(
+        CheckpointError, match=r"holds another model .*vocab_size is \d+ in the run"
+    ):
+        train(other, tmp_path / "run", config, resume=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
 def test_a_checkpoint_for_other_vocabularies_is_refused(data: Path, tmp_path: Path) -> None:
     train(data, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}))
     other = tmp_path / "other"
