@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import planted_coco  # noqa: E402
 from reference_amc import RefConfig, fit  # noqa: E402
+from support import planted_coco  # noqa: E402
 
 import amc_data  # noqa: E402
 from amc_data.evaluation.metrics import ndcg_at_k  # noqa: E402

@@ -35,7 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import corpus  # noqa: E402
+from support import corpus  # noqa: E402
 
 from amc_data.machine import cpu_count  # noqa: E402
 
@@ -43,7 +43,7 @@ REFERENCE_SCRIPT = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import reference_encode
+from support import reference_encode
 result = reference_encode.reference_clickture(Path({dataset!r}), Path({work!r}))
 reference_encode.write_reference(result, Path({out!r}))
 """

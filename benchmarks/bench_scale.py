@@ -224,7 +224,7 @@ def train_configs(epochs: int, negatives: int, pool_negatives: int) -> dict[str,
 # -- the child steps ------------------------------------------------------------------------------
 def step_corpus(work: Path, images: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "tests"))
-    import corpus
+    from support import corpus
 
     from amc_data import EncodeConfig, encode
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fetch_helpers import zip_bytes
-from servers import FakeServer, drive_confirmation_page, serve, write_manifest
+from support.fetch_helpers import zip_bytes
+from support.servers import FakeServer, drive_confirmation_page, serve, write_manifest
 
 from amc_data.fetching.core import FetchResult, Outcome, fetch
 from amc_data.fetching.gdrive import drive_folder_id, parse_confirmation_page, parse_folder_view

@@ -8,11 +8,11 @@ import os
 import shutil
 import zipfile
 
-import corpus
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from encode_helpers import encode_record, small_clickture, small_coco, snapshot
+from support import corpus
+from support.encode_helpers import encode_record, small_clickture, small_coco, snapshot
 
 from amc_data.encoding.core import EncodeConfig, encode
 from amc_data.errors import ConfigError, InputError

@@ -8,7 +8,7 @@ import random
 import zipfile
 from pathlib import Path
 
-from servers import write_manifest
+from support.servers import write_manifest
 
 from amc_data.fetching.core import FetchResult, fetch
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from fetch_helpers import entry, folder, run, visible, zip_bytes
-from servers import FakeServer, serve, write_manifest
+from support.fetch_helpers import entry, folder, run, visible, zip_bytes
+from support.servers import FakeServer, serve, write_manifest
 
 from amc_data.fetching.core import Outcome, fetch_manifests
 from amc_data.fetching.download import HttpDownloader

@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import planted_coco
 import pytest
+from support import planted_coco
 
 
 def _captions(world: planted_coco.PlantedCoco) -> dict[int, list[list[str]]]:

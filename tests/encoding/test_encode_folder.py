@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from encode_helpers import encode_record, small_clickture, snapshot
+from support.encode_helpers import encode_record, small_clickture, snapshot
 
 import amc_data.encoding.staging
 from amc_data import load_encoded

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from fetch_helpers import entry, folder, git_sha1, run, visible
 from filelock import FileLock
-from servers import FakeServer, serve
+from support.fetch_helpers import entry, folder, git_sha1, run, visible
+from support.servers import FakeServer, serve
 
 from amc_data.errors import ConfigError
 from amc_data.fetching.body import looks_like_html

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from servers import serve, write_manifest
+from support.servers import serve, write_manifest
 
 from amc_data.fetching.verify import FileStatus, verify
 

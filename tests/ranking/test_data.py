@@ -12,7 +12,7 @@ import scipy.sparse
 
 torch = pytest.importorskip("torch")
 
-from prepare_helpers import small_parts  # noqa: E402
+from support.prepare_helpers import small_parts  # noqa: E402
 
 from amc_data.errors import ConfigError, InputError  # noqa: E402
 from amc_data.prepare import load_prepared, write_prepared  # noqa: E402

@@ -8,17 +8,19 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import corpus
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import reference_encode
 import scipy.sparse
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from encode_helpers import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.feature_extraction.text import CountVectorizer
+from support import corpus, reference_encode
+from support.encode_helpers import (
     assert_matches_reference,
     encode_record,
     reference_for,
@@ -27,9 +29,6 @@ from encode_helpers import (
     snapshot,
     vocab_words,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from sklearn.feature_extraction.text import CountVectorizer
 
 from amc_data import load_encoded
 from amc_data.encoding.core import EncodeConfig, encode

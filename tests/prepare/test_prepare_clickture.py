@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from prepare_helpers import clickture_inputs, save_features, write_id_map
+from support.prepare_helpers import clickture_inputs, save_features, write_id_map
 
 from amc_data import load_encoded
 from amc_data.errors import ConfigError, InputError

@@ -9,13 +9,13 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import corpus
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from prepare_helpers import encoded_coco, save_features
+from support import corpus
+from support.prepare_helpers import encoded_coco, save_features
 
 from amc_data import load_encoded
 from amc_data.errors import InputError

@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-import planted_coco
 import torch
+from support import planted_coco
 
 import amc_data
 from amc_data import TrainConfig

@@ -80,7 +80,7 @@ def rewrite_table(path: Path, edit) -> None:
 # -- generated inputs of `prepare coco` and `prepare clickture` --------------------------------
 def encoded_coco(data_dir: Path, counts: dict[str, int] | None = None, seed: int = 0):
     """A keywords_coco.zip in `<data_dir>/coco` and its encode output (min_df 2)."""
-    import corpus
+    from support import corpus
 
     from amc_data import EncodeConfig, encode
 
@@ -125,7 +125,7 @@ def clickture_inputs(
     """Everything `prepare clickture` reads, generated: keyword archives and lists (Lite ids
     0..n_lite-1 and dev ids 0..n_dev-1, overlapping as the real ones do), their encode output,
     the id maps, a click log, dev judgments and features for both parts."""
-    import corpus
+    from support import corpus
 
     from amc_data import EncodeConfig, encode
 

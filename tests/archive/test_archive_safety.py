@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from encode_helpers import small_coco
+from support.encode_helpers import small_coco
 
 from amc_data.archive import DirectoryArchive, ZipArchive, open_archive
 from amc_data.encoding.core import EncodeConfig, encode

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference_encode import index_from_pairs, reference_clickture, reference_coco, write_reference
+from support.reference_encode import (
+    index_from_pairs,
+    reference_clickture,
+    reference_coco,
+    write_reference,
+)
 
 
 def _zip(path: Path, members: dict[str, object], wrap: str = "") -> None:

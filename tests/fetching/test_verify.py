@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
-from servers import FakeServer, serve, write_manifest
+from support.servers import FakeServer, serve, write_manifest
 
 from amc_data.fetching.checksums import FileChecksum
 from amc_data.fetching.manifest import record_checksum

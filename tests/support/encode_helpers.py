@@ -7,9 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-import corpus
 import numpy as np
-import reference_encode
+from support import corpus, reference_encode
 
 
 def small_clickture(

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from servers import write_manifest
+from support.servers import write_manifest
 
 from amc_data.errors import ConfigError, ManifestError
 from amc_data.fetching.checksums import (
@@ -35,7 +35,7 @@ from amc_data.fetching.manifest import (
     resolve_manifests,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COMMIT = "b7b78ee38ea5b0f1f4d975b561c3d8ab932cc520"
 
 

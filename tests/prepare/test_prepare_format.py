@@ -13,7 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from prepare_helpers import KEYWORDS, rewrite_table, small_parts, write_small, write_vocab_tsv
+from support.prepare_helpers import (
+    KEYWORDS,
+    rewrite_table,
+    small_parts,
+    write_small,
+    write_vocab_tsv,
+)
 
 import amc_data
 from amc_data.errors import ConfigError, InputError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus import (
+from support.corpus import (
     HEAD_KEYWORDS,
     HOSTILE_KEYWORDS,
     SPLITS,
@@ -36,7 +36,7 @@ from corpus import (
     set_split,
     synthetic_dev_lines,
 )
-from reference_encode import reference_clickture, reference_coco
+from support.reference_encode import reference_clickture, reference_coco
 
 
 def _read_json(zip_path: Path, member: str) -> dict:

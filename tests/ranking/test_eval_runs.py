@@ -149,10 +149,7 @@ def test_demo_end_to_end_at_a_reduced_size(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small prepared COCO folder (test split in five folds) and a run trained on it."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from prepare_helpers import encoded_coco, save_features
+    from support.prepare_helpers import encoded_coco, save_features
 
     from amc_data.prepare.coco import CocoConfig, prepare_coco
 

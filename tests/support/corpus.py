@@ -40,7 +40,7 @@ PARTS = ("dev", "lite")
 SPLITS = ("train", "restval", "val", "test")
 
 # The authors' clickture-dev.lst, where a checkout has it beside the repository.
-REAL_DEV_LIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "clickture-dev.lst"
+REAL_DEV_LIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "clickture-dev.lst"
 # Its shape: every id from 0 to 79,664 once, as 8 zero-padded digits, in an unsorted order
 # whose first line is 00048500 and whose image 0 is line 71,587.
 DEV_LIST_SIZE = 79_665
