@@ -16,9 +16,17 @@ class AmcDataError(Exception):
 
 
 class ConfigError(AmcDataError):
-    """An option or setting is invalid (unknown dataset, bad data folder, bad parameter)."""
+    """An option or setting is invalid (unknown dataset, bad data folder, bad parameter).
+
+    `parameter` names the option as Python knows it (`batch_size`) when the error is about one;
+    the message then begins with that name, and the CLI shows the option's flag in its place.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class ManifestError(AmcDataError):

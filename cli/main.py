@@ -25,11 +25,29 @@ class AmcGroup(click.Group):
         except AmcDataError as exc:
             if ctx.params.get("debug"):
                 traceback.print_exc(file=sys.stderr)
-            click.secho(f"Error: {exc}", err=True, fg="red")
+            click.secho(f"Error: {self._in_flags(ctx, exc)}", err=True, fg="red")
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing half-written was left behind.", err=True)
             ctx.exit(130)
+
+    def _in_flags(self, ctx: click.Context, exc: AmcDataError) -> str:
+        """The error's message, with the parameter it names (a library name such as
+        `batch_size`) shown as the running command's flag (`--batch-size`): the one place
+        library names become flags."""
+        message = str(exc)
+        parameter = getattr(exc, "parameter", None)
+        command = self.get_command(ctx, ctx.invoked_subcommand or "")
+        if not parameter or command is None or not message.startswith(parameter):
+            return message
+        for param in command.params:
+            if param.name == parameter and isinstance(param, click.Option):
+                # A flag that turns a default-on switch off names the spelling a user types.
+                spelling = param.secondary_opts or param.opts
+                negated = param.is_flag and param.default is True and param.secondary_opts
+                flag = (spelling if negated else param.opts)[0]
+                return flag + message[len(parameter) :]
+        return message
 
 
 @click.group(cls=AmcGroup, context_settings={"help_option_names": ["-h", "--help"]})

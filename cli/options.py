@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from amc_data.checks import declared, field_kind
 from amc_data.datadir import ENV_DATA_HOME
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def flag_of(name: str, rule_flag: str | None = None) -> str:
+    """The flag of the option named `name` in Python: `rule_flag`, else `--name-with-dashes`."""
+    return rule_flag or "--" + name.replace("_", "-")
+
+
+def config_option(config_type: type, name: str, *decls: str, **overrides: Any) -> Callable[[F], F]:
+    """The Click option of the config field `name`, everything taken from its declaration
+    (`amc_data.checks.option`): the flag, the default (shown), the help, and the type with its
+    range or choices, so a default or bound is written once, in the config. `decls` replaces the
+    flag spelling (e.g. `"--no-intra"`); `overrides` any other Click setting."""
+    field = next(f for f in dataclasses.fields(config_type) if f.name == name)
+    rule = declared(field)
+    if rule is None:
+        raise TypeError(f"{config_type.__name__}.{name} is not declared with checks.option")
+    kind, _optional = field_kind(config_type, field)
+    settings: dict[str, Any] = {"help": rule.help, "show_default": True}
+    if field.default is not dataclasses.MISSING:
+        settings["default"] = field.default
+    if rule.choices is not None:
+        settings["type"] = click.Choice(rule.choices)
+    elif kind is bool:
+        settings["is_flag"] = True
+    elif kind is int:
+        low = None if rule.low is None else int(rule.low) + (1 if rule.above else 0)
+        high = None if rule.high is None else int(rule.high) - (1 if rule.below else 0)
+        settings["type"] = click.IntRange(min=low, max=high)
+    elif kind is float:
+        settings["type"] = click.FloatRange(
+            min=rule.low, max=rule.high, min_open=rule.above, max_open=rule.below
+        )
+    settings.update(overrides)
+    spelling = decls or (flag_of(name, rule.flag),)
+    return click.option(*spelling, name, **settings)
 
 
 def data_dir_option(func: F) -> F:
