@@ -235,6 +235,23 @@ def _checked(
     """Refuse unsafe or undecodable names, duplicates, members sharing bytes, oversized members
     and data beyond `data_end` (the start of the central directory); drop folder entries; index
     by name."""
+    suspicious, non_ascii, is_folder = _classify_names(names)
+    _check_names(path, names, suspicious, non_ascii)
+    _check_no_overlap(path, names, fields, data_end)
+    _check_sizes(path, names, fields, limits)
+    keep = np.flatnonzero(~is_folder)
+    names, fields = (names[keep], fields[keep]) if keep.size < names.size else (names, fields)
+    lookup = NameIndex.build(names)
+    repeated = lookup.repeats()
+    if repeated.size:
+        name = bytes(names[repeated[0]]).decode("utf-8")
+        raise archive_error(path, "holds two members of the same name; refusing it", name)
+    return ZipIndex(names, fields, lookup, _top_folders(names))
+
+
+def _classify_names(names: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per member name: whether it may be unsafe (a closer look is needed), whether it holds
+    bytes beyond ASCII (so must be checked as UTF-8), and whether it names a folder."""
     count = names.size
     chars = names.view(np.uint8).reshape(count, -1) if count else np.zeros((0, 1), np.uint8)
     suspicious = np.zeros(count, dtype=bool)
@@ -254,6 +271,13 @@ def _checked(
         non_ascii[lo : lo + _BLOCK] = (block >= 0x80).any(axis=1)
         last = np.maximum((block != 0).sum(axis=1) - 1, 0)
         is_folder[lo : lo + _BLOCK] = block[np.arange(block.shape[0]), last] == ord("/")
+    return suspicious, non_ascii, is_folder
+
+
+def _check_names(
+    path: Path, names: np.ndarray, suspicious: np.ndarray, non_ascii: np.ndarray
+) -> None:
+    """Refuse a member name that is not UTF-8, or that could write or read outside its folder."""
     for row in np.flatnonzero(non_ascii):
         try:
             bytes(names[row]).decode("utf-8")
@@ -267,7 +291,10 @@ def _checked(
                 f"Archive {path}: member {name!r} {reason}; refusing the whole archive (it could "
                 "write or read outside its folder). Delete it and fetch it again."
             )
-    _check_no_overlap(path, names, fields, data_end)
+
+
+def _check_sizes(path: Path, names: np.ndarray, fields: np.ndarray, limits: ArchiveLimits) -> None:
+    """Refuse a member over the size or compression-ratio cap, or an archive over the total cap."""
     sizes, compressed = fields[:, 2], np.maximum(fields[:, 1], 1)
     for bad, what in (
         (
@@ -292,14 +319,6 @@ def _checked(
             f"declares {total:,} bytes uncompressed in all, over the cap of "
             f"{limits.max_total_size:,}",
         )
-    keep = np.flatnonzero(~is_folder)
-    names, fields = (names[keep], fields[keep]) if keep.size < count else (names, fields)
-    lookup = NameIndex.build(names)
-    repeated = lookup.repeats()
-    if repeated.size:
-        name = bytes(names[repeated[0]]).decode("utf-8")
-        raise archive_error(path, "holds two members of the same name; refusing it", name)
-    return ZipIndex(names, fields, lookup, _top_folders(names))
 
 
 def _check_no_overlap(path: Path, names: np.ndarray, fields: np.ndarray, data_end: int) -> None:
