@@ -3,7 +3,7 @@ worlds, for the package's models and for an independent reference AMC with one c
 at a time.
 
 Worlds: `synth` (Clickture-style judged candidates; NDCG@10 over each test query's candidates)
-with a seed the demo does not use, and the planted COCO world of `tests/planted_coco.py`
+with a seed the demo does not use, and the planted COCO world of `tests/support/planted_coco.py`
 (captions against every test image; NDCG@10 and R@K), with the modality following the concept
 (`--carrier concept`) or a cue word of each image's captions (`--carrier caption`). Attention:
 for test queries whose concept the keywords carry (synth: textual intent; COCO: the image's

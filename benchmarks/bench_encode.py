@@ -2,7 +2,7 @@
 
 The reference workflow is what the authors' scripts do: unzip the archives to disk, read one JSON
 file per image, fit scikit-learn's CountVectorizer and encode every document into a Python list
-of rows (`tests/reference_encode.py`, one process). Both run as child processes on the same
+of rows (`tests/support/reference_encode.py`, one process). Both run as child processes on the same
 generated Clickture-shaped corpus (by default 1,000,000 documents: the real 79,665-line dev list
 when `../shared/data` is there, else a generated list of its shape, the rest Lite), with the
 inputs in the page cache before every run. amc-data is timed three times (the median counts)
