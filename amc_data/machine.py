@@ -112,3 +112,19 @@ def exchange_paths(first: str | os.PathLike[str], second: str | os.PathLike[str]
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(code, os.strerror(code), os.fspath(first), None, os.fspath(second))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give a process now without swapping (Linux's
+    MemAvailable; elsewhere the free pages), or None where neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

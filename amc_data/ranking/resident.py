@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..machine import available_memory
 from ..prepare.format import PreparedDataset
 from .batch import TrainBatch
 
@@ -43,15 +44,15 @@ class ResidentFeatures:
     def __init__(self, prepared: PreparedDataset, device: torch.device) -> None:
         array = prepared.features
         array = array[:, None, :] if array.ndim == 2 else array  # (N, R, D)
-        if device.type == "cuda" and array.nbytes > torch.cuda.mem_get_info(device)[0]:
-            raise ConfigError(
-                f"The features of {prepared.root} take {array.nbytes / 2**30:.1f} GiB, more than "
-                f"the free memory of {device}: use --features-on host (or auto)."
-            )
+        _check_room(prepared, array, device)
         self.tensor = torch.empty(array.shape, dtype=_torch_dtype(array.dtype), device=device)
+        # Each chunk is copied out of the memmap in this machine's byte order: torch reads no
+        # other (a big-endian file is as valid as a native one), and a writable copy spares
+        # torch's warning about read-only memory.
+        native = array.dtype.newbyteorder("=")
         rows = max(1, CHUNK_BYTES // max(1, array[0].nbytes))
         for start in range(0, array.shape[0], rows):
-            chunk = torch.from_numpy(np.ascontiguousarray(array[start : start + rows]))
+            chunk = torch.from_numpy(np.array(array[start : start + rows], dtype=native))
             self.tensor[start : start + rows].copy_(chunk, non_blocking=False)
         log.info("features resident on %s: %s %s", device, tuple(array.shape), array.dtype)
 
@@ -66,6 +67,25 @@ class ResidentFeatures:
             region_mask=torch.ones(regions.shape[:-1], dtype=torch.bool, device=regions.device),
         )
         return dataclasses.replace(batch, images=images)
+
+
+def _check_room(prepared: PreparedDataset, array: np.ndarray, device: torch.device) -> None:
+    """Refuse features larger than the free memory of `device` (the GPU's, or the machine's for
+    the CPU) before allocating them: the allocation would fail halfway or push the machine into
+    swapping."""
+    if device.type == "cuda":
+        free: int | None = torch.cuda.mem_get_info(device)[0]
+        where = f"the free memory of {device}"
+    else:
+        free = available_memory()
+        where = "the memory this machine has available"
+    if free is not None and array.nbytes > free:
+        raise ConfigError(
+            f"features_on device: the features of {prepared.root} take "
+            f"{array.nbytes / 2**30:.1f} GiB, more than {where} ({free / 2**30:.1f} GiB). Use "
+            "features_on host (or auto), which reads them from the file as it goes.",
+            parameter="features_on",
+        )
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
