@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from amc_data.errors import AmcDataError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `kill`, `timeout` and job schedulers send), raised where the program is, so
+    that it unwinds exactly as Ctrl-C does: temporary files and work folders removed, nothing
+    half-written left behind."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` while the command runs (in the main thread, the only one
+    Python delivers signals to); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class AmcGroup(click.Group):
@@ -21,15 +49,19 @@ class AmcGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
         except AmcDataError as exc:
             if ctx.params.get("debug"):
                 traceback.print_exc(file=sys.stderr)
             click.secho(f"Error: {self._in_flags(ctx, exc)}", err=True, fg="red")
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; nothing half-written was left behind.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            # What was printed so far reaches a redirected stdout before the last word.
+            sys.stdout.flush()
+            stopped = "Stopped by SIGTERM" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(f"{stopped}; nothing half-written was left behind.", err=True)
+            ctx.exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130)
 
     def _in_flags(self, ctx: click.Context, exc: AmcDataError) -> str:
         """The error's message, with the parameter it names (a library name such as
