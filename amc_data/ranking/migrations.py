@@ -21,9 +21,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import CheckpointError
-from .resume import ADDED_LATER
 
 FORMAT_VERSION = 2  # what this amc-data writes, and the newest it reads
+
+# Training options added after runs were first recorded, with the value those older runs behaved
+# as (where it is not today's default): runs written before the pool loss trained with per-pair
+# negatives. Format 1 -> 2 fills them in; a resume reads a record that lacks one the same way.
+ADDED_LATER: dict[str, Any] = {"loss": "pairs"}
 
 # The model options a format 1 checkpoint may lack, with the value the model it was written
 # for had. The first four were added after runs were recorded, with defaults that differ from

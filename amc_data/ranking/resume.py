@@ -4,8 +4,8 @@ A resumed run computes exactly what the uninterrupted run would have, so every o
 the one its `last.pt` records, except those in `RESUME_MAY_CHANGE` (how a session runs: `device`,
 `workers`, `compile`, `features_on`). Any option added later is compared too, unless it is added
 to that list. An option missing from an older checkpoint's record counts as the value runs made
-before it existed behaved as: `ADDED_LATER` when listed there, otherwise its default. The
-records (`config.json`, `last.pt`, `best.pt`) keep the options the run started with, so they
+before it existed behaved as: `migrations.ADDED_LATER` when listed there, otherwise its default.
+The records (`config.json`, `last.pt`, `best.pt`) keep the options the run started with, so they
 never disagree; a resumed session's own values of the others are logged.
 
 `open_run` is the one way a run is opened for resuming: it reads `last.pt` (migrated to today's
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CheckpointError, ConfigError, TrainingError
 from . import run_folder
 from .config import LAST, LOG_FILE, TrainConfig, option_flag
+from .migrations import ADDED_LATER
 
 if TYPE_CHECKING:
     from .model import ModelConfig
@@ -41,9 +42,6 @@ log = logging.getLogger(__name__)
 # `workers` only moves batch loading into other processes (the batches are the same).
 # `features_on` only chooses where the same feature rows are held and gathered.
 RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile", "features_on"})
-# Options added after runs were first recorded, with the value those older runs behaved as (where
-# it is not today's default): runs written before the pool loss trained with per-pair negatives.
-ADDED_LATER: dict[str, Any] = {"loss": "pairs"}
 
 # What a resume reads from a checkpoint, and the type each must have.
 RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
