@@ -5,7 +5,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 `format`, `format_version`, `amc_data_version`, `train_config`, `model_config`, `model`
 (state dict), `optimizer`, `scheduler`, `epoch` (epochs completed), `step`, `best_metric`,
 `metrics` (the last validation), `rng` (torch's CPU and CUDA generator states), `fingerprints`
-(sha256 of the keyword and query vocabularies the model was trained with).
+(sha256 of the keyword and query vocabularies the model was trained with). Older formats are
+brought up to today's by `migrations.migrate` as they are read.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from ..errors import AmcDataError, CheckpointError
 from ..files import atomic_write
 from .build import build_model
 from .config import BEST
+from .migrations import FORMAT_VERSION, migrate
 from .model import ModelConfig, RankingModel
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
 
 FORMAT = "amc-data-checkpoint"
-FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
@@ -40,8 +41,10 @@ def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint at `path` as a dict (tensors on the CPU). Anything that is not an amc-data
-    checkpoint, or that would need code to load, is a `CheckpointError`."""
+    """The checkpoint at `path` as a dict (tensors on the CPU), brought up to today's format by
+    `migrate`: every reader of a checkpoint comes here, so an older one is migrated in this one
+    place. Anything that is not an amc-data checkpoint, that would need code to load, or that
+    a newer amc-data wrote, is a `CheckpointError`."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give a checkpoint file such as {path / BEST}.")
@@ -62,68 +65,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an amc-data checkpoint (no '{FORMAT}' marker).")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {payload.get('format_version')!r}; this amc-data reads "
-            f"format {FORMAT_VERSION}. Train again with this version."
-        )
-    return payload
-
-
-# What `--resume` reads from a checkpoint, and the type each must have.
-RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "train_config": dict,
-    "model_config": dict,
-    "model": dict,
-    "optimizer": dict,
-    "scheduler": dict,
-    "epoch": int,
-    "step": int,
-    "best_metric": (float, int, type(None)),
-    "rng": dict,
-    "fingerprints": dict,
-}
-
-
-def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Refuse, in one line, a checkpoint that lacks what a resume reads (or holds it as the
-    wrong kind of value)."""
-    missing = [name for name in RESUME_FIELDS if name not in checkpoint]
-    wrong = [
-        f"{name} ({type(checkpoint[name]).__name__})"
-        for name, kind in RESUME_FIELDS.items()
-        if name in checkpoint and not isinstance(checkpoint[name], kind)
-    ]
-    if missing or wrong:
-        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
-            [f"holds the wrong kind of {', '.join(wrong)}"] if wrong else []
-        )
-        raise CheckpointError(
-            f"{path} has the amc-data checkpoint marker but {' and '.join(problems)}: it cannot "
-            "be resumed. Train again with --force, or into another --out."
-        )
-
-
-def model_to_resume(
-    checkpoint: Mapping[str, Any], path: str | os.PathLike[str], decided: Mapping[str, Any]
-) -> ModelConfig:
-    """The model a resumed run continues: the checkpoint's, once the model options that the
-    training options and the prepared data now decide (`decided`) are known to be its own. The
-    others (how the attention and the gate are built, dropout) are the run's and follow the
-    checkpoint, so a run written before a default changed keeps the model it was trained with."""
-    saved = ModelConfig.from_dict(checkpoint["model_config"])
-    changed = [
-        f"{k} is {getattr(saved, k)!r} in the run, {v!r} now"
-        for k, v in decided.items()
-        if getattr(saved, k) != v
-    ]
-    if changed:
-        raise CheckpointError(
-            f"{path} holds another model than the options and the prepared data describe: "
-            f"{'; '.join(changed)}. Resume on the prepared folder the run was trained on, or "
-            "train into a new --out."
-        )
-    return saved
+    return migrate(payload, str(path))
 
 
 def check_fingerprints(

@@ -1,14 +1,5 @@
 """The options of `amc-data train`, in a module without torch so the CLI can show their defaults
-and check them before torch loads, and the rule of what a resumed run may change.
-
-Resume: a run continued with `--resume` computes exactly what the uninterrupted run would have,
-so every option must be the one its `last.pt` records, except those in `RESUME_MAY_CHANGE`
-(how a session runs: `device`, `workers`, `compile`, `features_on`). Any option added later is
-compared too, unless it is added to that list. An option missing from an older checkpoint's
-record counts as the value runs made before it existed behaved as: `ADDED_LATER` when listed
-there, otherwise its default. The records (`config.json`, `last.pt`, `best.pt`) keep the options
-the run started with, so they never disagree; a resumed session's own values of the others are
-logged.
+and check them before torch loads. What a resumed run may change is `resume`'s rule.
 """
 
 from __future__ import annotations
@@ -20,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
@@ -58,15 +49,6 @@ _BOUND_REASONS = {
     "seed": " Seeds are 63-bit.",
 }
 
-# Options a resumed run may change: they decide how a session runs, not what it computes.
-# `device` and `compile` choose the kernels of the same formulas (float rounding may differ, as it
-# does between any two machines; `amp` changes the precision itself, so it must match), and
-# `workers` only moves batch loading into other processes (the batches are the same).
-# `features_on` only chooses where the same feature rows are held and gathered.
-RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile", "features_on"})
-# Options added after runs were first recorded, with the value those older runs behaved as (where
-# it is not today's default): runs written before the pool loss trained with per-pair negatives.
-ADDED_LATER: dict[str, Any] = {"loss": "pairs"}
 # How the CLI spells an option whose flag is not `--<name>`.
 _FLAGS = {"intra": "--no-intra", "inter": "--no-inter", "amp": "--amp/--no-amp"}
 
@@ -164,54 +146,6 @@ class TrainConfig:
 def option_flag(name: str) -> str:
     """The CLI flag of the TrainConfig field `name`."""
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-def resume_differences(saved: TrainConfig, current: TrainConfig) -> list[tuple[str, Any, Any]]:
-    """`(option, saved value, current value)` for every option outside `RESUME_MAY_CHANGE` that
-    differs, in field order."""
-    return [
-        (f.name, getattr(saved, f.name), getattr(current, f.name))
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in RESUME_MAY_CHANGE and getattr(saved, f.name) != getattr(current, f.name)
-    ]
-
-
-def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> TrainConfig:
-    """The options to record for a run resumed with `current` from a checkpoint whose options
-    are `saved` (its `train_config`): the saved ones, once every option that decides what the
-    run computes is found equal. Otherwise a `TrainingError` naming each differing option with
-    both values. `where` names the run in messages."""
-    if not isinstance(saved, Mapping):
-        raise TrainingError(
-            f"--resume: {where} records no training options (train_config is "
-            f"{type(saved).__name__}); it cannot be resumed. Train again with --force, or into "
-            "another --out."
-        )
-    try:
-        recorded = TrainConfig.from_dict({**ADDED_LATER, **saved})
-    except (ConfigError, TypeError) as exc:
-        raise TrainingError(
-            f"--resume: the training options recorded in {where} are not valid for this amc-data "
-            f"({exc}); it cannot be resumed. Train again with --force, or into another --out."
-        ) from None
-    changed = resume_differences(recorded, current)
-    if changed:
-        listed = "; ".join(
-            f"{option_flag(name)} is {old!r} in the run, {new!r} now" for name, old, new in changed
-        )
-        raise TrainingError(
-            f"--resume would change what the run in {where} computes: {listed}. Resume with the "
-            f"run's options (every option but {', '.join(sorted(RESUME_MAY_CHANGE))} must match), "
-            "or train into a new --out."
-        )
-    session = [
-        f"{name} {getattr(current, name)!r} (recorded: {getattr(recorded, name)!r})"
-        for name in sorted(RESUME_MAY_CHANGE)
-        if getattr(current, name) != getattr(recorded, name)
-    ]
-    if session:
-        log.info("resuming %s with %s", where, ", ".join(session))
-    return recorded
 
 
 def check_negatives(config: TrainConfig, prepared: PreparedDataset) -> None:

@@ -142,7 +142,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        """The inverse of `to_dict`; unknown or missing fields are a `ConfigError`."""
+        """The inverse of `to_dict`, for today's checkpoint format; unknown or missing fields are
+        a `ConfigError` (an older checkpoint is brought up to date by `migrations.migrate`, which
+        `read_checkpoint` applies)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -150,18 +152,9 @@ class ModelConfig:
                 f"Unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}. "
                 "Was the checkpoint written by a newer amc-data?"
             )
-        required = ("query_vocab_size", "keyword_vocab_size", "feature_dim")
-        missing = [name for name in required if name not in data]
+        missing = [f.name for f in fields(cls) if f.name not in data]
         if missing:
             raise ConfigError(f"Model options {', '.join(missing)} are missing.")
-        data = dict(data)
-        # Checkpoints from before the option attended by scaled dot products.
-        data.setdefault("attention", "dot")
-        # ... learned the cosine attention's scale at the pace of every other weight ...
-        data.setdefault("attention_scale_rate", 1.0)
-        # ... and gated the modalities with unscaled logits.
-        data.setdefault("gate_scale", 0.0)
-        data.setdefault("gate_content", True)
         return cls(**data)
 
 
@@ -359,20 +352,6 @@ class AttentionModel(RankingModel):
             self.attention_log_scale = nn.Parameter(
                 torch.tensor(math.log(config.attention_scale) / self.attention_rate)
             )
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
-        # Checkpoints of amc-data 0.1 carry an affine region norm: fold its scale g and shift b
-        # into the projections that read it, W (g x + b) + c = (W g) x + (W b + c), exactly.
-        scale = state_dict.pop(prefix + "region_norm.weight", None)
-        shift = state_dict.pop(prefix + "region_norm.bias", None)
-        if scale is not None and shift is not None:
-            for name in ("region_value", "region_key"):
-                weight, bias = prefix + f"{name}.weight", prefix + f"{name}.bias"
-                if weight in state_dict and bias in state_dict:
-                    w = state_dict[weight]
-                    state_dict[bias] = state_dict[bias] + w @ shift
-                    state_dict[weight] = w * scale
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def explain(self, query: QueryBatch, images: ImageBatch) -> Attention:
         self._check(query, images, pool=False)

@@ -10,6 +10,9 @@
   as it is. (`--resume` writes only those four files, so it needs no such check.)
 - While a run writes its folder it holds the lock `.<name>.lock` beside it: a second `train`
   into the same folder fails at once.
+- A new run goes where no run is (`last.pt`), unless `--force`: it clears the old checkpoints
+  and log. `config.json` describes the run (its options, model, data and vocabularies) before
+  the first epoch, and is written again on resume so it agrees with the checkpoints.
 """
 
 from __future__ import annotations
@@ -17,14 +20,20 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
 from ..errors import LockTimeoutError, TrainingError
+from ..files import atomic_write_bytes, atomic_write_json
 from ..prepare.format import FORMAT_NAME
-from .config import BEST, CONFIG_FILE, LAST, LOG_FILE
+from ..version import __version__
+from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig
+
+if TYPE_CHECKING:
+    from ..prepare.format import PreparedDataset
 
 RUN_FILES = (CONFIG_FILE, LAST, BEST, LOG_FILE)
 _EVAL_FOLDER = re.compile(r"^(?:[^/]+-)?eval-(?:train|val|test)$")
@@ -128,3 +137,62 @@ def claim(out: Path, data: Path, *, resume: bool, force: bool) -> Iterator[None]
         yield
     finally:
         lock.release()
+
+
+def new_run_problem(out: Path, force: bool) -> str | None:
+    """Why `out` cannot take a new run (None when it can): it holds one (unless `force`), or it
+    is a file."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; give a folder for the run."
+    if (out / LAST).exists() and not force:
+        return (
+            f"{out} already holds a run; continue it with --resume, replace it with --force, or "
+            "choose another --out."
+        )
+    return None
+
+
+def start(
+    out: Path,
+    force: bool,
+    train: TrainConfig,
+    model: Mapping[str, Any],
+    prepared: PreparedDataset,
+) -> None:
+    """Make `out` the folder of a new run: created, cleared of an old run's checkpoints and log
+    when `force`, and `config.json` written."""
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        for name in (LAST, BEST, LOG_FILE):
+            (out / name).unlink(missing_ok=True)
+    write_config(out, train, model, prepared)
+
+
+def write_config(
+    out: Path, train: TrainConfig, model: Mapping[str, Any], prepared: PreparedDataset
+) -> None:
+    """`config.json`: the options the run records, its model options (`ModelConfig.to_dict`),
+    the prepared folder and its vocabularies' fingerprints, and this amc-data's version."""
+    atomic_write_json(
+        out / CONFIG_FILE,
+        {
+            "train": train.to_dict(),
+            "model": dict(model),
+            "data": str(prepared.root),
+            "fingerprints": dict(prepared.fingerprints),
+            "amc_data_version": __version__,
+        },
+    )
+
+
+def write_log(path: Path, entries: list[dict[str, Any]]) -> None:
+    """`log.jsonl`, whole: one JSON line per epoch."""
+    lines = "".join(json.dumps(entry) + "\n" for entry in entries)
+    atomic_write_bytes(path, lines.encode("utf-8"))
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The entries of `log.jsonl` (none when it is missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

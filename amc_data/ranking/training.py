@@ -17,7 +17,6 @@ depend only on the seed and the epoch, and the generators' states travel in the 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -34,25 +33,19 @@ from torch.utils.data import DataLoader
 
 from ..errors import TrainingError
 from ..evaluation.metrics import ndcg_at_k
-from ..files import atomic_write_bytes, atomic_write_json
 from ..prepare.format import PreparedDataset, load_prepared
 from ..progress import progress_bar
 from ..version import __version__
 from . import distributed, run_folder
 from .batch import TrainBatch
 from .build import build_model
-from .checkpoint import (
-    check_fingerprints,
-    check_resumable,
-    model_to_resume,
-    read_checkpoint,
-    save_checkpoint,
-)
-from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig, check_negatives, check_resume
+from .checkpoint import save_checkpoint
+from .config import BEST, LAST, LOG_FILE, TrainConfig, check_negatives
 from .data import train_loader
 from .loss import hinge_ranking_loss, pool_hinge_loss
 from .model import ModelConfig, RankingModel
 from .resident import ResidentFeatures, features_fit
+from .resume import open_run
 from .scoring import precision_context, score_split
 from .word_vectors import load_word_vectors
 
@@ -152,72 +145,40 @@ class _Run:
 
     # -- the run folder -----------------------------------------------------------------------
 
-    def _prepare_folder(self, resume: bool, force: bool) -> dict[str, Any] | None:
-        """The checkpoint to resume from (or None), after checking the folder is ours to use."""
+    def _open_folder(self, resume: bool, force: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from (or None, for a new run), once the folder is known to be
+        ours to use (`run_folder`, `resume`); `config.json` then describes the run."""
         if resume:
-            return self._resumable()
-        self._start_folder(force)
-        return None
-
-    def _resumable(self) -> dict[str, Any]:
-        """`last.pt`, once it is known to continue this run: the same options (but those a
-        resume may change), the same model and the same prepared data."""
-        if not (self.out / LAST).is_file():
-            raise TrainingError(
-                f"--resume: {self.out / LAST} does not exist; start without --resume."
+            resumed = open_run(
+                self.out,
+                self.config,
+                model_options_for(self.config, self.prepared),
+                self.prepared.fingerprints,
+                str(self.prepared.root),
             )
-        checkpoint = read_checkpoint(self.out / LAST)
-        check_resumable(checkpoint, self.out / LAST)
-        self.record = check_resume(checkpoint["train_config"], self.config, str(self.out))
-        decided = model_options_for(self.config, self.prepared)
-        self.model_config = model_to_resume(checkpoint, self.out / LAST, decided)
-        check_fingerprints(
-            checkpoint,
-            self.prepared.fingerprints,
-            str(self.out / LAST),
-            str(self.prepared.root),
-        )
-        self.log = _read_log(self.out / LOG_FILE)[: checkpoint["epoch"]]
-        if self.processes.is_main:  # whatever an older amc-data left, the records agree
-            atomic_write_json(self.out / CONFIG_FILE, self._describe())
-        return checkpoint
-
-    def _start_folder(self, force: bool) -> None:
-        """A folder for a new run: refused where it holds one (unless `force`, which clears its
-        checkpoints and log) or is a file; `config.json` written before the first epoch."""
+            self.record, self.model_config = resumed.train_config, resumed.model_config
+            self.log = resumed.log
+            if self.processes.is_main:  # whatever an older amc-data left, the records agree
+                run_folder.write_config(
+                    self.out, self.record, self.model_config.to_dict(), self.prepared
+                )
+            return resumed.checkpoint
         # Rank 0 alone looks (it writes config.json: the others could see it already there).
-        problem = None
-        if self.processes.is_main and (self.out / LAST).exists() and not force:
-            problem = (
-                f"{self.out} already holds a run; continue it with --resume, replace it with "
-                f"--force, or choose another --out."
-            )
-        if self.processes.is_main and self.out.exists() and not self.out.is_dir():
-            problem = f"--out {self.out} is a file; give a folder for the run."
+        problem = run_folder.new_run_problem(self.out, force) if self.processes.is_main else None
         problem = distributed.broadcast(problem, self.processes)
         if problem is not None:
             raise TrainingError(problem)
         if self.processes.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if force:
-                for name in (LAST, BEST, LOG_FILE):
-                    (self.out / name).unlink(missing_ok=True)
-            atomic_write_json(self.out / CONFIG_FILE, self._describe())
+            run_folder.start(
+                self.out, force, self.record, self.model_config.to_dict(), self.prepared
+            )
         distributed.barrier(self.processes)
-
-    def _describe(self) -> dict[str, Any]:
-        return {
-            "train": self.record.to_dict(),
-            "model": self.model_config.to_dict(),
-            "data": str(self.prepared.root),
-            "fingerprints": dict(self.prepared.fingerprints),
-            "amc_data_version": __version__,
-        }
+        return None
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self, resume: bool, force: bool) -> TrainResult:
-        checkpoint = self._prepare_folder(resume, force)
+        checkpoint = self._open_folder(resume, force)
         model = self._build(fresh=checkpoint is None)
         if model.closed_form:
             return self._fit_closed_form(model)
@@ -350,7 +311,7 @@ class _Run:
         save_checkpoint(self.out / LAST, payload)
         if as_best:
             save_checkpoint(self.out / BEST, payload)
-        _write_log(self.out / LOG_FILE, self.log)
+        run_folder.write_log(self.out / LOG_FILE, self.log)
 
     def _resident_features(self) -> ResidentFeatures | None:
         """The features on the training device, when `features_on` asks for it (or allows it
@@ -596,14 +557,3 @@ def _set_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_log(path: Path, entries: list[dict[str, Any]]) -> None:
-    lines = "".join(json.dumps(entry) + "\n" for entry in entries)
-    atomic_write_bytes(path, lines.encode("utf-8"))
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -134,6 +134,7 @@ def test_a_run_from_before_a_model_default_changed_resumes_with_the_model_it_was
     last = tmp_path / "cut" / "last.pt"
     checkpoint = read_checkpoint(last)
     del checkpoint["model_config"]["attention_scale_rate"]  # as the older amc-data wrote it
+    checkpoint["format_version"] = 1
     torch.save(checkpoint, last)
 
     train(data, tmp_path / "cut", config, resume=True)

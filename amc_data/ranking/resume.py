@@ -1,0 +1,189 @@
+"""Resuming a run (`amc-data train --resume`): what may change, and opening a run to continue it.
+
+A resumed run computes exactly what the uninterrupted run would have, so every option must be
+the one its `last.pt` records, except those in `RESUME_MAY_CHANGE` (how a session runs: `device`,
+`workers`, `compile`, `features_on`). Any option added later is compared too, unless it is added
+to that list. An option missing from an older checkpoint's record counts as the value runs made
+before it existed behaved as: `migrations.ADDED_LATER` when listed there, otherwise its default.
+The records (`config.json`, `last.pt`, `best.pt`) keep the options the run started with, so they
+never disagree; a resumed session's own values of the others are logged.
+
+`open_run` is the one way a run is opened for resuming: it reads `last.pt` (migrated to today's
+format by `read_checkpoint`), checks it holds what a resume reads, that the options and the model
+are the run's, and that the prepared data has the run's vocabularies.
+
+Torch-free at import, so the rules can be checked before torch loads; `open_run` and
+`model_to_resume` load it when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CheckpointError, ConfigError, TrainingError
+from . import run_folder
+from .config import LAST, LOG_FILE, TrainConfig, option_flag
+from .migrations import ADDED_LATER
+
+if TYPE_CHECKING:
+    from .model import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# Options a resumed run may change: they decide how a session runs, not what it computes.
+# `device` and `compile` choose the kernels of the same formulas (float rounding may differ, as it
+# does between any two machines; `amp` changes the precision itself, so it must match), and
+# `workers` only moves batch loading into other processes (the batches are the same).
+# `features_on` only chooses where the same feature rows are held and gathered.
+RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile", "features_on"})
+
+# What a resume reads from a checkpoint, and the type each must have.
+RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "train_config": dict,
+    "model_config": dict,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "epoch": int,
+    "step": int,
+    "best_metric": (float, int, type(None)),
+    "rng": dict,
+    "fingerprints": dict,
+}
+
+
+def resume_differences(saved: TrainConfig, current: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """`(option, saved value, current value)` for every option outside `RESUME_MAY_CHANGE` that
+    differs, in field order."""
+    return [
+        (f.name, getattr(saved, f.name), getattr(current, f.name))
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RESUME_MAY_CHANGE and getattr(saved, f.name) != getattr(current, f.name)
+    ]
+
+
+def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> TrainConfig:
+    """The options to record for a run resumed with `current` from a checkpoint whose options
+    are `saved` (its `train_config`): the saved ones, once every option that decides what the
+    run computes is found equal. Otherwise a `TrainingError` naming each differing option with
+    both values. `where` names the run in messages."""
+    if not isinstance(saved, Mapping):
+        raise TrainingError(
+            f"--resume: {where} records no training options (train_config is "
+            f"{type(saved).__name__}); it cannot be resumed. Train again with --force, or into "
+            "another --out."
+        )
+    try:
+        recorded = TrainConfig.from_dict({**ADDED_LATER, **saved})
+    except (ConfigError, TypeError) as exc:
+        raise TrainingError(
+            f"--resume: the training options recorded in {where} are not valid for this amc-data "
+            f"({exc}); it cannot be resumed. Train again with --force, or into another --out."
+        ) from None
+    changed = resume_differences(recorded, current)
+    if changed:
+        listed = "; ".join(
+            f"{option_flag(name)} is {old!r} in the run, {new!r} now" for name, old, new in changed
+        )
+        raise TrainingError(
+            f"--resume would change what the run in {where} computes: {listed}. Resume with the "
+            f"run's options (every option but {', '.join(sorted(RESUME_MAY_CHANGE))} must match), "
+            "or train into a new --out."
+        )
+    session = [
+        f"{name} {getattr(current, name)!r} (recorded: {getattr(recorded, name)!r})"
+        for name in sorted(RESUME_MAY_CHANGE)
+        if getattr(current, name) != getattr(recorded, name)
+    ]
+    if session:
+        log.info("resuming %s with %s", where, ", ".join(session))
+    return recorded
+
+
+def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse, in one line, a checkpoint that lacks what a resume reads (or holds it as the
+    wrong kind of value)."""
+    missing = [name for name in RESUME_FIELDS if name not in checkpoint]
+    wrong = [
+        f"{name} ({type(checkpoint[name]).__name__})"
+        for name, kind in RESUME_FIELDS.items()
+        if name in checkpoint and not isinstance(checkpoint[name], kind)
+    ]
+    if missing or wrong:
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"holds the wrong kind of {', '.join(wrong)}"] if wrong else []
+        )
+        raise CheckpointError(
+            f"{path} has the amc-data checkpoint marker but {' and '.join(problems)}: it cannot "
+            "be resumed. Train again with --force, or into another --out."
+        )
+
+
+def model_to_resume(
+    checkpoint: Mapping[str, Any], path: str | os.PathLike[str], decided: Mapping[str, Any]
+) -> ModelConfig:
+    """The model a resumed run continues: the checkpoint's, once the model options that the
+    training options and the prepared data now decide (`decided`) are known to be its own. The
+    others (how the attention and the gate are built, dropout) are the run's and follow the
+    checkpoint, so a run written before a default changed keeps the model it was trained with."""
+    from .model import ModelConfig  # torch loads here
+
+    saved = ModelConfig.from_dict(checkpoint["model_config"])
+    changed = [
+        f"{k} is {getattr(saved, k)!r} in the run, {v!r} now"
+        for k, v in decided.items()
+        if getattr(saved, k) != v
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{path} holds another model than the options and the prepared data describe: "
+            f"{'; '.join(changed)}. Resume on the prepared folder the run was trained on, or "
+            "train into a new --out."
+        )
+    return saved
+
+
+@dataclass
+class ResumedRun:
+    """What the training loop continues from: `last.pt` (today's format), the options the run
+    records, its model, and its log up to that checkpoint."""
+
+    checkpoint: dict[str, Any]
+    train_config: TrainConfig
+    model_config: ModelConfig
+    log: list[dict[str, Any]]
+
+
+def open_run(
+    out: Path,
+    current: TrainConfig,
+    decided: Mapping[str, Any],
+    fingerprints: Mapping[str, str],
+    data: str,
+) -> ResumedRun:
+    """The run in `out`, once its `last.pt` is known to continue it: the same options as
+    `current` (but those a resume may change), the model `decided` by the options and the
+    prepared data, and the vocabularies `fingerprints` of the prepared folder `data`. Reads only:
+    nothing is written."""
+    from .checkpoint import check_fingerprints, read_checkpoint  # torch loads here
+
+    last = out / LAST
+    if not last.is_file():
+        raise TrainingError(f"--resume: {last} does not exist; start without --resume.")
+    checkpoint = read_checkpoint(last)
+    check_resumable(checkpoint, last)
+    recorded = check_resume(checkpoint["train_config"], current, str(out))
+    model_config = model_to_resume(checkpoint, last, decided)
+    check_fingerprints(checkpoint, fingerprints, str(last), data)
+    return ResumedRun(
+        checkpoint=checkpoint,
+        train_config=recorded,
+        model_config=model_config,
+        log=run_folder.read_log(out / LOG_FILE)[: checkpoint["epoch"]],
+    )
