@@ -102,37 +102,6 @@ def test_the_pool_loss_trains(data: Path, tmp_path: Path) -> None:
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_checkpoints_with_an_affine_region_norm_load_with_the_same_scores() -> None:
-    from amc_data.ranking.batch import ImageBatch, QueryBatch
-    from amc_data.ranking.build import build_model
-    from amc_data.ranking.model import ModelConfig
-
-    config = ModelConfig(query_vocab_size=6, keyword_vocab_size=5, feature_dim=8, dim=4)
-    model = build_model(config).eval()
-    state = model.state_dict()
-    generator = torch.Generator().manual_seed(0)
-    scale, shift = torch.rand(8, generator=generator) + 0.5, torch.randn(8, generator=generator)
-    # The same model written the old way: an affine norm, and projections that undo it.
-    old = dict(state)
-    old["region_norm.weight"], old["region_norm.bias"] = scale, shift
-    for name in ("region_value", "region_key"):
-        w = state[f"{name}.weight"] / scale
-        old[f"{name}.weight"] = w
-        old[f"{name}.bias"] = state[f"{name}.bias"] - w @ shift
-    copy = build_model(config).eval()
-    copy.load_state_dict(old)
-    query = QueryBatch(tokens=torch.tensor([[1, 2, 0]]), mask=torch.tensor([[True, True, False]]))
-    regions = torch.randn(3, 4, 8, generator=generator)
-    images = ImageBatch(
-        regions=regions,
-        region_mask=torch.ones(3, 4, dtype=torch.bool),
-        keywords=torch.tensor([[1, 2], [3, 0], [4, 5]]),
-        keyword_counts=torch.ones(3, 2),
-        keyword_mask=torch.tensor([[True, True], [True, False], [True, True]]),
-    )
-    torch.testing.assert_close(copy.score_pool(query, images), model.score_pool(query, images))
-
-
 def test_compiled_pool_scoring_is_not_recompiled_for_every_pool_size(data: Path) -> None:
     # A batch's pool holds its positives and sampled images once each, so its size changes
     # from batch to batch; `--compile` (dynamic shapes) must not specialise on it.
