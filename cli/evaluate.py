@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from amc_data.evaluation.significance import PairedTest
     from amc_data.ranking.runs import Evaluation
 
+
 def _number(value: float, digits: int = 4) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 

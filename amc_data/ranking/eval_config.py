@@ -29,15 +29,15 @@ class EvalConfig:
     split: Literal["test", "val", "train"] = option(
         "test", "With RUN folders: the queries to evaluate.", choices=EVAL_SPLITS
     )
-    out: Path | None = option(
+    out: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
         None,
         "With RUN folders: write OUT/<run>/metrics.json and scores.parquet "
         "(default: RUN/eval-<split>/; for a checkpoint file RUN/X.pt, RUN/X-eval-<split>/).",
     )
-    json_path: Path | None = option(
+    json_path: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
         None, "Also write every row's metrics to this file: {name: {metric: value}}.", flag="--json"
     )
-    plot_dir: Path | None = option(
+    plot_dir: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
         None,
         "With RUN folders: draw roc.png and attention-<query>.png into this folder.",
         flag="--plot",
@@ -49,9 +49,7 @@ class EvalConfig:
     random_baseline: bool = option(
         True, "With RUN folders: add a random ranker's row.", flag="--random/--no-random"
     )
-    relevant: int = option(
-        1, "For AUC, a pair is relevant when its label is at least N.", low=1
-    )
+    relevant: int = option(1, "For AUC, a pair is relevant when its label is at least N.", low=1)
     resamples: int = option(
         10_000,
         f"Sign flips of the paired randomisation test (per-query NDCG@{SIGNIFICANCE_K}, "
