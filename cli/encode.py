@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from amc_data.encoding.core import EncodeConfig
 from amc_data.progress import progress_enabled
 from amc_data.spec import DATASETS, FORMATS
 
-from .options import data_dir_option, jobs_option, manifest_option, quiet_option
+from .options import config_option, data_dir_option, manifest_option, quiet_option
 
 if TYPE_CHECKING:
     from amc_data.encoding.core import EncodeResult
@@ -25,35 +26,12 @@ if TYPE_CHECKING:
     default=None,
     help="Output folder (default <data-dir>/<dataset>/encoded; with 'all', <out>/<dataset>).",
 )
-@jobs_option(None, "Worker processes (default: all cores). Output is the same for any value.")
-@click.option(
-    "--min-df",
-    type=int,
-    default=6,
-    show_default=True,
-    help="Keep a word found in at least this many fitting documents (the authors used 6).",
-)
-@click.option(
-    "--stop-words",
-    default="english",
-    show_default=True,
-    metavar="english|none|PATH",
-    help="scikit-learn's English list (the authors'), none, or a file with one word per line.",
-)
-@click.option(
-    "--formats",
-    default=",".join(FORMATS),
-    show_default=True,
-    help="Comma-separated outputs: original (the authors' .npy), csr (.npz), parquet.",
-)
-@click.option(
-    "--on-error",
-    default="fail",
-    show_default=True,
-    metavar="fail|skip",
-    help="On a bad keyword file or list line: stop (write nothing), or skip and record it.",
-)
-@click.option("--force", is_flag=True, help="Encode again even if the outputs are up to date.")
+@config_option(EncodeConfig, "jobs", "--jobs", "-j")
+@config_option(EncodeConfig, "min_df")
+@config_option(EncodeConfig, "stop_words", metavar="english|none|PATH")
+@config_option(EncodeConfig, "formats", default=",".join(FORMATS))  # Click reads a str, not a tuple
+@config_option(EncodeConfig, "on_error")
+@config_option(EncodeConfig, "force")
 @manifest_option
 @quiet_option
 def encode_command(
@@ -76,7 +54,7 @@ def encode_command(
     record, encode.json. A second run with the same inputs and options does nothing; --force
     redoes it. --manifest only changes which checksums the encode record vouches for.
     """
-    from amc_data.encoding.core import EncodeConfig, encode  # the encoder loads only when used
+    from amc_data.encoding.core import encode
 
     # Every option is checked by EncodeConfig and every dataset name by encode: once, there.
     config = EncodeConfig(

@@ -5,25 +5,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from amc_data._optional import require
+from amc_data.evaluation.protocol import MAX_ROWS, SIGNIFICANCE_K
 from amc_data.files import atomic_write_json
 from amc_data.progress import progress_enabled
-from amc_data.ranking.config import DEVICES
-from amc_data.spec import PREPARED_SPLITS
+from amc_data.ranking.eval_config import EvalConfig
 
-from .options import quiet_option
+from .options import config_option, quiet_option
 from .tables import text_table
 
 if TYPE_CHECKING:
     from amc_data.evaluation.metrics import RankingMetrics
     from amc_data.evaluation.significance import PairedTest
     from amc_data.ranking.runs import Evaluation
-
-SIGNIFICANCE_K = 10
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -74,48 +72,12 @@ def _report(
     default=None,
     help="With RUN folders: the prepared folder to score them on (from synth or prepare).",
 )
-@click.option(
-    "--split",
-    type=click.Choice(list(reversed(PREPARED_SPLITS))),
-    default="test",
-    show_default=True,
-    help="With RUN folders: the queries to evaluate.",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="With RUN folders: write OUT/<run>/metrics.json and scores.parquet "
-    "(default: RUN/eval-<split>/; for a checkpoint file RUN/X.pt, RUN/X-eval-<split>/).",
-)
-@click.option(
-    "--plot",
-    "plot_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="With RUN folders: draw roc.png and attention-<query>.png into this folder.",
-)
-@click.option(
-    "--examples",
-    type=click.IntRange(min=0),
-    default=3,
-    show_default=True,
-    help="Queries whose attention --plot draws.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(DEVICES),
-    default="auto",
-    show_default=True,
-    help="With RUN folders: where to score.",
-)
-@click.option(
-    "--random/--no-random",
-    "random_row",
-    default=True,
-    show_default=True,
-    help="With RUN folders: add a random ranker's row.",
-)
+@config_option(EvalConfig, "split")
+@config_option(EvalConfig, "out", type=click.Path(file_okay=False, path_type=Path))
+@config_option(EvalConfig, "plot_dir", type=click.Path(file_okay=False, path_type=Path))
+@config_option(EvalConfig, "examples")
+@config_option(EvalConfig, "device")
+@config_option(EvalConfig, "random_baseline")
 @click.option(
     "--scores",
     "scores_paths",
@@ -125,56 +87,18 @@ def _report(
     help="A ranker's scores file (Parquet, or TSV with a header) with columns query_id, img_id, "
     "score, label. Repeat for several files: one table row each.",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write every row's metrics to this file: {name: {metric: value}}.",
-)
-@click.option(
-    "--relevant",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    metavar="N",
-    help="For AUC, a pair is relevant when its label is at least N.",
-)
-@click.option(
-    "--resamples",
-    type=click.IntRange(min=1),
-    default=10_000,
-    show_default=True,
-    help=f"Sign flips of the paired randomisation test (per-query NDCG@{SIGNIFICANCE_K}, "
-    "each row against the first).",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the randomisation test."
-)
-@click.option(
-    "--max-rows",
-    type=click.IntRange(min=1),
-    default=None,
-    help="With --scores: refuse a file of more rows than this (they are held in memory, "
-    "32 bytes a row; files are read and checked a block at a time) [default: 100,000,000].",
-)
+@config_option(EvalConfig, "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@config_option(EvalConfig, "relevant", metavar="N")
+@config_option(EvalConfig, "resamples")
+@config_option(EvalConfig, "seed", type=int)  # any whole number: no range to show
+@config_option(EvalConfig, "max_rows", show_default=f"{MAX_ROWS:,}")
 @quiet_option
 def eval_command(
     runs: tuple[Path, ...],
     data: Path | None,
-    split: str,
-    out: Path | None,
-    plot_dir: Path | None,
-    examples: int,
-    device: str,
-    random_row: bool,
     scores_paths: tuple[Path, ...],
-    json_path: Path | None,
-    relevant: int,
-    resamples: int,
-    seed: int,
-    max_rows: int | None,
     quiet: bool,
+    **options: Any,
 ) -> None:
     """Evaluate trained RUN folders on a prepared folder (--data), or rankers' --scores files:
     NDCG@5..25, the challenge DCG@25 and AUC (and COCO's Recall@K), one row per run or file.
@@ -184,49 +108,45 @@ def eval_command(
     """
     if runs and scores_paths:
         raise click.UsageError("Give RUN folders or --scores files, not both.")
+    config = EvalConfig(**options, progress=progress_enabled(quiet))
     if runs:
         _check_run_folders(runs)
-        _evaluate_runs(
-            runs,
-            data,
-            split,
-            out,
-            json_path,
-            plot_dir,
-            examples,
-            device,
-            random_row,
-            relevant,
-            resamples,
-            seed,
-            progress_enabled(quiet),
-        )
-        return
-    if not scores_paths:
+        _evaluate_runs(runs, data, config)
+    elif scores_paths:
+        _evaluate_scores(scores_paths, config)
+    else:
         raise click.UsageError(
             "Nothing to evaluate: give RUN folders with --data, or --scores PATH."
         )
-    from amc_data.evaluation.scores import MAX_ROWS, scores_metrics
+
+
+def _evaluate_scores(scores_paths: Sequence[Path], config: EvalConfig) -> None:
+    """One row per scores file, each compared with the first."""
+    from amc_data.evaluation.scores import scores_metrics
     from amc_data.evaluation.significance import compare_to_baseline
 
-    limit = MAX_ROWS if max_rows is None else max_rows
-    results = {str(path): scores_metrics(path, relevant, max_rows=limit) for path in scores_paths}
-    tests = compare_to_baseline(results, k=SIGNIFICANCE_K, resamples=resamples, seed=seed)
+    results = {
+        str(path): scores_metrics(path, config.relevant, max_rows=config.max_rows)
+        for path in scores_paths
+    }
+    tests = compare_to_baseline(
+        results, k=SIGNIFICANCE_K, resamples=config.resamples, seed=config.seed
+    )
     table, rows = _report(results, tests)
     click.echo(table)
     if tests:
         click.echo(
             f"\np: two-sided paired tests on per-query NDCG@{SIGNIFICANCE_K} against "
-            f"{next(iter(results))} (randomisation: {resamples:,} sign flips, seed {seed}; "
-            "t: paired t-test)."
+            f"{next(iter(results))} (randomisation: {config.resamples:,} sign flips, seed "
+            f"{config.seed}; t: paired t-test)."
         )
     if any(run.no_relevant for run in results.values()):
         click.echo(
             "no rel: queries with no candidate labelled above 0; they score NDCG 0 and count in "
             "the means."
         )
-    if json_path is not None:
-        atomic_write_json(json_path, rows)
+    if config.json_path is not None:
+        atomic_write_json(config.json_path, rows)
 
 
 def _check_run_folders(runs: Sequence[Path]) -> None:
@@ -243,50 +163,22 @@ def _check_run_folders(runs: Sequence[Path]) -> None:
         )
 
 
-def _evaluate_runs(
-    runs: Sequence[Path],
-    data: Path | None,
-    split: str,
-    out: Path | None,
-    json_path: Path | None,
-    plot_dir: Path | None,
-    examples: int,
-    device: str,
-    random_row: bool,
-    relevant: int,
-    resamples: int,
-    seed: int,
-    progress: bool,
-) -> None:
+def _evaluate_runs(runs: Sequence[Path], data: Path | None, config: EvalConfig) -> None:
     if data is None:
         raise click.UsageError("Evaluating RUN folders needs --data: the prepared folder.")
     require("torch")
-    if plot_dir is not None:
+    if config.plot_dir is not None:
         require("matplotlib", "eval's pictures")
     from amc_data.ranking.runs import evaluate
 
-    evaluation = evaluate(
-        runs,
-        data,
-        split=split,
-        out=out,
-        json_path=json_path,
-        device=device,
-        relevant=relevant,
-        random_baseline=random_row,
-        seed=seed,
-        plot_dir=plot_dir,
-        examples=examples,
-        resamples=resamples,
-        progress=progress,
-    )
+    evaluation = evaluate(runs, data, config)
     click.echo(comparison_table(evaluation))
     click.echo(
-        f"\n{split} queries of {evaluation.data}. p: two-sided paired tests on per-query "
+        f"\n{config.split} queries of {evaluation.data}. p: two-sided paired tests on per-query "
         f"NDCG@{SIGNIFICANCE_K} against the best run, {evaluation.best} (randomisation: "
-        f"{resamples:,} sign flips, seed {seed}; t: paired t-test)."
+        f"{config.resamples:,} sign flips, seed {config.seed}; t: paired t-test)."
     )
-    if plot_dir is not None:
+    if config.plot_dir is not None:
         click.echo(f"Pictures: {', '.join(str(p) for p in evaluation.plots)}")
 
 

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from amc_data.checks import declared, default_of
+from amc_data.featurizing.core import FeatureConfig
+from amc_data.featurizing.sources import ID_SOURCES
 from amc_data.progress import progress_enabled
 
-from .options import on_error_option, quiet_option
+from .options import config_option, quiet_option
 
 if TYPE_CHECKING:
     from amc_data.featurizing.core import FeatureResult
 
-_ID_SOURCES = ("dataset-json", "id-map", "tsv")
+_ID_SOURCES = tuple(source for source in ID_SOURCES if source != "name")  # "name": no --ids-from
+
+
+def _declared_help(name: str) -> str:
+    field = next(f for f in dataclasses.fields(FeatureConfig) if f.name == name)
+    rule = declared(field)
+    assert rule is not None  # every FeatureConfig field the CLI shows is declared
+    return rule.help
 
 
 def _columns(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
@@ -60,90 +71,30 @@ def _columns(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
     metavar="KEY,IMAGE",
     help="0-based columns of the image key and the base64 image, for a TSV input.",
 )
-@click.option(
-    "--backbone",
-    default=None,
+@config_option(
+    FeatureConfig,
+    "backbone",
     metavar="NAME",
-    help="torchvision model whose convolutional trunk extracts the features [default: resnet50].",
+    default=None,  # so that --backbone with --model-file is refused; None is the default below
+    show_default=False,
+    help=f"{_declared_help('backbone')} [default: {default_of(FeatureConfig, 'backbone')}]",
 )
-@click.option(
-    "--model-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Backbone file instead: TorchScript (torch.jit.save) or an exported program "
-    "(torch.export.save, .pt2) mapping (B, 3, H, W) ImageNet-normalised images to (B, D, h, w).",
+@config_option(
+    FeatureConfig, "model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option(
-    "--weights",
-    type=click.Choice(["default", "none"]),
-    default="default",
-    show_default=True,
-    help="torchvision's pretrained weights (from its cache), or random ones.",
-)
-@click.option(
-    "--grid",
-    type=click.IntRange(min=1),
-    default=7,
-    show_default=True,
-    help="Pool the feature map to GRID x GRID cells (R = GRID^2).",
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(min=1),
-    default=224,
-    show_default=True,
-    help="Side of the centre crop the backbone sees.",
-)
-@click.option(
-    "--resize",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Shorter side before cropping [default: image size / 0.875, 256 for 224].",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Decoding processes [default: min(8, cores)]; 0 decodes in this process.",
-)
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    metavar="auto|cpu|cuda[:N]",
-    help="auto uses CUDA when present.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "bf16", "fp32"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 autocast on a GPU that has it, else fp32.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float16", "float32"]),
-    default="float16",
-    show_default=True,
-    help="Type of the written features.",
-)
-@on_error_option(
-    "An image without id or that does not decode: stop, or leave it out and record it."
-)
-@click.option(
-    "--resume/--no-resume",
-    default=True,
-    show_default=True,
-    help="Continue an interrupted run at this --out (same inputs and options), or start again.",
-)
-@click.option(
-    "--max-batches",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Stop after this many batches; run again to continue.",
-)
-@click.option("--force", is_flag=True, help="Extract again even if --out is up to date.")
+@config_option(FeatureConfig, "weights")
+@config_option(FeatureConfig, "grid")
+@config_option(FeatureConfig, "image_size")
+@config_option(FeatureConfig, "resize")
+@config_option(FeatureConfig, "batch_size")
+@config_option(FeatureConfig, "workers")
+@config_option(FeatureConfig, "device", metavar="auto|cpu|cuda[:N]")
+@config_option(FeatureConfig, "precision")
+@config_option(FeatureConfig, "dtype")
+@config_option(FeatureConfig, "on_error")
+@config_option(FeatureConfig, "resume")
+@config_option(FeatureConfig, "max_batches")
+@config_option(FeatureConfig, "force")
 @quiet_option
 def features_command(
     images: Path,
@@ -177,14 +128,14 @@ def features_command(
     each process extracts a shard of the images into the same --out, on its own GPU; rank 0
     reports. The result is the same file as one process would write.
     """
-    from amc_data.featurizing.core import FeatureConfig, extract_features  # torch loads here
+    from amc_data.featurizing.core import extract_features  # torch loads here
     from amc_data.featurizing.shards import OtherRankFailed, ranks_from_env
 
     if backbone is not None and model_file is not None:
         raise click.UsageError("Give --backbone or --model-file, not both.")
     main = ranks_from_env().is_main  # under torchrun, rank 0 alone draws and reports
     config = FeatureConfig(
-        backbone=backbone or "resnet50",
+        backbone=backbone or default_of(FeatureConfig, "backbone"),
         model_file=model_file,
         weights=weights,  # type: ignore[arg-type]
         grid=grid,

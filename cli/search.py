@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import click
 
 from amc_data._optional import require
-from amc_data.spec import PREPARED_SPLITS
+from amc_data.ranking.search_config import SearchConfig
 
+from .options import config_option
 from .tables import text_table
 
 if TYPE_CHECKING:
@@ -26,27 +27,9 @@ if TYPE_CHECKING:
     required=True,
     help="The prepared folder whose images to rank (the one the run was trained on).",
 )
-@click.option(
-    "--split",
-    type=click.Choice([*reversed(PREPARED_SPLITS), "all"]),
-    default="test",
-    show_default=True,
-    help="The images to rank: one split's, or all of the prepared folder's.",
-)
-@click.option(
-    "--top",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="How many images to show.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Where to score (one query is fast on the CPU).",
-)
+@config_option(SearchConfig, "split")
+@config_option(SearchConfig, "top")
+@config_option(SearchConfig, "device")
 @click.option(
     "--json",
     "as_json",
@@ -62,7 +45,8 @@ def search_command(
     require("torch")
     from amc_data.ranking.search import search
 
-    result = search(run, data, " ".join(query), split=split, top=top, device=device)
+    config = SearchConfig(split=split, top=top, device=device)  # type: ignore[arg-type]
+    result = search(run, data, " ".join(query), config)
     if result.unknown:
         click.echo(
             f"Unknown query word(s) ignored (not in the run's query vocabulary): "

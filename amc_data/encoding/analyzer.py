@@ -27,11 +27,15 @@ from dataclasses import dataclass, field
 from itertools import chain, filterfalse, repeat
 from pathlib import Path
 
+from ..checks import whole_number
 from ..errors import ConfigError, InputError
 from .stop_words import ENGLISH_STOP_WORDS
 
 __all__ = [
+    "AUTHORS_MIN_DF",
     "MAX_KEYWORD_LENGTH",
+    "MIN_DF_LOW",
+    "MIN_DF_WHY",
     "TOKEN_PATTERN",
     "Analyzer",
     "KeywordTokenIds",
@@ -209,13 +213,17 @@ def count_document_frequencies(
     return counter
 
 
-def check_min_df(min_df: object) -> None:
-    """ConfigError unless `min_df` is a whole number of documents >= 1, as scikit-learn wants
-    of an integer `min_df`."""
-    if isinstance(min_df, bool) or not isinstance(min_df, int) or min_df < 1:
-        raise ConfigError(
-            f"min_df must be a whole number of documents >= 1 (the authors used 6), not {min_df!r}."
-        )
+#: The authors' `min_df`, and the least a whole-number `min_df` may be (scikit-learn reads an
+#: integer as a count of documents, and a count below 1 keeps nothing it would not keep at 1).
+AUTHORS_MIN_DF = 6
+MIN_DF_LOW = 1
+MIN_DF_WHY = f"The authors used {AUTHORS_MIN_DF}."
+
+
+def check_min_df(min_df: object) -> int:
+    """`min_df` if it is a whole number of documents >= 1, as scikit-learn wants of an integer
+    `min_df`; else a `ConfigError` naming it."""
+    return whole_number("min_df", min_df, MIN_DF_LOW, why=MIN_DF_WHY)
 
 
 def fit_vocabulary(

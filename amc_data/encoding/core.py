@@ -21,13 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_config, option
 from ..datadir import dataset_dir
 from ..errors import ConfigError
 from ..fetching.manifest import resolve_manifests
 from ..machine import cpu_count, release_memory
 from ..progress import progress_bar
 from ..spec import FORMATS, DatasetSpec, dataset_spec
-from .analyzer import Analyzer, check_min_df, fit_vocabulary, load_stop_words
+from .analyzer import (
+    AUTHORS_MIN_DF,
+    MIN_DF_LOW,
+    MIN_DF_WHY,
+    Analyzer,
+    fit_vocabulary,
+    load_stop_words,
+)
 from .inputs import Documents, input_files, plan_parts
 from .outputs import OutputWriters
 from .policy import ON_ERROR, ErrorPolicy, OnError, SkippedItem
@@ -41,39 +49,53 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EncodeConfig:
     """What `encode` does; the defaults are the authors' settings. Every option is checked
-    here, once, whoever builds the config (the CLI passes its options through)."""
+    here, once, whoever builds the config; the CLI builds its flags from these declarations."""
 
-    min_df: int = 6
-    stop_words: str = "english"  # "english", "none", or the path of a word list
-    formats: tuple[str, ...] = FORMATS  # or a comma-separated string: "original,csr"
-    on_error: OnError = "fail"
-    jobs: int | None = None  # worker processes; None: all cores
-    force: bool = False
+    min_df: int = option(
+        AUTHORS_MIN_DF,
+        f"Keep a word found in at least this many fitting documents (the authors used "
+        f"{AUTHORS_MIN_DF}).",
+        low=MIN_DF_LOW,
+        why=MIN_DF_WHY,
+    )
+    stop_words: str = option(  # kept as a string (a path too), so the encode record can hold it
+        "english",
+        "scikit-learn's English list (the authors'), none, or a file with one word per line.",
+    )
+    # A comma-separated string is welcome too: "original,csr".
+    formats: tuple[str, ...] = option(
+        FORMATS, "Comma-separated outputs: original (the authors' .npy), csr (.npz), parquet."
+    )
+    on_error: OnError = option(  # noqa: RUF009  # option() is a dataclasses.field()
+        "fail",
+        "On a bad keyword file or list line: stop (write nothing), or skip and record it.",
+        choices=ON_ERROR,
+    )
+    jobs: int | None = option(
+        None,
+        "Worker processes (default: all cores). Output is the same for any value.",
+        low=1,
+    )
+    force: bool = option(False, "Encode again even if the outputs are up to date.")
     progress: bool = False
     # Manifests replacing the bundled ones of the same dataset (`--manifest`): the sha256 the
     # encode record vouches for comes from them.
     manifest_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        # A path is welcome as stop_words; kept as a string, so the encode record can hold it.
         object.__setattr__(self, "stop_words", os.fspath(self.stop_words))
         formats = self.formats
         if isinstance(formats, str):
             formats = tuple(part.strip() for part in formats.split(",") if part.strip())
         object.__setattr__(self, "formats", tuple(formats))
+        check_config(self)
         unknown = [part for part in self.formats if part not in FORMATS]
         if unknown or not self.formats:
             raise ConfigError(
-                f"{', '.join(map(str, unknown)) or 'nothing'} is not a format; use a "
-                f"comma-separated list of {', '.join(FORMATS)}."
+                f"formats must be a comma-separated list of {', '.join(FORMATS)}: "
+                f"{', '.join(map(str, unknown)) or 'nothing'} is not a format.",
+                parameter="formats",
             )
-        if self.on_error not in ON_ERROR:
-            raise ConfigError(
-                f"on_error must be one of {', '.join(ON_ERROR)}, not {self.on_error!r}."
-            )
-        check_min_df(self.min_df)
-        if self.jobs is not None and (type(self.jobs) is not int or self.jobs < 1):
-            raise ConfigError(f"jobs must be a whole number >= 1, not {self.jobs!r}.")
         object.__setattr__(self, "manifest_paths", tuple(map(os.fspath, self.manifest_paths)))
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from amc_data.checks import real_number
 from amc_data.errors import ConfigError, InputError
 from amc_data.prepare.format import MAX_EVAL_LABEL
 
@@ -223,84 +224,29 @@ def ranking_metrics(
     relevant.
     """
     ks = _check_cutoffs("ks", ks)
-    if relevant < 1:
-        raise ConfigError(
-            f"relevant must be 1 or more (label 0 means not relevant); got {relevant}."
-        )
-    query_ids = _vector("query_ids", query_ids)
-    scores = _check_scores("scores", _vector("scores", scores))
-    labels = _check_labels(_vector("labels", labels))
-    n = len(query_ids)
-    if not n == len(scores) == len(labels):
-        raise InputError(
-            f"query_ids, scores and labels must have one entry per candidate; their lengths are "
-            f"{len(query_ids)}, {len(scores)} and {len(labels)}."
-        )
-    if n == 0:
-        raise InputError("there are no candidates to evaluate (zero rows).")
-
-    # One global sort by score serves the ROC curve and, refined by a stable sort on the query,
-    # the per-query rankings. Ties may land in any order: both metrics treat tied candidates
-    # as one block.
-    descending = np.argsort(-scores)
-    order = descending[np.argsort(_query_key(query_ids)[descending], kind="stable")]
-    sorted_queries = query_ids[order]
-    sorted_scores = scores[order]
-    sorted_labels = labels[order]
-    new_query = np.ones(n, dtype=bool)
-    np.not_equal(sorted_queries[1:], sorted_queries[:-1], out=new_query[1:])
-    starts = np.flatnonzero(new_query)  # (Q,)
-    n_queries = len(starts)
-    row_query = np.cumsum(new_query) - 1  # (n,) query index of each sorted row
-    sizes = np.diff(np.append(starts, n))  # (Q,)
-    position = np.arange(n) - starts[row_query]  # (n,) 0-based rank within the query
-    cumulative = _cumulative_discount(int(sizes.max()))
+    real_number("relevant", relevant, 1, why="Label 0 means not relevant.")
+    query_ids, scores, labels = _checked_rows(query_ids, scores, labels)
+    ranked = _Ranked.of(query_ids, scores, labels)
     all_ks = tuple(sorted({*ks, CHALLENGE_K}))
-
-    # The run's ranking: blocks are runs of equal score within a query.
-    new_block = new_query.copy()
-    new_block[1:] |= sorted_scores[1:] != sorted_scores[:-1]
-    block_starts = np.flatnonzero(new_block)
-    gains = np.exp2(sorted_labels) - 1.0
-    dcg = _block_dcg(
-        row_query[block_starts],
-        position[block_starts],
-        np.diff(np.append(block_starts, n)),
-        np.add.reduceat(gains, block_starts),
-        n_queries,
-        all_ks,
-        cumulative,
-    )
-
-    # The ideal ranking needs no sort: labels in descending order, so each label value of a
-    # query is one block whose first rank is the count of that query's higher labels.
-    values, codes = _small_codes(sorted_labels)
-    n_values = len(values)
-    counts = np.bincount(row_query * n_values + codes, minlength=n_queries * n_values)
-    counts = counts.reshape(n_queries, n_values)[:, ::-1]  # (Q, U) best label first
-    first = np.cumsum(counts, axis=1) - counts
-    ideal = _block_dcg(
-        np.repeat(np.arange(n_queries), n_values),
-        first.ravel(),
-        counts.ravel(),
-        (counts * (np.exp2(values[::-1]) - 1.0)).ravel(),
-        n_queries,
-        all_ks,
-        cumulative,
-    )
+    cumulative = _cumulative_discount(int(ranked.sizes.max()))
+    dcg = _run_dcg(ranked, all_ks, cumulative)
+    ideal = _ideal_dcg(ranked, all_ks, cumulative)
 
     has_gain = ideal[:, 0] > 0  # every cut-off sees the top candidate
     ndcg = np.zeros_like(dcg)
     np.divide(dcg, ideal, out=ndcg, where=has_gain[:, None])
     columns = [all_ks.index(k) for k in ks]
-    no_relevant = int(n_queries - has_gain.sum())
+    no_relevant = int(ranked.n_queries - has_gain.sum())
     if no_relevant:
         log.info(
-            "%d of %d queries have no relevant candidate; they score 0", no_relevant, n_queries
+            "%d of %d queries have no relevant candidate; they score 0",
+            no_relevant,
+            ranked.n_queries,
         )
+    descending = ranked.descending
     return RankingMetrics(
-        query_ids=sorted_queries[starts],
-        candidates=sizes,
+        query_ids=ranked.queries[ranked.starts],
+        candidates=ranked.sizes,
         ks=ks,
         ndcg=ndcg[:, columns],
         dcg=dcg[:, columns],
@@ -308,6 +254,109 @@ def ranking_metrics(
         no_relevant=no_relevant,
         auc=_auc(_roc_points(scores[descending], labels[descending] >= relevant)),
         relevant=relevant,
+    )
+
+
+def _checked_rows(
+    query_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three parallel columns as checked 1-D arrays (scores float64, labels int64)."""
+    query_ids = _vector("query_ids", query_ids)
+    scores = _check_scores("scores", _vector("scores", scores))
+    labels = _check_labels(_vector("labels", labels))
+    if not len(query_ids) == len(scores) == len(labels):
+        raise InputError(
+            f"query_ids, scores and labels must have one entry per candidate; their lengths are "
+            f"{len(query_ids)}, {len(scores)} and {len(labels)}."
+        )
+    if len(query_ids) == 0:
+        raise InputError("there are no candidates to evaluate (zero rows).")
+    return query_ids, scores, labels
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """The candidates sorted by query, best score first within each query, and where each
+    query's list starts.
+
+    One global sort by score serves the ROC curve (`descending`) and, refined by a stable sort
+    on the query, the per-query rankings. Ties may land in any order: both metrics treat tied
+    candidates as one block.
+    """
+
+    descending: np.ndarray  # (n,) row order by score alone, best first
+    queries: np.ndarray  # (n,) the sorted rows' query ids
+    scores: np.ndarray  # (n,)
+    labels: np.ndarray  # (n,)
+    new_query: np.ndarray  # (n,) True where a query's list starts
+    starts: np.ndarray  # (Q,) first sorted row of each query
+    row_query: np.ndarray  # (n,) query index of each sorted row
+    sizes: np.ndarray  # (Q,) candidates per query
+    position: np.ndarray  # (n,) 0-based rank within the query
+
+    @classmethod
+    def of(cls, query_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> _Ranked:
+        n = len(query_ids)
+        descending = np.argsort(-scores)
+        order = descending[np.argsort(_query_key(query_ids)[descending], kind="stable")]
+        sorted_queries = query_ids[order]
+        new_query = np.ones(n, dtype=bool)
+        np.not_equal(sorted_queries[1:], sorted_queries[:-1], out=new_query[1:])
+        starts = np.flatnonzero(new_query)
+        row_query = np.cumsum(new_query) - 1
+        return cls(
+            descending=descending,
+            queries=sorted_queries,
+            scores=scores[order],
+            labels=labels[order],
+            new_query=new_query,
+            starts=starts,
+            row_query=row_query,
+            sizes=np.diff(np.append(starts, n)),
+            position=np.arange(n) - starts[row_query],
+        )
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.starts)
+
+
+def _run_dcg(ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray) -> np.ndarray:
+    """(Q, len(ks)) DCG of the run's ranking: its blocks are runs of equal score in a query."""
+    n = len(ranked.queries)
+    new_block = ranked.new_query.copy()
+    new_block[1:] |= ranked.scores[1:] != ranked.scores[:-1]
+    block_starts = np.flatnonzero(new_block)
+    gains = np.exp2(ranked.labels) - 1.0
+    return _block_dcg(
+        ranked.row_query[block_starts],
+        ranked.position[block_starts],
+        np.diff(np.append(block_starts, n)),
+        np.add.reduceat(gains, block_starts),
+        ranked.n_queries,
+        ks,
+        cumulative,
+    )
+
+
+def _ideal_dcg(ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray) -> np.ndarray:
+    """(Q, len(ks)) DCG of the ideal ranking. It needs no sort: labels in descending order,
+    so each label value of a query is one block whose first rank is the count of that query's
+    higher labels."""
+    n_queries = ranked.n_queries
+    values, codes = _small_codes(ranked.labels)
+    n_values = len(values)
+    counts = np.bincount(ranked.row_query * n_values + codes, minlength=n_queries * n_values)
+    counts = counts.reshape(n_queries, n_values)[:, ::-1]  # (Q, U) best label first
+    first = np.cumsum(counts, axis=1) - counts
+    return _block_dcg(
+        np.repeat(np.arange(n_queries), n_values),
+        first.ravel(),
+        counts.ravel(),
+        (counts * (np.exp2(values[::-1]) - 1.0)).ravel(),
+        n_queries,
+        ks,
+        cumulative,
     )
 
 
@@ -581,38 +630,9 @@ def caption_ranking(
     sims = np.asarray(sims) if not isinstance(sims, np.ndarray) else sims
     if sims.ndim != 2 or 0 in sims.shape:
         raise InputError(f"sims must be a non-empty (images, captions) matrix; found {sims.shape}.")
-    n_images, n_captions = sims.shape
-    if caption_image is None:
-        if captions_per_image < 1 or n_captions != n_images * captions_per_image:
-            raise InputError(
-                f"{n_captions} captions for {n_images} images is not {captions_per_image} per "
-                "image; pass caption_image (the image of each caption) or fix captions_per_image."
-            )
-        caption_image = np.repeat(np.arange(n_images), captions_per_image)
-    caption_image = _vector("caption_image", caption_image).astype(np.int64)
-    if len(caption_image) != n_captions:
-        raise InputError(
-            f"caption_image has {len(caption_image)} entries for {n_captions} captions."
-        )
-    if caption_image.min() < 0 or caption_image.max() >= n_images:
-        raise InputError(f"caption_image must hold image indices 0..{n_images - 1}.")
-    captionless = np.flatnonzero(np.bincount(caption_image, minlength=n_images) == 0)
-    if len(captionless):
-        raise InputError(
-            f"{len(captionless)} image(s) have no caption (first: image {captionless[0]}); "
-            "annotation ranks need at least one true caption per image."
-        )
-
-    if image_folds is None:
-        if fold_size < 1 or (n_images > fold_size and n_images % fold_size):
-            raise ConfigError(
-                f"{n_images} images do not split into folds of {fold_size}; pass a fold_size "
-                "that divides the number of images, or image_folds."
-            )
-        image_folds = np.arange(n_images) // fold_size
-    image_folds = _vector("image_folds", image_folds)
-    if len(image_folds) != n_images:
-        raise InputError(f"image_folds has {len(image_folds)} entries for {n_images} images.")
+    n_images = sims.shape[0]
+    caption_image = _caption_images(sims.shape, caption_image, captions_per_image)
+    image_folds = _image_folds(n_images, fold_size, image_folds)
     fold_values = np.unique(image_folds)
 
     def both(s: np.ndarray, assign: np.ndarray) -> tuple[RecallAtK, RecallAtK]:
@@ -638,3 +658,46 @@ def caption_ranking(
         full_label=_size_label(n_images),
         fold_label=_size_label(sizes.pop()) if len(sizes) == 1 else "folds",
     )
+
+
+def _caption_images(
+    shape: tuple[int, ...], caption_image: np.ndarray | None, captions_per_image: int
+) -> np.ndarray:
+    """The image of each caption, checked: given, or `captions_per_image` per image in order."""
+    n_images, n_captions = shape
+    if caption_image is None:
+        if captions_per_image < 1 or n_captions != n_images * captions_per_image:
+            raise InputError(
+                f"{n_captions} captions for {n_images} images is not {captions_per_image} per "
+                "image; pass caption_image (the image of each caption) or fix captions_per_image."
+            )
+        caption_image = np.repeat(np.arange(n_images), captions_per_image)
+    caption_image = _vector("caption_image", caption_image).astype(np.int64)
+    if len(caption_image) != n_captions:
+        raise InputError(
+            f"caption_image has {len(caption_image)} entries for {n_captions} captions."
+        )
+    if caption_image.min() < 0 or caption_image.max() >= n_images:
+        raise InputError(f"caption_image must hold image indices 0..{n_images - 1}.")
+    captionless = np.flatnonzero(np.bincount(caption_image, minlength=n_images) == 0)
+    if len(captionless):
+        raise InputError(
+            f"{len(captionless)} image(s) have no caption (first: image {captionless[0]}); "
+            "annotation ranks need at least one true caption per image."
+        )
+    return caption_image
+
+
+def _image_folds(n_images: int, fold_size: int, image_folds: np.ndarray | None) -> np.ndarray:
+    """The fold of each image, checked: given, or consecutive blocks of `fold_size` images."""
+    if image_folds is None:
+        if fold_size < 1 or (n_images > fold_size and n_images % fold_size):
+            raise ConfigError(
+                f"{n_images} images do not split into folds of {fold_size}; pass a fold_size "
+                "that divides the number of images, or image_folds."
+            )
+        image_folds = np.arange(n_images) // fold_size
+    image_folds = _vector("image_folds", image_folds)
+    if len(image_folds) != n_images:
+        raise InputError(f"image_folds has {len(image_folds)} entries for {n_images} images.")
+    return image_folds

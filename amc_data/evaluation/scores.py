@@ -21,9 +21,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from amc_data.checks import whole_number
 from amc_data.errors import InputError
 
 from .metrics import NDCG_CUTOFFS, RankingMetrics, ranking_metrics
+from .protocol import MAX_ROWS
 
 COLUMNS = ("query_id", "img_id", "score", "label")
 _PARQUET_MAGIC = b"PAR1"
@@ -32,7 +34,6 @@ _TSV_TYPES = {"score": pa.float64(), "label": pa.float64()}  # labels checked wh
 # found without holding what follows it; the checked rows are kept as four numpy columns.
 _BLOCK_BYTES = 16 << 20  # of TSV text
 _BATCH_ROWS = 1 << 20  # of a Parquet file
-MAX_ROWS = 100_000_000  # rows a scores file may have (3.2 GB of checked columns)
 
 Source: TypeAlias = str | Path | pd.DataFrame
 Locate: TypeAlias = Callable[[int], str]
@@ -322,8 +323,7 @@ def _first_repeat(query_ids: np.ndarray, img_ids: np.ndarray) -> tuple[int, int]
 
 
 def _load(source: Source, max_rows: int = MAX_ROWS) -> _Checked:
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise InputError(f"max_rows must be a whole number >= 1, not {max_rows!r}.")
+    whole_number("max_rows", max_rows, 1)
     if isinstance(source, pd.DataFrame):
         table = pa.Table.from_pandas(source, preserve_index=False)
         locate = _shifted(lambda row: f"row {row} (counting from 0)", 0)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..checks import check_config, option
 from ..errors import ConfigError, InputError
 from ..machine import cpu_count
 from ..progress import progress_bar
@@ -62,71 +63,88 @@ log = logging.getLogger(__name__)
 REPORT_VERSION = 1
 DTYPES = ("float16", "float32")
 PRECISIONS = ("auto", "bf16", "fp32")
+WEIGHTS = ("default", "none")  # torchvision's pretrained weights, or random ones
+ON_ERROR = ("fail", "skip")
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
     """How `extract_features` runs; the defaults give ResNet-50 7 x 7 grid features (2048-d)
-    of 224 x 224 centre crops, in float16."""
+    of 224 x 224 centre crops, in float16. Every option is checked here, once, whoever builds
+    the config; the CLI builds its flags from these declarations."""
 
-    backbone: str = "resnet50"  # a torchvision model name; unused when model_file is given
-    model_file: Path | None = (
-        None  # TorchScript or .pt2 (torch.export): (B, 3, H, W) -> (B, D, h, w)
+    backbone: str = option(  # unused when model_file is given
+        "resnet50", "torchvision model whose convolutional trunk extracts the features."
     )
-    weights: Literal["default", "none"] = "default"  # torchvision's pretrained weights, or random
-    grid: int = 7  # features are pooled to grid x grid cells: R = grid * grid
-    image_size: int = 224  # side of the centre crop the backbone sees
-    resize: int | None = None  # shorter side before cropping; None: image_size / 0.875 (256)
-    batch_size: int = 32
-    workers: int | None = None  # decoding processes; None: min(8, cores); 0: in this process
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
-    dtype: Literal["float16", "float32"] = "float16"  # of the written features
-    id_source: IdSource = "name"  # name | dataset-json | id-map | tsv
+    model_file: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
+        None,
+        "Backbone file instead: TorchScript (torch.jit.save) or an exported program "
+        "(torch.export.save, .pt2) mapping (B, 3, H, W) ImageNet-normalised images to "
+        "(B, D, h, w).",
+    )
+    weights: Literal["default", "none"] = option(
+        "default",
+        "torchvision's pretrained weights (from its cache), or random ones.",
+        choices=WEIGHTS,
+    )
+    grid: int = option(7, "Pool the feature map to GRID x GRID cells (R = GRID^2).", low=1)
+    image_size: int = option(224, "Side of the centre crop the backbone sees.", low=1)
+    resize: int | None = option(  # None: image_size / 0.875 (256 for 224)
+        None, "Shorter side before cropping [default: image size / 0.875, 256 for 224].", low=1
+    )
+    batch_size: int = option(32, "Images per batch through the backbone.", low=1)
+    workers: int | None = option(  # None: min(8, cores)
+        None, "Decoding processes [default: min(8, cores)]; 0 decodes in this process.", low=0
+    )
+    device: str = option("auto", "auto uses CUDA when present.")  # auto, cpu, cuda, cuda:N
+    precision: Literal["auto", "bf16", "fp32"] = option(
+        "auto", "auto: bf16 autocast on a GPU that has it, else fp32.", choices=PRECISIONS
+    )
+    dtype: Literal["float16", "float32"] = option(
+        "float16", "Type of the written features.", choices=DTYPES
+    )
+    id_source: IdSource = option(  # noqa: RUF009  # option() is a dataclasses.field()
+        "name", "Where each image's img_id comes from.", choices=ID_SOURCES
+    )
     id_file: Path | None = None  # the mapping file for id_source other than name
     tsv_columns: tuple[int, int] = (0, 1)  # 0-based columns of the key and the base64 image
-    on_error: OnError = "fail"  # an image without id or undecodable: stop, or skip and record
-    resume: bool = True  # continue an interrupted run at this output (False: start again)
-    force: bool = False  # extract again even if the output is up to date
-    max_batches: int | None = None  # stop after this many batches (a later run resumes)
+    on_error: OnError = option(  # noqa: RUF009  # option() is a dataclasses.field()
+        "fail",
+        "An image without id or that does not decode: stop, or leave it out and record it.",
+        choices=ON_ERROR,
+    )
+    resume: bool = option(
+        True,
+        "Continue an interrupted run at this --out (same inputs and options), or start again.",
+        flag="--resume/--no-resume",
+    )
+    force: bool = option(False, "Extract again even if --out is up to date.")
+    max_batches: int | None = option(
+        None, "Stop after this many batches; run again to continue.", low=1
+    )
     seed: int = 0  # for random weights (--weights none)
     progress: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("grid", "image_size", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(
-                    f"{name} must be a positive integer, not {getattr(self, name)!r}."
-                )
+        check_config(self)
         if self.resize is not None and self.resize < self.image_size:
             raise ConfigError(
                 f"resize ({self.resize}) must be at least image_size ({self.image_size}): the "
-                "shorter side is scaled to resize, then the centre image_size square is cut."
+                "shorter side is scaled to resize, then the centre image_size square is cut.",
+                parameter="resize",
             )
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be 0 or more, not {self.workers}.")
-        if self.max_batches is not None and self.max_batches < 1:
-            raise ConfigError(f"max_batches must be at least 1, not {self.max_batches}.")
-        choices: dict[str, tuple[str, ...]] = {
-            "weights": ("default", "none"),
-            "precision": PRECISIONS,
-            "dtype": DTYPES,
-            "id_source": ID_SOURCES,
-            "on_error": ("fail", "skip"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}."
-                )
         if (self.id_source == "name") != (self.id_file is None):
             raise ConfigError(
                 "id_file is needed exactly when id_source is not 'name' (found id_source "
-                f"{self.id_source!r} and id_file {self.id_file!r})."
+                f"{self.id_source!r} and id_file {self.id_file!r}).",
+                parameter="id_file",
             )
         columns = self.tsv_columns
         if len(columns) != 2 or min(columns) < 0 or columns[0] == columns[1]:
-            raise ConfigError(f"tsv_columns must be two different columns >= 0, not {columns!r}.")
+            raise ConfigError(
+                f"tsv_columns must be two different columns >= 0, not {columns!r}.",
+                parameter="tsv_columns",
+            )
         for name in ("model_file", "id_file"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):

@@ -103,43 +103,8 @@ def plan_inputs(
     """
     root = Path(images)
     mapping = _load_mapping(id_source, None if id_file is None else Path(id_file))
-    if root.is_dir():
-        entries = list(_folder_entries(root))
-        kind: Literal["folder", "tsv"] = "folder"
-    elif root.is_file():
-        entries = list(_tsv_entries(root, tsv_columns))
-        kind = "tsv"
-    elif root.exists():  # a FIFO, a device, a socket: never opened
-        raise InputError(
-            f"{root} is neither a folder nor a regular file (a FIFO, a device or a socket). "
-            "Expected a folder of images or a base64 TSV."
-        )
-    else:
-        raise InputError(f"{root} does not exist. Expected a folder of images or a base64 TSV.")
-    if not entries:
-        raise InputError(
-            f"{root} holds no images (looked for {', '.join(IMAGE_SUFFIXES)} files)"
-            if kind == "folder"
-            else f"{root} has no lines. Expected `key<TAB>base64 image` lines."
-        )
-
-    keep: list[_Entry] = []
-    ids: list[int] = []
-    problems: list[SkippedImage] = []
-    seen: dict[int, str] = {}
-    for entry in entries:
-        if entry.problem is None:
-            img_id, reason = _img_id(entry, kind, mapping, id_source)
-        else:
-            img_id, reason = None, entry.problem
-        if img_id is not None and img_id in seen:
-            reason = f"repeats img_id {img_id} of {seen[img_id]}"
-        if reason is not None or img_id is None:
-            problems.append(SkippedImage(entry.source, img_id, reason or "no img_id"))
-            continue
-        seen[img_id] = entry.source
-        keep.append(entry)
-        ids.append(img_id)
+    kind, entries = _list_entries(root, tsv_columns)
+    keep, ids, problems = _assign_ids(entries, kind, mapping, id_source)
     if problems and on_error == "fail":
         shown = "; ".join(f"{p.source}: {p.reason}" for p in problems[:_EXAMPLES])
         more = f" (and {len(problems) - _EXAMPLES} more)" if len(problems) > _EXAMPLES else ""
@@ -170,6 +135,61 @@ def plan_inputs(
         image_column=tsv_columns[1],
         skipped=problems,
     )
+
+
+def _list_entries(
+    root: Path, tsv_columns: tuple[int, int]
+) -> tuple[Literal["folder", "tsv"], list[_Entry]]:
+    """What `root` is (a folder of images or a base64 TSV) and its entries, at least one."""
+    kind: Literal["folder", "tsv"]
+    if root.is_dir():
+        entries = list(_folder_entries(root))
+        kind = "folder"
+    elif root.is_file():
+        entries = list(_tsv_entries(root, tsv_columns))
+        kind = "tsv"
+    elif root.exists():  # a FIFO, a device, a socket: never opened
+        raise InputError(
+            f"{root} is neither a folder nor a regular file (a FIFO, a device or a socket). "
+            "Expected a folder of images or a base64 TSV."
+        )
+    else:
+        raise InputError(f"{root} does not exist. Expected a folder of images or a base64 TSV.")
+    if not entries:
+        raise InputError(
+            f"{root} holds no images (looked for {', '.join(IMAGE_SUFFIXES)} files)"
+            if kind == "folder"
+            else f"{root} has no lines. Expected `key<TAB>base64 image` lines."
+        )
+    return kind, entries
+
+
+def _assign_ids(
+    entries: list[_Entry],
+    kind: Literal["folder", "tsv"],
+    mapping: dict[str, int] | None,
+    id_source: IdSource,
+) -> tuple[list[_Entry], list[int], list[SkippedImage]]:
+    """The entries with a usable img_id and their ids, in order, and those without one (no id,
+    a repeated id, a malformed line), each with its reason."""
+    keep: list[_Entry] = []
+    ids: list[int] = []
+    problems: list[SkippedImage] = []
+    seen: dict[int, str] = {}
+    for entry in entries:
+        if entry.problem is None:
+            img_id, reason = _img_id(entry, kind, mapping, id_source)
+        else:
+            img_id, reason = None, entry.problem
+        if img_id is not None and img_id in seen:
+            reason = f"repeats img_id {img_id} of {seen[img_id]}"
+        if reason is not None or img_id is None:
+            problems.append(SkippedImage(entry.source, img_id, reason or "no img_id"))
+            continue
+        seen[img_id] = entry.source
+        keep.append(entry)
+        ids.append(img_id)
+    return keep, ids, problems
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, InputError
 from ..evaluation.metrics import RankingMetrics, caption_ranking, matrix_auc, ranking_metrics
+from ..evaluation.protocol import SIGNIFICANCE_K
 from ..evaluation.significance import paired_by_query
 from ..files import atomic_write, atomic_write_json
-from ..prepare.format import SPLITS, PreparedDataset, load_prepared
-from .checkpoint import load_model
+from ..prepare.format import PreparedDataset, load_prepared
+from .checkpoint import LoadedModel, load_model
 from .distributed import resolve_device
+from .eval_config import EvalConfig
 from .scoring import (
     candidates_are_split,
     pool_frame,
@@ -34,10 +37,12 @@ from .scoring import (
     split_query_ids,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
-SIGNIFICANCE_METRIC = 10  # per-query NDCG@10 drives the paired tests
 
 
 @dataclass
@@ -96,38 +101,51 @@ def run_names(runs: Sequence[Path]) -> list[str]:
 def evaluate(
     runs: Sequence[str | os.PathLike[str]],
     data: str | os.PathLike[str] | PreparedDataset,
-    *,
-    split: str = "test",
-    out: str | os.PathLike[str] | None = None,
-    json_path: str | os.PathLike[str] | None = None,
-    device: str = "auto",
-    relevant: int = 1,
-    random_baseline: bool = True,
-    seed: int = 0,
-    plot_dir: str | os.PathLike[str] | None = None,
-    examples: int = 3,
-    resamples: int = 10_000,
-    progress: bool = False,
+    config: EvalConfig | None = None,
+    **options: Any,
 ) -> Evaluation:
-    """Score every run on `split` of `data` and compare them (see the module docstring)."""
+    """Score every run on the config's split of `data` and compare them (see the module
+    docstring). `options` change fields of `config` (default `EvalConfig()`) by name, e.g.
+    `evaluate(runs, data, split="val", plot_dir="plots")`."""
+    config = replace(config or EvalConfig(), **options)
     if not runs:
         raise ConfigError("eval needs at least one run folder (or --scores files).")
     prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
-    if split not in SPLITS:
-        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}.")
-    if prepared.split_queries(split).empty:
+    if prepared.split_queries(config.split).empty:
         raise InputError(
-            f"{prepared.root} has no {split} queries to evaluate; choose another --split."
+            f"{prepared.root} has no {config.split} queries to evaluate; choose another --split."
         )
-    chosen = resolve_device(device)
+    device = resolve_device(config.device)
     paths = [Path(run) for run in runs]
     names = run_names(paths)
-    random_name = RANDOM if RANDOM not in names else f"{RANDOM}-ranker"
-    pool = _Pool.of(prepared, split) if candidates_are_split(prepared) else None
+    pool = _Pool.of(prepared, config.split) if candidates_are_split(prepared) else None
+    results, loaded_models = _score_runs(paths, names, prepared, pool, device, config)
+    if config.random_baseline:
+        random_name = RANDOM if RANDOM not in names else f"{RANDOM}-ranker"
+        results.append(_random_ranker(random_name, results[0], pool, config))
+    best = max((r for r in results if r.kind != RANDOM), key=lambda r: r.metrics["ndcg@10"])
+    _significance(best, results, config.resamples, config.seed)
+    results.sort(key=lambda r: (r.kind == RANDOM, -r.metrics["ndcg@10"]))
+    evaluation = Evaluation(split=config.split, data=prepared.root, runs=results, best=best.name)
+    _write(evaluation, dict(zip(names, paths, strict=True)), config)
+    if config.plot_dir is not None:
+        evaluation.plots.extend(_draw(evaluation, loaded_models, prepared, device, config))
+    return evaluation
+
+
+def _score_runs(
+    paths: list[Path],
+    names: list[str],
+    prepared: PreparedDataset,
+    pool: _Pool | None,
+    device: torch.device,
+    config: EvalConfig,
+) -> tuple[list[RunEvaluation], dict[str, LoadedModel]]:
+    """Each run's scores and metrics on the split, in the order given, and its loaded model."""
     results: list[RunEvaluation] = []
     loaded_models = {}
     for path, name in zip(paths, names, strict=True):
-        loaded = load_model(path, prepared, chosen)
+        loaded = load_model(path, prepared, device)
         loaded_models[name] = loaded
         kind = loaded.model_config.kind
         max_keywords = int(loaded.train_config.get("max_keywords", 64))
@@ -137,56 +155,79 @@ def evaluate(
                 prepared,
                 pool.queries,
                 pool.images,
-                device=chosen,
+                device=device,
                 max_keywords=max_keywords,
-                progress=progress,
+                progress=config.progress,
             )
-            results.append(pool.measure(name, kind, matrix, relevant))
+            results.append(pool.measure(name, kind, matrix, config.relevant))
         else:
             frame = score_split(
                 loaded.model,
                 prepared,
-                split,
-                device=chosen,
+                config.split,
+                device=device,
                 max_keywords=max_keywords,
-                progress=progress,
+                progress=config.progress,
             )
-            results.append(_measure(name, kind, frame, relevant))
-    if random_baseline:
-        rng = np.random.default_rng(seed)
-        if pool is not None:
-            matrix = rng.random((len(pool.queries), len(pool.images)), dtype=np.float32)
-            results.append(pool.measure(random_name, RANDOM, matrix, relevant))
-        else:
-            reference = results[0].scores
-            frame = reference.assign(score=rng.random(len(reference)).astype(np.float32))
-            results.append(_measure(random_name, RANDOM, frame, relevant))
-    best = max((r for r in results if r.kind != RANDOM), key=lambda r: r.metrics["ndcg@10"])
-    _significance(best, results, resamples, seed)
-    results.sort(key=lambda r: (r.kind == RANDOM, -r.metrics["ndcg@10"]))
-    evaluation = Evaluation(split=split, data=prepared.root, runs=results, best=best.name)
-    for path, run in zip(paths, run_names(paths), strict=True):
-        result = next(r for r in results if r.name == run)
-        result.out_dir = (Path(out) / run) if out is not None else default_out_dir(path, split)
-    for result in results:
-        if result.out_dir is not None:
-            _write_run(result)
-    if json_path is not None:
-        atomic_write_json(json_path, {k: _json_safe(v) for k, v in evaluation.table().items()})
-    if plot_dir is not None:
-        from .plots import plot_attention, plot_roc
+            results.append(_measure(name, kind, frame, config.relevant))
+    return results, loaded_models
 
-        plot_dir = Path(plot_dir)
-        plot_dir.mkdir(parents=True, exist_ok=True)
-        evaluation.plots.append(plot_roc(results, plot_dir / "roc.png", relevant))
-        attentive = [(n, m) for n, m in loaded_models.items() if m.model_config.kind == "amc"]
-        if attentive and examples > 0:
-            name, loaded = attentive[0]
-            scores = next(r for r in results if r.name == name).scores
-            evaluation.plots.extend(
-                plot_attention(loaded.model, prepared, scores, split, plot_dir, examples, chosen)
+
+def _random_ranker(
+    name: str, first: RunEvaluation, pool: _Pool | None, config: EvalConfig
+) -> RunEvaluation:
+    """A ranker of uniform random scores (seeded) over the candidates the runs ranked."""
+    rng = np.random.default_rng(config.seed)
+    if pool is not None:
+        matrix = rng.random((len(pool.queries), len(pool.images)), dtype=np.float32)
+        return pool.measure(name, RANDOM, matrix, config.relevant)
+    reference = first.scores
+    frame = reference.assign(score=rng.random(len(reference)).astype(np.float32))
+    return _measure(name, RANDOM, frame, config.relevant)
+
+
+def _write(evaluation: Evaluation, paths: dict[str, Path], config: EvalConfig) -> None:
+    """Each run's metrics.json and scores.parquet (not the random ranker's) and, when asked
+    for, every row's metrics in one JSON file."""
+    for result in evaluation.runs:
+        path = paths.get(result.name) if result.kind != RANDOM else None
+        if path is None:
+            continue
+        if config.out is not None:
+            result.out_dir = config.out / result.name
+        else:
+            result.out_dir = default_out_dir(path, config.split)
+        _write_run(result)
+    if config.json_path is not None:
+        table = evaluation.table()
+        atomic_write_json(config.json_path, {k: _json_safe(v) for k, v in table.items()})
+
+
+def _draw(
+    evaluation: Evaluation,
+    loaded_models: dict[str, LoadedModel],
+    prepared: PreparedDataset,
+    device: torch.device,
+    config: EvalConfig,
+) -> list[Path]:
+    """The ROC curves of every row and, for the first AMC run, its attention on a few queries."""
+    from .plots import plot_attention, plot_roc
+
+    assert config.plot_dir is not None  # drawn only when asked for
+    plot_dir = config.plot_dir
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    results = evaluation.runs
+    drawn = [plot_roc(results, plot_dir / "roc.png", config.relevant)]
+    attentive = [(n, m) for n, m in loaded_models.items() if m.model_config.kind == "amc"]
+    if attentive and config.examples > 0:
+        name, loaded = attentive[0]
+        scores = next(r for r in results if r.name == name).scores
+        drawn.extend(
+            plot_attention(
+                loaded.model, prepared, scores, config.split, plot_dir, config.examples, device
             )
-    return evaluation
+        )
+    return drawn
 
 
 def _measure(name: str, kind: str, frame: pd.DataFrame, relevant: int) -> RunEvaluation:
@@ -293,9 +334,9 @@ def _significance(
             continue
         test = paired_by_query(
             best.ranking.query_ids,
-            best.ranking.ndcg_at(SIGNIFICANCE_METRIC),
+            best.ranking.ndcg_at(SIGNIFICANCE_K),
             result.ranking.query_ids,
-            result.ranking.ndcg_at(SIGNIFICANCE_METRIC),
+            result.ranking.ndcg_at(SIGNIFICANCE_K),
             resamples=resamples,
             seed=seed,
         )

@@ -16,23 +16,23 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputError
-from ..prepare.format import SPLITS, PreparedDataset, load_prepared
+from ..errors import InputError
+from ..prepare.format import PreparedDataset, load_prepared
 from ..prepare.queries import query_analyzer
 from .batch import ImageBatch, QueryBatch
 from .checkpoint import load_model
 from .data import image_batch
 from .distributed import resolve_device
+from .search_config import ALL_IMAGES, SearchConfig
 
 log = logging.getLogger(__name__)
 
-ALL_IMAGES = "all"  # --split all: every image of the prepared folder
 MAX_QUERY_TOKENS = 32  # as at training: a query's first 32 known words
 SHOWN_ITEMS = 3  # keywords and regions listed per result
 # The images' tensors are kept between queries up to this many bytes; larger pools (COCO's
@@ -113,17 +113,15 @@ class Searcher:
         self,
         run: str | os.PathLike[str],
         data: str | os.PathLike[str] | PreparedDataset,
-        *,
-        split: str = "test",
-        device: str = "cpu",
+        config: SearchConfig | None = None,
+        **options: Any,
     ) -> None:
-        if split not in (*SPLITS, ALL_IMAGES):
-            raise ConfigError(
-                f"There is no split {split!r} to search; choose one of "
-                f"{', '.join((*SPLITS, ALL_IMAGES))}."
-            )
+        """`options` change fields of `config` (default `SearchConfig()`) by name, e.g.
+        `Searcher(run, data, split="all", device="cuda")`."""
+        self.config = replace(config or SearchConfig(), **options)
+        split = self.config.split
         self.prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
-        self.device = resolve_device(device)
+        self.device = resolve_device(self.config.device)
         self.loaded = load_model(run, self.prepared, self.device)
         self.split = split
         if split == ALL_IMAGES:
@@ -134,9 +132,9 @@ class Searcher:
         if self.img_ids.size == 0:
             raise InputError(f"{self.prepared.root} has no {split} images to search.")
         self.max_keywords = int(self.loaded.train_config.get("max_keywords", 64))
-        config = self.loaded.model_config
-        self.explains = config.kind == "amc"
-        self.attends = self.explains and config.intra
+        model_config = self.loaded.model_config
+        self.explains = model_config.kind == "amc"
+        self.attends = self.explains and model_config.intra
         values = int(np.prod(self.prepared.features.shape[1:]))  # R * D per image
         self.chunk = max(1, CHUNK_VALUES // values)
         self._cached: list[ImageBatch] | None = None
@@ -168,10 +166,10 @@ class Searcher:
         return known, unknown, batch
 
     @torch.no_grad()
-    def search(self, text: str, top: int = 10) -> SearchResult:
-        """The `top` best images of the split for `text`, best first (ties: lower img_id)."""
-        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-            raise ConfigError(f"top must be a whole number >= 1, not {top!r}.")
+    def search(self, text: str, top: int | None = None) -> SearchResult:
+        """The `top` (default: the config's) best images of the split for `text`, best first
+        (ties: lower img_id)."""
+        top = self.config.top if top is None else replace(self.config, top=top).top  # checked
         words, unknown, query = self.read_query(text)
         scores = self.scores(query)
         order = np.argsort(-scores, kind="stable")[: min(top, scores.size)]
@@ -248,11 +246,11 @@ def search(
     run: str | os.PathLike[str],
     data: str | os.PathLike[str] | PreparedDataset,
     query: str,
-    *,
-    split: str = "test",
-    top: int = 10,
-    device: str = "cpu",
+    config: SearchConfig | None = None,
+    **options: Any,
 ) -> SearchResult:
-    """Rank the images of `split` ("all": every image) of `data` for the free-text `query` with
-    the run (a run folder's best.pt, or a .pt file); see `Searcher` for repeated queries."""
-    return Searcher(run, data, split=split, device=device).search(query, top)
+    """Rank the images of the config's split ("all": every image) of `data` for the free-text
+    `query` with the run (a run folder's best.pt, or a .pt file); `options` change fields of
+    `config` by name (`split`, `top`, `device`). See `Searcher` for repeated queries."""
+    chosen = replace(config or SearchConfig(), **options)
+    return Searcher(run, data, chosen).search(query)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
 
+import click
+import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
 
 import amc_data
+from amc_data.checks import declared, default_of
+from amc_data.encoding.core import EncodeConfig
 from amc_data.errors import MissingDependencyError
+from amc_data.featurizing.core import FeatureConfig
+from amc_data.ranking.eval_config import EvalConfig
+from amc_data.ranking.search_config import SearchConfig
 
 
 def test_every_public_name_resolves():
@@ -63,3 +71,31 @@ def test_unknown_formats_are_a_usage_error(tmp_path):
     result = CliRunner().invoke(cli, ["encode", "coco", "--formats", "original,xml"])
     assert result.exit_code == 2
     assert "xml is not a format" in result.stderr
+
+
+# The flags that keep a default of their own, and why: --backbone defaults to nothing so that
+# giving it with --model-file is refused; --formats is the same list, written as Click reads it.
+OWN_DEFAULTS = {("features", "backbone"), ("encode", "formats")}
+
+
+@pytest.mark.parametrize(
+    ("command", "config_type"),
+    [
+        ("encode", EncodeConfig),
+        ("features", FeatureConfig),
+        ("eval", EvalConfig),
+        ("search", SearchConfig),
+    ],
+)
+def test_each_flag_takes_its_default_and_help_from_the_config(command, config_type):
+    fields = {field.name: declared(field) for field in dataclasses.fields(config_type)}
+    params = [p for p in cli.commands[command].params if fields.get(p.name or "") is not None]
+    assert params, f"{command} builds no flag from {config_type.__name__}"
+    for param in params:
+        assert isinstance(param, click.Option)
+        rule = fields[param.name]
+        assert rule is not None and rule.help in (param.help or ""), param.name
+        if (command, param.name) not in OWN_DEFAULTS:
+            assert param.default == default_of(config_type, param.name), param.name
+    formats = next(p for p in cli.commands["encode"].params if p.name == "formats")
+    assert EncodeConfig(formats=formats.default).formats == EncodeConfig().formats

@@ -166,7 +166,7 @@ def test_bad_inputs_raise_input_error(scores, labels, message):
 def test_bad_cut_offs_and_relevant_are_config_errors():
     with pytest.raises(ConfigError, match="cut-offs"):
         ranking_metrics([1], [0.5], [1], ks=(0,))
-    with pytest.raises(ConfigError, match="relevant must be 1 or more"):
+    with pytest.raises(ConfigError, match="relevant must be a finite number >= 1"):
         ranking_metrics([1], [0.5], [1], relevant=0)
 
 

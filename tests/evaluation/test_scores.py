@@ -14,7 +14,7 @@ import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
 
-from amc_data.errors import InputError
+from amc_data.errors import ConfigError, InputError
 from amc_data.evaluation.metrics import ranking_metrics
 from amc_data.evaluation.scores import evaluate_scores, read_scores, scores_metrics
 
@@ -337,6 +337,14 @@ def test_blocks_are_joined_exactly_and_checked_across_their_boundaries(tmp_path,
     assert len(mixed) == 501
 
 
+@pytest.mark.parametrize("max_rows", [0, -1, 2.5, True, None])
+def test_a_bad_row_cap_is_a_config_error_naming_max_rows(tmp_path, max_rows):
+    path = _write(tmp_path, "small.tsv", HEADER + _rows(0, 5))
+    with pytest.raises(ConfigError, match=r"^max_rows must be a whole number >= 1") as caught:
+        read_scores(path, max_rows=max_rows)
+    assert caught.value.parameter == "max_rows"
+
+
 def test_files_over_the_row_cap_are_refused_before_they_are_read_whole(tmp_path):
     path = _write(tmp_path, "big.tsv", HEADER + _rows(0, 50))
     assert len(read_scores(path, max_rows=50)) == 50
@@ -350,6 +358,6 @@ def test_files_over_the_row_cap_are_refused_before_they_are_read_whole(tmp_path)
     refused = runner.invoke(cli, ["eval", "--scores", str(path), "--max-rows", "20"])
     assert refused.exit_code != 0 and "more than 20 rows" in refused.output
     assert runner.invoke(cli, ["eval", "--scores", str(path)]).exit_code == 0
-    from amc_data.evaluation.scores import MAX_ROWS
+    from amc_data.evaluation.protocol import MAX_ROWS
 
     assert f"{MAX_ROWS:,}" in runner.invoke(cli, ["eval", "--help"]).output.replace("\n", " ")

@@ -18,7 +18,8 @@ from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import amc_data  # noqa: E402
-from amc_data.errors import CheckpointError  # noqa: E402
+from amc_data.errors import CheckpointError, ConfigError  # noqa: E402
+from amc_data.ranking.eval_config import EvalConfig  # noqa: E402
 from amc_data.ranking.runs import evaluate  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
@@ -103,6 +104,58 @@ def test_a_run_trained_on_other_data_is_refused(
     amc_data.synth(other, seed=6, **SMALL)
     with pytest.raises(CheckpointError, match="vocabulary"):
         evaluate([amc], other)
+
+
+def test_a_config_and_keyword_options_give_the_same_evaluation(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, amc, visual = trained
+    config = EvalConfig(split="val", resamples=500, seed=3, out=tmp_path / "a", relevant=2)
+    by_config = evaluate([amc, visual], data, config)
+    by_keywords = evaluate(
+        [amc, visual], data, split="val", resamples=500, seed=3, out=str(tmp_path / "b"), relevant=2
+    )
+    assert pd.DataFrame(by_config.table()).equals(pd.DataFrame(by_keywords.table()))
+    assert by_config.best == by_keywords.best and by_config.split == "val"
+    for run in ("amc", "visual"):
+        assert (tmp_path / "a" / run / "metrics.json").read_bytes() == (
+            tmp_path / "b" / run / "metrics.json"
+        ).read_bytes()
+    assert not (tmp_path / "a" / "random").exists()  # the random row writes no files
+    # Keywords change the config's fields; a name that is not one is refused.
+    changed = evaluate([amc], data, config, random_baseline=False)
+    assert [run.name for run in changed.runs] == ["amc"] and changed.split == "val"
+    with pytest.raises(TypeError, match="splits"):
+        evaluate([amc], data, splits="val")
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"split": "dev"}, "split must be one of test, val, train, not 'dev'."),
+        ({"device": "tpu"}, "device must be one of auto, cpu, cuda, not 'tpu'."),
+        ({"examples": -1}, "examples must be a whole number >= 0, not -1."),
+        ({"relevant": 0}, "relevant must be a whole number >= 1, not 0."),
+        ({"resamples": 0}, "resamples must be a whole number >= 1, not 0."),
+        ({"seed": 1.5}, "seed must be a whole number, not 1.5."),
+        ({"max_rows": 0}, "max_rows must be a whole number >= 1, not 0."),
+        ({"random_baseline": "no"}, "random_baseline must be True or False, not 'no'."),
+    ],
+)
+def test_eval_options_are_checked_once_naming_the_parameter(changes: dict, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        EvalConfig(**changes)
+    assert str(caught.value) == words
+    assert caught.value.parameter == next(iter(changes))
+
+
+def test_evaluate_refuses_a_bad_split_by_its_parameter_name(
+    trained: tuple[Path, Path, Path],
+) -> None:
+    data, amc, _ = trained
+    with pytest.raises(ConfigError, match=r"^split must be one of test, val, train") as caught:
+        evaluate([amc], data, split="dev")
+    assert caught.value.parameter == "split"
 
 
 def test_cli_eval_prints_one_table_and_writes_json(

@@ -18,6 +18,7 @@ import amc_data  # noqa: E402
 import amc_data.ranking.search as search_module  # noqa: E402
 from amc_data.errors import ConfigError, InputError  # noqa: E402
 from amc_data.ranking.scoring import score_matrix  # noqa: E402
+from amc_data.ranking.search_config import SearchConfig  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
@@ -112,10 +113,40 @@ def test_unknown_words_are_named_and_a_query_without_known_words_is_refused(
         amc_data.search(amc, data, "zzyzx")
     with pytest.raises(InputError, match="no word the analyzer keeps"):
         amc_data.search(amc, data, "the of !")
-    with pytest.raises(ConfigError, match="no split 'dev'"):
+    with pytest.raises(ConfigError, match="split must be one of test, val, train, all, not 'dev'"):
         amc_data.search(amc, data, text, split="dev")
     with pytest.raises(ConfigError, match="top must be"):
         amc_data.search(amc, data, text, top=0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"split": "dev"}, "split must be one of test, val, train, all, not 'dev'."),
+        ({"top": 0}, "top must be a whole number >= 1, not 0."),
+        ({"top": True}, "top must be a whole number >= 1, not True."),
+        ({"device": "tpu"}, "device must be one of auto, cpu, cuda, not 'tpu'."),
+    ],
+)
+def test_search_options_are_checked_once_naming_the_parameter(changes: dict, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        SearchConfig(**changes)
+    assert str(caught.value) == words
+    assert caught.value.parameter == next(iter(changes))
+
+
+def test_a_config_and_keyword_options_give_the_same_search(world: tuple[Path, Path, Path]) -> None:
+    data, amc, _ = world
+    _, text = _test_query(data)
+    searcher = amc_data.Searcher(amc, data, SearchConfig(split="all", top=4))
+    by_config = searcher.search(text)
+    assert len(by_config.hits) == 4 and by_config.split == "all"
+    by_keywords = amc_data.search(amc, data, text, split="all", top=4)
+    assert by_config.to_dict() == by_keywords.to_dict()
+    assert len(searcher.search(text, top=2).hits) == 2  # a call's own top wins
+    with pytest.raises(ConfigError, match="top must be a whole number >= 1, not 0") as caught:
+        searcher.search(text, top=0)
+    assert caught.value.parameter == "top"
 
 
 def test_cli_table_json_split_and_errors(world: tuple[Path, Path, Path]) -> None:
