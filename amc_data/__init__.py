@@ -91,9 +91,11 @@ if TYPE_CHECKING:
     from .ranking.checkpoint import LoadedModel, load_model
     from .ranking.config import TrainConfig
     from .ranking.demo import DemoResult, run_demo
+    from .ranking.eval_config import EvalConfig
     from .ranking.model import Attention, ModelConfig, RankingModel
     from .ranking.runs import Evaluation, evaluate
     from .ranking.search import Searcher, SearchHit, SearchResult, search
+    from .ranking.search_config import SearchConfig
     from .ranking.training import TrainResult, train
     from .ranking.word_vectors import load_word_vectors
 

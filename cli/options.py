@@ -39,7 +39,9 @@ def config_option(config_type: type, name: str, *decls: str, **overrides: Any) -
     elif kind is int:
         low = None if rule.low is None else int(rule.low) + (1 if rule.above else 0)
         high = None if rule.high is None else int(rule.high) - (1 if rule.below else 0)
-        settings["type"] = click.IntRange(min=low, max=high)
+        settings["type"] = int if low is None and high is None else click.IntRange(low, high)
+    elif kind is float and rule.low is None and rule.high is None:
+        settings["type"] = float
     elif kind is float:
         settings["type"] = click.FloatRange(
             min=rule.low, max=rule.high, min_open=rule.above, max_open=rule.below

@@ -50,11 +50,12 @@ def test_unknown_names_are_config_errors_from_the_library():
     [
         (["flickr"], "Unknown dataset 'flickr'"),
         (["coco", "--formats", "original,xml"], "xml is not a format"),
-        (["coco", "--on-error", "ignore"], "on_error must be one of fail, skip"),
-        (["coco", "--min-df", "0"], "min_df must be a whole number"),
+        # Ranges and choices reach Click from the config's declaration: Click refuses them.
+        (["coco", "--on-error", "ignore"], "'--on-error': 'ignore' is not one of 'fail', 'skip'"),
+        (["coco", "--min-df", "0"], "'--min-df': 0 is not in the range x>=1"),
     ],
 )
-def test_the_cli_passes_options_through_to_the_library_checks(tmp_path, args, expected):
+def test_bad_encode_options_are_refused_naming_the_option(tmp_path, args, expected):
     result = CliRunner().invoke(cli, ["encode", *args, "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: ") and expected in result.stderr
+    assert "Error: " in result.stderr and expected in result.stderr

@@ -66,7 +66,7 @@ class EncodeConfig:
     formats: tuple[str, ...] = option(
         FORMATS, "Comma-separated outputs: original (the authors' .npy), csr (.npz), parquet."
     )
-    on_error: OnError = option(  # noqa: RUF009  # option() is a dataclasses.field()
+    on_error: OnError = option(  # option() is a dataclasses.field()
         "fail",
         "On a bad keyword file or list line: stop (write nothing), or skip and record it.",
         choices=ON_ERROR,

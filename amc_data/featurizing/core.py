@@ -76,7 +76,7 @@ class FeatureConfig:
     backbone: str = option(  # unused when model_file is given
         "resnet50", "torchvision model whose convolutional trunk extracts the features."
     )
-    model_file: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
+    model_file: Path | None = option(  # option() is a dataclasses.field()
         None,
         "Backbone file instead: TorchScript (torch.jit.save) or an exported program "
         "(torch.export.save, .pt2) mapping (B, 3, H, W) ImageNet-normalised images to "
@@ -103,12 +103,12 @@ class FeatureConfig:
     dtype: Literal["float16", "float32"] = option(
         "float16", "Type of the written features.", choices=DTYPES
     )
-    id_source: IdSource = option(  # noqa: RUF009  # option() is a dataclasses.field()
+    id_source: IdSource = option(  # option() is a dataclasses.field()
         "name", "Where each image's img_id comes from.", choices=ID_SOURCES
     )
     id_file: Path | None = None  # the mapping file for id_source other than name
     tsv_columns: tuple[int, int] = (0, 1)  # 0-based columns of the key and the base64 image
-    on_error: OnError = option(  # noqa: RUF009  # option() is a dataclasses.field()
+    on_error: OnError = option(  # option() is a dataclasses.field()
         "fail",
         "An image without id or that does not decode: stop, or leave it out and record it.",
         choices=ON_ERROR,

@@ -29,15 +29,15 @@ class EvalConfig:
     split: Literal["test", "val", "train"] = option(
         "test", "With RUN folders: the queries to evaluate.", choices=EVAL_SPLITS
     )
-    out: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
+    out: Path | None = option(  # option() is a dataclasses.field()
         None,
         "With RUN folders: write OUT/<run>/metrics.json and scores.parquet "
         "(default: RUN/eval-<split>/; for a checkpoint file RUN/X.pt, RUN/X-eval-<split>/).",
     )
-    json_path: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
+    json_path: Path | None = option(  # option() is a dataclasses.field()
         None, "Also write every row's metrics to this file: {name: {metric: value}}.", flag="--json"
     )
-    plot_dir: Path | None = option(  # noqa: RUF009  # option() is a dataclasses.field()
+    plot_dir: Path | None = option(  # option() is a dataclasses.field()
         None,
         "With RUN folders: draw roc.png and attention-<query>.png into this folder.",
         flag="--plot",
