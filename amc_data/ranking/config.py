@@ -109,14 +109,14 @@ class TrainConfig:
     )
     clip: float = option(1.0, "Gradient norm cap (0: none).", low=0)
     max_keywords: int = option(64, "Keywords kept per image (the most frequent).", low=1, high=4096)
-    seed: int = option(0, "Seed of every random choice.", low=0, high=2**63 - 1, why="Seeds are 63-bit.")
+    seed: int = option(
+        0, "Seed of every random choice.", low=0, high=2**63 - 1, why="Seeds are 63-bit."
+    )
     workers: int = option(
         0, "Data-loader worker processes (0: load in the training process).", low=0
     )
     device: str = option("auto", "auto: CUDA when torch sees a GPU.", choices=DEVICES)
-    amp: bool = option(
-        True, "bf16 autocast on CUDA (no effect on the CPU).", flag="--amp/--no-amp"
-    )
+    amp: bool = option(True, "bf16 autocast on CUDA (no effect on the CPU).", flag="--amp/--no-amp")
     compile: bool = option(False, "torch.compile the model.")
     features_on: str = option(
         "auto",

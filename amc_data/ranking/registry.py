@@ -91,7 +91,9 @@ class ModelKind:
                 f"({error}); name it as 'package.module:callable'."
             ) from None
         if not callable(found):
-            raise ConfigError(f"Model kind {self.name}: its builder {self.builder!r} is not callable.")
+            raise ConfigError(
+                f"Model kind {self.name}: its builder {self.builder!r} is not callable."
+            )
         return found  # type: ignore[no-any-return]
 
 
@@ -229,10 +231,9 @@ def model_help() -> str:
 def model_table() -> str:
     """The documentation's model table (markdown), one row per kind."""
 
-    lines = [
-        "| `--model` | regions | keywords | intra-attention | modality gate | fitted | what it is |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    columns = ["`--model`", "regions", "keywords", "intra-attention", "modality gate", "fitted"]
+    columns.append("what it is")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in model_rows():
         uses = (row.regions, row.keywords, row.intra_attention, row.modality_gate)
         cells = [
