@@ -23,7 +23,7 @@ class ModelChoice(click.Choice):
     def __init__(self) -> None:
         super().__init__(())
 
-    @property  # type: ignore[override]
+    @property
     def choices(self) -> tuple[str, ...]:
         return model_kinds()
 
@@ -35,7 +35,7 @@ class ModelChoice(click.Choice):
 class ModelOption(click.Option):
     """`--model`, whose help lists the registered kinds, each with its summary."""
 
-    @property  # type: ignore[override]
+    @property
     def help(self) -> str:
         return model_help()
 
@@ -49,8 +49,10 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
     return config_option(TrainConfig, name, *decls, **overrides)
 
 
-# Off-switches show no default: `--no-intra [default: True]` would read as the switch being on.
-_SWITCH_OFF = {"show_default": False}
+# Off-switches: given, they set the option False (Click 8.2 and later make a lone flag set True
+# whatever its default), and they show no default (`--no-intra [default: True]` would read as
+# the switch being on).
+_SWITCH_OFF: dict[str, Any] = {"flag_value": False, "show_default": False}
 
 
 @click.command("train")

@@ -94,7 +94,7 @@ class ModelKind:
             raise ConfigError(
                 f"Model kind {self.name}: its builder {self.builder!r} is not callable."
             )
-        return found  # type: ignore[no-any-return]
+        return found
 
 
 # The built-in kinds: AMC, then the paper's baselines.

@@ -149,3 +149,52 @@ def test_the_cli_refuses_an_option_beyond_its_bound_without_torch(tmp_path) -> N
     assert out.returncode == 2 and "--seed" in out.stderr
     assert "0<=x<=9223372036854775807" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_every_training_option_is_a_train_flag_built_from_its_declaration() -> None:
+    from amc_data_cli.train import train_command
+
+    from amc_data.checks import declared
+
+    params = {p.name: p for p in train_command.params}
+    for field in dataclasses.fields(TrainConfig):
+        rule = declared(field)
+        assert rule is not None, f"TrainConfig.{field.name} is not declared with checks.option"
+        param = params[field.name]
+        assert param.default == field.default, field.name
+        flags = [*param.opts, *param.secondary_opts]
+        assert all(flag in flags for flag in option_flag(field.name).split("/")), field.name
+        if field.name != "model":  # the registry's kinds, each with its summary
+            assert param.help == rule.help, field.name
+    # The ablations and switches keep their spelling.
+    assert params["intra"].opts == ["--no-intra"] and params["inter"].opts == ["--no-inter"]
+    assert params["amp"].secondary_opts == ["--no-amp"]
+    assert params["hardest"].secondary_opts == ["--no-hardest"]
+
+
+def test_the_cli_passes_its_flags_to_the_config_as_before(tmp_path) -> None:
+    import amc_data_cli.train as train_module
+
+    seen = []
+
+    def stop(data, out, config, **kwargs):
+        seen.append(config)
+        raise ConfigError("stop here")
+
+    import amc_data.ranking.training as training
+
+    original = training.train
+    training.train = stop
+    try:
+        args = ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--no-intra", "--no-inter"]
+        args += ["--no-amp", "--compile", "--loss", "pairs", "--in-batch", "--epochs", "3"]
+        result = CliRunner().invoke(cli, args)
+    finally:
+        training.train = original
+    assert result.exit_code != 0 and "stop here" in result.output
+    assert seen == [
+        TrainConfig(
+            intra=False, inter=False, amp=False, compile=True, loss="pairs", in_batch=True, epochs=3
+        )
+    ]
+    assert train_module.train_command.name == "train"
