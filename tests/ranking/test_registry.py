@@ -229,3 +229,10 @@ def test_entry_points_add_kinds_once_and_a_broken_one_is_left_out(
     assert model_kinds() == (*MODELS, "mean-words", "keyword-attention")
     assert calls == ["amc_data.models"]  # loaded once
     assert "broken" in caplog.text and "no module named plugin" in caplog.text
+
+
+def test_the_cli_names_an_ablation_the_kind_lacks_by_its_flag(data: Path, tmp_path: Path) -> None:
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--model", "visual", "--no-intra"]
+    result = CliRunner().invoke(cli, [*args, "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2
+    assert "Error: --no-intra cannot be switched off for the visual model" in result.output
