@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +10,49 @@ import click
 
 from amc_data._optional import require
 from amc_data.progress import progress_enabled
-from amc_data.ranking.config import DEVICES, FEATURE_PLACES, LOSSES, MODELS, TrainConfig
+from amc_data.ranking.config import TrainConfig
+from amc_data.ranking.registry import model_help, model_kinds
 
-from .options import quiet_option
-
-DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+from .options import config_option, quiet_option
 
 
-def _option(name: str, help_text: str, **kwargs: Any) -> Any:
-    """`--name` with TrainConfig's default shown; the value is checked there, once."""
-    flag = "--" + name.replace("_", "-")
-    return click.option(
-        flag, name, default=DEFAULTS[name], show_default=True, help=help_text, **kwargs
-    )
+class ModelChoice(click.Choice):
+    """The registered model kinds, read when the command runs (not when it is defined), so a
+    kind registered later is offered too."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return model_kinds()
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        pass  # always the registry's
+
+
+class ModelOption(click.Option):
+    """`--model`, whose help lists the registered kinds, each with its summary."""
+
+    @property
+    def help(self) -> str:
+        return model_help()
+
+    @help.setter
+    def help(self, value: object) -> None:
+        pass  # always the registry's
+
+
+def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
+    """The option of the TrainConfig field `name`, as TrainConfig declares it."""
+    return config_option(TrainConfig, name, *decls, **overrides)
+
+
+# Off-switches: given, they set the option False (Click 8.2 and later make a lone flag set True
+# whatever its default), and they show no default (`--no-intra [default: True]` would read as
+# the switch being on).
+_SWITCH_OFF: dict[str, Any] = {"flag_value": False, "show_default": False}
 
 
 @click.command("train")
@@ -34,73 +63,36 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Any:
     required=True,
     help="Run folder: config.json, best.pt, last.pt, log.jsonl.",
 )
-@_option(
-    "model",
-    "AMC, or a baseline: visual, keyword, fusion (no attention), cca.",
-    type=click.Choice(MODELS),
-)
-@click.option("--no-intra", is_flag=True, help="Ablation: mean pooling inside each modality.")
-@click.option("--no-inter", is_flag=True, help="Ablation: fixed 0.5/0.5 modality weights.")
-@_option("epochs", "Passes over the training pairs.", type=int)
-@_option("batch_size", "(query, positive) pairs per step.", type=int)
-@_option("lr", "Peak learning rate (AdamW).", type=float)
-@_option("weight_decay", "AdamW weight decay.", type=float)
-@_option("warmup", "Fraction of the steps warming the learning rate up.", type=float)
-@_option(
-    "loss",
-    "pool: the batch's queries share one pool of negatives; pairs: each pair its own "
-    "(the paper's t).",
-    type=click.Choice(LOSSES),
-)
-@_option(
-    "negatives", "With --loss pairs: sampled negatives per positive (the paper's t).", type=int
-)
-@_option("pool_negatives", "With --loss pool: sampled images added to the batch's pool.", type=int)
-@click.option(
-    "--hardest/--no-hardest",
-    default=DEFAULTS["hardest"],
-    show_default=True,
-    help="With --loss pool: each query's hardest negative only (VSE++'s max violation).",
-)
-@_option("margin", "Hinge margin of the ranking loss.", type=float)
-@click.option(
-    "--in-batch",
-    is_flag=True,
-    help="With --loss pairs: also use the batch's other positives as negatives.",
-)
-@_option("clip", "Gradient norm cap (0: none).", type=float)
-@_option("dim", "Size of the shared space.", type=int)
-@_option("max_keywords", "Keywords kept per image (the most frequent).", type=int)
-@_option(
-    "word_vectors",
-    "word2vec/GloVe text file to start the query word embeddings from.",
-    type=click.Path(dir_okay=False, exists=True),
-)
-@_option("device", "auto: CUDA when torch sees a GPU.", type=click.Choice(DEVICES))
-@_option(
-    "features_on",
-    "host: the loader reads the features file; device: all features "
-    "resident on the device; auto: device on a GPU with room.",
-    type=click.Choice(FEATURE_PLACES),
-)
-@click.option(
-    "--amp/--no-amp",
-    default=DEFAULTS["amp"],
-    show_default=True,
-    help="bf16 autocast on CUDA (no effect on the CPU).",
-)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@_option("seed", "Seed of every random choice.", type=int)
-@_option("workers", "Data-loader worker processes (0: load in the training process).", type=int)
+@_train_option("model", type=ModelChoice(), cls=ModelOption)
+@_train_option("intra", **_SWITCH_OFF)
+@_train_option("inter", **_SWITCH_OFF)
+@_train_option("epochs")
+@_train_option("batch_size")
+@_train_option("lr")
+@_train_option("weight_decay")
+@_train_option("warmup")
+@_train_option("loss")
+@_train_option("negatives")
+@_train_option("pool_negatives")
+@_train_option("hardest")
+@_train_option("margin")
+@_train_option("in_batch", show_default=False)
+@_train_option("clip")
+@_train_option("dim")
+@_train_option("max_keywords")
+@_train_option("word_vectors", type=click.Path(dir_okay=False, exists=True))
+@_train_option("device")
+@_train_option("features_on")
+@_train_option("amp")
+@_train_option("compile", show_default=False)
+@_train_option("seed")
+@_train_option("workers")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--force", is_flag=True, help="Replace the run already in --out.")
 @quiet_option
 def train_command(
     data: Path,
     out: Path,
-    no_intra: bool,
-    no_inter: bool,
-    compile_: bool,
     resume: bool,
     force: bool,
     quiet: bool,
@@ -111,7 +103,7 @@ def train_command(
     Under torchrun each process is one rank of a distributed run:
     `torchrun --nproc_per_node 4 -m amc_data train DATA --out RUN`.
     """
-    config = TrainConfig(intra=not no_intra, inter=not no_inter, compile=compile_, **options)
+    config = TrainConfig(**options)
     require("torch")
     from amc_data.ranking.training import train
 

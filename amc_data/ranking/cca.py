@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from .._optional import require
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 
 require("torch", "the ranking models")
 
@@ -131,6 +131,16 @@ class CCAModel(RankingModel):
     def _require_fitted(self) -> None:
         if not bool(self.fitted):
             raise TrainingError("The cca model is not fitted yet: call fit_closed_form first.")
+
+
+def build_cca(config: ModelConfig, word_vectors: Tensor | None = None) -> CCAModel:
+    """The cca kind's builder (its registry row names it)."""
+    if word_vectors is not None:
+        raise ConfigError(
+            "The cca model uses bags of words, not word vectors: drop them.",
+            parameter="word_vectors",
+        )
+    return CCAModel(config)
 
 
 def _inverse_sqrt(covariance: Tensor, reg: float) -> Tensor:

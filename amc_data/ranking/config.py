@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..checks import check_config, declared, one_of, option
 from ..errors import ConfigError
+from .registry import BUILT_IN, model_kinds
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
 
 log = logging.getLogger(__name__)
 
-MODELS = ("amc", "visual", "keyword", "fusion", "cca")  # AMC, then the paper's baselines
+# The built-in model kinds (AMC, then the paper's baselines); `registry.model_kinds()` adds those
+# registered since. Each kind is one row of `amc_data.ranking.registry`.
+MODELS = tuple(row.name for row in BUILT_IN)
 DEVICES = ("auto", "cpu", "cuda")
 # How a batch's negatives are chosen: "pool", every query of the batch against one shared pool
 # (the batch's positives and `pool_negatives` sampled images, each projected once); "pairs",
@@ -33,99 +36,95 @@ DEFAULT_DIM = 64  # the shared space, for TrainConfig and ModelConfig alike
 # The files of a run folder.
 CONFIG_FILE, LAST, BEST, LOG_FILE = "config.json", "last.pt", "best.pt", "log.jsonl"
 
-# The whole-number options' bounds, checked before torch loads: beyond them a run only exhausts
-# memory (a 1,000,000-d shared space needs terabytes) or overflows the random generators.
-BOUNDS = {
-    "dim": (1, 8192),
-    "epochs": (1, 10_000),
-    "batch_size": (1, 65_536),
-    "negatives": (1, 10_000),  # and at most the training images outside a query's positives
-    "pool_negatives": (0, 65_536),  # images added to a batch's pool, each read once
-    "max_keywords": (1, 4096),
-    "seed": (0, 2**63 - 1),
-}
-_BOUND_REASONS = {
-    "dim": " Larger shared spaces do not fit in memory.",
-    "seed": " Seeds are 63-bit.",
-}
-
-# How the CLI spells an option whose flag is not `--<name>`.
-_FLAGS = {"intra": "--no-intra", "inter": "--no-inter", "amp": "--amp/--no-amp"}
+# The whole-number options' upper bounds keep a run from only exhausting memory (a 1,000,000-d
+# shared space needs terabytes) or overflowing the random generators.
+_TOO_LARGE = "Larger shared spaces do not fit in memory."
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that decides a training run (saved in `config.json` and every checkpoint)."""
+    """Everything that decides a training run (saved in `config.json` and every checkpoint).
 
-    model: str = "amc"
-    intra: bool = True  # attention inside each modality (False: mean pooling)
-    inter: bool = True  # query-dependent modality weights (False: fixed 0.5 / 0.5)
-    dim: int = DEFAULT_DIM
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.05  # fraction of all steps spent warming the learning rate up
-    loss: str = "pool"
-    negatives: int = 8  # per pair, with loss="pairs" (the paper's t)
-    pool_negatives: int = 64  # shared by the batch, with loss="pool"
-    hardest: bool = False  # loss="pool": each query's hardest negative only (VSE++)
-    margin: float = 0.2
-    in_batch: bool = False  # the batch's other positives count as negatives too
-    clip: float = 1.0  # gradient norm cap (0: none)
-    max_keywords: int = 64
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    compile: bool = False
-    features_on: str = "auto"
-    word_vectors: str | None = None
+    Each field declares its default, help, bounds and choices once (`checks.option`); the CLI's
+    flags are built from them (`amc-data train --help` lists them).
+    """
+
+    # The kinds are a registry that may grow at run time, so `model` is checked against it in
+    # `__post_init__` rather than by fixed choices; the CLI takes its choices and help from it.
+    model: str = option("amc", "The model: amc, or a baseline (see `amc-data train --help`).")
+    # The two ablations of the models with attention: False is mean pooling inside each
+    # modality, and fixed 0.5/0.5 modality weights.
+    intra: bool = option(True, "Ablation: mean pooling inside each modality.", flag="--no-intra")
+    inter: bool = option(True, "Ablation: fixed 0.5/0.5 modality weights.", flag="--no-inter")
+    dim: int = option(DEFAULT_DIM, "Size of the shared space.", low=1, high=8192, why=_TOO_LARGE)
+    epochs: int = option(8, "Passes over the training pairs.", low=1, high=10_000)
+    batch_size: int = option(64, "(query, positive) pairs per step.", low=1, high=65_536)
+    lr: float = option(3e-3, "Peak learning rate (AdamW).", low=0, above=True)
+    weight_decay: float = option(1e-4, "AdamW weight decay.", low=0)
+    warmup: float = option(
+        0.05, "Fraction of the steps warming the learning rate up.", low=0, high=1, below=True
+    )
+    loss: str = option(
+        "pool",
+        "pool: the batch's queries share one pool of negatives; pairs: each pair its own "
+        "(the paper's t).",
+        choices=LOSSES,
+    )
+    # Per pair, with loss "pairs" (the paper's t); at most the training images outside a
+    # query's positives, which `check_negatives` checks against the data.
+    negatives: int = option(
+        8, "With --loss pairs: sampled negatives per positive (the paper's t).", low=1, high=10_000
+    )
+    # Shared by the batch, with loss "pool"; each image read once.
+    pool_negatives: int = option(
+        64, "With --loss pool: sampled images added to the batch's pool.", low=0, high=65_536
+    )
+    hardest: bool = option(
+        False,
+        "With --loss pool: each query's hardest negative only (VSE++'s max violation).",
+        flag="--hardest/--no-hardest",
+    )
+    margin: float = option(0.2, "Hinge margin of the ranking loss.", low=0)
+    in_batch: bool = option(
+        False, "With --loss pairs: also use the batch's other positives as negatives."
+    )
+    clip: float = option(1.0, "Gradient norm cap (0: none).", low=0)
+    max_keywords: int = option(64, "Keywords kept per image (the most frequent).", low=1, high=4096)
+    seed: int = option(
+        0, "Seed of every random choice.", low=0, high=2**63 - 1, why="Seeds are 63-bit."
+    )
+    workers: int = option(
+        0, "Data-loader worker processes (0: load in the training process).", low=0
+    )
+    device: str = option("auto", "auto: CUDA when torch sees a GPU.", choices=DEVICES)
+    amp: bool = option(True, "bf16 autocast on CUDA (no effect on the CPU).", flag="--amp/--no-amp")
+    compile: bool = option(False, "torch.compile the model.")
+    features_on: str = option(
+        "auto",
+        "host: the loader reads the features file; device: all features resident on the "
+        "device; auto: device on a GPU with room.",
+        choices=FEATURE_PLACES,
+    )
+    word_vectors: str | None = option(
+        None, "word2vec/GloVe text file to start the query word embeddings from."
+    )
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}.")
-        for name, (low, high) in BOUNDS.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a whole number from {low} to {high:,}, "
-                    f"not {value!r}.{_BOUND_REASONS.get(name, '')}"
-                )
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, not {self.lr!r}.")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError(
-                f"--warmup is a fraction of the steps in [0, 1), not {self.warmup!r}."
-            )
-        for name in ("margin", "clip", "weight_decay", "warmup"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a finite number >= 0, not {value!r}."
-                )
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
-            raise ConfigError(f"--workers must be a whole number >= 0, not {self.workers!r}.")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}.")
+        check_config(self)
+        one_of("model", self.model, model_kinds())
         # Each loss's own switches: silently ignoring one would train another run than asked.
         if self.in_batch and self.loss != "pairs":
             raise ConfigError(
-                "--in-batch goes with --loss pairs: the pool loss already scores every query "
-                "against all of the batch's positives. Drop --in-batch, or add --loss pairs."
+                "in_batch goes with the pairs loss: the pool loss already scores every query "
+                "against all of the batch's positives. Drop it, or choose loss pairs.",
+                parameter="in_batch",
             )
         if self.hardest and self.loss != "pool":
             raise ConfigError(
-                "--hardest goes with --loss pool (each query's hardest negative in the shared "
-                "pool). Drop --hardest, or use --loss pool."
+                "hardest goes with the pool loss (each query's hardest negative in the shared "
+                "pool). Drop it, or choose loss pool.",
+                parameter="hardest",
             )
-        if self.features_on not in FEATURE_PLACES:
-            raise ConfigError(
-                f"--features-on must be one of {', '.join(FEATURE_PLACES)}, "
-                f"not {self.features_on!r}."
-            )
-        if self.device not in DEVICES:
-            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,8 +143,10 @@ class TrainConfig:
 
 
 def option_flag(name: str) -> str:
-    """The CLI flag of the TrainConfig field `name`."""
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+    """The CLI flag of the TrainConfig field `name`, as its declaration spells it."""
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    rule = declared(field)
+    return (rule.flag if rule else None) or "--" + name.replace("_", "-")
 
 
 def check_negatives(config: TrainConfig, prepared: PreparedDataset) -> None:

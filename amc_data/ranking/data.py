@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
+from ..checks import whole_number
 from ..errors import ConfigError, InputError
 
 require("torch", "the training data loader")  # a one-line MissingDependencyError without torch
@@ -129,11 +130,6 @@ def _query_tokens(
     return [t[:max_query_tokens] + 1 for t in prepared.query_token_ids(query_ids)]
 
 
-def _check_positive(name: str, value: object, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ConfigError(f"{name} must be a whole number >= {low}, not {value!r}.")
-
-
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -167,6 +163,45 @@ def _repeats(values: np.ndarray) -> np.ndarray:
     later = np.zeros(values.shape, dtype=bool)
     np.put_along_axis(later, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], axis=1)
     return later
+
+
+def _positive_judgments(prepared: PreparedDataset, split: str) -> Any:
+    """The split's judgments with label > 0, one per (query, image), sorted by both; an
+    `InputError` if there are none."""
+    queries = prepared.split_queries(split)
+    judgments = prepared.judgments
+    positive = judgments[judgments["query_id"].isin(queries["query_id"]) & (judgments["label"] > 0)]
+    if positive.empty:
+        raise InputError(
+            f"{prepared.root}: no {split} query has a judgment with label > 0, so there is "
+            f"nothing to train on. Check judgments.parquet, or use another split."
+        )
+    return positive.drop_duplicates(["query_id", "img_id"]).sort_values(
+        ["query_id", "img_id"], kind="stable"
+    )
+
+
+def _pool_positions(
+    prepared: PreparedDataset,
+    split: str,
+    pool_ids: np.ndarray,
+    pair_query_ids: np.ndarray,
+    pair_img_ids: np.ndarray,
+) -> np.ndarray:
+    """Each pair's positive image as its position in the sorted `pool_ids`; an `InputError`
+    naming the first positive outside the pool."""
+    positions = np.searchsorted(pool_ids, pair_img_ids)
+    outside = (positions >= pool_ids.size) | (
+        pool_ids[np.minimum(positions, pool_ids.size - 1)] != pair_img_ids
+    )
+    if outside.any():
+        bad = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            f"{prepared.root}: query {pair_query_ids[bad]} of split {split!r} has positive "
+            f"image {pair_img_ids[bad]}, which is not in the {split} images. Prepare the "
+            "dataset again."
+        )
+    return positions
 
 
 # -- training pairs ------------------------------------------------------------------------------
@@ -212,37 +247,33 @@ class TrainingPairs(Dataset):
         gather_regions: bool = True,
     ) -> None:
         prepared = _as_prepared(prepared)
-        _check_positive("negatives", negatives, low=0)
+        whole_number("negatives", negatives, low=0)
         if pool_negatives is not None:
-            _check_positive("pool_negatives", pool_negatives, low=0)
+            whole_number("pool_negatives", pool_negatives, low=0)
+        whole_number("seed", seed, low=0)
+        whole_number("max_keywords", max_keywords, low=1)
+        whole_number("max_query_tokens", max_query_tokens, low=1)
         # None: pairs with their own `negatives`; a number: pool batches (see the module).
         self.pool_negatives = None if pool_negatives is None else int(pool_negatives)
         # False: the loader leaves the regions out (the trainer gathers them from features
         # resident on its device) and sends the feature rows instead.
         self.gather_regions = bool(gather_regions)
-        _check_positive("seed", seed, low=0)
-        _check_positive("max_keywords", max_keywords)
-        _check_positive("max_query_tokens", max_query_tokens)
         self.split, self.negatives, self.seed = split, int(negatives), int(seed)
         self.max_keywords = int(max_keywords)
         # In shared memory, so that `set_epoch` reaches loader workers too, persistent ones
         # included: they read it when the next epoch's indices arrive.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.root = prepared.root
+        query_ids = self._index_positives(prepared, split)
+        self._index_queries(prepared, query_ids, max_query_tokens)
+        self._keywords = _Keywords.of(prepared)
+        self._features: np.ndarray | None = None
+        self._features_pid = -1
 
-        queries = prepared.split_queries(split)
-        judgments = prepared.judgments
-        positive = judgments[
-            judgments["query_id"].isin(queries["query_id"]) & (judgments["label"] > 0)
-        ]
-        if positive.empty:
-            raise InputError(
-                f"{prepared.root}: no {split} query has a judgment with label > 0, so there is "
-                f"nothing to train on. Check judgments.parquet, or use another split."
-            )
-        positive = positive.drop_duplicates(["query_id", "img_id"]).sort_values(
-            ["query_id", "img_id"], kind="stable"
-        )
+    def _index_positives(self, prepared: PreparedDataset, split: str) -> np.ndarray:
+        """Index the split's (query, positive image) pairs against its image pool; the distinct
+        query ids, in order."""
+        positive = _positive_judgments(prepared, split)
         pool_ids = np.sort(prepared.split_images(split))
         pair_query_ids = positive["query_id"].to_numpy(np.int64)
         pair_img_ids = positive["img_id"].to_numpy(np.int64)
@@ -251,17 +282,7 @@ class TrainingPairs(Dataset):
         query_ids, first, per_query = np.unique(
             pair_query_ids, return_index=True, return_counts=True
         )
-        positions = np.searchsorted(pool_ids, pair_img_ids)
-        outside = (positions >= pool_ids.size) | (
-            pool_ids[np.minimum(positions, pool_ids.size - 1)] != pair_img_ids
-        )
-        if outside.any():
-            bad = int(np.flatnonzero(outside)[0])
-            raise InputError(
-                f"{prepared.root}: query {pair_query_ids[bad]} of split {split!r} has positive "
-                f"image {pair_img_ids[bad]}, which is not in the {split} images. Prepare the "
-                "dataset again."
-            )
+        positions = _pool_positions(prepared, split, pool_ids, pair_query_ids, pair_img_ids)
         self.query_ids = pair_query_ids  # (pairs,) the query of each item
         self.img_ids = pair_img_ids  # (pairs,) its positive image
         self._pair_query = np.repeat(np.arange(query_ids.size), per_query)  # (pairs,)
@@ -269,21 +290,24 @@ class TrainingPairs(Dataset):
         self._positive_positions = positions  # sorted within each query's run
         self._positive_start = first
         self._positive_count = per_query
-        if negatives and (per_query >= pool_ids.size).any():
+        if self.negatives and (per_query >= pool_ids.size).any():
             bad = int(query_ids[np.flatnonzero(per_query >= pool_ids.size)[0]])
             raise InputError(
                 f"{prepared.root}: every {split} image is a positive of query {bad}, so no "
                 "negative can be drawn for it. Use --negatives 0 or a larger image pool."
             )
+        return query_ids
+
+    def _index_queries(
+        self, prepared: PreparedDataset, query_ids: np.ndarray, max_query_tokens: int
+    ) -> None:
+        """The queries' padded tokens, and every positive (query, feature row) pair as one
+        sorted key, for the pool's mask."""
         tokens = _query_tokens(prepared, query_ids, max_query_tokens)
-        # Every positive (query, feature row) pair as one sorted key, for the pool's mask.
         self._rows_total = int(prepared.features.shape[0])
         self._positive_keys = np.unique(self._pair_query * self._rows_total + self._pair_positive)
         self._tokens = _pad(tokens)  # (Q, L)
         self._token_lengths = np.array([t.size for t in tokens], dtype=np.int64)
-        self._keywords = _Keywords.of(prepared)
-        self._features: np.ndarray | None = None
-        self._features_pid = -1
 
     def __len__(self) -> int:
         return int(self._pair_query.size)
@@ -296,7 +320,7 @@ class TrainingPairs(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch of plain integer indices, in this process and in its loader workers
         (call it before iterating the loader for that epoch)."""
-        _check_positive("epoch", epoch, low=0)
+        whole_number("epoch", epoch, low=0)
         self._epoch.fill_(int(epoch))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -512,7 +536,7 @@ class EpochSampler(Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        _check_positive("epoch", epoch, low=0)
+        whole_number("epoch", epoch, low=0)
         self.epoch = int(epoch)
         self.inner.set_epoch(self.epoch)
 
@@ -549,11 +573,10 @@ def train_loader(
     persistent worker processes. `pool_negatives` makes pool batches (see the module);
     `gather_regions=False` leaves the regions to the trainer (features resident on a device).
     """
-    _check_positive("batch_size", batch_size)
-    _check_positive("workers", workers, low=0)
-    _check_positive("world_size", world_size)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ConfigError(f"rank must be in 0..{world_size - 1}, not {rank!r}.")
+    whole_number("batch_size", batch_size, low=1)
+    whole_number("workers", workers, low=0)
+    whole_number("world_size", world_size, low=1)
+    whole_number("rank", rank, low=0, high=world_size - 1)
     dataset = TrainingPairs(
         prepared,
         split=split,
@@ -586,7 +609,7 @@ def query_batch(
 ) -> QueryBatch:
     """The queries `query_ids` as padded token ids, `(Q, L)` (a query whose words are all
     unknown gets an all-False mask)."""
-    _check_positive("max_query_tokens", max_query_tokens)
+    whole_number("max_query_tokens", max_query_tokens, low=1)
     ids = np.asarray(query_ids, dtype=np.int64).reshape(-1)
     return _query_tensors(_pad(_query_tokens(prepared, ids, max_query_tokens)))
 
@@ -597,7 +620,7 @@ def image_batch(
     """The images `img_ids` with leading shape `(N,)`: regions read from the memory-mapped
     features as float32, keywords as padded ids + counts (an image without keywords gets an
     all-False mask). `InputError` for an id without features."""
-    _check_positive("max_keywords", max_keywords)
+    whole_number("max_keywords", max_keywords, low=1)
     rows = prepared.rows(np.asarray(img_ids, dtype=np.int64).reshape(-1))
     regions = _gather_regions(prepared.features, rows)  # (N, R, D)
     keywords, counts = _Keywords.of(prepared).gather(rows, max_keywords)  # (N, K)

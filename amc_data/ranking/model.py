@@ -36,7 +36,9 @@ from operator import itemgetter
 from typing import Any
 
 from .._optional import require
+from ..checks import check_config, option, whole_number
 from ..errors import ConfigError, InputError
+from .registry import model_kind, model_rows
 
 require("torch", "the ranking models")  # a one-line MissingDependencyError without torch
 
@@ -45,11 +47,13 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from .batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
-from .config import DEFAULT_DIM, MODELS  # noqa: E402
+from .config import DEFAULT_DIM  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 ATTENTIONS = ("cosine", "dot")
+# The registry's flag of the part each ablation switches off.
+_PART_FLAGS = {"intra": "intra_attention", "inter": "modality_gate"}
 # Embedding rows are drawn from N(0, EMBEDDING_STD^2): small, so that the first updates of an
 # adaptive optimiser move them noticeably.
 EMBEDDING_STD = 0.1
@@ -59,20 +63,24 @@ EMBEDDING_STD = 0.1
 class ModelConfig:
     """What a model is made of; saved in every checkpoint so the model can be rebuilt."""
 
-    kind: str = "amc"  # amc | visual | keyword | fusion | cca
+    kind: str = option("amc", "The model kind: a row of amc_data.ranking.registry.")
     query_vocab_size: int  # query words, without the padding row
     keyword_vocab_size: int  # keyword words, without the padding row
     feature_dim: int  # D of the region features
-    dim: int = DEFAULT_DIM  # the shared space (cca: at most this many canonical components)
-    word_dim: int | None = None  # query word embeddings; None: same as `dim`
-    intra: bool = True  # False: mean pooling inside each modality (AMC ablation)
-    inter: bool = True  # False: fixed 0.5/0.5 modality weights (AMC ablation)
-    dropout: float = 0.1  # on the pooled query and on each modality's pooled vector
+    dim: int = option(
+        DEFAULT_DIM, "The shared space (cca: at most this many canonical components).", low=1
+    )
+    word_dim: int | None = option(None, "Query word embeddings; None: same as dim.", low=1)
+    intra: bool = option(True, "False: mean pooling inside each modality (an ablation).")
+    inter: bool = option(True, "False: fixed 0.5/0.5 modality weights (an ablation).")
+    dropout: float = option(
+        0.1, "On the pooled query and on each modality's pooled vector.", low=0, high=1, below=True
+    )
     # The intra-attention's logits: "cosine" is a learned scale (starting at attention_scale)
     # times the cosine of guide and key; "dot" is their dot product over sqrt(dim), as in
     # checkpoints written before the option existed.
-    attention: str = "cosine"
-    attention_scale: float = 1.0
+    attention: str = option("cosine", "The intra-attention's logits.", choices=ATTENTIONS)
+    attention_scale: float = option(1.0, "The cosine attention's first scale.", low=0, above=True)
     # How fast that scale learns relative to the other weights: its logarithm is stored divided
     # by this and multiplied back, so an adaptive optimiser moves it this many times faster.
     # Measured (benchmarks/FIDELITY.md): a soft start (scale 1) that sharpens quickly ranks
@@ -82,59 +90,42 @@ class ModelConfig:
     # (steps about lr whatever the gradient's size); the rate also multiplies the stored
     # parameter's gradient, which enters the gradient-norm clip (measured on the demo's data:
     # the clip does not fire there).
-    attention_scale_rate: float = 10.0
+    attention_scale_rate: float = option(
+        10.0, "How many times faster the attention scale learns.", low=0, above=True
+    )
     # The modality gate's logits (prior plus content) are multiplied by a learned scale starting
     # at gate_scale; 0 means no scale, as in checkpoints written before the option.
-    gate_scale: float = 4.0
+    gate_scale: float = option(4.0, "The modality gate's first scale (0: none).", low=0)
     # True: the gate also matches a probe from the query against each attended vector (the
     # paper's inter-attention, and checkpoints written before the option); False: it reads the
     # query alone. Measured, reading the vectors lets a decoy that matches in the wrong
     # modality pull the weight to that modality (benchmarks/FIDELITY.md).
-    gate_content: bool = False
-    cca_reg: float = 0.1  # cca: ridge added to each covariance, relative to its mean variance
+    gate_content: bool = option(False, "The modality gate also reads the attended vectors.")
+    cca_reg: float = option(
+        0.1, "cca: ridge added to each covariance, relative to its mean variance.", low=0
+    )
 
     def __post_init__(self) -> None:
-        if self.kind not in MODELS:
-            raise ConfigError(
-                f"Unknown model kind {self.kind!r}: choose one of {', '.join(MODELS)}."
-            )
+        row = model_kind(self.kind)
         if self.word_dim is None:
             object.__setattr__(self, "word_dim", self.dim)
-        for name in ("query_vocab_size", "keyword_vocab_size", "feature_dim", "dim", "word_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"Model option {name} must be a positive integer, got {value!r}.")
-        for name in ("intra", "inter", "gate_content"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ConfigError(f"Model option {name} must be true or false, got {value!r}.")
-            if not value and self.kind != "amc" and name != "gate_content":
+        for name in ("query_vocab_size", "keyword_vocab_size", "feature_dim"):
+            whole_number(name, getattr(self, name), low=1)
+        check_config(self)
+        # An ablation switches off a part the kind has; silently ignoring it on a kind without
+        # that part would record a run that is not what was asked.
+        for name, part, has_part in (
+            ("intra", "intra-attention", row.intra_attention),
+            ("inter", "modality gate", row.modality_gate),
+        ):
+            if not getattr(self, name) and not has_part:
+                having = [r.name for r in model_rows() if getattr(r, _PART_FLAGS[name])]
                 raise ConfigError(
-                    f"{name}=False (--no-{name}) is an ablation of the amc model; the {self.kind} "
-                    f"model has no {name}-attention to switch off. Drop the option or use amc."
+                    f"{name} cannot be switched off for the {self.kind} model, which has no "
+                    f"{part}: drop that ablation, or use a model with one "
+                    f"({', '.join(having) or 'none registered'}).",
+                    parameter=name,
                 )
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"Model option dropout must be in [0, 1), got {self.dropout!r}.")
-        if self.attention not in ATTENTIONS:
-            raise ConfigError(
-                f"Model option attention must be one of {', '.join(ATTENTIONS)}, got "
-                f"{self.attention!r}."
-            )
-        if not _is_number(self.attention_scale) or self.attention_scale <= 0.0:
-            raise ConfigError(
-                f"Model option attention_scale must be a number > 0, got {self.attention_scale!r}."
-            )
-        if not _is_number(self.attention_scale_rate) or self.attention_scale_rate <= 0.0:
-            raise ConfigError(
-                "Model option attention_scale_rate must be a number > 0, got "
-                f"{self.attention_scale_rate!r}."
-            )
-        if not _is_number(self.gate_scale) or self.gate_scale < 0.0:
-            raise ConfigError(
-                f"Model option gate_scale must be a number >= 0, got {self.gate_scale!r}."
-            )
-        if not _is_number(self.cca_reg) or self.cca_reg < 0.0:
-            raise ConfigError(f"Model option cca_reg must be a number >= 0, got {self.cca_reg!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values, for `config.json` and checkpoints."""
@@ -156,10 +147,6 @@ class ModelConfig:
         if missing:
             raise ConfigError(f"Model options {', '.join(missing)} are missing.")
         return cls(**data)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -285,15 +272,17 @@ class RankingModel(nn.Module):
 
 
 class AttentionModel(RankingModel):
-    """AMC, its two ablations, and the visual / keyword / fusion baselines."""
+    """AMC, its two ablations, and the visual / keyword / fusion baselines: the parts used are
+    those the kind's registry row names (regions, keywords, intra-attention, modality gate)."""
 
     def __init__(self, config: ModelConfig, word_vectors: Tensor | None = None) -> None:
         super().__init__(config)
         d, w = config.dim, int(config.word_dim or config.dim)
-        self.use_visual = config.kind in ("amc", "visual", "fusion")
-        self.use_keywords = config.kind in ("amc", "keyword", "fusion")
-        self.attend = config.kind == "amc" and config.intra
-        self.gated = config.kind == "amc" and config.inter
+        row = model_kind(config.kind)  # what the kind reads and attends to
+        self.use_visual = row.regions
+        self.use_keywords = row.keywords
+        self.attend = row.intra_attention and config.intra
+        self.gated = row.modality_gate and config.inter
 
         self.words = nn.Embedding(config.query_vocab_size + 1, w, padding_idx=0)
         nn.init.normal_(self.words.weight, std=EMBEDDING_STD)

@@ -29,6 +29,7 @@ from ..prepare.format import PreparedDataset, load_prepared
 from .checkpoint import LoadedModel, load_model
 from .distributed import resolve_device
 from .eval_config import EvalConfig
+from .registry import model_kind
 from .scoring import (
     candidates_are_split,
     pool_frame,
@@ -218,7 +219,9 @@ def _draw(
     plot_dir.mkdir(parents=True, exist_ok=True)
     results = evaluation.runs
     drawn = [plot_roc(results, plot_dir / "roc.png", config.relevant)]
-    attentive = [(n, m) for n, m in loaded_models.items() if m.model_config.kind == "amc"]
+    attentive = [
+        (n, m) for n, m in loaded_models.items() if model_kind(m.model_config.kind).explains
+    ]
     if attentive and config.examples > 0:
         name, loaded = attentive[0]
         scores = next(r for r in results if r.name == name).scores

@@ -29,6 +29,7 @@ from .batch import ImageBatch, QueryBatch
 from .checkpoint import load_model
 from .data import image_batch
 from .distributed import resolve_device
+from .registry import model_kind
 from .search_config import ALL_IMAGES, SearchConfig
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,9 @@ class Searcher:
             raise InputError(f"{self.prepared.root} has no {split} images to search.")
         self.max_keywords = int(self.loaded.train_config.get("max_keywords", 64))
         model_config = self.loaded.model_config
-        self.explains = model_config.kind == "amc"
-        self.attends = self.explains and model_config.intra
+        row = model_kind(model_config.kind)
+        self.explains = row.explains
+        self.attends = row.intra_attention and model_config.intra
         values = int(np.prod(self.prepared.features.shape[1:]))  # R * D per image
         self.chunk = max(1, CHUNK_VALUES // values)
         self._cached: list[ImageBatch] | None = None

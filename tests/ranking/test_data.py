@@ -272,7 +272,7 @@ def test_bad_settings(prepared, kwargs, error, message):
 
 
 def test_bad_loader_settings(prepared):
-    with pytest.raises(ConfigError, match=r"rank must be in 0\.\.1"):
+    with pytest.raises(ConfigError, match=r"rank must be a whole number from 0 to 1, not 2\."):
         train_loader(prepared, rank=2, world_size=2)
     with pytest.raises(ConfigError, match="batch_size must be"):
         train_loader(prepared, batch_size=0)

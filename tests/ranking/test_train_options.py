@@ -11,12 +11,8 @@ from amc_data_cli.main import cli
 from click.testing import CliRunner
 
 from amc_data.errors import ConfigError, TrainingError
-from amc_data.ranking.config import (
-    RESUME_MAY_CHANGE,
-    TrainConfig,
-    check_resume,
-    option_flag,
-)
+from amc_data.ranking.config import TrainConfig, option_flag
+from amc_data.ranking.resume import RESUME_MAY_CHANGE, check_resume
 
 
 def _other_value(field: dataclasses.Field, default: Any) -> Any:
@@ -84,13 +80,15 @@ def test_an_option_missing_from_an_older_record_counts_as_its_default() -> None:
 
 
 def test_a_switch_of_the_other_loss_is_refused_not_ignored() -> None:
-    with pytest.raises(ConfigError, match="--in-batch goes with --loss pairs"):
+    with pytest.raises(ConfigError, match="in_batch goes with the pairs loss") as caught:
         TrainConfig(in_batch=True)
-    with pytest.raises(ConfigError, match="--hardest goes with --loss pool"):
+    assert caught.value.parameter == "in_batch"
+    with pytest.raises(ConfigError, match="hardest goes with the pool loss") as caught:
         TrainConfig(loss="pairs", hardest=True)
+    assert caught.value.parameter == "hardest"
     assert TrainConfig(loss="pairs", in_batch=True).in_batch
     result = CliRunner().invoke(cli, ["train", "nowhere", "--out", "x", "--in-batch"])
-    assert result.exit_code != 0 and "--in-batch goes with --loss pairs" in result.output
+    assert result.exit_code != 0 and "--in-batch goes with the pairs loss" in result.output
 
 
 def test_a_run_recorded_before_the_pool_loss_resumes_as_the_per_pair_run_it_was() -> None:
@@ -113,13 +111,14 @@ def test_a_record_that_is_not_valid_options_is_one_line_error(saved: Any) -> Non
 @pytest.mark.parametrize(
     ("option", "value", "words"),
     [
-        ("dim", 1_000_000, "--dim must be a whole number from 1 to 8,192"),
-        ("seed", 2**64, "--seed must be a whole number from 0 to 9,223,372,036,854,775,807"),
-        ("seed", -1, "--seed must be"),
-        ("negatives", 100_000, "--negatives .* 1 to 10,000"),
-        ("batch_size", 70_000, "--batch-size .* 1 to 65,536"),
-        ("epochs", 10**6, "--epochs"),
-        ("max_keywords", 5000, "--max-keywords .* 1 to 4,096"),
+        ("dim", 1_000_000, "^dim must be a whole number from 1 to 8,192, not 1000000. Larger"),
+        ("seed", 2**64, "^seed must be a whole number from 0 to 9,223,372,036,854,775,807"),
+        ("seed", -1, "^seed must be"),
+        ("negatives", 100_000, "^negatives .* 1 to 10,000"),
+        ("batch_size", 70_000, "^batch_size .* 1 to 65,536"),
+        ("epochs", 0, r"^epochs must be a whole number from 1 to 10,000, not 0\.$"),
+        ("epochs", 10**6, "^epochs"),
+        ("max_keywords", 5000, "^max_keywords .* 1 to 4,096"),
     ],
 )
 def test_options_beyond_their_bounds_are_one_line_config_errors(
@@ -127,8 +126,9 @@ def test_options_beyond_their_bounds_are_one_line_config_errors(
 ) -> None:
     from amc_data.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(ConfigError, match=words) as caught:
         TrainConfig(**{option: value})
+    assert caught.value.parameter == option
 
 
 def test_the_cli_refuses_an_option_beyond_its_bound_without_torch(tmp_path) -> None:
@@ -142,5 +142,55 @@ def test_the_cli_refuses_an_option_beyond_its_bound_without_torch(tmp_path) -> N
         "'--seed', '18446744073709551616'])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "--seed must be a whole number" in out.stderr
+    assert out.returncode == 2 and "--seed" in out.stderr
+    assert "0<=x<=9223372036854775807" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_every_training_option_is_a_train_flag_built_from_its_declaration() -> None:
+    from amc_data_cli.train import train_command
+
+    from amc_data.checks import declared
+
+    params = {p.name: p for p in train_command.params}
+    for field in dataclasses.fields(TrainConfig):
+        rule = declared(field)
+        assert rule is not None, f"TrainConfig.{field.name} is not declared with checks.option"
+        param = params[field.name]
+        assert param.default == field.default, field.name
+        flags = [*param.opts, *param.secondary_opts]
+        assert all(flag in flags for flag in option_flag(field.name).split("/")), field.name
+        if field.name != "model":  # the registry's kinds, each with its summary
+            assert param.help == rule.help, field.name
+    # The ablations and switches keep their spelling.
+    assert params["intra"].opts == ["--no-intra"] and params["inter"].opts == ["--no-inter"]
+    assert params["amp"].secondary_opts == ["--no-amp"]
+    assert params["hardest"].secondary_opts == ["--no-hardest"]
+
+
+def test_the_cli_passes_its_flags_to_the_config_as_before(tmp_path) -> None:
+    import amc_data_cli.train as train_module
+
+    seen = []
+
+    def stop(data, out, config, **kwargs):
+        seen.append(config)
+        raise ConfigError("stop here")
+
+    import amc_data.ranking.training as training
+
+    original = training.train
+    training.train = stop
+    try:
+        args = ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--no-intra", "--no-inter"]
+        args += ["--no-amp", "--compile", "--loss", "pairs", "--in-batch", "--epochs", "3"]
+        result = CliRunner().invoke(cli, args)
+    finally:
+        training.train = original
+    assert result.exit_code != 0 and "stop here" in result.output
+    assert seen == [
+        TrainConfig(
+            intra=False, inter=False, amp=False, compile=True, loss="pairs", in_batch=True, epochs=3
+        )
+    ]
+    assert train_module.train_command.name == "train"

@@ -219,11 +219,11 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "words"),
     [
-        ({"model": "dssm"}, "--model"),
-        ({"epochs": 0}, "--epochs"),
-        ({"lr": -1.0}, "--lr"),
-        ({"warmup": 1.5}, "--warmup"),
-        ({"device": "tpu"}, "--device"),
+        ({"model": "dssm"}, "^model must be one of"),
+        ({"epochs": 0}, "^epochs must be"),
+        ({"lr": -1.0}, "^lr must be"),
+        ({"warmup": 1.5}, "^warmup must be"),
+        ({"device": "tpu"}, "^device must be one of"),
     ],
 )
 def test_bad_options_are_config_errors(changes: dict, words: str) -> None:
@@ -348,7 +348,7 @@ def test_a_run_that_stopped_in_its_first_epoch_can_simply_be_run_again(
     [("margin", float("nan")), ("clip", float("inf")), ("weight_decay", float("nan"))],
 )
 def test_non_finite_options_are_config_errors(name: str, value: float) -> None:
-    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
+    with pytest.raises(ConfigError, match=f"^{name} must be a finite number"):
         TrainConfig(**{name: value})
 
 
