@@ -36,6 +36,11 @@ def config_option(config_type: type, name: str, *decls: str, **overrides: Any) -
         settings["type"] = click.Choice(rule.choices)
     elif kind is bool:
         settings["is_flag"] = True
+        if field.default is True and "/" not in (rule.flag or "/"):
+            # A lone off-switch (`--no-intra`): given, it sets False (Click 8.2 and later make a
+            # lone flag set True whatever its default), and it shows no default (`--no-intra
+            # [default: True]` would read as the switch being on).
+            settings.update(flag_value=False, show_default=False)
     elif kind is int:
         low = None if rule.low is None else int(rule.low) + (1 if rule.above else 0)
         high = None if rule.high is None else int(rule.high) - (1 if rule.below else 0)

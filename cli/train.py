@@ -49,12 +49,6 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
     return config_option(TrainConfig, name, *decls, **overrides)
 
 
-# Off-switches: given, they set the option False (Click 8.2 and later make a lone flag set True
-# whatever its default), and they show no default (`--no-intra [default: True]` would read as
-# the switch being on).
-_SWITCH_OFF: dict[str, Any] = {"flag_value": False, "show_default": False}
-
-
 @click.command("train")
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -64,8 +58,8 @@ _SWITCH_OFF: dict[str, Any] = {"flag_value": False, "show_default": False}
     help="Run folder: config.json, best.pt, last.pt, log.jsonl.",
 )
 @_train_option("model", type=ModelChoice(), cls=ModelOption)
-@_train_option("intra", **_SWITCH_OFF)
-@_train_option("inter", **_SWITCH_OFF)
+@_train_option("intra")
+@_train_option("inter")
 @_train_option("epochs")
 @_train_option("batch_size")
 @_train_option("lr")
