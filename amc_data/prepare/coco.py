@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse
 
 from ..archive import open_archive
+from ..checks import check_config, option
 from ..datadir import dataset_dir
 from ..encoding.inputs import input_files, parse_dataset_json
 from ..errors import ConfigError, InputError
@@ -40,15 +41,20 @@ from .common import (
     encode_summary,
     encoded_keyword_rows,
     feature_rows,
+    force_option,
+    min_query_count_option,
     missing_features,
+    missing_option,
+    on_error_option,
     open_features,
     shown,
     write_folder,
 )
 from .format import read_keyword_vocabulary
 from .queries import fit_query_vocabulary
+from .registry import FileInput, PrepareRecipe
 
-__all__ = ["CocoConfig", "prepare_coco"]
+__all__ = ["DATASET", "CocoConfig", "prepare_coco"]
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +65,29 @@ KARPATHY_SPLITS = ("train", "restval", "val", "test")
 class CocoConfig:
     """How `prepare_coco` builds the dataset; the defaults are the usual protocol."""
 
-    restval: Literal["train", "val", "drop"] = "train"
-    missing: Missing = "fail"  # images without features: stop, or leave them out
-    on_error: OnError = "fail"  # malformed dataset.json entries
-    captions_per_image: int = 5
-    fold_size: int = 1000
-    min_query_count: int = 4  # VSE++'s threshold on COCO training captions
-    feature_id_kind: Literal["imgid", "cocoid"] = "imgid"
-    link_features: bool = True
-    force: bool = False
+    restval: Literal["train", "val", "drop"] = option(
+        "train", "Where Karpathy's restval images go.", choices=("train", "val", "drop")
+    )
+    missing: Missing = missing_option()
+    on_error: OnError = on_error_option()  # malformed dataset.json entries
+    captions_per_image: int = option(
+        5, "Captions of each image that become queries (the COCO protocols use 5).", low=1
+    )
+    fold_size: int = option(1000, "Test images per fold (the 1K protocol).", low=1)
+    min_query_count: int = min_query_count_option()
+    feature_id_kind: Literal["imgid", "cocoid"] = option(
+        "imgid",
+        "What --feature-ids hold: Karpathy's imgid, or the COCO image id (cocoid).",
+        choices=("imgid", "cocoid"),
+    )
+    # The command line's switch is the other way round: --copy-features turns linking off.
+    link_features: bool = option(
+        True, "Copy the features even when the file could be linked.", flag="--copy-features"
+    )
+    force: bool = force_option()
 
     def __post_init__(self) -> None:
-        choices = {
-            "restval": ("train", "val", "drop"),
-            "missing": ("fail", "skip"),
-            "on_error": ("fail", "skip"),
-            "feature_id_kind": ("imgid", "cocoid"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}.")
-        for name in ("captions_per_image", "fold_size", "min_query_count"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
+        check_config(self)
 
 
 # -- dataset.json ------------------------------------------------------------------------------
@@ -463,3 +468,28 @@ def prepare_coco(
         skipped=skipped,
         notes=notes,
     )
+
+
+DATASET = PrepareRecipe(
+    name="coco",
+    config=CocoConfig,
+    prepare=prepare_coco,
+    help="""MSCOCO caption ranking (Karpathy split): captions are the queries, each judged on its
+    own image; test images in folds of 1,000.
+
+    Reads Karpathy's dataset.json from <data-dir>/coco/keywords_coco.zip (as encode does), the
+    keywords from the encode output, and your features. A features file whose every row is used,
+    in order, is hard-linked (else symbolically linked) into the folder, not copied.
+    """,
+    options=(
+        "restval",
+        "feature_id_kind",
+        FileInput(
+            "dataset_json",
+            "Karpathy's dataset.json (default: the one inside keywords_coco.zip).",
+        ),
+        "captions_per_image",
+        "fold_size",
+        "link_features",
+    ),
+)

@@ -46,9 +46,9 @@ from .queries import QueryVocabulary, query_analyzer
 __all__ = [
     "FEATURE_DTYPES",
     "FORMAT_VERSION",
-    "SOURCES",
     "SPLITS",
     "PreparedDataset",
+    "is_source_name",
     "load_prepared",
 ]
 
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_NAME = "amc-data prepared dataset"
 FORMAT_VERSION = 1
-SOURCES = ("synth", "coco", "clickture")
 SPLITS = PREPARED_SPLITS
 FEATURE_DTYPES = ("float16", "float32")
 FILES = (
@@ -84,6 +83,13 @@ QUERIES_SCHEMA = pa.schema(
 JUDGMENTS_SCHEMA = pa.schema(
     [("query_id", pa.int64()), ("img_id", pa.int64()), ("label", pa.int32())]
 )
+
+
+def is_source_name(value: Any) -> bool:
+    """Whether `value` can be a prepared folder's `source`: the name of the dataset it was
+    prepared from (`synth`, `coco`, a registered dataset's name), a non-empty text without white
+    space at either end. Any such name is read: a dataset need not be known to this amc-data."""
+    return isinstance(value, str) and bool(value) and value == value.strip()
 
 
 def shown_ids(values: Sequence[Any] | np.ndarray, total: int | None = None) -> str:
@@ -317,11 +323,11 @@ def _read_info(root: Path) -> dict[str, Any]:
             f"({__version__}) reads version {FORMAT_VERSION} at most",
             "Upgrade amc-data, or prepare the dataset again with this version.",
         )
-    if info.get("source") not in SOURCES:
+    if not is_source_name(info.get("source")):
         raise _fail(
             root,
             "prepared.json",
-            f"has source {info.get('source')!r}, not one of {SOURCES}",
+            f"has source {info.get('source')!r}, not the name of a dataset",
             _REPREPARE,
         )
     _check_fields(root, info)

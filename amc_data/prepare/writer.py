@@ -32,10 +32,10 @@ from .format import (
     IMAGES_SCHEMA,
     JUDGMENTS_SCHEMA,
     QUERIES_SCHEMA,
-    SOURCES,
     check_integral,
     counts_per_split,
     feature_dtype,
+    is_source_name,
     load_prepared,
     read_keyword_vocabulary,
     report_nonfinite,
@@ -348,8 +348,12 @@ def write_prepared(
     check), and only then renamed into place. An existing `out` is replaced only when it holds
     a prepared dataset and `force` is true; a folder holding anything else is never touched.
     """
-    if source not in SOURCES:
-        raise ConfigError(f"source must be one of {SOURCES}, not {source!r}.")
+    if not is_source_name(source):
+        raise ConfigError(
+            f"source must be the name of the dataset (such as 'coco'), a non-empty text without "
+            f"white space at either end, not {source!r}.",
+            parameter="source",
+        )
     ids = np.asarray(feature_ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise InputError(f"feature_ids must be a 1-D integer array, not {ids.dtype} {ids.shape}.")
