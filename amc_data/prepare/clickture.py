@@ -102,8 +102,8 @@ class ClicktureConfig:
     split_seed: int = option(0, "Seed of the val/test split of the dev queries.")
     min_query_count: int = min_query_count_option()
     # bad lines, unknown keys or grades, train/dev query overlap
-    on_error: OnError = on_error_option()
-    missing: Missing = missing_option()
+    on_error: OnError = on_error_option()  # noqa: RUF009 (a declared field)
+    missing: Missing = missing_option()  # noqa: RUF009 (a declared field)
     force: bool = force_option()
 
     def __post_init__(self) -> None:
@@ -689,9 +689,7 @@ DATASET = PrepareRecipe(
             "Lite key -> id: img_id_map.pkl or a key<TAB>id TSV "
             "(default <data-dir>/clickture/img_id_map.pkl).",
         ),
-        FileInput(
-            "dev_id_map", "Dev key -> id (default <data-dir>/clickture/img_id_map_dev.pkl)."
-        ),
+        FileInput("dev_id_map", "Dev key -> id (default <data-dir>/clickture/img_id_map_dev.pkl)."),
         "clicks_columns",
         "labels_columns",
         "clicks_header",
