@@ -569,6 +569,44 @@ def _details(config: ClicktureConfig, without_keywords: int) -> dict[str, Any]:
     }
 
 
+def _drop_without_features(
+    train: _Judged,
+    judged: _Judged,
+    lite_ids: np.ndarray,
+    dev_ids: np.ndarray,
+    paths: _Paths,
+    config: ClicktureConfig,
+) -> tuple[_Judged, _Judged, dict[str, dict[str, Any]]]:
+    """Images without features: stop, or drop them with their judgments (and record them)."""
+    skipped: dict[str, dict[str, Any]] = {}
+    train = _with_features(
+        train, lite_ids, "Lite images of the click log", paths.feature_ids, config.missing, skipped
+    )
+    judged = _with_features(
+        judged,
+        dev_ids,
+        "dev images of the judgments",
+        paths.dev_feature_ids,
+        config.missing,
+        skipped,
+    )
+    return train, judged, skipped
+
+
+def _split_dev(
+    train: _Judged, judged: _Judged, paths: _Paths, config: ClicktureConfig, problems: Problems
+) -> tuple[_Judged, np.ndarray]:
+    """Each dev query's split (val or test, by query), and `train` less the queries a dev query
+    shares (a leak); both must keep some judgments."""
+    dev_split = split_dev_queries(judged.texts, config.val_fraction, config.split_seed)
+    train = _without_shared_queries(train, judged, dev_split, paths.clicks, problems)
+    if len(train) == 0:
+        raise InputError(f"No training judgment is left from {paths.clicks}.")
+    if len(judged) == 0:
+        raise InputError(f"No dev judgment is left from {paths.dev_labels}.")
+    return train, dev_split
+
+
 def prepare_clickture(
     clicks: str | os.PathLike[str],
     dev_labels: str | os.PathLike[str],
@@ -612,33 +650,14 @@ def prepare_clickture(
     dev = open_features(paths.dev_features, paths.dev_feature_ids)
     train, judged, notes = _read_judgments(paths, config, problems)
 
-    # Images without features: stop, or drop them with their judgments.
-    skipped: dict[str, dict[str, Any]] = {}
-    train = _with_features(
-        train, lite[1], "Lite images of the click log", paths.feature_ids, config.missing, skipped
-    )
-    judged = _with_features(
-        judged,
-        dev[1],
-        "dev images of the judgments",
-        paths.dev_feature_ids,
-        config.missing,
-        skipped,
-    )
-    # Dev queries: val or test by query; a dev query that is also a train query is a leak.
-    dev_split = split_dev_queries(judged.texts, config.val_fraction, config.split_seed)
-    train = _without_shared_queries(train, judged, dev_split, paths.clicks, problems)
-    if len(train) == 0:
-        raise InputError(f"No training judgment is left from {paths.clicks}.")
-    if len(judged) == 0:
-        raise InputError(f"No dev judgment is left from {paths.dev_labels}.")
+    train, judged, skipped = _drop_without_features(train, judged, lite[1], dev[1], paths, config)
+    train, dev_split = _split_dev(train, judged, paths, config, problems)
 
     queries, judgments = _query_tables(train, judged, dev_split)
     images = _image_table(train, judged, dev_split, notes)
     vocab_path = paths.encoded / "vocab.tsv"
     n_words = len(read_keyword_vocabulary(vocab_path))
     rows = _rows(lite, dev, train, judged, paths.encoded, n_words, notes)
-    query_vocabulary = fit_query_vocabulary(_batches(train.texts), config.min_query_count)
     return write_folder(
         paths.out,
         "clickture",
@@ -649,7 +668,7 @@ def prepare_clickture(
         images=images,
         queries=queries,
         judgments=judgments,
-        query_vocabulary=query_vocabulary,
+        query_vocabulary=fit_query_vocabulary(_batches(train.texts), config.min_query_count),
         options={**asdict(config), **paths.options()},
         force=config.force,
         link_features=False,

@@ -51,7 +51,7 @@ from .common import (
     write_folder,
 )
 from .format import read_keyword_vocabulary
-from .queries import fit_query_vocabulary
+from .queries import QueryVocabulary, fit_query_vocabulary
 from .registry import FileInput, PrepareRecipe
 
 __all__ = ["DATASET", "CocoConfig", "prepare_coco"]
@@ -130,6 +130,39 @@ class _Karpathy:
     captions: list[list[tuple[int, str]]]  # (sentid, raw) of each image
 
 
+def _captions(sentences: list[Any], per: int) -> list[tuple[int, str]]:
+    """(sentid, stripped raw text) of the first `per` sentences that have both."""
+    captions = []
+    for sentence in sentences[:per]:
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
+        if isinstance(raw, str) and raw.strip() and type(sentid) is int:
+            captions.append((sentid, raw.strip()))
+    return captions
+
+
+def _report_bad_images(
+    bad: dict[str, list[str]], where: str, config: CocoConfig, problems: Problems
+) -> None:
+    """Report each kind of unusable image entry (stop, or record them: `on_error`)."""
+    messages = {
+        "entry": "lack an integer 'imgid' >= 0 or a 'sentences' list",
+        "split": f"have a split other than {', '.join(KARPATHY_SPLITS)}",
+        "imgid": "repeat the imgid of an earlier image",
+        "captions": f"have fewer than {config.captions_per_image} captions with a non-empty "
+        "'raw' text and an integer 'sentid' (the COCO protocols use 5 per image)",
+        "sentid": "repeat a sentid of an earlier image",
+    }
+    for kind, examples in bad.items():
+        problems.report(
+            f"dataset.json: {kind}",
+            len(examples),
+            examples,
+            f"{len(examples):,} images of {where} {messages[kind]}: "
+            f"{shown(examples, len(examples))}.",
+        )
+
+
 def _parse_images(
     images: list[Any], where: str, config: CocoConfig, problems: Problems
 ) -> _Karpathy:
@@ -156,12 +189,7 @@ def _parse_images(
         if imgid in seen_img:
             bad["imgid"].append(f"{label} (imgid {imgid})")
             continue
-        captions = []
-        for sentence in sentences[: config.captions_per_image]:
-            raw = sentence.get("raw") if isinstance(sentence, dict) else None
-            sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
-            if isinstance(raw, str) and raw.strip() and type(sentid) is int:
-                captions.append((sentid, raw.strip()))
+        captions = _captions(sentences, config.captions_per_image)
         if len(captions) < config.captions_per_image:
             bad["captions"].append(f"{label} (imgid {imgid}: {len(captions)})")
             continue
@@ -175,22 +203,7 @@ def _parse_images(
         parsed.cocoid.append(cocoid if type(cocoid) is int else -1)
         parsed.split.append(split)
         parsed.captions.append(captions)
-    messages = {
-        "entry": "lack an integer 'imgid' >= 0 or a 'sentences' list",
-        "split": f"have a split other than {', '.join(KARPATHY_SPLITS)}",
-        "imgid": "repeat the imgid of an earlier image",
-        "captions": f"have fewer than {config.captions_per_image} captions with a non-empty "
-        "'raw' text and an integer 'sentid' (the COCO protocols use 5 per image)",
-        "sentid": "repeat a sentid of an earlier image",
-    }
-    for kind, examples in bad.items():
-        problems.report(
-            f"dataset.json: {kind}",
-            len(examples),
-            examples,
-            f"{len(examples):,} images of {where} {messages[kind]}: "
-            f"{shown(examples, len(examples))}.",
-        )
+    _report_bad_images(bad, where, config, problems)
     if not parsed.imgid:
         raise InputError(f"{where} lists no usable image.")
     return parsed
@@ -392,6 +405,35 @@ def _tables(
     return images, queries, judgments
 
 
+def _query_vocabulary(queries: pd.DataFrame, where: str, config: CocoConfig) -> QueryVocabulary:
+    """The query vocabulary of the training captions (there must be some)."""
+    train_text = queries.loc[queries["split"] == "train", "query"]
+    if train_text.empty:
+        raise InputError(f"{where} leaves no training caption (restval={config.restval}).")
+    return fit_query_vocabulary(train_text, config.min_query_count)
+
+
+def _skipped(problems: Problems, absent: np.ndarray) -> dict[str, dict[str, Any]]:
+    """What prepared.json records as left out: the problems, and the images without features."""
+    skipped = dict(problems.recorded)
+    if absent.size:
+        skipped["images without features"] = {
+            "count": int(absent.size),
+            "examples": absent[:EXAMPLES].tolist(),
+        }
+    return skipped
+
+
+def _details(fold: np.ndarray, config: CocoConfig, without_keywords: int) -> dict[str, Any]:
+    """What prepared.json records of COCO: the folds, the captions per image."""
+    return {
+        "test_folds": int(fold.max()) + 1 if (fold >= 0).any() else 0,
+        "fold_size": config.fold_size,
+        "captions_per_image": config.captions_per_image,
+        "images_without_keywords": without_keywords,
+    }
+
+
 # -- the command -------------------------------------------------------------------------------
 def prepare_coco(
     features: str | os.PathLike[str],
@@ -428,23 +470,7 @@ def prepare_coco(
     )
     per = config.captions_per_image
     images, queries, judgments = _tables(karpathy, karpathy_split, split, fold, matched.keep, per)
-    train_text = queries.loc[queries["split"] == "train", "query"]
-    if train_text.empty:
-        raise InputError(f"{where} leaves no training caption (restval={config.restval}).")
-    query_vocabulary = fit_query_vocabulary(train_text, config.min_query_count)
-    options = {
-        **asdict(config),
-        "features": str(Path(features).resolve()),
-        "feature_ids": str(Path(feature_ids).resolve()),
-        "dataset_json": where,
-        "encoded": str(encoded_dir.resolve()),
-    }
-    skipped = dict(problems.recorded)
-    if matched.absent.size:
-        skipped["images without features"] = {
-            "count": int(matched.absent.size),
-            "examples": matched.absent[:EXAMPLES].tolist(),
-        }
+    query_vocabulary = _query_vocabulary(queries, where, config)
     return write_folder(
         out_dir,
         "coco",
@@ -456,17 +482,18 @@ def prepare_coco(
         queries=queries,
         judgments=judgments,
         query_vocabulary=query_vocabulary,
-        options=options,
+        options={
+            **asdict(config),
+            "features": str(Path(features).resolve()),
+            "feature_ids": str(Path(feature_ids).resolve()),
+            "dataset_json": where,
+            "encoded": str(encoded_dir.resolve()),
+        },
         force=config.force,
         link_features=config.link_features,
         encoded=record,
-        details={
-            "test_folds": int(fold.max()) + 1 if (fold >= 0).any() else 0,
-            "fold_size": config.fold_size,
-            "captions_per_image": per,
-            "images_without_keywords": without_keywords,
-        },
-        skipped=skipped,
+        details=_details(fold, config, without_keywords),
+        skipped=_skipped(problems, matched.absent),
         notes=notes,
     )
 

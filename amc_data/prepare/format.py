@@ -715,6 +715,14 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
                 _REPREPARE,
             )
     _check_labels(root, judgments, queries["split"].to_numpy()[query_row])
+    _check_every_query_judged(root, queries, query_row)
+    _check_pairs(root, name, judgments, queries, images, query_row, image_row)
+    return judgments
+
+
+def _check_every_query_judged(root: Path, queries: pd.DataFrame, query_row: np.ndarray) -> None:
+    """Every query has at least one judgment (`query_row`: each judgment's query row)."""
+    query_ids = queries["query_id"].to_numpy()
     unjudged = query_ids[np.bincount(query_row, minlength=query_ids.size) == 0]
     if unjudged.size:
         first = queries.loc[queries["query_id"] == unjudged[0]].iloc[0]
@@ -726,6 +734,20 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             f"{shown_ids(unjudged, unjudged.size)})",
             "Every query needs at least one judged image: drop such queries and prepare again.",
         )
+
+
+def _check_pairs(
+    root: Path,
+    name: str,
+    judgments: pd.DataFrame,
+    queries: pd.DataFrame,
+    images: pd.DataFrame,
+    query_row: np.ndarray,
+    image_row: np.ndarray,
+) -> None:
+    """Each (query, image) pair is judged once, and train queries on train images only."""
+    judged_queries = judgments["query_id"].to_numpy()
+    judged_images = judgments["img_id"].to_numpy()
     # One int64 key per (query, image) pair: row numbers in the two tables.
     pair = query_row.astype(np.int64) * max(1, len(images)) + image_row
     order = np.argsort(pair, kind="stable")
@@ -756,7 +778,6 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             "such rows)",
             "Keep the splits apart: " + _REPREPARE,
         )
-    return judgments
 
 
 def _check_labels(root: Path, judgments: pd.DataFrame, split: np.ndarray) -> None:

@@ -452,12 +452,40 @@ def generate_world(
     else:
         features = _write_npy(Path(features_path), (n, r, d), pixels.chunks(rng, step))
 
-    # Tags: distractors drawn with Zipf weights, and the named concept once (sometimes
+    keywords = _tags(rng, config, names, named, no_keywords)
+    queries = _queries(rng, config, names)
+    world = SynthWorld(
+        config=config,
+        looks=looks,
+        names=names,
+        img_ids=img_ids,
+        image_split=image_split,
+        shown=shown,
+        named=named,
+        regions=regions,
+        features=features,
+        keywords=keywords,
+        queries=queries,
+        judgments=pd.DataFrame(),
+    )
+    return dataclasses.replace(world, judgments=_judgments(rng, world))
+
+
+def _tags(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    names: tuple[str, ...],
+    named: np.ndarray,
+    no_keywords: np.ndarray,
+) -> tuple[tuple[str, ...], ...]:
+    """Each image's keyword list, as the tagger wrote it."""
+    # Distractors drawn with Zipf weights, and the named concept once (sometimes
     # capitalised), in random order.
     weights = 1.0 / np.arange(1, len(DISTRACTORS) + 1) ** 1.05
     cdf = np.cumsum(weights) / weights.sum()
     order = rng.permutation(len(DISTRACTORS))
     low, high = config.distractors
+    n = named.size
     counts = rng.integers(low, high + 1, size=n)
     capital = rng.random(n) < 0.3
     keywords: list[tuple[str, ...]] = []
@@ -470,23 +498,7 @@ def generate_world(
         name = names[named[i]]
         tags.append(name.capitalize() if capital[i] else name)
         keywords.append(tuple(tags[j] for j in rng.permutation(len(tags))))
-
-    queries = _queries(rng, config, names)
-    world = SynthWorld(
-        config=config,
-        looks=looks,
-        names=names,
-        img_ids=img_ids,
-        image_split=image_split,
-        shown=shown,
-        named=named,
-        regions=regions,
-        features=features,
-        keywords=tuple(keywords),
-        queries=queries,
-        judgments=pd.DataFrame(),
-    )
-    return dataclasses.replace(world, judgments=_judgments(rng, world))
+    return tuple(keywords)
 
 
 def _queries(rng: np.random.Generator, config: SynthConfig, names: tuple[str, ...]) -> pd.DataFrame:
