@@ -64,6 +64,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -697,7 +698,13 @@ def synth(
     folder beside `out` (on its file system, so that they are linked into the folder, not
     copied) and never held whole."""
     if config is None:
-        given = {"seed": seed, "images": images, "queries": queries, "regions": regions, "dim": dim}
+        given: dict[str, Any] = {
+            "seed": seed,
+            "images": images,
+            "queries": queries,
+            "regions": regions,
+            "dim": dim,
+        }
         config = SynthConfig(
             **{
                 name: default_of(SynthConfig, name) if value is None else value
