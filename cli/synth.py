@@ -6,29 +6,21 @@ from pathlib import Path
 
 import click
 
-from .options import quiet_option
+from amc_data.prepare.synth_config import SynthConfig
+
+from .options import config_option, quiet_option
 from .prepare import report_prepared
 
 
 @click.command("synth")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--images", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--queries", type=click.IntRange(min=1), default=600, show_default=True)
-@click.option(
-    "--regions",
-    type=click.IntRange(min=2),
-    default=8,
-    show_default=True,
-    help="Feature vectors (regions) per image.",
-)
-@click.option(
-    "--dim",
-    type=click.IntRange(min=2),
-    default=32,
-    show_default=True,
-    help="Dimensions of a region's feature vector.",
-)
+@config_option(SynthConfig, "seed")
+# An INTEGER: its minimum (10 per concept) is a rule across fields, said in its help and checked
+# by SynthConfig.
+@config_option(SynthConfig, "images", type=int)
+@config_option(SynthConfig, "queries")
+@config_option(SynthConfig, "regions")
+@config_option(SynthConfig, "dim")
 @click.option("--force", is_flag=True, help="Replace an existing prepared folder at OUT.")
 @quiet_option
 def synth_command(
@@ -49,9 +41,8 @@ def synth_command(
     """
     from amc_data.prepare.synth import synth
 
-    result = synth(
-        out, seed=seed, images=images, queries=queries, regions=regions, dim=dim, force=force
-    )
+    config = SynthConfig(seed=seed, images=images, queries=queries, regions=regions, dim=dim)
+    result = synth(out, config=config, force=force)
     if not quiet:
         report_prepared(result)
 

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse
 
+from ..checks import check_config, option
 from ..datadir import dataset_dir
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from .clickture_files import (
     TsvLayout,
     column_hint,
@@ -52,22 +53,30 @@ from .common import (
     encode_summary,
     encoded_keyword_rows,
     feature_rows,
+    force_option,
+    min_query_count_option,
     missing_features,
+    missing_option,
+    on_error_option,
     open_features,
     shown,
     write_folder,
 )
 from .format import SPLITS, read_keyword_vocabulary, unique_ids
 from .queries import fit_query_vocabulary, query_analyzer
+from .registry import FileInput, PrepareRecipe
 from .writer import FeatureRows
 
 __all__ = [
     "CLICK_COLUMNS",
+    "DATASET",
     "DEV_ID_OFFSET",
     "GRADES",
     "LABEL_COLUMNS",
     "ClicktureConfig",
     "TsvLayout",
+    "TsvOptions",
+    "config_from_options",
     "prepare_clickture",
     "split_dev_queries",
 ]
@@ -87,33 +96,60 @@ class ClicktureConfig:
 
     clicks_layout: TsvLayout = field(default_factory=lambda: TsvLayout(CLICK_COLUMNS))
     labels_layout: TsvLayout = field(default_factory=lambda: TsvLayout(LABEL_COLUMNS))
-    val_fraction: float = 0.5  # of the dev queries; the rest are test
-    split_seed: int = 0
-    min_query_count: int = 4
-    on_error: OnError = "fail"  # bad lines, unknown keys or grades, train/dev query overlap
-    missing: Missing = "fail"  # images without features
-    force: bool = False
+    val_fraction: float = option(
+        0.5, "Share of the dev queries that go to val.", low=0, high=1, above=True, below=True
+    )  # the rest are test
+    split_seed: int = option(0, "Seed of the val/test split of the dev queries.")
+    min_query_count: int = min_query_count_option()
+    # bad lines, unknown keys or grades, train/dev query overlap
+    on_error: OnError = on_error_option()  # noqa: RUF009 (a declared field)
+    missing: Missing = missing_option()  # noqa: RUF009 (a declared field)
+    force: bool = force_option()
 
     def __post_init__(self) -> None:
         self.clicks_layout.check(CLICK_COLUMNS, "--clicks-columns")
         self.labels_layout.check(LABEL_COLUMNS, "--labels-columns")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(
-                f"val_fraction must lie strictly between 0 and 1, not {self.val_fraction!r}."
-            )
-        for name in ("on_error", "missing"):
-            if getattr(self, name) not in ("fail", "skip"):
-                raise ConfigError(f"{name} must be 'fail' or 'skip', not {getattr(self, name)!r}.")
-        if (
-            isinstance(self.min_query_count, bool)
-            or not isinstance(self.min_query_count, int)
-            or self.min_query_count < 1
-        ):
-            raise ConfigError(
-                f"min_query_count must be a whole number >= 1, not {self.min_query_count!r}."
-            )
-        if type(self.split_seed) is not int:
-            raise ConfigError(f"split_seed must be an integer, not {self.split_seed!r}.")
+        check_config(self)
+
+
+@dataclass(frozen=True)
+class TsvOptions:
+    """The two TSV layouts of `ClicktureConfig` as the command line spells them: columns as
+    one comma-separated text each, the headers as switches, one encoding for both."""
+
+    clicks_columns: str = option(
+        ",".join(CLICK_COLUMNS), "The click log's columns in file order; '-' skips a column."
+    )
+    labels_columns: str = option(
+        ",".join(LABEL_COLUMNS), "The dev judgments' columns in file order; '-' skips a column."
+    )
+    clicks_header: bool = option(False, "The click log's first line is a header.")
+    labels_header: bool = option(False, "The dev judgments' first line is a header.")
+    encoding: str = option("utf-8", "Text encoding of both TSV files.")
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    def layouts(self) -> tuple[TsvLayout, TsvLayout]:
+        """The click log's layout and the dev judgments'."""
+
+        def columns(text: str) -> tuple[str, ...]:
+            return tuple(part.strip() for part in text.split(","))
+
+        return (
+            TsvLayout(columns(self.clicks_columns), self.clicks_header, self.encoding),
+            TsvLayout(columns(self.labels_columns), self.labels_header, self.encoding),
+        )
+
+
+def config_from_options(values: dict[str, Any]) -> ClicktureConfig:
+    """The config from the values of the command's options (`TsvOptions`' fields and
+    `ClicktureConfig`'s own), by name."""
+    names = {f.name for f in fields(TsvOptions)}
+    clicks_layout, labels_layout = TsvOptions(
+        **{name: values.pop(name) for name in names if name in values}
+    ).layouts()
+    return ClicktureConfig(clicks_layout=clicks_layout, labels_layout=labels_layout, **values)
 
 
 def normalize_query(texts: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -533,6 +569,44 @@ def _details(config: ClicktureConfig, without_keywords: int) -> dict[str, Any]:
     }
 
 
+def _drop_without_features(
+    train: _Judged,
+    judged: _Judged,
+    lite_ids: np.ndarray,
+    dev_ids: np.ndarray,
+    paths: _Paths,
+    config: ClicktureConfig,
+) -> tuple[_Judged, _Judged, dict[str, dict[str, Any]]]:
+    """Images without features: stop, or drop them with their judgments (and record them)."""
+    skipped: dict[str, dict[str, Any]] = {}
+    train = _with_features(
+        train, lite_ids, "Lite images of the click log", paths.feature_ids, config.missing, skipped
+    )
+    judged = _with_features(
+        judged,
+        dev_ids,
+        "dev images of the judgments",
+        paths.dev_feature_ids,
+        config.missing,
+        skipped,
+    )
+    return train, judged, skipped
+
+
+def _split_dev(
+    train: _Judged, judged: _Judged, paths: _Paths, config: ClicktureConfig, problems: Problems
+) -> tuple[_Judged, np.ndarray]:
+    """Each dev query's split (val or test, by query), and `train` less the queries a dev query
+    shares (a leak); both must keep some judgments."""
+    dev_split = split_dev_queries(judged.texts, config.val_fraction, config.split_seed)
+    train = _without_shared_queries(train, judged, dev_split, paths.clicks, problems)
+    if len(train) == 0:
+        raise InputError(f"No training judgment is left from {paths.clicks}.")
+    if len(judged) == 0:
+        raise InputError(f"No dev judgment is left from {paths.dev_labels}.")
+    return train, dev_split
+
+
 def prepare_clickture(
     clicks: str | os.PathLike[str],
     dev_labels: str | os.PathLike[str],
@@ -576,33 +650,14 @@ def prepare_clickture(
     dev = open_features(paths.dev_features, paths.dev_feature_ids)
     train, judged, notes = _read_judgments(paths, config, problems)
 
-    # Images without features: stop, or drop them with their judgments.
-    skipped: dict[str, dict[str, Any]] = {}
-    train = _with_features(
-        train, lite[1], "Lite images of the click log", paths.feature_ids, config.missing, skipped
-    )
-    judged = _with_features(
-        judged,
-        dev[1],
-        "dev images of the judgments",
-        paths.dev_feature_ids,
-        config.missing,
-        skipped,
-    )
-    # Dev queries: val or test by query; a dev query that is also a train query is a leak.
-    dev_split = split_dev_queries(judged.texts, config.val_fraction, config.split_seed)
-    train = _without_shared_queries(train, judged, dev_split, paths.clicks, problems)
-    if len(train) == 0:
-        raise InputError(f"No training judgment is left from {paths.clicks}.")
-    if len(judged) == 0:
-        raise InputError(f"No dev judgment is left from {paths.dev_labels}.")
+    train, judged, skipped = _drop_without_features(train, judged, lite[1], dev[1], paths, config)
+    train, dev_split = _split_dev(train, judged, paths, config, problems)
 
     queries, judgments = _query_tables(train, judged, dev_split)
     images = _image_table(train, judged, dev_split, notes)
     vocab_path = paths.encoded / "vocab.tsv"
     n_words = len(read_keyword_vocabulary(vocab_path))
     rows = _rows(lite, dev, train, judged, paths.encoded, n_words, notes)
-    query_vocabulary = fit_query_vocabulary(_batches(train.texts), config.min_query_count)
     return write_folder(
         paths.out,
         "clickture",
@@ -613,7 +668,7 @@ def prepare_clickture(
         images=images,
         queries=queries,
         judgments=judgments,
-        query_vocabulary=query_vocabulary,
+        query_vocabulary=fit_query_vocabulary(_batches(train.texts), config.min_query_count),
         options={**asdict(config), **paths.options()},
         force=config.force,
         link_features=False,
@@ -622,3 +677,46 @@ def prepare_clickture(
         skipped={**problems.recorded, **skipped},
         notes=notes,
     )
+
+
+DATASET = PrepareRecipe(
+    name="clickture",
+    config=ClicktureConfig,
+    prepare=prepare_clickture,
+    help="""Clickture: train on the Lite click log (label = clicks), validate and test on the dev
+    judgments (Excellent 3, Good 2, Bad 0), dev queries split val/test by a seeded hash.
+
+    --features/--feature-ids are the Lite images', --dev-features/--dev-feature-ids the dev
+    images', each with the ids of the id maps. Dev images get img_id 1,000,000,000 + id in the
+    prepared folder (Lite and dev ids overlap); images.parquet keeps source and source_id.
+    """,
+    options=(
+        FileInput(
+            "clicks",
+            "The click log (Clickture-Lite): TSV of query, image key, click count.",
+            required=True,
+        ),
+        FileInput(
+            "dev_labels",
+            "The dev judgments: TSV of query, image key, Excellent/Good/Bad.",
+            required=True,
+        ),
+        FileInput("dev_features", "Features of the dev images.", required=True),
+        FileInput("dev_feature_ids", "Their image ids.", required=True),
+        FileInput(
+            "id_map",
+            "Lite key -> id: img_id_map.pkl or a key<TAB>id TSV "
+            "(default <data-dir>/clickture/img_id_map.pkl).",
+        ),
+        FileInput("dev_id_map", "Dev key -> id (default <data-dir>/clickture/img_id_map_dev.pkl)."),
+        "clicks_columns",
+        "labels_columns",
+        "clicks_header",
+        "labels_header",
+        "encoding",
+        "val_fraction",
+        "split_seed",
+    ),
+    settings=TsvOptions,
+    make_config=config_from_options,
+)

@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse
 
 from ..archive import open_archive
+from ..checks import check_config, option
 from ..datadir import dataset_dir
 from ..encoding.inputs import input_files, parse_dataset_json
 from ..errors import ConfigError, InputError
@@ -40,15 +41,20 @@ from .common import (
     encode_summary,
     encoded_keyword_rows,
     feature_rows,
+    force_option,
+    min_query_count_option,
     missing_features,
+    missing_option,
+    on_error_option,
     open_features,
     shown,
     write_folder,
 )
 from .format import read_keyword_vocabulary
-from .queries import fit_query_vocabulary
+from .queries import QueryVocabulary, fit_query_vocabulary
+from .registry import FileInput, PrepareRecipe
 
-__all__ = ["CocoConfig", "prepare_coco"]
+__all__ = ["DATASET", "CocoConfig", "prepare_coco"]
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +65,30 @@ KARPATHY_SPLITS = ("train", "restval", "val", "test")
 class CocoConfig:
     """How `prepare_coco` builds the dataset; the defaults are the usual protocol."""
 
-    restval: Literal["train", "val", "drop"] = "train"
-    missing: Missing = "fail"  # images without features: stop, or leave them out
-    on_error: OnError = "fail"  # malformed dataset.json entries
-    captions_per_image: int = 5
-    fold_size: int = 1000
-    min_query_count: int = 4  # VSE++'s threshold on COCO training captions
-    feature_id_kind: Literal["imgid", "cocoid"] = "imgid"
-    link_features: bool = True
-    force: bool = False
+    restval: Literal["train", "val", "drop"] = option(
+        "train", "Where Karpathy's restval images go.", choices=("train", "val", "drop")
+    )
+    missing: Missing = missing_option()  # noqa: RUF009 (a declared field)
+    # malformed dataset.json entries
+    on_error: OnError = on_error_option()  # noqa: RUF009 (a declared field)
+    captions_per_image: int = option(
+        5, "Captions of each image that become queries (the COCO protocols use 5).", low=1
+    )
+    fold_size: int = option(1000, "Test images per fold (the 1K protocol).", low=1)
+    min_query_count: int = min_query_count_option()
+    feature_id_kind: Literal["imgid", "cocoid"] = option(
+        "imgid",
+        "What --feature-ids hold: Karpathy's imgid, or the COCO image id (cocoid).",
+        choices=("imgid", "cocoid"),
+    )
+    # The command line's switch is the other way round: --copy-features turns linking off.
+    link_features: bool = option(
+        True, "Copy the features even when the file could be linked.", flag="--copy-features"
+    )
+    force: bool = force_option()
 
     def __post_init__(self) -> None:
-        choices = {
-            "restval": ("train", "val", "drop"),
-            "missing": ("fail", "skip"),
-            "on_error": ("fail", "skip"),
-            "feature_id_kind": ("imgid", "cocoid"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}.")
-        for name in ("captions_per_image", "fold_size", "min_query_count"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
+        check_config(self)
 
 
 # -- dataset.json ------------------------------------------------------------------------------
@@ -124,6 +130,39 @@ class _Karpathy:
     captions: list[list[tuple[int, str]]]  # (sentid, raw) of each image
 
 
+def _captions(sentences: list[Any], per: int) -> list[tuple[int, str]]:
+    """(sentid, stripped raw text) of the first `per` sentences that have both."""
+    captions = []
+    for sentence in sentences[:per]:
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
+        if isinstance(raw, str) and raw.strip() and type(sentid) is int:
+            captions.append((sentid, raw.strip()))
+    return captions
+
+
+def _report_bad_images(
+    bad: dict[str, list[str]], where: str, config: CocoConfig, problems: Problems
+) -> None:
+    """Report each kind of unusable image entry (stop, or record them: `on_error`)."""
+    messages = {
+        "entry": "lack an integer 'imgid' >= 0 or a 'sentences' list",
+        "split": f"have a split other than {', '.join(KARPATHY_SPLITS)}",
+        "imgid": "repeat the imgid of an earlier image",
+        "captions": f"have fewer than {config.captions_per_image} captions with a non-empty "
+        "'raw' text and an integer 'sentid' (the COCO protocols use 5 per image)",
+        "sentid": "repeat a sentid of an earlier image",
+    }
+    for kind, examples in bad.items():
+        problems.report(
+            f"dataset.json: {kind}",
+            len(examples),
+            examples,
+            f"{len(examples):,} images of {where} {messages[kind]}: "
+            f"{shown(examples, len(examples))}.",
+        )
+
+
 def _parse_images(
     images: list[Any], where: str, config: CocoConfig, problems: Problems
 ) -> _Karpathy:
@@ -150,12 +189,7 @@ def _parse_images(
         if imgid in seen_img:
             bad["imgid"].append(f"{label} (imgid {imgid})")
             continue
-        captions = []
-        for sentence in sentences[: config.captions_per_image]:
-            raw = sentence.get("raw") if isinstance(sentence, dict) else None
-            sentid = sentence.get("sentid") if isinstance(sentence, dict) else None
-            if isinstance(raw, str) and raw.strip() and type(sentid) is int:
-                captions.append((sentid, raw.strip()))
+        captions = _captions(sentences, config.captions_per_image)
         if len(captions) < config.captions_per_image:
             bad["captions"].append(f"{label} (imgid {imgid}: {len(captions)})")
             continue
@@ -169,22 +203,7 @@ def _parse_images(
         parsed.cocoid.append(cocoid if type(cocoid) is int else -1)
         parsed.split.append(split)
         parsed.captions.append(captions)
-    messages = {
-        "entry": "lack an integer 'imgid' >= 0 or a 'sentences' list",
-        "split": f"have a split other than {', '.join(KARPATHY_SPLITS)}",
-        "imgid": "repeat the imgid of an earlier image",
-        "captions": f"have fewer than {config.captions_per_image} captions with a non-empty "
-        "'raw' text and an integer 'sentid' (the COCO protocols use 5 per image)",
-        "sentid": "repeat a sentid of an earlier image",
-    }
-    for kind, examples in bad.items():
-        problems.report(
-            f"dataset.json: {kind}",
-            len(examples),
-            examples,
-            f"{len(examples):,} images of {where} {messages[kind]}: "
-            f"{shown(examples, len(examples))}.",
-        )
+    _report_bad_images(bad, where, config, problems)
     if not parsed.imgid:
         raise InputError(f"{where} lists no usable image.")
     return parsed
@@ -386,6 +405,35 @@ def _tables(
     return images, queries, judgments
 
 
+def _query_vocabulary(queries: pd.DataFrame, where: str, config: CocoConfig) -> QueryVocabulary:
+    """The query vocabulary of the training captions (there must be some)."""
+    train_text = queries.loc[queries["split"] == "train", "query"]
+    if train_text.empty:
+        raise InputError(f"{where} leaves no training caption (restval={config.restval}).")
+    return fit_query_vocabulary(train_text, config.min_query_count)
+
+
+def _skipped(problems: Problems, absent: np.ndarray) -> dict[str, dict[str, Any]]:
+    """What prepared.json records as left out: the problems, and the images without features."""
+    skipped = dict(problems.recorded)
+    if absent.size:
+        skipped["images without features"] = {
+            "count": int(absent.size),
+            "examples": absent[:EXAMPLES].tolist(),
+        }
+    return skipped
+
+
+def _details(fold: np.ndarray, config: CocoConfig, without_keywords: int) -> dict[str, Any]:
+    """What prepared.json records of COCO: the folds, the captions per image."""
+    return {
+        "test_folds": int(fold.max()) + 1 if (fold >= 0).any() else 0,
+        "fold_size": config.fold_size,
+        "captions_per_image": config.captions_per_image,
+        "images_without_keywords": without_keywords,
+    }
+
+
 # -- the command -------------------------------------------------------------------------------
 def prepare_coco(
     features: str | os.PathLike[str],
@@ -422,23 +470,7 @@ def prepare_coco(
     )
     per = config.captions_per_image
     images, queries, judgments = _tables(karpathy, karpathy_split, split, fold, matched.keep, per)
-    train_text = queries.loc[queries["split"] == "train", "query"]
-    if train_text.empty:
-        raise InputError(f"{where} leaves no training caption (restval={config.restval}).")
-    query_vocabulary = fit_query_vocabulary(train_text, config.min_query_count)
-    options = {
-        **asdict(config),
-        "features": str(Path(features).resolve()),
-        "feature_ids": str(Path(feature_ids).resolve()),
-        "dataset_json": where,
-        "encoded": str(encoded_dir.resolve()),
-    }
-    skipped = dict(problems.recorded)
-    if matched.absent.size:
-        skipped["images without features"] = {
-            "count": int(matched.absent.size),
-            "examples": matched.absent[:EXAMPLES].tolist(),
-        }
+    query_vocabulary = _query_vocabulary(queries, where, config)
     return write_folder(
         out_dir,
         "coco",
@@ -450,16 +482,42 @@ def prepare_coco(
         queries=queries,
         judgments=judgments,
         query_vocabulary=query_vocabulary,
-        options=options,
+        options={
+            **asdict(config),
+            "features": str(Path(features).resolve()),
+            "feature_ids": str(Path(feature_ids).resolve()),
+            "dataset_json": where,
+            "encoded": str(encoded_dir.resolve()),
+        },
         force=config.force,
         link_features=config.link_features,
         encoded=record,
-        details={
-            "test_folds": int(fold.max()) + 1 if (fold >= 0).any() else 0,
-            "fold_size": config.fold_size,
-            "captions_per_image": per,
-            "images_without_keywords": without_keywords,
-        },
-        skipped=skipped,
+        details=_details(fold, config, without_keywords),
+        skipped=_skipped(problems, matched.absent),
         notes=notes,
     )
+
+
+DATASET = PrepareRecipe(
+    name="coco",
+    config=CocoConfig,
+    prepare=prepare_coco,
+    help="""MSCOCO caption ranking (Karpathy split): captions are the queries, each judged on its
+    own image; test images in folds of 1,000.
+
+    Reads Karpathy's dataset.json from <data-dir>/coco/keywords_coco.zip (as encode does), the
+    keywords from the encode output, and your features. A features file whose every row is used,
+    in order, is hard-linked (else symbolically linked) into the folder, not copied.
+    """,
+    options=(
+        "restval",
+        "feature_id_kind",
+        FileInput(
+            "dataset_json",
+            "Karpathy's dataset.json (default: the one inside keywords_coco.zip).",
+        ),
+        "captions_per_image",
+        "fold_size",
+        "link_features",
+    ),
+)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse
 
+from ..checks import option
 from ..encoding.dataset import load_encoded
 from ..encoding.record import RECORD_NAME, read_record
 from ..errors import ConfigError, InputError
@@ -29,6 +30,39 @@ log = logging.getLogger(__name__)
 OnError = Literal["fail", "skip"]
 Missing = Literal["fail", "skip"]
 EXAMPLES = 5  # examples kept per kind of problem
+
+
+# The options every `prepare` config declares, written once: each config calls these at the
+# place of the field in its own field order (prepared.json records the fields in that order).
+def missing_option() -> Any:
+    """The `missing` field: what images without features do."""
+    return option(
+        "fail",
+        "Images without features: stop, or leave them (and their queries) out.",
+        choices=("fail", "skip"),
+    )
+
+
+def on_error_option() -> Any:
+    """The `on_error` field: what a bad input line or entry does."""
+    return option(
+        "fail",
+        "Bad input lines or entries: stop (write nothing), or leave them out and record them in "
+        "prepared.json.",
+        choices=("fail", "skip"),
+    )
+
+
+def min_query_count_option(default: int = 4) -> Any:
+    """The `min_query_count` field: the query vocabulary's threshold (4, as VSE++ on COCO)."""
+    return option(
+        default, "Keep a query word seen at least this often in the train queries.", low=1
+    )
+
+
+def force_option() -> Any:
+    """The `force` field: replace an existing prepared folder."""
+    return option(False, "Replace an existing prepared folder (never anything else).")
 
 
 @dataclass(frozen=True)

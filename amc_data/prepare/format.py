@@ -46,9 +46,9 @@ from .queries import QueryVocabulary, query_analyzer
 __all__ = [
     "FEATURE_DTYPES",
     "FORMAT_VERSION",
-    "SOURCES",
     "SPLITS",
     "PreparedDataset",
+    "is_source_name",
     "load_prepared",
 ]
 
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_NAME = "amc-data prepared dataset"
 FORMAT_VERSION = 1
-SOURCES = ("synth", "coco", "clickture")
 SPLITS = PREPARED_SPLITS
 FEATURE_DTYPES = ("float16", "float32")
 FILES = (
@@ -84,6 +83,13 @@ QUERIES_SCHEMA = pa.schema(
 JUDGMENTS_SCHEMA = pa.schema(
     [("query_id", pa.int64()), ("img_id", pa.int64()), ("label", pa.int32())]
 )
+
+
+def is_source_name(value: Any) -> bool:
+    """Whether `value` can be a prepared folder's `source`: the name of the dataset it was
+    prepared from (`synth`, `coco`, a registered dataset's name), a non-empty text without white
+    space at either end. Any such name is read: a dataset need not be known to this amc-data."""
+    return isinstance(value, str) and bool(value) and value == value.strip()
 
 
 def shown_ids(values: Sequence[Any] | np.ndarray, total: int | None = None) -> str:
@@ -317,11 +323,11 @@ def _read_info(root: Path) -> dict[str, Any]:
             f"({__version__}) reads version {FORMAT_VERSION} at most",
             "Upgrade amc-data, or prepare the dataset again with this version.",
         )
-    if info.get("source") not in SOURCES:
+    if not is_source_name(info.get("source")):
         raise _fail(
             root,
             "prepared.json",
-            f"has source {info.get('source')!r}, not one of {SOURCES}",
+            f"has source {info.get('source')!r}, not the name of a dataset",
             _REPREPARE,
         )
     _check_fields(root, info)
@@ -709,6 +715,14 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
                 _REPREPARE,
             )
     _check_labels(root, judgments, queries["split"].to_numpy()[query_row])
+    _check_every_query_judged(root, queries, query_row)
+    _check_pairs(root, name, judgments, queries, images, query_row, image_row)
+    return judgments
+
+
+def _check_every_query_judged(root: Path, queries: pd.DataFrame, query_row: np.ndarray) -> None:
+    """Every query has at least one judgment (`query_row`: each judgment's query row)."""
+    query_ids = queries["query_id"].to_numpy()
     unjudged = query_ids[np.bincount(query_row, minlength=query_ids.size) == 0]
     if unjudged.size:
         first = queries.loc[queries["query_id"] == unjudged[0]].iloc[0]
@@ -720,6 +734,20 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             f"{shown_ids(unjudged, unjudged.size)})",
             "Every query needs at least one judged image: drop such queries and prepare again.",
         )
+
+
+def _check_pairs(
+    root: Path,
+    name: str,
+    judgments: pd.DataFrame,
+    queries: pd.DataFrame,
+    images: pd.DataFrame,
+    query_row: np.ndarray,
+    image_row: np.ndarray,
+) -> None:
+    """Each (query, image) pair is judged once, and train queries on train images only."""
+    judged_queries = judgments["query_id"].to_numpy()
+    judged_images = judgments["img_id"].to_numpy()
     # One int64 key per (query, image) pair: row numbers in the two tables.
     pair = query_row.astype(np.int64) * max(1, len(images)) + image_row
     order = np.argsort(pair, kind="stable")
@@ -750,7 +778,6 @@ def _load_judgments(root: Path, queries: pd.DataFrame, images: pd.DataFrame) -> 
             "such rows)",
             "Keep the splits apart: " + _REPREPARE,
         )
-    return judgments
 
 
 def _check_labels(root: Path, judgments: pd.DataFrame, split: np.ndarray) -> None:

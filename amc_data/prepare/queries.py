@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import whole_number
 from ..encoding.analyzer import Analyzer
 from ..encoding.formats import read_vocab_tsv
 from ..errors import ConfigError, InputError
@@ -103,8 +104,7 @@ def fit_query_vocabulary(
 ) -> QueryVocabulary:
     """Fit the query vocabulary on `queries` (the training queries): every token that occurs
     at least `min_count` times in all, ids in code-point order."""
-    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
-        raise ConfigError(f"min_count must be a whole number >= 1, not {min_count!r}.")
+    whole_number("min_count", min_count, low=1)
     analyzer = analyzer or query_analyzer()
     counter: Counter[str] = Counter()
     counter.update(chain.from_iterable(map(analyzer, queries)))

@@ -64,65 +64,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse
 
-from ..errors import AmcDataError, ConfigError
+from ..checks import default_of
+from ..errors import AmcDataError
 from ..files import atomic_write_json
 from .common import PrepareResult
 from .format import SPLITS
 from .queries import fit_query_vocabulary
+from .synth_config import CONCEPTS, SynthConfig
 from .writer import FeatureRows, write_prepared
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SynthConfig", "SynthWorld", "generate_world", "synth"]
 
-# Concept names: words that are both a thing one can picture and a brand name, as "jaguar" is.
-CONCEPTS = (
-    "jaguar",
-    "puma",
-    "shell",
-    "dove",
-    "mustang",
-    "corona",
-    "galaxy",
-    "eclipse",
-    "phoenix",
-    "falcon",
-    "mercury",
-    "orion",
-    "polo",
-    "nova",
-    "atlas",
-    "comet",
-    "delta",
-    "fossil",
-    "gemini",
-    "lotus",
-    "magnum",
-    "oasis",
-    "pioneer",
-    "sierra",
-    "summit",
-    "vertex",
-    "zenith",
-    "cobra",
-    "raven",
-    "tiger",
-    "fox",
-    "swan",
-    "oak",
-    "cedar",
-    "crystal",
-    "arrow",
-    "anchor",
-    "compass",
-    "lighthouse",
-    "pyramid",
-)
 # What the rest of a query says about its intent: how the thing looks, or who makes it.
 VISUAL_WORDS = ("shape", "colour", "pattern", "texture", "outline", "silhouette", "closeup")
 TEXTUAL_WORDS = ("brand", "company", "store", "label", "official", "dealer", "trademark")
@@ -347,84 +307,6 @@ _CHUNK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
-class SynthConfig:
-    """What `synth` generates; the defaults make a dataset that trains in seconds on a CPU."""
-
-    seed: int = 0
-    images: int = 2000
-    queries: int = 600
-    regions: int = 8
-    dim: int = 32
-    concepts: int = 24
-    clutter: int = 48  # clutter directions, shared by all images
-    noise: float = 0.35  # norm of the noise added to every region
-    background: float = 0.5  # P(a clutter region also shows a faint look of another concept)
-    faint: float = 0.5  # the strength of such a faint look (a shown concept has strength 1)
-    two_intent_words: float = 0.5  # P(a query has two words that say its intent, not one)
-    no_keywords: float = 0.01  # P(an image has no keywords at all)
-    distractors: tuple[int, int] = (12, 28)  # distractor keywords per image, inclusive range
-    train_positives: int = 8
-    candidates: int = 30
-    true_candidates: int = 8
-    decoy_candidates: int = 8
-    min_df: int = 3  # the encoder's min_df for the keyword vocabulary
-    query_min_count: int = 1  # the query vocabulary's minimum count over train queries
-
-    def __post_init__(self) -> None:
-        for name, low, high in (
-            ("seed", 0, None),
-            ("concepts", 2, len(CONCEPTS)),
-            ("images", 1, None),
-            ("queries", 10, None),
-            ("regions", 2, None),
-            ("dim", 2, None),
-            ("clutter", 1, None),
-            ("train_positives", 1, None),
-            ("true_candidates", 1, None),
-            ("decoy_candidates", 0, None),
-            ("min_df", 1, None),
-            ("query_min_count", 1, None),
-        ):
-            _check_whole(name, getattr(self, name), low, high)
-        if self.images < 10 * self.concepts:
-            raise ConfigError(
-                f"synth: images must be >= {10 * self.concepts} (10 per concept, so that every "
-                f"split shows and names every concept), not {self.images}."
-            )
-        _check_whole("candidates", self.candidates, self.true_candidates + self.decoy_candidates)
-        limits: tuple[tuple[str, float | None], ...] = (
-            ("noise", None),
-            ("faint", None),
-            ("background", 1.0),
-            ("two_intent_words", 1.0),
-            ("no_keywords", 0.5),
-        )
-        for name, top in limits:
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or value < 0
-                or (top is not None and value > top)
-            ):
-                bound = f"between 0 and {top}" if top is not None else ">= 0"
-                raise ConfigError(f"synth: {name} must be a number {bound}, not {value!r}.")
-        fewest, most = self.distractors
-        if not 1 <= fewest <= most:
-            raise ConfigError(
-                f"synth: distractors must be a range 1 <= low <= high, not {self.distractors}."
-            )
-
-
-def _check_whole(name: str, value: object, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ConfigError(f"synth: {name} must be a whole number, not {value!r}.")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(f"synth: {name} must be {bound}, not {value}.")
-
-
-@dataclass(frozen=True)
 class SynthWorld:
     """Everything `synth` decided, including the hidden truth that the files only imply."""
 
@@ -571,12 +453,40 @@ def generate_world(
     else:
         features = _write_npy(Path(features_path), (n, r, d), pixels.chunks(rng, step))
 
-    # Tags: distractors drawn with Zipf weights, and the named concept once (sometimes
+    keywords = _tags(rng, config, names, named, no_keywords)
+    queries = _queries(rng, config, names)
+    world = SynthWorld(
+        config=config,
+        looks=looks,
+        names=names,
+        img_ids=img_ids,
+        image_split=image_split,
+        shown=shown,
+        named=named,
+        regions=regions,
+        features=features,
+        keywords=keywords,
+        queries=queries,
+        judgments=pd.DataFrame(),
+    )
+    return dataclasses.replace(world, judgments=_judgments(rng, world))
+
+
+def _tags(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    names: tuple[str, ...],
+    named: np.ndarray,
+    no_keywords: np.ndarray,
+) -> tuple[tuple[str, ...], ...]:
+    """Each image's keyword list, as the tagger wrote it."""
+    # Distractors drawn with Zipf weights, and the named concept once (sometimes
     # capitalised), in random order.
     weights = 1.0 / np.arange(1, len(DISTRACTORS) + 1) ** 1.05
     cdf = np.cumsum(weights) / weights.sum()
     order = rng.permutation(len(DISTRACTORS))
     low, high = config.distractors
+    n = named.size
     counts = rng.integers(low, high + 1, size=n)
     capital = rng.random(n) < 0.3
     keywords: list[tuple[str, ...]] = []
@@ -589,23 +499,7 @@ def generate_world(
         name = names[named[i]]
         tags.append(name.capitalize() if capital[i] else name)
         keywords.append(tuple(tags[j] for j in rng.permutation(len(tags))))
-
-    queries = _queries(rng, config, names)
-    world = SynthWorld(
-        config=config,
-        looks=looks,
-        names=names,
-        img_ids=img_ids,
-        image_split=image_split,
-        shown=shown,
-        named=named,
-        regions=regions,
-        features=features,
-        keywords=tuple(keywords),
-        queries=queries,
-        judgments=pd.DataFrame(),
-    )
-    return dataclasses.replace(world, judgments=_judgments(rng, world))
+    return tuple(keywords)
 
 
 def _queries(rng: np.random.Generator, config: SynthConfig, names: tuple[str, ...]) -> pd.DataFrame:
@@ -787,23 +681,36 @@ def _fixed_times(out_dir: Path) -> None:
 def synth(
     out: str | os.PathLike[str],
     *,
-    seed: int = 0,
-    images: int = 2000,
-    queries: int = 600,
-    regions: int = 8,
-    dim: int = 32,
+    seed: int | None = None,
+    images: int | None = None,
+    queries: int | None = None,
+    regions: int | None = None,
+    dim: int | None = None,
     force: bool = False,
     config: SynthConfig | None = None,
 ) -> PrepareResult:
     """Write a synthetic prepared dataset to `out` (see the module's docstring for what is
-    planted); the same settings give byte-identical files. `config` overrides the other
-    settings when given. An existing prepared folder is replaced only with `force`.
+    planted); the same settings give byte-identical files. A setting left None takes
+    `SynthConfig`'s default; `config` overrides them all when given. An existing prepared
+    folder is replaced only with `force`.
 
     Memory stays bounded at any size: the features are written a chunk at a time into a work
     folder beside `out` (on its file system, so that they are linked into the folder, not
     copied) and never held whole."""
     if config is None:
-        config = SynthConfig(seed=seed, images=images, queries=queries, regions=regions, dim=dim)
+        given: dict[str, Any] = {
+            "seed": seed,
+            "images": images,
+            "queries": queries,
+            "regions": regions,
+            "dim": dim,
+        }
+        config = SynthConfig(
+            **{
+                name: default_of(SynthConfig, name) if value is None else value
+                for name, value in given.items()
+            }
+        )
     started = time.perf_counter()
     target = Path(out).expanduser().resolve()
     try:

@@ -32,10 +32,10 @@ from .format import (
     IMAGES_SCHEMA,
     JUDGMENTS_SCHEMA,
     QUERIES_SCHEMA,
-    SOURCES,
     check_integral,
     counts_per_split,
     feature_dtype,
+    is_source_name,
     load_prepared,
     read_keyword_vocabulary,
     report_nonfinite,
@@ -307,6 +307,84 @@ def _copy_vocab(source: Path, target: Path) -> int:
     return len(read_keyword_vocabulary(target))
 
 
+def _write_keywords(
+    staging: Path, ids: np.ndarray, keywords_csr: scipy.sparse.spmatrix, vocab_tsv_path: Path
+) -> tuple[int, int]:
+    """Copy `vocab.tsv` and write `keywords.npz` (int32 counts, one row per feature row, sorted
+    indices); return the number of words and of stored counts."""
+    n_words = _copy_vocab(vocab_tsv_path, staging / "vocab.tsv")
+    matrix = scipy.sparse.csr_matrix(keywords_csr)
+    if matrix.shape != (ids.size, n_words):
+        raise InputError(
+            f"The keyword matrix has shape {matrix.shape}; expected ({ids.size}, {n_words}): "
+            f"one row per feature row and one column per word of {vocab_tsv_path}."
+        )
+    check_integral(pd.Series(matrix.data), "The keyword matrix", "counts")
+    matrix = matrix.astype(np.int32)
+    matrix.sort_indices()
+    scipy.sparse.save_npz(staging / "keywords.npz", matrix, compressed=False)
+    return n_words, int(matrix.nnz)
+
+
+def _tables(
+    images: pd.DataFrame, queries: pd.DataFrame, judgments: pd.DataFrame
+) -> dict[str, pa.Table]:
+    """The three tables as Arrow, by file name, each checked against its schema."""
+    return {
+        "images.parquet": _table(images, IMAGES_SCHEMA, "images"),
+        "queries.parquet": _table(queries, QUERIES_SCHEMA, "queries"),
+        "judgments.parquet": _table(judgments, JUDGMENTS_SCHEMA, "judgments"),
+    }
+
+
+def _feature_ids(feature_ids: np.ndarray) -> np.ndarray:
+    """The feature ids as int64, refused unless a 1-D integer array."""
+    ids = np.asarray(feature_ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InputError(f"feature_ids must be a 1-D integer array, not {ids.dtype} {ids.shape}.")
+    return ids.astype(np.int64)
+
+
+def _info(
+    staging: Path,
+    source: str,
+    counts: dict[str, Any],
+    feature_record: dict[str, Any],
+    keywords: tuple[int, int],
+    query_vocabulary: QueryVocabulary,
+    query_fingerprint: str,
+    options: dict[str, Any],
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """prepared.json of the folder being staged (`keywords`: words and stored counts)."""
+    stat = (staging / "features.npy").stat()
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "amc_data": __version__,
+        "counts": counts,
+        "features": {
+            **feature_record,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "checked_finite": True,
+        },
+        "keywords": {"vocabulary_size": keywords[0], "nonzeros": keywords[1]},
+        "query_vocabulary": {
+            "size": len(query_vocabulary),
+            "min_count": query_vocabulary.min_count,
+        },
+        "fingerprints": {
+            "keywords": sha256_file(staging / "vocab.tsv"),
+            "queries": query_fingerprint,
+        },
+        "options": options,
+        **(extra or {}),
+    }
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -348,12 +426,13 @@ def write_prepared(
     check), and only then renamed into place. An existing `out` is replaced only when it holds
     a prepared dataset and `force` is true; a folder holding anything else is never touched.
     """
-    if source not in SOURCES:
-        raise ConfigError(f"source must be one of {SOURCES}, not {source!r}.")
-    ids = np.asarray(feature_ids)
-    if ids.ndim != 1 or ids.dtype.kind not in "iu":
-        raise InputError(f"feature_ids must be a 1-D integer array, not {ids.dtype} {ids.shape}.")
-    ids = ids.astype(np.int64)
+    if not is_source_name(source):
+        raise ConfigError(
+            f"source must be the name of the dataset (such as 'coco'), a non-empty text without "
+            f"white space at either end, not {source!r}.",
+            parameter="source",
+        )
+    ids = _feature_ids(feature_ids)
     images = images.copy()
     if "fold" not in images.columns:
         images["fold"] = -1
@@ -361,52 +440,21 @@ def write_prepared(
     with _output_folder(out, force) as (out_dir, staging):
         np.save(staging / "feature_ids.npy", ids)
         feature_record = _place_features(features, ids, staging, out_dir, link_features)
-        n_words = _copy_vocab(Path(vocab_tsv_path), staging / "vocab.tsv")
-        matrix = scipy.sparse.csr_matrix(keywords_csr)
-        if matrix.shape != (ids.size, n_words):
-            raise InputError(
-                f"The keyword matrix has shape {matrix.shape}; expected ({ids.size}, {n_words}): "
-                f"one row per feature row and one column per word of {vocab_tsv_path}."
-            )
-        check_integral(pd.Series(matrix.data), "The keyword matrix", "counts")
-        matrix = matrix.astype(np.int32)
-        matrix.sort_indices()
-        scipy.sparse.save_npz(staging / "keywords.npz", matrix, compressed=False)
-        tables = {
-            "images.parquet": _table(images, IMAGES_SCHEMA, "images"),
-            "queries.parquet": _table(queries, QUERIES_SCHEMA, "queries"),
-            "judgments.parquet": _table(judgments, JUDGMENTS_SCHEMA, "judgments"),
-        }
-        for name, table in tables.items():
+        n_words, nonzeros = _write_keywords(staging, ids, keywords_csr, Path(vocab_tsv_path))
+        for name, table in _tables(images, queries, judgments).items():
             pq.write_table(table, staging / name)
         query_fingerprint = query_vocabulary.write_tsv(staging / "query_vocab.tsv")
-        feature_file = staging / "features.npy"
-        stat = feature_file.stat()
-        info = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "source": source,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "amc_data": __version__,
-            "counts": counts_per_split(images, queries, judgments, ids.size),
-            "features": {
-                **feature_record,
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "checked_finite": True,
-            },
-            "keywords": {"vocabulary_size": n_words, "nonzeros": int(matrix.nnz)},
-            "query_vocabulary": {
-                "size": len(query_vocabulary),
-                "min_count": query_vocabulary.min_count,
-            },
-            "fingerprints": {
-                "keywords": sha256_file(staging / "vocab.tsv"),
-                "queries": query_fingerprint,
-            },
-            "options": options,
-            **(extra or {}),
-        }
+        info = _info(
+            staging,
+            source,
+            counts_per_split(images, queries, judgments, ids.size),
+            feature_record,
+            (n_words, nonzeros),
+            query_vocabulary,
+            query_fingerprint,
+            options,
+            extra,
+        )
         (staging / "prepared.json").write_text(
             json.dumps(info, indent=2, default=_json_default, ensure_ascii=False) + "\n",
             encoding="utf-8",

@@ -218,10 +218,21 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_folder(tmp_path, prepar
     assert not (tmp_path / "new").exists()
 
 
+def test_a_source_this_amc_data_has_not_heard_of_is_written_and_read(tmp_path):
+    out = write_small(tmp_path / "p", tmp_path, source="flickr30k")
+    assert load_prepared(out).info["source"] == "flickr30k"
+    info = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+    info["source"] = ""
+    (out / "prepared.json").write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(InputError, match="has source '', not the name of a dataset"):
+        load_prepared(out)
+
+
 def test_write_checks_its_arguments(tmp_path):
     parts = small_parts(tmp_path)
-    with pytest.raises(ConfigError, match="source must be"):
-        write_small(tmp_path / "p", tmp_path, source="flickr")
+    for bad in ("", " coco", None):
+        with pytest.raises(ConfigError, match="source must be the name of the dataset"):
+            write_small(tmp_path / "p", tmp_path, source=bad)
     with pytest.raises(InputError, match="12 feature rows but 11 feature ids"):
         write_small(tmp_path / "p", tmp_path, feature_ids=parts["feature_ids"][:11])
     with pytest.raises(InputError, match=r"shape \(12, 4\); expected \(12, 5\)"):

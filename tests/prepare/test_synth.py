@@ -283,10 +283,10 @@ def test_mean_pooling_dilutes_a_concept_that_attention_finds(oracle_scores):
     ("settings", "message"),
     [
         ({"images": 100}, "images must be >= 240"),
-        ({"concepts": 1}, "concepts must be between 2 and"),
-        ({"seed": -1}, "seed must be >= 0"),
+        ({"concepts": 1}, "concepts must be a whole number from 2 to 40, not 1"),
+        ({"seed": -1}, "seed must be a whole number >= 0"),
         ({"regions": True}, "regions must be a whole number"),
-        ({"background": 1.5}, "background must be a number between 0 and 1.0"),
+        ({"background": 1.5}, "background must be a finite number from 0 to 1, not 1.5"),
         ({"candidates": 10}, "candidates must be >= 16"),
         ({"distractors": (5, 2)}, "distractors must be a range"),
     ],

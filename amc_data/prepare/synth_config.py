@@ -1,0 +1,121 @@
+"""What `amc-data synth` generates (`SynthConfig`) and the concept names it draws from: apart
+from `synth`, so that the command line builds its options from the config without loading the
+generator's libraries (pandas, scipy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..checks import check_config, option
+from ..errors import ConfigError
+
+__all__ = ["CONCEPTS", "SynthConfig"]
+
+# Concept names: words that are both a thing one can picture and a brand name, as "jaguar" is.
+CONCEPTS = (
+    "jaguar",
+    "puma",
+    "shell",
+    "dove",
+    "mustang",
+    "corona",
+    "galaxy",
+    "eclipse",
+    "phoenix",
+    "falcon",
+    "mercury",
+    "orion",
+    "polo",
+    "nova",
+    "atlas",
+    "comet",
+    "delta",
+    "fossil",
+    "gemini",
+    "lotus",
+    "magnum",
+    "oasis",
+    "pioneer",
+    "sierra",
+    "summit",
+    "vertex",
+    "zenith",
+    "cobra",
+    "raven",
+    "tiger",
+    "fox",
+    "swan",
+    "oak",
+    "cedar",
+    "crystal",
+    "arrow",
+    "anchor",
+    "compass",
+    "lighthouse",
+    "pyramid",
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What `synth` generates; the defaults make a dataset that trains in seconds on a CPU."""
+
+    seed: int = option(
+        0, "Seed of every random choice; the same settings give the same bytes.", low=0
+    )
+    images: int = option(
+        2000,
+        "Images in all: at least 10 per concept (240 with the 24 concepts of the default), so "
+        "that every split shows and names every concept.",
+    )
+    queries: int = option(600, "Queries in all, split train/val/test 60/20/20.", low=10)
+    regions: int = option(8, "Feature vectors (regions) per image.", low=2)
+    dim: int = option(32, "Dimensions of a region's feature vector.", low=2)
+    concepts: int = option(
+        24, "Concepts (words both pictured and brands).", low=2, high=len(CONCEPTS)
+    )
+    clutter: int = option(48, "Clutter directions, shared by all images.", low=1)
+    noise: float = option(0.35, "Norm of the noise added to every region.", low=0)
+    background: float = option(
+        0.5, "P(a clutter region also shows a faint look of another concept).", low=0, high=1
+    )
+    faint: float = option(
+        0.5, "Strength of such a faint look (a shown concept has strength 1).", low=0
+    )
+    two_intent_words: float = option(
+        0.5, "P(a query has two words that say its intent, not one).", low=0, high=1
+    )
+    no_keywords: float = option(0.01, "P(an image has no keywords at all).", low=0, high=0.5)
+    distractors: tuple[int, int] = (12, 28)  # distractor keywords per image, inclusive range
+    train_positives: int = option(8, "True matches of a train query among the train images.", low=1)
+    candidates: int = option(
+        30, "Images a val/test query ranks: true matches, decoys and others.", low=1
+    )
+    true_candidates: int = option(8, "True matches among a val/test query's candidates.", low=1)
+    decoy_candidates: int = option(8, "Decoys among a val/test query's candidates.", low=0)
+    min_df: int = option(3, "The encoder's min_df for the keyword vocabulary.", low=1)
+    query_min_count: int = option(
+        1, "The query vocabulary's minimum count over the train queries.", low=1
+    )
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if self.images < 10 * self.concepts:
+            raise ConfigError(
+                f"images must be >= {10 * self.concepts} (10 per concept, so that every split "
+                f"shows and names every concept), not {self.images}.",
+                parameter="images",
+            )
+        fewest_candidates = self.true_candidates + self.decoy_candidates
+        if self.candidates < fewest_candidates:
+            raise ConfigError(
+                f"candidates must be >= {fewest_candidates} (true_candidates + "
+                f"decoy_candidates), not {self.candidates}.",
+                parameter="candidates",
+            )
+        fewest, most = self.distractors
+        if not 1 <= fewest <= most:
+            raise ConfigError(
+                f"distractors must be a range 1 <= low <= high, not {self.distractors}.",
+                parameter="distractors",
+            )
