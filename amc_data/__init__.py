@@ -86,7 +86,8 @@ if TYPE_CHECKING:
     from .prepare.clickture import prepare_clickture
     from .prepare.coco import prepare_coco
     from .prepare.format import PreparedDataset, load_prepared
-    from .prepare.synth import SynthConfig, synth
+    from .prepare.synth import synth
+    from .prepare.synth_config import SynthConfig
     from .ranking.build import build_model
     from .ranking.checkpoint import LoadedModel, load_model
     from .ranking.config import TrainConfig

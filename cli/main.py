@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from amc_data.errors import AmcDataError
+from amc_data.errors import AmcDataError, ConfigError
 
 
 class Terminated(KeyboardInterrupt):
@@ -48,6 +48,16 @@ class AmcGroup(click.Group):
     """
 
     def invoke(self, ctx: click.Context) -> Any:
+        if ctx.parent is not None:
+            # A group inside another (`prepare`): it knows its own subcommand's flags, so it
+            # names them, and leaves the printing to the top group.
+            try:
+                return super().invoke(ctx)
+            except ConfigError as exc:
+                message = self._in_flags(ctx, exc)
+                if message == str(exc):
+                    raise
+                raise ConfigError(message) from exc
         try:
             with _sigterm_as_interrupt():
                 return super().invoke(ctx)

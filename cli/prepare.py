@@ -11,9 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from amc_data.checks import declared, field_kind
-from amc_data.errors import ConfigError
-
 from .main import AmcGroup
 from .options import config_option, data_dir_option, quiet_option
 
@@ -57,21 +54,6 @@ _SHARED_NAMES = ("data_dir", "out", "encoded", "features", "feature_ids")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def _config_field_option(kind: type, name: str) -> Decorator:
-    """The option of the declared field `name` of `kind`. A switch that is on by default and
-    has one flag (`link_features`, flag `--copy-features`) is that flag turning it off; a whole
-    number without bounds is a plain INTEGER (an unbounded range would print as `x<=None`)."""
-    field = next(f for f in dataclasses.fields(kind) if f.name == name)
-    rule = declared(field)
-    assert rule is not None  # the recipe checked it
-    if field.default is True and "/" not in (rule.flag or "/"):
-        return config_option(kind, name, flag_value=False, show_default=False)
-    unbounded = rule.low is None and rule.high is None and rule.choices is None
-    if unbounded and field_kind(kind, field)[0] is int:
-        return config_option(kind, name, type=int)
-    return config_option(kind, name)
-
-
 def _file_option(entry: FileInput) -> Decorator:
     return click.option(
         "--" + entry.name.replace("_", "-"),
@@ -89,12 +71,10 @@ def _options(recipe: PrepareRecipe) -> list[Decorator]:
     from amc_data.prepare.registry import SHARED_CONFIG_FIELDS
 
     shared = [
-        _config_field_option(recipe.config, name)
-        for name in SHARED_CONFIG_FIELDS
-        if name in config_fields
+        config_option(recipe.config, name) for name in SHARED_CONFIG_FIELDS if name in config_fields
     ]
     own = [
-        _config_field_option(recipe.declaring(entry), entry)
+        config_option(recipe.declaring(entry), entry)
         if isinstance(entry, str)
         else _file_option(entry)
         for entry in recipe.options
@@ -122,8 +102,8 @@ def build_command(recipe: PrepareRecipe) -> click.Command:
 
 class DatasetGroup(AmcGroup):
     """`prepare`: its subcommands are the registry's datasets, built when asked for (the
-    dataset modules load only when `prepare` runs). A parameter a subcommand's config names in
-    an error is shown as that subcommand's flag: the root group sees only `prepare`."""
+    dataset modules load only when `prepare` runs). As an AmcGroup, it shows a parameter that
+    a subcommand's config names in an error as that subcommand's flag."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         from amc_data.prepare.registry import recipes
@@ -135,14 +115,6 @@ class DatasetGroup(AmcGroup):
 
         found = recipes().get(cmd_name)
         return build_command(found) if found is not None else None
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return click.Group.invoke(self, ctx)
-        except ConfigError as exc:
-            if not exc.parameter:
-                raise
-            raise ConfigError(self._in_flags(ctx, exc)) from exc
 
 
 @click.group("prepare", cls=DatasetGroup)

@@ -102,8 +102,8 @@ class ClicktureConfig:
     split_seed: int = option(0, "Seed of the val/test split of the dev queries.")
     min_query_count: int = min_query_count_option()
     # bad lines, unknown keys or grades, train/dev query overlap
-    on_error: OnError = on_error_option()  # noqa: RUF009 (a declared field)
-    missing: Missing = missing_option()  # noqa: RUF009 (a declared field)
+    on_error: OnError = on_error_option()
+    missing: Missing = missing_option()
     force: bool = force_option()
 
     def __post_init__(self) -> None:

@@ -68,9 +68,9 @@ class CocoConfig:
     restval: Literal["train", "val", "drop"] = option(
         "train", "Where Karpathy's restval images go.", choices=("train", "val", "drop")
     )
-    missing: Missing = missing_option()  # noqa: RUF009 (a declared field)
+    missing: Missing = missing_option()
     # malformed dataset.json entries
-    on_error: OnError = on_error_option()  # noqa: RUF009 (a declared field)
+    on_error: OnError = on_error_option()
     captions_per_image: int = option(
         5, "Captions of each image that become queries (the COCO protocols use 5).", low=1
     )
