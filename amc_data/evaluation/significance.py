@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import whole_number
 from ..errors import ConfigError, InputError
 from .metrics import CHUNK_BYTES, RankingMetrics, _check_scores, _chunk, _vector
 
@@ -49,8 +50,7 @@ def randomization_test(
     0 and identical runs give exactly 1. Deterministic for `seed`; resamples run in chunks of
     bounded memory.
     """
-    if resamples < 1:
-        raise ConfigError(f"resamples must be at least 1; got {resamples}.")
+    whole_number("resamples", resamples, 1)
     diff = _paired(a, b)
     n = len(diff)
     total = diff.sum()

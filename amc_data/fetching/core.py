@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 from filelock import FileLock, Timeout
 
+from ..checks import whole_number
 from ..datadir import resolve_data_dir
 from ..errors import AmcDataError, ConfigError, LockTimeoutError, ManifestError
 from . import partial
@@ -167,8 +168,7 @@ def fetch_manifests(
     lock_timeout: float | None = None,
 ) -> list[FetchResult]:
     """`fetch` for manifests already loaded, with a downloader of your own settings."""
-    if jobs < 1:
-        raise ConfigError(f"jobs must be at least 1, not {jobs}.")
+    whole_number("jobs", jobs, 1)
     if from_dir is not None and not Path(from_dir).is_dir():
         raise ConfigError(f"The --from folder {from_dir} does not exist or is not a folder.")
     work = [(manifest, entry) for manifest in manifests for entry in manifest.files]

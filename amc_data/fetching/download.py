@@ -23,7 +23,7 @@ from typing import Protocol
 import requests
 import urllib3
 
-from ..errors import ConfigError
+from ..checks import real_number, whole_number
 from ..progress import progress_bar
 from . import partial
 from .body import BodyReader, HtmlSniffer, content_encoding, decodable, looks_like_html
@@ -176,20 +176,13 @@ class HttpDownloader:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.retries < 0:
-            raise ConfigError(f"retries must be 0 or more, not {self.retries}.")
-        if self.timeout <= 0 or self.backoff < 0:
-            raise ConfigError(
-                f"timeout must be positive and backoff not negative (got {self.timeout} and "
-                f"{self.backoff})."
-            )
-        if self.deadline is not None and self.deadline <= 0:
-            raise ConfigError(f"deadline must be positive, not {self.deadline}.")
-        if self.max_unknown_size < 1 or self.chunk_size < 1:
-            raise ConfigError(
-                f"max_unknown_size and chunk_size must be positive (got {self.max_unknown_size} "
-                f"and {self.chunk_size})."
-            )
+        whole_number("retries", self.retries, 0)
+        real_number("timeout", self.timeout, 0, above=True)
+        real_number("backoff", self.backoff, 0)
+        if self.deadline is not None:
+            real_number("deadline", self.deadline, 0, above=True)
+        whole_number("max_unknown_size", self.max_unknown_size, 1)
+        whole_number("chunk_size", self.chunk_size, 1)
 
     def __call__(
         self,

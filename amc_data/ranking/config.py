@@ -163,7 +163,8 @@ def check_negatives(config: TrainConfig, prepared: PreparedDataset) -> None:
     most = pool - fewest
     if config.negatives > most:
         raise ConfigError(
-            f"--negatives {config.negatives:,} is more than the {most:,} training images outside "
+            f"negatives {config.negatives:,} is more than the {most:,} training images outside "
             f"any query's positives in {prepared.root} ({pool:,} training images): a query cannot "
-            f"have more distinct negatives. Use --negatives {max(most, 1):,} or fewer."
+            f"have more distinct negatives. Use {max(most, 1):,} or fewer.",
+            parameter="negatives",
         )

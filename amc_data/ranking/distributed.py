@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from ..checks import one_of
 from ..errors import ConfigError
 from ..featurizing.shards import Ranks, broadcast, gather, ranks_from_env
 from .config import DEVICES
@@ -41,8 +42,7 @@ class Processes(Ranks):
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     """`auto` is CUDA when a GPU is visible, else the CPU; `cuda` without a GPU is an error."""
-    if choice not in DEVICES:
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {choice!r}.")
+    one_of("device", choice, DEVICES)
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda":
