@@ -11,10 +11,7 @@ scikit-learn is loaded only by what needs it.
 
 from __future__ import annotations
 
-import ast
-import importlib
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .datadir import resolve_data_dir
 from .errors import (
@@ -34,6 +31,7 @@ from .errors import (
     UnsafePickleError,
     VerificationError,
 )
+from .lazy import lazy_names
 from .version import __version__
 
 # The public API is the block below, written once: type checkers read its imports, and at run
@@ -101,25 +99,7 @@ if TYPE_CHECKING:
     from .ranking.word_vectors import load_word_vectors
 
 
-def _lazy_map() -> dict[str, str]:
-    """Public name -> defining module, read from this file's `if TYPE_CHECKING:` block."""
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    block = next(
-        node
-        for node in tree.body
-        if isinstance(node, ast.If)
-        and isinstance(node.test, ast.Name)
-        and node.test.id == "TYPE_CHECKING"
-    )
-    return {
-        alias.name: str(statement.module)
-        for statement in block.body
-        if isinstance(statement, ast.ImportFrom)
-        for alias in statement.names
-    }
-
-
-_LAZY = _lazy_map()
+_LAZY, __getattr__, __dir__ = lazy_names(__name__, __file__)
 # Eager names: the exception types (cheap, and needed to catch errors of any stage) and these two.
 _ERRORS = [
     name
@@ -127,16 +107,3 @@ _ERRORS = [
     if isinstance(value, type) and issubclass(value, Exception)
 ]
 __all__ = sorted([*_ERRORS, *_LAZY, "__version__", "resolve_data_dir"])
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'amc_data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])

@@ -8,10 +8,9 @@ numbers they share. None imports torch; names load on first use.
 
 from __future__ import annotations
 
-import ast
-import importlib
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 # The public names are the block below, written once: type checkers read its imports, and at run
 # time the same lines are parsed into the lazy map (name -> module), so importing one light
@@ -46,39 +45,7 @@ if TYPE_CHECKING:
     )
 
 
-def _lazy_map() -> dict[str, str]:
-    """Public name -> defining module, read from this file's `if TYPE_CHECKING:` block."""
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    block = next(
-        node
-        for node in tree.body
-        if isinstance(node, ast.If)
-        and isinstance(node.test, ast.Name)
-        and node.test.id == "TYPE_CHECKING"
-    )
-    return {
-        alias.name: str(statement.module)
-        for statement in block.body
-        if isinstance(statement, ast.ImportFrom)
-        for alias in statement.names
-    }
-
-
-_LAZY = _lazy_map()
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
-
+_LAZY, __getattr__, __dir__ = lazy_names(__name__, __file__)
 
 __all__ = [
     "CHALLENGE_SCALE",

@@ -8,23 +8,16 @@ package."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .format import PreparedDataset, load_prepared
     from .queries import QueryVocabulary, fit_query_vocabulary, tokenize_queries
     from .writer import FeatureRows, write_prepared
 
-_LAZY = {
-    "FeatureRows": "writer",
-    "PreparedDataset": "format",
-    "QueryVocabulary": "queries",
-    "fit_query_vocabulary": "queries",
-    "load_prepared": "format",
-    "tokenize_queries": "queries",
-    "write_prepared": "writer",
-}
+_LAZY, __getattr__, __dir__ = lazy_names(__name__, __file__)
 
 __all__ = [
     "FeatureRows",
@@ -35,10 +28,3 @@ __all__ = [
     "tokenize_queries",
     "write_prepared",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -486,9 +486,7 @@ def test_resuming_a_checkpoint_with_only_its_marker_is_one_line_error(
 def test_more_negatives_than_the_training_pool_holds_are_refused(
     data: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(
-        ConfigError, match=r"^negatives 10,000 is more than the .* training images"
-    ):
+    with pytest.raises(ConfigError, match=r"^negatives 10,000 is more than the .* training images"):
         train(data, tmp_path / "run", TrainConfig(**{**FAST, "negatives": 10_000}))
     assert not (tmp_path / "run").exists()
 
