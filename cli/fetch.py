@@ -8,12 +8,13 @@ import click
 
 from amc_data.errors import FetchIncompleteError, VerificationError
 from amc_data.fetching.core import FetchResult, Outcome, fetch
+from amc_data.fetching.download import HttpDownloader
 from amc_data.fetching.manifest import CHECKSUMS_FILE_NAME
 from amc_data.fetching.problems import Problem
 from amc_data.fetching.verify import FileStatus, info, verify
 from amc_data.progress import progress_enabled
 
-from .options import data_dir_option, jobs_option, manifest_option, quiet_option
+from .options import config_option, data_dir_option, jobs_option, manifest_option, quiet_option
 from .tables import text_table
 
 
@@ -65,34 +66,10 @@ def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
     "any network call; each is verified, then copied or linked in.",
 )
 @jobs_option(4, "Files fetched at once.")
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Retries per URL on transient errors (drops, timeouts, 5xx, 408, 429, short bodies); "
-    "a host that cannot be reached is retried once at most.",
-)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="Seconds to wait for a connection or for data (each read, not the whole download).",
-)
-@click.option(
-    "--deadline",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Seconds one file may take from one source in all, retries included (default: no limit).",
-)
-@click.option(
-    "--backoff",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="First retry delay in seconds; it doubles on each retry.",
-)
+@config_option(HttpDownloader, "retries")
+@config_option(HttpDownloader, "timeout")
+@config_option(HttpDownloader, "deadline", show_default=False)
+@config_option(HttpDownloader, "backoff")
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0),

@@ -23,7 +23,7 @@ from typing import Protocol
 import requests
 import urllib3
 
-from ..checks import real_number, whole_number
+from ..checks import check_config, option
 from ..progress import progress_bar
 from . import partial
 from .body import BodyReader, HtmlSniffer, content_encoding, decodable, looks_like_html
@@ -167,22 +167,33 @@ class HttpDownloader:
     `ChecksumError`); `ConfigError` for settings out of range.
     """
 
-    retries: int = 5
-    timeout: float = 60.0
-    backoff: float = 1.0
-    deadline: float | None = None
-    max_unknown_size: int = MAX_UNKNOWN_SIZE
-    chunk_size: int = CHUNK_SIZE
+    retries: int = option(
+        5,
+        "Retries per URL on transient errors (drops, timeouts, 5xx, 408, 429, short bodies); "
+        "a host that cannot be reached is retried once at most.",
+        low=0,
+    )
+    timeout: float = option(
+        60.0,
+        "Seconds to wait for a connection or for data (each read, not the whole download).",
+        low=0,
+        above=True,
+    )
+    backoff: float = option(1.0, "First retry delay in seconds; it doubles on each retry.", low=0)
+    deadline: float | None = option(
+        None,
+        "Seconds one file may take from one source in all, retries included (default: no limit).",
+        low=0,
+        above=True,
+    )
+    max_unknown_size: int = option(
+        MAX_UNKNOWN_SIZE, "Bytes a file of unknown size may take at most.", low=1
+    )
+    chunk_size: int = option(CHUNK_SIZE, "Bytes read at a time.", low=1)
     progress: bool = False
 
     def __post_init__(self) -> None:
-        whole_number("retries", self.retries, 0)
-        real_number("timeout", self.timeout, 0, above=True)
-        real_number("backoff", self.backoff, 0)
-        if self.deadline is not None:
-            real_number("deadline", self.deadline, 0, above=True)
-        whole_number("max_unknown_size", self.max_unknown_size, 1)
-        whole_number("chunk_size", self.chunk_size, 1)
+        check_config(self)
 
     def __call__(
         self,
