@@ -91,12 +91,30 @@ def default_out_dir(run: Path, split: str) -> Path:
 
 
 def run_names(runs: Sequence[Path]) -> list[str]:
-    """A short unique name per run: its folder name, with its parent's where two collide."""
-    names = [Path(run).resolve().name for run in runs]
-    return [
-        f"{Path(run).resolve().parent.name}/{name}" if names.count(name) > 1 else name
-        for run, name in zip(runs, names, strict=True)
-    ]
+    """A short name per run, unique among `runs`: the fewest trailing parts of its path that
+    tell it from every other (its folder name; `exp-a/runs/amc` beside `exp-b/runs/amc`), a
+    checkpoint file with its folder (`amc/last.pt`); the same path given twice gets `#2`, ...
+    Each run's results are written under its own name, so no two runs share one."""
+    parts = [Path(run).resolve().parts for run in runs]
+    fewest = [2 if Path(run).is_file() else 1 for run in runs]
+    while True:
+        names = ["/".join(p[-k:]) for p, k in zip(parts, fewest, strict=True)]
+        clashes = [
+            i
+            for i, name in enumerate(names)
+            if any(n == name and parts[j] != parts[i] for j, n in enumerate(names))
+            and fewest[i] < len(parts[i])
+        ]
+        if not clashes:
+            break
+        for i in clashes:
+            fewest[i] += 1
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return unique
 
 
 def evaluate(
