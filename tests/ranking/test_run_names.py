@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip("torch")  # the eval module scores with torch
+
 from amc_data.ranking.runs import run_names
 
 
@@ -41,9 +45,6 @@ def test_the_same_run_twice_gets_two_names(tmp_path: Path) -> None:
 def test_two_runs_of_one_folder_name_each_keep_their_results_and_row(tmp_path: Path) -> None:
     import json
 
-    import pytest
-
-    pytest.importorskip("torch")
     from amc_data_cli.main import cli
     from click.testing import CliRunner
 
