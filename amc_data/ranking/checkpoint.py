@@ -5,8 +5,11 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 `format`, `format_version`, `amc_data_version`, `train_config`, `model_config`, `model`
 (state dict), `optimizer`, `scheduler`, `epoch` (epochs completed), `step`, `best_metric`,
 `metrics` (the last validation), `rng` (torch's CPU and CUDA generator states), `fingerprints`
-(sha256 of the keyword and query vocabularies the model was trained with). Older formats are
-brought up to today's by `migrations.migrate` as they are read.
+(sha256 of the keyword and query vocabularies the model was trained with, and `features`: the
+dtype, shape and a sampled sha256 of its features), `processes` (how many trained it) and `log`
+(the log entries up to its epoch). The last three are missing from checkpoints of an older
+amc-data, which are resumed without them. Older formats are brought up to today's by
+`migrations.migrate` as they are read.
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ never disagree; a resumed session's own values of the others are logged.
 
 `open_run` is the one way a run is opened for resuming: it reads `last.pt` (migrated to today's
 format by `read_checkpoint`), checks it holds what a resume reads, that the options and the model
-are the run's, and that the prepared data has the run's vocabularies.
+are the run's, that the prepared data has the run's vocabularies and features, and that as many
+processes run it as did (each process takes its share of every step's pairs, so their number
+decides the batches and the schedule). A checkpoint of an amc-data that did not record the
+features or the processes resumes without those checks, saying so.
 
 Torch-free at import, so the rules can be checked before torch loads; `open_run` and
 `model_to_resume` load it when called.
@@ -149,6 +152,58 @@ def model_to_resume(
     return saved
 
 
+def check_features(
+    checkpoint: Mapping[str, Any], fingerprints: Mapping[str, str], where: str, data: str
+) -> None:
+    """Refuse features other than the ones the run trained on (the same vocabularies over other
+    feature values, such as features extracted again with another backbone and prepared again):
+    the resumed epochs would learn from other inputs than the first ones."""
+    saved = checkpoint["fingerprints"].get("features")
+    if saved is None:
+        log.info(
+            "%s records no fingerprint of its features (an older amc-data wrote it): the "
+            "features of %s cannot be checked against the run's",
+            where,
+            data,
+        )
+        return
+    now = fingerprints.get("features")
+    if now != saved:
+        raise TrainingError(
+            f"--resume: {Path(data) / 'features.npy'} holds other features ({_short(now)}) than "
+            f"{where} was trained on ({_short(saved)}): the run would go on learning from other "
+            "inputs. Resume on the features the run was trained on, or train on these into a "
+            "new --out (or with --force)."
+        )
+
+
+def _short(fingerprint: object) -> str:
+    """A features fingerprint (`dtype shape sha256:hex`) with its digest cut to 12 digits."""
+    text = str(fingerprint)
+    head, _, digest = text.partition(" sha256:")
+    return f"{head} sha256 {digest[:12]}…" if digest else text
+
+
+def check_processes(checkpoint: Mapping[str, Any], processes: int, where: str) -> None:
+    """Refuse another number of training processes than the run's: each process takes its share
+    of every step's pairs, so the number decides the pairs per step and the schedule."""
+    saved = checkpoint.get("processes")
+    if saved is None:
+        log.info(
+            "%s records no number of processes (an older amc-data wrote it): resuming with %d",
+            where,
+            processes,
+        )
+        return
+    if saved != processes:
+        raise TrainingError(
+            f"--resume: the run in {where} was trained by {saved} process(es), but this one has "
+            f"{processes}: each process takes its share of every step's pairs, so the steps and "
+            f"the schedule would change. Resume it with {saved} process(es) (torchrun "
+            "--nproc_per_node and --nnodes, or no torchrun for 1), or train into a new --out."
+        )
+
+
 @dataclass
 class ResumedRun:
     """What the training loop continues from: `last.pt` (today's format), the options the run
@@ -166,11 +221,13 @@ def open_run(
     decided: Mapping[str, Any],
     fingerprints: Mapping[str, str],
     data: str,
+    processes: int = 1,
 ) -> ResumedRun:
     """The run in `out`, once its `last.pt` is known to continue it: the same options as
     `current` (but those a resume may change), the model `decided` by the options and the
-    prepared data, and the vocabularies `fingerprints` of the prepared folder `data`. Reads only:
-    nothing is written."""
+    prepared data, the vocabularies and features `fingerprints` of the prepared folder `data`,
+    and as many `processes`. Reads only: nothing is written (`run_folder.settle` makes the
+    folder whole before the run goes on)."""
     from .checkpoint import check_fingerprints, read_checkpoint  # torch loads here
 
     last = out / LAST
@@ -181,9 +238,32 @@ def open_run(
     recorded = check_resume(checkpoint["train_config"], current, str(out))
     model_config = model_to_resume(checkpoint, last, decided)
     check_fingerprints(checkpoint, fingerprints, str(last), data)
+    check_features(checkpoint, fingerprints, str(last), data)
+    check_processes(checkpoint, processes, str(out))
     return ResumedRun(
         checkpoint=checkpoint,
         train_config=recorded,
         model_config=model_config,
-        log=run_folder.read_log(out / LOG_FILE)[: checkpoint["epoch"]],
+        log=_log_of(checkpoint, out),
     )
+
+
+def _log_of(checkpoint: Mapping[str, Any], out: Path) -> list[dict[str, Any]]:
+    """The log up to `last.pt`'s epoch: the entries it holds, or (written by an older amc-data)
+    those of `log.jsonl`."""
+    epoch = checkpoint["epoch"]
+    held = checkpoint.get("log")
+    if isinstance(held, list) and all(isinstance(entry, dict) for entry in held):
+        return [dict(entry) for entry in held[:epoch]]
+    entries = run_folder.read_log(out / LOG_FILE)[:epoch]
+    epochs = [entry.get("epoch") for entry in entries]
+    if epochs != list(range(1, epoch + 1)):
+        log.warning(
+            "%s holds the entries of epochs %s, but %s is at epoch %d: the missing entries "
+            "cannot be recovered",
+            out / LOG_FILE,
+            epochs,
+            out / LAST,
+            epoch,
+        )
+    return entries

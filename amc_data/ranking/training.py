@@ -9,9 +9,11 @@ optionally in-batch negatives too); AdamW with warm-up and cosine decay, gradien
 validation NDCG@10 on the `val` queries. Region features are read by the loader from the memmap,
 or kept resident on the device (`features_on`) and gathered there.
 `RUN/` holds `config.json`, `last.pt` (after every epoch), `best.pt` (best validation NDCG@10)
-and `log.jsonl` (one line per epoch). `--resume` continues from `last.pt` and, on the CPU,
-reaches the same weights as an uninterrupted run: the order of pairs, the negatives and dropout
-depend only on the seed and the epoch, and the generators' states travel in the checkpoint.
+and `log.jsonl` (one line per epoch), kept whole whatever stops the run (`run_folder`).
+`--resume` continues from `last.pt` and, on the CPU, reaches the same weights as an
+uninterrupted run: the order of pairs, the negatives and dropout depend only on the seed and the
+epoch, and the generators' states travel in the checkpoint. Interrupted (Ctrl-C, SIGTERM), the
+`KeyboardInterrupt` carries a note saying how many epochs are saved and how to continue.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..errors import TrainingError
+from ..errors import CheckpointError, TrainingError
 from ..evaluation.metrics import ndcg_at_k
 from ..prepare.format import PreparedDataset, load_prepared
 from ..progress import progress_bar
@@ -39,8 +41,8 @@ from ..version import __version__
 from . import distributed, run_folder
 from .batch import TrainBatch
 from .build import build_model
-from .checkpoint import save_checkpoint
-from .config import BEST, LAST, LOG_FILE, TrainConfig, check_negatives
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import BEST, LAST, TrainConfig, check_negatives
 from .data import train_loader
 from .loss import hinge_ranking_loss, pool_hinge_loss
 from .model import ModelConfig, RankingModel
@@ -116,7 +118,13 @@ def train(
         # Rank 0 alone writes, so it alone holds the folder (its lock, location and contents).
         held = run_folder.claim(Path(out), prepared.root, resume=resume, force=force)
         with held if processes.is_main else contextlib.nullcontext():
-            return _Run(prepared, Path(out), config, processes, progress).run(resume, force)
+            run = _Run(prepared, Path(out), config, processes, progress)
+            try:
+                return run.run(resume, force)
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM at the CLI's edge
+                if processes.is_main:
+                    exc.add_note(run.interrupted())
+                raise
     finally:
         distributed.stop(processes)
 
@@ -140,8 +148,26 @@ class _Run:
         self.progress = progress and processes.is_main
         self.amp = config.amp and self.device.type == "cuda"
         self.model_config = model_config_for(config, prepared)
+        # What the run is trained on: the vocabularies and the features (resume refuses others).
+        self.fingerprints = {
+            **prepared.fingerprints,
+            "features": run_folder.features_fingerprint(prepared.features),
+        }
         self.log: list[dict[str, Any]] = []
+        self.saved = 0  # the epochs last.pt holds
         self.resident: ResidentFeatures | None = None
+
+    def interrupted(self) -> str:
+        """What an interruption leaves, and how to go on."""
+        if self.saved == 0:
+            return (
+                f"No epoch had finished, so {self.out} holds no checkpoint; run the same command "
+                "again to start over."
+            )
+        return (
+            f"{self.out} holds {self.saved} of {self.config.epochs} epochs; continue with "
+            f"amc-data train {self.prepared.root} --out {self.out} --resume and the same options."
+        )
 
     # -- the run folder -----------------------------------------------------------------------
 
@@ -153,15 +179,23 @@ class _Run:
                 self.out,
                 self.config,
                 model_options_for(self.config, self.prepared),
-                self.prepared.fingerprints,
+                self.fingerprints,
                 str(self.prepared.root),
+                processes=self.processes.world_size,
             )
             self.record, self.model_config = resumed.train_config, resumed.model_config
-            self.log = resumed.log
-            if self.processes.is_main:  # whatever an older amc-data left, the records agree
+            self.log, self.saved = resumed.log, resumed.checkpoint["epoch"]
+            if self.processes.is_main:
+                # Whatever an older amc-data or an interruption left, the records agree.
                 run_folder.write_config(
-                    self.out, self.record, self.model_config.to_dict(), self.prepared
+                    self.out,
+                    self.record,
+                    self.model_config.to_dict(),
+                    self.prepared,
+                    self.fingerprints,
                 )
+                run_folder.settle(self.out, self.saved, self.log, _epoch_of)
+            distributed.barrier(self.processes)
             return resumed.checkpoint
         # Rank 0 alone looks (it writes config.json: the others could see it already there).
         problem = run_folder.new_run_problem(self.out, force) if self.processes.is_main else None
@@ -170,7 +204,12 @@ class _Run:
             raise TrainingError(problem)
         if self.processes.is_main:
             run_folder.start(
-                self.out, force, self.record, self.model_config.to_dict(), self.prepared
+                self.out,
+                force,
+                self.record,
+                self.model_config.to_dict(),
+                self.prepared,
+                self.fingerprints,
             )
         distributed.barrier(self.processes)
         return None
@@ -289,10 +328,13 @@ class _Run:
         metrics: dict[str, float],
         as_best: bool,
     ) -> None:
-        """Rank 0 writes `last.pt`, `best.pt` when `as_best`, and the log (each file whole).
-        A checkpoint holds all a resume needs: the weights, the optimiser and schedule, where
-        the loop stands, the random generators, and the options and data it was trained on."""
+        """Rank 0 writes `last.pt`, `best.pt` when `as_best`, and the log, in the order that
+        keeps the run whole at any instant (`run_folder.commit_epoch`). A checkpoint holds all
+        a resume needs: the weights, the optimiser and schedule, where the loop stands, the
+        random generators, the options, the data it was trained on, the number of processes
+        that trained it, and the log up to its epoch."""
         if not self.processes.is_main:
+            self.saved = at.epoch
             return
         payload = {
             "amc_data_version": __version__,
@@ -306,12 +348,12 @@ class _Run:
             "best_metric": at.best,
             "metrics": metrics,
             "rng": _get_rng(),
-            "fingerprints": dict(self.prepared.fingerprints),
+            "fingerprints": dict(self.fingerprints),
+            "processes": self.processes.world_size,
+            "log": [dict(entry) for entry in self.log],
         }
-        save_checkpoint(self.out / LAST, payload)
-        if as_best:
-            save_checkpoint(self.out / BEST, payload)
-        run_folder.write_log(self.out / LOG_FILE, self.log)
+        run_folder.commit_epoch(self.out, payload, as_best, self.log, save_checkpoint)
+        self.saved = at.epoch
 
     def _resident_features(self) -> ResidentFeatures | None:
         """The features on the training device, when `features_on` asks for it (or allows it
@@ -511,6 +553,14 @@ class _Run:
             best_metric=best_metric,
             log=list(self.log),
         )
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch of the checkpoint at `path` (None when it cannot be read)."""
+    try:
+        return int(read_checkpoint(path)["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _tick(bar: Any, item: Any) -> Any:

@@ -69,7 +69,13 @@ def test_a_run_folder_holds_config_checkpoints_and_a_log(data: Path, tmp_path: P
     assert result.epochs == 2 and result.best_metric == max(x["ndcg@10"] for x in lines)
     checkpoint = read_checkpoint(run / "last.pt")
     prepared = load_prepared(data)
-    assert checkpoint["epoch"] == 2 and checkpoint["fingerprints"] == prepared.fingerprints
+    assert checkpoint["epoch"] == 2 and checkpoint["processes"] == 1
+    # The vocabularies' fingerprints, and the features': dtype, shape and a sample's sha256.
+    fingerprints = checkpoint["fingerprints"]
+    assert {k: fingerprints[k] for k in prepared.fingerprints} == prepared.fingerprints
+    shape = "x".join(map(str, prepared.features.shape))
+    assert fingerprints["features"].startswith(f"{prepared.features.dtype} {shape} sha256:")
+    assert config["fingerprints"] == fingerprints and checkpoint["log"] == lines
     assert {"model", "optimizer", "scheduler", "rng", "train_config", "model_config"} <= set(
         checkpoint
     )
@@ -311,6 +317,11 @@ def test_two_processes_under_torchrun_train_and_write_one_loadable_checkpoint(
     assert len(lines) == 1  # rank 0 alone writes
     loaded = load_model(run, load_prepared(data))
     assert loaded.epoch == 1
+    # Two processes share each step's pairs: one process would change the steps and schedule.
+    assert read_checkpoint(run / "last.pt")["processes"] == 2
+    one = TrainConfig(epochs=1, dim=16, batch_size=16, negatives=3, device="cpu")
+    with pytest.raises(TrainingError, match=r"trained by 2 process\(es\), but this one has 1"):
+        train(data, run, one, resume=True)
 
 
 def test_weights_do_not_depend_on_workers_and_resume_stays_exact_with_them(
