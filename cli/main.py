@@ -71,6 +71,8 @@ class AmcGroup(click.Group):
             sys.stdout.flush()
             stopped = "Stopped by SIGTERM" if isinstance(exc, Terminated) else "Interrupted"
             click.echo(f"{stopped}; nothing half-written was left behind.", err=True)
+            for note in getattr(exc, "__notes__", []):  # e.g. a training: what is saved, and how
+                click.echo(note, err=True)  # to continue
             ctx.exit(128 + signal.SIGTERM if isinstance(exc, Terminated) else 130)
 
     def _in_flags(self, ctx: click.Context, exc: AmcDataError) -> str:

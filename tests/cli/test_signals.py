@@ -64,5 +64,8 @@ def test_sigterm_during_training_leaves_whole_checkpoints_and_no_temporary_file(
     code, err = _terminate_when(process, lambda: (run / "best.pt").is_file())
     assert code == 128 + signal.SIGTERM, err
     assert "Stopped by SIGTERM" in err and "Traceback" not in err
+    # What is saved, and the command that continues it.
+    assert f"{run} holds " in err and "of 500 epochs; continue with amc-data train" in err
+    assert "--resume" in err
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert read_checkpoint(run / "last.pt")["epoch"] >= 1
