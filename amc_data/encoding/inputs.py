@@ -412,18 +412,17 @@ def _absent_files_hint(archive: Archive, folder: str, stems: np.ndarray) -> str:
     """What names were expected for a split's keyword files, and what its folder holds
     instead (a count and a few names), so that misnamed files are told from absent ones."""
     expected = [f"{folder}/{bytes(stem).decode('utf-8')}.json" for stem in stems[:_NAMES_SHOWN]]
-    more = ", ..." if stems.size > _NAMES_SHOWN else ""
     wanted = (
         f"Expected {folder}/<file name>.json for each image's 'filename' in dataset.json "
-        f"(minus .jpg), such as {', '.join(expected)}{more}"
+        f"(minus .jpg), such as {', '.join(expected)}"
     )
     count, names = _folder_files(archive, folder)
     if not count:
         return f"{wanted}; the archive has no {folder}/ folder with files in it."
-    shown = ", ".join(names) + (", ..." if count > len(names) else "")
     return (
-        f"{wanted}; but {folder}/ holds {count:,} other file(s): {shown}. Rename the files after "
-        "dataset.json's file names, or fix the file names in dataset.json."
+        f"{wanted}; but {folder}/ holds {count:,} other file(s), such as {', '.join(names)}. "
+        "Rename the files after dataset.json's file names, or fix the file names in "
+        "dataset.json."
     )
 
 
