@@ -157,20 +157,20 @@ def vocabulary_report(
     words' occurrences in the training queries), the queries (the `query` and `split` columns
     of `queries`) left with no word of the vocabulary, and the `keyword_rows` (one per feature
     row) left empty."""
-    splits = queries["split"].astype(str).tolist()
-    has_word = vocabulary.index.__contains__
+    words = vocabulary.index.keys()
     analyzer = query_analyzer()
-    empty: Counter[str] = Counter()
-    for split, query in zip(splits, queries["query"], strict=True):
-        if not any(map(has_word, analyzer(query))):
-            empty[split] += 1
+    texts = queries["query"].tolist()
+    empty_rows = np.fromiter(
+        map(words.isdisjoint, map(analyzer, texts)), dtype=bool, count=len(texts)
+    )
+    empty: Counter[str] = Counter(queries["split"].astype(str).to_numpy()[empty_rows].tolist())
     report: dict[str, Any] = {
         "min_count": vocabulary.min_count,
         "query_words_kept": len(vocabulary),
         "query_words_dropped": vocabulary.dropped_words,
         "query_word_occurrences": sum(vocabulary.counts) + vocabulary.dropped_occurrences,
         "query_word_occurrences_dropped": vocabulary.dropped_occurrences,
-        "queries": len(splits),
+        "queries": len(texts),
         "queries_empty": empty.total(),
         "queries_empty_per_split": dict(sorted(empty.items())),
         "keyword_rows": keyword_rows,
