@@ -83,14 +83,17 @@ def _report(result: EncodeResult) -> None:
         )
         return
     click.echo(f"{result.dataset}: encoded into {result.out_dir}")
-    click.echo(f"  {'split':<8} {'documents':>10} {'encoded':>10} {'skipped':>8} {'pairs':>12}")
+    click.echo(
+        f"  {'split':<8} {'documents':>10} {'encoded':>10} {'skipped':>8} {'pairs':>12} "
+        f"{'empty':>8}"
+    )
     for split, counts in result.counts.items():
         if counts.get("documents") or counts.get("skipped"):
             click.echo(
                 f"  {split:<8} {counts['documents']:>10,} {counts['encoded']:>10,} "
-                f"{counts['skipped']:>8,} {counts['pairs']:>12,}"
+                f"{counts['skipped']:>8,} {counts['pairs']:>12,} {counts.get('empty', 0):>8,}"
             )
-    click.echo(f"  vocabulary: {result.vocabulary_size:,} words")
+    _report_vocabulary(result)
     if result.skipped:
         click.echo(
             f"  {len(result.skipped):,} item(s) skipped; each is recorded with its reason in "
@@ -98,6 +101,26 @@ def _report(result: EncodeResult) -> None:
         )
     if "total" in result.seconds:
         click.echo(f"  time: {result.seconds['total']:.1f} s")
+
+
+def _report_vocabulary(result: EncodeResult) -> None:
+    """Words kept and dropped by min_df, word occurrences dropped, documents left empty (the
+    library warns, through logging, when most are dropped)."""
+    report = result.vocabulary
+    if not report:  # recorded by an older version
+        click.echo(f"  vocabulary: {result.vocabulary_size:,} words")
+        return
+    min_df = report["min_df"]
+    click.echo(
+        f"  vocabulary: {report['words_kept']:,} words kept, {report['words_dropped']:,} "
+        f"dropped (in fewer than --min-df {min_df} of the {report['fitting_documents']:,} "
+        "fitting documents)"
+    )
+    click.echo(
+        f"  keywords: {report['word_occurrences_dropped']:,} of {report['word_occurrences']:,} "
+        f"word occurrences dropped (outside the vocabulary); {report['documents_empty']:,} of "
+        f"{report['documents']:,} documents left empty"
+    )
 
 
 COMMANDS: list[click.Command] = [encode_command]

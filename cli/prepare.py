@@ -135,6 +135,20 @@ def report_prepared(result: PrepareResult) -> None:
             f"{counts['judgments'][split]:>11,}"
         )
     click.echo(f"  features: {counts['features']:,} rows ({result.features_stored})")
+    vocabulary = counts.get("vocabulary")
+    if vocabulary:
+        click.echo(
+            f"  query words: {vocabulary['query_words_kept']:,} kept, "
+            f"{vocabulary['query_words_dropped']:,} dropped (seen fewer than --min-query-count "
+            f"{vocabulary['min_count']} times in the training queries: "
+            f"{vocabulary['query_word_occurrences_dropped']:,} of "
+            f"{vocabulary['query_word_occurrences']:,} occurrences)"
+        )
+        click.echo(
+            f"  queries left empty: {vocabulary['queries_empty']:,} of "
+            f"{vocabulary['queries']:,}; keyword rows left empty: "
+            f"{vocabulary['keyword_rows_empty']:,} of {vocabulary['keyword_rows']:,}"
+        )
     for kind, entry in result.skipped.items():
         examples = ", ".join(str(e) for e in entry["examples"])
         click.echo(

@@ -107,10 +107,60 @@ class EncodeResult:
     out_dir: Path
     up_to_date: bool
     vocabulary_size: int
-    counts: dict[str, dict[str, int]]  # split -> documents, encoded, skipped, pairs
+    # split -> documents, encoded, skipped, pairs (words kept), empty (encoded documents left
+    # with no word of the vocabulary)
+    counts: dict[str, dict[str, int]]
     skipped: tuple[SkippedItem, ...] = ()
     outputs: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
+    # What min_df kept and dropped (see `vocabulary_report`); empty for an encode recorded by an
+    # older version.
+    vocabulary: dict[str, int] = field(default_factory=dict)
+
+
+def vocabulary_report(
+    min_df: int,
+    fitting_documents: int,
+    words_seen: int,
+    words_kept: int,
+    written: dict[str, dict[str, int]],
+) -> dict[str, int]:
+    """What the vocabulary kept and dropped: distinct words of the fitting documents kept and
+    dropped by `min_df`, word occurrences (analyzer tokens) of all the encoded documents and
+    how many of them fell outside the vocabulary, and the encoded documents left empty."""
+    occurrences = sum(counts["tokens"] for counts in written.values())
+    return {
+        "min_df": min_df,
+        "fitting_documents": fitting_documents,
+        "words_kept": words_kept,
+        "words_dropped": words_seen - words_kept,
+        "word_occurrences": occurrences,
+        "word_occurrences_dropped": occurrences - sum(c["pairs"] for c in written.values()),
+        "documents": sum(counts["encoded"] for counts in written.values()),
+        "documents_empty": sum(counts["empty"] for counts in written.values()),
+    }
+
+
+def vocabulary_warning(dataset: str, report: dict[str, int]) -> str | None:
+    """A warning when min_df dropped most of the word occurrences or left most documents
+    empty, as it does on a dataset much smaller than the authors'; None otherwise.
+
+    Measured on occurrences, not distinct words: keyword and caption vocabularies have long
+    tails of rare words, so most distinct words fall below min_df even where the kept words
+    carry nearly all the text."""
+    dropped, occurrences = report["word_occurrences_dropped"], report["word_occurrences"]
+    empty, documents = report["documents_empty"], report["documents"]
+    if 2 * dropped <= occurrences and 2 * empty <= documents:
+        return None
+    return (
+        f"{dataset}: min_df={report['min_df']} kept {report['words_kept']:,} words and dropped "
+        f"{report['words_dropped']:,} (found in fewer than {report['min_df']} of the "
+        f"{report['fitting_documents']:,} fitting documents): {dropped:,} of {occurrences:,} "
+        f"word occurrences are dropped, and {empty:,} of {documents:,} documents are left with "
+        "no keyword. The vocabulary is fitted on this dataset's own documents, so a dataset "
+        "much smaller than the authors' needs a lower min_df: encode again with a lower "
+        f"--min-df (the authors used {AUTHORS_MIN_DF} on tens of thousands of images)."
+    )
 
 
 def encode(
@@ -155,9 +205,10 @@ def _fit(
     config: EncodeConfig,
     policy: ErrorPolicy,
     jobs: int,
-) -> tuple[list[str], np.ndarray, Documents]:
+) -> tuple[list[str], np.ndarray, Documents, tuple[int, int]]:
     """Plan the documents and count document frequencies over the fitting set; return the
-    vocabulary, its document frequencies, and all the documents.
+    vocabulary, its document frequencies, all the documents, and the number of fitting
+    documents and of distinct words in them.
 
     The workers start before planning does (planning uses threads, and processes must not be
     forked beside them) and count the fitting set (all in the plan's first part) while the rest
@@ -190,7 +241,8 @@ def _fit(
                 n_documents += counts.documents
                 bar.update(counts.documents + len(counts.errors))
     words = fit_vocabulary(frequency, n_documents, config.min_df)
-    return words, np.array([frequency[word] for word in words], dtype=np.int64), documents
+    frequencies = np.array([frequency[word] for word in words], dtype=np.int64)
+    return words, frequencies, documents, (n_documents, len(frequency))
 
 
 def _fingerprint(dataset: str, inputs: list[Path], config: EncodeConfig) -> dict[str, Any]:
@@ -225,7 +277,9 @@ def _encode_into(
     began = time.perf_counter()
     policy = ErrorPolicy(config.on_error)
     parts = plan_parts(spec, folder, policy)
-    words, frequencies, documents = _fit(parts, analyzer, config, policy, jobs)
+    words, frequencies, documents, (fitting, words_seen) = _fit(
+        parts, analyzer, config, policy, jobs
+    )
     seconds["plan_and_fit"] = time.perf_counter() - began
 
     mark = time.perf_counter()
@@ -254,15 +308,11 @@ def _encode_into(
     seconds["total"] = time.perf_counter() - began
 
     skipped = tuple(policy.skipped)  # planning's, then the encoding pass's, in document order
-    counts = {}
-    for split, split_counts in written.counts.items():
-        n_skipped = sum(item.split == split for item in skipped)
-        counts[split] = {
-            "documents": split_counts["encoded"] + n_skipped,
-            "encoded": split_counts["encoded"],
-            "skipped": n_skipped,
-            "pairs": split_counts["pairs"],
-        }
+    counts = _split_counts(written.counts, skipped)
+    vocabulary = vocabulary_report(config.min_df, fitting, words_seen, len(words), written.counts)
+    warning = vocabulary_warning(spec.name, vocabulary)
+    if warning is not None:
+        log.warning("%s", warning)
     result = EncodeResult(
         dataset=spec.name,
         out_dir=staging,
@@ -272,8 +322,26 @@ def _encode_into(
         skipped=skipped,
         outputs=(*written.files, "encode.json"),
         seconds=seconds,
+        vocabulary=vocabulary,
     )
     return result, _record(result, documents, config, jobs)
+
+
+def _split_counts(
+    written: dict[str, dict[str, int]], skipped: tuple[SkippedItem, ...]
+) -> dict[str, dict[str, int]]:
+    """The result's counts per split: the writers' (`written`) with the skipped items."""
+    counts = {}
+    for split, split_counts in written.items():
+        n_skipped = sum(item.split == split for item in skipped)
+        counts[split] = {
+            "documents": split_counts["encoded"] + n_skipped,
+            "encoded": split_counts["encoded"],
+            "skipped": n_skipped,
+            "pairs": split_counts["pairs"],
+            "empty": split_counts["empty"],
+        }
+    return counts
 
 
 def _record(
@@ -293,6 +361,7 @@ def _record(
         },
         "packages": package_versions(),
         "vocabulary_size": result.vocabulary_size,
+        "vocabulary": result.vocabulary,
         "counts": result.counts,
         "absent_splits": list(documents.absent_splits),
         "skipped": [asdict(item) for item in result.skipped],
@@ -320,6 +389,7 @@ def _up_to_date(
             skipped=tuple(SkippedItem(**item) for item in previous.get("skipped", [])),
             outputs=tuple(previous["outputs"]),
             seconds={},
+            vocabulary=dict(previous.get("vocabulary", {})),
         )
     except (KeyError, TypeError, ValueError):
         return None

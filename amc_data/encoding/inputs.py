@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ import numpy as np
 
 from ..archive import (
     Archive,
+    DirectoryArchive,
     MemberLayout,
     ZipArchive,
     find_layout,
     open_archive,
     repeated_rows,
 )
+from ..archive.members import is_junk
 from ..errors import InputError
 from ..spec import DatasetSpec
 from .policy import ErrorPolicy, SkippedItem
@@ -33,6 +36,7 @@ from .policy import ErrorPolicy, SkippedItem
 log = logging.getLogger(__name__)
 
 _LAYOUT_SAMPLE = 200
+_NAMES_SHOWN = 3  # file names a message shows of a folder, or of the names expected
 _INT64_MAX = (1 << 63) - 1
 
 
@@ -394,10 +398,54 @@ def _absent_splits(planner: _Planner, found: _Candidates) -> tuple[str, ...]:
         layout = planner.layout(archive, folder, stems)
         if (archive.locations(_member_names(layout, folder, stems))[:, 2] < 0).all():
             log.warning(
-                "%s has no %s/ files: its %d images are left out.", archive.path, folder, stems.size
+                "%s has none of the keyword files of the %d %s images: they are left out. %s",
+                archive.path,
+                stems.size,
+                split,
+                _absent_files_hint(archive, folder, stems),
             )
             absent.append(split)
     return tuple(absent)
+
+
+def _absent_files_hint(archive: Archive, folder: str, stems: np.ndarray) -> str:
+    """What names were expected for a split's keyword files, and what its folder holds
+    instead (a count and a few names), so that misnamed files are told from absent ones."""
+    expected = [f"{folder}/{bytes(stem).decode('utf-8')}.json" for stem in stems[:_NAMES_SHOWN]]
+    wanted = (
+        f"Expected {folder}/<file name>.json for each image's 'filename' in dataset.json "
+        f"(minus .jpg), such as {', '.join(expected)}"
+    )
+    count, names = _folder_files(archive, folder)
+    if not count:
+        return f"{wanted}; the archive has no {folder}/ folder with files in it."
+    return (
+        f"{wanted}; but {folder}/ holds {count:,} other file(s), such as {', '.join(names)}. "
+        "Rename the files after dataset.json's file names, or fix the file names in "
+        "dataset.json."
+    )
+
+
+def _folder_files(archive: Archive, folder: str) -> tuple[int, list[str]]:
+    """How many files lie under `folder/` (at the archive's root or inside a top folder), and
+    the first few of their names, as the archive spells them."""
+    heads = [f"{folder}/", *(f"{top}/{folder}/" for top in archive.top_folders())]
+    if isinstance(archive, ZipArchive):
+        names = archive.index().names
+        inside = np.zeros(names.size, dtype=bool)
+        for head in heads:
+            inside |= np.char.startswith(names, head.encode("utf-8"))
+        found = [bytes(name).decode("utf-8") for name in names[inside].tolist()]
+    elif isinstance(archive, DirectoryArchive):
+        found = []
+        for head in heads:
+            for root, _, files in os.walk(archive.path / head):
+                relative = Path(root).relative_to(archive.path).as_posix()
+                found += sorted(f"{relative}/{name}" for name in files)
+    else:
+        return 0, []
+    found = [name for name in found if not is_junk(name)]
+    return len(found), found[:_NAMES_SHOWN]
 
 
 def _plan_dataset_json(spec: DatasetSpec, folder: Path, policy: ErrorPolicy) -> Documents:

@@ -81,7 +81,9 @@ class WrittenOutputs:
     """What the writers wrote: file names (in the output folder) and counts per split."""
 
     files: list[str]
-    counts: dict[str, dict[str, int]]  # split -> {"encoded": documents, "pairs": rows}
+    # split -> {"encoded": documents, "pairs": rows (words kept), "empty": encoded documents
+    # with no word kept, "tokens": words seen, kept or not}
+    counts: dict[str, dict[str, int]]
 
 
 class OutputWriters:
@@ -108,7 +110,9 @@ class OutputWriters:
         self.csr = csr  # split code -> builder
         self.parquet = parquet
         # Documents per split = encoded + skipped: the encoder adds the skipped at the end.
-        self.counts = {s: {"encoded": 0, "pairs": 0} for s in documents.splits}
+        self.counts = {
+            s: {"encoded": 0, "pairs": 0, "empty": 0, "tokens": 0} for s in documents.splits
+        }
         self._split_names = arrow_array(list(documents.splits), pa.string())
 
     @classmethod
@@ -186,6 +190,8 @@ class OutputWriters:
             counts = self.counts[self.documents.splits[code]]
             counts["encoded"] += int((in_split & ok).sum())
             counts["pairs"] += int(kept[in_split].sum())
+            counts["empty"] += int((in_split & ok & (kept == 0)).sum())
+            counts["tokens"] += int(chunk.tokens_seen[in_split].sum())
         for original in self.originals:
             docs = np.isin(split, original.split_codes) & ok
             tokens = slice(None) if docs.all() else np.repeat(docs, kept)

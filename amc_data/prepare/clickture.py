@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,12 @@ from .common import (
     write_folder,
 )
 from .format import SPLITS, read_keyword_vocabulary, unique_ids
-from .queries import fit_query_vocabulary, query_analyzer
+from .queries import (
+    QueryVocabulary,
+    fit_query_vocabulary,
+    query_analyzer,
+    vocabulary_report,
+)
 from .registry import FileInput, PrepareRecipe
 from .writer import FeatureRows
 
@@ -523,10 +528,11 @@ def _rows(
     train: _Judged,
     judged: _Judged,
     encoded: Path,
-    n_words: int,
     notes: list[str],
 ) -> _Rows:
-    """The feature rows of the judged images (Lite, then dev) and their keyword rows."""
+    """The feature rows of the judged images (Lite, then dev) and their keyword rows (over the
+    words of the encode output's vocab.tsv)."""
+    n_words = len(read_keyword_vocabulary(encoded / "vocab.tsv"))
     (lite_array, lite_have, lite_path), (dev_array, dev_have, _) = lite, dev
     lite_rows = np.flatnonzero(np.isin(lite_have, unique_ids(train.img_id)))
     dev_rows = np.flatnonzero(np.isin(dev_have, unique_ids(judged.img_id)))
@@ -552,6 +558,18 @@ def _rows(
         keywords=keywords,
         without_keywords=without_keywords,
     )
+
+
+def _vocabularies(
+    train: _Judged, queries: pd.DataFrame, rows: _Rows, config: ClicktureConfig
+) -> tuple[QueryVocabulary, dict[str, Any]]:
+    """The query vocabulary (fitted on the click log's queries) and the report of what the
+    vocabularies keep and drop (`vocabulary_report`)."""
+    query_vocabulary = fit_query_vocabulary(_batches(train.texts), config.min_query_count)
+    report = vocabulary_report(
+        query_vocabulary, queries, rows.keywords.shape[0], rows.without_keywords
+    )
+    return query_vocabulary, report
 
 
 def _details(config: ClicktureConfig, without_keywords: int) -> dict[str, Any]:
@@ -655,28 +673,29 @@ def prepare_clickture(
 
     queries, judgments = _query_tables(train, judged, dev_split)
     images = _image_table(train, judged, dev_split, notes)
-    vocab_path = paths.encoded / "vocab.tsv"
-    n_words = len(read_keyword_vocabulary(vocab_path))
-    rows = _rows(lite, dev, train, judged, paths.encoded, n_words, notes)
-    return write_folder(
+    rows = _rows(lite, dev, train, judged, paths.encoded, notes)
+    query_vocabulary, vocabulary = _vocabularies(train, queries, rows, config)
+    written = write_folder(
         paths.out,
         "clickture",
         features=rows.features,
         feature_ids=rows.ids,
         keywords=rows.keywords,
-        vocab_path=vocab_path,
+        vocab_path=paths.encoded / "vocab.tsv",
         images=images,
         queries=queries,
         judgments=judgments,
-        query_vocabulary=fit_query_vocabulary(_batches(train.texts), config.min_query_count),
+        query_vocabulary=query_vocabulary,
         options={**asdict(config), **paths.options()},
         force=config.force,
         link_features=False,
         encoded=record,
-        details=_details(config, rows.without_keywords),
+        details={**_details(config, rows.without_keywords), "vocabulary": vocabulary},
         skipped={**problems.recorded, **skipped},
         notes=notes,
     )
+    # PrepareResult has no field for the vocabulary report (yet): it rides in the counts.
+    return replace(written, counts={**written.counts, "vocabulary": vocabulary})
 
 
 DATASET = PrepareRecipe(

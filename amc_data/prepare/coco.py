@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +51,11 @@ from .common import (
     write_folder,
 )
 from .format import read_keyword_vocabulary
-from .queries import QueryVocabulary, fit_query_vocabulary
+from .queries import (
+    QueryVocabulary,
+    fit_query_vocabulary,
+    vocabulary_report,
+)
 from .registry import FileInput, PrepareRecipe
 
 __all__ = ["DATASET", "CocoConfig", "prepare_coco"]
@@ -248,8 +252,9 @@ def _keyword_rows(
         encoded_count = record["counts"].get(split, {}).get("encoded", 0)
         if split in record["absent_splits"] or not encoded_count:
             log.warning(
-                "the encode output has no keywords for the %d %s images (the archive "
-                "holds no keyword_%s/ files): they get empty keyword rows",
+                "the encode output has no keywords for the %d %s images (encode found none of "
+                "their keyword_%s/ files; its warning named what that folder holds): they get "
+                "empty keyword rows",
                 rows.size,
                 split,
                 split,
@@ -330,6 +335,7 @@ def _match_features(
     else:
         user_img = user_ids
     wanted = (cocoids if by_cocoid else img_ids)[keep]
+    _check_id_kind(wanted, (img_ids if by_cocoid else cocoids)[keep], user_ids, config, feature_ids)
     have = missing_features(wanted, user_ids, config.missing, "images", feature_ids)
     keep = keep.copy()
     keep[np.flatnonzero(keep)[~have]] = False
@@ -338,6 +344,33 @@ def _match_features(
     if extra_rows:
         notes.append(f"{extra_rows:,} feature rows belong to no kept image and were left out.")
     return _Matched(keep, wanted[~have], selected, user_img[selected])
+
+
+def _check_id_kind(
+    wanted: np.ndarray,
+    other: np.ndarray,
+    user_ids: np.ndarray,
+    config: CocoConfig,
+    feature_ids: Path,
+) -> None:
+    """Stop when most images lack features under `feature_id_kind` while the feature ids match
+    more images as the other kind of id: the features are keyed by the other kind, and leaving
+    the images out (`missing="skip"`) would drop most or all of them."""
+    found = int(np.isin(wanted, user_ids).sum())
+    if 2 * found >= wanted.size:
+        return
+    found_other = int(np.isin(other[other >= 0], user_ids).sum())  # -1: no cocoid
+    if found_other <= found:
+        return
+    kind = config.feature_id_kind
+    other_kind = "cocoid" if kind == "imgid" else "imgid"
+    names = {"imgid": "Karpathy imgids", "cocoid": "COCO image ids (cocoid)"}
+    raise InputError(
+        f"{wanted.size - found:,} of {wanted.size:,} images have no row in {feature_ids} when "
+        f"its ids are read as {names[kind]} (feature_id_kind={kind!r}), but {found_other:,} "
+        f"images are found when they are read as {names[other_kind]}: the features are keyed "
+        f"by {other_kind}. Pass --feature-id-kind {other_kind}."
+    )
 
 
 def _keywords(
@@ -471,7 +504,8 @@ def prepare_coco(
     per = config.captions_per_image
     images, queries, judgments = _tables(karpathy, karpathy_split, split, fold, matched.keep, per)
     query_vocabulary = _query_vocabulary(queries, where, config)
-    return write_folder(
+    vocabulary = vocabulary_report(query_vocabulary, queries, keywords.shape[0], without_keywords)
+    result = write_folder(
         out_dir,
         "coco",
         features=feature_rows([array], [matched.rows], features_path),
@@ -492,10 +526,12 @@ def prepare_coco(
         force=config.force,
         link_features=config.link_features,
         encoded=record,
-        details=_details(fold, config, without_keywords),
+        details={**_details(fold, config, without_keywords), "vocabulary": vocabulary},
         skipped=_skipped(problems, matched.absent),
         notes=notes,
     )
+    # PrepareResult has no field for the vocabulary report (yet): it rides in the counts.
+    return replace(result, counts={**result.counts, "vocabulary": vocabulary})
 
 
 DATASET = PrepareRecipe(

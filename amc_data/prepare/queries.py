@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,13 +26,19 @@ from ..encoding.analyzer import Analyzer
 from ..encoding.formats import read_vocab_tsv
 from ..errors import ConfigError, InputError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = [
     "QUERY_VOCAB_HEADER",
     "QueryVocabulary",
     "fit_query_vocabulary",
     "query_analyzer",
     "tokenize_queries",
+    "vocabulary_report",
 ]
+
+log = logging.getLogger(__name__)
 
 QUERY_VOCAB_HEADER = "word_id\tword\tcount"
 
@@ -49,6 +57,10 @@ class QueryVocabulary:
     words: tuple[str, ...]
     counts: tuple[int, ...]
     min_count: int = 1
+    # What the fit left out (0 for a vocabulary read back from its file): distinct words seen
+    # fewer than `min_count` times, and their occurrences.
+    dropped_words: int = field(default=0, compare=False)
+    dropped_occurrences: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "words", tuple(self.words))
@@ -115,7 +127,14 @@ def fit_query_vocabulary(
             f"({len(counter)} distinct words in all), so the query vocabulary would be empty. "
             "Lower the minimum count, or check that the training queries hold text."
         )
-    return QueryVocabulary(tuple(words), tuple(counter[w] for w in words), min_count)
+    kept = [counter[w] for w in words]
+    return QueryVocabulary(
+        tuple(words),
+        tuple(kept),
+        min_count,
+        dropped_words=len(counter) - len(words),
+        dropped_occurrences=counter.total() - sum(kept),
+    )
 
 
 def tokenize_queries(
@@ -125,3 +144,68 @@ def tokenize_queries(
     dropped; a query may come out empty)."""
     analyzer = analyzer or query_analyzer()
     return [vocabulary.encode(query, analyzer) for query in queries]
+
+
+def vocabulary_report(
+    vocabulary: QueryVocabulary,
+    queries: pd.DataFrame,
+    keyword_rows: int,
+    keyword_rows_empty: int,
+) -> dict[str, Any]:
+    """What a prepared folder's vocabularies keep and drop, and a logged warning when most is
+    dropped: the query words kept and dropped by `min_count` (distinct, and the dropped
+    words' occurrences in the training queries), the queries (the `query` and `split` columns
+    of `queries`) left with no word of the vocabulary, and the `keyword_rows` (one per feature
+    row) left empty."""
+    words = vocabulary.index.keys()
+    analyzer = query_analyzer()
+    texts = queries["query"].tolist()
+    empty_rows = np.fromiter(
+        map(words.isdisjoint, map(analyzer, texts)), dtype=bool, count=len(texts)
+    )
+    empty: Counter[str] = Counter(queries["split"].astype(str).to_numpy()[empty_rows].tolist())
+    report: dict[str, Any] = {
+        "min_count": vocabulary.min_count,
+        "query_words_kept": len(vocabulary),
+        "query_words_dropped": vocabulary.dropped_words,
+        "query_word_occurrences": sum(vocabulary.counts) + vocabulary.dropped_occurrences,
+        "query_word_occurrences_dropped": vocabulary.dropped_occurrences,
+        "queries": len(texts),
+        "queries_empty": empty.total(),
+        "queries_empty_per_split": dict(sorted(empty.items())),
+        "keyword_rows": keyword_rows,
+        "keyword_rows_empty": keyword_rows_empty,
+    }
+    for warning in _report_warnings(report):
+        log.warning("%s", warning)
+    return report
+
+
+def _report_warnings(report: dict[str, Any]) -> list[str]:
+    """Warnings for a report where most query words, queries or keyword rows are dropped.
+
+    Measured on occurrences, not distinct words: captions have long tails of rare words, and
+    the usual `min_count` of 4 drops most distinct COCO caption words, nearly none of the text."""
+    warnings = []
+    dropped, occurrences = (
+        report["query_word_occurrences_dropped"],
+        report["query_word_occurrences"],
+    )
+    empty, queries = report["queries_empty"], report["queries"]
+    if 2 * dropped > occurrences or 2 * empty > queries:
+        warnings.append(
+            f"min_count={report['min_count']} kept {report['query_words_kept']:,} query words "
+            f"and dropped {report['query_words_dropped']:,} (seen fewer than "
+            f"{report['min_count']} times in the training queries): {dropped:,} of "
+            f"{occurrences:,} training query word occurrences are dropped, and {empty:,} of "
+            f"{queries:,} queries are left with no word. Prepare again with a lower "
+            "--min-query-count."
+        )
+    rows, empty_rows = report["keyword_rows"], report["keyword_rows_empty"]
+    if 2 * empty_rows > rows:
+        warnings.append(
+            f"{empty_rows:,} of {rows:,} images have no keyword in the encode output's "
+            "vocabulary (an empty keyword row). If encode dropped most words, encode again with "
+            "a lower --min-df (and --force), then prepare again."
+        )
+    return warnings

@@ -5,6 +5,7 @@ val/test split of the dev queries, and each bad input reported."""
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from amc_data.prepare.clickture import (
     prepare_clickture,
     split_dev_queries,
 )
+from amc_data.prepare.queries import query_analyzer
 
 
 @pytest.fixture(scope="module")
@@ -385,3 +387,27 @@ def test_negative_counts_and_empty_queries(tmp_path, inputs):
         if line.startswith(f"{query}\timg{key}\t")
     )
     assert label.tolist() == [expected]
+
+
+def test_the_vocabulary_report(tmp_path, inputs):
+    """What the query vocabulary keeps and drops, and the empty queries and keyword rows, are
+    counted in the result and recorded in prepared.json."""
+    data_dir, paths = inputs
+    result = _run(data_dir, paths, tmp_path / "out", min_query_count=20)
+    data = load_prepared(result.out)
+    report = result.counts["vocabulary"]
+    analyzer = query_analyzer()
+    seen = Counter(t for q in data.split_queries("train")["query"] for t in analyzer(q))
+    kept = {word for word, count in seen.items() if count >= 20}
+    assert 0 < len(kept) < len(seen)  # the threshold drops some words, not all
+    assert report["query_words_kept"] == len(kept) == len(data.query_vocabulary)
+    assert report["query_words_dropped"] == len(seen) - len(kept)
+    assert report["query_word_occurrences"] == seen.total()
+    assert report["query_word_occurrences_dropped"] == sum(
+        count for word, count in seen.items() if word not in kept
+    )
+    empty = [q for q in data.queries["query"] if not kept & set(analyzer(q))]
+    assert report["queries"] == len(data.queries) and report["queries_empty"] == len(empty)
+    assert report["keyword_rows"] == data.keywords.shape[0]
+    assert report["keyword_rows_empty"] == int((data.keywords.getnnz(axis=1) == 0).sum())
+    assert data.info["clickture"]["vocabulary"] == report

@@ -4,6 +4,7 @@ from the encode output, features linked or copied, and each bad input named."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import zipfile
@@ -270,3 +271,97 @@ def test_cli(tmp_path, coco):
     assert result.exit_code == 0, result.output
     assert "(copy)" in result.output
     assert load_prepared(tmp_path / "out").info["options"]["restval"] == "drop"
+
+
+@pytest.mark.parametrize("missing", ["fail", "skip"])
+def test_features_keyed_by_the_other_id_kind_name_the_flag(tmp_path, coco, missing):
+    data_dir, made = coco
+    karpathy = _dataset_json(made)["images"]
+    by_cocoid = save_features(tmp_path, "c", [im["cocoid"] for im in karpathy])
+    with pytest.raises(InputError) as caught:  # read as imgids, they match no image
+        prepare_coco(
+            *by_cocoid,
+            tmp_path / "out",
+            data_dir=data_dir,
+            config=CocoConfig(missing=missing, **FAST),
+        )
+    message = str(caught.value)
+    assert "75 of 75 images have no row" in message and "75 images are found" in message
+    assert "Pass --feature-id-kind cocoid." in message and "--missing skip" not in message
+    by_imgid = save_features(tmp_path, "i", [im["imgid"] for im in karpathy])
+    with pytest.raises(InputError, match="Pass --feature-id-kind imgid"):
+        prepare_coco(
+            *by_imgid,
+            tmp_path / "out",
+            data_dir=data_dir,
+            config=CocoConfig(missing=missing, feature_id_kind="cocoid", **FAST),
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_query_vocabulary_report_and_its_warning(tmp_path, coco, caplog):
+    """Captions whose words are mostly rare: min_query_count drops most of their words (a
+    warning names --min-query-count), and the val/test captions made of rare words only are
+    left empty; all counted in the result, prepared.json and the CLI's report."""
+    data_dir, made = coco
+    content = _dataset_json(made)
+    for image in content["images"]:
+        for sentence in image["sentences"]:
+            n = sentence["sentid"]
+            rare = f"alpha{n} beta{n}"
+            sentence["raw"] = f"A dog, {rare}." if image["split"] in ("train", "restval") else rare
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text(json.dumps(content))
+    features, ids = _all_features(tmp_path, made)
+    with caplog.at_level(logging.WARNING, logger="amc_data.prepare"):
+        result = prepare_coco(
+            features,
+            ids,
+            tmp_path / "out",
+            data_dir=data_dir,
+            dataset_json=dataset_json,
+            config=CocoConfig(fold_size=5, min_query_count=2),
+        )
+    report = result.counts["vocabulary"]
+    assert {key: report[key] for key in report if key.startswith("query")} == {
+        "query_words_kept": 1,  # "dog"
+        "query_words_dropped": 400,  # two words of each of the 200 training captions
+        "query_word_occurrences": 600,
+        "query_word_occurrences_dropped": 400,
+    }
+    assert report["min_count"] == 2 and report["queries"] == 375
+    assert report["queries_empty"] == 175
+    assert report["queries_empty_per_split"] == {"test": 125, "val": 50}
+    assert report["keyword_rows"] == 75
+    assert load_prepared(result.out).info["coco"]["vocabulary"] == report
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "400 of 600 training query word occurrences are dropped" in w
+        and "175 of 375 queries are left with no word" in w
+        and "--min-query-count" in w
+        for w in warnings
+    )
+    args = [
+        "prepare",
+        "coco",
+        "--data-dir",
+        str(data_dir),
+        "--features",
+        str(features),
+        "--feature-ids",
+        str(ids),
+        "--dataset-json",
+        str(dataset_json),
+        "--out",
+        str(tmp_path / "cli-out"),
+        "--fold-size",
+        "5",
+        "--min-query-count",
+        "2",
+    ]
+    shown = CliRunner().invoke(cli, args)
+    assert shown.exit_code == 0, shown.output
+    assert "query words: 1 kept, 400 dropped" in shown.output
+    assert "400 of 600 occurrences" in shown.output
+    assert "queries left empty: 175 of 375" in shown.output
+    assert "WARNING" in shown.output and "--min-query-count" in shown.output
