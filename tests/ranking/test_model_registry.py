@@ -1,5 +1,5 @@
 """The model registry: one row per model kind, read by the config checks, `build_model`, the
-CLI's `--model` choices and help, and the README's model table. A new baseline is one module and
+CLI's `--model` choices and help, and the docs' model table. A new baseline is one module and
 one row: the toy kinds here are registered from outside the package, trained and evaluated end to
 end, and listed everywhere a kind is."""
 
@@ -32,7 +32,7 @@ from amc_data.ranking.model import ModelConfig, RankingModel  # noqa: E402
 from amc_data.ranking.registry import ModelKind, model_kinds, model_table, registered  # noqa: E402
 from amc_data.ranking.training import train  # noqa: E402
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+MODEL_PAGE = Path(__file__).resolve().parents[2] / "docs" / "model.md"
 ONE_EPOCH = {"epochs": 1, "batch_size": 32, "dim": 16, "device": "cpu", "loss": "pairs"}
 
 
@@ -112,8 +112,8 @@ def test_the_registry_loads_without_torch() -> None:
     assert "'amc', 'visual', 'keyword', 'fusion', 'cca'" in out.stdout
 
 
-def test_the_readme_model_table_is_the_registry_s() -> None:
-    assert model_table() in README.read_text(encoding="utf-8")
+def test_the_documented_model_table_is_the_registry_s() -> None:
+    assert model_table() in MODEL_PAGE.read_text(encoding="utf-8")
 
 
 def test_the_built_in_kinds_say_what_they_use() -> None:
