@@ -23,8 +23,9 @@ from .options import quiet_option
 def demo_command(
     out: Path, seed: int, images: int | None, queries: int | None, epochs: int | None, quiet: bool
 ) -> None:
-    """Offline, a few minutes on a laptop: synth -> train AMC and its baselines -> eval, with
-    pictures. Everything lands in OUT (default ./amc-demo)."""
+    """Offline: synth -> train AMC and its baselines -> eval, with pictures (about 30 s with one
+    torch thread, OMP_NUM_THREADS=1, on a 2-core machine; longer beside other jobs). Everything
+    lands in OUT (default ./amc-demo)."""
     require("torch")
     require("matplotlib", "the demo's pictures")
     from amc_data.ranking.demo import run_demo

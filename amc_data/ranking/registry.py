@@ -1,7 +1,7 @@
 """The model kinds `amc-data train --model` offers: one row per kind, saying what the model reads
 and how it is fitted, its description for `--help` and the documentation, and where its builder
-lives. The config checks, the CLI's choices and help, `build_model` and the README's model table
-all read these rows, so a new baseline is one module (its model) and one row.
+lives. The config checks, the CLI's choices and help, `build_model` and the documentation's model
+table (docs/model.md) all read these rows, so a new baseline is one module (its model) and one row.
 
 No torch here: the CLI lists and checks the kinds before torch loads. A builder is named by a
 "module:callable" path and imported only when a model is built.
