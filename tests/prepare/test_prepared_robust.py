@@ -4,15 +4,20 @@ replaced keeps what amc-data did not write in it."""
 
 from __future__ import annotations
 
+import inspect
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse
+from amc_data_cli.main import cli
+from click.testing import CliRunner
 from support.prepare_helpers import write_small
 
 import amc_data.prepare.format as prepared_format
-from amc_data.errors import InputError
+import amc_data.prepare.writer as writer_module
+from amc_data.errors import ConfigError, InputError
 from amc_data.prepare import load_prepared
 
 
@@ -93,3 +98,73 @@ def test_the_check_finds_the_first_bad_row_past_the_first_chunk(prepared, monkey
 
     _rewrite_csr(prepared, edit)
     _refused(prepared, f"row {row} names word 99")
+
+
+# -- replacing a prepared folder keeps what amc-data did not write ---------------------------------
+def _crowd(folder: Path) -> dict[str, bytes]:
+    """A user's notes and an evaluation's outputs, written into a prepared folder."""
+    (folder / "NOTES.txt").write_text("which features these were\n")
+    (folder / "results").mkdir()
+    (folder / "results" / "metrics.json").write_text("{}\n")
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_force_refuses_to_replace_a_folder_holding_files_it_did_not_write(tmp_path, prepared):
+    before = _crowd(prepared)
+    with pytest.raises(ConfigError) as caught:
+        write_small(prepared, tmp_path, force=True, options={"seed": 1})
+    message = str(caught.value)
+    assert "NOTES.txt, results" in message and "did not write" in message
+    assert "\n" not in message
+    assert {p.name: p.read_bytes() for p in prepared.iterdir() if p.is_file()} == before
+    assert (prepared / "results" / "metrics.json").read_text() == "{}\n"
+    assert load_prepared(prepared).info["options"] == {"seed": 0}  # the old folder, whole
+    (prepared / "NOTES.txt").unlink()
+    shutil.rmtree(prepared / "results")
+    write_small(prepared, tmp_path, force=True, options={"seed": 1})  # moved away: replaced
+    assert load_prepared(prepared).info["options"] == {"seed": 1}
+
+
+def test_synth_force_keeps_the_users_notes_and_eval_outputs(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["synth", str(out), "--images", "240", "--queries", "30", "--quiet"]
+    assert runner.invoke(cli, args).exit_code == 0
+    before = _crowd(out)
+    (out / "plots").mkdir()
+    forced = runner.invoke(cli, [*args, "--force", "--seed", "5"])
+    assert forced.exit_code == 2, forced.output
+    assert "NOTES.txt, plots, results" in forced.stderr and "Traceback" not in forced.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert (out / "plots").is_dir() and (out / "results" / "metrics.json").is_file()
+    assert not list(tmp_path.glob(".d.*synth-*"))  # refused before any work
+
+
+def test_a_file_that_appears_during_the_write_is_refused_or_kept(tmp_path, prepared, monkeypatch):
+    load = writer_module.load_prepared
+
+    def load_then_add_notes(folder, **options):  # runs on the staging folder, before the swap
+        (prepared / "NOTES.txt").write_text("written meanwhile\n")
+        return load(folder, **options)
+
+    monkeypatch.setattr(writer_module, "load_prepared", load_then_add_notes)
+    with pytest.raises(ConfigError, match="NOTES.txt"):
+        write_small(prepared, tmp_path, force=True)
+    assert (prepared / "NOTES.txt").read_text() == "written meanwhile\n"
+    assert not list(tmp_path.glob(".prepared.staging-*"))
+    monkeypatch.undo()
+    (prepared / "NOTES.txt").unlink()
+
+    # Added in the instant after the last check: the old folder is set aside with it, whole.
+    check = writer_module._check_foreign
+
+    def check_then_add_notes(folder):
+        check(folder)
+        if inspect.stack()[1].function == "_commit":  # the last check, just before the swap
+            (folder / "NOTES.txt").write_text("written meanwhile\n")
+
+    monkeypatch.setattr(writer_module, "_check_foreign", check_then_add_notes)
+    write_small(prepared, tmp_path, force=True, options={"seed": 2})
+    assert load_prepared(prepared).info["options"] == {"seed": 2}
+    (kept,) = tmp_path.glob(".prepared.kept-*")
+    assert [p.name for p in kept.iterdir()] == ["NOTES.txt"]
