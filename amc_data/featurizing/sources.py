@@ -65,8 +65,9 @@ class Plan:
     lengths: np.ndarray  # (n,) int64: byte length of the TSV line; -1 for files
     image_column: int = 1  # TSV column holding the base64 image
     skipped: list[SkippedImage] = field(default_factory=list)
-    # sha256 of the size, mtime and ctime of every planned image file (of the TSV file): an
-    # image replaced under the same name changes it, even one given its predecessor's mtime.
+    # sha256 of the size, mtime and ctime of every planned image file (of the TSV file), when
+    # planned: an image replaced under the same name changes it, even one given its
+    # predecessor's mtime. A finished output is up to date only while it is unchanged.
     stamp: str = ""
 
     def __len__(self) -> int:
@@ -79,12 +80,11 @@ class Plan:
         return f"{self.root} line {int(self.lines[index])} (key {self.names[index]!r})"
 
     def digest(self) -> str:
-        """sha256 of the names, ids and file stamps, in order: what a resumed run must find
-        again, and what says a finished output is still up to date."""
+        """sha256 of the names and ids, in order: what a resumed run must find again (an image
+        not yet read may still be fixed or replaced in between; `stamp` is left out)."""
         digest = hashlib.sha256()
         digest.update("\n".join(self.names).encode("utf-8", "surrogateescape"))
         digest.update(np.ascontiguousarray(self.img_ids, dtype="<i8").tobytes())
-        digest.update(self.stamp.encode("ascii"))
         return digest.hexdigest()
 
 

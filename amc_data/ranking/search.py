@@ -153,8 +153,8 @@ class Searcher:
         unknown = list(dict.fromkeys(t for t in tokens if t not in self._index))
         if not known:
             why = (
-                f"none of its words ({shown_ids(unknown, len(unknown))}) is in the query vocabulary the run "
-                "was trained with"
+                f"none of its words ({shown_ids(unknown, len(unknown))}) is in the query "
+                "vocabulary the run was trained with"
                 if unknown
                 else "it has no word the analyzer keeps (stop words and punctuation are dropped)"
             )

@@ -148,7 +148,7 @@ def test_a_file_that_appears_during_the_write_is_refused_or_kept(tmp_path, prepa
         return load(folder, **options)
 
     monkeypatch.setattr(writer_module, "load_prepared", load_then_add_notes)
-    with pytest.raises(ConfigError, match="NOTES.txt"):
+    with pytest.raises(ConfigError, match=r"NOTES\.txt"):
         write_small(prepared, tmp_path, force=True)
     assert (prepared / "NOTES.txt").read_text() == "written meanwhile\n"
     assert not list(tmp_path.glob(".prepared.staging-*"))
