@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from amc_data._optional import require
-from amc_data.ranking.search_config import SearchConfig
+from amc_data.ranking.search_config import SearchConfig, check_query
 
 from .options import config_option
 from .tables import text_table
@@ -37,20 +37,32 @@ if TYPE_CHECKING:
     help="Print a JSON list of the results (rank, img_id, score, modality_weights, keywords, "
     "regions) instead of a table.",
 )
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No notes on stderr (unknown words); the results still."
+)
 def search_command(
-    run: Path, query: tuple[str, ...], data: Path, split: str, top: int, device: str, as_json: bool
+    run: Path,
+    query: tuple[str, ...],
+    data: Path,
+    split: str,
+    top: int,
+    device: str,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Rank the images of DATA for QUERY (free text; several words need no quotes) with RUN (a
     run folder's best.pt, or a .pt file), showing what the model attended to."""
+    text = check_query(" ".join(query))  # a query too long is refused before torch loads
     require("torch")
+    from amc_data.prepare.format import shown_ids
     from amc_data.ranking.search import search
 
     config = SearchConfig(split=split, top=top, device=device)  # type: ignore[arg-type]
-    result = search(run, data, " ".join(query), config)
-    if result.unknown:
+    result = search(run, data, text, config)
+    if result.unknown and not quiet:
         click.echo(
             f"Unknown query word(s) ignored (not in the run's query vocabulary): "
-            f"{', '.join(result.unknown)}",
+            f"{shown_ids(result.unknown, len(result.unknown))}",
             err=True,
         )
     if as_json:

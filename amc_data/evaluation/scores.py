@@ -9,9 +9,10 @@ are ignored. Every malformed file gets one `InputError` that names the file, the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TypeAlias
 
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from amc_data.checks import whole_number
 from amc_data.errors import InputError
+from amc_data.prepare.format import MAX_EVAL_LABEL
 
 from .metrics import NDCG_CUTOFFS, RankingMetrics, ranking_metrics
 from .protocol import MAX_ROWS
@@ -89,14 +91,16 @@ def _tsv_batches(path: Path, types: dict[str, pa.DataType]) -> Iterator[pa.Recor
         return "error"  # stop at the first one: it is reported below
 
     try:
-        reader = pacsv.open_csv(
+        # Closed on every way out (the last block, a bad row, the caller stopping early): an
+        # open reader's read-ahead thread could outlive the interpreter and abort the exit.
+        with pacsv.open_csv(
             path,
             # Row numbers of bad rows are only known when one thread reads.
             read_options=pacsv.ReadOptions(use_threads=False, block_size=_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(delimiter="\t", invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(column_types=types),
-        )
-        yield from _at_least_one(reader, reader.schema)
+        ) as reader:
+            yield from _at_least_one(reader, reader.schema)
     except pa.ArrowInvalid as exc:
         if invalid:
             row = invalid[0]
@@ -126,14 +130,15 @@ def _at_least_one(blocks: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterat
 
 def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
     try:
-        file = pq.ParquetFile(path)
-        names = file.schema_arrow.names
-        wanted = [c for c in COLUMNS if c in names]
-        schema = pa.schema([file.schema_arrow.field(c) for c in wanted]) if wanted else None
-        if schema is None:  # nothing to read: an empty block that names what the file has
-            yield pa.RecordBatch.from_pylist([], schema=file.schema_arrow)
-            return
-        yield from _at_least_one(file.iter_batches(batch_size=_BATCH_ROWS, columns=wanted), schema)
+        with pq.ParquetFile(path) as file:  # closed however the reading ends, as a TSV reader
+            names = file.schema_arrow.names
+            wanted = [c for c in COLUMNS if c in names]
+            schema = pa.schema([file.schema_arrow.field(c) for c in wanted]) if wanted else None
+            if schema is None:  # nothing to read: an empty block that names what the file has
+                yield pa.RecordBatch.from_pylist([], schema=file.schema_arrow)
+                return
+            batches = file.iter_batches(batch_size=_BATCH_ROWS, columns=wanted)
+            yield from _at_least_one(batches, schema)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(
             f"{path} starts like a Parquet file but cannot be read ({exc}); write it again."
@@ -144,19 +149,40 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A dictionary-encoded column (what pandas writes for a categorical one) as its values;
+    any other column as it is."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
+
+
+def _decimal_floats(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Decimals as the nearest float64s, through their text: a direct cast scales by a power of
+    ten in floating point, and 0.6 becomes 0.6000000000000001."""
+    return column.cast(pa.string()).cast(pa.float64())
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def _numbers(
     column: pa.ChunkedArray, name: str, what: str, source: str, locate: Locate
 ) -> np.ndarray:
     """A column as float64, with the first missing or non-numeric value named."""
+    column = _plain(column)
     if column.null_count:
         row = _first(column.is_null().to_numpy(zero_copy_only=False))
         raise InputError(
             f"{source}, {locate(row)}: {name} is missing (empty, NA or NaN). Give every row {what}."
         )
     kind = column.type
+    if pa.types.is_decimal(kind):  # what pandas writes for a column of decimal.Decimal
+        column, kind = _decimal_floats(column), pa.float64()
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
         return column.to_numpy().astype(np.float64, copy=False)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    if _is_text(kind):
         text = pd.Series(column.to_numpy(zero_copy_only=False), dtype=object)
         values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
         bad = np.isnan(values)
@@ -171,16 +197,17 @@ def _numbers(
 
 
 def _ids(column: pa.ChunkedArray, name: str, source: str, locate: Locate) -> np.ndarray:
+    column = _plain(column)
     if column.null_count:
         row = _first(column.is_null().to_numpy(zero_copy_only=False))
         raise InputError(f"{source}, {locate(row)}: {name} is missing. Give every row its {name}.")
     kind = column.type
     if pa.types.is_integer(kind):
         return column.to_numpy().astype(np.int64, copy=False)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+    if _is_text(kind):
         return column.to_numpy(zero_copy_only=False)
-    if pa.types.is_floating(kind):
-        values = column.to_numpy()
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        values = (_decimal_floats(column) if pa.types.is_decimal(kind) else column).to_numpy()
         whole = np.isfinite(values) & (values == np.floor(values))
         if whole.all():
             return values.astype(np.int64)
@@ -234,6 +261,13 @@ def _check_block(block: pa.RecordBatch | pa.Table, source: str, locate: Locate) 
             f"{source}, {locate(row)}: label is {labels[row]:g}; labels must be 0 (not relevant) "
             "or more."
         )
+    if labels.size and labels.max() > MAX_EVAL_LABEL:
+        row = _first(labels > MAX_EVAL_LABEL)
+        raise InputError(
+            f"{source}, {locate(row)}: label is {labels[row]:g}; the gain 2**label - 1 of a "
+            f"label above {MAX_EVAL_LABEL} does not fit a float. Labels are relevance grades "
+            "(Clickture: Excellent 3, Good 2, Bad 0)."
+        )
     return _Checked(query_ids, img_ids, scores, labels.astype(np.int64))
 
 
@@ -247,6 +281,19 @@ def _check_blocks(
     """Every block checked as it arrives (a bad row stops the reading there), at most
     `max_rows` rows kept, compactly; then the checks that need all rows. Without `keep`, only
     the blocks' own checks (a scan that holds nothing)."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(blocks, Generator):  # a reader: closed now, even when a block is refused
+            stack.callback(blocks.close)
+        return _check_all(blocks, source, locate, max_rows, keep)
+
+
+def _check_all(
+    blocks: Iterable[pa.RecordBatch | pa.Table],
+    source: str,
+    locate: Locate,
+    max_rows: int,
+    keep: bool,
+) -> _Checked | None:
     parts: list[_Checked] = []
     total = 0
     named = False

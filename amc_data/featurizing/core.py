@@ -272,7 +272,13 @@ def _prepare(run: _Run, held: contextlib.ExitStack) -> FeatureResult | list[Prog
     config, paths = run.config, run.paths
     held.enter_context(output_lock(paths))
     done = None if config.force else read_report(paths)
-    if done is not None and done.get("fingerprint") == run.fingerprint:
+    # Up to date: the same options, names and ids, and every input file as it was when the
+    # finished run planned (size, mtime, ctime: an image replaced under its name is seen).
+    if (
+        done is not None
+        and done.get("fingerprint") == run.fingerprint
+        and done.get("inputs_stamp") == run.plan.stamp
+    ):
         log.info("%s is up to date with its inputs and options; nothing to do", paths.features)
         skipped = [SkippedImage(**item) for item in done.get("skipped", [])]
         return run.result(tuple(done["shape"]), complete=True, up_to_date=True, skipped=skipped)
@@ -432,6 +438,7 @@ def _finish(run: _Run, shards: list[Progress], resumed_from: int, done: int) -> 
     report = {
         "version": REPORT_VERSION,
         "fingerprint": run.fingerprint,
+        "inputs_stamp": plan.stamp,
         "shape": list(shape),
         "dtype": config.dtype,
         "ids": paths.ids.name,

@@ -65,6 +65,10 @@ class Plan:
     lengths: np.ndarray  # (n,) int64: byte length of the TSV line; -1 for files
     image_column: int = 1  # TSV column holding the base64 image
     skipped: list[SkippedImage] = field(default_factory=list)
+    # sha256 of the size, mtime and ctime of every planned image file (of the TSV file), when
+    # planned: an image replaced under the same name changes it, even one given its
+    # predecessor's mtime. A finished output is up to date only while it is unchanged.
+    stamp: str = ""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -76,7 +80,8 @@ class Plan:
         return f"{self.root} line {int(self.lines[index])} (key {self.names[index]!r})"
 
     def digest(self) -> str:
-        """sha256 of the names and ids, in order: what a resumed run must find again."""
+        """sha256 of the names and ids, in order: what a resumed run must find again (an image
+        not yet read may still be fixed or replaced in between; `stamp` is left out)."""
         digest = hashlib.sha256()
         digest.update("\n".join(self.names).encode("utf-8", "surrogateescape"))
         digest.update(np.ascontiguousarray(self.img_ids, dtype="<i8").tobytes())
@@ -134,7 +139,24 @@ def plan_inputs(
         lengths=np.array([entry.length for entry in keep], dtype=np.int64),
         image_column=tsv_columns[1],
         skipped=problems,
+        stamp=_stamp(root, kind, [entry.name for entry in keep]),
     )
+
+
+def _stamp(root: Path, kind: Literal["folder", "tsv"], names: list[str]) -> str:
+    """sha256 of the size, mtime and ctime of each planned file (the TSV file itself for a
+    TSV), as `encode` judges its inputs: the names alone miss an image replaced by another of
+    the same name. A file that cannot be stat'ed is stamped as missing (its read fails later)."""
+    digest = hashlib.sha256()
+    for name in names if kind == "folder" else [""]:
+        path = root / name if name else root
+        try:
+            info = os.stat(path)  # follows a link: the image it points at is what is read
+            stamp = f"{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"{name}\0{stamp}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def _list_entries(

@@ -564,7 +564,7 @@ def _load_keywords(root: Path, n: int, n_words: int) -> scipy.sparse.csr_matrix:
             "one row per feature row, one column per word of vocab.tsv",
             _REPREPARE,
         )
-    if matrix.dtype != np.int32 or (matrix.data < 0).any():
+    if matrix.dtype != np.int32 or matrix.data.min(initial=0) < 0:
         raise _fail(
             root,
             "keywords.npz",
@@ -572,7 +572,48 @@ def _load_keywords(root: Path, n: int, n_words: int) -> scipy.sparse.csr_matrix:
             f"{matrix.data.min(initial=0)}); expected int32 counts >= 0",
             _REPREPARE,
         )
+    _check_csr(root, matrix, n_words)
     return matrix
+
+
+_CSR_CHUNK = 1 << 22  # entries of indptr or indices checked at a time (a few tens of MB)
+
+
+def _check_csr(root: Path, matrix: scipy.sparse.csr_matrix, n_words: int) -> None:
+    """The CSR arrays hold together: row pointers never going backwards, and every word index
+    within the vocabulary. scipy loads a matrix without these checks, and a bad one fails much
+    later (an index error deep in training). Checked a chunk at a time: memory stays bounded at
+    any size."""
+    # scipy has checked that indptr starts at 0 and ends within the indices (and cut them to
+    # its end), but not the rows between, nor the indices themselves.
+    indptr, indices = matrix.indptr, matrix.indices
+    nnz = indices.size
+    for start in range(0, indptr.size - 1, _CSR_CHUNK):
+        steps = np.diff(indptr[start : start + _CSR_CHUNK + 1])
+        if (steps < 0).any():
+            row = start + int(np.flatnonzero(steps < 0)[0])
+            raise _fail(
+                root,
+                "keywords.npz",
+                f"array indptr goes backwards at row {row} (from {int(indptr[row])} to "
+                f"{int(indptr[row + 1])})",
+                _REPREPARE,
+            )
+    if nnz == 0 or (indices.min() >= 0 and indices.max() < n_words):  # no temporary array
+        return
+    for start in range(0, nnz, _CSR_CHUNK):
+        part = indices[start : start + _CSR_CHUNK]
+        bad = (part < 0) | (part >= n_words)
+        if bad.any():
+            position = start + int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(indptr, position, side="right")) - 1
+            raise _fail(
+                root,
+                "keywords.npz",
+                f"array indices: row {row} names word {int(indices[position])}, but vocab.tsv "
+                f"has {n_words:,} words (0 to {n_words - 1:,})",
+                _REPREPARE,
+            )
 
 
 def _read_table(root: Path, name: str) -> pd.DataFrame:

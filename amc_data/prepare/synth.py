@@ -71,13 +71,14 @@ import pandas as pd
 import scipy.sparse
 
 from ..checks import default_of
-from ..errors import AmcDataError
+from ..errors import AmcDataError, ConfigError
 from ..files import atomic_write_json
+from ..machine import available_memory
 from .common import PrepareResult
 from .format import SPLITS
 from .queries import fit_query_vocabulary
-from .synth_config import CONCEPTS, SynthConfig
-from .writer import FeatureRows, write_prepared
+from .synth_config import CHUNK_BYTES, CONCEPTS, SynthConfig
+from .writer import FeatureRows, check_output_folder, write_prepared
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +303,7 @@ INTENTS = ("visual", "textual")
 _QUERY_SHARES = (0.6, 0.2, 0.2)
 _IMAGE_SHARES = (0.7, 0.15, 0.15)
 _DATE_TIME = (2017, 3, 1, 12, 0, 0)  # fixed zip entry time: the same seed gives the same bytes
-# The size of one float64 buffer of a chunk of feature rows (a chunk uses about four).
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = CHUNK_BYTES  # one float64 buffer of a chunk of feature rows (a chunk uses four)
 
 
 @dataclass(frozen=True)
@@ -411,6 +411,45 @@ def _write_npy(
     return np.load(path, mmap_mode="r")
 
 
+def _gib(size: int) -> str:
+    """A size for a message: GiB with a decimal, MiB below one GiB."""
+    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.0f} MiB"
+
+
+def check_synth_fits(
+    config: SynthConfig, out: Path | None = None, *, features_in_memory: bool = False
+) -> None:
+    """ConfigError, before anything is allocated, when `config` needs more memory than the
+    machine has available (with `features_in_memory`, the features too), or more disk than
+    there is free where `out` goes; the message names the settings, the estimate and what there
+    is. Either check is skipped where the machine does not say."""
+    sizes = f"images ({config.images:,}) x regions ({config.regions:,})"
+    need = config.memory_estimate()
+    if features_in_memory:
+        need += config.images * config.regions * config.dim * 2
+    if features_in_memory or config.regions * config.dim * 8 > CHUNK_BYTES:
+        sizes += f" x dim ({config.dim:,})"  # rows that big count too
+    have = available_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{sizes} need about {_gib(need)} of memory; this machine has "
+            f"{_gib(have)} available. Choose fewer images, regions or dimensions.",
+            parameter="images",
+        )
+    if out is None:
+        return
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())
+    need = config.disk_estimate()
+    have = shutil.disk_usage(existing).free
+    if need > have:
+        raise ConfigError(
+            f"images ({config.images:,}) x regions ({config.regions:,}) x dim "
+            f"({config.dim:,}) need about {_gib(need)} of disk; {existing} has {_gib(have)} "
+            "free. Choose fewer images, regions or dimensions, or an OUT on a disk with room.",
+            parameter="images",
+        )
+
+
 def generate_world(
     config: SynthConfig,
     features_path: str | os.PathLike[str] | None = None,
@@ -420,7 +459,9 @@ def generate_world(
     """Draw the whole synthetic world for `config`. The features are drawn `chunk_rows` rows at
     a time (by default, chunks of about 8 MB of float64) and held in memory, or, with
     `features_path`, written there as a `.npy` file and mapped read-only; either way they are the
-    same values at any `chunk_rows`."""
+    same values at any `chunk_rows`. Settings that cannot fit in memory are refused before
+    anything is drawn (`check_synth_fits`)."""
+    check_synth_fits(config, features_in_memory=features_path is None)
     rng = np.random.default_rng([config.seed, 7])
     c, n, r, d = config.concepts, config.images, config.regions, config.dim
     names = tuple(CONCEPTS[i] for i in np.sort(rng.permutation(len(CONCEPTS))[:c]))
@@ -692,7 +733,9 @@ def synth(
     """Write a synthetic prepared dataset to `out` (see the module's docstring for what is
     planted); the same settings give byte-identical files. A setting left None takes
     `SynthConfig`'s default; `config` overrides them all when given. An existing prepared
-    folder is replaced only with `force`.
+    folder is replaced only with `force`, and never when it holds files `synth` did not write
+    (see `write_prepared`). Settings whose memory or disk needs exceed what the machine has are
+    refused before anything is allocated (`check_synth_fits`).
 
     Memory stays bounded at any size: the features are written a chunk at a time into a work
     folder beside `out` (on its file system, so that they are linked into the folder, not
@@ -712,7 +755,8 @@ def synth(
             }
         )
     started = time.perf_counter()
-    target = Path(out).expanduser().resolve()
+    target = check_output_folder(out, force)  # before the work: refused now, not at the end
+    check_synth_fits(config, target)
     try:
         out_dir = _write(config, target, force)
         _fixed_times(out_dir)

@@ -1,7 +1,8 @@
 """Writing a prepared dataset folder (the format is described in `format`): built in a
 staging folder beside its destination, checked by `load_prepared`, then renamed into place, so a
 reader sees the old folder or the new one, never half of either. A folder that is not a
-prepared one is never replaced."""
+prepared one is never replaced, and neither is a prepared one that holds anything the writer
+did not write (its `FILES`): replacing the folder whole would delete it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from ..errors import ConfigError, InputError
 from ..version import __version__
 from .format import (
     FEATURE_DTYPES,
+    FILES,
     FORMAT_NAME,
     FORMAT_VERSION,
     IMAGES_SCHEMA,
@@ -45,7 +47,7 @@ from .format import (
 )
 from .queries import QueryVocabulary
 
-__all__ = ["FeatureRows", "write_prepared"]
+__all__ = ["FeatureRows", "check_output_folder", "write_prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +227,32 @@ def _is_prepared(folder: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) and info.get("format") == FORMAT_NAME else None
 
 
-@contextlib.contextmanager
-def _output_folder(out: str | os.PathLike[str], force: bool) -> Iterator[tuple[Path, Path]]:
-    """Yield (destination, staging folder beside it) under a lock; the caller fills the
-    staging folder and calls `_commit`. The staging folder is removed unless committed."""
-    import filelock
+def foreign_entries(out_dir: Path) -> list[str]:
+    """The names in `out_dir` that the writer did not write (any but `FILES`), sorted."""
+    try:
+        names = sorted(os.listdir(out_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [name for name in names if name not in FILES]
 
+
+def _check_foreign(out_dir: Path) -> None:
+    """ConfigError naming what `out_dir` holds that the writer did not write."""
+    foreign = foreign_entries(out_dir)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        shown = ", ".join(foreign[:5]) + more
+        raise ConfigError(
+            f"{out_dir} holds a prepared dataset and files amc-data did not write there "
+            f"({shown}). A prepared folder is replaced whole, and never deletes what it did not "
+            "write: move them elsewhere, or choose another --out."
+        )
+
+
+def check_output_folder(out: str | os.PathLike[str], force: bool) -> Path:
+    """The resolved destination `out`, if a prepared folder may be written there with `force`
+    as given; else the `ConfigError` the writer would raise (checked again, under a lock, when
+    it writes). Cheap: call it before work that takes long."""
     out_dir = Path(out).expanduser().resolve()
     cwd = Path.cwd().resolve()
     if not out_dir.name or cwd == out_dir or out_dir in cwd.parents:
@@ -240,24 +262,36 @@ def _output_folder(out: str | os.PathLike[str], force: bool) -> Iterator[tuple[P
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is a file, not a folder. Choose another --out.")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        previous = _is_prepared(out_dir)
+        if previous is None:
+            raise ConfigError(
+                f"{out_dir} holds files that are not a prepared dataset (no amc-data "
+                "prepared.json). A prepared folder is replaced as a whole, so this one is left "
+                "alone: choose another --out, or empty it."
+            )
+        if not force:
+            raise ConfigError(
+                f"{out_dir} already holds a prepared dataset ({previous.get('source')}, made "
+                f"{previous.get('created', 'at an unknown time')}). Pass --force to replace "
+                "it, or choose another --out."
+            )
+        _check_foreign(out_dir)
+    return out_dir
+
+
+@contextlib.contextmanager
+def _output_folder(out: str | os.PathLike[str], force: bool) -> Iterator[tuple[Path, Path]]:
+    """Yield (destination, staging folder beside it) under a lock; the caller fills the
+    staging folder and calls `_commit`. The staging folder is removed unless committed."""
+    import filelock
+
+    out_dir = check_output_folder(out, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(out_dir.parent / f".{out_dir.name}.lock")
     with lock:
         _recover(out_dir)
-        if out_dir.exists() and any(out_dir.iterdir()):
-            previous = _is_prepared(out_dir)
-            if previous is None:
-                raise ConfigError(
-                    f"{out_dir} holds files that are not a prepared dataset (no amc-data "
-                    "prepared.json). A prepared folder is replaced as a whole, so this one is left "
-                    "alone: choose another --out, or empty it."
-                )
-            if not force:
-                raise ConfigError(
-                    f"{out_dir} already holds a prepared dataset ({previous.get('source')}, made "
-                    f"{previous.get('created', 'at an unknown time')}). Pass --force to replace "
-                    "it, or choose another --out."
-                )
+        check_output_folder(out_dir, force)  # again: another process may have written it
         staging = _new_folder(out_dir.parent, f".{out_dir.name}.staging-")
         try:
             yield out_dir, staging
@@ -283,19 +317,44 @@ def _recover(out_dir: Path) -> None:
     if previous and not out_dir.exists():
         log.warning("restoring %s from an interrupted run", out_dir)
         os.replace(previous.pop(), out_dir)
-    for leftover in [*previous, *out_dir.parent.glob(f".{out_dir.name}.staging-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+    for old in previous:
+        _discard(old, out_dir)
+    for staging in out_dir.parent.glob(f".{out_dir.name}.staging-*"):
+        shutil.rmtree(staging, ignore_errors=True)  # only ever holds what the writer wrote
 
 
 def _commit(staging: Path, out_dir: Path) -> None:
     """Swap `staging` in for `out_dir` with renames: readers see all old files or all new."""
     if out_dir.exists():
+        _check_foreign(out_dir)  # again, at the last moment: one may have appeared meanwhile
         previous = out_dir.with_name(f".{out_dir.name}.previous-{os.getpid()}")
         os.replace(out_dir, previous)
         os.replace(staging, out_dir)
-        shutil.rmtree(previous, ignore_errors=True)
+        _discard(previous, out_dir)
     else:
         os.replace(staging, out_dir)
+
+
+def _discard(folder: Path, out_dir: Path) -> None:
+    """Delete the old prepared folder `folder` (moved aside from `out_dir`): the files the
+    writer writes, then the folder. Anything else in it (put there after the last check) is
+    kept, in the folder renamed `.<out>.kept-*`, and reported."""
+    for name in FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    try:
+        folder.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        kept = out_dir.with_name(f".{out_dir.name}.kept-{secrets.token_hex(4)}")
+        os.replace(folder, kept)
+        log.warning(
+            "%s held files amc-data did not write (%s); they are kept in %s",
+            out_dir,
+            ", ".join(sorted(os.listdir(kept))[:5]),
+            kept,
+        )
 
 
 def _copy_vocab(source: Path, target: Path) -> int:
@@ -425,6 +484,11 @@ def write_prepared(
     Everything is written into a staging folder beside `out`, opened with `load_prepared` (every
     check), and only then renamed into place. An existing `out` is replaced only when it holds
     a prepared dataset and `force` is true; a folder holding anything else is never touched.
+    Nor is a prepared folder holding anything the writer did not write (any name but
+    `format.FILES`: a user's notes, evaluation results, a features report): the replacement
+    would delete it, so it is refused with a `ConfigError` naming those entries, before any
+    work and again just before the swap. Should one appear in the instant between that last
+    check and the swap, the old folder is kept aside as `.<out>.kept-*` with it, not deleted.
     """
     if not is_source_name(source):
         raise ConfigError(

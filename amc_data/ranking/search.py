@@ -23,18 +23,19 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..prepare.format import PreparedDataset, load_prepared
+from ..prepare.format import PreparedDataset, load_prepared, shown_ids
 from ..prepare.queries import query_analyzer
 from .batch import ImageBatch, QueryBatch
 from .checkpoint import load_model
 from .data import image_batch
 from .distributed import resolve_device
 from .registry import model_kind
-from .search_config import ALL_IMAGES, SearchConfig
+from .search_config import ALL_IMAGES, SearchConfig, check_query
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_TOKENS = 32  # as at training: a query's first 32 known words
+QUOTED_CHARS = 80  # of a query quoted in a message
 SHOWN_ITEMS = 3  # keywords and regions listed per result
 # The images' tensors are kept between queries up to this many bytes; larger pools (COCO's
 # whole 49 x 2,048 split) are read again in chunks for each query.
@@ -145,21 +146,21 @@ class Searcher:
         self._index = {word: i for i, word in enumerate(self.prepared.query_vocabulary)}
 
     def read_query(self, text: str) -> tuple[list[str], list[str], QueryBatch]:
-        """The query's known words, its unknown words, and its (1, L) batch."""
-        if not isinstance(text, str):
-            raise InputError(f"A query is text, not {type(text).__name__}.")
-        tokens = query_analyzer()(text)
+        """The query's known words, its unknown words, and its (1, L) batch. A query longer
+        than `MAX_QUERY_CHARS` is refused before it is read."""
+        tokens = query_analyzer()(check_query(text))
         known = [t for t in tokens if t in self._index]
         unknown = list(dict.fromkeys(t for t in tokens if t not in self._index))
         if not known:
             why = (
-                f"none of its words ({', '.join(unknown)}) is in the query vocabulary the run "
-                "was trained with"
+                f"none of its words ({shown_ids(unknown, len(unknown))}) is in the query "
+                "vocabulary the run was trained with"
                 if unknown
                 else "it has no word the analyzer keeps (stop words and punctuation are dropped)"
             )
+            quoted = text if len(text) <= QUOTED_CHARS else f"{text[:QUOTED_CHARS]}..."
             raise InputError(
-                f"Cannot search for {text!r}: {why}. Use words of the training queries "
+                f"Cannot search for {quoted!r}: {why}. Use words of the training queries "
                 f"({self.prepared.root / 'query_vocab.tsv'} lists them)."
             )
         ids = [self._index[t] + 1 for t in known[:MAX_QUERY_TOKENS]]  # 0 is padding
@@ -255,4 +256,5 @@ def search(
     `query` with the run (a run folder's best.pt, or a .pt file); `options` change fields of
     `config` by name (`split`, `top`, `device`). See `Searcher` for repeated queries."""
     chosen = replace(config or SearchConfig(), **options)
+    check_query(query)  # before the model and the folder load
     return Searcher(run, data, chosen).search(query)

@@ -1,5 +1,6 @@
-"""The options of `amc-data search` and of `search.Searcher`, in a module without torch, so the
-CLI builds its flags from them and checks them before torch loads."""
+"""The options of `amc-data search` and of `search.Searcher`, and the longest query either
+takes, in a module without torch, so the CLI builds its flags from them and checks them (and a
+query's length) before torch loads."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..checks import check_config, option
+from ..errors import InputError
 from ..spec import PREPARED_SPLITS
 from .config import DEVICES
 
 ALL_IMAGES = "all"  # split "all": every image of the prepared folder
+# The longest query text taken, in characters: far above any query a person types (the model
+# reads a query's first 32 known words), far below what would flood a terminal or a page with
+# its words. Every way in (the CLI, `search`, `Searcher`, a search page) is held to this one.
+MAX_QUERY_CHARS = 1000
 # Test first: the split searched by default.
 SEARCH_SPLITS = (*reversed(PREPARED_SPLITS), ALL_IMAGES)
 
@@ -32,3 +38,17 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+
+
+def check_query(text: object) -> str:
+    """`text` if it is a query `search` takes: text of at most `MAX_QUERY_CHARS` characters;
+    else an `InputError` saying what it found. Checked before the query is read word by word."""
+    if not isinstance(text, str):
+        raise InputError(f"A query is text, not {type(text).__name__}.")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InputError(
+            f"The query is {len(text):,} characters long; a query may have at most "
+            f"{MAX_QUERY_CHARS:,}. Search with a few words (the model reads a query's first "
+            "32 known words)."
+        )
+    return text

@@ -361,3 +361,120 @@ def test_files_over_the_row_cap_are_refused_before_they_are_read_whole(tmp_path)
     from amc_data.evaluation.protocol import MAX_ROWS
 
     assert f"{MAX_ROWS:,}" in runner.invoke(cli, ["eval", "--help"]).output.replace("\n", " ")
+
+
+# -- readers closed on every path ----------------------------------------------------------------
+
+
+class _RecordedReader:
+    """pyarrow's streaming CSV reader, with a record of whether it was closed."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.closed = reader, False
+
+    @property
+    def schema(self):
+        return self.reader.schema
+
+    def __iter__(self):
+        return iter(self.reader)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.reader.close()
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[_RecordedReader]:
+    """Every streaming CSV reader the scores module opens."""
+    import pyarrow.csv as pacsv
+
+    open_csv, readers = pacsv.open_csv, []
+
+    def recording_open_csv(*args, **kwargs):
+        readers.append(_RecordedReader(open_csv(*args, **kwargs)))
+        return readers[-1]
+
+    monkeypatch.setattr(pacsv, "open_csv", recording_open_csv)
+    return readers
+
+
+@pytest.mark.parametrize(
+    "ending, error",
+    [
+        ("", None),  # read to the end
+        ("q7\t1\t0.5\t1\n", None),  # ids change kind in a late block: read again as text
+        ("7\t1\tnope\t1\n", "line 502: score is 'nope'"),  # a value refused by the reader
+        ("7\t1\t0.5\n", "line 502: expected 4 tab-separated fields"),  # a short row
+        ("7\t1\t0.5\t-2\n", "line 502: label is -2"),  # refused in a block: reading stops early
+        ("3\t31\t0.5\t1\n", "both score query 3, image 31"),  # refused once all rows are read
+    ],
+)
+@pytest.mark.parametrize("compressed", [False, True])
+def test_every_csv_reader_is_closed_however_the_reading_ends(
+    tmp_path, monkeypatch, opened, ending, error, compressed
+):
+    """An open reader's read-ahead thread could outlive the interpreter and abort its exit
+    ('terminate called without an active exception') after a correct result."""
+    import amc_data.evaluation.scores as scores_module
+
+    monkeypatch.setattr(scores_module, "_BLOCK_BYTES", 1 << 10)  # many blocks: stops mid-file
+    text = HEADER + _rows(0, 500) + ending + _rows(500, 1500)
+    path = tmp_path / ("s.tsv.gz" if compressed else "s.tsv")
+    path.write_bytes(gzip.compress(text.encode()) if compressed else text.encode())
+    if error is None:
+        assert len(read_scores(path)) == (1501 if ending else 1500)
+    else:
+        with pytest.raises(InputError, match=error):
+            read_scores(path)
+    assert opened and all(reader.closed for reader in opened)
+
+
+# -- labels too large to score, and the Parquet types pandas writes ------------------------------
+
+
+def test_a_label_too_large_is_named_by_file_and_line_in_the_second_file(tmp_path):
+    first = _write(tmp_path, "a.tsv", HEADER + _rows(0, 20))
+    second = _write(tmp_path, "b.tsv", HEADER + "1\t1\t0.5\t2\n1\t2\t0.4\t1100\n1\t3\t0.1\t0\n")
+    result = CliRunner().invoke(cli, ["eval", "--scores", str(first), "--scores", str(second)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {second}, line 3: label is 1100;"), result.stderr
+    assert "labels[" not in result.stderr
+    parquet = tmp_path / "c.parquet"
+    pd.DataFrame(
+        {"query_id": [1, 1], "img_id": [1, 2], "score": [0.5, 0.4], "label": [2, 1100]}
+    ).to_parquet(parquet, index=False)
+    with pytest.raises(InputError, match=r"c.parquet, row index 1: label is 1100"):
+        read_scores(parquet)
+
+
+def test_parquet_with_categorical_ids_and_decimal_scores_is_read(tmp_path):
+    from decimal import Decimal
+
+    frame = _frame()
+    written = frame.assign(
+        query_id=frame.query_id.map(lambda q: f"q{q}").astype("category"),
+        img_id=frame.img_id.astype("category"),
+        score=[Decimal(f"{s:.1f}") for s in frame.score],
+        label=[Decimal(int(label)) for label in frame.label],
+    )
+    path = tmp_path / "typed.parquet"
+    written.to_parquet(path, index=False)
+    import pyarrow.parquet as pq
+
+    types = pq.read_schema(path)
+    assert str(types.field("query_id").type).startswith("dictionary")
+    assert str(types.field("score").type).startswith("decimal")
+    got = read_scores(path)
+    assert got.query_id.tolist() == [f"q{q}" for q in frame.query_id]
+    assert got.img_id.tolist() == frame.img_id.tolist()
+    assert got.score.tolist() == frame.score.tolist() and got.label.tolist() == frame.label.tolist()
+    expected = ranking_metrics(frame.query_id, frame.score, frame.label).summary()
+    assert evaluate_scores(path) == pytest.approx(expected, abs=1e-12)
+    assert evaluate_scores(written) == pytest.approx(expected, abs=1e-12)  # the frame itself

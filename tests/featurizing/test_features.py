@@ -453,6 +453,30 @@ def test_a_finished_output_is_up_to_date_until_something_changes(tmp_path, model
     assert np.load(out).dtype == np.float32
 
 
+def test_an_image_replaced_under_the_same_name_makes_the_output_out_of_date(tmp_path, model_file):
+    # BMP files of one size: the replacement has the same name, the same size and (set below)
+    # the same mtime as the image it replaces; only its content (and ctime) differ.
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        picture(i).save(images / f"img_{i + 1}.bmp")
+    replacement = tmp_path / "other.bmp"
+    picture(99).save(replacement)
+    out = tmp_path / "features.npy"
+    extract_features(images, out, config=config(model_file))
+    replaced = images / "img_2.bmp"
+    assert replacement.stat().st_size == replaced.stat().st_size
+    old_mtime = replaced.stat().st_mtime_ns
+    os.replace(replacement, replaced)
+    os.utime(replaced, ns=(old_mtime, old_mtime))
+
+    again = extract_features(images, out, config=config(model_file))
+    assert not again.up_to_date and again.complete
+    fresh = tmp_path / "fresh" / "features.npy"
+    extract_features(images, fresh, config=config(model_file))
+    assert files(out) == files(fresh)
+
+
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, model_file):
     filelock = pytest.importorskip("filelock")
     make_folder(tmp_path / "images", 1)

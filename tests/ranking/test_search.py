@@ -192,3 +192,54 @@ def test_a_run_of_another_dataset_is_refused(
     amc_data.synth(other, config=amc_data.SynthConfig(seed=9, images=120, queries=40, concepts=5))
     with pytest.raises(amc_data.CheckpointError, match="vocabulary"):
         amc_data.search(amc, other, "anything")
+
+
+def test_a_query_past_the_length_limit_is_refused_naming_limit_and_length(
+    world: tuple[Path, Path, Path],
+) -> None:
+    from amc_data.ranking.search_config import MAX_QUERY_CHARS
+
+    data, amc, _ = world
+    _, text = _test_query(data)
+    longest = (text + " ") * (MAX_QUERY_CHARS // (len(text) + 1))
+    assert len(amc_data.search(amc, data, longest[:MAX_QUERY_CHARS], top=1).hits) == 1
+    too_long = "zzyzx " * 160_000  # 960,000 characters
+    for query in (longest + "x" * MAX_QUERY_CHARS, too_long):
+        with pytest.raises(InputError) as caught:
+            amc_data.search(amc, data, query)
+        message = str(caught.value)
+        assert f"{len(query):,} characters" in message and f"{MAX_QUERY_CHARS:,}" in message
+        assert "\n" not in message and len(message) < 300
+    searcher = amc_data.Searcher(amc, data)
+    with pytest.raises(InputError, match=f"at most {MAX_QUERY_CHARS:,}"):
+        searcher.search(too_long)
+    refused = CliRunner().invoke(cli, ["search", str(amc), "--data", str(data), *too_long.split()])
+    assert refused.exit_code != 0 and refused.stderr.count("\n") == 1
+    assert "959,999 characters" in refused.stderr and len(refused.stderr) < 300  # words joined
+
+
+def test_unknown_words_are_echoed_as_a_few_examples_and_a_count(
+    world: tuple[Path, Path, Path],
+) -> None:
+    data, amc, _ = world
+    _, text = _test_query(data)
+    unknown = [f"zq{i}x" for i in range(150)]
+    args = ["search", str(amc), "--data", str(data), *text.split(), *unknown]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "zq0x" in result.stderr and "(150 in all)" in result.stderr
+    assert "zq149x" not in result.stderr and len(result.stderr) < 300
+    with pytest.raises(InputError) as caught:
+        amc_data.search(amc, data, " ".join(unknown))
+    message = str(caught.value)
+    assert "(150 in all)" in message and "zq149x" not in message and len(message) < 500
+
+
+def test_quiet_search_prints_the_results_and_no_notes(world: tuple[Path, Path, Path]) -> None:
+    data, amc, _ = world
+    _, text = _test_query(data)
+    args = ["search", str(amc), "--data", str(data), *text.split(), "zzyzx", "--top", "2"]
+    loud, quiet = CliRunner().invoke(cli, args), CliRunner().invoke(cli, [*args, "--quiet"])
+    assert loud.exit_code == 0 and quiet.exit_code == 0, quiet.output
+    assert "zzyzx" in loud.stderr and quiet.stderr == ""
+    assert quiet.stdout == loud.stdout and quiet.stdout.startswith("2 best of ")
