@@ -135,7 +135,7 @@ def report_prepared(result: PrepareResult) -> None:
             f"{counts['judgments'][split]:>11,}"
         )
     click.echo(f"  features: {counts['features']:,} rows ({result.features_stored})")
-    vocabulary = counts.get("vocabulary")
+    vocabulary = result.vocabulary
     if vocabulary:
         click.echo(
             f"  query words: {vocabulary['query_words_kept']:,} kept, "

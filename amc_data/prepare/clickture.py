@@ -70,7 +70,7 @@ from .queries import (
     vocabulary_report,
 )
 from .registry import FileInput, PrepareRecipe
-from .writer import FeatureRows
+from .writer import FeatureRows, check_output_folder
 
 __all__ = [
     "CLICK_COLUMNS",
@@ -662,6 +662,7 @@ def prepare_clickture(
         encoded=Path(encoded) if encoded is not None else folder / "encoded",
         out=Path(out) if out is not None else folder / "prepared",
     )
+    check_output_folder(paths.out, config.force)  # before the long work, not after it
     problems = Problems(config.on_error)
     record = encode_summary(paths.encoded, "clickture")
     lite = open_features(paths.features, paths.feature_ids)
@@ -694,8 +695,7 @@ def prepare_clickture(
         skipped={**problems.recorded, **skipped},
         notes=notes,
     )
-    # PrepareResult has no field for the vocabulary report (yet): it rides in the counts.
-    return replace(written, counts={**written.counts, "vocabulary": vocabulary})
+    return replace(written, vocabulary=vocabulary)
 
 
 DATASET = PrepareRecipe(

@@ -57,6 +57,7 @@ from .queries import (
     vocabulary_report,
 )
 from .registry import FileInput, PrepareRecipe
+from .writer import check_output_folder
 
 __all__ = ["DATASET", "CocoConfig", "prepare_coco"]
 
@@ -484,6 +485,7 @@ def prepare_coco(
     config = config or CocoConfig()
     folder = dataset_dir(data_dir, "coco")
     out_dir = Path(out) if out is not None else folder / "prepared"
+    check_output_folder(out_dir, config.force)  # before the long work, not after it
     encoded_dir = Path(encoded) if encoded is not None else folder / "encoded"
     problems = Problems(config.on_error)
     array, user_ids, features_path = open_features(features, feature_ids)
@@ -530,8 +532,7 @@ def prepare_coco(
         skipped=_skipped(problems, matched.absent),
         notes=notes,
     )
-    # PrepareResult has no field for the vocabulary report (yet): it rides in the counts.
-    return replace(result, counts={**result.counts, "vocabulary": vocabulary})
+    return replace(result, vocabulary=vocabulary)
 
 
 DATASET = PrepareRecipe(

@@ -76,6 +76,8 @@ class PrepareResult:
     features_stored: str  # copy, hardlink or symlink
     skipped: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> count, examples
     notes: tuple[str, ...] = ()  # other things worth telling the user
+    # words kept and dropped, queries and keyword rows left empty (prepare/queries.py's report)
+    vocabulary: dict[str, Any] = field(default_factory=dict)
 
 
 def shown(values: Sequence[Any], total: int) -> str:

@@ -395,7 +395,7 @@ def test_the_vocabulary_report(tmp_path, inputs):
     data_dir, paths = inputs
     result = _run(data_dir, paths, tmp_path / "out", min_query_count=20)
     data = load_prepared(result.out)
-    report = result.counts["vocabulary"]
+    report = result.vocabulary
     analyzer = query_analyzer()
     seen = Counter(t for q in data.split_queries("train")["query"] for t in analyzer(q))
     kept = {word for word, count in seen.items() if count >= 20}

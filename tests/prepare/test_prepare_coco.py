@@ -322,7 +322,7 @@ def test_the_query_vocabulary_report_and_its_warning(tmp_path, coco, caplog):
             dataset_json=dataset_json,
             config=CocoConfig(fold_size=5, min_query_count=2),
         )
-    report = result.counts["vocabulary"]
+    report = result.vocabulary
     assert {key: report[key] for key in report if key.startswith("query")} == {
         "query_words_kept": 1,  # "dog"
         "query_words_dropped": 400,  # two words of each of the 200 training captions
