@@ -39,7 +39,10 @@ from .metrics import (
 )
 
 TILE_BYTES = 64 * 2**20  # scores of one tile, and each reducer's temporaries, stay near this
-SORT_CELLS = 1 << 22  # the AUC counter sorts this many cells at a time
+# The AUC counter sorts this many cells at a time, or more with many relevant scores (each sort
+# is followed by a search of every relevant score, which a larger batch pays for less often).
+SORT_CELLS = 1 << 20
+SORT_CELLS_MAX = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class TileGrid:
         return (np.asarray(col) // self.col_block) * row_tiles + np.asarray(row) // self.row_block
 
     def index(self, rows: slice, cols: slice) -> int:
-        return self.tile_of(np.array([rows.start]), np.array([cols.start]))[0]  # type: ignore[no-any-return]
+        return self.tile_of(np.array([rows.start]), np.array([cols.start]))[0]
 
 
 def tile_grid(rows: int, cols: int, pair_bytes: int, budget: int = TILE_BYTES) -> TileGrid:
@@ -157,7 +160,7 @@ class PooledAuc:
             return
         self._pending.append(np.asarray(block, dtype=np.float32).ravel().copy())
         self._pending_cells += block.size
-        if self._pending_cells >= SORT_CELLS:
+        if self._pending_cells >= min(SORT_CELLS_MAX, max(SORT_CELLS, 32 * len(self.distinct))):
             self._flush()
 
     def _flush(self) -> None:
@@ -273,9 +276,14 @@ def roc_sample_cells(
     if total - len(flat_relevant) <= ROC_SAMPLE:
         others = np.setdiff1d(np.arange(total), flat_relevant, assume_unique=True)
     else:
+        # Distinct cells of independent draws are a uniform sample of the cells (by symmetry),
+        # and drawing them needs no array of every cell (`choice` without replacement may
+        # build one).
         rng = np.random.default_rng(seed)
-        drawn = np.unique(rng.choice(total, ROC_SAMPLE + len(flat_relevant), replace=False))
-        others = np.setdiff1d(drawn, flat_relevant, assume_unique=True)
+        others = np.zeros(0, dtype=np.int64)
+        while len(others) < ROC_SAMPLE:
+            drawn = rng.integers(0, total, ROC_SAMPLE + len(flat_relevant) // 8 + 1024)
+            others = np.union1d(others, np.setdiff1d(drawn, flat_relevant))
         others = rng.choice(others, ROC_SAMPLE, replace=False)
     cells = np.concatenate([flat_relevant, others])
     row, col = np.unravel_index(cells, (rows, cols))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,13 +31,20 @@ import torch
 from ..evaluation.streaming import TILE_BYTES, CellValues, PoolReduction, TileGrid, tile_grid
 from ..progress import progress_bar
 from .data import image_batch, query_batch
-from .scoring import BATCH_ELEMENTS, precision_context
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
     from .model import RankingModel
 
 QUERY_BLOCK = 4096  # queries encoded per forward pass
+BATCH_ELEMENTS = 1 << 25  # raw region values read per image block: 128 MiB of float32
+
+
+def precision_context(device: torch.device, amp: bool) -> AbstractContextManager[object]:
+    """bf16 autocast on CUDA when `amp`; nothing elsewhere (the same code runs on the CPU)."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def take(encoded: Any, index: slice | torch.Tensor) -> Any:
@@ -47,7 +55,9 @@ def take(encoded: Any, index: slice | torch.Tensor) -> Any:
     if isinstance(encoded, torch.Tensor):
         return encoded[index]
     if dataclasses.is_dataclass(encoded) and not isinstance(encoded, type):
-        values = {f.name: take(getattr(encoded, f.name), index) for f in dataclasses.fields(encoded)}
+        values = {
+            f.name: take(getattr(encoded, f.name), index) for f in dataclasses.fields(encoded)
+        }
         return type(encoded)(**values)
     raise TypeError(f"cannot slice an encoded batch of type {type(encoded).__name__}")
 
@@ -143,7 +153,7 @@ class PoolScorer:
         """One tile: encoded queries x encoded images -> float32 scores (on the CPU)."""
         with self._context():
             scores = self.model._score(queries, images, pool=True)[0]
-        return scores.float().cpu().numpy()  # type: ignore[no-any-return]
+        return scores.float().cpu().numpy()
 
     def tiles(
         self, progress: bool = False, only: set[int] | None = None
@@ -171,7 +181,9 @@ class PoolScorer:
         return _cells_from_tiles(self, row, col)
 
 
-def _cells_from_tiles(scorer: PoolScorer | RandomScorer, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+def _cells_from_tiles(
+    scorer: PoolScorer | RandomScorer, row: np.ndarray, col: np.ndarray
+) -> np.ndarray:
     gather = CellValues(scorer.grid, row, col)
     if len(gather.row):
         needed = {int(t) for t in np.unique(scorer.grid.tile_of(gather.row, gather.col))}

@@ -16,26 +16,20 @@ take fewer queries at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..evaluation.streaming import PoolReduction
 from ..progress import progress_bar
 from .data import image_batch, query_batch
+from .kernel import BATCH_ELEMENTS, PoolScorer, precision_context, reduce_pool
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
     from .model import RankingModel
-
-
-def precision_context(device: torch.device, amp: bool) -> AbstractContextManager[object]:
-    """bf16 autocast on CUDA when `amp`; nothing elsewhere (the same code runs on the CPU)."""
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def candidates_are_split(prepared: PreparedDataset) -> bool:
@@ -44,9 +38,6 @@ def candidates_are_split(prepared: PreparedDataset) -> bool:
     if mode is not None:
         return mode == "split"
     return prepared.info.get("source") == "coco"
-
-
-BATCH_ELEMENTS = 1 << 25  # region values per forward pass: 128 MiB of float32
 
 
 @torch.no_grad()
@@ -93,9 +84,6 @@ def _score_pool_split(
 ) -> pd.DataFrame:
     """Every query against every image of the split, through the tiled kernel: only each
     query's best `keep` images and the judged pairs are kept, never the whole matrix."""
-    from ..evaluation.streaming import PoolReduction
-    from .kernel import PoolScorer, reduce_pool  # the kernel builds on this module
-
     pool = np.sort(prepared.split_images(split))
     scorer = PoolScorer(
         model, prepared, queries, pool, device=device, amp=amp, max_keywords=max_keywords

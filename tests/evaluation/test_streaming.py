@@ -10,8 +10,8 @@ import pytest
 from amc_data.evaluation.metrics import caption_ranking, matrix_auc
 from amc_data.evaluation.streaming import (
     CaptionRanks,
-    PoolReduction,
     PooledAuc,
+    PoolReduction,
     TileGrid,
     TopK,
     tile_grid,
@@ -45,7 +45,9 @@ def test_pooled_auc_counts_equal_matrix_auc_and_scikit_learn_with_ties(seed: int
     relevant = np.zeros(matrix.shape, dtype=bool)
     relevant[q_pos, i_pos] = True
     assert counter.auc() == matrix_auc(matrix, q_pos, i_pos)
-    assert counter.auc() == pytest.approx(roc_auc_score(relevant.ravel(), matrix.ravel()), abs=1e-12)
+    assert counter.auc() == pytest.approx(
+        roc_auc_score(relevant.ravel(), matrix.ravel()), abs=1e-12
+    )
 
 
 def test_pooled_auc_is_nan_with_one_class() -> None:
