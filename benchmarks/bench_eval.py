@@ -18,6 +18,19 @@ is written once as Parquet and as TSV. Then, for each format:
     python benchmarks/bench_eval.py                    # 1,000,000 rows
     python benchmarks/bench_eval.py --queries 1000     # quicker
 
+`--coco` measures instead a trained model's `eval` of a COCO-shaped prepared folder (random
+region features, `--regions` x `--feature-dim`; the kernel works on the projected regions, so
+the feature size matters only for reading and projecting each image once): today's path as the
+reference, the whole `(captions, images)` matrix (`score_matrix`, then `pool_frame`,
+`matrix_auc`, `caption_ranking`), against the tiled kernel (`evaluate`), each in a child
+process of its own with one torch thread per `--threads`: wall time and peak resident memory
+(VmRSS sampled from /proc every 20 ms, and the child's ru_maxrss). Every metric of the two is
+compared. `--val-images` adds a second, validation-sized split (val, the reference skipped
+when its matrix would not fit `--reference-limit-gb`):
+
+    python benchmarks/bench_eval.py --coco                       # 25,000 x 5,000, 49 x 256
+    python benchmarks/bench_eval.py --coco --feature-dim 2048
+
 Wall time and CPU time (user + system, of this process and its children) are both recorded:
 on a machine shared with other work, CPU time is the steadier of the two.
 
@@ -38,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_encode import machine
+from bench_scale import Memory
 
 from amc_data.evaluation.metrics import CHALLENGE_K, NDCG_CUTOFFS
 from amc_data.evaluation.scores import evaluate_scores, scores_metrics
@@ -159,8 +173,176 @@ def check(path: Path, values: dict[object, list[float]]) -> float:
     )
 
 
+# -- COCO: the whole-split pool -------------------------------------------------------------------
+def coco_folder(work: Path, test: int, val: int, regions: int, dim: int) -> Path:
+    """A prepared COCO folder (5 captions an image, folds of 1,000) and a model trained one
+    short epoch on it; made once per shape."""
+    import os
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support import corpus
+
+    from amc_data import EncodeConfig, encode
+    from amc_data.prepare.coco import CocoConfig, prepare_coco
+    from amc_data.ranking.training import TrainConfig, train
+
+    wanted = {"test": test, "val": val, "regions": regions, "dim": dim}
+    marker = work / "coco.json"
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    counts = {"train": 500, "restval": 0, "val": val, "test": test}
+    made = corpus.make_coco(work / "data" / "coco", counts, seed=0, compresslevel=1)
+    encode("coco", data_dir=work / "data", config=EncodeConfig(jobs=1))
+    ids = np.array([image.imgid for image in made.images], dtype=np.int64)
+    rng = np.random.default_rng(0)
+    features = np.lib.format.open_memmap(
+        work / "features.npy", "w+", np.float16, (len(ids), regions, dim)
+    )
+    for lo in range(0, len(ids), 1000):
+        block = rng.standard_normal((min(1000, len(ids) - lo), regions, dim))
+        features[lo : lo + 1000] = block.astype(np.float16)
+    features.flush()
+    del features
+    np.save(work / "ids.npy", ids)
+    prepare_coco(
+        work / "features.npy",
+        work / "ids.npy",
+        work / "prepared",
+        data_dir=work / "data",
+        config=CocoConfig(force=True, min_query_count=1),
+    )
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    config = TrainConfig(epochs=1, device="cpu", workers=0, negatives=3)
+    train(work / "prepared", work / "run", config, force=True)
+    marker.write_text(json.dumps(wanted))
+    return work
+
+
+def coco_child(kind: str, work: Path, split: str, threads: int) -> dict[str, object]:
+    """One measured evaluation in this (child) process: 'kernel' or 'reference'."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from amc_data.prepare.format import load_prepared
+    from amc_data.ranking.runs import _Pool, evaluate
+
+    prepared = load_prepared(work / "prepared")
+    with Memory() as memory, Clock() as clock:
+        if kind == "kernel":
+            evaluation = evaluate(
+                [work / "run"],
+                prepared,
+                split=split,
+                device="cpu",
+                out=work / f"eval-{split}",
+                random_baseline=False,
+            )
+            metrics = evaluation.runs[0].metrics
+        else:
+            metrics = reference_metrics(prepared, work / "run", _Pool.of(prepared, split))
+    pool = _Pool.of(prepared, split)
+    return {
+        "seconds": clock.wall,
+        "cpu_seconds": clock.cpu,
+        **memory.report(),
+        "captions": len(pool.queries),
+        "images": len(pool.images),
+        "metrics": {k: (None if v != v else v) for k, v in metrics.items()},
+    }
+
+
+def reference_metrics(prepared: object, run: Path, pool: object) -> dict[str, float]:
+    """Today's path before the kernel: the whole matrix, then the metrics of it."""
+    from amc_data.evaluation.metrics import caption_ranking, matrix_auc, ranking_metrics
+    from amc_data.ranking.checkpoint import load_model
+    from amc_data.ranking.scoring import pool_frame, score_matrix
+
+    model = load_model(run, prepared).model  # type: ignore[arg-type]
+    queries, images, judged = pool.queries, pool.images, pool.judged  # type: ignore[attr-defined]
+    matrix = score_matrix(model, prepared, queries, images)  # type: ignore[arg-type]
+    frame = pool_frame(matrix, queries, images, judged)
+    metrics = ranking_metrics(frame["query_id"], frame["score"], frame["label"]).summary()
+    rows = np.searchsorted(queries, judged["query_id"])
+    cols = np.searchsorted(images, judged["img_id"])
+    metrics["auc"] = matrix_auc(matrix, rows, cols)
+    own = (judged["label"] > 0).to_numpy() & ~judged["query_id"].duplicated().to_numpy()
+    own_rows, own_cols = rows[own], cols[own]
+    folds = pool.folds  # type: ignore[attr-defined]
+    metrics |= caption_ranking(matrix[own_rows].T, own_cols, image_folds=folds).summary()
+    return metrics
+
+
+def run_coco_child(kind: str, work: Path, split: str, threads: int) -> dict[str, object]:
+    command = [sys.executable, __file__, "--coco-child", kind, str(work), split, str(threads)]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} on {split} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result["children_maxrss_mib_so_far"] = children
+    return result  # type: ignore[no-any-return]
+
+
+def coco_main(args: argparse.Namespace) -> None:
+    work = coco_folder(
+        args.workdir.resolve() / f"coco-{args.regions}x{args.feature_dim}",
+        args.test_images,
+        args.val_images,
+        args.regions,
+        args.feature_dim,
+    )
+    results: dict[str, object] = {"machine": machine(), "threads": args.threads}
+    splits = ["test"] + (["val"] if args.val_images else [])
+    for split in splits:
+        row: dict[str, object] = {}
+        cells = args.test_images * 5 * args.test_images if split == "test" else None
+        if split == "val":
+            cells = args.val_images * 5 * args.val_images
+        for kind in ("reference", "kernel"):
+            if kind == "reference" and cells * 4 > args.reference_limit_gb * 2**30:
+                row[kind] = {"skipped": f"its matrix needs {cells * 4 / 2**30:.1f} GiB"}
+                continue
+            print(f"{split}: {kind} ...", flush=True)
+            row[kind] = run_coco_child(kind, work, split, args.threads)
+            shown = row[kind]
+            print(
+                f"  {shown['seconds']:.1f} s, peak RSS {shown['peak_rss_mib']:.0f} MiB "
+                f"({shown['captions']} captions x {shown['images']} images)",
+                flush=True,
+            )
+        reference, kernel = row.get("reference"), row["kernel"]
+        if isinstance(reference, dict) and "metrics" in reference:
+            a, b = reference["metrics"], kernel["metrics"]  # type: ignore[index]
+            worst = max(abs(a[k] - b[k]) for k in a if a[k] is not None)
+            row["max_metric_difference"] = worst
+            row["same_keys"] = sorted(a) == sorted(b)
+            row["speedup"] = reference["seconds"] / kernel["seconds"]  # type: ignore[index]
+            row["memory_ratio"] = reference["peak_rss_mib"] / kernel["peak_rss_mib"]  # type: ignore[index]
+            print(f"  speed-up {row['speedup']:.1f}x, largest metric difference {worst:.1e}")
+        results[split] = row
+    out = ROOT / "bench-results" / f"eval-coco-{args.regions}x{args.feature_dim}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--coco-child"]:
+        kind, work, split, threads = argv[1:5]
+        print(json.dumps(coco_child(kind, Path(work), split, int(threads))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--coco", action="store_true", help="the COCO pool case (see above)")
+    parser.add_argument("--test-images", type=int, default=5_000)
+    parser.add_argument("--val-images", type=int, default=0, help="0: no validation case")
+    parser.add_argument("--regions", type=int, default=49)
+    parser.add_argument("--feature-dim", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each child")
+    parser.add_argument("--reference-limit-gb", type=float, default=8.0)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--sample", type=int, default=500, help="queries the loop really runs")
@@ -168,6 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("bench-results/eval-work"))
     args = parser.parse_args(argv)
+    if args.coco:
+        coco_main(args)
+        return
 
     paths = make_scores(args.workdir.resolve(), args.queries, args.candidates, args.seed)
     results: dict[str, object] = {

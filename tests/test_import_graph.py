@@ -111,7 +111,8 @@ TORCH_MODULES = frozenset(
             f"amc_data.ranking.{name}"
             for name in (
                 *("batch", "build", "cca", "checkpoint", "data", "demo", "distributed", "loss"),
-                *("model", "resident", "runs", "scoring", "search", "training", "word_vectors"),
+                *("kernel", "model", "resident", "runs", "scoring", "search", "training"),
+                "word_vectors",
             )
         ),
     }

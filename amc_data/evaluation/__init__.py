@@ -1,7 +1,8 @@
 """Evaluation: the paper's metrics (plain numpy) and scores files from any ranker.
 
 `metrics` holds pure functions vectorised over queries (NDCG@k, the challenge DCG@25, ROC/AUC,
-COCO Recall@K both ways); `significance` the paired tests between two rankers; `scores` reads
+COCO Recall@K both ways); `streaming` the same metrics of a score matrix folded in tile by tile
+(exact, in bounded memory); `significance` the paired tests between two rankers; `scores` reads
 and checks `query_id, img_id, score, label` files and evaluates them; `protocol` the fixed
 numbers they share. None imports torch; names load on first use.
 """
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
         paired_test,
         randomization_test,
     )
+    from .streaming import CaptionRanks, PooledAuc, PoolReduction, TileGrid, TopK, tile_grid
 
 
 _LAZY, __getattr__, __dir__ = lazy_names(__name__, __file__)
@@ -52,10 +54,15 @@ __all__ = [
     "NDCG_CUTOFFS",
     "RECALL_CUTOFFS",
     "CaptionRanking",
+    "CaptionRanks",
     "PairedTest",
+    "PoolReduction",
+    "PooledAuc",
     "RankingMetrics",
     "RecallAtK",
     "RocCurve",
+    "TileGrid",
+    "TopK",
     "annotation_ranks",
     "caption_ranking",
     "compare_to_baseline",
@@ -73,4 +80,5 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "scores_metrics",
+    "tile_grid",
 ]

@@ -21,22 +21,18 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, InputError
-from ..evaluation.metrics import RankingMetrics, caption_ranking, matrix_auc, ranking_metrics
+from ..evaluation.metrics import RankingMetrics, ranking_metrics
 from ..evaluation.protocol import SIGNIFICANCE_K
 from ..evaluation.significance import paired_by_query
+from ..evaluation.streaming import PoolReduction
 from ..files import atomic_write, atomic_write_json
 from ..prepare.format import PreparedDataset, load_prepared
 from .checkpoint import LoadedModel, load_model
 from .distributed import resolve_device
 from .eval_config import EvalConfig
+from .kernel import PoolScorer, RandomScorer, reduce_pool, row_order
 from .registry import model_kind
-from .scoring import (
-    candidates_are_split,
-    pool_frame,
-    score_matrix,
-    score_split,
-    split_query_ids,
-)
+from .scoring import candidates_are_split, score_split, split_query_ids
 
 if TYPE_CHECKING:
     import torch
@@ -169,16 +165,15 @@ def _score_runs(
         kind = loaded.model_config.kind
         max_keywords = int(loaded.train_config.get("max_keywords", 64))
         if pool is not None:
-            matrix = score_matrix(
+            scorer = PoolScorer(
                 loaded.model,
                 prepared,
-                pool.queries,
+                row_order(pool.queries, pool.images, pool.judged),
                 pool.images,
                 device=device,
                 max_keywords=max_keywords,
-                progress=config.progress,
             )
-            results.append(pool.measure(name, kind, matrix, config.relevant))
+            results.append(pool.measure(name, kind, scorer, config.relevant, config.progress))
         else:
             frame = score_split(
                 loaded.model,
@@ -198,8 +193,8 @@ def _random_ranker(
     """A ranker of uniform random scores (seeded) over the candidates the runs ranked."""
     rng = np.random.default_rng(config.seed)
     if pool is not None:
-        matrix = rng.random((len(pool.queries), len(pool.images)), dtype=np.float32)
-        return pool.measure(name, RANDOM, matrix, config.relevant)
+        scorer = RandomScorer(pool.queries, len(pool.images), config.seed)
+        return pool.measure(name, RANDOM, scorer, config.relevant)
     reference = first.scores
     frame = reference.assign(score=rng.random(len(reference)).astype(np.float32))
     return _measure(name, RANDOM, frame, config.relevant)
@@ -270,9 +265,6 @@ def _measure(name: str, kind: str, frame: pd.DataFrame, relevant: int) -> RunEva
     )
 
 
-ROC_SAMPLE = 1_000_000  # irrelevant cells kept for the ROC picture of a whole-split ranking
-
-
 @dataclass(frozen=True)
 class _Pool:
     """A split whose every query is ranked over every image of the split (COCO): the queries,
@@ -294,16 +286,27 @@ class _Pool:
             folds = None
         return cls(queries, images["img_id"].to_numpy(np.int64), judged, folds)
 
-    def cells(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return (
-            np.searchsorted(self.queries, frame["query_id"].to_numpy()),
-            np.searchsorted(self.images, frame["img_id"].to_numpy()),
-        )
-
-    def measure(self, name: str, kind: str, matrix: np.ndarray, relevant: int) -> RunEvaluation:
+    def measure(
+        self,
+        name: str,
+        kind: str,
+        scorer: PoolScorer | RandomScorer,
+        relevant: int,
+        progress: bool = False,
+    ) -> RunEvaluation:
         """NDCG and DCG from each query's best 100 images and its judged ones (exact for
-        k <= 100); AUC over every cell of the matrix; caption ranking both ways."""
-        frame = pool_frame(matrix, self.queries, self.images, self.judged)
+        k <= 100); AUC over every cell of the matrix; caption ranking both ways: all folded in
+        tile by tile (`evaluation.streaming`), never holding the whole matrix."""
+        reduction = PoolReduction(
+            scorer.grid,
+            scorer.query_ids,
+            self.images,
+            self.judged,
+            relevant=relevant,
+            folds=self.folds,
+        )
+        reduce_pool(scorer, reduction, progress)
+        frame = reduction.frame()
         ranking = ranking_metrics(
             frame["query_id"].to_numpy(),
             frame["score"].to_numpy(),
@@ -311,40 +314,17 @@ class _Pool:
             relevant=relevant,
         )
         metrics = ranking.summary()
-        q_pos, i_pos = self.cells(self.judged[self.judged["label"] >= relevant])
-        metrics["auc"] = matrix_auc(matrix, q_pos, i_pos)
-        metrics |= self._caption_metrics(matrix)
-        roc = self._roc_sample(matrix, q_pos, i_pos)
+        assert reduction.auc is not None and reduction.captions is not None  # metrics=True
+        metrics["auc"] = reduction.auc.auc()
+        metrics |= reduction.captions.result().summary()
         return RunEvaluation(
-            name=name, kind=kind, metrics=metrics, ranking=ranking, scores=frame, roc_sample=roc
+            name=name,
+            kind=kind,
+            metrics=metrics,
+            ranking=ranking,
+            scores=frame,
+            roc_sample=reduction.roc_sample(),
         )
-
-    def _caption_metrics(self, matrix: np.ndarray) -> dict[str, float]:
-        """COCO's Recall@K both ways, on the whole split and on its folds of 1,000 images."""
-        own = self.judged[self.judged["label"] > 0].drop_duplicates("query_id")
-        rows, caption_image = self.cells(own)
-        result = caption_ranking(
-            matrix[rows].T,
-            caption_image,  # (images, captions)
-            captions_per_image=max(int(np.bincount(caption_image).max()), 1),
-            image_folds=self.folds,
-        )
-        return result.summary()
-
-    @staticmethod
-    def _roc_sample(
-        matrix: np.ndarray, q_pos: np.ndarray, i_pos: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Every relevant cell and a uniform sample of the others: the ROC curve is the same
-        in expectation (each rate is taken within its class)."""
-        relevant = np.zeros(matrix.shape, dtype=bool)
-        relevant[q_pos, i_pos] = True
-        others = np.flatnonzero(~relevant.ravel())
-        rng = np.random.default_rng(0)
-        if others.size > ROC_SAMPLE:
-            others = rng.choice(others, ROC_SAMPLE, replace=False)
-        cells = np.concatenate([np.ravel_multi_index((q_pos, i_pos), matrix.shape), others])
-        return matrix.ravel()[cells], relevant.ravel()[cells]
 
 
 def _significance(

@@ -2,10 +2,11 @@
 passes with bounded memory. Used by training (validation) and by evaluation.
 
 Candidates are a query's judged images (Clickture, synth) or, for a prepared folder whose
-candidates are the whole split (COCO), every image of the split. There the scores are one
-`(queries, images)` matrix (`score_matrix`) of which a frame keeps the best `keep` images of
-each query plus every judged one (`pool_frame`: enough for NDCG@k up to `keep`); evaluation
-computes the AUC and the caption-ranking metrics from the whole matrix.
+candidates are the whole split (COCO), every image of the split. There the `(queries, images)`
+matrix is scored tile by tile by the kernel (`kernel.PoolScorer`), and a frame keeps the best
+`keep` images of each query plus every judged one (enough for NDCG@k up to `keep`); evaluation
+folds the same tiles into the AUC and the caption-ranking metrics. `score_matrix` and
+`pool_frame` build the whole matrix: for small pools and tests only.
 
 Batches are bounded in elements, not queries: a batch holds at most `BATCH_ELEMENTS` region
 values (queries x candidates x regions x feature size), so wide grids and long candidate lists
@@ -15,26 +16,20 @@ take fewer queries at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..evaluation.streaming import PoolReduction
 from ..progress import progress_bar
 from .data import image_batch, query_batch
+from .kernel import BATCH_ELEMENTS, PoolScorer, precision_context, reduce_pool
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
     from .model import RankingModel
-
-
-def precision_context(device: torch.device, amp: bool) -> AbstractContextManager[object]:
-    """bf16 autocast on CUDA when `amp`; nothing elsewhere (the same code runs on the CPU)."""
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def candidates_are_split(prepared: PreparedDataset) -> bool:
@@ -43,9 +38,6 @@ def candidates_are_split(prepared: PreparedDataset) -> bool:
     if mode is not None:
         return mode == "split"
     return prepared.info.get("source") == "coco"
-
-
-BATCH_ELEMENTS = 1 << 25  # region values per forward pass: 128 MiB of float32
 
 
 @torch.no_grad()
@@ -72,19 +64,33 @@ def score_split(
             {"query_id": "int64", "img_id": "int64", "score": "float32", "label": "int32"}
         )
     if candidates_are_split(prepared):
-        pool = np.sort(prepared.split_images(split))
-        matrix = score_matrix(
-            model,
-            prepared,
-            queries,
-            pool,
-            device=device,
-            amp=amp,
-            max_keywords=max_keywords,
-            progress=progress,
+        return _score_pool_split(
+            model, prepared, split, queries, judged, device, amp, keep, max_keywords, progress
         )
-        return pool_frame(matrix, queries, pool, judged, keep)
     return _score_judged(model, prepared, judged, device, amp, max_keywords, progress)
+
+
+def _score_pool_split(
+    model: RankingModel,
+    prepared: PreparedDataset,
+    split: str,
+    queries: np.ndarray,
+    judged: pd.DataFrame,
+    device: torch.device,
+    amp: bool,
+    keep: int,
+    max_keywords: int,
+    progress: bool,
+) -> pd.DataFrame:
+    """Every query against every image of the split, through the tiled kernel: only each
+    query's best `keep` images and the judged pairs are kept, never the whole matrix."""
+    pool = np.sort(prepared.split_images(split))
+    scorer = PoolScorer(
+        model, prepared, queries, pool, device=device, amp=amp, max_keywords=max_keywords
+    )
+    inside = judged[judged["img_id"].isin(pool)]
+    reduction = PoolReduction(scorer.grid, queries, pool, inside, keep=keep, metrics=False)
+    return reduce_pool(scorer, reduction, progress).frame()
 
 
 def split_query_ids(

@@ -267,3 +267,72 @@ def test_a_checkpoint_file_s_results_go_beside_it(trained: tuple[Path, Path, Pat
     assert result.exit_code == 0, result.output
     assert (amc / "last-eval-test" / "metrics.json").is_file()
     assert (amc / "last-eval-test" / "scores.parquet").is_file()
+
+
+def _whole_matrix_metrics(prepared_path: Path, run: Path, split: str, relevant: int) -> dict:
+    """The metrics of a whole-split ranking computed from the whole score matrix, as eval
+    computed them before scoring in tiles (the reference)."""
+    from amc_data.evaluation.metrics import caption_ranking, matrix_auc, ranking_metrics
+    from amc_data.ranking.checkpoint import load_model
+    from amc_data.ranking.runs import _Pool
+    from amc_data.ranking.scoring import pool_frame, score_matrix
+
+    prepared = amc_data.load_prepared(prepared_path)
+    pool = _Pool.of(prepared, split)
+    matrix = score_matrix(load_model(run, prepared).model, prepared, pool.queries, pool.images)
+    frame = pool_frame(matrix, pool.queries, pool.images, pool.judged)
+    metrics = ranking_metrics(
+        frame["query_id"], frame["score"], frame["label"], relevant=relevant
+    ).summary()
+    rows = np.searchsorted(pool.queries, pool.judged["query_id"])
+    cols = np.searchsorted(pool.images, pool.judged["img_id"])
+    is_relevant = pool.judged["label"].to_numpy() >= relevant
+    metrics["auc"] = matrix_auc(matrix, rows[is_relevant], cols[is_relevant])
+    own = pool.judged[pool.judged["label"] > 0].drop_duplicates("query_id")
+    own_rows = np.searchsorted(pool.queries, own["query_id"])
+    own_cols = np.searchsorted(pool.images, own["img_id"])
+    metrics |= caption_ranking(matrix[own_rows].T, own_cols, image_folds=pool.folds).summary()
+    return {"metrics": metrics, "frame": frame}
+
+
+@pytest.mark.parametrize(("split", "relevant"), [("test", 1), ("val", 1), ("test", 2)])
+def test_coco_metrics_scored_in_tiles_equal_those_of_the_whole_matrix(
+    coco: tuple[Path, Path], tmp_path: Path, split: str, relevant: int
+) -> None:
+    prepared_path, run = coco
+    evaluate([run], prepared_path, split=split, relevant=relevant, out=tmp_path, resamples=50)
+    written = json.loads((tmp_path / run.name / "metrics.json").read_text())
+    reference = _whole_matrix_metrics(prepared_path, run, split, relevant)
+    expected = {k: v if np.isfinite(v) else None for k, v in reference["metrics"].items()}
+    assert written.keys() == expected.keys()
+    for key, value in expected.items():
+        assert written[key] == (None if value is None else pytest.approx(value, abs=1e-6)), key
+    scores = pd.read_parquet(tmp_path / run.name / "scores.parquet")
+    merged = scores.merge(reference["frame"], on=["query_id", "img_id"], how="outer")
+    assert len(merged) == len(scores) == len(reference["frame"])
+    np.testing.assert_allclose(merged["score_x"], merged["score_y"], rtol=1e-6)
+    assert (merged["label_x"] == merged["label_y"]).all()
+
+
+def test_coco_eval_never_builds_the_whole_score_matrix(
+    coco: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import amc_data.ranking.runs as runs
+    import amc_data.ranking.scoring as scoring
+
+    def whole_matrix(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole (queries, images) matrix was built")
+
+    monkeypatch.setattr(scoring, "score_matrix", whole_matrix)
+    monkeypatch.setattr(runs, "score_matrix", whole_matrix, raising=False)
+    prepared_path, run = coco
+    result = evaluate([run], prepared_path, resamples=50)
+    assert np.isfinite(result.runs[0].metrics["auc"])
+    prepared = amc_data.load_prepared(prepared_path)
+    from amc_data.ranking.checkpoint import load_model
+    from amc_data.ranking.scoring import score_split
+
+    frame = score_split(load_model(run, prepared).model, prepared, "val", keep=3)
+    captions = prepared.split_queries("val")["query_id"]
+    assert set(frame["query_id"]) == set(captions)
+    assert len(frame) >= 3 * len(captions)
