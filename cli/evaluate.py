@@ -70,7 +70,7 @@ def _report(
             row += ["base", "base"]
         rows.append(row)
         data[name] = {**_finite_or_none(values), "ndcg_gain": gain}
-    return render_table(header, rows, fmt, title=gain_title(gain)), data
+    return render_table(header, rows, fmt, note=gain_title(gain)), data
 
 
 @click.command("eval")
@@ -221,7 +221,7 @@ def comparison_table(evaluation: Evaluation, fmt: str = "text") -> str:
         tests = ["best", ""] if best else [_maybe_p(run.p_randomization), _maybe_p(run.p_t)]
         rows.append([run.name, run.label, *(_number(run.metrics[c]) for c in columns), *tests])
     header = ["run", "model", *columns, "p rand", "p t"]
-    return render_table(header, rows, fmt, left=2, title=gain_title(evaluation.gain))
+    return render_table(header, rows, fmt, left=2, note=gain_title(evaluation.gain))
 
 
 # The caption-ranking table's columns, as caption-ranking papers print them: image -> text

@@ -88,12 +88,17 @@ def render_table(
     *,
     left: int = 1,
     title: str = "",
+    note: str = "",
 ) -> str:
-    """The table in `fmt` (one of `FORMATS`) under its `title`: a line of its own in text, bold
-    in Markdown, a `%` comment in LaTeX, a `#` comment line in CSV."""
+    """The table in `fmt` (one of `FORMATS`) with a `title` above it and a `note` below it
+    (in LaTeX and CSV, where text around a table breaks it, both become comment lines above:
+    `% ...`, `# ...`)."""
     render = {"text": text_table, "markdown": markdown_table, "latex": latex_table}
     body = render.get(fmt, csv_table)(header, rows, left)
-    if not title:
-        return body
-    heading = {"text": title, "markdown": f"**{title}**\n", "latex": f"% {title}"}
-    return f"{heading.get(fmt, f'# {title}')}\n{body}"
+    if fmt in ("latex", "csv"):
+        mark = "%" if fmt == "latex" else "#"
+        comments = [f"{mark} {line}" for line in (title, note) if line]
+        return "\n".join([*comments, body])
+    heading = {"text": title, "markdown": f"**{title}**\n"}[fmt] if title else ""
+    footing = f"\n{note}" if note and fmt == "text" else f"\n\n{note}" if note else ""
+    return f"{heading}\n{body}{footing}" if heading else f"{body}{footing}"
