@@ -397,7 +397,7 @@ def test_linear_gain_is_the_label_and_leaves_the_challenge_figure_alone(ties):
             )
     np.testing.assert_allclose(linear.challenge_dcg, exp.challenge_dcg, rtol=1e-12)
     assert not np.allclose(linear.ndcg, exp.ndcg)  # graded labels: the gains differ
-    with pytest.raises(ConfigError, match="^gain must be one of exp, linear"):
+    with pytest.raises(ConfigError, match=r"^gain must be one of exp, linear"):
         ranking_metrics(query_ids, scores, labels, gain="log")
 
 

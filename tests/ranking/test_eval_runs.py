@@ -374,11 +374,9 @@ def test_ablation_rows_name_their_ablations(
 ) -> None:
     data, amc, _ = trained
     train(data, tmp_path / "amc-flat", TrainConfig(**{**FAST, "epochs": 1, "inter": False}))
-    result = CliRunner().invoke(
-        cli,
-        ["eval", str(amc), str(tmp_path / "amc-flat"), "--data", str(data), "--device", "cpu"]
-        + ["--quiet", "--resamples", "50", "--out", str(tmp_path / "o")],
-    )
+    args = ["eval", str(amc), str(tmp_path / "amc-flat"), "--data", str(data), "--quiet"]
+    args += ["--device", "cpu", "--resamples", "50", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines() if line}
     assert "amc (no-inter)" in rows["amc-flat"] and "no-" not in rows["amc"]
@@ -388,11 +386,9 @@ def test_per_query_metrics_and_the_word_report_are_written(
     trained: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     data, amc, _ = trained
-    result = CliRunner().invoke(
-        cli,
-        ["eval", str(amc), "--data", str(data), "--device", "cpu", "--quiet", "--resamples"]
-        + ["50", "--out", str(tmp_path / "o"), "--words", "3", "--word-min-queries", "2"],
-    )
+    args = ["eval", str(amc), "--data", str(data), "--device", "cpu", "--quiet"]
+    args += ["--resamples", "50", "--out", str(tmp_path / "o"), "--words", "3"]
+    result = CliRunner().invoke(cli, [*args, "--word-min-queries", "2"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "o" / "amc" / "metrics.json").read_text())
     per_query = pd.read_parquet(tmp_path / "o" / "amc" / "per_query.parquet")
