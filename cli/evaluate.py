@@ -16,12 +16,12 @@ from amc_data.progress import progress_enabled
 from amc_data.ranking.eval_config import EvalConfig
 
 from .options import config_option, quiet_option
-from .tables import text_table
+from .tables import render_table
 
 if TYPE_CHECKING:
     from amc_data.evaluation.metrics import RankingMetrics
     from amc_data.evaluation.significance import PairedTest
-    from amc_data.ranking.runs import Evaluation
+    from amc_data.ranking.runs import Evaluation, RunEvaluation
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -37,9 +37,17 @@ def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
 
 
+GAIN_NAMES = {"exp": "exponential gain 2^label - 1", "linear": "linear gain (the label)"}
+
+
+def gain_title(gain: str) -> str:
+    """How a table names the gain of its NDCG columns."""
+    return f"NDCG with the {GAIN_NAMES[gain]}"
+
+
 def _report(
-    runs: dict[str, RankingMetrics], tests: dict[str, PairedTest]
-) -> tuple[str, dict[str, dict[str, float | None]]]:
+    runs: dict[str, RankingMetrics], tests: dict[str, PairedTest], fmt: str = "text"
+) -> tuple[str, dict[str, dict[str, float | str | None]]]:
     """The printed table and the `--json` content: one row / entry per run."""
     first = next(iter(runs.values()))
     ndcg = [f"ndcg@{k}" for k in first.ks]
@@ -47,6 +55,7 @@ def _report(
     if tests:
         header += ["p rand", "p t"]
     rows, data = [], {}
+    gain = first.gain
     for name, run in runs.items():
         values = run.summary()
         row = [name, str(values["queries"]), str(values["pairs"])]
@@ -60,8 +69,8 @@ def _report(
         elif tests:
             row += ["base", "base"]
         rows.append(row)
-        data[name] = _finite_or_none(values)
-    return text_table(header, rows), data
+        data[name] = {**_finite_or_none(values), "ndcg_gain": gain}
+    return render_table(header, rows, fmt, note=gain_title(gain)), data
 
 
 @click.command("eval")
@@ -92,6 +101,12 @@ def _report(
 @config_option(EvalConfig, "resamples")
 @config_option(EvalConfig, "seed", type=int)  # any whole number: no range to show
 @config_option(EvalConfig, "max_rows", show_default=f"{MAX_ROWS:,}")
+@config_option(EvalConfig, "gain")
+@config_option(EvalConfig, "table_format")
+@config_option(EvalConfig, "trec", type=click.Path(file_okay=False, path_type=Path))
+@config_option(EvalConfig, "trec_depth")
+@config_option(EvalConfig, "words", metavar="N")
+@config_option(EvalConfig, "word_min_queries", metavar="N")
 @quiet_option
 def eval_command(
     runs: tuple[Path, ...],
@@ -101,7 +116,8 @@ def eval_command(
     **options: Any,
 ) -> None:
     """Evaluate trained RUN folders on a prepared folder (--data), or rankers' --scores files:
-    NDCG@5..25, the challenge DCG@25 and AUC (and COCO's Recall@K), one row per run or file.
+    NDCG@5..25, the challenge DCG@25 and AUC, one row per run or file; on a COCO folder, the
+    caption-ranking table (Recall@1/5/10 both ways and rsum) once per protocol.
 
     Runs are compared with the best of them, files with the first: paired randomisation and
     t-test p-values on per-query NDCG@10.
@@ -122,17 +138,19 @@ def eval_command(
 
 def _evaluate_scores(scores_paths: Sequence[Path], config: EvalConfig) -> None:
     """One row per scores file, each compared with the first."""
+    from amc_data.evaluation.outputs import check_outputs
     from amc_data.evaluation.scores import scores_metrics
     from amc_data.evaluation.significance import compare_to_baseline
 
+    check_outputs([("json_path", config.json_path)])
     results = {
-        str(path): scores_metrics(path, config.relevant, max_rows=config.max_rows)
+        str(path): scores_metrics(path, config.relevant, max_rows=config.max_rows, gain=config.gain)
         for path in scores_paths
     }
     tests = compare_to_baseline(
         results, k=SIGNIFICANCE_K, resamples=config.resamples, seed=config.seed
     )
-    table, rows = _report(results, tests)
+    table, rows = _report(results, tests, config.table_format)
     click.echo(table)
     if tests:
         click.echo(
@@ -172,25 +190,81 @@ def _evaluate_runs(runs: Sequence[Path], data: Path | None, config: EvalConfig) 
     from amc_data.ranking.runs import evaluate
 
     evaluation = evaluate(runs, data, config)
-    click.echo(comparison_table(evaluation))
-    click.echo(
-        f"\n{config.split} queries of {evaluation.data}. p: two-sided paired tests on per-query "
+    fmt = config.table_format
+    click.echo(comparison_table(evaluation, fmt))
+    for table in caption_tables(evaluation, fmt):
+        click.echo(f"\n{table}")
+    note = (
+        f"{config.split} queries of {evaluation.data}. p: two-sided paired tests on per-query "
         f"NDCG@{SIGNIFICANCE_K} against the best run, {evaluation.best} (randomisation: "
         f"{config.resamples:,} sign flips, seed {config.seed}; t: paired t-test)."
     )
+    if fmt == "text":
+        click.echo(f"\n{note}")
+    if config.words:
+        for run in evaluation.runs:
+            if run.words is not None and run.kind != "random":
+                click.echo(f"\n{word_table(run, config.words, fmt)}")
+    if config.trec is not None:
+        click.echo(f"TREC files: {config.trec}/qrels.txt and one <run>.run per run.")
     if config.plot_dir is not None:
         click.echo(f"Pictures: {', '.join(str(p) for p in evaluation.plots)}")
 
 
-def comparison_table(evaluation: Evaluation) -> str:
-    """One row per run, best first, random last, with the paired tests against the best."""
+def comparison_table(evaluation: Evaluation, fmt: str = "text") -> str:
+    """One row per run, best first, random last, with the paired tests against the best; the
+    model column names the kind and its ablations (`amc (no-inter)`)."""
     columns = [c for c in TABLE_METRICS if all(c in run.metrics for run in evaluation.runs)]
     rows = []
     for run in evaluation.runs:
         best = run.name == evaluation.best
         tests = ["best", ""] if best else [_maybe_p(run.p_randomization), _maybe_p(run.p_t)]
-        rows.append([run.name, run.kind, *(_number(run.metrics[c]) for c in columns), *tests])
-    return text_table(["run", "model", *columns, "p rand", "p t"], rows, left=2)
+        rows.append([run.name, run.label, *(_number(run.metrics[c]) for c in columns), *tests])
+    header = ["run", "model", *columns, "p rand", "p t"]
+    return render_table(header, rows, fmt, left=2, note=gain_title(evaluation.gain))
+
+
+# The caption-ranking table's columns, as caption-ranking papers print them: image -> text
+# (annotation), then text -> image (retrieval), then rsum.
+CAPTION_COLUMNS = (
+    ("i2t R@1", "i2t_r@1"),
+    ("i2t R@5", "i2t_r@5"),
+    ("i2t R@10", "i2t_r@10"),
+    ("t2i R@1", "t2i_r@1"),
+    ("t2i R@5", "t2i_r@5"),
+    ("t2i R@10", "t2i_r@10"),
+    ("rsum", "rsum"),
+)
+
+
+def caption_tables(evaluation: Evaluation, fmt: str = "text") -> list[str]:
+    """On a COCO split, one caption-ranking table per protocol (the mean over folds first, as
+    papers report 1K before 5K), its header naming the protocol; none otherwise."""
+    tables = []
+    for protocol in ("folds", "pool"):
+        described = evaluation.protocols.get(protocol)
+        keys = [f"{key}_{protocol}" for _, key in CAPTION_COLUMNS]
+        if described is None or not all(k in r.metrics for r in evaluation.runs for k in keys):
+            continue
+        rows = [
+            [run.name, run.label, *(f"{run.metrics[k]:.1f}" for k in keys)]
+            for run in evaluation.runs
+        ]
+        header = ["run", "model", *(name for name, _ in CAPTION_COLUMNS)]
+        title = f"Caption ranking, {described} (Recall@K in percent; keys *_{protocol})"
+        tables.append(render_table(header, rows, fmt, left=2, title=title))
+    return tables
+
+
+def word_table(run: RunEvaluation, top: int, fmt: str = "text") -> str:
+    """The `top` query words of `run` with the lowest mean NDCG@10."""
+    assert run.words is not None  # the caller checks
+    rows = [
+        [str(w), str(int(n)), _number(float(v))]
+        for w, n, v in run.words.head(top).itertuples(index=False)
+    ]
+    title = f"{run.name}: the query words of lowest mean NDCG@10 ({len(run.words):,} reported)"
+    return render_table(["word", "queries", "ndcg@10"], rows, fmt, title=title)
 
 
 def _maybe_p(value: float | None) -> str:
@@ -203,8 +277,6 @@ TABLE_METRICS = (
     "ndcg@25",
     "dcg@25_challenge",
     "auc",
-    "i2t_r@1_1k",
-    "t2i_r@1_1k",
 )
 
 COMMANDS: list[click.Command] = [eval_command]

@@ -1,8 +1,9 @@
 """The evaluation metrics, as pure numpy functions vectorised over queries.
 
-- Clickture protocol: gain `2**label - 1`, `DCG@k = sum_{i<=k} gain_i / log2(i + 1)`, NDCG@k
-  normalised per query and averaged over queries, and the MSR-Bing challenge figure
-  `0.01757 * DCG@25` averaged over queries.
+- Clickture protocol: gain `2**label - 1` (`gain="exp"`, the paper's and MSR-Bing's) or
+  `label` (`gain="linear"`, trec_eval's and torchmetrics'), `DCG@k = sum_{i<=k} gain_i /
+  log2(i + 1)`, NDCG@k normalised per query and averaged over queries, and the MSR-Bing
+  challenge figure `0.01757 * DCG@25` (always the exponential gain) averaged over queries.
 - ROC curve and AUC over all (query, image) pairs.
 - COCO caption ranking: Recall@K, median and mean rank for image annotation (image -> caption)
   and image retrieval (caption -> image), on the full test set and averaged over folds.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amc_data.checks import real_number
+from amc_data.checks import one_of, real_number
 from amc_data.errors import ConfigError, InputError
 from amc_data.prepare.format import MAX_EVAL_LABEL
 
@@ -32,6 +33,9 @@ CHALLENGE_K = 25
 # the challenge published it, so a perfect list of 25 Excellent images scores about 1.
 CHALLENGE_SCALE = 0.01757
 RECALL_CUTOFFS: tuple[int, ...] = (1, 5, 10)
+# The gains of NDCG: "exp" is 2**label - 1 (the paper's, MSR-Bing's, scikit-learn's on 0/1
+# labels), "linear" the label itself (trec_eval's and torchmetrics'); equal on 0/1 labels.
+GAINS: tuple[str, ...] = ("exp", "linear")
 # Intermediate arrays of the chunked computations stay near this many bytes.
 CHUNK_BYTES = 64 * 2**20
 
@@ -120,6 +124,7 @@ class RankingMetrics:
     no_relevant: int
     auc: float
     relevant: int
+    gain: str = "exp"  # of `ndcg` and `dcg`; `challenge_dcg` is always "exp"
 
     def ndcg_at(self, k: int) -> np.ndarray:
         """Per-query NDCG@k, shape (Q,)."""
@@ -213,11 +218,14 @@ def ranking_metrics(
     *,
     relevant: int = 1,
     ks: Sequence[int] = NDCG_CUTOFFS,
+    gain: str = "exp",
 ) -> RankingMetrics:
     """NDCG@k, DCG@25 and AUC of a run, from one row per (query, candidate image).
 
     `query_ids` (any sortable ids), `scores` (higher ranks first) and `labels` (graded
-    relevance, 0 = not relevant) are parallel 1-D arrays. Gain is `2**label - 1`. Tied scores
+    relevance, 0 = not relevant) are parallel 1-D arrays. The gain of NDCG@k and DCG@k is
+    `2**label - 1` (`gain="exp"`) or `label` (`"linear"`); the challenge's DCG@25 always uses
+    `2**label - 1`. Tied scores
     are averaged over every order of the tie, exactly as `sklearn.metrics.ndcg_score` with its
     default `ignore_ties=False`, so a ranker gains nothing from how a sort breaks ties. A query
     with no label above 0 scores NDCG 0 and is counted. AUC treats `label >= relevant` as
@@ -225,12 +233,14 @@ def ranking_metrics(
     """
     ks = _check_cutoffs("ks", ks)
     real_number("relevant", relevant, 1, why="Label 0 means not relevant.")
+    one_of("gain", gain, GAINS)
     query_ids, scores, labels = _checked_rows(query_ids, scores, labels)
     ranked = _Ranked.of(query_ids, scores, labels)
     all_ks = tuple(sorted({*ks, CHALLENGE_K}))
     cumulative = _cumulative_discount(int(ranked.sizes.max()))
-    dcg = _run_dcg(ranked, all_ks, cumulative)
-    ideal = _ideal_dcg(ranked, all_ks, cumulative)
+    dcg = _run_dcg(ranked, all_ks, cumulative, gain)
+    ideal = _ideal_dcg(ranked, all_ks, cumulative, gain)
+    challenge = dcg if gain == "exp" else _run_dcg(ranked, (CHALLENGE_K,), cumulative, "exp")
 
     has_gain = ideal[:, 0] > 0  # every cut-off sees the top candidate
     ndcg = np.zeros_like(dcg)
@@ -250,10 +260,11 @@ def ranking_metrics(
         ks=ks,
         ndcg=ndcg[:, columns],
         dcg=dcg[:, columns],
-        challenge_dcg=dcg[:, all_ks.index(CHALLENGE_K)],
+        challenge_dcg=challenge[:, all_ks.index(CHALLENGE_K) if gain == "exp" else 0],
         no_relevant=no_relevant,
         auc=_auc(_roc_points(scores[descending], labels[descending] >= relevant)),
         relevant=relevant,
+        gain=gain,
     )
 
 
@@ -321,13 +332,20 @@ class _Ranked:
         return len(self.starts)
 
 
-def _run_dcg(ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray) -> np.ndarray:
+def _gain(labels: np.ndarray, gain: str) -> np.ndarray:
+    """Each label's gain: `2**label - 1` ("exp") or the label itself ("linear")."""
+    return np.exp2(labels) - 1.0 if gain == "exp" else labels.astype(np.float64)
+
+
+def _run_dcg(
+    ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray, gain: str = "exp"
+) -> np.ndarray:
     """(Q, len(ks)) DCG of the run's ranking: its blocks are runs of equal score in a query."""
     n = len(ranked.queries)
     new_block = ranked.new_query.copy()
     new_block[1:] |= ranked.scores[1:] != ranked.scores[:-1]
     block_starts = np.flatnonzero(new_block)
-    gains = np.exp2(ranked.labels) - 1.0
+    gains = _gain(ranked.labels, gain)
     return _block_dcg(
         ranked.row_query[block_starts],
         ranked.position[block_starts],
@@ -339,7 +357,9 @@ def _run_dcg(ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray) -> np
     )
 
 
-def _ideal_dcg(ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray) -> np.ndarray:
+def _ideal_dcg(
+    ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray, gain: str = "exp"
+) -> np.ndarray:
     """(Q, len(ks)) DCG of the ideal ranking. It needs no sort: labels in descending order,
     so each label value of a query is one block whose first rank is the count of that query's
     higher labels."""
@@ -353,7 +373,7 @@ def _ideal_dcg(ranked: _Ranked, ks: tuple[int, ...], cumulative: np.ndarray) -> 
         np.repeat(np.arange(n_queries), n_values),
         first.ravel(),
         counts.ravel(),
-        (counts * (np.exp2(values[::-1]) - 1.0)).ravel(),
+        (counts * _gain(values[::-1], gain)).ravel(),
         n_queries,
         ks,
         cumulative,
@@ -367,8 +387,10 @@ def ndcg_at_k(
     *,
     query_ids: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    gain: str = "exp",
 ) -> float:
-    """Mean NDCG@k over queries (gain `2**label - 1`, ties averaged), for training validation.
+    """Mean NDCG@k over queries (gain `2**label - 1`, or `label` with `gain="linear"`; ties
+    averaged), for training validation.
 
     Either 2-D `scores` and `labels` of shape (Q, M), one row per query (`mask` (Q, M) marks
     the real candidates of padded rows), or 1-D arrays with `query_ids` naming each row's query.
@@ -384,7 +406,7 @@ def ndcg_at_k(
         query_ids, scores, labels = rows[keep], scores[keep], labels[keep]
     elif query_ids is None:
         raise InputError("1-D scores need query_ids naming the query of each score.")
-    return float(ranking_metrics(query_ids, scores, labels, ks=(k,)).ndcg.mean())
+    return float(ranking_metrics(query_ids, scores, labels, ks=(k,), gain=gain).ndcg.mean())
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,6 +588,12 @@ def retrieval_ranks(
     return ranks
 
 
+# The stable names of the two caption-ranking protocols in metric keys: every image of the split
+# ranked at once ("pool": the 5K protocol on COCO's 5,000 test images), and the mean over folds
+# ranked apart ("folds": the 1K protocol, folds of 1,000 images).
+POOL, FOLDS = "pool", "folds"
+
+
 @dataclass(frozen=True)
 class CaptionRanking:
     """COCO caption ranking in both directions, on the whole set and averaged over folds.
@@ -577,7 +605,7 @@ class CaptionRanking:
     annotation: RecallAtK
     retrieval: RecallAtK
     folds: tuple[tuple[RecallAtK, RecallAtK], ...]
-    full_label: str  # e.g. "5k"
+    full_label: str  # e.g. "5k": the size-carrying key suffix of files written before "pool"
     fold_label: str  # e.g. "1k"
 
     def fold_means(self) -> dict[str, float]:
@@ -588,17 +616,37 @@ class CaptionRanking:
         ]
         return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]} if rows else {}
 
-    def summary(self) -> dict[str, float]:
-        """Flat keys `<direction>_<metric>_<protocol>`, e.g. `i2t_r@1_1k`, `t2i_medr_5k`."""
-        out = {
-            f"{key}_{self.full_label}": value
-            for key, value in {
-                **_prefixed("i2t", self.annotation.summary()),
-                **_prefixed("t2i", self.retrieval.summary()),
-            }.items()
+    def pool_values(self) -> dict[str, float]:
+        """The whole set's values: `i2t_r@1`, ..., `t2i_meanr`."""
+        return {
+            **_prefixed("i2t", self.annotation.summary()),
+            **_prefixed("t2i", self.retrieval.summary()),
         }
-        out.update({f"{key}_{self.fold_label}": v for key, v in self.fold_means().items()})
+
+    def summary(self) -> dict[str, float]:
+        """Flat keys `<direction>_<metric>_<protocol>` with a stable protocol name, `pool` (all
+        images) or `folds` (the mean over the folds): `i2t_r@1_pool`, `t2i_medr_folds`, and
+        `rsum_pool`, `rsum_folds` (the sum of the six recalls). The same values (not rsum)
+        also go under the keys of files written before those names, whose protocol is the
+        set's size (`i2t_r@1_5k`, `t2i_medr_1k`; `_25` for 25 images)."""
+        pool, folds = self.pool_values(), self.fold_means()
+        out = {f"{key}_{POOL}": value for key, value in pool.items()}
+        with_rsum = all(f"t2i_r@{k}" in pool for k in RECALL_CUTOFFS)
+        if with_rsum:
+            out[f"rsum_{POOL}"] = rsum(pool)
+        if folds:
+            out.update({f"{key}_{FOLDS}": value for key, value in folds.items()})
+            if with_rsum:
+                out[f"rsum_{FOLDS}"] = rsum(folds)
+        out.update({f"{key}_{self.full_label}": value for key, value in pool.items()})
+        out.update({f"{key}_{self.fold_label}": value for key, value in folds.items()})
         return out
+
+
+def rsum(values: dict[str, float]) -> float:
+    """The sum of Recall@1, @5 and @10 both ways (keys `i2t_r@1` ... `t2i_r@10`), in percent
+    points: the single figure caption-ranking papers compare."""
+    return float(sum(values[f"{d}_r@{k}"] for d in ("i2t", "t2i") for k in RECALL_CUTOFFS))
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

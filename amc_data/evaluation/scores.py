@@ -438,16 +438,19 @@ def scores_metrics(
     relevant: int = 1,
     ks: tuple[int, ...] = NDCG_CUTOFFS,
     max_rows: int = MAX_ROWS,
+    gain: str = "exp",
 ) -> RankingMetrics:
     """Per-query and mean metrics of a scores file or table (see `ranking_metrics`)."""
     checked = _load(source, max_rows)
     if checked.query_ids.dtype.kind in "iu":
         return ranking_metrics(
-            checked.query_ids, checked.scores, checked.labels, relevant=relevant, ks=ks
+            checked.query_ids, checked.scores, checked.labels, relevant=relevant, ks=ks, gain=gain
         )
     # Text ids: rank by their codes (in id order), then name the queries again.
     codes, values = pd.factorize(checked.query_ids, sort=True)
-    result = ranking_metrics(codes, checked.scores, checked.labels, relevant=relevant, ks=ks)
+    result = ranking_metrics(
+        codes, checked.scores, checked.labels, relevant=relevant, ks=ks, gain=gain
+    )
     return dataclasses.replace(result, query_ids=np.asarray(values)[result.query_ids])
 
 

@@ -379,15 +379,21 @@ class PoolReduction:
         self.top.add(rows, cols, block)
         self.judged_cells.add(rows, cols, block)
 
-    def frame(self) -> pd.DataFrame:
-        """Each query's best `keep` images and every judged pair: `query_id`, `img_id`,
-        `score`, `label` (0 for unjudged images), as `scoring.pool_frame` gives."""
-        k = self.top.k
+    def frame(self, limit: int | None = None) -> pd.DataFrame:
+        """Each query's best `keep` images (or its best `limit`, when fewer) and every judged
+        pair: `query_id`, `img_id`, `score`, `label` (0 for unjudged images), as
+        `scoring.pool_frame` gives."""
+        columns, scores = self.top.columns, self.top.scores
+        if limit is not None and 0 < limit < self.top.k:
+            best = np.argpartition(-scores, limit - 1, axis=1)[:, :limit]
+            columns = np.take_along_axis(columns, best, 1)
+            scores = np.take_along_axis(scores, best, 1)
+        k = columns.shape[1]
         top = pd.DataFrame(
             {
                 "query_id": np.repeat(self.queries, k),
-                "img_id": self.images[self.top.columns.reshape(-1)],
-                "score": self.top.scores.reshape(-1),
+                "img_id": self.images[columns.reshape(-1)],
+                "score": scores.reshape(-1),
             }
         )
         judged = pd.DataFrame(

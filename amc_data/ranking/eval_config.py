@@ -19,6 +19,10 @@ from .config import DEVICES
 
 # The CLI lists the splits test first: the one evaluated by default.
 EVAL_SPLITS = tuple(reversed(PREPARED_SPLITS))
+# NDCG's gains (`evaluation.metrics.GAINS`, repeated here: this module loads no numpy).
+GAINS = ("exp", "linear")
+TABLE_FORMATS = ("text", "markdown", "latex", "csv")
+TREC_DEPTH = 1000  # `evaluation.trec.TREC_DEPTH`
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,8 @@ class EvalConfig:
     )
     out: Path | None = option(  # option() is a dataclasses.field()
         None,
-        "With RUN folders: write OUT/<run>/metrics.json and scores.parquet "
+        "With RUN folders: write OUT/<run>/metrics.json, scores.parquet, per_query.parquet "
+        "and words.parquet "
         "(default: RUN/eval-<split>/; for a checkpoint file RUN/X.pt, RUN/X-eval-<split>/).",
     )
     json_path: Path | None = option(  # option() is a dataclasses.field()
@@ -63,10 +68,36 @@ class EvalConfig:
         "32 bytes a row; files are read and checked a block at a time).",
         low=1,
     )
+    gain: Literal["exp", "linear"] = option(
+        "exp",
+        "NDCG's gain: exp, 2**label - 1 (the paper's and MSR-Bing's); linear, the label "
+        "(trec_eval's). The challenge's DCG@25 always uses exp.",
+        choices=GAINS,
+    )
+    table_format: Literal["text", "markdown", "latex", "csv"] = option(
+        "text", "How the tables are printed.", choices=TABLE_FORMATS, flag="--format"
+    )
+    trec: Path | None = option(  # option() is a dataclasses.field()
+        None,
+        "With RUN folders: write TREC files into this folder: qrels.txt (the split's "
+        "judgments) and <run>.run (each query's best --trec-depth images and its judged ones).",
+    )
+    trec_depth: int = option(
+        TREC_DEPTH, "With --trec: the images of each query's ranking written.", low=1
+    )
+    words: int = option(
+        0,
+        "With RUN folders: print the N query words with the lowest mean NDCG@10 per run "
+        "(words.parquet holds them all).",
+        low=0,
+    )
+    word_min_queries: int = option(
+        5, "A query word is reported when at least N queries hold it.", low=1
+    )
     progress: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("out", "json_path", "plot_dir"):
+        for name in ("out", "json_path", "plot_dir", "trec"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))

@@ -1,18 +1,21 @@
 """`amc-data eval RUN [RUN ...] --data DATA`: score trained runs on a prepared split and put
 them side by side, with a random ranker, significance tests and, on request, pictures.
 
-Per run it writes `metrics.json` (flat keys) and `scores.parquet` (`query_id`, `img_id`,
-`score`, `label`) into `OUT/<run name>/` (default: `RUN/eval-<split>/` for a run folder, and
-`<stem>-eval-<split>/` beside a checkpoint file: `RUN/last.pt` -> `RUN/last-eval-<split>/`).
-The significance of each run against the best one (by mean NDCG@10) comes from paired tests on
-per-query NDCG@10.
+Per run it writes `metrics.json` (flat keys), `scores.parquet` (`query_id`, `img_id`,
+`score`, `label`), `per_query.parquet` (each query's metrics) and `words.parquet` (the mean
+NDCG@10 of the queries holding each query word, worst first) into `OUT/<run name>/` (default:
+`RUN/eval-<split>/` for a run folder, and `<stem>-eval-<split>/` beside a checkpoint file:
+`RUN/last.pt` -> `RUN/last-eval-<split>/`); with `trec`, TREC run and qrels files
+(`evaluation.trec`). No output may be inside a prepared folder (preparing it again would delete
+it). The significance of each run against the best one (by mean NDCG@10) comes from paired
+tests on per-query NDCG@10.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,16 +24,21 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, InputError
-from ..evaluation.metrics import RankingMetrics, ranking_metrics
+from ..evaluation.metrics import FOLDS, POOL, RankingMetrics, ranking_metrics
+from ..evaluation.outputs import check_outputs
+from ..evaluation.per_query import per_query_metrics, word_report
 from ..evaluation.protocol import SIGNIFICANCE_K
 from ..evaluation.significance import paired_by_query
-from ..evaluation.streaming import PoolReduction
+from ..evaluation.streaming import CaptionRanks, PoolReduction
+from ..evaluation.trec import run_rows, write_qrels, write_run
 from ..files import atomic_write, atomic_write_json
 from ..prepare.format import PreparedDataset, load_prepared
+from ..prepare.queries import query_analyzer
 from .checkpoint import LoadedModel, load_model
 from .distributed import resolve_device
 from .eval_config import EvalConfig
 from .kernel import PoolScorer, RandomScorer, reduce_pool, row_order
+from .model import _PART_FLAGS, ModelConfig
 from .registry import model_kind
 from .scoring import candidates_are_split, score_split, split_query_ids
 
@@ -40,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
+KEEP = 100  # each query's best images kept of a whole-split ranking (NDCG@k exact for k <= 100)
 
 
 @dataclass
@@ -52,9 +61,16 @@ class RunEvaluation:
     ranking: RankingMetrics
     scores: pd.DataFrame
     roc_sample: tuple[np.ndarray, np.ndarray]  # scores and relevance drawn in the ROC picture
+    per_query: pd.DataFrame  # `per_query.metrics`, plus the caption ranks of a COCO split
+    label: str = ""  # the kind and its ablations, e.g. "amc (no-inter)"; default the kind
+    trec_rows: pd.DataFrame | None = None  # the TREC run file's rows, when asked for
+    words: pd.DataFrame | None = None  # `per_query.word_report`
     out_dir: Path | None = None
     p_randomization: float | None = None  # against the best run
     p_t: float | None = None
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.kind
 
 
 @dataclass
@@ -66,6 +82,10 @@ class Evaluation:
     runs: list[RunEvaluation]
     best: str
     plots: list[Path] = field(default_factory=list)
+    gain: str = "exp"  # of every NDCG
+    # The caption-ranking protocols of a COCO split, by stable key suffix ("pool", "folds"):
+    # what each is, e.g. {"pool": "5K: the whole pool of 5,000 images", ...}.
+    protocols: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> dict[str, dict[str, float]]:
         """`{run name: {metric: value}}`, as `--json` writes it."""
@@ -77,6 +97,20 @@ class Evaluation:
                 row["p_t_vs_best"] = float(run.p_t) if run.p_t is not None else float("nan")
             table[run.name] = row
         return table
+
+
+def run_label(config: ModelConfig) -> str:
+    """The model kind and the ablations switched off, each named as its training flag:
+    `amc`, `amc (no-inter)`, `amc (no-intra, no-inter)`."""
+    off = [f"no-{name}" for name in _PART_FLAGS if not getattr(config, name, True)]
+    return f"{config.kind} ({', '.join(off)})" if off else config.kind
+
+
+def check_run_outputs(config: EvalConfig, defaults: Sequence[Path] = ()) -> None:
+    """Refuse an output (`out`, `plot_dir`, `json_path`, `trec`, or a run's default result
+    folder) that is, or is inside, a prepared folder."""
+    named = [(name, getattr(config, name)) for name in ("out", "plot_dir", "json_path", "trec")]
+    check_outputs([*named, *(("runs", path) for path in defaults)])
 
 
 def default_out_dir(run: Path, split: str) -> Path:
@@ -130,8 +164,10 @@ def evaluate(
         raise InputError(
             f"{prepared.root} has no {config.split} queries to evaluate; choose another --split."
         )
-    device = resolve_device(config.device)
     paths = [Path(run) for run in runs]
+    defaults = [default_out_dir(p, config.split) for p in paths] if config.out is None else []
+    check_run_outputs(config, defaults)
+    device = resolve_device(config.device)
     names = run_names(paths)
     pool = _Pool.of(prepared, config.split) if candidates_are_split(prepared) else None
     results, loaded_models = _score_runs(paths, names, prepared, pool, device, config)
@@ -141,8 +177,21 @@ def evaluate(
     best = max((r for r in results if r.kind != RANDOM), key=lambda r: r.metrics["ndcg@10"])
     _significance(best, results, config.resamples, config.seed)
     results.sort(key=lambda r: (r.kind == RANDOM, -r.metrics["ndcg@10"]))
-    evaluation = Evaluation(split=config.split, data=prepared.root, runs=results, best=best.name)
+    for result in results:
+        result.words = word_report(
+            result.per_query, _query_words(prepared), config.word_min_queries
+        )
+    evaluation = Evaluation(
+        split=config.split,
+        data=prepared.root,
+        runs=results,
+        best=best.name,
+        gain=config.gain,
+        protocols=_protocols(pool) if pool is not None else {},
+    )
     _write(evaluation, dict(zip(names, paths, strict=True)), config)
+    if config.trec is not None:
+        _write_trec(evaluation, prepared, pool, config.trec)
     if config.plot_dir is not None:
         evaluation.plots.extend(_draw(evaluation, loaded_models, prepared, device, config))
     return evaluation
@@ -173,7 +222,7 @@ def _score_runs(
                 device=device,
                 max_keywords=max_keywords,
             )
-            results.append(pool.measure(name, kind, scorer, config.relevant, config.progress))
+            result = pool.measure(name, kind, scorer, config)
         else:
             frame = score_split(
                 loaded.model,
@@ -183,7 +232,9 @@ def _score_runs(
                 max_keywords=max_keywords,
                 progress=config.progress,
             )
-            results.append(_measure(name, kind, frame, config.relevant))
+            result = _measure(name, kind, frame, config)
+        result.label = run_label(loaded.model_config)
+        results.append(result)
     return results, loaded_models
 
 
@@ -192,12 +243,13 @@ def _random_ranker(
 ) -> RunEvaluation:
     """A ranker of uniform random scores (seeded) over the candidates the runs ranked."""
     rng = np.random.default_rng(config.seed)
+    config = replace(config, trec=None, progress=False)  # no TREC file of the random row
     if pool is not None:
         scorer = RandomScorer(pool.queries, len(pool.images), config.seed)
-        return pool.measure(name, RANDOM, scorer, config.relevant)
+        return pool.measure(name, RANDOM, scorer, config)
     reference = first.scores
     frame = reference.assign(score=rng.random(len(reference)).astype(np.float32))
-    return _measure(name, RANDOM, frame, config.relevant)
+    return _measure(name, RANDOM, frame, config)
 
 
 def _write(evaluation: Evaluation, paths: dict[str, Path], config: EvalConfig) -> None:
@@ -211,10 +263,53 @@ def _write(evaluation: Evaluation, paths: dict[str, Path], config: EvalConfig) -
             result.out_dir = config.out / result.name
         else:
             result.out_dir = default_out_dir(path, config.split)
-        _write_run(result)
+        _write_run(result, evaluation.gain)
     if config.json_path is not None:
         table = evaluation.table()
-        atomic_write_json(config.json_path, {k: _json_safe(v) for k, v in table.items()})
+        atomic_write_json(
+            config.json_path,
+            {k: {**_json_safe(v), "ndcg_gain": evaluation.gain} for k, v in table.items()},
+        )
+
+
+def _write_trec(
+    evaluation: Evaluation, prepared: PreparedDataset, pool: _Pool | None, folder: Path
+) -> None:
+    """`qrels.txt` (every judgment of the split's queries, in the pool when there is one) and
+    one `<run>.run` per trained run."""
+    if pool is not None:
+        judged = pool.judged
+    else:
+        queries = split_query_ids(prepared, evaluation.split)
+        judged = prepared.judgments[prepared.judgments["query_id"].isin(queries)]
+    write_qrels(folder / "qrels.txt", judged)
+    for result in evaluation.runs:
+        if result.trec_rows is not None:
+            write_run(folder / f"{result.name}.run", result.trec_rows, result.name)
+
+
+def _protocols(pool: _Pool) -> dict[str, str]:
+    """What each caption-ranking protocol of the split is: the whole pool ("5K" when it holds
+    5,000 images) and, with several folds, the mean over folds of the prepared folder's fold
+    size ("1K" for folds of 1,000)."""
+    images = len(pool.images)
+    out = {POOL: f"{'5K: ' if images == 5000 else ''}the whole pool of {images:,} images"}
+    if pool.folds is not None:
+        folds = len(np.unique(pool.folds))
+        name = "1K: " if pool.fold_size == 1000 else ""
+        out[FOLDS] = f"{name}the mean over {folds} folds of {pool.fold_size:,} images"
+    return out
+
+
+def _query_words(prepared: PreparedDataset) -> Callable[[np.ndarray], list[list[str]]]:
+    """Each query's words, as the query analyzer cuts them."""
+    analyzer = query_analyzer()
+    text = pd.Series(prepared.queries["query"].to_numpy(), index=prepared.queries["query_id"])
+
+    def words(query_ids: np.ndarray) -> list[list[str]]:
+        return [list(analyzer(t)) for t in text.reindex(query_ids).fillna("").tolist()]
+
+    return words
 
 
 def _draw(
@@ -246,15 +341,17 @@ def _draw(
     return drawn
 
 
-def _measure(name: str, kind: str, frame: pd.DataFrame, relevant: int) -> RunEvaluation:
+def _measure(name: str, kind: str, frame: pd.DataFrame, config: EvalConfig) -> RunEvaluation:
     """Metrics of a run whose candidates are each query's judged images."""
     ranking = ranking_metrics(
         frame["query_id"].to_numpy(),
         frame["score"].to_numpy(),
         frame["label"].to_numpy(),
-        relevant=relevant,
+        relevant=config.relevant,
+        gain=config.gain,
     )
-    roc = (frame["score"].to_numpy(), frame["label"].to_numpy() >= relevant)
+    roc = (frame["score"].to_numpy(), frame["label"].to_numpy() >= config.relevant)
+    trec = None if config.trec is None else run_rows(frame, frame, config.trec_depth)
     return RunEvaluation(
         name=name,
         kind=kind,
@@ -262,6 +359,8 @@ def _measure(name: str, kind: str, frame: pd.DataFrame, relevant: int) -> RunEva
         ranking=ranking,
         scores=frame,
         roc_sample=roc,
+        per_query=per_query_metrics(ranking, frame, config.relevant),
+        trec_rows=trec,
     )
 
 
@@ -274,6 +373,17 @@ class _Pool:
     images: np.ndarray  # (N,) ascending
     judged: pd.DataFrame
     folds: np.ndarray | None  # (N,) fold of each image, when the split has several
+    fold_size: int = 0  # the folds' nominal size (prepared.json's, else the largest fold)
+
+    @property
+    def protocol_sizes(self) -> dict[str, float]:
+        """The sizes of the caption-ranking protocols, as metrics: `caption_pool_images`,
+        and with folds `caption_folds` and `caption_fold_size`."""
+        out = {"caption_pool_images": float(len(self.images))}
+        if self.folds is not None:
+            out["caption_folds"] = float(len(np.unique(self.folds)))
+            out["caption_fold_size"] = float(self.fold_size)
+        return out
 
     @classmethod
     def of(cls, prepared: PreparedDataset, split: str) -> _Pool:
@@ -284,39 +394,48 @@ class _Pool:
         folds = images["fold"].to_numpy() if "fold" in images else None
         if folds is not None and not ((folds >= 0).all() and len(np.unique(folds)) > 1):
             folds = None
-        return cls(queries, images["img_id"].to_numpy(np.int64), judged, folds)
+        fold_size = 0
+        if folds is not None:
+            recorded = prepared.info.get(str(prepared.info.get("source")), {})
+            recorded = recorded.get("fold_size") if isinstance(recorded, dict) else None
+            largest = int(np.unique(folds, return_counts=True)[1].max())
+            fold_size = recorded if isinstance(recorded, int) and recorded > 0 else largest
+        return cls(queries, images["img_id"].to_numpy(np.int64), judged, folds, fold_size)
 
     def measure(
-        self,
-        name: str,
-        kind: str,
-        scorer: PoolScorer | RandomScorer,
-        relevant: int,
-        progress: bool = False,
+        self, name: str, kind: str, scorer: PoolScorer | RandomScorer, config: EvalConfig
     ) -> RunEvaluation:
         """NDCG and DCG from each query's best 100 images and its judged ones (exact for
         k <= 100); AUC over every cell of the matrix; caption ranking both ways: all folded in
-        tile by tile (`evaluation.streaming`), never holding the whole matrix."""
+        tile by tile (`evaluation.streaming`), never holding the whole matrix. With `trec`,
+        each query's best `trec_depth` images are kept for the run file."""
+        keep = KEEP if config.trec is None else max(KEEP, config.trec_depth)
         reduction = PoolReduction(
             scorer.grid,
             scorer.query_ids,
             self.images,
             self.judged,
-            relevant=relevant,
+            keep=keep,
+            relevant=config.relevant,
             folds=self.folds,
         )
-        reduce_pool(scorer, reduction, progress)
-        frame = reduction.frame()
+        reduce_pool(scorer, reduction, config.progress)
+        frame = reduction.frame(limit=KEEP)
         ranking = ranking_metrics(
             frame["query_id"].to_numpy(),
             frame["score"].to_numpy(),
             frame["label"].to_numpy(),
-            relevant=relevant,
+            relevant=config.relevant,
+            gain=config.gain,
         )
         metrics = ranking.summary()
         assert reduction.auc is not None and reduction.captions is not None  # metrics=True
         metrics["auc"] = reduction.auc.auc()
-        metrics |= reduction.captions.result().summary()
+        metrics |= reduction.captions.result().summary() | self.protocol_sizes
+        per_query = per_query_metrics(ranking, frame, config.relevant)
+        trec = None
+        if config.trec is not None:
+            trec = run_rows(reduction.frame(), self.judged, config.trec_depth)
         return RunEvaluation(
             name=name,
             kind=kind,
@@ -324,7 +443,27 @@ class _Pool:
             ranking=ranking,
             scores=frame,
             roc_sample=reduction.roc_sample(),
+            per_query=_with_caption_ranks(per_query, reduction.queries, reduction.captions),
+            trec_rows=trec,
         )
+
+
+def _with_caption_ranks(
+    per_query: pd.DataFrame, queries: np.ndarray, captions: CaptionRanks
+) -> pd.DataFrame:
+    """`per_query` with each caption's rank of its image among all images (`rank`) and among
+    its fold's (`rank_in_fold`, with folds): exact at any depth, ties against the model."""
+    is_caption = captions.caption_image >= 0
+    ranks = pd.DataFrame(
+        {
+            "query_id": queries[is_caption],
+            "rank": captions.retrieval[is_caption],
+            "rank_in_fold": captions.retrieval_in_fold[is_caption],
+        }
+    ).set_index("query_id")
+    columns = ["rank", "rank_in_fold"] if len(np.unique(captions.image_folds)) > 1 else ["rank"]
+    found = ranks.reindex(per_query["query_id"])[columns].fillna(0).astype(np.int64)
+    return per_query.assign(**{c: found[c].to_numpy() for c in columns})
 
 
 def _significance(
@@ -351,9 +490,14 @@ def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
     }
 
 
-def _write_run(result: RunEvaluation) -> None:
+def _write_run(result: RunEvaluation, gain: str) -> None:
     assert result.out_dir is not None  # set for every run before writing
     result.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(result.out_dir / "metrics.json", _json_safe(result.metrics))
-    with atomic_write(result.out_dir / "scores.parquet") as handle:
-        result.scores.to_parquet(handle, index=False)
+    atomic_write_json(
+        result.out_dir / "metrics.json", {**_json_safe(result.metrics), "ndcg_gain": gain}
+    )
+    frames = {"scores": result.scores, "per_query": result.per_query, "words": result.words}
+    for stem, frame in frames.items():
+        if frame is not None:
+            with atomic_write(result.out_dir / f"{stem}.parquet") as handle:
+                frame.to_parquet(handle, index=False)

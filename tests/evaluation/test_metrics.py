@@ -381,3 +381,38 @@ def test_paired_by_query_matches_numeric_and_text_query_ids():
         numeric, np.array([0.3, 0.1, 0.2]), text, np.array([0.1, 0.2, 0.3]), resamples=200
     )
     assert test.n == 3 and test.difference == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_linear_gain_is_the_label_and_leaves_the_challenge_figure_alone(ties):
+    query_ids, scores, labels = _random_run(3, ties=ties, labels=(0, 1, 2, 3))
+    exp = ranking_metrics(query_ids, scores, labels, ks=KS)
+    linear = ranking_metrics(query_ids, scores, labels, ks=KS, gain="linear")
+    assert linear.gain == "linear" and exp.gain == "exp"
+    for row, query in enumerate(linear.query_ids):
+        mine = query_ids == query
+        for column, k in enumerate(KS):
+            assert linear.ndcg[row, column] == pytest.approx(
+                ndcg_score(labels[mine][None].astype(float), scores[mine][None], k=k), abs=1e-12
+            )
+    np.testing.assert_allclose(linear.challenge_dcg, exp.challenge_dcg, rtol=1e-12)
+    assert not np.allclose(linear.ndcg, exp.ndcg)  # graded labels: the gains differ
+    with pytest.raises(ConfigError, match=r"^gain must be one of exp, linear"):
+        ranking_metrics(query_ids, scores, labels, gain="log")
+
+
+def test_caption_keys_name_the_protocol_stably_and_keep_the_old_size_keys():
+    from amc_data.evaluation.metrics import caption_ranking
+
+    rng = np.random.default_rng(0)
+    sims = rng.normal(size=(10, 50))
+    summary = caption_ranking(sims, fold_size=5).summary()
+    for direction in ("i2t", "t2i"):
+        for metric in ("r@1", "r@5", "r@10", "medr", "meanr"):
+            for old, new in (("10", "pool"), ("5", "folds")):
+                assert (
+                    summary[f"{direction}_{metric}_{new}"] == summary[f"{direction}_{metric}_{old}"]
+                )
+    for protocol in ("pool", "folds"):
+        six = [summary[f"{d}_r@{k}_{protocol}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
+        assert summary[f"rsum_{protocol}"] == pytest.approx(sum(six))

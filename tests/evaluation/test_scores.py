@@ -224,7 +224,9 @@ def test_eval_prints_one_row_per_file_and_writes_json(tmp_path):
     assert lines[2].startswith(str(a)) and lines[3].startswith(str(b))
     data = json.loads(out.read_text())
     assert list(data) == [str(a), str(b)]
+    assert data[str(a)].pop("ndcg_gain") == "exp"  # every table names its NDCG's gain
     assert data[str(a)] == pytest.approx(evaluate_scores(a))
+    assert "exponential gain" in result.stdout
     assert f"{data[str(a)]['ndcg@10']:.4f}" in lines[2]
     assert "p_randomization_ndcg@10" not in data[str(a)]
     assert data[str(b)]["p_randomization_ndcg@10"] == pytest.approx(1 / 501)

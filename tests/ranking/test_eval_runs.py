@@ -304,6 +304,12 @@ def test_coco_metrics_scored_in_tiles_equal_those_of_the_whole_matrix(
     written = json.loads((tmp_path / run.name / "metrics.json").read_text())
     reference = _whole_matrix_metrics(prepared_path, run, split, relevant)
     expected = {k: v if np.isfinite(v) else None for k, v in reference["metrics"].items()}
+    assert written.pop("ndcg_gain") == "exp"
+    prepared = amc_data.load_prepared(prepared_path)
+    images = prepared.images[prepared.images["split"] == split]
+    assert written.pop("caption_pool_images") == len(images)
+    if split == "test":  # five folds of 5 (CocoConfig.fold_size, recorded in prepared.json)
+        assert (written.pop("caption_folds"), written.pop("caption_fold_size")) == (5, 5)
     assert written.keys() == expected.keys()
     for key, value in expected.items():
         assert written[key] == (None if value is None else pytest.approx(value, abs=1e-6)), key
@@ -336,3 +342,96 @@ def test_coco_eval_never_builds_the_whole_score_matrix(
     captions = prepared.split_queries("val")["query_id"]
     assert set(frame["query_id"]) == set(captions)
     assert len(frame) >= 3 * len(captions)
+
+
+def test_coco_eval_prints_one_caption_table_per_protocol_named_in_its_header(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    prepared, run = coco
+    base = ["eval", str(run), "--data", str(prepared), "--device", "cpu", "--quiet"]
+    base += ["--resamples", "50", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, base)
+    assert result.exit_code == 0, result.output
+    assert "Caption ranking, the mean over 5 folds of 5 images" in result.output
+    assert "Caption ranking, the whole pool of 25 images" in result.output
+    assert "i2t R@10" in result.output and "t2i R@5" in result.output and "rsum" in result.output
+    metrics = json.loads((tmp_path / "o" / "run" / "metrics.json").read_text())
+    for protocol, old in (("pool", "25"), ("folds", "5")):
+        assert metrics[f"t2i_r@5_{protocol}"] == metrics[f"t2i_r@5_{old}"]  # old keys kept
+        assert f"{metrics[f'rsum_{protocol}']:.1f}" in result.output
+    for fmt, mark in (
+        ("markdown", "|---|---|"),
+        ("latex", r"\begin{tabular}"),
+        ("csv", "run,model"),
+    ):
+        shown = CliRunner().invoke(cli, [*base, "--format", fmt])
+        assert shown.exit_code == 0, shown.output
+        assert mark in shown.output and "whole pool of 25 images" in shown.output
+
+
+def test_ablation_rows_name_their_ablations(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, amc, _ = trained
+    train(data, tmp_path / "amc-flat", TrainConfig(**{**FAST, "epochs": 1, "inter": False}))
+    args = ["eval", str(amc), str(tmp_path / "amc-flat"), "--data", str(data), "--quiet"]
+    args += ["--device", "cpu", "--resamples", "50", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line}
+    assert "amc (no-inter)" in rows["amc-flat"] and "no-" not in rows["amc"]
+
+
+def test_per_query_metrics_and_the_word_report_are_written(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, amc, _ = trained
+    args = ["eval", str(amc), "--data", str(data), "--device", "cpu", "--quiet"]
+    args += ["--resamples", "50", "--out", str(tmp_path / "o"), "--words", "3"]
+    result = CliRunner().invoke(cli, [*args, "--word-min-queries", "2"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "o" / "amc" / "metrics.json").read_text())
+    per_query = pd.read_parquet(tmp_path / "o" / "amc" / "per_query.parquet")
+    assert len(per_query) == metrics["queries"]
+    assert per_query["ndcg@10"].mean() == pytest.approx(metrics["ndcg@10"])
+    assert {"first_relevant_rank", "r@1", "r@5", "r@10"} <= set(per_query.columns)
+    words = pd.read_parquet(tmp_path / "o" / "amc" / "words.parquet")
+    assert list(words.columns) == ["word", "queries", "ndcg@10"] and len(words)
+    assert (words["queries"] >= 2).all() and words["ndcg@10"].is_monotonic_increasing
+    assert "query words of lowest mean NDCG@10" in result.output
+    assert words["word"].iloc[0] in result.output
+
+
+def test_coco_trec_files_give_amc_data_s_recall_and_ndcg_in_ranx(
+    coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ranx = pytest.importorskip("ranx")
+    prepared, run = coco
+    result = evaluate([run], prepared, trec=tmp_path / "trec", trec_depth=10, out=tmp_path / "o")
+    metrics = next(r for r in result.runs if r.name == "run").metrics
+    qrels = ranx.Qrels.from_file(str(tmp_path / "trec" / "qrels.txt"), kind="trec")
+    ranked = ranx.Run.from_file(str(tmp_path / "trec" / "run.run"), kind="trec")
+    for k in (1, 5, 10):
+        found = ranx.evaluate(qrels, ranked, f"recall@{k}")
+        assert 100 * found == pytest.approx(metrics[f"t2i_r@{k}_pool"], abs=1e-6)
+    for k in (5, 10):
+        found = ranx.evaluate(qrels, ranked, f"ndcg_burges@{k}")
+        assert found == pytest.approx(metrics[f"ndcg@{k}"], abs=1e-6)
+    per_query = pd.read_parquet(tmp_path / "o" / "run" / "per_query.parquet")
+    assert 100 * (per_query["rank"] <= 5).mean() == pytest.approx(metrics["t2i_r@5_pool"])
+    assert (per_query["rank_in_fold"] <= per_query["rank"]).all()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--plot", "--json", "--trec"])
+def test_outputs_inside_a_prepared_folder_are_refused(
+    trained: tuple[Path, Path, Path], flag: str
+) -> None:
+    data, amc, _ = trained
+    target = data / "results" / ("m.json" if flag == "--json" else "d")
+    result = CliRunner().invoke(
+        cli,
+        ["eval", str(amc), "--data", str(data), "--device", "cpu", "--quiet", flag, str(target)],
+    )
+    assert result.exit_code != 0
+    assert f"inside the prepared folder {data.resolve()}" in result.output
+    assert not (data / "results").exists()
