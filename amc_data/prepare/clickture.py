@@ -415,6 +415,10 @@ def _batches(texts: pa.Array, size: int = _BATCH) -> Iterator[str]:
 
 
 # -- the command, step by step -----------------------------------------------------------------
+# A features file opened by common.open_features: (memmap, ids, path).
+_Opened = tuple[np.ndarray, np.ndarray, Path]
+
+
 @dataclass(frozen=True)
 class _Paths:
     """Where `prepare_clickture` reads (in the order prepared.json's options record them) and
@@ -438,6 +442,11 @@ class _Paths:
             for name in self.__dataclass_fields__
             if name != "out"
         }
+
+    def opened_features(self) -> tuple[_Opened, _Opened]:
+        """The Lite images' and the dev images' features with their ids, memory-mapped."""
+        lite = open_features(self.features, self.feature_ids)
+        return lite, open_features(self.dev_features, self.dev_feature_ids)
 
 
 @dataclass(frozen=True)
@@ -665,8 +674,7 @@ def prepare_clickture(
     check_output_folder(paths.out, config.force)  # before the long work, not after it
     problems = Problems(config.on_error)
     record = encode_summary(paths.encoded, "clickture")
-    lite = open_features(paths.features, paths.feature_ids)
-    dev = open_features(paths.dev_features, paths.dev_feature_ids)
+    lite, dev = paths.opened_features()
     train, judged, notes = _read_judgments(paths, config, problems)
 
     train, judged, skipped = _drop_without_features(train, judged, lite[1], dev[1], paths, config)
