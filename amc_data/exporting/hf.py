@@ -38,6 +38,11 @@ from .tables import SplitRows, feature_blocks, feature_row_bytes
 
 __all__ = ["CONFIGS", "ConfigFiles", "hf_features", "write_hf"]
 
+# Feature rows per Parquet row group: about this many bytes. Arrow's Parquet writer holds
+# several times a row group's bytes while it encodes a nested (list of lists) column, so the
+# groups stay small enough to keep that bounded.
+_ROW_GROUP_BYTES = 8 << 20
+
 #: The configs, in the order the card lists them; `images` is the default.
 CONFIGS = ("images", "features", "queries", "judgments")
 
@@ -137,9 +142,14 @@ def _write_features(
         start, stop = index * per_shard, min(n, (index + 1) * per_shard)
         path = staging / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        with pq.ParquetWriter(path, schema) as writer:
+        # Neither a dictionary nor min/max statistics help float features; both cost time.
+        only_ids = ["img_id"]
+        with pq.ParquetWriter(
+            path, schema, use_dictionary=only_ids, write_statistics=only_ids
+        ) as writer:
             done = start
-            for block in feature_blocks(dataset, rows.feature_rows[start:stop]):
+            group = max(1, _ROW_GROUP_BYTES // feature_row_bytes(dataset))
+            for block in feature_blocks(dataset, rows.feature_rows[start:stop], group):
                 ids = pa.array(img_ids[done : done + block.shape[0]], type=pa.int64())
                 writer.write_table(pa.Table.from_arrays([ids, feature_array(block)], schema=schema))
                 done += block.shape[0]
