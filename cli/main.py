@@ -108,9 +108,22 @@ def cli(debug: bool, verbose: int) -> None:
 
 def _register_subcommands() -> None:
     # Imported here so each subcommand module can import `cli` without a cycle.
-    from . import demo, encode, evaluate, example, features, fetch, prepare, search, synth, train
+    from . import (
+        demo,
+        encode,
+        evaluate,
+        example,
+        export,
+        features,
+        fetch,
+        prepare,
+        search,
+        synth,
+        train,
+    )
 
-    for module in (fetch, encode, prepare, synth, features, train, evaluate, search, demo, example):
+    commands = (fetch, encode, prepare, synth, export, features, train, evaluate, search, demo)
+    for module in (*commands, example):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -17,7 +17,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "amc_data"
 
 # The pipeline, in the one direction data flows. The foundation (errors, files, progress, ...)
 # serves every stage; a stage may import the foundation and any earlier stage, never a later one.
-STAGES = ("fetching", "archive", "encoding", "prepare", "featurizing", "evaluation", "ranking")
+STAGES = (
+    "fetching",
+    "archive",
+    "encoding",
+    "prepare",
+    "exporting",
+    "featurizing",
+    "evaluation",
+    "ranking",
+)
 
 
 def _module_name(path: Path) -> str:
