@@ -58,6 +58,8 @@ if TYPE_CHECKING:
         roc_curve,
         scores_metrics,
     )
+    from .exporting.config import ExportConfig
+    from .exporting.core import ExportResult, export
     from .featurizing.core import FeatureConfig, FeatureResult, extract_features
     from .fetching.checksums import Digests, FileChecksum, hash_file
     from .fetching.core import FetchResult, HttpDownloader, Outcome, fetch, fetch_manifests
