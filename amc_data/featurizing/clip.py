@@ -161,7 +161,7 @@ class ClipExtractor:
     ) -> None:
         import torch
 
-        visual = getattr(model, "visual", None)
+        visual: Any = getattr(model, "visual", None)
         if type(visual).__name__ != "VisionTransformer" or visual.attn_pool is not None:
             raise ConfigError(
                 f"backbone: the vision tower of {description['name']} is "

@@ -103,7 +103,9 @@ def clip_scores(
     if len(query_ids) == 0:
         raise InputError(f"{prepared.root} has no {config.split} queries to rank.")
     judged = prepared.judgments[prepared.judgments["query_id"].isin(query_ids)]
-    judged = judged[["query_id", "img_id", "label"]].astype({"query_id": "int64", "img_id": "int64"})
+    judged = judged[["query_id", "img_id", "label"]].astype(
+        {"query_id": "int64", "img_id": "int64"}
+    )
     candidates = (
         np.sort(prepared.split_images(config.split))
         if _whole_split(prepared)

@@ -25,7 +25,13 @@ ARCH = "amc-tiny-clip"
 SIZE, PATCH, EMBED = 64, 16, 16  # a 4 x 4 token grid
 TINY_CONFIG = {
     "embed_dim": EMBED,
-    "vision_cfg": {"image_size": SIZE, "layers": 2, "width": 32, "head_width": 16, "patch_size": PATCH},
+    "vision_cfg": {
+        "image_size": SIZE,
+        "layers": 2,
+        "width": 32,
+        "head_width": 16,
+        "patch_size": PATCH,
+    },
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
