@@ -7,7 +7,9 @@ import nox
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-TORCH = "torch==2.13.0"  # the CPU build; a bare `torch` can pull a CUDA build of several GB
+# The CPU build (a bare `torch` can pull a CUDA build of several GB), and the torchvision of its
+# release, so that open_clip (the clip extra) keeps this torch.
+TORCH = ("torch==2.13.0", "torchvision==0.28.0")
 BENCHMARKS = ("fetch", "encode", "loader", "train", "eval", "search", "synth", "scale", "gpu")
 # Run by name only: scale writes a 25 GB folder and takes about half an hour; gpu needs CUDA.
 BY_NAME_ONLY = ("scale", "gpu")
@@ -16,15 +18,15 @@ BY_NAME_ONLY = ("scale", "gpu")
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, as CI runs it."""
-    session.install(TORCH)
-    session.install(".[test]")
+    session.install(*TORCH)
+    session.install(".[test,clip]")
     session.run("pytest", "-n", "auto", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy."""
-    session.install(TORCH)
+    session.install(*TORCH)
     session.install(".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -40,7 +42,7 @@ def bench(session: nox.Session) -> None:
     100000` for a quicker run. Without a name all run except scale (COCO's size: 25 GB of
     disk, about half an hour) and gpu (a CUDA machine; `-- gpu --cpu` is a dry run here).
     """
-    session.install(TORCH)
+    session.install(*TORCH)
     session.install(".[dev]")
     which = session.posargs[0] if session.posargs else "all"
     if which not in (*BENCHMARKS, "all"):

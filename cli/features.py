@@ -1,14 +1,15 @@
-"""`amc-data features`."""
+"""`amc-data features`, and `amc-data clip-scores` (the zero-shot ranker of CLIP features)."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from amc_data.checks import declared, default_of
+from amc_data.featurizing.clip_scores import ClipScoresConfig
 from amc_data.featurizing.core import FeatureConfig
 from amc_data.featurizing.sources import ID_SOURCES
 from amc_data.progress import progress_enabled
@@ -188,3 +189,44 @@ def _report(result: FeatureResult) -> None:
 
 
 COMMANDS: list[click.Command] = [features_command]
+
+
+@click.command("clip-scores")
+@click.argument("data", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--features",
+    "features_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Features written by `amc-data features --backbone open_clip:...` (.npy): its report "
+    "names the model, its _pooled.npy holds each image's embedding.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Scores file to write (Parquet: query_id, img_id, score, label), for eval --scores.",
+)
+@config_option(ClipScoresConfig, "split")
+@config_option(ClipScoresConfig, "template")
+@config_option(ClipScoresConfig, "keep")
+@config_option(ClipScoresConfig, "batch_size")
+@config_option(ClipScoresConfig, "device", metavar="auto|cpu|cuda[:N]")
+@quiet_option
+def clip_scores_command(
+    data: Path, features_path: Path, out: Path, quiet: bool, **options: Any
+) -> None:
+    """Zero-shot CLIP ranker: score DATA's queries against their candidate images by the cosine
+    of the query's CLIP text embedding and the image's pooled CLIP embedding, into a scores file
+    that `amc-data eval --scores` reads (a row beside AMC's)."""
+    from amc_data.featurizing.clip_scores import clip_scores
+
+    result = clip_scores(data, features_path, out, ClipScoresConfig(**options))
+    if not quiet:
+        click.echo(
+            f"Wrote {result.out} ({result.pairs:,} pairs of {result.queries:,} queries) with "
+            f"{result.model}"
+        )
+
+
+COMMANDS.append(clip_scores_command)

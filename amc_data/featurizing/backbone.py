@@ -1,5 +1,5 @@
 """The backbone: a torchvision trunk, a TorchScript file or an exported program (torch.export),
-run on a device and pooled to a grid.
+run on a device and pooled to a grid; or an open_clip vision tower (`clip`).
 
 Imported only once torch is known to be installed (`deps.require_torch`).
 """
@@ -21,7 +21,9 @@ from torch import nn
 
 from ..archive.folder import read_regular_file
 from ..errors import ConfigError, DownloadError, InputError
+from .clip import ClipExtractor, is_open_clip, load_clip_backbone
 from .deps import require_torchvision
+from .sources import CenterCrop
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,17 @@ class GridExtractor:
         grid = F.adaptive_avg_pool2d(feature_map.float(), self.grid)  # (B, D, G, G)
         return grid.flatten(2).transpose(1, 2).cpu()  # (B, G*G, D)
 
+    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The regions of `images`; a CNN trunk has no pooled embedding to write beside them."""
+        return self(images), None
+
+    def crop(self, image_size: int, resize: int | None) -> CenterCrop:
+        """ImageNet's evaluation transform: the shorter side to `resize` (default image size /
+        0.875), bilinear, then the centre `image_size` square."""
+        return CenterCrop(image_size, resize if resize is not None else round(image_size / 0.875))
+
+    pooled_dim = 0  # no pooled embedding
+
     def feature_dim(self, size: int) -> int:
         """D, found by running one blank image of `size` x `size` through the backbone."""
         probe = torch.zeros((1, size, size, 3), dtype=torch.uint8)
@@ -115,9 +128,17 @@ class GridExtractor:
 
 def load_backbone(
     *, name: str, model_file: Path | None, weights: str, seed: int, setup: DeviceSetup, grid: int
-) -> tuple[GridExtractor, dict[str, str]]:
+) -> tuple[GridExtractor | ClipExtractor, dict[str, Any]]:
     """The extractor and a description of what it is (recorded in the report and fingerprinted:
     a resumed run must use the same network)."""
+    if model_file is None and is_open_clip(name):
+        if weights != "default":
+            raise ConfigError(
+                f"weights: {name} takes its weights from the name (open_clip:ARCH:PRETRAINED; "
+                "open_clip:ARCH alone is random weights); leave --weights out.",
+                parameter="weights",
+            )
+        return load_clip_backbone(name, seed, setup, grid)
     if model_file is not None:
         module, description = _model_file(model_file)
     else:
@@ -161,7 +182,8 @@ def _torchvision(name: str, weights: str, seed: int) -> tuple[nn.Module, dict[st
         raise ConfigError(
             f"--backbone {name!r} is not a torchvision classification model. Choose one of "
             f"torchvision.models.list_models(), e.g. resnet50, resnet152, resnext101_32x8d, "
-            "efficientnet_b3, convnext_base, or pass --model-file."
+            "efficientnet_b3, convnext_base, or an open_clip model (open_clip:ARCH[:PRETRAINED],"
+            " e.g. open_clip:ViT-B-32:openai), or pass --model-file."
         )
     chosen = models.get_model_weights(name).DEFAULT if weights == "default" else None
     try:

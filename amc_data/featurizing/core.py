@@ -35,7 +35,7 @@ from ..version import __version__
 from .deps import require_pillow, require_torch
 from .outputs import (
     OutputPaths,
-    PartialRows,
+    PartialOutput,
     Progress,
     close_gaps,
     discard,
@@ -74,7 +74,9 @@ class FeatureConfig:
     the config; the CLI builds its flags from these declarations."""
 
     backbone: str = option(  # unused when model_file is given
-        "resnet50", "torchvision model whose convolutional trunk extracts the features."
+        "resnet50",
+        "torchvision model whose convolutional trunk extracts the features, or an open_clip "
+        "model, open_clip:ARCH[:PRETRAINED], whose vision tower's patch tokens do.",
     )
     model_file: Path | None = option(  # option() is a dataclasses.field()
         None,
@@ -172,7 +174,7 @@ class FeatureResult:
     up_to_date: bool  # the output already matched these inputs and options: nothing was done
     resumed_from: int = 0  # inputs already done by an earlier run when this one started
     skipped: list[SkippedImage] = field(default_factory=list)
-    backbone: dict[str, str] = field(default_factory=dict)
+    backbone: dict[str, Any] = field(default_factory=dict)
     device: str = ""
     precision: str = ""
     seconds: float = 0.0
@@ -251,6 +253,7 @@ def _set_up(
     group.on_main(load)
     group.all_succeed(lambda: None if loaded else load())
     setup, extractor, backbone = loaded[0]
+    crop = extractor.crop(config.image_size, config.resize)
     return _Run(
         config=config,
         paths=paths,
@@ -259,8 +262,9 @@ def _set_up(
         backbone=backbone,
         device=str(setup.device),
         precision=setup.precision,
-        fingerprint=_fingerprint(plan, backbone, config, setup.device.type, setup.precision),
-        shape=(len(plan), config.grid**2, extractor.feature_dim(config.image_size)),
+        crop=crop,
+        fingerprint=_fingerprint(plan, backbone, config, crop, setup.device.type, setup.precision),
+        shape=(len(plan), config.grid**2, extractor.feature_dim(crop.size)),
         started=started,
         ranks=ranks,
     )
@@ -282,7 +286,7 @@ def _prepare(run: _Run, held: contextlib.ExitStack) -> FeatureResult | list[Prog
         log.info("%s is up to date with its inputs and options; nothing to do", paths.features)
         skipped = [SkippedImage(**item) for item in done.get("skipped", [])]
         return run.result(tuple(done["shape"]), complete=True, up_to_date=True, skipped=skipped)
-    shards, fresh = _start(paths, config, run.fingerprint, run.shape, run.ranks)
+    shards, fresh = _start(paths, config, run, run.ranks)
     open_partial(paths, shards[0], fresh=fresh).close()  # created, or checked against the record
     return shards
 
@@ -333,10 +337,11 @@ class _Run:
     config: FeatureConfig
     paths: OutputPaths
     plan: Plan
-    extractor: Any  # backbone.GridExtractor (a torch module's wrapper)
-    backbone: dict[str, str]
+    extractor: Any  # backbone.GridExtractor or clip.ClipExtractor (a torch module's wrapper)
+    backbone: dict[str, Any]
     device: str
     precision: str
+    crop: CenterCrop  # the images' geometry, the backbone's own for an open_clip model
     fingerprint: str
     shape: tuple[int, int, int]  # of the partial file: (planned images, R, D)
     started: float
@@ -371,14 +376,14 @@ class _Run:
         )
 
 
-def _extract(run: _Run, partial: PartialRows, progress: Progress) -> Progress:
+def _extract(run: _Run, partial: PartialOutput, progress: Progress) -> Progress:
     """Decode, extract and write batch after batch of the shard from `progress.next_input` on,
     recording progress after each; returns the progress at the shard's end (or at
     `max_batches`)."""
     from .loader import image_batches
 
     config, plan = run.config, run.plan
-    reader = ImageReader(plan, CenterCrop(config.image_size, config.resize_to))
+    reader = ImageReader(plan, run.crop)
     stop = progress.stop
     batches = [
         list(range(start, min(start + config.batch_size, stop)))
@@ -417,7 +422,11 @@ def _finish(run: _Run, shards: list[Progress], resumed_from: int, done: int) -> 
     rows written, rename all into place."""
     config, plan, paths = run.config, run.plan, run.paths
     decoding_skips = [item for shard in shards for item in shard.skipped]  # in plan order
-    rows = close_gaps(paths, [(shard.start, shard.rows) for shard in shards])
+    extents = [(shard.start, shard.rows) for shard in shards]
+    rows = close_gaps(paths.partial, extents)
+    pooled_dim = shards[0].pooled_dim
+    if pooled_dim:
+        close_gaps(paths.pooled_partial, extents)
     if rows == 0:
         discard(paths)
         first = decoding_skips[0]
@@ -452,8 +461,9 @@ def _finish(run: _Run, shards: list[Progress], resumed_from: int, done: int) -> 
         },
         "backbone": run.backbone,
         "grid": config.grid,
-        "image_size": config.image_size,
-        "resize": config.resize_to,
+        "image_size": run.crop.size,
+        "resize": run.crop.resize,
+        "pooled": _pooled_entry(paths, rows, pooled_dim),
         "device": run.device,
         "precision": run.precision,
         "skipped": [asdict(item) for item in result.skipped],
@@ -462,21 +472,19 @@ def _finish(run: _Run, shards: list[Progress], resumed_from: int, done: int) -> 
         "images_per_second": round(result.images_per_second, 2),
         "versions": _versions(),
     }
-    finish(paths, shape, np.dtype(config.dtype), row_ids, report)
+    finish(paths, shape, np.dtype(config.dtype), row_ids, report, pooled_dim)
     log.info("wrote %s %s (%.1f images/s)", paths.features, shape, result.images_per_second)
     return result
 
 
 def _start(
-    paths: OutputPaths,
-    config: FeatureConfig,
-    fingerprint: str,
-    shape: tuple[int, int, int],
-    ranks: Ranks,
+    paths: OutputPaths, config: FeatureConfig, run: _Run, ranks: Ranks
 ) -> tuple[list[Progress], bool]:
     """Every shard's progress to continue from, and whether the partial file must be created
     afresh. An interrupted run is continued only with the same inputs, options and number of
     processes (its shards are cut for that number)."""
+    fingerprint, shape = run.fingerprint, run.shape
+    pooled_dim = int(run.extractor.pooled_dim)
     found = (
         [load_progress(paths, path) for path in paths.progress_records()] if config.resume else []
     )
@@ -503,13 +511,16 @@ def _start(
         by_rank = {p.rank: p for p in previous}
         (bounds,) = layouts
         shards = [
-            by_rank.get(rank) or _fresh(fingerprint, shape, config, rank, bounds)
+            by_rank.get(rank) or _fresh(fingerprint, shape, config, rank, bounds, pooled_dim)
             for rank in range(ranks.world_size)
         ]
         return shards, False
     discard(paths)
     bounds = tuple(shard_bounds(shape[0], config.batch_size, ranks.world_size))
-    return [_fresh(fingerprint, shape, config, r, bounds) for r in range(ranks.world_size)], True
+    fresh = [
+        _fresh(fingerprint, shape, config, r, bounds, pooled_dim) for r in range(ranks.world_size)
+    ]
+    return fresh, True
 
 
 def _fresh(
@@ -518,6 +529,7 @@ def _fresh(
     config: FeatureConfig,
     rank: int,
     bounds: tuple[int, ...],
+    pooled_dim: int,
 ) -> Progress:
     """A shard not started yet."""
     return Progress(
@@ -528,10 +540,11 @@ def _fresh(
         rank=rank,
         world_size=len(bounds) - 1,
         bounds=bounds,
+        pooled_dim=pooled_dim,
     )
 
 
-def _write_batch(run: _Run, partial: PartialRows, progress: Progress, batch: Any) -> Progress:
+def _write_batch(run: _Run, partial: PartialOutput, progress: Progress, batch: Any) -> Progress:
     """Run one decoded batch through the backbone and write its rows; handle its bad images."""
     config, plan = run.config, run.plan
     if batch.errors and config.on_error == "fail":
@@ -548,9 +561,13 @@ def _write_batch(run: _Run, partial: PartialRows, progress: Progress, batch: Any
         skipped.append(SkippedImage(plan.describe(index), int(plan.img_ids[index]), reason))
     rows = progress.rows
     if batch.indices:
+        regions, pooled = run.extractor.extract(batch.pixels)
         with np.errstate(over="ignore"):  # values past float16's range are reported just below
-            features = run.extractor(batch.pixels).numpy().astype(config.dtype)  # (k, G*G, D)
+            features = regions.numpy().astype(config.dtype)  # (k, G*G, D)
+            embeddings = None if pooled is None else pooled.numpy().astype(config.dtype)
         finite = np.isfinite(features).reshape(len(features), -1).all(axis=1)  # (k,)
+        if embeddings is not None:
+            finite &= np.isfinite(embeddings).all(axis=1)
         if not finite.all():
             first = batch.indices[int(np.flatnonzero(~finite)[0])]
             hint = " (past float16's range, 65504: pass --dtype float32)"
@@ -558,13 +575,19 @@ def _write_batch(run: _Run, partial: PartialRows, progress: Progress, batch: Any
                 f"The backbone {run.extractor.name} gave NaN or Inf features for "
                 f"{plan.describe(first)}{hint if config.dtype == 'float16' else ''}."
             )
-        partial.write(progress.start + rows, features)  # a shard's rows follow its first row
+        # A shard's rows follow its first row.
+        partial.write(progress.start + rows, features, embeddings)
         rows += len(features)
     return replace(progress, rows=rows, skipped=skipped)
 
 
 def _fingerprint(
-    plan: Plan, backbone: dict[str, str], config: FeatureConfig, device_type: str, precision: str
+    plan: Plan,
+    backbone: dict[str, Any],
+    config: FeatureConfig,
+    crop: CenterCrop,
+    device_type: str,
+    precision: str,
 ) -> str:
     """sha256 of everything that decides the output's bytes: the images and their ids, the
     network, and the options. Batch size and workers are left out: a resumed run may change
@@ -578,8 +601,8 @@ def _fingerprint(
         "image_column": plan.image_column if plan.kind == "tsv" else None,
         "backbone": network,
         "grid": config.grid,
-        "image_size": config.image_size,
-        "resize": config.resize_to,
+        "image_size": crop.size,
+        "resize": crop.resize,
         "dtype": config.dtype,
         "device_type": device_type,
         "precision": precision,
@@ -587,9 +610,16 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def _pooled_entry(paths: OutputPaths, rows: int, pooled_dim: int) -> dict[str, Any] | None:
+    """The report's record of the pooled embeddings beside the features, if there are any."""
+    if not pooled_dim:
+        return None
+    return {"file": paths.pooled.name, "shape": [rows, pooled_dim]}
+
+
 def _versions() -> dict[str, str]:
     versions = {"amc-data": __version__}
-    for name in ("torch", "torchvision", "pillow", "numpy"):
+    for name in ("torch", "torchvision", "open-clip-torch", "pillow", "numpy"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

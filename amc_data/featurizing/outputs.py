@@ -8,6 +8,9 @@ Files, for `--out DIR/features.npy`:
   DIR/features.npy                 (N, R, D) float16/float32, renamed into place at the end
   DIR/feature_ids.npy              (N,) int64, the img_id of each row (else `<stem>_ids.npy`)
   DIR/features.json                the report: options, shape, skipped images, timings
+  DIR/features_pooled.npy          (N, E) float16/float32, each image's pooled embedding, for a
+                                   backbone that has one (CLIP; `<stem>_pooled.npy`), written
+                                   beside the features as they are (`.partial` meanwhile)
 Nothing exists at a final name until it is complete. Under torchrun each rank writes the rows of
 its shard of the images (`shards`) into the one partial file, from the row where its shard
 starts; rank 0 closes the gaps that skipped images leave between shards before the final cut.
@@ -51,6 +54,8 @@ class OutputPaths:
     partial: Path
     progress: Path
     lock: Path
+    pooled: Path
+    pooled_partial: Path
 
     @classmethod
     def for_output(
@@ -77,6 +82,8 @@ class OutputPaths:
             partial=out.with_name(out.name + ".partial"),
             progress=out.with_name(out.name + ".progress.json"),
             lock=out.with_name(f".{out.name}.lock"),
+            pooled=out.with_name(f"{out.stem}_pooled.npy"),
+            pooled_partial=out.with_name(f"{out.stem}_pooled.npy.partial"),
         )
 
     def progress_of(self, rank: int, world_size: int) -> Path:
@@ -125,6 +132,12 @@ class Progress:
     rank: int = 0
     world_size: int = 1
     bounds: tuple[int, ...] = ()  # where each shard starts, then the planned count
+    pooled_dim: int = 0  # E of the pooled embeddings written beside the rows; 0: none
+
+    @property
+    def pooled_shape(self) -> tuple[int, int] | None:
+        """The shape of the pooled partial file, when there is one."""
+        return (self.shape[0], self.pooled_dim) if self.pooled_dim else None
 
     @property
     def start(self) -> int:
@@ -167,6 +180,7 @@ def load_progress(paths: OutputPaths, record_path: Path | None = None) -> Progre
             rank=int(record.get("rank", 0)),
             world_size=int(record.get("world_size", 1)),
             bounds=tuple(int(v) for v in record.get("bounds", (0, shape[0]))),
+            pooled_dim=int(record.get("pooled_dim", 0)),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         log.warning("ignoring malformed progress record %s: %s", path, exc)
@@ -197,13 +211,13 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
 
 def discard(paths: OutputPaths) -> None:
     """Forget an interrupted run: remove its partial file and progress records."""
-    for path in (paths.partial, *paths.progress_records()):
+    for path in (paths.partial, paths.pooled_partial, *paths.progress_records()):
         path.unlink(missing_ok=True)
 
 
-def close_gaps(paths: OutputPaths, shards: list[tuple[int, int]]) -> int:
+def close_gaps(path: Path, shards: list[tuple[int, int]]) -> int:
     """Move each shard's rows, given as (first row, rows), right after the previous shard's, in
-    the flushed, unmapped partial file; return the rows in all. Rows only move towards the
+    the flushed, unmapped partial file `path`; return the rows in all. Rows only move towards the
     start, in order, so none is overwritten before it is moved. Nothing moves when no image was
     skipped before the last shard (and never for a single process)."""
     offset = 0
@@ -213,7 +227,7 @@ def close_gaps(paths: OutputPaths, shards: list[tuple[int, int]]) -> int:
             moves.append((start, offset, rows))
         offset += rows
     if moves:
-        array = np.lib.format.open_memmap(paths.partial, mode="r+")
+        array = np.lib.format.open_memmap(path, mode="r+")
         for start, target, rows in moves:
             for done in range(0, rows, _COPY_ROWS):
                 count = min(_COPY_ROWS, rows - done)
@@ -262,33 +276,85 @@ class PartialRows:
             self._fd = -1
 
 
-def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> PartialRows:
-    """The partial features file, created (`fresh`: a header, then zeros) or opened for writing
-    where it stopped."""
+class PartialOutput:
+    """The partial files of one extraction: the regions and, for a backbone that has them, the
+    pooled embeddings, written row for row together. A context manager: both are closed on
+    leaving it."""
+
+    def __init__(self, regions: PartialRows, pooled: PartialRows | None) -> None:
+        self.regions = regions
+        self.pooled = pooled
+
+    def __enter__(self) -> PartialOutput:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, row: int, regions: np.ndarray, pooled: np.ndarray | None) -> None:
+        """Write `regions` (k, R, D), and `pooled` (k, E) where this output has them."""
+        if (pooled is None) != (self.pooled is None):
+            raise ValueError("pooled embeddings given to an output without them, or missing")
+        self.regions.write(row, regions)
+        if self.pooled is not None and pooled is not None:
+            self.pooled.write(row, pooled)
+
+    def flush(self) -> None:
+        self.regions.flush()
+        if self.pooled is not None:
+            self.pooled.flush()
+
+    def close(self) -> None:
+        self.regions.close()
+        if self.pooled is not None:
+            self.pooled.close()
+
+
+def open_partial(paths: OutputPaths, progress: Progress, *, fresh: bool) -> PartialOutput:
+    """The partial features file (and the pooled one, where the progress has pooled
+    embeddings), created (`fresh`: a header, then zeros) or opened for writing where it
+    stopped."""
     dtype = np.dtype(progress.dtype)
-    if fresh:
-        array = np.lib.format.open_memmap(
-            paths.partial, mode="w+", dtype=dtype, shape=progress.shape
+    regions = _open_rows(paths.partial, progress.shape, dtype, fresh=fresh)
+    pooled_shape = progress.pooled_shape
+    if pooled_shape is None:
+        return PartialOutput(regions, None)
+    try:
+        return PartialOutput(
+            regions, _open_rows(paths.pooled_partial, pooled_shape, dtype, fresh=fresh)
         )
+    except BaseException:
+        regions.close()
+        raise
+
+
+def _open_rows(path: Path, shape: tuple[int, ...], dtype: np.dtype, *, fresh: bool) -> PartialRows:
+    if fresh:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         array.flush()
         del array
-    with open(paths.partial, "rb") as file:
-        try:
+    try:
+        with open(path, "rb") as file:
             version = np.lib.format.read_magic(file)
-            shape, fortran, found = _read_header(file, version)
-        except ValueError as exc:
-            raise InputError(
-                f"{paths.partial} is not a .npy file ({exc}). Start again with --no-resume."
-            ) from exc
-        header_length = file.tell()
-        size = os.fstat(file.fileno()).st_size
-    expected_size = header_length + int(np.prod(progress.shape)) * dtype.itemsize
-    if tuple(shape) != progress.shape or found != dtype or fortran or size != expected_size:
+            found_shape, fortran, found = _read_header(file, version)
+            header_length = file.tell()
+            size = os.fstat(file.fileno()).st_size
+    except FileNotFoundError:
         raise InputError(
-            f"{paths.partial} is {tuple(shape)} {found} ({size} bytes), but its progress record "
-            f"says {progress.shape} {progress.dtype}. Start again with --no-resume."
+            f"{path} is missing beside the rest of an interrupted run. Start again with "
+            "--no-resume."
+        ) from None
+    except ValueError as exc:
+        raise InputError(
+            f"{path} is not a .npy file ({exc}). Start again with --no-resume."
+        ) from exc
+    expected_size = header_length + int(np.prod(shape)) * dtype.itemsize
+    if tuple(found_shape) != shape or found != dtype or fortran or size != expected_size:
+        raise InputError(
+            f"{path} is {tuple(found_shape)} {found} ({size} bytes), but its progress record "
+            f"says {shape} {dtype}. Start again with --no-resume."
         )
-    return PartialRows(paths.partial, header_length, progress.shape, dtype)
+    return PartialRows(path, header_length, shape, dtype)
 
 
 def finish(
@@ -297,16 +363,22 @@ def finish(
     dtype: np.dtype,
     ids: np.ndarray,
     report: dict[str, Any],
+    pooled_dim: int = 0,
 ) -> None:
-    """Cut the partial file (flushed, no longer mapped) to the `shape[0]` rows written, then
-    rename ids, features and report into place (the report last: its presence says the other
-    two are complete)."""
+    """Cut the partial files (flushed, no longer mapped) to the `shape[0]` rows written, then
+    rename ids, pooled embeddings, features and report into place (the report last: its
+    presence says the others are complete)."""
     _shrink_rows(paths.partial, shape, dtype)
+    if pooled_dim:
+        _shrink_rows(paths.pooled_partial, (shape[0], pooled_dim), dtype)
+        _fsync(paths.pooled_partial)
     temporary_ids = paths.ids.with_name(f".{paths.ids.name}.tmp-{os.getpid()}")
     with open(temporary_ids, "wb") as file:
         np.save(file, np.ascontiguousarray(ids, dtype=np.int64))
     _fsync(paths.partial)
     os.replace(temporary_ids, paths.ids)
+    if pooled_dim:
+        os.replace(paths.pooled_partial, paths.pooled)
     os.replace(paths.partial, paths.features)
     write_json(paths.report, report)
     for record in paths.progress_records():
@@ -376,4 +448,11 @@ def read_report(paths: OutputPaths) -> dict[str, Any] | None:
         return None
     if list(features.shape) != report.get("shape") or ids.shape != (features.shape[0],):
         return None
+    if report.get("pooled") is not None:  # the pooled embeddings must be there too
+        try:
+            pooled = np.load(paths.pooled, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if list(pooled.shape) != report["pooled"].get("shape"):
+            return None
     return report

@@ -365,6 +365,12 @@ class CenterCrop:
 
     size: int = 224
     resize: int = 256
+    # Pillow's filter for the resize: bilinear for torchvision's ImageNet transform, bicubic for
+    # CLIP's preprocessing.
+    resample: Literal["bilinear", "bicubic"] = "bilinear"
+    # Decode a large JPEG at a reduced scale (faster); off where the features must match a
+    # reference preprocessing that decodes every image in full (open_clip's).
+    draft: bool = True
 
     def __call__(self, data: bytes) -> np.ndarray:
         """(size, size, 3) uint8 pixels of the encoded image `data`."""
@@ -373,7 +379,8 @@ class CenterCrop:
             with image_module.open(io.BytesIO(data)) as image:
                 # JPEG only: decode at the smallest 1/2^k scale still at least `resize` (much
                 # faster for large photos; same result every run).
-                image.draft("RGB", (self.resize, self.resize))
+                if self.draft:
+                    image.draft("RGB", (self.resize, self.resize))
                 rgb = image.convert("RGB")
         except image_module.UnidentifiedImageError as exc:
             raise UndecodableImage("not in an image format Pillow knows, or damaged") from exc
@@ -386,7 +393,9 @@ class CenterCrop:
         scaled_long = max(self.resize, int(self.resize * long / short))
         target = (self.resize, scaled_long) if width <= height else (scaled_long, self.resize)
         if target != rgb.size:
-            rgb = rgb.resize(target, image_module.Resampling.BILINEAR)
+            resampling = image_module.Resampling
+            filter_ = resampling.BICUBIC if self.resample == "bicubic" else resampling.BILINEAR
+            rgb = rgb.resize(target, filter_)
         left = round((target[0] - self.size) / 2.0)
         top = round((target[1] - self.size) / 2.0)
         rgb = rgb.crop((left, top, left + self.size, top + self.size))
