@@ -40,6 +40,7 @@ from .common import (
     Problems,
     encode_summary,
     encoded_keyword_rows,
+    feature_geometry,
     feature_rows,
     force_option,
     min_query_count_option,
@@ -50,7 +51,7 @@ from .common import (
     shown,
     write_folder,
 )
-from .format import read_keyword_vocabulary
+from .format import FILE_NAME, read_keyword_vocabulary
 from .queries import (
     QueryVocabulary,
     fit_query_vocabulary,
@@ -133,6 +134,7 @@ class _Karpathy:
     cocoid: list[int]
     split: list[str]
     captions: list[list[tuple[int, str]]]  # (sentid, raw) of each image
+    filename: list[str | None]  # the picture's file name (COCO_val2014_....jpg), if given
 
 
 def _captions(sentences: list[Any], per: int) -> list[tuple[int, str]]:
@@ -171,7 +173,7 @@ def _report_bad_images(
 def _parse_images(
     images: list[Any], where: str, config: CocoConfig, problems: Problems
 ) -> _Karpathy:
-    parsed = _Karpathy([], [], [], [])
+    parsed = _Karpathy([], [], [], [], [])
     bad: dict[str, list[str]] = {
         "entry": [],
         "split": [],
@@ -208,6 +210,8 @@ def _parse_images(
         parsed.cocoid.append(cocoid if type(cocoid) is int else -1)
         parsed.split.append(split)
         parsed.captions.append(captions)
+        filename = record.get("filename")
+        parsed.filename.append(filename if isinstance(filename, str) and filename else None)
     _report_bad_images(bad, where, config, problems)
     if not parsed.imgid:
         raise InputError(f"{where} lists no usable image.")
@@ -419,6 +423,7 @@ def _tables(
             "fold": fold[keep].astype(np.int8),
             "source_id": np.array(karpathy.cocoid, dtype=np.int64)[keep],
             "karpathy_split": karpathy_split[keep],
+            FILE_NAME: [karpathy.filename[i] for i in np.flatnonzero(keep)],
         }
     )
     captions = [karpathy.captions[i] for i in np.flatnonzero(keep)]
@@ -531,6 +536,7 @@ def prepare_coco(
         details={**_details(fold, config, without_keywords), "vocabulary": vocabulary},
         skipped=_skipped(problems, matched.absent),
         notes=notes,
+        geometry=feature_geometry(features_path, array),
     )
     return replace(result, vocabulary=vocabulary)
 
