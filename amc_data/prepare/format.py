@@ -878,6 +878,8 @@ def _load_images(root: Path, ids: np.ndarray) -> pd.DataFrame:
             raise _fail(
                 root, "images.parquet", f"column {FILE_NAME!r} holds {kind}, not text", _REPREPARE
             )
+        names = images[FILE_NAME]
+        images[FILE_NAME] = names.astype(object).where(names.notna(), None)  # null: None
     img_ids = images["img_id"].to_numpy()
     _check_unique(root, "images.parquet", img_ids, "img_id")
     _check_splits(root, "images.parquet", images, "img_id")
