@@ -24,6 +24,7 @@ into `checksums.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -32,7 +33,6 @@ import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -219,23 +219,30 @@ def _validate_file(item: Any, where: str, source: str) -> FileEntry:
                 source, f"{where}.{key}", f"expected {length} hexadecimal digits, found {value!r}"
             )
         hashes[key] = value.lower() if value is not None else None
+    return FileEntry(
+        name=name,
+        urls=tuple(urls),
+        optional=_optional_group(item, where, source),
+        size=size,
+        sha256=hashes["sha256"],
+        git_blob_sha1=hashes["git_blob_sha1"],
+        note=_optional_str(item, "note", f"{where}.note", source),
+    )
+
+
+def _optional_group(item: Mapping[str, Any], where: str, source: str) -> str | None:
+    """The entry's `optional` group: a short lower-case name, or None (always fetched)."""
     optional = item.get("optional")
-    if optional is not None and (not isinstance(optional, str) or not _GROUP_NAME.fullmatch(optional)):
+    if optional is not None and (
+        not isinstance(optional, str) or not _GROUP_NAME.fullmatch(optional)
+    ):
         raise _fail(
             source,
             f"{where}.optional",
             "expected the name of a group of optional files (lower-case letters, digits, '-', "
             f"'_'), found {optional!r}",
         )
-    return FileEntry(
-        name=name,
-        urls=tuple(urls),
-        optional=optional,
-        size=size,
-        sha256=hashes["sha256"],
-        git_blob_sha1=hashes["git_blob_sha1"],
-        note=_optional_str(item, "note", f"{where}.note", source),
-    )
+    return optional
 
 
 def _url_parts(url: object) -> SplitResult | None:

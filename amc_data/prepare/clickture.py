@@ -650,6 +650,7 @@ def _split_dev(
     return train, dev_split
 
 
+# long: the command's steps in order, one call each, with the docstring of its inputs
 def prepare_clickture(
     clicks: str | os.PathLike[str],
     dev_labels: str | os.PathLike[str],

@@ -505,27 +505,7 @@ def _match_precomp(
             f"{where}: some images have no integer 'cocoid', or share one; precomputed features "
             "are matched to images by cocoid."
         )
-    karpathy_split = np.array(karpathy.split)
-    expected = {"train": ("train", "restval"), "dev": ("val",), "testall": ("test",)}
-    rows_of: list[np.ndarray] = []
-    for part in parts:
-        index = cocoids.get_indexer(part.cocoids)
-        unknown = part.cocoids[index < 0]
-        if unknown.size:
-            raise InputError(
-                f"{folder / (part.name + '_ids.txt')}: {unknown.size:,} COCO ids are not in "
-                f"{where}: {shown(unknown.tolist(), unknown.size)}. The ids must be COCO image "
-                "ids (cocoid) of Karpathy's split."
-            )
-        other = ~np.isin(karpathy_split[index], expected[part.name])
-        if other.any():
-            raise InputError(
-                f"{folder / (part.name + '_ids.txt')}: {int(other.sum()):,} images are in "
-                f"Karpathy's {sorted(set(karpathy_split[index][other].tolist()))} split, not "
-                f"{' or '.join(expected[part.name])} (COCO id "
-                f"{shown(part.cocoids[other].tolist(), int(other.sum()))}): not SCAN's split."
-            )
-        rows_of.append(index)
+    rows_of = _precomp_rows(parts, cocoids, np.array(karpathy.split), folder, where)
     everywhere = np.concatenate(rows_of)
     wanted = np.array(karpathy.cocoid, dtype=np.int64)[split != "drop"]
     have_ids = np.concatenate([part.cocoids for part in parts])
@@ -567,6 +547,38 @@ def _match_precomp(
         "caption_mismatches": {"count": len(mismatched), "cocoids": mismatched[:EXAMPLES]},
     }
     return _Precomp(features, img_ids, keep, fold, absent, record)
+
+
+def _precomp_rows(
+    parts: list[PrecompPart],
+    cocoids: pd.Index,
+    karpathy_split: np.ndarray,
+    folder: Path,
+    where: str,
+) -> list[np.ndarray]:
+    """The Karpathy image (its position in dataset.json) of each row of each precomp file;
+    every id known, and in the Karpathy split its file stands for."""
+    expected = {"train": ("train", "restval"), "dev": ("val",), "testall": ("test",)}
+    rows_of: list[np.ndarray] = []
+    for part in parts:
+        index = cocoids.get_indexer(part.cocoids)
+        unknown = part.cocoids[index < 0]
+        if unknown.size:
+            raise InputError(
+                f"{folder / (part.name + '_ids.txt')}: {unknown.size:,} COCO ids are not in "
+                f"{where}: {shown(unknown.tolist(), unknown.size)}. The ids must be COCO image "
+                "ids (cocoid) of Karpathy's split."
+            )
+        other = ~np.isin(karpathy_split[index], expected[part.name])
+        if other.any():
+            raise InputError(
+                f"{folder / (part.name + '_ids.txt')}: {int(other.sum()):,} images are in "
+                f"Karpathy's {sorted(set(karpathy_split[index][other].tolist()))} split, not "
+                f"{' or '.join(expected[part.name])} (COCO id "
+                f"{shown(part.cocoids[other].tolist(), int(other.sum()))}): not SCAN's split."
+            )
+        rows_of.append(index)
+    return rows_of
 
 
 def _caption_mismatches(
@@ -625,22 +637,9 @@ def prepare_coco(
     notes: list[str] = []
     karpathy_split = np.array(karpathy.split)
     split, fold = _splits_and_folds(karpathy_split, config, notes)
-    extra: dict[str, Any] = {}
-    geometry = None
-    if config.precomp is not None:
-        precomp = _match_precomp(karpathy, split, config, where, notes)
-        keep, img_ids, absent, fold = precomp.keep, precomp.img_ids, precomp.absent, precomp.fold
-        rows: FeatureRows | list[FeatureRows] = precomp.parts
-        extra["precomp"] = precomp.record
-    else:
-        assert features is not None and feature_ids is not None  # _check_feature_inputs
-        array, user_ids, features_path = open_features(features, feature_ids)
-        matched = _match_features(
-            karpathy, split != "drop", user_ids, config, where, Path(feature_ids), notes
-        )
-        keep, img_ids, absent = matched.keep, matched.img_ids, matched.absent
-        rows = feature_rows([array], [matched.rows], features_path)
-        geometry = feature_geometry(features_path, array)
+    source = _feature_source(features, feature_ids, karpathy, split, config, where, notes)
+    keep, img_ids, absent = source.keep, source.img_ids, source.absent
+    fold = source.fold if source.fold is not None else fold
     keywords, vocab_path, without_keywords = _keywords(
         encoded_dir, record, karpathy, karpathy_split, img_ids, notes
     )
@@ -651,7 +650,7 @@ def prepare_coco(
     result = write_folder(
         out_dir,
         "coco",
-        features=rows,
+        features=source.rows,
         feature_ids=img_ids,
         keywords=keywords,
         vocab_path=vocab_path,
@@ -659,22 +658,87 @@ def prepare_coco(
         queries=queries,
         judgments=judgments,
         query_vocabulary=query_vocabulary,
-        options={
-            **asdict(config),
-            "features": None if features is None else str(Path(features).resolve()),
-            "feature_ids": None if feature_ids is None else str(Path(feature_ids).resolve()),
-            "dataset_json": where,
-            "encoded": str(encoded_dir.resolve()),
-        },
+        options=_options(config, features, feature_ids, where, encoded_dir),
         force=config.force,
         link_features=config.link_features,
         encoded=record,
-        details={**_details(fold, config, without_keywords), "vocabulary": vocabulary, **extra},
+        details={
+            **_details(fold, config, without_keywords),
+            "vocabulary": vocabulary,
+            **source.details,
+        },
         skipped=_skipped(problems, absent),
         notes=notes,
-        geometry=geometry,
+        geometry=source.geometry,
     )
     return replace(result, vocabulary=vocabulary)
+
+
+def _options(
+    config: CocoConfig,
+    features: str | os.PathLike[str] | None,
+    feature_ids: str | os.PathLike[str] | None,
+    where: str,
+    encoded_dir: Path,
+) -> dict[str, Any]:
+    """What prepared.json records of the options and inputs."""
+    return {
+        **asdict(config),
+        "features": None if features is None else str(Path(features).resolve()),
+        "feature_ids": None if feature_ids is None else str(Path(feature_ids).resolve()),
+        "dataset_json": where,
+        "encoded": str(encoded_dir.resolve()),
+    }
+
+
+@dataclass(frozen=True)
+class _FeatureSource:
+    """The features of the kept images, from the user's file or the precomp folder."""
+
+    rows: FeatureRows | list[FeatureRows]
+    img_ids: np.ndarray  # of the feature rows, in order
+    keep: np.ndarray  # (images,) bool
+    absent: np.ndarray  # ids of the images without features
+    fold: np.ndarray | None  # the folds, when the source decides them (testall's order)
+    geometry: dict[str, int] | None
+    details: dict[str, Any]  # what prepared.json records of the source, under "coco"
+
+
+def _feature_source(
+    features: str | os.PathLike[str] | None,
+    feature_ids: str | os.PathLike[str] | None,
+    karpathy: _Karpathy,
+    split: np.ndarray,
+    config: CocoConfig,
+    where: str,
+    notes: list[str],
+) -> _FeatureSource:
+    """The user's features matched to the images, or the precomp folder's."""
+    if config.precomp is not None:
+        precomp = _match_precomp(karpathy, split, config, where, notes)
+        return _FeatureSource(
+            precomp.parts,
+            precomp.img_ids,
+            precomp.keep,
+            precomp.absent,
+            precomp.fold,
+            None,
+            {"precomp": precomp.record},
+        )
+    assert features is not None and feature_ids is not None  # _check_feature_inputs
+    array, user_ids, features_path = open_features(features, feature_ids)
+    matched = _match_features(
+        karpathy, split != "drop", user_ids, config, where, Path(feature_ids), notes
+    )
+    return _FeatureSource(
+        feature_rows([array], [matched.rows], features_path),
+        matched.img_ids,
+        matched.keep,
+        matched.absent,
+        None,
+        feature_geometry(features_path, array),
+        {},
+    )
 
 
 def _check_feature_inputs(

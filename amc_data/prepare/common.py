@@ -178,9 +178,9 @@ def feature_geometry(features: Path, array: np.ndarray) -> dict[str, int] | None
         return None
     if not isinstance(report, dict) or report.get("shape") != list(array.shape):
         return None
-    values = {key: report.get(key) for key in GEOMETRY_KEYS}
-    if not all(type(v) is int and v > 0 for v in values.values()):
+    if not all(type(report.get(key)) is int and report[key] > 0 for key in GEOMETRY_KEYS):
         return None
+    values: dict[str, int] = {key: report[key] for key in GEOMETRY_KEYS}
     if array.ndim != 3 or array.shape[1] != values["grid"] ** 2:
         return None
     return values

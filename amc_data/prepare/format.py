@@ -312,8 +312,9 @@ class PreparedDataset:
     root: Path
     info: dict[str, Any]  # prepared.json
     # (N, R, D) memmap ((N, D) files are viewed as R = 1, no copy), or `FeatureFiles` when the
-    # folder holds its features as several files
-    features: np.ndarray | FeatureFiles
+    # folder holds its features as several files: typed as the array it stands in for (its
+    # readers use shape, dtype, nbytes and rows by index)
+    features: np.ndarray
     feature_ids: np.ndarray  # (N,) int64
     keywords: scipy.sparse.csr_matrix  # (N, V) int32
     vocabulary: list[str]  # keyword words in id order
@@ -569,7 +570,7 @@ def _open_feature_file(root: Path, name: str) -> np.ndarray:
     return array[:, None, :] if array.ndim == 2 else array  # a view: R = 1, nothing copied
 
 
-def _load_features(root: Path, info: dict[str, Any]) -> np.ndarray | FeatureFiles:
+def _load_features(root: Path, info: dict[str, Any]) -> np.ndarray:
     entries = _feature_entries(root, info)
     arrays = [_open_feature_file(root, entry["name"]) for entry in entries]
     for entry, array in zip(entries, arrays, strict=True):
@@ -582,7 +583,7 @@ def _load_features(root: Path, info: dict[str, Any]) -> np.ndarray | FeatureFile
                 _REPREPARE,
             )
     try:
-        features = arrays[0] if len(arrays) == 1 else FeatureFiles(arrays)
+        features: Any = arrays[0] if len(arrays) == 1 else FeatureFiles(arrays)
     except InputError as exc:
         raise _fail(root, entries[0]["name"], str(exc).rstrip("."), _REPREPARE) from None
     recorded = info.get("features", {})
@@ -599,7 +600,7 @@ def _load_features(root: Path, info: dict[str, Any]) -> np.ndarray | FeatureFile
     return features
 
 
-def map_features(path: str | os.PathLike[str]) -> np.ndarray | FeatureFiles:
+def map_features(path: str | os.PathLike[str]) -> np.ndarray:
     """The features of the prepared folder at `path`, memory-mapped (`(N, R, D)`), without the
     other checks of `load_prepared`: for a process that reopens a folder already loaded (a
     data loader's worker)."""
@@ -610,7 +611,7 @@ def map_features(path: str | os.PathLike[str]) -> np.ndarray | FeatureFiles:
 def _scan_changed(
     root: Path,
     info: dict[str, Any],
-    features: np.ndarray | FeatureFiles,
+    features: np.ndarray,
     ids: np.ndarray,
     check_features: bool | None,
 ) -> None:
@@ -874,7 +875,9 @@ def _load_images(root: Path, ids: np.ndarray) -> pd.DataFrame:
         images[FILE_NAME] = pd.Series([None] * len(images), dtype=object)
     else:
         kind = pq.read_schema(root / "images.parquet").field(FILE_NAME).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        if not (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        ):
             raise _fail(
                 root, "images.parquet", f"column {FILE_NAME!r} holds {kind}, not text", _REPREPARE
             )

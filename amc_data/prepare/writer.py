@@ -151,7 +151,9 @@ def _place_features(
     files, start = [], 0
     for k, part in enumerate(parts):
         name = FEATURE_PART.format(k)
-        record = _place_file(part, ids[start : start + len(part)], folder / name, out_dir, link, dtype)
+        record = _place_file(
+            part, ids[start : start + len(part)], folder / name, out_dir, link, dtype
+        )
         files.append({"name": name, "rows": len(part), **record})
         start += len(part)
     row_shapes = {tuple(f["shape"][1:]) for f in files}
@@ -551,14 +553,14 @@ def write_prepared(
     `features` is an `(N, R, D)` or `(N, D)` float array (a memmap is copied chunk by chunk) or
     `FeatureRows` (rows picked from the user's files; linked when already in the layout and
     `link_features`), or several `FeatureRows`, written (or linked) as one file each and read
-    back as one array (`format.FeatureFiles`); row `i` belongs to image `feature_ids[i]`, and so does row `i` of
-    `keywords_csr` (`(N, V)` counts over the words of `vocab_tsv_path`, the encode output's
-    `vocab.tsv`, which is copied). `images`, `queries` and `judgments` are DataFrames with the
-    columns of the format (extra columns are kept; `fold` defaults to -1). `options` (what the
-    dataset was made with) and `extra` (anything else worth recording) go into prepared.json,
-    and so does `feature_geometry` (`image_size`, `resize`, `grid` of features from
-    `amc-data features`), as `features.geometry`. `images` may have a `file_name` column (text
-    or null: the picture's file name or key); it is written null where absent.
+    back as one array (`format.FeatureFiles`); row `i` belongs to image `feature_ids[i]`, and so
+    does row `i` of `keywords_csr` (`(N, V)` counts over the words of `vocab_tsv_path`, the
+    encode output's `vocab.tsv`, which is copied). `images`, `queries` and `judgments` are
+    DataFrames with the columns of the format (extra columns are kept; `fold` defaults to -1).
+    `options` (what the dataset was made with) and `extra` (anything else worth recording) go
+    into prepared.json, and so does `feature_geometry` (`image_size`, `resize`, `grid` of
+    features from `amc-data features`), as `features.geometry`. `images` may have a `file_name`
+    column (text or null: the picture's file name or key); it is written null where absent.
 
     Everything is written into a staging folder beside `out`, opened with `load_prepared` (every
     check), and only then renamed into place. An existing `out` is replaced only when it holds

@@ -62,7 +62,7 @@ def _as_prepared(prepared: PreparedDataset | str | os.PathLike[str]) -> Prepared
 
 def _open_features(root: Path) -> np.ndarray:
     """The features memory-mapped, `(N, R, D)` (one file, or several read as one)."""
-    return map_features(root)  # type: ignore[return-value]  # FeatureFiles: rows as an array
+    return map_features(root)
 
 
 def _gather_regions(features: np.ndarray, rows: np.ndarray) -> np.ndarray:

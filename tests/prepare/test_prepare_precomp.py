@@ -141,7 +141,7 @@ def test_precomp_restval_to_val_keeps_the_links_and_drop_copies_only_train(tmp_p
     )
     assert dropped.counts["images"] == {"train": 30, "val": 10, "test": 25}
     files = json.loads((dropped.out / "prepared.json").read_text())["features"]["files"]
-    assert [f["stored"] for f in files][0] == "copy"  # train less restval: its own file
+    assert files[0]["stored"] == "copy"  # train less restval: its own file
     assert all(f["stored"] != "copy" for f in files[1:])
     assert load_prepared(dropped.out).features.shape == (65, REGIONS, DIM)
 

@@ -79,7 +79,7 @@ def test_a_missing_feature_file_is_named(tmp_path):
     whole = parts.pop("features")
     out = write_prepared(tmp_path / "out", features=_parts_of(tmp_path, whole, [6]), **parts)
     (out / "features-1.npy").unlink()
-    with pytest.raises(InputError, match="lacks features-1.npy"):
+    with pytest.raises(InputError, match=r"lacks features-1\.npy"):
         load_prepared(out)
 
 
@@ -104,7 +104,9 @@ def test_geometry_of_extracted_features_reaches_prepared_json(tmp_path):
     ids = np.array([image.imgid for image in made.images])
     features, feature_ids = save_features(tmp_path, "features", ids, regions=4)
     config = CocoConfig(fold_size=5, min_query_count=1)
-    plain = prepare_coco(features, feature_ids, tmp_path / "plain", data_dir=data_dir, config=config)
+    plain = prepare_coco(
+        features, feature_ids, tmp_path / "plain", data_dir=data_dir, config=config
+    )
     assert "geometry" not in json.loads((plain.out / "prepared.json").read_text())["features"]
     shape = list(np.load(features, mmap_mode="r").shape)
     report = {"shape": shape, "grid": 2, "image_size": 224, "resize": 256, "backbone": {}}
@@ -125,5 +127,5 @@ def test_a_version_1_folder_loads_as_before_and_a_newer_one_is_refused(tmp_path)
     shutil.copytree(V1_DATA, newer)
     info = json.loads((newer / "prepared.json").read_text())
     (newer / "prepared.json").write_text(json.dumps({**info, "format_version": 3}))
-    with pytest.raises(InputError, match="reads version 2 at most.*Upgrade amc-data"):
+    with pytest.raises(InputError, match=r"reads version 2 at most.*Upgrade amc-data"):
         load_prepared(newer)
