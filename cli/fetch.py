@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import click
 
 from amc_data.errors import FetchIncompleteError, VerificationError
-from amc_data.fetching.core import FetchResult, Outcome, fetch
+from amc_data.fetching.core import FetchResult, Outcome, fetch_manifests
 from amc_data.fetching.download import HttpDownloader
-from amc_data.fetching.manifest import CHECKSUMS_FILE_NAME
+from amc_data.fetching.manifest import CHECKSUMS_FILE_NAME, resolve_manifests
 from amc_data.fetching.problems import Problem
 from amc_data.fetching.verify import FileStatus, info, verify
 from amc_data.progress import progress_enabled
@@ -65,6 +65,14 @@ def _print_fetch(results: Sequence[FetchResult], quiet: bool) -> None:
     help="Folder of files placed by hand (DIR/<file> or DIR/<dataset>/<file>), looked at before "
     "any network call; each is verified, then copied or linked in.",
 )
+@click.option(
+    "--with",
+    "with_optional",
+    multiple=True,
+    metavar="GROUP",
+    help="Fetch also the optional files of GROUP (e.g. `coco --with precomp`: SCAN's "
+    "precomputed features); repeat for several.",
+)
 @jobs_option(4, "Files fetched at once.")
 @config_option(HttpDownloader, "retries")
 @config_option(HttpDownloader, "timeout")
@@ -83,6 +91,7 @@ def fetch_command(
     data_dir: str | None,
     manifest_paths: tuple[str, ...],
     from_dir: str | None,
+    with_optional: tuple[str, ...],
     jobs: int,
     retries: int,
     timeout: float,
@@ -95,20 +104,22 @@ def fetch_command(
 
     A file already present and verified costs no network call; a partial download resumes;
     files without a published hash get their size and sha256 recorded. Exits 0 only when every
-    requested file is present and verified.
+    requested file is present and verified. Optional files (a manifest's `optional` groups)
+    are fetched only with `--with GROUP`.
     """
-    results = fetch(
-        datasets,
+    results = fetch_manifests(
+        resolve_manifests(datasets, manifest_paths, with_optional),
         data_dir=data_dir,
-        manifest_paths=manifest_paths,
         from_dir=from_dir,
         jobs=jobs,
-        retries=retries,
-        timeout=timeout,
-        backoff=backoff,
-        deadline=deadline,
+        downloader=HttpDownloader(
+            retries=retries,
+            timeout=timeout,
+            backoff=backoff,
+            deadline=deadline,
+            progress=progress_enabled(quiet),
+        ),
         lock_timeout=lock_timeout,
-        progress=progress_enabled(quiet),
     )
     _print_fetch(results, quiet)
     failed = [r for r in results if not r.ok]

@@ -36,19 +36,23 @@ _SHARED_OPTIONS = [
         default=None,
         help="The encode output with the keywords (default <data-dir>/<dataset>/encoded).",
     ),
+    # Required unless the dataset takes its features from elsewhere (`prepare coco --precomp`):
+    # checked in `build_command`.
     click.option(
         "--features",
         type=_FILE,
-        required=True,
-        help="Features .npy, (N, R, D) or (N, D), float16/float32.",
+        default=None,
+        help="Features .npy, (N, R, D) or (N, D), float16/float32.  [required]",
     ),
     click.option(
         "--feature-ids",
         type=_FILE,
-        required=True,
-        help="The image id of each feature row, an int .npy of shape (N,).",
+        default=None,
+        help="The image id of each feature row, an int .npy of shape (N,).  [required]",
     ),
 ]
+# A config field that, when set, names where the features come from instead of --features.
+_FEATURES_ELSEWHERE = "precomp"
 _SHARED_NAMES = ("data_dir", "out", "encoded", "features", "feature_ids")
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -89,6 +93,16 @@ def build_command(recipe: PrepareRecipe) -> click.Command:
 
     def command(quiet: bool, **values: Any) -> None:
         shared = {name: values.pop(name) for name in _SHARED_NAMES}
+        if values.get(_FEATURES_ELSEWHERE) is None:
+            for name in ("features", "feature_ids"):
+                if shared[name] is None:
+                    flag = "--" + name.replace("_", "-")
+                    elsewhere = (
+                        f" (or --{_FEATURES_ELSEWHERE} DIR)"
+                        if _FEATURES_ELSEWHERE in values
+                        else ""
+                    )
+                    raise click.UsageError(f"Missing option '{flag}'{elsewhere}.")
         files = {name: values.pop(name) for name in inputs}
         config = recipe.build_config(values)
         result = recipe.prepare(**shared, **files, config=config)

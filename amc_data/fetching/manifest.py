@@ -11,6 +11,10 @@ A manifest is a TOML file, one per dataset:
     sha256 = "..."               # optional
     git_blob_sha1 = "..."        # optional
     note = "..."                 # optional, shown by `amc-data info`
+    optional = "precomp"         # optional: fetched only when asked (`fetch --with precomp`)
+
+A file with `optional` belongs to that named group: `fetch`, `verify` and `info` leave it out
+unless the group is asked for (`resolve_manifests(..., with_optional=("precomp",))`).
 
 The checksum record, `<data-dir>/<dataset>/checksums.json`, holds what amc-data recorded for
 files the manifest gives no hash for; later runs and `verify` hold those files to it. Earlier
@@ -20,6 +24,7 @@ into `checksums.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -52,7 +57,8 @@ _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # whole name: fu
 _HEX = {"sha256": 64, "git_blob_sha1": 40}
 _RESERVED_NAMES = (CHECKSUMS_FILE_NAME, LEGACY_CHECKSUMS_FILE_NAME)
 _TOP_KEYS = {"name", "description", "note", "files"}
-_FILE_KEYS = {"name", "urls", "size", "sha256", "git_blob_sha1", "note"}
+_FILE_KEYS = {"name", "urls", "size", "sha256", "git_blob_sha1", "note", "optional"}
+_GROUP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # an optional group: whole name
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class FileEntry:
     sha256: str | None = None
     git_blob_sha1: str | None = None
     note: str | None = None
+    optional: str | None = None  # the group that asks for it; None: always fetched
 
     @property
     def checksum(self) -> FileChecksum:
@@ -96,6 +103,17 @@ class Manifest:
             if entry.name == name:
                 return entry
         raise KeyError(name)
+
+    @property
+    def optional_groups(self) -> tuple[str, ...]:
+        """The groups of optional files, sorted."""
+        return tuple(sorted({e.optional for e in self.files if e.optional is not None}))
+
+    def selecting(self, groups: Iterable[str]) -> Manifest:
+        """This manifest with its optional files left out, but for those of `groups`."""
+        wanted = set(groups)
+        files = tuple(e for e in self.files if e.optional is None or e.optional in wanted)
+        return dataclasses.replace(self, files=files)
 
 
 # --------------------------------------------------------------------------- manifest loading
@@ -204,11 +222,27 @@ def _validate_file(item: Any, where: str, source: str) -> FileEntry:
     return FileEntry(
         name=name,
         urls=tuple(urls),
+        optional=_optional_group(item, where, source),
         size=size,
         sha256=hashes["sha256"],
         git_blob_sha1=hashes["git_blob_sha1"],
         note=_optional_str(item, "note", f"{where}.note", source),
     )
+
+
+def _optional_group(item: Mapping[str, Any], where: str, source: str) -> str | None:
+    """The entry's `optional` group: a short lower-case name, or None (always fetched)."""
+    optional = item.get("optional")
+    if optional is not None and (
+        not isinstance(optional, str) or not _GROUP_NAME.fullmatch(optional)
+    ):
+        raise _fail(
+            source,
+            f"{where}.optional",
+            "expected the name of a group of optional files (lower-case letters, digits, '-', "
+            f"'_'), found {optional!r}",
+        )
+    return optional
 
 
 def _url_parts(url: object) -> SplitResult | None:
@@ -263,13 +297,33 @@ def _name(item: Any) -> str:
 def resolve_manifests(
     datasets: Iterable[str] = (),
     manifest_paths: Iterable[str | os.PathLike[str]] = (),
+    with_optional: Iterable[str] = (),
 ) -> list[Manifest]:
-    """The manifests a command works on.
+    """The manifests a command works on, their optional files left out but for the groups
+    named in `with_optional` (a group no chosen manifest has is a ConfigError naming those
+    there are).
 
     Manifests given by path replace the bundled ones of the same name. With no dataset named:
     the given manifests if any, else every bundled one. A name nobody knows is a ConfigError that
     lists the known ones.
     """
+    groups = list(dict.fromkeys(with_optional))
+    chosen = _chosen_manifests(datasets, manifest_paths)
+    known = sorted({g for manifest in chosen for g in manifest.optional_groups})
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise ConfigError(
+            f"No file of the chosen datasets belongs to the optional group "
+            f"{', '.join(map(repr, unknown))}; the groups there are: {', '.join(known) or 'none'}.",
+            parameter="with_optional",
+        )
+    return [manifest.selecting(groups) for manifest in chosen]
+
+
+def _chosen_manifests(
+    datasets: Iterable[str], manifest_paths: Iterable[str | os.PathLike[str]]
+) -> list[Manifest]:
+    """The manifests named (see `resolve_manifests`), whole."""
     given = [load_manifest(path) for path in manifest_paths]
     available = bundled_manifests()
     available.update({manifest.name: manifest for manifest in given})

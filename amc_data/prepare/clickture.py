@@ -52,6 +52,7 @@ from .common import (
     Problems,
     encode_summary,
     encoded_keyword_rows,
+    feature_geometry,
     feature_rows,
     force_option,
     min_query_count_option,
@@ -62,7 +63,7 @@ from .common import (
     shown,
     write_folder,
 )
-from .format import SPLITS, read_keyword_vocabulary, unique_ids
+from .format import FILE_NAME, SPLITS, read_keyword_vocabulary, unique_ids
 from .queries import (
     QueryVocabulary,
     fit_query_vocabulary,
@@ -461,14 +462,24 @@ class _Rows:
 
 
 def _read_judgments(
-    paths: _Paths, config: ClicktureConfig, problems: Problems
+    paths: _Paths,
+    key_maps: tuple[pd.Series, pd.Series],
+    config: ClicktureConfig,
+    problems: Problems,
 ) -> tuple[_Judged, _Judged, list[str]]:
-    """The click log (train) and the dev judgments, each through its id map."""
-    train, notes = _clicks(paths.clicks, load_key_map(paths.id_map), paths.id_map, config, problems)
-    dev, dev_notes = _dev_labels(
-        paths.dev_labels, load_key_map(paths.dev_id_map), paths.dev_id_map, config, problems
-    )
+    """The click log (train) and the dev judgments, each through its id map (`key_maps`: Lite's
+    and dev's, image key -> img_id)."""
+    train, notes = _clicks(paths.clicks, key_maps[0], paths.id_map, config, problems)
+    dev, dev_notes = _dev_labels(paths.dev_labels, key_maps[1], paths.dev_id_map, config, problems)
     return train, dev, notes + dev_notes
+
+
+def _keys_of(key_map: pd.Series, img_ids: np.ndarray) -> list[str | None]:
+    """The image key of each of `img_ids` (the first key the map gives it; None if none)."""
+    by_id = pd.Series(key_map.index.astype(str), index=key_map.to_numpy())
+    by_id = by_id[~by_id.index.duplicated(keep="first")]
+    found = by_id.reindex(img_ids)
+    return [None if pd.isna(key) else str(key) for key in found.tolist()]
 
 
 def _query_tables(
@@ -501,10 +512,14 @@ def _query_tables(
 
 
 def _image_table(
-    train: _Judged, dev: _Judged, dev_split: np.ndarray, notes: list[str]
+    train: _Judged,
+    dev: _Judged,
+    dev_split: np.ndarray,
+    key_maps: tuple[pd.Series, pd.Series],
+    notes: list[str],
 ) -> pd.DataFrame:
     """images.parquet: the clicked Lite images (train), the judged dev images (test where any
-    test query judges them, else val)."""
+    test query judges them, else val), each with its image key as its file name."""
     lite_ids = unique_ids(train.img_id)
     dev_ids = unique_ids(dev.img_id)
     judged_in = dev_split[dev.query]  # each dev judgment's split
@@ -527,6 +542,7 @@ def _image_table(
                 np.repeat([0, 1], [lite_ids.size, dev_ids.size]), categories=["lite", "dev"]
             ),
             "source_id": np.concatenate([lite_ids, dev_ids]),
+            FILE_NAME: _keys_of(key_maps[0], lite_ids) + _keys_of(key_maps[1], dev_ids),
         }
     )
 
@@ -596,6 +612,15 @@ def _details(config: ClicktureConfig, without_keywords: int) -> dict[str, Any]:
     }
 
 
+def _geometry(
+    lite: tuple[np.ndarray, np.ndarray, Path], dev: tuple[np.ndarray, np.ndarray, Path]
+) -> dict[str, int] | None:
+    """How the pictures were cut for the features, when both files were extracted alike by
+    `amc-data features` (see `feature_geometry`)."""
+    lite_geometry = feature_geometry(lite[2], lite[0])
+    return lite_geometry if lite_geometry == feature_geometry(dev[2], dev[0]) else None
+
+
 def _drop_without_features(
     train: _Judged,
     judged: _Judged,
@@ -634,6 +659,7 @@ def _split_dev(
     return train, dev_split
 
 
+# long: the command's steps in order, one call each, with the docstring of its inputs
 def prepare_clickture(
     clicks: str | os.PathLike[str],
     dev_labels: str | os.PathLike[str],
@@ -675,13 +701,14 @@ def prepare_clickture(
     problems = Problems(config.on_error)
     record = encode_summary(paths.encoded, "clickture")
     lite, dev = paths.opened_features()
-    train, judged, notes = _read_judgments(paths, config, problems)
+    key_maps = (load_key_map(paths.id_map), load_key_map(paths.dev_id_map))
+    train, judged, notes = _read_judgments(paths, key_maps, config, problems)
 
     train, judged, skipped = _drop_without_features(train, judged, lite[1], dev[1], paths, config)
     train, dev_split = _split_dev(train, judged, paths, config, problems)
 
     queries, judgments = _query_tables(train, judged, dev_split)
-    images = _image_table(train, judged, dev_split, notes)
+    images = _image_table(train, judged, dev_split, key_maps, notes)
     rows = _rows(lite, dev, train, judged, paths.encoded, notes)
     query_vocabulary, vocabulary = _vocabularies(train, queries, rows, config)
     written = write_folder(
@@ -702,6 +729,7 @@ def prepare_clickture(
         details={**_details(config, rows.without_keywords), "vocabulary": vocabulary},
         skipped={**problems.recorded, **skipped},
         notes=notes,
+        geometry=_geometry(lite, dev),
     )
     return replace(written, vocabulary=vocabulary)
 

@@ -40,6 +40,7 @@ from .common import (
     Problems,
     encode_summary,
     encoded_keyword_rows,
+    feature_geometry,
     feature_rows,
     force_option,
     min_query_count_option,
@@ -50,14 +51,15 @@ from .common import (
     shown,
     write_folder,
 )
-from .format import read_keyword_vocabulary
+from .format import FILE_NAME, read_keyword_vocabulary
+from .precomp import CAPTIONS_PER_IMAGE, PRECOMP_PARTS, PrecompPart, read_precomp, same_captions
 from .queries import (
     QueryVocabulary,
     fit_query_vocabulary,
     vocabulary_report,
 )
 from .registry import FileInput, PrepareRecipe
-from .writer import check_output_folder
+from .writer import FeatureRows, check_output_folder
 
 __all__ = ["DATASET", "CocoConfig", "prepare_coco"]
 
@@ -85,6 +87,11 @@ class CocoConfig:
         "imgid",
         "What --feature-ids hold: Karpathy's imgid, or the COCO image id (cocoid).",
         choices=("imgid", "cocoid"),
+    )
+    precomp: str | None = option(
+        None,
+        "SCAN/VSE++ precomputed features: the coco_precomp folder ({train,dev,testall}_ims.npy, "
+        "_caps.txt, _ids.txt), instead of --features/--feature-ids.",
     )
     # The command line's switch is the other way round: --copy-features turns linking off.
     link_features: bool = option(
@@ -133,6 +140,7 @@ class _Karpathy:
     cocoid: list[int]
     split: list[str]
     captions: list[list[tuple[int, str]]]  # (sentid, raw) of each image
+    filename: list[str | None]  # the picture's file name (COCO_val2014_....jpg), if given
 
 
 def _captions(sentences: list[Any], per: int) -> list[tuple[int, str]]:
@@ -171,7 +179,7 @@ def _report_bad_images(
 def _parse_images(
     images: list[Any], where: str, config: CocoConfig, problems: Problems
 ) -> _Karpathy:
-    parsed = _Karpathy([], [], [], [])
+    parsed = _Karpathy([], [], [], [], [])
     bad: dict[str, list[str]] = {
         "entry": [],
         "split": [],
@@ -208,6 +216,8 @@ def _parse_images(
         parsed.cocoid.append(cocoid if type(cocoid) is int else -1)
         parsed.split.append(split)
         parsed.captions.append(captions)
+        filename = record.get("filename")
+        parsed.filename.append(filename if isinstance(filename, str) and filename else None)
     _report_bad_images(bad, where, config, problems)
     if not parsed.imgid:
         raise InputError(f"{where} lists no usable image.")
@@ -419,6 +429,7 @@ def _tables(
             "fold": fold[keep].astype(np.int8),
             "source_id": np.array(karpathy.cocoid, dtype=np.int64)[keep],
             "karpathy_split": karpathy_split[keep],
+            FILE_NAME: [karpathy.filename[i] for i in np.flatnonzero(keep)],
         }
     )
     captions = [karpathy.captions[i] for i in np.flatnonzero(keep)]
@@ -468,10 +479,133 @@ def _details(fold: np.ndarray, config: CocoConfig, without_keywords: int) -> dic
     }
 
 
+# -- SCAN/VSE++ precomputed features ----------------------------------------------------------
+@dataclass(frozen=True)
+class _Precomp:
+    """The precomp files matched to Karpathy's images."""
+
+    parts: list[FeatureRows]  # one per file, its kept rows
+    img_ids: np.ndarray  # the imgid of each output row, files in order
+    keep: np.ndarray  # (images,) bool
+    fold: np.ndarray  # (images,) the 1K folds, in testall's order
+    absent: np.ndarray  # cocoids of images without a precomp row
+    record: dict[str, Any]  # what prepared.json records of the folder
+
+
+def _match_precomp(
+    karpathy: _Karpathy, split: np.ndarray, config: CocoConfig, where: str, notes: list[str]
+) -> _Precomp:
+    """Each precomp row's image (by COCO id), checked against Karpathy's split and captions;
+    the rows of the kept images, one `FeatureRows` per file."""
+    folder = Path(config.precomp).expanduser().resolve()  # type: ignore[arg-type]
+    parts = read_precomp(folder)
+    cocoids = pd.Index(np.array(karpathy.cocoid, dtype=np.int64))
+    if cocoids.has_duplicates or (cocoids < 0).any():
+        raise InputError(
+            f"{where}: some images have no integer 'cocoid', or share one; precomputed features "
+            "are matched to images by cocoid."
+        )
+    rows_of = _precomp_rows(parts, cocoids, np.array(karpathy.split), folder, where)
+    everywhere = np.concatenate(rows_of)
+    wanted = np.array(karpathy.cocoid, dtype=np.int64)[split != "drop"]
+    have_ids = np.concatenate([part.cocoids for part in parts])
+    have = missing_features(wanted, have_ids, config.missing, "images", folder)
+    absent = wanted[~have]
+    keep = np.zeros(split.size, dtype=bool)
+    keep[everywhere] = True
+    keep &= split != "drop"
+    fold = np.full(split.size, -1, dtype=np.int64)
+    test_rows = rows_of[-1]
+    fold[test_rows] = np.arange(test_rows.size) // config.fold_size
+    selected = [np.flatnonzero(keep[index]) for index in rows_of]
+    features = [
+        feature_rows([part.array], [rows], part.path)
+        for part, rows in zip(parts, selected, strict=True)
+    ]
+    imgid = np.array(karpathy.imgid, dtype=np.int64)
+    img_ids = np.concatenate(
+        [imgid[index[rows]] for index, rows in zip(rows_of, selected, strict=True)]
+    )
+    mismatched = _caption_mismatches(karpathy, parts, rows_of, config)
+    if mismatched:
+        notes.append(
+            f"{len(mismatched):,} images have captions in the precomp files that differ from "
+            f"{where}'s (COCO id {shown(mismatched, len(mismatched))}); the queries are "
+            "dataset.json's."
+        )
+    record = {
+        "folder": str(folder),
+        "files": {
+            part.name: {
+                "features": str(part.path),
+                "rows": int(part.array.shape[0]),
+                "ids_per": part.ids_per,
+                "split": dict(PRECOMP_PARTS)[part.name],
+            }
+            for part in parts
+        },
+        "caption_mismatches": {"count": len(mismatched), "cocoids": mismatched[:EXAMPLES]},
+    }
+    return _Precomp(features, img_ids, keep, fold, absent, record)
+
+
+def _precomp_rows(
+    parts: list[PrecompPart],
+    cocoids: pd.Index,
+    karpathy_split: np.ndarray,
+    folder: Path,
+    where: str,
+) -> list[np.ndarray]:
+    """The Karpathy image (its position in dataset.json) of each row of each precomp file;
+    every id known, and in the Karpathy split its file stands for."""
+    expected = {"train": ("train", "restval"), "dev": ("val",), "testall": ("test",)}
+    rows_of: list[np.ndarray] = []
+    for part in parts:
+        index = cocoids.get_indexer(part.cocoids)
+        unknown = part.cocoids[index < 0]
+        if unknown.size:
+            raise InputError(
+                f"{folder / (part.name + '_ids.txt')}: {unknown.size:,} COCO ids are not in "
+                f"{where}: {shown(unknown.tolist(), unknown.size)}. The ids must be COCO image "
+                "ids (cocoid) of Karpathy's split."
+            )
+        other = ~np.isin(karpathy_split[index], expected[part.name])
+        if other.any():
+            raise InputError(
+                f"{folder / (part.name + '_ids.txt')}: {int(other.sum()):,} images are in "
+                f"Karpathy's {sorted(set(karpathy_split[index][other].tolist()))} split, not "
+                f"{' or '.join(expected[part.name])} (COCO id "
+                f"{shown(part.cocoids[other].tolist(), int(other.sum()))}): not SCAN's split."
+            )
+        rows_of.append(index)
+    return rows_of
+
+
+def _caption_mismatches(
+    karpathy: _Karpathy, parts: list[PrecompPart], rows_of: list[np.ndarray], config: CocoConfig
+) -> list[int]:
+    """The COCO ids of the images whose precomp captions are not dataset.json's (compared as
+    words, in any order; the first `captions_per_image` of each)."""
+    per = min(config.captions_per_image, CAPTIONS_PER_IMAGE)
+    mismatched = []
+    for part, index in zip(parts, rows_of, strict=True):
+        for row, image in enumerate(index.tolist()):
+            ours = [text for _, text in karpathy.captions[image][:per]]
+            if not same_captions(ours, part.captions[row][:per]):
+                mismatched.append(int(part.cocoids[row]))
+    if mismatched:
+        log.warning(
+            "%d images have other captions in the precomp files than in dataset.json: COCO id %s",
+            len(mismatched),
+            shown(mismatched, len(mismatched)),
+        )
+    return mismatched
+
+
 # -- the command -------------------------------------------------------------------------------
 def prepare_coco(
-    features: str | os.PathLike[str],
-    feature_ids: str | os.PathLike[str],
+    features: str | os.PathLike[str] | None = None,
+    feature_ids: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     *,
     data_dir: str | os.PathLike[str] | None = None,
@@ -481,14 +615,20 @@ def prepare_coco(
 ) -> PrepareResult:
     """Prepare MSCOCO caption ranking from `<data_dir>/coco/` (its keywords_coco.zip and the
     encode output, default `<data_dir>/coco/encoded`) and the user's features, into `out`
-    (default `<data_dir>/coco/prepared`)."""
+    (default `<data_dir>/coco/prepared`).
+
+    The features are `features` with their ids `feature_ids`, or SCAN/VSE++'s precomputed ones
+    (`config.precomp`, their coco_precomp folder: see `amc_data.prepare.precomp`): `train`
+    (with restval) the training split, `dev` the validation split, `testall` the test split
+    in its order (its first 1,000 images, SCAN's `test`, are fold 0); their files are linked
+    into the folder, not copied (one file each)."""
     config = config or CocoConfig()
+    _check_feature_inputs(features, feature_ids, config)
     folder = dataset_dir(data_dir, "coco")
     out_dir = Path(out) if out is not None else folder / "prepared"
     check_output_folder(out_dir, config.force)  # before the long work, not after it
     encoded_dir = Path(encoded) if encoded is not None else folder / "encoded"
     problems = Problems(config.on_error)
-    array, user_ids, features_path = open_features(features, feature_ids)
     images_json, where = _read_dataset_json(folder, Path(dataset_json) if dataset_json else None)
     karpathy = _parse_images(images_json, where, config, problems)
     archive = None if dataset_json else input_files(dataset_spec("coco"), folder)[0]
@@ -497,42 +637,130 @@ def prepare_coco(
     notes: list[str] = []
     karpathy_split = np.array(karpathy.split)
     split, fold = _splits_and_folds(karpathy_split, config, notes)
-    matched = _match_features(
-        karpathy, split != "drop", user_ids, config, where, Path(feature_ids), notes
-    )
+    source = _feature_source(features, feature_ids, karpathy, split, config, where, notes)
+    keep, img_ids, absent = source.keep, source.img_ids, source.absent
+    fold = source.fold if source.fold is not None else fold
     keywords, vocab_path, without_keywords = _keywords(
-        encoded_dir, record, karpathy, karpathy_split, matched.img_ids, notes
+        encoded_dir, record, karpathy, karpathy_split, img_ids, notes
     )
     per = config.captions_per_image
-    images, queries, judgments = _tables(karpathy, karpathy_split, split, fold, matched.keep, per)
+    images, queries, judgments = _tables(karpathy, karpathy_split, split, fold, keep, per)
     query_vocabulary = _query_vocabulary(queries, where, config)
     vocabulary = vocabulary_report(query_vocabulary, queries, keywords.shape[0], without_keywords)
     result = write_folder(
         out_dir,
         "coco",
-        features=feature_rows([array], [matched.rows], features_path),
-        feature_ids=matched.img_ids,
+        features=source.rows,
+        feature_ids=img_ids,
         keywords=keywords,
         vocab_path=vocab_path,
         images=images,
         queries=queries,
         judgments=judgments,
         query_vocabulary=query_vocabulary,
-        options={
-            **asdict(config),
-            "features": str(Path(features).resolve()),
-            "feature_ids": str(Path(feature_ids).resolve()),
-            "dataset_json": where,
-            "encoded": str(encoded_dir.resolve()),
-        },
+        options=_options(config, features, feature_ids, where, encoded_dir),
         force=config.force,
         link_features=config.link_features,
         encoded=record,
-        details={**_details(fold, config, without_keywords), "vocabulary": vocabulary},
-        skipped=_skipped(problems, matched.absent),
+        details={
+            **_details(fold, config, without_keywords),
+            "vocabulary": vocabulary,
+            **source.details,
+        },
+        skipped=_skipped(problems, absent),
         notes=notes,
+        geometry=source.geometry,
     )
     return replace(result, vocabulary=vocabulary)
+
+
+def _options(
+    config: CocoConfig,
+    features: str | os.PathLike[str] | None,
+    feature_ids: str | os.PathLike[str] | None,
+    where: str,
+    encoded_dir: Path,
+) -> dict[str, Any]:
+    """What prepared.json records of the options and inputs."""
+    return {
+        **asdict(config),
+        "features": None if features is None else str(Path(features).resolve()),
+        "feature_ids": None if feature_ids is None else str(Path(feature_ids).resolve()),
+        "dataset_json": where,
+        "encoded": str(encoded_dir.resolve()),
+    }
+
+
+@dataclass(frozen=True)
+class _FeatureSource:
+    """The features of the kept images, from the user's file or the precomp folder."""
+
+    rows: FeatureRows | list[FeatureRows]
+    img_ids: np.ndarray  # of the feature rows, in order
+    keep: np.ndarray  # (images,) bool
+    absent: np.ndarray  # ids of the images without features
+    fold: np.ndarray | None  # the folds, when the source decides them (testall's order)
+    geometry: dict[str, int] | None
+    details: dict[str, Any]  # what prepared.json records of the source, under "coco"
+
+
+def _feature_source(
+    features: str | os.PathLike[str] | None,
+    feature_ids: str | os.PathLike[str] | None,
+    karpathy: _Karpathy,
+    split: np.ndarray,
+    config: CocoConfig,
+    where: str,
+    notes: list[str],
+) -> _FeatureSource:
+    """The user's features matched to the images, or the precomp folder's."""
+    if config.precomp is not None:
+        precomp = _match_precomp(karpathy, split, config, where, notes)
+        return _FeatureSource(
+            precomp.parts,
+            precomp.img_ids,
+            precomp.keep,
+            precomp.absent,
+            precomp.fold,
+            None,
+            {"precomp": precomp.record},
+        )
+    assert features is not None and feature_ids is not None  # _check_feature_inputs
+    array, user_ids, features_path = open_features(features, feature_ids)
+    matched = _match_features(
+        karpathy, split != "drop", user_ids, config, where, Path(feature_ids), notes
+    )
+    return _FeatureSource(
+        feature_rows([array], [matched.rows], features_path),
+        matched.img_ids,
+        matched.keep,
+        matched.absent,
+        None,
+        feature_geometry(features_path, array),
+        {},
+    )
+
+
+def _check_feature_inputs(
+    features: str | os.PathLike[str] | None,
+    feature_ids: str | os.PathLike[str] | None,
+    config: CocoConfig,
+) -> None:
+    """The features come from `features` and `feature_ids`, or from `config.precomp`."""
+    given = features is not None or feature_ids is not None
+    if config.precomp is not None and given:
+        raise ConfigError(
+            "precomp replaces features and feature_ids: pass either the precomputed folder or "
+            "your own features, not both.",
+            parameter="precomp",
+        )
+    if config.precomp is None and (features is None or feature_ids is None):
+        missing = "features" if features is None else "feature_ids"
+        raise ConfigError(
+            f"{missing} is needed: pass the features and their ids (features, feature_ids), or "
+            "a folder of SCAN/VSE++ precomputed features (precomp).",
+            parameter=missing,
+        )
 
 
 DATASET = PrepareRecipe(
@@ -543,8 +771,10 @@ DATASET = PrepareRecipe(
     own image; test images in folds of 1,000.
 
     Reads Karpathy's dataset.json from <data-dir>/coco/keywords_coco.zip (as encode does), the
-    keywords from the encode output, and your features. A features file whose every row is used,
-    in order, is hard-linked (else symbolically linked) into the folder, not copied.
+    keywords from the encode output, and your features (--features, --feature-ids), or
+    SCAN/VSE++'s precomputed ones (--precomp DIR: train, dev and testall become train, val and
+    test). A features file whose every row is used, in order, is hard-linked (else symbolically
+    linked) into the folder, not copied.
     """,
     options=(
         "restval",
@@ -555,6 +785,7 @@ DATASET = PrepareRecipe(
         ),
         "captions_per_image",
         "fold_size",
+        "precomp",
         "link_features",
     ),
 )

@@ -163,6 +163,29 @@ def open_features(
     return array, ids, path
 
 
+GEOMETRY_KEYS = ("image_size", "resize", "grid")
+
+
+def feature_geometry(features: Path, array: np.ndarray) -> dict[str, int] | None:
+    """How the pictures were cut for the features at `features` (`image_size`, `resize`,
+    `grid`), from the report `amc-data features` writes beside them (`features.json` beside
+    `features.npy`), when there is one that describes this file (its recorded shape is the
+    file's); else None (features extracted elsewhere, such as detector boxes, have no grid)."""
+    report_path = features.with_suffix(".json")
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("shape") != list(array.shape):
+        return None
+    if not all(type(report.get(key)) is int and report[key] > 0 for key in GEOMETRY_KEYS):
+        return None
+    values: dict[str, int] = {key: report[key] for key in GEOMETRY_KEYS}
+    if array.ndim != 3 or array.shape[1] != values["grid"] ** 2:
+        return None
+    return values
+
+
 def missing_features(
     wanted: np.ndarray, have: np.ndarray, missing: Missing, what: str, where: Path
 ) -> np.ndarray:
@@ -246,7 +269,7 @@ def write_folder(
     out: Path,
     source: str,
     *,
-    features: FeatureRows,
+    features: FeatureRows | Sequence[FeatureRows],
     feature_ids: np.ndarray,
     keywords: scipy.sparse.csr_matrix,
     vocab_path: Path,
@@ -261,10 +284,12 @@ def write_folder(
     details: dict[str, Any],
     skipped: dict[str, dict[str, Any]],
     notes: list[str],
+    geometry: dict[str, int] | None = None,
 ) -> PrepareResult:
     """Write the prepared folder of a real source (`write_prepared`), recording beside the
     tables the encode output the keywords come from (`encoded`), the source's own `details`,
-    what was left out (`skipped`) and the `notes`; return what the folder records."""
+    what was left out (`skipped`), the `notes` and how the pictures were cut for the
+    features (`geometry`, see `feature_geometry`); return what the folder records."""
     path = write_prepared(
         out,
         source=source,
@@ -280,6 +305,7 @@ def write_folder(
         force=force,
         link_features=link_features,
         extra={"encoded": encoded, source: details, "skipped": skipped, "notes": notes},
+        feature_geometry=geometry,
     )
     info = json.loads((path / "prepared.json").read_text(encoding="utf-8"))
     return PrepareResult(

@@ -8,11 +8,24 @@ OUT/
   feature_ids.npy    (N,) int64: the img_id of each feature row
   keywords.npz       scipy CSR (N, V) int32 counts; row i = image feature_ids[i]
   vocab.tsv          keyword vocabulary (word_id, word, df), copied from the encode output
-  images.parquet     img_id int64, split string, fold int8 (COCO test fold 0..4, else -1)
+  images.parquet     img_id int64, split string, fold int8 (COCO test fold 0..4, else -1),
+                     file_name string or null (version 2: the picture's file name or key)
   queries.parquet    query_id int64, query string, split string [, intent string]
   judgments.parquet  query_id int64, img_id int64, label int32
   query_vocab.tsv    query words (word_id, word, count), fitted on the train queries
 ```
+
+Version 2 adds, beside the `file_name` column:
+- `features.files` in prepared.json: the features held as several files `features-0.npy`,
+  `features-1.npy`, ... (each `(n_k, R, D)`, its rows following the previous file's), each
+  entry with its `name`, `rows`, `file_shape`, `stored` (copy, hardlink, symlink), `source`,
+  `size` and `mtime_ns`; they are read as one `(N, R, D)` array (`FeatureFiles`), nothing
+  copied. Without it the features are `features.npy`, as in version 1.
+- `features.geometry` (when the features came from `amc-data features`): `image_size`,
+  `resize` and `grid`: the shorter side of each picture was scaled to `resize`, the centre
+  `image_size` square cut, and its feature map pooled to `grid` x `grid` cells (row-major:
+  region r is cell (r // grid, r % grid)).
+Version-1 folders are read as before (their images get a null `file_name`).
 
 `load_prepared` opens one with every cross-check done; each failure is an `InputError` naming
 the file, the row or id, and what to do. `amc_data.prepare.writer.write_prepared` writes one.
@@ -25,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,15 +61,17 @@ __all__ = [
     "FEATURE_DTYPES",
     "FORMAT_VERSION",
     "SPLITS",
+    "FeatureFiles",
     "PreparedDataset",
     "is_source_name",
     "load_prepared",
+    "map_features",
 ]
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "amc-data prepared dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = PREPARED_SPLITS
 FEATURE_DTYPES = ("float16", "float32")
 FILES = (
@@ -69,6 +85,11 @@ FILES = (
     "judgments.parquet",
     "query_vocab.tsv",
 )
+#: The name of feature file k when the features are held as several files (version 2).
+FEATURE_PART = "features-{}.npy"
+_FEATURE_PART = re.compile(r"features-(0|[1-9][0-9]*)\.npy")
+#: images.parquet's column of picture file names (or keys): text, null where unknown.
+FILE_NAME = "file_name"
 #: The highest label of a val/test judgment, and of any label the metrics take: the gain
 #: 2**label - 1 must fit a float64 (2**1024 overflows it). Train labels (click counts) only
 #: need to be 0 or more.
@@ -190,6 +211,99 @@ def counts_per_split(
     }
 
 
+def is_feature_part(name: str) -> bool:
+    """Whether `name` is one of the feature files of a folder that holds several
+    (`features-0.npy`, `features-1.npy`, ...)."""
+    return _FEATURE_PART.fullmatch(name) is not None
+
+
+class FeatureFiles:
+    """Several memory-mapped `(n_k, R, D)` arrays read as one `(N, R, D)` array, rows of the
+    first file first: nothing is copied until rows are asked for, and then only those rows.
+
+    It has what the readers of `PreparedDataset.features` use: `shape`, `ndim`, `dtype`,
+    `nbytes`, `len()`, and `[...]` with an integer, a slice or an integer array of rows (any
+    order, repeats allowed), optionally followed by indices of the other axes. `np.asarray`
+    gives the whole array (a copy of every row: meant for small folders)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        if not arrays:
+            raise ConfigError("FeatureFiles needs at least one array.")
+        arrays = tuple(a[:, None, :] if a.ndim == 2 else a for a in arrays)
+        shapes = {a.shape[1:] for a in arrays}
+        dtypes = {a.dtype for a in arrays}
+        if len(shapes) > 1 or len(dtypes) > 1:
+            raise InputError(
+                f"The feature files hold rows of different shapes or types "
+                f"({sorted(map(str, shapes))}, {sorted(map(str, dtypes))}); they must agree."
+            )
+        self.arrays = arrays
+        self.starts = np.cumsum([0, *(a.shape[0] for a in arrays)]).astype(np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self.starts[-1]), *self.arrays[0].shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.arrays[0].dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple[Any, ...] = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if isinstance(key, (int, np.integer)):
+            n = self.shape[0]
+            row = int(key) + n if int(key) < 0 else int(key)
+            if not 0 <= row < n:
+                raise IndexError(f"row {int(key)} is out of range for {n} feature rows")
+            part = int(np.searchsorted(self.starts, row, side="right")) - 1
+            out = np.asarray(self.arrays[part][row - self.starts[part]])
+        elif isinstance(key, slice):
+            out = self._rows(np.arange(*key.indices(self.shape[0]), dtype=np.int64))
+        else:
+            rows = np.asarray(key)
+            if rows.dtype == bool:
+                rows = np.flatnonzero(rows)
+            if rows.dtype.kind not in "iu":
+                raise IndexError(f"feature rows are indexed by integers, not {rows.dtype}")
+            out = self._rows(rows.astype(np.int64))
+        return out[(slice(None), *rest)] if rest else out
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """`rows` (any shape) of the whole, gathered file by file."""
+        n = self.shape[0]
+        flat = rows.reshape(-1)
+        flat = np.where(flat < 0, flat + n, flat)
+        if flat.size and (flat.min() < 0 or flat.max() >= n):
+            raise IndexError(f"feature rows out of range for {n} rows")
+        out = np.empty((flat.size, *self.shape[1:]), dtype=self.dtype)
+        part = np.searchsorted(self.starts, flat, side="right") - 1
+        for k in np.unique(part):
+            mine = np.flatnonzero(part == k)
+            local = flat[mine] - self.starts[k]
+            if local.size and np.all(local[1:] == local[:-1] + 1):
+                out[mine] = self.arrays[k][local[0] : local[-1] + 1]  # a run: one slice
+            else:
+                out[mine] = self.arrays[k][local]
+        return out.reshape(*rows.shape, *self.shape[1:])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
 # -- reading --------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class PreparedDataset:
@@ -197,7 +311,10 @@ class PreparedDataset:
 
     root: Path
     info: dict[str, Any]  # prepared.json
-    features: np.ndarray  # (N, R, D) memmap ((N, D) files are viewed as R = 1, no copy)
+    # (N, R, D) memmap ((N, D) files are viewed as R = 1, no copy), or `FeatureFiles` when the
+    # folder holds its features as several files: typed as the array it stands in for (its
+    # readers use shape, dtype, nbytes and rows by index)
+    features: np.ndarray
     feature_ids: np.ndarray  # (N,) int64
     keywords: scipy.sparse.csr_matrix  # (N, V) int32
     vocabulary: list[str]  # keyword words in id order
@@ -331,7 +448,9 @@ def _read_info(root: Path) -> dict[str, Any]:
             _REPREPARE,
         )
     _check_fields(root, info)
-    missing = [name for name in FILES if not (root / name).exists()]
+    names = [n for n in FILES if n != "features.npy"]
+    names += [entry["name"] for entry in _feature_entries(root, info)]
+    missing = [name for name in names if not (root / name).exists()]
     if missing:
         dangling = [n for n in missing if (root / n).is_symlink()]
         hint = (
@@ -356,6 +475,7 @@ _FIELDS: tuple[tuple[str, type], ...] = (
     ("features.stored", str),
     ("features.size", int),
     ("features.mtime_ns", int),
+    ("features.geometry", dict),
     ("fingerprints", dict),
     ("fingerprints.keywords", str),
     ("fingerprints.queries", str),
@@ -406,33 +526,107 @@ def _check_fields(root: Path, info: dict[str, Any]) -> None:
             )
 
 
-def _load_features(root: Path, info: dict[str, Any]) -> np.ndarray:
-    path = root / "features.npy"
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
+def _feature_entries(root: Path, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The feature files of the folder, each a dict with `name` (and, as recorded, `rows`,
+    `file_shape`, `size`, `mtime_ns`): the entries of `features.files`, else `features.npy`
+    with the size and time recorded for it."""
+    record = info.get("features") or {}
+    if "files" not in record:
+        return [{"name": "features.npy", **{k: record.get(k) for k in ("size", "mtime_ns")}}]
+    files = record["files"]
+    if not isinstance(files, list) or not files:
         raise _fail(
-            root, "features.npy", f"is not a readable .npy file ({exc})", _REPREPARE
-        ) from exc
+            root, "prepared.json", f"'features.files' is {files!r}, expected a list", _REPREPARE
+        )
+    for k, entry in enumerate(files):
+        fine = isinstance(entry, dict) and entry.get("name") == FEATURE_PART.format(k)
+        fine = fine and type(entry.get("rows")) is int and entry["rows"] >= 0
+        if not fine:
+            raise _fail(
+                root,
+                "prepared.json",
+                f"'features.files' entry {k} is {entry!r}, expected an object with name "
+                f"{FEATURE_PART.format(k)!r} and its number of rows",
+                _REPREPARE,
+            )
+    return files
+
+
+def _open_feature_file(root: Path, name: str) -> np.ndarray:
+    """One feature file of the folder, memory-mapped, `(n, R, D)` (an `(n, D)` file viewed as
+    R = 1, no copy)."""
+    try:
+        array = np.load(root / name, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise _fail(root, name, f"is not a readable .npy file ({exc})", _REPREPARE) from exc
     if array.ndim not in (2, 3) or array.dtype.name not in FEATURE_DTYPES:
         raise _fail(
             root,
-            "features.npy",
+            name,
             f"holds {array.dtype} {array.shape}; expected float16 or "
             "float32 of shape (N, R, D) or (N, D)",
             _REPREPARE,
         )
-    features = array[:, None, :] if array.ndim == 2 else array  # a view: R = 1, nothing copied
+    return array[:, None, :] if array.ndim == 2 else array  # a view: R = 1, nothing copied
+
+
+def _load_features(root: Path, info: dict[str, Any]) -> np.ndarray:
+    entries = _feature_entries(root, info)
+    arrays = [_open_feature_file(root, entry["name"]) for entry in entries]
+    for entry, array in zip(entries, arrays, strict=True):
+        if "rows" in entry and array.shape[0] != entry["rows"]:
+            raise _fail(
+                root,
+                entry["name"],
+                f"holds {array.shape[0]:,} rows but prepared.json records {entry['rows']:,}: "
+                "the file was replaced",
+                _REPREPARE,
+            )
+    try:
+        features: Any = arrays[0] if len(arrays) == 1 else FeatureFiles(arrays)
+    except InputError as exc:
+        raise _fail(root, entries[0]["name"], str(exc).rstrip("."), _REPREPARE) from None
     recorded = info.get("features", {})
-    if list(features.shape) != recorded.get("shape") or array.dtype.name != recorded.get("dtype"):
+    name = entries[0]["name"] if len(entries) == 1 else "the feature files"
+    shown = list(features.shape)
+    if shown != recorded.get("shape") or features.dtype.name != recorded.get("dtype"):
         raise _fail(
             root,
-            "features.npy",
-            f"holds {array.dtype} {list(features.shape)} but prepared.json "
+            name,
+            f"holds {features.dtype} {shown} but prepared.json "
             f"records {recorded.get('dtype')} {recorded.get('shape')}: the file was replaced",
             _REPREPARE,
         )
     return features
+
+
+def map_features(path: str | os.PathLike[str]) -> np.ndarray:
+    """The features of the prepared folder at `path`, memory-mapped (`(N, R, D)`), without the
+    other checks of `load_prepared`: for a process that reopens a folder already loaded (a
+    data loader's worker)."""
+    root = Path(path)
+    return _load_features(root, _read_info(root))
+
+
+def _scan_changed(
+    root: Path,
+    info: dict[str, Any],
+    features: np.ndarray,
+    ids: np.ndarray,
+    check_features: bool | None,
+) -> None:
+    """Look for NaN/Inf in each feature file: always (`check_features=True`), never (False),
+    or (None) only in a file whose size or modification time differs from what prepared.json
+    recorded after the writer's own scan."""
+    arrays = features.arrays if isinstance(features, FeatureFiles) else (features,)
+    start = 0
+    for entry, array in zip(_feature_entries(root, info), arrays, strict=True):
+        stop = start + array.shape[0]
+        stat = (root / entry["name"]).stat()
+        changed = (stat.st_size, stat.st_mtime_ns) != (entry.get("size"), entry.get("mtime_ns"))
+        if check_features or (check_features is None and changed):
+            scan_finite(array, ids[start:stop], str(root / entry["name"]))
+        start = stop
 
 
 def load_prepared(
@@ -458,12 +652,9 @@ def load_prepared(
     root = Path(path).expanduser().resolve()
     info = _read_info(root)
     features = _load_features(root, info)
-    ids = _load_ids(root, features.shape[0])
-    stat = (root / "features.npy").stat()
-    recorded = info.get("features", {})
-    changed = (stat.st_size, stat.st_mtime_ns) != (recorded.get("size"), recorded.get("mtime_ns"))
-    if check_features or (check_features is None and changed):
-        scan_finite(features, ids, str(root / "features.npy"))
+    where = "features.npy" if not isinstance(features, FeatureFiles) else "the feature files"
+    ids = _load_ids(root, features.shape[0], where)
+    _scan_changed(root, info, features, ids, check_features)
     vocabulary = read_keyword_vocabulary(root / "vocab.tsv")
     query_vocabulary = QueryVocabulary.read_tsv(root / "query_vocab.tsv")
     fingerprints = {
@@ -510,7 +701,7 @@ def load_prepared(
     return dataset
 
 
-def _load_ids(root: Path, n: int) -> np.ndarray:
+def _load_ids(root: Path, n: int, where: str = "features.npy") -> np.ndarray:
     try:
         ids = np.load(root / "feature_ids.npy")
     except (OSError, ValueError) as exc:
@@ -529,7 +720,7 @@ def _load_ids(root: Path, n: int) -> np.ndarray:
         raise _fail(
             root,
             "feature_ids.npy",
-            f"has {ids.size:,} ids but features.npy has {n:,} rows ({kind})",
+            f"has {ids.size:,} ids but {where} has {n:,} rows ({kind})",
             _REPREPARE,
         )
     order = np.argsort(ids, kind="stable")
@@ -680,6 +871,18 @@ def _check_unique(root: Path, name: str, values: np.ndarray, column: str) -> Non
 def _load_images(root: Path, ids: np.ndarray) -> pd.DataFrame:
     images = _read_table(root, "images.parquet")
     _check_columns(root, "images.parquet", images, IMAGES_SCHEMA)
+    if FILE_NAME not in images.columns:  # a version-1 folder: no picture is known by name
+        images[FILE_NAME] = pd.Series([None] * len(images), dtype=object)
+    else:
+        kind = pq.read_schema(root / "images.parquet").field(FILE_NAME).type
+        if not (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        ):
+            raise _fail(
+                root, "images.parquet", f"column {FILE_NAME!r} holds {kind}, not text", _REPREPARE
+            )
+        names = images[FILE_NAME]
+        images[FILE_NAME] = names.astype(object).where(names.notna(), None)  # null: None
     img_ids = images["img_id"].to_numpy()
     _check_unique(root, "images.parquet", img_ids, "img_id")
     _check_splits(root, "images.parquet", images, "img_id")

@@ -28,6 +28,8 @@ from ..errors import ConfigError, InputError
 from ..version import __version__
 from .format import (
     FEATURE_DTYPES,
+    FEATURE_PART,
+    FILE_NAME,
     FILES,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -37,6 +39,7 @@ from .format import (
     check_integral,
     counts_per_split,
     feature_dtype,
+    is_feature_part,
     is_source_name,
     load_prepared,
     read_keyword_vocabulary,
@@ -108,51 +111,89 @@ class FeatureRows:
                 yield np.asarray(array[start:stop] if rows is None else array[rows[start:stop]])
 
 
+def _as_parts(features: np.ndarray | FeatureRows | Sequence[FeatureRows]) -> list[FeatureRows]:
+    """The feature files to write: one `FeatureRows` each."""
+    if isinstance(features, FeatureRows):
+        return [features]
+    if isinstance(features, (list, tuple)) and all(isinstance(f, FeatureRows) for f in features):
+        if not features:
+            raise InputError("No feature files were given: expected one or more.")
+        return list(features)
+    array = features if isinstance(features, np.memmap) else np.asarray(features)
+    return [FeatureRows((array,))]
+
+
 def _place_features(
-    features: np.ndarray | FeatureRows, ids: np.ndarray, folder: Path, out_dir: Path, link: bool
+    features: np.ndarray | FeatureRows | Sequence[FeatureRows],
+    ids: np.ndarray,
+    folder: Path,
+    out_dir: Path,
+    link: bool,
 ) -> dict[str, Any]:
-    """Write (or link) `features.npy` into `folder`; return what prepared.json records."""
-    if not isinstance(features, FeatureRows):
-        features = FeatureRows(
-            (np.asarray(features) if not isinstance(features, np.memmap) else features,)
-        )
-    if not features.arrays or features.arrays[0].ndim not in (2, 3):
-        shape = features.arrays[0].shape if features.arrays else None
+    """Write (or link) the features into `folder`: `features.npy`, or with several parts one
+    file each (`features-0.npy`, ...); return what prepared.json records."""
+    parts = _as_parts(features)
+    for part in parts:
+        if not part.arrays or part.arrays[0].ndim not in (2, 3):
+            shape = part.arrays[0].shape if part.arrays else None
+            raise InputError(
+                f"Features must be an array of shape (N, R, D) or (N, D); got shape {shape}."
+            )
+    total = sum(len(part) for part in parts)
+    if total != ids.size:
         raise InputError(
-            f"Features must be an array of shape (N, R, D) or (N, D); got shape {shape}."
-        )
-    if len(features) != ids.size:
-        raise InputError(
-            f"{len(features):,} feature rows but {ids.size:,} feature ids: each row needs the "
+            f"{total:,} feature rows but {ids.size:,} feature ids: each row needs the "
             "img_id of its image, in the same order."
         )
-    target = folder / "features.npy"
+    if len(parts) == 1:
+        return _place_file(parts[0], ids, folder / "features.npy", out_dir, link)
+    dtype = feature_dtype(parts[0].arrays[0].dtype)  # every part takes the first one's type
+    files, start = [], 0
+    for k, part in enumerate(parts):
+        name = FEATURE_PART.format(k)
+        record = _place_file(
+            part, ids[start : start + len(part)], folder / name, out_dir, link, dtype
+        )
+        files.append({"name": name, "rows": len(part), **record})
+        start += len(part)
+    row_shapes = {tuple(f["shape"][1:]) for f in files}
+    if len(row_shapes) > 1:
+        raise InputError(
+            f"The feature files have different row shapes {sorted(row_shapes)}; every image "
+            "needs features of one shape (regions, dimensions). Extract them alike."
+        )
+    stored = {f["stored"] for f in files}
+    for f in files:
+        del f["shape"], f["dtype"]
+    return {
+        "stored": stored.pop() if len(stored) == 1 else "mixed",
+        "shape": [total, *row_shapes.pop()],
+        "dtype": dtype.name,
+        "files": files,
+    }
+
+
+def _place_file(
+    features: FeatureRows,
+    ids: np.ndarray,
+    target: Path,
+    out_dir: Path,
+    link: bool,
+    dtype: np.dtype | None = None,
+) -> dict[str, Any]:
+    """Write (or link) one feature file at `target` (its rows' `ids`), as `dtype` (default:
+    its own float16/float32 type); return what prepared.json records of it."""
     record: dict[str, Any] = {"stored": "copy"}
-    if link and features.linkable:
-        source = Path(features.path).resolve()  # type: ignore[arg-type]
-        try:
-            os.link(source, target)
-            record = {"stored": "hardlink", "source": str(source)}
-        except OSError as exc:
-            if source.is_relative_to(out_dir):
-                # A symbolic link into the folder being replaced would dangle: copy instead.
-                log.info("copying %s: it lies inside %s (%s)", source, out_dir, exc)
-            else:
-                os.symlink(source, target)
-                record = {"stored": "symlink", "source": str(source)}
-                log.warning(
-                    "features.npy is a symbolic link to %s (%s): moving or deleting "
-                    "that file breaks the prepared folder",
-                    source,
-                    exc,
-                )
+    same_type = dtype is None or features.arrays[0].dtype == dtype
+    if link and features.linkable and same_type:
+        record = _link(Path(features.path).resolve(), target, out_dir)  # type: ignore[arg-type]
         if record["stored"] != "copy":
             array = features.arrays[0]
-            scan_finite(array, ids, f"{source}")
+            scan_finite(array, ids, record["source"])
             shape = (array.shape[0], 1, array.shape[1]) if array.ndim == 2 else array.shape
             record.update(shape=list(shape), file_shape=list(array.shape), dtype=array.dtype.name)
-            return record
-    dtype = feature_dtype(features.arrays[0].dtype)
+            return _stamped(record, target)
+    dtype = dtype if dtype is not None else feature_dtype(features.arrays[0].dtype)
     row_shape = features.row_shape
     out = np.lib.format.open_memmap(
         target, mode="w+", dtype=dtype, shape=(len(features), *row_shape)
@@ -168,7 +209,36 @@ def _place_features(
     del out
     shape = (len(features), 1, *row_shape) if len(row_shape) == 1 else (len(features), *row_shape)
     record.update(shape=list(shape), file_shape=[len(features), *row_shape], dtype=dtype.name)
-    return record
+    return _stamped(record, target)
+
+
+def _link(source: Path, target: Path, out_dir: Path) -> dict[str, Any]:
+    """Hard-link `source` at `target`, else link it symbolically; `{"stored": "copy"}` when
+    neither may be done (the caller copies)."""
+    try:
+        os.link(source, target)
+        return {"stored": "hardlink", "source": str(source)}
+    except OSError as exc:
+        if source.is_relative_to(out_dir):
+            # A symbolic link into the folder being replaced would dangle: copy instead.
+            log.info("copying %s: it lies inside %s (%s)", source, out_dir, exc)
+            return {"stored": "copy"}
+        os.symlink(source, target)
+        log.warning(
+            "%s is a symbolic link to %s (%s): moving or deleting that file breaks the "
+            "prepared folder",
+            target.name,
+            source,
+            exc,
+        )
+        return {"stored": "symlink", "source": str(source)}
+
+
+def _stamped(record: dict[str, Any], target: Path) -> dict[str, Any]:
+    """`record` with the size and modification time of `target` (a later load scans the file
+    for NaN/Inf again only when they change)."""
+    stat = target.stat()
+    return {**record, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 # -- tables ---------------------------------------------------------------------------------------
@@ -233,7 +303,7 @@ def foreign_entries(out_dir: Path) -> list[str]:
         names = sorted(os.listdir(out_dir))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [name for name in names if name not in FILES]
+    return [name for name in names if name not in FILES and not is_feature_part(name)]
 
 
 def _check_foreign(out_dir: Path) -> None:
@@ -339,7 +409,8 @@ def _discard(folder: Path, out_dir: Path) -> None:
     """Delete the old prepared folder `folder` (moved aside from `out_dir`): the files the
     writer writes, then the folder. Anything else in it (put there after the last check) is
     kept, in the folder renamed `.<out>.kept-*`, and reported."""
-    for name in FILES:
+    parts = [name for name in os.listdir(folder) if is_feature_part(name)]
+    for name in [*FILES, *parts]:
         with contextlib.suppress(FileNotFoundError):
             (folder / name).unlink()
     try:
@@ -389,6 +460,17 @@ def _tables(
     images: pd.DataFrame, queries: pd.DataFrame, judgments: pd.DataFrame
 ) -> dict[str, pa.Table]:
     """The three tables as Arrow, by file name, each checked against its schema."""
+    if FILE_NAME not in images.columns:
+        images = images.assign(**{FILE_NAME: pd.Series([None] * len(images), dtype=object)})
+    names = images[FILE_NAME]
+    if not (names.isna() | names.map(lambda v: isinstance(v, str))).all():
+        row = int(np.flatnonzero(~(names.isna() | names.map(lambda v: isinstance(v, str))))[0])
+        raise InputError(
+            f"images column {FILE_NAME!r} holds {names.iloc[row]!r} at row {row}: a file name "
+            "is text (or null where the picture's name is not known)."
+        )
+    text = names.astype(object).where(names.notna(), None)
+    images = images.assign(**{FILE_NAME: pd.Series(list(text), index=images.index, dtype=object)})
     return {
         "images.parquet": _table(images, IMAGES_SCHEMA, "images"),
         "queries.parquet": _table(queries, QUERIES_SCHEMA, "queries"),
@@ -416,7 +498,6 @@ def _info(
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """prepared.json of the folder being staged (`keywords`: words and stored counts)."""
-    stat = (staging / "features.npy").stat()
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -424,12 +505,7 @@ def _info(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "amc_data": __version__,
         "counts": counts,
-        "features": {
-            **feature_record,
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "checked_finite": True,
-        },
+        "features": {**feature_record, "checked_finite": True},
         "keywords": {"vocabulary_size": keywords[0], "nonzeros": keywords[1]},
         "query_vocabulary": {
             "size": len(query_vocabulary),
@@ -458,7 +534,7 @@ def write_prepared(
     out: str | os.PathLike[str],
     *,
     source: str,
-    features: np.ndarray | FeatureRows,
+    features: np.ndarray | FeatureRows | Sequence[FeatureRows],
     feature_ids: np.ndarray,
     keywords_csr: scipy.sparse.spmatrix,
     vocab_tsv_path: str | os.PathLike[str],
@@ -470,16 +546,21 @@ def write_prepared(
     force: bool = False,
     link_features: bool = True,
     extra: dict[str, Any] | None = None,
+    feature_geometry: dict[str, int] | None = None,
 ) -> Path:
     """Write a prepared dataset folder at `out`; return its resolved path.
 
     `features` is an `(N, R, D)` or `(N, D)` float array (a memmap is copied chunk by chunk) or
     `FeatureRows` (rows picked from the user's files; linked when already in the layout and
-    `link_features`); row `i` belongs to image `feature_ids[i]`, and so does row `i` of
-    `keywords_csr` (`(N, V)` counts over the words of `vocab_tsv_path`, the encode output's
-    `vocab.tsv`, which is copied). `images`, `queries` and `judgments` are DataFrames with the
-    columns of the format (extra columns are kept; `fold` defaults to -1). `options` (what the
-    dataset was made with) and `extra` (anything else worth recording) go into prepared.json.
+    `link_features`), or several `FeatureRows`, written (or linked) as one file each and read
+    back as one array (`format.FeatureFiles`); row `i` belongs to image `feature_ids[i]`, and so
+    does row `i` of `keywords_csr` (`(N, V)` counts over the words of `vocab_tsv_path`, the
+    encode output's `vocab.tsv`, which is copied). `images`, `queries` and `judgments` are
+    DataFrames with the columns of the format (extra columns are kept; `fold` defaults to -1).
+    `options` (what the dataset was made with) and `extra` (anything else worth recording) go
+    into prepared.json, and so does `feature_geometry` (`image_size`, `resize`, `grid` of
+    features from `amc-data features`), as `features.geometry`. `images` may have a `file_name`
+    column (text or null: the picture's file name or key); it is written null where absent.
 
     Everything is written into a staging folder beside `out`, opened with `load_prepared` (every
     check), and only then renamed into place. An existing `out` is replaced only when it holds
@@ -504,6 +585,8 @@ def write_prepared(
     with _output_folder(out, force) as (out_dir, staging):
         np.save(staging / "feature_ids.npy", ids)
         feature_record = _place_features(features, ids, staging, out_dir, link_features)
+        if feature_geometry:
+            feature_record["geometry"] = dict(feature_geometry)
         n_words, nonzeros = _write_keywords(staging, ids, keywords_csr, Path(vocab_tsv_path))
         for name, table in _tables(images, queries, judgments).items():
             pq.write_table(table, staging / name)

@@ -41,7 +41,7 @@ require("torch", "the training data loader")  # a one-line MissingDependencyErro
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler  # noqa: E402
 
-from ..prepare.format import PreparedDataset, load_prepared  # noqa: E402
+from ..prepare.format import PreparedDataset, load_prepared, map_features  # noqa: E402
 from .batch import ImageBatch, QueryBatch, TrainBatch  # noqa: E402
 
 __all__ = [
@@ -61,9 +61,8 @@ def _as_prepared(prepared: PreparedDataset | str | os.PathLike[str]) -> Prepared
 
 
 def _open_features(root: Path) -> np.ndarray:
-    """The features file memory-mapped, `(N, D)` viewed as `(N, 1, D)`."""
-    array = np.load(root / "features.npy", mmap_mode="r")
-    return array[:, None, :] if array.ndim == 2 else array
+    """The features memory-mapped, `(N, R, D)` (one file, or several read as one)."""
+    return map_features(root)
 
 
 def _gather_regions(features: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -51,11 +51,13 @@ def test_bundled_manifests_hold_the_real_sources():
         "img_id_map_dev.pkl",
         "img_id_map.pkl",
     ]
-    assert [f.name for f in manifests["coco"].files] == ["keywords_coco.zip"]
+    assert [f.name for f in manifests["coco"].files] == ["keywords_coco.zip", "data.zip"]
     for manifest in manifests.values():
         assert manifest.bundled
         for entry in manifest.files:
-            if entry.name.endswith(".zip"):
+            if entry.optional == "precomp":  # SCAN's precomputed features, from SCAN's README
+                assert entry.urls == ("https://iudata.blob.core.windows.net/scan/data.zip",)
+            elif entry.name.endswith(".zip"):
                 assert "/drive/folders/1x4HAg5Mitx9sWo1XoQJ8aDKuMjObSgiX" in entry.urls[0]
                 assert "dropbox" in entry.urls[-1] and "broken" in (entry.note or "")
             else:  # the side files: GitHub, pinned commit, always a git blob sha1
@@ -280,3 +282,34 @@ def test_mismatch_names_each_difference():
 )
 def test_decide(held, size, resumable, action):
     assert decide(partial_bytes=held, expected_size=size, resumable=resumable) is action
+
+
+def test_optional_files_are_left_out_unless_their_group_is_asked_for(tmp_path):
+    from amc_data.fetching.manifest import load_manifest, resolve_manifests
+
+    path = tmp_path / "m.toml"
+    path.write_text(
+        'name = "toy"\n'
+        '[[files]]\nname = "a.zip"\nurls = ["https://example.org/a.zip"]\n'
+        '[[files]]\nname = "big.zip"\noptional = "precomp"\nurls = ["https://example.org/b"]\n'
+    )
+    assert load_manifest(path).file("big.zip").optional == "precomp"
+    plain = resolve_manifests(["toy"], [path])
+    assert [e.name for e in plain[0].files] == ["a.zip"]
+    asked = resolve_manifests(["toy"], [path], with_optional=["precomp"])
+    assert [e.name for e in asked[0].files] == ["a.zip", "big.zip"]
+    with pytest.raises(ConfigError, match="optional group 'nope'; the groups there are: precomp"):
+        resolve_manifests(["toy"], [path], with_optional=["nope"])
+    path.write_text(
+        'name = "toy"\n[[files]]\nname = "a"\noptional = "Has Space"\nurls = ["https://e.org/a"]\n'
+    )
+    with pytest.raises(ManifestError, match=r"files\[0\]\.optional"):
+        load_manifest(path)
+
+
+def test_the_bundled_coco_manifest_lists_scan_precomp_as_optional():
+    from amc_data.fetching.manifest import bundled_manifests, resolve_manifests
+
+    coco = bundled_manifests()["coco"]
+    assert coco.file("data.zip").optional == "precomp"
+    assert "data.zip" not in [e.name for e in resolve_manifests(["coco"])[0].files]

@@ -92,6 +92,8 @@ def test_train_on_clicks_and_judge_on_dev_grades(tmp_path, inputs):
     assert (lite.img_id == lite.source_id).all() and (lite.split == "train").all()
     assert (dev_images.img_id == dev_images.source_id + DEV_ID_OFFSET).all()
     assert set(dev_images.split) <= {"val", "test"}
+    # Each image is named by its key in the id map (what a search page shows).
+    assert (images.file_name == "img" + images.source_id.astype(str)).all()
     # Lite and dev share ids 0..59; each prepared row holds its own part's keywords.
     for part, offset in (("lite", 0), ("dev", DEV_ID_OFFSET)):
         encoded = load_encoded("clickture", part, data_dir=data_dir)

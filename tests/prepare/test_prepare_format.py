@@ -85,7 +85,7 @@ def test_round_trip_keeps_every_file_and_records_what_it_was_made_of(tmp_path, p
     ]
     info = json.loads((prepared / "prepared.json").read_text())
     assert info == data.info
-    assert info["format_version"] == 1 and info["source"] == "synth"
+    assert info["format_version"] == 2 and info["source"] == "synth"
     assert info["amc_data"] == amc_data.__version__
     assert info["counts"]["images"] == {"train": 6, "val": 3, "test": 3}
     assert info["counts"]["queries"] == {"train": 12, "val": 6, "test": 6}
