@@ -183,6 +183,8 @@ class UsedWhen:
     needs: str | Callable[[], str]
     by: tuple[str, ...]  # the options `holds` reads, named in the refusal
     why: str = ""
+    # The refusal in other words, from the option's name and the options (an ablation).
+    refusal: Callable[[str, Any], str] | None = None
 
     def needs_words(self) -> str:
         return self.needs() if callable(self.needs) else self.needs
@@ -201,6 +203,20 @@ def _kinds_with(part: str, words: str, switch: str | None = None) -> UsedWhen:
         return f"a model with {words} ({kinds or 'none registered'}){on}"
 
     return UsedWhen(holds, needs, ("model", switch) if switch else ("model",))
+
+
+def _ablation(part: str, words: str) -> UsedWhen:
+    """An ablation switches off a part the model kind has (`part`, a registry flag)."""
+    rule = _kinds_with(part, words)
+
+    def refusal(name: str, options: Any) -> str:
+        having = ", ".join(row.name for row in model_rows() if getattr(row, part))
+        return (
+            f"{name} cannot be switched off for the {options.model} model, which has no "
+            f"{words}: drop that ablation, or use a model with one ({having or 'none registered'})."
+        )
+
+    return dataclasses.replace(rule, refusal=refusal)
 
 
 def _gradient_descent(options: Any) -> bool:
@@ -234,8 +250,8 @@ USED_WHEN: dict[str, UsedWhen] = {
         ("loss",),
         "each query's hardest negative in the shared pool",
     ),
-    "intra": _kinds_with("intra_attention", "intra-attention"),
-    "inter": _kinds_with("modality_gate", "a modality gate"),
+    "intra": _ablation("intra_attention", "intra-attention"),
+    "inter": _ablation("modality_gate", "modality gate"),
     "attention": _kinds_with("intra_attention", "intra-attention", switch="intra"),
     "gate_content": _kinds_with("modality_gate", "a modality gate", switch="inter"),
     "gate_scale": _kinds_with("modality_gate", "a modality gate", switch="inter"),
@@ -275,6 +291,8 @@ def check_used(config: TrainConfig, given: Mapping[str, str | None]) -> None:
         rule = USED_WHEN.get(name)
         if name not in given or rule is None or rule.holds(config):
             continue
+        if rule.refusal is not None:
+            raise ConfigError(rule.refusal(name, config), parameter=name)
         value = getattr(config, name)
         # A switch is named by its flag alone (`--no-intra`, `--hardest`), a value shown.
         shown = "" if isinstance(value, bool) else f" {value!r}"

@@ -183,6 +183,10 @@ class _Run:
 
     def interrupted(self) -> str:
         """What an interruption leaves, and how to go on."""
+        if (self.out / LAST).is_file():
+            # An epoch is saved once last.pt is in place, though the interruption may land while
+            # the rest of its files are written, before the loop counts it.
+            self.saved = max(self.saved, _epoch_of(self.out / LAST) or 0)
         if self.saved == 0:
             return (
                 f"No epoch had finished, so {self.out} holds no checkpoint; run the same command "

@@ -4,6 +4,7 @@ above the preset; unknown keys and wrong types are refused, naming the file and 
 from __future__ import annotations
 
 from pathlib import Path
+
 import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
@@ -32,7 +33,8 @@ def test_every_option_is_a_key_and_typed_options_then_the_file_then_the_preset_w
     config = train_config({"epochs": 5}, config_file=path, preset="paper")
     assert (config.epochs, config.lr, config.margin, config.compile) == (5, 0.01, 0.3, True)
     assert (config.loss, config.attention, config.gate_content) == ("pairs", "dot", True)
-    assert train_config(config_file=path) == TrainConfig(epochs=3, lr=0.01, margin=0.3, compile=True)
+    expected = TrainConfig(epochs=3, lr=0.01, margin=0.3, compile=True)
+    assert train_config(config_file=path) == expected
 
 
 @pytest.mark.parametrize(
