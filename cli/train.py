@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from amc_data._optional import require
 from amc_data.progress import progress_enabled
-from amc_data.ranking.config import TrainConfig
+from amc_data.ranking.config import TrainConfig, check_used, layered_options
+from amc_data.ranking.presets import PRESETS, preset_help
 from amc_data.ranking.registry import model_help, model_kinds
 
 from .options import config_option, quiet_option
@@ -75,18 +77,38 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
 @_train_option("dim")
 @_train_option("max_keywords")
 @_train_option("word_vectors", type=click.Path(dir_okay=False, exists=True))
+@_train_option("attention")
+@_train_option("gate_content", show_default=False)
+@_train_option("gate_scale", show_default=False)
+@_train_option("init_from", type=click.Path(exists=True))
 @_train_option("device")
 @_train_option("features_on")
 @_train_option("amp")
 @_train_option("compile", show_default=False)
 @_train_option("seed")
 @_train_option("workers")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@_train_option("tensorboard", type=click.Path(file_okay=False))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A TOML file of training options (keys as in config.json's train: epochs = 8); "
+    "typed options win over it.",
+)
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help=preset_help())
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its last.pt, with the options it records (give only "
+    "--device, --workers, --compile, --features-on, --tensorboard to change them).",
+)
 @click.option("--force", is_flag=True, help="Replace the run already in --out.")
 @quiet_option
 def train_command(
     data: Path,
     out: Path,
+    config_file: Path | None,
+    preset: str | None,
     resume: bool,
     force: bool,
     quiet: bool,
@@ -94,14 +116,34 @@ def train_command(
 ) -> None:
     """Train AMC (or a baseline) on a prepared folder DATA (from `synth` or `prepare`).
 
-    Under torchrun each process is one rank of a distributed run:
+    Each option is taken from, first found first: the command line, the --config file, the
+    --preset, the defaults. An option the run would not use (--negatives with --loss pool) is
+    refused. Under torchrun each process is one rank of a distributed run:
     `torchrun --nproc_per_node 4 -m amc_data train DATA --out RUN`.
     """
-    config = TrainConfig(**options)
+    context = click.get_current_context()
+    typed = {
+        name: value
+        for name, value in options.items()
+        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+    values, sources = layered_options(typed, config_file, preset)
+    config = None
+    if not resume:  # checked before torch loads; a resumed run's options are in its last.pt
+        config = TrainConfig(**values)
+        check_used(config, sources)
     require("torch")
     from amc_data.ranking.training import train
 
-    result = train(data, out, config, resume=resume, force=force, progress=progress_enabled(quiet))
+    result = train(
+        data,
+        out,
+        config,
+        resume=resume,
+        force=force,
+        progress=progress_enabled(quiet),
+        given=values if resume else None,
+    )
     if quiet or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     for entry in result.log:

@@ -1,18 +1,29 @@
 """The options of `amc-data train`, in a module without torch so the CLI can show their defaults
 and check them before torch loads. What a resumed run may change is `resume`'s rule.
+
+Where a run's options come from, first found first: the options given (typed on the command
+line, or passed to `train_config`), then the `--config` file, then the `--preset`, then the
+defaults declared here. An option that the run would not use (`USED_WHEN`: `negatives` under the
+pool loss, `--no-intra` for a model without intra-attention, ...) is refused when it was given,
+naming the option that would use it: silently ignoring it would record a run that is not what
+was asked.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+import os
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from ..checks import check_config, declared, one_of, option
+from ..checks import check_config, declared, default_of, one_of, option
 from ..errors import ConfigError
-from .registry import BUILT_IN, model_kinds
+from .registry import BUILT_IN, model_kind, model_kinds, model_rows
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
@@ -31,6 +42,11 @@ LOSSES = ("pool", "pairs")
 # file; "device", the whole file resident on the training device, gathered there; "auto",
 # the device when it is a GPU with room for the features.
 FEATURE_PLACES = ("auto", "host", "device")
+# The intra-attention's logits (`ModelConfig.attention`): "cosine", a learned scale times the
+# cosine of guide and key; "dot", their dot product over sqrt(dim) (the paper's form).
+ATTENTIONS = ("cosine", "dot")
+# The training options that are `ModelConfig` fields of the same name, passed on when set.
+MODEL_OPTIONS = ("attention", "gate_content", "gate_scale")
 DEFAULT_DIM = 64  # the shared space, for TrainConfig and ModelConfig alike
 
 # The files of a run folder.
@@ -108,23 +124,38 @@ class TrainConfig:
     word_vectors: str | None = option(
         None, "word2vec/GloVe text file to start the query word embeddings from."
     )
+    # Model options that are `ModelConfig` fields; None leaves the model's own value (its
+    # default for a new run, the checkpoint's for a resumed one), which is what a run recorded
+    # before these options existed did.
+    attention: str | None = option(
+        None,
+        "The intra-attention's logits: cosine (a learned scale times the cosine; the model's "
+        "default) or dot (the dot product over sqrt(dim), the paper's).",
+        choices=ATTENTIONS,
+    )
+    gate_content: bool | None = option(
+        None,
+        "The modality gate also reads the attended vectors (the paper's inter-attention); "
+        "default: the query alone.",
+        flag="--gate-content/--gate-query",
+    )
+    gate_scale: float | None = option(
+        None, "The modality gate's first learned scale (0: none, the paper's; default 4).", low=0
+    )
+    init_from: str | None = option(
+        None,
+        "A run (its best.pt) or a checkpoint file whose weights the model starts from: a new "
+        "run, with its own optimiser and schedule (fine-tuning, or more epochs of a finished run).",
+    )
+    tensorboard: str | None = option(
+        None, "Also write each epoch's log.jsonl entry as TensorBoard events into this folder."
+    )
 
     def __post_init__(self) -> None:
         check_config(self)
         one_of("model", self.model, model_kinds())
-        # Each loss's own switches: silently ignoring one would train another run than asked.
-        if self.in_batch and self.loss != "pairs":
-            raise ConfigError(
-                "in_batch goes with the pairs loss: the pool loss already scores every query "
-                "against all of the batch's positives. Drop it, or choose loss pairs.",
-                parameter="in_batch",
-            )
-        if self.hardest and self.loss != "pool":
-            raise ConfigError(
-                "hardest goes with the pool loss (each query's hardest negative in the shared "
-                "pool). Drop it, or choose loss pool.",
-                parameter="hardest",
-            )
+        # From Python, an option differs from its default only when it was given.
+        check_used(self, {name: None for name in USED_WHEN if _differs_from_default(self, name)})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,6 +171,224 @@ class TrainConfig:
                 f"{', '.join(sorted(known))}. Was the run written by a newer amc-data?"
             )
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class UsedWhen:
+    """When a run uses an option: `holds(options)` (options read as attributes) is True; `needs`
+    names the options that would use it, in words (a callable for words read from the registry,
+    which may grow); `why` adds a reason."""
+
+    holds: Callable[[Any], bool]
+    needs: str | Callable[[], str]
+    by: tuple[str, ...]  # the options `holds` reads, named in the refusal
+    why: str = ""
+    # The refusal in other words, from the option's name and the options (an ablation).
+    refusal: Callable[[str, Any], str] | None = None
+
+    def needs_words(self) -> str:
+        return self.needs() if callable(self.needs) else self.needs
+
+
+def _kinds_with(part: str, words: str, switch: str | None = None) -> UsedWhen:
+    """Used by a model whose registry row has `part` (and, with `switch`, that part on)."""
+
+    def holds(options: Any) -> bool:
+        has = getattr(model_kind(options.model, "model"), part)
+        return bool(has and (switch is None or getattr(options, switch)))
+
+    def needs() -> str:
+        kinds = ", ".join(row.name for row in model_rows() if getattr(row, part))
+        on = f", {switch} on" if switch else ""
+        return f"a model with {words} ({kinds or 'none registered'}){on}"
+
+    return UsedWhen(holds, needs, ("model", switch) if switch else ("model",))
+
+
+def _ablation(part: str, words: str) -> UsedWhen:
+    """An ablation switches off a part the model kind has (`part`, a registry flag)."""
+    rule = _kinds_with(part, words)
+
+    def refusal(name: str, options: Any) -> str:
+        having = ", ".join(row.name for row in model_rows() if getattr(row, part))
+        return (
+            f"{name} cannot be switched off for the {options.model} model, which has no "
+            f"{words}: drop that ablation, or use a model with one ({having or 'none registered'})."
+        )
+
+    return dataclasses.replace(rule, refusal=refusal)
+
+
+def _gradient_descent(options: Any) -> bool:
+    return not model_kind(options.model, "model").closed_form
+
+
+# The options that only some runs use, and when; the others every run uses (`amp` has no effect
+# on the CPU, but it is how a session runs, not a choice of what to compute, so it is not here).
+USED_WHEN: dict[str, UsedWhen] = {
+    "negatives": UsedWhen(
+        lambda o: o.loss == "pairs",
+        "loss pairs",
+        ("loss",),
+        "the pool loss draws pool_negatives for the whole batch instead",
+    ),
+    "in_batch": UsedWhen(
+        lambda o: o.loss == "pairs",
+        "loss pairs",
+        ("loss",),
+        "the pool loss already scores every query against all of the batch's positives",
+    ),
+    "pool_negatives": UsedWhen(
+        lambda o: o.loss == "pool",
+        "loss pool",
+        ("loss",),
+        "the pairs loss draws negatives for each pair instead",
+    ),
+    "hardest": UsedWhen(
+        lambda o: o.loss == "pool",
+        "loss pool",
+        ("loss",),
+        "each query's hardest negative in the shared pool",
+    ),
+    "intra": _ablation("intra_attention", "intra-attention"),
+    "inter": _ablation("modality_gate", "modality gate"),
+    "attention": _kinds_with("intra_attention", "intra-attention", switch="intra"),
+    "gate_content": _kinds_with("modality_gate", "a modality gate", switch="inter"),
+    "gate_scale": _kinds_with("modality_gate", "a modality gate", switch="inter"),
+    "word_vectors": UsedWhen(
+        lambda o: _gradient_descent(o) and o.init_from is None,
+        "a new model trained by gradient descent (no init_from, not a closed-form kind)",
+        ("model", "init_from"),
+        "they only start a new model's query word embeddings",
+    ),
+    "init_from": UsedWhen(
+        _gradient_descent,
+        "a model trained by gradient descent (not a closed-form kind)",
+        ("model",),
+        "a closed-form fit starts from no weights",
+    ),
+}
+
+
+def _differs_from_default(config: Any, name: str) -> bool:
+    return bool(getattr(config, name) != default_of(TrainConfig, name))
+
+
+def unused_options(options: Mapping[str, Any]) -> list[str]:
+    """The options among `options` (a TrainConfig's fields, the others at their defaults) that
+    the run they describe would not use. `options` need not make a valid TrainConfig yet."""
+    defaults = {f.name: default_of(TrainConfig, f.name) for f in dataclasses.fields(TrainConfig)}
+    view = SimpleNamespace(**{**defaults, **options})
+    one_of("model", view.model, model_kinds())
+    return [name for name in options if name in USED_WHEN and not USED_WHEN[name].holds(view)]
+
+
+def check_used(config: TrainConfig, given: Mapping[str, str | None]) -> None:
+    """Refuse an option in `given` that the run `config` would not use (a `ConfigError` naming
+    it, and the options that would use it). `given` maps each option given to where it came from
+    (`--config run.toml`; None: said nowhere)."""
+    for name in (f.name for f in dataclasses.fields(TrainConfig)):
+        rule = USED_WHEN.get(name)
+        if name not in given or rule is None or rule.holds(config):
+            continue
+        if rule.refusal is not None:
+            raise ConfigError(rule.refusal(name, config), parameter=name)
+        value = getattr(config, name)
+        # A switch is named by its flag alone (`--no-intra`, `--hardest`), a value shown.
+        shown = "" if isinstance(value, bool) else f" {value!r}"
+        where = f" (from {given[name]})" if given[name] else ""
+        now = ", ".join(f"{by} {getattr(config, by)!r}" for by in rule.by)
+        why = f" ({rule.why})" if rule.why else ""
+        raise ConfigError(
+            f"{name}{shown}{where} goes with {rule.needs_words()}{why}; this run has {now}, "
+            f"which would ignore it. Drop it, or choose {rule.needs_words()}.",
+            parameter=name,
+        )
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options a `--config` file sets: a TOML table whose keys are `TrainConfig`'s fields
+    (as `config.json` records them under "train"). An unknown key, or a table or list where one
+    value belongs, is a `ConfigError` naming the file and the key; the values are checked by
+    `TrainConfig`."""
+    file = Path(path)
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError(f"config_file {file}: {problem}", parameter="config_file")
+
+    try:
+        with file.open("rb") as handle:
+            values = tomllib.load(handle)
+    except OSError as exc:
+        raise refuse(f"cannot be read ({exc.strerror or exc}).") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise refuse(f"is not valid TOML ({exc}); write one option a line: epochs = 8.") from None
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key, value in values.items():
+        if key not in known:
+            raise refuse(
+                f"unknown key {key!r}. The keys are the training options, spelled as in "
+                f"Python: {', '.join(known)}."
+            )
+        if isinstance(value, dict | list):
+            raise refuse(
+                f"{key} is a TOML {'table' if isinstance(value, dict) else 'list'}; give it one "
+                f"value, such as {key} = {_toml_value(default_of(TrainConfig, key))}."
+            )
+    return values
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return '"..."' if value is None else repr(value)
+
+
+def train_config(
+    given: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    preset: str | None = None,
+) -> TrainConfig:
+    """The options of a run: `given` first, then the options of `config_file`, then those of
+    `preset` (`presets.PRESETS`), then the defaults. An option given, or set by the file, that
+    the run would not use is refused; a preset's options that the run does not use are left out
+    (the paper preset's gate settings on a baseline without a gate)."""
+    values, sources = layered_options(given or {}, config_file, preset)
+    config = TrainConfig(**values)
+    check_used(config, sources)
+    return config
+
+
+def layered_options(
+    given: Mapping[str, Any],
+    config_file: str | os.PathLike[str] | None = None,
+    preset: str | None = None,
+    given_from: str | None = None,
+) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """The options `given`, the `config_file`'s and the `preset`'s, each option taken from the
+    first that sets it, and where each came from (`given_from` names the given ones). A preset's
+    options that the run would not use are dropped."""
+    from .presets import preset_options
+
+    file_values = read_config_file(config_file) if config_file is not None else {}
+    preset_values = preset_options(preset) if preset is not None else {}
+    values = {**preset_values, **file_values, **given}
+    unused = set(unused_options(values))
+    sources: dict[str, str | None] = {}
+    for name in list(values):
+        if name in given:
+            sources[name] = given_from
+        elif name in file_values:
+            sources[name] = f"the config file {config_file}"
+        elif name in unused:
+            log.info("preset %s: %s is left out (this run does not use it)", preset, name)
+            del values[name]
+        else:
+            sources[name] = f"the preset {preset}"
+    return values, sources
 
 
 def option_flag(name: str) -> str:

@@ -1,12 +1,17 @@
-"""Resuming a run (`amc-data train --resume`): what may change, and opening a run to continue it.
+"""Resuming a run (`amc-data train DATA --out RUN --resume`): what may change, and opening a run
+to continue it.
 
-A resumed run computes exactly what the uninterrupted run would have, so every option must be
-the one its `last.pt` records, except those in `RESUME_MAY_CHANGE` (how a session runs: `device`,
-`workers`, `compile`, `features_on`). Any option added later is compared too, unless it is added
-to that list. An option missing from an older checkpoint's record counts as the value runs made
-before it existed behaved as: `migrations.ADDED_LATER` when listed there, otherwise its default.
-The records (`config.json`, `last.pt`, `best.pt`) keep the options the run started with, so they
-never disagree; a resumed session's own values of the others are logged.
+A run knows its options: resumed without options (`options_to_resume`, `train(data, out,
+resume=True)`), it continues with the ones its `last.pt` records. A resumed run computes exactly
+what the uninterrupted run would have, so an option given again must be the recorded one, except
+those in `RESUME_MAY_CHANGE` (how a session runs: `device`, `workers`, `compile`, `features_on`,
+`tensorboard`). Any option added later is compared too, unless it is added to that list. An
+option missing from an older checkpoint's record counts as the value runs made before it existed
+behaved as: `migrations.ADDED_LATER` when listed there, otherwise its default; a recorded option
+that the run did not use (amc-data once let `negatives` be given with the pool loss) counts as its
+default. The records (`config.json`, `last.pt`, `best.pt`) keep the options the run started with,
+so they never disagree; a resumed session's own values of the others are logged. More epochs of
+a finished run are a new run started from its weights (`init_from`, `model_to_start_from`).
 
 `open_run` is the one way a run is opened for resuming: it reads `last.pt` (migrated to today's
 format by `read_checkpoint`), checks it holds what a resume reads, that the options and the model
@@ -15,8 +20,8 @@ processes run it as did (each process takes its share of every step's pairs, so 
 decides the batches and the schedule). A checkpoint of an amc-data that did not record the
 features or the processes resumes without those checks, saying so.
 
-Torch-free at import, so the rules can be checked before torch loads; `open_run` and
-`model_to_resume` load it when called.
+Torch-free at import, so the rules can be checked before torch loads; `open_run`,
+`options_to_resume`, `model_to_resume` and `model_to_start_from` load it when called.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, ConfigError, TrainingError
 from . import run_folder
-from .config import LAST, LOG_FILE, TrainConfig, option_flag
+from .config import LAST, LOG_FILE, TrainConfig, check_used, option_flag, unused_options
 from .migrations import ADDED_LATER
 
 if TYPE_CHECKING:
@@ -43,8 +48,9 @@ log = logging.getLogger(__name__)
 # `device` and `compile` choose the kernels of the same formulas (float rounding may differ, as it
 # does between any two machines; `amp` changes the precision itself, so it must match), and
 # `workers` only moves batch loading into other processes (the batches are the same).
-# `features_on` only chooses where the same feature rows are held and gathered.
-RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile", "features_on"})
+# `features_on` only chooses where the same feature rows are held and gathered; `tensorboard`
+# only writes what log.jsonl holds somewhere else too.
+RESUME_MAY_CHANGE = frozenset({"device", "workers", "compile", "features_on", "tensorboard"})
 
 # What a resume reads from a checkpoint, and the type each must have.
 RESUME_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -71,34 +77,48 @@ def resume_differences(saved: TrainConfig, current: TrainConfig) -> list[tuple[s
     ]
 
 
-def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> TrainConfig:
-    """The options to record for a run resumed with `current` from a checkpoint whose options
-    are `saved` (its `train_config`): the saved ones, once every option that decides what the
-    run computes is found equal. Otherwise a `TrainingError` naming each differing option with
-    both values. `where` names the run in messages."""
+def recorded_options(saved: Any, where: str) -> TrainConfig:
+    """The options a checkpoint records (its `train_config`): those missing from an older record
+    as runs behaved before they existed (`ADDED_LATER`), those the run did not use as their
+    defaults. A record that is not valid options is a `TrainingError`; `where` names the run."""
     if not isinstance(saved, Mapping):
         raise TrainingError(
             f"--resume: {where} records no training options (train_config is "
             f"{type(saved).__name__}); it cannot be resumed. Train again with --force, or into "
             "another --out."
         )
+    values = {**ADDED_LATER, **saved}
     try:
-        recorded = TrainConfig.from_dict({**ADDED_LATER, **saved})
+        for name in unused_options(values):
+            del values[name]  # it changed nothing: the run behaved as with the default
+        return TrainConfig.from_dict(values)
     except (ConfigError, TypeError) as exc:
         raise TrainingError(
             f"--resume: the training options recorded in {where} are not valid for this amc-data "
             f"({exc}); it cannot be resumed. Train again with --force, or into another --out."
         ) from None
-    changed = resume_differences(recorded, current)
+
+
+def _refuse_changes(changed: list[tuple[str, Any, Any]], where: str) -> None:
     if changed:
         listed = "; ".join(
             f"{option_flag(name)} is {old!r} in the run, {new!r} now" for name, old, new in changed
         )
         raise TrainingError(
             f"--resume would change what the run in {where} computes: {listed}. Resume with the "
-            f"run's options (every option but {', '.join(sorted(RESUME_MAY_CHANGE))} must match), "
-            "or train into a new --out."
+            f"run's options (give none but {', '.join(sorted(RESUME_MAY_CHANGE))}: the run "
+            "knows the others), or train into a new --out (--init-from the run to start from its "
+            "weights)."
         )
+
+
+def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> TrainConfig:
+    """The options to record for a run resumed with `current` from a checkpoint whose options
+    are `saved` (its `train_config`): the saved ones, once every option that decides what the
+    run computes is found equal. Otherwise a `TrainingError` naming each differing option with
+    both values. `where` names the run in messages."""
+    recorded = recorded_options(saved, where)
+    _refuse_changes(resume_differences(recorded, current), where)
     session = [
         f"{name} {getattr(current, name)!r} (recorded: {getattr(recorded, name)!r})"
         for name in sorted(RESUME_MAY_CHANGE)
@@ -107,6 +127,34 @@ def check_resume(saved: Mapping[str, Any], current: TrainConfig, where: str) -> 
     if session:
         log.info("resuming %s with %s", where, ", ".join(session))
     return recorded
+
+
+def options_to_resume(out: Path, given: Mapping[str, Any]) -> TrainConfig:
+    """The options a resumed session of the run in `out` runs with: the ones its `last.pt`
+    records, with the options `given` for this session (how it runs: `RESUME_MAY_CHANGE`; any
+    other must be the recorded value, or it is a `TrainingError` naming each). An option given
+    that the run does not use is a `ConfigError`, as for a new run."""
+    from .checkpoint import read_checkpoint  # torch loads here
+
+    last = Path(out) / LAST
+    if not last.is_file():
+        raise TrainingError(f"--resume: {last} does not exist; start without --resume.")
+    checkpoint = read_checkpoint(last)
+    check_resumable(checkpoint, last)
+    recorded = recorded_options(checkpoint["train_config"], str(out))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"Unknown training option(s) {', '.join(unknown)}.")
+    changed = [
+        (name, getattr(recorded, name), value)
+        for name, value in given.items()
+        if name not in RESUME_MAY_CHANGE and value != getattr(recorded, name)
+    ]
+    _refuse_changes(changed, str(out))
+    current = dataclasses.replace(recorded, **given)
+    check_used(current, {name: None for name in given})
+    return current
 
 
 def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -128,26 +176,64 @@ def check_resumable(checkpoint: Mapping[str, Any], path: str | os.PathLike[str])
         )
 
 
+def _model_differences(saved: ModelConfig, decided: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{k} is {getattr(saved, k)!r} in the run, {v!r} now"
+        for k, v in decided.items()
+        if getattr(saved, k) != v
+    ]
+
+
 def model_to_resume(
     checkpoint: Mapping[str, Any], path: str | os.PathLike[str], decided: Mapping[str, Any]
 ) -> ModelConfig:
     """The model a resumed run continues: the checkpoint's, once the model options that the
     training options and the prepared data now decide (`decided`) are known to be its own. The
-    others (how the attention and the gate are built, dropout) are the run's and follow the
-    checkpoint, so a run written before a default changed keeps the model it was trained with."""
+    others (how the attention and the gate are built when no training option says, dropout) are
+    the run's and follow the checkpoint, so a run written before a default changed keeps the
+    model it was trained with."""
     from .model import ModelConfig  # torch loads here
 
     saved = ModelConfig.from_dict(checkpoint["model_config"])
-    changed = [
-        f"{k} is {getattr(saved, k)!r} in the run, {v!r} now"
-        for k, v in decided.items()
-        if getattr(saved, k) != v
-    ]
+    changed = _model_differences(saved, decided)
     if changed:
         raise CheckpointError(
             f"{path} holds another model than the options and the prepared data describe: "
             f"{'; '.join(changed)}. Resume on the prepared folder the run was trained on, or "
             "train into a new --out."
+        )
+    return saved
+
+
+def model_to_start_from(
+    checkpoint: Mapping[str, Any], path: str | os.PathLike[str], decided: Mapping[str, Any]
+) -> ModelConfig:
+    """The model of a new run whose weights start from `checkpoint` (`init_from`): the
+    checkpoint's, once the model options that this run's training options and prepared data
+    decide (`decided`) are its own; a mismatch is a `ConfigError` naming each field (the
+    weights would not fit, or would mean another model). The options no training option sets
+    follow the checkpoint, as for a resume."""
+    from .model import ModelConfig  # torch loads here
+
+    if not isinstance(checkpoint.get("model"), Mapping) or not isinstance(
+        checkpoint.get("model_config"), Mapping
+    ):
+        raise CheckpointError(
+            f"{path} holds no model weights and model options to start from; give a run folder "
+            "or a checkpoint written by amc-data train."
+        )
+    saved = ModelConfig.from_dict(checkpoint["model_config"])
+    changed = [
+        f"{'model' if k == 'kind' else k} is {getattr(saved, k)!r} there, {v!r} here"
+        for k, v in decided.items()
+        if getattr(saved, k) != v
+    ]
+    if changed:
+        raise ConfigError(
+            f"init_from {path} holds another model than this run describes: "
+            f"{'; '.join(changed)}. Give the options it was trained with (its config.json), "
+            "train on the prepared folder it was trained on, or start from scratch.",
+            parameter="init_from",
         )
     return saved
 

@@ -10,19 +10,24 @@ validation NDCG@10 on the `val` queries. Region features are read by the loader 
 or kept resident on the device (`features_on`) and gathered there.
 `RUN/` holds `config.json`, `last.pt` (after every epoch), `best.pt` (best validation NDCG@10)
 and `log.jsonl` (one line per epoch), kept whole whatever stops the run (`run_folder`).
-`--resume` continues from `last.pt` and, on the CPU, reaches the same weights as an
-uninterrupted run: the order of pairs, the negatives and dropout depend only on the seed and the
-epoch, and the generators' states travel in the checkpoint. Interrupted (Ctrl-C, SIGTERM), the
-`KeyboardInterrupt` carries a note saying how many epochs are saved and how to continue.
+`--resume` continues from `last.pt` with the options the run records and, on the CPU, reaches
+the same weights as an uninterrupted run: the order of pairs, the negatives and dropout depend
+only on the seed and the epoch, and the generators' states travel in the checkpoint. Interrupted
+(Ctrl-C, SIGTERM), the `KeyboardInterrupt` carries a note saying how many epochs are saved and
+how to continue. `init_from` starts a new run from another run's weights (fine-tuning, or more
+epochs of a finished run) with a fresh optimiser and schedule; the run records where its weights
+came from. `tensorboard` also writes each epoch's log entry as TensorBoard events.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, MissingDependencyError, TrainingError
 from ..evaluation.metrics import ndcg_at_k
 from ..prepare.format import PreparedDataset, load_prepared
 from ..progress import progress_bar
@@ -41,13 +46,13 @@ from ..version import __version__
 from . import distributed, run_folder
 from .batch import TrainBatch
 from .build import build_model
-from .checkpoint import read_checkpoint, save_checkpoint
-from .config import BEST, LAST, TrainConfig, check_negatives
+from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
+from .config import BEST, LAST, MODEL_OPTIONS, TrainConfig, check_negatives
 from .data import train_loader
 from .loss import hinge_ranking_loss, pool_hinge_loss
 from .model import ModelConfig, RankingModel
 from .resident import ResidentFeatures, features_fit
-from .resume import open_run
+from .resume import model_to_start_from, open_run, options_to_resume
 from .scoring import precision_context, score_split
 from .word_vectors import load_word_vectors
 
@@ -83,8 +88,10 @@ class _Position:
 
 def model_options_for(config: TrainConfig, prepared: PreparedDataset) -> dict[str, Any]:
     """The model options that the training options and the prepared data's vocabularies and
-    features decide; the others keep `ModelConfig`'s defaults (or, resumed, the checkpoint's)."""
-    return {
+    features decide; the others keep `ModelConfig`'s defaults (or, resumed or started from
+    another run, the checkpoint's). A model option left at None (`attention`, `gate_content`,
+    `gate_scale`) decides nothing."""
+    decided = {
         "kind": config.model,
         "query_vocab_size": len(prepared.query_vocabulary),
         "keyword_vocab_size": len(prepared.vocabulary),
@@ -93,6 +100,8 @@ def model_options_for(config: TrainConfig, prepared: PreparedDataset) -> dict[st
         "intra": config.intra,
         "inter": config.inter,
     }
+    given = {name: getattr(config, name) for name in MODEL_OPTIONS}
+    return {**decided, **{name: value for name, value in given.items() if value is not None}}
 
 
 def model_config_for(config: TrainConfig, prepared: PreparedDataset) -> ModelConfig:
@@ -108,11 +117,24 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = False,
+    given: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train `config.model` on the prepared folder `data`, writing the run into `out`."""
-    config = config or TrainConfig()
+    """Train `config.model` on the prepared folder `data`, writing the run into `out`.
+
+    Without `config`: a new run takes the defaults, and a resumed one (`resume`) the options its
+    `last.pt` records; in both, the options `given` replace those (a resumed run may change only
+    how a session runs: `resume.RESUME_MAY_CHANGE`). With `config`, a resume checks that it is the
+    run's (but for those session options)."""
+    if config is not None and given is not None:
+        raise TypeError("train: give config or given, not both")
+    if config is None and resume:
+        config = options_to_resume(Path(out), given or {})
+    elif config is None:
+        config = TrainConfig(**(given or {}))
     prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
     check_negatives(config, prepared)
+    if config.tensorboard is not None:
+        _summary_writer()  # a missing package stops the run before it starts
     processes = distributed.start(config.device)
     try:
         # Rank 0 alone writes, so it alone holds the folder (its lock, location and contents).
@@ -156,9 +178,15 @@ class _Run:
         self.log: list[dict[str, Any]] = []
         self.saved = 0  # the epochs last.pt holds
         self.resident: ResidentFeatures | None = None
+        self.initial: dict[str, torch.Tensor] | None = None  # init_from's weights
+        self.tensorboard: Any = None  # a SummaryWriter, on rank 0 with `tensorboard`
 
     def interrupted(self) -> str:
         """What an interruption leaves, and how to go on."""
+        if (self.out / LAST).is_file():
+            # An epoch is saved once last.pt is in place, though the interruption may land while
+            # the rest of its files are written, before the loop counts it.
+            self.saved = max(self.saved, _epoch_of(self.out / LAST) or 0)
         if self.saved == 0:
             return (
                 f"No epoch had finished, so {self.out} holds no checkpoint; run the same command "
@@ -166,7 +194,8 @@ class _Run:
             )
         return (
             f"{self.out} holds {self.saved} of {self.config.epochs} epochs; continue with "
-            f"amc-data train {self.prepared.root} --out {self.out} --resume and the same options."
+            f"amc-data train {self.prepared.root} --out {self.out} --resume (the run knows its "
+            "options)."
         )
 
     # -- the run folder -----------------------------------------------------------------------
@@ -185,6 +214,9 @@ class _Run:
             )
             self.record, self.model_config = resumed.train_config, resumed.model_config
             self.log, self.saved = resumed.log, resumed.checkpoint["epoch"]
+            source = resumed.checkpoint["fingerprints"].get("init_from")
+            if source is not None:  # where the run's first weights came from stays recorded
+                self.fingerprints["init_from"] = source
             if self.processes.is_main:
                 # Whatever an older amc-data or an interruption left, the records agree.
                 run_folder.write_config(
@@ -202,6 +234,8 @@ class _Run:
         problem = distributed.broadcast(problem, self.processes)
         if problem is not None:
             raise TrainingError(problem)
+        if self.config.init_from is not None:
+            self._start_from(self.config.init_from)
         if self.processes.is_main:
             run_folder.start(
                 self.out,
@@ -214,13 +248,42 @@ class _Run:
         distributed.barrier(self.processes)
         return None
 
+    def _start_from(self, source: str) -> None:
+        """A new run's first weights: those of the run `source` (its best.pt) or of the
+        checkpoint file `source`, for the model they were trained as, once this run's options
+        and prepared data describe that model; the run records the file and a digest of its
+        weights (`fingerprints["init_from"]`)."""
+        path = Path(source)
+        path = path / BEST if path.is_dir() else path
+        if not path.is_file():
+            raise TrainingError(
+                f"init_from {source}: {path} does not exist. Give a run folder that holds a "
+                "best.pt, or a checkpoint file."
+            )
+        checkpoint = read_checkpoint(path)
+        decided = model_options_for(self.config, self.prepared)
+        self.model_config = model_to_start_from(checkpoint, path, decided)
+        check_fingerprints(checkpoint, self.fingerprints, str(path), str(self.prepared.root))
+        self.initial = checkpoint["model"]
+        self.fingerprints["init_from"] = f"{path.resolve()} {weights_digest(self.initial)}"
+
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self, resume: bool, force: bool) -> TrainResult:
         checkpoint = self._open_folder(resume, force)
         model = self._build(fresh=checkpoint is None)
-        if model.closed_form:
-            return self._fit_closed_form(model)
+        if self.config.tensorboard is not None and self.processes.is_main:
+            self.tensorboard = _summary_writer()(log_dir=self.config.tensorboard)
+        try:
+            if model.closed_form:
+                return self._fit_closed_form(model)
+            return self._descend(model, checkpoint)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _descend(self, model: RankingModel, checkpoint: dict[str, Any] | None) -> TrainResult:
+        """The epochs of gradient descent, from the start or from where `checkpoint` left."""
         self.resident = self._resident_features()
         loader = self._loader()
         optimizer, scheduler = self._optimizer(model, total_steps=self.config.epochs * len(loader))
@@ -236,14 +299,18 @@ class _Run:
 
     def _build(self, fresh: bool) -> RankingModel:
         """The model on the training device, initialised from the seed (and the word vectors,
-        for a fresh run: a resumed one gets its weights from the checkpoint)."""
+        for a fresh run), or from `init_from`'s weights: a resumed one gets its weights from the
+        checkpoint."""
         torch.manual_seed(self.config.seed)
         word_vectors = None
         if self.config.word_vectors and fresh:
             word_vectors = load_word_vectors(
                 self.config.word_vectors, self.prepared.query_vocabulary, self.config.dim
             )
-        return build_model(self.model_config, word_vectors=word_vectors).to(self.device)
+        model = build_model(self.model_config, word_vectors=word_vectors)
+        if fresh and self.initial is not None:
+            model.load_state_dict(self.initial)
+        return model.to(self.device)
 
     def _optimizer(
         self, model: RankingModel, total_steps: int
@@ -354,6 +421,8 @@ class _Run:
         }
         run_folder.commit_epoch(self.out, payload, as_best, self.log, save_checkpoint)
         self.saved = at.epoch
+        if self.tensorboard is not None:  # after the commit: the log stays the record
+            _write_events(self.tensorboard, self.log[-1])
 
     def _resident_features(self) -> ResidentFeatures | None:
         """The features on the training device, when `features_on` asks for it (or allows it
@@ -553,6 +622,44 @@ class _Run:
             best_metric=best_metric,
             log=list(self.log),
         )
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """`sha256:<hex>` over a state dict's names, dtypes, shapes and bytes: which weights a run
+    started from, whatever file they are read from again."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+# The log entry's keys that describe training; the others are validation metrics.
+_TRAINING_KEYS = ("loss", "lr", "samples_per_s", "seconds", "step")
+
+
+def _summary_writer() -> Any:
+    """TensorBoard's `SummaryWriter` class, or a `MissingDependencyError` naming the extra."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"The tensorboard option needs the tensorboard package, which could not be imported "
+            f'({exc}). Install the tensorboard extra: pip install "amc-data[tensorboard]"; or '
+            "train without it (log.jsonl holds the same numbers)."
+        ) from None
+    return SummaryWriter
+
+
+def _write_events(writer: Any, entry: Mapping[str, Any]) -> None:
+    """One epoch's log entry as scalars at step `epoch`: `train/<key>` and `val/<metric>`."""
+    for key, value in entry.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        group = "train" if key in _TRAINING_KEYS else "val"
+        writer.add_scalar(f"{group}/{key}", value, global_step=entry["epoch"])
+    writer.flush()
 
 
 def _epoch_of(path: Path) -> int | None:

@@ -24,7 +24,7 @@ from amc_data.ranking.runs import evaluate  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}
-FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
+FAST = {"epochs": 2, "batch_size": 32, "dim": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from amc_data.ranking.scoring import score_matrix  # noqa: E402
 from amc_data.ranking.search_config import SearchConfig  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
-FAST = {"epochs": 2, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
+FAST = {"epochs": 2, "batch_size": 32, "dim": 16, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,14 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
         return "pool" if default != "pool" else "pairs"
     if field.name == "word_vectors":
         return "vectors.txt"
+    if field.name == "attention":
+        return "dot"
+    if field.name == "gate_content":
+        return True
+    if field.name == "gate_scale":
+        return 2.0
+    if field.name == "init_from":
+        return "another-run"
     if isinstance(default, bool):
         return not default
     if isinstance(default, int):
@@ -41,7 +49,8 @@ OPTIONS = [f for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_MA
 def test_resume_refuses_every_option_that_changes_the_run_naming_both_values(
     field: dataclasses.Field,
 ) -> None:
-    saved = TrainConfig(loss="pairs") if field.name == "in_batch" else TrainConfig()
+    pairs = field.name in ("in_batch", "negatives")  # options of the per-pair loss
+    saved = TrainConfig(loss="pairs") if pairs else TrainConfig()
     value = _other_value(field, getattr(saved, field.name))
     current = dataclasses.replace(saved, **{field.name: value})
     with pytest.raises(TrainingError) as caught:
@@ -68,6 +77,7 @@ def test_device_workers_and_compile_may_change_and_the_record_keeps_the_run_s() 
         "workers",
         "compile",
         "features_on",
+        "tensorboard",
     } == RESUME_MAY_CHANGE  # amp changes the numbers
 
 
@@ -80,15 +90,106 @@ def test_an_option_missing_from_an_older_record_counts_as_its_default() -> None:
 
 
 def test_a_switch_of_the_other_loss_is_refused_not_ignored() -> None:
-    with pytest.raises(ConfigError, match="in_batch goes with the pairs loss") as caught:
+    with pytest.raises(ConfigError, match=r"^in_batch goes with loss pairs") as caught:
         TrainConfig(in_batch=True)
     assert caught.value.parameter == "in_batch"
-    with pytest.raises(ConfigError, match="hardest goes with the pool loss") as caught:
+    with pytest.raises(ConfigError, match=r"^hardest goes with loss pool") as caught:
         TrainConfig(loss="pairs", hardest=True)
     assert caught.value.parameter == "hardest"
     assert TrainConfig(loss="pairs", in_batch=True).in_batch
     result = CliRunner().invoke(cli, ["train", "nowhere", "--out", "x", "--in-batch"])
-    assert result.exit_code != 0 and "--in-batch goes with the pairs loss" in result.output
+    assert result.exit_code != 0 and "--in-batch goes with loss pairs" in result.output
+
+
+# (options, the option refused, words naming what would use it)
+UNUSED = [
+    ({"negatives": 4}, "negatives", "loss pairs"),
+    ({"loss": "pairs", "pool_negatives": 16}, "pool_negatives", "loss pool"),
+    ({"model": "visual", "intra": False}, "intra", "or use a model with one (amc)"),
+    ({"model": "keyword", "inter": False}, "inter", "no modality gate: drop that ablation"),
+    ({"model": "fusion", "attention": "dot"}, "attention", "intra-attention (amc), intra on"),
+    ({"intra": False, "attention": "cosine"}, "attention", "intra on"),
+    ({"model": "visual", "gate_content": True}, "gate_content", "a modality gate (amc)"),
+    ({"inter": False, "gate_scale": 1.0}, "gate_scale", "a modality gate (amc), inter on"),
+    ({"model": "cca", "word_vectors": "v.txt"}, "word_vectors", "gradient descent"),
+    ({"init_from": "run", "word_vectors": "v.txt"}, "word_vectors", "no init_from"),
+    ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),
+]
+
+
+@pytest.mark.parametrize(("options", "refused", "needs"), UNUSED, ids=[u[1] for u in UNUSED])
+def test_an_option_the_run_would_not_use_is_refused_naming_what_would_use_it(
+    options: dict[str, Any], refused: str, needs: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(**options)
+    message = str(caught.value)
+    assert caught.value.parameter == refused and message.startswith(refused)
+    assert needs in message and "\n" not in message
+
+
+def test_options_the_run_uses_and_session_options_are_accepted() -> None:
+    TrainConfig(loss="pairs", negatives=4, in_batch=True)
+    TrainConfig(pool_negatives=16, hardest=True)
+    TrainConfig(attention="dot", gate_content=True, gate_scale=0.0, word_vectors="v.txt")
+    TrainConfig(model="visual", init_from="run", dim=16)
+    TrainConfig(model="cca", device="cpu", amp=True)  # amp on the CPU: how a session runs
+
+
+def _seen_by_train(args: list[str]) -> tuple[Any, list[Any]]:
+    """Run `amc-data train ARGS` with training replaced by a stub: its result, and the
+    configs training received."""
+    import amc_data.ranking.training as training
+
+    seen: list[Any] = []
+
+    def stop(data, out, config, **kwargs):
+        seen.append(config)
+        raise ConfigError("stop here")
+
+    original, training.train = training.train, stop
+    try:
+        return CliRunner().invoke(cli, ["train", *args]), seen
+    finally:
+        training.train = original
+
+
+def test_the_cli_refuses_a_typed_option_the_run_would_not_use_even_at_its_default() -> None:
+    result, seen = _seen_by_train(["data", "--out", "run", "--negatives", "8"])
+    assert result.exit_code == 2 and not seen
+    assert "--negatives 8 goes with loss pairs" in result.output
+    result, seen = _seen_by_train(["data", "--out", "run", "--loss", "pairs", "--no-hardest"])
+    assert result.exit_code == 2 and not seen  # a no-op switch of the pool loss is still given
+    assert "--hardest goes with loss pool" in result.output
+    result, seen = _seen_by_train(["data", "--out", "run", "--loss", "pairs", "--negatives", "8"])
+    assert "stop here" in result.output and seen == [TrainConfig(loss="pairs")]
+
+
+def test_the_paper_preset_is_the_paper_objective_and_inter_attention() -> None:
+    result, seen = _seen_by_train(["data", "--out", "run", "--preset", "paper"])
+    assert "stop here" in result.output
+    assert seen == [
+        TrainConfig(
+            loss="pairs", negatives=8, margin=0.2, attention="dot", gate_content=True, gate_scale=0
+        )
+    ]
+    # Typed options win over the preset; its options a run does not use are left out (a
+    # baseline without a gate still trains with the paper's objective).
+    result, seen = _seen_by_train(
+        ["data", "--out", "run", "--preset", "paper", "--model", "visual", "--margin", "0.5"]
+    )
+    assert seen == [TrainConfig(model="visual", loss="pairs", negatives=8, margin=0.5)]
+    result, seen = _seen_by_train(["data", "--out", "run", "--preset", "paper", "--loss", "pool"])
+    assert seen[0].loss == "pool" and seen[0].attention == "dot"
+
+
+def test_a_preset_that_does_not_exist_is_refused_listing_the_presets() -> None:
+    from amc_data.ranking.config import train_config
+
+    with pytest.raises(ConfigError, match=r"^preset must be one of paper, not 'papr'"):
+        train_config(preset="papr")
+    result, seen = _seen_by_train(["data", "--out", "run", "--preset", "papr"])
+    assert result.exit_code == 2 and "paper" in result.output and not seen
 
 
 def test_a_run_recorded_before_the_pool_loss_resumes_as_the_per_pair_run_it_was() -> None:

@@ -256,8 +256,8 @@ def test_cli_trains_and_reports(data: Path, tmp_path: Path) -> None:
         "16",
         "--batch-size",
         "32",
-        "--negatives",
-        "3",
+        "--pool-negatives",
+        "16",
         "--device",
         "cpu",
     ]
@@ -304,6 +304,8 @@ def test_two_processes_under_torchrun_train_and_write_one_loadable_checkpoint(
         "16",
         "--batch-size",
         "16",
+        "--loss",
+        "pairs",
         "--negatives",
         "3",
         "--device",
@@ -319,9 +321,9 @@ def test_two_processes_under_torchrun_train_and_write_one_loadable_checkpoint(
     assert loaded.epoch == 1
     # Two processes share each step's pairs: one process would change the steps and schedule.
     assert read_checkpoint(run / "last.pt")["processes"] == 2
-    one = TrainConfig(epochs=1, dim=16, batch_size=16, negatives=3, device="cpu")
+    # Resumed with the options it records, by one process.
     with pytest.raises(TrainingError, match=r"trained by 2 process\(es\), but this one has 1"):
-        train(data, run, one, resume=True)
+        train(data, run, resume=True)
 
 
 def test_weights_do_not_depend_on_workers_and_resume_stays_exact_with_them(
@@ -563,3 +565,133 @@ def test_a_second_train_into_a_folder_being_written_fails_at_once(
         )
     assert out.returncode != 0 and "Another amc-data train is writing" in out.stderr
     assert LockTimeoutError.__name__ in out.stderr and not run.exists()
+
+
+def test_an_interrupted_run_resumes_from_the_cli_with_the_options_it_records(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(**{**FAST, "epochs": 3})
+    train(data, tmp_path / "whole", config)
+    steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 3
+    _interrupt_at_step(monkeypatch, steps_per_epoch + 2)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(data, cut, config)
+    monkeypatch.undo()
+    assert f"--out {cut} --resume (the run knows its options)" in caught.value.__notes__[-1]
+
+    resume = ["train", str(data), "--out", str(cut), "--resume"]
+    changed = CliRunner().invoke(cli, [*resume, "--lr", "0.5", "--epochs", "3"])
+    assert changed.exit_code == 1 and "--lr is 0.003 in the run, 0.5 now" in changed.output
+    assert "--epochs" not in changed.output  # given again as recorded: no difference
+    unused = CliRunner().invoke(cli, [*resume, "--pool-negatives", "64"])  # the recorded value
+    assert unused.exit_code != 0 and "--pool-negatives 64 goes with loss pool" in unused.output
+    # Only what a session may change is typed; the run knows the rest, --epochs included.
+    result = CliRunner().invoke(cli, [*resume, "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(cut / "last.pt")["train_config"] == config.to_dict()
+    assert _same(_weights(tmp_path / "whole"), _weights(cut))
+
+
+def test_resume_from_python_without_a_config_uses_the_recorded_options(
+    data: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(**{**FAST, "epochs": 1})
+    train(data, tmp_path / "run", config)
+    result = train(data, tmp_path / "run", resume=True, given={"device": "cpu", "workers": 0})
+    assert result.epochs == 1  # finished already: nothing more to train
+    with pytest.raises(TrainingError, match=r"--epochs is 1 in the run, 2 now.*--init-from"):
+        train(data, tmp_path / "run", resume=True, given={"epochs": 2})
+    with pytest.raises(TrainingError, match=r"last\.pt does not exist; start without --resume"):
+        train(data, tmp_path / "nothing", resume=True)
+
+
+def test_init_from_starts_a_new_run_from_another_run_s_weights_and_records_them(
+    data: Path, tmp_path: Path
+) -> None:
+    from amc_data.ranking.training import weights_digest
+
+    source = tmp_path / "source"
+    train(data, source, TrainConfig(**{**FAST, "epochs": 1}))
+    start = read_checkpoint(source / "best.pt")["model"]
+    # A learning rate too small to move a weight: the new run's weights are the source's.
+    still = {**FAST, "epochs": 1, "lr": 1e-20, "weight_decay": 0.0, "init_from": str(source)}
+    train(data, tmp_path / "more", TrainConfig(**still))
+    after = _weights(tmp_path / "more")
+    assert all(torch.allclose(after[k], start[k], atol=1e-12) for k in start)
+    scratch = {**still, "init_from": None}
+    train(data, tmp_path / "scratch", TrainConfig(**scratch))
+    assert not _same(_weights(tmp_path / "scratch"), start)
+    # Where the weights came from: the file and a digest of its weights, in every record.
+    expected = f"{(source / 'best.pt').resolve()} {weights_digest(start)}"
+    config = json.loads((tmp_path / "more" / "config.json").read_text())
+    assert config["train"]["init_from"] == str(source)
+    assert config["fingerprints"]["init_from"] == expected
+    assert read_checkpoint(tmp_path / "more" / "last.pt")["fingerprints"]["init_from"] == expected
+    # A fresh optimiser and schedule: the new run counts its own steps from 0.
+    steps = read_checkpoint(source / "last.pt")["step"]
+    assert read_checkpoint(tmp_path / "more" / "last.pt")["step"] == steps
+
+
+def test_init_from_refuses_another_model_naming_the_field(data: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(data, source, TrainConfig(**{**FAST, "epochs": 1}))
+    other = TrainConfig(**{**FAST, "epochs": 1, "dim": 8, "init_from": str(source / "last.pt")})
+    with pytest.raises(ConfigError, match=r"^init_from .*last\.pt holds .*dim is 16 there, 8 here"):
+        train(data, tmp_path / "other", other)
+    assert not (tmp_path / "other" / "last.pt").exists()
+    dot = TrainConfig(**{**FAST, "epochs": 1, "attention": "dot", "init_from": str(source)})
+    with pytest.raises(ConfigError, match=r"attention is 'cosine' there, 'dot' here"):
+        train(data, tmp_path / "dot", dot)
+    with pytest.raises(TrainingError, match=r"^init_from .*nothing does not exist"):
+        train(data, tmp_path / "x", TrainConfig(**{**FAST, "init_from": str(tmp_path / "nothing")}))
+
+
+def test_the_paper_preset_trains_the_paper_s_objective_and_inter_attention(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "paper"
+    args = ["train", str(data), "--out", str(run), "--preset", "paper", "--epochs", "1"]
+    args += ["--dim", "16", "--batch-size", "32", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    checkpoint = read_checkpoint(run / "last.pt")
+    train_config, model_config = checkpoint["train_config"], checkpoint["model_config"]
+    assert (train_config["loss"], train_config["negatives"], train_config["margin"]) == (
+        "pairs",
+        8,
+        0.2,
+    )
+    assert (model_config["attention"], model_config["gate_content"]) == ("dot", True)
+    assert model_config["gate_scale"] == 0.0
+    # Its options are the run's: a resume needs none of them typed again.
+    resumed = CliRunner().invoke(cli, ["train", str(data), "--out", str(run), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_tensorboard_gets_what_the_log_holds(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = tmp_path / "tb"
+    train(data, tmp_path / "run", TrainConfig(**{**FAST, "tensorboard": str(events)}))
+    assert list(events.glob("events.out.tfevents.*"))
+    reader = EventAccumulator(str(events))
+    reader.Reload()
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    for tag, key in (("train/loss", "loss"), ("val/ndcg@10", "ndcg@10"), ("train/lr", "lr")):
+        scalars = reader.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([e[key] for e in log], rel=1e-6)
+
+
+def test_tensorboard_without_its_package_names_the_extra(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amc_data.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    config = TrainConfig(**{**FAST, "tensorboard": str(tmp_path / "tb")})
+    with pytest.raises(MissingDependencyError, match=r'pip install "amc-data\[tensorboard\]"'):
+        train(data, tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()  # refused before the run started
