@@ -129,7 +129,9 @@ class ImageIndex:
         them: `DenseImages` for the attention family, the model's encoding otherwise."""
 
         def read(name: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-            tensor = torch.from_numpy(np.ascontiguousarray(self.arrays[name][rows]))
+            # One copy out of the memory map, converting float16 to float32 on the way.
+            kind = np.float32 if dtype == torch.float32 else None
+            tensor = torch.from_numpy(np.array(self.arrays[name][rows], dtype=kind))
             return (tensor if dtype is None else tensor.to(dtype)).to(device)
 
         if not self.dense:

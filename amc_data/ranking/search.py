@@ -157,14 +157,10 @@ class Searcher:
         values = int(np.prod(self.prepared.features.shape[1:]))  # R * D per image
         self.chunk = max(1, CHUNK_VALUES // values)
         self._cached: list[ImageBatch] | None = None
-        self.index: ImageIndex | None = None
+        self._run, self._progress = run, progress
+        self._opened: ImageIndex | None = None
         self.dense = DenseScorer.of(self.loaded.model)
-        if not self.config.exact:
-            self.index = open_index(
-                run, self.prepared, split, self.img_ids, self.loaded.model,
-                max_keywords=self.max_keywords, progress=progress,
-            )
-        elif self.img_ids.size * values * 4 <= CACHE_BYTES:
+        if self.config.exact and self.img_ids.size * values * 4 <= CACHE_BYTES:
             self._cached = list(self._read_chunks())
         self._shortlist: Any = None
         self._index = {word: i for i, word in enumerate(self.prepared.query_vocabulary)}
@@ -174,6 +170,24 @@ class Searcher:
             if "file_name" in files.columns
             else None
         )
+
+    @property
+    def index(self) -> ImageIndex | None:
+        """The run's search index over the images (None with `exact`), opened (built, when
+        missing or stale) on first use."""
+        if self.config.exact:
+            return None
+        if self._opened is None:
+            self._opened = open_index(
+                self._run,
+                self.prepared,
+                self.split,
+                self.img_ids,
+                self.loaded.model,
+                max_keywords=self.max_keywords,
+                progress=self._progress,
+            )
+        return self._opened
 
     def read_query(self, text: str) -> tuple[list[str], list[str], QueryBatch]:
         """The query's known words, its unknown words, and its (1, L) batch. A query longer
@@ -235,7 +249,7 @@ class Searcher:
     def rank(self, query: QueryBatch, top: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each query's `top` images (ids, scores), best first, ties by lower img_id: from the
         shortlist when the config asks for one, else from every image's score."""
-        if self.config.shortlist and self.index is not None:
+        if self.config.shortlist and not self.config.exact:
             return self._rank_shortlist(query, top)
         scores = self._score_matrix(query)
         return [_top(row, self.img_ids, top) for row in scores]
@@ -248,8 +262,9 @@ class Searcher:
         return matrix[0] if len(query) == 1 else matrix
 
     def _score_matrix(self, query: QueryBatch) -> np.ndarray:
-        if self.index is not None:
-            return self._index_scores(query, slice(0, len(self.index)))
+        index = self.index
+        if index is not None:
+            return self._index_scores(query, slice(0, len(index)))
         return self._raw_scores(query)
 
     def _encoded_queries(self, query: QueryBatch) -> Any:
@@ -258,16 +273,18 @@ class Searcher:
 
     def _index_scores(self, query: QueryBatch, rows: slice | np.ndarray) -> np.ndarray:
         """Scores (Q, len(rows)) of the index's rows `rows` (a slice, or ascending positions)."""
-        assert self.index is not None
+        index = self.index
+        assert index is not None
         encoded = self._encoded_queries(query)
         model = self.loaded.model
         if isinstance(rows, slice):
-            blocks = [slice(lo, min(rows.stop, lo + READ_BLOCK)) for lo in range(rows.start, rows.stop, READ_BLOCK)]
+            steps = range(rows.start, rows.stop, READ_BLOCK)
+            blocks: list[Any] = [slice(lo, min(rows.stop, lo + READ_BLOCK)) for lo in steps]
         else:
             blocks = [rows[lo : lo + READ_BLOCK] for lo in range(0, len(rows), READ_BLOCK)]
         parts = []
         for block in blocks:
-            images = self.index.block(block, self.device)
+            images = index.block(block, self.device)
             if self.dense is not None:
                 parts.append(self.dense.score(encoded, images))
             else:
@@ -277,10 +294,12 @@ class Searcher:
         return torch.cat(parts, 1).cpu().numpy()
 
     def _rank_shortlist(self, query: QueryBatch, top: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        assert self.index is not None
+        index = self.index
+        assert index is not None
         if self._shortlist is None:
-            self._shortlist = Shortlist(self.index, self.config.shortlist_index)
-        vectors = self._shortlist.query_vectors(self.loaded.model, self.dense, self._encoded_queries(query))
+            self._shortlist = Shortlist(index, self.config.shortlist_index)
+        encoded = self._encoded_queries(query)
+        vectors = self._shortlist.query_vectors(self.loaded.model, self.dense, encoded)
         candidates = self._shortlist.search(vectors, max(top, self.config.shortlist))
         ranked = []
         for q, rows in enumerate(candidates):
