@@ -48,12 +48,25 @@ def index_command(run: Path, data: Path, split: str, dtype: str, quiet: bool) ->
     if manifest_dtype not in (None, dtype):
         identity = expected_identity(run, searcher.prepared, searcher.img_ids)
         build_index(
-            run, searcher.prepared, split, searcher.img_ids, searcher.loaded.model, identity,
-            searcher.max_keywords, dtype, progress=not quiet,
+            run,
+            searcher.prepared,
+            split,
+            searcher.img_ids,
+            searcher.loaded.model,
+            identity,
+            searcher.max_keywords,
+            dtype,
+            progress=not quiet,
         )
     index = open_index(
-        run, searcher.prepared, split, searcher.img_ids, searcher.loaded.model,
-        max_keywords=searcher.max_keywords, dtype=dtype, progress=not quiet,
+        run,
+        searcher.prepared,
+        split,
+        searcher.img_ids,
+        searcher.loaded.model,
+        max_keywords=searcher.max_keywords,
+        dtype=dtype,
+        progress=not quiet,
     )
     size = sum(p.stat().st_size for p in index.folder.iterdir())
     click.echo(

@@ -108,8 +108,19 @@ def cli(debug: bool, verbose: int) -> None:
 
 def _register_subcommands() -> None:
     # Imported here so each subcommand module can import `cli` without a cycle.
-    from . import demo, encode, evaluate, example, features, fetch, index, prepare, search, synth
-    from . import train
+    from . import (
+        demo,
+        encode,
+        evaluate,
+        example,
+        features,
+        fetch,
+        index,
+        prepare,
+        search,
+        synth,
+        train,
+    )
 
     for module in (
         *(fetch, encode, prepare, synth, features, train, evaluate, index, search, demo, example),

@@ -4,6 +4,7 @@ trained run."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,7 +116,7 @@ def search_command(
 
 def _bar(quiet: bool) -> bool:
     """A progress bar while the index is built: on a terminal, unless --quiet."""
-    return not quiet and click.get_text_stream("stderr").isatty()
+    return not quiet and sys.stderr.isatty()
 
 
 def read_queries(path: Path) -> list[tuple[str, str]]:

@@ -206,9 +206,7 @@ def open_index(
         log.info("building the search index %s (%s)", folder, ", ".join(reasons))
         build_index(run, prepared, split, img_ids, model, expected, max_keywords, dtype, progress)
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    arrays = {
-        name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in manifest["arrays"]
-    }
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in manifest["arrays"]}
     ids = np.asarray(arrays.pop("img_ids"))
     return ImageIndex(folder, manifest, ids, arrays, model)
 
@@ -236,7 +234,7 @@ def build_index(
     staging.mkdir(parents=True)
     started = time.perf_counter()
     dense = DenseScorer.of(model.eval())
-    files: dict[str, np.ndarray] = {}
+    files: dict[str, Any] = {}
 
     def array(name: str, shape: tuple[int, ...], kind: Any) -> np.ndarray:
         if name not in files:
@@ -275,7 +273,7 @@ def build_index(
         manifest = {
             **identity,
             "split": split,
-            "images": int(len(img_ids)),
+            "images": len(img_ids),
             "dtype": dtype,
             "max_keywords": int(max_keywords),
             "kind": model.config.kind,
@@ -382,6 +380,7 @@ class Shortlist:
 
         embeddings = np.ascontiguousarray(index.arrays["shortlist"], dtype=np.float32)
         n, dim = embeddings.shape
+        searcher: Any
         if kind == "ivf" and n >= 1000:
             lists = int(4 * np.sqrt(n))
             quantizer = faiss.IndexFlatIP(dim)

@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -237,9 +238,7 @@ class Searcher:
             for text, (words, unknown, query), (ids, scores) in zip(
                 texts[lo : lo + QUERY_BLOCK], block, ranked, strict=True
             ):
-                hits = (
-                    self._explain(query, ids, scores) if explain else self._plain(ids, scores)
-                )
+                hits = self._explain(query, ids, scores) if explain else self._plain(ids, scores)
                 results.append(
                     SearchResult(text, words, unknown, self.split, int(self.img_ids.size), hits)
                 )
@@ -304,7 +303,7 @@ class Searcher:
         ranked = []
         for q, rows in enumerate(candidates):
             rows = np.sort(rows[rows >= 0])
-            one = query.map(lambda t, q=q: t[q : q + 1])
+            one = query.map(itemgetter(slice(q, q + 1)))
             scores = self._index_scores(one, rows)[0]
             ranked.append(_top(scores, self.img_ids[rows], top))
         return ranked

@@ -47,7 +47,8 @@ class SearchConfig:
         low=0,
     )
     shortlist_index: Literal["flat", "ivf", "hnsw"] = option(
-        "flat", "The shortlist's FAISS index: exact inner product, or approximate.",
+        "flat",
+        "The shortlist's FAISS index: exact inner product, or approximate.",
         choices=SHORTLIST_INDEXES,
     )
 

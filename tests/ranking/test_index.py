@@ -4,6 +4,7 @@ run or the folder changes, it belongs to the run folder, and batch search writes
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -55,9 +56,11 @@ def test_index_scores_are_the_models_and_the_top_k_agrees(
     searcher = amc_data.Searcher(run, prepared, split="all")
     queries = prepared.split_queries("test")["query_id"].to_numpy()[:8]
     texts = prepared.split_queries("test")["query"].tolist()[:8]
-    expected = score_matrix(amc_data.load_model(run, prepared).model, prepared, queries, searcher.img_ids)
+    expected = score_matrix(
+        amc_data.load_model(run, prepared).model, prepared, queries, searcher.img_ids
+    )
     results = searcher.search_many(texts, top=20)
-    for row, text, result in zip(expected, texts, results, strict=True):
+    for _row, text, result in zip(expected, texts, results, strict=True):
         _, _, batch = searcher.read_query(text)
         got = searcher.scores(batch)
         np.testing.assert_allclose(got, searcher.scores(batch), rtol=0)  # deterministic
@@ -66,7 +69,7 @@ def test_index_scores_are_the_models_and_the_top_k_agrees(
         # Wherever the exact scores are apart by more than the tolerance, the order agrees.
         ids = [hit.img_id for hit in result.hits]
         positions = np.searchsorted(searcher.img_ids, ids)
-        for a, b in zip(positions, positions[1:], strict=False):
+        for a, b in itertools.pairwise(positions):
             assert exact[a] >= exact[b] - 2 * FLOAT16_TOLERANCE
         best = np.sort(exact)[::-1][19]
         missing = set(np.flatnonzero(exact > best + 2 * FLOAT16_TOLERANCE)) - set(positions)
@@ -74,11 +77,15 @@ def test_index_scores_are_the_models_and_the_top_k_agrees(
     assert len(expected) == len(results)
 
 
-def test_a_float32_index_gives_the_full_scans_scores(world: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_float32_index_gives_the_full_scans_scores(
+    world: tuple[Path, Path], tmp_path: Path
+) -> None:
     data, amc = world
     run = _copy_run(amc, tmp_path)
     prepared = amc_data.load_prepared(data)
-    result = CliRunner().invoke(cli, ["index", str(run), "--data", str(data), "--dtype", "float32", "-q"])
+    result = CliRunner().invoke(
+        cli, ["index", str(run), "--data", str(data), "--dtype", "float32", "-q"]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "index-test" / "manifest.json").read_text())
     assert manifest["dtype"] == "float32"
@@ -123,8 +130,9 @@ def test_a_stale_index_is_rebuilt_or_refused(world: tuple[Path, Path], tmp_path:
     with pytest.raises(InputError, match="features fingerprint"):
         open_index(run, moved, "test", ids, searcher.loaded.model, build=False)
     open_index(run, moved, "test", ids, searcher.loaded.model)
-    assert json.loads((folder / "manifest.json").read_text())["fingerprints"]["features"] != (
-        saved["fingerprints"]["features"]
+    assert (
+        json.loads((folder / "manifest.json").read_text())["fingerprints"]["features"]
+        != (saved["fingerprints"]["features"])
     )
 
 
@@ -149,8 +157,18 @@ def test_batch_search_writes_a_trec_run_sorted_with_ties_by_img_id(
     out = tmp_path / "run.trec"
     result = CliRunner().invoke(
         cli,
-        ["search", str(amc), "--data", str(data), "--queries", str(queries), "--trec", str(out),
-         "--top", "7"],
+        [
+            "search",
+            str(amc),
+            "--data",
+            str(data),
+            "--queries",
+            str(queries),
+            "--trec",
+            str(out),
+            "--top",
+            "7",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "Query 4 skipped" in result.output

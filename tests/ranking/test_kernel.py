@@ -21,8 +21,7 @@ from amc_data.ranking.kernel import (  # noqa: E402
     row_order,
 )
 from amc_data.ranking.model import ModelConfig  # noqa: E402
-from amc_data.ranking.registry import model_kind  # noqa: E402
-from amc_data.ranking.registry import model_kinds  # noqa: E402
+from amc_data.ranking.registry import model_kind, model_kinds  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 
@@ -162,7 +161,11 @@ def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
 
     generator = torch.Generator().manual_seed(len(kind) * 31 + len(str(options)))
     config = ModelConfig(
-        kind=kind, query_vocab_size=30, keyword_vocab_size=25, feature_dim=12, dim=16,
+        kind=kind,
+        query_vocab_size=30,
+        keyword_vocab_size=25,
+        feature_dim=12,
+        dim=16,
         **options,  # type: ignore[arg-type]
     )
     model = build_model(config).eval()
