@@ -41,7 +41,7 @@ def bench(session: nox.Session) -> None:
     disk, about half an hour) and gpu (a CUDA machine; `-- gpu --cpu` is a dry run here).
     """
     session.install(TORCH)
-    session.install(".[dev]")
+    session.install(".[dev,search]")  # search: faiss for the two-stage search's shortlist
     which = session.posargs[0] if session.posargs else "all"
     if which not in (*BENCHMARKS, "all"):
         session.error(f"unknown benchmark {which!r}; choose from {', '.join(BENCHMARKS)}")
