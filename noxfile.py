@@ -19,7 +19,7 @@ BY_NAME_ONLY = ("scale", "gpu")
 def tests(session: nox.Session) -> None:
     """The test suite, as CI runs it."""
     session.install(*TORCH)
-    session.install(".[test,clip]")
+    session.install(".[test,clip,search]")
     session.run("pytest", "-n", "auto", *session.posargs)
 
 
@@ -43,7 +43,7 @@ def bench(session: nox.Session) -> None:
     disk, about half an hour) and gpu (a CUDA machine; `-- gpu --cpu` is a dry run here).
     """
     session.install(*TORCH)
-    session.install(".[dev]")
+    session.install(".[dev,search]")  # search: faiss for the two-stage search's shortlist
     which = session.posargs[0] if session.posargs else "all"
     if which not in (*BENCHMARKS, "all"):
         session.error(f"unknown benchmark {which!r}; choose from {', '.join(BENCHMARKS)}")

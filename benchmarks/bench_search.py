@@ -1,19 +1,19 @@
-"""Benchmark: one free-text query against a split's images with `amc-data search`, against the
-per-pair scoring path (the model's `forward`, every image a candidate of the query), same run.
+"""Benchmark: `amc-data search` at scale: the index against today's full scan, same run.
 
-A synth folder (by default 33,400 images at synth's shape, 8 regions x 32, of which 15% are the
-test split's: about 5,000) and a 1-epoch AMC run are made once. Then:
+A planted synth world (`--images`, default 200,000, at `--regions` x `--dim`: 49 regions like
+COCO's grid, small features, since the index stores the projected regions whose size does not
+depend on the feature size) and a 1-epoch AMC run are made once. Then, one torch thread per
+`--threads`:
 
-- `Searcher(run, data).search(text)`: the model and folder loaded once, the split's images kept
-  in memory, each query projected and scored against them with `score_pool` and the top 10
-  explained; the median of `--repeats` different test queries counts.
-- `search(run, data, text)`: the one-shot call the CLI makes (loading included).
-- the per-pair path: the same query scored by `model(query, images)` with all images as its
-  candidates, the images read from the folder each time, as `score_split` does for judged lists.
-  Its scores are checked against search's.
+- the reference: today's full scan from the raw features (`Searcher(exact=True)`), a few
+  queries (`--reference-queries`);
+- the index: its build time and size; exact search over it (every image scored by the dense
+  kernel): median and 95th percentile over `--repeats` test queries;
+- two-stage: a FAISS flat shortlist of K then the exact score of those K, for each K of
+  `--ks`: median / p95 latency and Recall@10 against exact search over the index.
 
-    python benchmarks/bench_search.py                  # about 5,000 test images
-    python benchmarks/bench_search.py --images 4000    # quicker
+    python benchmarks/bench_search.py                          # 200,000 images
+    python benchmarks/bench_search.py --images 20000 --repeats 20
 
 Results go to stdout and to bench-results/search.json.
 """
@@ -31,77 +31,103 @@ import torch
 from bench_encode import machine
 
 import amc_data
-from amc_data.ranking.data import image_batch, query_batch
-from amc_data.ranking.search import Searcher, search
+from amc_data.ranking.search import Searcher
 from amc_data.ranking.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_run(folder: Path, images: int, seed: int) -> tuple[Path, Path]:
+def make_run(folder: Path, images: int, regions: int, dim: int, seed: int) -> tuple[Path, Path]:
     data, run = folder / "data", folder / "run"
     marker = folder / "made.json"
-    wanted = {"images": images, "seed": seed}
+    wanted = {"images": images, "regions": regions, "dim": dim, "seed": seed}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return data, run
-    amc_data.synth(data, seed=seed, images=images, queries=max(200, images // 5), force=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    amc_data.synth(
+        data, seed=seed, images=images, queries=2000, regions=regions, dim=dim, force=True
+    )
     train(data, run, TrainConfig(epochs=1, device="cpu", workers=0), force=True)
     marker.write_text(json.dumps(wanted))
     return data, run
 
 
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {
+        "median_ms": round(1e3 * statistics.median(values), 2),
+        "p95_ms": round(1e3 * float(np.percentile(values, 95)), 2),
+    }
+
+
+def timed(searcher: Searcher, texts: list[str], top: int = 10) -> tuple[list[float], list]:
+    seconds, ranked = [], []
+    for text in texts:
+        started = time.perf_counter()
+        result = searcher.search_many([text], top=top)[0]
+        seconds.append(time.perf_counter() - started)
+        ranked.append([hit.img_id for hit in result.hits])
+    return seconds, ranked
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=33_400)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--images", type=int, default=200_000)
+    parser.add_argument("--regions", type=int, default=49)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--reference-queries", type=int, default=3)
+    parser.add_argument("--ks", default="100,300,1000,3000,10000")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench-results" / "search-work")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data, run = make_run(args.workdir, args.images, args.seed)
+    data, run = make_run(
+        args.workdir / f"{args.images}", args.images, args.regions, args.dim, args.seed
+    )
     prepared = amc_data.load_prepared(data)
-    queries = prepared.split_queries("test").head(args.repeats)
-    texts = queries["query"].tolist()
+    texts = prepared.split_queries("test")["query"].drop_duplicates().tolist()[: args.repeats]
+
+    reference = Searcher(run, prepared, split="all", exact=True)
+    ref_seconds, ref_ranked = timed(reference, texts[: args.reference_queries])
 
     started = time.perf_counter()
-    searcher = Searcher(run, prepared)
-    load_seconds = time.perf_counter() - started
-    pool = searcher.img_ids
-    searcher.search(texts[0])  # warm-up
-    per_query = []
-    for text in texts:
-        started = time.perf_counter()
-        searcher.search(text)
-        per_query.append(time.perf_counter() - started)
+    searcher = Searcher(run, prepared, split="all")
+    index = searcher.index
+    assert index is not None
+    build = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in index.folder.iterdir())
+    timed(searcher, texts[:2])  # warm: the memory map paged in
+    exact_seconds, exact_ranked = timed(searcher, texts)
+    agree = [a == b for a, b in zip(ref_ranked, exact_ranked, strict=False)]
 
-    started = time.perf_counter()
-    search(run, data, texts[0])
-    one_shot = time.perf_counter() - started
-
-    model = searcher.loaded.model
-    per_pair = []
-    for query_id, text in zip(queries["query_id"], texts, strict=True):
-        started = time.perf_counter()
-        with torch.no_grad():
-            images = image_batch(prepared, pool, searcher.max_keywords)
-            grid = images.map(lambda t: t.unsqueeze(0))  # (1, N, ...): every image a candidate
-            reference = model(query_batch(prepared, [query_id]), grid)[0].numpy()
-        per_pair.append(time.perf_counter() - started)
-        _, _, batch = searcher.read_query(text)
-        np.testing.assert_allclose(searcher.scores(batch), reference, rtol=1e-4, atol=1e-5)
+    curves = []
+    for k in (int(k) for k in args.ks.split(",")):
+        two = Searcher(run, prepared, split="all", shortlist=k)
+        timed(two, texts[:2])
+        seconds, ranked = timed(two, texts)
+        recall = statistics.mean(
+            len(set(a) & set(b)) / len(b) for a, b in zip(ranked, exact_ranked, strict=True)
+        )
+        curves.append({"k": k, "recall_at_10": round(recall, 4), **percentiles(seconds)})
+        print(json.dumps(curves[-1]), flush=True)
 
     result = {
         "machine": machine(),
         "torch_threads": args.threads,
-        "images": int(pool.size),
+        "images": len(index),
         "shape": list(prepared.features.shape[1:]),
         "queries": len(texts),
-        "searcher_load_s": round(load_seconds, 3),
-        "search_median_s": round(statistics.median(per_query), 4),
-        "one_shot_search_s": round(one_shot, 3),
-        "per_pair_median_s": round(statistics.median(per_pair), 4),
-        "speedup_vs_per_pair": round(statistics.median(per_pair) / statistics.median(per_query), 1),
+        "reference_full_scan": percentiles(ref_seconds),
+        "reference_top10_equal_index_top10": f"{sum(agree)}/{len(agree)}",
+        "index_build_s": round(build, 2),
+        "index_mb": round(size / 1e6, 1),
+        "index_dtype": index.manifest["dtype"],
+        "exact_over_index": percentiles(exact_seconds),
+        "speedup_vs_full_scan": round(
+            statistics.median(ref_seconds) / statistics.median(exact_seconds), 1
+        ),
+        "two_stage": curves,
     }
     print(json.dumps(result, indent=2))
     out = ROOT / "bench-results" / "search.json"

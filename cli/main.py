@@ -116,14 +116,15 @@ def _register_subcommands() -> None:
         export,
         features,
         fetch,
+        index,
         prepare,
         search,
         synth,
         train,
     )
 
-    commands = (fetch, encode, prepare, synth, export, features, train, evaluate, search, demo)
-    for module in (*commands, example):
+    commands = (fetch, encode, prepare, synth, export, features, train, evaluate, index, search)
+    for module in (*commands, demo, example):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -120,7 +120,7 @@ TORCH_MODULES = frozenset(
             f"amc_data.ranking.{name}"
             for name in (
                 *("batch", "build", "cca", "checkpoint", "data", "demo", "distributed", "loss"),
-                *("kernel", "model", "resident", "runs", "scoring", "search", "training"),
+                *("index", "kernel", "model", "resident", "runs", "scoring", "search", "training"),
                 "word_vectors",
             )
         ),

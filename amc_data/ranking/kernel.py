@@ -6,10 +6,12 @@ every image of it, in tiles of bounded memory, each tile folded into the metrics
    masks; cca's canonical vectors).
 2. Queries are encoded once (`_encode_query`), all of them: a few vectors of the shared space
    each, small beside the images.
-3. A tile (a block of queries x a block of images) is scored by the model's own `_score` in
-   pool mode: dense batched products, no loop over pairs, float32 (bf16 autocast on CUDA only,
-   when asked for, as training does). The model's `score_pool` computes the same, but encodes
-   its images again for every chunk of queries.
+3. A tile (a block of queries x a block of images) is scored by the dense path (`DenseScorer`)
+   for the attention family (AMC, its ablations, the visual / keyword / fusion baselines): the
+   model's math rewritten as a few large matrix products on precomputed unit keys (see
+   `DenseScorer`), float32. Any other model (cca, a plugin, a model in training mode, bf16
+   autocast on CUDA) is scored by its own `_score` in pool mode. The model's `score_pool`
+   computes the same, but encodes its images again for every chunk of queries.
 4. Each tile goes to a reducer (`amc_data.evaluation.streaming.PoolReduction`): top-k per
    query, judged cells, AUC counts, caption ranks. Nothing of size queries x images is held.
 
@@ -20,17 +22,22 @@ The kernel reads the model's encode and score steps (`_encode_images`, `_encode_
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from ..evaluation.streaming import TILE_BYTES, CellValues, PoolReduction, TileGrid, tile_grid
 from ..progress import progress_bar
 from .data import image_batch, query_batch
+from .model import AttentionModel, EncodedImages, EncodedModality, EncodedQuery
 
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
@@ -116,6 +123,9 @@ class PoolScorer:
         self._cache: dict[int, Any] = {}
         self._cache_left = cache_bytes
         self._queries: Any = None
+        # bf16 autocast on CUDA keeps the model's own path: the dense path is float32.
+        amp_on = amp and self.device.type == "cuda"
+        self.dense = None if amp_on else DenseScorer.of(model)
 
     def _context(self) -> Any:
         return precision_context(self.device, self.amp)
@@ -128,7 +138,8 @@ class PoolScorer:
             for lo in range(0, len(self.query_ids), QUERY_BLOCK):
                 batch = query_batch(self.prepared, self.query_ids[lo : lo + QUERY_BLOCK])
                 with self._context():
-                    parts.append(self.model._encode_query(batch.to(self.device)))
+                    encoded = self.model._encode_query(batch.to(self.device))
+                parts.append(encoded if self.dense is None else self.dense.queries(encoded))
             self._queries = concatenate(parts)
         return self._queries
 
@@ -142,6 +153,8 @@ class PoolScorer:
         batch = image_batch(self.prepared, ids, self.max_keywords).to(self.device)
         with self._context():
             encoded = self.model._encode_images(batch)
+        if self.dense is not None:
+            encoded = self.dense.images(encoded)
         size = _bytes(encoded)
         if size <= self._cache_left:
             self._cache[block] = encoded
@@ -151,6 +164,8 @@ class PoolScorer:
     @torch.no_grad()
     def score(self, queries: Any, images: Any) -> np.ndarray:
         """One tile: encoded queries x encoded images -> float32 scores (on the CPU)."""
+        if self.dense is not None:
+            return self.dense.score(queries, images).cpu().numpy()
         with self._context():
             scores = self.model._score(queries, images, pool=True)[0]
         return scores.float().cpu().numpy()
@@ -249,3 +264,185 @@ class RandomScorer:
     def cells(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         """The scores of chosen cells: one pass over the matrix, keeping only them."""
         return _cells_from_tiles(self, row, col)
+
+
+# -- the dense path ------------------------------------------------------------------------------
+# AttentionModel._score in pool mode, rewritten for speed and checked equal to it (float32,
+# within rounding: tests/ranking/test_kernel.py). What does not depend on the query is done once
+# per image (unit keys, fixed-weight means, which items are padding); what does not depend on
+# the image is done once per query (unit guides times the attention scale, the gate's scale).
+# A tile is then: one matrix product of all the tile's keys (N * T rows) against the tile's
+# guides, a softmax over each image's items, one batched product of the weights with the
+# values, and a few dot products over the shared space per pair.
+
+
+@dataclass(frozen=True)
+class DenseModality:
+    """One modality of a block of images, as the dense path reads it: attended (key, value) or
+    pooled once with fixed weights (`pooled`)."""
+
+    present: Tensor  # (N,) bool: the image has items of this modality
+    key: Tensor | None = None  # (N, T, d): unit keys (cosine attention), raw keys (dot)
+    value: Tensor | None = None  # (N, T, d)
+    mask: Tensor | None = None  # (N, T) bool: real items; None when every item is real
+    bias: Tensor | None = None  # (N, T): added to the logits (a keyword's log count)
+    pooled: Tensor | None = None  # (N, d): the fixed-weight mean, when there is no attention
+
+
+@dataclass(frozen=True)
+class DenseImages:
+    """Both modalities of a block of images; a modality the model does not read is None."""
+
+    visual: DenseModality | None
+    keywords: DenseModality | None
+
+
+@dataclass(frozen=True)
+class DenseQueries:
+    """A block of queries as the dense path reads them (float32)."""
+
+    shared: Tensor  # (Q, d): unit q^m
+    visual_guide: Tensor | None  # (Q, d): unit s_q (cosine attention), or s_q itself (dot)
+    keyword_guide: Tensor | None  # (Q, d): likewise for q W_ql
+    prior: Tensor | None  # (Q, 2): the gate's prior logits
+    probe: Tensor | None  # (Q, d): the gate's probe
+
+
+class DenseScorer:
+    """The dense path for one `AttentionModel` in eval mode: `queries` and `images` turn the
+    model's encoded parts into the dense path's, `score` scores a block of each. Every
+    operation is the model's own, in the same order on the same values (so the scores are
+    the model's to the bit on the CPU in practice, ties included); only the layout differs:
+    the keys of a whole block of images meet the guides in one matrix product."""
+
+    def __init__(self, model: AttentionModel) -> None:
+        self.model = model
+        self.cosine = model.attend and model.config.attention == "cosine"
+        with torch.no_grad():
+            scale = getattr(model, "attention_log_scale", None)
+            self.attention_scale = (
+                None if scale is None else (scale * model.attention_rate).exp().float()
+            )
+            gate = getattr(model, "gate_log_scale", None)
+            self.gate_scale = None if gate is None else gate.exp().float()
+
+    @classmethod
+    def of(cls, model: RankingModel) -> DenseScorer | None:
+        """The dense path for `model`, or None where it does not apply (not the attention
+        family's own math, or dropout active): those are scored by the model's `_score`."""
+        own = all(
+            getattr(type(model), name, None) is getattr(AttentionModel, name)
+            for name in ("_score", "_attend_modality", "_encode_images", "_encode_query")
+        )
+        if not isinstance(model, AttentionModel) or not own or model.training:
+            return None
+        return cls(model)
+
+    @torch.no_grad()
+    def queries(self, q: EncodedQuery) -> DenseQueries:
+        def guide(vector: Tensor | None) -> Tensor | None:
+            if vector is None or not self.cosine:
+                return vector
+            return F.normalize(vector, dim=-1)
+
+        return DenseQueries(
+            shared=F.normalize(q.shared.float(), dim=-1, eps=1e-6),
+            visual_guide=guide(q.visual_guide),
+            keyword_guide=guide(q.keyword_guide),
+            prior=None if q.modality_prior is None else q.modality_prior.float(),
+            probe=None if q.modality_probe is None else q.modality_probe.float(),
+        )
+
+    @torch.no_grad()
+    def images(self, encoded: EncodedImages) -> DenseImages:
+        return DenseImages(self._modality(encoded.visual), self._modality(encoded.keywords))
+
+    def _modality(self, items: EncodedModality | None) -> DenseModality | None:
+        if items is None:
+            return None
+        mask = items.mask
+        present = mask.any(-1)
+        if self.model.attend and items.key is not None:
+            return DenseModality(
+                present=present,
+                key=F.normalize(items.key, dim=-1) if self.cosine else items.key,
+                value=items.value,
+                mask=None if bool(mask.all()) else mask,
+                bias=items.bias,
+            )
+        pooled = self.model._attend_modality(None, items, pool=False)[0]  # (N, d)
+        return DenseModality(present=present, pooled=pooled)
+
+    @torch.no_grad()
+    def score(self, q: DenseQueries, images: DenseImages) -> Tensor:
+        """Scores (Q, N) of a block of queries against a block of images: what the model's
+        `_score(..., pool=True)` gives, as dense products."""
+        with torch.autocast(q.shared.device.type, enabled=False):
+            return self._score(q, images)
+
+    def _score(self, q: DenseQueries, images: DenseImages) -> Tensor:
+        units, available = [], []
+        modalities = ((images.visual, q.visual_guide), (images.keywords, q.keyword_guide))
+        for items, guide in modalities:
+            if items is None:
+                continue
+            if items.key is not None and guide is not None:
+                vector = self._attend(guide, items)  # (N, Q, d)
+            else:
+                vector = items.pooled.unsqueeze(1)  # type: ignore[union-attr]  # (N, 1, d)
+            units.append(F.normalize(vector.float(), dim=-1, eps=1e-6))
+            available.append(items.present)
+        avail = torch.stack(available, -1).unsqueeze(1)  # (N, 1, modalities)
+        if q.prior is not None:
+            logits = q.prior.unsqueeze(0)  # (1, Q, 2)
+            if q.probe is not None:
+                content = [_pair_dots(unit, q.probe) for unit in units]  # (N, Q) each
+                logits = logits + torch.stack(content, -1)
+            if self.gate_scale is not None:
+                logits = logits * self.gate_scale
+            logits = logits.expand(avail.shape[0], q.shared.shape[0], -1)
+        else:
+            logits = torch.zeros(avail.shape, device=avail.device)
+        weights = _masked_softmax(logits, avail)  # (N, Q|1, modalities)
+        x = sum(weights[..., i : i + 1] * unit for i, unit in enumerate(units))
+        x = F.normalize(x, dim=-1, eps=1e-6)  # type: ignore[arg-type]
+        return _pair_dots(x, q.shared).T  # (Q, N)
+
+    def _attend(self, guide: Tensor, items: DenseModality) -> Tensor:
+        """Each query's attended vector over each image's items: (N, Q, d)."""
+        key, value = items.key, items.value
+        assert key is not None and value is not None
+        n, t, d = key.shape
+        # One product of every item's key in the block against every guide: (Q, d) @ (d, N*T),
+        # as the model's einsum; the softmax runs over contiguous rows of T, as the model's.
+        logits = (guide @ key.reshape(n * t, d).T).view(-1, n, t).float()  # (Q, N, T)
+        if self.attention_scale is None:
+            logits /= math.sqrt(d)
+        else:
+            logits *= self.attention_scale
+        if items.bias is not None:
+            logits += items.bias
+        if items.mask is not None:
+            logits.masked_fill_(~items.mask, float("-inf"))
+            logits.masked_fill_(~items.present.view(1, -1, 1), 0.0)
+        weights = torch.softmax(logits, -1)  # over each image's items
+        if items.mask is not None:
+            weights *= items.present.view(1, -1, 1)  # an image without items attends to none
+        return torch.bmm(weights.transpose(0, 1).to(value.dtype), value)  # (N, Q, d)
+
+
+def _pair_dots(vectors: Tensor, queries: Tensor) -> Tensor:
+    """Dot products (N, Q) of vectors (N, Q|1, d) with each query's (Q, d), as the model's
+    `_dot`: one matrix product when the vectors do not depend on the query, or when there is
+    one query; elementwise otherwise."""
+    if vectors.shape[1] == 1 or queries.shape[0] == 1:
+        return (queries @ vectors[:, 0].T).T if vectors.shape[1] == 1 else vectors[:, 0] @ queries.T
+    return (vectors * queries.unsqueeze(0)).sum(-1)
+
+
+def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
+    """As the model's: a softmax over the last axis where `mask`; all zeros where none is."""
+    logits = logits.masked_fill(~mask, float("-inf"))
+    anything = mask.any(-1, keepdim=True)
+    logits = logits.masked_fill(~anything, 0.0)
+    return torch.softmax(logits, -1) * anything

@@ -6,11 +6,12 @@ stays whole whatever stops the run.
 - A new run goes into a missing or empty folder, or one that holds only a run of ours:
   `config.json` written by `amc-data train`, `last.pt`, `best.pt`, `log.jsonl`, the best
   checkpoint waiting for its epoch to be committed (`.best.pt.next`), the result folders
-  `eval` writes (`eval-<split>/`, `<stem>-eval-<split>/`) and temporary files of an interrupted
-  write. Anything else refuses the run, naming it, unless `--force`.
+  `eval` writes (`eval-<split>/`, `<stem>-eval-<split>/`), the search indexes `index` and
+  `search` build (`index-<split>/`) and temporary files of an interrupted write. Anything else
+  refuses the run, naming it, unless `--force`.
 - `--force` replaces the run: its checkpoints, log, `config.json`, temporary files and the
-  results computed from it (`metrics.json` and `scores.parquet` in its eval folders, each folder
-  removed once empty) go; every other file is left as it is.
+  results computed from it (`metrics.json` and `scores.parquet` in its eval folders, its search
+  indexes' files, each folder removed once empty) go; every other file is left as it is.
 - While a run writes its folder it holds the lock `.<name>.lock` beside it: a second `train`
   into the same folder fails at once.
 - A new run goes where no run is (`last.pt`), unless `--force`. `config.json` describes the run
@@ -89,6 +90,11 @@ _OWN = (*RUN_FILES, PENDING_BEST)  # the files whose temporary files are ours
 _FINGERPRINT_BYTES = 4 << 20
 _EVAL_FOLDER = re.compile(r"^(?:[^/]+-)?eval-(?:train|val|test)$")
 _EVAL_FILES = {"metrics.json", "scores.parquet", "per_query.parquet", "words.parquet"}
+# The search index `amc-data index` / `search` builds from the run (amc_data.ranking.index):
+# `index-<split>/`, `<stem>-index-<split>/`, and its staging folders while it is written.
+_INDEX_FOLDER = re.compile(
+    r"^(?:\.)?(?:[^/]+-)?index-(?:train|val|test|all)(?:\.\d+(?:\.old)?\.tmp)?$"
+)
 _SHOWN = 5
 
 
@@ -138,7 +144,18 @@ def _is_ours(entry: Path) -> bool:
             p.name in _EVAL_FILES or (p.name.startswith(".") and p.name.endswith(".tmp"))
             for p in entry.iterdir()
         )
+    if _INDEX_FOLDER.match(name) and entry.is_dir():
+        return all(_is_index_file(p) for p in entry.iterdir())
     return False
+
+
+def _is_index_file(entry: Path) -> bool:
+    name = entry.name
+    return entry.is_file() and (
+        name == "manifest.json"
+        or name.endswith(".npy")
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
 
 
 def foreign_entries(out: Path) -> list[str]:
@@ -230,8 +247,16 @@ def start(
 
 def _remove_results(out: Path) -> None:
     """The results `eval` computed from the run in `out`: the files it writes in the run's eval
-    folders, and each folder once empty (a user's own file in one stays, and so does it)."""
+    folders, and each folder once empty (a user's own file in one stays, and so does it); and
+    the run's search indexes, likewise."""
     for folder in out.iterdir():
+        if _INDEX_FOLDER.match(folder.name) and folder.is_dir():
+            for entry in folder.iterdir():
+                if _is_index_file(entry):
+                    entry.unlink()
+            with contextlib.suppress(OSError):  # not empty: the user's files stay
+                folder.rmdir()
+            continue
         if not (_EVAL_FOLDER.match(folder.name) and folder.is_dir()):
             continue
         for entry in folder.iterdir():

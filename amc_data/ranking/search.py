@@ -6,8 +6,16 @@ bounded chunks, and the best ones come back with what the model looked at: the m
 weights, the most attended keywords and the most attended regions (AMC only: the baselines pool
 with fixed weights and CCA has no attention).
 
-A `Searcher` keeps the model, the prepared folder and (when they are small) the images' tensors
-between queries; `search()` is the one-query form.
+By default the images are scored from the run's search index (`amc_data.ranking.index`: each
+image's projected, normalised region keys and values and its keyword ids, memory-mapped, built
+on first use): every image, exactly, by the dense kernel (`kernel.DenseScorer`), a block at a
+time. `exact=True` scores from the raw features instead (the reference path); `shortlist=K`
+first picks K images by a FAISS inner-product search over a query-independent embedding of each
+image, then scores those K exactly (two-stage: faster, and it may miss images that the full
+scan ranks in the top; measured in docs/search.md). Ranked lists break ties by img_id.
+
+A `Searcher` keeps the model, the prepared folder and the index between queries; `search()` is
+the one-query form, `Searcher.search_many` ranks many queries with the same kernel in batches.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -29,6 +38,8 @@ from .batch import ImageBatch, QueryBatch
 from .checkpoint import load_model
 from .data import image_batch
 from .distributed import resolve_device
+from .index import READ_BLOCK, ImageIndex, Shortlist, open_index
+from .kernel import DenseScorer
 from .registry import model_kind
 from .search_config import ALL_IMAGES, SearchConfig, check_query
 
@@ -41,6 +52,7 @@ SHOWN_ITEMS = 3  # keywords and regions listed per result
 # whole 49 x 2,048 split) are read again in chunks for each query.
 CACHE_BYTES = 256 << 20
 CHUNK_VALUES = 1 << 25  # region values read and scored at a time: 128 MiB of float32
+QUERY_BLOCK = 64  # queries scored together by search_many
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,7 @@ class SearchHit:
     rank: int
     img_id: int
     score: float
+    file_name: str | None = None  # the image's file, when images.parquet records it
     visual_weight: float | None = None  # the modality weights (summing to 1)
     keyword_weight: float | None = None
     keywords: list[AttendedKeyword] = field(default_factory=list)  # most attended first
@@ -77,6 +90,7 @@ class SearchHit:
             "rank": self.rank,
             "img_id": self.img_id,
             "score": self.score,
+            "file_name": self.file_name,
             "modality_weights": modality,
             "keywords": [{"word": k.word, "weight": k.weight} for k in self.keywords],
             "regions": [
@@ -116,10 +130,13 @@ class Searcher:
         run: str | os.PathLike[str],
         data: str | os.PathLike[str] | PreparedDataset,
         config: SearchConfig | None = None,
+        *,
+        progress: bool = False,
         **options: Any,
     ) -> None:
         """`options` change fields of `config` (default `SearchConfig()`) by name, e.g.
-        `Searcher(run, data, split="all", device="cuda")`."""
+        `Searcher(run, data, split="all", device="cuda")`; `progress` shows a bar while the
+        index is built."""
         self.config = replace(config or SearchConfig(), **options)
         split = self.config.split
         self.prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
@@ -141,9 +158,37 @@ class Searcher:
         values = int(np.prod(self.prepared.features.shape[1:]))  # R * D per image
         self.chunk = max(1, CHUNK_VALUES // values)
         self._cached: list[ImageBatch] | None = None
-        if self.img_ids.size * values * 4 <= CACHE_BYTES:
+        self._run, self._progress = run, progress
+        self._opened: ImageIndex | None = None
+        self.dense = DenseScorer.of(self.loaded.model)
+        if self.config.exact and self.img_ids.size * values * 4 <= CACHE_BYTES:
             self._cached = list(self._read_chunks())
+        self._shortlist: Any = None
         self._index = {word: i for i, word in enumerate(self.prepared.query_vocabulary)}
+        files = self.prepared.images
+        self._file_names = (
+            dict(zip(files["img_id"].to_numpy(np.int64).tolist(), files["file_name"], strict=True))
+            if "file_name" in files.columns
+            else None
+        )
+
+    @property
+    def index(self) -> ImageIndex | None:
+        """The run's search index over the images (None with `exact`), opened (built, when
+        missing or stale) on first use."""
+        if self.config.exact:
+            return None
+        if self._opened is None:
+            self._opened = open_index(
+                self._run,
+                self.prepared,
+                self.split,
+                self.img_ids,
+                self.loaded.model,
+                max_keywords=self.max_keywords,
+                progress=self._progress,
+            )
+        return self._opened
 
     def read_query(self, text: str) -> tuple[list[str], list[str], QueryBatch]:
         """The query's known words, its unknown words, and its (1, L) batch. A query longer
@@ -174,31 +219,122 @@ class Searcher:
         (ties: lower img_id)."""
         top = self.config.top if top is None else replace(self.config, top=top).top  # checked
         words, unknown, query = self.read_query(text)
-        scores = self.scores(query)
-        order = np.argsort(-scores, kind="stable")[: min(top, scores.size)]
-        hits = self._explain(query, self.img_ids[order], scores[order])
+        ids, scores = self.rank(query, top)[0]
+        hits = self._explain(query, ids, scores)
         return SearchResult(text, words, unknown, self.split, int(self.img_ids.size), hits)
 
     @torch.no_grad()
+    def search_many(
+        self, texts: list[str], top: int | None = None, explain: bool = False
+    ) -> list[SearchResult]:
+        """`search` for each of `texts`, scored together in blocks of queries (the same kernel);
+        without `explain`, the hits carry no attention weights (cheaper)."""
+        top = self.config.top if top is None else replace(self.config, top=top).top
+        read = [self.read_query(text) for text in texts]
+        results = []
+        for lo in range(0, len(read), QUERY_BLOCK):
+            block = read[lo : lo + QUERY_BLOCK]
+            ranked = self.rank(_stack([q for _, _, q in block]), top)
+            for text, (words, unknown, query), (ids, scores) in zip(
+                texts[lo : lo + QUERY_BLOCK], block, ranked, strict=True
+            ):
+                hits = self._explain(query, ids, scores) if explain else self._plain(ids, scores)
+                results.append(
+                    SearchResult(text, words, unknown, self.split, int(self.img_ids.size), hits)
+                )
+        return results
+
+    @torch.no_grad()
+    def rank(self, query: QueryBatch, top: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each query's `top` images (ids, scores), best first, ties by lower img_id: from the
+        shortlist when the config asks for one, else from every image's score."""
+        if self.config.shortlist and not self.config.exact:
+            return self._rank_shortlist(query, top)
+        scores = self._score_matrix(query)
+        return [_top(row, self.img_ids, top) for row in scores]
+
+    @torch.no_grad()
     def scores(self, query: QueryBatch) -> np.ndarray:
-        """The score of every image (in `img_ids` order) for a (1, L) query."""
+        """The score of every image (in `img_ids` order) for each query of a (Q, L) batch:
+        (Q, N); for a (1, L) query, as before, its (N,) row when `exact` is off or on."""
+        matrix = self._score_matrix(query)
+        return matrix[0] if len(query) == 1 else matrix
+
+    def _score_matrix(self, query: QueryBatch) -> np.ndarray:
+        index = self.index
+        if index is not None:
+            return self._index_scores(query, slice(0, len(index)))
+        return self._raw_scores(query)
+
+    def _encoded_queries(self, query: QueryBatch) -> Any:
+        encoded = self.loaded.model._encode_query(query.to(self.device))
+        return encoded if self.dense is None else self.dense.queries(encoded)
+
+    def _index_scores(self, query: QueryBatch, rows: slice | np.ndarray) -> np.ndarray:
+        """Scores (Q, len(rows)) of the index's rows `rows` (a slice, or ascending positions)."""
+        index = self.index
+        assert index is not None
+        encoded = self._encoded_queries(query)
+        model = self.loaded.model
+        if isinstance(rows, slice):
+            steps = range(rows.start, rows.stop, READ_BLOCK)
+            blocks: list[Any] = [slice(lo, min(rows.stop, lo + READ_BLOCK)) for lo in steps]
+        else:
+            blocks = [rows[lo : lo + READ_BLOCK] for lo in range(0, len(rows), READ_BLOCK)]
+        parts = []
+        for block in blocks:
+            images = index.block(block, self.device)
+            if self.dense is not None:
+                parts.append(self.dense.score(encoded, images))
+            else:
+                parts.append(model._score(encoded, images, pool=True)[0].float())
+        if not parts:
+            return np.zeros((len(query), 0), dtype=np.float32)
+        return torch.cat(parts, 1).cpu().numpy()
+
+    def _rank_shortlist(self, query: QueryBatch, top: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        index = self.index
+        assert index is not None
+        if self._shortlist is None:
+            self._shortlist = Shortlist(index, self.config.shortlist_index)
+        encoded = self._encoded_queries(query)
+        vectors = self._shortlist.query_vectors(self.loaded.model, self.dense, encoded)
+        candidates = self._shortlist.search(vectors, max(top, self.config.shortlist))
+        ranked = []
+        for q, rows in enumerate(candidates):
+            rows = np.sort(rows[rows >= 0])
+            one = query.map(itemgetter(slice(q, q + 1)))
+            scores = self._index_scores(one, rows)[0]
+            ranked.append(_top(scores, self.img_ids[rows], top))
+        return ranked
+
+    def _raw_scores(self, query: QueryBatch) -> np.ndarray:
         model = self.loaded.model
         query = query.to(self.device)
         parts = [
-            model.score_pool(query, images.to(self.device))[0].float().cpu().numpy()
+            model.score_pool(query, images.to(self.device)).float().cpu().numpy()
             for images in (self._cached if self._cached is not None else self._read_chunks())
         ]
-        return np.concatenate(parts)
+        return np.concatenate(parts, 1)
 
     def _read_chunks(self) -> Iterator[ImageBatch]:
         for lo in range(0, self.img_ids.size, self.chunk):
             yield image_batch(self.prepared, self.img_ids[lo : lo + self.chunk], self.max_keywords)
 
-    def _explain(self, query: QueryBatch, ids: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
-        hits = [
-            SearchHit(rank=i + 1, img_id=int(img), score=float(s))
+    def _plain(self, ids: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
+        names = self._file_names
+        return [
+            SearchHit(
+                rank=i + 1,
+                img_id=int(img),
+                score=float(s),
+                file_name=None if names is None else str(names[int(img)]),
+            )
             for i, (img, s) in enumerate(zip(ids, scores, strict=True))
         ]
+
+    def _explain(self, query: QueryBatch, ids: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
+        hits = self._plain(ids, scores)
         if not self.explains or not hits:
             return hits
         images = image_batch(self.prepared, ids, self.max_keywords)
@@ -229,6 +365,7 @@ class Searcher:
                     rank=hit.rank,
                     img_id=hit.img_id,
                     score=hit.score,
+                    file_name=hit.file_name,
                     visual_weight=float(modality[i, 0]),
                     keyword_weight=float(modality[i, 1]),
                     keywords=attended_keywords,
@@ -236,6 +373,26 @@ class Searcher:
                 )
             )
         return explained
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `top` best (ids, scores): score descending, then img_id ascending (ties)."""
+    if scores.size > top:
+        kth = np.partition(scores, scores.size - top)[scores.size - top]
+        keep = np.flatnonzero(scores >= kth)  # every image tying with the last one kept
+    else:
+        keep = np.arange(scores.size)
+    order = keep[np.lexsort((ids[keep], -scores[keep]))][:top]
+    return ids[order], scores[order]
+
+
+def _stack(queries: list[QueryBatch]) -> QueryBatch:
+    """(1, L_i) queries as one (Q, max L) batch, padded with 0."""
+    width = max(q.tokens.shape[1] for q in queries)
+    tokens = torch.zeros(len(queries), width, dtype=torch.int64)
+    for i, q in enumerate(queries):
+        tokens[i, : q.tokens.shape[1]] = q.tokens[0]
+    return QueryBatch(tokens=tokens, mask=tokens > 0)
 
 
 def _strongest(weights: np.ndarray, valid: np.ndarray) -> np.ndarray:

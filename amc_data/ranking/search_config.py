@@ -19,6 +19,8 @@ ALL_IMAGES = "all"  # split "all": every image of the prepared folder
 MAX_QUERY_CHARS = 1000
 # Test first: the split searched by default.
 SEARCH_SPLITS = (*reversed(PREPARED_SPLITS), ALL_IMAGES)
+SHORTLIST_INDEXES = ("flat", "ivf", "hnsw")
+DEFAULT_SHORTLIST = 1000  # the K `--shortlist` documents as its default (docs/search.md)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,20 @@ class SearchConfig:
     top: int = option(10, "How many images to show.", low=1)
     device: Literal["auto", "cpu", "cuda"] = option(
         "cpu", "Where to score (one query is fast on the CPU).", choices=DEVICES
+    )
+    exact: bool = option(
+        False, "Score the images from their raw features (no index): the reference path."
+    )
+    shortlist: int = option(
+        0,
+        "Two-stage search: score exactly only the best K images of a FAISS shortlist "
+        "(0: score every image; needs the search extra).",
+        low=0,
+    )
+    shortlist_index: Literal["flat", "ivf", "hnsw"] = option(
+        "flat",
+        "The shortlist's FAISS index: exact inner product, or approximate.",
+        choices=SHORTLIST_INDEXES,
     )
 
     def __post_init__(self) -> None:

@@ -14,8 +14,14 @@ torch = pytest.importorskip("torch")
 import amc_data  # noqa: E402
 from amc_data.ranking.checkpoint import load_model  # noqa: E402
 from amc_data.ranking.data import image_batch, query_batch  # noqa: E402
-from amc_data.ranking.kernel import PoolScorer, RandomScorer, row_order  # noqa: E402
-from amc_data.ranking.registry import model_kinds  # noqa: E402
+from amc_data.ranking.kernel import (  # noqa: E402
+    DenseScorer,
+    PoolScorer,
+    RandomScorer,
+    row_order,
+)
+from amc_data.ranking.model import ModelConfig  # noqa: E402
+from amc_data.ranking.registry import model_kind, model_kinds  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 
@@ -35,7 +41,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path
     made = {}
     for kind in model_kinds():
         made[kind] = root / kind
-        options = {"epochs": 1, "batch_size": 32, "negatives": 3, "dim": 8, "device": "cpu"}
+        options = {"epochs": 1, "batch_size": 32, "dim": 8, "device": "cpu"}
         train(data, made[kind], TrainConfig(**options, model=kind))
     return data, made
 
@@ -121,3 +127,83 @@ def test_a_whole_split_evaluation_holds_far_less_than_its_matrix() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 288e6 / 3, f"peak {peak / 1e6:.0f} MB"
+
+
+def _option_grid() -> list[tuple[str, dict[str, object]]]:
+    """Every attention-family kind with each option that changes its scoring math."""
+    grid: list[tuple[str, dict[str, object]]] = []
+    for kind in model_kinds():
+        row = model_kind(kind)
+        if kind == "cca":
+            continue
+        grid.append((kind, {}))
+        if row.intra_attention:
+            grid.append((kind, {"attention": "dot"}))
+            grid.append((kind, {"intra": False}))
+            grid.append((kind, {"attention_scale": 7.0}))
+        if row.modality_gate:
+            grid.append((kind, {"inter": False}))
+            grid.append((kind, {"gate_content": True}))
+            grid.append((kind, {"gate_scale": 0.0}))
+            grid.append((kind, {"gate_content": True, "gate_scale": 0.0, "attention": "dot"}))
+    return grid
+
+
+@pytest.mark.parametrize(("kind", "options"), _option_grid())
+def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
+    kind: str, options: dict[str, object]
+) -> None:
+    """Random weights (every parameter perturbed, scales included), images with padded
+    regions, no keywords at all, repeated keywords: the dense path's scores are score_pool's
+    to float32 rounding (relative 1e-5)."""
+    from amc_data.ranking.batch import ImageBatch, QueryBatch
+    from amc_data.ranking.build import build_model
+
+    generator = torch.Generator().manual_seed(len(kind) * 31 + len(str(options)))
+    config = ModelConfig(
+        kind=kind,
+        query_vocab_size=30,
+        keyword_vocab_size=25,
+        feature_dim=12,
+        dim=16,
+        **options,  # type: ignore[arg-type]
+    )
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    n, regions, width = 37, 6, 5
+    region_mask = torch.rand(n, regions, generator=generator) > 0.3
+    region_mask[0] = False  # an image without regions
+    keywords = torch.randint(1, 26, (n, width), generator=generator)
+    keywords[torch.rand(n, width, generator=generator) > 0.6] = 0
+    keywords[1] = 0  # an image without keywords
+    images = ImageBatch(
+        regions=torch.randn(n, regions, 12, generator=generator) * 3,
+        region_mask=region_mask,
+        keywords=keywords,
+        keyword_counts=torch.randint(1, 4, (n, width), generator=generator).float(),
+        keyword_mask=keywords > 0,
+    )
+    tokens = torch.randint(0, 31, (9, 4), generator=generator)
+    tokens[:, 0] = torch.randint(1, 31, (9,), generator=generator)
+    query = QueryBatch(tokens=tokens, mask=tokens > 0)
+    dense = DenseScorer.of(model)
+    assert dense is not None
+    with torch.no_grad():
+        expected = model.score_pool(query, images)
+        got = dense.score(
+            dense.queries(model._encode_query(query)), dense.images(model._encode_images(images))
+        )
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_models_the_dense_path_does_not_cover_keep_their_own_scoring(
+    runs: tuple[Path, dict[str, Path]],
+) -> None:
+    data, made = runs
+    prepared = amc_data.load_prepared(data)
+    assert DenseScorer.of(load_model(made["cca"], prepared).model.eval()) is None
+    amc = load_model(made["amc"], prepared).model
+    assert DenseScorer.of(amc.train()) is None  # dropout active
+    assert DenseScorer.of(amc.eval()) is not None

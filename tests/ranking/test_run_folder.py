@@ -246,7 +246,9 @@ def test_an_interrupted_training_says_how_many_epochs_are_saved_and_how_to_go_on
         train(data, run, CONFIG)
     (note,) = caught.value.__notes__
     assert f"{run} holds 2 of 4 epochs" in note
-    assert f"amc-data train {data.resolve()} --out {run} --resume (the run knows its options)" in note
+    assert (
+        f"amc-data train {data.resolve()} --out {run} --resume (the run knows its options)" in note
+    )
 
     def at_once(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt

@@ -50,7 +50,8 @@ def test_the_ranking_is_the_models_own_scores_of_that_query(
     pool = np.sort(prepared.split_images("test"))
     # The independent path: the query read by id, as evaluation reads it, over the whole pool.
     expected = score_matrix(amc_data.load_model(amc, prepared).model, prepared, [query_id], pool)[0]
-    result = amc_data.search(amc, prepared, text, top=pool.size)
+    # The full scan from the raw features: the model's scores to float32 rounding.
+    result = amc_data.search(amc, prepared, text, top=pool.size, exact=True)
     assert result.images == pool.size and len(result.hits) == pool.size
     assert [hit.rank for hit in result.hits] == list(range(1, pool.size + 1))
     found = {hit.img_id: hit.score for hit in result.hits}
@@ -58,8 +59,12 @@ def test_the_ranking_is_the_models_own_scores_of_that_query(
     np.testing.assert_allclose([found[i] for i in pool], expected, rtol=1e-5, atol=1e-6)
     scores = [hit.score for hit in result.hits]
     assert scores == sorted(scores, reverse=True)
-    top = amc_data.search(amc, prepared, text, top=5)
+    top = amc_data.search(amc, prepared, text, top=5, exact=True)
     assert [h.img_id for h in top.hits] == [h.img_id for h in result.hits[:5]]
+    # From the index (float16 keys and values): within 2e-3 of the model's.
+    indexed = amc_data.search(amc, prepared, text, top=pool.size)
+    found = {hit.img_id: hit.score for hit in indexed.hits}
+    np.testing.assert_allclose([found[i] for i in pool], expected, atol=2e-3)
 
 
 def test_hits_explain_the_modality_weights_keywords_and_grid_cells(
@@ -89,10 +94,10 @@ def test_cached_and_chunked_reads_rank_the_same(
 ) -> None:
     data, amc, _ = world
     _, text = _test_query(data)
-    cached = amc_data.Searcher(amc, data, split="all")
+    cached = amc_data.Searcher(amc, data, split="all", exact=True)
     monkeypatch.setattr(search_module, "CACHE_BYTES", 0)
     monkeypatch.setattr(search_module, "CHUNK_VALUES", 7 * 4 * 32)  # 7 images a chunk
-    streamed = amc_data.Searcher(amc, data, split="all")
+    streamed = amc_data.Searcher(amc, data, split="all", exact=True)
     assert cached._cached is not None and streamed._cached is None
     a, b = cached.search(text, top=20), streamed.search(text, top=20)
     assert a.images == b.images == len(amc_data.load_prepared(data).images)
@@ -167,7 +172,9 @@ def test_cli_table_json_split_and_errors(world: tuple[Path, Path, Path]) -> None
     assert isinstance(hits, list) and [h["rank"] for h in hits] == [1, 2]
     val_images = set(amc_data.load_prepared(data).split_images("val").tolist())
     assert {h["img_id"] for h in hits} <= val_images
-    assert set(hits[0]) == {"rank", "img_id", "score", "modality_weights", "keywords", "regions"}
+    assert set(hits[0]) == {
+        *("rank", "img_id", "score", "file_name", "modality_weights", "keywords", "regions")
+    }
 
     unknown = runner.invoke(cli, [*args, "zzyzx", "--json"])
     assert unknown.exit_code == 0 and "zzyzx" in unknown.stderr
