@@ -29,6 +29,12 @@ class ConfigError(AmcDataError):
         self.parameter = parameter
 
 
+class OutputFolderError(AmcDataError):
+    """An output folder refuses the write: it holds an earlier result (and no `--force`), files
+    amc-data did not write, another dataset's output, or it is a file or the current folder.
+    A refused state of the disk, not a bad option, so exit status 1 as for bad data."""
+
+
 class ManifestError(AmcDataError):
     """A manifest or lock file is unreadable or malformed."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import filelock
 
-from ..errors import AmcDataError, ConfigError, InputError
+from ..errors import AmcDataError, InputError, OutputFolderError
 from ..machine import exchange_paths
 from .record import read_record, record_outputs
 
@@ -76,7 +76,7 @@ def output_lock(out_dir: Path, dataset: str) -> Iterator[dict | None]:
     """
     cwd = Path.cwd().resolve()
     if not out_dir.name or cwd == out_dir or out_dir in cwd.parents:
-        raise ConfigError(
+        raise OutputFolderError(
             f"{out_dir} cannot be the output folder: encode replaces its output folder whole, "
             "and this one is (or holds) the current folder. Choose a folder of its own, such as "
             "--out ./encoded."
@@ -92,7 +92,7 @@ def output_lock(out_dir: Path, dataset: str) -> Iterator[dict | None]:
         _recover(out_dir)
         previous = read_record(out_dir)
         if previous is not None and previous.get("dataset") != dataset:
-            raise ConfigError(
+            raise OutputFolderError(
                 f"Output folder {out_dir} holds the {previous.get('dataset')} encoding; encoding "
                 f"{dataset} there would replace it. Choose another --out (with 'all', each "
                 "dataset gets its own folder), or delete that one first."
@@ -123,7 +123,7 @@ def check_foreign_files(out_dir: Path, record: dict | None) -> None:
         found = f"holds files amc-data did not write ({shown}) and no encode record (encode.json)"
     else:
         found = f"holds files amc-data did not write: its encode record does not list {shown}"
-    raise ConfigError(
+    raise OutputFolderError(
         f"Output folder {out_dir} {found}. Encode replaces its output folder whole and never "
         "deletes what it did not write: move them elsewhere, or choose another --out."
     )

@@ -27,7 +27,7 @@ from typing import Any
 
 import filelock
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, OutputFolderError
 from ..files import atomic_write_json
 from ..machine import exchange_paths
 
@@ -106,22 +106,22 @@ def _shown(names: list[str]) -> str:
 
 
 def check_output(out_dir: Path, force: bool) -> dict[str, Any] | None:
-    """The record of the earlier export in `out_dir` (None: missing or empty); `ConfigError`
+    """The record of the earlier export in `out_dir` (None: missing or empty); `OutputFolderError`
     when it may not be written: it holds files no export wrote, or an export and not `force`."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"out: {out_dir} is a file, not a folder. Choose another DIR.")
+        raise OutputFolderError(f"out: {out_dir} is a file, not a folder. Choose another DIR.")
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return None
     record = read_record(out_dir)
     foreign = foreign_files(out_dir, record)
     if foreign:
-        raise ConfigError(
+        raise OutputFolderError(
             f"out: {out_dir} holds files that amc-data export did not write ({_shown(foreign)}). "
             "An export replaces its folder whole and never deletes what it did not write, even "
             "with --force: choose an empty or new DIR, or move those files elsewhere."
         )
     if not force:
-        raise ConfigError(
+        raise OutputFolderError(
             f"out: {out_dir} already holds an export ({record.get('to') if record else '?'} of "
             f"{(record or {}).get('data', '?')}). Pass --force to replace it, or choose another "
             "DIR."

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, OutputFolderError
 from ..version import __version__
 from .format import (
     FEATURE_DTYPES,
@@ -307,12 +307,12 @@ def foreign_entries(out_dir: Path) -> list[str]:
 
 
 def _check_foreign(out_dir: Path) -> None:
-    """ConfigError naming what `out_dir` holds that the writer did not write."""
+    """OutputFolderError naming what `out_dir` holds that the writer did not write."""
     foreign = foreign_entries(out_dir)
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         shown = ", ".join(foreign[:5]) + more
-        raise ConfigError(
+        raise OutputFolderError(
             f"{out_dir} holds a prepared dataset and files amc-data did not write there "
             f"({shown}). A prepared folder is replaced whole, and never deletes what it did not "
             "write: move them elsewhere, or choose another --out."
@@ -321,27 +321,27 @@ def _check_foreign(out_dir: Path) -> None:
 
 def check_output_folder(out: str | os.PathLike[str], force: bool) -> Path:
     """The resolved destination `out`, if a prepared folder may be written there with `force`
-    as given; else the `ConfigError` the writer would raise (checked again, under a lock, when
+    as given; else the `OutputFolderError` the writer would raise (checked again, under a lock, when
     it writes). Cheap: call it before work that takes long."""
     out_dir = Path(out).expanduser().resolve()
     cwd = Path.cwd().resolve()
     if not out_dir.name or cwd == out_dir or out_dir in cwd.parents:
-        raise ConfigError(
+        raise OutputFolderError(
             f"{out_dir} cannot be the prepared folder: it is replaced by a rename, and this one is "
             "(or holds) the current folder. Choose a folder of its own, such as --out ./prepared."
         )
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} is a file, not a folder. Choose another --out.")
+        raise OutputFolderError(f"{out_dir} is a file, not a folder. Choose another --out.")
     if out_dir.exists() and any(out_dir.iterdir()):
         previous = _is_prepared(out_dir)
         if previous is None:
-            raise ConfigError(
+            raise OutputFolderError(
                 f"{out_dir} holds files that are not a prepared dataset (no amc-data "
                 "prepared.json). A prepared folder is replaced as a whole, so this one is left "
                 "alone: choose another --out, or empty it."
             )
         if not force:
-            raise ConfigError(
+            raise OutputFolderError(
                 f"{out_dir} already holds a prepared dataset ({previous.get('source')}, made "
                 f"{previous.get('created', 'at an unknown time')}). Pass --force to replace "
                 "it, or choose another --out."
@@ -567,7 +567,7 @@ def write_prepared(
     a prepared dataset and `force` is true; a folder holding anything else is never touched.
     Nor is a prepared folder holding anything the writer did not write (any name but
     `format.FILES`: a user's notes, evaluation results, a features report): the replacement
-    would delete it, so it is refused with a `ConfigError` naming those entries, before any
+    would delete it, so it is refused with an `OutputFolderError` naming those entries, before any
     work and again just before the swap. Should one appear in the instant between that last
     check and the swap, the old folder is kept aside as `.<out>.kept-*` with it, not deleted.
     """

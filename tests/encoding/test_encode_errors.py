@@ -15,7 +15,7 @@ from support import corpus
 from support.encode_helpers import encode_record, small_clickture, small_coco, snapshot
 
 from amc_data.encoding.core import EncodeConfig, encode
-from amc_data.errors import ConfigError, InputError
+from amc_data.errors import ConfigError, InputError, OutputFolderError
 
 
 @pytest.fixture
@@ -263,10 +263,10 @@ def test_foreign_output_folder_is_refused_and_untouched(clickture):
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
     result = run(data_dir, "--out", str(foreign))
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "did not write" in result.stderr and str(foreign) in result.stderr
     assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
-    with pytest.raises(ConfigError):
+    with pytest.raises(OutputFolderError):
         encode("clickture", data_dir=data_dir, out=foreign, config=EncodeConfig(jobs=1))
 
 
@@ -309,7 +309,7 @@ def test_the_current_folder_as_output_is_refused_cleanly(clickture, monkeypatch)
     here.mkdir()
     monkeypatch.chdir(here)
     result = run(data_dir, "--out", ".")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert (
         "is (or holds) the current folder" in result.stderr and "--out ./encoded" in result.stderr
     )
@@ -325,7 +325,7 @@ def test_another_datasets_output_folder_is_refused(clickture, tmp_path):
     assert run(data_dir, "--out", str(shared_out)).exit_code == 0
     before = snapshot(shared_out)
     result = run(data_dir, "--out", str(shared_out), dataset="coco")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "holds the clickture encoding" in result.stderr
     assert snapshot(shared_out) == before
 

@@ -75,7 +75,7 @@ def test_files_encode_did_not_write_are_kept_and_named(clickture):
     before = snapshot(out_dir)
     assert "up to date" in run(data_dir).output  # nothing to replace: nothing to refuse
     result = run(data_dir, "--force")
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "notes.txt" in result.stderr and "plots" in result.stderr
     assert "did not write" in result.stderr
     assert snapshot(out_dir) == before and (out_dir / "plots").is_dir()
@@ -96,7 +96,7 @@ def test_a_file_added_during_the_encode_is_kept(clickture, monkeypatch):
 
     monkeypatch.setattr(NpyRowWriter, "close", close_and_meddle)
     result = run(data_dir, "--force")
-    assert result.exit_code == 2 and "late.txt" in result.stderr
+    assert result.exit_code == 1 and "late.txt" in result.stderr
     assert snapshot(out_dir) == {**before, "late.txt": b"added meanwhile"}
     assert _beside(out_dir) == [".encoded.lock"]
 

@@ -11,7 +11,7 @@ import pytest
 from amc_data_cli.main import cli
 from click.testing import CliRunner
 
-from amc_data.errors import ConfigError
+from amc_data.errors import ConfigError, OutputFolderError
 from amc_data.exporting import ExportConfig, export
 from amc_data.exporting import core as export_core
 
@@ -32,7 +32,7 @@ def test_a_folder_holding_other_files_is_refused_even_with_force(
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     for force in (False, True):
-        with pytest.raises(ConfigError, match=r"notes\.txt.*never deletes"):
+        with pytest.raises(OutputFolderError, match=r"notes\.txt.*never deletes"):
             export(synth_folder, out, to="hf", force=force)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "keep me"
@@ -42,7 +42,7 @@ def test_a_folder_holding_other_files_is_refused_even_with_force(
 def test_an_earlier_export_is_replaced_with_force_only(synth_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     export(synth_folder, out, to="wds")
-    with pytest.raises(ConfigError, match=r"already holds an export.*--force"):
+    with pytest.raises(OutputFolderError, match=r"already holds an export.*--force"):
         export(synth_folder, out, to="hf")
     assert (out / "queries.parquet").is_file()
     result = export(synth_folder, out, to="hf", force=True)
@@ -53,7 +53,7 @@ def test_an_earlier_export_is_replaced_with_force_only(synth_folder: Path, tmp_p
     assert _beside(out) == []
     # A file the user put into the export is theirs: refused, and kept.
     (out / "images" / "my-extra.parquet").write_bytes(b"mine")
-    with pytest.raises(ConfigError, match=r"my-extra\.parquet"):
+    with pytest.raises(OutputFolderError, match=r"my-extra\.parquet"):
         export(synth_folder, out, to="hf", force=True)
     assert (out / "images" / "my-extra.parquet").read_bytes() == b"mine"
 

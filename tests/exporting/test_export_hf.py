@@ -95,7 +95,7 @@ def test_the_card_names_source_licences_splits_records_and_citation(
     # The Parquet files need nothing but pyarrow to read.
     table = pq.read_table(next((out / "images").glob("test-*.parquet")))
     assert table.column_names == [
-        *("img_id", "split", "fold", "source_id", "keywords", "keyword_counts")
+        *("img_id", "split", "fold", "source_id", "file_name", "keywords", "keyword_counts")
     ]
 
 

@@ -105,7 +105,7 @@ def test_a_registered_dataset_is_a_prepare_command_end_to_end(tmp_path: Path, to
     assert data.features.shape == (12, 2, 4)
 
     again = runner.invoke(cli, args)
-    assert again.exit_code == 2 and "--force" in again.output
+    assert again.exit_code == 1 and "--force" in again.output
 
 
 def test_the_toy_options_are_checked_by_the_config_and_by_click(tmp_path: Path, toy: Any) -> None:

@@ -266,7 +266,7 @@ def test_cli(tmp_path, coco):
     assert "coco: prepared into" in result.output and "(hardlink)" in result.output
     assert "test" in result.output and "125" in result.output
     again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 2 and "--force" in again.output
+    assert again.exit_code == 1 and "--force" in again.output
     result = CliRunner().invoke(cli, [*args, "--force", "--restval", "drop", "--copy-features"])
     assert result.exit_code == 0, result.output
     assert "(copy)" in result.output

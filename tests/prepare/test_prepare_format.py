@@ -22,7 +22,7 @@ from support.prepare_helpers import (
 )
 
 import amc_data
-from amc_data.errors import ConfigError, InputError
+from amc_data.errors import ConfigError, InputError, OutputFolderError
 from amc_data.prepare import (
     FeatureRows,
     QueryVocabulary,
@@ -167,7 +167,7 @@ def test_float64_features_are_stored_as_float32_and_integers_refused(tmp_path):
 
 # -- the output folder -------------------------------------------------------------------------
 def test_an_existing_prepared_folder_is_replaced_only_with_force(tmp_path, prepared):
-    with pytest.raises(ConfigError, match=r"already holds a prepared dataset.*--force"):
+    with pytest.raises(OutputFolderError, match=r"already holds a prepared dataset.*--force"):
         write_small(prepared, tmp_path)
     parts = small_parts(tmp_path)
     write_small(prepared, tmp_path, force=True, options={"seed": 1}, features=parts["features"] * 2)
@@ -196,7 +196,7 @@ def test_a_folder_that_is_not_prepared_is_never_touched(tmp_path):
     other = tmp_path / "photos"
     other.mkdir()
     (other / "holiday.jpg").write_bytes(b"\xff\xd8")
-    with pytest.raises(ConfigError, match="not a prepared dataset"):
+    with pytest.raises(OutputFolderError, match="not a prepared dataset"):
         write_small(other, tmp_path, force=True)
     assert [p.name for p in other.iterdir()] == ["holiday.jpg"]
     empty = tmp_path / "empty"
@@ -595,7 +595,7 @@ def test_a_crash_between_the_two_renames_is_repaired(tmp_path, prepared):
     before = (prepared / "prepared.json").read_bytes()
     os.replace(prepared, tmp_path / ".prepared.previous-4242")
     (tmp_path / ".prepared.staging-x").mkdir()
-    with pytest.raises(ConfigError, match="already holds a prepared dataset"):
+    with pytest.raises(OutputFolderError, match="already holds a prepared dataset"):
         write_small(prepared, tmp_path)
     assert (prepared / "prepared.json").read_bytes() == before
     assert not list(tmp_path.glob(".prepared.*-*"))

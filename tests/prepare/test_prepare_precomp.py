@@ -119,7 +119,7 @@ def test_precomp_folder_is_linked_split_checked_and_trains(tmp_path, coco):
     from amc_data.ranking.training import TrainConfig, train
 
     run = tmp_path / "run"
-    train(result.out, run, TrainConfig(epochs=1, dim=8, batch_size=16, negatives=3, device="cpu"))
+    train(result.out, run, TrainConfig(epochs=1, dim=8, batch_size=16, device="cpu"))
     evaluation = evaluate([run], result.out, split="test")
     assert evaluation is not None
 

@@ -17,7 +17,7 @@ from support.prepare_helpers import write_small
 
 import amc_data.prepare.format as prepared_format
 import amc_data.prepare.writer as writer_module
-from amc_data.errors import ConfigError, InputError
+from amc_data.errors import InputError, OutputFolderError
 from amc_data.prepare import load_prepared
 
 
@@ -111,7 +111,7 @@ def _crowd(folder: Path) -> dict[str, bytes]:
 
 def test_force_refuses_to_replace_a_folder_holding_files_it_did_not_write(tmp_path, prepared):
     before = _crowd(prepared)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(OutputFolderError) as caught:
         write_small(prepared, tmp_path, force=True, options={"seed": 1})
     message = str(caught.value)
     assert "NOTES.txt, results" in message and "did not write" in message
@@ -133,7 +133,7 @@ def test_synth_force_keeps_the_users_notes_and_eval_outputs(tmp_path):
     before = _crowd(out)
     (out / "plots").mkdir()
     forced = runner.invoke(cli, [*args, "--force", "--seed", "5"])
-    assert forced.exit_code == 2, forced.output
+    assert forced.exit_code == 1, forced.output
     assert "NOTES.txt, plots, results" in forced.stderr and "Traceback" not in forced.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert (out / "plots").is_dir() and (out / "results" / "metrics.json").is_file()
@@ -148,7 +148,7 @@ def test_a_file_that_appears_during_the_write_is_refused_or_kept(tmp_path, prepa
         return load(folder, **options)
 
     monkeypatch.setattr(writer_module, "load_prepared", load_then_add_notes)
-    with pytest.raises(ConfigError, match=r"NOTES\.txt"):
+    with pytest.raises(OutputFolderError, match=r"NOTES\.txt"):
         write_small(prepared, tmp_path, force=True)
     assert (prepared / "NOTES.txt").read_text() == "written meanwhile\n"
     assert not list(tmp_path.glob(".prepared.staging-*"))

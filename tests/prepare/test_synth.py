@@ -319,7 +319,7 @@ def test_cli_writes_refuses_to_overwrite_and_replaces_with_force(tmp_path):
     assert len(data.queries) == 60
 
     again = runner.invoke(cli, args)
-    assert again.exit_code == 2
+    assert again.exit_code == 1
     assert "already holds a prepared dataset" in again.output and "--force" in again.output
     assert load_prepared(out).features.shape == (480, 4, 16)  # untouched
 
