@@ -85,6 +85,7 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
 @_train_option("features_on")
 @_train_option("amp")
 @_train_option("compile", show_default=False)
+@_train_option("gain")
 @_train_option("seed")
 @_train_option("workers")
 @_train_option("tensorboard", type=click.Path(file_okay=False))

@@ -25,6 +25,8 @@ from amc_data.checks import one_of, real_number
 from amc_data.errors import ConfigError, InputError
 from amc_data.prepare.format import MAX_EVAL_LABEL
 
+from .protocol import GAINS
+
 log = logging.getLogger(__name__)
 
 NDCG_CUTOFFS: tuple[int, ...] = (5, 10, 15, 20, 25)
@@ -33,9 +35,6 @@ CHALLENGE_K = 25
 # the challenge published it, so a perfect list of 25 Excellent images scores about 1.
 CHALLENGE_SCALE = 0.01757
 RECALL_CUTOFFS: tuple[int, ...] = (1, 5, 10)
-# The gains of NDCG: "exp" is 2**label - 1 (the paper's, MSR-Bing's, scikit-learn's on 0/1
-# labels), "linear" the label itself (trec_eval's and torchmetrics'); equal on 0/1 labels.
-GAINS: tuple[str, ...] = ("exp", "linear")
 # Intermediate arrays of the chunked computations stay near this many bytes.
 CHUNK_BYTES = 64 * 2**20
 

@@ -6,3 +6,6 @@ from __future__ import annotations
 
 MAX_ROWS = 100_000_000  # rows a scores file may have (3.2 GB of checked columns)
 SIGNIFICANCE_K = 10  # per-query NDCG@10 drives the paired tests between rankers
+# The gains of NDCG: "exp" is 2**label - 1 (the paper's, MSR-Bing's, scikit-learn's on 0/1
+# labels), "linear" the label itself (trec_eval's and torchmetrics'); equal on 0/1 labels.
+GAINS: tuple[str, ...] = ("exp", "linear")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checks import check_config, declared, default_of, one_of, option
 from ..errors import ConfigError
+from ..evaluation.protocol import GAINS
 from .registry import BUILT_IN, model_kind, model_kinds, model_rows
 
 if TYPE_CHECKING:
@@ -106,6 +107,12 @@ class TrainConfig:
     )
     clip: float = option(1.0, "Gradient norm cap (0: none).", low=0)
     max_keywords: int = option(64, "Keywords kept per image (the most frequent).", low=1, high=4096)
+    gain: str = option(
+        "exp",
+        "NDCG gain of validation's choice of the best epoch: exp (2^label - 1, the paper's) "
+        "or linear (the label, trec_eval's).",
+        choices=GAINS,
+    )
     seed: int = option(
         0, "Seed of every random choice.", low=0, high=2**63 - 1, why="Seeds are 63-bit."
     )

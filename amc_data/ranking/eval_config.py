@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from ..checks import check_config, option
-from ..evaluation.protocol import MAX_ROWS, SIGNIFICANCE_K
+from ..evaluation.protocol import GAINS, MAX_ROWS, SIGNIFICANCE_K
 from ..spec import PREPARED_SPLITS
 from .config import DEVICES
 
 # The CLI lists the splits test first: the one evaluated by default.
 EVAL_SPLITS = tuple(reversed(PREPARED_SPLITS))
-# NDCG's gains (`evaluation.metrics.GAINS`, repeated here: this module loads no numpy).
-GAINS = ("exp", "linear")
 TABLE_FORMATS = ("text", "markdown", "latex", "csv")
 TREC_DEPTH = 1000  # `evaluation.trec.TREC_DEPTH`
 

@@ -583,6 +583,7 @@ class _Run:
             frame["label"].to_numpy(),
             10,
             query_ids=frame["query_id"].to_numpy(),
+            gain=self.config.gain,
         )
         return {VALIDATION_METRIC: float(value)}
 

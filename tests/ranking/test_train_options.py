@@ -33,6 +33,8 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
         return 2.0
     if field.name == "init_from":
         return "another-run"
+    if field.name == "gain":
+        return "linear"
     if isinstance(default, bool):
         return not default
     if isinstance(default, int):
