@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import sys
@@ -231,7 +232,11 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     out = work / f"run-{world.name.replace(' ', '-')}-{name}-train-seed-{options['seed']}"
     options = dict(options)
     model_options = options.pop("model_options", {})
+    loss_options = options.pop("loss_options", {})
     build = training.model_config_for
+    pool_loss = training.pool_hinge_loss
+    if loss_options:  # pool_hinge_loss options that TrainConfig does not carry
+        training.pool_hinge_loss = functools.partial(pool_loss, **loss_options)
     if model_options:  # ModelConfig fields that TrainConfig does not carry
 
         def with_options(config, prepared):
@@ -243,6 +248,7 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         amc_data.train(world.prepared, out, TrainConfig(**options), force=True)
     finally:
         training.model_config_for = build
+        training.pool_hinge_loss = pool_loss
     seconds = time.perf_counter() - started
     loaded = amc_data.load_model(out, world.prepared)
     model = loaded.model
@@ -378,6 +384,18 @@ REFERENCE = {
 }
 PACKAGE = {
     "pkg amc": {},
+    # Session 4 (several concepts an image): candidates for the concepts left unlearned.
+    "pkg amc pool loss over violating cells": {"loss_options": {"reduction": "violating"}},
+    "pkg amc --hardest": {"hardest": True},
+    "pkg violating: amc --no-inter": {"inter": False, "loss_options": {"reduction": "violating"}},
+    "pkg violating: amc --no-intra": {"intra": False, "loss_options": {"reduction": "violating"}},
+    "pkg violating: fusion": {"model": "fusion", "loss_options": {"reduction": "violating"}},
+    "pkg violating: amc 16 epochs": {"epochs": 16, "loss_options": {"reduction": "violating"}},
+    "pkg amc attention scale learned at the common pace": {
+        "model_options": {"attention_scale_rate": 1.0}
+    },
+    "pkg amc pool 256": {"pool_negatives": 256},
+    "pkg amc 16 epochs": {"epochs": 16},
     "pkg visual": {"model": "visual"},
     "pkg keyword": {"model": "keyword"},
     "pkg fusion": {"model": "fusion"},

@@ -1,0 +1,63 @@
+"""Several concepts an image: the pool loss that keeps teaching once most negatives are beaten
+(the mean over the cells that still violate the margin), so that a concept the loss stopped
+needing early still gets learned (benchmarks/FIDELITY.md, session 4)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from amc_data.ranking.loss import pool_hinge_loss  # noqa: E402
+
+
+def _case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(6, 11, generator=generator) * 0.3
+    own = torch.tensor([0, 2, 2, 10, 5, 7])
+    positive = torch.zeros(6, 11, dtype=torch.bool)
+    positive[torch.arange(6), own] = True
+    positive[1, 3] = True  # another positive of the same query: never a negative
+    return scores, own, positive
+
+
+def test_the_violating_reduction_is_the_mean_over_the_cells_that_still_violate() -> None:
+    scores, own, positive = _case()
+    terms = [
+        max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
+        for b, p in itertools.product(range(6), range(11))
+        if not positive[b, p]
+    ]
+    violating = [t for t in terms if t > 0]
+    assert 0 < len(violating) < len(terms)
+    got = pool_hinge_loss(scores, own, positive, 0.2, reduction="violating")
+    assert float(got) == pytest.approx(np.mean(violating))
+    # The default is unchanged: the mean over every negative cell.
+    assert float(pool_hinge_loss(scores, own, positive, 0.2)) == pytest.approx(np.mean(terms))
+
+
+def test_a_few_violations_among_many_beaten_negatives_keep_their_full_weight() -> None:
+    # One query, one negative still too close among 100 beaten ones: the mean over every cell
+    # shrinks its gradient 100-fold, the violating mean does not.
+    scores = torch.full((1, 102), -1.0)
+    scores[0, 0], scores[0, 1] = 0.5, 0.45
+    scores.requires_grad_(True)
+    own, positive = torch.tensor([0]), torch.zeros(1, 102, dtype=torch.bool)
+    positive[0, 0] = True
+    pool_hinge_loss(scores, own, positive, 0.2, reduction="violating").backward()
+    assert scores.grad is not None
+    assert float(scores.grad[0, 1]) == pytest.approx(1.0)
+    assert float(pool_hinge_loss(scores.detach(), own, positive, 0.2, reduction="violating")) > 0
+    with torch.no_grad():
+        loss = pool_hinge_loss(scores, own, positive, 0.2, reduction="violating")
+    assert float(loss) == pytest.approx(0.15)
+
+
+def test_nothing_violating_is_a_zero_loss_not_a_nan() -> None:
+    scores = torch.tensor([[1.0, -1.0, -1.0]])
+    positive = torch.tensor([[True, False, False]])
+    loss = pool_hinge_loss(scores, torch.tensor([0]), positive, 0.2, reduction="violating")
+    assert float(loss) == 0.0
