@@ -116,8 +116,10 @@ def multi_world(work: Path, seed: int, config: planted_multi.MultiConfig) -> Wor
     for qid in prepared.split_queries("test")["query_id"].tolist():
         row, concepts = truth.captions[int(qid)]
         visual = [c for c in concepts if truth.is_visual(c)]
-        kinds[int(qid)] = "both" if visual and len(visual) < len(concepts) else (
-            "visual" if visual else "textual"
+        kinds[int(qid)] = (
+            "both"
+            if visual and len(visual) < len(concepts)
+            else ("visual" if visual else "textual")
         )
         for c in concepts:
             kind = "visual" if truth.is_visual(c) else "textual"
@@ -125,9 +127,7 @@ def multi_world(work: Path, seed: int, config: planted_multi.MultiConfig) -> Wor
             parts[kind].append((qid, row, word.get(truth.names[c], -1), cells, c))
     ceiling = planted_multi.ceiling(truth)["ndcg@10"]
     name = f"multi{config.per_image[0]}x{config.per_image[1]} seed {seed}"
-    return World(
-        name, prepared, _probe(parts["textual"]), _probe(parts["visual"]), ceiling, kinds
-    )
+    return World(name, prepared, _probe(parts["textual"]), _probe(parts["visual"]), ceiling, kinds)
 
 
 def _probe(items: list) -> Probe:
@@ -390,6 +390,10 @@ PACKAGE = {
     "pkg violating: amc --no-inter": {"inter": False, "loss_options": {"reduction": "violating"}},
     "pkg violating: amc --no-intra": {"intra": False, "loss_options": {"reduction": "violating"}},
     "pkg violating: fusion": {"model": "fusion", "loss_options": {"reduction": "violating"}},
+    "pkg violating: amc gate reading the attended vectors": {
+        "model_options": {"gate_content": True},
+        "loss_options": {"reduction": "violating"},
+    },
     "pkg violating: amc 16 epochs": {"epochs": 16, "loss_options": {"reduction": "violating"}},
     "pkg amc attention scale learned at the common pace": {
         "model_options": {"attention_scale_rate": 1.0}
@@ -440,9 +444,7 @@ PACKAGE = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--world", choices=("synth", "coco", "both", "multi"), default="both"
-    )
+    parser.add_argument("--world", choices=("synth", "coco", "both", "multi"), default="both")
     parser.add_argument(
         "--per-image", type=int, nargs=2, default=(1, 1), help="multi: visual, textual concepts"
     )

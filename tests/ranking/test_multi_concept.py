@@ -47,13 +47,15 @@ def test_a_few_violations_among_many_beaten_negatives_keep_their_full_weight() -
     scores.requires_grad_(True)
     own, positive = torch.tensor([0]), torch.zeros(1, 102, dtype=torch.bool)
     positive[0, 0] = True
-    pool_hinge_loss(scores, own, positive, 0.2, reduction="violating").backward()
+    loss = pool_hinge_loss(scores, own, positive, 0.2, reduction="violating")
+    loss.backward()
+    assert float(loss) == pytest.approx(0.15)
     assert scores.grad is not None
     assert float(scores.grad[0, 1]) == pytest.approx(1.0)
-    assert float(pool_hinge_loss(scores.detach(), own, positive, 0.2, reduction="violating")) > 0
-    with torch.no_grad():
-        loss = pool_hinge_loss(scores, own, positive, 0.2, reduction="violating")
-    assert float(loss) == pytest.approx(0.15)
+    every = scores.detach().requires_grad_(True)
+    pool_hinge_loss(every, own, positive, 0.2).backward()
+    assert every.grad is not None
+    assert float(every.grad[0, 1]) == pytest.approx(1 / 101)
 
 
 def test_nothing_violating_is_a_zero_loss_not_a_nan() -> None:
@@ -61,3 +63,57 @@ def test_nothing_violating_is_a_zero_loss_not_a_nan() -> None:
     positive = torch.tensor([[True, False, False]])
     loss = pool_hinge_loss(scores, torch.tensor([0]), positive, 0.2, reduction="violating")
     assert float(loss) == 0.0
+
+
+# -- trained on the several-concepts world (slow) -----------------------------------------------
+
+RUNS = {
+    "amc": {},
+    "visual": {"model": "visual"},
+    "keyword": {"model": "keyword"},
+    "fusion": {"model": "fusion"},
+    "cca": {"model": "cca"},
+}
+
+
+@pytest.fixture(scope="module")
+def trained_multi(tmp_path_factory: pytest.TempPathFactory):
+    """The several-concepts world (seed 1, the 1K protocol), every run trained on it with
+    default options, their evaluation and the world's ceiling."""
+    from support import planted_multi
+
+    import amc_data
+    from amc_data import TrainConfig
+    from amc_data.prepare import load_prepared
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("multi")
+    world, out = planted_multi.prepare_world(
+        folder, planted_multi.MultiConfig(seed=1, images=(2000, 0, 250, 1000))
+    )
+    prepared = load_prepared(out)
+    runs = []
+    for name, options in RUNS.items():
+        amc_data.train(prepared, folder / name, TrainConfig(seed=1, device="cpu", **options))
+        runs.append(folder / name)
+    evaluation = amc_data.evaluate(runs, prepared, random_baseline=False, resamples=2000)
+    return {run.name: run for run in evaluation.runs}, planted_multi.ceiling(world)
+
+
+@pytest.mark.slow
+def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
+    from amc_data.evaluation.significance import paired_by_query
+
+    table, ceiling = trained_multi
+    amc = table["amc"].ranking
+    for name in ("visual", "keyword", "fusion", "cca"):
+        other = table[name].ranking
+        test = paired_by_query(
+            amc.query_ids, amc.ndcg_at(10), other.query_ids, other.ndcg_at(10), resamples=2000
+        )
+        assert test.difference > 0 and test.p_randomization < 0.01, (name, test)
+    # A share of what the truth allows (benchmarks/FIDELITY.md, session 4): with the default
+    # pool loss 0.79-0.83 at world seeds 1 and 2; the mean over the cells that still violate
+    # the margin reaches 0.90-0.94, to be asserted here once it is the training default.
+    share = float(amc.ndcg_at(10).mean()) / ceiling["ndcg@10"]
+    assert share >= 0.75, share

@@ -6,10 +6,10 @@ The story (one numpy generator, seeded):
 - Two sets of made-up concept words: `visual` concepts, which only the pixels carry, and
   `textual` ones, which only the keywords carry. Every concept has a *look* (a random unit
   direction in feature space) and a name.
-- Pixels: an image is a grid of `grid` x `grid` regions (7 x 7 by default). It *shows* `per_image[0]`
-  visual concepts, each in 1-3 cells; the other cells are clutter (a few shared directions plus
-  noise). One more cell shows the look of a textual concept the image does not carry (a
-  wrong-modality decoy).
+- Pixels: an image is a grid of `grid` x `grid` regions (7 x 7 by default). It *shows*
+  `per_image[0]` visual concepts, each in 1-3 cells; the other cells are clutter (a few shared
+  directions plus noise). One more cell shows the look of a textual concept the image does not
+  carry (a wrong-modality decoy).
 - Keywords: 8-20 filler keywords and phrases (Zipf-weighted common words), the names of the
   `per_image[1]` textual concepts the image *carries*, and the name of one visual concept it does
   not show (a wrong-modality decoy), in random order.
