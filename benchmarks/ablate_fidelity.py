@@ -394,6 +394,10 @@ PACKAGE = {
         "model_options": {"gate_content": True},
         "loss_options": {"reduction": "violating"},
     },
+    "pkg violating: amc attention scale learned 5x faster": {
+        "model_options": {"attention_scale_rate": 5.0},
+        "loss_options": {"reduction": "violating"},
+    },
     "pkg violating: amc 16 epochs": {"epochs": 16, "loss_options": {"reduction": "violating"}},
     "pkg amc attention scale learned at the common pace": {
         "model_options": {"attention_scale_rate": 1.0}
