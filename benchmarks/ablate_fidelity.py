@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shutil
 import sys
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from reference_amc import RefConfig, fit  # noqa: E402
-from support import planted_coco  # noqa: E402
+from support import planted_coco, planted_multi  # noqa: E402
 
 import amc_data  # noqa: E402
 from amc_data.evaluation.metrics import ndcg_at_k  # noqa: E402
@@ -53,6 +54,7 @@ class Probe:
     img_ids: np.ndarray  # (P,)
     keyword: np.ndarray  # (P,) prepared keyword id + 1 of the concept (keyword probes)
     regions: np.ndarray  # (P, R) bool (region probes)
+    concept: np.ndarray | None = None  # (P,) the concept probed (multi: per-concept masses)
 
 
 @dataclass
@@ -61,6 +63,9 @@ class World:
     prepared: object
     keyword_probe: Probe
     region_probe: Probe
+    ceiling: float | None = None  # the best expected NDCG@10, from the truth
+    # multi: sentid -> what the caption names ("both", "visual", "textual"), for the gate
+    names_kind: dict | None = None
 
 
 def synth_world(work: Path, seed: int, images: int, queries: int) -> World:
@@ -99,9 +104,35 @@ def coco_world(work: Path, seed: int, config: planted_coco.PlantedConfig) -> Wor
     return World(f"{name} seed {seed}", prepared, _probe(parts["textual"]), _probe(parts["visual"]))
 
 
+def multi_world(work: Path, seed: int, config: planted_multi.MultiConfig) -> World:
+    """The several-concepts world: one probe per (caption, named concept) pair."""
+    folder = work / f"multi-{seed}-{config.per_image[0]}x{config.per_image[1]}"
+    shutil.rmtree(folder, ignore_errors=True)
+    truth, out = planted_multi.prepare_world(folder, dataclasses.replace(config, seed=seed))
+    prepared = load_prepared(out)
+    word = {w: i + 1 for i, w in enumerate(prepared.vocabulary)}
+    parts: dict[str, list] = {"visual": [], "textual": []}
+    kinds = {}
+    for qid in prepared.split_queries("test")["query_id"].tolist():
+        row, concepts = truth.captions[int(qid)]
+        visual = [c for c in concepts if truth.is_visual(c)]
+        kinds[int(qid)] = (
+            "both"
+            if visual and len(visual) < len(concepts)
+            else ("visual" if visual else "textual")
+        )
+        for c in concepts:
+            kind = "visual" if truth.is_visual(c) else "textual"
+            cells = truth.cell_concept[row] == c
+            parts[kind].append((qid, row, word.get(truth.names[c], -1), cells, c))
+    ceiling = planted_multi.ceiling(truth)["ndcg@10"]
+    name = f"multi{config.per_image[0]}x{config.per_image[1]} seed {seed}"
+    return World(name, prepared, _probe(parts["textual"]), _probe(parts["visual"]), ceiling, kinds)
+
+
 def _probe(items: list) -> Probe:
-    q, i, k, r = zip(*items, strict=True)
-    return Probe(np.array(q), np.array(i), np.array(k), np.stack(r))
+    q, i, k, r, *c = zip(*items, strict=True)
+    return Probe(np.array(q), np.array(i), np.array(k), np.stack(r), np.array(c[0]) if c else None)
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -142,14 +173,49 @@ def masses(world: World, attend) -> dict:
     ids, counts, weights, _ = attend(p.query_ids, p.img_ids)
     hit = ids == p.keyword[:, None]
     if weights is not None:
-        out["kw_mass"] = float((weights * hit).sum(1).mean())
+        got = (weights * hit).sum(1)
+        out["kw_mass"] = float(got.mean())
+        if p.concept is not None:
+            out.update(_per_concept("kw", got, p.concept))
     out["kw_uniform"] = float(((counts * hit).sum(1) / counts.sum(1).clip(1e-9)).mean())
     p = world.region_probe
     _, _, _, regions = attend(p.query_ids, p.img_ids)
     if regions is not None:
-        out["reg_mass"] = float((regions * p.regions).sum(1).mean())
+        got = (regions * p.regions).sum(1)
+        out["reg_mass"] = float(got.mean())
+        if p.concept is not None:
+            out.update(_per_concept("reg", got, p.concept))
     out["reg_uniform"] = float(p.regions.mean())
     return out
+
+
+def _per_concept(name: str, mass: np.ndarray, concept: np.ndarray) -> dict:
+    """Each concept's median mass: the lowest, the share of concepts below 0.3, the median."""
+    medians = np.array([np.median(mass[concept == c]) for c in np.unique(concept)])
+    return {
+        f"{name}_concept_min": float(medians.min()),
+        f"{name}_concepts_below_0.3": float((medians < 0.3).mean()),
+        f"{name}_concept_median": float(np.median(medians)),
+    }
+
+
+def gate_by_caption(world: World, model) -> dict:
+    """The gate's visual weight on each test caption's own image, by what the caption names."""
+    from amc_data.ranking.data import image_batch, query_batch
+
+    kinds = world.names_kind or {}
+    qids = np.array(sorted(kinds), dtype=np.int64)
+    judged = world.prepared.judgments.set_index("query_id")["img_id"]
+    imgs = judged.loc[qids].to_numpy(np.int64)
+    weights = []
+    with torch.no_grad():
+        for s in range(0, len(qids), 256):
+            batch = image_batch(world.prepared, imgs[s : s + 256]).map(lambda t: t.unsqueeze(1))
+            got = model.explain(query_batch(world.prepared, qids[s : s + 256]), batch)
+            weights.append(got.modality_weights[:, 0, 0].numpy())
+    visual = np.concatenate(weights)
+    labels = np.array([kinds[int(q)] for q in qids])
+    return {f"gate_{k}": float(visual[labels == k].mean()) for k in ("both", "visual", "textual")}
 
 
 # -- the package's models -----------------------------------------------------------------------
@@ -166,7 +232,11 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     out = work / f"run-{world.name.replace(' ', '-')}-{name}-train-seed-{options['seed']}"
     options = dict(options)
     model_options = options.pop("model_options", {})
+    loss_options = options.pop("loss_options", {})
     build = training.model_config_for
+    pool_loss = training.pool_hinge_loss
+    if loss_options:  # pool_hinge_loss options that TrainConfig does not carry
+        training.pool_hinge_loss = functools.partial(pool_loss, **loss_options)
     if model_options:  # ModelConfig fields that TrainConfig does not carry
 
         def with_options(config, prepared):
@@ -178,6 +248,7 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         amc_data.train(world.prepared, out, TrainConfig(**options), force=True)
     finally:
         training.model_config_for = build
+        training.pool_hinge_loss = pool_loss
     seconds = time.perf_counter() - started
     loaded = amc_data.load_model(out, world.prepared)
     model = loaded.model
@@ -215,6 +286,11 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         )
 
     result.update(masses(world, attend))
+    if world.ceiling is not None:
+        result["ceiling"] = world.ceiling
+        result["share"] = result["ndcg@10"] / world.ceiling
+        if options.get("model", "amc") == "amc":
+            result.update(gate_by_caption(world, model))
     return result
 
 
@@ -308,6 +384,26 @@ REFERENCE = {
 }
 PACKAGE = {
     "pkg amc": {},
+    # Session 4 (several concepts an image): candidates for the concepts left unlearned.
+    "pkg amc pool loss over violating cells": {"loss_options": {"reduction": "violating"}},
+    "pkg amc --hardest": {"hardest": True},
+    "pkg violating: amc --no-inter": {"inter": False, "loss_options": {"reduction": "violating"}},
+    "pkg violating: amc --no-intra": {"intra": False, "loss_options": {"reduction": "violating"}},
+    "pkg violating: fusion": {"model": "fusion", "loss_options": {"reduction": "violating"}},
+    "pkg violating: amc gate reading the attended vectors": {
+        "model_options": {"gate_content": True},
+        "loss_options": {"reduction": "violating"},
+    },
+    "pkg violating: amc attention scale learned 5x faster": {
+        "model_options": {"attention_scale_rate": 5.0},
+        "loss_options": {"reduction": "violating"},
+    },
+    "pkg violating: amc 16 epochs": {"epochs": 16, "loss_options": {"reduction": "violating"}},
+    "pkg amc attention scale learned at the common pace": {
+        "model_options": {"attention_scale_rate": 1.0}
+    },
+    "pkg amc pool 256": {"pool_negatives": 256},
+    "pkg amc 16 epochs": {"epochs": 16},
     "pkg visual": {"model": "visual"},
     "pkg keyword": {"model": "keyword"},
     "pkg fusion": {"model": "fusion"},
@@ -352,7 +448,11 @@ PACKAGE = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=("synth", "coco", "both"), default="both")
+    parser.add_argument("--world", choices=("synth", "coco", "both", "multi"), default="both")
+    parser.add_argument(
+        "--per-image", type=int, nargs=2, default=(1, 1), help="multi: visual, textual concepts"
+    )
+    parser.add_argument("--multi-images", type=int, nargs=4, default=(2000, 0, 500, 1000))
     parser.add_argument("--only", choices=("ref", "pkg", "all"), default="all")
     parser.add_argument(
         "--runs", nargs="*", help="names of the runs to do (a name, or a part of several)"
@@ -403,6 +503,11 @@ def main() -> None:
             carrier=args.carrier,
         )
         worlds.append(coco_world(args.work, args.seed, config))
+    if args.world == "multi":
+        multi = planted_multi.MultiConfig(
+            per_image=tuple(args.per_image), images=tuple(args.multi_images)
+        )
+        worlds.append(multi_world(args.work, args.seed, multi))
     results = []
     for world in worlds:
         runs = []
@@ -433,6 +538,8 @@ def main() -> None:
 
 def _line(row: dict) -> str:
     keys = ("ndcg@10", "r@1", "r@10", "kw_mass", "kw_uniform", "reg_mass", "reg_uniform")
+    keys += ("share", "kw_concepts_below_0.3", "reg_concepts_below_0.3", "kw_concept_min")
+    keys += ("reg_concept_min", "gate_both", "gate_visual", "gate_textual")
     cells = [f"{row[k]:.3f}" if k in row else "-" for k in keys]
     run = f"{row['run']} (train seed {row['train_seed']})"
     return f"| {row['world']} | {run} | " + " | ".join(cells) + f" | {row['seconds']:.0f}s |"

@@ -40,6 +40,7 @@ def pool_hinge_loss(
     positive: torch.Tensor,
     margin: float,
     hardest: bool = False,
+    reduction: str = "all",
 ) -> torch.Tensor:
     """The hinge over a shared pool: `max(0, margin - s(q, v+) + s(q, v-))` for each query's own
     positive `v+` against every pool image `v-` that is none of the query's positives.
@@ -48,7 +49,9 @@ def pool_hinge_loss(
     each query's own positive, `positive` `(B, P)` bool the pool images that are positives of
     each query (its own included), which are never negatives. The mean over every (query,
     negative) cell; with `hardest`, VSE++'s max violation: each query's largest term only,
-    averaged over the queries that have a negative.
+    averaged over the queries that have a negative. `reduction="violating"`: the mean over the
+    cells that violate the margin only, so that the few negatives still ranked too high (those
+    sharing all but one concept with the positive) are not diluted by the many already beaten.
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
     own_scores = scores[rows, own].unsqueeze(1)  # (B, 1)
@@ -58,4 +61,6 @@ def pool_hinge_loss(
         has_negative = negative.any(1)  # (B,)
         worst = terms.max(1).values  # (B,): 0 where a query has no negative
         return (worst * has_negative).sum() / has_negative.sum().clamp(min=1)
+    if reduction == "violating":
+        return terms.sum() / (terms > 0).sum().clamp(min=1)
     return terms.sum() / negative.sum().clamp(min=1)

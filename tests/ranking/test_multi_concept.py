@@ -1,0 +1,120 @@
+"""Several concepts an image: the pool loss that keeps teaching once most negatives are beaten
+(the mean over the cells that still violate the margin), so that a concept the loss stopped
+needing early still gets learned (benchmarks/FIDELITY.md, session 4)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from amc_data.ranking.loss import pool_hinge_loss  # noqa: E402
+
+
+def _case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(6, 11, generator=generator) * 0.3
+    own = torch.tensor([0, 2, 2, 10, 5, 7])
+    positive = torch.zeros(6, 11, dtype=torch.bool)
+    positive[torch.arange(6), own] = True
+    positive[1, 3] = True  # another positive of the same query: never a negative
+    return scores, own, positive
+
+
+def test_the_violating_reduction_is_the_mean_over_the_cells_that_still_violate() -> None:
+    scores, own, positive = _case()
+    terms = [
+        max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
+        for b, p in itertools.product(range(6), range(11))
+        if not positive[b, p]
+    ]
+    violating = [t for t in terms if t > 0]
+    assert 0 < len(violating) < len(terms)
+    got = pool_hinge_loss(scores, own, positive, 0.2, reduction="violating")
+    assert float(got) == pytest.approx(np.mean(violating))
+    # The default is unchanged: the mean over every negative cell.
+    assert float(pool_hinge_loss(scores, own, positive, 0.2)) == pytest.approx(np.mean(terms))
+
+
+def test_a_few_violations_among_many_beaten_negatives_keep_their_full_weight() -> None:
+    # One query, one negative still too close among 100 beaten ones: the mean over every cell
+    # shrinks its gradient 100-fold, the violating mean does not.
+    scores = torch.full((1, 102), -1.0)
+    scores[0, 0], scores[0, 1] = 0.5, 0.45
+    scores.requires_grad_(True)
+    own, positive = torch.tensor([0]), torch.zeros(1, 102, dtype=torch.bool)
+    positive[0, 0] = True
+    loss = pool_hinge_loss(scores, own, positive, 0.2, reduction="violating")
+    loss.backward()
+    assert float(loss) == pytest.approx(0.15)
+    assert scores.grad is not None
+    assert float(scores.grad[0, 1]) == pytest.approx(1.0)
+    every = scores.detach().requires_grad_(True)
+    pool_hinge_loss(every, own, positive, 0.2).backward()
+    assert every.grad is not None
+    assert float(every.grad[0, 1]) == pytest.approx(1 / 101)
+
+
+def test_nothing_violating_is_a_zero_loss_not_a_nan() -> None:
+    scores = torch.tensor([[1.0, -1.0, -1.0]])
+    positive = torch.tensor([[True, False, False]])
+    loss = pool_hinge_loss(scores, torch.tensor([0]), positive, 0.2, reduction="violating")
+    assert float(loss) == 0.0
+
+
+# -- trained on the several-concepts world (slow) -----------------------------------------------
+
+RUNS = {
+    "amc": {},
+    "visual": {"model": "visual"},
+    "keyword": {"model": "keyword"},
+    "fusion": {"model": "fusion"},
+    "cca": {"model": "cca"},
+}
+
+
+@pytest.fixture(scope="module")
+def trained_multi(tmp_path_factory: pytest.TempPathFactory):
+    """The several-concepts world (seed 1, the 1K protocol), every run trained on it with
+    default options, their evaluation and the world's ceiling."""
+    from support import planted_multi
+
+    import amc_data
+    from amc_data import TrainConfig
+    from amc_data.prepare import load_prepared
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("multi")
+    world, out = planted_multi.prepare_world(
+        folder, planted_multi.MultiConfig(seed=1, images=(2000, 0, 250, 1000))
+    )
+    prepared = load_prepared(out)
+    runs = []
+    for name, options in RUNS.items():
+        amc_data.train(prepared, folder / name, TrainConfig(seed=1, device="cpu", **options))
+        runs.append(folder / name)
+    evaluation = amc_data.evaluate(runs, prepared, random_baseline=False, resamples=2000)
+    return {run.name: run for run in evaluation.runs}, planted_multi.ceiling(world)
+
+
+@pytest.mark.slow
+def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
+    from amc_data.evaluation.significance import paired_by_query
+
+    table, ceiling = trained_multi
+    amc = table["amc"].ranking
+    for name in ("visual", "keyword", "fusion", "cca"):
+        other = table[name].ranking
+        test = paired_by_query(
+            amc.query_ids, amc.ndcg_at(10), other.query_ids, other.ndcg_at(10), resamples=2000
+        )
+        assert test.difference > 0 and test.p_randomization < 0.01, (name, test)
+    # A share of what the truth allows (benchmarks/FIDELITY.md, session 4): with the default
+    # pool loss 0.75-0.83 over four trainings (0.83 at this seed); the mean over the cells that
+    # still violate the margin reaches 0.89-0.94, to be asserted here once it is the training
+    # default. The floor sits below the lowest seen: another CPU acts like another seed.
+    share = float(amc.ndcg_at(10).mean()) / ceiling["ndcg@10"]
+    assert share >= 0.7, share
