@@ -161,21 +161,20 @@ def _batch(
     results = searcher.search_many([text for _, text in readable])
     name = run.stem if run.is_file() else run.name
     lines = []
+    named = any(hit.file_name is not None for result in results for hit in result.hits)
     for (query_id, _), result in zip(readable, results, strict=True):
         for hit in result.hits:
             if trec is not None:
                 lines.append(f"{query_id} Q0 {hit.img_id} {hit.rank} {hit.score:.6f} {name}")
             else:
-                tail = "" if hit.file_name is None else f"\t{hit.file_name}"
+                tail = f"\t{hit.file_name or '-'}" if named else ""
                 lines.append(f"{query_id}\t{hit.rank}\t{hit.img_id}\t{hit.score:.6f}{tail}")
     if trec is not None:
         atomic_write_bytes(trec, "".join(f"{line}\n" for line in lines).encode("utf-8"))
         if not quiet:
             click.echo(f"Wrote {len(lines)} lines for {len(readable)} queries to {trec}", err=True)
         return
-    header = "query_id\trank\timg_id\tscore"
-    if results and results[0].hits and results[0].hits[0].file_name is not None:
-        header += "\tfile_name"
+    header = "query_id\trank\timg_id\tscore" + ("\tfile_name" if named else "")
     click.echo("\n".join([header, *lines]))
 
 

@@ -39,6 +39,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # (the batch's positives and `pool_negatives` sampled images, each projected once); "pairs",
 # the paper's `negatives` images sampled for each (query, positive) pair on its own.
 LOSSES = ("pool", "pairs")
+# How the pool loss averages its hinge terms: over the negatives still within the margin, or all.
+POOL_REDUCTIONS = ("violating", "all")
 # Where training reads region features: "host", gathered by the loader from the memory-mapped
 # file; "device", the whole file resident on the training device, gathered there; "auto",
 # the device when it is a GPU with room for the features.
@@ -100,6 +102,16 @@ class TrainConfig:
         False,
         "With --loss pool: each query's hardest negative only (VSE++'s max violation).",
         flag="--hardest/--no-hardest",
+    )
+    # The pool loss's mean over the negatives still within the margin: once one concept tells
+    # a caption's image from most of the pool, the mean over every negative dilutes the few
+    # that need its second concept about a hundredfold, and that concept is never learned
+    # (benchmarks/FIDELITY.md, session 4).
+    pool_reduction: str = option(
+        "violating",
+        "With --loss pool: average the hinge over the negatives still within the margin "
+        "(violating) or over every negative (all).",
+        choices=POOL_REDUCTIONS,
     )
     margin: float = option(0.2, "Hinge margin of the ranking loss.", low=0)
     in_batch: bool = option(
@@ -256,6 +268,12 @@ USED_WHEN: dict[str, UsedWhen] = {
         "loss pool",
         ("loss",),
         "each query's hardest negative in the shared pool",
+    ),
+    "pool_reduction": UsedWhen(
+        lambda o: o.loss == "pool" and not o.hardest,
+        "loss pool without hardest",
+        ("loss", "hardest"),
+        "the pairs loss averages over each pair's negatives, and hardest keeps one negative",
     ),
     "intra": _ablation("intra_attention", "intra-attention"),
     "inter": _ablation("modality_gate", "modality gate"),

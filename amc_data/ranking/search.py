@@ -321,14 +321,19 @@ class Searcher:
         for lo in range(0, self.img_ids.size, self.chunk):
             yield image_batch(self.prepared, self.img_ids[lo : lo + self.chunk], self.max_keywords)
 
+    def _file_name(self, img_id: int) -> str | None:
+        """The image's file name, when the prepared folder records one (None for images it
+        does not name, such as synth's)."""
+        name = None if self._file_names is None else self._file_names.get(img_id)
+        return name if isinstance(name, str) and name else None
+
     def _plain(self, ids: np.ndarray, scores: np.ndarray) -> list[SearchHit]:
-        names = self._file_names
         return [
             SearchHit(
                 rank=i + 1,
                 img_id=int(img),
                 score=float(s),
-                file_name=None if names is None else str(names[int(img)]),
+                file_name=self._file_name(int(img)),
             )
             for i, (img, s) in enumerate(zip(ids, scores, strict=True))
         ]

@@ -538,6 +538,7 @@ class _Run:
                 batch.pool_positive,
                 self.config.margin,
                 hardest=self.config.hardest,
+                reduction=self.config.pool_reduction,
             )
         scores = net(batch.query, batch.images)  # (B, 1 + t)
         in_batch = None

@@ -21,7 +21,7 @@ from amc_data.ranking.checkpoint import (  # noqa: E402
     read_checkpoint,
     save_checkpoint,
 )
-from amc_data.ranking.migrations import FORMAT_VERSION, migrate  # noqa: E402
+from amc_data.ranking.migrations import ADDED_LATER, FORMAT_VERSION, migrate  # noqa: E402
 from amc_data.ranking.model import ModelConfig, RankingModel  # noqa: E402
 
 VQ, VK, D = 11, 13, 8
@@ -159,10 +159,11 @@ def test_a_format_1_checkpoint_with_an_affine_region_norm_scores_as_it_did(
 def test_a_format_1_record_from_before_the_pool_loss_trained_with_per_pair_negatives() -> None:
     checkpoint = {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}
     migrated = migrate(checkpoint)
-    assert migrated["train_config"] == {"loss": "pairs", "epochs": 2}
+    assert migrated["train_config"] == {"loss": "pairs", "pool_reduction": "all", "epochs": 2}
     assert checkpoint == {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}
     recorded = {"format": FORMAT, "format_version": 1, "train_config": {"loss": "pool"}}
-    assert migrate(recorded)["train_config"] == {"loss": "pool"}  # recorded values stay
+    # Recorded values stay; a pool-loss run of then averaged over every negative.
+    assert migrate(recorded)["train_config"] == {"loss": "pool", "pool_reduction": "all"}
 
 
 def test_migrating_leaves_today_s_format_and_what_it_cannot_read_as_it_is() -> None:
@@ -209,5 +210,6 @@ def test_the_format_1_fixture_checkpoints_migrate_to_the_options_they_were_train
         migrated = migrate(raw)
         assert migrated["format_version"] == FORMAT_VERSION
         assert migrated["model_config"] == entry["model_config"]
-        assert migrated["train_config"] == {**raw["train_config"], **entry["options"]}
+        expected = {**ADDED_LATER, **raw["train_config"], **entry["options"]}
+        assert migrated["train_config"] == expected
         assert migrated["model"].keys() == raw["model"].keys()  # no region norm to fold here

@@ -28,8 +28,9 @@ from support.checkpoint_fixtures import (  # noqa: E402
 
 from amc_data.prepare.format import PreparedDataset, load_prepared  # noqa: E402
 from amc_data.ranking.checkpoint import load_model, read_checkpoint  # noqa: E402
+from amc_data.ranking.resume import recorded_options  # noqa: E402
 from amc_data.ranking.runs import evaluate  # noqa: E402
-from amc_data.ranking.training import TrainConfig, train  # noqa: E402
+from amc_data.ranking.training import train  # noqa: E402
 
 EXPECTED = read_expected()["runs"]
 ALL = sorted(EXPECTED)
@@ -117,11 +118,14 @@ def test_an_interrupted_fixture_run_resumes_to_the_uninterrupted_weights(
     entry = EXPECTED[name]
     run = tmp_path / name
     shutil.copytree(RUNS / name, run)
-    config = TrainConfig(**entry["options"])
-    epochs_before = read_checkpoint(run / "last.pt")["epoch"]
-    assert epochs_before < config.epochs  # it was interrupted
+    # The options it recorded, in today's terms (read_checkpoint migrates: options added since
+    # take the value the run behaved as).
+    last = read_checkpoint(run / "last.pt")
+    config = recorded_options(last["train_config"], str(run))
+    assert {k: getattr(config, k) for k in entry["options"]} == entry["options"]
+    assert last["epoch"] < config.epochs  # it was interrupted
 
-    result = train(DATA, run, config, resume=True)
+    result = train(DATA, run, resume=True)  # the run knows its options
 
     assert result.epochs == config.epochs
     resumed = read_checkpoint(run / "last.pt")

@@ -24,7 +24,7 @@ from amc_data.ranking.run_folder import foreign_entries  # noqa: E402
 from amc_data.ranking.scoring import score_matrix  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
-FAST = {"epochs": 1, "batch_size": 32, "negatives": 3, "dim": 16, "device": "cpu"}
+FAST = {"epochs": 1, "batch_size": 32, "dim": 16, "device": "cpu"}
 # float16 keys and values: a score moves by at most this much (measured: about 1e-4 here).
 FLOAT16_TOLERANCE = 2e-3
 

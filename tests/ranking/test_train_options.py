@@ -35,6 +35,8 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
         return "another-run"
     if field.name == "gain":
         return "linear"
+    if field.name == "pool_reduction":
+        return "all"
     if isinstance(default, bool):
         return not default
     if isinstance(default, int):
