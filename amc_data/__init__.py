@@ -39,7 +39,8 @@ from .version import __version__
 # CLI) load no stage until one of its names is used.
 if TYPE_CHECKING:
     from .archive import ArchiveLimits, ZipArchive, load_id_map, open_archive
-    from .encoding.core import EncodeConfig, EncodeResult, encode
+    from .encoding.config import EncodeConfig
+    from .encoding.core import EncodeResult, encode
     from .encoding.dataset import EncodedSplit, load_encoded
     from .evaluation import (
         CaptionRanking,

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
-
-import numpy as np
 
 from .errors import ConfigError
 
@@ -104,11 +103,12 @@ def whole_number(
     naming `name`."""
     bounds = _range_words(low, high, False, False)
     expected = f"a whole number {bounds}".rstrip()
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _fail(name, expected, value, f" {why}" if why else "")
-    if (low is not None and value < low) or (high is not None and value > high):
+    whole = int(value)
+    if (low is not None and whole < low) or (high is not None and whole > high):
         raise _fail(name, expected, value, f" {why}" if why else "")
-    return int(value)
+    return whole
 
 
 def real_number(
@@ -126,17 +126,14 @@ def real_number(
     bounds = _range_words(low, high, above, below)
     expected = f"a finite number {bounds}".rstrip()
     suffix = f" {why}" if why else ""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float | np.integer | np.floating)
-        or not math.isfinite(value)
-    ):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise _fail(name, expected, value, suffix)
-    too_low = low is not None and (value <= low if above else value < low)
-    too_high = high is not None and (value >= high if below else value > high)
+    real = float(value)
+    too_low = low is not None and (real <= low if above else real < low)
+    too_high = high is not None and (real >= high if below else real > high)
     if too_low or too_high:
         raise _fail(name, expected, value, suffix)
-    return float(value)
+    return real
 
 
 def one_of(name: str, value: Any, choices: Iterable[Any]) -> Any:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from amc_data.encoding.core import EncodeConfig
+from amc_data.encoding.config import EncodeConfig
 from amc_data.progress import progress_enabled
 from amc_data.spec import DATASETS, FORMATS
 

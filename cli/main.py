@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -94,7 +95,43 @@ class AmcGroup(click.Group):
         return message
 
 
-@click.group(cls=AmcGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# Every command, in the pipeline's order, and the module of `cli/` that defines it (its
+# `COMMANDS`). A module is imported when one of its commands runs, so `amc-data fetch` loads
+# the fetching code and nothing of encode, train or eval (`--help` of the group imports all).
+COMMAND_MODULES = {
+    "fetch": "fetch",
+    "verify": "fetch",
+    "info": "fetch",
+    "encode": "encode",
+    "example": "example",
+    "prepare": "prepare",
+    "synth": "synth",
+    "export": "export",
+    "features": "features",
+    "clip-scores": "features",
+    "train": "train",
+    "eval": "evaluate",
+    "index": "index",
+    "search": "search",
+    "demo": "demo",
+}
+
+
+class CommandTable(AmcGroup):
+    """The top group: its commands load on first use (`COMMAND_MODULES`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(f".{module_name}", __package__)
+        return next((c for c in module.COMMANDS if c.name == cmd_name), None)
+
+
+@click.group(cls=CommandTable, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, envvar="AMC_DATA_DEBUG", help="Show tracebacks on errors.")
 @click.option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="amc-data", prog_name="amc-data")
@@ -104,32 +141,6 @@ def cli(debug: bool, verbose: int) -> None:
     levels = {0: logging.WARNING, 1: logging.INFO}
     level = logging.DEBUG if debug else levels.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-
-
-def _register_subcommands() -> None:
-    # Imported here so each subcommand module can import `cli` without a cycle.
-    from . import (
-        demo,
-        encode,
-        evaluate,
-        example,
-        export,
-        features,
-        fetch,
-        index,
-        prepare,
-        search,
-        synth,
-        train,
-    )
-
-    commands = (fetch, encode, prepare, synth, export, features, train, evaluate, index, search)
-    for module in (*commands, demo, example):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register_subcommands()
 
 
 def main(argv: list[str] | None = None) -> None:

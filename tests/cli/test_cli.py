@@ -89,7 +89,9 @@ OWN_DEFAULTS = {("features", "backbone"), ("encode", "formats")}
 )
 def test_each_flag_takes_its_default_and_help_from_the_config(command, config_type):
     fields = {field.name: declared(field) for field in dataclasses.fields(config_type)}
-    params = [p for p in cli.commands[command].params if fields.get(p.name or "") is not None]
+    params = [
+        p for p in cli.get_command(None, command).params if fields.get(p.name or "") is not None
+    ]
     assert params, f"{command} builds no flag from {config_type.__name__}"
     for param in params:
         assert isinstance(param, click.Option)
@@ -97,5 +99,5 @@ def test_each_flag_takes_its_default_and_help_from_the_config(command, config_ty
         assert rule is not None and rule.help in (param.help or ""), param.name
         if (command, param.name) not in OWN_DEFAULTS:
             assert param.default == default_of(config_type, param.name), param.name
-    formats = next(p for p in cli.commands["encode"].params if p.name == "formats")
+    formats = next(p for p in cli.get_command(None, "encode").params if p.name == "formats")
     assert EncodeConfig(formats=formats.default).formats == EncodeConfig().formats
