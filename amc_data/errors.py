@@ -32,7 +32,12 @@ class ConfigError(AmcDataError):
 class OutputFolderError(AmcDataError):
     """An output folder refuses the write: it holds an earlier result (and no `--force`), files
     amc-data did not write, another dataset's output, or it is a file or the current folder.
-    A refused state of the disk, not a bad option, so exit status 1 as for bad data."""
+    A refused state of the disk, not a bad option, so exit status 1 as for bad data. As for
+    `ConfigError`, `parameter` names the option that chose the folder, when one did."""
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class ManifestError(AmcDataError):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from amc_data._optional import require
+from amc_data.errors import InputError
 from amc_data.ranking.search_config import SearchConfig, check_query
 
 from .options import config_option
@@ -81,6 +82,10 @@ def search_command(
         raise click.UsageError("Give either QUERY or --queries FILE.")
     if trec is not None and queries_file is None:
         raise click.UsageError("--trec writes the ranking of --queries FILE; give that file.")
+    if as_json and queries_file is not None:
+        raise click.UsageError(
+            "--json shows one query's ranking; with --queries, write TSV or --trec."
+        )
     config = SearchConfig(
         split=split,  # type: ignore[arg-type]
         top=top,
@@ -123,7 +128,13 @@ def read_queries(path: Path) -> list[tuple[str, str]]:
     """(query_id, text) of each non-empty line of `path`: `query_id<TAB>text`, or the text
     alone (its line number is its id)."""
     queries = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path} is not UTF-8 text (byte {exc.start}): write the queries as UTF-8, one a "
+            "line (or query_id<TAB>text)."
+        ) from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import OutputFolderError
 
 # prepared.json's `format` (`prepare.format.FORMAT_NAME`, which loads numpy and pandas).
 PREPARED_FORMAT = "amc-data prepared dataset"
@@ -29,13 +29,13 @@ def prepared_folder_holding(path: str | os.PathLike[str]) -> Path | None:
 
 def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike[str] | None]]) -> None:
     """Refuse any `(parameter, path)` whose path is, or is inside, a prepared folder: a
-    `ConfigError` naming the parameter, the path and the folder."""
+    `OutputFolderError` naming the parameter, the path and the folder."""
     for parameter, path in outputs:
         if path is None:
             continue
         folder = prepared_folder_holding(path)
         if folder is not None:
-            raise ConfigError(
+            raise OutputFolderError(
                 f"{parameter} {path} is inside the prepared folder {folder}: preparing it "
                 "again would delete it. Write the results outside it.",
                 parameter=parameter,

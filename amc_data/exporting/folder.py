@@ -27,7 +27,7 @@ from typing import Any
 
 import filelock
 
-from ..errors import ConfigError, InputError, OutputFolderError
+from ..errors import InputError, OutputFolderError
 from ..files import atomic_write_json
 from ..machine import exchange_paths
 
@@ -136,13 +136,13 @@ def claim_output(out_dir: Path, data: Path, force: bool) -> Iterator[Path]:
     was swapped in. `out_dir` and `data` must be resolved."""
     cwd = Path.cwd().resolve()
     if not out_dir.name or cwd == out_dir or out_dir in cwd.parents:
-        raise ConfigError(
+        raise OutputFolderError(
             f"out: {out_dir} cannot be the export folder: an export replaces its folder whole, "
             "and this one is (or holds) the current folder. Choose a folder of its own, such as "
             "./export."
         )
     if out_dir == data or data in out_dir.parents or out_dir in data.parents:
-        raise ConfigError(
+        raise OutputFolderError(
             f"out: {out_dir} is, holds or lies inside the prepared folder {data}; preparing it "
             "again would delete the export (or the export the data). Choose a folder beside it."
         )

@@ -71,7 +71,9 @@ def require_open_clip() -> ModuleType:
     """Import open_clip, or raise `MissingDependencyError` naming the extra that brings it."""
     try:
         return importlib.import_module("open_clip")
-    except ImportError as exc:
+    # Not only ImportError: a torchvision built for another torch fails with a RuntimeError
+    # ("operator torchvision::nms does not exist") when open_clip imports it.
+    except Exception as exc:
         raise MissingDependencyError(
             f"An open_clip backbone needs open_clip, which cannot be imported ({exc}). Install "
             f"it with {CLIP_EXTRA} (it needs the torchvision built for your torch)."

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..checks import check_config, option
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..spec import PREPARED_SPLITS
 from .config import DEVICES
 
@@ -54,6 +54,19 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+        # Options the search would not use are refused, not ignored.
+        if self.exact and self.shortlist:
+            raise ConfigError(
+                "shortlist goes with the index search, and exact scans every image from its "
+                "raw features: drop one of them.",
+                parameter="shortlist",
+            )
+        if self.shortlist_index != "flat" and not self.shortlist:
+            raise ConfigError(
+                f"shortlist_index {self.shortlist_index!r} goes with a shortlist (shortlist K): "
+                "give one, or drop shortlist_index.",
+                parameter="shortlist_index",
+            )
 
 
 def check_query(text: object) -> str:
