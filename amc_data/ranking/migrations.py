@@ -26,13 +26,12 @@ FORMAT_VERSION = 2  # what this amc-data writes, and the newest it reads
 
 # Training options added after runs were first recorded, with the value those older runs behaved
 # as where it is not today's default: runs written before the pool loss trained with per-pair
-# negatives, and pool-loss runs written before `pool_reduction` averaged over every negative.
-# Format 1 -> 2 fills them in; a resume reads a record that lacks one the same way.
+# negatives. Format 1 -> 2 fills them in; a resume reads a record that lacks one the same way.
 # The options added since whose default is what older runs did are not listed: `attention`,
 # `gate_content` and `gate_scale` (None: the model the checkpoint records, which is how runs
-# recorded before they were training options were built), `init_from` (None: from scratch) and
-# `tensorboard` (None: no events).
-ADDED_LATER: dict[str, Any] = {"loss": "pairs", "pool_reduction": "all"}
+# recorded before they were training options were built), `init_from` (None: from scratch),
+# `tensorboard` (None: no events), `gain` (exp) and `pool_reduction` (all).
+ADDED_LATER: dict[str, Any] = {"loss": "pairs"}
 
 
 # The model options a format 1 checkpoint may lack, with the value the model it was written

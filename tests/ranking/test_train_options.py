@@ -36,7 +36,7 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
     if field.name == "gain":
         return "linear"
     if field.name == "pool_reduction":
-        return "all"
+        return "violating"
     if isinstance(default, bool):
         return not default
     if isinstance(default, int):
