@@ -79,7 +79,7 @@ def test_a_failure_midway_leaves_the_old_export_and_nothing_beside_it(
 
 
 def test_the_export_may_not_live_inside_the_prepared_folder(synth_folder: Path) -> None:
-    with pytest.raises(ConfigError, match="inside the prepared folder"):
+    with pytest.raises(OutputFolderError, match="inside the prepared folder"):
         export(synth_folder, synth_folder / "hf")
     assert not (synth_folder / "hf").exists()
 
