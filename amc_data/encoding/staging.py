@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import filelock
@@ -33,7 +33,7 @@ from .record import read_record, record_outputs
 log = logging.getLogger(__name__)
 
 # In a staging folder until its outputs are complete: a folder holding it is all encode's own.
-_IN_PROGRESS = ".amc-data-staging"
+IN_PROGRESS = ".amc-data-staging"
 
 
 def os_error(exc: OSError, out_dir: Path) -> AmcDataError:
@@ -130,9 +130,13 @@ def check_foreign_files(out_dir: Path, record: dict | None) -> None:
 
 
 @contextlib.contextmanager
-def staging_folder(out_dir: Path) -> Iterator[Path]:
+def staging_folder(
+    out_dir: Path, discard: Callable[[Path, Path], None] | None = None
+) -> Iterator[Path]:
     """A fresh folder beside `out_dir`, with the mode the umask gives a new folder; removed
-    again unless it was swapped in."""
+    again unless it was swapped in. Swapped out, it holds the old output, cut short while being
+    discarded: `discard(folder, out_dir)` (default: encode's) finishes that, deleting only
+    what its writer owns."""
     while True:
         staging = out_dir.with_name(f".{out_dir.name}.staging-{secrets.token_hex(4)}")
         try:
@@ -140,14 +144,14 @@ def staging_folder(out_dir: Path) -> Iterator[Path]:
             break
         except FileExistsError:
             continue
-    (staging / _IN_PROGRESS).touch()
+    (staging / IN_PROGRESS).touch()
     try:
         yield staging
     finally:
-        if (staging / _IN_PROGRESS).exists():
+        if (staging / IN_PROGRESS).exists():
             shutil.rmtree(staging, ignore_errors=True)
         elif staging.exists():  # swapped out: the old folder, cut short while being discarded
-            _discard_old(staging, out_dir)
+            (discard or _discard_old)(staging, out_dir)
 
 
 def swap_in(staging: Path, out_dir: Path, previous: dict | None) -> None:
@@ -155,7 +159,7 @@ def swap_in(staging: Path, out_dir: Path, previous: dict | None) -> None:
     (only the files the old record lists)."""
     # Checked again at the last moment: a file may have been added during the encode.
     check_foreign_files(out_dir, previous)
-    (staging / _IN_PROGRESS).unlink()
+    (staging / IN_PROGRESS).unlink()
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
@@ -206,7 +210,7 @@ def _recover(out_dir: Path) -> None:
     for path in [*previous, *parent.glob(f".{name}.staging-*")]:
         if path.is_symlink() or not path.is_dir():
             continue  # not a folder encode made: left alone
-        if (path / _IN_PROGRESS).exists():
+        if (path / IN_PROGRESS).exists():
             shutil.rmtree(path, ignore_errors=True)
         else:
             _discard_old(path, out_dir)

@@ -27,6 +27,7 @@ from typing import Any
 
 import filelock
 
+from ..encoding.staging import IN_PROGRESS, staging_folder
 from ..errors import InputError, OutputFolderError
 from ..files import atomic_write_json
 from ..machine import exchange_paths
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 RECORD_NAME = "export.json"
 RECORD_FORMAT = "amc-data export"
 # In a staging folder until its files are complete: a folder holding it is all the export's own.
-_IN_PROGRESS = ".amc-data-staging"
 _SHOWN = 5
 
 
@@ -156,36 +156,17 @@ def claim_output(out_dir: Path, data: Path, force: bool) -> Iterator[Path]:
     try:
         _recover(out_dir)
         check_output(out_dir, force)
-        with _staging_folder(out_dir) as staging:
+        with staging_folder(out_dir, discard=_discard_old) as staging:
             yield staging
     finally:
         lock.release()
-
-
-@contextlib.contextmanager
-def _staging_folder(out_dir: Path) -> Iterator[Path]:
-    while True:
-        staging = out_dir.with_name(f".{out_dir.name}.staging-{secrets.token_hex(4)}")
-        try:
-            staging.mkdir()  # mode 0o777 less the umask, as for any new folder
-            break
-        except FileExistsError:
-            continue
-    (staging / _IN_PROGRESS).touch()
-    try:
-        yield staging
-    finally:
-        if (staging / _IN_PROGRESS).exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        elif staging.exists():  # swapped out: the old folder, cut short while being discarded
-            _discard_old(staging, out_dir)
 
 
 def swap_in(staging: Path, out_dir: Path, force: bool) -> None:
     """Put the complete export in `staging` in place of `out_dir`, then delete the old export
     (only the files its record lists)."""
     check_output(out_dir, force)  # again at the last moment: a file may have been added since
-    (staging / _IN_PROGRESS).unlink()
+    (staging / IN_PROGRESS).unlink()
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
@@ -208,7 +189,7 @@ def _discard_old(folder: Path, out_dir: Path) -> None:
     for name in _owned(record):
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             (folder / name).unlink()
-    (folder / _IN_PROGRESS).unlink(missing_ok=True)
+    (folder / IN_PROGRESS).unlink(missing_ok=True)
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
         with contextlib.suppress(OSError):
             sub.rmdir()  # only an empty one goes
@@ -234,7 +215,7 @@ def _recover(out_dir: Path) -> None:
     for path in [*previous, *parent.glob(f".{name}.staging-*")]:
         if path.is_symlink() or not path.is_dir():
             continue  # not a folder an export made: left alone
-        if (path / _IN_PROGRESS).exists():
+        if (path / IN_PROGRESS).exists():
             shutil.rmtree(path, ignore_errors=True)
         else:
             _discard_old(path, out_dir)

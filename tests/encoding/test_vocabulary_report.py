@@ -5,11 +5,9 @@ when a split's keyword files are not where dataset.json says, what the folder ho
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 from amc_data_cli.main import cli
@@ -19,48 +17,17 @@ from support.encode_helpers import assert_matches_reference, encode_record, refe
 
 from amc_data.encoding.core import EncodeConfig, encode
 
-GENERIC = ["outdoor", "daylight"]  # on every train image: the only words to reach min_df 6
-COUNTS = {"train": 16, "val": 16, "test": 16}  # 48 images; the fitting set is train + test
-
-
-def _keywords(position: int, split: str) -> list[str]:
-    """Six concept words shared by two neighbouring images (far below min_df 6); the train
-    images also carry the generic words."""
-    concepts = [f"concept{position // 2}x{j}" for j in range(6)]
-    return (GENERIC if split == "train" else []) + concepts
-
-
-def small_own_coco(data_dir: Path) -> corpus.CocoCorpus:
-    """A 48-image COCO set of one's own: its keywords are mostly concept words, each on two
-    images, so the authors' min_df of 6 keeps only the two generic words."""
-    made = corpus.make_coco(data_dir / "coco", COUNTS, seed=5)
-    rewritten = made.zip_path.with_suffix(".new")
-    keywords = {
-        made.member(image): _keywords(position, image.split)
-        for position, image in enumerate(made.images)
-    }
-    with zipfile.ZipFile(made.zip_path) as source, zipfile.ZipFile(rewritten, "w") as out:
-        for info in source.infolist():
-            data = source.read(info)
-            if info.filename in keywords:
-                record = json.loads(data)
-                record["tagging"]["keywords"] = keywords[info.filename]
-                data = json.dumps(record).encode()
-            out.writestr(info, data)
-    shutil.move(rewritten, made.zip_path)
-    return made
-
 
 def test_min_df_dropping_most_of_a_small_set_is_reported_and_warned_about(tmp_path, caplog):
-    made = small_own_coco(tmp_path)
+    made = corpus.make_own_coco(tmp_path)
     with caplog.at_level(logging.WARNING, logger="amc_data.encoding"):
         result = encode("coco", data_dir=tmp_path, config=EncodeConfig(jobs=1))
     concept_words = {
         word
         for position, image in enumerate(made.images)
         if image.split != "val"
-        for word in _keywords(position, image.split)
-        if word not in GENERIC
+        for word in corpus.own_coco_keywords(position, image.split)
+        if word not in corpus.OWN_COCO_GENERIC
     }
     expected = {
         "min_df": 6,
@@ -74,7 +41,7 @@ def test_min_df_dropping_most_of_a_small_set_is_reported_and_warned_about(tmp_pa
     }
     assert result.vocabulary == expected
     assert result.vocabulary_size == 2
-    assert {split: result.counts[split]["empty"] for split in COUNTS} == {
+    assert {split: result.counts[split]["empty"] for split in corpus.OWN_COCO_COUNTS} == {
         "train": 0,
         "val": 16,
         "test": 16,
@@ -92,7 +59,7 @@ def test_min_df_dropping_most_of_a_small_set_is_reported_and_warned_about(tmp_pa
 
 
 def test_a_lower_min_df_keeps_the_concept_words_without_a_warning(tmp_path, caplog):
-    small_own_coco(tmp_path)
+    corpus.make_own_coco(tmp_path)
     with caplog.at_level(logging.WARNING, logger="amc_data.encoding"):
         result = encode("coco", data_dir=tmp_path, config=EncodeConfig(jobs=1, min_df=2))
     report = result.vocabulary
@@ -103,7 +70,7 @@ def test_a_lower_min_df_keeps_the_concept_words_without_a_warning(tmp_path, capl
 
 
 def test_the_cli_reports_the_vocabulary_and_shows_the_warning(tmp_path):
-    small_own_coco(tmp_path)
+    corpus.make_own_coco(tmp_path)
     args = ["encode", "coco", "--data-dir", str(tmp_path), "--jobs", "1"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

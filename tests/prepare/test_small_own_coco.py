@@ -4,10 +4,6 @@ authors' min_df leaves most images without a keyword."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import zipfile
-
 import numpy as np
 from amc_data_cli.main import cli
 from click.testing import CliRunner
@@ -17,30 +13,8 @@ from support.prepare_helpers import save_features
 from amc_data.prepare import load_prepared
 
 
-def _own_coco(data_dir) -> corpus.CocoCorpus:
-    """48 images: train images tagged with two generic words and six concept words, val and test
-    images with concept words only; each concept word tags two images (below min_df 6)."""
-    made = corpus.make_coco(data_dir / "coco", {"train": 16, "val": 16, "test": 16}, seed=5)
-    keywords = {}
-    for position, image in enumerate(made.images):
-        concepts = [f"concept{position // 2}x{j}" for j in range(6)]
-        generic = ["outdoor", "daylight"] if image.split == "train" else []
-        keywords[made.member(image)] = generic + concepts
-    rewritten = made.zip_path.with_suffix(".new")
-    with zipfile.ZipFile(made.zip_path) as source, zipfile.ZipFile(rewritten, "w") as out:
-        for info in source.infolist():
-            data = source.read(info)
-            if info.filename in keywords:
-                record = json.loads(data)
-                record["tagging"]["keywords"] = keywords[info.filename]
-                data = json.dumps(record).encode()
-            out.writestr(info, data)
-    shutil.move(rewritten, made.zip_path)
-    return made
-
-
 def test_encode_then_prepare_report_and_warn_about_what_min_df_drops(tmp_path):
-    made = _own_coco(tmp_path)
+    made = corpus.make_own_coco(tmp_path)
     runner = CliRunner()
     encoded = runner.invoke(cli, ["encode", "coco", "--data-dir", str(tmp_path), "-j", "1"])
     assert encoded.exit_code == 0, encoded.output

@@ -675,6 +675,42 @@ def make_coco(
     return corpus
 
 
+# A 48-image COCO set of one's own: its keywords are mostly concept words, each tagging two
+# images, so the authors' min_df of 6 keeps only the two generic words of the train images.
+OWN_COCO_GENERIC = ["outdoor", "daylight"]
+OWN_COCO_COUNTS = {"train": 16, "val": 16, "test": 16}  # the fitting set is train + test
+
+
+def own_coco_keywords(position: int, split: str) -> list[str]:
+    """Six concept words shared by two neighbouring images; train images also carry the
+    generic words."""
+    concepts = [f"concept{position // 2}x{j}" for j in range(6)]
+    return (OWN_COCO_GENERIC if split == "train" else []) + concepts
+
+
+def make_own_coco(data_dir: Path) -> CocoCorpus:
+    """`make_coco` at `data_dir/coco` (48 images, seed 5) with every image's keywords
+    replaced by `own_coco_keywords`."""
+    import shutil
+
+    made = make_coco(data_dir / "coco", OWN_COCO_COUNTS, seed=5)
+    keywords = {
+        made.member(image): own_coco_keywords(position, image.split)
+        for position, image in enumerate(made.images)
+    }
+    rewritten = made.zip_path.with_suffix(".new")
+    with zipfile.ZipFile(made.zip_path) as source, zipfile.ZipFile(rewritten, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename in keywords:
+                record = json.loads(data)
+                record["tagging"]["keywords"] = keywords[info.filename]
+                data = json.dumps(record).encode()
+            out.writestr(info, data)
+    shutil.move(rewritten, made.zip_path)
+    return made
+
+
 def _chain_first(first: tuple[str, bytes], rest: Iterator[tuple[str, bytes]]):
     yield first
     yield from rest
