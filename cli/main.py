@@ -113,6 +113,7 @@ COMMAND_MODULES = {
     "eval": "evaluate",
     "index": "index",
     "search": "search",
+    "serve": "serve",
     "demo": "demo",
 }
 

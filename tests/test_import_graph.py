@@ -26,6 +26,7 @@ STAGES = (
     "featurizing",
     "evaluation",
     "ranking",
+    "serving",
 )
 
 

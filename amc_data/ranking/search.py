@@ -81,12 +81,19 @@ class SearchHit:
     keyword_weight: float | None = None
     keywords: list[AttendedKeyword] = field(default_factory=list)  # most attended first
     regions: list[AttendedRegion] = field(default_factory=list)
+    # Every weight, for a picture of the attention (a heat map over all the regions, every
+    # keyword highlighted): each region's, in region order, and each of the image's keywords
+    # the model read, in the image's order. None where the model has no intra-attention.
+    region_weights: tuple[float, ...] | None = None
+    keyword_weights: tuple[AttendedKeyword, ...] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, every_weight: bool = False) -> dict[str, Any]:
+        """The hit as `search --json` prints it; `every_weight` adds `region_weights` (a list)
+        and `keyword_weights` (a list of {word, weight}), null where there are none."""
         modality = None
         if self.visual_weight is not None and self.keyword_weight is not None:
             modality = {"visual": self.visual_weight, "keyword": self.keyword_weight}
-        return {
+        shown: dict[str, Any] = {
             "rank": self.rank,
             "img_id": self.img_id,
             "score": self.score,
@@ -98,6 +105,15 @@ class SearchHit:
                 for r in self.regions
             ],
         }
+        if every_weight:
+            regions, keywords = self.region_weights, self.keyword_weights
+            shown["region_weights"] = None if regions is None else list(regions)
+            shown["keyword_weights"] = (
+                None
+                if keywords is None
+                else [{"word": k.word, "weight": k.weight} for k in keywords]
+            )
+        return shown
 
 
 @dataclass(frozen=True)
@@ -356,7 +372,14 @@ class Searcher:
         for i, hit in enumerate(hits):
             attended_keywords: list[AttendedKeyword] = []
             attended_regions: list[AttendedRegion] = []
+            every_region: tuple[float, ...] | None = None
+            every_keyword: tuple[AttendedKeyword, ...] | None = None
             if self.attends:
+                every_region = tuple(float(w) for w in regions[i])
+                every_keyword = tuple(
+                    AttendedKeyword(vocabulary[int(keyword_ids[i, k]) - 1], float(keywords[i, k]))
+                    for k in np.flatnonzero(keyword_ids[i] > 0)
+                )
                 for k in _strongest(keywords[i], keyword_ids[i] > 0):
                     word = vocabulary[int(keyword_ids[i, k]) - 1]
                     attended_keywords.append(AttendedKeyword(word, float(keywords[i, k])))
@@ -375,6 +398,8 @@ class Searcher:
                     keyword_weight=float(modality[i, 1]),
                     keywords=attended_keywords,
                     regions=attended_regions,
+                    region_weights=every_region,
+                    keyword_weights=every_keyword,
                 )
             )
         return explained
