@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -56,6 +57,14 @@ def demo_command(
         f"Pictures: {result.plot_dir} (roc.png, attention-*.png); metrics: "
         f"{result.out / 'eval'}; finished in {result.seconds:.0f} s."
     )
+    if "amc" in result.runs:
+        # The page shows AMC beside the visual baseline, when the demo trained it.
+        shown = [result.runs["amc"], *(result.runs[k] for k in ("visual",) if k in result.runs)]
+        click.echo(
+            "See what AMC looked at, in a browser (the serve extra): amc-data serve "
+            f"{shlex.join([*map(str, shown), '--data', str(result.data)])}, then open "
+            "http://127.0.0.1:8000/"
+        )
 
 
 COMMANDS = [demo_command]

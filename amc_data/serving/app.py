@@ -9,16 +9,19 @@ Routes:
   is, and how the query was read (`words`, `unknown`, `ignored`);
 - `/images/{img_id}/{size}` a prepared image's picture, `thumb` or `large`.
 
-Each query runs in a worker thread, one at a time per run (a lock around its `Searcher`), so
-the page and the pictures keep being served while a query is scored. A query longer than
-`MAX_QUERY_CHARS` is refused with 413 and a message; one with no word the run knows with 400.
+Each run's queries run in that run's own worker thread, one at a time (its `Searcher`, model and
+index are shared), so the page, the pictures and the other run keep being served while a query
+is scored; the thread is warmed at start (torch's first call in a thread is slow). A query
+longer than `MAX_QUERY_CHARS` is refused with 413 and a message; one with no word the run knows
+with 400.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -48,11 +51,17 @@ PICTURE_SIZES = {"thumb": THUMBNAIL_PIXELS, "large": LARGE_PIXELS}
 
 @dataclass
 class Engine:
-    """One run, ready to search, and the lock its queries take turns with."""
+    """One run, ready to search, and the one thread its queries run in, in turn."""
 
     name: str
     searcher: Searcher
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    worker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="amc-search")
+    )
+
+    def submit(self, work: Any, *args: Any) -> Future[Any]:
+        """`work(*args)` in the run's worker thread."""
+        return self.worker.submit(work, *args)
 
 
 class ServeState:
@@ -93,8 +102,7 @@ class ServeState:
         """Page `page` (from 1) of `top` results of run `run` for `text`, as the API sends it."""
         engine = self.engines[run]
         reading = self.reading(text)
-        with engine.lock:
-            result = engine.searcher.search(text, top=top * page)
+        result = engine.searcher.search(text, top=top * page)  # in the engine's worker thread
         shown = result.to_dict()
         hits = result.hits[top * (page - 1) :]
         shown["results"] = [self._hit(hit) for hit in hits]
@@ -191,7 +199,8 @@ def build_app(state: ServeState) -> Starlette:
                 raise InputError(
                     f"top x page may be at most {MAX_RESULTS:,}, not {top * page_number:,}."
                 )
-            return JSONResponse(await run_in_threadpool(state.search, run, text, top, page_number))
+            work = state.engines[run].submit(state.search, run, text, top, page_number)
+            return JSONResponse(await asyncio.wrap_future(work))
         except InputError as exc:
             return _error(str(exc), 400, **state.reading(text))
 

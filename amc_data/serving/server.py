@@ -62,6 +62,9 @@ def load_state(
     for run, name in zip(runs, names, strict=True):
         searcher = Searcher(run, prepared, **search_options)
         searcher.index  # noqa: B018  (opened, or built, now: not on the first query)
+        # One query now, so that the first one asked does not pay torch's first call either.
+        if prepared.query_vocabulary:
+            searcher.search(prepared.query_vocabulary[0], top=1)
         engines.append(Engine(name, searcher))
     pictures = None
     if images:

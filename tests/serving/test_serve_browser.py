@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_helpers import COMMAND, Served, sample_queries
+from serve_helpers import COMMAND, Served, sample_queries, start_serve
 
 from amc_data.serving.sample import SampleWorld
 from amc_data.serving.screenshot import browser_paths, chrome, wait_ready
@@ -178,3 +178,41 @@ def test_a_shared_link_opens_the_results_and_a_click_shows_one_large(
         assert large.find_elements(By.CSS_SELECTOR, "canvas.heat")
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         assert not large.is_displayed()
+
+
+@pytest.fixture(scope="module")
+def eight_regions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """synth's own layout: 8 regions (no grid), and no pictures."""
+    import amc_data
+    from amc_data.ranking.training import TrainConfig, train
+    from amc_data.serving.sample import TRAIN_FAST
+
+    root = tmp_path_factory.mktemp("eight")
+    amc_data.synth(root / "data", seed=1, images=240, queries=90)
+    train(root / "data", root / "amc", TrainConfig(**TRAIN_FAST))
+    return root / "data", root / "amc"
+
+
+def test_regions_that_are_no_grid_are_drawn_as_a_strip(eight_regions: tuple[Path, Path]) -> None:
+    data, run = eight_regions
+    query = sample_queries(data)[0]
+    served = start_serve(run, "--data", data)
+    try:
+        assert served.api("/api/info")[1]["grid"] is None
+        status, api = served.api("/api/search", q=query)
+        assert status == 200
+        with chrome() as driver:
+            driver.get(f"{served.url}?{urllib.parse.urlencode({'q': query})}")
+            wait_ready(driver)
+            cards = driver.find_elements(By.CSS_SELECTOR, f"{AMC} .hit")
+            assert len(cards) == len(api["results"]) == 10 and not driver.find_elements(
+                By.TAG_NAME, "img"
+            )
+            for card, hit in zip(cards, api["results"], strict=True):
+                [strip] = card.find_elements(By.CSS_SELECTOR, "canvas.strip")
+                weights = json.loads(strip.get_attribute("data-weights"))
+                assert weights == hit["region_weights"] and len(weights) == 8
+                alphas = driver.execute_script(CELL_ALPHAS, strip, 8)
+                assert alphas == pytest.approx([204 * w / max(weights) for w in weights], abs=1.5)
+    finally:
+        served.stop()

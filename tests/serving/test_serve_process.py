@@ -3,6 +3,7 @@ it was asked before, and refuses what it cannot serve with a message."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -68,3 +69,37 @@ def test_more_than_two_runs_are_refused(sample: SampleWorld) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "one run or two" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_ends_with_a_serve_command_that_serves_its_run(tmp_path) -> None:
+    done = subprocess.run(
+        [
+            *COMMAND,
+            "demo",
+            str(tmp_path / "demo"),
+            "--images",
+            "240",
+            "--queries",
+            "90",
+            "--epochs",
+            "1",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert "http://127.0.0.1:8000/" in last
+    command = last.split("amc-data serve ", 1)[1].split(", then open")[0].split()
+    assert command[:2] == [str(tmp_path / "demo" / "runs" / k) for k in ("amc", "visual")]
+    served = start_serve(*command)
+    try:
+        status, body = served.api("/api/search", q=sample_queries(tmp_path / "demo" / "data")[0])
+        assert status == 200 and body["results"][0]["region_weights"] is not None
+        assert served.api("/api/info")[1]["runs"] == ["amc", "visual"]
+    finally:
+        served.stop()
