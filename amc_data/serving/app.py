@@ -34,14 +34,13 @@ from starlette.routing import Route
 
 from ..errors import InputError
 from ..prepare.queries import query_analyzer
-from ..ranking.search_config import MAX_QUERY_CHARS
+from ..ranking.search_config import MAX_QUERY_CHARS, check_query
 from .config import LARGE_PIXELS, MAX_RESULTS, THUMBNAIL_PIXELS, ServeConfig
 from .pictures import Pictures, crop_box
 
 if TYPE_CHECKING:
     from ..ranking.search import Searcher
 
-MAX_QUERY_TOKENS = 32  # the words a query is read by (search.MAX_QUERY_TOKENS), without torch
 STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
@@ -113,6 +112,8 @@ class ServeState:
         """How the query's words are read: `words` the run knows (those it reads), `unknown`
         (not in its vocabulary) and `ignored` (dropped by the analyzer, such as stop words, or
         known words past the first 32)."""
+        from ..ranking.search import MAX_QUERY_TOKENS  # loaded already: the runs are
+
         analyze = query_analyzer()
         tokens = analyze(text)
         known = [t for t in tokens if t in self.vocabulary]
@@ -185,12 +186,10 @@ def build_app(state: ServeState) -> Starlette:
 
     async def api_search(request: Request) -> Response:
         text = request.query_params.get("q", "")
-        if len(text) > MAX_QUERY_CHARS:
-            return _error(
-                f"The query is {len(text):,} characters long; a query may have at most "
-                f"{MAX_QUERY_CHARS:,}. Search with a few words.",
-                413,
-            )
+        try:
+            check_query(text)  # the one length limit of every search, and its message
+        except InputError as exc:
+            return _error(str(exc), 413)
         try:
             run = _whole_number(request, "run", 0, 0, len(state.engines) - 1)
             top = _whole_number(request, "top", state.config.top, 1, MAX_RESULTS)
@@ -224,6 +223,7 @@ def build_app(state: ServeState) -> Starlette:
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _error("Not found.", getattr(exc, "status_code", 404))
+        status = getattr(exc, "status_code", 404)
+        return _error("Not found." if status == 404 else "Only GET is served here.", status)
 
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
