@@ -119,7 +119,9 @@ class ServeState:
         known = [t for t in tokens if t in self.vocabulary]
         unknown = list(dict.fromkeys(t for t in tokens if t not in self.vocabulary))
         dropped = [word for word in text.split() if not analyze(word)]
-        ignored = list(dict.fromkeys([*dropped, *known[MAX_QUERY_TOKENS:]]))
+        read = set(known[:MAX_QUERY_TOKENS])
+        past = [t for t in known[MAX_QUERY_TOKENS:] if t not in read]
+        ignored = list(dict.fromkeys([*dropped, *past]))
         return {"words": known[:MAX_QUERY_TOKENS], "unknown": unknown, "ignored": ignored}
 
     def _hit(self, hit: Any) -> dict[str, Any]:

@@ -94,10 +94,13 @@ class Pictures:
         if not name:
             return None
         for folder in self.folders:
-            candidate = (folder / name).resolve()
-            # A recorded name is data too: one that leads outside the folder is not followed.
-            if candidate.is_relative_to(folder) and candidate.is_file():
-                return candidate
+            try:
+                candidate = (folder / name).resolve()
+                # A recorded name is data too: one that leads outside the folder is not followed.
+                if candidate.is_relative_to(folder) and candidate.is_file():
+                    return candidate
+            except (OSError, ValueError, RuntimeError):  # a link loop, a NUL: no such picture
+                continue
         return None
 
     def picture(self, img_id: int, longest: int) -> Picture | None:

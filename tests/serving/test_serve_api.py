@@ -148,6 +148,19 @@ def test_unknown_words_are_listed_when_nothing_is_left_to_search(served: Served)
     assert body["unknown"] == ["qqqzzz", "wwwyyy"] and body["ignored"] == ["the"]
 
 
+def test_known_words_past_the_32nd_are_listed_as_ignored(
+    served: Served, sample: SampleWorld
+) -> None:
+    vocabulary = load_prepared(sample.data).query_vocabulary
+    assert len(vocabulary) >= 36
+    words = vocabulary[:36]
+    status, body = served.api("/api/search", q=" ".join([words[0], *words]), top=1)
+    assert status == 200, body
+    assert body["ignored"] == words[31:]  # the first word twice: 32 read, then the rest
+    status, body = served.api("/api/search", q=" ".join([words[0]] * 40), top=1)
+    assert body["ignored"] == []  # a word read is not ignored, however often repeated
+
+
 def test_twenty_concurrent_queries_are_each_answered_correctly(
     served: Served, sample: SampleWorld
 ) -> None:

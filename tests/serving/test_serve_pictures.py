@@ -88,9 +88,11 @@ def test_a_recorded_name_leading_outside_the_folder_is_not_followed(tmp_path: Pa
     os.symlink(outside / "s.png", folder / "link.png")
     pictures = Pictures(
         [folder],
-        {1: "../secret/s.png", 2: str(outside / "s.png"), 3: "link.png", 4: "ok.png", 5: ""},
+        {1: "../secret/s.png", 2: str(outside / "s.png"), 3: "link.png", 4: "ok.png", 5: ""}
+        | {7: "a\x00b.png", 8: "loop.png"},
     )
-    assert [pictures.path(i) for i in (1, 2, 3, 5, 6)] == [None] * 5
+    os.symlink(folder / "loop.png", folder / "loop.png")
+    assert [pictures.path(i) for i in (1, 2, 3, 5, 6, 7, 8)] == [None] * 7
     assert pictures.path(4) == (folder / "ok.png").resolve()
     assert pictures.picture(1, 64) is None and pictures.picture(4, 64) is not None
 
