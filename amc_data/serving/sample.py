@@ -22,6 +22,9 @@ GEOMETRY = {"image_size": 224, "resize": 256, "grid": 7}
 # Landscape and portrait pictures, so that the crop the features saw is inset on one axis.
 SHAPES = ((320, 240), (240, 320), (300, 300))
 TRAIN_FAST: dict[str, Any] = {"epochs": 3, "batch_size": 32, "dim": 16, "device": "cpu"}
+# For the docs' screenshot: long enough (about a minute on one core) for the attention to settle
+# on the planted regions and the gate to follow the query's intent.
+TRAIN_SHOWN: dict[str, Any] = {**TRAIN_FAST, "epochs": 20, "dim": 32}
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,11 @@ def make_sample(
     queries: int = 90,
     seed: int = 0,
     baseline: str | None = None,
+    training: dict[str, Any] | None = None,
 ) -> SampleWorld:
     """The sample world in `root` (made anew): `root/data`, `root/pictures`, `root/runs/amc`
-    (and `root/runs/<baseline>`, a model kind such as "visual", when given)."""
+    (and `root/runs/<baseline>`, a model kind such as "visual", when given), trained with
+    `training` (TrainConfig options; default `TRAIN_FAST`)."""
     from ..ranking.training import TrainConfig, train
 
     root = Path(root)
@@ -49,7 +54,7 @@ def make_sample(
     data = with_pictures(load_prepared(plain), root / "data", root / "pictures")
     runs = {}
     for kind in ("amc", *([baseline] if baseline else [])):
-        config = TrainConfig(**{**TRAIN_FAST, "model": kind})
+        config = TrainConfig(**{**(training or TRAIN_FAST), "model": kind})
         runs[kind] = train(data, root / "runs" / kind, config, force=True).run_dir
     return SampleWorld(data=data, pictures=root / "pictures", runs=runs)
 

@@ -102,12 +102,13 @@ def serving(*args: str | Path) -> Iterator[str]:
 
 
 def screenshot(out: Path, work: Path) -> Path:
-    """The page for the sample's first test query, saved as a PNG at `out`."""
+    """The page for the sample's first visual-intent test query, saved as a PNG at `out`."""
     from ..prepare.format import load_prepared
-    from .sample import make_sample
+    from .sample import TRAIN_SHOWN, make_sample
 
-    world = make_sample(work, baseline="visual")
-    query = str(load_prepared(world.data).split_queries("test")["query"].iloc[0])
+    world = make_sample(work, images=1000, queries=300, baseline="visual", training=TRAIN_SHOWN)
+    queries = load_prepared(world.data).split_queries("test")
+    query = str(queries.loc[queries["intent"] == "visual", "query"].iloc[0])
     args = (world.runs["amc"], world.runs["visual"], "--data", world.data)
     with serving(*args, "--images", world.pictures, "--top", "4") as url, chrome() as driver:
         driver.get(f"{url}?{urllib.parse.urlencode({'q': query})}")
