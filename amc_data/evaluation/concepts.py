@@ -77,34 +77,9 @@ def read_concepts(path: str | os.PathLike[str]) -> ConceptTruth:
             "`amc-data synth` wrote beside its folder (OUT.concepts.parquet), or one with the "
             f"columns {', '.join(CONCEPT_COLUMNS)}."
         ) from exc
-    missing = [c for c in CONCEPT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputError(
-            f"The concepts file {path} lacks the column(s) {', '.join(missing)}; expected "
-            f"{', '.join(CONCEPT_COLUMNS)}, found {', '.join(map(str, frame.columns))}."
-        )
-    for column, allowed in (("kind", KINDS), ("modality", MODALITIES)):
-        bad = sorted(set(frame[column].astype(str)) - set(allowed))
-        if bad:
-            raise InputError(
-                f"The concepts file {path}: column {column} holds {', '.join(bad[:5])}; "
-                f"expected only {' or '.join(allowed)}."
-            )
-    if frame["concept"].isna().any() or frame["id"].isna().any():
-        row = int(np.flatnonzero(frame["concept"].isna() | frame["id"].isna())[0])
-        raise InputError(
-            f"The concepts file {path}: row {row} has no concept or no id; every row names one."
-        )
+    _check(frame, path)
     queries = frame[frame["kind"] == "query"]
     images = frame[frame["kind"] == "image"]
-    textual = images[images["modality"] == "textual"]
-    if textual["keyword"].isna().any():
-        row = int(textual.index[textual["keyword"].isna()][0])
-        raise InputError(
-            f"The concepts file {path}: row {row} (image {int(frame.loc[row, 'id'])}, textual "
-            f"concept {frame.loc[row, 'concept']}) has no keyword; a textual image row names "
-            "the vocabulary word that carries its concept."
-        )
     return ConceptTruth(
         path=path,
         queries=pd.DataFrame(
@@ -128,6 +103,36 @@ def read_concepts(path: str | os.PathLike[str]) -> ConceptTruth:
             }
         ),
     )
+
+
+def _check(frame: pd.DataFrame, path: Path) -> None:
+    """InputError when `frame` is not a concepts file."""
+    missing = [c for c in CONCEPT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"The concepts file {path} lacks the column(s) {', '.join(missing)}; expected "
+            f"{', '.join(CONCEPT_COLUMNS)}, found {', '.join(map(str, frame.columns))}."
+        )
+    for column, allowed in (("kind", KINDS), ("modality", MODALITIES)):
+        bad = sorted(set(frame[column].astype(str)) - set(allowed))
+        if bad:
+            raise InputError(
+                f"The concepts file {path}: column {column} holds {', '.join(bad[:5])}; "
+                f"expected only {' or '.join(allowed)}."
+            )
+    if frame["concept"].isna().any() or frame["id"].isna().any():
+        row = int(np.flatnonzero(frame["concept"].isna() | frame["id"].isna())[0])
+        raise InputError(
+            f"The concepts file {path}: row {row} has no concept or no id; every row names one."
+        )
+    textual = frame[(frame["kind"] == "image") & (frame["modality"] == "textual")]
+    if textual["keyword"].isna().any():
+        row = int(textual.index[textual["keyword"].isna()][0])
+        raise InputError(
+            f"The concepts file {path}: row {row} (image {int(frame.loc[row, 'id'])}, textual "
+            f"concept {frame.loc[row, 'concept']}) has no keyword; a textual image row names "
+            "the vocabulary word that carries its concept."
+        )
 
 
 def relevant_pairs(
