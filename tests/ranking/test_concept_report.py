@@ -209,3 +209,32 @@ def test_a_bad_concepts_file_stops_eval_before_scoring(world_runs, tmp_path):
     assert f"The concepts file {bad} lacks the column(s) concept, modality" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_several_concept_coco_world_reports_through_its_own_concepts_file(tmp_path):
+    """The other planted world (COCO-shaped, ranked over the whole test pool): its writer's
+    file gives each concept the mean ceiling of the captions naming it, and every caption's
+    relevant image carries what it names, so each is measured once per concept."""
+    from support import planted_multi
+
+    config = planted_multi.MultiConfig(visual=12, textual=10, images=(600, 0, 100, 300))
+    world, prepared = planted_multi.prepare_world(tmp_path / "world", config)
+    path = planted_multi.write_concepts(world, tmp_path / "concepts.parquet")
+    train(prepared, tmp_path / "amc", TrainConfig(**{**FAST, "epochs": 1}))
+    evaluation = evaluate([tmp_path / "amc"], prepared, concepts=path, random_baseline=False)
+    report = evaluation.runs[0].concepts.set_index(["concept", "modality"])
+    ceiling = planted_multi.ceiling(world, "test", fold_size=300)["per_query"]
+    naming: dict[tuple[str, str], list[int]] = {}
+    for sentid, (row, concepts) in world.captions.items():
+        if world.split[row] == "test":
+            for c in concepts:
+                modality = "visual" if world.is_visual(c) else "textual"
+                naming.setdefault((world.names[c], modality), []).append(sentid)
+    assert set(report.index) == set(naming)
+    for key, sentids in naming.items():
+        assert report.loc[key, "queries"] == len(sentids) == report.loc[key, "pairs"]
+        assert report.loc[key, "ceiling"] == pytest.approx(np.mean([ceiling[s] for s in sentids]))
+    visual = report.xs("visual", level="modality")
+    assert (visual["chance"] <= 3 / 49 + 1e-9).all()  # 1-3 of the 7 x 7 cells
+    metrics = evaluation.runs[0].metrics
+    assert metrics["gate_queries_both"] > metrics["gate_queries_visual_only"] > 0
