@@ -733,7 +733,7 @@ def _tags_several(
     return tuple(keywords)
 
 
-def _query_text(rng: np.random.Generator, config: SynthConfig, parts: list[str]) -> str:
+def _query_text(rng: np.random.Generator, parts: list[str]) -> str:
     """The words in random order, sometimes with a filler word."""
     words = [parts[i] for i in rng.permutation(len(parts))]
     if rng.random() < 0.5:
@@ -742,6 +742,7 @@ def _query_text(rng: np.random.Generator, config: SynthConfig, parts: list[str])
 
 
 def _intent_words(rng: np.random.Generator, config: SynthConfig, intent: str) -> list[str]:
+    """One or two words for each modality the intent asks for."""
     words: list[str] = []
     for kind, vocabulary in (("visual", VISUAL_WORDS), ("textual", TEXTUAL_WORDS)):
         if intent in (kind, "both"):
@@ -777,7 +778,7 @@ def _queries_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFram
         count = int(rng.integers(1, min(config.query_concepts, len(held)) + 1))
         chosen = sorted(int(held[i]) for i in rng.permutation(len(held))[:count])
         parts = [world.names[c] for c in chosen] + _intent_words(rng, config, intent)
-        texts.append(_query_text(rng, config, parts))
+        texts.append(_query_text(rng, parts))
         concepts.append(tuple(chosen))
         anchors.append(anchor)
         intents.append(intent)
