@@ -51,11 +51,14 @@ its own, so the one-concept world keeps its bytes):
   intent applies to every concept it names; a `both` query wants each concept shown and named.
 - Relevance is a click's: a val/test query's one relevant image (label 3) is its anchor; its
   candidates are the anchor, up to `decoy_candidates` images carrying every named concept but
-  not all in the asked modality, and random others (all of the split with a large
-  `candidates`). Other images that carry every named concept in the asked modality are
-  indistinguishable from the anchor by anything the query says: their ties set the ceiling
-  (`SynthWorld.ceiling`). A train query's positives (label 1) are the anchor and other train
-  images that carry what it names, up to `train_positives`.
+  not all in the asked modality, and random others. With `candidates` at least the val and
+  test splits' sizes (and at least as many val and test queries as images: each image anchors
+  one), each query is ranked over its whole split instead, as COCO's captions
+  are (prepared.json says `candidates: split`; the judgments hold the anchors alone), which
+  `eval` and validation score as one pool. Other images that carry every named concept in the
+  asked modality are indistinguishable from the anchor by anything the query says: their ties
+  set the ceiling (`SynthWorld.ceiling`). A train query's positives (label 1) are the anchor
+  and other train images that carry what it names, up to `train_positives`.
 
 The truth is written beside the folder as a concepts file, `<out>.concepts.parquet`
 (`concepts_frame`): which concepts (by name) each query names in which modality with its
@@ -401,6 +404,24 @@ class SynthWorld:
         pairs = zip(self.queries["concept"], self.queries["intent"], strict=True)
         return [((int(c),), str(i)) for c, i in pairs]
 
+    @property
+    def ranks_whole_split(self) -> bool:
+        """Whether each val/test query is ranked over every image of its split, as COCO's are
+        (a several-concept world whose `candidates` reach the val and test splits' sizes, with
+        queries enough to anchor every val and test image):
+        prepared.json then says `candidates: split` and the judgments hold the relevant images
+        alone."""
+        if not self.config.several:
+            return False
+        for split in ("val", "test"):
+            images = self.image_split == split
+            anchored = self.queries.loc[self.queries["split"] == split, "anchor"]
+            if self.config.candidates < images.sum() or set(anchored) != set(
+                np.flatnonzero(images).tolist()
+            ):
+                return False
+        return True
+
     def ceiling(self, split: str = "test") -> dict[str, Any]:
         """The best expected NDCG@10 of any scorer on `split` (`ndcg@10`: the mean over its
         queries; `per_query`: query_id -> value), computed from the truth: nothing in a query
@@ -423,11 +444,16 @@ def _ceilings(world: SynthWorld, split: str) -> dict[int, float]:
     discounts = 1.0 / np.log2(np.arange(2, 12))
     out: dict[int, float] = {}
     named = dict(zip(world.queries["query_id"].tolist(), world.query_concepts(), strict=True))
+    in_split = world.image_split == split
+    whole = world.ranks_whole_split
     for query_id in world.queries.loc[world.queries["split"] == split, "query_id"].tolist():
         group = judged.get_group(query_id)
-        rows = np.array([row_of[i] for i in group["img_id"].tolist()], dtype=np.int64)
         concepts, intent = named[query_id]
-        tied = int(world.satisfies(concepts, intent)[rows].sum())
+        if whole:
+            tied = int((world.satisfies(concepts, intent) & in_split).sum())
+        else:
+            rows = np.array([row_of[i] for i in group["img_id"].tolist()], dtype=np.int64)
+            tied = int(world.satisfies(concepts, intent)[rows].sum())
         relevant = int((group["label"] > 0).sum())
         if relevant == 0:
             continue
@@ -757,7 +783,13 @@ def _queries_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFram
     split has images that show a concept they are labelled with), then 1 to `query_concepts` of
     the concepts the anchor carries in every modality the intent asks for. A bag of words cannot
     say which concept an intent word belongs to, so a query's intent applies to all its
-    concepts."""
+    concepts.
+
+    Where `candidates` reach a val or test split's size, that split is ranked whole (as COCO's
+    captions are), and its first queries anchor each of its images once (in random order; an
+    intent the image cannot serve falls back to visual), so that every image has a query: the
+    pool's image-to-text ranks need one. `both` queries are fewer there when few images show a
+    concept they are labelled with."""
     config = world.config
     n = config.queries
     split = _split_labels(rng, n, _QUERY_SHARES)
@@ -765,13 +797,24 @@ def _queries_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFram
     kind[rng.random(n) < config.both_intents] = "both"
     overlap = (world.shows[:, :, None] == world.labels[:, None, :]).any((1, 2))
     has_keywords = world.labels[:, 0] >= 0
+    serves = {"visual": np.ones_like(overlap), "textual": has_keywords, "both": overlap}
+    cover = {
+        name: rng.permutation(rows).tolist()
+        for name in ("val", "test")
+        for rows in [np.flatnonzero(world.image_split == name)]
+        if config.candidates >= rows.size
+    }
     texts, concepts, anchors, intents = [], [], [], []
     for query_split, intent in zip(split.tolist(), kind.tolist(), strict=True):
         in_split = world.image_split == query_split
-        if intent == "both" and not (in_split & overlap).any():
-            intent = INTENTS[int(rng.integers(2))]
-        pool = in_split & {"visual": True, "textual": has_keywords, "both": overlap}[intent]
-        anchor = int(rng.choice(np.flatnonzero(pool)))
+        if cover.get(query_split):
+            anchor = int(cover[query_split].pop())
+            if not serves[intent][anchor]:
+                intent = "visual"
+        else:
+            if intent == "both" and not (in_split & overlap).any():
+                intent = INTENTS[int(rng.integers(2))]
+            anchor = int(rng.choice(np.flatnonzero(in_split & serves[intent])))
         shows, labels = set(world.shows[anchor].tolist()), set(world.labels[anchor].tolist())
         carried = {"visual": shows, "textual": labels, "both": shows & labels}[intent]
         held = sorted(carried - {-1})
@@ -801,6 +844,7 @@ def _judgments_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFr
     concept, some only in the other modality) and random others (0; those that satisfy the
     query too are the ties that keep the ceiling below 1)."""
     config = world.config
+    whole = world.ranks_whole_split
     query_ids, img_ids, labels = [], [], []
     for query_id, split, intent, concepts, anchor in world.queries[
         ["query_id", "split", "intent", "concepts", "anchor"]
@@ -815,6 +859,9 @@ def _judgments_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFr
             )
             rows = np.sort(np.concatenate([[anchor], extra]).astype(np.int64))
             grades = np.ones(rows.size, dtype=np.int32)
+        elif whole:
+            rows = np.array([anchor], dtype=np.int64)  # the rest of the split: label 0
+            grades = np.full(1, 3, dtype=np.int32)
         else:
             decoy_pool = np.flatnonzero(
                 pool & world.carries_any_way(concepts) & ~world.satisfies(concepts, intent)
@@ -1225,12 +1272,13 @@ def _write(config: SynthConfig, target: Path, force: bool) -> Path:
             force=force,
             link_features=link,
             extra={
+                **({"candidates": "split"} if world.ranks_whole_split else {}),
                 "synth": {
                     "concepts": list(world.names),
                     "visual_words": list(VISUAL_WORDS),
                     "textual_words": list(TEXTUAL_WORDS),
                     "images_without_keywords": int((world.named < 0).sum()),
-                }
+                },
             },
         )
         write_concepts(world, concepts_path(out_dir))

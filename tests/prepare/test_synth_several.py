@@ -7,6 +7,7 @@ folder's bytes."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ from amc_data.prepare.synth import (
 SEVERAL = SynthConfig(
     seed=1,
     images=1200,
-    queries=400,
+    queries=1200,  # at least as many val and test queries as images: every image anchors one
     regions=16,
     concepts=12,
     shown=2,
@@ -104,16 +105,13 @@ def test_a_val_or_test_query_has_one_relevant_image_its_own(several_world):
     world = several_world
     judged = world.judgments.merge(world.queries, on="query_id")
     held_out = judged[judged["split"] != "train"]
-    relevant = held_out[held_out["label"] > 0]
-    assert set(relevant["label"]) == {3}
-    assert (relevant.groupby("query_id").size() == 1).all()
-    own = world.img_ids[relevant["anchor"].to_numpy()]
-    assert (relevant["img_id"].to_numpy() == own).all()
-    # the candidates are the whole split (candidates=1000 > 180 test images)
-    sizes = held_out.groupby("query_id").size()
-    assert set(sizes) == {int((world.image_split == "test").sum())} | {
-        int((world.image_split == "val").sum())
-    }
+    # candidates=1000 reaches every split: each query is ranked over its whole split, and the
+    # judgments hold its own image alone
+    assert world.ranks_whole_split
+    assert set(held_out["label"]) == {3}
+    assert (held_out.groupby("query_id").size() == 1).all()
+    own = world.img_ids[held_out["anchor"].to_numpy()]
+    assert (held_out["img_id"].to_numpy() == own).all()
     train = judged[judged["split"] == "train"]
     assert set(train["label"]) == {1}
     row_of = {int(i): r for r, i in enumerate(world.img_ids.tolist())}
@@ -121,6 +119,35 @@ def test_a_val_or_test_query_has_one_relevant_image_its_own(several_world):
         concepts, intent = world.query_concepts()[int(query_id) - 1]
         rows = [row_of[i] for i in group["img_id"].tolist()]
         assert world.satisfies(concepts, intent)[rows].all()
+        assert len(rows) <= SEVERAL.train_positives
+
+
+def test_fewer_candidates_are_the_own_image_decoys_and_others():
+    world = generate_world(replace(SEVERAL, candidates=30, decoy_candidates=8))
+    assert not world.ranks_whole_split
+    row_of = {int(i): r for r, i in enumerate(world.img_ids.tolist())}
+    judged = world.judgments.merge(world.queries, on="query_id")
+    held_out = judged[judged["split"] != "train"]
+    assert (held_out.groupby("query_id").size() == 30).all()
+    decoys = 0
+    for (concepts, intent), anchor, split, query_id in zip(
+        world.query_concepts(),
+        world.queries["anchor"],
+        world.queries["split"],
+        world.queries["query_id"],
+        strict=True,
+    ):
+        if split == "train":
+            continue
+        group = held_out[held_out["query_id"] == query_id]
+        rows = np.array([row_of[i] for i in group["img_id"].tolist()])
+        assert (world.image_split[rows] == split).all()
+        relevant = rows[group["label"].to_numpy() == 3]
+        assert relevant.tolist() == [anchor]
+        decoys += int(
+            (world.carries_any_way(concepts)[rows] & ~world.satisfies(concepts, intent)[rows]).sum()
+        )
+    assert decoys > 4 * len(held_out["query_id"].unique())  # most queries get several
 
 
 def _oracle_frame(world: SynthWorld, split: str = "test") -> pd.DataFrame:
@@ -131,6 +158,12 @@ def _oracle_frame(world: SynthWorld, split: str = "test") -> pd.DataFrame:
     named = dict(zip(world.queries["query_id"].tolist(), world.query_concepts(), strict=True))
     test = set(world.queries.loc[world.queries["split"] == split, "query_id"].tolist())
     frame = world.judgments[world.judgments["query_id"].isin(test)].copy()
+    if world.ranks_whole_split:  # every image of the split, label 0 where not judged
+        pool = world.img_ids[world.image_split == split]
+        q, m = np.meshgrid(sorted(test), pool, indexing="ij")
+        every = pd.DataFrame({"query_id": q.ravel(), "img_id": m.ravel()})
+        frame = every.merge(frame, on=["query_id", "img_id"], how="left").fillna({"label": 0})
+        frame["label"] = frame["label"].astype(np.int32)
     scores = np.empty(len(frame))
     for k, (query_id, img_id) in enumerate(
         zip(frame["query_id"].tolist(), frame["img_id"].tolist(), strict=True)
@@ -142,9 +175,14 @@ def _oracle_frame(world: SynthWorld, split: str = "test") -> pd.DataFrame:
     return frame.assign(score=scores)
 
 
-@pytest.mark.parametrize("several", [False, True], ids=["one-concept", "several-concept"])
-def test_the_ceiling_is_what_eval_gives_a_scorer_that_knows_the_truth(several, several_world):
-    world = several_world if several else generate_world(SynthConfig(seed=2, images=480))
+@pytest.mark.parametrize("kind", ["one-concept", "several-concept", "several-candidates"])
+def test_the_ceiling_is_what_eval_gives_a_scorer_that_knows_the_truth(kind, several_world):
+    several = kind != "one-concept"
+    world = {
+        "one-concept": lambda: generate_world(SynthConfig(seed=2, images=480)),
+        "several-concept": lambda: several_world,
+        "several-candidates": lambda: generate_world(replace(SEVERAL, candidates=100)),
+    }[kind]()
     ceiling = world.ceiling("test")
     got = evaluate_scores(_oracle_frame(world))
     assert got["queries"] == len(ceiling["per_query"])
@@ -156,6 +194,8 @@ def test_the_ceiling_is_what_eval_gives_a_scorer_that_knows_the_truth(several, s
     # Below 1: one-concept queries tie with every image carrying that concept, and two
     # images can carry the same pair.
     per = ceiling["per_query"]
+    if kind == "several-candidates":  # fewer candidates, fewer ties
+        assert ceiling["ndcg@10"] > several_world.ceiling("test")["ndcg@10"] + 0.1
     assert 0.3 < ceiling["ndcg@10"] < 0.95
     assert min(per.values()) < 0.3 and max(per.values()) == 1.0
 
@@ -264,3 +304,18 @@ def test_output_folder_error_is_what_refuses(tmp_path):
     concepts_path(tmp_path / "x").write_bytes(b"")
     with pytest.raises(OutputFolderError, match=r"x\.concepts\.parquet already exists"):
         synth(tmp_path / "x", images=480, queries=30)
+
+
+def test_a_world_ranked_over_whole_splits_is_a_pool_folder(tmp_path):
+    config = replace(SEVERAL, images=480, queries=480, candidates=500)
+    data = load_prepared(synth(tmp_path / "pool", config=config).out)
+    assert data.info["candidates"] == "split"
+    judged = data.judgments.merge(data.queries, on="query_id")
+    assert (judged[judged["split"] != "train"].groupby("query_id").size() == 1).all()
+    assert "candidates" not in load_prepared(synth(tmp_path / "list", seed=1, images=480).out).info
+    # too few queries to anchor every image: each query ranks the whole split as a judged list
+    few = generate_world(replace(config, queries=120))
+    assert not few.ranks_whole_split
+    judged = few.judgments.merge(few.queries, on="query_id")
+    sizes = judged[judged["split"] == "test"].groupby("query_id").size()
+    assert (sizes == int((few.image_split == "test").sum())).all()

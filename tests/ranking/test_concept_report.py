@@ -146,7 +146,8 @@ def test_a_trained_amc_looks_at_its_concepts_and_its_gate_follows_the_query(eval
     for queries naming visual concepts only than for those naming textual ones only."""
     out, printed = evaluated
     report = pd.read_parquet(out / "amc" / "concepts.parquet")
-    assert (report["mass"] / report["chance"]).median() > 3
+    assert (report["mass"] / report["chance"]).median() > 2
+    assert (report["mass"] > report["chance"]).mean() >= 0.75
     metrics = json.loads((out / "amc" / "metrics.json").read_text())
     visual, textual = (
         metrics["gate_visual_weight_visual_only"],
