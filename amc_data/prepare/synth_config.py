@@ -110,7 +110,8 @@ class SynthConfig:
     candidates: int = option(
         30,
         "Images a val/test query ranks: true matches, decoys and others (at most its split's "
-        "images: a large N ranks the whole split).",
+        "images: a large N ranks the whole split; a several-concept world with queries enough "
+        "to anchor every val/test image is then one pool, as COCO's splits are).",
         low=1,
     )
     true_candidates: int = option(8, "True matches among a val/test query's candidates.", low=1)
