@@ -1264,7 +1264,7 @@ def _write(config: SynthConfig, target: Path, force: bool) -> Path:
             feature_ids=world.img_ids,
             keywords_csr=keywords,
             vocab_tsv_path=vocab_path,
-            images=pd.DataFrame({"img_id": world.img_ids, "split": world.image_split}),
+            images=_images_frame(world),
             queries=world.queries[["query_id", "query", "split", "intent"]],
             judgments=world.judgments,
             query_vocabulary=query_vocabulary,
@@ -1291,6 +1291,26 @@ def _write(config: SynthConfig, target: Path, force: bool) -> Path:
             shutil.copyfile(work / "features.npy", copy)
             os.replace(copy, features)
     return out_dir
+
+
+FOLD_LIMIT = 1000  # a pool split's folds hold at most this many images (COCO's 1K protocol)
+
+
+def _images_frame(world: SynthWorld) -> pd.DataFrame:
+    """images.parquet's rows; a world ranked over whole splits also gets each val/test image's
+    `fold`: a split of more than `FOLD_LIMIT` images is cut, in img_id order, into the fewest
+    folds of at most that many (as COCO's 5,000 test images are five folds of 1,000), which the
+    caption-ranking tables need."""
+    frame = pd.DataFrame({"img_id": world.img_ids, "split": world.image_split})
+    if not world.ranks_whole_split:
+        return frame
+    fold = np.full(world.img_ids.size, -1, dtype=np.int64)
+    for split in ("val", "test"):
+        rows = np.flatnonzero(world.image_split == split)
+        rows = rows[np.argsort(world.img_ids[rows], kind="stable")]
+        count = -(-rows.size // FOLD_LIMIT)
+        fold[rows] = np.arange(rows.size) * count // rows.size
+    return frame.assign(fold=fold)
 
 
 def _write_error(exc: OSError, target: Path, config: SynthConfig) -> AmcDataError:

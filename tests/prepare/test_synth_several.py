@@ -306,10 +306,18 @@ def test_output_folder_error_is_what_refuses(tmp_path):
         synth(tmp_path / "x", images=480, queries=30)
 
 
-def test_a_world_ranked_over_whole_splits_is_a_pool_folder(tmp_path):
+def test_a_world_ranked_over_whole_splits_is_a_pool_folder(tmp_path, monkeypatch):
+    import amc_data.prepare.synth as synth_module
+
     config = replace(SEVERAL, images=480, queries=480, candidates=500)
+    monkeypatch.setattr(synth_module, "FOLD_LIMIT", 50)  # as 1,000 is to a split of 1,005
     data = load_prepared(synth(tmp_path / "pool", config=config).out)
     assert data.info["candidates"] == "split"
+    images = data.images.sort_values("img_id")
+    for split in ("val", "test"):  # 72 images: two folds of 36, in img_id order
+        folds = images.loc[images["split"] == split, "fold"].to_numpy()
+        assert folds.tolist() == [0] * 36 + [1] * 36
+    assert (images.loc[images["split"] == "train", "fold"] == -1).all()
     judged = data.judgments.merge(data.queries, on="query_id")
     assert (judged[judged["split"] != "train"].groupby("query_id").size() == 1).all()
     assert "candidates" not in load_prepared(synth(tmp_path / "list", seed=1, images=480).out).info
