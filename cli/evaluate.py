@@ -107,6 +107,7 @@ def _report(
 @config_option(EvalConfig, "trec_depth")
 @config_option(EvalConfig, "words", metavar="N")
 @config_option(EvalConfig, "word_min_queries", metavar="N")
+@config_option(EvalConfig, "concepts", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @quiet_option
 def eval_command(
     runs: tuple[Path, ...],
@@ -205,6 +206,13 @@ def _evaluate_runs(runs: Sequence[Path], data: Path | None, config: EvalConfig) 
         for run in evaluation.runs:
             if run.words is not None and run.kind != "random":
                 click.echo(f"\n{word_table(run, config.words, fmt)}")
+    if config.concepts is not None:
+        for run in evaluation.runs:
+            if run.concepts is not None and run.kind != "random":
+                click.echo(f"\n{concept_table(run, WEAKEST_CONCEPTS, fmt)}")
+                gate = gate_line(run)
+                if gate:
+                    click.echo(gate)
     if config.trec is not None:
         click.echo(f"TREC files: {config.trec}/qrels.txt and one <run>.run per run.")
     if config.plot_dir is not None:
@@ -267,10 +275,58 @@ def word_table(run: RunEvaluation, top: int, fmt: str = "text") -> str:
     return render_table(["word", "queries", "ndcg@10"], rows, fmt, title=title)
 
 
+def concept_table(run: RunEvaluation, top: int, fmt: str = "text") -> str:
+    """The `top` concepts of `run` of lowest share of the ceiling (else NDCG@10), with the
+    attention on their own regions or keyword against chance."""
+    assert run.concepts is not None  # the caller checks
+    rows = [
+        [
+            str(row["concept"]),
+            str(row["modality"]),
+            str(int(row["queries"])),
+            _number(float(row["ndcg@10"])),
+            _maybe_number(float(row["share"]), 2),
+            _maybe_number(float(row["mass"]), 2),
+            _maybe_number(float(row["chance"]), 2),
+        ]
+        for _, row in run.concepts.head(top).iterrows()
+    ]
+    title = (
+        f"{run.name}: the concepts of lowest share of the ceiling ({len(run.concepts):,} in "
+        "concepts.parquet; mass: median attention on the concept's own regions or keyword)"
+    )
+    header = ["concept", "modality", "queries", "ndcg@10", "share", "mass", "chance"]
+    return render_table(header, rows, fmt, title=title)
+
+
+def gate_line(run: RunEvaluation) -> str:
+    """The gate's mean visual weight by what the queries name, or "" without a gate."""
+    parts = [
+        f"{label} {run.metrics[f'gate_visual_weight_{group}']:.2f} "
+        f"({int(run.metrics[f'gate_queries_{group}']):,})"
+        for group, label in (
+            ("visual_only", "visual concepts only"),
+            ("textual_only", "textual only"),
+            ("both", "both"),
+        )
+        if f"gate_visual_weight_{group}" in run.metrics
+    ]
+    if not parts:
+        return ""
+    return f"{run.name}: visual modality weight (queries) by what the query names: " + "; ".join(
+        parts
+    )
+
+
+def _maybe_number(value: float, digits: int) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 def _maybe_p(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else _p_value(value)
 
 
+WEAKEST_CONCEPTS = 10  # concepts printed per run; concepts.parquet holds them all
 TABLE_METRICS = (
     "ndcg@5",
     "ndcg@10",

@@ -36,6 +36,34 @@ weight of each modality must follow the query's intent. A concept fills 1 or 2 o
 regions and one of about 20 keywords, so mean pooling dilutes it and attention within a modality
 recovers it.
 
+A several-concept world (`shown`, `labelled` or `query_concepts` above 1; a random stream of
+its own, so the one-concept world keeps its bytes):
+
+- Each image shows `shown` distinct concepts, each in 1 or 2 regions of its own, and is labelled
+  with `labelled` distinct concepts, drawn independently of the shown ones (so an image is a
+  wrong-modality decoy for most of the concepts it carries); faint looks fall only on concepts
+  it does not show.
+- A query is written from one image of its split (its *anchor*, kept in `queries["anchor"]`):
+  an intent (visual or textual, dealt evenly; `both` with P `both_intents`, from an image that
+  shows a concept it is also labelled with), then 1 to `query_concepts` of the concepts the
+  anchor carries in every modality the intent asks for, in random order among the intent words.
+  A query's words are a bag, which cannot say which concept an intent word belongs to, so the
+  intent applies to every concept it names; a `both` query wants each concept shown and named.
+- Relevance is a click's: a val/test query's one relevant image (label 3) is its anchor; its
+  candidates are the anchor, up to `decoy_candidates` images carrying every named concept but
+  not all in the asked modality, and random others. With `candidates` at least the val and
+  test splits' sizes (and at least as many val and test queries as images: each image anchors
+  one), each query is ranked over its whole split instead, as COCO's captions
+  are (prepared.json says `candidates: split`; the judgments hold the anchors alone), which
+  `eval` and validation score as one pool. Other images that carry every named concept in the
+  asked modality are indistinguishable from the anchor by anything the query says: their ties
+  set the ceiling (`SynthWorld.ceiling`). A train query's positives (label 1) are the anchor
+  and other train images that carry what it names, up to `train_positives`.
+
+The truth is written beside the folder as a concepts file, `<out>.concepts.parquet`
+(`concepts_frame`): which concepts (by name) each query names in which modality with its
+ceiling, and which regions and keywords of each image carry which concepts.
+
 The keywords take the real path: a keyword archive and list in the authors' Clickture layout are
 written to a work folder and encoded by `amc_data.encode`; the result goes into the prepared
 folder with the features, queries and judgments (`write_prepared`). The folder's bytes depend on
@@ -61,7 +89,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,8 +99,8 @@ import pandas as pd
 import scipy.sparse
 
 from ..checks import default_of
-from ..errors import AmcDataError, ConfigError
-from ..files import atomic_write_json
+from ..errors import AmcDataError, ConfigError, OutputFolderError
+from ..files import atomic_write, atomic_write_json
 from ..machine import available_memory
 from .common import PrepareResult
 from .format import SPLITS
@@ -82,7 +110,15 @@ from .writer import FeatureRows, check_output_folder, write_prepared
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SynthConfig", "SynthWorld", "generate_world", "synth"]
+__all__ = [
+    "SynthConfig",
+    "SynthWorld",
+    "concepts_frame",
+    "concepts_path",
+    "generate_world",
+    "synth",
+    "write_concepts",
+]
 
 # What the rest of a query says about its intent: how the thing looks, or who makes it.
 VISUAL_WORDS = ("shape", "colour", "pattern", "texture", "outline", "silhouette", "closeup")
@@ -315,23 +351,116 @@ class SynthWorld:
     names: tuple[str, ...]  # (C,) each concept's name
     img_ids: np.ndarray  # (N,) int64, in list order
     image_split: np.ndarray  # (N,) str
-    shown: np.ndarray  # (N,) concept that the image's pixels show
-    named: np.ndarray  # (N,) concept that the image's tags name; -1: the image has no keywords
-    regions: np.ndarray  # (N, R) bool: the region shows the image's concept (else clutter)
+    shown: np.ndarray  # (N,) a concept that the image's pixels show (the first of `shows`)
+    named: np.ndarray  # (N,) a concept that the image's tags name; -1: the image has no keywords
+    regions: np.ndarray  # (N, R) bool: the region shows a concept of the image (else clutter)
     features: np.ndarray  # (N, R, D) float16, rows in img_ids order (a read-only memmap when
     # generate_world was given a file)
     keywords: tuple[tuple[str, ...], ...]  # (N,) each image's keyword list, as the tagger wrote it
-    queries: pd.DataFrame  # query_id, query, split, intent, concept (index into names)
+    queries: pd.DataFrame  # query_id, query, split, intent, concept (index into names); in a
+    # several-concept world `concepts` (a tuple of indices) and `anchor` (the row it was
+    # written from) instead of `concept`, and the intent may be `both`
     judgments: pd.DataFrame  # query_id, img_id, label
+    shows: np.ndarray = field(default_factory=lambda: np.empty((0, 1), np.int64))  # (N, S)
+    labels: np.ndarray = field(default_factory=lambda: np.empty((0, 1), np.int64))  # (N, L); -1
+    # rows: no keywords
+    region_concept: np.ndarray = field(  # (N, R) the concept a region shows, -1 clutter
+        default_factory=lambda: np.empty((0, 0), np.int64)
+    )
 
     def relevant(self, concept: int, intent: str) -> np.ndarray:
-        """(N,) bool: the images a query for `concept` with `intent` is about."""
-        return (self.shown if intent == "visual" else self.named) == concept
+        """(N,) bool: the images a query for `concept` with `intent` is about (one-concept
+        worlds: every such image is a true match)."""
+        return self.satisfies((concept,), intent)
 
     def decoys(self, concept: int, intent: str) -> np.ndarray:
         """(N,) bool: the images that match the query in the other modality only."""
         other = "textual" if intent == "visual" else "visual"
         return self.relevant(concept, other) & ~self.relevant(concept, intent)
+
+    def satisfies(self, concepts: Sequence[int], intent: str) -> np.ndarray:
+        """(N,) bool: the images that carry every one of `concepts` in every modality `intent`
+        asks for (`visual`: shown, `textual`: named, `both`: both)."""
+        ok = np.ones(self.img_ids.size, dtype=bool)
+        for concept in concepts:
+            if intent in ("visual", "both"):
+                ok &= (self.shows == concept).any(axis=1)
+            if intent in ("textual", "both"):
+                ok &= (self.labels == concept).any(axis=1)
+        return ok
+
+    def carries_any_way(self, concepts: Sequence[int]) -> np.ndarray:
+        """(N,) bool: the images that carry every one of `concepts`, shown or named."""
+        ok = np.ones(self.img_ids.size, dtype=bool)
+        for concept in concepts:
+            ok &= (self.shows == concept).any(axis=1) | (self.labels == concept).any(axis=1)
+        return ok
+
+    def query_concepts(self) -> list[tuple[tuple[int, ...], str]]:
+        """Each query's (concepts it names, intent), in the order of `queries`."""
+        if "concepts" in self.queries:
+            pairs = zip(self.queries["concepts"], self.queries["intent"], strict=True)
+            return [(tuple(int(c) for c in cs), str(i)) for cs, i in pairs]
+        pairs = zip(self.queries["concept"], self.queries["intent"], strict=True)
+        return [((int(c),), str(i)) for c, i in pairs]
+
+    @property
+    def ranks_whole_split(self) -> bool:
+        """Whether each val/test query is ranked over every image of its split, as COCO's are
+        (a several-concept world whose `candidates` reach the val and test splits' sizes, with
+        queries enough to anchor every val and test image):
+        prepared.json then says `candidates: split` and the judgments hold the relevant images
+        alone."""
+        if not self.config.several:
+            return False
+        for split in ("val", "test"):
+            images = self.image_split == split
+            anchored = self.queries.loc[self.queries["split"] == split, "anchor"]
+            if self.config.candidates < images.sum() or set(anchored) != set(
+                np.flatnonzero(images).tolist()
+            ):
+                return False
+        return True
+
+    def ceiling(self, split: str = "test") -> dict[str, Any]:
+        """The best expected NDCG@10 of any scorer on `split` (`ndcg@10`: the mean over its
+        queries; `per_query`: query_id -> value), computed from the truth: nothing in a query
+        tells apart the candidates that carry every concept it names in the modalities it asks
+        for, so a scorer can do no better than rank them first in any order (ties averaged, as
+        `amc-data eval` does). One-concept worlds judge every such candidate a true match (a
+        ceiling of 1); several-concept worlds only the query's own image."""
+        per_query = _ceilings(self, split)
+        values = list(per_query.values())
+        return {
+            "ndcg@10": float(np.mean(values)) if values else float("nan"),
+            "per_query": per_query,
+        }
+
+
+def _ceilings(world: SynthWorld, split: str) -> dict[int, float]:
+    """query_id -> the best expected NDCG@10 over its candidates (see `SynthWorld.ceiling`)."""
+    row_of = {int(i): r for r, i in enumerate(world.img_ids.tolist())}
+    judged = world.judgments.groupby("query_id")
+    discounts = 1.0 / np.log2(np.arange(2, 12))
+    out: dict[int, float] = {}
+    named = dict(zip(world.queries["query_id"].tolist(), world.query_concepts(), strict=True))
+    in_split = world.image_split == split
+    whole = world.ranks_whole_split
+    for query_id in world.queries.loc[world.queries["split"] == split, "query_id"].tolist():
+        group = judged.get_group(query_id)
+        concepts, intent = named[query_id]
+        if whole:
+            tied = int((world.satisfies(concepts, intent) & in_split).sum())
+        else:
+            rows = np.array([row_of[i] for i in group["img_id"].tolist()], dtype=np.int64)
+            tied = int(world.satisfies(concepts, intent)[rows].sum())
+        relevant = int((group["label"] > 0).sum())
+        if relevant == 0:
+            continue
+        # `relevant` of the `tied` candidates hold the gain; the ideal puts them first.
+        best = relevant / tied * discounts[: min(tied, 10)].sum()
+        out[int(query_id)] = float(best / discounts[: min(relevant, 10)].sum())
+    return out
 
 
 # -- the world -----------------------------------------------------------------------------------
@@ -370,6 +499,9 @@ class _Pixels:
     directions: np.ndarray  # (N, R) the clutter direction of each region
     faint: np.ndarray  # (N, R) bool: a clutter region that also shows a faint look
     others: np.ndarray  # (N, R) the concept of that faint look
+    region_concept: np.ndarray | None = None  # (N, R) several-concept worlds: each region's
+
+    # concept (-1 clutter); else every shown region shows `shown`
 
     def chunks(self, rng: np.random.Generator, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float16 rows) a chunk of `rows` at a time, drawing each chunk's noise
@@ -378,10 +510,12 @@ class _Pixels:
         config, n, d = self.config, self.shown.size, self.looks.shape[1]
         for start in range(0, n, rows):
             part = slice(start, min(n, start + rows))
+            if self.region_concept is None:
+                shown_looks = self.looks[self.shown[part]][:, None, :]
+            else:
+                shown_looks = self.looks[np.maximum(self.region_concept[part], 0)]
             vectors = np.where(  # (B, R, D)
-                self.regions[part][..., None],
-                self.looks[self.shown[part]][:, None, :],
-                self.clutter[self.directions[part]],
+                self.regions[part][..., None], shown_looks, self.clutter[self.directions[part]]
             )
             # In place, to keep a chunk to a few buffers; the same values as `a + b` and
             # `a * s` (IEEE addition is commutative).
@@ -462,6 +596,8 @@ def generate_world(
     same values at any `chunk_rows`. Settings that cannot fit in memory are refused before
     anything is drawn (`check_synth_fits`)."""
     check_synth_fits(config, features_in_memory=features_path is None)
+    if config.several:
+        return _several_world(config, features_path, chunk_rows)
     rng = np.random.default_rng([config.seed, 7])
     c, n, r, d = config.concepts, config.images, config.regions, config.dim
     names = tuple(CONCEPTS[i] for i in np.sort(rng.permutation(len(CONCEPTS))[:c]))
@@ -509,8 +645,251 @@ def generate_world(
         keywords=keywords,
         queries=queries,
         judgments=pd.DataFrame(),
+        shows=shown[:, None],
+        labels=named[:, None],
+        region_concept=np.where(regions, shown[:, None], -1),
     )
     return dataclasses.replace(world, judgments=_judgments(rng, world))
+
+
+# -- a several-concept world --------------------------------------------------------------------
+def _deal_several(rng: np.random.Generator, groups: np.ndarray, k: int, per: int) -> np.ndarray:
+    """(N, per) distinct values of `k` per item, each column dealt as `_deal` does (every group
+    sees every value about equally often), repeats within an item redrawn."""
+    values = np.stack([_deal(rng, groups, k) for _ in range(per)], axis=1)
+    for i in np.flatnonzero([len(set(row)) < per for row in values.tolist()]).tolist():
+        while len(set(values[i].tolist())) < per:
+            values[i, int(rng.integers(per))] = int(rng.integers(k))
+    return values
+
+
+# long: one seeded story, told in order so that a seed always builds the same world
+def _several_world(
+    config: SynthConfig, features_path: str | os.PathLike[str] | None, chunk_rows: int | None
+) -> SynthWorld:
+    """`generate_world` for a several-concept world: each image shows `shown` concepts (each in
+    1 or 2 regions) and is labelled with `labelled` (drawn independently, so an image often
+    shows concepts it is not labelled with and the reverse); each query is written from one
+    image of its split and names 1 to `query_concepts` of its concepts."""
+    rng = np.random.default_rng([config.seed, 7, 2])  # not the one-concept world's stream
+    c, n, r, d = config.concepts, config.images, config.regions, config.dim
+    names = tuple(CONCEPTS[i] for i in np.sort(rng.permutation(len(CONCEPTS))[:c]))
+    looks = _unit(rng, c, d)
+    clutter = _unit(rng, config.clutter, d)
+    img_ids = rng.choice(10 * n + 100_000, size=n, replace=False).astype(np.int64) + 1
+    image_split = _split_labels(rng, n, _IMAGE_SHARES)
+    shows = _deal_several(rng, image_split, c, config.shown)
+    labels = _deal_several(rng, image_split, c, config.labelled)
+    no_keywords = rng.random(n) < config.no_keywords
+    labels[no_keywords] = -1
+
+    # Pixels: each shown concept in 1 or 2 regions of its own, clutter elsewhere, and faint
+    # looks of concepts the image does not show on some clutter regions.
+    directions = rng.integers(config.clutter, size=(n, r))
+    widths = 1 + (rng.random((n, config.shown)) < 0.5)
+    order = np.argsort(rng.random((n, r)), axis=1)
+    region_concept = np.full((n, r), -1, dtype=np.int64)
+    ends = np.cumsum(widths, axis=1)
+    for j in range(config.shown):
+        start = ends[:, j] - widths[:, j]
+        for offset in range(2):
+            take = offset < widths[:, j]
+            region_concept[np.flatnonzero(take), order[take, start[take] + offset]] = shows[take, j]
+    regions = region_concept >= 0
+    faint = (rng.random((n, r)) < config.background) & ~regions
+    others = rng.integers(c, size=(n, r))
+    for _ in range(8):  # redraw faint looks that fell on a shown concept (almost never left)
+        clash = (others[..., None] == shows[:, None, :]).any(-1)
+        others[clash] = rng.integers(c, size=int(clash.sum()))
+    faint &= ~(others[..., None] == shows[:, None, :]).any(-1)
+    pixels = _Pixels(
+        config, looks, clutter, shows[:, 0], regions, directions, faint, others, region_concept
+    )
+    step = chunk_rows or max(1, _CHUNK_BYTES // (r * d * 8))
+    if features_path is None:
+        features = np.empty((n, r, d), dtype=np.float16)
+        for start_row, chunk in pixels.chunks(rng, step):
+            features[start_row : start_row + chunk.shape[0]] = chunk
+    else:
+        features = _write_npy(Path(features_path), (n, r, d), pixels.chunks(rng, step))
+
+    keywords = _tags_several(rng, config, names, labels)
+    world = SynthWorld(
+        config=config,
+        looks=looks,
+        names=names,
+        img_ids=img_ids,
+        image_split=image_split,
+        shown=shows[:, 0],
+        named=labels[:, 0],
+        regions=regions,
+        features=features,
+        keywords=keywords,
+        queries=pd.DataFrame(),
+        judgments=pd.DataFrame(),
+        shows=shows,
+        labels=labels,
+        region_concept=region_concept,
+    )
+    world = dataclasses.replace(world, queries=_queries_several(rng, world))
+    return dataclasses.replace(world, judgments=_judgments_several(rng, world))
+
+
+def _tags_several(
+    rng: np.random.Generator, config: SynthConfig, names: tuple[str, ...], labels: np.ndarray
+) -> tuple[tuple[str, ...], ...]:
+    """Each image's keyword list: Zipf-weighted distractors and the name of every concept it is
+    labelled with, once each (sometimes capitalised), in random order."""
+    weights = 1.0 / np.arange(1, len(DISTRACTORS) + 1) ** 1.05
+    cdf = np.cumsum(weights) / weights.sum()
+    order = rng.permutation(len(DISTRACTORS))
+    low, high = config.distractors
+    keywords: list[tuple[str, ...]] = []
+    for row in labels.tolist():
+        if row[0] < 0:
+            keywords.append(())
+            continue
+        count = int(rng.integers(low, high + 1))
+        picks = np.minimum(np.searchsorted(cdf, rng.random(count), side="right"), cdf.size - 1)
+        tags = [DISTRACTORS[order[p]] for p in picks.tolist()]
+        for concept in row:
+            name = names[concept]
+            tags.append(name.capitalize() if rng.random() < 0.3 else name)
+        keywords.append(tuple(tags[j] for j in rng.permutation(len(tags))))
+    return tuple(keywords)
+
+
+def _query_text(rng: np.random.Generator, parts: list[str]) -> str:
+    """The words in random order, sometimes with a filler word."""
+    words = [parts[i] for i in rng.permutation(len(parts))]
+    if rng.random() < 0.5:
+        words.insert(int(rng.integers(len(words) + 1)), FILLERS[int(rng.integers(len(FILLERS)))])
+    return " ".join(words)
+
+
+def _intent_words(rng: np.random.Generator, config: SynthConfig, intent: str) -> list[str]:
+    """One or two words for each modality the intent asks for."""
+    words: list[str] = []
+    for kind, vocabulary in (("visual", VISUAL_WORDS), ("textual", TEXTUAL_WORDS)):
+        if intent in (kind, "both"):
+            count = 1 + int(rng.random() < config.two_intent_words)
+            words += [vocabulary[i] for i in rng.permutation(len(vocabulary))[:count]]
+    return words
+
+
+def _queries_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFrame:
+    """Queries of a several-concept world, each written from one image of its split (its
+    anchor): an intent (visual and textual dealt evenly, `both` with P `both_intents` where the
+    split has images that show a concept they are labelled with), then 1 to `query_concepts` of
+    the concepts the anchor carries in every modality the intent asks for. A bag of words cannot
+    say which concept an intent word belongs to, so a query's intent applies to all its
+    concepts.
+
+    Where `candidates` reach a val or test split's size, that split is ranked whole (as COCO's
+    captions are), and its first queries anchor each of its images once (in random order; an
+    intent the image cannot serve falls back to visual), so that every image has a query: the
+    pool's image-to-text ranks need one. `both` queries are fewer there when few images show a
+    concept they are labelled with."""
+    config = world.config
+    n = config.queries
+    split = _split_labels(rng, n, _QUERY_SHARES)
+    kind = np.array(INTENTS)[_deal(rng, split, 2)].astype(object)
+    kind[rng.random(n) < config.both_intents] = "both"
+    overlap = (world.shows[:, :, None] == world.labels[:, None, :]).any((1, 2))
+    has_keywords = world.labels[:, 0] >= 0
+    serves = {"visual": np.ones_like(overlap), "textual": has_keywords, "both": overlap}
+    cover = {
+        name: rng.permutation(rows).tolist()
+        for name in ("val", "test")
+        for rows in [np.flatnonzero(world.image_split == name)]
+        if config.candidates >= rows.size
+    }
+    texts, concepts, anchors, intents = [], [], [], []
+    for query_split, intent in zip(split.tolist(), kind.tolist(), strict=True):
+        in_split = world.image_split == query_split
+        if cover.get(query_split):
+            anchor = int(cover[query_split].pop())
+            if not serves[intent][anchor]:
+                intent = "visual"
+        else:
+            if intent == "both" and not (in_split & overlap).any():
+                intent = INTENTS[int(rng.integers(2))]
+            anchor = int(rng.choice(np.flatnonzero(in_split & serves[intent])))
+        shows, labels = set(world.shows[anchor].tolist()), set(world.labels[anchor].tolist())
+        carried = {"visual": shows, "textual": labels, "both": shows & labels}[intent]
+        held = sorted(carried - {-1})
+        count = int(rng.integers(1, min(config.query_concepts, len(held)) + 1))
+        chosen = sorted(int(held[i]) for i in rng.permutation(len(held))[:count])
+        parts = [world.names[c] for c in chosen] + _intent_words(rng, config, intent)
+        texts.append(_query_text(rng, parts))
+        concepts.append(tuple(chosen))
+        anchors.append(anchor)
+        intents.append(intent)
+    return pd.DataFrame(
+        {
+            "query_id": np.arange(1, n + 1, dtype=np.int64),
+            "query": texts,
+            "split": split,
+            "intent": intents,
+            "concepts": concepts,
+            "anchor": np.array(anchors, dtype=np.int64),
+        }
+    )
+
+
+def _judgments_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFrame:
+    """Train: the anchor and other train images that satisfy the query, up to
+    `train_positives` (label 1). Val/test: the anchor (3, the only relevant image: the image
+    the query was written from), up to `decoy_candidates` decoys (images carrying every named
+    concept, some only in the other modality) and random others (0; those that satisfy the
+    query too are the ties that keep the ceiling below 1)."""
+    config = world.config
+    whole = world.ranks_whole_split
+    query_ids, img_ids, labels = [], [], []
+    for query_id, split, intent, concepts, anchor in world.queries[
+        ["query_id", "split", "intent", "concepts", "anchor"]
+    ].itertuples(index=False):
+        pool = world.image_split == split
+        fits = pool & world.satisfies(concepts, intent)
+        fits[anchor] = False
+        if split == "train":
+            others = np.flatnonzero(fits)
+            extra = rng.choice(
+                others, size=min(config.train_positives - 1, others.size), replace=False
+            )
+            rows = np.sort(np.concatenate([[anchor], extra]).astype(np.int64))
+            grades = np.ones(rows.size, dtype=np.int32)
+        elif whole:
+            rows = np.array([anchor], dtype=np.int64)  # the rest of the split: label 0
+            grades = np.full(1, 3, dtype=np.int32)
+        else:
+            decoy_pool = np.flatnonzero(
+                pool & world.carries_any_way(concepts) & ~world.satisfies(concepts, intent)
+            )
+            decoys = rng.choice(
+                decoy_pool, size=min(config.decoy_candidates, decoy_pool.size), replace=False
+            )
+            rest_pool = pool.copy()
+            rest_pool[decoys] = False
+            rest_pool[anchor] = False
+            rest_pool = np.flatnonzero(rest_pool)
+            size = min(config.candidates - 1 - decoys.size, rest_pool.size)
+            rest = rng.choice(rest_pool, size=max(size, 0), replace=False)
+            rows = np.concatenate([[anchor], decoys, rest]).astype(np.int64)
+            grades = np.zeros(rows.size, dtype=np.int32)
+            grades[0] = 3
+            order = np.argsort(rows, kind="stable")
+            rows, grades = rows[order], grades[order]
+        query_ids.append(np.full(rows.size, query_id, dtype=np.int64))
+        img_ids.append(world.img_ids[rows])
+        labels.append(grades)
+    return pd.DataFrame(
+        {
+            "query_id": np.concatenate(query_ids),
+            "img_id": np.concatenate(img_ids),
+            "label": np.concatenate(labels).astype(np.int32),
+        }
+    )
 
 
 def _tags(
@@ -611,6 +990,95 @@ def _judgments(rng: np.random.Generator, world: SynthWorld) -> pd.DataFrame:
             "label": np.concatenate(labels).astype(np.int32),
         }
     )
+
+
+# -- the concepts file ---------------------------------------------------------------------------
+def concepts_path(out: str | os.PathLike[str]) -> Path:
+    """Where `synth` writes the concepts file of the folder `out`: beside it,
+    `<out>.concepts.parquet` (outside the folder, which keeps the bytes it always had)."""
+    out = Path(out)
+    return out.parent / f"{out.name}.concepts.parquet"
+
+
+def concepts_frame(world: SynthWorld) -> pd.DataFrame:
+    """The world's truth as a concepts file (`amc-data eval --concepts`): one row per concept a
+    query names in a modality (`kind` query, `id` the query_id, `ceiling` its best achievable
+    NDCG@10 on a val/test query), and one per concept an image carries in a modality (`kind`
+    image, `id` the img_id; `regions`: the regions that show it, visual; `keyword`: the word
+    that names it, textual)."""
+    kinds: list[str] = []
+    ids: list[int] = []
+    concepts: list[str] = []
+    modalities: list[str] = []
+    regions: list[list[int]] = []
+    keywords: list[str | None] = []
+    ceilings: list[float] = []
+    ceiling = {**_ceilings(world, "val"), **_ceilings(world, "test")}
+    for query_id, (named, intent) in zip(
+        world.queries["query_id"].tolist(), world.query_concepts(), strict=True
+    ):
+        for concept in named:
+            for modality in INTENTS:
+                if intent in (modality, "both"):
+                    kinds.append("query")
+                    ids.append(query_id)
+                    concepts.append(world.names[concept])
+                    modalities.append(modality)
+                    regions.append([])
+                    keywords.append(None)
+                    ceilings.append(ceiling.get(query_id, np.nan))
+    for row, img_id in enumerate(world.img_ids.tolist()):
+        for concept in world.shows[row].tolist():
+            kinds.append("image")
+            ids.append(img_id)
+            concepts.append(world.names[concept])
+            modalities.append("visual")
+            regions.append(np.flatnonzero(world.region_concept[row] == concept).tolist())
+            keywords.append(None)
+            ceilings.append(np.nan)
+        for concept in world.labels[row].tolist():
+            if concept >= 0:
+                kinds.append("image")
+                ids.append(img_id)
+                concepts.append(world.names[concept])
+                modalities.append("textual")
+                regions.append([])
+                keywords.append(world.names[concept])
+                ceilings.append(np.nan)
+    return pd.DataFrame(
+        {
+            "kind": kinds,
+            "id": np.array(ids, dtype=np.int64),
+            "concept": concepts,
+            "modality": modalities,
+            "regions": pd.Series(regions, dtype=object),
+            "keyword": pd.Series(keywords, dtype=object),
+            "ceiling": np.array(ceilings, dtype=np.float64),
+        }
+    )
+
+
+def write_concepts(world: SynthWorld, path: str | os.PathLike[str]) -> Path:
+    """Write `concepts_frame(world)` to `path` (Parquet, atomically); return the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = concepts_frame(world)
+    schema = pa.schema(
+        [
+            ("kind", pa.string()),
+            ("id", pa.int64()),
+            ("concept", pa.string()),
+            ("modality", pa.string()),
+            ("regions", pa.list_(pa.int32())),
+            ("keyword", pa.string()),
+            ("ceiling", pa.float64()),
+        ]
+    )
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    with atomic_write(path) as handle:
+        pq.write_table(table, handle)
+    return Path(path)
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -756,6 +1224,11 @@ def synth(
         )
     started = time.perf_counter()
     target = check_output_folder(out, force)  # before the work: refused now, not at the end
+    if concepts_path(target).exists() and not force:
+        raise OutputFolderError(
+            f"{concepts_path(target)} already exists (the concepts file of an earlier synth "
+            f"into {target}): remove it, or pass force=True (--force) to replace it."
+        )
     check_synth_fits(config, target)
     try:
         out_dir = _write(config, target, force)
@@ -791,22 +1264,24 @@ def _write(config: SynthConfig, target: Path, force: bool) -> Path:
             feature_ids=world.img_ids,
             keywords_csr=keywords,
             vocab_tsv_path=vocab_path,
-            images=pd.DataFrame({"img_id": world.img_ids, "split": world.image_split}),
+            images=_images_frame(world),
             queries=world.queries[["query_id", "query", "split", "intent"]],
             judgments=world.judgments,
             query_vocabulary=query_vocabulary,
-            options=asdict(config),
+            options=config.options(),
             force=force,
             link_features=link,
             extra={
+                **({"candidates": "split"} if world.ranks_whole_split else {}),
                 "synth": {
                     "concepts": list(world.names),
                     "visual_words": list(VISUAL_WORDS),
                     "textual_words": list(TEXTUAL_WORDS),
                     "images_without_keywords": int((world.named < 0).sum()),
-                }
+                },
             },
         )
+        write_concepts(world, concepts_path(out_dir))
         del world  # its features map a file of the work folder
         features = out_dir / "features.npy"
         if features.is_symlink():
@@ -816,6 +1291,26 @@ def _write(config: SynthConfig, target: Path, force: bool) -> Path:
             shutil.copyfile(work / "features.npy", copy)
             os.replace(copy, features)
     return out_dir
+
+
+FOLD_LIMIT = 1000  # a pool split's folds hold at most this many images (COCO's 1K protocol)
+
+
+def _images_frame(world: SynthWorld) -> pd.DataFrame:
+    """images.parquet's rows; a world ranked over whole splits also gets each val/test image's
+    `fold`: a split of more than `FOLD_LIMIT` images is cut, in img_id order, into the fewest
+    folds of at most that many (as COCO's 5,000 test images are five folds of 1,000), which the
+    caption-ranking tables need."""
+    frame = pd.DataFrame({"img_id": world.img_ids, "split": world.image_split})
+    if not world.ranks_whole_split:
+        return frame
+    fold = np.full(world.img_ids.size, -1, dtype=np.int64)
+    for split in ("val", "test"):
+        rows = np.flatnonzero(world.image_split == split)
+        rows = rows[np.argsort(world.img_ids[rows], kind="stable")]
+        count = -(-rows.size // FOLD_LIMIT)
+        fold[rows] = np.arange(rows.size) * count // rows.size
+    return frame.assign(fold=fold)
 
 
 def _write_error(exc: OSError, target: Path, config: SynthConfig) -> AmcDataError:

@@ -4,7 +4,7 @@ generator's libraries (pandas, scipy)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..checks import check_config, option
 from ..errors import ConfigError
@@ -22,7 +22,13 @@ _REGION_BYTES = 96
 _JUDGMENT_BYTES = 64
 _CHUNK_BUFFERS = 4
 CHUNK_BYTES = 8 << 20  # one float64 buffer of a chunk of feature rows
-_IMAGE_DISK_BYTES = 1024  # an image's keywords: the archive, the encoded files, the tables
+_IMAGE_DISK_BYTES = 1024
+_SEVERAL_FIELDS = (
+    "shown",
+    "labelled",
+    "query_concepts",
+    "both_intents",
+)  # an image's keywords: the archive, the encoded files, the tables
 
 # Concept names: words that are both a thing one can picture and a brand name, as "jaguar" is.
 CONCEPTS = (
@@ -102,14 +108,53 @@ class SynthConfig:
     distractors: tuple[int, int] = (12, 28)  # distractor keywords per image, inclusive range
     train_positives: int = option(8, "True matches of a train query among the train images.", low=1)
     candidates: int = option(
-        30, "Images a val/test query ranks: true matches, decoys and others.", low=1
+        30,
+        "Images a val/test query ranks: true matches, decoys and others (at most its split's "
+        "images: a large N ranks the whole split; a several-concept world with queries enough "
+        "to anchor every val/test image is then one pool, as COCO's splits are).",
+        low=1,
     )
     true_candidates: int = option(8, "True matches among a val/test query's candidates.", low=1)
     decoy_candidates: int = option(8, "Decoys among a val/test query's candidates.", low=0)
+    shown: int = option(
+        1,
+        "Concepts an image's pixels show, each in 1 or 2 regions. Above 1 (or labelled or "
+        "query_concepts above 1), a several-concept world: each query is written from one "
+        "image, its only relevant one.",
+        low=1,
+    )
+    labelled: int = option(1, "Concepts an image's keywords name.", low=1)
+    query_concepts: int = option(
+        1,
+        "Most concepts a query names (in a several-concept world each query names 1 to N of "
+        "its image's concepts, with its intent).",
+        low=1,
+    )
+    both_intents: float = option(
+        0.2,
+        "In a several-concept world, P(a query asks for its concepts in both modalities: "
+        "shown and named).",
+        low=0,
+        high=1,
+    )
     min_df: int = option(3, "The encoder's min_df for the keyword vocabulary.", low=1)
     query_min_count: int = option(
         1, "The query vocabulary's minimum count over the train queries.", low=1
     )
+
+    @property
+    def several(self) -> bool:
+        """Whether this is a several-concept world (see `amc_data.prepare.synth`)."""
+        return max(self.shown, self.labelled, self.query_concepts) > 1
+
+    def options(self) -> dict[str, object]:
+        """The settings as prepared.json records them: the several-concept settings only where
+        they make a several-concept world, so that a one-concept folder keeps its bytes."""
+        record = asdict(self)
+        if not self.several:
+            for name in _SEVERAL_FIELDS:
+                del record[name]
+        return record
 
     def memory_estimate(self) -> int:
         """Bytes of memory `synth` needs at its peak for these settings, roughly (within a few
@@ -142,6 +187,18 @@ class SynthConfig:
                 f"candidates must be >= {fewest_candidates} (true_candidates + "
                 f"decoy_candidates), not {self.candidates}.",
                 parameter="candidates",
+            )
+        if 2 * self.shown > self.regions:
+            raise ConfigError(
+                f"shown must be <= regions / 2 ({self.regions // 2}: a shown concept fills up "
+                f"to 2 regions), not {self.shown}.",
+                parameter="shown",
+            )
+        if max(self.shown, self.labelled) > self.concepts:
+            raise ConfigError(
+                f"shown and labelled must be <= concepts ({self.concepts}), not "
+                f"{max(self.shown, self.labelled)}.",
+                parameter="shown" if self.shown > self.concepts else "labelled",
             )
         fewest, most = self.distractors
         if not 1 <= fewest <= most:

@@ -33,8 +33,8 @@ class EvalConfig:
     )
     out: Path | None = option(  # option() is a dataclasses.field()
         None,
-        "With RUN folders: write OUT/<run>/metrics.json, scores.parquet, per_query.parquet "
-        "and words.parquet "
+        "With RUN folders: write OUT/<run>/metrics.json, scores.parquet, per_query.parquet, "
+        "words.parquet (and concepts.parquet with --concepts) "
         "(default: RUN/eval-<split>/; for a checkpoint file RUN/X.pt, RUN/X-eval-<split>/).",
     )
     json_path: Path | None = option(  # option() is a dataclasses.field()
@@ -92,10 +92,17 @@ class EvalConfig:
     word_min_queries: int = option(
         5, "A query word is reported when at least N queries hold it.", low=1
     )
+    concepts: Path | None = option(  # option() is a dataclasses.field()
+        None,
+        "With RUN folders: a concepts file (which concepts each query names and where each "
+        "image carries them; `amc-data synth` writes OUT.concepts.parquet): write "
+        "concepts.parquet per run (per concept: NDCG@10, its share of the ceiling, attention "
+        "mass on its own regions or keyword) and print the weakest concepts.",
+    )
     progress: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("out", "json_path", "plot_dir", "trec"):
+        for name in ("out", "json_path", "plot_dir", "trec", "concepts"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))

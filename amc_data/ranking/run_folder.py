@@ -89,7 +89,13 @@ _OWN = (*RUN_FILES, PENDING_BEST)  # the files whose temporary files are ours
 # The rows of features.npy its fingerprint reads: the first, the last and evenly spaced ones.
 _FINGERPRINT_BYTES = 4 << 20
 _EVAL_FOLDER = re.compile(r"^(?:[^/]+-)?eval-(?:train|val|test)$")
-_EVAL_FILES = {"metrics.json", "scores.parquet", "per_query.parquet", "words.parquet"}
+_EVAL_FILES = {
+    "metrics.json",
+    "scores.parquet",
+    "per_query.parquet",
+    "words.parquet",
+    "concepts.parquet",
+}
 # The search index `amc-data index` / `search` builds from the run (amc_data.ranking.index):
 # `index-<split>/`, `<stem>-index-<split>/`, and its staging folders while it is written.
 _INDEX_FOLDER = re.compile(

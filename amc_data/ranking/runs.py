@@ -2,8 +2,11 @@
 them side by side, with a random ranker, significance tests and, on request, pictures.
 
 Per run it writes `metrics.json` (flat keys), `scores.parquet` (`query_id`, `img_id`,
-`score`, `label`), `per_query.parquet` (each query's metrics) and `words.parquet` (the mean
-NDCG@10 of the queries holding each query word, worst first) into `OUT/<run name>/` (default:
+`score`, `label`), `per_query.parquet` (each query's metrics), `words.parquet` (the mean
+NDCG@10 of the queries holding each query word, worst first) and, given a concepts file,
+`concepts.parquet` (`evaluation.concepts`: per concept, NDCG@10, its share of the ceiling and
+where the attention goes; the gate's visual weight by what the query names goes into
+metrics.json) into `OUT/<run name>/` (default:
 `RUN/eval-<split>/` for a run folder, and `<stem>-eval-<split>/` beside a checkpoint file:
 `RUN/last.pt` -> `RUN/last-eval-<split>/`); with `trec`, TREC run and qrels files
 (`evaluation.trec`). No output may be inside a prepared folder (preparing it again would delete
@@ -24,6 +27,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, InputError
+from ..evaluation.concepts import (
+    ConceptTruth,
+    concept_report,
+    gate_by_named,
+    read_concepts,
+    relevant_pairs,
+)
 from ..evaluation.metrics import FOLDS, POOL, RankingMetrics, ranking_metrics
 from ..evaluation.outputs import check_outputs
 from ..evaluation.per_query import per_query_metrics, word_report
@@ -65,6 +75,7 @@ class RunEvaluation:
     label: str = ""  # the kind and its ablations, e.g. "amc (no-inter)"; default the kind
     trec_rows: pd.DataFrame | None = None  # the TREC run file's rows, when asked for
     words: pd.DataFrame | None = None  # `per_query.word_report`
+    concepts: pd.DataFrame | None = None  # `evaluation.concepts.concept_report`, when asked for
     out_dir: Path | None = None
     p_randomization: float | None = None  # against the best run
     p_t: float | None = None
@@ -164,6 +175,7 @@ def evaluate(
         raise InputError(
             f"{prepared.root} has no {config.split} queries to evaluate; choose another --split."
         )
+    truth = read_concepts(config.concepts) if config.concepts is not None else None
     paths = [Path(run) for run in runs]
     defaults = [default_out_dir(p, config.split) for p in paths] if config.out is None else []
     check_run_outputs(config, defaults)
@@ -181,6 +193,8 @@ def evaluate(
         result.words = word_report(
             result.per_query, _query_words(prepared), config.word_min_queries
         )
+    if truth is not None:
+        _report_concepts(results, loaded_models, prepared, truth, device, config)
     evaluation = Evaluation(
         split=config.split,
         data=prepared.root,
@@ -236,6 +250,43 @@ def _score_runs(
         result.label = run_label(loaded.model_config)
         results.append(result)
     return results, loaded_models
+
+
+def _report_concepts(
+    results: list[RunEvaluation],
+    loaded_models: dict[str, LoadedModel],
+    prepared: PreparedDataset,
+    truth: ConceptTruth,
+    device: torch.device,
+    config: EvalConfig,
+) -> None:
+    """Each run's per-concept report (`evaluation.concepts`), the attention measured on the
+    split's (query, relevant image) pairs; the gate's visual weight by what the query names
+    goes into its metrics. The random row gets the report without attention."""
+    from .concepts import attention_on_concepts
+
+    query_ids = split_query_ids(prepared, config.split)
+    pairs = relevant_pairs(truth, prepared.judgments, query_ids, config.relevant)
+    if pairs.empty:
+        log.warning(
+            "eval: the concepts file %s names no concept of a relevant %s image: the concept "
+            "report has no attention figures",
+            truth.path,
+            config.split,
+        )
+    for result in results:
+        loaded = loaded_models.get(result.name) if result.kind != RANDOM else None
+        measured = None
+        if loaded is not None:
+            measured = attention_on_concepts(
+                loaded.model,
+                prepared,
+                pairs,
+                device,
+                int(loaded.train_config.get("max_keywords", 64)),
+            )
+            result.metrics |= gate_by_named(truth, measured)
+        result.concepts = concept_report(result.per_query, truth, measured)
 
 
 def _random_ranker(
@@ -496,8 +547,16 @@ def _write_run(result: RunEvaluation, gain: str) -> None:
     atomic_write_json(
         result.out_dir / "metrics.json", {**_json_safe(result.metrics), "ndcg_gain": gain}
     )
-    frames = {"scores": result.scores, "per_query": result.per_query, "words": result.words}
+    frames = {
+        "scores": result.scores,
+        "per_query": result.per_query,
+        "words": result.words,
+        "concepts": result.concepts,
+    }
     for stem, frame in frames.items():
         if frame is not None:
             with atomic_write(result.out_dir / f"{stem}.parquet") as handle:
                 frame.to_parquet(handle, index=False)
+        elif stem == "concepts":
+            # An earlier eval's report would sit beside metrics it no longer describes.
+            (result.out_dir / "concepts.parquet").unlink(missing_ok=True)

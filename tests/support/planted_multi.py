@@ -27,6 +27,8 @@ concepts they name, so every test image that carries all of them in the right mo
 likely as the caption's own; with `n` such images the best expected NDCG@10 is
 `(1/n) * sum_{r<=min(n,10)} 1/log2(r+1)` (ties averaged, as `amc-data eval` does) and R@10
 `min(n,10)/n`.
+
+`write_concepts` writes the truth as a concepts file for `amc-data eval --concepts`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .planted_coco import _DISTRACTORS, _FILLERS, _SYLLABLES
 
@@ -320,3 +323,51 @@ def oracle_scores(
         share = sum(world.carries(rows, (c,)).astype(float) for c in concepts) / len(concepts)
         scores[q] = share
     return sentids, rows, scores
+
+
+def concepts_frame(world: MultiWorld, fold_size: int | None = None) -> pd.DataFrame:
+    """The world's truth as a concepts file (`amc_data.evaluation.concepts`): a row per concept
+    each caption names (its modality is the concept's kind; `ceiling` on val and test captions,
+    over folds of `fold_size` images, default the whole split: the pool `eval` ranks), and a
+    row per concept each image carries (the cells that show a visual one, the keyword that names
+    a textual one). Decoys are not concepts an image carries, so they have no rows."""
+    ceilings: dict[int, float] = {}
+    for split in ("val", "test"):
+        size = fold_size or max(1, int((world.split == split).sum()))
+        ceilings |= ceiling(world, split, size)["per_query"]  # type: ignore[arg-type]
+    rows: list[tuple] = []
+    for sentid, (_, concepts) in sorted(world.captions.items()):
+        for c in concepts:
+            modality = "visual" if world.is_visual(c) else "textual"
+            rows.append(
+                ("query", sentid, world.names[c], modality, [], None, ceilings.get(sentid, np.nan))
+            )
+    for row in range(world.split.size):
+        for c in world.shown[row].tolist():
+            cells = np.flatnonzero(world.cell_concept[row] == c).tolist()
+            rows.append(("image", row, world.names[c], "visual", cells, None, np.nan))
+        for c in world.named[row].tolist():
+            rows.append(("image", row, world.names[c], "textual", [], world.names[c], np.nan))
+    columns = ["kind", "id", "concept", "modality", "regions", "keyword", "ceiling"]
+    return pd.DataFrame(rows, columns=columns).astype({"id": np.int64, "ceiling": np.float64})
+
+
+def write_concepts(world: MultiWorld, path: Path, fold_size: int | None = None) -> Path:
+    """Write `concepts_frame(world, fold_size)` as Parquet at `path`; return the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("kind", pa.string()),
+            ("id", pa.int64()),
+            ("concept", pa.string()),
+            ("modality", pa.string()),
+            ("regions", pa.list_(pa.int32())),
+            ("keyword", pa.string()),
+            ("ceiling", pa.float64()),
+        ]
+    )
+    frame = concepts_frame(world, fold_size)
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
+    return path
