@@ -218,6 +218,41 @@ def gate_by_caption(world: World, model) -> dict:
     return {f"gate_{k}": float(visual[labels == k].mean()) for k in ("both", "visual", "textual")}
 
 
+def gate_oracle(world: World, model, queries: np.ndarray, images: np.ndarray) -> dict:
+    """NDCG@10 of the single-concept test captions with the gate as learned and forced to the
+    modality the caption names (all weight on it): what a gate that follows the caption could
+    add on this world at most, with everything else as trained."""
+    from amc_data.ranking.data import image_batch, query_batch
+
+    kinds = np.array([(world.names_kind or {}).get(int(q), "both") for q in queries])
+    pool = image_batch(world.prepared, images)
+    out = {}
+    original = model.gate_prior.forward
+    scale = model.gate_log_scale.exp().item() if hasattr(model, "gate_log_scale") else 1.0
+    for kind, logits in (("visual", (50.0, -50.0)), ("textual", (-50.0, 50.0))):
+        chosen = queries[kinds == kind]
+        forced = torch.tensor(logits) / scale
+        rows = []
+        for force in (False, True):
+            if force:
+                model.gate_prior.forward = lambda x, f=forced: f.to(x.dtype).expand(x.shape[0], 2)
+            try:
+                with torch.no_grad():
+                    matrix = np.concatenate(
+                        [
+                            model.score_pool(query_batch(world.prepared, chosen[s : s + 64]), pool)
+                            .numpy()
+                            for s in range(0, len(chosen), 64)
+                        ]
+                    )
+            finally:
+                model.gate_prior.forward = original
+            rows.append(ranking(world, matrix, chosen, images)["ndcg@10"])
+        out[f"{kind}_only_ndcg"], out[f"{kind}_only_forced_gate_ndcg"] = rows
+        out[f"{kind}_only_share"] = float((kinds == kind).mean())
+    return out
+
+
 # -- the package's models -----------------------------------------------------------------------
 def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     from amc_data import TrainConfig
@@ -232,9 +267,19 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     out = work / f"run-{world.name.replace(' ', '-')}-{name}-train-seed-{options['seed']}"
     options = dict(options)
     model_options = options.pop("model_options", {})
-    loss_options = options.pop("loss_options", {})
+    loss_options = dict(options.pop("loss_options", {}))
+    if "reduction" in loss_options:  # a TrainConfig option now, which the trainer passes
+        options["pool_reduction"] = loss_options.pop("reduction")
+    boost = options.pop("violating_params", None)
+    betas = options.pop("betas", None)
+    adamw = torch.optim.AdamW
+    if betas:  # AdamW's moment decays (the package uses torch's defaults, 0.9 and 0.999)
+        torch.optim.AdamW = functools.partial(adamw, betas=tuple(betas))
     build = training.model_config_for
     pool_loss = training.pool_hinge_loss
+    step = training._Run._step
+    if boost:  # the violating mean's gradient for these parameters only, the mean's for the rest
+        training._Run._step = _boosted_step(boost)
     if loss_options:  # pool_hinge_loss options that TrainConfig does not carry
         training.pool_hinge_loss = functools.partial(pool_loss, **loss_options)
     if model_options:  # ModelConfig fields that TrainConfig does not carry
@@ -249,6 +294,8 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     finally:
         training.model_config_for = build
         training.pool_hinge_loss = pool_loss
+        training._Run._step = step
+        torch.optim.AdamW = adamw
     seconds = time.perf_counter() - started
     loaded = amc_data.load_model(out, world.prepared)
     model = loaded.model
@@ -291,7 +338,45 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         result["share"] = result["ndcg@10"] / world.ceiling
         if options.get("model", "amc") == "amc":
             result.update(gate_by_caption(world, model))
+            if getattr(model, "gated", False):
+                result.update(gate_oracle(world, model, queries, images))
     return result
+
+
+ATTENTION_PARAMETERS = ("region_key.", "query_visual.", "query_keyword.", "attention_log_scale")
+
+
+def _boosted_step(which: str):
+    """A training step whose loss is the mean over every negative cell, with the gradient of
+    the chosen parameters multiplied by (negative cells / violating cells): the gradient the
+    violating mean gives them (the two means differ only by that per-batch factor)."""
+    from amc_data.ranking import training
+    attention = which == "attention"
+
+    def step(self, net, batch, optimizer, scheduler):
+        batch = batch.to(self.device, non_blocking=True)
+        if self.resident is not None:
+            batch = self.resident.fill(batch)
+        with training.precision_context(self.device, self.amp):
+            scores = net(batch.query, batch.images, pool=True).float()
+        loss = training.pool_hinge_loss(scores, batch.pool_own, batch.pool_positive, self.config.margin)
+        with torch.no_grad():
+            rows = torch.arange(scores.shape[0])
+            terms = (self.config.margin - scores[rows, batch.pool_own][:, None] + scores).clamp(min=0)
+            terms = terms * ~batch.pool_positive
+            factor = (~batch.pool_positive).sum() / (terms > 0).sum().clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for name, parameter in net.named_parameters():
+            if parameter.grad is not None and name.startswith(ATTENTION_PARAMETERS) == attention:
+                parameter.grad.mul_(factor)
+        if self.config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.config.clip)
+        optimizer.step()
+        scheduler.step()
+        return loss.detach()
+
+    return step
 
 
 # -- the reference ------------------------------------------------------------------------------
@@ -384,6 +469,19 @@ REFERENCE = {
 }
 PACKAGE = {
     "pkg amc": {},
+    # Session 5: keep every concept's gradient without making the gate redundant.
+    "pkg mix 0.1: amc": {"loss_options": {"violating_weight": 0.1}},
+    "pkg mix 0.1: amc --no-inter": {"inter": False, "loss_options": {"violating_weight": 0.1}},
+    "pkg mix 0.3: amc": {"loss_options": {"violating_weight": 0.3}},
+    "pkg mix 0.3: amc --no-inter": {"inter": False, "loss_options": {"violating_weight": 0.3}},
+    "pkg mix 1: amc": {"loss_options": {"violating_weight": 1.0}},
+    "pkg mix 1: amc --no-inter": {"inter": False, "loss_options": {"violating_weight": 1.0}},
+    "pkg attention violating: amc": {"violating_params": "attention"},
+    "pkg attention violating: amc --no-inter": {"inter": False, "violating_params": "attention"},
+    "pkg adam beta2 0.99: amc": {"betas": (0.9, 0.99)},
+    "pkg adam beta2 0.99: amc --no-inter": {"inter": False, "betas": (0.9, 0.99)},
+    "pkg rest violating: amc": {"violating_params": "rest"},
+    "pkg rest violating: amc --no-inter": {"inter": False, "violating_params": "rest"},
     # Session 4 (several concepts an image): candidates for the concepts left unlearned.
     "pkg amc pool loss over violating cells": {"loss_options": {"reduction": "violating"}},
     "pkg amc --hardest": {"hardest": True},
@@ -540,6 +638,8 @@ def _line(row: dict) -> str:
     keys = ("ndcg@10", "r@1", "r@10", "kw_mass", "kw_uniform", "reg_mass", "reg_uniform")
     keys += ("share", "kw_concepts_below_0.3", "reg_concepts_below_0.3", "kw_concept_min")
     keys += ("reg_concept_min", "gate_both", "gate_visual", "gate_textual")
+    keys += ("visual_only_ndcg", "visual_only_forced_gate_ndcg")
+    keys += ("textual_only_ndcg", "textual_only_forced_gate_ndcg")
     cells = [f"{row[k]:.3f}" if k in row else "-" for k in keys]
     run = f"{row['run']} (train seed {row['train_seed']})"
     return f"| {row['world']} | {run} | " + " | ".join(cells) + f" | {row['seconds']:.0f}s |"

@@ -65,6 +65,34 @@ def test_nothing_violating_is_a_zero_loss_not_a_nan() -> None:
     assert float(loss) == 0.0
 
 
+def test_a_violating_weight_adds_that_share_of_the_violating_mean_to_the_mean() -> None:
+    # The mix of session 5 (benchmarks/FIDELITY.md): the mean over every negative cell plus
+    # `violating_weight` times the mean over those still within the margin.
+    scores, own, positive = _case()
+    every = float(pool_hinge_loss(scores, own, positive, 0.2))
+    violating = float(pool_hinge_loss(scores, own, positive, 0.2, reduction="violating"))
+    mixed = pool_hinge_loss(scores, own, positive, 0.2, violating_weight=0.3)
+    assert float(mixed) == pytest.approx(every + 0.3 * violating)
+    assert float(pool_hinge_loss(scores, own, positive, 0.2, violating_weight=0.0)) == every
+
+
+def test_the_two_means_differ_by_one_factor_per_batch_so_only_the_step_size_differs() -> None:
+    # Within a batch the violating mean is the mean over every cell times (negative cells /
+    # violating cells): it weighs every parameter's gradient alike, which is why the benchmark
+    # can give it to some parameters only by scaling their gradients (ablate_fidelity.py).
+    scores, own, positive = _case()
+    grads = []
+    for reduction in ("all", "violating"):
+        leaf = scores.clone().requires_grad_(True)
+        pool_hinge_loss(leaf, own, positive, 0.2, reduction=reduction).backward()
+        assert leaf.grad is not None
+        grads.append(leaf.grad)
+    terms = (0.2 - scores[torch.arange(6), own][:, None] + scores).clamp(min=0) * ~positive
+    factor = float((~positive).sum()) / float((terms > 0).sum())
+    assert factor > 1
+    assert torch.allclose(grads[1], grads[0] * factor)
+
+
 # -- trained on the several-concepts world (slow) -----------------------------------------------
 
 RUNS = {
