@@ -240,8 +240,9 @@ def gate_oracle(world: World, model, queries: np.ndarray, images: np.ndarray) ->
                 with torch.no_grad():
                     matrix = np.concatenate(
                         [
-                            model.score_pool(query_batch(world.prepared, chosen[s : s + 64]), pool)
-                            .numpy()
+                            model.score_pool(
+                                query_batch(world.prepared, chosen[s : s + 64]), pool
+                            ).numpy()
                             for s in range(0, len(chosen), 64)
                         ]
                     )
@@ -351,6 +352,7 @@ def _boosted_step(which: str):
     the chosen parameters multiplied by (negative cells / violating cells): the gradient the
     violating mean gives them (the two means differ only by that per-batch factor)."""
     from amc_data.ranking import training
+
     attention = which == "attention"
 
     def step(self, net, batch, optimizer, scheduler):
@@ -359,10 +361,14 @@ def _boosted_step(which: str):
             batch = self.resident.fill(batch)
         with training.precision_context(self.device, self.amp):
             scores = net(batch.query, batch.images, pool=True).float()
-        loss = training.pool_hinge_loss(scores, batch.pool_own, batch.pool_positive, self.config.margin)
+        loss = training.pool_hinge_loss(
+            scores, batch.pool_own, batch.pool_positive, self.config.margin
+        )
         with torch.no_grad():
             rows = torch.arange(scores.shape[0])
-            terms = (self.config.margin - scores[rows, batch.pool_own][:, None] + scores).clamp(min=0)
+            terms = (self.config.margin - scores[rows, batch.pool_own][:, None] + scores).clamp(
+                min=0
+            )
             terms = terms * ~batch.pool_positive
             factor = (~batch.pool_positive).sum() / (terms > 0).sum().clamp(min=1)
         optimizer.zero_grad(set_to_none=True)

@@ -101,6 +101,7 @@ RUNS = {
     "keyword": {"model": "keyword"},
     "fusion": {"model": "fusion"},
     "cca": {"model": "cca"},
+    "amc-violating": {"pool_reduction": "violating"},
 }
 
 
@@ -146,3 +147,19 @@ def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
     # default. The floor sits below the lowest seen: another CPU acts like another seed.
     share = float(amc.ndcg_at(10).mean()) / ceiling["ndcg@10"]
     assert share >= 0.7, share
+
+
+@pytest.mark.slow
+def test_the_violating_mean_learns_the_concepts_the_mean_leaves(trained_multi) -> None:
+    # Measured at this world and seed (benchmarks/FIDELITY.md, sessions 4 and 5): 0.825 of the
+    # ceiling with the default mean, 0.935 with the violating mean (0.896 on the world's seed
+    # 2). It is not the default: on the suite's one-concept worlds it lets fixed modality weights
+    # rank as well as the gate. The floors sit below what was measured: another CPU acts like
+    # another seed.
+    table, ceiling = trained_multi
+    share = {
+        name: float(table[name].ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
+        for name in ("amc", "amc-violating")
+    }
+    assert share["amc-violating"] >= 0.85, share
+    assert share["amc-violating"] >= share["amc"] + 0.04, share
