@@ -17,6 +17,9 @@ beside a uniform attention's mass.
     python benchmarks/ablate_fidelity.py --world coco --carrier caption --concepts 40 \
         --coco-images 800 0 200 200 --seed 2 --train-seeds 2 101 102 --only pkg \
         --runs "pkg amc" "pkg amc --no-inter"                  # the training seed's noise
+    python benchmarks/ablate_fidelity.py --world prepared --prepared W1 --ceiling 0.536 \
+        --only pkg --runs "pkg amc"           # a folder written elsewhere (a several-concept
+                                              # synth): ranking and the gate by query intent
 
 Results: a markdown table on stdout and JSON in bench-results/fidelity.json.
 """
@@ -64,8 +67,8 @@ class Probe:
 class World:
     name: str
     prepared: object
-    keyword_probe: Probe
-    region_probe: Probe
+    keyword_probe: Probe | None
+    region_probe: Probe | None
     ceiling: float | None = None  # the best expected NDCG@10, from the truth
     # multi: sentid -> what the caption names ("both", "visual", "textual"), for the gate
     names_kind: dict | None = None
@@ -133,6 +136,17 @@ def multi_world(work: Path, seed: int, config: planted_multi.MultiConfig) -> Wor
     return World(name, prepared, _probe(parts["textual"]), _probe(parts["visual"]), ceiling, kinds)
 
 
+def prepared_world(folder: Path, ceiling: float | None) -> World:
+    """A prepared folder written elsewhere (e.g. a several-concept synth world): ranking, and
+    the gate by the test queries' intent where queries.parquet has one; no attention probes."""
+    prepared = load_prepared(folder)
+    queries = prepared.split_queries("test")
+    kinds = None
+    if "intent" in queries.columns:
+        kinds = dict(zip(queries["query_id"].astype(int), queries["intent"], strict=True))
+    return World(folder.name, prepared, None, None, ceiling, kinds)
+
+
 def _probe(items: list) -> Probe:
     q, i, k, r, *c = zip(*items, strict=True)
     return Probe(np.array(q), np.array(i), np.array(k), np.stack(r), np.array(c[0]) if c else None)
@@ -171,7 +185,9 @@ def ranking(world: World, matrix: np.ndarray, queries: np.ndarray, images: np.nd
 
 def masses(world: World, attend) -> dict:
     """Attention mass on the concept's keyword / regions, and a uniform attention's."""
-    out = {}
+    out: dict = {}
+    if world.keyword_probe is None or world.region_probe is None:
+        return out  # a prepared folder without its truth
     p = world.keyword_probe
     ids, counts, weights, _ = attend(p.query_ids, p.img_ids)
     hit = ids == p.keyword[:, None]
@@ -208,8 +224,9 @@ def gate_by_caption(world: World, model) -> dict:
 
     kinds = world.names_kind or {}
     qids = np.array(sorted(kinds), dtype=np.int64)
-    judged = world.prepared.judgments.set_index("query_id")["img_id"]
-    imgs = judged.loc[qids].to_numpy(np.int64)
+    judgments = world.prepared.judgments
+    relevant = judgments[judgments["label"] > 0].groupby("query_id")["img_id"].first()
+    imgs = relevant.loc[qids].to_numpy(np.int64)
     weights = []
     with torch.no_grad():
         for s in range(0, len(qids), 256):
@@ -582,7 +599,11 @@ PACKAGE = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=("synth", "coco", "both", "multi"), default="both")
+    parser.add_argument(
+        "--world", choices=("synth", "coco", "both", "multi", "prepared"), default="both"
+    )
+    parser.add_argument("--prepared", type=Path, help="--world prepared: the prepared folder")
+    parser.add_argument("--ceiling", type=float, help="--world prepared: its best NDCG@10")
     parser.add_argument(
         "--per-image", type=int, nargs=2, default=(1, 1), help="multi: visual, textual concepts"
     )
@@ -642,6 +663,8 @@ def main() -> None:
             per_image=tuple(args.per_image), images=tuple(args.multi_images)
         )
         worlds.append(multi_world(args.work, args.seed, multi))
+    if args.world == "prepared":
+        worlds.append(prepared_world(args.prepared, args.ceiling))
     results = []
     for world in worlds:
         runs = []
