@@ -66,8 +66,9 @@ def pool_hinge_loss(
         worst = terms.max(1).values  # (B,): 0 where a query has no negative
         return (worst * has_negative).sum() / has_negative.sum().clamp(min=1)
     total = terms.sum()
-    violating = total / (terms > 0).sum().clamp(min=1)
-    if reduction == "violating":
-        return violating
-    every = total / negative.sum().clamp(min=1)
-    return every + violating_weight * violating if violating_weight else every
+    if reduction == "violating" or violating_weight:
+        violating = total / (terms > 0).sum().clamp(min=1)
+        if reduction == "violating":
+            return violating
+        return total / negative.sum().clamp(min=1) + violating_weight * violating
+    return total / negative.sum().clamp(min=1)
