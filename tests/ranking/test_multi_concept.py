@@ -157,9 +157,9 @@ def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
 def test_the_violating_mean_learns_the_concepts_the_mean_leaves(trained_multi) -> None:
     # Measured on this world at seed 1 with twice the validation images (benchmarks/
     # FIDELITY.md, sessions 4 and 5): 0.825 of the ceiling with the default mean, 0.935 with the
-    # violating mean (0.896 on the world's seed 2). It is not the default: on the suite's one-concept worlds it lets fixed modality weights
-    # rank as well as the gate. The floors sit below what was measured: another CPU acts like
-    # another seed.
+    # violating mean (0.896 on the world's seed 2). It is not the default: on the suite's
+    # one-concept worlds it lets fixed modality weights rank as well as the gate. The floors sit
+    # below what was measured: another CPU acts like another seed.
     import amc_data
     from amc_data import TrainConfig
 
