@@ -17,6 +17,9 @@ beside a uniform attention's mass.
     python benchmarks/ablate_fidelity.py --world coco --carrier caption --concepts 40 \
         --coco-images 800 0 200 200 --seed 2 --train-seeds 2 101 102 --only pkg \
         --runs "pkg amc" "pkg amc --no-inter"                  # the training seed's noise
+    python benchmarks/ablate_fidelity.py --world prepared --prepared W1 --ceiling 0.536 \
+        --only pkg --runs "pkg amc"           # a folder written elsewhere (a several-concept
+                                              # synth): ranking and the gate by query intent
 
 Results: a markdown table on stdout and JSON in bench-results/fidelity.json.
 """
@@ -44,6 +47,9 @@ from reference_amc import RefConfig, fit  # noqa: E402
 from support import planted_coco, planted_multi  # noqa: E402
 
 import amc_data  # noqa: E402
+from amc_data.ranking.model import AttentionModel  # noqa: E402
+
+AttentionModel._encode_query_original = AttentionModel._encode_query  # type: ignore[attr-defined]
 from amc_data.evaluation.metrics import ndcg_at_k  # noqa: E402
 from amc_data.prepare import load_prepared  # noqa: E402
 
@@ -61,8 +67,8 @@ class Probe:
 class World:
     name: str
     prepared: object
-    keyword_probe: Probe
-    region_probe: Probe
+    keyword_probe: Probe | None
+    region_probe: Probe | None
     ceiling: float | None = None  # the best expected NDCG@10, from the truth
     # multi: sentid -> what the caption names ("both", "visual", "textual"), for the gate
     names_kind: dict | None = None
@@ -130,6 +136,17 @@ def multi_world(work: Path, seed: int, config: planted_multi.MultiConfig) -> Wor
     return World(name, prepared, _probe(parts["textual"]), _probe(parts["visual"]), ceiling, kinds)
 
 
+def prepared_world(folder: Path, ceiling: float | None) -> World:
+    """A prepared folder written elsewhere (e.g. a several-concept synth world): ranking, and
+    the gate by the test queries' intent where queries.parquet has one; no attention probes."""
+    prepared = load_prepared(folder)
+    queries = prepared.split_queries("test")
+    kinds = None
+    if "intent" in queries.columns:
+        kinds = dict(zip(queries["query_id"].astype(int), queries["intent"], strict=True))
+    return World(folder.name, prepared, None, None, ceiling, kinds)
+
+
 def _probe(items: list) -> Probe:
     q, i, k, r, *c = zip(*items, strict=True)
     return Probe(np.array(q), np.array(i), np.array(k), np.stack(r), np.array(c[0]) if c else None)
@@ -168,7 +185,9 @@ def ranking(world: World, matrix: np.ndarray, queries: np.ndarray, images: np.nd
 
 def masses(world: World, attend) -> dict:
     """Attention mass on the concept's keyword / regions, and a uniform attention's."""
-    out = {}
+    out: dict = {}
+    if world.keyword_probe is None or world.region_probe is None:
+        return out  # a prepared folder without its truth
     p = world.keyword_probe
     ids, counts, weights, _ = attend(p.query_ids, p.img_ids)
     hit = ids == p.keyword[:, None]
@@ -205,8 +224,9 @@ def gate_by_caption(world: World, model) -> dict:
 
     kinds = world.names_kind or {}
     qids = np.array(sorted(kinds), dtype=np.int64)
-    judged = world.prepared.judgments.set_index("query_id")["img_id"]
-    imgs = judged.loc[qids].to_numpy(np.int64)
+    judgments = world.prepared.judgments
+    relevant = judgments[judgments["label"] > 0].groupby("query_id")["img_id"].first()
+    imgs = relevant.loc[qids].to_numpy(np.int64)
     weights = []
     with torch.no_grad():
         for s in range(0, len(qids), 256):
@@ -218,23 +238,67 @@ def gate_by_caption(world: World, model) -> dict:
     return {f"gate_{k}": float(visual[labels == k].mean()) for k in ("both", "visual", "textual")}
 
 
+def gate_oracle(world: World, model, queries: np.ndarray, images: np.ndarray) -> dict:
+    """NDCG@10 of the single-concept test captions with the gate as learned and forced to the
+    modality the caption names (all weight on it): what a gate that follows the caption could
+    add on this world at most, with everything else as trained."""
+    from amc_data.ranking.data import image_batch, query_batch
+
+    kinds = np.array([(world.names_kind or {}).get(int(q), "both") for q in queries])
+    pool = image_batch(world.prepared, images)
+    out = {}
+    original = model.gate_prior.forward
+    scale = model.gate_log_scale.exp().item() if hasattr(model, "gate_log_scale") else 1.0
+    for kind, logits in (("visual", (50.0, -50.0)), ("textual", (-50.0, 50.0))):
+        chosen = queries[kinds == kind]
+        forced = torch.tensor(logits) / scale
+        rows = []
+        for force in (False, True):
+            if force:
+                model.gate_prior.forward = lambda x, f=forced: f.to(x.dtype).expand(x.shape[0], 2)
+            try:
+                with torch.no_grad():
+                    matrix = np.concatenate(
+                        [
+                            model.score_pool(
+                                query_batch(world.prepared, chosen[s : s + 64]), pool
+                            ).numpy()
+                            for s in range(0, len(chosen), 64)
+                        ]
+                    )
+            finally:
+                model.gate_prior.forward = original
+            rows.append(ranking(world, matrix, chosen, images)["ndcg@10"])
+        out[f"{kind}_only_ndcg"], out[f"{kind}_only_forced_gate_ndcg"] = rows
+        out[f"{kind}_only_share"] = float((kinds == kind).mean())
+    return out
+
+
 # -- the package's models -----------------------------------------------------------------------
 def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     from amc_data import TrainConfig
-
-    try:
-        from amc_data.ranking.data import image_batch, query_batch
-    except ImportError:
-        from amc_data.data import image_batch, query_batch
-
     from amc_data.ranking import training
 
     out = work / f"run-{world.name.replace(' ', '-')}-{name}-train-seed-{options['seed']}"
     options = dict(options)
     model_options = options.pop("model_options", {})
-    loss_options = options.pop("loss_options", {})
+    loss_options = dict(options.pop("loss_options", {}))
+    if "reduction" in loss_options:  # a TrainConfig option now, which the trainer passes
+        options["pool_reduction"] = loss_options.pop("reduction")
+    boost = options.pop("violating_params", None)
+    betas = options.pop("betas", None)
+    gate_words = options.pop("gate_words", None)
+    encode_query = AttentionModel._encode_query
+    if gate_words:  # kept through the evaluation below: the loaded model is rebuilt from the class
+        AttentionModel._encode_query = _gate_from_summed_words
+    adamw = torch.optim.AdamW
+    if betas:  # AdamW's moment decays (the package uses torch's defaults, 0.9 and 0.999)
+        torch.optim.AdamW = functools.partial(adamw, betas=tuple(betas))
     build = training.model_config_for
     pool_loss = training.pool_hinge_loss
+    step = training._Run._step
+    if boost:  # the violating mean's gradient for these parameters only, the mean's for the rest
+        training._Run._step = _boosted_step(boost)
     if loss_options:  # pool_hinge_loss options that TrainConfig does not carry
         training.pool_hinge_loss = functools.partial(pool_loss, **loss_options)
     if model_options:  # ModelConfig fields that TrainConfig does not carry
@@ -249,7 +313,19 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     finally:
         training.model_config_for = build
         training.pool_hinge_loss = pool_loss
+        training._Run._step = step
+        torch.optim.AdamW = adamw
     seconds = time.perf_counter() - started
+    try:  # the forced gate replaces the prior's layer, which the summed words bypass
+        return _package_figures(world, out, {**options, "gate_oracle": not gate_words}, seconds)
+    finally:
+        AttentionModel._encode_query = encode_query
+
+
+def _package_figures(world: World, out: Path, options: dict, seconds: float) -> dict:
+    """A trained run's figures: ranking of the test split, attention masses, the gate."""
+    from amc_data.ranking.data import image_batch, query_batch
+
     loaded = amc_data.load_model(out, world.prepared)
     model = loaded.model
     queries = np.sort(world.prepared.split_queries("test")["query_id"].to_numpy(np.int64))
@@ -291,7 +367,64 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         result["share"] = result["ndcg@10"] / world.ceiling
         if options.get("model", "amc") == "amc":
             result.update(gate_by_caption(world, model))
+            if getattr(model, "gated", False) and options["gate_oracle"]:
+                result.update(gate_oracle(world, model, queries, images))
     return result
+
+
+def _gate_from_summed_words(self, query):
+    """AMC's query encoding with the gate's prior read from the sum of the words' own prior
+    logits instead of from the mean word: a concept word's push is not divided by the caption's
+    length (4-8 filler words in the multi world)."""
+    encoded = AttentionModel.__dict__["_encode_query_original"](self, query)
+    if encoded.modality_prior is None:
+        return encoded
+    words = self.words(query.tokens)  # (B, L, W)
+    mask = query.mask.to(words.dtype).unsqueeze(-1)
+    summed = (words * mask).sum(1)  # (B, W)
+    prior = summed @ self.gate_prior.weight.T + self.gate_prior.bias
+    return dataclasses.replace(encoded, modality_prior=prior)
+
+
+ATTENTION_PARAMETERS = ("region_key.", "query_visual.", "query_keyword.", "attention_log_scale")
+
+
+def _boosted_step(which: str):
+    """A training step whose loss is the mean over every negative cell, with the gradient of
+    the chosen parameters multiplied by (negative cells / violating cells): the gradient the
+    violating mean gives them (the two means differ only by that per-batch factor)."""
+    from amc_data.ranking import training
+
+    attention = which == "attention"
+
+    def step(self, net, batch, optimizer, scheduler):
+        batch = batch.to(self.device, non_blocking=True)
+        if self.resident is not None:
+            batch = self.resident.fill(batch)
+        with training.precision_context(self.device, self.amp):
+            scores = net(batch.query, batch.images, pool=True).float()
+        loss = training.pool_hinge_loss(
+            scores, batch.pool_own, batch.pool_positive, self.config.margin
+        )
+        with torch.no_grad():
+            rows = torch.arange(scores.shape[0])
+            terms = (self.config.margin - scores[rows, batch.pool_own][:, None] + scores).clamp(
+                min=0
+            )
+            terms = terms * ~batch.pool_positive
+            factor = (~batch.pool_positive).sum() / (terms > 0).sum().clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for name, parameter in net.named_parameters():
+            if parameter.grad is not None and name.startswith(ATTENTION_PARAMETERS) == attention:
+                parameter.grad.mul_(factor)
+        if self.config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.config.clip)
+        optimizer.step()
+        scheduler.step()
+        return loss.detach()
+
+    return step
 
 
 # -- the reference ------------------------------------------------------------------------------
@@ -384,6 +517,24 @@ REFERENCE = {
 }
 PACKAGE = {
     "pkg amc": {},
+    # Session 5: keep every concept's gradient without making the gate redundant.
+    "pkg mix 0.1: amc": {"loss_options": {"violating_weight": 0.1}},
+    "pkg mix 0.1: amc --no-inter": {"inter": False, "loss_options": {"violating_weight": 0.1}},
+    "pkg mix 0.3: amc": {"loss_options": {"violating_weight": 0.3}},
+    "pkg mix 0.3: amc --no-inter": {"inter": False, "loss_options": {"violating_weight": 0.3}},
+    "pkg mix 1: amc": {"loss_options": {"violating_weight": 1.0}},
+    "pkg mix 1: amc --no-inter": {"inter": False, "loss_options": {"violating_weight": 1.0}},
+    "pkg attention violating: amc": {"violating_params": "attention"},
+    "pkg attention violating: amc --no-inter": {"inter": False, "violating_params": "attention"},
+    "pkg gate from summed words: amc": {"gate_words": True},
+    "pkg violating: gate from summed words: amc": {
+        "gate_words": True,
+        "loss_options": {"reduction": "violating"},
+    },
+    "pkg adam beta2 0.99: amc": {"betas": (0.9, 0.99)},
+    "pkg adam beta2 0.99: amc --no-inter": {"inter": False, "betas": (0.9, 0.99)},
+    "pkg rest violating: amc": {"violating_params": "rest"},
+    "pkg rest violating: amc --no-inter": {"inter": False, "violating_params": "rest"},
     # Session 4 (several concepts an image): candidates for the concepts left unlearned.
     "pkg amc pool loss over violating cells": {"loss_options": {"reduction": "violating"}},
     "pkg amc --hardest": {"hardest": True},
@@ -448,7 +599,11 @@ PACKAGE = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", choices=("synth", "coco", "both", "multi"), default="both")
+    parser.add_argument(
+        "--world", choices=("synth", "coco", "both", "multi", "prepared"), default="both"
+    )
+    parser.add_argument("--prepared", type=Path, help="--world prepared: the prepared folder")
+    parser.add_argument("--ceiling", type=float, help="--world prepared: its best NDCG@10")
     parser.add_argument(
         "--per-image", type=int, nargs=2, default=(1, 1), help="multi: visual, textual concepts"
     )
@@ -508,6 +663,8 @@ def main() -> None:
             per_image=tuple(args.per_image), images=tuple(args.multi_images)
         )
         worlds.append(multi_world(args.work, args.seed, multi))
+    if args.world == "prepared":
+        worlds.append(prepared_world(args.prepared, args.ceiling))
     results = []
     for world in worlds:
         runs = []
@@ -540,6 +697,8 @@ def _line(row: dict) -> str:
     keys = ("ndcg@10", "r@1", "r@10", "kw_mass", "kw_uniform", "reg_mass", "reg_uniform")
     keys += ("share", "kw_concepts_below_0.3", "reg_concepts_below_0.3", "kw_concept_min")
     keys += ("reg_concept_min", "gate_both", "gate_visual", "gate_textual")
+    keys += ("visual_only_ndcg", "visual_only_forced_gate_ndcg")
+    keys += ("textual_only_ndcg", "textual_only_forced_gate_ndcg")
     cells = [f"{row[k]:.3f}" if k in row else "-" for k in keys]
     run = f"{row['run']} (train seed {row['train_seed']})"
     return f"| {row['world']} | {run} | " + " | ".join(cells) + f" | {row['seconds']:.0f}s |"

@@ -41,6 +41,7 @@ def pool_hinge_loss(
     margin: float,
     hardest: bool = False,
     reduction: str = "all",
+    violating_weight: float = 0.0,
 ) -> torch.Tensor:
     """The hinge over a shared pool: `max(0, margin - s(q, v+) + s(q, v-))` for each query's own
     positive `v+` against every pool image `v-` that is none of the query's positives.
@@ -52,6 +53,9 @@ def pool_hinge_loss(
     averaged over the queries that have a negative. `reduction="violating"`: the mean over the
     cells that violate the margin only, so that the few negatives still ranked too high (those
     sharing all but one concept with the positive) are not diluted by the many already beaten.
+    `violating_weight` (with the mean over every cell): that many times the violating mean is
+    added, a middle between the two. Within a batch the two means differ by one factor (negative
+    cells / violating cells), so each is the other with a per-batch step size.
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
     own_scores = scores[rows, own].unsqueeze(1)  # (B, 1)
@@ -61,6 +65,10 @@ def pool_hinge_loss(
         has_negative = negative.any(1)  # (B,)
         worst = terms.max(1).values  # (B,): 0 where a query has no negative
         return (worst * has_negative).sum() / has_negative.sum().clamp(min=1)
-    if reduction == "violating":
-        return terms.sum() / (terms > 0).sum().clamp(min=1)
-    return terms.sum() / negative.sum().clamp(min=1)
+    total = terms.sum()
+    if reduction == "violating" or violating_weight:
+        violating = total / (terms > 0).sum().clamp(min=1)
+        if reduction == "violating":
+            return violating
+        return total / negative.sum().clamp(min=1) + violating_weight * violating
+    return total / negative.sum().clamp(min=1)

@@ -65,6 +65,34 @@ def test_nothing_violating_is_a_zero_loss_not_a_nan() -> None:
     assert float(loss) == 0.0
 
 
+def test_a_violating_weight_adds_that_share_of_the_violating_mean_to_the_mean() -> None:
+    # The mix of session 5 (benchmarks/FIDELITY.md): the mean over every negative cell plus
+    # `violating_weight` times the mean over those still within the margin.
+    scores, own, positive = _case()
+    every = float(pool_hinge_loss(scores, own, positive, 0.2))
+    violating = float(pool_hinge_loss(scores, own, positive, 0.2, reduction="violating"))
+    mixed = pool_hinge_loss(scores, own, positive, 0.2, violating_weight=0.3)
+    assert float(mixed) == pytest.approx(every + 0.3 * violating)
+    assert float(pool_hinge_loss(scores, own, positive, 0.2, violating_weight=0.0)) == every
+
+
+def test_the_two_means_differ_by_one_factor_per_batch_so_only_the_step_size_differs() -> None:
+    # Within a batch the violating mean is the mean over every cell times (negative cells /
+    # violating cells): it weighs every parameter's gradient alike, which is why the benchmark
+    # can give it to some parameters only by scaling their gradients (ablate_fidelity.py).
+    scores, own, positive = _case()
+    grads = []
+    for reduction in ("all", "violating"):
+        leaf = scores.clone().requires_grad_(True)
+        pool_hinge_loss(leaf, own, positive, 0.2, reduction=reduction).backward()
+        assert leaf.grad is not None
+        grads.append(leaf.grad)
+    terms = (0.2 - scores[torch.arange(6), own][:, None] + scores).clamp(min=0) * ~positive
+    factor = float((~positive).sum()) / float((terms > 0).sum())
+    assert factor > 1
+    assert torch.allclose(grads[1], grads[0] * factor)
+
+
 # -- trained on the several-concepts world (slow) -----------------------------------------------
 
 RUNS = {
@@ -74,6 +102,8 @@ RUNS = {
     "fusion": {"model": "fusion"},
     "cca": {"model": "cca"},
 }
+# Trainings on a shared 2-core machine: more than the suite's 300 s hang guard allows there.
+TRAINING_TIMEOUT = 900
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +127,16 @@ def trained_multi(tmp_path_factory: pytest.TempPathFactory):
         amc_data.train(prepared, folder / name, TrainConfig(seed=1, device="cpu", **options))
         runs.append(folder / name)
     evaluation = amc_data.evaluate(runs, prepared, random_baseline=False, resamples=2000)
-    return {run.name: run for run in evaluation.runs}, planted_multi.ceiling(world)
+    table = {run.name: run for run in evaluation.runs}
+    return table, planted_multi.ceiling(world), prepared, folder
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TRAINING_TIMEOUT)
 def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
     from amc_data.evaluation.significance import paired_by_query
 
-    table, ceiling = trained_multi
+    table, ceiling, _, _ = trained_multi
     amc = table["amc"].ranking
     for name in ("visual", "keyword", "fusion", "cca"):
         other = table[name].ranking
@@ -114,7 +146,31 @@ def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
         assert test.difference > 0 and test.p_randomization < 0.01, (name, test)
     # A share of what the truth allows (benchmarks/FIDELITY.md, session 4): with the default
     # pool loss 0.75-0.83 over four trainings (0.83 at this seed); the mean over the cells that
-    # still violate the margin reaches 0.89-0.94, to be asserted here once it is the training
-    # default. The floor sits below the lowest seen: another CPU acts like another seed.
+    # still violate the margin reaches 0.89-0.94 (asserted below, as the option it is). The
+    # floor sits below the lowest seen: another CPU acts like another seed.
     share = float(amc.ndcg_at(10).mean()) / ceiling["ndcg@10"]
     assert share >= 0.7, share
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TRAINING_TIMEOUT)
+def test_the_violating_mean_learns_the_concepts_the_mean_leaves(trained_multi) -> None:
+    # Measured on this world at seed 1 with twice the validation images (benchmarks/
+    # FIDELITY.md, sessions 4 and 5): 0.825 of the ceiling with the default mean, 0.935 with the
+    # violating mean (0.896 on the world's seed 2). It is not the default: on the suite's
+    # one-concept worlds it lets fixed modality weights rank as well as the gate. The floors sit
+    # below what was measured: another CPU acts like another seed.
+    import amc_data
+    from amc_data import TrainConfig
+
+    table, ceiling, prepared, folder = trained_multi
+    run = folder / "amc-violating"
+    config = TrainConfig(seed=1, device="cpu", pool_reduction="violating")
+    amc_data.train(prepared, run, config)
+    evaluation = amc_data.evaluate([run], prepared, random_baseline=False, resamples=2000)
+    share = {
+        name: float(got.ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
+        for name, got in (("amc", table["amc"]), ("amc-violating", evaluation.runs[0]))
+    }
+    assert share["amc-violating"] >= 0.85, share
+    assert share["amc-violating"] >= share["amc"] + 0.04, share
