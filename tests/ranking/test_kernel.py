@@ -149,13 +149,15 @@ def _option_grid() -> list[tuple[str, dict[str, object]]]:
     return grid
 
 
+@pytest.mark.parametrize("gram", [False, True])
 @pytest.mark.parametrize(("kind", "options"), _option_grid())
 def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
-    kind: str, options: dict[str, object]
+    kind: str, options: dict[str, object], gram: bool
 ) -> None:
     """Random weights (every parameter perturbed, scales included), images with padded
-    regions, no keywords at all, repeated keywords: the dense path's scores are score_pool's
-    to float32 rounding (relative 1e-5)."""
+    regions, no keywords at all, repeated keywords: the dense path's scores (from the attended
+    vectors, or from each image's Gram matrices) are score_pool's to float32 rounding
+    (relative 1e-5)."""
     from amc_data.ranking.batch import ImageBatch, QueryBatch
     from amc_data.ranking.build import build_model
 
@@ -193,7 +195,8 @@ def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
     with torch.no_grad():
         expected = model.score_pool(query, images)
         got = dense.score(
-            dense.queries(model._encode_query(query)), dense.images(model._encode_images(images))
+            dense.queries(model._encode_query(query)),
+            dense.images(model._encode_images(images), gram=gram),
         )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
