@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, MissingDependencyError
+from ..errors import InputError, MissingDependencyError, OutputFolderError
 from ..files import atomic_write_json
 from ..progress import progress_bar
 from .config import BEST
@@ -231,7 +231,14 @@ def build_index(
     folder = index_folder(run, split)
     staging = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputFolderError(
+            f"Cannot write the search index of {run} in {folder.parent} ({exc.strerror or exc}):"
+            " search it without an index (--exact), or copy the run folder somewhere writable"
+            " and search the copy."
+        ) from exc
     started = time.perf_counter()
     dense = DenseScorer.of(model.eval())
     files: dict[str, Any] = {}

@@ -431,9 +431,10 @@ class DenseScorer:
         visual = self._modality(encoded.visual, gram)
         keywords = self._modality(encoded.keywords, gram)
         cross = None
-        if gram and visual is not None and keywords is not None:
-            if visual.value is not None and keywords.value is not None:
-                cross = torch.bmm(visual.value.float(), keywords.value.float().transpose(1, 2))
+        if gram and _attended(visual) and _attended(keywords):
+            assert visual is not None and keywords is not None
+            assert visual.value is not None and keywords.value is not None
+            cross = torch.bmm(visual.value, keywords.value.transpose(1, 2))
         return DenseImages(visual, keywords, cross)
 
     def _modality(self, items: EncodedModality | None, gram: bool) -> DenseModality | None:
@@ -531,18 +532,23 @@ class DenseScorer:
         weights = logits.sub_(top).clamp_(min=EXP_FLOOR).exp_()
         # At least 1 (the largest item's exp(0)) where the image has items.
         inverse = 1.0 / weights.sum(1).clamp_min(1.0)  # (N, Q)
-        # Every item's value read by unit q^m (and the probe) in one product: (N, T, Q|2Q).
+        if items.gram is None:
+            # Few queries: the attended vectors themselves (one pass over the values), then a
+            # few dot products of length d per pair.
+            vector = torch.bmm(weights.transpose(1, 2), value)  # (N, Q, d)
+            dots = (vector * q.shared).sum(-1) * inverse
+            probes = None if q.probe is None else (vector * q.probe).sum(-1) * inverse
+            square = (vector * vector).sum(-1) * inverse * inverse
+            return _Sums(dots, probes, square, vector=vector, inverse=inverse)
+        # Many queries: every item's value read by unit q^m (and the probe) in one product,
+        # (N, T, Q|2Q), and |w|^2 = alpha^T G alpha from the Gram matrices.
         read = (value.reshape(n * t, d) @ q.readers.T).view(n, t, -1)
         dots = (weights * read[..., :queries]).sum(1) * inverse
         probes = None
         if q.probe is not None:
             probes = (weights * read[..., queries:]).sum(1) * inverse
-        if items.gram is not None:
-            square = (torch.bmm(items.gram, weights) * weights).sum(1)  # alpha^T G alpha
-            return _Sums(dots, probes, square * inverse * inverse, weights, inverse=inverse)
-        vector = torch.bmm(weights.transpose(1, 2), value)  # (N, Q, d)
-        square = (vector * vector).sum(-1) * inverse * inverse
-        return _Sums(dots, probes, square, vector=vector, inverse=inverse)
+        square = (torch.bmm(items.gram, weights) * weights).sum(1)
+        return _Sums(dots, probes, square * inverse * inverse, weights, inverse=inverse)
 
 
 def _trimmed(images: DenseImages) -> DenseImages:

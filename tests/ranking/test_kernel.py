@@ -149,15 +149,16 @@ def _option_grid() -> list[tuple[str, dict[str, object]]]:
     return grid
 
 
-@pytest.mark.parametrize("gram", [False, True])
+@pytest.mark.parametrize("mode", ["vectors", "gram", "steps"])
 @pytest.mark.parametrize(("kind", "options"), _option_grid())
 def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
-    kind: str, options: dict[str, object], gram: bool
+    kind: str, options: dict[str, object], mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Random weights (every parameter perturbed, scales included), images with padded
     regions, no keywords at all, repeated keywords: the dense path's scores (from the attended
-    vectors, or from each image's Gram matrices) are score_pool's to float32 rounding
-    (relative 1e-5)."""
+    vectors, from each image's Gram matrices, or a few images a step with the unused keyword
+    slots cut) are score_pool's to float32 rounding (relative 1e-5)."""
+    from amc_data.ranking import kernel
     from amc_data.ranking.batch import ImageBatch, QueryBatch
     from amc_data.ranking.build import build_model
 
@@ -192,11 +193,13 @@ def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
     query = QueryBatch(tokens=tokens, mask=tokens > 0)
     dense = DenseScorer.of(model)
     assert dense is not None
+    if mode == "steps":
+        monkeypatch.setattr(kernel, "STEP_ELEMENTS", 300)  # 2 or 3 images a step
     with torch.no_grad():
         expected = model.score_pool(query, images)
         got = dense.score(
             dense.queries(model._encode_query(query)),
-            dense.images(model._encode_images(images), gram=gram),
+            dense.images(model._encode_images(images), gram=mode != "vectors"),
         )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -210,3 +213,23 @@ def test_models_the_dense_path_does_not_cover_keep_their_own_scoring(
     amc = load_model(made["amc"], prepared).model
     assert DenseScorer.of(amc.train()) is None  # dropout active
     assert DenseScorer.of(amc.eval()) is not None
+
+
+def test_a_model_option_the_dense_path_does_not_know_keeps_the_model_s_scoring() -> None:
+    """An option added to the model later (here: a config with one more field) that is on,
+    the dense path cannot know what it changes: the model is scored by its own `_score`; at
+    its default, the dense path applies."""
+    import dataclasses
+
+    from amc_data.ranking.build import build_model
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class LaterConfig(ModelConfig):
+        later_option: bool = False
+
+    options = {"query_vocab_size": 5, "keyword_vocab_size": 5, "feature_dim": 3, "dim": 4}
+    model = build_model(ModelConfig(**options)).eval()
+    model.config = LaterConfig(**options)
+    assert DenseScorer.of(model) is not None
+    model.config = LaterConfig(**options, later_option=True)
+    assert DenseScorer.of(model) is None
