@@ -296,6 +296,12 @@ class RandomScorer:
 # (images, items, queries) elements a step of the dense path works on: its temporaries (a few
 # of this many float32) stay in the processor's cache, where the elementwise steps are fastest.
 STEP_ELEMENTS = 1 << 19
+# Few queries (a search): the step is bounded by its items' float32 keys and values instead,
+# kept in buffers reused by every step; larger steps, fewer Python steps over a million images.
+BUFFER_ELEMENTS = 1 << 22
+# Up to this many queries, keywords given by id are scored from the table by id (a bag of rows
+# a query); more, from their rows looked up once.
+FEW_QUERIES = 4
 EXP_FLOOR = -80.0  # attention logits below the image's best by more than this count as this
 EPS = 1e-6  # the model's F.normalize eps for the attended vectors, x and q^m
 # The model options the dense path reproduces. A model with any other option away from its
@@ -333,6 +339,9 @@ class DenseModality:
     bias: Tensor | None = None  # (N, T): added to the logits (a keyword's log count)
     pooled: Tensor | None = None  # (N, d): the fixed-weight mean, when there is no attention
     gram: Tensor | None = None  # (N, T, T): V V^T, when computed once for many queries
+    # (N, T) keyword ids (0: none), instead of `key` and `value`: looked up in the model's
+    # table a step at a time (an index stores ids, not embeddings).
+    ids: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -386,6 +395,8 @@ class DenseScorer:
             )
             gate = getattr(model, "gate_log_scale", None)
             self.gate_scale = None if gate is None else gate.exp().float()
+        self._keyword_tables: tuple[Tensor, Tensor] | None = None
+        self._buffers: dict[str, Tensor] = {}
 
     @classmethod
     def of(cls, model: RankingModel) -> DenseScorer | None:
@@ -459,18 +470,81 @@ class DenseScorer:
     def score(self, q: DenseQueries, images: DenseImages) -> Tensor:
         """Scores (Q, N) of a block of queries against a block of images: what the model's
         `_score(..., pool=True)` gives, within float32 rounding."""
-        items = sum(m.key.shape[1] for m in (images.visual, images.keywords) if _attended(m))
+        items = sum(_width(m) for m in (images.visual, images.keywords) if _attended(m))
         n, queries = _image_count(images), q.shared.shape[0]
-        # Images a step: the (images, items, queries) temporaries stay near `STEP_ELEMENTS`.
-        step = max(1, STEP_ELEMENTS // max(1, items * queries))
+        # Images a step: the (images, items, queries) temporaries stay near `STEP_ELEMENTS`,
+        # the float32 keys and values of the step's items (images, items, d) within
+        # `BUFFER_ELEMENTS`.
+        dim = q.shared.shape[1]
+        step = max(
+            1, min(STEP_ELEMENTS // max(1, items * queries), BUFFER_ELEMENTS // max(1, items * dim))
+        )
         with torch.autocast(q.shared.device.type, enabled=False):
             if step >= n:
-                return self._score(q, _trimmed(images))
+                return self._score(q, self._ready(_trimmed(images), queries))
             out = torch.empty(queries, n, device=q.shared.device)
             for lo in range(0, n, step):
-                part = _trimmed(take(images, slice(lo, lo + step)))
+                part = self._ready(_trimmed(take(images, slice(lo, lo + step))), queries)
                 out[:, lo : lo + step] = self._score(q, part)
             return out
+
+    def _ready(self, images: DenseImages, queries: int) -> DenseImages:
+        """A step's images as `_score` reads them: float32 (an index stores float16), and
+        keywords given by id looked up in the model's table (here, a step at a time, not
+        the whole block: they stay in the processor's cache)."""
+        ready = []
+        for name, items in (("visual", images.visual), ("keywords", images.keywords)):
+            if items is not None:
+                items = dataclasses.replace(
+                    items,
+                    key=self._float(f"{name} key", items.key),
+                    value=self._float(f"{name} value", items.value),
+                    pooled=_float(items.pooled),
+                    gram=_float(items.gram),
+                )
+                if items.ids is not None and queries > FEW_QUERIES:
+                    keys, values = self.keyword_tables
+                    items = dataclasses.replace(
+                        items,
+                        key=self._lookup("keyword key", keys, items.ids),
+                        value=self._lookup("keyword value", values, items.ids),
+                        ids=None,
+                    )
+            ready.append(items)
+        return DenseImages(ready[0], ready[1], _float(images.cross))
+
+    def _float(self, name: str, tensor: Tensor | None) -> Tensor | None:
+        """`tensor` as float32: copied into a buffer kept between steps (a new tensor of
+        this size costs more to allocate, the first touch of each memory page, than the
+        conversion itself)."""
+        if tensor is None or tensor.dtype == torch.float32:
+            return tensor
+        return self._space(name, tuple(tensor.shape), tensor).copy_(tensor)
+
+    def _lookup(self, name: str, table: Tensor, ids: Tensor) -> Tensor:
+        """The rows `ids` (N, T) of `table`: (N, T, d), in a buffer kept between steps."""
+        flat = self._space(name, (ids.numel(), table.shape[1]), table)
+        torch.index_select(table, 0, ids.reshape(-1), out=flat)
+        return flat.view(*ids.shape, table.shape[1])
+
+    def _space(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A float32 buffer of `shape`, reused by every step (valid until the next step)."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.device != like.device:
+            buffer = torch.empty(size, dtype=torch.float32, device=like.device)
+            self._buffers[name] = buffer
+        return buffer[:size].view(shape)
+
+    @property
+    def keyword_tables(self) -> tuple[Tensor, Tensor]:
+        """The keywords' (keys, values) by id: the unit rows of the embedding (cosine
+        attention; the rows themselves for dot) and the rows."""
+        if self._keyword_tables is None:
+            table = self.model.keywords.weight.detach().float()
+            keys = F.normalize(table, dim=-1) if self.cosine else table
+            self._keyword_tables = (keys, table)
+        return self._keyword_tables
 
     def _score(self, q: DenseQueries, images: DenseImages) -> Tensor:
         sums, available = [], []
@@ -478,7 +552,7 @@ class DenseScorer:
         for items, guide in modalities:
             if items is None:
                 continue
-            if items.key is not None and guide is not None:
+            if _attended(items) and guide is not None:
                 sums.append(self._attend(q, guide, items))
             else:
                 sums.append(_pooled_sums(q, items))
@@ -510,36 +584,19 @@ class DenseScorer:
 
     def _attend(self, q: DenseQueries, guide: Tensor, items: DenseModality) -> _Sums:
         """An attended modality's sums over each image's items, laid out (N, T, Q)."""
+        if items.ids is not None:
+            return self._attend_ids(q, guide, items)
         key, value = items.key, items.value
         assert key is not None and value is not None
         n, t, d = key.shape
         queries = guide.shape[0]
         # One product of every item's key in the block against every guide (already scaled).
         logits = (key.reshape(n * t, d) @ guide.T).view(n, t, queries)
-        if items.bias is not None:
-            logits += items.bias.unsqueeze(-1)
-        # The softmax's exponentials, in place and not yet divided by their sum: the sums
-        # below are divided instead (a number per pair, not per item).
-        if items.mask is not None:
-            logits.masked_fill_(~items.mask.unsqueeze(-1), float("-inf"))
-        top = logits.amax(1, keepdim=True)
-        if items.mask is not None:
-            top.masked_fill_(~items.present.view(-1, 1, 1), 0.0)  # no items: all weights 0
-        # Clamped below: exp is many times slower on far negative arguments (and -inf) than on
-        # others; an item that far below the best weighs exp(-80) ~ 2e-35 of it instead of
-        # less, beneath float32's resolution of the sum. An image without items (all -inf)
-        # gets such negligible weights too; the gate gives its modality no weight.
-        weights = logits.sub_(top).clamp_(min=EXP_FLOOR).exp_()
-        # At least 1 (the largest item's exp(0)) where the image has items.
-        inverse = 1.0 / weights.sum(1).clamp_min(1.0)  # (N, Q)
+        weights, inverse = _exponentials(logits, items)
         if items.gram is None:
             # Few queries: the attended vectors themselves (one pass over the values), then a
             # few dot products of length d per pair.
-            vector = torch.bmm(weights.transpose(1, 2), value)  # (N, Q, d)
-            dots = (vector * q.shared).sum(-1) * inverse
-            probes = None if q.probe is None else (vector * q.probe).sum(-1) * inverse
-            square = (vector * vector).sum(-1) * inverse * inverse
-            return _Sums(dots, probes, square, vector=vector, inverse=inverse)
+            return _vector_sums(q, torch.bmm(weights.transpose(1, 2), value), inverse)
         # Many queries: every item's value read by unit q^m (and the probe) in one product,
         # (N, T, Q|2Q), and |w|^2 = alpha^T G alpha from the Gram matrices.
         read = (value.reshape(n * t, d) @ q.readers.T).view(n, t, -1)
@@ -549,6 +606,52 @@ class DenseScorer:
             probes = (weights * read[..., queries:]).sum(1) * inverse
         square = (torch.bmm(items.gram, weights) * weights).sum(1)
         return _Sums(dots, probes, square * inverse * inverse, weights, inverse=inverse)
+
+    def _attend_ids(self, q: DenseQueries, guide: Tensor, items: DenseModality) -> _Sums:
+        """Keywords given by id, for a few queries: the logits are looked up in the table's
+        products with the guides (V, Q), and each query's attended vector is a weighted bag
+        of table rows; no (images, keywords, d) tensor is made."""
+        keys, values = self.keyword_tables
+        ids = items.ids
+        assert ids is not None
+        logits = F.embedding(ids, keys @ guide.T)  # (N, T, Q)
+        weights, inverse = _exponentials(logits, items)
+        vector = torch.stack(
+            [
+                F.embedding_bag(ids, values, per_sample_weights=weights[..., j], mode="sum")
+                for j in range(guide.shape[0])
+            ],
+            1,
+        )  # (N, Q, d)
+        return _vector_sums(q, vector, inverse)
+
+
+def _exponentials(logits: Tensor, items: DenseModality) -> tuple[Tensor, Tensor]:
+    """The softmax over each image's items (axis 1) of `logits` (N, T, Q), in place and not
+    divided by its sum: (exponentials, 1 / their sum (N, Q)); the sums made of them are
+    divided instead (a number per pair, not per item)."""
+    if items.bias is not None:
+        logits += items.bias.unsqueeze(-1)
+    if items.mask is not None:
+        logits.masked_fill_(~items.mask.unsqueeze(-1), float("-inf"))
+    top = logits.amax(1, keepdim=True)
+    if items.mask is not None:
+        top.masked_fill_(~items.present.view(-1, 1, 1), 0.0)  # no items: all weights 0
+    # Clamped below: exp is many times slower on far negative arguments (and -inf) than on
+    # others; an item that far below the best weighs exp(-80) ~ 2e-35 of it instead of less,
+    # beneath float32's resolution of the sum. An image without items (all -inf) gets such
+    # negligible weights too; the gate gives its modality no weight.
+    weights = logits.sub_(top).clamp_(min=EXP_FLOOR).exp_()
+    # At least 1 (the largest item's exp(0)) where the image has items.
+    return weights, 1.0 / weights.sum(1).clamp_min(1.0)
+
+
+def _vector_sums(q: DenseQueries, vector: Tensor, inverse: Tensor) -> _Sums:
+    """The sums of attended vectors (N, Q, d) not yet divided by their weights' sum."""
+    dots = (vector * q.shared).sum(-1) * inverse
+    probes = None if q.probe is None else (vector * q.probe).sum(-1) * inverse
+    square = (vector * vector).sum(-1) * inverse * inverse
+    return _Sums(dots, probes, square, vector=vector, inverse=inverse)
 
 
 def _trimmed(images: DenseImages) -> DenseImages:
@@ -589,11 +692,23 @@ def _cut(items: DenseModality, width: int) -> DenseModality:
         mask=cut(items.mask),
         bias=cut(items.bias),
         gram=cut(items.gram, 2),
+        ids=cut(items.ids),
     )
 
 
 def _attended(items: DenseModality | None) -> bool:
-    return items is not None and items.key is not None
+    return items is not None and (items.key is not None or items.ids is not None)
+
+
+def _width(items: DenseModality | None) -> int:
+    assert items is not None
+    attended = items.key if items.key is not None else items.ids
+    assert attended is not None
+    return int(attended.shape[1])
+
+
+def _float(tensor: Tensor | None) -> Tensor | None:
+    return tensor if tensor is None or tensor.dtype == torch.float32 else tensor.float()
 
 
 def _image_count(images: DenseImages) -> int:

@@ -224,9 +224,7 @@ def test_an_index_that_cannot_be_written_is_one_clear_error(
         result = CliRunner().invoke(cli, ["search", str(run), "--data", str(data), text])
         assert result.exit_code == 1 and "--exact" in result.output
         assert "Traceback" not in result.output
-        exact = CliRunner().invoke(
-            cli, ["search", str(run), "--data", str(data), "--exact", text]
-        )
+        exact = CliRunner().invoke(cli, ["search", str(run), "--data", str(data), "--exact", text])
         assert exact.exit_code == 0, exact.output
     finally:
         run.chmod(0o755)
