@@ -563,8 +563,8 @@ class DenseScorer:
         if q.prior is not None:
             logits = q.prior.unsqueeze(0)  # (1, Q, 2)
             if q.probe is not None:
-                content = [s.probes * inv for s, inv in zip(sums, inverse, strict=True)]
-                logits = logits + torch.stack(content, -1)  # type: ignore[arg-type]
+                content = [_probes(s) * inv for s, inv in zip(sums, inverse, strict=True)]
+                logits = logits + torch.stack(content, -1)
             if self.gate_scale is not None:
                 logits = logits * self.gate_scale
             logits = logits.expand(n, queries, -1)
@@ -749,11 +749,17 @@ def _cross(visual: _Sums, keywords: _Sums, images: DenseImages) -> Tensor:
     return cross
 
 
+def _probes(sums: _Sums) -> Tensor:
+    assert sums.probes is not None  # the queries have a probe
+    return sums.probes
+
+
 def _cross_unscaled(visual: _Sums, keywords: _Sums, images: DenseImages) -> Tensor:
     if visual.vector is not None and keywords.vector is not None:
         return (visual.vector * keywords.vector).sum(-1)
     if visual.vector is None and keywords.vector is None:
-        assert images.cross is not None and visual.weights is not None
+        assert images.cross is not None
+        assert visual.weights is not None and keywords.weights is not None
         return (torch.bmm(images.cross, keywords.weights) * visual.weights).sum(1)
     # One attended (weights), the other pooled (one vector an image).
     attended, pooled, items = (
