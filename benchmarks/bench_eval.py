@@ -214,7 +214,7 @@ def coco_folder(work: Path, test: int, val: int, regions: int, dim: int) -> Path
         config=CocoConfig(force=True, min_query_count=1),
     )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    config = TrainConfig(epochs=1, device="cpu", workers=0, negatives=3)
+    config = TrainConfig(epochs=1, device="cpu", workers=0)
     train(work / "prepared", work / "run", config, force=True)
     marker.write_text(json.dumps(wanted))
     return work

@@ -283,13 +283,32 @@ def roc_sample_cells(
         others = np.zeros(0, dtype=np.int64)
         while len(others) < ROC_SAMPLE:
             drawn = rng.integers(0, total, ROC_SAMPLE + len(flat_relevant) // 8 + 1024)
-            others = np.union1d(others, np.setdiff1d(drawn, flat_relevant))
+            others = _sorted_union(others, _sorted_difference(_sorted_unique(drawn), flat_relevant))
         others = rng.choice(others, ROC_SAMPLE, replace=False)
     cells = np.concatenate([flat_relevant, others])
     row, col = np.unravel_index(cells, (rows, cols))
     relevant = np.zeros(len(cells), dtype=bool)
     relevant[: len(flat_relevant)] = True
     return row.astype(np.int64), col.astype(np.int64), relevant
+
+
+# np.union1d / np.setdiff1d of int64 arrays, by sorting (numpy's hash-based unique is several
+# times slower on a million cells); the same sorted distinct values.
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def _sorted_difference(values: np.ndarray, remove: np.ndarray) -> np.ndarray:
+    """Sorted distinct `values` without those in sorted distinct `remove`."""
+    if not len(remove):
+        return values
+    at = np.minimum(np.searchsorted(remove, values), len(remove) - 1)
+    return values[remove[at] != values]
+
+
+def _sorted_union(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return _sorted_unique(np.concatenate([first, second]))
 
 
 class PoolReduction:

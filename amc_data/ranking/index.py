@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, MissingDependencyError
+from ..errors import InputError, MissingDependencyError, OutputFolderError
 from ..files import atomic_write_json
 from ..progress import progress_bar
 from .config import BEST
@@ -128,14 +129,17 @@ class ImageIndex:
         """Rows `rows` of the index (a slice, or ascending positions) as the scoring path reads
         them: `DenseImages` for the attention family, the model's encoding otherwise."""
 
-        def read(name: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-            # One copy out of the memory map, converting float16 to float32 on the way.
-            kind = np.float32 if dtype == torch.float32 else None
-            tensor = torch.from_numpy(np.array(self.arrays[name][rows], dtype=kind))
+        def read(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+            # The memory map itself for a slice of rows (no copy; float16 stays float16 until
+            # the scoring path converts a few images at a time), a copy for chosen rows.
+            rows_of = self.arrays[name][rows]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # read-only: never written to
+                tensor = torch.from_numpy(rows_of)
             return (tensor if dtype is None else tensor.to(dtype)).to(device)
 
         if not self.dense:
-            return read("encoded")
+            return read("encoded", torch.float32)
         return DenseImages(self._visual(read), self._keywords(read))
 
     def _visual(self, read: Any) -> DenseModality | None:
@@ -144,28 +148,25 @@ class ImageIndex:
             present = torch.ones(key.shape[0], dtype=torch.bool, device=key.device)
             return DenseModality(present=present, key=key, value=read("region_value"))
         if "region_pooled" in self.arrays:
-            pooled = read("region_pooled")
+            pooled = read("region_pooled", torch.float32)
             present = torch.ones(pooled.shape[0], dtype=torch.bool, device=pooled.device)
             return DenseModality(present=present, pooled=pooled)
         return None
 
     def _keywords(self, read: Any) -> DenseModality | None:
         if "keyword_ids" in self.arrays:
-            ids = read("keyword_ids", None).long()
-            counts = read("keyword_counts")
+            ids = read("keyword_ids").long()
+            counts = read("keyword_counts", torch.float32)
             mask = ids > 0
-            table = self.model.keywords.weight.float()
-            cosine = self.model.config.attention == "cosine"
             counts = counts * mask
             return DenseModality(
                 present=mask.any(-1),
-                key=F.embedding(ids, F.normalize(table, dim=-1) if cosine else table),
-                value=F.embedding(ids, table),
+                ids=ids,  # looked up in the model's table by the scoring path
                 mask=None if bool(mask.all()) else mask,
                 bias=torch.log(counts.clamp_min(1e-6)),
             )
         if "keyword_pooled" in self.arrays:
-            pooled = read("keyword_pooled")
+            pooled = read("keyword_pooled", torch.float32)
             present = read("keyword_present", torch.bool)
             return DenseModality(present=present, pooled=pooled)
         return None
@@ -231,7 +232,14 @@ def build_index(
     folder = index_folder(run, split)
     staging = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputFolderError(
+            f"Cannot write the search index of {run} in {folder.parent} ({exc.strerror or exc}):"
+            " search it without an index (--exact), or copy the run folder somewhere writable"
+            " and search the copy."
+        ) from exc
     started = time.perf_counter()
     dense = DenseScorer.of(model.eval())
     files: dict[str, Any] = {}

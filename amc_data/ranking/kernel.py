@@ -82,6 +82,13 @@ def concatenate(parts: list[Any]) -> Any:
     return type(first)(**values)
 
 
+# A cell of a dense-path tile: its score and the reducers' few copies of it; also sets the
+# tiles' size (about 256K cells: 512 x 512), which matters for the relevant cells scored
+# first: their tiles are scored twice (measured on the COCO protocols, 2 threads: 66.5 s at
+# 256 bytes, 71.6 s at 64 bytes, whose tiles four times larger hold more of them).
+DENSE_PAIR_BYTES = 256
+
+
 def pair_bytes(model: RankingModel, regions: int, keywords: int) -> int:
     """About how many bytes scoring one (query, image) pair holds at once inside a tile: the
     attention logits and weights over its items and the attended vectors, a few copies each."""
@@ -112,8 +119,13 @@ class PoolScorer:
         self.query_ids, self.img_ids = query_ids, img_ids
         self.device, self.amp, self.max_keywords = torch.device(device), amp, max_keywords
         model.eval()
+        # bf16 autocast on CUDA keeps the model's own path: the dense path is float32.
+        amp_on = amp and self.device.type == "cuda"
+        self.dense = None if amp_on else DenseScorer.of(model)
         regions = int(prepared.features.shape[1])
-        pair = pair_bytes(model, regions, max_keywords)
+        # The dense path works through a tile a few images at a time (`STEP_ELEMENTS`): a
+        # tile's cell then holds its score and the reducers' few copies of it.
+        pair = DENSE_PAIR_BYTES if self.dense else pair_bytes(model, regions, max_keywords)
         grid = tile_grid(len(query_ids), len(img_ids), pair, tile_bytes)
         # Image blocks are whole numbers of tile columns, so a tile never spans two blocks.
         raw = max(1, int(np.prod(prepared.features.shape[1:])))
@@ -123,9 +135,6 @@ class PoolScorer:
         self._cache: dict[int, Any] = {}
         self._cache_left = cache_bytes
         self._queries: Any = None
-        # bf16 autocast on CUDA keeps the model's own path: the dense path is float32.
-        amp_on = amp and self.device.type == "cuda"
-        self.dense = None if amp_on else DenseScorer.of(model)
 
     def _context(self) -> Any:
         return precision_context(self.device, self.amp)
@@ -154,7 +163,8 @@ class PoolScorer:
         with self._context():
             encoded = self.model._encode_images(batch)
         if self.dense is not None:
-            encoded = self.dense.images(encoded)
+            # Many queries meet each image: its Gram matrices are worth computing once.
+            encoded = self.dense.images(encoded, gram=True)
         size = _bytes(encoded)
         if size <= self._cache_left:
             self._cache[block] = encoded
@@ -267,13 +277,58 @@ class RandomScorer:
 
 
 # -- the dense path ------------------------------------------------------------------------------
-# AttentionModel._score in pool mode, rewritten for speed and checked equal to it (float32,
-# within rounding: tests/ranking/test_kernel.py). What does not depend on the query is done once
-# per image (unit keys, fixed-weight means, which items are padding); what does not depend on
-# the image is done once per query (unit guides times the attention scale, the gate's scale).
-# A tile is then: one matrix product of all the tile's keys (N * T rows) against the tile's
-# guides, a softmax over each image's items, one batched product of the weights with the
-# values, and a few dot products over the shared space per pair.
+# AttentionModel._score in pool mode, rewritten from its math. The model's score is cos(q, x)
+# with x = a u_v + b u_k, u = w / max(|w|, eps) for each modality's attended vector
+# w = sum_t alpha_t V_t (alpha: the masked softmax of scale * cos(guide, key_t)). So
+#
+#     q.x  = a (q.v) / |v| + b (q.k) / |k|
+#     |x|^2 = a^2 |u_v|^2 + b^2 |u_k|^2 + 2 a b (v.k) / (|v| |k|)
+#
+# and every term is a few numbers per pair: q.w = alpha . (V q) (the values against every query
+# in ONE matrix product per block), likewise the gate's probe . w; |w|^2 either from the
+# attended vectors themselves (one batched product of the weights with the values: few
+# queries, as a search's) or from each image's Gram matrix V V^T (computed once per image:
+# many queries, as an evaluation's), which keeps every temporary (images, items, queries)
+# instead of (images, queries, d). Everything is laid out (images, items, queries) so that the
+# reductions over an image's items run along contiguous rows of queries.
+#
+# Not the model's operations in the model's order, so not its bits: scores agree with
+# `score_pool` within float32 rounding (relative 1e-5 on a float32 index; a float16 index's
+# rounding of the keys and values is larger, see docs/search.md), tested in
+# tests/ranking/test_kernel.py. The model's own path stays the reference (`search --exact`).
+
+# (images, items, queries) elements a step of the dense path works on: its temporaries (a few
+# of this many float32) stay in the processor's cache, where the elementwise steps are fastest.
+STEP_ELEMENTS = 1 << 19
+# Few queries (a search): the step is bounded by its items' float32 keys and values instead,
+# kept in buffers reused by every step; larger steps, fewer Python steps over a million images.
+BUFFER_ELEMENTS = 1 << 22
+# Up to this many queries, keywords given by id are scored from the table by id (a bag of rows
+# a query); more, from their rows looked up once.
+FEW_QUERIES = 4
+EXP_FLOOR = -80.0  # attention logits below the image's best by more than this count as this
+EPS = 1e-6  # the model's F.normalize eps for the attended vectors, x and q^m
+# The model options the dense path reproduces. A model with any other option away from its
+# default (an option added after this kernel) is scored by its own `_score`.
+REPRODUCED_OPTIONS = frozenset(
+    {
+        "kind",
+        "query_vocab_size",
+        "keyword_vocab_size",
+        "feature_dim",
+        "dim",
+        "word_dim",
+        "intra",
+        "inter",
+        "dropout",
+        "attention",
+        "attention_scale",
+        "attention_scale_rate",
+        "gate_scale",
+        "gate_content",
+        "cca_reg",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -287,6 +342,10 @@ class DenseModality:
     mask: Tensor | None = None  # (N, T) bool: real items; None when every item is real
     bias: Tensor | None = None  # (N, T): added to the logits (a keyword's log count)
     pooled: Tensor | None = None  # (N, d): the fixed-weight mean, when there is no attention
+    gram: Tensor | None = None  # (N, T, T): V V^T, when computed once for many queries
+    # (N, T) keyword ids (0: none), instead of `key` and `value`: looked up in the model's
+    # table a step at a time (an index stores ids, not embeddings).
+    ids: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +354,7 @@ class DenseImages:
 
     visual: DenseModality | None
     keywords: DenseModality | None
+    cross: Tensor | None = None  # (N, T_v, T_k): V_v V_k^T, with the Gram matrices
 
 
 @dataclass(frozen=True)
@@ -302,18 +362,32 @@ class DenseQueries:
     """A block of queries as the dense path reads them (float32)."""
 
     shared: Tensor  # (Q, d): unit q^m
-    visual_guide: Tensor | None  # (Q, d): unit s_q (cosine attention), or s_q itself (dot)
+    visual_guide: Tensor | None  # (Q, d): unit s_q times the attention scale (dot: s_q/sqrt d)
     keyword_guide: Tensor | None  # (Q, d): likewise for q W_ql
     prior: Tensor | None  # (Q, 2): the gate's prior logits
     probe: Tensor | None  # (Q, d): the gate's probe
+    readers: Tensor  # (Q or 2Q, d): unit q^m, then the probe: what the values are read by
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """One modality's few numbers per (image, query) pair, for its vector w (attended or
+    pooled): q.w, probe.w and |w|^2; and what the cross term between modalities needs."""
+
+    dots: Tensor  # (N, Q): unit q^m . w
+    probes: Tensor | None  # (N, Q): probe . w
+    square: Tensor  # (N, Q|1): |w|^2
+    weights: Tensor | None = None  # (N, T, Q): the attention weights (Gram mode)
+    vector: Tensor | None = None  # (N, Q|1, d): w (attended without Gram, or pooled)
+    # (N, Q): what `weights` and `vector` are still to be multiplied by (the softmax's
+    # 1 / sum of exponentials); None: nothing.
+    inverse: Tensor | None = None
 
 
 class DenseScorer:
     """The dense path for one `AttentionModel` in eval mode: `queries` and `images` turn the
-    model's encoded parts into the dense path's, `score` scores a block of each. Every
-    operation is the model's own, in the same order on the same values (so the scores are
-    the model's to the bit on the CPU in practice, ties included); only the layout differs:
-    the keys of a whole block of images meet the guides in one matrix product."""
+    model's encoded parts into the dense path's, `score` scores a block of each (see the
+    comment above for the math)."""
 
     def __init__(self, model: AttentionModel) -> None:
         self.model = model
@@ -325,124 +399,394 @@ class DenseScorer:
             )
             gate = getattr(model, "gate_log_scale", None)
             self.gate_scale = None if gate is None else gate.exp().float()
+        self._keyword_tables: tuple[Tensor, Tensor] | None = None
+        self._buffers: dict[str, Tensor] = {}
 
     @classmethod
     def of(cls, model: RankingModel) -> DenseScorer | None:
         """The dense path for `model`, or None where it does not apply (not the attention
-        family's own math, or dropout active): those are scored by the model's `_score`."""
+        family's own math, an option it does not reproduce, or dropout active): those are
+        scored by the model's `_score`."""
         own = all(
             getattr(type(model), name, None) is getattr(AttentionModel, name)
             for name in ("_score", "_attend_modality", "_encode_images", "_encode_query")
         )
         if not isinstance(model, AttentionModel) or not own or model.training:
             return None
+        if not reproduces(model.config):
+            return None
         return cls(model)
 
     @torch.no_grad()
     def queries(self, q: EncodedQuery) -> DenseQueries:
         def guide(vector: Tensor | None) -> Tensor | None:
-            if vector is None or not self.cosine:
-                return vector
-            return F.normalize(vector, dim=-1)
+            if vector is None:
+                return None
+            vector = vector.float()
+            if not self.cosine:
+                return vector / math.sqrt(vector.shape[-1])
+            unit = F.normalize(vector, dim=-1)
+            return unit if self.attention_scale is None else unit * self.attention_scale
 
+        shared = F.normalize(q.shared.float(), dim=-1, eps=EPS)
+        probe = None if q.modality_probe is None else q.modality_probe.float()
         return DenseQueries(
-            shared=F.normalize(q.shared.float(), dim=-1, eps=1e-6),
+            shared=shared,
             visual_guide=guide(q.visual_guide),
             keyword_guide=guide(q.keyword_guide),
             prior=None if q.modality_prior is None else q.modality_prior.float(),
-            probe=None if q.modality_probe is None else q.modality_probe.float(),
+            probe=probe,
+            readers=shared if probe is None else torch.cat([shared, probe]),
         )
 
     @torch.no_grad()
-    def images(self, encoded: EncodedImages) -> DenseImages:
-        return DenseImages(self._modality(encoded.visual), self._modality(encoded.keywords))
+    def images(self, encoded: EncodedImages, gram: bool = False) -> DenseImages:
+        """The dense parts of a block of images; `gram` adds each image's Gram matrices (worth
+        it when the block meets many queries: evaluation)."""
+        visual = self._modality(encoded.visual, gram)
+        keywords = self._modality(encoded.keywords, gram)
+        cross = None
+        if gram and _attended(visual) and _attended(keywords):
+            assert visual is not None and keywords is not None
+            assert visual.value is not None and keywords.value is not None
+            cross = torch.bmm(visual.value, keywords.value.transpose(1, 2))
+        return DenseImages(visual, keywords, cross)
 
-    def _modality(self, items: EncodedModality | None) -> DenseModality | None:
+    def _modality(self, items: EncodedModality | None, gram: bool) -> DenseModality | None:
         if items is None:
             return None
         mask = items.mask
         present = mask.any(-1)
         if self.model.attend and items.key is not None:
+            value = items.value.float()
             return DenseModality(
                 present=present,
-                key=F.normalize(items.key, dim=-1) if self.cosine else items.key,
-                value=items.value,
+                key=(F.normalize(items.key, dim=-1) if self.cosine else items.key).float(),
+                value=value,
                 mask=None if bool(mask.all()) else mask,
-                bias=items.bias,
+                bias=None if items.bias is None else items.bias.float(),
+                gram=torch.bmm(value, value.transpose(1, 2)) if gram else None,
             )
         pooled = self.model._attend_modality(None, items, pool=False)[0]  # (N, d)
-        return DenseModality(present=present, pooled=pooled)
+        return DenseModality(present=present, pooled=pooled.float())
 
     @torch.no_grad()
     def score(self, q: DenseQueries, images: DenseImages) -> Tensor:
         """Scores (Q, N) of a block of queries against a block of images: what the model's
-        `_score(..., pool=True)` gives, as dense products."""
+        `_score(..., pool=True)` gives, within float32 rounding."""
+        items = sum(_width(m) for m in (images.visual, images.keywords) if _attended(m))
+        n, queries = _image_count(images), q.shared.shape[0]
+        # Images a step: the (images, items, queries) temporaries stay near `STEP_ELEMENTS`,
+        # the float32 keys and values of the step's items (images, items, d) within
+        # `BUFFER_ELEMENTS`.
+        dim = q.shared.shape[1]
+        step = max(
+            1, min(STEP_ELEMENTS // max(1, items * queries), BUFFER_ELEMENTS // max(1, items * dim))
+        )
         with torch.autocast(q.shared.device.type, enabled=False):
-            return self._score(q, images)
+            if step >= n:
+                return self._score(q, self._ready(_trimmed(images), queries))
+            out = torch.empty(queries, n, device=q.shared.device)
+            for lo in range(0, n, step):
+                part = self._ready(_trimmed(take(images, slice(lo, lo + step))), queries)
+                out[:, lo : lo + step] = self._score(q, part)
+            return out
+
+    def _ready(self, images: DenseImages, queries: int) -> DenseImages:
+        """A step's images as `_score` reads them: float32 (an index stores float16), and
+        keywords given by id looked up in the model's table (here, a step at a time, not
+        the whole block: they stay in the processor's cache)."""
+        ready = []
+        for name, items in (("visual", images.visual), ("keywords", images.keywords)):
+            if items is not None:
+                items = dataclasses.replace(
+                    items,
+                    key=self._float(f"{name} key", items.key),
+                    value=self._float(f"{name} value", items.value),
+                    pooled=_float(items.pooled),
+                    gram=_float(items.gram),
+                )
+                if items.ids is not None and queries > FEW_QUERIES:
+                    keys, values = self.keyword_tables
+                    items = dataclasses.replace(
+                        items,
+                        key=self._lookup("keyword key", keys, items.ids),
+                        value=self._lookup("keyword value", values, items.ids),
+                        ids=None,
+                    )
+            ready.append(items)
+        return DenseImages(ready[0], ready[1], _float(images.cross))
+
+    def _float(self, name: str, tensor: Tensor | None) -> Tensor | None:
+        """`tensor` as float32: copied into a buffer kept between steps (a new tensor of
+        this size costs more to allocate, the first touch of each memory page, than the
+        conversion itself)."""
+        if tensor is None or tensor.dtype == torch.float32:
+            return tensor
+        return self._space(name, tuple(tensor.shape), tensor).copy_(tensor)
+
+    def _lookup(self, name: str, table: Tensor, ids: Tensor) -> Tensor:
+        """The rows `ids` (N, T) of `table`: (N, T, d), in a buffer kept between steps."""
+        flat = self._space(name, (ids.numel(), table.shape[1]), table)
+        torch.index_select(table, 0, ids.reshape(-1), out=flat)
+        return flat.view(*ids.shape, table.shape[1])
+
+    def _space(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A float32 buffer of `shape`, reused by every step (valid until the next step)."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size or buffer.device != like.device:
+            buffer = torch.empty(size, dtype=torch.float32, device=like.device)
+            self._buffers[name] = buffer
+        return buffer[:size].view(shape)
+
+    @property
+    def keyword_tables(self) -> tuple[Tensor, Tensor]:
+        """The keywords' (keys, values) by id: the unit rows of the embedding (cosine
+        attention; the rows themselves for dot) and the rows."""
+        if self._keyword_tables is None:
+            table = self.model.keywords.weight.detach().float()
+            keys = F.normalize(table, dim=-1) if self.cosine else table
+            self._keyword_tables = (keys, table)
+        return self._keyword_tables
 
     def _score(self, q: DenseQueries, images: DenseImages) -> Tensor:
-        units, available = [], []
+        sums, available = [], []
         modalities = ((images.visual, q.visual_guide), (images.keywords, q.keyword_guide))
         for items, guide in modalities:
             if items is None:
                 continue
-            if items.key is not None and guide is not None:
-                vector = self._attend(guide, items)  # (N, Q, d)
+            if _attended(items) and guide is not None:
+                sums.append(self._attend(q, guide, items))
             else:
-                vector = items.pooled.unsqueeze(1)  # type: ignore[union-attr]  # (N, 1, d)
-            units.append(F.normalize(vector.float(), dim=-1, eps=1e-6))
+                sums.append(_pooled_sums(q, items))
             available.append(items.present)
         avail = torch.stack(available, -1).unsqueeze(1)  # (N, 1, modalities)
+        inverse = [1.0 / s.square.sqrt().clamp_min(EPS) for s in sums]  # 1 / max(|w|, eps)
+        n, queries = avail.shape[0], q.shared.shape[0]
         if q.prior is not None:
             logits = q.prior.unsqueeze(0)  # (1, Q, 2)
             if q.probe is not None:
-                content = [_pair_dots(unit, q.probe) for unit in units]  # (N, Q) each
+                content = [_probes(s) * inv for s, inv in zip(sums, inverse, strict=True)]
                 logits = logits + torch.stack(content, -1)
             if self.gate_scale is not None:
                 logits = logits * self.gate_scale
-            logits = logits.expand(avail.shape[0], q.shared.shape[0], -1)
+            logits = logits.expand(n, queries, -1)
         else:
             logits = torch.zeros(avail.shape, device=avail.device)
-        weights = _masked_softmax(logits, avail)  # (N, Q|1, modalities)
-        x = sum(weights[..., i : i + 1] * unit for i, unit in enumerate(units))
-        x = F.normalize(x, dim=-1, eps=1e-6)  # type: ignore[arg-type]
-        return _pair_dots(x, q.shared).T  # (Q, N)
+        gate = _modality_weights(logits, avail)  # (N, Q|1) each
+        along = torch.zeros((), device=avail.device)  # q.x
+        square = torch.zeros((), device=avail.device)  # |x|^2
+        for weight, s, inv in zip(gate, sums, inverse, strict=True):
+            along = along + weight * (s.dots * inv)
+            square = square + weight * weight * (s.square * inv * inv)
+        if len(sums) == 2:
+            cross = _cross(sums[0], sums[1], images)
+            square = square + 2 * gate[0] * gate[1] * cross * inverse[0] * inverse[1]
+        length = square.clamp_min(0).sqrt().clamp_min(EPS)
+        return (along / length).expand(n, queries).T  # (Q, N)
 
-    def _attend(self, guide: Tensor, items: DenseModality) -> Tensor:
-        """Each query's attended vector over each image's items: (N, Q, d)."""
+    def _attend(self, q: DenseQueries, guide: Tensor, items: DenseModality) -> _Sums:
+        """An attended modality's sums over each image's items, laid out (N, T, Q)."""
+        if items.ids is not None:
+            return self._attend_ids(q, guide, items)
         key, value = items.key, items.value
         assert key is not None and value is not None
         n, t, d = key.shape
-        # One product of every item's key in the block against every guide: (Q, d) @ (d, N*T),
-        # as the model's einsum; the softmax runs over contiguous rows of T, as the model's.
-        logits = (guide @ key.reshape(n * t, d).T).view(-1, n, t).float()  # (Q, N, T)
-        if self.attention_scale is None:
-            logits /= math.sqrt(d)
-        else:
-            logits *= self.attention_scale
-        if items.bias is not None:
-            logits += items.bias
-        if items.mask is not None:
-            logits.masked_fill_(~items.mask, float("-inf"))
-            logits.masked_fill_(~items.present.view(1, -1, 1), 0.0)
-        weights = torch.softmax(logits, -1)  # over each image's items
-        if items.mask is not None:
-            weights *= items.present.view(1, -1, 1)  # an image without items attends to none
-        return torch.bmm(weights.transpose(0, 1).to(value.dtype), value)  # (N, Q, d)
+        queries = guide.shape[0]
+        # One product of every item's key in the block against every guide (already scaled).
+        logits = (key.reshape(n * t, d) @ guide.T).view(n, t, queries)
+        weights, inverse = _exponentials(logits, items)
+        if items.gram is None:
+            # Few queries: the attended vectors themselves (one pass over the values), then a
+            # few dot products of length d per pair.
+            return _vector_sums(q, torch.bmm(weights.transpose(1, 2), value), inverse)
+        # Many queries: every item's value read by unit q^m (and the probe) in one product,
+        # (N, T, Q|2Q), and |w|^2 = alpha^T G alpha from the Gram matrices.
+        read = (value.reshape(n * t, d) @ q.readers.T).view(n, t, -1)
+        dots = (weights * read[..., :queries]).sum(1) * inverse
+        probes = None
+        if q.probe is not None:
+            probes = (weights * read[..., queries:]).sum(1) * inverse
+        square = (torch.bmm(items.gram, weights) * weights).sum(1)
+        return _Sums(dots, probes, square * inverse * inverse, weights, inverse=inverse)
+
+    def _attend_ids(self, q: DenseQueries, guide: Tensor, items: DenseModality) -> _Sums:
+        """Keywords given by id, for a few queries: the logits are looked up in the table's
+        products with the guides (V, Q), and each query's attended vector is a weighted bag
+        of table rows; no (images, keywords, d) tensor is made."""
+        keys, values = self.keyword_tables
+        ids = items.ids
+        assert ids is not None
+        logits = F.embedding(ids, keys @ guide.T)  # (N, T, Q)
+        weights, inverse = _exponentials(logits, items)
+        vector = torch.stack(
+            [
+                F.embedding_bag(ids, values, per_sample_weights=weights[..., j], mode="sum")
+                for j in range(guide.shape[0])
+            ],
+            1,
+        )  # (N, Q, d)
+        return _vector_sums(q, vector, inverse)
 
 
-def _pair_dots(vectors: Tensor, queries: Tensor) -> Tensor:
-    """Dot products (N, Q) of vectors (N, Q|1, d) with each query's (Q, d), as the model's
-    `_dot`: one matrix product when the vectors do not depend on the query, or when there is
-    one query; elementwise otherwise."""
-    if vectors.shape[1] == 1 or queries.shape[0] == 1:
-        return (queries @ vectors[:, 0].T).T if vectors.shape[1] == 1 else vectors[:, 0] @ queries.T
-    return (vectors * queries.unsqueeze(0)).sum(-1)
+def _exponentials(logits: Tensor, items: DenseModality) -> tuple[Tensor, Tensor]:
+    """The softmax over each image's items (axis 1) of `logits` (N, T, Q), in place and not
+    divided by its sum: (exponentials, 1 / their sum (N, Q)); the sums made of them are
+    divided instead (a number per pair, not per item)."""
+    if items.bias is not None:
+        logits += items.bias.unsqueeze(-1)
+    if items.mask is not None:
+        logits.masked_fill_(~items.mask.unsqueeze(-1), float("-inf"))
+    top = logits.amax(1, keepdim=True)
+    if items.mask is not None:
+        top.masked_fill_(~items.present.view(-1, 1, 1), 0.0)  # no items: all weights 0
+    # Clamped below: exp is many times slower on far negative arguments (and -inf) than on
+    # others; an item that far below the best weighs exp(-80) ~ 2e-35 of it instead of less,
+    # beneath float32's resolution of the sum. An image without items (all -inf) gets such
+    # negligible weights too; the gate gives its modality no weight.
+    weights = logits.sub_(top).clamp_(min=EXP_FLOOR).exp_()
+    # At least 1 (the largest item's exp(0)) where the image has items.
+    return weights, 1.0 / weights.sum(1).clamp_min(1.0)
 
 
-def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
-    """As the model's: a softmax over the last axis where `mask`; all zeros where none is."""
-    logits = logits.masked_fill(~mask, float("-inf"))
-    anything = mask.any(-1, keepdim=True)
-    logits = logits.masked_fill(~anything, 0.0)
-    return torch.softmax(logits, -1) * anything
+def _vector_sums(q: DenseQueries, vector: Tensor, inverse: Tensor) -> _Sums:
+    """The sums of attended vectors (N, Q, d) not yet divided by their weights' sum."""
+    dots = (vector * q.shared).sum(-1) * inverse
+    probes = None if q.probe is None else (vector * q.probe).sum(-1) * inverse
+    square = (vector * vector).sum(-1) * inverse * inverse
+    return _Sums(dots, probes, square, vector=vector, inverse=inverse)
+
+
+def _trimmed(images: DenseImages) -> DenseImages:
+    """`images` without the trailing item slots that none of them fills (a block is padded to
+    its fullest image's keywords)."""
+    visual, keywords, cross = images.visual, images.keywords, images.cross
+    trimmed = []
+    for items in (visual, keywords):
+        width = _used_width(items)
+        if items is not None and width is not None:
+            items = _cut(items, width)
+        trimmed.append((items, width))
+    (visual, regions), (keywords, words) = trimmed
+    if cross is not None and (regions is not None or words is not None):
+        cross = cross[:, :regions, :words]
+    return DenseImages(visual, keywords, cross)
+
+
+def _used_width(items: DenseModality | None) -> int | None:
+    """How many leading item slots hold an item in some image (None: all of them)."""
+    if items is None or items.mask is None:
+        return None
+    used = torch.nonzero(items.mask.any(0))
+    width = int(used[-1, 0]) + 1 if len(used) else 1
+    return None if width == items.mask.shape[1] else width
+
+
+def _cut(items: DenseModality, width: int) -> DenseModality:
+    def cut(tensor: Tensor | None, axes: int = 1) -> Tensor | None:
+        if tensor is None:
+            return None
+        return tensor[:, :width] if axes == 1 else tensor[:, :width, :width]
+
+    return dataclasses.replace(
+        items,
+        key=cut(items.key),
+        value=cut(items.value),
+        mask=cut(items.mask),
+        bias=cut(items.bias),
+        gram=cut(items.gram, 2),
+        ids=cut(items.ids),
+    )
+
+
+def _attended(items: DenseModality | None) -> bool:
+    return items is not None and (items.key is not None or items.ids is not None)
+
+
+def _width(items: DenseModality | None) -> int:
+    assert items is not None
+    attended = items.key if items.key is not None else items.ids
+    assert attended is not None
+    return int(attended.shape[1])
+
+
+def _float(tensor: Tensor | None) -> Tensor | None:
+    return tensor if tensor is None or tensor.dtype == torch.float32 else tensor.float()
+
+
+def _image_count(images: DenseImages) -> int:
+    items = images.visual if images.visual is not None else images.keywords
+    assert items is not None
+    return int(items.present.shape[0])
+
+
+def reproduces(config: Any) -> bool:
+    """Whether the dense path computes what a model of `config` computes: every option it does
+    not know is at its default."""
+    for field in dataclasses.fields(config):
+        if field.name in REPRODUCED_OPTIONS:
+            continue
+        if field.default is dataclasses.MISSING or getattr(config, field.name) != field.default:
+            return False
+    return True
+
+
+def _pooled_sums(q: DenseQueries, items: DenseModality) -> _Sums:
+    """A fixed-weight modality's sums: its vector does not depend on the query."""
+    pooled = items.pooled
+    assert pooled is not None
+    read = pooled @ q.readers.T  # (N, Q|2Q)
+    queries = q.shared.shape[0]
+    probes = None if q.probe is None else read[:, queries:]
+    square = pooled.square().sum(-1, keepdim=True)  # (N, 1)
+    return _Sums(read[:, :queries], probes, square, vector=pooled.unsqueeze(1))
+
+
+def _cross(visual: _Sums, keywords: _Sums, images: DenseImages) -> Tensor:
+    """v.k for each pair (N, Q|1), from the vectors, or from the attention weights and the
+    images' value products (Gram mode)."""
+    cross = _cross_unscaled(visual, keywords, images)
+    for sums in (visual, keywords):
+        if sums.inverse is not None:
+            cross = cross * sums.inverse
+    return cross
+
+
+def _probes(sums: _Sums) -> Tensor:
+    assert sums.probes is not None  # the queries have a probe
+    return sums.probes
+
+
+def _cross_unscaled(visual: _Sums, keywords: _Sums, images: DenseImages) -> Tensor:
+    if visual.vector is not None and keywords.vector is not None:
+        return (visual.vector * keywords.vector).sum(-1)
+    if visual.vector is None and keywords.vector is None:
+        assert images.cross is not None
+        assert visual.weights is not None and keywords.weights is not None
+        return (torch.bmm(images.cross, keywords.weights) * visual.weights).sum(1)
+    # One attended (weights), the other pooled (one vector an image).
+    attended, pooled, items = (
+        (visual, keywords, images.visual)
+        if visual.vector is None
+        else (keywords, visual, images.keywords)
+    )
+    assert items is not None and items.value is not None and attended.weights is not None
+    assert pooled.vector is not None
+    projected = torch.bmm(items.value, pooled.vector.transpose(1, 2))  # (N, T, 1)
+    return (attended.weights * projected).sum(1)
+
+
+def _modality_weights(logits: Tensor, available: Tensor) -> list[Tensor]:
+    """The model's masked softmax over the modalities (logits (N, Q|1, M), available (N, 1,
+    M)), one (N, Q|1) tensor per modality: with two, the sigmoid of the logits' difference
+    (a softmax over a last axis of 2 is slow); a modality not available weighs 0."""
+    if logits.shape[-1] == 1:
+        return [available[..., 0].float().expand(logits.shape[:-1])]
+    first, second = available[..., 0], available[..., 1]
+    both = first & second
+    weight = torch.sigmoid(logits[..., 0] - logits[..., 1])
+    return [
+        torch.where(both, weight, first.float()),
+        torch.where(both, 1.0 - weight, second.float()),
+    ]

@@ -41,7 +41,7 @@ from .distributed import resolve_device
 from .index import READ_BLOCK, ImageIndex, Shortlist, open_index
 from .kernel import DenseScorer
 from .registry import model_kind
-from .search_config import ALL_IMAGES, SearchConfig, check_query
+from .search_config import ALL_IMAGES, SearchConfig, check_query, with_options
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Searcher:
         """`options` change fields of `config` (default `SearchConfig()`) by name, e.g.
         `Searcher(run, data, split="all", device="cuda")`; `progress` shows a bar while the
         index is built."""
-        self.config = replace(config or SearchConfig(), **options)
+        self.config = with_options(config or SearchConfig(), options)
         split = self.config.split
         self.prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
         self.device = resolve_device(self.config.device)

@@ -4,8 +4,8 @@ query's length) before torch loads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
 from ..checks import check_config, option
 from ..errors import ConfigError, InputError
@@ -20,7 +20,6 @@ MAX_QUERY_CHARS = 1000
 # Test first: the split searched by default.
 SEARCH_SPLITS = (*reversed(PREPARED_SPLITS), ALL_IMAGES)
 SHORTLIST_INDEXES = ("flat", "ivf", "hnsw")
-DEFAULT_SHORTLIST = 1000  # the K `--shortlist` documents as its default (docs/search.md)
 
 
 @dataclass(frozen=True)
@@ -81,3 +80,17 @@ def check_query(text: object) -> str:
             "32 known words)."
         )
     return text
+
+
+def with_options(config: SearchConfig, options: dict[str, Any]) -> SearchConfig:
+    """`config` with the fields named in `options` changed (checked); a name that is not an
+    option is a `ConfigError` naming it and the options there are."""
+    known = [f.name for f in fields(SearchConfig)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]} is not a search option ({', '.join(unknown)} unknown); the options "
+            f"are {', '.join(known)}.",
+            parameter=unknown[0],
+        )
+    return replace(config, **options)

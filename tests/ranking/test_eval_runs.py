@@ -235,7 +235,9 @@ def test_coco_auc_and_the_random_row_cover_every_caption_image_pair(
     prepared = amc_data.load_prepared(prepared_path)
     captions = np.sort(prepared.split_queries("test")["query_id"].to_numpy())
     images = np.sort(prepared.images.loc[prepared.images["split"] == "test", "img_id"].to_numpy())
-    matrix = score_matrix(load_model(run, prepared).model, prepared, captions, images)
+    matrix = _kernel_matrix(prepared_path, run, "test")
+    model_matrix = score_matrix(load_model(run, prepared).model, prepared, captions, images)
+    _assert_the_model_s_ranking(matrix, model_matrix)
     own = prepared.judgments.set_index("query_id").loc[captions, "img_id"].to_numpy()
     relevant = images[None, :] == own[:, None]  # (captions, images)
     amc = next(r for r in result.runs if r.kind == "amc")
@@ -269,9 +271,42 @@ def test_a_checkpoint_file_s_results_go_beside_it(trained: tuple[Path, Path, Pat
     assert (amc / "last-eval-test" / "scores.parquet").is_file()
 
 
+# The dense kernel's scores are the model's within float32 rounding, not bit for bit: this is
+# the tolerance it is held to (tests/ranking/test_kernel.py has the same, relative).
+SCORE_TOLERANCE = 1e-5
+
+
+def _kernel_matrix(prepared_path: Path, run: Path, split: str) -> np.ndarray:
+    """The whole (captions ascending, images ascending) matrix of the very tiles eval scores
+    (the same scorer, queries in the same order, the same tile grid)."""
+    from amc_data.ranking.checkpoint import load_model
+    from amc_data.ranking.kernel import PoolScorer, row_order
+    from amc_data.ranking.runs import _Pool
+
+    prepared = amc_data.load_prepared(prepared_path)
+    pool = _Pool.of(prepared, split)
+    order = row_order(pool.queries, pool.images, pool.judged)
+    scorer = PoolScorer(load_model(run, prepared).model, prepared, order, pool.images)
+    matrix = np.full((len(order), len(pool.images)), np.nan, dtype=np.float32)
+    for rows, cols, tile in scorer.tiles():
+        matrix[rows, cols] = tile
+    return matrix[np.argsort(order)]
+
+
+def _assert_the_model_s_ranking(kernel: np.ndarray, model: np.ndarray) -> None:
+    """The kernel's scores are the model's own (`score_pool`) within `SCORE_TOLERANCE`, so each
+    query ranks the images as the model does wherever the model's scores differ by more than
+    twice it (captions whose words are the same bag tie mathematically: the two paths may order
+    them differently by rounding)."""
+    np.testing.assert_allclose(kernel, model, rtol=0, atol=SCORE_TOLERANCE)
+    apart = model[:, :, None] - model[:, None, :] > 2 * SCORE_TOLERANCE
+    assert (kernel[:, :, None] > kernel[:, None, :])[apart].all()
+
+
 def _whole_matrix_metrics(prepared_path: Path, run: Path, split: str, relevant: int) -> dict:
     """The metrics of a whole-split ranking computed from the whole score matrix, as eval
-    computed them before scoring in tiles (the reference)."""
+    computed them before scoring in tiles (the reference), from the very scores of the tiles;
+    those are the model's own within `SCORE_TOLERANCE` (checked)."""
     from amc_data.evaluation.metrics import caption_ranking, matrix_auc, ranking_metrics
     from amc_data.ranking.checkpoint import load_model
     from amc_data.ranking.runs import _Pool
@@ -279,7 +314,9 @@ def _whole_matrix_metrics(prepared_path: Path, run: Path, split: str, relevant: 
 
     prepared = amc_data.load_prepared(prepared_path)
     pool = _Pool.of(prepared, split)
-    matrix = score_matrix(load_model(run, prepared).model, prepared, pool.queries, pool.images)
+    matrix = _kernel_matrix(prepared_path, run, split)
+    model = load_model(run, prepared).model
+    _assert_the_model_s_ranking(matrix, score_matrix(model, prepared, pool.queries, pool.images))
     frame = pool_frame(matrix, pool.queries, pool.images, pool.judged)
     metrics = ranking_metrics(
         frame["query_id"], frame["score"], frame["label"], relevant=relevant

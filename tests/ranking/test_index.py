@@ -196,3 +196,35 @@ def test_the_shortlist_at_every_image_is_the_exact_search(world: tuple[Path, Pat
             amc, prepared, split="all", shortlist=len(prepared.images), shortlist_index=kind
         ).search(text, top=10)
         assert [h.img_id for h in short.hits] == [h.img_id for h in full.hits]
+
+
+def test_an_index_that_cannot_be_written_is_one_clear_error(
+    world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A run folder the user may not write to (another user's, a read-only mount): the index
+    cannot be built there, and the error says so in one line with what to do instead."""
+    from amc_data.errors import OutputFolderError
+
+    data, amc = world
+    text = amc_data.load_prepared(data).split_queries("test")["query"].iloc[0]
+    run = _copy_run(amc, tmp_path)
+    run.chmod(0o555)
+    try:
+        probe = run / "probe"
+        try:
+            probe.mkdir()
+        except PermissionError:
+            pass
+        else:  # the superuser writes anywhere
+            probe.rmdir()
+            pytest.skip("this user can write to a read-only folder")
+        with pytest.raises(OutputFolderError, match=r"--exact.*writable") as caught:
+            amc_data.Searcher(run, data, split="all").search(text)
+        assert "\n" not in str(caught.value) and str(run) in str(caught.value)
+        result = CliRunner().invoke(cli, ["search", str(run), "--data", str(data), text])
+        assert result.exit_code == 1 and "--exact" in result.output
+        assert "Traceback" not in result.output
+        exact = CliRunner().invoke(cli, ["search", str(run), "--data", str(data), "--exact", text])
+        assert exact.exit_code == 0, exact.output
+    finally:
+        run.chmod(0o755)

@@ -4,6 +4,7 @@ query order; the relevant cells it scores first are the very values of the tiles
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +150,17 @@ def _option_grid() -> list[tuple[str, dict[str, object]]]:
     return grid
 
 
+@pytest.mark.parametrize("mode", ["vectors", "gram", "steps", "ids", "id-bags"])
 @pytest.mark.parametrize(("kind", "options"), _option_grid())
 def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
-    kind: str, options: dict[str, object]
+    kind: str, options: dict[str, object], mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Random weights (every parameter perturbed, scales included), images with padded
-    regions, no keywords at all, repeated keywords: the dense path's scores are score_pool's
-    to float32 rounding (relative 1e-5)."""
+    regions, no keywords at all, repeated keywords: the dense path's scores (from the attended
+    vectors, from each image's Gram matrices, a few images a step with the unused keyword
+    slots cut, or keywords given by id as an index gives them: looked up, or a weighted bag of
+    table rows for a few queries) are score_pool's to float32 rounding (relative 1e-5)."""
+    from amc_data.ranking import kernel
     from amc_data.ranking.batch import ImageBatch, QueryBatch
     from amc_data.ranking.build import build_model
 
@@ -190,11 +195,19 @@ def test_the_dense_path_equals_score_pool_for_every_kind_and_option(
     query = QueryBatch(tokens=tokens, mask=tokens > 0)
     dense = DenseScorer.of(model)
     assert dense is not None
+    if mode == "steps":
+        monkeypatch.setattr(kernel, "STEP_ELEMENTS", 300)  # 2 or 3 images a step
+    if mode == "id-bags":
+        monkeypatch.setattr(kernel, "FEW_QUERIES", 9)
     with torch.no_grad():
         expected = model.score_pool(query, images)
-        got = dense.score(
-            dense.queries(model._encode_query(query)), dense.images(model._encode_images(images))
-        )
+        encoded = dense.images(model._encode_images(images), gram=mode in ("gram", "steps"))
+        if mode.startswith("id") and encoded.keywords is not None:
+            if encoded.keywords.key is None:
+                pytest.skip("keywords pooled: no ids to look up")
+            by_id = dataclasses.replace(encoded.keywords, key=None, value=None, ids=keywords)
+            encoded = dataclasses.replace(encoded, keywords=by_id)
+        got = dense.score(dense.queries(model._encode_query(query)), encoded)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -207,3 +220,21 @@ def test_models_the_dense_path_does_not_cover_keep_their_own_scoring(
     amc = load_model(made["amc"], prepared).model
     assert DenseScorer.of(amc.train()) is None  # dropout active
     assert DenseScorer.of(amc.eval()) is not None
+
+
+def test_a_model_option_the_dense_path_does_not_know_keeps_the_model_s_scoring() -> None:
+    """An option added to the model later (here: a config with one more field) that is on,
+    the dense path cannot know what it changes: the model is scored by its own `_score`; at
+    its default, the dense path applies."""
+    from amc_data.ranking.build import build_model
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class LaterConfig(ModelConfig):
+        later_option: bool = False
+
+    options = {"query_vocab_size": 5, "keyword_vocab_size": 5, "feature_dim": 3, "dim": 4}
+    model = build_model(ModelConfig(**options)).eval()
+    model.config = LaterConfig(**options)
+    assert DenseScorer.of(model) is not None
+    model.config = LaterConfig(**options, later_option=True)
+    assert DenseScorer.of(model) is None

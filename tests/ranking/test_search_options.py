@@ -46,3 +46,13 @@ def test_a_queries_file_that_is_not_utf8_is_one_line_error(tmp_path: Path) -> No
     queries.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"queries\.txt is not UTF-8 text \(byte 3\)"):
         read_queries(queries)
+
+
+def test_an_unknown_searcher_option_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from amc_data.ranking.search import Searcher
+
+    with pytest.raises(ConfigError, match=r"^shortlist_k is not a search option") as caught:
+        Searcher(tmp_path / "run", tmp_path / "data", shortlist_k=100)
+    assert caught.value.parameter == "shortlist_k"
+    assert "shortlist" in str(caught.value)  # the options there are
