@@ -10,7 +10,18 @@ nox.options.reuse_existing_virtualenvs = True
 # The CPU build (a bare `torch` can pull a CUDA build of several GB), and the torchvision of its
 # release, so that open_clip (the clip extra) keeps this torch.
 TORCH = ("torch==2.13.0", "torchvision==0.28.0")
-BENCHMARKS = ("fetch", "encode", "loader", "train", "eval", "search", "serve", "synth", "scale", "gpu")
+BENCHMARKS = (
+    "fetch",
+    "encode",
+    "loader",
+    "train",
+    "eval",
+    "search",
+    "serve",
+    "synth",
+    "scale",
+    "gpu",
+)
 # Run by name only: scale writes a 25 GB folder and takes about half an hour; gpu needs CUDA.
 BY_NAME_ONLY = ("scale", "gpu")
 

@@ -442,6 +442,6 @@ def search(
     """Rank the images of the config's split ("all": every image) of `data` for the free-text
     `query` with the run (a run folder's best.pt, or a .pt file); `options` change fields of
     `config` by name (`split`, `top`, `device`). See `Searcher` for repeated queries."""
-    chosen = replace(config or SearchConfig(), **options)
+    chosen = with_options(config or SearchConfig(), options)
     check_query(query)  # before the model and the folder load
     return Searcher(run, data, chosen).search(query)

@@ -56,3 +56,11 @@ def test_an_unknown_searcher_option_is_a_config_error_naming_it(tmp_path: Path) 
         Searcher(tmp_path / "run", tmp_path / "data", shortlist_k=100)
     assert caught.value.parameter == "shortlist_k"
     assert "shortlist" in str(caught.value)  # the options there are
+
+
+def test_an_unknown_option_of_the_search_function_is_a_config_error_too(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from amc_data.ranking.search import search
+
+    with pytest.raises(ConfigError, match=r"^shortlist_k is not a search option"):
+        search(tmp_path / "run", tmp_path / "data", "dog", shortlist_k=100)
