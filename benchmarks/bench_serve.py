@@ -32,9 +32,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from bench_encode import machine
+from bench_search import percentiles
 
 import amc_data
 from amc_data.ranking.search import Searcher
@@ -55,13 +55,6 @@ def make_run(folder: Path, images: int, seed: int) -> tuple[Path, Path]:
     train(data, run, TrainConfig(epochs=1, device="cpu", workers=0), force=True)
     marker.write_text(json.dumps(wanted))
     return data, run
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    return {
-        "median_ms": round(1e3 * statistics.median(values), 2),
-        "p95_ms": round(1e3 * float(np.percentile(values, 95)), 2),
-    }
 
 
 def ask(url: str, text: str) -> float:

@@ -1060,10 +1060,15 @@ def concepts_frame(world: SynthWorld) -> pd.DataFrame:
 
 def write_concepts(world: SynthWorld, path: str | os.PathLike[str]) -> Path:
     """Write `concepts_frame(world)` to `path` (Parquet, atomically); return the path."""
+    return write_concepts_frame(concepts_frame(world), path)
+
+
+def write_concepts_frame(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """A concepts file (the columns `concepts_frame` gives, any planted world's) written to
+    `path` as Parquet with its fixed schema, atomically; return the path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = concepts_frame(world)
     schema = pa.schema(
         [
             ("kind", pa.string()),

@@ -353,21 +353,8 @@ def concepts_frame(world: MultiWorld, fold_size: int | None = None) -> pd.DataFr
 
 
 def write_concepts(world: MultiWorld, path: Path, fold_size: int | None = None) -> Path:
-    """Write `concepts_frame(world, fold_size)` as Parquet at `path`; return the path."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Write `concepts_frame(world, fold_size)` as a concepts file at `path` (synth's writer,
+    the one schema); return the path."""
+    from amc_data.prepare.synth import write_concepts_frame
 
-    schema = pa.schema(
-        [
-            ("kind", pa.string()),
-            ("id", pa.int64()),
-            ("concept", pa.string()),
-            ("modality", pa.string()),
-            ("regions", pa.list_(pa.int32())),
-            ("keyword", pa.string()),
-            ("ceiling", pa.float64()),
-        ]
-    )
-    frame = concepts_frame(world, fold_size)
-    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
-    return path
+    return write_concepts_frame(concepts_frame(world, fold_size), path)
