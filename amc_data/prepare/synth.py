@@ -883,13 +883,7 @@ def _judgments_several(rng: np.random.Generator, world: SynthWorld) -> pd.DataFr
         query_ids.append(np.full(rows.size, query_id, dtype=np.int64))
         img_ids.append(world.img_ids[rows])
         labels.append(grades)
-    return pd.DataFrame(
-        {
-            "query_id": np.concatenate(query_ids),
-            "img_id": np.concatenate(img_ids),
-            "label": np.concatenate(labels).astype(np.int32),
-        }
-    )
+    return _judgment_frame(query_ids, img_ids, labels)
 
 
 def _tags(
@@ -983,6 +977,13 @@ def _judgments(rng: np.random.Generator, world: SynthWorld) -> pd.DataFrame:
         query_ids.append(np.full(rows.size, query_id, dtype=np.int64))
         img_ids.append(world.img_ids[rows])
         labels.append(grades)
+    return _judgment_frame(query_ids, img_ids, labels)
+
+
+def _judgment_frame(
+    query_ids: list[np.ndarray], img_ids: list[np.ndarray], labels: list[np.ndarray]
+) -> pd.DataFrame:
+    """judgments.parquet's rows from each query's (query ids, image ids, labels) arrays."""
     return pd.DataFrame(
         {
             "query_id": np.concatenate(query_ids),
