@@ -86,6 +86,7 @@ def _report(
 @config_option(EvalConfig, "plot_dir", type=click.Path(file_okay=False, path_type=Path))
 @config_option(EvalConfig, "examples")
 @config_option(EvalConfig, "device")
+@config_option(EvalConfig, "threads", metavar="N")
 @config_option(EvalConfig, "random_baseline")
 @click.option(
     "--scores",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 @config_option(SearchConfig, "exact")
 @config_option(SearchConfig, "shortlist")
 @config_option(SearchConfig, "shortlist_index")
+@config_option(SearchConfig, "threads", metavar="N")
 @click.option(
     "--queries",
     "queries_file",
@@ -70,6 +71,7 @@ def search_command(
     exact: bool,
     shortlist: int,
     shortlist_index: str,
+    threads: int,
     queries_file: Path | None,
     trec: Path | None,
     as_json: bool,
@@ -93,6 +95,7 @@ def search_command(
         exact=exact,
         shortlist=shortlist,
         shortlist_index=shortlist_index,  # type: ignore[arg-type]
+        threads=threads,
     )
     if queries_file is not None:
         _batch(run, data, config, queries_file, trec, quiet)

@@ -99,6 +99,11 @@ class EvalConfig:
         "concepts.parquet per run (per concept: NDCG@10, its share of the ceiling, attention "
         "mass on its own regions or keyword) and print the weakest concepts.",
     )
+    threads: int = option(
+        0,
+        "CPU threads scoring side by side, one torch thread each (0: torch's thread count).",
+        low=0,
+    )
     progress: bool = False
 
     def __post_init__(self) -> None:

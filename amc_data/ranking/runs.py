@@ -235,6 +235,7 @@ def _score_runs(
                 pool.images,
                 device=device,
                 max_keywords=max_keywords,
+                workers=config.threads or None,
             )
             result = pool.measure(name, kind, scorer, config)
         else:
@@ -245,6 +246,7 @@ def _score_runs(
                 device=device,
                 max_keywords=max_keywords,
                 progress=config.progress,
+                workers=config.threads or None,
             )
             result = _measure(name, kind, frame, config)
         result.label = run_label(loaded.model_config)

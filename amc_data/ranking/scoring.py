@@ -52,9 +52,11 @@ def score_split(
     query_ids: np.ndarray | None = None,
     max_keywords: int = 64,
     progress: bool = False,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """A frame of `query_id`, `img_id`, `score`, `label` (label 0 for unjudged pool images),
-    for the queries of `split` (those of `query_ids` only, when given)."""
+    for the queries of `split` (those of `query_ids` only, when given); `workers` threads
+    score side by side (default: torch's thread count)."""
     device = torch.device(device)
     model.eval()
     queries = split_query_ids(prepared, split, query_ids)
@@ -65,7 +67,17 @@ def score_split(
         )
     if candidates_are_split(prepared):
         return _score_pool_split(
-            model, prepared, split, queries, judged, device, amp, keep, max_keywords, progress
+            model,
+            prepared,
+            split,
+            queries,
+            judged,
+            device,
+            amp,
+            keep,
+            max_keywords,
+            progress,
+            workers,
         )
     return _score_judged(model, prepared, judged, device, amp, max_keywords, progress)
 
@@ -81,12 +93,20 @@ def _score_pool_split(
     keep: int,
     max_keywords: int,
     progress: bool,
+    workers: int | None,
 ) -> pd.DataFrame:
     """Every query against every image of the split, through the tiled kernel: only each
     query's best `keep` images and the judged pairs are kept, never the whole matrix."""
     pool = np.sort(prepared.split_images(split))
     scorer = PoolScorer(
-        model, prepared, queries, pool, device=device, amp=amp, max_keywords=max_keywords
+        model,
+        prepared,
+        queries,
+        pool,
+        device=device,
+        amp=amp,
+        max_keywords=max_keywords,
+        workers=workers,
     )
     inside = judged[judged["img_id"].isin(pool)]
     reduction = PoolReduction(scorer.grid, queries, pool, inside, keep=keep, metrics=False)

@@ -39,7 +39,7 @@ from .checkpoint import load_model
 from .data import image_batch
 from .distributed import resolve_device
 from .index import READ_BLOCK, ImageIndex, Shortlist, open_index
-from .kernel import DenseScorer
+from .kernel import DenseScorer, in_order, scoring_workers
 from .registry import model_kind
 from .search_config import ALL_IMAGES, SearchConfig, check_query, with_options
 
@@ -157,6 +157,7 @@ class Searcher:
         split = self.config.split
         self.prepared = data if isinstance(data, PreparedDataset) else load_prepared(data)
         self.device = resolve_device(self.config.device)
+        self.workers = scoring_workers(self.device, self.config.threads or None)
         self.loaded = load_model(run, self.prepared, self.device)
         self.split = split
         if split == ALL_IMAGES:
@@ -297,13 +298,16 @@ class Searcher:
             blocks: list[Any] = [slice(lo, min(rows.stop, lo + READ_BLOCK)) for lo in steps]
         else:
             blocks = [rows[lo : lo + READ_BLOCK] for lo in range(0, len(rows), READ_BLOCK)]
-        parts = []
-        for block in blocks:
+        dense = self.dense
+
+        @torch.no_grad()  # per thread: the blocks are scored by `workers` threads
+        def scored(block: Any) -> torch.Tensor:
             images = index.block(block, self.device)
-            if self.dense is not None:
-                parts.append(self.dense.score(encoded, images))
-            else:
-                parts.append(model._score(encoded, images, pool=True)[0].float())
+            if dense is not None:
+                return dense.score(encoded, images)
+            return model._score(encoded, images, pool=True)[0].float()
+
+        parts = list(in_order(scored, blocks, self.workers))
         if not parts:
             return np.zeros((len(query), 0), dtype=np.float32)
         return torch.cat(parts, 1).cpu().numpy()

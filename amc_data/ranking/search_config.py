@@ -45,6 +45,11 @@ class SearchConfig:
         "(0: score every image; needs the search extra).",
         low=0,
     )
+    threads: int = option(
+        0,
+        "CPU threads scoring side by side, one torch thread each (0: torch's thread count).",
+        low=0,
+    )
     shortlist_index: Literal["flat", "ivf", "hnsw"] = option(
         "flat",
         "The shortlist's FAISS index: exact inner product, or approximate.",

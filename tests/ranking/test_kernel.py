@@ -238,3 +238,64 @@ def test_a_model_option_the_dense_path_does_not_know_keeps_the_model_s_scoring()
     assert DenseScorer.of(model) is not None
     model.config = LaterConfig(**options, later_option=True)
     assert DenseScorer.of(model) is None
+
+
+@pytest.mark.parametrize("kind", ["amc", "cca"])
+def test_tiles_scored_by_threads_side_by_side_are_the_tiles_of_one_thread(
+    runs: tuple[Path, dict[str, Path]], kind: str
+) -> None:
+    """`eval --threads N` scores tiles side by side: the same tiles, in the grid's order, to
+    the bit, as one thread gives; torch's own thread count is set back afterwards."""
+    data, made = runs
+    prepared = amc_data.load_prepared(data)
+    model = load_model(made[kind], prepared).model.eval()
+    queries = np.sort(prepared.queries["query_id"].to_numpy())
+    images = np.sort(prepared.images["img_id"].to_numpy())
+
+    def tiles(workers: int) -> list[tuple[slice, slice, np.ndarray]]:
+        scorer = PoolScorer(model, prepared, queries, images, tile_bytes=20_000, workers=workers)
+        assert len(list(scorer.grid)) > 4  # several tiles to share out
+        return list(scorer.tiles())
+
+    alone, side_by_side = tiles(1), tiles(3)
+    assert [(r, c) for r, c, _ in alone] == [(r, c) for r, c, _ in side_by_side]
+    for (_, _, one), (_, _, many) in zip(alone, side_by_side, strict=True):
+        np.testing.assert_array_equal(one, many)
+    assert torch.get_num_threads() == 1  # the fixture's setting, set back
+
+
+def test_in_order_keeps_the_order_bounds_the_jobs_in_flight_and_passes_errors_on() -> None:
+    import threading
+    import time
+
+    from amc_data.ranking.kernel import in_order
+
+    torch.set_num_threads(2)  # the caller's setting, to be set back
+    started: list[int] = []
+    lock = threading.Lock()
+    threads_inside: set[int] = set()
+
+    def work(job: int) -> int:
+        with lock:
+            started.append(job)
+        threads_inside.add(torch.get_num_threads())
+        time.sleep(0.002 * (job % 3))  # later jobs may finish first
+        return job * job
+
+    consumed = []
+    for value in in_order(work, iter(range(40)), workers=4):
+        consumed.append(value)
+        # At most two jobs a worker beyond what was consumed have been started.
+        assert len(started) <= len(consumed) + 8
+    assert consumed == [j * j for j in range(40)]
+    assert threads_inside == {1}  # one torch thread in each worker
+
+    def failing(job: int) -> int:
+        if job == 5:
+            raise ValueError("job 5 is bad")
+        return job
+
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="job 5 is bad"):
+        list(in_order(failing, range(20), workers=2))
+    assert torch.get_num_threads() == 2

@@ -105,6 +105,27 @@ def test_cached_and_chunked_reads_rank_the_same(
     np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], rtol=1e-5)
 
 
+def test_index_blocks_scored_by_threads_side_by_side_give_the_same_scores(
+    world: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`search --threads N` scores the index's blocks side by side: the same scores, to the
+    bit, in the same order, as one thread; the CLI takes the option."""
+    data, amc, _ = world
+    monkeypatch.setattr(search_module, "READ_BLOCK", 16)  # 15 blocks of the 240 images
+    texts = amc_data.load_prepared(data).split_queries("test")["query"].tolist()[:5]
+    one = amc_data.Searcher(amc, data, split="all", threads=1)
+    many = amc_data.Searcher(amc, data, split="all", threads=3)
+    assert (one.workers, many.workers) == (1, 3)
+    for a, b in zip(one.search_many(texts, top=240), many.search_many(texts, top=240), strict=True):
+        assert [h.img_id for h in a.hits] == [h.img_id for h in b.hits]
+        assert [h.score for h in a.hits] == [h.score for h in b.hits]
+    args = ["search", str(amc), texts[0], "--data", str(data), "--split", "all"]
+    out = CliRunner().invoke(cli, [*args, "--threads", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    ranked = [hit["img_id"] for hit in json.loads(out.output)]
+    assert ranked == [h.img_id for h in one.search(texts[0]).hits]
+
+
 def test_unknown_words_are_named_and_a_query_without_known_words_is_refused(
     world: tuple[Path, Path, Path],
 ) -> None:
