@@ -220,8 +220,11 @@ def coco_folder(work: Path, test: int, val: int, regions: int, dim: int) -> Path
     return work
 
 
-def coco_child(kind: str, work: Path, split: str, threads: int) -> dict[str, object]:
-    """One measured evaluation in this (child) process: 'kernel' or 'reference'."""
+def coco_child(
+    kind: str, work: Path, split: str, threads: int, workers: int = 0
+) -> dict[str, object]:
+    """One measured evaluation in this (child) process: 'kernel' or 'reference'; the kernel
+    scores with `workers` threads side by side (0: one per torch thread)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -238,6 +241,7 @@ def coco_child(kind: str, work: Path, split: str, threads: int) -> dict[str, obj
                 device="cpu",
                 out=work / f"eval-{split}",
                 random_baseline=False,
+                threads=workers,
             )
             metrics = evaluation.runs[0].metrics
         else:
@@ -274,8 +278,11 @@ def reference_metrics(prepared: object, run: Path, pool: object) -> dict[str, fl
     return metrics
 
 
-def run_coco_child(kind: str, work: Path, split: str, threads: int) -> dict[str, object]:
+def run_coco_child(
+    kind: str, work: Path, split: str, threads: int, workers: int = 0
+) -> dict[str, object]:
     command = [sys.executable, __file__, "--coco-child", kind, str(work), split, str(threads)]
+    command.append(str(workers))
     env = {**__import__("os").environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
@@ -301,13 +308,19 @@ def coco_main(args: argparse.Namespace) -> None:
         cells = args.test_images * 5 * args.test_images if split == "test" else None
         if split == "val":
             cells = args.val_images * 5 * args.val_images
-        for kind in ("reference", "kernel"):
+        # The kernel as it runs by default (one scoring thread per torch thread, each with one
+        # torch thread) and, with --one-worker-too, as before that: one scoring thread using
+        # every torch thread.
+        variants = [("reference", "reference", 0), ("kernel", "kernel", 0)]
+        if args.one_worker_too and args.threads > 1:
+            variants.append(("kernel_one_worker", "kernel", 1))
+        for label, kind, workers in variants:
             if kind == "reference" and cells * 4 > args.reference_limit_gb * 2**30:
-                row[kind] = {"skipped": f"its matrix needs {cells * 4 / 2**30:.1f} GiB"}
+                row[label] = {"skipped": f"its matrix needs {cells * 4 / 2**30:.1f} GiB"}
                 continue
-            print(f"{split}: {kind} ...", flush=True)
-            row[kind] = run_coco_child(kind, work, split, args.threads)
-            shown = row[kind]
+            print(f"{split}: {label} ...", flush=True)
+            row[label] = run_coco_child(kind, work, split, args.threads, workers)
+            shown = row[label]
             print(
                 f"  {shown['seconds']:.1f} s, peak RSS {shown['peak_rss_mib']:.0f} MiB "
                 f"({shown['captions']} captions x {shown['images']} images)",
@@ -321,6 +334,14 @@ def coco_main(args: argparse.Namespace) -> None:
             row["same_keys"] = sorted(a) == sorted(b)
             row["speedup"] = reference["seconds"] / kernel["seconds"]  # type: ignore[index]
             row["memory_ratio"] = reference["peak_rss_mib"] / kernel["peak_rss_mib"]  # type: ignore[index]
+            if "kernel_one_worker" in row:
+                one = row["kernel_one_worker"]
+                row["one_worker_max_metric_difference"] = max(
+                    abs(a[k] - one["metrics"][k])
+                    for k in a
+                    if a[k] is not None  # type: ignore[index]
+                )
+                row["one_worker_speedup"] = reference["seconds"] / one["seconds"]  # type: ignore[index]
             print(f"  speed-up {row['speedup']:.1f}x, largest metric difference {worst:.1e}")
         results[split] = row
     out = ROOT / "bench-results" / f"eval-coco-{args.regions}x{args.feature_dim}.json"
@@ -332,8 +353,8 @@ def coco_main(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--coco-child"]:
-        kind, work, split, threads = argv[1:5]
-        print(json.dumps(coco_child(kind, Path(work), split, int(threads))))
+        kind, work, split, threads, workers = argv[1:6]
+        print(json.dumps(coco_child(kind, Path(work), split, int(threads), int(workers))))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--coco", action="store_true", help="the COCO pool case (see above)")
@@ -342,6 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--regions", type=int, default=49)
     parser.add_argument("--feature-dim", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each child")
+    parser.add_argument(
+        "--one-worker-too",
+        action="store_true",
+        help="--coco: also the kernel with one scoring thread using every torch thread",
+    )
     parser.add_argument("--reference-limit-gb", type=float, default=8.0)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--candidates", type=int, default=100)

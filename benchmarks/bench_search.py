@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ks", default="100,300,1000,3000,10000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="index blocks scored side by side (0: one per torch thread, the default search)",
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench-results" / "search-work")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     ref_seconds, ref_ranked = timed(reference, texts[: args.reference_queries])
 
     started = time.perf_counter()
-    searcher = Searcher(run, prepared, split="all")
+    searcher = Searcher(run, prepared, split="all", threads=args.workers)
     index = searcher.index
     assert index is not None
     build = time.perf_counter() - started
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
     curves = []
     for k in (int(k) for k in args.ks.split(",")):
-        two = Searcher(run, prepared, split="all", shortlist=k)
+        two = Searcher(run, prepared, split="all", shortlist=k, threads=args.workers)
         timed(two, texts[:2])
         seconds, ranked = timed(two, texts)
         recall = statistics.mean(
@@ -128,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "machine": machine(),
         "torch_threads": args.threads,
+        "scoring_threads": searcher.workers,
         "load_average_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "images": len(index),
         "shape": list(prepared.features.shape[1:]),
