@@ -683,12 +683,13 @@ class DenseScorer:
             return _vector_sums(q, torch.bmm(weights.transpose(1, 2), value), inverse)
         # Many queries: every item's value read by unit q^m (and the probe) in one product,
         # (N, T, Q|2Q), and |w|^2 = alpha^T G alpha from the Gram matrices.
+        # (Products of fresh tensors are taken in place: no new temporary of this size.)
         read = (value.reshape(n * t, d) @ q.readers.T).view(n, t, -1)
-        dots = (weights * read[..., :queries]).sum(1) * inverse
+        dots = read[..., :queries].mul_(weights).sum(1) * inverse
         probes = None
         if q.probe is not None:
-            probes = (weights * read[..., queries:]).sum(1) * inverse
-        square = (torch.bmm(items.gram, weights) * weights).sum(1)
+            probes = read[..., queries:].mul_(weights).sum(1) * inverse
+        square = torch.bmm(items.gram, weights).mul_(weights).sum(1)
         return _Sums(dots, probes, square * inverse * inverse, weights, inverse=inverse)
 
     def _attend_ids(self, q: DenseQueries, guide: Tensor, items: DenseModality) -> _Sums:
@@ -844,7 +845,7 @@ def _cross_unscaled(visual: _Sums, keywords: _Sums, images: DenseImages) -> Tens
     if visual.vector is None and keywords.vector is None:
         assert images.cross is not None
         assert visual.weights is not None and keywords.weights is not None
-        return (torch.bmm(images.cross, keywords.weights) * visual.weights).sum(1)
+        return torch.bmm(images.cross, keywords.weights).mul_(visual.weights).sum(1)
     # One attended (weights), the other pooled (one vector an image).
     attended, pooled, items = (
         (visual, keywords, images.visual)
