@@ -69,6 +69,12 @@ def scoring_workers(device: torch.device | str, workers: int | None = None) -> i
     return max(1, torch.get_num_threads() if workers is None else int(workers))
 
 
+# torch's thread count is the process's: scorers running at once (the search page's runs) share
+# one setting, saved by the first to start and set back by the last to finish.
+_THREADS_LOCK = threading.Lock()
+_threads_saved = {"inside": 0, "count": 0}
+
+
 @contextmanager
 def _one_torch_thread_each(workers: int) -> Iterator[None]:
     """torch's intra-op threads set to one while `workers` threads score side by side, then
@@ -76,12 +82,18 @@ def _one_torch_thread_each(workers: int) -> Iterator[None]:
     if workers <= 1:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _THREADS_LOCK:
+        if _threads_saved["inside"] == 0:
+            _threads_saved["count"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_saved["inside"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _threads_saved["inside"] -= 1
+            if _threads_saved["inside"] == 0:
+                torch.set_num_threads(_threads_saved["count"])
 
 
 def in_order(

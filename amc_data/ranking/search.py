@@ -307,7 +307,7 @@ class Searcher:
                 return dense.score(encoded, images)
             return model._score(encoded, images, pool=True)[0].float()
 
-        parts = list(in_order(scored, blocks, self.workers))
+        parts = list(in_order(scored, blocks, min(self.workers, len(blocks))))
         if not parts:
             return np.zeros((len(query), 0), dtype=np.float32)
         return torch.cat(parts, 1).cpu().numpy()

@@ -310,3 +310,43 @@ def test_in_order_keeps_the_order_bounds_the_jobs_in_flight_and_passes_errors_on
     with pytest.raises(ValueError, match="job 5 is bad"):
         list(in_order(failing, range(20), workers=2))
     assert torch.get_num_threads() == 2
+
+
+def test_scorers_side_by_side_at_once_set_torch_threads_back_to_what_it_was() -> None:
+    """Two scorers at once (the search page scores each run in its own thread): torch's
+    thread count, the process's, is 1 while either scores and back to the caller's after."""
+    import threading
+
+    from amc_data.ranking.kernel import in_order
+
+    torch.set_num_threads(2)
+    first_started, second_done = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def slow(job: int) -> int:
+        first_started.set()
+        second_done.wait(5)
+        seen.append(torch.get_num_threads())
+        return job
+
+    def quick(job: int) -> int:
+        seen.append(torch.get_num_threads())
+        return job
+
+    def in_a_new_thread() -> int:
+        # torch keeps the count per thread, and a new thread takes the process's setting.
+        found: list[int] = []
+        reader = threading.Thread(target=lambda: found.append(torch.get_num_threads()))
+        reader.start()
+        reader.join(5)
+        return found[0]
+
+    thread = threading.Thread(target=lambda: list(in_order(slow, range(2), workers=2)))
+    thread.start()
+    first_started.wait(5)
+    assert list(in_order(quick, range(4), workers=2)) == [0, 1, 2, 3]
+    assert in_a_new_thread() == 1  # the first scorer is still at work
+    second_done.set()
+    thread.join(5)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2 and in_a_new_thread() == 2
