@@ -69,8 +69,9 @@ def scoring_workers(device: torch.device | str, workers: int | None = None) -> i
     return max(1, torch.get_num_threads() if workers is None else int(workers))
 
 
-# torch's thread count is the process's: scorers running at once (the search page's runs) share
-# one setting, saved by the first to start and set back by the last to finish.
+# torch's thread count is kept per thread, and a new thread (each scoring thread) takes the
+# process's setting: scorers running at once (the search page's runs) share that one setting,
+# saved by the first to start and set back by the last to finish.
 _THREADS_LOCK = threading.Lock()
 _threads_saved = {"inside": 0, "count": 0}
 
