@@ -119,7 +119,10 @@ class TrainConfig:
     # uniformly drawn image, and the few negatives that need the second concept are rare in the
     # pool. Drawing part of the pool among images whose training captions share a word with the
     # batch's captions puts more of them there (read from the prepared data alone: the query
-    # words and the training judgments). Measured in benchmarks/FIDELITY.md, session 6.
+    # words and the training judgments). But the pool is shared by the batch, so each caption
+    # gains only a few: on the several-concept world it ranks as well as as many uniform draws,
+    # and it narrows the gate's margin on synth, so it is off by default (benchmarks/FIDELITY.md,
+    # session 6).
     pool_word_share: float = option(
         0.0,
         "With --loss pool: the share of pool_negatives drawn among training images whose "
