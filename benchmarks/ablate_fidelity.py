@@ -564,6 +564,11 @@ PACKAGE = {
     "pkg word pool 0.25: amc": {"pool_word_share": 0.25},
     "pkg word pool 0.25: amc --no-inter": {"inter": False, "pool_word_share": 0.25},
     "pkg violating: amc pool 256": {"pool_negatives": 256, "pool_reduction": "violating"},
+    "pkg violating: amc pool 256 --no-inter": {
+        "inter": False,
+        "pool_negatives": 256,
+        "pool_reduction": "violating",
+    },
     "pkg word batches: amc": {"word_batches": True},
     "pkg word batches: amc --no-inter": {"inter": False, "word_batches": True},
     "pkg word batches violating: amc": {"word_batches": True, "pool_reduction": "violating"},
