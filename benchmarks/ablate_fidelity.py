@@ -47,6 +47,7 @@ from reference_amc import RefConfig, fit  # noqa: E402
 from support import planted_coco, planted_multi  # noqa: E402
 
 import amc_data  # noqa: E402
+from amc_data.ranking.data import EpochSampler  # noqa: E402
 from amc_data.ranking.model import AttentionModel  # noqa: E402
 
 AttentionModel._encode_query_original = AttentionModel._encode_query  # type: ignore[attr-defined]
@@ -286,6 +287,10 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     if "reduction" in loss_options:  # a TrainConfig option now, which the trainer passes
         options["pool_reduction"] = loss_options.pop("reduction")
     boost = options.pop("violating_params", None)
+    word_batches = options.pop("word_batches", False)
+    sampler_order = EpochSampler.__iter__
+    if word_batches:  # the epoch's pairs ordered so that a batch's captions share a word
+        EpochSampler.__iter__ = _word_batches  # type: ignore[method-assign]
     betas = options.pop("betas", None)
     gate_words = options.pop("gate_words", None)
     encode_query = AttentionModel._encode_query
@@ -315,9 +320,11 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         training.pool_hinge_loss = pool_loss
         training._Run._step = step
         torch.optim.AdamW = adamw
+        EpochSampler.__iter__ = sampler_order  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
     try:  # the forced gate replaces the prior's layer, which the summed words bypass
-        return _package_figures(world, out, {**options, "gate_oracle": not gate_words}, seconds)
+        figures = _package_figures(world, out, {**options, "gate_oracle": not gate_words}, seconds)
+        return {**figures, "folder": str(out)}
     finally:
         AttentionModel._encode_query = encode_query
 
@@ -387,6 +394,39 @@ def _gate_from_summed_words(self, query):
 
 
 ATTENTION_PARAMETERS = ("region_key.", "query_visual.", "query_keyword.", "attention_log_scale")
+
+
+def _word_batches(self):
+    """`EpochSampler.__iter__` (one process) with each epoch's pairs ordered by a word of their
+    caption: each pair picks one word of its caption as the pool's draws by word do (weight one
+    over the training images the word describes; words of one image never), per (seed, epoch,
+    pair); the pairs are sorted by (a hash of the word and epoch, a hash of the pair), so that a
+    batch is one or two runs of captions that share a word and each caption's pool holds dozens
+    of images that carry that word's concept and differ in another. A benchmark of the idea
+    (session 6), not a package option: it ignores ranks and lets no run resume."""
+    from amc_data.ranking.data import _hash_below, _mix, _WordImages
+
+    pairs = self.inner.dataset
+    epoch = self.epoch
+    index = pairs.__dict__.get("_bench_word_images")
+    if index is None:
+        index = _WordImages.of(
+            pairs._tokens, pairs._pair_query, pairs._positive_positions, pairs._pool_rows.size
+        )
+        pairs.__dict__["_bench_word_images"] = index
+    n = len(pairs)
+    tokens = pairs._tokens[pairs._pair_query]  # (n, L) ids + 1
+    weights = index.weights[tokens]  # (n, L); the pad's weight is 0
+    cumulative = np.cumsum(weights, axis=1)
+    total = cumulative[:, -1]
+    bits = _hash_below(pairs.seed, np.full(n, epoch), np.arange(n), 0, 2, np.full(n, 2**32), 9)
+    wanted = bits[:, 0] / 2**32 * total
+    pick = (cumulative <= wanted[:, None]).sum(1).clip(max=tokens.shape[1] - 1)
+    word = np.where(total > 0, tokens[np.arange(n), pick], -1 - np.arange(n))
+    with np.errstate(over="ignore"):
+        key = _mix(word.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch + 1))
+    order = np.lexsort((bits[:, 1], key))
+    return ((epoch, int(i)) for i in order)
 
 
 def _boosted_step(which: str):
@@ -517,6 +557,46 @@ REFERENCE = {
 }
 PACKAGE = {
     "pkg amc": {},
+    # Session 6: part of the pool drawn among images whose training captions share a word with
+    # the batch's captions (the negatives that only a second concept tells apart).
+    "pkg word pool 0.5: amc": {"pool_word_share": 0.5},
+    "pkg word pool 0.5: amc --no-inter": {"inter": False, "pool_word_share": 0.5},
+    "pkg word pool 0.25: amc": {"pool_word_share": 0.25},
+    "pkg word pool 0.25: amc --no-inter": {"inter": False, "pool_word_share": 0.25},
+    "pkg violating: amc pool 256": {"pool_negatives": 256, "pool_reduction": "violating"},
+    "pkg violating: amc pool 256 --no-inter": {
+        "inter": False,
+        "pool_negatives": 256,
+        "pool_reduction": "violating",
+    },
+    "pkg word batches: amc": {"word_batches": True},
+    "pkg word batches: amc --no-inter": {"inter": False, "word_batches": True},
+    "pkg word batches violating: amc": {"word_batches": True, "pool_reduction": "violating"},
+    "pkg word pool 1: amc": {"pool_word_share": 1.0},
+    "pkg word pool 1: amc --no-inter": {"inter": False, "pool_word_share": 1.0},
+    "pkg word pool 1 of 256: amc": {"pool_word_share": 1.0, "pool_negatives": 256},
+    "pkg word pool 1 of 256: amc --no-inter": {
+        "inter": False,
+        "pool_word_share": 1.0,
+        "pool_negatives": 256,
+    },
+    "pkg word pool 1 of 256 violating: amc": {
+        "pool_word_share": 1.0,
+        "pool_negatives": 256,
+        "pool_reduction": "violating",
+    },
+    "pkg word pool 1 of 256 violating: amc --no-inter": {
+        "inter": False,
+        "pool_word_share": 1.0,
+        "pool_negatives": 256,
+        "pool_reduction": "violating",
+    },
+    "pkg word pool 0.5 violating: amc": {"pool_word_share": 0.5, "pool_reduction": "violating"},
+    "pkg word pool 0.5 violating: amc --no-inter": {
+        "inter": False,
+        "pool_word_share": 0.5,
+        "pool_reduction": "violating",
+    },
     # Session 5: keep every concept's gradient without making the gate redundant.
     "pkg mix 0.1: amc": {"loss_options": {"violating_weight": 0.1}},
     "pkg mix 0.1: amc --no-inter": {"inter": False, "loss_options": {"violating_weight": 0.1}},
@@ -634,6 +714,12 @@ def main() -> None:
     )
     parser.add_argument("--synth-images", type=int, default=2000)
     parser.add_argument("--synth-queries", type=int, default=600)
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="each package run's NDCG@10 against the world's first run of its train seed, "
+        "paired by query (the difference and its randomization p, as test_fidelity computes)",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="reference options KEY=VALUE for all")
     parser.add_argument("--work", type=Path, default=Path("/tmp/amc-fidelity"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "fidelity.json")
@@ -689,8 +775,40 @@ def main() -> None:
                 row = {"world": world.name, "run": name, "train_seed": seed, **figures}
                 results.append(row)
                 print(_line(row), flush=True)
+        if args.paired:
+            _paired(world, [r for r in results if r["world"] == world.name and "folder" in r])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
+
+
+def _paired(world: World, rows: list[dict]) -> None:
+    """Each run's NDCG@10 against the first run of its train seed, paired by test query, with
+    `amc_data.evaluate`'s figures (the difference and p that test_fidelity asserts on)."""
+    from amc_data.evaluation.significance import paired_by_query
+
+    for seed in dict.fromkeys(r["train_seed"] for r in rows):
+        mine = [r for r in rows if r["train_seed"] == seed]
+        folders = [Path(r["folder"]) for r in mine]
+        evaluation = amc_data.evaluate(
+            folders, world.prepared, random_baseline=False, resamples=2000
+        )
+        by_folder = {run.name: run.ranking for run in evaluation.runs}
+        first = by_folder[folders[0].name]
+        for row, folder in zip(mine[1:], folders[1:], strict=True):
+            other = by_folder[folder.name]
+            test = paired_by_query(
+                first.query_ids,
+                first.ndcg_at(10),
+                other.query_ids,
+                other.ndcg_at(10),
+                resamples=2000,
+            )
+            row[f"vs_{mine[0]['run']}"] = (test.difference, test.p_randomization)
+            print(
+                f"| {world.name} | {mine[0]['run']} minus {row['run']} (train seed {seed}) | "
+                f"{test.difference:+.4f} | p {test.p_randomization:.4f} |",
+                flush=True,
+            )
 
 
 def _line(row: dict) -> str:

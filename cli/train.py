@@ -72,6 +72,7 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
 @_train_option("pool_negatives")
 @_train_option("hardest")
 @_train_option("pool_reduction")
+@_train_option("pool_word_share")
 @_train_option("margin")
 @_train_option("in_batch", show_default=False)
 @_train_option("clip")

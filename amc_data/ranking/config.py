@@ -115,6 +115,22 @@ class TrainConfig:
         "(violating) or over every negative (all).",
         choices=POOL_REDUCTIONS,
     )
+    # With several concepts a caption, one concept soon tells its image from nearly every
+    # uniformly drawn image, and the few negatives that need the second concept are rare in the
+    # pool. Drawing part of the pool among images whose training captions share a word with the
+    # batch's captions puts more of them there (read from the prepared data alone: the query
+    # words and the training judgments). But the pool is shared by the batch, so each caption
+    # gains only a few: on the several-concept world it ranks as well as as many uniform draws,
+    # and it narrows the gate's margin on synth, so it is off by default (benchmarks/FIDELITY.md,
+    # session 6).
+    pool_word_share: float = option(
+        0.0,
+        "With --loss pool: the share of pool_negatives drawn among training images whose "
+        "training captions share a word with the batch's captions (rarer words drawn more "
+        "often); the rest are drawn uniformly.",
+        low=0,
+        high=1,
+    )
     margin: float = option(0.2, "Hinge margin of the ranking loss.", low=0)
     in_batch: bool = option(
         False, "With --loss pairs: also use the batch's other positives as negatives."
@@ -264,6 +280,12 @@ USED_WHEN: dict[str, UsedWhen] = {
         "loss pool",
         ("loss",),
         "the pairs loss draws negatives for each pair instead",
+    ),
+    "pool_word_share": UsedWhen(
+        lambda o: o.loss == "pool",
+        "loss pool",
+        ("loss",),
+        "it draws part of the shared pool; the pairs loss draws negatives for each pair",
     ),
     "hardest": UsedWhen(
         lambda o: o.loss == "pool",

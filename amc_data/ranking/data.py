@@ -9,7 +9,10 @@ a prepared dataset folder.
   their positives and `pool_negatives` images drawn uniformly from the split (per seed, epoch
   and the batch's first pair), each image once; a mask says which pool images are positives of
   which query. Every query then meets P - (its positives) negatives, and each image of the
-  batch is read and projected once.
+  batch is read and projected once. With `pool_word_share` > 0 that share of the draws is
+  taken among the training images that share a query word with the batch's captions instead
+  (see `_WordImages`), so the pool holds images that match a caption on one word and not on
+  another: the negatives that only a second concept of the caption can tell apart.
 - `train_loader`: a `DataLoader` over it (a `DistributedSampler` per rank, persistent workers,
   pinned memory on request). Call `loader.sampler.set_epoch(epoch)` at the start of each epoch,
   as with any distributed sampler: the epoch travels with each index to the workers. (A loader
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..checks import whole_number
+from ..checks import real_number, whole_number
 from ..errors import ConfigError, InputError
 
 require("torch", "the training data loader")  # a one-line MissingDependencyError without torch
@@ -140,12 +143,21 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _hash_below(
-    seed: int, epochs: np.ndarray, indices: np.ndarray, round_: int, t: int, bounds: np.ndarray
+    seed: int,
+    epochs: np.ndarray,
+    indices: np.ndarray,
+    round_: int,
+    t: int,
+    bounds: np.ndarray,
+    stream: int = 0,
 ) -> np.ndarray:
     """`(B, t)` integers, entry (i, j) uniform in [0, bounds[i]) and a function of (seed,
-    epochs[i], indices[i], round_, j) alone."""
+    epochs[i], indices[i], round_, j, stream) alone. Streams other than 0 are independent of
+    stream 0 (and of each other), which is every draw made before streams existed."""
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as the hash intends
         h = _mix(np.full(indices.shape, seed, dtype=np.uint64) + _GOLDEN)
+        if stream:
+            h = _mix(h ^ (np.uint64(stream) + _GOLDEN))
         h = _mix(h ^ (epochs.astype(np.uint64) + _GOLDEN))
         h = _mix(h ^ (indices.astype(np.uint64) + _GOLDEN))
         j = np.arange(t, dtype=np.uint64) + np.uint64(round_ * t)
@@ -153,6 +165,64 @@ def _hash_below(
         # The top 32 bits scaled to the bound (bias below 2**-32 * bound: negligible).
         scaled = (h >> np.uint64(32)) * bounds.astype(np.uint64)[:, None]
         return (scaled >> np.uint64(32)).astype(np.int64)
+
+
+# The hash streams of a pool's draws by word: which word, then which of its images. The uniform
+# draws keep stream 0, so a pool without word draws is the pool drawn before they existed.
+_WORD_STREAM, _IMAGE_STREAM = 1, 2
+_UNIT = 2**32  # a draw's 32 random bits, read as a fraction of it
+
+
+@dataclass(frozen=True)
+class _WordImages:
+    """The training captions' inverted index: for each query word, the pool positions of the
+    images that are positives of a training query holding it, and the word's weight in a draw.
+
+    The weight is one over the number of those images: a word every caption holds ("a") is
+    drawn about never, a concept's name (some tens of images) often, and once drawn each of its
+    images is as likely. A word whose captions describe one image only is never drawn: that
+    image is the caption's own positive, already in the pool. Arrays only (cheap to send to a
+    loader worker); built once from the prepared data, never from any planted truth.
+    """
+
+    indptr: np.ndarray  # (V + 1,) int64 over word ids + 1 (0 pads and holds nothing)
+    positions: np.ndarray  # (entries,) int64: pool positions, sorted within each word
+    weights: np.ndarray  # (V,) float64
+
+    @classmethod
+    def of(
+        cls, tokens: np.ndarray, pair_query: np.ndarray, pair_position: np.ndarray, pool: int
+    ) -> _WordImages:
+        """From the queries' padded tokens `(Q, L)` (ids + 1), each training pair's query and
+        its positive's pool position, and the pool's size."""
+        words = tokens[pair_query]  # (pairs, L)
+        held = words > 0
+        word = words[held]
+        position = np.broadcast_to(pair_position[:, None], words.shape)[held]
+        keys = np.unique(word * pool + position)  # one entry per (word, image)
+        word, position = keys // pool, keys % pool
+        vocabulary = int(tokens.max(initial=0)) + 1
+        images = np.bincount(word, minlength=vocabulary)  # (V,)
+        indptr = np.zeros(vocabulary + 1, dtype=np.int64)
+        np.cumsum(images, out=indptr[1:])
+        weights = np.where(images >= 2, 1.0 / np.maximum(images, 1), 0.0)
+        return cls(indptr, position.astype(np.int64), weights)
+
+    def draw(self, words: np.ndarray, word_bits: np.ndarray, image_bits: np.ndarray) -> np.ndarray:
+        """Pool positions of `word_bits.size` images: each a word of `words` (ids + 1, 0 pads;
+        with repeats, as the batch's captions hold them) drawn by weight, then one of its images,
+        both by 32 random bits; `(0,)` when no word of `words` can be drawn."""
+        cumulative = np.cumsum(self.weights[words])
+        total = float(cumulative[-1]) if cumulative.size else 0.0
+        if total <= 0.0:
+            return np.zeros(0, dtype=np.int64)
+        wanted = word_bits.astype(np.float64) / _UNIT * total
+        pick = np.searchsorted(cumulative, wanted, side="right").clip(max=words.size - 1)
+        chosen = words[pick]
+        start = self.indptr[chosen]
+        count = (self.indptr[chosen + 1] - start).astype(np.uint64)
+        offset = (image_bits.astype(np.uint64) * count) >> np.uint64(32)  # < count
+        return self.positions[start + offset.astype(np.int64)]
 
 
 def _repeats(values: np.ndarray) -> np.ndarray:
@@ -244,11 +314,20 @@ class TrainingPairs(Dataset):
         max_query_tokens: int = 32,
         pool_negatives: int | None = None,
         gather_regions: bool = True,
+        pool_word_share: float = 0.0,
     ) -> None:
         prepared = _as_prepared(prepared)
         whole_number("negatives", negatives, low=0)
         if pool_negatives is not None:
             whole_number("pool_negatives", pool_negatives, low=0)
+        real_number("pool_word_share", pool_word_share, low=0, high=1)
+        if pool_word_share and pool_negatives is None:
+            raise ConfigError(
+                f"pool_word_share {pool_word_share!r} draws part of a pool batch's negatives; "
+                "these pairs draw their own (pool_negatives is None). Set pool_negatives, or "
+                "leave pool_word_share at 0.",
+                parameter="pool_word_share",
+            )
         whole_number("seed", seed, low=0)
         whole_number("max_keywords", max_keywords, low=1)
         whole_number("max_query_tokens", max_query_tokens, low=1)
@@ -266,6 +345,15 @@ class TrainingPairs(Dataset):
         query_ids = self._index_positives(prepared, split)
         self._index_queries(prepared, query_ids, max_query_tokens)
         self._keywords = _Keywords.of(prepared)
+        # The pool's draws by word (see `_WordImages`): how many, and the index they read.
+        self.pool_word_draws = round(float(pool_word_share) * (self.pool_negatives or 0))
+        self._word_images = (
+            _WordImages.of(
+                self._tokens, self._pair_query, self._positive_positions, self._pool_rows.size
+            )
+            if self.pool_word_draws
+            else None
+        )
         self._features: np.ndarray | None = None
         self._features_pid = -1
 
@@ -397,17 +485,38 @@ class TrainingPairs(Dataset):
     def pool_rows(self, epoch: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pool of a batch of items: its sorted feature rows `(P,)` (the items' positives
         and `pool_negatives` draws, each row once) and the mask `(B, P)` of the pool images
-        that are positives of each item's query. The draws depend on (seed, epoch, the first
-        item) alone."""
+        that are positives of each item's query. The uniform draws depend on (seed, epoch, the
+        first item) alone; the draws by word (`pool_word_draws` of them) on those and the
+        words of the items' queries."""
         positives = self._pair_positive[indices]  # (B,)
-        count = int(self.pool_negatives or 0)
-        bound = np.array([self._pool_rows.size])
-        draws = _hash_below(self.seed, np.array([epoch]), indices[:1], 0, count, bound)[0]
+        draws = self.pool_draws(epoch, indices)
         rows = np.unique(np.concatenate([positives, self._pool_rows[draws]]))  # (P,)
         queries = self._pair_query[indices]  # (B,)
         keys = queries[:, None] * self._rows_total + rows[None, :]  # (B, P)
         found = np.searchsorted(self._positive_keys, keys).clip(max=self._positive_keys.size - 1)
         return rows, self._positive_keys[found] == keys
+
+    def pool_draws(self, epoch: int, indices: np.ndarray) -> np.ndarray:
+        """The pool positions drawn for a batch of items, `(pool_negatives,)`, with repeats: the
+        uniform draws first, then those by word (images that are positives of a training query
+        sharing a word with the batch's queries; uniform draws instead when none of their words
+        describes two images or more)."""
+        count = int(self.pool_negatives or 0)
+        by_word = np.zeros(0, dtype=np.int64)
+        epochs, first = np.array([epoch]), indices[:1]
+        if self._word_images is not None and self.pool_word_draws:
+            words = self._tokens[self._pair_query[indices]].reshape(-1)
+            unit = np.array([_UNIT])
+            word_bits, image_bits = (
+                _hash_below(self.seed, epochs, first, 0, self.pool_word_draws, unit, stream)[0]
+                for stream in (_WORD_STREAM, _IMAGE_STREAM)
+            )
+            by_word = self._word_images.draw(words[words > 0], word_bits, image_bits)
+        bound = np.array([self._pool_rows.size])
+        # The uniform draws are the first ones of the stream without word draws: a pool with
+        # pool_word_share 0 is the pool drawn before the option existed.
+        uniform = _hash_below(self.seed, epochs, first, 0, count - by_word.size, bound)[0]
+        return np.concatenate([uniform, by_word])
 
     def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[PairSample]:
         """A batch of items, gathered together (one read of the features for all of them)."""
@@ -563,13 +672,15 @@ def train_loader(
     shuffle: bool = True,
     pool_negatives: int | None = None,
     gather_regions: bool = True,
+    pool_word_share: float = 0.0,
 ) -> DataLoader:
     """A loader of `TrainBatch`es over `split`'s training pairs for process `rank` of
     `world_size` (each rank sees its own share; together they cover every pair each epoch).
 
     Shuffled per (seed, epoch) and the negatives drawn per (seed, epoch, pair): call
     `loader.sampler.set_epoch(epoch)` before each epoch. `workers` > 0 loads in that many
-    persistent worker processes. `pool_negatives` makes pool batches (see the module);
+    persistent worker processes. `pool_negatives` makes pool batches (see the module), and
+    `pool_word_share` draws that share of their negatives by caption word;
     `gather_regions=False` leaves the regions to the trainer (features resident on a device).
     """
     whole_number("batch_size", batch_size, low=1)
@@ -585,6 +696,7 @@ def train_loader(
         max_query_tokens=max_query_tokens,
         pool_negatives=pool_negatives,
         gather_regions=gather_regions,
+        pool_word_share=pool_word_share,
     )
     sampler = EpochSampler(dataset, rank=rank, world_size=world_size, shuffle=shuffle, seed=seed)
     return DataLoader(

@@ -450,6 +450,7 @@ class _Run:
             max_keywords=self.config.max_keywords,
             pool_negatives=self.config.pool_negatives if pooled else None,
             gather_regions=self.resident is None or whole,
+            pool_word_share=self.config.pool_word_share if pooled else 0.0,
         )
         if len(loader.dataset) == 0:  # type: ignore[arg-type]
             raise TrainingError(
