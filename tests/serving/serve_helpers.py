@@ -58,6 +58,13 @@ class Served:
         return self.process.returncode, err
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child before it starts: SIGINT back to its default. A suite started in the
+    background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and a Python
+    started so never turns Ctrl-C into KeyboardInterrupt; the tests play a user at a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_serve(*args: str | Path) -> Served:
     """`amc-data serve ARGS --port 0` started; returns once it says its address."""
     process = subprocess.Popen(
@@ -66,6 +73,7 @@ def start_serve(*args: str | Path) -> Served:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=_ctrl_c_as_at_a_terminal,
     )
     lines: queue.Queue = queue.Queue()
 
