@@ -101,7 +101,8 @@ class EvalConfig:
     )
     threads: int = option(
         0,
-        "CPU threads scoring side by side, one torch thread each (0: torch's thread count).",
+        "CPU threads scoring side by side, one torch thread each (0: torch's thread "
+        "count; 1: one, with torch's own threads).",
         low=0,
     )
     progress: bool = False

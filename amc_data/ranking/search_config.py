@@ -47,7 +47,8 @@ class SearchConfig:
     )
     threads: int = option(
         0,
-        "CPU threads scoring side by side, one torch thread each (0: torch's thread count).",
+        "CPU threads scoring side by side, one torch thread each (0: torch's thread "
+        "count; 1: one, with torch's own threads).",
         low=0,
     )
     shortlist_index: Literal["flat", "ivf", "hnsw"] = option(
