@@ -8,14 +8,16 @@ from types import ModuleType
 from .errors import MissingDependencyError
 
 
-def require(module: str, purpose: str = "training and evaluation") -> ModuleType:
+def require(
+    module: str, purpose: str = "training and evaluation", extra: str = "train"
+) -> ModuleType:
     """Import `module` (`torch`, `PIL.Image`, `matplotlib`, ...) or raise a one-line error that
-    says how to install it."""
+    says how to install it (the optional extra `extra` brings it)."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         top = module.split(".")[0]
         raise MissingDependencyError(
             f"{top} is needed for {purpose} but could not be imported ({exc}). "
-            f'Install the train extra: pip install "amc-data[train]".'
+            f'Install the {extra} extra: pip install "amc-data[{extra}]".'
         ) from exc

@@ -621,14 +621,8 @@ def generate_world(
     faint = (rng.random((n, r)) < config.background) & ~regions
     others = (shown[:, None] + rng.integers(1, c, size=(n, r))) % c  # never the shown concept
     pixels = _Pixels(config, looks, clutter, shown, regions, directions, faint, others)
-    step = chunk_rows or max(1, _CHUNK_BYTES // (r * d * 8))
     # Every chunk's noise is drawn here, before the tags: the stream goes on from its end.
-    if features_path is None:
-        features = np.empty((n, r, d), dtype=np.float16)
-        for start, chunk in pixels.chunks(rng, step):
-            features[start : start + chunk.shape[0]] = chunk
-    else:
-        features = _write_npy(Path(features_path), (n, r, d), pixels.chunks(rng, step))
+    features = _draw_features(pixels, rng, (n, r, d), chunk_rows, features_path)
 
     keywords = _tags(rng, config, names, named, no_keywords)
     queries = _queries(rng, config, names)
@@ -653,6 +647,25 @@ def generate_world(
 
 
 # -- a several-concept world --------------------------------------------------------------------
+def _draw_features(
+    pixels: _Pixels,
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    chunk_rows: int | None,
+    features_path: str | os.PathLike[str] | None,
+) -> np.ndarray:
+    """Every image's region features, drawn a chunk at a time: in memory, or written to
+    `features_path` (and memory-mapped) when given."""
+    _, r, d = shape
+    step = chunk_rows or max(1, _CHUNK_BYTES // (r * d * 8))
+    if features_path is None:
+        features = np.empty(shape, dtype=np.float16)
+        for start, chunk in pixels.chunks(rng, step):
+            features[start : start + chunk.shape[0]] = chunk
+        return features
+    return _write_npy(Path(features_path), shape, pixels.chunks(rng, step))
+
+
 def _deal_several(rng: np.random.Generator, groups: np.ndarray, k: int, per: int) -> np.ndarray:
     """(N, per) distinct values of `k` per item, each column dealt as `_deal` does (every group
     sees every value about equally often), repeats within an item redrawn."""
@@ -705,13 +718,8 @@ def _several_world(
     pixels = _Pixels(
         config, looks, clutter, shows[:, 0], regions, directions, faint, others, region_concept
     )
-    step = chunk_rows or max(1, _CHUNK_BYTES // (r * d * 8))
-    if features_path is None:
-        features = np.empty((n, r, d), dtype=np.float16)
-        for start_row, chunk in pixels.chunks(rng, step):
-            features[start_row : start_row + chunk.shape[0]] = chunk
-    else:
-        features = _write_npy(Path(features_path), (n, r, d), pixels.chunks(rng, step))
+    # Every chunk's noise is drawn here, before the tags: the stream goes on from its end.
+    features = _draw_features(pixels, rng, (n, r, d), chunk_rows, features_path)
 
     keywords = _tags_several(rng, config, names, labels)
     world = SynthWorld(

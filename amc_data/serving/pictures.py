@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError
+from .._optional import require
 from .config import CACHE_BYTES
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,7 @@ log = logging.getLogger(__name__)
 
 def require_pillow() -> Any:
     """PIL.Image, or a one-line error saying how to install it."""
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"Pillow is needed to show the pictures ({exc}). Install the serve extra: "
-            'pip install "amc-data[serve]".'
-        ) from exc
-    return Image
+    return require("PIL.Image", "showing the pictures", extra="serve")
 
 
 @dataclass(frozen=True)

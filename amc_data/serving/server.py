@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MissingDependencyError
+from .._optional import require
+from ..errors import InputError
 from .config import MAX_REQUEST_BYTES, ServeConfig
 from .pictures import Pictures
 
@@ -23,14 +24,8 @@ log = logging.getLogger(__name__)
 
 def require_server() -> None:
     """The server libraries, or a one-line error saying how to install them."""
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"The search page needs Starlette and uvicorn ({exc}). Install the serve extra: "
-            'pip install "amc-data[serve]".'
-        ) from exc
+    for module in ("starlette", "uvicorn"):
+        require(module, "the search page", extra="serve")
 
 
 def run_name(run: Path) -> str:
