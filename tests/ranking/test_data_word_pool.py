@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 
 from amc_data_cli.main import cli  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
+from support.interrupted import resumes_to_the_whole_run  # noqa: E402
 
-import amc_data.ranking.training as training  # noqa: E402
 from amc_data import load_prepared, synth  # noqa: E402
 from amc_data.errors import ConfigError  # noqa: E402
 from amc_data.ranking.checkpoint import read_checkpoint  # noqa: E402
@@ -157,25 +157,9 @@ FAST = {"epochs": 3, "batch_size": 32, "dim": 16, "device": "cpu", "pool_word_sh
 def test_a_run_with_draws_by_word_resumes_to_the_uninterrupted_weights(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = TrainConfig(**FAST)
-    train(data, tmp_path / "whole", config)
-    steps_per_epoch = read_checkpoint(tmp_path / "whole" / "last.pt")["step"] // 3
-    real_loss, calls = training.pool_hinge_loss, {"n": 0}
-
-    def interrupted(*args, **kwargs):  # Ctrl-C inside the second epoch
-        calls["n"] += 1
-        if calls["n"] == steps_per_epoch + 2:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(training, "pool_hinge_loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(data, tmp_path / "cut", config)
-    monkeypatch.undo()
-    train(data, tmp_path / "cut", config, resume=True)
-    whole = read_checkpoint(tmp_path / "whole" / "last.pt")["model"]
-    cut = read_checkpoint(tmp_path / "cut" / "last.pt")["model"]
-    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    whole = resumes_to_the_whole_run(
+        data, tmp_path, TrainConfig(**FAST), monkeypatch, "pool_hinge_loss", epochs=3
+    )
     # And the draws by word are part of what was trained: without them the weights differ.
     train(data, tmp_path / "off", TrainConfig(**{**FAST, "pool_word_share": 0.0}))
     off = read_checkpoint(tmp_path / "off" / "last.pt")["model"]
