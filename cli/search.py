@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 @config_option(SearchConfig, "shortlist")
 @config_option(SearchConfig, "shortlist_index")
 @config_option(SearchConfig, "threads", metavar="N")
+@config_option(SearchConfig, "compile")
 @click.option(
     "--queries",
     "queries_file",
@@ -72,6 +73,7 @@ def search_command(
     shortlist: int,
     shortlist_index: str,
     threads: int,
+    compile: str,
     queries_file: Path | None,
     trec: Path | None,
     as_json: bool,
@@ -96,6 +98,7 @@ def search_command(
         shortlist=shortlist,
         shortlist_index=shortlist_index,  # type: ignore[arg-type]
         threads=threads,
+        compile=compile,  # type: ignore[arg-type]
     )
     if queries_file is not None:
         _batch(run, data, config, queries_file, trec, quiet)
@@ -103,9 +106,9 @@ def search_command(
     text = check_query(" ".join(query))  # a query too long is refused before torch loads
     require("torch")
     from amc_data.prepare.format import shown_ids
-    from amc_data.ranking.search import Searcher
+    from amc_data.ranking.search import search
 
-    result = Searcher(run, data, config, progress=_bar(quiet)).search(text)
+    result = search(run, data, text, config, progress=_bar(quiet))
     if result.unknown and not quiet:
         click.echo(
             f"Unknown query word(s) ignored (not in the run's query vocabulary): "

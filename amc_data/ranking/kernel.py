@@ -22,6 +22,8 @@ The kernel reads the model's encode and score steps (`_encode_images`, `_encode_
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 import threading
 from collections import deque
@@ -45,6 +47,8 @@ from .model import AttentionModel, EncodedImages, EncodedModality, EncodedQuery
 if TYPE_CHECKING:
     from ..prepare.format import PreparedDataset
     from .model import RankingModel
+
+log = logging.getLogger(__name__)
 
 QUERY_BLOCK = 4096  # queries encoded per forward pass
 BATCH_ELEMENTS = 1 << 25  # raw region values read per image block: 128 MiB of float32
@@ -162,6 +166,10 @@ def concatenate(parts: list[Any]) -> Any:
 # first: their tiles are scored twice (measured on the COCO protocols, 2 threads: 66.5 s at
 # 256 bytes, 71.6 s at 64 bytes, whose tiles four times larger hold more of them).
 DENSE_PAIR_BYTES = 256
+# The tiles holding a relevant cell are scored first (the reducers need those scores before
+# any other tile); up to this many bytes of them are kept for the pass over every tile rather
+# than scored twice (the COCO protocols: about an eighth of the tiles, ~60 MB).
+KEPT_TILE_BYTES = 256 << 20
 
 
 def pair_bytes(model: RankingModel, regions: int, keywords: int) -> int:
@@ -259,17 +267,24 @@ class PoolScorer:
         return scores.float().cpu().numpy()
 
     def tiles(
-        self, progress: bool = False, only: set[int] | None = None
+        self,
+        progress: bool = False,
+        only: set[int] | None = None,
+        kept: dict[int, np.ndarray] | None = None,
     ) -> Iterator[tuple[slice, slice, np.ndarray]]:
         """Every tile of the grid (those numbered in `only`, when given), in the grid's order:
-        (rows, cols, scores)."""
+        (rows, cols, scores); a tile found in `kept` (by number) is taken from it (and
+        dropped from it) instead of being scored again."""
         encoded_queries = self.queries()
+        kept = {} if kept is None else kept
 
         def jobs() -> Iterator[tuple[slice, slice, Any, Any]]:
             # Here, in the calling thread: the image blocks are encoded (and cached) in order.
             block_index, block = -1, None
             for number, (rows, cols) in enumerate(self.grid):
-                if only is None or number in only:
+                if number in kept:
+                    yield rows, cols, None, kept.pop(number)
+                elif only is None or number in only:
                     if cols.start // self.image_block != block_index:
                         block_index = cols.start // self.image_block
                         block = self.images(block_index)
@@ -279,6 +294,8 @@ class PoolScorer:
 
         def scored(job: tuple[slice, slice, Any, Any]) -> tuple[slice, slice, np.ndarray]:
             rows, cols, queries, images = job
+            if queries is None:  # a kept tile
+                return rows, cols, images
             return rows, cols, self.score(queries, images)
 
         bar = progress_bar(total=len(self.img_ids), desc="scoring", unit="image", enabled=progress)
@@ -288,20 +305,30 @@ class PoolScorer:
                 if rows.stop == self.grid.rows:
                     bar.update(cols.stop - cols.start)
 
-    def cells(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    def cells(
+        self, row: np.ndarray, col: np.ndarray, kept: dict[int, np.ndarray] | None = None
+    ) -> np.ndarray:
         """The scores of chosen cells, from the very tiles `tiles` gives (the same shapes, so
-        the same values to the bit), scoring only the tiles that hold one."""
-        return _cells_from_tiles(self, row, col)
+        the same values to the bit), scoring only the tiles that hold one; those tiles are
+        put in `kept` (by number, while they fit `KEPT_TILE_BYTES`) for `tiles` to reuse."""
+        return _cells_from_tiles(self, row, col, kept)
 
 
 def _cells_from_tiles(
-    scorer: PoolScorer | RandomScorer, row: np.ndarray, col: np.ndarray
+    scorer: PoolScorer | RandomScorer,
+    row: np.ndarray,
+    col: np.ndarray,
+    kept: dict[int, np.ndarray] | None = None,
 ) -> np.ndarray:
     gather = CellValues(scorer.grid, row, col)
+    room = KEPT_TILE_BYTES
     if len(gather.row):
         needed = {int(t) for t in np.unique(scorer.grid.tile_of(gather.row, gather.col))}
         for rows, cols, tile in scorer.tiles(only=needed):
             gather.add(rows, cols, tile)
+            if kept is not None and tile.nbytes <= room:
+                kept[int(scorer.grid.index(rows, cols))] = tile
+                room -= tile.nbytes
     return gather.values
 
 
@@ -328,11 +355,14 @@ def _bytes(encoded: Any) -> int:
 def reduce_pool(
     scorer: PoolScorer | RandomScorer, reduction: PoolReduction, progress: bool = False
 ) -> PoolReduction:
-    """Fold a scorer's whole matrix into `reduction`: its chosen cells first, then every tile."""
+    """Fold a scorer's whole matrix into `reduction`: its chosen cells first, then every tile
+    (the tiles scored for the chosen cells are kept for that pass, not scored again)."""
     row, col = reduction.positive_cells
+    # Random scores are drawn again, cheaper than kept.
+    kept: dict[int, np.ndarray] | None = {} if isinstance(scorer, PoolScorer) else None
     if reduction.metrics:
-        reduction.set_positive_scores(scorer.cells(row, col))
-    for rows, cols, tile in scorer.tiles(progress):
+        reduction.set_positive_scores(_cells_from_tiles(scorer, row, col, kept))
+    for rows, cols, tile in scorer.tiles(progress, kept=kept):
         reduction.add(rows, cols, tile)
     return reduction
 
@@ -351,13 +381,17 @@ class RandomScorer:
         self.query_ids, self.seed = query_ids, seed
 
     def tiles(
-        self, progress: bool = False, only: set[int] | None = None
+        self,
+        progress: bool = False,
+        only: set[int] | None = None,
+        kept: dict[int, np.ndarray] | None = None,
     ) -> Iterator[tuple[slice, slice, np.ndarray]]:
+        """As `PoolScorer.tiles` (a kept tile is the one drawn again: the same values)."""
         rng = np.random.default_rng(self.seed)
         for number, (rows, cols) in enumerate(self.grid):
             tile = rng.random((rows.stop - rows.start, self.grid.cols), np.float32)
             if only is None or number in only:  # every row is drawn: the stream goes in order
-                yield rows, cols, tile
+                yield rows, cols, tile if kept is None else kept.pop(number, tile)
 
     def cells(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
         """The scores of chosen cells: one pass over the matrix, keeping only them."""
@@ -398,6 +432,8 @@ BUFFER_ELEMENTS = 1 << 22
 # Up to this many queries, keywords given by id are scored from the table by id (a bag of rows
 # a query); more, from their rows looked up once.
 FEW_QUERIES = 4
+# Images a call of the compiled one-pass form (`DenseScorer.compile_one_pass`) scores.
+ONE_PASS_STEP = 8192
 EXP_FLOOR = -80.0  # attention logits below the image's best by more than this count as this
 EPS = 1e-6  # the model's F.normalize eps for the attended vectors, x and q^m
 # The model options the dense path reproduces. A model with any other option away from its
@@ -495,6 +531,11 @@ class DenseScorer:
         # Each scoring thread its own buffers (`in_order` scores tiles side by side).
         self._local = threading.local()
         self._lock = threading.Lock()
+        # The compiled one-pass form for a few queries (`compile_one_pass`), and whether it
+        # has run once (its first call compiles, one thread at a time).
+        self.one_pass: Callable[..., Tensor] | None = None
+        self._one_pass_ready = False
+        self._compile_lock = threading.Lock()
 
     @classmethod
     def of(cls, model: RankingModel) -> DenseScorer | None:
@@ -570,6 +611,13 @@ class DenseScorer:
         `_score(..., pool=True)` gives, within float32 rounding."""
         items = sum(_width(m) for m in (images.visual, images.keywords) if _attended(m))
         n, queries = _image_count(images), q.shared.shape[0]
+        if self.one_pass is not None and queries <= FEW_QUERIES and not _has_gram(images):
+            return self._score_one_pass(q, images)
+        return self._score_steps(q, images, items, n, queries)
+
+    def _score_steps(
+        self, q: DenseQueries, images: DenseImages, items: int, n: int, queries: int
+    ) -> Tensor:
         # Images a step: the (images, items, queries) temporaries stay near `STEP_ELEMENTS`,
         # the float32 keys and values of the step's items (images, items, d) within
         # `BUFFER_ELEMENTS`.
@@ -586,17 +634,79 @@ class DenseScorer:
                 out[:, lo : lo + step] = self._score(q, part)
             return out
 
-    def _ready(self, images: DenseImages, queries: int) -> DenseImages:
-        """A step's images as `_score` reads them: float32 (an index stores float16), and
-        keywords given by id looked up in the model's table (here, a step at a time, not
-        the whole block: they stay in the processor's cache)."""
+    def compile_one_pass(self) -> None:
+        """Score a few queries (a search) by the one-pass form, compiled (`torch.compile`):
+        the eager path converts the stored float16 keys and values to float32 a step at a
+        time and then reads them again for each product, three passes over the index's
+        bytes; compiled, the conversion, the products and the softmax are fused into loops
+        that read each stored value once. The first call compiles (10-25 s on the 2-core
+        machine; ~4.5 s once torch's cache on disk holds the result); should compiling fail
+        (no C++ compiler), the eager path is used, with a warning."""
+        # A C++ wrapper: with the default Python one, the compiled kernels run holding the
+        # GIL, and the scoring threads side by side take turns (measured over a million
+        # images, quiet: 2.81 s a query with two scoring threads, 1.55 s with the C++ wrapper).
+        self.one_pass = torch.compile(
+            functools.partial(self._score, one_pass=True),
+            dynamic=True,
+            options={"cpp_wrapper": True},
+        )
+
+    def _score_one_pass(self, q: DenseQueries, images: DenseImages) -> Tensor:
+        """A few queries against a block of images by the compiled one-pass form,
+        `ONE_PASS_STEP` images a call; the keys and values stay as stored."""
+        assert self.one_pass is not None
+        n = _image_count(images)
+        by_id = images.keywords is not None and images.keywords.ids is not None
+        tables = self.keyword_tables if by_id else None
+        with torch.autocast(q.shared.device.type, enabled=False):
+            parts = []
+            for lo in range(0, n, ONE_PASS_STEP):
+                part = self._ready(_trimmed(take(images, slice(lo, lo + ONE_PASS_STEP))), 0, False)
+                parts.append(self._one_pass_call(q, part, tables))
+            return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def _one_pass_call(
+        self, q: DenseQueries, images: DenseImages, tables: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
+        compiled = self.one_pass
+        if compiled is None:  # compiling failed in another thread meanwhile
+            return self._eager(q, images)
+        if self._one_pass_ready:
+            return compiled(q, images, tables=tables)
+        with self._compile_lock:  # the first call compiles: once, not in every thread
+            if self.one_pass is None:
+                return self._eager(q, images)
+            try:
+                scores = compiled(q, images, tables=tables)
+            except Exception as error:  # whatever the compiler raises: the eager path stands
+                log.warning(
+                    "compiling the one-pass search kernel failed (%s: %s); scoring with the "
+                    "eager kernel instead",
+                    type(error).__name__,
+                    str(error).strip().splitlines()[0] if str(error).strip() else "",
+                )
+                self.one_pass = None
+                return self._eager(q, images)
+            self._one_pass_ready = True
+            return scores
+
+    def _eager(self, q: DenseQueries, images: DenseImages) -> Tensor:
+        """The eager path's scores (a genuine error in the inputs is raised here too)."""
+        items = sum(_width(m) for m in (images.visual, images.keywords) if _attended(m))
+        return self._score_steps(q, images, items, _image_count(images), q.shared.shape[0])
+
+    def _ready(self, images: DenseImages, queries: int, convert: bool = True) -> DenseImages:
+        """A step's images as `_score` reads them: float32 (an index stores float16; the
+        one-pass form, `convert` False, reads the stored keys and values), and keywords given
+        by id looked up in the model's table (here, a step at a time, not the whole block:
+        they stay in the processor's cache)."""
         ready = []
         for name, items in (("visual", images.visual), ("keywords", images.keywords)):
             if items is not None:
                 items = dataclasses.replace(
                     items,
-                    key=self._float(f"{name} key", items.key),
-                    value=self._float(f"{name} value", items.value),
+                    key=self._float(f"{name} key", items.key) if convert else items.key,
+                    value=self._float(f"{name} value", items.value) if convert else items.value,
                     pooled=_float(items.pooled),
                     gram=_float(items.gram),
                 )
@@ -647,14 +757,22 @@ class DenseScorer:
                 self._keyword_tables = (keys, table)
             return self._keyword_tables
 
-    def _score(self, q: DenseQueries, images: DenseImages) -> Tensor:
+    def _score(
+        self,
+        q: DenseQueries,
+        images: DenseImages,
+        one_pass: bool = False,
+        tables: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """`score` of one step; `one_pass`: the form `compile_one_pass` compiles, given the
+        keyword tables (`tables`: compiled code cannot take the lock that guards them)."""
         sums, available = [], []
         modalities = ((images.visual, q.visual_guide), (images.keywords, q.keyword_guide))
         for items, guide in modalities:
             if items is None:
                 continue
             if _attended(items) and guide is not None:
-                sums.append(self._attend(q, guide, items))
+                sums.append(self._attend(q, guide, items, one_pass, tables))
             else:
                 sums.append(_pooled_sums(q, items))
             available.append(items.present)
@@ -683,12 +801,27 @@ class DenseScorer:
         length = square.clamp_min(0).sqrt().clamp_min(EPS)
         return (along / length).expand(n, queries).T  # (Q, N)
 
-    def _attend(self, q: DenseQueries, guide: Tensor, items: DenseModality) -> _Sums:
+    def _attend(
+        self,
+        q: DenseQueries,
+        guide: Tensor,
+        items: DenseModality,
+        one_pass: bool = False,
+        tables: tuple[Tensor, Tensor] | None = None,
+    ) -> _Sums:
         """An attended modality's sums over each image's items, laid out (N, T, Q)."""
         if items.ids is not None:
-            return self._attend_ids(q, guide, items)
+            return self._attend_ids(q, guide, items, tables)
         key, value = items.key, items.value
         assert key is not None and value is not None
+        if one_pass:
+            # Written as broadcasts and sums (N, T, Q, d), which the compiler turns into loops
+            # that read each stored key and value once, converting as they go; run eagerly
+            # they would make (N, T, Q, d) temporaries.
+            logits = (key.unsqueeze(2).float() * guide).sum(-1)  # (N, T, Q)
+            weights, inverse = _exponentials(logits, items)
+            vector = (weights.unsqueeze(-1) * value.unsqueeze(2).float()).sum(1)  # (N, Q, d)
+            return _vector_sums(q, vector, inverse)
         n, t, d = key.shape
         queries = guide.shape[0]
         # One product of every item's key in the block against every guide (already scaled).
@@ -709,11 +842,19 @@ class DenseScorer:
         square = torch.bmm(items.gram, weights).mul_(weights).sum(1)
         return _Sums(dots, probes, square * inverse * inverse, weights, inverse=inverse)
 
-    def _attend_ids(self, q: DenseQueries, guide: Tensor, items: DenseModality) -> _Sums:
+    def _attend_ids(
+        self,
+        q: DenseQueries,
+        guide: Tensor,
+        items: DenseModality,
+        tables: tuple[Tensor, Tensor] | None = None,
+    ) -> _Sums:
         """Keywords given by id, for a few queries: the logits are looked up in the table's
         products with the guides (V, Q), and each query's attended vector is a weighted bag
-        of table rows; no (images, keywords, d) tensor is made."""
-        keys, values = self.keyword_tables
+        of table rows; no (images, keywords, d) tensor is made. (Compiled too, `one_pass`:
+        measured, the bag's own kernel beats the compiler's loops over the gathered rows
+        tenfold.)"""
+        keys, values = self.keyword_tables if tables is None else tables
         ids = items.ids
         assert ids is not None
         logits = F.embedding(ids, keys @ guide.T)  # (N, T, Q)
@@ -796,6 +937,10 @@ def _cut(items: DenseModality, width: int) -> DenseModality:
         gram=cut(items.gram, 2),
         ids=cut(items.ids),
     )
+
+
+def _has_gram(images: DenseImages) -> bool:
+    return any(m is not None and m.gram is not None for m in (images.visual, images.keywords))
 
 
 def _attended(items: DenseModality | None) -> bool:

@@ -41,9 +41,20 @@ from .distributed import resolve_device
 from .index import READ_BLOCK, ImageIndex, Shortlist, open_index
 from .kernel import DenseScorer, in_order, scoring_workers
 from .registry import model_kind
-from .search_config import ALL_IMAGES, SearchConfig, check_query, with_options
+from .search_config import (
+    ALL_IMAGES,
+    COMPILE_IMAGES,
+    SearchConfig,
+    check_query,
+    with_options,
+)
 
 log = logging.getLogger(__name__)
+
+# Rows scored at once: at least this many blocks (a few thousand rows of a shortlist too),
+# of at least this many rows each.
+SHARED_BLOCKS = 8
+SHARED_BLOCK_ROWS = 256
 
 MAX_QUERY_TOKENS = 32  # as at training: a query's first 32 known words
 QUOTED_CHARS = 80  # of a query quoted in a message
@@ -178,6 +189,7 @@ class Searcher:
         self._run, self._progress = run, progress
         self._opened: ImageIndex | None = None
         self.dense = DenseScorer.of(self.loaded.model)
+        self._compile_decided = False
         if self.config.exact and self.img_ids.size * values * 4 <= CACHE_BYTES:
             self._cached = list(self._read_chunks())
         self._shortlist: Any = None
@@ -291,13 +303,23 @@ class Searcher:
         """Scores (Q, len(rows)) of the index's rows `rows` (a slice, or ascending positions)."""
         index = self.index
         assert index is not None
+        if not self._compile_decided:
+            self._compile_decided = True
+            if self.dense is not None and self.compiles(len(index)):
+                self.dense.compile_one_pass()
         encoded = self._encoded_queries(query)
         model = self.loaded.model
+        # Blocks of at most READ_BLOCK images, and a few blocks even of a shortlist's few
+        # thousand rows, for the scoring threads to share (a single block would be scored
+        # with torch's own threads, which a second busy process stalls: see `kernel.in_order`).
+        # The blocks depend on the rows only, so the scores do not depend on the threads.
+        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        size = min(READ_BLOCK, max(SHARED_BLOCK_ROWS, -(-count // SHARED_BLOCKS)))
         if isinstance(rows, slice):
-            steps = range(rows.start, rows.stop, READ_BLOCK)
-            blocks: list[Any] = [slice(lo, min(rows.stop, lo + READ_BLOCK)) for lo in steps]
+            steps = range(rows.start, rows.stop, size)
+            blocks: list[Any] = [slice(lo, min(rows.stop, lo + size)) for lo in steps]
         else:
-            blocks = [rows[lo : lo + READ_BLOCK] for lo in range(0, len(rows), READ_BLOCK)]
+            blocks = [rows[lo : lo + size] for lo in range(0, len(rows), size)]
         dense = self.dense
 
         @torch.no_grad()  # per thread: the blocks are scored by `workers` threads
@@ -312,6 +334,13 @@ class Searcher:
             return np.zeros((len(query), 0), dtype=np.float32)
         return torch.cat(parts, 1).cpu().numpy()
 
+    def compiles(self, images: int) -> bool:
+        """Whether the index search over `images` images runs compiled (`SearchConfig.compile`;
+        never on a GPU: there the eager kernels already run at the memory's speed)."""
+        if self.device.type != "cpu" or self.config.compile == "off":
+            return False
+        return self.config.compile == "on" or images >= COMPILE_IMAGES
+
     def _rank_shortlist(self, query: QueryBatch, top: int) -> list[tuple[np.ndarray, np.ndarray]]:
         index = self.index
         assert index is not None
@@ -319,7 +348,7 @@ class Searcher:
             self._shortlist = Shortlist(index, self.config.shortlist_index)
         encoded = self._encoded_queries(query)
         vectors = self._shortlist.query_vectors(self.loaded.model, self.dense, encoded)
-        candidates = self._shortlist.search(vectors, max(top, self.config.shortlist))
+        candidates = self._shortlist.search(vectors, max(top, self.config.shortlist), self.workers)
         ranked = []
         for q, rows in enumerate(candidates):
             rows = np.sort(rows[rows >= 0])
@@ -441,11 +470,16 @@ def search(
     data: str | os.PathLike[str] | PreparedDataset,
     query: str,
     config: SearchConfig | None = None,
+    *,
+    progress: bool = False,
     **options: Any,
 ) -> SearchResult:
     """Rank the images of the config's split ("all": every image) of `data` for the free-text
     `query` with the run (a run folder's best.pt, or a .pt file); `options` change fields of
-    `config` by name (`split`, `top`, `device`). See `Searcher` for repeated queries."""
+    `config` by name (`split`, `top`, `device`). See `Searcher` for repeated queries.
+    `compile` "auto" scores this one query eagerly: compiling takes as long as it saves once."""
     chosen = with_options(config or SearchConfig(), options)
+    if chosen.compile == "auto":
+        chosen = replace(chosen, compile="off")
     check_query(query)  # before the model and the folder load
-    return Searcher(run, data, chosen).search(query)
+    return Searcher(run, data, chosen, progress=progress).search(query)

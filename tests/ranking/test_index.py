@@ -136,6 +136,30 @@ def test_a_stale_index_is_rebuilt_or_refused(world: tuple[Path, Path], tmp_path:
     )
 
 
+def test_searchers_of_one_index_share_its_memory_map_and_a_rebuilt_index_gets_its_own(
+    world: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The pages of an index's memory map are touched once per process, not once per
+    searcher (a shortlist's scattered rows are slow to read on a fresh map); the map never
+    outlives the index it was made of."""
+    data, amc = world
+    run = _copy_run(amc, tmp_path)
+    prepared = amc_data.load_prepared(data)
+    first, second = amc_data.Searcher(run, prepared), amc_data.Searcher(run, prepared)
+    assert first.index is not None and second.index is not None
+    assert first.index.arrays["region_key"] is second.index.arrays["region_key"]
+    text = prepared.split_queries("test")["query"].iloc[0]
+    before = first.search(text, top=5)
+    train(data, run, TrainConfig(**{**FAST, "seed": 4}), force=True)  # another checkpoint
+    rebuilt = amc_data.Searcher(run, prepared)
+    assert rebuilt.index is not None
+    assert rebuilt.index.arrays["region_key"] is not first.index.arrays["region_key"]
+    _, _, batch = rebuilt.read_query(text)
+    exact = amc_data.Searcher(run, prepared, exact=True).scores(batch)
+    assert np.abs(rebuilt.scores(batch) - exact).max() <= FLOAT16_TOLERANCE  # the new weights'
+    assert [h.score for h in rebuilt.search(text, top=5).hits] != [h.score for h in before.hits]
+
+
 def test_an_index_belongs_to_the_run_folder(world: tuple[Path, Path], tmp_path: Path) -> None:
     data, amc = world
     run = _copy_run(amc, tmp_path)
@@ -228,3 +252,63 @@ def test_an_index_that_cannot_be_written_is_one_clear_error(
         assert exact.exit_code == 0, exact.output
     finally:
         run.chmod(0o755)
+
+
+# measured here: IVF 0.91-0.93 (with 32 lists probed: 0.31-0.34, padded with -1); HNSW 1.0
+# (with efSearch 256: 0.92-0.93)
+@pytest.mark.parametrize(("kind", "share"), [("ivf", 0.85), ("hnsw", 0.98)])
+def test_an_approximate_shortlist_searches_as_widely_as_k_asks(kind: str, share: float) -> None:
+    """A shortlist of K images from IVF or HNSW holds K real candidates, nearly all of the
+    exact inner product's best K."""
+    pytest.importorskip("faiss")
+    from types import SimpleNamespace
+
+    from amc_data.ranking.index import Shortlist
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((20_000, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    queries = embeddings[:5] + 0.1 * rng.standard_normal((5, 16)).astype(np.float32)
+    index = SimpleNamespace(arrays={"shortlist": embeddings})
+    k = 2_000
+    exact = Shortlist(index, "flat").search(queries, k)  # type: ignore[arg-type]
+    approximate = Shortlist(index, kind).search(queries, k)  # type: ignore[arg-type]
+    assert (approximate >= 0).all()
+    for found, best in zip(approximate, exact, strict=True):
+        assert len(set(found.tolist()) & set(best.tolist())) >= share * k
+
+
+def test_a_shortlist_shared_out_among_threads_is_the_shortlist_of_one() -> None:
+    """`search --threads N` shares a batch's first stage out among N threads, one FAISS thread
+    each: the same candidates, in the queries' order."""
+    pytest.importorskip("faiss")
+    from types import SimpleNamespace
+
+    from amc_data.ranking.index import Shortlist
+
+    rng = np.random.default_rng(1)
+    embeddings = rng.standard_normal((5_000, 8)).astype(np.float32)
+    queries = rng.standard_normal((7, 8)).astype(np.float32)
+    shortlist = Shortlist(SimpleNamespace(arrays={"shortlist": embeddings}), "flat")  # type: ignore[arg-type]
+    one = shortlist.search(queries, 50)
+    for workers in (2, 3, 10):
+        np.testing.assert_array_equal(shortlist.search(queries, 50, workers), one)
+    np.testing.assert_array_equal(shortlist.search(queries[:1], 50, 2), one[:1])
+
+
+def test_a_shortlist_scored_by_threads_side_by_side_gives_the_same_scores(
+    world: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shortlist's rows are scored in blocks the threads share: the blocks depend on the
+    rows only, so the ranking and every score are the same to the bit whatever the threads."""
+    pytest.importorskip("faiss")
+    import amc_data.ranking.search as search_module
+
+    monkeypatch.setattr(search_module, "SHARED_BLOCK_ROWS", 16)  # 8 blocks of 200 rows
+    data, amc = world
+    prepared = amc_data.load_prepared(data)
+    texts = prepared.split_queries("test")["query"].tolist()[:4]
+    one = amc_data.Searcher(amc, prepared, split="all", shortlist=200, threads=1)
+    many = amc_data.Searcher(amc, prepared, split="all", shortlist=200, threads=3)
+    for a, b in zip(one.search_many(texts, top=50), many.search_many(texts, top=50), strict=True):
+        assert [(h.img_id, h.score) for h in a.hits] == [(h.img_id, h.score) for h in b.hits]

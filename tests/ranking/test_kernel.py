@@ -130,6 +130,52 @@ def test_a_whole_split_evaluation_holds_far_less_than_its_matrix() -> None:
     assert peak < 288e6 / 3, f"peak {peak / 1e6:.0f} MB"
 
 
+def test_tiles_scored_for_the_relevant_cells_are_kept_not_scored_twice(
+    runs: tuple[Path, dict[str, Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An evaluation scores the tiles holding a relevant cell first; those tiles are kept for
+    the pass over every tile: every tile is scored once, and every figure is the one a
+    second scoring of them gives, to the bit."""
+    import pandas as pd
+
+    from amc_data.evaluation.streaming import PoolReduction
+    from amc_data.ranking import kernel
+
+    data, made = runs
+    prepared = amc_data.load_prepared(data)
+    model = load_model(made["amc"], prepared).model.eval()
+    # Each query judged relevant to its first relevant image, and those images: every image
+    # then has a true caption (the caption ranks need one).
+    positive = prepared.judgments[prepared.judgments["label"] > 0]
+    judged = positive.groupby("query_id", as_index=False)["img_id"].first().assign(label=1)
+    queries = np.sort(judged["query_id"].to_numpy())
+    images = np.unique(judged["img_id"].to_numpy())
+    scored = []
+    score = PoolScorer.score
+
+    def counted(self: PoolScorer, queries: object, images: object) -> np.ndarray:
+        scored.append(1)
+        return score(self, queries, images)
+
+    monkeypatch.setattr(PoolScorer, "score", counted)
+
+    def evaluate(kept_bytes: int) -> tuple[pd.DataFrame, float, int]:
+        monkeypatch.setattr(kernel, "KEPT_TILE_BYTES", kept_bytes)
+        scored.clear()
+        scorer = PoolScorer(model, prepared, queries, images, tile_bytes=20_000)
+        reduction = PoolReduction(scorer.grid, queries, images, judged)
+        kernel.reduce_pool(scorer, reduction)
+        assert reduction.auc is not None
+        tiles = len(list(scorer.grid))
+        return reduction.frame(), reduction.auc.auc(), len(scored) - tiles
+
+    frame, auc, again = evaluate(kernel.KEPT_TILE_BYTES)
+    frame_twice, auc_twice, again_twice = evaluate(0)
+    assert again == 0 and again_twice > 0  # kept: no tile scored twice
+    pd.testing.assert_frame_equal(frame, frame_twice)
+    assert auc == auc_twice
+
+
 def _option_grid() -> list[tuple[str, dict[str, object]]]:
     """Every attention-family kind with each option that changes its scoring math."""
     grid: list[tuple[str, dict[str, object]]] = []
