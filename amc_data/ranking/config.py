@@ -132,6 +132,22 @@ class TrainConfig:
         high=1,
     )
     margin: float = option(0.2, "Hinge margin of the ranking loss.", low=0)
+    # The ranking loss reads the attended vectors normalised, so once an image's concept keyword
+    # dominates its keyword attention (a mean 0.38 of it on the several-concept synth world,
+    # each of ~14 fillers 0.04) the loss gains little from a sharper attention and does not ask
+    # for one. This adds that many times the mean entropy (nats) of the keyword attention over
+    # each query's positive images, each weighted by the gate's keyword weight for it (held
+    # fixed), to the loss. Measured at 0.001 (benchmarks/FIDELITY.md, session 7): every concept
+    # of the several-concept synth world above 0.3 of the keyword mass, ranking unchanged, but
+    # --no-inter gains more than AMC on a one-concept synth world (its gate margin falls below
+    # test_fidelity's bar), and 2-3x the weight locks a concept onto another keyword: off by
+    # default, 0 being the ranking loss alone, bit for bit.
+    attention_entropy: float = option(
+        0.0,
+        "Weight of the keyword attention's mean entropy over each query's positive images "
+        "(weighted by the gate's keyword weight), added to the loss (0: none).",
+        low=0,
+    )
     in_batch: bool = option(
         False, "With --loss pairs: also use the batch's other positives as negatives."
     )
@@ -299,6 +315,7 @@ USED_WHEN: dict[str, UsedWhen] = {
         ("loss", "hardest"),
         "the pairs loss averages over each pair's negatives, and hardest keeps one negative",
     ),
+    "attention_entropy": _kinds_with("intra_attention", "intra-attention", switch="intra"),
     "intra": _ablation("intra_attention", "intra-attention"),
     "inter": _ablation("modality_gate", "modality gate"),
     "attention": _kinds_with("intra_attention", "intra-attention", switch="intra"),

@@ -202,10 +202,24 @@ class RankingModel(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, query: QueryBatch, images: ImageBatch, pool: bool = False) -> Tensor:
+    def forward(
+        self, query: QueryBatch, images: ImageBatch, pool: bool = False, weights: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor], Tensor]:
         """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M);
         with `pool`, of every query against one pool, as `score_pool` (through `forward`, so
-        that DistributedDataParallel sees the call)."""
+        that DistributedDataParallel sees the call). With `weights` (a model with attention):
+        the scores, the weights inside each modality the model reads, by name ("region",
+        "keyword"; (B, M, T), or (Q, N, T) in pool, the pool scored in one piece) and the
+        modality weights over those it reads, in that order ((B, M, n), (Q, N, n)), for a
+        training loss that reads the attention."""
+        if weights:
+            if not model_kind(self.config.kind).intra_attention:
+                raise ConfigError(f"The {self.config.kind} model has no attention weights.")
+            self._check(query, images, pool=pool)
+            scores, inside, modality = self._score(
+                self._encode_query(query), self._encode_images(images), pool=pool
+            )
+            return scores, inside, modality.expand(*scores.shape, modality.shape[-1])
         if pool:
             return self.score_pool(query, images)
         self._check(query, images, pool=False)

@@ -47,9 +47,9 @@ from . import distributed, run_folder
 from .batch import TrainBatch
 from .build import build_model
 from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
-from .config import BEST, LAST, MODEL_OPTIONS, TrainConfig, check_negatives
+from .config import BEST, LAST, MODEL_OPTIONS, USED_WHEN, TrainConfig, check_negatives
 from .data import train_loader
-from .loss import hinge_ranking_loss, pool_hinge_loss
+from .loss import attention_entropy, hinge_ranking_loss, pool_hinge_loss
 from .model import ModelConfig, RankingModel
 from .resident import ResidentFeatures, features_fit
 from .resume import model_to_start_from, open_run, options_to_resume
@@ -529,11 +529,20 @@ class _Run:
         return loss.detach()
 
     def _loss(self, net: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
-        """The batch's hinge loss: over its shared pool, or over each pair's own negatives."""
+        """The batch's hinge loss: over its shared pool, or over each pair's own negatives; with
+        `attention_entropy`, plus that many times the attention's entropy on the positives."""
+        entropy = self.config.attention_entropy > 0 and USED_WHEN["attention_entropy"].holds(
+            self.config
+        )
+        inside: dict[str, torch.Tensor] = {}
+        modality = torch.empty(0)
         if batch.pooled:
             assert batch.pool_own is not None and batch.pool_positive is not None
-            scores = net(batch.query, batch.images, pool=True)  # (B, P)
-            return pool_hinge_loss(
+            if entropy:
+                scores, inside, modality = net(batch.query, batch.images, pool=True, weights=True)
+            else:
+                scores = net(batch.query, batch.images, pool=True)  # (B, P)
+            loss = pool_hinge_loss(
                 scores.float(),
                 batch.pool_own,
                 batch.pool_positive,
@@ -541,14 +550,27 @@ class _Run:
                 hardest=self.config.hardest,
                 reduction=self.config.pool_reduction,
             )
-        scores = net(batch.query, batch.images)  # (B, 1 + t)
-        in_batch = None
-        if self.config.in_batch:
-            positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
-            in_batch = _unwrap(net).score_pool(batch.query, positives).float()  # (B, B)
-        return hinge_ranking_loss(
-            scores.float(), self.config.margin, in_batch, _in_batch_negatives(batch)
-        )
+            positive = batch.pool_positive  # (B, P)
+        else:
+            if entropy:
+                scores, inside, modality = net(batch.query, batch.images, weights=True)
+            else:
+                scores = net(batch.query, batch.images)  # (B, 1 + t)
+            in_batch = None
+            if self.config.in_batch:
+                positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
+                in_batch = _unwrap(net).score_pool(batch.query, positives).float()  # (B, B)
+            loss = hinge_ranking_loss(
+                scores.float(), self.config.margin, in_batch, _in_batch_negatives(batch)
+            )
+            positive = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+            positive[:, 0] = True  # each pair's positive comes first
+        if "keyword" not in inside:  # off, or a model that reads no keywords
+            return loss
+        # The keyword attention on each positive counts as much as the modality gate reads the
+        # keywords for it (held fixed): it is sharpened as far as the score uses it.
+        rows = positive * modality[..., list(inside).index("keyword")].detach()
+        return loss + self.config.attention_entropy * attention_entropy(inside["keyword"], rows)
 
     def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
         bad = int(distributed.max_across(bad_step, self.processes).item())

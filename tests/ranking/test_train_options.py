@@ -118,6 +118,8 @@ UNUSED = [
     ({"model": "cca", "word_vectors": "v.txt"}, "word_vectors", "gradient descent"),
     ({"init_from": "run", "word_vectors": "v.txt"}, "word_vectors", "no init_from"),
     ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),
+    ({"model": "fusion", "attention_entropy": 0.1}, "attention_entropy", "intra-attention"),
+    ({"intra": False, "attention_entropy": 0.1}, "attention_entropy", "intra on"),
 ]
 
 
@@ -138,6 +140,8 @@ def test_options_the_run_uses_and_session_options_are_accepted() -> None:
     TrainConfig(attention="dot", gate_content=True, gate_scale=0.0, word_vectors="v.txt")
     TrainConfig(model="visual", init_from="run", dim=16)
     TrainConfig(model="cca", device="cpu", amp=True)  # amp on the CPU: how a session runs
+    TrainConfig(attention_entropy=0.1)
+    TrainConfig(loss="pairs", attention_entropy=0.1)
 
 
 def _seen_by_train(args: list[str]) -> tuple[Any, list[Any]]:
