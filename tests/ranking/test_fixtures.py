@@ -34,6 +34,7 @@ from amc_data.ranking.training import train  # noqa: E402
 
 EXPECTED = read_expected()["runs"]
 ALL = sorted(EXPECTED)
+ROUNDING_GAP = 1e-4  # another CPU's rounding over a fixture run's steps, with room
 RESUMABLE = sorted(name for name, entry in EXPECTED.items() if "resumed_digest" in entry)
 OLD = sorted(name for name, e in EXPECTED.items() if e["train_removed"] or e["model_removed"])
 # Scores come from float32 matrix products whose last bits may differ on another CPU or torch
@@ -133,14 +134,24 @@ def test_an_interrupted_fixture_run_resumes_to_the_uninterrupted_weights(
     # The resumed records are whole: the options as run, the model it was trained with.
     assert resumed["train_config"] == config.to_dict()
     assert resumed["model_config"] == entry["model_config"]
-    # Bit for bit, as the suite's own resume tests demand. The expectation was trained on the
-    # machine that wrote the fixtures: another CPU or torch build could round a step differently
-    # (the failure message tells that apart from a real change by the size of the difference).
-    digest = state_digest(resumed["model"])
-    if digest != entry["resumed_digest"]:
-        pytest.fail(
-            f"{name} resumed to other weights than its uninterrupted run: {_gap(name, resumed)}"
-        )
+    # Bit for bit on the machine that wrote the fixtures, as the suite's own resume tests demand
+    # of two runs on one machine. Another CPU rounds some steps differently, and the fixture's
+    # first epochs were computed there: an AMD EPYC resumed the Intel-written runs to within
+    # 1.5e-8 to 3.6e-6 of their weights. What this test guards, the options an old run is
+    # resumed with, moves them far more when wrong (the attention scale's rate migrated as 10
+    # instead of 1: 2.7e-3), so beyond bit equality it allows another CPU's rounding.
+    if state_digest(resumed["model"]) != entry["resumed_digest"]:
+        gap = _gap(name, resumed)
+        if gap is None or gap > ROUNDING_GAP:
+            pytest.fail(
+                f"{name} resumed to other weights than its uninterrupted run: "
+                + (
+                    "other parameter names or shapes"
+                    if gap is None
+                    else f"largest difference "
+                    f"{gap:.3g}, beyond another CPU's float rounding ({ROUNDING_GAP:g})"
+                )
+            )
     lines = (run / "log.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, config.epochs + 1))
 
@@ -160,14 +171,11 @@ def test_old_kind_fixtures_really_lack_the_fields_added_later(name: str) -> None
         assert not set(entry["model_removed"]) & set(model_config)
 
 
-def _gap(name: str, resumed: dict[str, Any]) -> str:
-    """How far resumed weights are from the uninterrupted run's, for the failure message."""
+def _gap(name: str, resumed: dict[str, Any]) -> float | None:
+    """The largest difference of resumed weights from the uninterrupted run's; None where their
+    names or shapes differ."""
     final = torch.load(FIXTURES / "final" / f"{name}.pt", weights_only=True)
     got = resumed["model"]
     if got.keys() != final.keys() or any(got[k].shape != final[k].shape for k in final):
-        return "other parameter names or shapes"
-    gap = max(float((got[k].double() - final[k].double()).abs().max()) for k in final)
-    return (
-        f"largest difference {gap:.3g} (near 1e-7 points to another CPU's float rounding, "
-        "larger to a change of what training computes; 0 to a change of dtype or of the digest)"
-    )
+        return None
+    return max(float((got[k].double() - final[k].double()).abs().max()) for k in final)
