@@ -557,6 +557,13 @@ REFERENCE = {
 }
 PACKAGE = {
     "pkg amc": {},
+    # Session 8: the keyword attention's entropy (train --attention-entropy) on the multi world.
+    "pkg entropy 0.001: amc": {"attention_entropy": 0.001},
+    "pkg entropy 0.001: amc --no-inter": {"inter": False, "attention_entropy": 0.001},
+    "pkg entropy 0.001 violating: amc": {
+        "attention_entropy": 0.001,
+        "pool_reduction": "violating",
+    },
     # Session 6: part of the pool drawn among images whose training captions share a word with
     # the batch's captions (the negatives that only a second concept tells apart).
     "pkg word pool 0.5: amc": {"pool_word_share": 0.5},

@@ -148,6 +148,16 @@ class TrainConfig:
         "(weighted by the gate's keyword weight), added to the loss (0: none).",
         low=0,
     )
+    # The entropy term pulls each row toward one item, and the further it pulls the more a
+    # concept whose attention points at another keyword early is locked there (2-3x the weight
+    # above), and the more fixed modality weights gain from the cleaner vectors (--no-inter on
+    # the one-concept synth worlds). A row sharper than this many nats adds nothing: 1.5 nats
+    # is about two thirds of the mass on one of 14 keywords, an image's typical count.
+    attention_entropy_floor: float = option(
+        1.5,
+        "With --attention-entropy: each row counts only its entropy above this many nats.",
+        low=0,
+    )
     in_batch: bool = option(
         False, "With --loss pairs: also use the batch's other positives as negatives."
     )
@@ -316,6 +326,12 @@ USED_WHEN: dict[str, UsedWhen] = {
         "the pairs loss averages over each pair's negatives, and hardest keeps one negative",
     ),
     "attention_entropy": _kinds_with("intra_attention", "intra-attention", switch="intra"),
+    "attention_entropy_floor": UsedWhen(
+        lambda o: o.attention_entropy > 0 and USED_WHEN["attention_entropy"].holds(o),
+        "attention_entropy above 0 (with a model with intra-attention, intra on)",
+        ("attention_entropy", "model", "intra"),
+        "it bounds the attention entropy term",
+    ),
     "intra": _ablation("intra_attention", "intra-attention"),
     "inter": _ablation("modality_gate", "modality gate"),
     "attention": _kinds_with("intra_attention", "intra-attention", switch="intra"),

@@ -74,13 +74,18 @@ def pool_hinge_loss(
     return total / negative.sum().clamp(min=1)
 
 
-def attention_entropy(weights: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+def attention_entropy(
+    weights: torch.Tensor, pairs: torch.Tensor, floor: float = 0.0
+) -> torch.Tensor:
     """The mean entropy, in nats, of the attention rows `weights` (..., T) (each a distribution
     over an image's items, or all 0 for an image without any) over the rows `pairs` (...) picks
-    (bool, or float weights of a weighted mean); 0 where it picks none. Its gradient sharpens
-    each row toward the items it already favours. Padding (weight 0) adds nothing and passes no
-    gradient."""
+    (bool, or float weights of a weighted mean); 0 where it picks none. With `floor`, each row
+    counts only its entropy above that many nats: a row already that sharp adds nothing. Its
+    gradient sharpens each row toward the items it already favours. Padding (weight 0) adds
+    nothing and passes no gradient."""
     weights = weights.float()
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)  # (...)
+    if floor > 0:
+        entropy = (entropy - floor).clamp_min(0)
     pairs = pairs.to(entropy.dtype)
     return (entropy * pairs).sum() / pairs.sum().clamp(min=1e-12)

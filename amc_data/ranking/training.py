@@ -570,7 +570,10 @@ class _Run:
         # The keyword attention on each positive counts as much as the modality gate reads the
         # keywords for it (held fixed): it is sharpened as far as the score uses it.
         rows = positive * modality[..., list(inside).index("keyword")].detach()
-        return loss + self.config.attention_entropy * attention_entropy(inside["keyword"], rows)
+        entropy_term = attention_entropy(
+            inside["keyword"], rows, floor=self.config.attention_entropy_floor
+        )
+        return loss + self.config.attention_entropy * entropy_term
 
     def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
         bad = int(distributed.max_across(bad_step, self.processes).item())

@@ -2,7 +2,8 @@
 on each query's positive images, each weighted by the gate's keyword weight for it, added to the
 ranking loss. Off (0, the default), training is the ranking loss alone, bit for bit; on, the
 loss is the ranking loss plus that many times the entropy, training resumes to the
-uninterrupted weights, and the keyword attention it asks for is sharper."""
+uninterrupted weights, and the keyword attention it asks for is sharper, down to its floor (a
+row sharper than `attention_entropy_floor` nats adds nothing)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from amc_data.ranking.config import TrainConfig  # noqa: E402
 from amc_data.ranking.data import image_batch, query_batch  # noqa: E402
 from amc_data.ranking.loss import attention_entropy, pool_hinge_loss  # noqa: E402
 from amc_data.ranking.model import AttentionModel, ModelConfig  # noqa: E402
+from amc_data.ranking.resume import recorded_options  # noqa: E402
 from amc_data.ranking.training import train  # noqa: E402
 
 
@@ -57,6 +59,18 @@ def test_the_entropy_of_rows_where_the_pairs_hold_in_nats() -> None:
     weighted = torch.tensor([0.5, 0.0, 0.25, 0.0])  # a weighted mean
     expected = (0.5 * math.log(4) + 0.25 * math.log(2)) / 0.75
     assert attention_entropy(weights, weighted).item() == pytest.approx(expected)
+
+
+def test_with_a_floor_a_row_counts_its_entropy_above_it_and_a_sharper_row_nothing() -> None:
+    spread, two = [0.4, 0.3, 0.2, 0.1], [0.5, 0.5, 0.0, 0.0]  # 1.28 nats, log 2
+    logits = torch.tensor([spread, two]).log().requires_grad_(True)
+    every = torch.ones(2, dtype=torch.bool)
+    term = attention_entropy(torch.softmax(logits, -1), every, floor=1.0)
+    above = -sum(p * math.log(p) for p in spread) - 1.0
+    assert term.item() == pytest.approx(above / 2)
+    term.backward()
+    assert logits.grad is not None and logits.grad[0].abs().sum() > 0
+    assert torch.equal(logits.grad[1], torch.zeros(4))  # below the floor: no pull at all
 
 
 def test_its_gradient_sharpens_a_softmax_and_passes_nothing_through_padding() -> None:
@@ -129,14 +143,15 @@ def test_on_the_loss_is_the_hinge_plus_the_gate_weighted_entropy_of_the_positive
             )
             # Each positive weighted by the keyword modality's weight for it.
             rows = batch.pool_positive * modality[..., 1]
-            entropy = attention_entropy(inside["keyword"], rows)
+            entropy = attention_entropy(inside["keyword"], rows, floor=1.0)
         seen.append((float(loss.detach()), float(hinge), float(entropy)))
         return loss
 
     monkeypatch.setattr(training._Run, "_loss", spy)
     # Dropout off, so that the recomputation sees the weights the loss saw.
     monkeypatch.setattr(ModelConfig, "__init__", _no_dropout(ModelConfig.__init__))
-    train(data, tmp_path / "on", TrainConfig(**{**FAST, "epochs": 1, "attention_entropy": 0.5}))
+    on = {**FAST, "epochs": 1, "attention_entropy": 0.5, "attention_entropy_floor": 1.0}
+    train(data, tmp_path / "on", TrainConfig(**on))
     assert seen and all(e > 0 for _, _, e in seen)
     for loss, hinge, entropy in seen:
         assert loss == pytest.approx(hinge + 0.5 * entropy, rel=1e-5)
@@ -200,10 +215,30 @@ def _keyword_entropy(data: Path, run: Path) -> float:
     return float(attention_entropy(inside["keyword"], every))
 
 
-def test_on_the_keyword_attention_on_the_positives_is_sharper(data: Path, tmp_path: Path) -> None:
+def test_on_the_keyword_attention_on_the_positives_is_sharper_down_to_the_floor(
+    data: Path, tmp_path: Path
+) -> None:
     train(data, tmp_path / "off", TrainConfig(**{**FAST, "attention_entropy": 0.0}))
-    train(data, tmp_path / "on", TrainConfig(**{**FAST, "attention_entropy": 1.0}))
-    assert _keyword_entropy(data, tmp_path / "on") < _keyword_entropy(data, tmp_path / "off") - 0.1
+    sharp = {**FAST, "attention_entropy": 1.0, "attention_entropy_floor": 0.0}
+    train(data, tmp_path / "on", TrainConfig(**sharp))
+    off, on = _keyword_entropy(data, tmp_path / "off"), _keyword_entropy(data, tmp_path / "on")
+    assert on < off - 0.1
+    # A floor between the two pulls less: sharper than off, less sharp than no floor (rows
+    # below it still sharpen with the attention's scale, which every row shares).
+    floor = (off + on) / 2
+    train(data, tmp_path / "floor", TrainConfig(**{**sharp, "attention_entropy_floor": floor}))
+    assert on < _keyword_entropy(data, tmp_path / "floor") < off - 0.1
+    # A floor above every row's entropy (at most log 37 here) leaves nothing to pull: training
+    # is the ranking loss alone, bit for bit.
+    train(data, tmp_path / "high", TrainConfig(**{**sharp, "attention_entropy_floor": 10.0}))
+    assert same_weights(run_weights(tmp_path / "high"), run_weights(tmp_path / "off"))
+
+
+def test_a_run_recorded_before_the_floor_existed_resumes_without_one(tmp_path: Path) -> None:
+    recorded = TrainConfig(**FAST).to_dict()
+    del recorded["attention_entropy_floor"]
+    assert recorded_options(recorded, str(tmp_path)).attention_entropy_floor == 0.0
+    assert TrainConfig().attention_entropy_floor == 1.5  # a new run takes the floor
 
 
 def test_the_per_pair_loss_takes_the_term_on_each_pair_s_positive(
@@ -224,3 +259,6 @@ def test_the_cli_flags_set_it_and_refuse_a_bad_value(data: Path, tmp_path: Path)
     assert result.exit_code == 2 and "--attention-entropy" in result.output
     result = CliRunner().invoke(cli, [*args, "--no-intra", "--attention-entropy", "0.1"])
     assert result.exit_code == 2 and "intra on" in result.output
+    assert "--attention-entropy-floor" in CliRunner().invoke(cli, ["train", "--help"]).output
+    result = CliRunner().invoke(cli, [*args, "--attention-entropy-floor", "1"])
+    assert result.exit_code == 2 and "attention_entropy above 0" in result.output

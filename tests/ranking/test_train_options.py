@@ -55,6 +55,8 @@ def test_resume_refuses_every_option_that_changes_the_run_naming_both_values(
 ) -> None:
     pairs = field.name in ("in_batch", "negatives")  # options of the per-pair loss
     saved = TrainConfig(loss="pairs") if pairs else TrainConfig()
+    if field.name == "attention_entropy_floor":  # it bounds the term: a run with the term
+        saved = TrainConfig(attention_entropy=0.001)
     value = _other_value(field, getattr(saved, field.name))
     current = dataclasses.replace(saved, **{field.name: value})
     with pytest.raises(TrainingError) as caught:
@@ -120,6 +122,7 @@ UNUSED = [
     ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),
     ({"model": "fusion", "attention_entropy": 0.1}, "attention_entropy", "intra-attention"),
     ({"intra": False, "attention_entropy": 0.1}, "attention_entropy", "intra on"),
+    ({"attention_entropy_floor": 1.0}, "attention_entropy_floor", "attention_entropy above 0"),
 ]
 
 
@@ -142,6 +145,7 @@ def test_options_the_run_uses_and_session_options_are_accepted() -> None:
     TrainConfig(model="cca", device="cpu", amp=True)  # amp on the CPU: how a session runs
     TrainConfig(attention_entropy=0.1)
     TrainConfig(loss="pairs", attention_entropy=0.1)
+    TrainConfig(attention_entropy=0.1, attention_entropy_floor=0.0)
 
 
 def _seen_by_train(args: list[str]) -> tuple[Any, list[Any]]:
