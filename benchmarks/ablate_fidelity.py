@@ -557,7 +557,8 @@ REFERENCE = {
 }
 PACKAGE = {
     "pkg amc": {},
-    # Session 8: the keyword attention's entropy (train --attention-entropy) on the multi world.
+    # Session 8: the keyword attention's entropy (train --attention-entropy, with its default
+    # floor) named explicitly: the default since that session, so "pkg amc" trains it too.
     "pkg entropy 0.001: amc": {"attention_entropy": 0.001},
     "pkg entropy 0.001: amc --no-inter": {"inter": False, "attention_entropy": 0.001},
     "pkg entropy 0.001 violating: amc": {

@@ -133,17 +133,18 @@ class TrainConfig:
     )
     margin: float = option(0.2, "Hinge margin of the ranking loss.", low=0)
     # The ranking loss reads the attended vectors normalised, so once an image's concept keyword
-    # dominates its keyword attention (a mean 0.38 of it on the several-concept synth world,
-    # each of ~14 fillers 0.04) the loss gains little from a sharper attention and does not ask
-    # for one. This adds that many times the mean entropy (nats) of the keyword attention over
-    # each query's positive images, each weighted by the gate's keyword weight for it (held
-    # fixed), to the loss. Measured at 0.001 (benchmarks/FIDELITY.md, session 7): every concept
-    # of the several-concept synth world above 0.3 of the keyword mass, ranking unchanged, but
-    # --no-inter gains more than AMC on a one-concept synth world (its gate margin falls below
-    # test_fidelity's bar), and 2-3x the weight locks a concept onto another keyword: off by
-    # default, 0 being the ranking loss alone, bit for bit.
+    # leads its keyword attention (a mean 0.38 of it on the several-concept synth world, each
+    # of ~14 fillers 0.04) the loss gains little from a sharper attention and does not ask for
+    # one: there the median concept kept 0.24-0.28 of the mass. This adds that many times the
+    # mean entropy (nats, above attention_entropy_floor) of the keyword attention over each
+    # query's positive images, each weighted by the gate's keyword weight for it (held fixed),
+    # to the loss. Measured (benchmarks/FIDELITY.md, session 8): at 0.001 with the floor every
+    # textual concept of that world keeps at least 0.3 of the mass, and every world of the
+    # fidelity suite keeps its ranking and its bars (the gate's margin on the one-concept synth
+    # worlds within 0.007 of the term's absence); 2-3x the weight without a floor locks a
+    # concept onto another keyword. 0 is the ranking loss alone, bit for bit.
     attention_entropy: float = option(
-        0.0,
+        0.001,
         "Weight of the keyword attention's mean entropy over each query's positive images "
         "(weighted by the gate's keyword weight), added to the loss (0: none).",
         low=0,

@@ -31,8 +31,13 @@ FORMAT_VERSION = 2  # what this amc-data writes, and the newest it reads
 # `gate_content` and `gate_scale` (None: the model the checkpoint records, which is how runs
 # recorded before they were training options were built), `init_from` (None: from scratch),
 # `tensorboard` (None: no events), `gain` (exp) and `pool_reduction` (all).
-# Runs recorded with the attention entropy term before its floor existed pulled every row to 0.
-ADDED_LATER: dict[str, Any] = {"loss": "pairs", "attention_entropy_floor": 0.0}
+# Runs recorded before the attention entropy term existed trained without it, and those recorded
+# with it before its floor existed pulled every row toward 0.
+ADDED_LATER: dict[str, Any] = {
+    "loss": "pairs",
+    "attention_entropy": 0.0,
+    "attention_entropy_floor": 0.0,
+}
 
 
 # The model options a format 1 checkpoint may lack, with the value the model it was written

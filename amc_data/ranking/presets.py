@@ -29,8 +29,8 @@ PRESETS: dict[str, Preset] = {
     # with a hinge loss and its margin (t = 8 and margin 0.2, the values this project's reference
     # reproduction uses); the intra-attention's logits are the scaled dot product of guide and
     # key; the inter-attention reads the attended vectors as well as the query, with no learned
-    # scale on its logits. Today's defaults differ on each of these (docs/model.md's table says
-    # why, with the measurements).
+    # scale on its logits; no term on the attention's entropy. Today's defaults differ on each of
+    # these (docs/model.md's table says why, with the measurements).
     "paper": Preset(
         "the paper's setup: per-pair hinge loss with t = 8 sampled negatives, margin 0.2, "
         "dot-product attention, a gate that reads the attended vectors",
@@ -42,6 +42,7 @@ PRESETS: dict[str, Preset] = {
             "attention": "dot",
             "gate_content": True,
             "gate_scale": 0.0,
+            "attention_entropy": 0.0,
         },
     ),
 }

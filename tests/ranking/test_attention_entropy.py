@@ -1,6 +1,6 @@
 """The attention entropy term (`attention_entropy`): the mean entropy of the keyword attention
 on each query's positive images, each weighted by the gate's keyword weight for it, added to the
-ranking loss. Off (0, the default), training is the ranking loss alone, bit for bit; on, the
+ranking loss. Off (0), training is the ranking loss alone, bit for bit; on (0.001, the default), the
 loss is the ranking loss plus that many times the entropy, training resumes to the
 uninterrupted weights, and the keyword attention it asks for is sharper, down to its floor (a
 row sharper than `attention_entropy_floor` nats adds nothing)."""
@@ -26,7 +26,7 @@ import amc_data.ranking.training as training  # noqa: E402
 from amc_data import load_prepared, synth  # noqa: E402
 from amc_data.errors import ConfigError  # noqa: E402
 from amc_data.ranking.checkpoint import load_model  # noqa: E402
-from amc_data.ranking.config import TrainConfig  # noqa: E402
+from amc_data.ranking.config import TrainConfig, train_config  # noqa: E402
 from amc_data.ranking.data import image_batch, query_batch  # noqa: E402
 from amc_data.ranking.loss import attention_entropy, pool_hinge_loss  # noqa: E402
 from amc_data.ranking.model import AttentionModel, ModelConfig  # noqa: E402
@@ -234,11 +234,17 @@ def test_on_the_keyword_attention_on_the_positives_is_sharper_down_to_the_floor(
     assert same_weights(run_weights(tmp_path / "high"), run_weights(tmp_path / "off"))
 
 
-def test_a_run_recorded_before_the_floor_existed_resumes_without_one(tmp_path: Path) -> None:
+def test_a_run_recorded_before_the_term_or_its_floor_existed_resumes_as_it_ran(
+    tmp_path: Path,
+) -> None:
     recorded = TrainConfig(**FAST).to_dict()
     del recorded["attention_entropy_floor"]
     assert recorded_options(recorded, str(tmp_path)).attention_entropy_floor == 0.0
-    assert TrainConfig().attention_entropy_floor == 1.5  # a new run takes the floor
+    del recorded["attention_entropy"]
+    assert recorded_options(recorded, str(tmp_path)).attention_entropy == 0.0
+    # A new run takes the term and its floor; the paper's preset has no term.
+    assert (TrainConfig().attention_entropy, TrainConfig().attention_entropy_floor) == (0.001, 1.5)
+    assert train_config({}, preset="paper").attention_entropy == 0.0
 
 
 def test_the_per_pair_loss_takes_the_term_on_each_pair_s_positive(
@@ -260,5 +266,7 @@ def test_the_cli_flags_set_it_and_refuse_a_bad_value(data: Path, tmp_path: Path)
     result = CliRunner().invoke(cli, [*args, "--no-intra", "--attention-entropy", "0.1"])
     assert result.exit_code == 2 and "intra on" in result.output
     assert "--attention-entropy-floor" in CliRunner().invoke(cli, ["train", "--help"]).output
-    result = CliRunner().invoke(cli, [*args, "--attention-entropy-floor", "1"])
+    result = CliRunner().invoke(
+        cli, [*args, "--attention-entropy", "0", "--attention-entropy-floor", "1"]
+    )
     assert result.exit_code == 2 and "attention_entropy above 0" in result.output

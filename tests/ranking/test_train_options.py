@@ -122,7 +122,11 @@ UNUSED = [
     ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),
     ({"model": "fusion", "attention_entropy": 0.1}, "attention_entropy", "intra-attention"),
     ({"intra": False, "attention_entropy": 0.1}, "attention_entropy", "intra on"),
-    ({"attention_entropy_floor": 1.0}, "attention_entropy_floor", "attention_entropy above 0"),
+    (
+        {"attention_entropy": 0.0, "attention_entropy_floor": 1.0},
+        "attention_entropy_floor",
+        "attention_entropy above 0",
+    ),
 ]
 
 
@@ -182,7 +186,13 @@ def test_the_paper_preset_is_the_paper_objective_and_inter_attention() -> None:
     assert "stop here" in result.output
     assert seen == [
         TrainConfig(
-            loss="pairs", negatives=8, margin=0.2, attention="dot", gate_content=True, gate_scale=0
+            loss="pairs",
+            negatives=8,
+            margin=0.2,
+            attention="dot",
+            gate_content=True,
+            gate_scale=0,
+            attention_entropy=0.0,
         )
     ]
     # Typed options win over the preset; its options a run does not use are left out (a
