@@ -328,7 +328,7 @@ USED_WHEN: dict[str, UsedWhen] = {
     ),
     "attention_entropy": _kinds_with("intra_attention", "intra-attention", switch="intra"),
     "attention_entropy_floor": UsedWhen(
-        lambda o: o.attention_entropy > 0 and USED_WHEN["attention_entropy"].holds(o),
+        lambda o: attention_entropy_on(o),
         "attention_entropy above 0 (with a model with intra-attention, intra on)",
         ("attention_entropy", "model", "intra"),
         "it bounds the attention entropy term",
@@ -351,6 +351,12 @@ USED_WHEN: dict[str, UsedWhen] = {
         "a closed-form fit starts from no weights",
     ),
 }
+
+
+def attention_entropy_on(options: Any) -> bool:
+    """Whether a run adds the attention entropy term: a weight above 0, for a model that
+    attends."""
+    return bool(options.attention_entropy > 0 and USED_WHEN["attention_entropy"].holds(options))
 
 
 def _differs_from_default(config: Any, name: str) -> bool:

@@ -609,15 +609,15 @@ class DenseScorer:
     def score(self, q: DenseQueries, images: DenseImages) -> Tensor:
         """Scores (Q, N) of a block of queries against a block of images: what the model's
         `_score(..., pool=True)` gives, within float32 rounding."""
+        few = q.shared.shape[0] <= FEW_QUERIES
+        if self.one_pass is not None and few and not _has_gram(images):
+            return self._score_one_pass(q, images)
+        return self._score_steps(q, images)
+
+    def _score_steps(self, q: DenseQueries, images: DenseImages) -> Tensor:
+        """`score` by the eager path, a step of images at a time."""
         items = sum(_width(m) for m in (images.visual, images.keywords) if _attended(m))
         n, queries = _image_count(images), q.shared.shape[0]
-        if self.one_pass is not None and queries <= FEW_QUERIES and not _has_gram(images):
-            return self._score_one_pass(q, images)
-        return self._score_steps(q, images, items, n, queries)
-
-    def _score_steps(
-        self, q: DenseQueries, images: DenseImages, items: int, n: int, queries: int
-    ) -> Tensor:
         # Images a step: the (images, items, queries) temporaries stay near `STEP_ELEMENTS`,
         # the float32 keys and values of the step's items (images, items, d) within
         # `BUFFER_ELEMENTS`.
@@ -670,12 +670,12 @@ class DenseScorer:
     ) -> Tensor:
         compiled = self.one_pass
         if compiled is None:  # compiling failed in another thread meanwhile
-            return self._eager(q, images)
+            return self._score_steps(q, images)
         if self._one_pass_ready:
             return compiled(q, images, tables=tables)
         with self._compile_lock:  # the first call compiles: once, not in every thread
             if self.one_pass is None:
-                return self._eager(q, images)
+                return self._score_steps(q, images)
             try:
                 scores = compiled(q, images, tables=tables)
             except Exception as error:  # whatever the compiler raises: the eager path stands
@@ -686,14 +686,9 @@ class DenseScorer:
                     str(error).strip().splitlines()[0] if str(error).strip() else "",
                 )
                 self.one_pass = None
-                return self._eager(q, images)
+                return self._score_steps(q, images)
             self._one_pass_ready = True
             return scores
-
-    def _eager(self, q: DenseQueries, images: DenseImages) -> Tensor:
-        """The eager path's scores (a genuine error in the inputs is raised here too)."""
-        items = sum(_width(m) for m in (images.visual, images.keywords) if _attended(m))
-        return self._score_steps(q, images, items, _image_count(images), q.shared.shape[0])
 
     def _ready(self, images: DenseImages, queries: int, convert: bool = True) -> DenseImages:
         """A step's images as `_score` reads them: float32 (an index stores float16; the

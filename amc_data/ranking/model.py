@@ -209,16 +209,19 @@ class RankingModel(nn.Module):
         with `pool`, of every query against one pool, as `score_pool` (through `forward`, so
         that DistributedDataParallel sees the call). With `weights` (a model with attention):
         the scores, the weights inside each modality the model reads, by name ("region",
-        "keyword"; (B, M, T), or (Q, N, T) in pool, the pool scored in one piece) and the
+        "keyword"; (B, M, T), or (Q, N, T) in pool, in the chunks `score_pool` takes) and the
         modality weights over those it reads, in that order ((B, M, n), (Q, N, n)), for a
         training loss that reads the attention."""
         if weights:
             if not model_kind(self.config.kind).intra_attention:
                 raise ConfigError(f"The {self.config.kind} model has no attention weights.")
-            self._check(query, images, pool=pool)
-            scores, inside, modality = self._score(
-                self._encode_query(query), self._encode_images(images), pool=pool
-            )
+            if pool:
+                scores, inside, modality = self._score_pool(query, images)
+            else:
+                self._check(query, images, pool=False)
+                scores, inside, modality = self._score(
+                    self._encode_query(query), self._encode_images(images), pool=False
+                )
             return scores, inside, modality.expand(*scores.shape, modality.shape[-1])
         if pool:
             return self.score_pool(query, images)
@@ -231,6 +234,15 @@ class RankingModel(nn.Module):
 
         The images are projected once; queries are then scored in chunks that bound memory.
         """
+        return self._score_pool(query, images, weights=False)[0]
+
+    def _score_pool(
+        self, query: QueryBatch, images: ImageBatch, weights: bool = True
+    ) -> tuple[Any, ...]:
+        """`score_pool`'s scores first, with the weights `_score` gives beside them (an
+        attention model's: inside (Q, N, T) by modality, modality (Q, N, n)), the queries in
+        chunks that bound memory (each chunk's weights spread over its queries, so that the
+        chunks join); without `weights`, past one chunk, the scores only."""
         self._check(query, images, pool=True)
         encoded = self._encode_images(images)
         n, items = images.shape[0], images.regions.shape[-2] + images.keywords.shape[-1]
@@ -238,15 +250,28 @@ class RankingModel(nn.Module):
         if len(query) > 0 and len(query) * per_query <= self.pool_chunk_elements:
             # One chunk (a training batch's pool): no chunk size is computed from the shapes,
             # so torch.compile does not specialise on it and recompile for every pool size.
-            return self._score(self._encode_query(query), encoded, pool=True)[0]
+            return self._score(self._encode_query(query), encoded, pool=True)
         chunk = max(1, self.pool_chunk_elements // per_query)
-        parts = []
+        scores: list[Tensor] = []
+        kept: list[tuple[dict[str, Tensor], Tensor]] = []  # with `weights`: each chunk's
         for start in range(0, len(query), chunk):
             rows = query.map(itemgetter(slice(start, start + chunk)))  # (chunk, L)
-            parts.append(self._score(self._encode_query(rows), encoded, pool=True)[0])
-        if not parts:
-            return torch.zeros(0, n, device=images.regions.device)
-        return torch.cat(parts)
+            scored = self._score(self._encode_query(rows), encoded, pool=True)
+            scores.append(scored[0])
+            if weights and len(scored) == 3:
+                kept.append((scored[1], scored[2]))
+        device = images.regions.device
+        joined = torch.cat(scores) if scores else torch.zeros(0, n, device=device)
+        if not kept:  # no weights asked for, or no query
+            return (joined, {}, torch.zeros(0, n, 0, device=device)) if weights else (joined,)
+
+        def spread(chunks: list[Tensor]) -> Tensor:  # each chunk's (1 | chunk, N, ...) as (Q, ...)
+            sized = zip(chunks, scores, strict=True)
+            return torch.cat([t.expand(len(part), *t.shape[1:]) for t, part in sized])
+
+        names = kept[0][0]
+        inside = {name: spread([k[0][name] for k in kept]) for name in names}
+        return joined, inside, spread([k[1] for k in kept])
 
     def explain(self, query: QueryBatch, images: ImageBatch) -> Attention:
         """The scores and the attention weights behind them, for images (B, M, ...)."""

@@ -47,7 +47,14 @@ from . import distributed, run_folder
 from .batch import TrainBatch
 from .build import build_model
 from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
-from .config import BEST, LAST, MODEL_OPTIONS, USED_WHEN, TrainConfig, check_negatives
+from .config import (
+    BEST,
+    LAST,
+    MODEL_OPTIONS,
+    TrainConfig,
+    attention_entropy_on,
+    check_negatives,
+)
 from .data import train_loader
 from .loss import attention_entropy, hinge_ranking_loss, pool_hinge_loss
 from .model import ModelConfig, RankingModel
@@ -531,17 +538,10 @@ class _Run:
     def _loss(self, net: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """The batch's hinge loss: over its shared pool, or over each pair's own negatives; with
         `attention_entropy`, plus that many times the attention's entropy on the positives."""
-        entropy = self.config.attention_entropy > 0 and USED_WHEN["attention_entropy"].holds(
-            self.config
-        )
-        inside: dict[str, torch.Tensor] = {}
-        modality = torch.empty(0)
+        entropy = attention_entropy_on(self.config)
+        scores, inside, modality = _scored(net, batch, pool=batch.pooled, weights=entropy)
         if batch.pooled:
             assert batch.pool_own is not None and batch.pool_positive is not None
-            if entropy:
-                scores, inside, modality = net(batch.query, batch.images, pool=True, weights=True)
-            else:
-                scores = net(batch.query, batch.images, pool=True)  # (B, P)
             loss = pool_hinge_loss(
                 scores.float(),
                 batch.pool_own,
@@ -552,10 +552,6 @@ class _Run:
             )
             positive = batch.pool_positive  # (B, P)
         else:
-            if entropy:
-                scores, inside, modality = net(batch.query, batch.images, weights=True)
-            else:
-                scores = net(batch.query, batch.images)  # (B, 1 + t)
             in_batch = None
             if self.config.in_batch:
                 positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
@@ -701,6 +697,16 @@ def _epoch_of(path: Path) -> int | None:
 def _tick(bar: Any, item: Any) -> Any:
     bar.update(1)
     return item
+
+
+def _scored(
+    net: torch.nn.Module, batch: TrainBatch, pool: bool, weights: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The batch's scores ((B, P) over its pool, or (B, 1 + t)); with `weights`, the attention
+    and modality weights beside them, as `forward(..., weights=True)` gives them."""
+    if weights:
+        return net(batch.query, batch.images, pool=pool, weights=True)
+    return net(batch.query, batch.images, pool=pool), {}, torch.empty(0)
 
 
 def _in_batch_negatives(batch: Any) -> torch.Tensor | None:

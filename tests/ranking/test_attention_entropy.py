@@ -113,6 +113,21 @@ def test_forward_with_weights_gives_the_scores_and_the_attention_explain_gives(d
     assert torch.equal(inside["region"], explained.region_weights)
 
 
+def test_a_pool_too_large_for_one_chunk_gives_the_same_weights_chunk_by_chunk(
+    data: Path,
+) -> None:
+    model, query, images = _model(data)
+    with torch.no_grad():
+        whole = model(query, images, pool=True, weights=True)
+        model.pool_chunk_elements = 1  # one query a chunk
+        chunked = model(query, images, pool=True, weights=True)
+    torch.testing.assert_close(chunked[0], whole[0])
+    assert chunked[1].keys() == whole[1].keys()
+    for name in whole[1]:
+        torch.testing.assert_close(chunked[1][name], whole[1][name])
+    torch.testing.assert_close(chunked[2], whole[2])
+
+
 def test_a_model_without_attention_has_no_weights_to_give(data: Path) -> None:
     model, query, images = _model(data)
     fusion = AttentionModel(

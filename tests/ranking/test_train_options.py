@@ -242,6 +242,8 @@ def test_a_record_that_is_not_valid_options_is_one_line_error(saved: Any) -> Non
         ("epochs", 0, r"^epochs must be a whole number from 1 to 10,000, not 0\.$"),
         ("epochs", 10**6, "^epochs"),
         ("max_keywords", 5000, "^max_keywords .* 1 to 4,096"),
+        ("attention_entropy", -1, "^attention_entropy "),
+        ("attention_entropy_floor", -1, "^attention_entropy_floor "),
     ],
 )
 def test_options_beyond_their_bounds_are_one_line_config_errors(
