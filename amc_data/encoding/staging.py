@@ -159,17 +159,23 @@ def swap_in(staging: Path, out_dir: Path, previous: dict | None) -> None:
     (only the files the old record lists)."""
     # Checked again at the last moment: a file may have been added during the encode.
     check_foreign_files(out_dir, previous)
+    replace_folder(staging, out_dir, _discard_old)
+
+
+def replace_folder(staging: Path, out_dir: Path, discard: Callable[[Path, Path], None]) -> None:
+    """Put the complete `staging` folder in place of `out_dir` (atomically where the system
+    exchanges two paths), then `discard(old folder, out_dir)` the old output."""
     (staging / IN_PROGRESS).unlink()
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
     if exchange_paths(staging, out_dir):
-        _discard_old(staging, out_dir)  # the old folder now sits at the staging name
+        discard(staging, out_dir)  # the old folder now sits at the staging name
         return
     aside = out_dir.with_name(f".{out_dir.name}.previous-{os.getpid()}")
     os.rename(out_dir, aside)
     os.rename(staging, out_dir)  # between these two renames the output folder is missing
-    _discard_old(aside, out_dir)
+    discard(aside, out_dir)
 
 
 def _discard_old(folder: Path, out_dir: Path) -> None:

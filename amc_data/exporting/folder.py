@@ -27,10 +27,9 @@ from typing import Any
 
 import filelock
 
-from ..encoding.staging import IN_PROGRESS, staging_folder
+from ..encoding.staging import IN_PROGRESS, replace_folder, staging_folder
 from ..errors import InputError, OutputFolderError
 from ..files import atomic_write_json
-from ..machine import exchange_paths
 
 __all__ = ["RECORD_NAME", "claim_output", "read_record", "swap_in", "write_record"]
 
@@ -166,17 +165,7 @@ def swap_in(staging: Path, out_dir: Path, force: bool) -> None:
     """Put the complete export in `staging` in place of `out_dir`, then delete the old export
     (only the files its record lists)."""
     check_output(out_dir, force)  # again at the last moment: a file may have been added since
-    (staging / IN_PROGRESS).unlink()
-    if not out_dir.exists():
-        os.rename(staging, out_dir)
-        return
-    if exchange_paths(staging, out_dir):
-        _discard_old(staging, out_dir)  # the old folder now sits at the staging name
-        return
-    aside = out_dir.with_name(f".{out_dir.name}.previous-{os.getpid()}")
-    os.rename(out_dir, aside)
-    os.rename(staging, out_dir)  # between these two renames the output folder is missing
-    _discard_old(aside, out_dir)
+    replace_folder(staging, out_dir, _discard_old)
 
 
 def _discard_old(folder: Path, out_dir: Path) -> None:

@@ -72,8 +72,8 @@ import filelock
 import numpy as np
 
 from ..errors import LockTimeoutError, TrainingError
+from ..evaluation.outputs import prepared_folder_holding
 from ..files import atomic_write_bytes, atomic_write_json
-from ..prepare.format import FORMAT_NAME
 from ..version import __version__
 from .config import BEST, CONFIG_FILE, LAST, LOG_FILE, TrainConfig
 
@@ -102,14 +102,6 @@ _INDEX_FOLDER = re.compile(
     r"^(?:\.)?(?:[^/]+-)?index-(?:train|val|test|all)(?:\.\d+(?:\.old)?\.tmp)?$"
 )
 _SHOWN = 5
-
-
-def _is_prepared(folder: Path) -> bool:
-    try:
-        info = json.loads((folder / "prepared.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("format") == FORMAT_NAME
 
 
 def _is_our_config(path: Path) -> bool:
@@ -179,12 +171,12 @@ def check_location(out: Path, data: Path) -> None:
             f"--out {out} is inside the prepared folder {data} being trained on: preparing it "
             "again would delete the run. Choose a run folder outside it, such as --out ./runs/amc."
         )
-    for folder in (out, *out.parents):
-        if _is_prepared(folder):
-            raise TrainingError(
-                f"--out {out} is inside the prepared folder {folder}: preparing it again would "
-                "delete the run. Choose a run folder outside it."
-            )
+    folder = prepared_folder_holding(out)
+    if folder is not None:
+        raise TrainingError(
+            f"--out {out} is inside the prepared folder {folder}: preparing it again would "
+            "delete the run. Choose a run folder outside it."
+        )
 
 
 @contextlib.contextmanager
