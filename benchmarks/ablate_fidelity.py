@@ -289,9 +289,30 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     boost = options.pop("violating_params", None)
     word_batches = options.pop("word_batches", False)
     sampler_order = EpochSampler.__iter__
-    if word_batches:  # the epoch's pairs ordered so that a batch's captions share a word
+    if word_batches is True:  # the epoch's pairs ordered so that a batch's captions share a word
         EpochSampler.__iter__ = _word_batches  # type: ignore[method-assign]
+    elif word_batches:  # that share of each batch composed by word, the rest uniform
+        EpochSampler.__iter__ = _mixed_word_batches(
+            float(word_batches), options.get("batch_size", 64)
+        )
     betas = options.pop("betas", None)
+    modality_drop = options.pop("modality_drop", 0.0)
+    if modality_drop:  # the probe as measured: on the defaults of before session 9
+        options.setdefault("pool_reduction", "all")
+        options["modality_dropout"] = 0.0
+    by_gate = options.pop("modality_drop_by_gate", False)
+    schedule = options.pop("modality_drop_schedule", "flat")
+    score = AttentionModel._score
+    set_epoch = EpochSampler.set_epoch
+    if modality_drop:  # training only: some queries scored with one modality alone
+        AttentionModel._score = _modality_dropout(modality_drop, by_gate, schedule)  # type: ignore[method-assign]
+        _EPOCH["of"] = options.get("epochs", 8)
+
+        def seen_epoch(self, epoch):
+            _EPOCH["now"] = int(epoch)
+            set_epoch(self, epoch)
+
+        EpochSampler.set_epoch = seen_epoch  # type: ignore[method-assign]
     gate_words = options.pop("gate_words", None)
     encode_query = AttentionModel._encode_query
     if gate_words:  # kept through the evaluation below: the loaded model is rebuilt from the class
@@ -321,6 +342,8 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         training._Run._step = step
         torch.optim.AdamW = adamw
         EpochSampler.__iter__ = sampler_order  # type: ignore[method-assign]
+        AttentionModel._score = score  # type: ignore[method-assign]
+        EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
     try:  # the forced gate replaces the prior's layer, which the summed words bypass
         figures = _package_figures(world, out, {**options, "gate_oracle": not gate_words}, seconds)
@@ -427,6 +450,84 @@ def _word_batches(self):
         key = _mix(word.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch + 1))
     order = np.lexsort((bits[:, 1], key))
     return ((epoch, int(i)) for i in order)
+
+
+def _mixed_word_batches(share: float, batch_size: int):
+    """`EpochSampler.__iter__` (one process) whose batches hold `share` of their pairs from a run
+    of captions ordered by word (`_word_batches`' order restricted to a hashed share of the
+    pairs) and the rest from the sampler's own uniform order: each batch keeps the uniform
+    negatives that train every concept against the data and adds a cluster that shares a word
+    (session 9's benchmark of session 6's untried mix; not a package option, no resume)."""
+    from amc_data.ranking.data import _hash_below
+
+    def order(self):
+        n = len(self.inner.dataset)
+        bits = _hash_below(
+            self.inner.seed, np.full(n, self.epoch), np.arange(n), 0, 1, np.full(n, 2**32), 10
+        )[:, 0]
+        clustered = bits < share * 2**32
+        by_word = [i for _, i in _word_batches(self) if clustered[i]]
+        uniform = [i for i in self.inner if not clustered[i]]
+        k = max(1, round(share * batch_size))
+        out, a, b = [], 0, 0
+        while a < len(by_word) or b < len(uniform):
+            out += by_word[a : a + k] + uniform[b : b + batch_size - k]
+            a, b = a + k, b + batch_size - k
+        return ((self.epoch, i) for i in out)
+
+    return order
+
+
+_EPOCH = {"now": 0, "of": 8}
+
+
+def _modality_dropout(share: float, by_gate: bool = False, schedule: str = "flat"):
+    """`AttentionModel._score` whose modality weights, in training, are replaced for `share` of
+    the queries by all the weight on one modality (either, at random, where the image has it):
+    each modality must then rank some queries alone, so a concept the other modality already
+    tells apart is still asked of it (session 9's probe; not a package option)."""
+    from amc_data.ranking import model as model_module
+
+    softmax = model_module._masked_softmax
+
+    def dropped(logits, mask):
+        weights = softmax(logits, mask)
+        if not torch.is_grad_enabled() or weights.shape[-1] != 2 or not dropped.training:
+            return weights
+        rows = dropped.rows
+        weights = weights.expand(rows, *weights.shape[1:]) if weights.shape[0] == 1 else weights
+        now, of = _EPOCH["now"], _EPOCH["of"]
+        if schedule == "half":  # the first half of the epochs only
+            p = share if now < of / 2 else 0.0
+        elif schedule == "linear":  # from share at the first epoch to 0 at the last
+            p = share * (1 - now / max(1, of - 1))
+        else:
+            p = share
+        pick = torch.rand(rows) < p
+        if by_gate == "argmax":  # the modality the gate weighs more (ties: at random)
+            gate = weights[:, 0, :].detach().float()
+            tie = (gate[:, 0] - gate[:, 1]).abs() < 1e-6
+            side = torch.where(tie, torch.randint(0, 2, (rows,)), gate.argmax(-1))
+        elif by_gate:  # the kept modality drawn by the gate's own (detached) weights
+            side = torch.multinomial(weights[:, 0, :].detach().float(), 1)[:, 0]
+        else:
+            side = torch.randint(0, 2, (rows,))
+        one = torch.nn.functional.one_hot(side, 2).float()[:, None, :]  # (Q, 1, 2)
+        one = one.expand_as(weights)
+        usable = pick[:, None] & (mask.expand_as(weights) & one.bool()).any(-1)  # (Q, N)
+        return torch.where(usable[..., None], one, weights)
+
+    def _score(self, q, img, pool):
+        dropped.training = self.training
+        dropped.rows = q.shared.shape[0]
+        model_module._masked_softmax = dropped
+        try:
+            return original(self, q, img, pool)
+        finally:
+            model_module._masked_softmax = softmax
+
+    original = AttentionModel._score
+    return _score
 
 
 def _boosted_step(which: str):
@@ -575,6 +676,84 @@ PACKAGE = {
     "pkg violating: amc pool 256 --no-inter": {
         "inter": False,
         "pool_negatives": 256,
+        "pool_reduction": "violating",
+    },
+    # Session 9: the defaults before it (the mean over every negative, no modality dropout).
+    "pkg before: amc": {"pool_reduction": "all", "modality_dropout": 0.0},
+    "pkg before: amc --no-inter": {
+        "inter": False,
+        "pool_reduction": "all",
+        "modality_dropout": 0.0,
+    },
+    # Session 9: a share of the queries trained on one modality alone (a patched softmax; the
+    # package's --modality-dropout since, 0 here so that only the patch drops).
+    "pkg modality drop 0.3: amc": {"modality_drop": 0.3},
+    "pkg modality drop 0.3: amc --no-inter": {"inter": False, "modality_drop": 0.3},
+    "pkg modality drop 0.3 violating: amc": {"modality_drop": 0.3, "pool_reduction": "violating"},
+    "pkg modality drop 0.3 violating: amc --no-inter": {
+        "inter": False,
+        "modality_drop": 0.3,
+        "pool_reduction": "violating",
+    },
+    "pkg modality drop 0.3 by gate: amc": {"modality_drop": 0.3, "modality_drop_by_gate": True},
+    "pkg modality drop 0.3 by gate: amc --no-inter": {
+        "inter": False,
+        "modality_drop": 0.3,
+        "modality_drop_by_gate": True,
+    },
+    "pkg modality drop 0.2 argmax violating: amc": {
+        "modality_drop": 0.2,
+        "modality_drop_by_gate": "argmax",
+        "pool_reduction": "violating",
+    },
+    "pkg modality drop 0.2 argmax violating: amc --no-inter": {
+        "inter": False,
+        "modality_drop": 0.2,
+        "modality_drop_by_gate": "argmax",
+        "pool_reduction": "violating",
+    },
+    "pkg modality drop 0.3 half: amc": {"modality_drop": 0.3, "modality_drop_schedule": "half"},
+    "pkg modality drop 0.3 half: amc --no-inter": {
+        "inter": False,
+        "modality_drop": 0.3,
+        "modality_drop_schedule": "half",
+    },
+    "pkg modality drop 0.3 linear: amc": {
+        "modality_drop": 0.3,
+        "modality_drop_schedule": "linear",
+    },
+    "pkg modality drop 0.3 linear: amc --no-inter": {
+        "inter": False,
+        "modality_drop": 0.3,
+        "modality_drop_schedule": "linear",
+    },
+    "pkg modality drop 0.2 violating: amc": {"modality_drop": 0.2, "pool_reduction": "violating"},
+    "pkg modality drop 0.2 violating: amc --no-inter": {
+        "inter": False,
+        "modality_drop": 0.2,
+        "pool_reduction": "violating",
+    },
+    "pkg modality drop 0.1 violating: amc": {"modality_drop": 0.1, "pool_reduction": "violating"},
+    "pkg modality drop 0.1 violating: amc --no-inter": {
+        "inter": False,
+        "modality_drop": 0.1,
+        "pool_reduction": "violating",
+    },
+    "pkg modality drop 0.1: amc": {"modality_drop": 0.1},
+    "pkg modality drop 0.1: amc --no-inter": {"inter": False, "modality_drop": 0.1},
+    # Session 9: half of each batch composed by word, half uniform.
+    "pkg word half: amc": {"word_batches": 0.5},
+    "pkg word half: amc --no-inter": {"inter": False, "word_batches": 0.5},
+    "pkg word half violating: amc": {"word_batches": 0.5, "pool_reduction": "violating"},
+    "pkg word half violating: amc --no-inter": {
+        "inter": False,
+        "word_batches": 0.5,
+        "pool_reduction": "violating",
+    },
+    "pkg word quarter violating: amc": {"word_batches": 0.25, "pool_reduction": "violating"},
+    "pkg word quarter violating: amc --no-inter": {
+        "inter": False,
+        "word_batches": 0.25,
         "pool_reduction": "violating",
     },
     "pkg word batches: amc": {"word_batches": True},

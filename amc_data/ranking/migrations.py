@@ -30,13 +30,17 @@ FORMAT_VERSION = 2  # what this amc-data writes, and the newest it reads
 # The options added since whose default is what older runs did are not listed: `attention`,
 # `gate_content` and `gate_scale` (None: the model the checkpoint records, which is how runs
 # recorded before they were training options were built), `init_from` (None: from scratch),
-# `tensorboard` (None: no events), `gain` (exp) and `pool_reduction` (all).
+# `tensorboard` (None: no events) and `gain` (exp).
 # Runs recorded before the attention entropy term existed trained without it, and those recorded
-# with it before its floor existed pulled every row toward 0.
+# with it before its floor existed pulled every row toward 0; runs recorded before modality
+# dropout existed scored every query with both modalities, and those recorded before
+# pool_reduction existed averaged the pool loss over every negative.
 ADDED_LATER: dict[str, Any] = {
     "loss": "pairs",
     "attention_entropy": 0.0,
     "attention_entropy_floor": 0.0,
+    "modality_dropout": 0.0,
+    "pool_reduction": "all",
 }
 
 

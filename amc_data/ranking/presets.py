@@ -29,7 +29,8 @@ PRESETS: dict[str, Preset] = {
     # with a hinge loss and its margin (t = 8 and margin 0.2, the values this project's reference
     # reproduction uses); the intra-attention's logits are the scaled dot product of guide and
     # key; the inter-attention reads the attended vectors as well as the query, with no learned
-    # scale on its logits; no term on the attention's entropy. Today's defaults differ on each of
+    # scale on its logits; no term on the attention's entropy, every query scored with both
+    # modalities. Today's defaults differ on each of
     # these (docs/model.md's table says why, with the measurements).
     "paper": Preset(
         "the paper's setup: per-pair hinge loss with t = 8 sampled negatives, margin 0.2, "
@@ -43,6 +44,7 @@ PRESETS: dict[str, Preset] = {
             "gate_content": True,
             "gate_scale": 0.0,
             "attention_entropy": 0.0,
+            "modality_dropout": 0.0,
         },
     ),
 }

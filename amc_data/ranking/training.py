@@ -54,10 +54,11 @@ from .config import (
     TrainConfig,
     attention_entropy_on,
     check_negatives,
+    modality_dropout_on,
 )
 from .data import train_loader
 from .loss import attention_entropy, hinge_ranking_loss, pool_hinge_loss
-from .model import ModelConfig, RankingModel
+from .model import AttentionModel, ModelConfig, RankingModel
 from .resident import ResidentFeatures, features_fit
 from .resume import model_to_start_from, open_run, options_to_resume
 from .scoring import precision_context, score_split
@@ -317,6 +318,8 @@ class _Run:
         model = build_model(self.model_config, word_vectors=word_vectors)
         if fresh and self.initial is not None:
             model.load_state_dict(self.initial)
+        if isinstance(model, AttentionModel):  # a model that may weigh two modalities
+            model.modality_dropout = modality_dropout_on(self.config)
         return model.to(self.device)
 
     def _optimizer(

@@ -154,7 +154,11 @@ def test_on_the_loss_is_the_hinge_plus_the_gate_weighted_entropy_of_the_positive
         with torch.no_grad():
             scores, inside, modality = net(batch.query, batch.images, pool=True, weights=True)
             hinge = pool_hinge_loss(
-                scores.float(), batch.pool_own, batch.pool_positive, self.config.margin
+                scores.float(),
+                batch.pool_own,
+                batch.pool_positive,
+                self.config.margin,
+                reduction=self.config.pool_reduction,
             )
             # Each positive weighted by the keyword modality's weight for it.
             rows = batch.pool_positive * modality[..., 1]
@@ -163,9 +167,10 @@ def test_on_the_loss_is_the_hinge_plus_the_gate_weighted_entropy_of_the_positive
         return loss
 
     monkeypatch.setattr(training._Run, "_loss", spy)
-    # Dropout off, so that the recomputation sees the weights the loss saw.
+    # Dropout off (and modality dropout), so that the recomputation sees the weights the loss saw.
     monkeypatch.setattr(ModelConfig, "__init__", _no_dropout(ModelConfig.__init__))
     on = {**FAST, "epochs": 1, "attention_entropy": 0.5, "attention_entropy_floor": 1.0}
+    on["modality_dropout"] = 0.0
     train(data, tmp_path / "on", TrainConfig(**on))
     assert seen and all(e > 0 for _, _, e in seen)
     for loss, hinge, entropy in seen:

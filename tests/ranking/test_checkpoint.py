@@ -159,8 +159,14 @@ def test_a_format_1_checkpoint_with_an_affine_region_norm_scores_as_it_did(
 def test_a_format_1_record_from_before_the_pool_loss_trained_with_per_pair_negatives() -> None:
     checkpoint = {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}
     migrated = migrate(checkpoint)
-    # Nor did such a run have the attention entropy term (added later, on by default).
-    without_term = {"attention_entropy": 0.0, "attention_entropy_floor": 0.0}
+    # Nor did such a run have the attention entropy term, modality dropout or the violating
+    # mean (added later, on by default).
+    without_term = {
+        "attention_entropy": 0.0,
+        "attention_entropy_floor": 0.0,
+        "modality_dropout": 0.0,
+        "pool_reduction": "all",
+    }
     assert migrated["train_config"] == {"loss": "pairs", "epochs": 2, **without_term}
     assert checkpoint == {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}
     recorded = {"format": FORMAT, "format_version": 1, "train_config": {"loss": "pool"}}

@@ -1,6 +1,7 @@
 """Several concepts an image: the pool loss that keeps teaching once most negatives are beaten
-(the mean over the cells that still violate the margin), so that a concept the loss stopped
-needing early still gets learned (benchmarks/FIDELITY.md, session 4)."""
+(the mean over the cells that still violate the margin, the default), so that a concept the loss
+stopped needing early still gets learned; with modality dropout, AMC near the ceiling of the
+planted several-concept world (benchmarks/FIDELITY.md, sessions 4 and 9)."""
 
 from __future__ import annotations
 
@@ -144,33 +145,31 @@ def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
             amc.query_ids, amc.ndcg_at(10), other.query_ids, other.ndcg_at(10), resamples=2000
         )
         assert test.difference > 0 and test.p_randomization < 0.01, (name, test)
-    # A share of what the truth allows (benchmarks/FIDELITY.md, session 4): with the default
-    # pool loss 0.75-0.83 over four trainings (0.83 at this seed); the mean over the cells that
-    # still violate the margin reaches 0.89-0.94 (asserted below, as the option it is). The
-    # floor sits below the lowest seen: another CPU acts like another seed.
+    # A share of what the truth allows (benchmarks/FIDELITY.md, session 9): with the defaults
+    # 0.90 at this seed (with twice the validation images), where the defaults before session 9
+    # reached 0.82-0.87 over three trainings. The floor sits below what was measured: another
+    # CPU acts like another seed.
     share = float(amc.ndcg_at(10).mean()) / ceiling["ndcg@10"]
-    assert share >= 0.7, share
+    assert share >= 0.8, share
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(TRAINING_TIMEOUT)
-def test_the_violating_mean_learns_the_concepts_the_mean_leaves(trained_multi) -> None:
-    # Measured on this world at seed 1 with twice the validation images (benchmarks/
-    # FIDELITY.md, sessions 4 and 5): 0.825 of the ceiling with the default mean, 0.935 with the
-    # violating mean (0.896 on the world's seed 2). It is not the default: on the suite's
-    # one-concept worlds it lets fixed modality weights rank as well as the gate. The floors sit
-    # below what was measured: another CPU acts like another seed.
+def test_the_defaults_learn_what_the_mean_over_every_negative_left(trained_multi) -> None:
+    # The pool loss averaged over every negative, every query scored with both modalities (the
+    # defaults before session 9 of benchmarks/FIDELITY.md): 0.83 of the ceiling on this world at
+    # this seed, against 0.90 with the defaults (the violating mean and modality dropout). The
+    # margin asserted sits below the gap measured (0.07).
     import amc_data
     from amc_data import TrainConfig
 
     table, ceiling, prepared, folder = trained_multi
-    run = folder / "amc-violating"
-    config = TrainConfig(seed=1, device="cpu", pool_reduction="violating")
+    run = folder / "amc-before"
+    config = TrainConfig(seed=1, device="cpu", pool_reduction="all", modality_dropout=0.0)
     amc_data.train(prepared, run, config)
     evaluation = amc_data.evaluate([run], prepared, random_baseline=False, resamples=2000)
     share = {
         name: float(got.ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
-        for name, got in (("amc", table["amc"]), ("amc-violating", evaluation.runs[0]))
+        for name, got in (("amc", table["amc"]), ("amc-before", evaluation.runs[0]))
     }
-    assert share["amc-violating"] >= 0.85, share
-    assert share["amc-violating"] >= share["amc"] + 0.04, share
+    assert share["amc"] >= share["amc-before"] + 0.03, share

@@ -36,7 +36,7 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
     if field.name == "gain":
         return "linear"
     if field.name == "pool_reduction":
-        return "violating"
+        return "all" if default != "all" else "violating"
     if isinstance(default, bool):
         return not default
     if isinstance(default, int):
@@ -193,6 +193,7 @@ def test_the_paper_preset_is_the_paper_objective_and_inter_attention() -> None:
             gate_content=True,
             gate_scale=0,
             attention_entropy=0.0,
+            modality_dropout=0.0,
         )
     ]
     # Typed options win over the preset; its options a run does not use are left out (a
