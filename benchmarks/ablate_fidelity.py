@@ -678,6 +678,9 @@ PACKAGE = {
         "pool_negatives": 256,
         "pool_reduction": "violating",
     },
+    # Session 9: the entropy term ten times stronger with the new defaults (a probe).
+    "pkg entropy 0.01: amc": {"attention_entropy": 0.01},
+    "pkg entropy 0.01: amc --no-inter": {"inter": False, "attention_entropy": 0.01},
     # Session 9: the defaults before it (the mean over every negative, no modality dropout).
     "pkg before: amc": {"pool_reduction": "all", "modality_dropout": 0.0},
     "pkg before: amc --no-inter": {
