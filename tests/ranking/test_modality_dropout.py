@@ -165,3 +165,4 @@ def test_the_cli_flag_sets_it_and_refuses_a_bad_value_or_a_model_it_does_not_fit
     for kind in ("visual", "keyword", "cca"):
         result = CliRunner().invoke(cli, [*args, "--model", kind, "--modality-dropout", "0.2"])
         assert result.exit_code == 2 and "reads regions and keywords" in result.output, kind
+    assert not (tmp_path / "run").exists()  # refused before anything is written
