@@ -47,6 +47,7 @@ from reference_amc import RefConfig, fit  # noqa: E402
 from support import planted_coco, planted_multi  # noqa: E402
 
 import amc_data  # noqa: E402
+from amc_data.ranking import model as model_module  # noqa: E402
 from amc_data.ranking.data import EpochSampler  # noqa: E402
 from amc_data.ranking.model import AttentionModel  # noqa: E402
 
@@ -302,6 +303,10 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         options["modality_dropout"] = 0.0
     by_gate = options.pop("modality_drop_by_gate", False)
     schedule = options.pop("modality_drop_schedule", "flat")
+    keep_rule = options.pop("modality_keep_rule", None)
+    drop_modality = model_module._drop_modality
+    if keep_rule:  # the package's dropout, with another rule for the kept modality
+        model_module._drop_modality = _kept_by(keep_rule)
     score = AttentionModel._score
     set_epoch = EpochSampler.set_epoch
     if modality_drop:  # training only: some queries scored with one modality alone
@@ -343,6 +348,7 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         torch.optim.AdamW = adamw
         EpochSampler.__iter__ = sampler_order  # type: ignore[method-assign]
         AttentionModel._score = score  # type: ignore[method-assign]
+        model_module._drop_modality = drop_modality
         EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
     try:  # the forced gate replaces the prior's layer, which the summed words bypass
@@ -530,6 +536,34 @@ def _modality_dropout(share: float, by_gate: bool = False, schedule: str = "flat
     return _score
 
 
+def _kept_by(rule: str):
+    """`model._drop_modality` keeping, for a dropped query, the modality chosen by `rule`
+    (session 10's probes): "per query" one draw by the gate's weights for all of a query's
+    images; "sharpened P" one per image by the weights raised to the power P; "sure M" the
+    favoured modality where the weights differ by at least M, one drawn per query elsewhere.
+    (Ties, as fixed weights are, come out as one draw per query or per image as each rule
+    says.)"""
+
+    def dropped(modality, available, share, queries, keep="drawn"):
+        modality = modality.expand(queries, *modality.shape[1:])
+        chosen = torch.rand(queries) < share
+        weights = modality.detach().float()
+        coin = torch.randint(0, 2, (queries,))[:, None]
+        if rule == "per query":
+            side = (torch.rand(queries)[:, None] < weights[..., 1]).long()
+        elif rule.startswith("sharpened"):
+            p = weights.clamp_min(1e-6) ** float(rule.split()[1])
+            side = (torch.rand(p.shape[:-1]) < p[..., 1] / p.sum(-1)).long()
+        else:  # "sure M"
+            sure = (weights[..., 0] - weights[..., 1]).abs() >= float(rule.split()[1])
+            side = torch.where(sure, weights.argmax(-1), coin)
+        kept = torch.nn.functional.one_hot(side, 2).bool()
+        usable = chosen[:, None] & (kept & available).any(-1)
+        return torch.where(usable[..., None], kept.to(modality.dtype), modality)
+
+    return dropped
+
+
 def _boosted_step(which: str):
     """A training step whose loss is the mean over every negative cell, with the gradient of
     the chosen parameters multiplied by (negative cells / violating cells): the gradient the
@@ -715,6 +749,17 @@ PACKAGE = {
         "modality_drop_by_gate": "argmax",
         "pool_reduction": "violating",
     },
+    # Session 10: the package's dropout (violating mean, 0.2) with the kept modality chosen
+    # otherwise; the package's two rules are its --modality-dropout-keep drawn / favoured.
+    "pkg keep favoured: amc": {"modality_dropout_keep": "favoured"},
+    "pkg keep favoured: amc --no-inter": {"inter": False, "modality_dropout_keep": "favoured"},
+    "pkg keep sharpened 1: amc": {"modality_keep_rule": "sharpened 1"},  # drawn, as probed
+    "pkg keep per query: amc": {"modality_keep_rule": "per query"},
+    "pkg keep per query: amc --no-inter": {"inter": False, "modality_keep_rule": "per query"},
+    "pkg keep sharpened 4: amc": {"modality_keep_rule": "sharpened 4"},
+    "pkg keep sharpened 4: amc --no-inter": {"inter": False, "modality_keep_rule": "sharpened 4"},
+    "pkg keep sure 0.3: amc": {"modality_keep_rule": "sure 0.3"},
+    "pkg keep sure 0.3: amc --no-inter": {"inter": False, "modality_keep_rule": "sure 0.3"},
     "pkg modality drop 0.3 half: amc": {"modality_drop": 0.3, "modality_drop_schedule": "half"},
     "pkg modality drop 0.3 half: amc --no-inter": {
         "inter": False,

@@ -41,6 +41,7 @@ DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("pool", "pairs")
 # How the pool loss averages its hinge terms: over the negatives still within the margin, or all.
 POOL_REDUCTIONS = ("violating", "all")
+MODALITY_KEEPS = ("drawn", "favoured")
 # Where training reads region features: "host", gathered by the loader from the memory-mapped
 # file; "device", the whole file resident on the training device, gathered there; "auto",
 # the device when it is a GPU with room for the features.
@@ -164,17 +165,26 @@ class TrainConfig:
     # stops asking anything of the other: on worlds where an image holds a concept in each
     # modality, a fifth of the region concepts were never learned; and fixed modality weights
     # learned to make the modality a query does not ask for say nothing (attending to an item
-    # every image has), standing in for the gate. Scoring some queries with the modality the
-    # gate favours alone asks that modality to rank by itself, and leaves fixed weights (a tie)
-    # no modality to hide: measured in benchmarks/FIDELITY.md, session 9. Dropping to a modality
-    # drawn at random instead asked each to rank queries whose concept only the other carries,
-    # and cost the several-concept synth world 0.04 NDCG@10.
+    # every image has), standing in for the gate. Scoring some queries with one modality alone
+    # asks each to rank by itself, and leaves fixed weights no modality to hide (measured in
+    # benchmarks/FIDELITY.md, sessions 9 and 10). Which modality: drawn for each image by the
+    # gate's own weights. The same coin for every image of a query instead asked a modality to
+    # rank whole queries whose concept only the other carries; the favoured one always kept a
+    # caption's other concept from ever being asked where the gate is undecided (several
+    # concepts a caption).
     modality_dropout: float = option(
         0.2,
-        "The share of training queries (drawn per step) scored with one modality alone: the one "
-        "the modality gate weighs more for each image (fixed weights: one drawn per query).",
+        "The share of training queries (drawn per step) scored with one modality alone, for each "
+        "image the one drawn by the modality gate's weights (see --modality-dropout-keep).",
         low=0,
         high=1,
+    )
+    modality_dropout_keep: str = option(
+        "drawn",
+        "With --modality-dropout: the modality a dropped query keeps for each image, drawn by "
+        "the gate's weights (drawn) or the one they favour (favoured; a tie, as fixed weights "
+        "are: one drawn per query).",
+        choices=MODALITY_KEEPS,
     )
     in_batch: bool = option(
         False, "With --loss pairs: also use the batch's other positives as negatives."
@@ -358,6 +368,12 @@ USED_WHEN: dict[str, UsedWhen] = {
         ),
         ("model",),
         "it scores queries with one of two modalities alone",
+    ),
+    "modality_dropout_keep": UsedWhen(
+        lambda o: modality_dropout_on(o) > 0,
+        "modality_dropout above 0 (with a model that reads regions and keywords)",
+        ("modality_dropout", "model"),
+        "it picks the modality that modality dropout keeps",
     ),
     "intra": _ablation("intra_attention", "intra-attention"),
     "inter": _ablation("modality_gate", "modality gate"),

@@ -33,13 +33,15 @@ FORMAT_VERSION = 2  # what this amc-data writes, and the newest it reads
 # `tensorboard` (None: no events) and `gain` (exp).
 # Runs recorded before the attention entropy term existed trained without it, and those recorded
 # with it before its floor existed pulled every row toward 0; runs recorded before modality
-# dropout existed scored every query with both modalities, and those recorded before
+# dropout existed scored every query with both modalities, those recorded with it before
+# modality_dropout_keep existed kept the modality the gate favours, and those recorded before
 # pool_reduction existed averaged the pool loss over every negative.
 ADDED_LATER: dict[str, Any] = {
     "loss": "pairs",
     "attention_entropy": 0.0,
     "attention_entropy_floor": 0.0,
     "modality_dropout": 0.0,
+    "modality_dropout_keep": "favoured",
     "pool_reduction": "all",
 }
 

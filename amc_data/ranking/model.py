@@ -338,9 +338,11 @@ class AttentionModel(RankingModel):
         with torch.no_grad():
             self.words.weight[0].zero_()
         self.dropout = nn.Dropout(config.dropout)
-        # In training only: the share of queries scored with one modality alone (a training
-        # option, `TrainConfig.modality_dropout`, which the trainer sets; not part of the model).
+        # In training only: the share of queries scored with one modality alone and how each
+        # keeps its modality (training options, `TrainConfig.modality_dropout` and
+        # `modality_dropout_keep`, which the trainer sets; not part of the model).
         self.modality_dropout = 0.0
+        self.modality_dropout_keep = "drawn"
         self.query_shared = nn.Linear(w, d)  # q^m
         if self.use_visual:
             # Features from a CNN vary widely in scale; normalising each region first keeps the
@@ -499,7 +501,9 @@ class AttentionModel(RankingModel):
             logits = torch.zeros(avail.shape, device=avail.device)
         modality = _masked_softmax(logits, avail)  # (B|Q|1, M|N, modalities)
         if self.training and self.modality_dropout > 0 and modality.shape[-1] == 2:
-            modality = _drop_modality(modality, avail, self.modality_dropout, len(q.shared))
+            modality = _drop_modality(
+                modality, avail, self.modality_dropout, len(q.shared), self.modality_dropout_keep
+            )
         x = sum(modality[..., i : i + 1] * vec for i, vec in enumerate(attended))  # x^q
         query_unit = F.normalize(q.shared.float(), dim=-1, eps=1e-6).unsqueeze(1)  # (B|Q, 1, d)
         scores = _dot(query_unit, F.normalize(x, dim=-1, eps=1e-6))  # type: ignore[arg-type]
@@ -509,17 +513,24 @@ class AttentionModel(RankingModel):
 # Helpers ---------------------------------------------------------------------------------------
 
 
-def _drop_modality(modality: Tensor, available: Tensor, share: float, queries: int) -> Tensor:
+def _drop_modality(
+    modality: Tensor, available: Tensor, share: float, queries: int, keep: str = "drawn"
+) -> Tensor:
     """`modality` (B|Q|1, M|N, 2) with, for `share` of the queries (drawn per call), all the
-    weight on the modality the weights favour for each image (a tie, as fixed weights always
-    are: one modality drawn per query), where the image has it."""
+    weight on one modality for each image, where the image has it. `keep="drawn"`: that modality
+    drawn for each image by the (detached) weights themselves, so a gate sure of a modality
+    keeps it nearly always and an undecided one (fixed weights: 0.5 / 0.5) either as often;
+    `"favoured"`: the one the weights favour (a tie: one drawn per query)."""
     modality = modality.expand(queries, *modality.shape[1:])
     device = modality.device
     dropped = torch.rand(queries, device=device) < share  # (Q,)
-    drawn = torch.randint(0, 2, (queries,), device=device)  # (Q,)
     weights = modality.detach()
-    tie = (weights[..., 0] - weights[..., 1]).abs() < 1e-6  # (Q, N)
-    side = torch.where(tie, drawn[:, None], weights.argmax(-1))  # (Q, N)
+    if keep == "drawn":
+        side = (torch.rand(weights.shape[:-1], device=device) < weights[..., 1].float()).long()
+    else:
+        drawn = torch.randint(0, 2, (queries,), device=device)  # (Q,)
+        tie = (weights[..., 0] - weights[..., 1]).abs() < 1e-6  # (Q, N)
+        side = torch.where(tie, drawn[:, None], weights.argmax(-1))  # (Q, N)
     kept = F.one_hot(side, 2).bool()  # (Q, N, 2)
     usable = dropped[:, None] & (kept & available).any(-1)  # (Q, N): the image has it
     return torch.where(usable[..., None], kept.to(modality.dtype), modality)

@@ -320,6 +320,7 @@ class _Run:
             model.load_state_dict(self.initial)
         if isinstance(model, AttentionModel):  # a model that may weigh two modalities
             model.modality_dropout = modality_dropout_on(self.config)
+            model.modality_dropout_keep = self.config.modality_dropout_keep
         return model.to(self.device)
 
     def _optimizer(

@@ -159,12 +159,13 @@ def test_a_format_1_checkpoint_with_an_affine_region_norm_scores_as_it_did(
 def test_a_format_1_record_from_before_the_pool_loss_trained_with_per_pair_negatives() -> None:
     checkpoint = {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}
     migrated = migrate(checkpoint)
-    # Nor did such a run have the attention entropy term, modality dropout or the violating
-    # mean (added later, on by default).
+    # Nor did such a run have the attention entropy term, modality dropout (nor the modality
+    # drawn by the gate) or the violating mean (added later, on by default).
     without_term = {
         "attention_entropy": 0.0,
         "attention_entropy_floor": 0.0,
         "modality_dropout": 0.0,
+        "modality_dropout_keep": "favoured",
         "pool_reduction": "all",
     }
     assert migrated["train_config"] == {"loss": "pairs", "epochs": 2, **without_term}

@@ -37,6 +37,8 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
         return "linear"
     if field.name == "pool_reduction":
         return "all" if default != "all" else "violating"
+    if field.name == "modality_dropout_keep":
+        return "favoured" if default != "favoured" else "drawn"
     if isinstance(default, bool):
         return not default
     if isinstance(default, int):
