@@ -713,6 +713,8 @@ PACKAGE = {
         "pool_reduction": "violating",
     },
     # Session 9: the entropy term ten times stronger with the new defaults (a probe).
+    "pkg entropy 0.003: amc": {"attention_entropy": 0.003},  # session 10
+    "pkg entropy 0.003: amc --no-inter": {"inter": False, "attention_entropy": 0.003},
     "pkg entropy 0.01: amc": {"attention_entropy": 0.01},
     "pkg entropy 0.01: amc --no-inter": {"inter": False, "attention_entropy": 0.01},
     # Session 9: the defaults before it (the mean over every negative, no modality dropout).
