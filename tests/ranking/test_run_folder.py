@@ -31,8 +31,10 @@ from amc_data.ranking.runs import evaluate  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}
-# Seed 3 on this data: validation NDCG@10 improves at epochs 1 and 2 and not after, so epoch 2
-# writes best.pt and the epochs after it must leave it alone.
+# Training seed 2 on this data (synth seed 3) with today's defaults: validation NDCG@10 improves
+# at epochs 1 and 2 and not after, so epoch 2 writes best.pt and the epochs after it must leave
+# it alone. (A change of defaults can move the best epoch: the fixture says so, and another seed
+# with a best epoch inside the run restores the premise.)
 OPTIONS = {
     "epochs": 4,
     "batch_size": 32,
@@ -40,7 +42,7 @@ OPTIONS = {
     "negatives": 3,
     "dim": 16,
     "device": "cpu",
-    "seed": 3,
+    "seed": 2,
 }
 CONFIG = TrainConfig(**OPTIONS)
 
@@ -57,7 +59,10 @@ def whole(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run every interrupted one must end up as."""
     run = tmp_path_factory.mktemp("whole") / "run"
     result = train(data, run, CONFIG)
-    assert result.best_epoch is not None and 1 < result.best_epoch < CONFIG.epochs
+    assert result.best_epoch is not None and 1 < result.best_epoch < CONFIG.epochs, (
+        "the premise of these tests (a best epoch inside the run) no longer holds: pick another "
+        "training seed"
+    )
     return run
 
 
@@ -202,7 +207,7 @@ def test_sigterm_in_the_middle_of_a_checkpoint_write_leaves_only_whole_files(
     assert read_checkpoint(whole / "best.pt")["epoch"] == 2  # epoch 2 also writes best.pt
     run, marker = tmp_path / "run", tmp_path / "writing"
     options = ["--epochs", "4", "--batch-size", "32", "--loss", "pairs", "--negatives", "3"]
-    options += ["--dim", "16", "--device", "cpu", "--seed", "3", "--quiet"]
+    options += ["--dim", "16", "--device", "cpu", "--seed", str(OPTIONS["seed"]), "--quiet"]
     args = ["train", str(data), "--out", str(run), *options]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen(
