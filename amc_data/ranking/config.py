@@ -39,8 +39,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # (the batch's positives and `pool_negatives` sampled images, each projected once); "pairs",
 # the paper's `negatives` images sampled for each (query, positive) pair on its own.
 LOSSES = ("pool", "pairs")
-# How the pool loss averages its hinge terms: over the negatives still within the margin, or all.
-POOL_REDUCTIONS = ("violating", "all")
+# How the pool loss averages its hinge terms: over the negatives still within the margin, each
+# query's over its own such negatives and then over the queries, or over all.
+POOL_REDUCTIONS = ("violating", "per-query", "all")
 MODALITY_KEEPS = ("drawn", "favoured")
 # Where training reads region features: "host", gathered by the loader from the memory-mapped
 # file; "device", the whole file resident on the training device, gathered there; "auto",
@@ -114,7 +115,8 @@ class TrainConfig:
     pool_reduction: str = option(
         "violating",
         "With --loss pool: average the hinge over the negatives still within the margin "
-        "(violating) or over every negative (all).",
+        "(violating), over each query's such negatives and then over the queries (per-query), "
+        "or over every negative (all).",
         choices=POOL_REDUCTIONS,
     )
     # With several concepts a caption, one concept soon tells its image from nearly every

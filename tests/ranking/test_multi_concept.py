@@ -1,7 +1,8 @@
 """Several concepts an image: the pool loss that keeps teaching once most negatives are beaten
 (the mean over the cells that still violate the margin, the default), so that a concept the loss
 stopped needing early still gets learned; with modality dropout, AMC near the ceiling of the
-planted several-concept world (benchmarks/FIDELITY.md, sessions 4 and 9)."""
+planted several-concept world; and the per-query mean, an option that ranks it better still
+(benchmarks/FIDELITY.md, sessions 4, 9 and 11)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,51 @@ def test_the_two_means_differ_by_one_factor_per_batch_so_only_the_step_size_diff
     assert torch.allclose(grads[1], grads[0] * factor)
 
 
+def test_the_per_query_reduction_averages_each_query_over_its_own_violators_then_the_queries() -> (
+    None
+):
+    scores, own, positive = _case()
+    per_query = []
+    for b in range(6):
+        terms = [
+            max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
+            for p in range(11)
+            if not positive[b, p]
+        ]
+        violating = [t for t in terms if t > 0]
+        if violating:
+            per_query.append(np.mean(violating))
+    assert 0 < len(per_query) < 6  # some queries have beaten every negative: they do not count
+    got = pool_hinge_loss(scores, own, positive, 0.2, reduction="per-query")
+    assert float(got) == pytest.approx(np.mean(per_query))
+    cells = float(pool_hinge_loss(scores, own, positive, 0.2, reduction="violating"))
+    assert float(got) != pytest.approx(cells)
+
+
+def test_per_query_a_query_with_many_violators_weighs_as_much_as_one_with_one() -> None:
+    # Query 0 has one negative too close, query 1 ten (as a query scored with one modality alone
+    # has, against the images sharing that modality's concept): over the violating cells query 1
+    # carries ten elevenths of the gradient, per query each carries half.
+    scores = torch.full((2, 12), -1.0)
+    scores[:, 0] = 0.5
+    scores[0, 1] = 0.45
+    scores[1, 1:11] = 0.45
+    own, positive = torch.tensor([0, 0]), torch.zeros(2, 12, dtype=torch.bool)
+    positive[:, 0] = True
+    shares = {}
+    for reduction in ("violating", "per-query"):
+        leaf = scores.clone().requires_grad_(True)
+        pool_hinge_loss(leaf, own, positive, 0.2, reduction=reduction).backward()
+        assert leaf.grad is not None
+        pushed = leaf.grad[:, 1:].sum(1)  # each query's gradient on its negatives
+        shares[reduction] = (pushed / pushed.sum()).tolist()
+    assert shares["violating"] == pytest.approx([1 / 11, 10 / 11])
+    assert shares["per-query"] == pytest.approx([0.5, 0.5])
+    beaten = torch.tensor([[1.0, -1.0, -1.0]])
+    none = pool_hinge_loss(beaten, torch.tensor([0]), positive[:1, :3], 0.2, reduction="per-query")
+    assert float(none) == 0.0
+
+
 # -- trained on the several-concepts world (slow) -----------------------------------------------
 
 RUNS = {
@@ -173,3 +219,24 @@ def test_the_defaults_learn_what_the_mean_over_every_negative_left(trained_multi
         for name, got in (("amc", table["amc"]), ("amc-before", evaluation.runs[0]))
     }
     assert share["amc"] >= share["amc-before"] + 0.03, share
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TRAINING_TIMEOUT)
+def test_the_per_query_reduction_ranks_the_several_concept_world_better(trained_multi) -> None:
+    # Each query's violators averaged on their own, then the queries (benchmarks/FIDELITY.md,
+    # session 11): 0.97 of the ceiling on the benchmark's several-concept worlds against
+    # 0.86-0.92 with the default; on this world at this seed 0.993 against 0.956. The margin
+    # asserted sits below every gap measured (0.037-0.10).
+    import amc_data
+    from amc_data import TrainConfig
+
+    table, ceiling, prepared, folder = trained_multi
+    run = folder / "amc-per-query"
+    amc_data.train(prepared, run, TrainConfig(seed=1, device="cpu", pool_reduction="per-query"))
+    evaluation = amc_data.evaluate([run], prepared, random_baseline=False, resamples=2000)
+    share = {
+        name: float(got.ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
+        for name, got in (("amc", table["amc"]), ("per-query", evaluation.runs[0]))
+    }
+    assert share["per-query"] >= share["amc"] + 0.02, share
