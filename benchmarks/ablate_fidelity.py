@@ -750,6 +750,15 @@ PACKAGE = {
     },
     "pkg per query blend: amc": {"per_query_mean": "blend"},
     "pkg per query blend: amc --no-inter": {"inter": False, "per_query_mean": "blend"},
+    "pkg per query blend entropy 0.003: amc": {
+        "per_query_mean": "blend",
+        "attention_entropy": 0.003,
+    },
+    "pkg per query blend entropy 0.003: amc --no-inter": {
+        "inter": False,
+        "per_query_mean": "blend",
+        "attention_entropy": 0.003,
+    },
     "pkg per query all: amc": {"per_query_mean": "all"},
     "pkg per query all: amc --no-inter": {"inter": False, "per_query_mean": "all"},
     # Session 9: the entropy term ten times stronger with the new defaults (a probe).
