@@ -54,7 +54,6 @@ from amc_data.ranking.model import AttentionModel  # noqa: E402
 AttentionModel._encode_query_original = AttentionModel._encode_query  # type: ignore[attr-defined]
 from amc_data.evaluation.metrics import ndcg_at_k  # noqa: E402
 from amc_data.prepare import load_prepared  # noqa: E402
-from amc_data.ranking.loss import pool_hinge_loss  # noqa: E402
 
 
 @dataclass
@@ -333,9 +332,8 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         training._Run._step = _boosted_step(boost)
     if loss_options:  # pool_hinge_loss options that TrainConfig does not carry
         training.pool_hinge_loss = functools.partial(pool_loss, **loss_options)
-    per_query = options.pop("per_query_mean", None)
-    if per_query:  # the per-query mean mixed with the violating mean, or over every query
-        training.pool_hinge_loss = functools.partial(_per_query_mean, over=per_query)
+    if options.pop("per_query_over_every_query", False):
+        training.pool_hinge_loss = _per_query_over_every_query
     if model_options:  # ModelConfig fields that TrainConfig does not carry
 
         def with_options(config, prepared):
@@ -462,15 +460,10 @@ def _word_batches(self):
     return ((epoch, int(i)) for i in order)
 
 
-def _per_query_mean(scores, own, positive, margin, hardest=False, reduction="", over="blend"):
+def _per_query_over_every_query(scores, own, positive, margin, hardest=False, reduction=""):
     """`pool_hinge_loss` with each query's hinge averaged over its own violating negatives, as
-    `reduction="per-query"` does, then: "blend", half that mean over the violating queries and
-    half the violating mean over every cell; "all", the mean over every query of the batch (a
-    query that violates nothing counts as 0)."""
-    per_query = pool_hinge_loss(scores, own, positive, margin, reduction="per-query")
-    if over == "blend":
-        cells = pool_hinge_loss(scores, own, positive, margin, reduction="violating")
-        return 0.5 * cells + 0.5 * per_query
+    `reduction="per-query"` does, then over every query of the batch (a query that violates
+    nothing counts as 0)."""
     rows = torch.arange(scores.shape[0], device=scores.device)
     terms = (margin - scores[rows, own].unsqueeze(1) + scores).clamp(min=0) * ~positive
     violating = (terms > 0).sum(1)
@@ -733,8 +726,8 @@ PACKAGE = {
     },
     # Session 11: the pool's size with modality dropout and the drawn modality; the pool loss
     # averaged per query (the package's `pool_reduction="per-query"`), alone, without dropout,
-    # with a stronger entropy term, half and half with the violating mean ("blend"), and over
-    # every query ("all").
+    # with a stronger entropy term, half and half with the violating mean ("blend": the package's
+    # `pool_reduction="mixed"`), and over every query ("all").
     "pkg pool 16: amc": {"pool_negatives": 16},
     "pkg pool 32: amc": {"pool_negatives": 32},
     "pkg pool 256 no dropout: amc": {"pool_negatives": 256, "modality_dropout": 0.0},
@@ -748,19 +741,19 @@ PACKAGE = {
         "pool_reduction": "per-query",
         "attention_entropy": 0.01,
     },
-    "pkg per query blend: amc": {"per_query_mean": "blend"},
-    "pkg per query blend: amc --no-inter": {"inter": False, "per_query_mean": "blend"},
+    "pkg per query blend: amc": {"pool_reduction": "mixed"},
+    "pkg per query blend: amc --no-inter": {"inter": False, "pool_reduction": "mixed"},
     "pkg per query blend entropy 0.003: amc": {
-        "per_query_mean": "blend",
+        "pool_reduction": "mixed",
         "attention_entropy": 0.003,
     },
     "pkg per query blend entropy 0.003: amc --no-inter": {
         "inter": False,
-        "per_query_mean": "blend",
+        "pool_reduction": "mixed",
         "attention_entropy": 0.003,
     },
-    "pkg per query all: amc": {"per_query_mean": "all"},
-    "pkg per query all: amc --no-inter": {"inter": False, "per_query_mean": "all"},
+    "pkg per query all: amc": {"per_query_over_every_query": True},
+    "pkg per query all: amc --no-inter": {"inter": False, "per_query_over_every_query": True},
     # Session 9: the entropy term ten times stronger with the new defaults (a probe).
     "pkg entropy 0.003: amc": {"attention_entropy": 0.003},  # session 10
     "pkg entropy 0.003: amc --no-inter": {"inter": False, "attention_entropy": 0.003},

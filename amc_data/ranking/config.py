@@ -40,8 +40,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # the paper's `negatives` images sampled for each (query, positive) pair on its own.
 LOSSES = ("pool", "pairs")
 # How the pool loss averages its hinge terms: over the negatives still within the margin, each
-# query's over its own such negatives and then over the queries, or over all.
-POOL_REDUCTIONS = ("violating", "per-query", "all")
+# query's over its own such negatives and then over the queries, half of each, or over all.
+POOL_REDUCTIONS = ("violating", "per-query", "mixed", "all")
 MODALITY_KEEPS = ("drawn", "favoured")
 # Where training reads region features: "host", gathered by the loader from the memory-mapped
 # file; "device", the whole file resident on the training device, gathered there; "auto",
@@ -116,7 +116,7 @@ class TrainConfig:
         "violating",
         "With --loss pool: average the hinge over the negatives still within the margin "
         "(violating), over each query's such negatives and then over the queries (per-query), "
-        "or over every negative (all).",
+        "half of each (mixed), or over every negative (all).",
         choices=POOL_REDUCTIONS,
     )
     # With several concepts a caption, one concept soon tells its image from nearly every

@@ -57,6 +57,7 @@ def pool_hinge_loss(
     the queries that have any, so each query still ranking a negative too high weighs the same:
     one whose violators cannot all be beaten (scored with one modality alone, against images
     that share that modality's concept) weighs as one query, not as its many cells.
+    `reduction="mixed"`: half the violating mean, half the per-query mean.
     `violating_weight` (with the mean over every cell): that many times the violating mean is
     added, a middle between the two. Within a batch the two means differ by one factor (negative
     cells / violating cells), so each is the other with a per-batch step size.
@@ -69,10 +70,13 @@ def pool_hinge_loss(
         has_negative = negative.any(1)  # (B,)
         worst = terms.max(1).values  # (B,): 0 where a query has no negative
         return (worst * has_negative).sum() / has_negative.sum().clamp(min=1)
-    if reduction == "per-query":
+    if reduction in ("per-query", "mixed"):
         violating_cells = (terms > 0).sum(1)  # (B,)
         per_query = terms.sum(1) / violating_cells.clamp(min=1)  # 0 where none violates
-        return per_query.sum() / (violating_cells > 0).sum().clamp(min=1)
+        if reduction == "per-query":
+            return per_query.sum() / (violating_cells > 0).sum().clamp(min=1)
+        cells = terms.sum() / violating_cells.sum().clamp(min=1)
+        return 0.5 * cells + 0.5 * per_query.sum() / (violating_cells > 0).sum().clamp(min=1)
     total = terms.sum()
     if reduction == "violating" or violating_weight:
         violating = total / (terms > 0).sum().clamp(min=1)

@@ -116,6 +116,23 @@ def test_the_per_query_reduction_averages_each_query_over_its_own_violators_then
     assert float(got) != pytest.approx(cells)
 
 
+def test_the_mixed_reduction_is_half_the_violating_mean_and_half_the_per_query_mean() -> None:
+    scores, own, positive = _case()
+    rows = []
+    for b in range(6):
+        terms = [
+            max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
+            for p in range(11)
+            if not positive[b, p]
+        ]
+        rows.append([t for t in terms if t > 0])
+    cells = np.mean([t for row in rows for t in row])
+    per_query = np.mean([np.mean(row) for row in rows if row])
+    got = pool_hinge_loss(scores, own, positive, 0.2, reduction="mixed")
+    assert float(got) == pytest.approx(0.5 * cells + 0.5 * per_query)
+    assert cells != pytest.approx(per_query)  # the case tells the three means apart
+
+
 def test_per_query_a_query_with_many_violators_weighs_as_much_as_one_with_one() -> None:
     # Query 0 has one negative too close, query 1 ten (as a query scored with one modality alone
     # has, against the images sharing that modality's concept): over the violating cells query 1
