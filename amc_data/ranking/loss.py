@@ -73,10 +73,11 @@ def pool_hinge_loss(
     if reduction in ("per-query", "mixed"):
         violating_cells = (terms > 0).sum(1)  # (B,)
         per_query = terms.sum(1) / violating_cells.clamp(min=1)  # 0 where none violates
+        per_query_mean = per_query.sum() / (violating_cells > 0).sum().clamp(min=1)
         if reduction == "per-query":
-            return per_query.sum() / (violating_cells > 0).sum().clamp(min=1)
+            return per_query_mean
         cells = terms.sum() / violating_cells.sum().clamp(min=1)
-        return 0.5 * cells + 0.5 * per_query.sum() / (violating_cells > 0).sum().clamp(min=1)
+        return 0.5 * cells + 0.5 * per_query_mean
     total = terms.sum()
     if reduction == "violating" or violating_weight:
         violating = total / (terms > 0).sum().clamp(min=1)

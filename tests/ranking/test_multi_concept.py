@@ -95,20 +95,24 @@ def test_the_two_means_differ_by_one_factor_per_batch_so_only_the_step_size_diff
     assert torch.allclose(grads[1], grads[0] * factor)
 
 
+def _violating_by_query(scores, own, positive) -> list[list[float]]:
+    """Each query's hinge terms above 0, computed one cell at a time."""
+    rows = []
+    for b in range(scores.shape[0]):
+        terms = [
+            max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
+            for p in range(scores.shape[1])
+            if not positive[b, p]
+        ]
+        rows.append([t for t in terms if t > 0])
+    return rows
+
+
 def test_the_per_query_reduction_averages_each_query_over_its_own_violators_then_the_queries() -> (
     None
 ):
     scores, own, positive = _case()
-    per_query = []
-    for b in range(6):
-        terms = [
-            max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
-            for p in range(11)
-            if not positive[b, p]
-        ]
-        violating = [t for t in terms if t > 0]
-        if violating:
-            per_query.append(np.mean(violating))
+    per_query = [np.mean(row) for row in _violating_by_query(scores, own, positive) if row]
     assert 0 < len(per_query) < 6  # some queries have beaten every negative: they do not count
     got = pool_hinge_loss(scores, own, positive, 0.2, reduction="per-query")
     assert float(got) == pytest.approx(np.mean(per_query))
@@ -118,14 +122,7 @@ def test_the_per_query_reduction_averages_each_query_over_its_own_violators_then
 
 def test_the_mixed_reduction_is_half_the_violating_mean_and_half_the_per_query_mean() -> None:
     scores, own, positive = _case()
-    rows = []
-    for b in range(6):
-        terms = [
-            max(0.0, 0.2 - float(scores[b, own[b]]) + float(scores[b, p]))
-            for p in range(11)
-            if not positive[b, p]
-        ]
-        rows.append([t for t in terms if t > 0])
+    rows = _violating_by_query(scores, own, positive)
     cells = np.mean([t for row in rows for t in row])
     per_query = np.mean([np.mean(row) for row in rows if row])
     got = pool_hinge_loss(scores, own, positive, 0.2, reduction="mixed")
