@@ -702,8 +702,19 @@ REFERENCE = {
         "unit_values": True,
     },
 }
+# An entry names only what it changes from the package's defaults of its session: those it
+# leaves unnamed train as today's defaults. Reproducing an entry of sessions 9-11 (the
+# violating mean, the entropy term at 0.001): a copy of the entry with the two options of
+# "pkg session 11 defaults" added; of sessions before 9, FIDELITY.md names their defaults.
 PACKAGE = {
     "pkg amc": {},
+    # Session 12: the defaults of sessions 9-11, against today's (the blend, the term at 0.003).
+    "pkg session 11 defaults: amc": {"pool_reduction": "violating", "attention_entropy": 0.001},
+    "pkg session 11 defaults: amc --no-inter": {
+        "inter": False,
+        "pool_reduction": "violating",
+        "attention_entropy": 0.001,
+    },
     # Session 8: the keyword attention's entropy (train --attention-entropy, with its default
     # floor) named explicitly: the default since that session, so "pkg amc" trains it too.
     "pkg entropy 0.001: amc": {"attention_entropy": 0.001},
@@ -930,6 +941,9 @@ PACKAGE = {
     },
     "pkg amc gate reading the attended vectors": {"model_options": {"gate_content": True}},
     "pkg amc unscaled gate": {"model_options": {"gate_scale": 0.0}},
+    # Session 12: a gate that starts sharper, on the several-concept worlds (its weights there
+    # barely follow what the caption names).
+    "pkg amc gate scale 16": {"model_options": {"gate_scale": 16.0}},
     # The attention's scale (session 3): the default starts at 1 and learns 10x as fast as the
     # other weights; before, it started at 4 at the common pace.
     "pkg amc attention scale from 4 (before)": {

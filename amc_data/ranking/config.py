@@ -111,9 +111,14 @@ class TrainConfig:
     # concept is never learned; averaging over the violating ones learns it (several-concept
     # worlds 0.75-0.83 -> 0.90-0.94 of the ceiling). Alone it also lets fixed modality weights
     # rank as well as the gate on the one-concept synth worlds; with modality_dropout they no
-    # longer can (benchmarks/FIDELITY.md, sessions 4 and 9).
+    # longer can (benchmarks/FIDELITY.md, sessions 4 and 9). But a query scored with one
+    # modality alone cannot beat the many images that share that modality's concept, and its
+    # many cells then outweigh the queries that can still learn: averaging each query over its
+    # own violators first ("per-query") learns nearly every concept of the several-concept
+    # worlds and costs the one-concept ones 0.01-0.03; "mixed", half of each mean, keeps the
+    # one-concept worlds and most of the gain (benchmarks/FIDELITY.md, sessions 11 and 12).
     pool_reduction: str = option(
-        "violating",
+        "mixed",
         "With --loss pool: average the hinge over the negatives still within the margin "
         "(violating), over each query's such negatives and then over the queries (per-query), "
         "half of each (mixed), or over every negative (all).",
@@ -148,7 +153,7 @@ class TrainConfig:
     # worlds within 0.007 of the term's absence); 2-3x the weight without a floor locks a
     # concept onto another keyword. 0 is the ranking loss alone, bit for bit.
     attention_entropy: float = option(
-        0.001,
+        0.003,
         "Weight of the keyword attention's mean entropy over each query's positive images "
         "(weighted by the gate's keyword weight), added to the loss (0: none).",
         low=0,

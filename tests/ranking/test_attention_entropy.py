@@ -265,7 +265,7 @@ def test_a_run_recorded_before_the_term_or_its_floor_existed_resumes_as_it_ran(
     del recorded["attention_entropy"]
     assert recorded_options(recorded, str(tmp_path)).attention_entropy == 0.0
     # A new run takes the term and its floor; the paper's preset has no term.
-    assert (TrainConfig().attention_entropy, TrainConfig().attention_entropy_floor) == (0.001, 1.5)
+    assert (TrainConfig().attention_entropy, TrainConfig().attention_entropy_floor) == (0.003, 1.5)
     assert train_config({}, preset="paper").attention_entropy == 0.0
 
 

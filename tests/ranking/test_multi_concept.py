@@ -1,8 +1,8 @@
 """Several concepts an image: the pool loss that keeps teaching once most negatives are beaten
-(the mean over the cells that still violate the margin, the default), so that a concept the loss
-stopped needing early still gets learned; with modality dropout, AMC near the ceiling of the
-planted several-concept world; and the per-query mean, an option that ranks it better still
-(benchmarks/FIDELITY.md, sessions 4, 9 and 11)."""
+(the mean over the cells that still violate the margin, and the mean over each query's own
+violators; the default is half of each), so that a concept the loss stopped needing early still
+gets learned; with modality dropout, AMC near the ceiling of the planted several-concept world
+(benchmarks/FIDELITY.md, sessions 4, 9, 11 and 12)."""
 
 from __future__ import annotations
 
@@ -205,12 +205,12 @@ def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
             amc.query_ids, amc.ndcg_at(10), other.query_ids, other.ndcg_at(10), resamples=2000
         )
         assert test.difference > 0 and test.p_randomization < 0.01, (name, test)
-    # A share of what the truth allows (benchmarks/FIDELITY.md, sessions 9 and 10): with the
-    # defaults 0.89-0.93 over six trainings of the benchmark's world (this one has twice its
-    # validation images), where the defaults before session 9 reached 0.82-0.87. The floor sits
-    # below the lowest training seen of any rule tried: another CPU acts like another seed.
+    # A share of what the truth allows, the issue's bar (benchmarks/FIDELITY.md, sessions 9 to
+    # 12): with the defaults 0.91-0.96 over the trainings of the benchmark's two worlds, 0.98 on
+    # this one at this seed (it has twice their validation images); the defaults before session
+    # 9 reached 0.82-0.87, those of sessions 9-11 0.86-0.93.
     share = float(amc.ndcg_at(10).mean()) / ceiling["ndcg@10"]
-    assert share >= 0.75, share
+    assert share >= 0.9, share
 
 
 @pytest.mark.slow
@@ -218,8 +218,8 @@ def test_amc_beats_every_baseline_and_nears_the_ceiling(trained_multi) -> None:
 def test_the_defaults_learn_what_the_mean_over_every_negative_left(trained_multi) -> None:
     # The pool loss averaged over every negative, every query scored with both modalities (the
     # defaults before session 9 of benchmarks/FIDELITY.md): 0.83 of the ceiling on this world at
-    # this seed, against 0.89-0.93 with the defaults (the violating mean and modality dropout)
-    # on the benchmark's world. The margin asserted sits below the gaps measured (0.06-0.10).
+    # this seed, against 0.98 with the defaults. The margin asserted sits below every gap
+    # measured since session 9 (0.06-0.15).
     import amc_data
     from amc_data import TrainConfig
 
@@ -237,20 +237,22 @@ def test_the_defaults_learn_what_the_mean_over_every_negative_left(trained_multi
 
 @pytest.mark.slow
 @pytest.mark.timeout(TRAINING_TIMEOUT)
-def test_the_per_query_reduction_ranks_the_several_concept_world_better(trained_multi) -> None:
-    # Each query's violators averaged on their own, then the queries (benchmarks/FIDELITY.md,
-    # session 11): 0.97 of the ceiling on the benchmark's several-concept worlds against
-    # 0.86-0.92 with the default; on this world at this seed 0.993 against 0.956. The margin
-    # asserted sits below every gap measured (0.037-0.10).
+def test_half_the_per_query_mean_ranks_better_than_the_violating_mean_alone(trained_multi) -> None:
+    # The defaults of sessions 9-11 (the violating mean, the entropy term at 0.001) against
+    # today's (half of it and half the per-query mean, the term at 0.003): on this world at
+    # this seed 0.956 against 0.980 of the ceiling, on the benchmark's two worlds +0.03 to
+    # +0.06 at each of four trainings (benchmarks/FIDELITY.md, session 12). The margin asserted
+    # sits below every gap measured.
     import amc_data
     from amc_data import TrainConfig
 
     table, ceiling, prepared, folder = trained_multi
-    run = folder / "amc-per-query"
-    amc_data.train(prepared, run, TrainConfig(seed=1, device="cpu", pool_reduction="per-query"))
+    run = folder / "amc-violating"
+    config = TrainConfig(seed=1, device="cpu", pool_reduction="violating", attention_entropy=0.001)
+    amc_data.train(prepared, run, config)
     evaluation = amc_data.evaluate([run], prepared, random_baseline=False, resamples=2000)
     share = {
         name: float(got.ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
-        for name, got in (("amc", table["amc"]), ("per-query", evaluation.runs[0]))
+        for name, got in (("amc", table["amc"]), ("violating", evaluation.runs[0]))
     }
-    assert share["per-query"] >= share["amc"] + 0.02, share
+    assert share["amc"] >= share["violating"] + 0.01, share
