@@ -494,7 +494,12 @@ class DenseQueries:
     keyword_guide: Tensor | None  # (Q, d): likewise for q W_ql
     prior: Tensor | None  # (Q, 2): the gate's prior logits
     probe: Tensor | None  # (Q, d): the gate's probe
-    readers: Tensor  # (Q or 2Q, d): unit q^m, then the probe: what the values are read by
+
+    def readers(self) -> Tensor:
+        """(Q or 2Q, d): unit q^m, then the probe: what the values are read by. Made when
+        asked, not kept: every field is one row per query, so slicing a block of queries
+        (`take`) or joining blocks (`concatenate`) keeps each query's rows together."""
+        return self.shared if self.probe is None else torch.cat([self.shared, self.probe])
 
 
 @dataclass(frozen=True)
@@ -571,7 +576,6 @@ class DenseScorer:
             keyword_guide=guide(q.keyword_guide),
             prior=None if q.modality_prior is None else q.modality_prior.float(),
             probe=probe,
-            readers=shared if probe is None else torch.cat([shared, probe]),
         )
 
     @torch.no_grad()
@@ -829,7 +833,7 @@ class DenseScorer:
         # Many queries: every item's value read by unit q^m (and the probe) in one product,
         # (N, T, Q|2Q), and |w|^2 = alpha^T G alpha from the Gram matrices.
         # (Products of fresh tensors are taken in place: no new temporary of this size.)
-        read = (value.reshape(n * t, d) @ q.readers.T).view(n, t, -1)
+        read = (value.reshape(n * t, d) @ q.readers().T).view(n, t, -1)
         dots = read[..., :queries].mul_(weights).sum(1) * inverse
         probes = None
         if q.probe is not None:
@@ -974,7 +978,7 @@ def _pooled_sums(q: DenseQueries, items: DenseModality) -> _Sums:
     """A fixed-weight modality's sums: its vector does not depend on the query."""
     pooled = items.pooled
     assert pooled is not None
-    read = pooled @ q.readers.T  # (N, Q|2Q)
+    read = pooled @ q.readers().T  # (N, Q|2Q)
     queries = q.shared.shape[0]
     probes = None if q.probe is None else read[:, queries:]
     square = pooled.square().sum(-1, keepdim=True)  # (N, 1)

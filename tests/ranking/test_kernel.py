@@ -34,16 +34,23 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+GATE_CONTENT = "amc --gate-content"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("kernel")
     data = root / "data"
     amc_data.synth(data, seed=2, images=240, queries=40)
     made = {}
+    options = {"epochs": 1, "batch_size": 32, "dim": 8, "device": "cpu"}
     for kind in model_kinds():
         made[kind] = root / kind
-        options = {"epochs": 1, "batch_size": 32, "dim": 8, "device": "cpu"}
         train(data, made[kind], TrainConfig(**options, model=kind))
+    # The gate that also reads the attended vectors (the paper's form, `--preset paper`): each
+    # query carries a probe beside its vector, which a tile of queries must keep with it.
+    made[GATE_CONTENT] = root / "gate-content"
+    train(data, made[GATE_CONTENT], TrainConfig(**options, gate_content=True))
     return data, made
 
 
@@ -55,12 +62,20 @@ def _matrix(scorer: PoolScorer) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("kind", model_kinds())
+@pytest.mark.parametrize("kind", [*model_kinds(), GATE_CONTENT])
 @pytest.mark.parametrize(("tile_bytes", "cache_bytes"), [(1 << 30, 1 << 30), (40_000, 0)])
 def test_kernel_tiles_equal_score_pool_for_every_model_kind(
-    runs: tuple[Path, dict[str, Path]], kind: str, tile_bytes: int, cache_bytes: int
+    runs: tuple[Path, dict[str, Path]],
+    kind: str,
+    tile_bytes: int,
+    cache_bytes: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from amc_data.ranking import kernel
+
     data, made = runs
+    if tile_bytes < 1 << 30:
+        monkeypatch.setattr(kernel, "QUERY_BLOCK", 16)  # the queries encoded in three blocks
     prepared = amc_data.load_prepared(data)
     model = load_model(made[kind], prepared).model.eval()
     queries = np.random.default_rng(0).permutation(prepared.queries["query_id"].to_numpy())
