@@ -708,6 +708,10 @@ REFERENCE = {
 # "pkg session 11 defaults" added; of sessions before 9, FIDELITY.md names their defaults.
 PACKAGE = {
     "pkg amc": {},
+    # Session 12: a lower floor for the entropy term (textual concepts of the several-concept
+    # synth worlds still below 0.3 of the mass).
+    "pkg entropy floor 1.0: amc": {"attention_entropy_floor": 1.0},
+    "pkg entropy floor 1.0: amc --no-inter": {"inter": False, "attention_entropy_floor": 1.0},
     # Session 12: the defaults of sessions 9-11, against today's (the blend, the term at 0.003).
     "pkg session 11 defaults: amc": {"pool_reduction": "violating", "attention_entropy": 0.001},
     "pkg session 11 defaults: amc --no-inter": {

@@ -151,7 +151,9 @@ class TrainConfig:
     # textual concept of that world keeps at least 0.3 of the mass, and every world of the
     # fidelity suite keeps its ranking and its bars (the gate's margin on the one-concept synth
     # worlds within 0.007 of the term's absence); 2-3x the weight without a floor locks a
-    # concept onto another keyword. 0 is the ranking loss alone, bit for bit.
+    # concept onto another keyword. 0.003 since the "mixed" pool loss, whose per-query half
+    # spreads the keyword attention (synth: mean mass 0.51 at 0.001, 0.56 at 0.003; sessions 11
+    # and 12). 0 is the ranking loss alone, bit for bit.
     attention_entropy: float = option(
         0.003,
         "Weight of the keyword attention's mean entropy over each query's positive images "
