@@ -772,6 +772,8 @@ PACKAGE = {
     # Session 9: the entropy term ten times stronger with the new defaults (a probe).
     "pkg entropy 0.003: amc": {"attention_entropy": 0.003},  # session 10
     "pkg entropy 0.003: amc --no-inter": {"inter": False, "attention_entropy": 0.003},
+    "pkg entropy 0.005: amc": {"attention_entropy": 0.005},  # session 12
+    "pkg entropy 0.005: amc --no-inter": {"inter": False, "attention_entropy": 0.005},
     "pkg entropy 0.01: amc": {"attention_entropy": 0.01},
     "pkg entropy 0.01: amc --no-inter": {"inter": False, "attention_entropy": 0.01},
     # Session 9: the defaults before it (the mean over every negative, no modality dropout).
