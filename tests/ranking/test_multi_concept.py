@@ -241,7 +241,7 @@ def test_half_the_per_query_mean_ranks_better_than_the_violating_mean_alone(trai
     # The defaults of sessions 9-11 (the violating mean, the entropy term at 0.001) against
     # today's (half of it and half the per-query mean, the term at 0.003): on this world at
     # this seed 0.956 against 0.980 of the ceiling, on the benchmark's two worlds +0.03 to
-    # +0.06 at each of four trainings (benchmarks/FIDELITY.md, session 12). The margin asserted
+    # +0.06 at each of four trainings (benchmarks/FIDELITY.md, sessions 11-12). The margin asserted
     # sits below every gap measured.
     import amc_data
     from amc_data import TrainConfig
