@@ -776,6 +776,12 @@ PACKAGE = {
     "pkg entropy 0.005: amc --no-inter": {"inter": False, "attention_entropy": 0.005},
     "pkg entropy 0.01: amc": {"attention_entropy": 0.01},
     "pkg entropy 0.01: amc --no-inter": {"inter": False, "attention_entropy": 0.01},
+    # Session 13: the gate routing term (train --gate-routing; it needs the gate, so its
+    # comparison is "pkg amc --no-inter").
+    "pkg gate routing 0.4: amc": {"gate_routing": 0.4},
+    "pkg gate routing 0.4: amc --no-intra": {"gate_routing": 0.4, "intra": False},
+    "pkg entropy 0.007: amc": {"attention_entropy": 0.007},  # session 13
+    "pkg entropy 0.007: amc --no-inter": {"inter": False, "attention_entropy": 0.007},
     # Session 9: the defaults before it (the mean over every negative, no modality dropout).
     "pkg before: amc": {"pool_reduction": "all", "modality_dropout": 0.0},
     "pkg before: amc --no-inter": {

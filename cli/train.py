@@ -76,6 +76,7 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
 @_train_option("margin")
 @_train_option("attention_entropy")
 @_train_option("attention_entropy_floor")
+@_train_option("gate_routing")
 @_train_option("modality_dropout")
 @_train_option("modality_dropout_keep")
 @_train_option("in_batch", show_default=False)

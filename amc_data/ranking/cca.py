@@ -122,7 +122,9 @@ class CCAModel(RankingModel):
             keywords = torch.einsum("...k,...kc->...c", counts, F.embedding(images.keywords, rows))
             return pooled @ projection[:d] + keywords - self.image_mean @ projection  # (*S, k)
 
-    def _score(self, query: Tensor, images: Tensor, pool: bool) -> tuple[Tensor]:
+    def _score(
+        self, query: Tensor, images: Tensor, pool: bool, gate: bool = False
+    ) -> tuple[Tensor]:  # no modality gate: `gate` is never asked of it
         with float32_products(query):
             q = F.normalize(query.float(), dim=-1, eps=1e-6)  # (B|Q, k)
             i = F.normalize(images.float(), dim=-1, eps=1e-6)  # (B, M, k) | (N, k)

@@ -102,3 +102,46 @@ def attention_entropy(
         entropy = (entropy - floor).clamp_min(0)
     pairs = pairs.to(entropy.dtype)
     return (entropy * pairs).sum() / pairs.sum().clamp(min=1e-12)
+
+
+def gate_routing_loss(
+    alone: torch.Tensor,
+    gate: torch.Tensor,
+    own: torch.Tensor,
+    positive: torch.Tensor,
+    margin: float,
+    temperature: float = 0.3,
+) -> torch.Tensor:
+    """A divergence that teaches the modality gate, for each query, the modality that alone
+    ranks the query's own positive above its negatives better than it does for the batch's
+    other queries.
+
+    `alone` is `(B, P, 2)`: each pool image's score with the visual / keyword modality alone;
+    `gate` `(B, P, 2)` the gate's weights; `own` `(B,)` and `positive` `(B, P)` as for
+    `pool_hinge_loss`. Each modality's hinge alone (its mean over the query's negatives) says
+    how well that modality ranks by itself; the difference between the two is taken from its
+    mean over the batch, so that a modality which ranks better for every query (the keywords,
+    early in training) does not draw every query to it, and only what this query asks of one
+    modality more than the others do remains. That difference over `temperature` times its
+    spread over the batch, through a sigmoid, is the target weight of the visual modality; the
+    loss is the Kullback-Leibler divergence of the gate's weights on the own positive from it
+    (0 where the gate gives the target), averaged over the queries whose positive has both
+    modalities. The target is held fixed: only the gate learns from it. 0 where fewer than two
+    queries qualify."""
+    rows = torch.arange(alone.shape[0], device=alone.device)
+    alone = alone.detach().float()
+    negative = (~positive).to(alone.dtype).unsqueeze(-1)  # (B, P, 1)
+    own_alone = alone[rows, own].unsqueeze(1)  # (B, 1, 2)
+    terms = (margin - own_alone + alone).clamp(min=0) * negative  # (B, P, 2)
+    hinge = terms.sum(1) / negative.sum(1).clamp(min=1)  # (B, 2)
+    weights = gate[rows, own].float()  # (B, 2)
+    usable = (weights > 0).all(-1) & (~positive).any(1)  # both modalities, some negative
+    if int(usable.sum()) < 2:
+        return weights.sum() * 0.0  # keeps the graph for the distributed trainer
+    preference = (hinge[:, 1] - hinge[:, 0])[usable]  # > 0: the visual modality ranks better
+    preference = preference - preference.mean()
+    spread = preference.std().clamp_min(1e-6)
+    visual = torch.sigmoid(preference / (temperature * spread))
+    target = torch.stack([visual, 1 - visual], -1)  # (U, 2)
+    own_weights = weights[usable].clamp_min(1e-12)
+    return (target * (target.clamp_min(1e-12).log() - own_weights.log())).sum(-1).mean()

@@ -34,8 +34,9 @@ FORMAT_VERSION = 2  # what this amc-data writes, and the newest it reads
 # Runs recorded before the attention entropy term existed trained without it, and those recorded
 # with it before its floor existed pulled every row toward 0; runs recorded before modality
 # dropout existed scored every query with both modalities, those recorded with it before
-# modality_dropout_keep existed kept the modality the gate favours, and those recorded before
-# pool_reduction existed averaged the pool loss over every negative.
+# modality_dropout_keep existed kept the modality the gate favours, those recorded before
+# pool_reduction existed averaged the pool loss over every negative, and those recorded before
+# gate_routing existed taught the gate by the ranking loss alone.
 ADDED_LATER: dict[str, Any] = {
     "loss": "pairs",
     "attention_entropy": 0.0,
@@ -43,6 +44,7 @@ ADDED_LATER: dict[str, Any] = {
     "modality_dropout": 0.0,
     "modality_dropout_keep": "favoured",
     "pool_reduction": "all",
+    "gate_routing": 0.0,
 }
 
 

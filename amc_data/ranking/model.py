@@ -160,6 +160,16 @@ class Attention:
 
 
 @dataclass(frozen=True)
+class GateReading:
+    """What a training loss needs to teach the modality gate which modality to read, beside the
+    scores: the gate's own weights (before modality dropout replaced any) and the score each
+    modality would give alone (all the weight on it)."""
+
+    gate: Tensor  # (B|Q, M|N, 2): [visual, keyword], as the gate weighs them
+    alone: Tensor  # (B|Q, M|N, 2): cos(q^m, v^q) and cos(q^m, k^q); 0 where the image lacks it
+
+
+@dataclass(frozen=True)
 class EncodedQuery:
     """The query embedding block's outputs (the paper's four vectors). A vector the model does
     not use (a baseline, an ablation) is None."""
@@ -203,26 +213,35 @@ class RankingModel(nn.Module):
         self.config = config
 
     def forward(
-        self, query: QueryBatch, images: ImageBatch, pool: bool = False, weights: bool = False
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor], Tensor]:
+        self,
+        query: QueryBatch,
+        images: ImageBatch,
+        pool: bool = False,
+        weights: bool = False,
+        gate: bool = False,
+    ) -> Tensor | tuple[Any, ...]:
         """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M);
         with `pool`, of every query against one pool, as `score_pool` (through `forward`, so
         that DistributedDataParallel sees the call). With `weights` (a model with attention):
         the scores, the weights inside each modality the model reads, by name ("region",
         "keyword"; (B, M, T), or (Q, N, T) in pool, in the chunks `score_pool` takes) and the
         modality weights over those it reads, in that order ((B, M, n), (Q, N, n)), for a
-        training loss that reads the attention."""
+        training loss that reads the attention; with `gate` too (a model with a modality gate),
+        a `GateReading` fourth."""
         if weights:
             if not model_kind(self.config.kind).intra_attention:
                 raise ConfigError(f"The {self.config.kind} model has no attention weights.")
+            if gate and not getattr(self, "gated", False):
+                raise ConfigError(f"This {self.config.kind} model has no modality gate.")
             if pool:
-                scores, inside, modality = self._score_pool(query, images)
+                scored = self._score_pool(query, images, gate=gate)
             else:
                 self._check(query, images, pool=False)
-                scores, inside, modality = self._score(
-                    self._encode_query(query), self._encode_images(images), pool=False
+                scored = self._score(
+                    self._encode_query(query), self._encode_images(images), False, gate
                 )
-            return scores, inside, modality.expand(*scores.shape, modality.shape[-1])
+            scores, inside, modality = scored[:3]
+            return scores, inside, modality.expand(*scores.shape, modality.shape[-1]), *scored[3:]
         if pool:
             return self.score_pool(query, images)
         self._check(query, images, pool=False)
@@ -237,12 +256,14 @@ class RankingModel(nn.Module):
         return self._score_pool(query, images, weights=False)[0]
 
     def _score_pool(
-        self, query: QueryBatch, images: ImageBatch, weights: bool = True
+        self, query: QueryBatch, images: ImageBatch, weights: bool = True, gate: bool = False
     ) -> tuple[Any, ...]:
         """`score_pool`'s scores first, with the weights `_score` gives beside them (an
-        attention model's: inside (Q, N, T) by modality, modality (Q, N, n)), the queries in
-        chunks that bound memory (each chunk's weights spread over its queries, so that the
-        chunks join); without `weights`, past one chunk, the scores only."""
+        attention model's: inside (Q, N, T) by modality, modality (Q, N, n); with `gate`, its
+        `GateReading` too), the queries in chunks that bound memory (each chunk's weights
+        spread over its queries, so that the chunks join); without `weights`, past one chunk,
+        the scores only."""
+        extra = (gate,) if gate else ()  # only a gated model's `_score` takes it
         self._check(query, images, pool=True)
         encoded = self._encode_images(images)
         n, items = images.shape[0], images.regions.shape[-2] + images.keywords.shape[-1]
@@ -250,16 +271,16 @@ class RankingModel(nn.Module):
         if len(query) > 0 and len(query) * per_query <= self.pool_chunk_elements:
             # One chunk (a training batch's pool): no chunk size is computed from the shapes,
             # so torch.compile does not specialise on it and recompile for every pool size.
-            return self._score(self._encode_query(query), encoded, pool=True)
+            return self._score(self._encode_query(query), encoded, True, *extra)
         chunk = max(1, self.pool_chunk_elements // per_query)
         scores: list[Tensor] = []
-        kept: list[tuple[dict[str, Tensor], Tensor]] = []  # with `weights`: each chunk's
+        kept: list[tuple[Any, ...]] = []  # with `weights`: each chunk's
         for start in range(0, len(query), chunk):
             rows = query.map(itemgetter(slice(start, start + chunk)))  # (chunk, L)
-            scored = self._score(self._encode_query(rows), encoded, pool=True)
+            scored = self._score(self._encode_query(rows), encoded, True, *extra)
             scores.append(scored[0])
-            if weights and len(scored) == 3:
-                kept.append((scored[1], scored[2]))
+            if weights and len(scored) >= 3:
+                kept.append(scored[1:])
         device = images.regions.device
         joined = torch.cat(scores) if scores else torch.zeros(0, n, device=device)
         if not kept:  # no weights asked for, or no query
@@ -271,7 +292,11 @@ class RankingModel(nn.Module):
 
         names = kept[0][0]
         inside = {name: spread([k[0][name] for k in kept]) for name in names}
-        return joined, inside, spread([k[1] for k in kept])
+        joined_weights = (joined, inside, spread([k[1] for k in kept]))
+        if not gate:
+            return joined_weights
+        reading = GateReading(spread([k[2].gate for k in kept]), spread([k[2].alone for k in kept]))
+        return (*joined_weights, reading)
 
     def explain(self, query: QueryBatch, images: ImageBatch) -> Attention:
         """The scores and the attention weights behind them, for images (B, M, ...)."""
@@ -306,7 +331,7 @@ class RankingModel(nn.Module):
     def _encode_images(self, images: ImageBatch) -> Any:
         raise NotImplementedError
 
-    def _score(self, query: Any, images: Any, pool: bool) -> tuple[Any, ...]:
+    def _score(self, query: Any, images: Any, pool: bool, gate: bool = False) -> tuple[Any, ...]:
         raise NotImplementedError
 
 
@@ -461,9 +486,10 @@ class AttentionModel(RankingModel):
         return (vec.unsqueeze(0) if pool else vec), weight  # (*S, d), with a leading 1 in pool
 
     def _score(
-        self, q: EncodedQuery, img: EncodedImages, pool: bool
-    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """Scores, the weights inside each modality, and the modality weights (used ones only).
+        self, q: EncodedQuery, img: EncodedImages, pool: bool, gate: bool = False
+    ) -> tuple[Any, ...]:
+        """Scores, the weights inside each modality, and the modality weights (used ones only);
+        with `gate`, a `GateReading` fourth.
 
         Pairs: q (B, .), img (B, M, .) -> (B, M, .). Pool: q (Q, .), img (N, .) -> (Q, N, .).
         Query-independent results (mean pooling, fixed weights) keep a leading 1 in pool mode
@@ -500,6 +526,7 @@ class AttentionModel(RankingModel):
         else:
             logits = torch.zeros(avail.shape, device=avail.device)
         modality = _masked_softmax(logits, avail)  # (B|Q|1, M|N, modalities)
+        gated = modality
         if self.training and self.modality_dropout > 0 and modality.shape[-1] == 2:
             modality = _drop_modality(
                 modality, avail, self.modality_dropout, len(q.shared), self.modality_dropout_keep
@@ -507,7 +534,12 @@ class AttentionModel(RankingModel):
         x = sum(modality[..., i : i + 1] * vec for i, vec in enumerate(attended))  # x^q
         query_unit = F.normalize(q.shared.float(), dim=-1, eps=1e-6).unsqueeze(1)  # (B|Q, 1, d)
         scores = _dot(query_unit, F.normalize(x, dim=-1, eps=1e-6))  # type: ignore[arg-type]
-        return scores, weights, modality  # scores (B|Q, M|N)
+        if not gate:
+            return scores, weights, modality  # scores (B|Q, M|N)
+        # Each modality's score alone: its attended vector is unit length (or 0 where the image
+        # lacks the modality), so all the weight on it makes x^q that vector.
+        alone = torch.stack([_dot(query_unit, vec) for vec in attended], -1)  # (B|Q, M|N, 2)
+        return scores, weights, modality, GateReading(gated.expand(alone.shape), alone)
 
 
 # Helpers ---------------------------------------------------------------------------------------

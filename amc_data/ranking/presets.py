@@ -45,6 +45,7 @@ PRESETS: dict[str, Preset] = {
             "gate_scale": 0.0,
             "attention_entropy": 0.0,
             "modality_dropout": 0.0,
+            "gate_routing": 0.0,
         },
     ),
 }

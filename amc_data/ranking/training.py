@@ -54,10 +54,11 @@ from .config import (
     TrainConfig,
     attention_entropy_on,
     check_negatives,
+    gate_routing_on,
     modality_dropout_on,
 )
 from .data import train_loader
-from .loss import attention_entropy, hinge_ranking_loss, pool_hinge_loss
+from .loss import attention_entropy, gate_routing_loss, hinge_ranking_loss, pool_hinge_loss
 from .model import AttentionModel, ModelConfig, RankingModel
 from .resident import ResidentFeatures, features_fit
 from .resume import model_to_start_from, open_run, options_to_resume
@@ -541,9 +542,12 @@ class _Run:
 
     def _loss(self, net: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """The batch's hinge loss: over its shared pool, or over each pair's own negatives; with
-        `attention_entropy`, plus that many times the attention's entropy on the positives."""
-        entropy = attention_entropy_on(self.config)
-        scores, inside, modality = _scored(net, batch, pool=batch.pooled, weights=entropy)
+        `attention_entropy`, plus that many times the attention's entropy on the positives; with
+        `gate_routing`, plus that many times the gate routing term."""
+        entropy, routing = attention_entropy_on(self.config), gate_routing_on(self.config)
+        scores, inside, modality, reading = _scored(
+            net, batch, pool=batch.pooled, weights=entropy or routing, gate=routing
+        )
         if batch.pooled:
             assert batch.pool_own is not None and batch.pool_positive is not None
             loss = pool_hinge_loss(
@@ -565,7 +569,13 @@ class _Run:
             )
             positive = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
             positive[:, 0] = True  # each pair's positive comes first
-        if "keyword" not in inside:  # off, or a model that reads no keywords
+        if reading is not None:
+            # Each query's own positive: its pool column, or the first of its pair's images.
+            own = positive.long().argmax(1) if batch.pool_own is None else batch.pool_own
+            loss = loss + self.config.gate_routing * gate_routing_loss(
+                reading.alone, reading.gate, own, positive, self.config.margin
+            )
+        if not entropy or "keyword" not in inside:  # off, or a model that reads no keywords
             return loss
         # The keyword attention on each positive counts as much as the modality gate reads the
         # keywords for it (held fixed): it is sharpened as far as the score uses it.
@@ -704,13 +714,15 @@ def _tick(bar: Any, item: Any) -> Any:
 
 
 def _scored(
-    net: torch.nn.Module, batch: TrainBatch, pool: bool, weights: bool
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    net: torch.nn.Module, batch: TrainBatch, pool: bool, weights: bool, gate: bool = False
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, Any]:
     """The batch's scores ((B, P) over its pool, or (B, 1 + t)); with `weights`, the attention
-    and modality weights beside them, as `forward(..., weights=True)` gives them."""
+    and modality weights beside them, as `forward(..., weights=True)` gives them; with `gate`,
+    the gate's `GateReading` fourth (otherwise None)."""
     if weights:
-        return net(batch.query, batch.images, pool=pool, weights=True)
-    return net(batch.query, batch.images, pool=pool), {}, torch.empty(0)
+        scored = net(batch.query, batch.images, pool=pool, weights=True, gate=gate)
+        return (*scored, None) if len(scored) == 3 else scored
+    return net(batch.query, batch.images, pool=pool), {}, torch.empty(0), None
 
 
 def _in_batch_negatives(batch: Any) -> torch.Tensor | None:

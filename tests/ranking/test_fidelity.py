@@ -38,6 +38,9 @@ RUNS = {
     "no-inter": {"inter": False},
 }
 BASELINES = ("visual", "keyword", "fusion", "cca")
+# On synth the gate's margin over fixed weights is read over three training seeds (the world's
+# own and these): at one seed it moves by 0.02-0.04 between seeds.
+MARGIN_SEEDS = (101, 102)
 
 
 @dataclass
@@ -148,14 +151,20 @@ def trained(request, tmp_path_factory):
     for name, options in RUNS.items():
         amc_data.train(prepared, folder / name, TrainConfig(seed=seed, device="cpu", **options))
         runs.append(folder / name)
+    for training_seed in MARGIN_SEEDS if world == "synth" else ():
+        for name in ("amc", "no-inter"):
+            run = folder / f"{name}-{training_seed}"
+            config = TrainConfig(seed=training_seed, device="cpu", **RUNS[name])
+            amc_data.train(prepared, run, config)
+            runs.append(run)
     evaluation = amc_data.evaluate(runs, prepared, random_baseline=False, resamples=2000)
     table = {run.name: run for run in evaluation.runs}
     return world, evaluation, table, _attention(folder / "amc", prepared, probes)
 
 
-def _against_amc(table, name):
-    """AMC's per-query NDCG@10 against run `name`'s, paired by query."""
-    a, b = table["amc"].ranking, table[name].ranking
+def _against_amc(table, name, amc="amc"):
+    """AMC's per-query NDCG@10 (run `amc`) against run `name`'s, paired by query."""
+    a, b = table[amc].ranking, table[name].ranking
     return paired_by_query(a.query_ids, a.ndcg_at(10), b.query_ids, b.ndcg_at(10), resamples=2000)
 
 
@@ -178,13 +187,24 @@ def test_each_ablation_costs_amc(trained):
     # embeddings absorb it with fixed weights as well (benchmarks/FIDELITY.md): there the gate
     # has nothing to add, and fixed weights never help by much.
     # On synth AMC comes within 0.01-0.02 of a perfect NDCG@10, which bounds what fixed
-    # weights can cost there (measured 0.02-0.05 on the test's worlds); on coco-caption 0.1.
+    # weights can cost there: 0.014-0.056 over the training seeds of the test's worlds, 0.02-0.04
+    # apart from one seed to the next (benchmarks/FIDELITY.md, sessions 8 and 13), so there the
+    # margin is read as its mean over three training seeds, significant at the world's own; on
+    # coco-caption 0.1.
     test = _against_amc(table, "no-inter")
     if world == "coco":
         assert test.difference > -0.03, test
+    elif world == "synth":
+        others = [
+            _against_amc(table, f"no-inter-{seed}", amc=f"amc-{seed}") for seed in MARGIN_SEEDS
+        ]
+        mean = (test.difference + sum(t.difference for t in others)) / (1 + len(others))
+        assert mean >= 0.015 and test.difference > 0 and test.p_randomization < 0.01, (
+            test,
+            others,
+        )
     else:
-        least = 0.015 if world == "synth" else 0.03
-        assert test.difference >= least and test.p_randomization < 0.01, test
+        assert test.difference >= 0.03 and test.p_randomization < 0.01, test
 
 
 def test_attention_looks_where_the_concept_is(trained):

@@ -187,9 +187,27 @@ def trained_multi(tmp_path_factory: pytest.TempPathFactory):
     for name, options in RUNS.items():
         amc_data.train(prepared, folder / name, TrainConfig(seed=1, device="cpu", **options))
         runs.append(folder / name)
-    evaluation = amc_data.evaluate(runs, prepared, random_baseline=False, resamples=2000)
+    concepts = planted_multi.write_concepts(world, folder / "concepts.parquet")
+    evaluation = amc_data.evaluate(
+        runs, prepared, random_baseline=False, resamples=2000, concepts=concepts
+    )
     table = {run.name: run for run in evaluation.runs}
     return table, planted_multi.ceiling(world), prepared, folder
+
+
+def _shares(trained_multi, name: str, **options: object) -> dict[str, float]:
+    """Train run `name` on the world with `options` changed from the defaults; its share of the
+    ceiling and the default AMC's."""
+    import amc_data
+    from amc_data import TrainConfig
+
+    table, ceiling, prepared, folder = trained_multi
+    amc_data.train(prepared, folder / name, TrainConfig(seed=1, device="cpu", **options))
+    evaluation = amc_data.evaluate([folder / name], prepared, random_baseline=False)
+    return {
+        label: float(got.ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
+        for label, got in (("amc", table["amc"]), (name, evaluation.runs[0]))
+    }
 
 
 @pytest.mark.slow
@@ -220,18 +238,7 @@ def test_the_defaults_learn_what_the_mean_over_every_negative_left(trained_multi
     # defaults before session 9 of benchmarks/FIDELITY.md): 0.83 of the ceiling on this world at
     # this seed, against 0.98 with the defaults. The margin asserted sits below every gap
     # measured since session 9 (0.06-0.15).
-    import amc_data
-    from amc_data import TrainConfig
-
-    table, ceiling, prepared, folder = trained_multi
-    run = folder / "amc-before"
-    config = TrainConfig(seed=1, device="cpu", pool_reduction="all", modality_dropout=0.0)
-    amc_data.train(prepared, run, config)
-    evaluation = amc_data.evaluate([run], prepared, random_baseline=False, resamples=2000)
-    share = {
-        name: float(got.ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
-        for name, got in (("amc", table["amc"]), ("amc-before", evaluation.runs[0]))
-    }
+    share = _shares(trained_multi, "amc-before", pool_reduction="all", modality_dropout=0.0)
     assert share["amc"] >= share["amc-before"] + 0.03, share
 
 
@@ -243,16 +250,24 @@ def test_half_the_per_query_mean_ranks_better_than_the_violating_mean_alone(trai
     # this seed 0.956 against 0.980 of the ceiling, on the benchmark's two worlds +0.03 to
     # +0.06 at each of four trainings (benchmarks/FIDELITY.md, sessions 11-12). The margin asserted
     # sits below every gap measured.
-    import amc_data
-    from amc_data import TrainConfig
+    options = {"pool_reduction": "violating", "attention_entropy": 0.001}
+    share = _shares(trained_multi, "amc-violating", **options)
+    assert share["amc"] >= share["amc-violating"] + 0.01, share
 
-    table, ceiling, prepared, folder = trained_multi
-    run = folder / "amc-violating"
-    config = TrainConfig(seed=1, device="cpu", pool_reduction="violating", attention_entropy=0.001)
-    amc_data.train(prepared, run, config)
-    evaluation = amc_data.evaluate([run], prepared, random_baseline=False, resamples=2000)
-    share = {
-        name: float(got.ranking.ndcg_at(10).mean()) / ceiling["ndcg@10"]
-        for name, got in (("amc", table["amc"]), ("violating", evaluation.runs[0]))
-    }
-    assert share["amc"] >= share["violating"] + 0.01, share
+
+@pytest.mark.slow
+@pytest.mark.timeout(TRAINING_TIMEOUT)
+def test_the_gate_follows_what_a_caption_names(trained_multi) -> None:
+    # The gate's visual weight for the captions that name only their image's visual concept
+    # against those naming only its textual one (a fifth of the captions): the issue's bar is
+    # 0.2 apart. Taught by the ranking loss alone the two stayed 0.02-0.03 apart on the
+    # benchmark's worlds; with the gate routing term 0.27-0.32 (benchmarks/FIDELITY.md,
+    # session 13).
+    table, _, _, _ = trained_multi
+    metrics = table["amc"].metrics
+    visual, textual = (
+        metrics["gate_visual_weight_visual_only"],
+        metrics["gate_visual_weight_textual_only"],
+    )
+    assert visual >= textual + 0.2, metrics
+    assert textual < metrics["gate_visual_weight_both"] < visual, metrics

@@ -96,7 +96,9 @@ def test_resident_features_give_the_memory_mapped_run(data: Path, tmp_path: Path
 
 
 def test_the_pool_loss_trains(data: Path, tmp_path: Path) -> None:
-    config = TrainConfig(loss="pool", epochs=3, seed=2, device="cpu")
+    # The ranking loss alone: the gate routing term's targets are relative to each batch, so
+    # the gate never meets all of them and the term levels off rather than falling.
+    config = TrainConfig(loss="pool", epochs=3, seed=2, device="cpu", gate_routing=0.0)
     result = train(data, tmp_path / "run", config)
     losses = [entry["loss"] for entry in result.log]
     assert losses[-1] < 0.8 * losses[0]

@@ -119,6 +119,7 @@ UNUSED = [
     ({"intra": False, "attention": "cosine"}, "attention", "intra on"),
     ({"model": "visual", "gate_content": True}, "gate_content", "a modality gate (amc)"),
     ({"inter": False, "gate_scale": 1.0}, "gate_scale", "a modality gate (amc), inter on"),
+    ({"inter": False, "gate_routing": 0.1}, "gate_routing", "a modality gate (amc), inter on"),
     ({"model": "cca", "word_vectors": "v.txt"}, "word_vectors", "gradient descent"),
     ({"init_from": "run", "word_vectors": "v.txt"}, "word_vectors", "no init_from"),
     ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),
@@ -196,6 +197,7 @@ def test_the_paper_preset_is_the_paper_objective_and_inter_attention() -> None:
             gate_scale=0,
             attention_entropy=0.0,
             modality_dropout=0.0,
+            gate_routing=0.0,
         )
     ]
     # Typed options win over the preset; its options a run does not use are left out (a
