@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from amc_data_cli.main import cli  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from support.interrupted import (  # noqa: E402
-    resumes_to_the_whole_run,
+    resumes_and_differs_from_off,
     run_weights,
     same_weights,
 )
@@ -214,11 +214,10 @@ def test_off_training_is_the_ranking_loss_alone_bit_for_bit(
 def test_a_run_with_the_term_resumes_to_the_uninterrupted_weights_which_differ_from_off(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole = resumes_to_the_whole_run(
-        data, tmp_path, TrainConfig(**FAST), monkeypatch, "attention_entropy", epochs=3
+    config = TrainConfig(**FAST)
+    resumes_and_differs_from_off(
+        data, tmp_path, config, monkeypatch, "attention_entropy", 3, "attention_entropy"
     )
-    train(data, tmp_path / "off", TrainConfig(**{**FAST, "attention_entropy": 0.0}))
-    assert not same_weights(whole, run_weights(tmp_path / "off"))
 
 
 def _keyword_entropy(data: Path, run: Path) -> float:

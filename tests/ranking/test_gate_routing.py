@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from amc_data_cli.main import cli  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from support.interrupted import resumes_to_the_whole_run, run_weights, same_weights  # noqa: E402
+from support.interrupted import resumes_and_differs_from_off, run_weights, same_weights  # noqa: E402
 
 import amc_data.ranking.training as training  # noqa: E402
 from amc_data import load_prepared, synth  # noqa: E402
@@ -264,11 +264,10 @@ def test_off_training_never_asks_the_model_for_the_gate(
 def test_a_run_with_the_term_resumes_to_the_uninterrupted_weights_which_differ_from_off(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole = resumes_to_the_whole_run(
-        data, tmp_path, TrainConfig(**FAST), monkeypatch, "gate_routing_loss", epochs=3
+    config = TrainConfig(**FAST)
+    resumes_and_differs_from_off(
+        data, tmp_path, config, monkeypatch, "gate_routing_loss", 3, "gate_routing"
     )
-    train(data, tmp_path / "off", TrainConfig(**{**FAST, "gate_routing": 0.0}))
-    assert not same_weights(whole, run_weights(tmp_path / "off"))
 
 
 def test_the_per_pair_loss_takes_the_term_too(data: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ resumed run's weights against the uninterrupted run's."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,19 @@ def resumes_to_the_whole_run(
     whole = run_weights(root / "whole")
     assert same_weights(whole, run_weights(root / "cut"))
     return whole
+
+
+def resumes_and_differs_from_off(
+    data: Path,
+    root: Path,
+    config: TrainConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    epochs: int,
+    option: str,
+) -> None:
+    """`resumes_to_the_whole_run`, and the whole run's weights differ from those of the same run
+    with `option` at 0 (trained into `root/off`): a term that resumes and does something."""
+    whole = resumes_to_the_whole_run(data, root, config, monkeypatch, name, epochs)
+    training.train(data, root / "off", dataclasses.replace(config, **{option: 0.0}))
+    assert not same_weights(whole, run_weights(root / "off"))
