@@ -779,6 +779,7 @@ PACKAGE = {
     # Session 13: the gate routing term (train --gate-routing; it needs the gate, so its
     # comparison is "pkg amc --no-inter").
     "pkg gate routing 0.4: amc": {"gate_routing": 0.4},
+    "pkg gate routing 0: amc": {"gate_routing": 0.0},  # session 12's defaults
     "pkg gate routing 0.4: amc --no-intra": {"gate_routing": 0.4, "intra": False},
     "pkg entropy 0.007: amc": {"attention_entropy": 0.007},  # session 13
     "pkg entropy 0.007: amc --no-inter": {"inter": False, "attention_entropy": 0.007},

@@ -179,10 +179,11 @@ class TrainConfig:
     # alone ranks its image better than it does for the batch's other queries (each modality's
     # hinge alone, its mean over the batch taken off: without that every query was drawn to the
     # keywords, which rank better early, and the regions starved). At 0.4 the weights for
-    # captions naming a visual / a textual concept part (0.69-0.72 / 0.40-0.42), those worlds
-    # rank within training noise of before (several-concept synth 0.01 higher), and every
-    # one-concept world keeps its ranking and the gate's margin over fixed weights
-    # (benchmarks/FIDELITY.md, session 13). 0 is the ranking loss alone, bit for bit.
+    # captions naming a visual / a textual concept part (0.68-0.72 / 0.40-0.42 over six
+    # trainings), those worlds rank within training noise of before (mean 0.935 of the ceiling
+    # against 0.939; several-concept synth 0.948 against 0.939), and every one-concept world
+    # keeps its ranking and the gate's margin over fixed weights (benchmarks/FIDELITY.md,
+    # session 13). 0 is the ranking loss alone, bit for bit.
     gate_routing: float = option(
         0.4,
         "Weight of a term teaching the modality gate, for each training query, the modality "

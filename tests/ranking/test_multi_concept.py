@@ -261,7 +261,7 @@ def test_the_gate_follows_what_a_caption_names(trained_multi) -> None:
     # The gate's visual weight for the captions that name only their image's visual concept
     # against those naming only its textual one (a fifth of the captions): the bar is
     # 0.2 apart. Taught by the ranking loss alone the two stayed 0.02-0.03 apart on the
-    # benchmark's worlds; with the gate routing term 0.27-0.32 (benchmarks/FIDELITY.md,
+    # benchmark's worlds; with the gate routing term 0.26-0.32 over six (benchmarks/FIDELITY.md,
     # session 13).
     table, _, _, _ = trained_multi
     metrics = table["amc"].metrics
