@@ -135,13 +135,16 @@ def gate_routing_loss(
     terms = (margin - own_alone + alone).clamp(min=0) * negative  # (B, P, 2)
     hinge = terms.sum(1) / negative.sum(1).clamp(min=1)  # (B, 2)
     weights = gate[rows, own].float()  # (B, 2)
-    usable = (weights > 0).all(-1) & (~positive).any(1)  # both modalities, some negative
-    if int(usable.sum()) < 2:
-        return weights.sum() * 0.0  # keeps the graph for the distributed trainer
-    preference = (hinge[:, 1] - hinge[:, 0])[usable]  # > 0: the visual modality ranks better
-    preference = preference - preference.mean()
-    spread = preference.std().clamp_min(1e-6)
+    # Masked means rather than a selection, so that no step waits for the device to count the
+    # usable queries.
+    usable = ((weights > 0).all(-1) & (~positive).any(1)).to(alone.dtype)  # both, a negative
+    count = usable.sum()
+    preference = hinge[:, 1] - hinge[:, 0]  # > 0: the visual modality ranks better
+    preference = (preference - (preference * usable).sum() / count.clamp(min=1)) * usable
+    spread = ((preference**2).sum() / (count - 1).clamp(min=1)).sqrt().clamp_min(1e-6)
     visual = torch.sigmoid(preference / (temperature * spread))
-    target = torch.stack([visual, 1 - visual], -1)  # (U, 2)
-    own_weights = weights[usable].clamp_min(1e-12)
-    return (target * (target.clamp_min(1e-12).log() - own_weights.log())).sum(-1).mean()
+    target = torch.stack([visual, 1 - visual], -1)  # (B, 2)
+    divergence = (target * (target.clamp_min(1e-12).log() - weights.clamp_min(1e-12).log())).sum(
+        -1
+    )  # (B,)
+    return (divergence * usable).sum() / count.clamp(min=1) * (count >= 2)

@@ -263,7 +263,6 @@ class RankingModel(nn.Module):
         `GateReading` too), the queries in chunks that bound memory (each chunk's weights
         spread over its queries, so that the chunks join); without `weights`, past one chunk,
         the scores only."""
-        extra = (gate,) if gate else ()  # only a gated model's `_score` takes it
         self._check(query, images, pool=True)
         encoded = self._encode_images(images)
         n, items = images.shape[0], images.regions.shape[-2] + images.keywords.shape[-1]
@@ -271,13 +270,13 @@ class RankingModel(nn.Module):
         if len(query) > 0 and len(query) * per_query <= self.pool_chunk_elements:
             # One chunk (a training batch's pool): no chunk size is computed from the shapes,
             # so torch.compile does not specialise on it and recompile for every pool size.
-            return self._score(self._encode_query(query), encoded, True, *extra)
+            return self._score(self._encode_query(query), encoded, True, gate)
         chunk = max(1, self.pool_chunk_elements // per_query)
         scores: list[Tensor] = []
         kept: list[tuple[Any, ...]] = []  # with `weights`: each chunk's
         for start in range(0, len(query), chunk):
             rows = query.map(itemgetter(slice(start, start + chunk)))  # (chunk, L)
-            scored = self._score(self._encode_query(rows), encoded, True, *extra)
+            scored = self._score(self._encode_query(rows), encoded, True, gate)
             scores.append(scored[0])
             if weights and len(scored) >= 3:
                 kept.append(scored[1:])
@@ -526,7 +525,7 @@ class AttentionModel(RankingModel):
         else:
             logits = torch.zeros(avail.shape, device=avail.device)
         modality = _masked_softmax(logits, avail)  # (B|Q|1, M|N, modalities)
-        gated = modality
+        gate_weights = modality  # the gate's own, before modality dropout
         if self.training and self.modality_dropout > 0 and modality.shape[-1] == 2:
             modality = _drop_modality(
                 modality, avail, self.modality_dropout, len(q.shared), self.modality_dropout_keep
@@ -539,7 +538,7 @@ class AttentionModel(RankingModel):
         # Each modality's score alone: its attended vector is unit length (or 0 where the image
         # lacks the modality), so all the weight on it makes x^q that vector.
         alone = torch.stack([_dot(query_unit, vec) for vec in attended], -1)  # (B|Q, M|N, 2)
-        return scores, weights, modality, GateReading(gated.expand(alone.shape), alone)
+        return scores, weights, modality, GateReading(gate_weights.expand(alone.shape), alone)
 
 
 # Helpers ---------------------------------------------------------------------------------------

@@ -558,7 +558,7 @@ class _Run:
                 hardest=self.config.hardest,
                 reduction=self.config.pool_reduction,
             )
-            positive = batch.pool_positive  # (B, P)
+            positive, own = batch.pool_positive, batch.pool_own  # (B, P), (B,)
         else:
             in_batch = None
             if self.config.in_batch:
@@ -569,9 +569,8 @@ class _Run:
             )
             positive = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
             positive[:, 0] = True  # each pair's positive comes first
+            own = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
         if reading is not None:
-            # Each query's own positive: its pool column, or the first of its pair's images.
-            own = positive.long().argmax(1) if batch.pool_own is None else batch.pool_own
             loss = loss + self.config.gate_routing * gate_routing_loss(
                 reading.alone, reading.gate, own, positive, self.config.margin
             )
