@@ -318,6 +318,36 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
             set_epoch(self, epoch)
 
         EpochSampler.set_epoch = seen_epoch  # type: ignore[method-assign]
+    soft_attention = options.pop("soft_attention", None)
+    attend_modality = AttentionModel._attend_modality
+    if soft_attention:  # training only: a share of the queries attend with a soft scale
+        AttentionModel._attend_modality = _soft_attention(*soft_attention)  # type: ignore[method-assign]
+    region_frozen = options.pop("region_scale_frozen", 0)
+    attention_scale = AttentionModel.attention_scale
+    if region_frozen:  # the region scale held at its start for the first epochs
+        _EPOCH["now"] = 0
+
+        def frozen_then_learned(self, region):
+            scale = attention_scale(self, region)
+            if region and self.training and _EPOCH["now"] < region_frozen and scale is not None:
+                return (scale * 0).detach() + self.config.attention_scale
+            return scale
+
+        def counted_epoch(self, epoch):
+            _EPOCH["now"] = int(epoch)
+            set_epoch(self, epoch)
+
+        AttentionModel.attention_scale = frozen_then_learned  # type: ignore[method-assign]
+        EpochSampler.set_epoch = counted_epoch  # type: ignore[method-assign]
+    region_entropy = options.pop("region_entropy", None)
+    run_loss, scored = training._Run._loss, training._scored
+    if region_entropy:  # the entropy term on the region attention too
+        training._scored, training._Run._loss = _with_region_entropy(*region_entropy)
+    unimodal = options.pop("unimodal", None)
+    routing_loss = training.gate_routing_loss
+    if unimodal:  # each modality alone also ranks (through the routing term's reading)
+        routing = options.get("gate_routing", 0.4)
+        training.gate_routing_loss = _with_unimodal(routing_loss, unimodal, routing)
     gate_words = options.pop("gate_words", None)
     encode_query = AttentionModel._encode_query
     if gate_words:  # kept through the evaluation below: the loaded model is rebuilt from the class
@@ -351,6 +381,10 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         EpochSampler.__iter__ = sampler_order  # type: ignore[method-assign]
         AttentionModel._score = score  # type: ignore[method-assign]
         model_module._drop_modality = drop_modality
+        AttentionModel._attend_modality = attend_modality  # type: ignore[method-assign]
+        training.gate_routing_loss = routing_loss
+        AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
+        training._scored, training._Run._loss = scored, run_loss  # type: ignore[method-assign]
         EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
     try:  # the forced gate replaces the prior's layer, which the summed words bypass
@@ -497,6 +531,67 @@ def _mixed_word_batches(share: float, batch_size: int):
 
 
 _EPOCH = {"now": 0, "of": 8}
+
+
+def _soft_attention(share: float, scale: float):
+    """`AttentionModel._attend_modality` whose attention, in training, uses the cosine times
+    `scale` instead of the learned scale for `share` of the queries (drawn per call)."""
+    from amc_data.ranking.model import _attend
+
+    original = AttentionModel._attend_modality
+
+    def attend_modality(self, guide, items, pool, region=False):
+        if not self.training or guide is None or items.key is None:
+            return original(self, guide, items, pool, region)
+        learned = self.attention_scale(region).expand(len(guide))
+        soft = torch.rand(len(guide), device=guide.device) < share
+        scales = torch.where(soft, torch.full_like(learned, scale), learned)[:, None, None]
+        return _attend(guide, items.key, items.value, items.bias, items.mask, pool, scales)
+
+    return attend_modality
+
+
+def _with_region_entropy(weight: float, floor: float):
+    """`training._scored` and `_Run._loss` that add `weight` times the region attention's
+    entropy above `floor` nats on each query's positives, each counted by the gate's (detached)
+    visual weight, as the keyword term is by the keyword weight."""
+    from amc_data.ranking import training
+    from amc_data.ranking.loss import attention_entropy
+
+    scored, run_loss = training._scored, training._Run._loss
+    seen: dict = {}
+
+    def scored_and_seen(*args, **kwargs):
+        out = scored(*args, **kwargs)
+        seen["inside"], seen["modality"] = out[1], out[2]
+        return out
+
+    def loss(self, net, batch):
+        total = run_loss(self, net, batch)
+        inside, modality = seen["inside"], seen["modality"]
+        if "region" not in inside or not batch.pooled:
+            return total
+        rows = batch.pool_positive * modality[..., 0].detach()
+        return total + weight * attention_entropy(inside["region"], rows, floor=floor)
+
+    return scored_and_seen, loss
+
+
+def _with_unimodal(routing_loss, weight: float, routing: float):
+    """The gate routing term plus `weight` / `routing` (the trainer multiplies the term by
+    `routing`) times each modality's hinge alone (each query's mean over its violating
+    negatives), weighted per query by the gate's detached weights on its own image."""
+
+    def loss(alone, gate, own, positive, margin, **options):
+        rows = torch.arange(alone.shape[0], device=alone.device)
+        own_alone = alone[rows, own].unsqueeze(1)  # (B, 1, 2)
+        negative = (~positive).unsqueeze(-1)  # (B, P, 1)
+        terms = (margin - own_alone + alone).clamp(min=0) * negative  # (B, P, 2)
+        per_query = terms.sum(1) / (terms > 0).sum(1).clamp(min=1)  # (B, 2)
+        term = (per_query * gate[rows, own].detach().float()).sum() / len(rows)
+        return routing_loss(alone, gate, own, positive, margin, **options) + weight / routing * term
+
+    return loss
 
 
 def _modality_dropout(share: float, by_gate: bool = False, schedule: str = "flat"):
@@ -781,6 +876,33 @@ PACKAGE = {
     "pkg gate routing 0.4: amc": {"gate_routing": 0.4},
     "pkg gate routing 0: amc": {"gate_routing": 0.0},  # session 12's defaults
     "pkg gate routing 0.4: amc --no-intra": {"gate_routing": 0.4, "intra": False},
+    # Session 14: the region attention's own scale (`region_attention_scale_rate`; 0, the
+    # default, shares the keyword attention's).
+    "pkg region rate 3: amc": {"model_options": {"region_attention_scale_rate": 3.0}},
+    "pkg region rate 3: amc --no-inter": {
+        "inter": False,
+        "model_options": {"region_attention_scale_rate": 3.0},
+    },
+    "pkg region rate 1: amc": {"model_options": {"region_attention_scale_rate": 1.0}},
+    "pkg region rate 3 entropy 0.003: amc": {
+        "region_entropy": (0.003, 1.5),
+        "model_options": {"region_attention_scale_rate": 3.0},
+    },
+    "pkg region frozen 4 then rate 10: amc": {
+        "region_scale_frozen": 4,
+        "model_options": {"region_attention_scale_rate": 10.0},
+    },
+    # Probes of the same session on its first defaults (one shared scale), not kept: a quarter
+    # of the training queries attending softly (scale 1); each modality's hinge alone beside
+    # the routing term, weighted by the gate.
+    "pkg soft quarter: amc": {
+        "soft_attention": (0.25, 1.0),
+        "model_options": {"region_attention_scale_rate": 0.0},
+    },
+    "pkg unimodal 0.5: amc": {
+        "unimodal": 0.5,
+        "model_options": {"region_attention_scale_rate": 0.0},
+    },
     "pkg entropy 0.007: amc": {"attention_entropy": 0.007},  # session 13
     "pkg entropy 0.007: amc --no-inter": {"inter": False, "attention_entropy": 0.007},
     # Session 9: the defaults before it (the mean over every negative, no modality dropout).

@@ -85,6 +85,7 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
 @_train_option("max_keywords")
 @_train_option("word_vectors", type=click.Path(dir_okay=False, exists=True))
 @_train_option("attention")
+@_train_option("region_attention_scale_rate", show_default=False)
 @_train_option("gate_content", show_default=False)
 @_train_option("gate_scale", show_default=False)
 @_train_option("init_from", type=click.Path(exists=True))

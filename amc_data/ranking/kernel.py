@@ -452,6 +452,7 @@ REPRODUCED_OPTIONS = frozenset(
         "attention",
         "attention_scale",
         "attention_scale_rate",
+        "region_attention_scale_rate",
         "gate_scale",
         "gate_content",
         "cca_reg",
@@ -490,7 +491,7 @@ class DenseQueries:
     """A block of queries as the dense path reads them (float32)."""
 
     shared: Tensor  # (Q, d): unit q^m
-    visual_guide: Tensor | None  # (Q, d): unit s_q times the attention scale (dot: s_q/sqrt d)
+    visual_guide: Tensor | None  # (Q, d): unit s_q times the region attention scale (dot: /sqrt d)
     keyword_guide: Tensor | None  # (Q, d): likewise for q W_ql
     prior: Tensor | None  # (Q, 2): the gate's prior logits
     probe: Tensor | None  # (Q, d): the gate's probe
@@ -526,9 +527,9 @@ class DenseScorer:
         self.model = model
         self.cosine = model.attend and model.config.attention == "cosine"
         with torch.no_grad():
-            scale = getattr(model, "attention_log_scale", None)
-            self.attention_scale = (
-                None if scale is None else (scale * model.attention_rate).exp().float()
+            scales = [model.attention_scale(region) for region in (True, False)]
+            self.region_scale, self.keyword_scale = (
+                None if scale is None else scale.float() for scale in scales
             )
             gate = getattr(model, "gate_log_scale", None)
             self.gate_scale = None if gate is None else gate.exp().float()
@@ -559,21 +560,21 @@ class DenseScorer:
 
     @torch.no_grad()
     def queries(self, q: EncodedQuery) -> DenseQueries:
-        def guide(vector: Tensor | None) -> Tensor | None:
+        def guide(vector: Tensor | None, scale: Tensor | None) -> Tensor | None:
             if vector is None:
                 return None
             vector = vector.float()
             if not self.cosine:
                 return vector / math.sqrt(vector.shape[-1])
             unit = F.normalize(vector, dim=-1)
-            return unit if self.attention_scale is None else unit * self.attention_scale
+            return unit if scale is None else unit * scale
 
         shared = F.normalize(q.shared.float(), dim=-1, eps=EPS)
         probe = None if q.modality_probe is None else q.modality_probe.float()
         return DenseQueries(
             shared=shared,
-            visual_guide=guide(q.visual_guide),
-            keyword_guide=guide(q.keyword_guide),
+            visual_guide=guide(q.visual_guide, self.region_scale),
+            keyword_guide=guide(q.keyword_guide, self.keyword_scale),
             prior=None if q.modality_prior is None else q.modality_prior.float(),
             probe=probe,
         )

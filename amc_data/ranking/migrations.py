@@ -10,7 +10,9 @@ so the model code and the resume rules only ever see today's format; a new forma
   an unscaled gate that reads the attended vectors; the other options with the values a missing
   one always meant), the training option `loss` with the per-pair loss they trained with, and
   folds the affine region norm of amc-data 0.1 into the projections that read it.
-- Format 2: every model option recorded; no region norm weights.
+- Format 2: every model option recorded; no region norm weights. Step 2 -> 3 records that its
+  region attention shares the keyword attention's scale.
+- Format 3: the region attention's own scale (`region_attention_scale_rate`).
 
 Torch-free: the step's tensor arithmetic is the tensors' own.
 """
@@ -22,7 +24,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 
-FORMAT_VERSION = 2  # what this amc-data writes, and the newest it reads
+FORMAT_VERSION = 3  # what this amc-data writes, and the newest it reads
 
 # Training options added after runs were first recorded, with the value those older runs behaved
 # as where it is not today's default: runs written before the pool loss trained with per-pair
@@ -95,8 +97,18 @@ def _fold_region_norm(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _format_2_to_3(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    model_config = checkpoint.get("model_config")
+    if isinstance(model_config, Mapping):
+        checkpoint["model_config"] = {"region_attention_scale_rate": 0.0, **model_config}
+    return checkpoint
+
+
 # _STEPS[v] turns a format v checkpoint into a format v + 1 one.
-_STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _format_1_to_2}
+_STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _format_1_to_2,
+    2: _format_2_to_3,
+}
 
 
 def migrate(checkpoint: Mapping[str, Any], where: str = "The checkpoint") -> dict[str, Any]:

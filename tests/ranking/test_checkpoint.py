@@ -82,7 +82,7 @@ def test_today_s_checkpoints_are_written_as_the_newest_format_and_read_back_whol
     save_checkpoint(
         path, {"model_config": config.to_dict(), "model": model.state_dict(), "epoch": 3}
     )
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["format_version"] == FORMAT_VERSION
     read = read_checkpoint(path)
@@ -97,12 +97,25 @@ def test_today_s_checkpoints_are_written_as_the_newest_format_and_read_back_whol
 # amc-data did not yet record when it was written.
 OLD_KINDS = {
     "before-attention-scale-rate": (
-        {"attention_scale": 4.0, "attention_scale_rate": 1.0},
-        ("attention_scale_rate",),
+        {"attention_scale": 4.0, "attention_scale_rate": 1.0, "region_attention_scale_rate": 0.0},
+        ("region_attention_scale_rate", "attention_scale_rate"),
     ),
     "before-gate-options": (
-        {"attention": "dot", "attention_scale_rate": 1.0, "gate_scale": 0.0, "gate_content": True},
-        ("attention", "attention_scale", "attention_scale_rate", "gate_scale", "gate_content"),
+        {
+            "attention": "dot",
+            "attention_scale_rate": 1.0,
+            "region_attention_scale_rate": 0.0,
+            "gate_scale": 0.0,
+            "gate_content": True,
+        },
+        (
+            "attention",
+            "attention_scale",
+            "attention_scale_rate",
+            "region_attention_scale_rate",
+            "gate_scale",
+            "gate_content",
+        ),
     ),
 }
 
@@ -126,6 +139,30 @@ def test_a_format_1_checkpoint_of_each_older_kind_loads_as_the_model_it_was_writ
     torch.testing.assert_close(_scores(loaded.model), _scores(old), rtol=0, atol=0)
     with pytest.raises(ConfigError, match=f"{absent[-1]}.* are missing"):
         ModelConfig.from_dict(recorded)  # today's format records every option
+
+
+def test_a_format_2_checkpoint_loads_with_its_regions_on_the_keyword_attention_s_scale(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    old_config = ModelConfig(
+        query_vocab_size=VQ,
+        keyword_vocab_size=VK,
+        feature_dim=D,
+        dim=16,
+        attention_scale=3.0,
+        region_attention_scale_rate=0.0,
+    )
+    old = build_model(old_config)
+    recorded = old_config.to_dict()
+    del recorded["region_attention_scale_rate"]  # format 2 had one scale, and no such option
+    path = _write(tmp_path / "old.pt", 2, recorded, old.state_dict())
+
+    assert read_checkpoint(path)["format_version"] == FORMAT_VERSION
+    loaded = load_model(path)  # strict: no region scale expected, none left over
+    assert loaded.model_config == old_config
+    assert not hasattr(loaded.model, "region_log_scale")
+    torch.testing.assert_close(_scores(loaded.model), _scores(old), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["amc", "visual"])

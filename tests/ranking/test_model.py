@@ -285,6 +285,51 @@ def test_attention_scale_rate_starts_at_the_same_scale_and_learns_that_many_time
     assert moved[10.0] == pytest.approx(10 * moved[1.0], rel=1e-3)
 
 
+def test_the_region_attention_has_its_own_scale_learned_at_its_own_rate():
+    query, images = make_queries(4), make_images(4, 3)
+    extra = {"attention_scale": 2.0, "attention_scale_rate": 10.0, "dropout": 0.0}
+    model = model_for("amc", {**extra, "region_attention_scale_rate": 1.0}).train()
+    region, keyword = model.region_log_scale, model.attention_log_scale
+    assert float(region.detach()) == pytest.approx(math.log(2.0))  # both start at 2
+    assert float(keyword.detach() * 10) == pytest.approx(math.log(2.0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(query, images).sum().backward()
+    optimizer.step()
+    region_moved = float(region.detach()) - math.log(2.0)
+    keyword_moved = float(keyword.detach() * 10) - math.log(2.0)
+    # Adam's first step moves each stored value by about lr: the region's log scale at the
+    # common pace, the keyword's (stored divided by its rate) ten times as far.
+    assert region_moved != 0
+    assert abs(keyword_moved) == pytest.approx(10 * abs(region_moved), rel=1e-3)
+    # Each attention reads its own scale: a sharper region scale sharpens the region weights
+    # and leaves the keyword weights as they were.
+    model.eval()
+    before = model.explain(query, images)
+    with torch.no_grad():
+        region.add_(2.0)
+    after = model.explain(query, images)
+    torch.testing.assert_close(after.keyword_weights, before.keyword_weights)
+    assert after.region_weights.amax(-1).mean() > before.region_weights.amax(-1).mean()
+
+
+def test_a_region_scale_rate_of_0_shares_the_keyword_attention_s_scale():
+    shared = model_for("amc", {"region_attention_scale_rate": 0.0, "attention_scale": 3.0})
+    assert not hasattr(shared, "region_log_scale")
+    own = model_for("amc", {"attention_scale": 3.0})
+    # The same weights and the same scale at the start: the same scores and weights.
+    own_state = {k: v for k, v in own.state_dict().items() if k != "region_log_scale"}
+    shared.load_state_dict(own_state)
+    query, images = make_queries(4), make_images(4, 3)
+    explained = shared.explain(query, images), own.explain(query, images)
+    for part in dataclasses.fields(Attention):
+        torch.testing.assert_close(*(getattr(one, part.name) for one in explained))
+    with torch.no_grad():
+        shared.attention_log_scale.add_(0.5)  # the one scale moves both attentions
+    moved = shared.explain(query, images)
+    assert not torch.allclose(moved.region_weights, own.explain(query, images).region_weights)
+    assert not torch.allclose(moved.keyword_weights, own.explain(query, images).keyword_weights)
+
+
 @pytest.mark.parametrize(("kind", "extra"), SGD_VARIANTS[:3], ids=IDS[:3])
 def test_bf16_autocast_gives_float32_scores_close_to_float32(kind, extra):
     model = model_for(kind, extra)

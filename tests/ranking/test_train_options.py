@@ -31,6 +31,8 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
         return True
     if field.name == "gate_scale":
         return 2.0
+    if field.name == "region_attention_scale_rate":
+        return 3.0
     if field.name == "init_from":
         return "another-run"
     if field.name == "gain":
@@ -120,6 +122,21 @@ UNUSED = [
     ({"model": "visual", "gate_content": True}, "gate_content", "a modality gate (amc)"),
     ({"inter": False, "gate_scale": 1.0}, "gate_scale", "a modality gate (amc), inter on"),
     ({"inter": False, "gate_routing": 0.1}, "gate_routing", "a modality gate (amc), inter on"),
+    (
+        {"model": "visual", "region_attention_scale_rate": 3.0},
+        "region_attention_scale_rate",
+        "intra-attention over regions (amc), intra on, cosine attention",
+    ),
+    (
+        {"intra": False, "region_attention_scale_rate": 3.0},
+        "region_attention_scale_rate",
+        "intra on",
+    ),
+    (
+        {"attention": "dot", "region_attention_scale_rate": 3.0},
+        "region_attention_scale_rate",
+        "cosine attention",
+    ),
     ({"model": "cca", "word_vectors": "v.txt"}, "word_vectors", "gradient descent"),
     ({"init_from": "run", "word_vectors": "v.txt"}, "word_vectors", "no init_from"),
     ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),

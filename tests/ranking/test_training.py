@@ -669,6 +669,33 @@ def test_the_paper_preset_trains_the_paper_s_objective_and_inter_attention(
     assert resumed.exit_code == 0, resumed.output
 
 
+def test_region_attention_scale_rate_gives_the_regions_their_own_scale(
+    data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "own"
+    args = ["train", str(data), "--out", str(run), "--epochs", "1", "--dim", "16"]
+    args += ["--batch-size", "32", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--region-attention-scale-rate", "3"])
+    assert result.exit_code == 0, result.output
+    checkpoint = read_checkpoint(run / "last.pt")
+    assert checkpoint["model_config"]["region_attention_scale_rate"] == 3.0
+    assert checkpoint["train_config"]["region_attention_scale_rate"] == 3.0
+    region, keyword = (
+        checkpoint["model"]["region_log_scale"],
+        checkpoint["model"]["attention_log_scale"],
+    )
+    # Both started at 1 (log 0) and learned apart: the regions' stored log at 3x, the keywords'
+    # at 10x their pace.
+    assert float(region) != 0 and float(region) * 3 != pytest.approx(float(keyword) * 10)
+    # The default: one scale, as before the option.
+    shared = tmp_path / "shared"
+    result = CliRunner().invoke(cli, [*args[:3], str(shared), *args[4:]])
+    assert result.exit_code == 0, result.output
+    checkpoint = read_checkpoint(shared / "last.pt")
+    assert checkpoint["model_config"]["region_attention_scale_rate"] == 0.0
+    assert "region_log_scale" not in checkpoint["model"]
+
+
 def test_tensorboard_gets_what_the_log_holds(data: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
