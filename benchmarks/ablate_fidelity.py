@@ -339,6 +339,17 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
 
         AttentionModel.attention_scale = frozen_then_learned  # type: ignore[method-assign]
         EpochSampler.set_epoch = counted_epoch  # type: ignore[method-assign]
+    region_switch = options.pop("region_scale_switch", None)
+    init = AttentionModel.__init__
+    if region_switch:  # kept through the figures: the loaded model is rebuilt from the class
+        _EPOCH["now"] = 0
+        _region_scale_switch(*region_switch)
+
+        def epoch_seen(self, epoch):
+            _EPOCH["now"] = int(epoch)
+            set_epoch(self, epoch)
+
+        EpochSampler.set_epoch = epoch_seen  # type: ignore[method-assign]
     region_entropy = options.pop("region_entropy", None)
     run_loss, scored = training._Run._loss, training._scored
     if region_entropy:  # the entropy term on the region attention too
@@ -383,7 +394,8 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         model_module._drop_modality = drop_modality
         AttentionModel._attend_modality = attend_modality  # type: ignore[method-assign]
         training.gate_routing_loss = routing_loss
-        AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
+        if not region_switch:
+            AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
         training._scored, training._Run._loss = scored, run_loss  # type: ignore[method-assign]
         EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
@@ -392,6 +404,8 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         return {**figures, "folder": str(out)}
     finally:
         AttentionModel._encode_query = encode_query
+        AttentionModel.__init__ = init  # type: ignore[method-assign]
+        AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
 
 
 def _package_figures(world: World, out: Path, options: dict, seconds: float) -> dict:
@@ -549,6 +563,28 @@ def _soft_attention(share: float, scale: float):
         return _attend(guide, items.key, items.value, items.bias, items.mask, pool, scales)
 
     return attend_modality
+
+
+def _region_scale_switch(epoch: int, rate: float) -> None:
+    """The region attention's log scale gains a second part, 0 and still until `epoch`, then
+    learned `rate` times as fast: soft while the concepts are learned, sharpening after."""
+    init, scale_of = AttentionModel.__init__, AttentionModel.attention_scale
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if hasattr(self, "region_log_scale"):
+            self.region_late_log_scale = torch.nn.Parameter(torch.zeros(()))
+
+    def attention_scale(self, region):
+        if not (region and hasattr(self, "region_late_log_scale")):
+            return scale_of(self, region)
+        late = self.region_late_log_scale
+        if self.training and _EPOCH["now"] < epoch:
+            late = late.detach()  # no gradient: the optimiser leaves it at 0
+        return (self.region_log_scale * self.region_rate + late * rate).exp()
+
+    AttentionModel.__init__ = __init__  # type: ignore[method-assign]
+    AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
 
 
 def _with_region_entropy(weight: float, floor: float):
@@ -884,6 +920,10 @@ PACKAGE = {
         "model_options": {"region_attention_scale_rate": 3.0},
     },
     "pkg region rate 1: amc": {"model_options": {"region_attention_scale_rate": 1.0}},
+    "pkg region rate 1, from epoch 4 also 10: amc": {
+        "region_scale_switch": (4, 10.0),
+        "model_options": {"region_attention_scale_rate": 1.0},
+    },
     "pkg region rate 3 entropy 0.003: amc": {
         "region_entropy": (0.003, 1.5),
         "model_options": {"region_attention_scale_rate": 3.0},
