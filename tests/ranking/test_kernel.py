@@ -203,7 +203,7 @@ def _option_grid() -> list[tuple[str, dict[str, object]]]:
             grid.append((kind, {"attention": "dot"}))
             grid.append((kind, {"intra": False}))
             grid.append((kind, {"attention_scale": 7.0}))
-            grid.append((kind, {"region_attention_scale_rate": 0.0}))  # one shared scale
+            grid.append((kind, {"region_attention_scale_rate": 3.0}))  # the regions' own scale
         if row.modality_gate:
             grid.append((kind, {"inter": False}))
             grid.append((kind, {"gate_content": True}))
