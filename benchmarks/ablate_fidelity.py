@@ -308,48 +308,29 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     if keep_rule:  # the package's dropout, with another rule for the kept modality
         model_module._drop_modality = _kept_by(keep_rule)
     score = AttentionModel._score
-    set_epoch = EpochSampler.set_epoch
     if modality_drop:  # training only: some queries scored with one modality alone
         AttentionModel._score = _modality_dropout(modality_drop, by_gate, schedule)  # type: ignore[method-assign]
         _EPOCH["of"] = options.get("epochs", 8)
+    soft_attention = options.pop("soft_attention", None)
+    attend_modality = AttentionModel._attend_modality
+    if soft_attention:  # training only: a share of the queries attend with a soft scale
+        AttentionModel._attend_modality = _soft_attention(*soft_attention)  # type: ignore[method-assign]
+    region_frozen = options.pop("region_scale_frozen", 0)
+    region_switch = options.pop("region_scale_switch", None)
+    init, attention_scale = AttentionModel.__init__, AttentionModel.attention_scale
+    if region_frozen:  # training only: the region scale held at its start for the first epochs
+        _region_scale_frozen(region_frozen)
+    if region_switch:  # kept through the figures: the loaded model is rebuilt from the class
+        _region_scale_switch(*region_switch)
+    set_epoch = EpochSampler.set_epoch
+    if modality_drop or region_frozen or region_switch:  # these read the epoch
+        _EPOCH["now"] = 0
 
         def seen_epoch(self, epoch):
             _EPOCH["now"] = int(epoch)
             set_epoch(self, epoch)
 
         EpochSampler.set_epoch = seen_epoch  # type: ignore[method-assign]
-    soft_attention = options.pop("soft_attention", None)
-    attend_modality = AttentionModel._attend_modality
-    if soft_attention:  # training only: a share of the queries attend with a soft scale
-        AttentionModel._attend_modality = _soft_attention(*soft_attention)  # type: ignore[method-assign]
-    region_frozen = options.pop("region_scale_frozen", 0)
-    attention_scale = AttentionModel.attention_scale
-    if region_frozen:  # the region scale held at its start for the first epochs
-        _EPOCH["now"] = 0
-
-        def frozen_then_learned(self, region):
-            scale = attention_scale(self, region)
-            if region and self.training and _EPOCH["now"] < region_frozen and scale is not None:
-                return (scale * 0).detach() + self.config.attention_scale
-            return scale
-
-        def counted_epoch(self, epoch):
-            _EPOCH["now"] = int(epoch)
-            set_epoch(self, epoch)
-
-        AttentionModel.attention_scale = frozen_then_learned  # type: ignore[method-assign]
-        EpochSampler.set_epoch = counted_epoch  # type: ignore[method-assign]
-    region_switch = options.pop("region_scale_switch", None)
-    init = AttentionModel.__init__
-    if region_switch:  # kept through the figures: the loaded model is rebuilt from the class
-        _EPOCH["now"] = 0
-        _region_scale_switch(*region_switch)
-
-        def epoch_seen(self, epoch):
-            _EPOCH["now"] = int(epoch)
-            set_epoch(self, epoch)
-
-        EpochSampler.set_epoch = epoch_seen  # type: ignore[method-assign]
     region_entropy = options.pop("region_entropy", None)
     run_loss, scored = training._Run._loss, training._scored
     if region_entropy:  # the entropy term on the region attention too
@@ -394,8 +375,6 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         model_module._drop_modality = drop_modality
         AttentionModel._attend_modality = attend_modality  # type: ignore[method-assign]
         training.gate_routing_loss = routing_loss
-        if not region_switch:
-            AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
         training._scored, training._Run._loss = scored, run_loss  # type: ignore[method-assign]
         EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
@@ -563,6 +542,20 @@ def _soft_attention(share: float, scale: float):
         return _attend(guide, items.key, items.value, items.bias, items.mask, pool, scales)
 
     return attend_modality
+
+
+def _region_scale_frozen(epochs: int) -> None:
+    """In training, the region attention's scale held at its start for the first `epochs`
+    epochs (no gradient reaches it), learned after."""
+    scale_of = AttentionModel.attention_scale
+
+    def attention_scale(self, region):
+        scale = scale_of(self, region)
+        if region and self.training and _EPOCH["now"] < epochs and scale is not None:
+            return (scale * 0).detach() + self.config.attention_scale
+        return scale
+
+    AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
 
 
 def _region_scale_switch(epoch: int, rate: float) -> None:

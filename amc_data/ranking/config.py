@@ -415,10 +415,12 @@ USED_WHEN: dict[str, UsedWhen] = {
     "inter": _ablation("modality_gate", "modality gate"),
     "attention": _kinds_with("intra_attention", "intra-attention", switch="intra"),
     "region_attention_scale_rate": UsedWhen(
-        lambda o: _attends_to_regions(o) and o.intra and o.attention != "dot",
+        lambda o: (
+            _attends_to_regions(model_kind(o.model, "model")) and o.intra and o.attention != "dot"
+        ),
         lambda: (
             "a model with intra-attention over regions "
-            f"({', '.join(r.name for r in model_rows() if r.regions and r.intra_attention)}), "
+            f"({', '.join(r.name for r in model_rows() if _attends_to_regions(r))}), "
             "intra on, cosine attention"
         ),
         ("model", "intra", "attention"),
@@ -441,8 +443,7 @@ USED_WHEN: dict[str, UsedWhen] = {
 }
 
 
-def _attends_to_regions(options: Any) -> bool:
-    row = model_kind(options.model, "model")
+def _attends_to_regions(row: Any) -> bool:
     return bool(row.regions and row.intra_attention)
 
 

@@ -421,8 +421,8 @@ class AttentionModel(RankingModel):
             self.attention_log_scale = nn.Parameter(
                 torch.tensor(math.log(config.attention_scale) / self.attention_rate)
             )
-            self.region_rate = config.region_attention_scale_rate
-            if self.use_visual and self.region_rate > 0:
+            if self.use_visual and config.region_attention_scale_rate > 0:
+                self.region_rate = config.region_attention_scale_rate
                 self.region_log_scale = nn.Parameter(
                     torch.tensor(math.log(config.attention_scale) / self.region_rate)
                 )

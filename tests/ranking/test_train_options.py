@@ -266,6 +266,7 @@ def test_a_record_that_is_not_valid_options_is_one_line_error(saved: Any) -> Non
         ("max_keywords", 5000, "^max_keywords .* 1 to 4,096"),
         ("attention_entropy", -1, "^attention_entropy "),
         ("attention_entropy_floor", -1, "^attention_entropy_floor "),
+        ("region_attention_scale_rate", -1, "^region_attention_scale_rate "),
     ],
 )
 def test_options_beyond_their_bounds_are_one_line_config_errors(
