@@ -332,9 +332,13 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
 
         EpochSampler.set_epoch = seen_epoch  # type: ignore[method-assign]
     region_entropy = options.pop("region_entropy", None)
+    value_target = options.pop("value_target", None)
     run_loss, scored = training._Run._loss, training._scored
     if region_entropy:  # the entropy term on the region attention too
         training._scored, training._Run._loss = _with_region_entropy(*region_entropy)
+    if value_target:  # the region attention drawn toward the cells whose values match q^m
+        training._scored, training._Run._loss = _with_value_target(*value_target)
+        options.update(region_target=0.0, region_mean_hinge=0.0)  # the probe's own terms only
     unimodal = options.pop("unimodal", None)
     routing_loss = training.gate_routing_loss
     if unimodal:  # each modality alone also ranks (through the routing term's reading)
@@ -602,6 +606,61 @@ def _with_region_entropy(weight: float, floor: float):
             return total
         rows = batch.pool_positive * modality[..., 0].detach()
         return total + weight * attention_entropy(inside["region"], rows, floor=floor)
+
+    return scored_and_seen, loss
+
+
+def _with_value_target(weight: float, temperature: float, mean_pool: float = 0.0):
+    """`training._scored` and `_Run._loss` that add `weight` times the cross-entropy from a
+    target to the region attention on each query's positives (counted by the gate's detached
+    visual weight): the target is the softmax, at `temperature`, of the cosine between the
+    query's shared vector q^m and each region's value (held fixed). A cell's logit then moves
+    by (its weight - its target), not in proportion to the weight it already has. With
+    `mean_pool`, plus that many times the pool hinge of the regions' mean value alone (every
+    cell's value learns, whatever the attention)."""
+    import torch.nn.functional as F
+
+    from amc_data.ranking import training
+
+    scored, run_loss = training._scored, training._Run._loss
+    seen: dict = {}
+
+    def scored_and_seen(*args, **kwargs):
+        out = scored(*args, **kwargs)
+        seen["inside"], seen["modality"] = out[1], out[2]
+        return out
+
+    def loss(self, net, batch):
+        total = run_loss(self, net, batch)
+        inside, modality = seen["inside"], seen["modality"]
+        if "region" not in inside or not batch.pooled:
+            return total
+        model = training._unwrap(net)
+        if mean_pool:
+            query = F.normalize(model._encode_query(batch.query).shared.float(), dim=-1)
+            visual = model._encode_images(batch.images).visual
+            weights = visual.mask.float() / visual.mask.float().sum(-1, keepdim=True).clamp_min(1)
+            mean = F.normalize(torch.einsum("pr,prd->pd", weights, visual.value.float()), dim=-1)
+            total = total + mean_pool * training.pool_hinge_loss(
+                query @ mean.T,
+                batch.pool_own,
+                batch.pool_positive,
+                self.config.margin,
+                reduction=self.config.pool_reduction,
+            )
+        with torch.no_grad():
+            shared = F.normalize(model._encode_query(batch.query).shared.float(), dim=-1)
+            visual = model._encode_images(batch.images).visual
+            value = F.normalize(visual.value.float(), dim=-1)  # (P, R, d)
+            cosine = torch.einsum("bd,prd->bpr", shared, value)
+            cosine = cosine.masked_fill(~visual.mask.unsqueeze(0), float("-inf"))
+            target = torch.softmax(cosine / temperature, -1).nan_to_num(0.0)  # (B, P, R)
+        attention = inside["region"].float()  # (B, P, R)
+        cross = -(target * attention.clamp_min(1e-12).log()).sum(-1)  # (B, P)
+        rows = batch.pool_positive * modality[..., 0].detach()
+        rows = rows.float().expand_as(cross)
+        term = (cross * rows).sum() / rows.sum().clamp_min(1e-12)
+        return total + weight * term
 
     return scored_and_seen, loss
 
@@ -920,6 +979,25 @@ PACKAGE = {
     "pkg region rate 3 entropy 0.003: amc": {
         "region_entropy": (0.003, 1.5),
         "model_options": {"region_attention_scale_rate": 3.0},
+    },
+    # Session 15: the region attention drawn toward the cells whose values match q^m, and the
+    # regions' mean value's hinge (a probe first, then the package's `region_target` and
+    # `region_mean_hinge`, on by default: "pkg amc"; the probe turns the package's off).
+    "pkg region terms off: amc": {"region_target": 0.0, "region_mean_hinge": 0.0},
+    "pkg value target 0.1 at 0.05: amc": {"value_target": (0.1, 0.05)},
+    "pkg value target 0.1 at 0.05: amc --no-inter": {"inter": False, "value_target": (0.1, 0.05)},
+    "pkg value target 0.03 at 0.05: amc": {"value_target": (0.03, 0.05)},
+    "pkg value target 0.3 at 0.05: amc": {"value_target": (0.3, 0.05)},
+    "pkg value target 0.1 at 0.1: amc": {"value_target": (0.1, 0.1)},
+    "pkg value target 0.1 at 0.05, mean pool 0.3: amc": {"value_target": (0.1, 0.05, 0.3)},
+    "pkg mean pool 0.3: amc": {"value_target": (0.0, 0.05, 0.3)},
+    "pkg value target 0.1 at 0.05, mean pool 0.3: amc --no-inter": {
+        "inter": False,
+        "value_target": (0.1, 0.05, 0.3),
+    },
+    "pkg value target 0.1 at 0.05, mean pool 0.3: amc --no-intra": {
+        "intra": False,
+        "value_target": (0.1, 0.05, 0.3),
     },
     "pkg region frozen 4 then rate 10: amc": {
         "region_scale_frozen": 4,

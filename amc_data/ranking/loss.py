@@ -13,6 +13,7 @@ def hinge_ranking_loss(
     margin: float,
     in_batch: torch.Tensor | None = None,
     in_batch_negative: torch.Tensor | None = None,
+    query_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean of `max(0, margin - s(q, v+) + s(q, v-))` over every negative of every query.
 
@@ -20,9 +21,12 @@ def hinge_ranking_loss(
     `in_batch` (`(B, B)`: each query against every query's positive, its own on the diagonal)
     the other queries' positives count as negatives too, where `in_batch_negative` (`(B, B)`
     bool) allows: rows of the same query, or with the same positive image, are no negatives.
+    `query_weights` `(B,)` (without `in_batch`): each query's terms count that many times.
     """
     positive = scores[:, :1]  # (B, 1)
     losses = (margin - positive + scores[:, 1:]).clamp(min=0)  # (B, t)
+    if query_weights is not None:
+        losses = losses * query_weights.to(losses.dtype).unsqueeze(1)
     total, count = losses.sum(), losses.numel()
     if in_batch is not None and in_batch.shape[0] > 1:
         own = in_batch.diagonal().unsqueeze(1)  # (B, 1)
@@ -42,6 +46,7 @@ def pool_hinge_loss(
     hardest: bool = False,
     reduction: str = "all",
     violating_weight: float = 0.0,
+    query_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The hinge over a shared pool: `max(0, margin - s(q, v+) + s(q, v-))` for each query's own
     positive `v+` against every pool image `v-` that is none of the query's positives.
@@ -61,17 +66,22 @@ def pool_hinge_loss(
     `violating_weight` (with the mean over every cell): that many times the violating mean is
     added, a middle between the two. Within a batch the two means differ by one factor (negative
     cells / violating cells), so each is the other with a per-batch step size.
+    `query_weights` `(B,)`: each query's terms count that many times (the counts of cells and
+    queries that divide them do not change).
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
     own_scores = scores[rows, own].unsqueeze(1)  # (B, 1)
     negative = ~positive  # (B, P)
     terms = (margin - own_scores + scores).clamp(min=0) * negative  # (B, P), 0 off negatives
+    violates = terms > 0  # counted before any weights, which may be 0
+    if query_weights is not None:
+        terms = terms * query_weights.to(terms.dtype).unsqueeze(1)
     if hardest:
         has_negative = negative.any(1)  # (B,)
         worst = terms.max(1).values  # (B,): 0 where a query has no negative
         return (worst * has_negative).sum() / has_negative.sum().clamp(min=1)
     if reduction in ("per-query", "mixed"):
-        violating_cells = (terms > 0).sum(1)  # (B,)
+        violating_cells = violates.sum(1)  # (B,)
         per_query = terms.sum(1) / violating_cells.clamp(min=1)  # 0 where none violates
         per_query_mean = per_query.sum() / (violating_cells > 0).sum().clamp(min=1)
         if reduction == "per-query":
@@ -80,7 +90,7 @@ def pool_hinge_loss(
         return 0.5 * cells + 0.5 * per_query_mean
     total = terms.sum()
     if reduction == "violating" or violating_weight:
-        violating = total / (terms > 0).sum().clamp(min=1)
+        violating = total / violates.sum().clamp(min=1)
         if reduction == "violating":
             return violating
         return total / negative.sum().clamp(min=1) + violating_weight * violating
@@ -148,3 +158,28 @@ def gate_routing_loss(
         -1
     )  # (B,)
     return (divergence * usable).sum() / count.clamp(min=1) * (count >= 2)
+
+
+def region_target_loss(
+    attention: torch.Tensor,
+    match: torch.Tensor,
+    mask: torch.Tensor,
+    pairs: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """The cross-entropy from a target to the region attention, averaged over the rows `pairs`
+    picks (bool, or float weights of a weighted mean); 0 where it picks none.
+
+    `attention` is `(..., R)`, the weights over an image's regions; `match` `(..., R)` how well
+    each region's value matches the query (a cosine) and `mask` (broadcastable) its real
+    regions. The target is the softmax of `match` over `temperature`, held fixed: the regions
+    whose values already say what the query asks. A region's logit then moves by its weight
+    less its target, so a region the attention has all but left (a concept it has not found)
+    still draws it, where the ranking loss moves each logit in proportion to its weight.
+    An image without regions adds nothing."""
+    logits = (match.detach().float() / temperature).masked_fill(~mask, float("-inf"))
+    anything = mask.any(-1, keepdim=True)
+    target = torch.softmax(logits.masked_fill(~anything, 0.0), -1) * anything  # (..., R)
+    cross = -(target * attention.float().clamp_min(1e-12).log()).sum(-1)  # (...)
+    pairs = pairs.to(cross.dtype)
+    return (cross * pairs).sum() / pairs.sum().clamp(min=1e-12)

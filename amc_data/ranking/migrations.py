@@ -38,7 +38,8 @@ FORMAT_VERSION = 3  # what this amc-data writes, and the newest it reads
 # dropout existed scored every query with both modalities, those recorded with it before
 # modality_dropout_keep existed kept the modality the gate favours, those recorded before
 # pool_reduction existed averaged the pool loss over every negative, and those recorded before
-# gate_routing existed taught the gate by the ranking loss alone.
+# gate_routing existed taught the gate by the ranking loss alone, and those recorded before the
+# region terms existed trained the region attention by the ranking loss alone.
 ADDED_LATER: dict[str, Any] = {
     "loss": "pairs",
     "attention_entropy": 0.0,
@@ -47,6 +48,8 @@ ADDED_LATER: dict[str, Any] = {
     "modality_dropout_keep": "favoured",
     "pool_reduction": "all",
     "gate_routing": 0.0,
+    "region_target": 0.0,
+    "region_mean_hinge": 0.0,
 }
 
 

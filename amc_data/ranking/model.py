@@ -182,6 +182,16 @@ class GateReading:
 
 
 @dataclass(frozen=True)
+class RegionReading:
+    """What the training losses on the regions need beside the scores: how well each region's
+    value alone, and the regions' mean value, match the query's shared vector."""
+
+    match: Tensor  # (B|Q, M|N, R): cos(q^m, each region's value); 0 on padded regions
+    mask: Tensor  # (B|1, M|N, R) bool: real regions
+    mean: Tensor  # (B|Q, M|N): cos(q^m, the mean of the regions' values); 0 without regions
+
+
+@dataclass(frozen=True)
 class EncodedQuery:
     """The query embedding block's outputs (the paper's four vectors). A vector the model does
     not use (a baseline, an ablation) is None."""
@@ -231,6 +241,7 @@ class RankingModel(nn.Module):
         pool: bool = False,
         weights: bool = False,
         gate: bool = False,
+        regions: bool = False,
     ) -> Tensor | tuple[Any, ...]:
         """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M);
         with `pool`, of every query against one pool, as `score_pool` (through `forward`, so
@@ -239,18 +250,21 @@ class RankingModel(nn.Module):
         "keyword"; (B, M, T), or (Q, N, T) in pool, in the chunks `score_pool` takes) and the
         modality weights over those it reads, in that order ((B, M, n), (Q, N, n)), for a
         training loss that reads the attention; with `gate` too (a model with a modality gate),
-        a `GateReading` fourth."""
+        a `GateReading` next; with `regions` (a model that attends to regions), a
+        `RegionReading` last."""
         if weights:
             if not model_kind(self.config.kind).intra_attention:
                 raise ConfigError(f"The {self.config.kind} model has no attention weights.")
             if gate and not getattr(self, "gated", False):
                 raise ConfigError(f"This {self.config.kind} model has no modality gate.")
+            if regions and not (getattr(self, "use_visual", False) and self.attend):
+                raise ConfigError(f"This {self.config.kind} model has no attention over regions.")
             if pool:
-                scored = self._score_pool(query, images, gate=gate)
+                scored = self._score_pool(query, images, gate=gate, regions=regions)
             else:
                 self._check(query, images, pool=False)
                 scored = self._score(
-                    self._encode_query(query), self._encode_images(images), False, gate
+                    self._encode_query(query), self._encode_images(images), False, gate, regions
                 )
             scores, inside, modality = scored[:3]
             return scores, inside, modality.expand(*scores.shape, modality.shape[-1]), *scored[3:]
@@ -268,13 +282,18 @@ class RankingModel(nn.Module):
         return self._score_pool(query, images, weights=False)[0]
 
     def _score_pool(
-        self, query: QueryBatch, images: ImageBatch, weights: bool = True, gate: bool = False
+        self,
+        query: QueryBatch,
+        images: ImageBatch,
+        weights: bool = True,
+        gate: bool = False,
+        regions: bool = False,
     ) -> tuple[Any, ...]:
         """`score_pool`'s scores first, with the weights `_score` gives beside them (an
         attention model's: inside (Q, N, T) by modality, modality (Q, N, n); with `gate`, its
-        `GateReading` too), the queries in chunks that bound memory (each chunk's weights
-        spread over its queries, so that the chunks join); without `weights`, past one chunk,
-        the scores only."""
+        `GateReading`, with `regions` its `RegionReading`), the queries in chunks that bound
+        memory (each chunk's weights spread over its queries, so that the chunks join); without
+        `weights`, past one chunk, the scores only."""
         self._check(query, images, pool=True)
         encoded = self._encode_images(images)
         n, items = images.shape[0], images.regions.shape[-2] + images.keywords.shape[-1]
@@ -282,13 +301,13 @@ class RankingModel(nn.Module):
         if len(query) > 0 and len(query) * per_query <= self.pool_chunk_elements:
             # One chunk (a training batch's pool): no chunk size is computed from the shapes,
             # so torch.compile does not specialise on it and recompile for every pool size.
-            return self._score(self._encode_query(query), encoded, True, gate)
+            return self._score(self._encode_query(query), encoded, True, gate, regions)
         chunk = max(1, self.pool_chunk_elements // per_query)
         scores: list[Tensor] = []
         kept: list[tuple[Any, ...]] = []  # with `weights`: each chunk's
         for start in range(0, len(query), chunk):
             rows = query.map(itemgetter(slice(start, start + chunk)))  # (chunk, L)
-            scored = self._score(self._encode_query(rows), encoded, True, gate)
+            scored = self._score(self._encode_query(rows), encoded, True, gate, regions)
             scores.append(scored[0])
             if weights and len(scored) >= 3:
                 kept.append(scored[1:])
@@ -303,11 +322,20 @@ class RankingModel(nn.Module):
 
         names = kept[0][0]
         inside = {name: spread([k[0][name] for k in kept]) for name in names}
-        joined_weights = (joined, inside, spread([k[1] for k in kept]))
-        if not gate:
-            return joined_weights
-        reading = GateReading(spread([k[2].gate for k in kept]), spread([k[2].alone for k in kept]))
-        return (*joined_weights, reading)
+        joined_weights: tuple[Any, ...] = (joined, inside, spread([k[1] for k in kept]))
+        if gate:
+            gates = [k[2] for k in kept]
+            gated = GateReading(spread([r.gate for r in gates]), spread([r.alone for r in gates]))
+            joined_weights = (*joined_weights, gated)
+        if regions:
+            readings = [k[-1] for k in kept]
+            region_reading = RegionReading(
+                spread([r.match for r in readings]),
+                readings[0].mask,
+                spread([r.mean for r in readings]),
+            )
+            joined_weights = (*joined_weights, region_reading)
+        return joined_weights
 
     def explain(self, query: QueryBatch, images: ImageBatch) -> Attention:
         """The scores and the attention weights behind them, for images (B, M, ...)."""
@@ -342,7 +370,9 @@ class RankingModel(nn.Module):
     def _encode_images(self, images: ImageBatch) -> Any:
         raise NotImplementedError
 
-    def _score(self, query: Any, images: Any, pool: bool, gate: bool = False) -> tuple[Any, ...]:
+    def _score(
+        self, query: Any, images: Any, pool: bool, gate: bool = False, regions: bool = False
+    ) -> tuple[Any, ...]:
         raise NotImplementedError
 
 
@@ -503,10 +533,15 @@ class AttentionModel(RankingModel):
         return (vec.unsqueeze(0) if pool else vec), weight  # (*S, d), with a leading 1 in pool
 
     def _score(
-        self, q: EncodedQuery, img: EncodedImages, pool: bool, gate: bool = False
+        self,
+        q: EncodedQuery,
+        img: EncodedImages,
+        pool: bool,
+        gate: bool = False,
+        regions: bool = False,
     ) -> tuple[Any, ...]:
         """Scores, the weights inside each modality, and the modality weights (used ones only);
-        with `gate`, a `GateReading` fourth.
+        with `gate`, a `GateReading` next; with `regions`, a `RegionReading` last.
 
         Pairs: q (B, .), img (B, M, .) -> (B, M, .). Pool: q (Q, .), img (N, .) -> (Q, N, .).
         Query-independent results (mean pooling, fixed weights) keep a leading 1 in pool mode
@@ -551,15 +586,35 @@ class AttentionModel(RankingModel):
         x = sum(modality[..., i : i + 1] * vec for i, vec in enumerate(attended))  # x^q
         query_unit = F.normalize(q.shared.float(), dim=-1, eps=1e-6).unsqueeze(1)  # (B|Q, 1, d)
         scores = _dot(query_unit, F.normalize(x, dim=-1, eps=1e-6))  # type: ignore[arg-type]
-        if not gate:
-            return scores, weights, modality  # scores (B|Q, M|N)
-        # Each modality's score alone: its attended vector is unit length (or 0 where the image
-        # lacks the modality), so all the weight on it makes x^q that vector.
-        alone = torch.stack([_dot(query_unit, vec) for vec in attended], -1)  # (B|Q, M|N, 2)
-        return scores, weights, modality, GateReading(gate_weights.expand(alone.shape), alone)
+        scored: tuple[Any, ...] = (scores, weights, modality)  # scores (B|Q, M|N)
+        if gate:
+            # Each modality's score alone: its attended vector is unit length (or 0 where the
+            # image lacks the modality), so all the weight on it makes x^q that vector.
+            alone = torch.stack([_dot(query_unit, vec) for vec in attended], -1)  # (B|Q, M|N, 2)
+            scored = (*scored, GateReading(gate_weights.expand(alone.shape), alone))
+        if regions and img.visual is not None:
+            scored = (*scored, _region_reading(query_unit, img.visual, pool))
+        return scored
 
 
 # Helpers ---------------------------------------------------------------------------------------
+
+
+def _region_reading(query_unit: Tensor, visual: EncodedModality, pool: bool) -> RegionReading:
+    """How well each region's value, and the regions' mean value, match the unit query vectors
+    (B|Q, 1, d): the values (B, M, R, d) of each query's candidates, or (N, R, d) of a pool."""
+    value = visual.value.float()
+    unit = F.normalize(value, dim=-1, eps=1e-6)
+    mean = F.normalize(_masked_mean(value, visual.mask), dim=-1, eps=1e-6)  # (*S, d)
+    query = query_unit[:, 0]  # (B|Q, d)
+    with float32_products(query):
+        if pool:
+            match, mean_score = torch.einsum("qd,nrd->qnr", query, unit), query @ mean.T
+            mask = visual.mask.unsqueeze(0)  # (1, N, R)
+        else:
+            match = torch.einsum("bd,bmrd->bmr", query, unit)
+            mean_score, mask = torch.einsum("bd,bmd->bm", query, mean), visual.mask
+    return RegionReading(match * mask, mask, mean_score)
 
 
 def _drop_modality(

@@ -30,8 +30,8 @@ PRESETS: dict[str, Preset] = {
     # reproduction uses); the intra-attention's logits are the scaled dot product of guide and
     # key; the inter-attention reads the attended vectors as well as the query, with no learned
     # scale on its logits; no term on the attention's entropy, every query scored with both
-    # modalities. Today's defaults differ on each of these (docs/model.md's table says why,
-    # with the measurements).
+    # modalities, no term on the regions beside the ranking loss. Today's defaults differ on
+    # each of these (docs/model.md's table says why, with the measurements).
     "paper": Preset(
         "the paper's setup: per-pair hinge loss with t = 8 sampled negatives, margin 0.2, "
         "dot-product attention, a gate that reads the attended vectors",
@@ -46,6 +46,8 @@ PRESETS: dict[str, Preset] = {
             "attention_entropy": 0.0,
             "modality_dropout": 0.0,
             "gate_routing": 0.0,
+            "region_target": 0.0,
+            "region_mean_hinge": 0.0,
         },
     ),
 }

@@ -44,6 +44,7 @@ from ..prepare.format import PreparedDataset, load_prepared
 from ..progress import progress_bar
 from ..version import __version__
 from . import distributed, run_folder
+from . import loss as losses
 from .batch import TrainBatch
 from .build import build_model
 from .checkpoint import check_fingerprints, read_checkpoint, save_checkpoint
@@ -56,9 +57,17 @@ from .config import (
     check_negatives,
     gate_routing_on,
     modality_dropout_on,
+    region_mean_hinge_on,
+    region_target_on,
 )
 from .data import train_loader
-from .loss import attention_entropy, gate_routing_loss, hinge_ranking_loss, pool_hinge_loss
+from .loss import (
+    attention_entropy,
+    gate_routing_loss,
+    hinge_ranking_loss,
+    pool_hinge_loss,
+    region_target_loss,
+)
 from .model import AttentionModel, ModelConfig, RankingModel
 from .resident import ResidentFeatures, features_fit
 from .resume import model_to_start_from, open_run, options_to_resume
@@ -543,30 +552,24 @@ class _Run:
     def _loss(self, net: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """The batch's hinge loss: over its shared pool, or over each pair's own negatives; with
         `attention_entropy`, plus that many times the attention's entropy on the positives; with
-        `gate_routing`, plus that many times the gate routing term."""
+        `gate_routing`, plus that many times the gate routing term; with `region_mean_hinge`,
+        plus that many times the same hinge of the regions' mean value alone; with
+        `region_target`, plus that many times the region target term on the positives."""
         entropy, routing = attention_entropy_on(self.config), gate_routing_on(self.config)
-        scores, inside, modality, reading = _scored(
-            net, batch, pool=batch.pooled, weights=entropy or routing, gate=routing
+        target, mean_hinge = region_target_on(self.config), region_mean_hinge_on(self.config)
+        scores, inside, modality, reading, regions = _scored(
+            net,
+            batch,
+            pool=batch.pooled,
+            weights=entropy or routing or target or mean_hinge,
+            gate=routing,
+            regions=target or mean_hinge,
         )
+        loss = self._hinge(net, batch, scores, in_batch=self.config.in_batch)
         if batch.pooled:
             assert batch.pool_own is not None and batch.pool_positive is not None
-            loss = pool_hinge_loss(
-                scores.float(),
-                batch.pool_own,
-                batch.pool_positive,
-                self.config.margin,
-                hardest=self.config.hardest,
-                reduction=self.config.pool_reduction,
-            )
             positive, own = batch.pool_positive, batch.pool_own  # (B, P), (B,)
         else:
-            in_batch = None
-            if self.config.in_batch:
-                positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
-                in_batch = _unwrap(net).score_pool(batch.query, positives).float()  # (B, B)
-            loss = hinge_ranking_loss(
-                scores.float(), self.config.margin, in_batch, _in_batch_negatives(batch)
-            )
             positive = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
             positive[:, 0] = True  # each pair's positive comes first
             own = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
@@ -574,6 +577,8 @@ class _Run:
             loss = loss + self.config.gate_routing * gate_routing_loss(
                 reading.alone, reading.gate, own, positive, self.config.margin
             )
+        if regions is not None:
+            loss = loss + self._region_terms(inside, modality, regions, batch, own, positive, net)
         if not entropy or "keyword" not in inside:  # off, or a model that reads no keywords
             return loss
         # The keyword attention on each positive counts as much as the modality gate reads the
@@ -583,6 +588,79 @@ class _Run:
             inside["keyword"], rows, floor=self.config.attention_entropy_floor
         )
         return loss + self.config.attention_entropy * entropy_term
+
+    def _region_terms(
+        self,
+        inside: dict[str, torch.Tensor],
+        modality: torch.Tensor,
+        regions: Any,
+        batch: TrainBatch,
+        own: torch.Tensor,
+        positive: torch.Tensor,
+        net: torch.nn.Module,
+    ) -> torch.Tensor:
+        """`region_mean_hinge` times the hinge of the regions' mean value alone, plus
+        `region_target` times the region target term on the positives. Each query (each
+        positive) counts as much as the modality gate reads the regions for it (held fixed), as
+        the entropy term's rows do for the keywords: the regions answer for the share of the
+        score they carry, and are not asked to rank the queries the gate sends to the
+        keywords (which taught them the keywords' concepts through the images that hold both,
+        and the gate to follow the caption less)."""
+        visual = modality[..., list(inside).index("region")].detach()  # (B, P | M)
+        total = torch.zeros((), device=visual.device)
+        if region_mean_hinge_on(self.config):
+            read = visual[torch.arange(len(own), device=own.device), own]  # (B,)
+            hinge = self._hinge(net, batch, regions.mean, in_batch=False, query_weights=read)
+            total = total + self.config.region_mean_hinge * hinge
+        if region_target_on(self.config):
+            target = region_target_loss(
+                inside["region"],
+                regions.match,
+                regions.mask,
+                positive * visual,
+                self.config.region_target_temperature,
+            )
+            total = total + self.config.region_target * target
+        return total
+
+    def _hinge(
+        self,
+        net: torch.nn.Module,
+        batch: TrainBatch,
+        scores: torch.Tensor,
+        in_batch: bool,
+        query_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The configured hinge of `scores`: over the batch's shared pool, or over each pair's
+        own negatives (with `in_batch`, the batch's other positives too); with `query_weights`,
+        each query's terms counted that many times. The model's own scores go through this
+        module's `pool_hinge_loss` / `hinge_ranking_loss`, called once a step (what a patch or a
+        profile of the step's ranking loss sees); other scores through the loss module's."""
+        own_loss = query_weights is None
+        pool_hinge = pool_hinge_loss if own_loss else losses.pool_hinge_loss
+        pairs_hinge = hinge_ranking_loss if own_loss else losses.hinge_ranking_loss
+        if batch.pooled:
+            assert batch.pool_own is not None and batch.pool_positive is not None
+            return pool_hinge(
+                scores.float(),
+                batch.pool_own,
+                batch.pool_positive,
+                self.config.margin,
+                hardest=self.config.hardest,
+                reduction=self.config.pool_reduction,
+                query_weights=query_weights,
+            )
+        others = None
+        if in_batch:
+            positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
+            others = _unwrap(net).score_pool(batch.query, positives).float()  # (B, B)
+        return pairs_hinge(
+            scores.float(),
+            self.config.margin,
+            others,
+            _in_batch_negatives(batch),
+            query_weights=query_weights,
+        )
 
     def _check_finite(self, bad_step: torch.Tensor, epoch: int) -> None:
         bad = int(distributed.max_across(bad_step, self.processes).item())
@@ -713,15 +791,23 @@ def _tick(bar: Any, item: Any) -> Any:
 
 
 def _scored(
-    net: torch.nn.Module, batch: TrainBatch, pool: bool, weights: bool, gate: bool = False
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, Any]:
+    net: torch.nn.Module,
+    batch: TrainBatch,
+    pool: bool,
+    weights: bool,
+    gate: bool = False,
+    regions: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, Any, Any]:
     """The batch's scores ((B, P) over its pool, or (B, 1 + t)); with `weights`, the attention
     and modality weights beside them, as `forward(..., weights=True)` gives them; with `gate`,
-    the gate's `GateReading` fourth (otherwise None)."""
+    the gate's `GateReading` fourth, with `regions` the `RegionReading` fifth (otherwise
+    None)."""
     if weights:
-        scored = net(batch.query, batch.images, pool=pool, weights=True, gate=gate)
-        return (*scored, None) if len(scored) == 3 else scored
-    return net(batch.query, batch.images, pool=pool), {}, torch.empty(0), None
+        scored = net(batch.query, batch.images, pool=pool, weights=True, gate=gate, regions=regions)
+        gate_reading = scored[3] if gate else None
+        region_reading = scored[-1] if regions else None
+        return (*scored[:3], gate_reading, region_reading)
+    return net(batch.query, batch.images, pool=pool), {}, torch.empty(0), None, None
 
 
 def _in_batch_negatives(batch: Any) -> torch.Tensor | None:

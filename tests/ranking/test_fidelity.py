@@ -215,13 +215,12 @@ def test_attention_looks_where_the_concept_is(trained):
     # keyword goal holds in 22 of 24 trainings, but the mass moves with the seed by up to
     # +-0.08 (0.46-0.64 on synth and coco-caption), and another CPU or torch build acts like
     # another seed; so the goal is asserted where it holds with room (coco: 0.71-0.81), and a
-    # floor below the lowest training seen (0.46) elsewhere. On coco-caption the region
-    # attention reaches 0.62-0.68 only: there far above uniform is what holds.
+    # floor below the lowest training seen (0.46) elsewhere. The region goal holds on every
+    # world since the region terms (the regions' mean value's hinge and the target drawn from
+    # the values; benchmarks/FIDELITY.md, session 15): coco-caption 0.94 at both seeds, where
+    # the ranking loss alone left 0.62-0.68; synth and coco 0.95-0.98, from 0.75-0.84.
     if world == "coco":
         assert attention["keyword"] >= 0.5, attention
     else:
         assert attention["keyword"] >= 0.4, attention
-    if world == "coco-caption":
-        assert attention["region"] >= 2.5 * attention["region_uniform"], attention
-    else:
-        assert attention["region"] >= 0.7, attention
+    assert attention["region"] >= 0.7, attention

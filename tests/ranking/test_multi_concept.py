@@ -273,3 +273,21 @@ def test_the_gate_follows_what_a_caption_names(trained_multi) -> None:
     )
     assert visual >= textual + 0.2, metrics
     assert textual < metrics["gate_visual_weight_both"] < visual, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TRAINING_TIMEOUT)
+def test_the_attention_finds_each_concept_where_it_is(trained_multi) -> None:
+    # Each concept's median attention mass on its own cells (visual) or keyword (textual), over
+    # the test captions naming it (`eval --concepts`). The ranking loss alone left some visual
+    # concepts unlearned: on this world at this seed 5 of 100 under 0.3 and a median of 0.75,
+    # on the benchmark's two worlds 5-22% under 0.3; with the region terms (the regions' mean
+    # value's hinge and the target drawn from the values) 3 of 100 and a median of 0.94 here,
+    # 0-6% on the benchmark's worlds (benchmarks/FIDELITY.md, session 15). The bounds sit
+    # between the two.
+    table, _, _, _ = trained_multi
+    concepts = table["amc"].concepts
+    for modality, group in concepts.groupby("modality"):
+        assert (group["mass"] < 0.3).mean() <= 0.05, (modality, group.nsmallest(8, "mass"))
+    visual = concepts[concepts["modality"] == "visual"]["mass"]
+    assert visual.median() >= 0.85, visual.describe()

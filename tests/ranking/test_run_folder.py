@@ -172,8 +172,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint_whole_and_says_what_to_do(
     _assert_as_uninterrupted(run, whole)
 
 
-# Run by the test in a subprocess: the CLI trains, and the write of last.pt at epoch 2 (which
-# also writes best.pt) stalls halfway, having said so, until SIGTERM arrives.
+# Run by the test in a subprocess: the CLI trains, and the write of last.pt at the given epoch
+# (one that also writes best.pt) stalls halfway, having said so, until SIGTERM arrives.
 _STALLED = """
 import sys, time
 from pathlib import Path
@@ -182,12 +182,12 @@ import amc_data.ranking.training as training
 from amc_data.files import atomic_write
 from amc_data_cli.main import main
 
-marker, args = Path(sys.argv[1]), sys.argv[2:]
+marker, epoch, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 real_save = training.save_checkpoint
 
 
 def stalled(path, payload):
-    if path.name == "last.pt" and payload["epoch"] == 2:
+    if path.name == "last.pt" and payload["epoch"] == epoch:
         with atomic_write(path) as handle:
             handle.write(b"half a checkpoint")
             handle.flush()
@@ -204,14 +204,14 @@ main(args)
 def test_sigterm_in_the_middle_of_a_checkpoint_write_leaves_only_whole_files(
     data: Path, whole: Path, tmp_path: Path
 ) -> None:
-    assert read_checkpoint(whole / "best.pt")["epoch"] == 2  # epoch 2 also writes best.pt
+    best = read_checkpoint(whole / "best.pt")["epoch"]  # that epoch also writes best.pt
     run, marker = tmp_path / "run", tmp_path / "writing"
     options = ["--epochs", "4", "--batch-size", "32", "--loss", "pairs", "--negatives", "3"]
     options += ["--dim", "16", "--device", "cpu", "--seed", str(OPTIONS["seed"]), "--quiet"]
     args = ["train", str(data), "--out", str(run), *options]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen(
-        [sys.executable, "-c", _STALLED, str(marker), *args],
+        [sys.executable, "-c", _STALLED, str(marker), str(best), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -228,9 +228,9 @@ def test_sigterm_in_the_middle_of_a_checkpoint_write_leaves_only_whole_files(
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "Stopped by SIGTERM" in stderr and "Traceback" not in stderr
     assert _hidden(run) == []  # no temporary file, no best checkpoint left waiting
-    assert read_checkpoint(run / "last.pt")["epoch"] == 1
-    assert read_checkpoint(run / "best.pt")["epoch"] == 1
-    assert [e["epoch"] for e in _log(run)] == [1]
+    assert read_checkpoint(run / "last.pt")["epoch"] == best - 1
+    assert read_checkpoint(run / "best.pt")["epoch"] <= best - 1
+    assert [e["epoch"] for e in _log(run)] == list(range(1, best))
     train(data, run, CONFIG, resume=True)
     _assert_as_uninterrupted(run, whole)
 

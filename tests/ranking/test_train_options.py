@@ -137,6 +137,15 @@ UNUSED = [
         "region_attention_scale_rate",
         "cosine attention",
     ),
+    ({"model": "keyword", "region_target": 0.5}, "region_target", "over regions (amc)"),
+    ({"intra": False, "region_target": 0.5}, "region_target", "intra on"),
+    ({"model": "fusion", "region_mean_hinge": 0.5}, "region_mean_hinge", "over regions (amc)"),
+    ({"intra": False, "region_mean_hinge": 0.5}, "region_mean_hinge", "intra on"),
+    (
+        {"region_target": 0.0, "region_target_temperature": 0.5},
+        "region_target_temperature",
+        "region_target above 0",
+    ),
     ({"model": "cca", "word_vectors": "v.txt"}, "word_vectors", "gradient descent"),
     ({"init_from": "run", "word_vectors": "v.txt"}, "word_vectors", "no init_from"),
     ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),
@@ -215,6 +224,8 @@ def test_the_paper_preset_is_the_paper_objective_and_inter_attention() -> None:
             attention_entropy=0.0,
             modality_dropout=0.0,
             gate_routing=0.0,
+            region_target=0.0,
+            region_mean_hinge=0.0,
         )
     ]
     # Typed options win over the preset; its options a run does not use are left out (a
@@ -267,6 +278,9 @@ def test_a_record_that_is_not_valid_options_is_one_line_error(saved: Any) -> Non
         ("attention_entropy", -1, "^attention_entropy "),
         ("attention_entropy_floor", -1, "^attention_entropy_floor "),
         ("region_attention_scale_rate", -1, "^region_attention_scale_rate "),
+        ("region_target", -1, "^region_target must be a finite number >= 0"),
+        ("region_target_temperature", 0, "^region_target_temperature must be a finite number > 0"),
+        ("region_mean_hinge", -0.1, "^region_mean_hinge "),
     ],
 )
 def test_options_beyond_their_bounds_are_one_line_config_errors(
