@@ -193,17 +193,21 @@ class TrainConfig:
     # On worlds where an image holds a concept in each modality, the ranking loss moves a region's
     # attention logit in proportion to the weight it already has: a concept whose cells the
     # attention left early (the other modality already told its images apart) got almost no
-    # gradient to come back, and 9-22% of the visual concepts kept under 0.3 of the mass on
+    # gradient to come back, and 11-22% of the visual concepts kept under 0.3 of the mass on
     # their own cells. Told where the cells are, the same model finds every one within an epoch
     # (benchmarks/attention_oracle.py), so the loss, not the architecture, was short. Two terms
     # ask what the ranking loss does not: the regions' mean value alone must rank (every
     # region's value learns what it shows, whatever the attention), and the attention is drawn
     # toward the regions whose values match the query (a target held fixed, so a region's logit
-    # moves by its weight less its target, not in proportion to its weight). Together, at 0.1
-    # and 0.3: the several-concept COCO-shaped worlds rank at 0.98 of their ceiling (0.90-0.95
-    # before) with 1-2% of the visual concepts under 0.3, and the one-concept synth worlds'
-    # region attention sharpens (benchmarks/FIDELITY.md, session 15). 0 for both is the ranking
-    # loss alone, bit for bit.
+    # moves by its weight less its target, not in proportion to its weight). Each query counts
+    # as much as the gate reads the regions for it: asked to rank the queries the gate sends to
+    # the keywords, the regions learned the keywords' concepts through the images holding both,
+    # and the gate followed the caption less. Together, at 0.3 and 0.1: the several-concept
+    # COCO-shaped worlds rank at 0.94-1.00 of their ceiling (0.90-0.95 before) with 0-9% of the
+    # visual concepts under 0.3 (11-22%), the gate still parts by 0.28-0.46 for captions naming
+    # one modality's concept, and every one-concept world ranks as well or better with a region
+    # attention of 0.94-0.98 on the concept's regions (0.67-0.84) (benchmarks/FIDELITY.md,
+    # session 15). 0 for both is the ranking loss alone, bit for bit.
     region_target: float = option(
         0.1,
         "Weight of a term drawing the region attention on each positive image toward the "

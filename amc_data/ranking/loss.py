@@ -1,7 +1,8 @@
 """The ranking losses AMC is trained with, importable without the trainer: a hinge on the margin
 between a query's positive image and its negatives, either the paper's `t` sampled negatives
 of each pair (`hinge_ranking_loss`) or every negative of a pool the batch shares
-(`pool_hinge_loss`)."""
+(`pool_hinge_loss`); and the terms beside it that shape the attention and the gate
+(`attention_entropy`, `gate_routing_loss`, `region_target_loss`)."""
 
 from __future__ import annotations
 
