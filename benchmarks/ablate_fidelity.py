@@ -584,12 +584,11 @@ def _region_scale_switch(epoch: int, rate: float) -> None:
     AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
 
 
-def _with_region_entropy(weight: float, floor: float):
-    """`training._scored` and `_Run._loss` that add `weight` times the region attention's
-    entropy above `floor` nats on each query's positives, each counted by the gate's (detached)
-    visual weight, as the keyword term is by the keyword weight."""
+def _with_region_term(term):
+    """`training._scored` and `_Run._loss` whose step loss becomes `term(self, net, batch,
+    inside, modality, loss)` (on pooled batches of a model with region attention): the probes'
+    way to try a region term before the package has it."""
     from amc_data.ranking import training
-    from amc_data.ranking.loss import attention_entropy
 
     scored, run_loss = training._scored, training._Run._loss
     seen: dict = {}
@@ -604,37 +603,36 @@ def _with_region_entropy(weight: float, floor: float):
         inside, modality = seen["inside"], seen["modality"]
         if "region" not in inside or not batch.pooled:
             return total
-        rows = batch.pool_positive * modality[..., 0].detach()
-        return total + weight * attention_entropy(inside["region"], rows, floor=floor)
+        return term(self, net, batch, inside, modality, total)
 
     return scored_and_seen, loss
 
 
+def _with_region_entropy(weight: float, floor: float):
+    """`weight` times the region attention's entropy above `floor` nats on each query's
+    positives, each counted by the gate's (detached) visual weight, as the keyword term is by
+    the keyword weight."""
+    from amc_data.ranking.loss import attention_entropy
+
+    def term(self, net, batch, inside, modality, total):
+        rows = batch.pool_positive * modality[..., 0].detach()
+        return total + weight * attention_entropy(inside["region"], rows, floor=floor)
+
+    return _with_region_term(term)
+
+
 def _with_value_target(weight: float, temperature: float, mean_pool: float = 0.0):
-    """`training._scored` and `_Run._loss` that add `weight` times the cross-entropy from a
-    target to the region attention on each query's positives (counted by the gate's detached
-    visual weight): the target is the softmax, at `temperature`, of the cosine between the
-    query's shared vector q^m and each region's value (held fixed). A cell's logit then moves
-    by (its weight - its target), not in proportion to the weight it already has. With
-    `mean_pool`, plus that many times the pool hinge of the regions' mean value alone (every
-    cell's value learns, whatever the attention)."""
+    """`weight` times the cross-entropy from a target to the region attention on each query's
+    positives (counted by the gate's detached visual weight): the target is the softmax, at
+    `temperature`, of the cosine between the query's shared vector q^m and each region's value
+    (held fixed). A cell's logit then moves by (its weight - its target), not in proportion to
+    the weight it already has. With `mean_pool`, plus that many times the pool hinge of the
+    regions' mean value alone (every cell's value learns, whatever the attention)."""
     import torch.nn.functional as F
 
     from amc_data.ranking import training
 
-    scored, run_loss = training._scored, training._Run._loss
-    seen: dict = {}
-
-    def scored_and_seen(*args, **kwargs):
-        out = scored(*args, **kwargs)
-        seen["inside"], seen["modality"] = out[1], out[2]
-        return out
-
-    def loss(self, net, batch):
-        total = run_loss(self, net, batch)
-        inside, modality = seen["inside"], seen["modality"]
-        if "region" not in inside or not batch.pooled:
-            return total
+    def term(self, net, batch, inside, modality, total):
         model = training._unwrap(net)
         if mean_pool:
             query = F.normalize(model._encode_query(batch.query).shared.float(), dim=-1)
@@ -662,7 +660,7 @@ def _with_value_target(weight: float, temperature: float, mean_pool: float = 0.0
         term = (cross * rows).sum() / rows.sum().clamp_min(1e-12)
         return total + weight * term
 
-    return scored_and_seen, loss
+    return _with_region_term(term)
 
 
 def _with_unimodal(routing_loss, weight: float, routing: float):

@@ -565,7 +565,7 @@ class _Run:
             gate=routing,
             regions=target or mean_hinge,
         )
-        loss = self._hinge(net, batch, scores, in_batch=self.config.in_batch)
+        loss = self._hinge(batch, scores, in_batch_net=net if self.config.in_batch else None)
         if batch.pooled:
             assert batch.pool_own is not None and batch.pool_positive is not None
             positive, own = batch.pool_positive, batch.pool_own  # (B, P), (B,)
@@ -578,7 +578,7 @@ class _Run:
                 reading.alone, reading.gate, own, positive, self.config.margin
             )
         if regions is not None:
-            loss = loss + self._region_terms(inside, modality, regions, batch, own, positive, net)
+            loss = loss + self._region_terms(inside, modality, regions, batch, own, positive)
         if not entropy or "keyword" not in inside:  # off, or a model that reads no keywords
             return loss
         # The keyword attention on each positive counts as much as the modality gate reads the
@@ -597,7 +597,6 @@ class _Run:
         batch: TrainBatch,
         own: torch.Tensor,
         positive: torch.Tensor,
-        net: torch.nn.Module,
     ) -> torch.Tensor:
         """`region_mean_hinge` times the hinge of the regions' mean value alone, plus
         `region_target` times the region target term on the positives. Each query (each
@@ -610,7 +609,7 @@ class _Run:
         total = torch.zeros((), device=visual.device)
         if region_mean_hinge_on(self.config):
             read = visual[torch.arange(len(own), device=own.device), own]  # (B,)
-            hinge = self._hinge(net, batch, regions.mean, in_batch=False, query_weights=read)
+            hinge = self._hinge(batch, regions.mean, query_weights=read)
             total = total + self.config.region_mean_hinge * hinge
         if region_target_on(self.config):
             target = region_target_loss(
@@ -625,17 +624,17 @@ class _Run:
 
     def _hinge(
         self,
-        net: torch.nn.Module,
         batch: TrainBatch,
         scores: torch.Tensor,
-        in_batch: bool,
+        in_batch_net: torch.nn.Module | None = None,
         query_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The configured hinge of `scores`: over the batch's shared pool, or over each pair's
-        own negatives (with `in_batch`, the batch's other positives too); with `query_weights`,
-        each query's terms counted that many times. The model's own scores go through this
-        module's `pool_hinge_loss` / `hinge_ranking_loss`, called once a step (what a patch or a
-        profile of the step's ranking loss sees); other scores through the loss module's."""
+        own negatives (with `in_batch_net`, the batch's other positives too, scored by that
+        model); with `query_weights`, each query's terms counted that many times. The model's
+        own scores go through this module's `pool_hinge_loss` / `hinge_ranking_loss`, called
+        once a step (what a patch or a profile of the step's ranking loss sees); other scores
+        through the loss module's."""
         own_loss = query_weights is None
         pool_hinge = pool_hinge_loss if own_loss else losses.pool_hinge_loss
         pairs_hinge = hinge_ranking_loss if own_loss else losses.hinge_ranking_loss
@@ -651,9 +650,9 @@ class _Run:
                 query_weights=query_weights,
             )
         others = None
-        if in_batch:
+        if in_batch_net is not None:
             positives = batch.images.map(lambda t: t[:, 0])  # (B, ...)
-            others = _unwrap(net).score_pool(batch.query, positives).float()  # (B, B)
+            others = _unwrap(in_batch_net).score_pool(batch.query, positives).float()  # (B, B)
         return pairs_hinge(
             scores.float(),
             self.config.margin,
