@@ -161,7 +161,8 @@ def ranking(world: World, matrix: np.ndarray, queries: np.ndarray, images: np.nd
     judged = prepared.judgments[prepared.judgments["query_id"].isin(queries)]
     qpos = {int(q): i for i, q in enumerate(queries)}
     ipos = {int(m): j for j, m in enumerate(images)}
-    if prepared.info.get("source") == "coco":
+    # COCO, and a synth world whose queries rank their whole split: every test image a candidate
+    if prepared.info.get("source") == "coco" or prepared.info.get("candidates") == "split":
         labels = np.zeros(matrix.shape, dtype=np.int8)
         for q, m, lab in judged[["query_id", "img_id", "label"]].itertuples(index=False):
             labels[qpos[int(q)], ipos[int(m)]] = lab
@@ -323,7 +324,12 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     if region_switch:  # kept through the figures: the loaded model is rebuilt from the class
         _region_scale_switch(*region_switch)
     set_epoch = EpochSampler.set_epoch
-    if modality_drop or region_frozen or region_switch:  # these read the epoch
+    region_rows = options.pop("region_rows", None)
+    region_terms = training._Run._region_terms
+    if region_rows:  # the region terms' rows counted by more than the gate's visual weight
+        training._Run._region_terms = _region_rows(*region_rows)
+        _EPOCH["of"] = options.get("epochs", 8)
+    if modality_drop or region_frozen or region_switch or region_rows:  # these read the epoch
         _EPOCH["now"] = 0
 
         def seen_epoch(self, epoch):
@@ -333,12 +339,15 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         EpochSampler.set_epoch = seen_epoch  # type: ignore[method-assign]
     region_entropy = options.pop("region_entropy", None)
     value_target = options.pop("value_target", None)
+    keyword_target = options.pop("keyword_target_probe", None)
     run_loss, scored = training._Run._loss, training._scored
     if region_entropy:  # the entropy term on the region attention too
         training._scored, training._Run._loss = _with_region_entropy(*region_entropy)
     if value_target:  # the region attention drawn toward the cells whose values match q^m
         training._scored, training._Run._loss = _with_value_target(*value_target)
         options.update(region_target=0.0, region_mean_hinge=0.0)  # the probe's own terms only
+    if keyword_target:  # the keyword attention drawn toward the keywords that match q^m
+        training._scored, training._Run._loss = _with_keyword_target(*keyword_target)
     unimodal = options.pop("unimodal", None)
     routing_loss = training.gate_routing_loss
     if unimodal:  # each modality alone also ranks (through the routing term's reading)
@@ -380,6 +389,7 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         AttentionModel._attend_modality = attend_modality  # type: ignore[method-assign]
         training.gate_routing_loss = routing_loss
         training._scored, training._Run._loss = scored, run_loss  # type: ignore[method-assign]
+        training._Run._region_terms = region_terms  # type: ignore[method-assign]
         EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
     try:  # the forced gate replaces the prior's layer, which the summed words bypass
@@ -584,10 +594,10 @@ def _region_scale_switch(epoch: int, rate: float) -> None:
     AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
 
 
-def _with_region_term(term):
+def _with_region_term(term, modality_name: str = "region"):
     """`training._scored` and `_Run._loss` whose step loss becomes `term(self, net, batch,
-    inside, modality, loss)` (on pooled batches of a model with region attention): the probes'
-    way to try a region term before the package has it."""
+    inside, modality, loss)` (on pooled batches of a model with attention over
+    `modality_name`): the probes' way to try an attention term before the package has it."""
     from amc_data.ranking import training
 
     scored, run_loss = training._scored, training._Run._loss
@@ -601,7 +611,7 @@ def _with_region_term(term):
     def loss(self, net, batch):
         total = run_loss(self, net, batch)
         inside, modality = seen["inside"], seen["modality"]
-        if "region" not in inside or not batch.pooled:
+        if modality_name not in inside or not batch.pooled:
             return total
         return term(self, net, batch, inside, modality, total)
 
@@ -661,6 +671,58 @@ def _with_value_target(weight: float, temperature: float, mean_pool: float = 0.0
         return total + weight * term
 
     return _with_region_term(term)
+
+
+def _with_keyword_target(weight: float, temperature: float):
+    """`weight` times the cross-entropy from a target to the keyword attention on each query's
+    positives (counted by the gate's detached keyword weight): the softmax, at `temperature`,
+    of the cosine between q^m and each keyword's value (held fixed); the region target's
+    counterpart for the keywords."""
+    import torch.nn.functional as F
+
+    from amc_data.ranking import training
+
+    def term(self, net, batch, inside, modality, total):
+        model = training._unwrap(net)
+        with torch.no_grad():
+            shared = F.normalize(model._encode_query(batch.query).shared.float(), dim=-1)
+            keywords = model._encode_images(batch.images).keywords
+            value = F.normalize(keywords.value.float(), dim=-1)  # (P, K, d)
+            cosine = torch.einsum("bd,pkd->bpk", shared, value)
+            cosine = cosine.masked_fill(~keywords.mask.unsqueeze(0), float("-inf"))
+            target = torch.softmax(cosine / temperature, -1).nan_to_num(0.0)  # (B, P, K)
+        attention = inside["keyword"].float()  # (B, P, K)
+        cross = -(target * attention.clamp_min(1e-12).log()).sum(-1)  # (B, P)
+        rows = batch.pool_positive * modality[..., list(inside).index("keyword")].detach()
+        rows = rows.float().expand_as(cross)
+        term = (cross * rows).sum() / rows.sum().clamp_min(1e-12)
+        return total + weight * term
+
+    return _with_region_term(term, "keyword")
+
+
+def _region_rows(rule: str, value: float):
+    """`_Run._region_terms` whose rows count each query by more than the gate's (detached)
+    visual weight w: `("floor", f)` max(w, f); `("ramp", e)` w + (1 - w) * max(0, 1 - epoch /
+    e), every query counted fully at the first epoch and by the gate alone from epoch e on
+    (before the gate has learned which modality a caption's concepts are in, every caption
+    teaches the regions)."""
+    from amc_data.ranking import training
+
+    region_terms = training._Run._region_terms
+
+    def counted(self, inside, modality, regions, batch, own, positive):
+        side = list(inside).index("region")
+        weight = modality[..., side].detach()
+        if rule == "floor":
+            weight = weight.clamp_min(value)
+        else:
+            weight = weight + (1 - weight) * max(0.0, 1 - _EPOCH["now"] / value)
+        modality = modality.detach().clone()
+        modality[..., side] = weight
+        return region_terms(self, inside, modality, regions, batch, own, positive)
+
+    return counted
 
 
 def _with_unimodal(routing_loss, weight: float, routing: float):
@@ -997,6 +1059,30 @@ PACKAGE = {
         "intra": False,
         "value_target": (0.1, 0.05, 0.3),
     },
+    # Session 16: the region terms' strengths, for the visual concepts still below 0.3.
+    "pkg region target 0.3: amc": {"region_target": 0.3},
+    "pkg region target at 0.02: amc": {"region_target_temperature": 0.02},
+    "pkg region mean hinge 0.5: amc": {"region_mean_hinge": 0.5},
+    "pkg keyword target 0.1 at 0.05: amc": {"keyword_target_probe": (0.1, 0.05)},
+    # The package's warmup of the region terms (session 16) off, and shorter.
+    "pkg region terms warmup 0: amc": {"region_terms_warmup": 0.0},
+    "pkg region terms warmup 0: amc --no-inter": {"inter": False, "region_terms_warmup": 0.0},
+    "pkg region terms warmup 0.25: amc": {"region_terms_warmup": 0.25},
+    "pkg region terms warmup 0.25: amc --no-inter": {"inter": False, "region_terms_warmup": 0.25},
+    "pkg keyword target 0.05, warmup 0: amc": {"keyword_target": 0.05, "region_terms_warmup": 0.0},
+    "pkg keyword target 0.05, warmup 0: amc --no-inter": {
+        "inter": False,
+        "keyword_target": 0.05,
+        "region_terms_warmup": 0.0,
+    },
+    "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
+    "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
+    "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
+    "pkg keyword target 0.1 at 0.05: amc --no-inter": {
+        "inter": False,
+        "keyword_target": (0.1, 0.05),
+    },
+    "pkg keyword target 0.3 at 0.05: amc": {"keyword_target_probe": (0.3, 0.05)},
     "pkg region frozen 4 then rate 10: amc": {
         "region_scale_frozen": 4,
         "model_options": {"region_attention_scale_rate": 10.0},

@@ -123,8 +123,14 @@ class CCAModel(RankingModel):
             return pooled @ projection[:d] + keywords - self.image_mean @ projection  # (*S, k)
 
     def _score(
-        self, query: Tensor, images: Tensor, pool: bool, gate: bool = False, regions: bool = False
-    ) -> tuple[Tensor]:  # no gate, no attention: neither reading is ever asked of it
+        self,
+        query: Tensor,
+        images: Tensor,
+        pool: bool,
+        gate: bool = False,
+        regions: bool = False,
+        keywords: bool = False,
+    ) -> tuple[Tensor]:  # no gate, no attention: no reading is ever asked of it
         with float32_products(query):
             q = F.normalize(query.float(), dim=-1, eps=1e-6)  # (B|Q, k)
             i = F.normalize(images.float(), dim=-1, eps=1e-6)  # (B, M, k) | (N, k)

@@ -228,6 +228,45 @@ class TrainConfig:
         "(every region's value learns, wherever the attention looks) (0: none).",
         low=0,
     )
+    # Counted by the gate's visual weight from the first step, the region terms left a few
+    # visual concepts of the several-concept COCO-shaped worlds unlearned (2-9%): the gate had
+    # sent their captions to the keywords early (visual weight 0.09-0.15 against about 0.5 for
+    # the learned ones), so nothing asked the regions for them again. Every query counted fully
+    # at the first step, the gate's weight taking over linearly: by half of training 0-5% were
+    # left, but the regions were asked early to rank captions whose images do not show the
+    # concept, and on the caption-cued COCO world the gate's margin over fixed weights fell to a
+    # third; by a quarter, that margin keeps (benchmarks/FIDELITY.md, session 16).
+    region_terms_warmup: float = option(
+        0.25,
+        "Share of training over which the region terms' weight on each query fades from 1 "
+        "to the gate's visual weight (0: the gate's weight from the first step).",
+        low=0,
+        high=1,
+    )
+    # The keywords' counterpart of the region target: on worlds where an image is labelled with
+    # several concepts and a query names one or two of them, the keyword attention spread over
+    # the image's concept keywords and fillers alike (median mass on a named concept's keyword
+    # about 0.37 on the several-concept synth worlds, up to 4 of their 24 textual concepts under
+    # 0.3). Drawn toward the keywords whose values match the query, each positive counted by
+    # the gate's keyword weight, none is under 0.3 and those worlds rank higher. It sharpens the
+    # keyword attention everywhere, which helps fixed modality weights as much as the gate: at
+    # 0.1 the gate's margin on the caption-cued COCO world fell to 0.03, at 0.3 the attention
+    # polarised and ranking fell (benchmarks/FIDELITY.md, session 16). 0 is the ranking loss
+    # alone, bit for bit.
+    keyword_target: float = option(
+        0.05,
+        "Weight of a term drawing the keyword attention on each positive image toward the "
+        "keywords whose values match the query (a softmax of their cosines with the query "
+        "vector at --keyword-target-temperature, held fixed), weighted by the gate's keyword "
+        "weight (0: none).",
+        low=0,
+    )
+    keyword_target_temperature: float = option(
+        0.05,
+        "With --keyword-target: the temperature of the target's softmax over the cosines.",
+        low=0,
+        above=True,
+    )
     # With the pool loss, a query whose image one modality already tells apart from the pool
     # stops asking anything of the other: on worlds where an image holds a concept in each
     # modality, a fifth of the region concepts were never learned; and fixed modality weights
@@ -452,6 +491,25 @@ USED_WHEN: dict[str, UsedWhen] = {
         ("model", "intra"),
         "without attention over the regions their mean value is what the model ranks with",
     ),
+    "keyword_target": UsedWhen(
+        lambda o: _keyword_attention(o),
+        lambda: _keyword_attention_words(),
+        ("model", "intra"),
+        "it draws the attention over the keywords",
+    ),
+    "keyword_target_temperature": UsedWhen(
+        lambda o: keyword_target_on(o),
+        "keyword_target above 0 (with a model with intra-attention over keywords, intra on)",
+        ("keyword_target", "model", "intra"),
+        "it shapes the keyword target term",
+    ),
+    "region_terms_warmup": UsedWhen(
+        lambda o: region_target_on(o) or region_mean_hinge_on(o),
+        "region_target or region_mean_hinge above 0 (with a model with intra-attention over "
+        "regions, intra on)",
+        ("region_target", "region_mean_hinge", "model", "intra"),
+        "it counts the queries of the region terms",
+    ),
     "modality_dropout": UsedWhen(
         lambda o: _both_modalities(o),
         lambda: (
@@ -512,6 +570,19 @@ def _region_attention_words() -> str:
     return f"a model with intra-attention over regions ({rows}), intra on"
 
 
+def _attends_to_keywords(row: Any) -> bool:
+    return bool(row.keywords and row.intra_attention)
+
+
+def _keyword_attention(options: Any) -> bool:
+    return _attends_to_keywords(model_kind(options.model, "model")) and bool(options.intra)
+
+
+def _keyword_attention_words() -> str:
+    rows = ", ".join(r.name for r in model_rows() if _attends_to_keywords(r))
+    return f"a model with intra-attention over keywords ({rows}), intra on"
+
+
 def _reads_both(row: Any) -> bool:
     return bool(row.regions and row.keywords and not row.closed_form)
 
@@ -542,6 +613,12 @@ def region_mean_hinge_on(options: Any) -> bool:
     """Whether a run adds the regions' mean value's ranking loss: a weight above 0, for a model
     that attends to regions."""
     return bool(options.region_mean_hinge > 0 and USED_WHEN["region_mean_hinge"].holds(options))
+
+
+def keyword_target_on(options: Any) -> bool:
+    """Whether a run adds the keyword target term: a weight above 0, for a model that attends
+    to keywords."""
+    return bool(options.keyword_target > 0 and USED_WHEN["keyword_target"].holds(options))
 
 
 def gate_routing_on(options: Any) -> bool:

@@ -2,7 +2,7 @@
 between a query's positive image and its negatives, either the paper's `t` sampled negatives
 of each pair (`hinge_ranking_loss`) or every negative of a pool the batch shares
 (`pool_hinge_loss`); and the terms beside it that shape the attention and the gate
-(`attention_entropy`, `gate_routing_loss`, `region_target_loss`)."""
+(`attention_entropy`, `gate_routing_loss`, `attention_target_loss`)."""
 
 from __future__ import annotations
 
@@ -161,23 +161,24 @@ def gate_routing_loss(
     return (divergence * usable).sum() / count.clamp(min=1) * (count >= 2)
 
 
-def region_target_loss(
+def attention_target_loss(
     attention: torch.Tensor,
     match: torch.Tensor,
     mask: torch.Tensor,
     pairs: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """The cross-entropy from a target to the region attention, averaged over the rows `pairs`
-    picks (bool, or float weights of a weighted mean); 0 where it picks none.
+    """The cross-entropy from a target to an attention over one modality's items (regions, or
+    keywords), averaged over the rows `pairs` picks (bool, or float weights of a weighted
+    mean); 0 where it picks none.
 
-    `attention` is `(..., R)`, the weights over an image's regions; `match` `(..., R)` how well
-    each region's value matches the query (a cosine) and `mask` (broadcastable) its real
-    regions. The target is the softmax of `match` over `temperature`, held fixed: the regions
-    whose values already say what the query asks. A region's logit then moves by its weight
-    less its target, so a region the attention has all but left (a concept it has not found)
-    still draws it, where the ranking loss moves each logit in proportion to its weight.
-    An image without regions adds nothing."""
+    `attention` is `(..., T)`, the weights over an image's items; `match` `(..., T)` how well
+    each item's value matches the query (a cosine) and `mask` (broadcastable) its real items.
+    The target is the softmax of `match` over `temperature`, held fixed: the items whose values
+    already say what the query asks. An item's logit then moves by its weight less its target,
+    so an item the attention has all but left (a concept it has not found) still draws it,
+    where the ranking loss moves each logit in proportion to its weight. An image without
+    items of the modality adds nothing."""
     logits = (match.detach().float() / temperature).masked_fill(~mask, float("-inf"))
     anything = mask.any(-1, keepdim=True)
     target = torch.softmax(logits.masked_fill(~anything, 0.0), -1) * anything  # (..., R)

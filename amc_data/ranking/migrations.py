@@ -39,7 +39,7 @@ FORMAT_VERSION = 3  # what this amc-data writes, and the newest it reads
 # modality_dropout_keep existed kept the modality the gate favours, those recorded before
 # pool_reduction existed averaged the pool loss over every negative, and those recorded before
 # gate_routing existed taught the gate by the ranking loss alone, and those recorded before the
-# region terms existed trained the region attention by the ranking loss alone.
+# region terms (and the keyword target) existed trained the attention by the ranking loss alone.
 ADDED_LATER: dict[str, Any] = {
     "loss": "pairs",
     "attention_entropy": 0.0,
@@ -50,6 +50,8 @@ ADDED_LATER: dict[str, Any] = {
     "gate_routing": 0.0,
     "region_target": 0.0,
     "region_mean_hinge": 0.0,
+    "keyword_target": 0.0,
+    "region_terms_warmup": 0.0,
 }
 
 

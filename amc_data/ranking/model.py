@@ -182,13 +182,14 @@ class GateReading:
 
 
 @dataclass(frozen=True)
-class RegionReading:
-    """What the training losses on the regions need beside the scores: how well each region's
-    value alone, and the regions' mean value, match the query's shared vector."""
+class ValueReading:
+    """What the training losses on one modality's items (regions, or keywords) need beside the
+    scores: how well each item's value alone, and the items' mean value, match the query's
+    shared vector."""
 
-    match: Tensor  # (B|Q, M|N, R): cos(q^m, each region's value); 0 on padded regions
-    mask: Tensor  # (B|1, M|N, R) bool: real regions
-    mean: Tensor  # (B|Q, M|N): cos(q^m, the mean of the regions' values); 0 without regions
+    match: Tensor  # (B|Q, M|N, T): cos(q^m, each item's value); 0 on padding
+    mask: Tensor  # (B|1, M|N, T) bool: real items
+    mean: Tensor  # (B|Q, M|N): cos(q^m, the mean of the items' values); 0 without items
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,7 @@ class RankingModel(nn.Module):
         weights: bool = False,
         gate: bool = False,
         regions: bool = False,
+        keywords: bool = False,
     ) -> Tensor | tuple[Any, ...]:
         """Scores of each query's own candidates: query (B, L), images (B, M, ...) -> (B, M);
         with `pool`, of every query against one pool, as `score_pool` (through `forward`, so
@@ -250,8 +252,9 @@ class RankingModel(nn.Module):
         "keyword"; (B, M, T), or (Q, N, T) in pool, in the chunks `score_pool` takes) and the
         modality weights over those it reads, in that order ((B, M, n), (Q, N, n)), for a
         training loss that reads the attention; with `gate` too (a model with a modality gate),
-        a `GateReading` next; with `regions` (a model that attends to regions), a
-        `RegionReading` last."""
+        a `GateReading` next; with `regions` (a model that attends to regions), the regions'
+        `ValueReading` next; with `keywords` (a model that attends to keywords), the keywords'
+        last."""
         if weights:
             if not model_kind(self.config.kind).intra_attention:
                 raise ConfigError(f"The {self.config.kind} model has no attention weights.")
@@ -259,13 +262,15 @@ class RankingModel(nn.Module):
                 raise ConfigError(f"This {self.config.kind} model has no modality gate.")
             if regions and not (getattr(self, "use_visual", False) and self.attend):
                 raise ConfigError(f"This {self.config.kind} model has no attention over regions.")
+            if keywords and not (getattr(self, "use_keywords", False) and self.attend):
+                raise ConfigError(f"This {self.config.kind} model has no attention over keywords.")
+            readings = (gate, regions, keywords)
             if pool:
-                scored = self._score_pool(query, images, gate=gate, regions=regions)
+                scored = self._score_pool(query, images, True, *readings)
             else:
                 self._check(query, images, pool=False)
-                scored = self._score(
-                    self._encode_query(query), self._encode_images(images), False, gate, regions
-                )
+                encoded = self._encode_query(query), self._encode_images(images)
+                scored = self._score(*encoded, False, *readings)
             scores, inside, modality = scored[:3]
             return scores, inside, modality.expand(*scores.shape, modality.shape[-1]), *scored[3:]
         if pool:
@@ -288,12 +293,13 @@ class RankingModel(nn.Module):
         weights: bool = True,
         gate: bool = False,
         regions: bool = False,
+        keywords: bool = False,
     ) -> tuple[Any, ...]:
         """`score_pool`'s scores first, with the weights `_score` gives beside them (an
         attention model's: inside (Q, N, T) by modality, modality (Q, N, n); with `gate`, its
-        `GateReading`, with `regions` its `RegionReading`), the queries in chunks that bound
-        memory (each chunk's weights spread over its queries, so that the chunks join); without
-        `weights`, past one chunk, the scores only."""
+        `GateReading`, with `regions` / `keywords` their `ValueReading`), the queries in chunks
+        that bound memory (each chunk's weights spread over its queries, so that the chunks
+        join); without `weights`, past one chunk, the scores only."""
         self._check(query, images, pool=True)
         encoded = self._encode_images(images)
         n, items = images.shape[0], images.regions.shape[-2] + images.keywords.shape[-1]
@@ -301,13 +307,13 @@ class RankingModel(nn.Module):
         if len(query) > 0 and len(query) * per_query <= self.pool_chunk_elements:
             # One chunk (a training batch's pool): no chunk size is computed from the shapes,
             # so torch.compile does not specialise on it and recompile for every pool size.
-            return self._score(self._encode_query(query), encoded, True, gate, regions)
+            return self._score(self._encode_query(query), encoded, True, gate, regions, keywords)
         chunk = max(1, self.pool_chunk_elements // per_query)
         scores: list[Tensor] = []
         kept: list[tuple[Any, ...]] = []  # with `weights`: each chunk's
         for start in range(0, len(query), chunk):
             rows = query.map(itemgetter(slice(start, start + chunk)))  # (chunk, L)
-            scored = self._score(self._encode_query(rows), encoded, True, gate, regions)
+            scored = self._score(self._encode_query(rows), encoded, True, gate, regions, keywords)
             scores.append(scored[0])
             if weights and len(scored) >= 3:
                 kept.append(scored[1:])
@@ -327,14 +333,16 @@ class RankingModel(nn.Module):
             gates = [k[2] for k in kept]
             gated = GateReading(spread([r.gate for r in gates]), spread([r.alone for r in gates]))
             joined_weights = (*joined_weights, gated)
-        if regions:
-            readings = [k[-1] for k in kept]
-            region_reading = RegionReading(
-                spread([r.match for r in readings]),
-                readings[0].mask,
-                spread([r.mean for r in readings]),
-            )
-            joined_weights = (*joined_weights, region_reading)
+        place = 2 + gate  # each chunk's: inside, modality, [gate], [regions'], [keywords']
+        for asked in (regions, keywords):
+            if asked:
+                readings = [k[place] for k in kept]
+                match, mean = (
+                    spread([r.match for r in readings]),
+                    spread([r.mean for r in readings]),
+                )
+                joined_weights = (*joined_weights, ValueReading(match, readings[0].mask, mean))
+                place += 1
         return joined_weights
 
     def explain(self, query: QueryBatch, images: ImageBatch) -> Attention:
@@ -371,7 +379,13 @@ class RankingModel(nn.Module):
         raise NotImplementedError
 
     def _score(
-        self, query: Any, images: Any, pool: bool, gate: bool = False, regions: bool = False
+        self,
+        query: Any,
+        images: Any,
+        pool: bool,
+        gate: bool = False,
+        regions: bool = False,
+        keywords: bool = False,
     ) -> tuple[Any, ...]:
         raise NotImplementedError
 
@@ -539,9 +553,11 @@ class AttentionModel(RankingModel):
         pool: bool,
         gate: bool = False,
         regions: bool = False,
+        keywords: bool = False,
     ) -> tuple[Any, ...]:
         """Scores, the weights inside each modality, and the modality weights (used ones only);
-        with `gate`, a `GateReading` next; with `regions`, a `RegionReading` last.
+        with `gate`, a `GateReading` next; with `regions`, the regions' `ValueReading` next;
+        with `keywords`, the keywords' last.
 
         Pairs: q (B, .), img (B, M, .) -> (B, M, .). Pool: q (Q, .), img (N, .) -> (Q, N, .).
         Query-independent results (mean pooling, fixed weights) keep a leading 1 in pool mode
@@ -593,28 +609,30 @@ class AttentionModel(RankingModel):
             alone = torch.stack([_dot(query_unit, vec) for vec in attended], -1)  # (B|Q, M|N, 2)
             scored = (*scored, GateReading(gate_weights.expand(alone.shape), alone))
         if regions and img.visual is not None:
-            scored = (*scored, _region_reading(query_unit, img.visual, pool))
+            scored = (*scored, _value_reading(query_unit, img.visual, pool))
+        if keywords and img.keywords is not None:
+            scored = (*scored, _value_reading(query_unit, img.keywords, pool))
         return scored
 
 
 # Helpers ---------------------------------------------------------------------------------------
 
 
-def _region_reading(query_unit: Tensor, visual: EncodedModality, pool: bool) -> RegionReading:
-    """How well each region's value, and the regions' mean value, match the unit query vectors
-    (B|Q, 1, d): the values (B, M, R, d) of each query's candidates, or (N, R, d) of a pool."""
-    value = visual.value.float()
+def _value_reading(query_unit: Tensor, items: EncodedModality, pool: bool) -> ValueReading:
+    """How well each item's value, and the items' mean value, match the unit query vectors
+    (B|Q, 1, d): the values (B, M, T, d) of each query's candidates, or (N, T, d) of a pool."""
+    value = items.value.float()
     unit = F.normalize(value, dim=-1, eps=1e-6)
-    mean = F.normalize(_masked_mean(value, visual.mask), dim=-1, eps=1e-6)  # (*S, d)
+    mean = F.normalize(_masked_mean(value, items.mask), dim=-1, eps=1e-6)  # (*S, d)
     query = query_unit[:, 0]  # (B|Q, d)
     with float32_products(query):
         if pool:
-            match, mean_score = torch.einsum("qd,nrd->qnr", query, unit), query @ mean.T
-            mask = visual.mask.unsqueeze(0)  # (1, N, R)
+            match, mean_score = torch.einsum("qd,ntd->qnt", query, unit), query @ mean.T
+            mask = items.mask.unsqueeze(0)  # (1, N, T)
         else:
-            match = torch.einsum("bd,bmrd->bmr", query, unit)
-            mean_score, mask = torch.einsum("bd,bmd->bm", query, mean), visual.mask
-    return RegionReading(match * mask, mask, mean_score)
+            match = torch.einsum("bd,bmtd->bmt", query, unit)
+            mean_score, mask = torch.einsum("bd,bmd->bm", query, mean), items.mask
+    return ValueReading(match * mask, mask, mean_score)
 
 
 def _drop_modality(

@@ -48,6 +48,7 @@ PRESETS: dict[str, Preset] = {
             "gate_routing": 0.0,
             "region_target": 0.0,
             "region_mean_hinge": 0.0,
+            "keyword_target": 0.0,
         },
     ),
 }

@@ -56,6 +56,7 @@ from .config import (
     attention_entropy_on,
     check_negatives,
     gate_routing_on,
+    keyword_target_on,
     modality_dropout_on,
     region_mean_hinge_on,
     region_target_on,
@@ -63,10 +64,10 @@ from .config import (
 from .data import train_loader
 from .loss import (
     attention_entropy,
+    attention_target_loss,
     gate_routing_loss,
     hinge_ranking_loss,
     pool_hinge_loss,
-    region_target_loss,
 )
 from .model import AttentionModel, ModelConfig, RankingModel
 from .resident import ResidentFeatures, features_fit
@@ -195,6 +196,7 @@ class _Run:
         }
         self.log: list[dict[str, Any]] = []
         self.saved = 0  # the epochs last.pt holds
+        self.steps_taken, self.total_steps = 0, 1  # optimiser steps: taken, and in the run
         self.resident: ResidentFeatures | None = None
         self.initial: dict[str, torch.Tensor] | None = None  # init_from's weights
         self.tensorboard: Any = None  # a SummaryWriter, on rank 0 with `tensorboard`
@@ -304,7 +306,8 @@ class _Run:
         """The epochs of gradient descent, from the start or from where `checkpoint` left."""
         self.resident = self._resident_features()
         loader = self._loader()
-        optimizer, scheduler = self._optimizer(model, total_steps=self.config.epochs * len(loader))
+        self.total_steps = self.config.epochs * len(loader)
+        optimizer, scheduler = self._optimizer(model, total_steps=self.total_steps)
         at = self._restore(checkpoint, model, optimizer, scheduler)
         net = self._wrap(model)
         for epoch in range(at.epoch, self.config.epochs):
@@ -539,6 +542,7 @@ class _Run:
         batch = batch.to(self.device, non_blocking=True)
         if self.resident is not None:
             batch = self.resident.fill(batch)  # regions gathered on the device
+        self.steps_taken = int(scheduler.last_epoch)  # what the step's terms read of the run
         with precision_context(self.device, self.amp):
             loss = self._loss(net, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -554,16 +558,19 @@ class _Run:
         `attention_entropy`, plus that many times the attention's entropy on the positives; with
         `gate_routing`, plus that many times the gate routing term; with `region_mean_hinge`,
         plus that many times the same hinge of the regions' mean value alone; with
-        `region_target`, plus that many times the region target term on the positives."""
+        `region_target` / `keyword_target`, plus that many times the target term of the region /
+        keyword attention on the positives."""
         entropy, routing = attention_entropy_on(self.config), gate_routing_on(self.config)
         target, mean_hinge = region_target_on(self.config), region_mean_hinge_on(self.config)
-        scores, inside, modality, reading, regions = _scored(
+        keyword_target = keyword_target_on(self.config)
+        scores, inside, modality, reading, regions, keywords = _scored(
             net,
             batch,
             pool=batch.pooled,
-            weights=entropy or routing or target or mean_hinge,
+            weights=entropy or routing or target or mean_hinge or keyword_target,
             gate=routing,
             regions=target or mean_hinge,
+            keywords=keyword_target,
         )
         loss = self._hinge(batch, scores, in_batch_net=net if self.config.in_batch else None)
         if batch.pooled:
@@ -579,6 +586,17 @@ class _Run:
             )
         if regions is not None:
             loss = loss + self._region_terms(inside, modality, regions, batch, own, positive)
+        if keywords is not None:
+            # Each positive counts as much as the gate reads its keywords (held fixed).
+            rows = positive * modality[..., list(inside).index("keyword")].detach()
+            keyword_term = attention_target_loss(
+                inside["keyword"],
+                keywords.match,
+                keywords.mask,
+                rows,
+                self.config.keyword_target_temperature,
+            )
+            loss = loss + self.config.keyword_target * keyword_term
         if not entropy or "keyword" not in inside:  # off, or a model that reads no keywords
             return loss
         # The keyword attention on each positive counts as much as the modality gate reads the
@@ -606,13 +624,17 @@ class _Run:
         keywords (which taught them the keywords' concepts through the images that hold both,
         and the gate to follow the caption less)."""
         visual = modality[..., list(inside).index("region")].detach()  # (B, P | M)
+        warmup = self.config.region_terms_warmup
+        if warmup > 0:  # every query counted fully at first, the gate's weight taking over
+            left = max(0.0, 1.0 - self.steps_taken / (warmup * self.total_steps))
+            visual = visual + (1 - visual) * left
         total = torch.zeros((), device=visual.device)
         if region_mean_hinge_on(self.config):
             read = visual[torch.arange(len(own), device=own.device), own]  # (B,)
             hinge = self._hinge(batch, regions.mean, query_weights=read)
             total = total + self.config.region_mean_hinge * hinge
         if region_target_on(self.config):
-            target = region_target_loss(
+            target = attention_target_loss(
                 inside["region"],
                 regions.match,
                 regions.mask,
@@ -796,17 +818,18 @@ def _scored(
     weights: bool,
     gate: bool = False,
     regions: bool = False,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, Any, Any]:
+    keywords: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, Any, Any, Any]:
     """The batch's scores ((B, P) over its pool, or (B, 1 + t)); with `weights`, the attention
     and modality weights beside them, as `forward(..., weights=True)` gives them; with `gate`,
-    the gate's `GateReading` fourth, with `regions` the `RegionReading` fifth (otherwise
-    None)."""
+    the gate's `GateReading` fourth, with `regions` / `keywords` their `ValueReading` fifth /
+    sixth (otherwise None)."""
     if weights:
-        scored = net(batch.query, batch.images, pool=pool, weights=True, gate=gate, regions=regions)
-        gate_reading = scored[3] if gate else None
-        region_reading = scored[-1] if regions else None
-        return (*scored[:3], gate_reading, region_reading)
-    return net(batch.query, batch.images, pool=pool), {}, torch.empty(0), None, None
+        asked = {"gate": gate, "regions": regions, "keywords": keywords}
+        scored = list(net(batch.query, batch.images, pool=pool, weights=True, **asked))
+        readings = [scored.pop(3) if wanted else None for wanted in asked.values()]
+        return (*scored[:3], *readings)
+    return net(batch.query, batch.images, pool=pool), {}, torch.empty(0), None, None, None
 
 
 def _in_batch_negatives(batch: Any) -> torch.Tensor | None:

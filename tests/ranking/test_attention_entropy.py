@@ -172,7 +172,7 @@ def test_on_the_loss_is_the_hinge_plus_the_gate_weighted_entropy_of_the_positive
     on = {**FAST, "epochs": 1, "attention_entropy": 0.5, "attention_entropy_floor": 1.0}
     on["modality_dropout"] = 0.0
     on["gate_routing"] = 0.0  # the gate routing term apart (its own test adds it)
-    on.update(region_target=0.0, region_mean_hinge=0.0)  # and the region terms (theirs)
+    on.update(region_target=0.0, region_mean_hinge=0.0, keyword_target=0.0)  # and the targets
     train(data, tmp_path / "on", TrainConfig(**on))
     assert seen and all(e > 0 for _, _, e in seen)
     for loss, hinge, entropy in seen:
@@ -206,7 +206,7 @@ def test_off_training_is_the_ranking_loss_alone_bit_for_bit(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     off = {**FAST, "attention_entropy": 0.0, "gate_routing": 0.0}
-    off.update(region_target=0.0, region_mean_hinge=0.0)
+    off.update(region_target=0.0, region_mean_hinge=0.0, keyword_target=0.0)
     train(data, tmp_path / "off", TrainConfig(**off))
     monkeypatch.setattr(training._Run, "_loss", _legacy_loss)
     train(data, tmp_path / "before", TrainConfig(**off))

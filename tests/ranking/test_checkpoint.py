@@ -197,8 +197,8 @@ def test_a_format_1_record_from_before_the_pool_loss_trained_with_per_pair_negat
     checkpoint = {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}
     migrated = migrate(checkpoint)
     # Nor did such a run have the attention entropy term, modality dropout (nor the modality
-    # drawn by the gate), the violating mean, the gate routing term or the region terms (added
-    # later, on by default).
+    # drawn by the gate), the violating mean, the gate routing term, the region terms or the
+    # keyword target (added later, on by default).
     without_term = {
         "attention_entropy": 0.0,
         "attention_entropy_floor": 0.0,
@@ -208,6 +208,8 @@ def test_a_format_1_record_from_before_the_pool_loss_trained_with_per_pair_negat
         "gate_routing": 0.0,
         "region_target": 0.0,
         "region_mean_hinge": 0.0,
+        "keyword_target": 0.0,
+        "region_terms_warmup": 0.0,
     }
     assert migrated["train_config"] == {"loss": "pairs", "epochs": 2, **without_term}
     assert checkpoint == {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}

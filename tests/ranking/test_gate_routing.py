@@ -234,6 +234,7 @@ def test_on_the_loss_is_the_ranking_loss_and_entropy_plus_the_weighted_term(
         ModelConfig, "__init__", lambda self, **kw: init(self, **{**kw, "dropout": 0.0})
     )
     apart = {"modality_dropout": 0.0, "region_target": 0.0, "region_mean_hinge": 0.0}
+    apart["keyword_target"] = 0.0
     train(data, tmp_path / "on", TrainConfig(**{**FAST, "epochs": 1, **apart}))
     assert seen
     for loss, expected in seen:

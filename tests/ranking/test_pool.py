@@ -107,6 +107,7 @@ def test_the_pool_loss_trains(data: Path, tmp_path: Path) -> None:
         gate_routing=0.0,
         region_target=0.0,
         region_mean_hinge=0.0,
+        keyword_target=0.0,
     )
     result = train(data, tmp_path / "run", config)
     losses = [entry["loss"] for entry in result.log]

@@ -146,6 +146,18 @@ UNUSED = [
         "region_target_temperature",
         "region_target above 0",
     ),
+    (
+        {"region_target": 0.0, "region_mean_hinge": 0.0, "region_terms_warmup": 0.2},
+        "region_terms_warmup",
+        "region_target or region_mean_hinge above 0",
+    ),
+    ({"model": "visual", "keyword_target": 0.5}, "keyword_target", "over keywords (amc)"),
+    ({"intra": False, "keyword_target": 0.5}, "keyword_target", "intra on"),
+    (
+        {"keyword_target": 0.0, "keyword_target_temperature": 0.5},
+        "keyword_target_temperature",
+        "keyword_target above 0",
+    ),
     ({"model": "cca", "word_vectors": "v.txt"}, "word_vectors", "gradient descent"),
     ({"init_from": "run", "word_vectors": "v.txt"}, "word_vectors", "no init_from"),
     ({"model": "cca", "init_from": "run"}, "init_from", "gradient descent"),
@@ -226,6 +238,7 @@ def test_the_paper_preset_is_the_paper_objective_and_inter_attention() -> None:
             gate_routing=0.0,
             region_target=0.0,
             region_mean_hinge=0.0,
+            keyword_target=0.0,
         )
     ]
     # Typed options win over the preset; its options a run does not use are left out (a

@@ -1,8 +1,9 @@
-"""The two training terms on the regions: `region_mean_hinge` (the ranking loss of the regions'
-mean value alone) and `region_target` (the region attention drawn toward the regions whose values
-match the query). On by default, the loss is the ranking loss plus their weighted sum; off (both
-0) training never asks the model for them; a run with them resumes to the uninterrupted
-weights; they are refused where there is no attention over regions."""
+"""The training terms on the attention's items: `region_mean_hinge` (the ranking loss of the
+regions' mean value alone), `region_target` and `keyword_target` (the region / keyword attention
+drawn toward the items whose values match the query). On by default, the loss is the ranking
+loss plus their weighted sum; off (0) training never asks the model for the values; a run with
+them resumes to the uninterrupted weights; they are refused where there is no attention over
+their modality."""
 
 from __future__ import annotations
 
@@ -24,18 +25,18 @@ from amc_data.ranking.config import TrainConfig, train_config  # noqa: E402
 from amc_data.ranking.data import image_batch, query_batch  # noqa: E402
 from amc_data.ranking.loss import (  # noqa: E402
     attention_entropy,
+    attention_target_loss,
     gate_routing_loss,
     pool_hinge_loss,
-    region_target_loss,
 )
-from amc_data.ranking.model import AttentionModel, ModelConfig, RegionReading  # noqa: E402
+from amc_data.ranking.model import AttentionModel, ModelConfig, ValueReading  # noqa: E402
 from amc_data.ranking.resume import recorded_options  # noqa: E402
 from amc_data.ranking.training import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("region-terms") / "data"
+    out = tmp_path_factory.mktemp("attention-terms") / "data"
     synth(out, seed=6, images=300, queries=100)
     return out
 
@@ -49,7 +50,7 @@ def test_a_region_the_attention_has_left_is_still_drawn_back_by_its_target() -> 
     attention = torch.softmax(logits, -1)
     match = torch.tensor([[0.9, 0.1, 0.1]])
     mask = torch.ones(1, 3, dtype=torch.bool)
-    region_target_loss(attention, match, mask, torch.ones(1), temperature=0.05).backward()
+    attention_target_loss(attention, match, mask, torch.ones(1), temperature=0.05).backward()
     target = torch.softmax(match / 0.05, -1)
     assert logits.grad is not None
     torch.testing.assert_close(logits.grad, attention.detach() - target)
@@ -61,7 +62,7 @@ def test_padding_images_without_regions_and_unpicked_rows_add_nothing() -> None:
     match = torch.tensor([[0.3, 0.1, 0.99], [0.5, 0.5, 0.5], [0.1, 0.3, 0.99]])
     mask = torch.tensor([[True, True, False], [False, False, False], [True, True, False]])
     rows = torch.tensor([1.0, 1.0, 0.0])
-    got = region_target_loss(attention, match, mask, rows, temperature=0.1)
+    got = attention_target_loss(attention, match, mask, rows, temperature=0.1)
     # Only the first row counts, its padded third region (however well it "matches") aside;
     # the second has no regions (all 0: no target, no NaN), the third is not picked.
     target = torch.softmax(torch.tensor([0.3, 0.1]) / 0.1, -1)
@@ -69,15 +70,15 @@ def test_padding_images_without_regions_and_unpicked_rows_add_nothing() -> None:
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.isfinite(got)
     # Weighted rows: a weighted mean.
-    weighted = region_target_loss(attention, match, mask, torch.tensor([0.5, 0.0, 0.0]), 0.1)
+    weighted = attention_target_loss(attention, match, mask, torch.tensor([0.5, 0.0, 0.0]), 0.1)
     assert weighted.item() == pytest.approx(2 * got.item(), rel=1e-6)
-    assert region_target_loss(attention, match, mask, torch.zeros(3), 0.1).item() == 0.0
+    assert attention_target_loss(attention, match, mask, torch.zeros(3), 0.1).item() == 0.0
 
 
 def test_the_target_is_held_fixed() -> None:
     match = torch.tensor([[0.2, 0.4]], requires_grad=True)
     attention = torch.tensor([[0.5, 0.5]], requires_grad=True)
-    loss = region_target_loss(
+    loss = attention_target_loss(
         attention, match, torch.ones(1, 2, dtype=torch.bool), torch.ones(1), 0.1
     )
     loss.backward()
@@ -123,14 +124,14 @@ def _model(data: Path, **options: object) -> tuple[AttentionModel, object, objec
     return model.eval(), query_batch(prepared, queries), image_batch(prepared, images, 64)
 
 
-def test_the_reading_is_each_region_s_and_the_mean_value_s_cosine_with_the_query(
+def test_the_reading_is_each_item_s_and_the_mean_value_s_cosine_with_the_query(
     data: Path,
 ) -> None:
     model, query, images = _model(data)
     with torch.no_grad():
         scores, _, _, reading = model(query, images, pool=True, weights=True, regions=True)
         regions = images.regions.shape[1]
-        assert isinstance(reading, RegionReading) and reading.match.shape == (5, 12, regions)
+        assert isinstance(reading, ValueReading) and reading.match.shape == (5, 12, regions)
         assert torch.equal(scores, model(query, images, pool=True))
         # Recomputed from the model's own layers.
         shared = F.normalize(model._encode_query(query).shared, dim=-1)  # (5, d)
@@ -142,32 +143,49 @@ def test_the_reading_is_each_region_s_and_the_mean_value_s_cosine_with_the_query
         torch.testing.assert_close(reading.match, match)
         torch.testing.assert_close(reading.mean, shared @ mean.T)
         assert torch.equal(reading.mask[0], mask)
-        # With the gate's reading too, the region reading comes last; chunk by chunk, as a pool
-        # too large for one is scored, the same reading.
-        both = model(query, images, pool=True, weights=True, gate=True, regions=True)
-        torch.testing.assert_close(both[-1].match, reading.match)
+        # The keywords' reading: their embeddings (the attention's values) against the query.
+        *_, words = model(query, images, pool=True, weights=True, keywords=True)
+        embedded = F.normalize(model.keywords(images.keywords), dim=-1)  # (12, K, d)
+        present = images.keyword_mask
+        torch.testing.assert_close(
+            words.match, torch.einsum("qd,nkd->qnk", shared, embedded) * present
+        )
+        assert torch.equal(words.mask[0], present)
+        # With the gate's reading too, the gate's, the regions', then the keywords'; chunk by
+        # chunk, as a pool too large for one is scored, the same readings.
+        every = model(
+            query, images, pool=True, weights=True, gate=True, regions=True, keywords=True
+        )
+        torch.testing.assert_close(every[-2].match, reading.match)
+        torch.testing.assert_close(every[-1].match, words.match)
         model.pool_chunk_elements = 1
-        chunked = model(query, images, pool=True, weights=True, regions=True)[-1]
-        torch.testing.assert_close(chunked.match, reading.match)
-        torch.testing.assert_close(chunked.mean, reading.mean)
+        chunked = model(query, images, pool=True, weights=True, regions=True, keywords=True)
+        torch.testing.assert_close(chunked[-2].match, reading.match)
+        torch.testing.assert_close(chunked[-2].mean, reading.mean)
+        torch.testing.assert_close(chunked[-1].match, words.match)
         # Each query's own candidates (pairs): the same cosines.
         paired = images.map(lambda t: t.unsqueeze(0).expand(5, *t.shape))
-        pairs = model(query, paired, weights=True, regions=True)[-1]
-        torch.testing.assert_close(pairs.match, reading.match)
-        torch.testing.assert_close(pairs.mean, reading.mean)
+        pairs = model(query, paired, weights=True, regions=True, keywords=True)
+        torch.testing.assert_close(pairs[-2].match, reading.match)
+        torch.testing.assert_close(pairs[-2].mean, reading.mean)
+        torch.testing.assert_close(pairs[-1].match, words.match)
 
 
-def test_a_model_without_attention_over_regions_has_no_reading_to_give(data: Path) -> None:
+def test_a_model_without_attention_over_a_modality_has_no_reading_of_it_to_give(
+    data: Path,
+) -> None:
     model, query, images = _model(data, intra=False)
     with pytest.raises(ConfigError, match="no attention over regions"):
         model(query, images, pool=True, weights=True, regions=True)
+    with pytest.raises(ConfigError, match="no attention over keywords"):
+        model(query, images, pool=True, weights=True, keywords=True)
 
 
 FAST = {"epochs": 3, "batch_size": 32, "dim": 16, "device": "cpu"}
 
 
 @pytest.mark.parametrize("inter", [True, False], ids=["gate", "fixed-weights"])
-def test_on_the_loss_is_the_ranking_loss_and_its_terms_plus_the_two_weighted_terms(
+def test_on_the_loss_is_the_ranking_loss_and_its_terms_plus_the_weighted_terms(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inter: bool
 ) -> None:
     seen: list[tuple[float, float]] = []
@@ -177,9 +195,15 @@ def test_on_the_loss_is_the_ranking_loss_and_its_terms_plus_the_two_weighted_ter
         loss = real(self, net, batch)
         with torch.no_grad():
             scored = net(
-                batch.query, batch.images, pool=True, weights=True, gate=inter, regions=True
+                batch.query,
+                batch.images,
+                pool=True,
+                weights=True,
+                gate=inter,
+                regions=True,
+                keywords=True,
             )
-            scores, inside, modality, regions = *scored[:3], scored[-1]
+            scores, inside, modality, regions, words = *scored[:3], *scored[-2:]
             own, positive = batch.pool_own, batch.pool_positive
 
             def hinge(values, weights=None):
@@ -194,13 +218,22 @@ def test_on_the_loss_is_the_ranking_loss_and_its_terms_plus_the_two_weighted_ter
                 gate = scored[3]
                 parts = parts + 0.4 * gate_routing_loss(gate.alone, gate.gate, own, positive, 0.2)
             # The visual weight on each query's own image (fixed: 0.5, or 1 for an image without
-            # keywords).
-            read = modality[torch.arange(len(own)), own, 0]
+            # keywords), every query counted fully at the first step and the weight taking over
+            # by a quarter of the run.
+            left = max(0.0, 1 - self.steps_taken / (0.25 * self.total_steps))
+            visual = modality[..., 0] + (1 - modality[..., 0]) * left
+            read = visual[torch.arange(len(own)), own]
             mean_term = hinge(regions.mean, read)
-            target_term = region_target_loss(
-                inside["region"], regions.match, regions.mask, positive * modality[..., 0], 0.05
+            target_term = attention_target_loss(
+                inside["region"], regions.match, regions.mask, positive * visual, 0.05
             )
-        seen.append((float(loss.detach()), float(parts + 0.7 * mean_term + 0.2 * target_term)))
+            # The keyword target: each positive counted by the keyword weight, at its own
+            # temperature.
+            keyword_term = attention_target_loss(
+                inside["keyword"], words.match, words.mask, positive * modality[..., 1], 0.2
+            )
+            terms = 0.7 * mean_term + 0.2 * target_term + 0.3 * keyword_term
+        seen.append((float(loss.detach()), float(parts + terms)))
         return loss
 
     monkeypatch.setattr(training._Run, "_loss", spy)
@@ -210,61 +243,70 @@ def test_on_the_loss_is_the_ranking_loss_and_its_terms_plus_the_two_weighted_ter
         ModelConfig, "__init__", lambda self, **kw: init(self, **{**kw, "dropout": 0.0})
     )
     config = {**FAST, "epochs": 1, "modality_dropout": 0.0, "inter": inter}
-    train(data, tmp_path / "on", TrainConfig(**config, region_target=0.2, region_mean_hinge=0.7))
-    assert seen
+    terms = {"region_target": 0.2, "region_mean_hinge": 0.7, "keyword_target": 0.3}
+    train(data, tmp_path / "on", TrainConfig(**config, **terms, keyword_target_temperature=0.2))
+    assert len(seen) > 4 and seen[0][0] != seen[-1][0]
     for loss, expected in seen:
         assert loss == pytest.approx(expected, rel=1e-5)
 
 
-def test_off_training_never_asks_the_model_for_the_regions(
+TERMS = ("region_target", "region_mean_hinge", "keyword_target")
+
+
+def test_off_training_never_asks_the_model_for_the_values(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[bool] = []
     real = AttentionModel.forward
 
     def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        asked.append(bool(kwargs.get("regions")))
+        asked.append(bool(kwargs.get("regions") or kwargs.get("keywords")))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(AttentionModel, "forward", spy)
-    off = {**FAST, "epochs": 1, "region_target": 0.0, "region_mean_hinge": 0.0}
+    off = {**FAST, "epochs": 1, **dict.fromkeys(TERMS, 0.0)}
     train(data, tmp_path / "off", TrainConfig(**off))
     assert asked and not any(asked)
-    # A new run takes both terms; runs recorded before they existed resume without them, and
-    # the paper's preset has neither.
-    assert TrainConfig().region_target == 0.1 and TrainConfig().region_mean_hinge == 0.3
+    # A new run takes every term; runs recorded before they existed resume without them, and
+    # the paper's preset has none.
+    new = TrainConfig()
+    assert (new.region_target, new.region_mean_hinge, new.keyword_target) == (0.1, 0.3, 0.05)
     recorded = TrainConfig(**FAST).to_dict()
-    del recorded["region_target"], recorded["region_mean_hinge"]
+    for name in TERMS:
+        del recorded[name]
     resumed = recorded_options(recorded, str(tmp_path))
-    assert resumed.region_target == 0.0 and resumed.region_mean_hinge == 0.0
     paper = train_config({}, preset="paper")
-    assert paper.region_target == 0.0 and paper.region_mean_hinge == 0.0
+    for name in TERMS:
+        assert getattr(resumed, name) == 0.0 and getattr(paper, name) == 0.0, name
+    # Recorded before the warmup existed, the region terms counted by the gate from the start.
+    del recorded["region_terms_warmup"]
+    resumed = recorded_options({**recorded, "region_target": 0.1}, str(tmp_path))
+    assert resumed.region_terms_warmup == 0.0 and new.region_terms_warmup == 0.25
 
 
-@pytest.mark.parametrize("option", ["region_target", "region_mean_hinge"])
+@pytest.mark.parametrize("option", [*TERMS, "region_terms_warmup"])
 def test_a_run_with_the_term_resumes_to_the_uninterrupted_weights_which_differ_from_off(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str
 ) -> None:
-    config = TrainConfig(**FAST)  # both on (the default), cut inside the target term
-    resumes_and_differs_from_off(
-        data, tmp_path, config, monkeypatch, "region_target_loss", 3, option
-    )
+    config = TrainConfig(**FAST)  # every term on (the default), cut inside a step's loss
+    resumes_and_differs_from_off(data, tmp_path, config, monkeypatch, "pool_hinge_loss", 3, option)
 
 
 def test_the_per_pair_loss_takes_the_terms_too(data: Path, tmp_path: Path) -> None:
     pairs = {**FAST, "loss": "pairs", "negatives": 4}
     train(data, tmp_path / "on", TrainConfig(**pairs))
-    off = {**pairs, "region_target": 0.0, "region_mean_hinge": 0.0}
+    off = {**pairs, **dict.fromkeys(TERMS, 0.0)}
     train(data, tmp_path / "off", TrainConfig(**off))
     assert not same_weights(run_weights(tmp_path / "on"), run_weights(tmp_path / "off"))
 
 
-def test_the_cli_flags_set_them_and_refuse_a_bad_value_or_a_model_without_region_attention(
+def test_the_cli_flags_set_them_and_refuse_a_bad_value_or_a_model_without_the_attention(
     data: Path, tmp_path: Path
 ) -> None:
     help_text = CliRunner().invoke(cli, ["train", "--help"]).output
     for flag in ("--region-target", "--region-target-temperature", "--region-mean-hinge"):
         assert flag in help_text
+    assert "--keyword-target" in help_text and "--keyword-target-temperature" in help_text
     out = tmp_path / "run"
     args = ["train", str(data), "--out", str(out), "--epochs", "1", "--dim", "16"]
     result = CliRunner().invoke(cli, [*args, "--region-target-temperature", "0"])
@@ -273,9 +315,14 @@ def test_the_cli_flags_set_them_and_refuse_a_bad_value_or_a_model_without_region
     assert result.exit_code == 2 and "intra on" in result.output
     result = CliRunner().invoke(cli, [*args, "--model", "keyword", "--region-mean-hinge", "1"])
     assert result.exit_code == 2 and "over regions" in result.output
+    result = CliRunner().invoke(cli, [*args, "--model", "visual", "--keyword-target", "0.2"])
+    assert result.exit_code == 2 and "over keywords" in result.output
+    result = CliRunner().invoke(cli, [*args, "--keyword-target-temperature", "-1"])
+    assert result.exit_code == 2 and "--keyword-target-temperature" in result.output
     assert not out.exists()  # refused before anything is written
-    flags = ["--region-target", "0.2", "--region-mean-hinge", "0.5", "--device", "cpu"]
-    result = CliRunner().invoke(cli, [*args, *flags])
+    flags = ["--region-target", "0.2", "--region-mean-hinge", "0.5", "--keyword-target", "0.05"]
+    result = CliRunner().invoke(cli, [*args, *flags, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     recorded = (out / "config.json").read_text()
     assert '"region_target": 0.2' in recorded and '"region_mean_hinge": 0.5' in recorded
+    assert '"keyword_target": 0.05' in recorded
