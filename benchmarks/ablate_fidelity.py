@@ -656,18 +656,7 @@ def _with_value_target(weight: float, temperature: float, mean_pool: float = 0.0
                 self.config.margin,
                 reduction=self.config.pool_reduction,
             )
-        with torch.no_grad():
-            shared = F.normalize(model._encode_query(batch.query).shared.float(), dim=-1)
-            visual = model._encode_images(batch.images).visual
-            value = F.normalize(visual.value.float(), dim=-1)  # (P, R, d)
-            cosine = torch.einsum("bd,prd->bpr", shared, value)
-            cosine = cosine.masked_fill(~visual.mask.unsqueeze(0), float("-inf"))
-            target = torch.softmax(cosine / temperature, -1).nan_to_num(0.0)  # (B, P, R)
-        attention = inside["region"].float()  # (B, P, R)
-        cross = -(target * attention.clamp_min(1e-12).log()).sum(-1)  # (B, P)
-        rows = batch.pool_positive * modality[..., 0].detach()
-        rows = rows.float().expand_as(cross)
-        term = (cross * rows).sum() / rows.sum().clamp_min(1e-12)
+        term = _probe_target(model, batch, inside, modality, "region", temperature)
         return total + weight * term
 
     return _with_region_term(term)
@@ -678,27 +667,36 @@ def _with_keyword_target(weight: float, temperature: float):
     positives (counted by the gate's detached keyword weight): the softmax, at `temperature`,
     of the cosine between q^m and each keyword's value (held fixed); the region target's
     counterpart for the keywords."""
-    import torch.nn.functional as F
-
     from amc_data.ranking import training
 
     def term(self, net, batch, inside, modality, total):
         model = training._unwrap(net)
-        with torch.no_grad():
-            shared = F.normalize(model._encode_query(batch.query).shared.float(), dim=-1)
-            keywords = model._encode_images(batch.images).keywords
-            value = F.normalize(keywords.value.float(), dim=-1)  # (P, K, d)
-            cosine = torch.einsum("bd,pkd->bpk", shared, value)
-            cosine = cosine.masked_fill(~keywords.mask.unsqueeze(0), float("-inf"))
-            target = torch.softmax(cosine / temperature, -1).nan_to_num(0.0)  # (B, P, K)
-        attention = inside["keyword"].float()  # (B, P, K)
-        cross = -(target * attention.clamp_min(1e-12).log()).sum(-1)  # (B, P)
-        rows = batch.pool_positive * modality[..., list(inside).index("keyword")].detach()
-        rows = rows.float().expand_as(cross)
-        term = (cross * rows).sum() / rows.sum().clamp_min(1e-12)
+        term = _probe_target(model, batch, inside, modality, "keyword", temperature)
         return total + weight * term
 
     return _with_region_term(term, "keyword")
+
+
+def _probe_target(model, batch, inside, modality, name: str, temperature: float):
+    """The probes' target term on one modality's attention (`name`: "region" or "keyword"):
+    the cross-entropy from the softmax, at `temperature`, of each item value's cosine with the
+    query's q^m (its own forward, held fixed) to the attention on each query's positives,
+    averaged with each counted by the gate's (detached) weight on the modality."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        shared = F.normalize(model._encode_query(batch.query).shared.float(), dim=-1)
+        encoded = model._encode_images(batch.images)
+        items = encoded.visual if name == "region" else encoded.keywords
+        value = F.normalize(items.value.float(), dim=-1)  # (P, T, d)
+        cosine = torch.einsum("bd,ptd->bpt", shared, value)
+        cosine = cosine.masked_fill(~items.mask.unsqueeze(0), float("-inf"))
+        target = torch.softmax(cosine / temperature, -1).nan_to_num(0.0)  # (B, P, T)
+    attention = inside[name].float()  # (B, P, T)
+    cross = -(target * attention.clamp_min(1e-12).log()).sum(-1)  # (B, P)
+    rows = batch.pool_positive * modality[..., list(inside).index(name)].detach()
+    rows = rows.float().expand_as(cross)
+    return (cross * rows).sum() / rows.sum().clamp_min(1e-12)
 
 
 def _region_rows(rule: str, value: float):
