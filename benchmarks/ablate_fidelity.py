@@ -594,10 +594,11 @@ def _region_scale_switch(epoch: int, rate: float) -> None:
     AttentionModel.attention_scale = attention_scale  # type: ignore[method-assign]
 
 
-def _with_region_term(term, modality_name: str = "region"):
+def _with_attention_term(term, modality_name: str = "region"):
     """`training._scored` and `_Run._loss` whose step loss becomes `term(self, net, batch,
     inside, modality, loss)` (on pooled batches of a model with attention over
-    `modality_name`): the probes' way to try an attention term before the package has it."""
+    `modality_name`, the regions or the keywords): the probes' way to try an attention term
+    before the package has it."""
     from amc_data.ranking import training
 
     scored, run_loss = training._scored, training._Run._loss
@@ -628,7 +629,7 @@ def _with_region_entropy(weight: float, floor: float):
         rows = batch.pool_positive * modality[..., 0].detach()
         return total + weight * attention_entropy(inside["region"], rows, floor=floor)
 
-    return _with_region_term(term)
+    return _with_attention_term(term)
 
 
 def _with_value_target(weight: float, temperature: float, mean_pool: float = 0.0):
@@ -659,7 +660,7 @@ def _with_value_target(weight: float, temperature: float, mean_pool: float = 0.0
         term = _probe_target(model, batch, inside, modality, "region", temperature)
         return total + weight * term
 
-    return _with_region_term(term)
+    return _with_attention_term(term)
 
 
 def _with_keyword_target(weight: float, temperature: float):
@@ -674,7 +675,7 @@ def _with_keyword_target(weight: float, temperature: float):
         term = _probe_target(model, batch, inside, modality, "keyword", temperature)
         return total + weight * term
 
-    return _with_region_term(term, "keyword")
+    return _with_attention_term(term, "keyword")
 
 
 def _probe_target(model, batch, inside, modality, name: str, temperature: float):
@@ -1078,7 +1079,7 @@ PACKAGE = {
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
     "pkg keyword target 0.1 at 0.05: amc --no-inter": {
         "inter": False,
-        "keyword_target": (0.1, 0.05),
+        "keyword_target_probe": (0.1, 0.05),
     },
     "pkg keyword target 0.3 at 0.05: amc": {"keyword_target_probe": (0.3, 0.05)},
     "pkg region frozen 4 then rate 10: amc": {

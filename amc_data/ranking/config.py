@@ -474,8 +474,8 @@ USED_WHEN: dict[str, UsedWhen] = {
     ),
     "gate_routing": _kinds_with("modality_gate", "a modality gate", switch="inter"),
     "region_target": UsedWhen(
-        lambda o: _region_attention(o),
-        lambda: _region_attention_words(),
+        lambda o: _attention_over(o, "regions"),
+        lambda: _attention_over_words("regions"),
         ("model", "intra"),
         "it draws the attention over the regions",
     ),
@@ -486,14 +486,14 @@ USED_WHEN: dict[str, UsedWhen] = {
         "it shapes the region target term",
     ),
     "region_mean_hinge": UsedWhen(
-        lambda o: _region_attention(o),
-        lambda: _region_attention_words(),
+        lambda o: _attention_over(o, "regions"),
+        lambda: _attention_over_words("regions"),
         ("model", "intra"),
         "without attention over the regions their mean value is what the model ranks with",
     ),
     "keyword_target": UsedWhen(
-        lambda o: _keyword_attention(o),
-        lambda: _keyword_attention_words(),
+        lambda o: _attention_over(o, "keywords"),
+        lambda: _attention_over_words("keywords"),
         ("model", "intra"),
         "it draws the attention over the keywords",
     ),
@@ -529,14 +529,8 @@ USED_WHEN: dict[str, UsedWhen] = {
     "inter": _ablation("modality_gate", "modality gate"),
     "attention": _kinds_with("intra_attention", "intra-attention", switch="intra"),
     "region_attention_scale_rate": UsedWhen(
-        lambda o: (
-            _attends_to_regions(model_kind(o.model, "model")) and o.intra and o.attention != "dot"
-        ),
-        lambda: (
-            "a model with intra-attention over regions "
-            f"({', '.join(r.name for r in model_rows() if _attends_to_regions(r))}), "
-            "intra on, cosine attention"
-        ),
+        lambda o: _attention_over(o, "regions") and o.attention != "dot",
+        lambda: _attention_over_words("regions") + ", cosine attention",
         ("model", "intra", "attention"),
         "only the cosine attention over the regions has a scale",
     ),
@@ -557,30 +551,18 @@ USED_WHEN: dict[str, UsedWhen] = {
 }
 
 
-def _attends_to_regions(row: Any) -> bool:
-    return bool(row.regions and row.intra_attention)
+def _attends_to(row: Any, items: str) -> bool:
+    """Whether a model table row attends over its `items` ("regions" or "keywords")."""
+    return bool(getattr(row, items) and row.intra_attention)
 
 
-def _region_attention(options: Any) -> bool:
-    return _attends_to_regions(model_kind(options.model, "model")) and bool(options.intra)
+def _attention_over(options: Any, items: str) -> bool:
+    return _attends_to(model_kind(options.model, "model"), items) and bool(options.intra)
 
 
-def _region_attention_words() -> str:
-    rows = ", ".join(r.name for r in model_rows() if _attends_to_regions(r))
-    return f"a model with intra-attention over regions ({rows}), intra on"
-
-
-def _attends_to_keywords(row: Any) -> bool:
-    return bool(row.keywords and row.intra_attention)
-
-
-def _keyword_attention(options: Any) -> bool:
-    return _attends_to_keywords(model_kind(options.model, "model")) and bool(options.intra)
-
-
-def _keyword_attention_words() -> str:
-    rows = ", ".join(r.name for r in model_rows() if _attends_to_keywords(r))
-    return f"a model with intra-attention over keywords ({rows}), intra on"
+def _attention_over_words(items: str) -> str:
+    rows = ", ".join(r.name for r in model_rows() if _attends_to(r, items))
+    return f"a model with intra-attention over {items} ({rows}), intra on"
 
 
 def _reads_both(row: Any) -> bool:

@@ -588,7 +588,7 @@ class _Run:
             loss = loss + self._region_terms(inside, modality, regions, batch, own, positive)
         if keywords is not None:
             # Each positive counts as much as the gate reads its keywords (held fixed).
-            rows = positive * modality[..., list(inside).index("keyword")].detach()
+            rows = positive * _gate_weight(inside, modality, "keyword")
             keyword_term = attention_target_loss(
                 inside["keyword"],
                 keywords.match,
@@ -601,7 +601,7 @@ class _Run:
             return loss
         # The keyword attention on each positive counts as much as the modality gate reads the
         # keywords for it (held fixed): it is sharpened as far as the score uses it.
-        rows = positive * modality[..., list(inside).index("keyword")].detach()
+        rows = positive * _gate_weight(inside, modality, "keyword")
         entropy_term = attention_entropy(
             inside["keyword"], rows, floor=self.config.attention_entropy_floor
         )
@@ -623,7 +623,7 @@ class _Run:
         score they carry, and are not asked to rank the queries the gate sends to the
         keywords (which taught them the keywords' concepts through the images that hold both,
         and the gate to follow the caption less)."""
-        visual = modality[..., list(inside).index("region")].detach()  # (B, P | M)
+        visual = _gate_weight(inside, modality, "region")  # (B, P | M)
         warmup = self.config.region_terms_warmup
         if warmup > 0:  # every query counted fully at first, the gate's weight taking over
             left = max(0.0, 1.0 - self.steps_taken / (warmup * self.total_steps))
@@ -830,6 +830,12 @@ def _scored(
         readings = [scored.pop(3) if wanted else None for wanted in asked.values()]
         return (*scored[:3], *readings)
     return net(batch.query, batch.images, pool=pool), {}, torch.empty(0), None, None, None
+
+
+def _gate_weight(inside: dict[str, torch.Tensor], modality: torch.Tensor, name: str) -> Any:
+    """The modality gate's weight on the modality `name` ("region" or "keyword") for each
+    query's images, held fixed: how much a term on that modality's attention counts each."""
+    return modality[..., list(inside).index(name)].detach()
 
 
 def _in_batch_negatives(batch: Any) -> torch.Tensor | None:
