@@ -329,7 +329,13 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     if region_rows:  # the region terms' rows counted by more than the gate's visual weight
         training._Run._region_terms = _region_rows(*region_rows)
         _EPOCH["of"] = options.get("epochs", 8)
-    if modality_drop or region_frozen or region_switch or region_rows:  # these read the epoch
+    mixture = options.pop("gradient_floor", None)
+    if mixture:  # the modality mixture's gradient to the attended vectors floored, or warmed up
+        AttentionModel._score = _with_gradient_floor(*mixture)  # type: ignore[method-assign]
+        _EPOCH["of"] = options.get("epochs", 8)
+    if keep_rule and keep_rule.startswith("early"):
+        _EPOCH["of"] = options.get("epochs", 8)
+    if modality_drop or region_frozen or region_switch or region_rows or mixture or keep_rule:
         _EPOCH["now"] = 0
 
         def seen_epoch(self, epoch):
@@ -724,6 +730,54 @@ def _region_rows(rule: str, value: float):
     return counted
 
 
+def _with_gradient_floor(floor: float, sides: str = "region", fade: float = 0.0):
+    """`AttentionModel._score` whose modality mixture x = w_v v + w_k k passes, in training, at
+    least `floor` of the score's gradient to the attended vector of each modality in `sides`
+    ("region", "both") while its forward value stays the gate's (where the gate reads the
+    keywords for a caption, the regions are still asked for its concept as under fixed weights);
+    with `fade`, the floor falls linearly to 0 over that share of the epochs. `sides="forward"`:
+    the forward weights themselves blended toward 0.5 / 0.5 by the same fading share (fixed
+    weights at first, the gate's own by then) where they meet the attended vectors, after
+    modality dropout; `sides="blend"`: the same blend before modality dropout (which then draws
+    the kept modality as it does for fixed weights, at random at first), the routing term
+    still reading the gate's own weights."""
+    import inspect
+    import textwrap
+
+    from amc_data.ranking import model as model_module
+
+    source = textwrap.dedent(inspect.getsource(model_module.AttentionModel._score))
+    line = "x = sum(modality[..., i : i + 1] * vec for i, vec in enumerate(attended))"
+    assert line in source, "the package's modality mixture moved: update the probe"
+    mixed = "_probe_mix(modality[..., i : i + 1], vec, i, self.training)"
+    source = source.replace(line, f"x = sum({mixed} for i, vec in enumerate(attended))")
+    own = "gate_weights = modality  # the gate's own, before modality dropout"
+    assert own in source, "the package's gate weights moved: update the probe"
+    source = source.replace(own, f"{own}\n    modality = _probe_blend(modality, self.training)")
+
+    def blend(weights, training):
+        if sides != "blend" or not training or not torch.is_grad_enabled():
+            return weights
+        left = max(0.0, 1 - _EPOCH["now"] / (fade * _EPOCH["of"]))
+        return weights * (1 - left) + 0.5 * left
+
+    def mix(weight, vec, side, training):
+        if not training or not torch.is_grad_enabled() or sides == "blend":
+            return weight * vec
+        left = max(0.0, 1 - _EPOCH["now"] / (fade * _EPOCH["of"])) if fade else 1.0
+        if sides == "forward":
+            return (weight * (1 - left) + 0.5 * left) * vec
+        if sides == "region" and side != 0:
+            return weight * vec
+        held, fixed = vec.detach(), weight.detach()
+        passed = torch.where(fixed > 0, fixed.clamp_min(floor * left), fixed)  # dropout's 0 kept
+        return weight * held + passed * (vec - held)
+
+    namespace = dict(vars(model_module), _probe_mix=mix, _probe_blend=blend)
+    exec(compile(source, model_module.__file__, "exec"), namespace)
+    return namespace["_score"]
+
+
 def _with_unimodal(routing_loss, weight: float, routing: float):
     """The gate routing term plus `weight` / `routing` (the trainer multiplies the term by
     `routing`) times each modality's hinge alone (each query's mean over its violating
@@ -794,8 +848,11 @@ def _kept_by(rule: str):
     """`model._drop_modality` keeping, for a dropped query, the modality chosen by `rule`
     (session 10's probes): "per query" one draw by the gate's weights for all of a query's
     images; "sharpened P" one per image by the weights raised to the power P; "sure M" the
-    favoured modality where the weights differ by at least M, one drawn per query elsewhere.
-    (Ties, as fixed weights are, come out as one draw per query or per image as each rule
+    favoured modality where the weights differ by at least M, one drawn per query elsewhere;
+    "floored F" one per image by the weights held within [F, 1 - F] (session 17: each modality
+    kept for at least that share of a dropped query's images, whatever the gate says);
+    "early F" one per image at random over the first F of the epochs, by the weights after. (Ties,
+    as fixed weights are, come out as one draw per query or per image as each rule
     says.)"""
 
     def dropped(modality, available, share, queries, keep="drawn"):
@@ -805,6 +862,14 @@ def _kept_by(rule: str):
         coin = torch.randint(0, 2, (queries,))[:, None]
         if rule == "per query":
             side = (torch.rand(queries)[:, None] < weights[..., 1]).long()
+        elif rule.startswith("early"):
+            early = _EPOCH["now"] < float(rule.split()[1]) * _EPOCH["of"]
+            p = torch.full_like(weights[..., 1], 0.5) if early else weights[..., 1]
+            side = (torch.rand(p.shape) < p).long()
+        elif rule.startswith("floored"):
+            floor = float(rule.split()[1])
+            p = weights[..., 1].clamp(floor, 1 - floor)
+            side = (torch.rand(p.shape) < p).long()
         elif rule.startswith("sharpened"):
             p = weights.clamp_min(1e-6) ** float(rule.split()[1])
             side = (torch.rand(p.shape[:-1]) < p[..., 1] / p.sum(-1)).long()
@@ -1074,6 +1139,22 @@ PACKAGE = {
         "keyword_target": 0.05,
         "region_terms_warmup": 0.0,
     },
+    # Session 17: the main hinge's gradient to the regions floored (forward unchanged), or the
+    # gate warmed up from fixed weights, for the visual concepts whose captions the gate sends
+    # to the keywords.
+    "pkg gradient floor 0.5: amc": {"gradient_floor": (0.5, "region")},
+    "pkg gradient floor 0.25: amc": {"gradient_floor": (0.25, "region")},
+    "pkg gradient floor 0.5 both: amc": {"gradient_floor": (0.5, "both")},
+    "pkg gradient floor 0.5 fading 0.5: amc": {"gradient_floor": (0.5, "region", 0.5)},
+    "pkg keep sharpened 0: amc": {"modality_keep_rule": "sharpened 0"},  # at random per image
+    "pkg keep floored 0.25: amc": {"modality_keep_rule": "floored 0.25"},
+    "pkg keep early 0.5: amc": {"modality_keep_rule": "early 0.5"},
+    "pkg keep early 0.5: amc --no-inter": {"inter": False, "modality_keep_rule": "early 0.5"},
+    "pkg keep floored 0.25: amc --no-inter": {"inter": False, "modality_keep_rule": "floored 0.25"},
+    "pkg gate warmup 0.25: amc": {"gradient_floor": (0.0, "forward", 0.25)},
+    "pkg gate warmup 0.5: amc": {"gradient_floor": (0.0, "forward", 0.5)},
+    "pkg gate blend 0.25: amc": {"gradient_floor": (0.0, "blend", 0.25)},
+    "pkg gate blend 0.5: amc": {"gradient_floor": (0.0, "blend", 0.5)},
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},

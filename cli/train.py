@@ -83,6 +83,7 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
 @_train_option("keyword_target_temperature")
 @_train_option("region_mean_hinge")
 @_train_option("region_terms_warmup")
+@_train_option("gate_warmup")
 @_train_option("modality_dropout")
 @_train_option("modality_dropout_keep")
 @_train_option("in_batch", show_default=False)

@@ -190,6 +190,20 @@ class TrainConfig:
         "that alone ranks its image better than for the batch's other queries (0: none).",
         low=0,
     )
+    # The gate decides early: on the several-concept COCO-shaped worlds it sent the captions of
+    # a few visual concepts to the keywords before the regions had learned them (visual weight
+    # 0.09-0.15 against about 0.5), and the ranking loss then asked the regions for them at that
+    # weight, so 5% of them stayed unlearned where fixed weights left none. Training starts from
+    # fixed 0.5 / 0.5 weights, the gate's taking over linearly (the gate still learns from the
+    # first step through the routing term): 1-3% left, every one-concept world as before
+    # (benchmarks/FIDELITY.md, session 17).
+    gate_warmup: float = option(
+        0.5,
+        "Share of training over which the modality weights fade from fixed 0.5 / 0.5 to the "
+        "gate's (0: the gate's from the first step).",
+        low=0,
+        high=1,
+    )
     # On worlds where an image holds a concept in each modality, the ranking loss moves a region's
     # attention logit in proportion to the weight it already has: a concept whose cells the
     # attention left early (the other modality already told its images apart) got almost no
@@ -510,6 +524,7 @@ USED_WHEN: dict[str, UsedWhen] = {
         ("region_target", "region_mean_hinge", "model", "intra"),
         "it counts the queries of the region terms",
     ),
+    "gate_warmup": _kinds_with("modality_gate", "a modality gate", switch="inter"),
     "modality_dropout": UsedWhen(
         lambda o: _both_modalities(o),
         lambda: (
@@ -606,6 +621,12 @@ def keyword_target_on(options: Any) -> bool:
 def gate_routing_on(options: Any) -> bool:
     """Whether a run adds the gate routing term: a weight above 0, for a model with a gate."""
     return bool(options.gate_routing > 0 and USED_WHEN["gate_routing"].holds(options))
+
+
+def gate_warmup_on(options: Any) -> float:
+    """The share of the run over which a run's modality weights fade from fixed to the gate's:
+    0 for a model without a gate."""
+    return float(options.gate_warmup) if USED_WHEN["gate_warmup"].holds(options) else 0.0
 
 
 def _differs_from_default(config: Any, name: str) -> bool:

@@ -52,6 +52,7 @@ ADDED_LATER: dict[str, Any] = {
     "region_mean_hinge": 0.0,
     "keyword_target": 0.0,
     "region_terms_warmup": 0.0,
+    "gate_warmup": 0.0,
 }
 
 

@@ -423,6 +423,9 @@ class AttentionModel(RankingModel):
         # `modality_dropout_keep`, which the trainer sets; not part of the model).
         self.modality_dropout = 0.0
         self.modality_dropout_keep = "drawn"
+        # In training only: how much of fixed 0.5 / 0.5 modality weights is blended into the
+        # gate's (`TrainConfig.gate_warmup`, which the trainer sets each step).
+        self.gate_blend = 0.0
         self.query_shared = nn.Linear(w, d)  # q^m
         if self.use_visual:
             # Features from a CNN vary widely in scale; normalising each region first keeps the
@@ -599,6 +602,9 @@ class AttentionModel(RankingModel):
             modality = _drop_modality(
                 modality, avail, self.modality_dropout, len(q.shared), self.modality_dropout_keep
             )
+        if self.training and self.gate_blend > 0:
+            fixed = _masked_softmax(torch.zeros_like(logits), avail)  # what fixed weights give
+            modality = modality * (1 - self.gate_blend) + fixed * self.gate_blend
         x = sum(modality[..., i : i + 1] * vec for i, vec in enumerate(attended))  # x^q
         query_unit = F.normalize(q.shared.float(), dim=-1, eps=1e-6).unsqueeze(1)  # (B|Q, 1, d)
         scores = _dot(query_unit, F.normalize(x, dim=-1, eps=1e-6))  # type: ignore[arg-type]

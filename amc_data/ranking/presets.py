@@ -46,6 +46,7 @@ PRESETS: dict[str, Preset] = {
             "attention_entropy": 0.0,
             "modality_dropout": 0.0,
             "gate_routing": 0.0,
+            "gate_warmup": 0.0,
             "region_target": 0.0,
             "region_mean_hinge": 0.0,
             "keyword_target": 0.0,

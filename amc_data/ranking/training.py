@@ -56,6 +56,7 @@ from .config import (
     attention_entropy_on,
     check_negatives,
     gate_routing_on,
+    gate_warmup_on,
     keyword_target_on,
     modality_dropout_on,
     region_mean_hinge_on,
@@ -543,6 +544,9 @@ class _Run:
         if self.resident is not None:
             batch = self.resident.fill(batch)  # regions gathered on the device
         self.steps_taken = int(scheduler.last_epoch)  # what the step's terms read of the run
+        model = _unwrap(net)
+        if isinstance(model, AttentionModel):
+            model.gate_blend = self._left_of(gate_warmup_on(self.config))
         with precision_context(self.device, self.amp):
             loss = self._loss(net, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -624,9 +628,8 @@ class _Run:
         keywords (which taught them the keywords' concepts through the images that hold both,
         and the gate to follow the caption less)."""
         visual = _gate_weight(inside, modality, "region")  # (B, P | M)
-        warmup = self.config.region_terms_warmup
-        if warmup > 0:  # every query counted fully at first, the gate's weight taking over
-            left = max(0.0, 1.0 - self.steps_taken / (warmup * self.total_steps))
+        left = self._left_of(self.config.region_terms_warmup)
+        if left > 0:  # every query counted fully at first, the gate's weight taking over
             visual = visual + (1 - visual) * left
         total = torch.zeros((), device=visual.device)
         if region_mean_hinge_on(self.config):
@@ -643,6 +646,14 @@ class _Run:
             )
             total = total + self.config.region_target * target
         return total
+
+    def _left_of(self, warmup: float) -> float:
+        """What is left of a warmup over that share of the run at this step: 1 at the first
+        step, falling linearly to 0 (0 throughout for no warmup). By optimiser step, from the
+        scheduler's count, so a resumed run sees what the uninterrupted one did."""
+        if warmup <= 0:
+            return 0.0
+        return max(0.0, 1.0 - self.steps_taken / (warmup * self.total_steps))
 
     def _hinge(
         self,

@@ -3,7 +3,9 @@ training query, toward the modality that alone ranks the query's image better th
 the batch's other queries. Off (0) training never asks the model for it; on (0.4, the default),
 the loss is the ranking loss plus that many times the term, only the gate learns from it,
 training resumes to the uninterrupted weights, and the option is refused where there is no
-gate."""
+gate. Its companion `gate_warmup`: training starts from fixed 0.5 / 0.5 modality weights, the
+gate's taking over linearly by that share of the run (by step), while the routing term reads the
+gate's own weights throughout."""
 
 from __future__ import annotations
 
@@ -292,3 +294,77 @@ def test_the_cli_flag_sets_it_and_refuses_a_bad_value_or_a_model_without_a_gate(
     result = CliRunner().invoke(cli, [*args, "--gate-routing", "0.3", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert '"gate_routing": 0.3' in (out / "config.json").read_text()
+
+
+def test_the_blend_moves_the_training_weights_toward_fixed_ones_and_the_gate_reads_its_own(
+    data: Path,
+) -> None:
+    model, query, images = _model(data)
+    with torch.no_grad():
+        scores, _, gate, _ = model.eval()(query, images, pool=True, weights=True, gate=True)
+        model.train()
+        model.modality_dropout = 0.0
+        model.gate_blend = 1.0  # the first step of a warmup: fixed weights
+        fixed, _, modality, reading = model(query, images, pool=True, weights=True, gate=True)
+        assert torch.all(modality == 0.5)  # every image of the fixture has both modalities
+        torch.testing.assert_close(reading.gate, gate)  # what the routing term reads
+        assert not torch.allclose(fixed, scores)  # the gate's own weights are not 0.5
+        model.gate_blend = 0.25
+        _, _, quarter = model(query, images, pool=True, weights=True)
+        torch.testing.assert_close(quarter, 0.75 * gate + 0.25 * 0.5)
+        model.gate_blend = 1.0
+        assert torch.equal(model.eval()(query, images, pool=True), scores)  # evaluation: none
+
+
+def test_the_trainer_fades_the_blend_by_step_and_a_model_without_a_gate_never_blends(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[float, int, int]] = []
+    loss = training._Run._loss
+
+    def spy(self, net, batch):  # type: ignore[no-untyped-def]
+        model = training._unwrap(net)
+        seen.append((model.gate_blend, self.steps_taken, self.total_steps))
+        return loss(self, net, batch)
+
+    monkeypatch.setattr(training._Run, "_loss", spy)
+    train(data, tmp_path / "on", TrainConfig(**{**FAST, "gate_warmup": 0.5}))
+    assert seen[0][0] == 1.0 and seen[-1][0] == 0.0 and len(seen) > 6
+    for blend, step, total in seen:
+        assert blend == pytest.approx(max(0.0, 1 - step / (0.5 * total)))
+    assert len({blend for blend, *_ in seen}) > 3  # by step, not by epoch
+    seen.clear()
+    fixed = {name: value for name, value in FAST.items() if name != "gate_routing"}
+    train(data, tmp_path / "fixed", TrainConfig(**fixed, inter=False))
+    assert seen and all(blend == 0.0 for blend, *_ in seen)
+
+
+def test_a_run_with_the_warmup_resumes_to_the_uninterrupted_weights_which_differ_from_off(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(**{**FAST, "gate_warmup": 0.7})  # cut inside the warmup
+    resumes_and_differs_from_off(
+        data, tmp_path, config, monkeypatch, "gate_routing_loss", 3, "gate_warmup"
+    )
+
+
+def test_the_warmup_is_new_on_a_new_run_only_and_refused_without_a_gate(
+    data: Path, tmp_path: Path
+) -> None:
+    assert TrainConfig().gate_warmup == 0.5
+    recorded = TrainConfig(**FAST).to_dict()
+    del recorded["gate_warmup"]  # recorded before it existed: the gate's from the first step
+    assert recorded_options(recorded, str(tmp_path)).gate_warmup == 0.0
+    assert train_config({}, preset="paper").gate_warmup == 0.0
+    assert "--gate-warmup" in CliRunner().invoke(cli, ["train", "--help"]).output
+    out = tmp_path / "run"
+    args = ["train", str(data), "--out", str(out), "--epochs", "1", "--dim", "16"]
+    for bad in ("-0.1", "1.5"):
+        result = CliRunner().invoke(cli, [*args, "--gate-warmup", bad])
+        assert result.exit_code == 2 and "--gate-warmup" in result.output
+    result = CliRunner().invoke(cli, [*args, "--no-inter", "--gate-warmup", "0.3"])
+    assert result.exit_code == 2 and "inter on" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(cli, [*args, "--gate-warmup", "0.3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert '"gate_warmup": 0.3' in (out / "config.json").read_text()

@@ -236,6 +236,7 @@ def test_the_paper_preset_is_the_paper_objective_and_inter_attention() -> None:
             attention_entropy=0.0,
             modality_dropout=0.0,
             gate_routing=0.0,
+            gate_warmup=0.0,
             region_target=0.0,
             region_mean_hinge=0.0,
             keyword_target=0.0,
