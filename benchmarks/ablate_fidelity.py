@@ -329,9 +329,9 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     if region_rows:  # the region terms' rows counted by more than the gate's visual weight
         training._Run._region_terms = _region_rows(*region_rows)
         _EPOCH["of"] = options.get("epochs", 8)
-    mixture = options.pop("gradient_floor", None)
+    mixture = options.pop("modality_mixture", None)
     if mixture:  # the modality mixture's gradient to the attended vectors floored, or warmed up
-        AttentionModel._score = _with_gradient_floor(*mixture)  # type: ignore[method-assign]
+        AttentionModel._score = _with_modality_mixture(*mixture)  # type: ignore[method-assign]
         _EPOCH["of"] = options.get("epochs", 8)
     if keep_rule and keep_rule.startswith("early"):
         _EPOCH["of"] = options.get("epochs", 8)
@@ -730,7 +730,7 @@ def _region_rows(rule: str, value: float):
     return counted
 
 
-def _with_gradient_floor(floor: float, sides: str = "region", fade: float = 0.0):
+def _with_modality_mixture(floor: float, sides: str = "region", fade: float = 0.0):
     """`AttentionModel._score` whose modality mixture x = w_v v + w_k k passes, in training, at
     least `floor` of the score's gradient to the attended vector of each modality in `sides`
     ("region", "both") while its forward value stays the gate's (where the gate reads the
@@ -1013,6 +1013,10 @@ REFERENCE = {
 # leaves unnamed train as today's defaults. Reproducing an entry of sessions 9-11 (the
 # violating mean, the entropy term at 0.001): a copy of the entry with the two options of
 # "pkg session 11 defaults" added; of sessions before 9, FIDELITY.md names their defaults.
+# Session 17's probes ran on session 16's defaults: the package's gate warmup, built after them,
+# off, so that only the probe acts.
+S16 = {"gate_warmup": 0.0}
+
 PACKAGE = {
     "pkg amc": {},
     # Session 12: a lower floor for the entropy term (textual concepts of the several-concept
@@ -1141,20 +1145,22 @@ PACKAGE = {
     },
     # Session 17: the main hinge's gradient to the regions floored (forward unchanged), or the
     # gate warmed up from fixed weights, for the visual concepts whose captions the gate sends
-    # to the keywords.
-    "pkg gradient floor 0.5: amc": {"gradient_floor": (0.5, "region")},
-    "pkg gradient floor 0.25: amc": {"gradient_floor": (0.25, "region")},
-    "pkg gradient floor 0.5 both: amc": {"gradient_floor": (0.5, "both")},
-    "pkg gradient floor 0.5 fading 0.5: amc": {"gradient_floor": (0.5, "region", 0.5)},
-    "pkg keep sharpened 0: amc": {"modality_keep_rule": "sharpened 0"},  # at random per image
-    "pkg keep floored 0.25: amc": {"modality_keep_rule": "floored 0.25"},
-    "pkg keep early 0.5: amc": {"modality_keep_rule": "early 0.5"},
+    # to the keywords. All on session 16's defaults (the package's gate warmup off).
+    "pkg gradient floor 0.5: amc": {"modality_mixture": (0.5, "region"), **S16},
+    "pkg gradient floor 0.25: amc": {"modality_mixture": (0.25, "region"), **S16},
+    "pkg gradient floor 0.5 both: amc": {"modality_mixture": (0.5, "both"), **S16},
+    "pkg gradient floor 0.5 fading 0.5: amc": {"modality_mixture": (0.5, "region", 0.5), **S16},
+    # At random per image:
+    "pkg keep sharpened 0: amc": {"modality_keep_rule": "sharpened 0", **S16},
+    "pkg keep floored 0.25: amc": {"modality_keep_rule": "floored 0.25", **S16},
+    "pkg keep early 0.5: amc": {"modality_keep_rule": "early 0.5", **S16},
     "pkg keep early 0.5: amc --no-inter": {"inter": False, "modality_keep_rule": "early 0.5"},
     "pkg keep floored 0.25: amc --no-inter": {"inter": False, "modality_keep_rule": "floored 0.25"},
-    "pkg gate warmup 0.25: amc": {"gradient_floor": (0.0, "forward", 0.25)},
-    "pkg gate warmup 0.5: amc": {"gradient_floor": (0.0, "forward", 0.5)},
-    "pkg gate blend 0.25: amc": {"gradient_floor": (0.0, "blend", 0.25)},
-    "pkg gate blend 0.5: amc": {"gradient_floor": (0.0, "blend", 0.5)},
+    "pkg gate warmup 0.25: amc": {"modality_mixture": (0.0, "forward", 0.25), **S16},
+    "pkg gate warmup 0.5: amc": {"modality_mixture": (0.0, "forward", 0.5), **S16},
+    "pkg gate blend 0.25: amc": {"modality_mixture": (0.0, "blend", 0.25), **S16},
+    "pkg gate blend 0.5: amc": {"modality_mixture": (0.0, "blend", 0.5), **S16},
+    "pkg gate warmup off: amc": S16,  # the package's option at 0: session 16's defaults
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
