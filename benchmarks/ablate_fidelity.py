@@ -1161,6 +1161,9 @@ PACKAGE = {
     "pkg gate blend 0.25: amc": {"modality_mixture": (0.0, "blend", 0.25), **S16},
     "pkg gate blend 0.5: amc": {"modality_mixture": (0.0, "blend", 0.5), **S16},
     "pkg gate warmup off: amc": S16,  # the package's option at 0: session 16's defaults
+    "pkg gate warmup 0.75: amc": {"gate_warmup": 0.75},
+    "pkg gate warmup 1: amc": {"gate_warmup": 1.0},
+    "pkg region terms warmup off, gate warmup 0.5: amc": {"region_terms_warmup": 0.0},
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
