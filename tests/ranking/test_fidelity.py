@@ -26,7 +26,9 @@ from amc_data import TrainConfig
 from amc_data.evaluation.significance import paired_by_query
 from amc_data.prepare import load_prepared
 
-pytestmark = pytest.mark.slow
+# A world's fixture trains every run on it (eleven on synth) inside its first test; beside other
+# jobs on the 2-core VM that outran the suite's 300 s (synth seed 3, session 17).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 RUNS = {
     "amc": {},
