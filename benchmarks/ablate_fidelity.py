@@ -1164,6 +1164,10 @@ PACKAGE = {
     "pkg gate warmup 0.75: amc": {"gate_warmup": 0.75},
     "pkg gate warmup 1: amc": {"gate_warmup": 1.0},
     "pkg region terms warmup off, gate warmup 0.5: amc": {"region_terms_warmup": 0.0},
+    # Session 18: a dead concept's caption matches other cells' values better than its own, so
+    # the region target (a softmax of that match) points away from its cells: off, or softer.
+    "pkg region target off: amc": {"region_target": 0.0},
+    "pkg region target at 0.2: amc": {"region_target_temperature": 0.2},
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
