@@ -129,17 +129,13 @@ def _attention(run: Path, prepared, probes: Probes) -> dict[str, float]:
 
 @pytest.fixture(
     scope="module",
-    # Each world's tests on one xdist worker, which trains its runs once.
     params=[
-        pytest.param(world, marks=pytest.mark.xdist_group(f"fidelity-{world[0]}-{world[1]}"))
-        for world in [
-            ("synth", 3),
-            ("synth", 4),
-            ("coco", 1),
-            ("coco", 2),
-            ("coco-caption", 1),
-            ("coco-caption", 2),
-        ]
+        ("synth", 3),
+        ("synth", 4),
+        ("coco", 1),
+        ("coco", 2),
+        ("coco-caption", 1),
+        ("coco-caption", 2),
     ],
     ids=lambda p: f"{p[0]}-seed{p[1]}",
 )

@@ -165,8 +165,6 @@ RUNS = {
 }
 # Trainings on a shared 2-core machine: more than the suite's 300 s hang guard allows there.
 TRAINING_TIMEOUT = 900
-# The module's tests on one xdist worker, which trains the world's runs once.
-pytestmark = pytest.mark.xdist_group("multi_concept")
 
 
 @pytest.fixture(scope="module")
