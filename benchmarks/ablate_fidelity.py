@@ -1168,6 +1168,10 @@ PACKAGE = {
     # the region target (a softmax of that match) points away from its cells: off, or softer.
     "pkg region target off: amc": {"region_target": 0.0},
     "pkg region target at 0.2: amc": {"region_target_temperature": 0.2},
+    # The hinge between session 15's 0.3 and session 18's 0.5: fewer dead concepts against a gate
+    # that parts less (0.17 at m2 / 2 with 0.5).
+    "pkg region mean hinge 0.4: amc": {"region_mean_hinge": 0.4},
+    "pkg region mean hinge 0.7: amc": {"region_mean_hinge": 0.7},
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},

@@ -226,7 +226,8 @@ class TrainConfig:
     # came to match their look (its cosine with their cells under its best other cell's), so the
     # target drew the attention away from them; the stronger hinge, which asks the values for
     # every concept through the mean, left 1 of 600 over six trainings of those worlds (9 at
-    # 0.3), every other world as before; the gate parts a little less (0.17-0.48, 0.30-0.42).
+    # 0.3), every other world as before; the gate parts a little less (by 0.17-0.48 over six
+    # trainings, 0.30-0.42 at 0.3).
     region_target: float = option(
         0.1,
         "Weight of a term drawing the region attention on each positive image toward the "

@@ -31,9 +31,10 @@ from amc_data.ranking.runs import evaluate  # noqa: E402
 from amc_data.ranking.training import TrainConfig, train  # noqa: E402
 
 SMALL = {"images": 240, "queries": 90}
-# Training seed 4 on this data (synth seed 3) with today's defaults: validation NDCG@10 improves
-# at epochs 1 to 3 and not at 4, so epoch 3 writes best.pt and the epoch after it must leave it
-# alone (seed 2's best epoch moved to the last with session 16's defaults). (A change of
+# Training seed 5 on this data (synth seed 3) with today's defaults: validation NDCG@10 improves
+# at epochs 1 and 2 and not after, so epoch 2 writes best.pt and the epochs after it must leave
+# it alone (seed 2's best epoch moved to the last with session 16's defaults, seed 4's with
+# session 18's region mean hinge at 0.5). (A change of
 # defaults can move the best epoch: the fixture says so, and another seed with a best epoch
 # inside the run restores the premise.)
 OPTIONS = {
@@ -43,7 +44,7 @@ OPTIONS = {
     "negatives": 3,
     "dim": 16,
     "device": "cpu",
-    "seed": 4,
+    "seed": 5,
 }
 CONFIG = TrainConfig(**OPTIONS)
 

@@ -139,8 +139,8 @@ UNUSED = [
     ),
     ({"model": "keyword", "region_target": 0.5}, "region_target", "over regions (amc)"),
     ({"intra": False, "region_target": 0.5}, "region_target", "intra on"),
-    ({"model": "fusion", "region_mean_hinge": 0.5}, "region_mean_hinge", "over regions (amc)"),
-    ({"intra": False, "region_mean_hinge": 0.5}, "region_mean_hinge", "intra on"),
+    ({"model": "fusion", "region_mean_hinge": 0.7}, "region_mean_hinge", "over regions (amc)"),
+    ({"intra": False, "region_mean_hinge": 0.7}, "region_mean_hinge", "intra on"),
     (
         {"region_target": 0.0, "region_target_temperature": 0.5},
         "region_target_temperature",
