@@ -329,6 +329,9 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     if region_rows:  # the region terms' rows counted by more than the gate's visual weight
         training._Run._region_terms = _region_rows(*region_rows)
         _EPOCH["of"] = options.get("epochs", 8)
+    hinge_fade = options.pop("region_mean_hinge_fade", None)
+    if hinge_fade:  # the mean value's hinge strong at first, weaker by the end
+        training._Run._region_terms = _region_mean_hinge_fading(*hinge_fade)
     mixture = options.pop("modality_mixture", None)
     if mixture:  # the modality mixture's gradient to the attended vectors floored, or warmed up
         AttentionModel._score = _with_modality_mixture(*mixture)  # type: ignore[method-assign]
@@ -728,6 +731,32 @@ def _region_rows(rule: str, value: float):
         return region_terms(self, inside, modality, regions, batch, own, positive)
 
     return counted
+
+
+def _region_mean_hinge_fading(start: float, end: float, share: float = 1.0):
+    """`_Run._region_terms` with the mean value's hinge at `start` at the first step, falling
+    linearly to `end` over that share of the run's steps (a caption's region query learns its
+    look early, when dead concepts are decided; the regions are asked less to rank the
+    textual-only captions late, when the gate learns to send them away)."""
+    import dataclasses
+
+    from amc_data.ranking import training
+
+    region_terms = training._Run._region_terms
+
+    def faded(self, inside, modality, regions, batch, own, positive):
+        config = self.config
+        weight = end + (start - end) * self._left_of(share)
+        # the weight this step, held (the package's own fading off)
+        self.config = dataclasses.replace(
+            config, region_mean_hinge=weight, region_mean_hinge_end=1.0
+        )
+        try:
+            return region_terms(self, inside, modality, regions, batch, own, positive)
+        finally:
+            self.config = config
+
+    return faded
 
 
 def _with_modality_mixture(floor: float, sides: str = "region", fade: float = 0.0):
@@ -1172,6 +1201,14 @@ PACKAGE = {
     # that parts less (0.17 at m2 / 2 with 0.5).
     "pkg region mean hinge 0.4: amc": {"region_mean_hinge": 0.4},
     "pkg region mean hinge 0.7: amc": {"region_mean_hinge": 0.7},
+    # Session 19: the gate routing term stronger with the hinge at 0.5 (the gate parted by 0.17
+    # at m2 / 2), and the hinge falling over the run (a patch of the region terms; "0.5 to 0.3"
+    # is the package's `region_mean_hinge_end` 0.6 since, the same arithmetic).
+    "pkg gate routing 0.6: amc": {"gate_routing": 0.6},
+    "pkg gate routing 1: amc": {"gate_routing": 1.0},
+    "pkg region mean hinge 0.5 to 0.3: amc": {"region_mean_hinge_fade": (0.5, 0.3)},
+    "pkg region mean hinge 0.7 to 0.2: amc": {"region_mean_hinge_fade": (0.7, 0.2)},
+    "pkg region mean hinge 0.7 to 0.3 by half: amc": {"region_mean_hinge_fade": (0.7, 0.3, 0.5)},
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
