@@ -82,6 +82,7 @@ def _train_option(name: str, *decls: str, **overrides: Any) -> Any:
 @_train_option("keyword_target")
 @_train_option("keyword_target_temperature")
 @_train_option("region_mean_hinge")
+@_train_option("region_mean_hinge_end")
 @_train_option("region_terms_warmup")
 @_train_option("gate_warmup")
 @_train_option("modality_dropout")

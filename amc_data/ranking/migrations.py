@@ -39,7 +39,9 @@ FORMAT_VERSION = 3  # what this amc-data writes, and the newest it reads
 # modality_dropout_keep existed kept the modality the gate favours, those recorded before
 # pool_reduction existed averaged the pool loss over every negative, and those recorded before
 # gate_routing existed taught the gate by the ranking loss alone, and those recorded before the
-# region terms (and the keyword target) existed trained the attention by the ranking loss alone.
+# region terms (and the keyword target) existed trained the attention by the ranking loss alone,
+# and those recorded before region_mean_hinge_end existed kept the mean value's hinge at one
+# weight throughout.
 ADDED_LATER: dict[str, Any] = {
     "loss": "pairs",
     "attention_entropy": 0.0,
@@ -53,6 +55,7 @@ ADDED_LATER: dict[str, Any] = {
     "keyword_target": 0.0,
     "region_terms_warmup": 0.0,
     "gate_warmup": 0.0,
+    "region_mean_hinge_end": 1.0,
 }
 
 

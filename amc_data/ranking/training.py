@@ -620,7 +620,8 @@ class _Run:
         own: torch.Tensor,
         positive: torch.Tensor,
     ) -> torch.Tensor:
-        """`region_mean_hinge` times the hinge of the regions' mean value alone, plus
+        """`region_mean_hinge` (fading to `region_mean_hinge_end` of it over the run) times
+        the hinge of the regions' mean value alone, plus
         `region_target` times the region target term on the positives. Each query (each
         positive) counts as much as the modality gate reads the regions for it (held fixed), as
         the entropy term's rows do for the keywords: the regions answer for the share of the
@@ -635,7 +636,7 @@ class _Run:
         if region_mean_hinge_on(self.config):
             read = visual[torch.arange(len(own), device=own.device), own]  # (B,)
             hinge = self._hinge(batch, regions.mean, query_weights=read)
-            total = total + self.config.region_mean_hinge * hinge
+            total = total + self._mean_hinge_weight() * hinge
         if region_target_on(self.config):
             target = attention_target_loss(
                 inside["region"],
@@ -646,6 +647,13 @@ class _Run:
             )
             total = total + self.config.region_target * target
         return total
+
+    def _mean_hinge_weight(self) -> float:
+        """The mean value's hinge weight at this step: `region_mean_hinge` at the first,
+        falling linearly to `region_mean_hinge_end` of it by the end of the run."""
+        start = self.config.region_mean_hinge
+        end = start * self.config.region_mean_hinge_end
+        return end + (start - end) * self._left_of(1.0)
 
     def _left_of(self, warmup: float) -> float:
         """What is left of a warmup over that share of the run at this step: 1 at the first

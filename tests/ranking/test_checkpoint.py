@@ -211,6 +211,7 @@ def test_a_format_1_record_from_before_the_pool_loss_trained_with_per_pair_negat
         "keyword_target": 0.0,
         "region_terms_warmup": 0.0,
         "gate_warmup": 0.0,
+        "region_mean_hinge_end": 1.0,
     }
     assert migrated["train_config"] == {"loss": "pairs", "epochs": 2, **without_term}
     assert checkpoint == {"format": FORMAT, "format_version": 1, "train_config": {"epochs": 2}}

@@ -35,6 +35,8 @@ def _other_value(field: dataclasses.Field, default: Any) -> Any:
         return 3.0
     if field.name == "init_from":
         return "another-run"
+    if field.name == "region_mean_hinge_end":  # a share: 1 is its highest
+        return 1.0
     if field.name == "gain":
         return "linear"
     if field.name == "pool_reduction":
@@ -150,6 +152,11 @@ UNUSED = [
         {"region_target": 0.0, "region_mean_hinge": 0.0, "region_terms_warmup": 0.2},
         "region_terms_warmup",
         "region_target or region_mean_hinge above 0",
+    ),
+    (
+        {"region_mean_hinge": 0.0, "region_mean_hinge_end": 1.0},
+        "region_mean_hinge_end",
+        "region_mean_hinge above 0",
     ),
     ({"model": "visual", "keyword_target": 0.5}, "keyword_target", "over keywords (amc)"),
     ({"intra": False, "keyword_target": 0.5}, "keyword_target", "intra on"),
