@@ -290,7 +290,9 @@ def test_off_training_never_asks_the_model_for_the_values(
     assert resumed.region_mean_hinge_end == 1.0 and new.region_mean_hinge_end == 0.6
 
 
-@pytest.mark.parametrize("option", [*TERMS, "region_terms_warmup", "region_mean_hinge_end"])
+# (every case fades the mean value's hinge, the default: its weight at each step is checked by
+# the loss's recomputation above)
+@pytest.mark.parametrize("option", [*TERMS, "region_terms_warmup"])
 def test_a_run_with_the_term_resumes_to_the_uninterrupted_weights_which_differ_from_off(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str
 ) -> None:
