@@ -1045,6 +1045,8 @@ REFERENCE = {
 # Session 17's probes ran on session 16's defaults: the package's gate warmup, built after them,
 # off, so that only the probe acts.
 S16 = {"gate_warmup": 0.0}
+# The mean value's hinge at one weight throughout, as before session 19's fading default.
+HINGE_HELD = {"region_mean_hinge_end": 1.0}
 
 PACKAGE = {
     "pkg amc": {},
@@ -1198,14 +1200,15 @@ PACKAGE = {
     "pkg region target off: amc": {"region_target": 0.0},
     "pkg region target at 0.2: amc": {"region_target_temperature": 0.2},
     # The hinge between session 15's 0.3 and session 18's 0.5: fewer dead concepts against a gate
-    # that parts less (0.17 at m2 / 2 with 0.5).
-    "pkg region mean hinge 0.4: amc": {"region_mean_hinge": 0.4},
-    "pkg region mean hinge 0.7: amc": {"region_mean_hinge": 0.7},
+    # that parts less (0.17 at m2 / 2 with 0.5). These and session 19's gate routing entries were
+    # measured with the hinge's weight the same throughout (`region_mean_hinge_end` 1, as then).
+    "pkg region mean hinge 0.4: amc": {"region_mean_hinge": 0.4, **HINGE_HELD},
+    "pkg region mean hinge 0.7: amc": {"region_mean_hinge": 0.7, **HINGE_HELD},
     # Session 19: the gate routing term stronger with the hinge at 0.5 (the gate parted by 0.17
     # at m2 / 2), and the hinge falling over the run (a patch of the region terms; "0.5 to 0.3"
     # is the package's `region_mean_hinge_end` 0.6 since, the same arithmetic).
-    "pkg gate routing 0.6: amc": {"gate_routing": 0.6},
-    "pkg gate routing 1: amc": {"gate_routing": 1.0},
+    "pkg gate routing 0.6: amc": {"gate_routing": 0.6, **HINGE_HELD},
+    "pkg gate routing 1: amc": {"gate_routing": 1.0, **HINGE_HELD},
     "pkg region mean hinge 0.5 to 0.3: amc": {"region_mean_hinge_fade": (0.5, 0.3)},
     "pkg region mean hinge 0.7 to 0.2: amc": {"region_mean_hinge_fade": (0.7, 0.2)},
     "pkg region mean hinge 0.7 to 0.3 by half: amc": {"region_mean_hinge_fade": (0.7, 0.3, 0.5)},
