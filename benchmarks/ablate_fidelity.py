@@ -332,6 +332,12 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     hinge_fade = options.pop("region_mean_hinge_fade", None)
     if hinge_fade:  # the mean value's hinge strong at first, weaker by the end
         training._Run._region_terms = _region_mean_hinge_fading(*hinge_fade)
+    best_cells = options.pop("region_best_cells", None)
+    if best_cells:  # beside the mean value's hinge, the best-matching cell's
+        training._Run._region_terms = _region_best_cells_hinge(*best_cells)
+    value_reading = model_module._value_reading
+    if options.pop("region_match_values_only", False):  # the match teaches the values alone
+        model_module._value_reading = _values_only_match(value_reading)
     mixture = options.pop("modality_mixture", None)
     if mixture:  # the modality mixture's gradient to the attended vectors floored, or warmed up
         AttentionModel._score = _with_modality_mixture(*mixture)  # type: ignore[method-assign]
@@ -399,6 +405,7 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         training.gate_routing_loss = routing_loss
         training._scored, training._Run._loss = scored, run_loss  # type: ignore[method-assign]
         training._Run._region_terms = region_terms  # type: ignore[method-assign]
+        model_module._value_reading = value_reading
         EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
     try:  # the forced gate replaces the prior's layer, which the summed words bypass
@@ -757,6 +764,54 @@ def _region_mean_hinge_fading(start: float, end: float, share: float = 1.0):
             self.config = config
 
     return faded
+
+
+def _region_best_cells_hinge(weight: float, temperature: float, fade: bool | float = True):
+    """`_Run._region_terms` plus `weight` times the hinge of the regions' best-matching values
+    (a soft maximum over each image's cells of cos(q^m, the cell's value), log-mean-exp at
+    `temperature`), each query counted as the mean value's hinge counts it: the mean value
+    learns a concept's look through its share of the image (1-3 cells of 49), the best cell
+    through the cells themselves, so a caption's query whose best cell is clutter shared by its
+    negatives is pushed toward what only its images show. With `fade` True, the weight falls as
+    the mean value's hinge does; a share instead, it falls linearly to 0 over that share of the
+    run."""
+    import torch
+
+    from amc_data.ranking import training
+
+    region_terms = training._Run._region_terms
+
+    def with_best(self, inside, modality, regions, batch, own, positive):
+        total = region_terms(self, inside, modality, regions, batch, own, positive)
+        visual = training._gate_weight(inside, modality, "region")
+        left = self._left_of(self.config.region_terms_warmup)
+        if left > 0:
+            visual = visual + (1 - visual) * left
+        read = visual[torch.arange(len(own), device=own.device), own]
+        match = regions.match.masked_fill(~regions.mask, float("-inf")) / temperature
+        count = regions.mask.sum(-1).clamp(min=1).float()
+        best = temperature * (torch.logsumexp(match, -1) - count.log())
+        best = torch.where(regions.mask.any(-1), best, torch.zeros_like(best))
+        if fade is True:  # the mean value's hinge's fading share
+            share = self._mean_hinge_weight() / self.config.region_mean_hinge
+        else:
+            share = self._left_of(fade) if fade else 1.0
+        return total + weight * share * self._hinge(batch, best, query_weights=read)
+
+    return with_best
+
+
+def _values_only_match(value_reading):
+    """`model._value_reading` whose per-item match is computed with the query held fixed (the
+    mean's match as before): a term on the match teaches the items' values, not the query."""
+    from amc_data.ranking.model import ValueReading
+
+    def reading(query_unit, items, pool):
+        held = value_reading(query_unit.detach(), items, pool)
+        full = value_reading(query_unit, items, pool)
+        return ValueReading(held.match, full.mask, full.mean)
+
+    return reading
 
 
 def _with_modality_mixture(floor: float, sides: str = "region", fade: float = 0.0):
@@ -1213,6 +1268,18 @@ PACKAGE = {
     "pkg region mean hinge 0.7 to 0.2: amc": {"region_mean_hinge_fade": (0.7, 0.2)},
     "pkg region mean hinge 0.7 to 0.3 by half: amc": {"region_mean_hinge_fade": (0.7, 0.3, 0.5)},
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
+    # Session 20: beside the mean value's hinge, the hinge of each image's best-matching cells
+    # (a soft maximum of their match); held the same throughout, fading with the mean value's,
+    # or falling to 0; with the query held fixed in the match (the values alone learn from it).
+    "pkg region best cells 0.2 at 0.05: amc": {"region_best_cells": (0.2, 0.05)},
+    "pkg region best cells 0.5 at 0.05: amc": {"region_best_cells": (0.5, 0.05)},
+    "pkg region best cells 0.3 at 0.05: amc": {"region_best_cells": (0.3, 0.05)},
+    "pkg region best cells 0.5 at 0.05, values only: amc": {
+        "region_best_cells": (0.5, 0.05),
+        "region_match_values_only": True,
+    },
+    "pkg region best cells 0.5 at 0.05 to 0: amc": {"region_best_cells": (0.5, 0.05, 1.0)},
+    "pkg region best cells 0.5 at 0.05 to 0 by half: amc": {"region_best_cells": (0.5, 0.05, 0.5)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
     "pkg keyword target 0.1 at 0.05: amc --no-inter": {
