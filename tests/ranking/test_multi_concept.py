@@ -250,21 +250,6 @@ def test_the_defaults_learn_what_the_mean_over_every_negative_left(trained_multi
 
 @pytest.mark.slow
 @pytest.mark.timeout(TRAINING_TIMEOUT)
-def test_half_the_per_query_mean_ranks_better_than_the_violating_mean_alone(trained_multi) -> None:
-    # The defaults of sessions 9-11 (the violating mean, the entropy term at 0.001; the other
-    # options today's) against today's (half of it and half the per-query mean, the term at
-    # 0.003): on this world at this seed 0.956 against 0.980 of the ceiling (before the gate
-    # routing term), on the benchmark's two worlds +0.03 to +0.06 at each of four trainings
-    # (benchmarks/FIDELITY.md, sessions 11-12). With the region mean hinge at 0.5 (session 18),
-    # which teaches the regions more of what the reduction did, 0.995 against 0.987 here. The
-    # margin asserted sits below every gap measured.
-    options = {"pool_reduction": "violating", "attention_entropy": 0.001}
-    share = _shares(trained_multi, "amc-violating", **options)
-    assert share["amc"] >= share["amc-violating"] + 0.005, share
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(TRAINING_TIMEOUT)
 def test_the_gate_follows_what_a_caption_names(trained_multi) -> None:
     # The gate's visual weight for the captions that name only their image's visual concept
     # against those naming only its textual one (a fifth of the captions): the bar is
