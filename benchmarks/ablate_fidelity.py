@@ -1274,6 +1274,8 @@ PACKAGE = {
     "pkg region best cells 0.2 at 0.05: amc": {"region_best_cells": (0.2, 0.05)},
     "pkg region best cells 0.5 at 0.05: amc": {"region_best_cells": (0.5, 0.05)},
     "pkg region best cells 0.3 at 0.05: amc": {"region_best_cells": (0.3, 0.05)},
+    "pkg region best cells 0.5 at 0.1: amc": {"region_best_cells": (0.5, 0.1)},
+    "pkg region best cells 0.5 at 0.2: amc": {"region_best_cells": (0.5, 0.2)},
     "pkg region best cells 0.5 at 0.05, values only: amc": {
         "region_best_cells": (0.5, 0.05),
         "region_match_values_only": True,
