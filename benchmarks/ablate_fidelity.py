@@ -766,36 +766,30 @@ def _region_mean_hinge_fading(start: float, end: float, share: float = 1.0):
     return faded
 
 
-def _region_best_cells_hinge(weight: float, temperature: float, fade: bool | float = True):
+def _region_best_cells_hinge(weight: float, temperature: float, fade: float | None = None):
     """`_Run._region_terms` plus `weight` times the hinge of the regions' best-matching values
     (a soft maximum over each image's cells of cos(q^m, the cell's value), log-mean-exp at
     `temperature`), each query counted as the mean value's hinge counts it: the mean value
     learns a concept's look through its share of the image (1-3 cells of 49), the best cell
     through the cells themselves, so a caption's query whose best cell is clutter shared by its
-    negatives is pushed toward what only its images show. With `fade` True, the weight falls as
-    the mean value's hinge does; a share instead, it falls linearly to 0 over that share of the
-    run."""
-    import torch
-
+    negatives is pushed toward what only its images show. The weight falls as the mean value's
+    hinge does; with `fade`, linearly to 0 over that share of the run instead."""
     from amc_data.ranking import training
 
     region_terms = training._Run._region_terms
 
     def with_best(self, inside, modality, regions, batch, own, positive):
         total = region_terms(self, inside, modality, regions, batch, own, positive)
-        visual = training._gate_weight(inside, modality, "region")
-        left = self._left_of(self.config.region_terms_warmup)
-        if left > 0:
-            visual = visual + (1 - visual) * left
+        visual = self._region_query_weights(inside, modality)
         read = visual[torch.arange(len(own), device=own.device), own]
         match = regions.match.masked_fill(~regions.mask, float("-inf")) / temperature
         count = regions.mask.sum(-1).clamp(min=1).float()
         best = temperature * (torch.logsumexp(match, -1) - count.log())
         best = torch.where(regions.mask.any(-1), best, torch.zeros_like(best))
-        if fade is True:  # the mean value's hinge's fading share
+        if fade is None:  # the mean value's hinge's fading share
             share = self._mean_hinge_weight() / self.config.region_mean_hinge
         else:
-            share = self._left_of(fade) if fade else 1.0
+            share = self._left_of(fade)
         return total + weight * share * self._hinge(batch, best, query_weights=read)
 
     return with_best
@@ -1269,8 +1263,8 @@ PACKAGE = {
     "pkg region mean hinge 0.7 to 0.3 by half: amc": {"region_mean_hinge_fade": (0.7, 0.3, 0.5)},
     "pkg region rows floor 0.5: amc": {"region_rows": ("floor", 0.5)},
     # Session 20: beside the mean value's hinge, the hinge of each image's best-matching cells
-    # (a soft maximum of their match); held the same throughout, fading with the mean value's,
-    # or falling to 0; with the query held fixed in the match (the values alone learn from it).
+    # (a soft maximum of their match), fading with the mean value's or falling to 0; with the
+    # query held fixed in the match (the values alone learn from it).
     "pkg region best cells 0.2 at 0.05: amc": {"region_best_cells": (0.2, 0.05)},
     "pkg region best cells 0.5 at 0.05: amc": {"region_best_cells": (0.5, 0.05)},
     "pkg region best cells 0.3 at 0.05: amc": {"region_best_cells": (0.3, 0.05)},

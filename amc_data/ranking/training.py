@@ -628,10 +628,7 @@ class _Run:
         score they carry, and are not asked to rank the queries the gate sends to the
         keywords (which taught them the keywords' concepts through the images that hold both,
         and the gate to follow the caption less)."""
-        visual = _gate_weight(inside, modality, "region")  # (B, P | M)
-        left = self._left_of(self.config.region_terms_warmup)
-        if left > 0:  # every query counted fully at first, the gate's weight taking over
-            visual = visual + (1 - visual) * left
+        visual = self._region_query_weights(inside, modality)  # (B, P | M)
         total = torch.zeros((), device=visual.device)
         if region_mean_hinge_on(self.config):
             read = visual[torch.arange(len(own), device=own.device), own]  # (B,)
@@ -647,6 +644,18 @@ class _Run:
             )
             total = total + self.config.region_target * target
         return total
+
+    def _region_query_weights(
+        self, inside: dict[str, torch.Tensor], modality: torch.Tensor
+    ) -> torch.Tensor:
+        """How much each query counts in the region terms on each image: the gate's visual
+        weight (held fixed), every query counted fully at the first step and the gate's weight
+        taking over by `region_terms_warmup` of the run."""
+        visual = _gate_weight(inside, modality, "region")
+        left = self._left_of(self.config.region_terms_warmup)
+        if left > 0:
+            visual = visual + (1 - visual) * left
+        return visual
 
     def _mean_hinge_weight(self) -> float:
         """The mean value's hinge weight at this step: `region_mean_hinge` at the first,
