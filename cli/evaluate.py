@@ -288,15 +288,17 @@ def concept_table(run: RunEvaluation, top: int, fmt: str = "text") -> str:
             _number(float(row["ndcg@10"])),
             _maybe_number(float(row["share"]), 2),
             _maybe_number(float(row["mass"]), 2),
+            _maybe_number(float(row["mass_alone"]), 2),
             _maybe_number(float(row["chance"]), 2),
         ]
         for _, row in run.concepts.head(top).iterrows()
     ]
     title = (
         f"{run.name}: the concepts of lowest share of the ceiling ({len(run.concepts):,} in "
-        "concepts.parquet; mass: median attention on the concept's own regions or keyword)"
+        "concepts.parquet; mass: median attention on the concept's own regions or keyword; "
+        "alone: the same where the query names no other concept in that modality)"
     )
-    header = ["concept", "modality", "queries", "ndcg@10", "share", "mass", "chance"]
+    header = ["concept", "modality", "queries", "ndcg@10", "share", "mass", "alone", "chance"]
     return render_table(header, rows, fmt, title=title)
 
 

@@ -21,8 +21,12 @@ modality) that the split's queries name: how many queries name it, their mean ND
 share of their mean ceiling, and, measured on each (query, relevant image) pair where the image
 carries the concept in that modality, the median attention mass on the concept's own regions or
 keyword against its chance level (the share of the image's regions or keywords the concept
-holds) and the median weight of the visual modality. `gate_by_named` gives the visual weight by
-what a query names: visual concepts only, textual only, or both.
+holds) and the median weight of the visual modality. A query naming two concepts in one
+modality rightly splits the attention between them, so `mass` alone can flag a concept the
+model finds; `mass_alone` is the median over the pairs whose query names no other concept in
+that modality: what the attention gives the concept when nothing else is asked for beside it.
+`gate_by_named` gives the visual weight by what a query names: visual concepts only, textual
+only, or both.
 
 Torch-free: the attention itself is measured by `amc_data.ranking.concepts`.
 """
@@ -160,7 +164,8 @@ def concept_report(
     docstring), weakest first (lowest share of the ceiling, else lowest NDCG@10): `concept`,
     `modality`, `queries`, `ndcg@10`, `ceiling`, `share` (of the ceiling), `pairs` (measured),
     `mass`, `chance` and `visual_weight` (medians over the pairs; NaN where none were measured,
-    as for a model without attention)."""
+    as for a model without attention), and `pairs_alone`, `mass_alone`: the same over the pairs
+    whose query names no other concept in that modality (NaN where there are none)."""
     column = f"ndcg@{REPORT_K}"
     scored = per_query[["query_id", column]]
     named = truth.queries.merge(scored, on="query_id")
@@ -183,9 +188,21 @@ def concept_report(
         )
         .reset_index()
     )
+    # Where a query names several concepts in one modality, their share of the attention is
+    # split between them: measured alone, a concept's mass says whether the attention finds it.
+    named_in_modality = truth.queries.groupby(["query_id", "modality"]).size()
+    alone = named_in_modality[named_in_modality == 1].reset_index()[["query_id", "modality"]]
+    alone_medians = (
+        measured.merge(alone, on=["query_id", "modality"])
+        .groupby(["concept", "modality"])
+        .agg(pairs_alone=("mass", "size"), mass_alone=("mass", "median"))
+        .reset_index()
+    )
     report = report.merge(medians, on=["concept", "modality"], how="left")
-    report["pairs"] = report["pairs"].fillna(0).astype(np.int64)
-    for name in ("mass", "chance", "visual_weight"):
+    report = report.merge(alone_medians, on=["concept", "modality"], how="left")
+    for name in ("pairs", "pairs_alone"):
+        report[name] = report[name].fillna(0).astype(np.int64)
+    for name in ("mass", "chance", "visual_weight", "mass_alone"):
         report[name] = report[name].astype(np.float64)
     key = np.where(report["share"].notna(), report["share"], report[column])
     order = np.lexsort((report["modality"], report["concept"], key))

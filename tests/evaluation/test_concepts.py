@@ -162,6 +162,40 @@ def test_the_report_is_per_concept_and_modality_weakest_first(tmp_path):
     assert plain.loc[("a", "visual"), "share"] == pytest.approx(0.575 / 0.75)
 
 
+def test_the_mass_alone_leaves_out_queries_naming_another_concept_in_that_modality(tmp_path):
+    # Query 5 names a and b visually: the attention rightly splits between their regions, and a
+    # model that finds both gives each about half. a's mass over every pair mixes that split
+    # in; alone, over query 4 (a only), it says whether the attention finds a.
+    frame = _truth_frame()
+    frame.loc[len(frame)] = ("query", 4, "a", "visual", [], None, 1.0)
+    frame.loc[len(frame)] = ("query", 5, "a", "visual", [], None, 1.0)
+    frame.loc[len(frame)] = ("query", 5, "b", "visual", [], None, 1.0)
+    truth = read_concepts(_write(frame, tmp_path / "c.parquet"))
+    per_query = pd.DataFrame({"query_id": [1, 2, 3, 4, 5], "ndcg@10": 0.5})
+    measured = pd.DataFrame(
+        {
+            "query_id": [4, 4, 5, 5, 5, 5],
+            "img_id": [10, 11, 12, 13, 12, 13],
+            "concept": ["a", "a", "a", "a", "b", "b"],
+            "modality": "visual",
+            "mass": [0.9, 0.7, 0.3, 0.2, 0.6, 0.7],
+            "chance": 0.25,
+            "visual_weight": 0.8,
+        }
+    )
+    report = concept_report(per_query, truth, measured).set_index(["concept", "modality"])
+    assert report.loc[("a", "visual"), "mass"] == pytest.approx(0.5)  # median of all four
+    assert report.loc[("a", "visual"), "pairs_alone"] == 2
+    assert report.loc[("a", "visual"), "mass_alone"] == pytest.approx(0.8)  # query 4's
+    # b is named visually only beside a (query 5): nothing to measure it alone on
+    assert report.loc[("b", "visual"), "pairs_alone"] == 0
+    assert np.isnan(report.loc[("b", "visual"), "mass_alone"])
+    assert report.loc[("b", "visual"), "mass"] == pytest.approx(0.65)
+    # without attention figures, NaN and no pairs
+    plain = concept_report(per_query, truth).set_index(["concept", "modality"])
+    assert plain["mass_alone"].isna().all() and (plain["pairs_alone"] == 0).all()
+
+
 def test_the_gate_weight_is_grouped_by_what_the_query_names(tmp_path):
     frame = _truth_frame()
     frame.loc[len(frame)] = ("query", 4, "a", "visual", [], None, 1.0)

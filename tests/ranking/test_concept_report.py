@@ -47,6 +47,8 @@ COLUMNS = [
     "mass",
     "chance",
     "visual_weight",
+    "pairs_alone",
+    "mass_alone",
 ]
 
 
@@ -77,6 +79,7 @@ def test_concepts_parquet_holds_each_named_concept_with_the_truths_figures(world
     # one row per (concept, modality) the test queries name, counted from the world itself
     test = world.queries["split"] == "test"
     named: dict[tuple[str, str], set[int]] = {}
+    alone: dict[tuple[str, str], set[int]] = {}  # ... by queries naming no other concept there
     for query_id, (concepts, intent) in zip(
         world.queries["query_id"][test],
         [q for q, t in zip(world.query_concepts(), test, strict=True) if t],
@@ -86,6 +89,8 @@ def test_concepts_parquet_holds_each_named_concept_with_the_truths_figures(world
             for modality in ("visual", "textual"):
                 if intent in (modality, "both"):
                     named.setdefault((world.names[c], modality), set()).add(int(query_id))
+                    if len(concepts) == 1:
+                        alone.setdefault((world.names[c], modality), set()).add(int(query_id))
     got = report.set_index(["concept", "modality"])
     assert set(got.index) == set(named)
     per_query = pd.read_parquet(out / "amc" / "per_query.parquet").set_index("query_id")
@@ -99,6 +104,9 @@ def test_concepts_parquet_holds_each_named_concept_with_the_truths_figures(world
         # one relevant image a query, which carries what it names
         assert row["pairs"] == len(queries)
         assert 0 <= row["mass"] <= 1 and 0 < row["chance"] < 1
+        assert row["pairs_alone"] == len(alone.get(key, ()))
+        assert np.isnan(row["mass_alone"]) == (key not in alone)
+    assert 0 < sum(map(len, alone.values())) < sum(map(len, named.values()))
     # weakest first
     assert report["share"].is_monotonic_increasing
     # a model without attention gets the NDCG figures and no attention ones
