@@ -1,6 +1,7 @@
 """AMC does the paper's job on two planted worlds built apart from each other: with default
 options it beats every baseline with p < 0.01, each of its two attentions is worth something,
-and the intra-attention looks where the concept is.
+the intra-attention looks where the concept is, and the gate weighs the image by what carries
+the query's concept.
 
 Worlds: `synth` (Clickture-style judged candidates; the modality follows an intent word) at
 seeds the demo does not use, and the planted COCO world of `planted_coco` (captions against all
@@ -120,10 +121,13 @@ def _attention(run: Path, prepared, probes: Probes) -> dict[str, float]:
     out = {
         "keyword": float((got.keyword_weights[:, 0].numpy() * hit).sum(1).mean()),
         "keyword_uniform": float(((counts * hit).sum(1) / counts.sum(1)).mean()),
+        # The gate's image weight on a query's relevant image, where the keywords carry it.
+        "image_weight_textual": float(got.modality_weights[:, 0, 0].mean()),
     }
     _, got = explain(probes.region_queries, probes.region_images)
     out["region"] = float((got.region_weights[:, 0].numpy() * probes.concept_regions).sum(1).mean())
     out["region_uniform"] = float(probes.concept_regions.mean())
+    out["image_weight_visual"] = float(got.modality_weights[:, 0, 0].mean())
     return out
 
 
@@ -226,3 +230,14 @@ def test_attention_looks_where_the_concept_is(trained):
     else:
         assert attention["keyword"] >= 0.4, attention
     assert attention["region"] >= 0.7, attention
+
+
+def test_the_gate_weighs_the_image_more_where_the_regions_carry_the_concept(trained):
+    _, _, _, attention = trained
+    # The gate's mean image weight on a query's relevant image, queries whose concept the
+    # regions carry against those whose concept the keywords carry: measured 0.70-0.76 on
+    # synth (seeds 3 and 4, three training seeds each), 0.72-0.73 on coco and 0.70-0.71 on
+    # coco-caption; uniform weights would give 0. (On coco fixed weights rank as well, the test
+    # above, but the gate still follows the concept word.)
+    gap = attention["image_weight_visual"] - attention["image_weight_textual"]
+    assert gap >= 0.3, attention
