@@ -766,14 +766,26 @@ def _region_mean_hinge_fading(start: float, end: float, share: float = 1.0):
     return faded
 
 
-def _region_best_cells_hinge(weight: float, temperature: float, fade: float | None = None):
+def _region_best_cells_hinge(
+    weight: float,
+    temperature: float,
+    fade: float | None = None,
+    top: int | None = None,
+    spread: float | None = None,
+):
     """`_Run._region_terms` plus `weight` times the hinge of the regions' best-matching values
     (a soft maximum over each image's cells of cos(q^m, the cell's value), log-mean-exp at
     `temperature`), each query counted as the mean value's hinge counts it: the mean value
     learns a concept's look through its share of the image (1-3 cells of 49), the best cell
     through the cells themselves, so a caption's query whose best cell is clutter shared by its
     negatives is pushed toward what only its images show. The weight falls as the mean value's
-    hinge does; with `fade`, linearly to 0 over that share of the run instead."""
+    hinge does; with `fade`, linearly to 0 over that share of the run instead. With `top`, the
+    mean of the `top` best-matching cells instead of the soft maximum (a query naming two
+    visual concepts is then pulled toward both rather than toward the one it matches best).
+    With `spread`, each query counts the more the more its region attention on its own image is
+    spread: by that attention's entropy over the log of its cell count, to the power `spread`
+    (held fixed), so a query whose attention has found its cells (or split between two named
+    concepts' few cells) is pulled less than one whose attention is still everywhere."""
     from amc_data.ranking import training
 
     region_terms = training._Run._region_terms
@@ -781,10 +793,22 @@ def _region_best_cells_hinge(weight: float, temperature: float, fade: float | No
     def with_best(self, inside, modality, regions, batch, own, positive):
         total = region_terms(self, inside, modality, regions, batch, own, positive)
         visual = self._region_query_weights(inside, modality)
-        read = visual[torch.arange(len(own), device=own.device), own]
-        match = regions.match.masked_fill(~regions.mask, float("-inf")) / temperature
+        rows = torch.arange(len(own), device=own.device)
+        read = visual[rows, own]
+        if spread is not None:
+            attention = inside["region"][rows, own].detach().float()  # (B, R)
+            cells = regions.mask.expand(len(own), -1, -1)[rows, own]
+            entropy = -(attention * attention.clamp_min(1e-12).log()).sum(-1)
+            norm = cells.sum(-1).clamp(min=2).float().log()
+            read = read * (entropy / norm).clamp(0, 1) ** spread
+        match = regions.match.masked_fill(~regions.mask, float("-inf"))
         count = regions.mask.sum(-1).clamp(min=1).float()
-        best = temperature * (torch.logsumexp(match, -1) - count.log())
+        if top is None:
+            best = temperature * (torch.logsumexp(match / temperature, -1) - count.log())
+        else:
+            values = match.topk(min(top, match.shape[-1]), dim=-1).values
+            kept = torch.isfinite(values)
+            best = values.where(kept, torch.zeros_like(values)).sum(-1) / kept.sum(-1).clamp(min=1)
         best = torch.where(regions.mask.any(-1), best, torch.zeros_like(best))
         if fade is None:  # the mean value's hinge's fading share
             share = self._mean_hinge_weight() / self.config.region_mean_hinge
@@ -1276,6 +1300,12 @@ PACKAGE = {
     },
     "pkg region best cells 0.5 at 0.05 to 0: amc": {"region_best_cells": (0.5, 0.05, 1.0)},
     "pkg region best cells 0.5 at 0.05 to 0 by half: amc": {"region_best_cells": (0.5, 0.05, 0.5)},
+    "pkg region best 2 cells 0.5: amc": {"region_best_cells": (0.5, 0.05, None, 2)},
+    "pkg region best cells 0.5 by spread: amc": {"region_best_cells": (0.5, 0.05, None, None, 1.0)},
+    "pkg region best cells 0.5 by spread squared: amc": {
+        "region_best_cells": (0.5, 0.05, None, None, 2.0)
+    },
+    "pkg region best 3 cells 0.5: amc": {"region_best_cells": (0.5, 0.05, None, 3)},
     "pkg region rows ramp 4: amc": {"region_rows": ("ramp", 4)},
     "pkg region rows ramp 8: amc": {"region_rows": ("ramp", 8)},
     "pkg keyword target 0.1 at 0.05: amc --no-inter": {
