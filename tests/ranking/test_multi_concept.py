@@ -282,3 +282,9 @@ def test_the_attention_finds_each_concept_where_it_is(trained_multi) -> None:
         assert (group["mass"] < 0.3).mean() <= 0.05, (modality, group.nsmallest(8, "mass"))
     visual = concepts[concepts["modality"] == "visual"]["mass"]
     assert visual.median() >= 0.85, visual.describe()
+    # A caption here names at most one concept of each modality: each is measured alone.
+    assert (concepts["pairs_alone"] == concepts["pairs"]).all()
+    measured = concepts["pairs"] > 0
+    assert np.allclose(
+        concepts.loc[measured, "mass_alone"], concepts.loc[measured, "mass"], equal_nan=True
+    )
