@@ -22,9 +22,10 @@ share of their mean ceiling, and, measured on each (query, relevant image) pair 
 carries the concept in that modality, the median attention mass on the concept's own regions or
 keyword against its chance level (the share of the image's regions or keywords the concept
 holds) and the median weight of the visual modality. A query naming two concepts in one
-modality rightly splits the attention between them, so `mass` alone can flag a concept the
-model finds; `mass_alone` is the median over the pairs whose query names no other concept in
-that modality: what the attention gives the concept when nothing else is asked for beside it.
+modality rightly splits the attention between them, so the median over every pair can flag a
+concept the model does find; `mass_alone` is the median over the pairs whose query names no
+other concept in that modality: what the attention gives the concept when nothing else is
+asked for beside it.
 `gate_by_named` gives the visual weight by what a query names: visual concepts only, textual
 only, or both.
 

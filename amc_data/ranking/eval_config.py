@@ -97,7 +97,8 @@ class EvalConfig:
         "With RUN folders: a concepts file (which concepts each query names and where each "
         "image carries them; `amc-data synth` writes OUT.concepts.parquet): write "
         "concepts.parquet per run (per concept: NDCG@10, its share of the ceiling, attention "
-        "mass on its own regions or keyword) and print the weakest concepts.",
+        "mass on its own regions or keyword, over every query naming it and over those naming "
+        "no other concept in that modality) and print the weakest concepts.",
     )
     threads: int = option(
         0,
