@@ -1300,6 +1300,9 @@ PACKAGE = {
     },
     "pkg region best cells 0.5 at 0.05 to 0: amc": {"region_best_cells": (0.5, 0.05, 1.0)},
     "pkg region best cells 0.5 at 0.05 to 0 by half: amc": {"region_best_cells": (0.5, 0.05, 0.5)},
+    "pkg region best cells 0.5 at 0.05 to 0 by three quarters: amc": {
+        "region_best_cells": (0.5, 0.05, 0.75)
+    },
     "pkg region best 2 cells 0.5: amc": {"region_best_cells": (0.5, 0.05, None, 2)},
     "pkg region best cells 0.5 by spread: amc": {"region_best_cells": (0.5, 0.05, None, None, 1.0)},
     "pkg region best cells 0.5 by spread squared: amc": {
