@@ -335,6 +335,11 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
     best_cells = options.pop("region_best_cells", None)
     if best_cells:  # beside the mean value's hinge, the best-matching cell's
         training._Run._region_terms = _region_best_cells_hinge(*best_cells)
+    word_cells = options.pop("region_word_cells", None)
+    encode_images = AttentionModel._encode_images
+    if word_cells:  # beside the mean value's hinge, each query word's best-matching cell's
+        AttentionModel._encode_images = _images_kept(encode_images)  # type: ignore[method-assign]
+        training._Run._region_terms = _region_word_cells_hinge(*word_cells)
     value_reading = model_module._value_reading
     if options.pop("region_match_values_only", False):  # the match teaches the values alone
         model_module._value_reading = _values_only_match(value_reading)
@@ -406,6 +411,7 @@ def package_run(world: World, work: Path, name: str, options: dict) -> dict:
         training._scored, training._Run._loss = scored, run_loss  # type: ignore[method-assign]
         training._Run._region_terms = region_terms  # type: ignore[method-assign]
         model_module._value_reading = value_reading
+        AttentionModel._encode_images = encode_images  # type: ignore[method-assign]
         EpochSampler.set_epoch = set_epoch  # type: ignore[method-assign]
     seconds = time.perf_counter() - started
     try:  # the forced gate replaces the prior's layer, which the summed words bypass
@@ -817,6 +823,62 @@ def _region_best_cells_hinge(
         return total + weight * share * self._hinge(batch, best, query_weights=read)
 
     return with_best
+
+
+_KEPT: dict = {}  # the last training forward's model and region values (the word-cells probe)
+
+
+def _images_kept(encode_images):
+    """`AttentionModel._encode_images` that keeps, in training, the model and its regions'
+    values and mask for `_region_word_cells_hinge`."""
+
+    def encode(self, images):
+        encoded = encode_images(self, images)
+        if self.training and encoded.visual is not None:
+            _KEPT.update(model=self, value=encoded.visual.value, mask=encoded.visual.mask)
+        return encoded
+
+    return encode
+
+
+def _region_word_cells_hinge(weight: float, temperature: float = 0.05):
+    """`_Run._region_terms` plus `weight` times the hinge of a late-interaction score: each
+    query word's own vector in the shared space (the query's linear map of the word alone; the
+    query's vector is their mean plus the bias) matched against each region's value, its best
+    cell by a soft maximum (log-mean-exp at `temperature`), averaged over the query's words.
+    A caption naming two visual concepts has a word for each, each pulled toward its own cells,
+    where one maximum for the whole caption pulls it toward one of them; a concept's word is
+    pulled toward its look whether or not the attention has found it. Counted and faded as the
+    mean value's hinge is."""
+    import torch.nn.functional as F
+
+    from amc_data.ranking import training
+
+    region_terms = training._Run._region_terms
+
+    def with_words(self, inside, modality, regions, batch, own, positive):
+        total = region_terms(self, inside, modality, regions, batch, own, positive)
+        model, value, mask = _KEPT["model"], _KEPT["value"], _KEPT["mask"]
+        words = F.normalize(model.query_shared(model.words(batch.query.tokens)).float(), dim=-1)
+        cells = F.normalize(value.float(), dim=-1)  # pool (P, R, d) | pairs (B, 1 + t, R, d)
+        if batch.pooled:
+            match = torch.einsum("bld,prd->bplr", words, cells)
+            cell_mask = mask[None, :, None, :]
+        else:
+            match = torch.einsum("bld,bmrd->bmlr", words, cells)
+            cell_mask = mask[:, :, None, :]
+        match = match.masked_fill(~cell_mask, float("-inf")) / temperature
+        count = cell_mask.sum(-1).clamp(min=1).float()
+        best = temperature * (torch.logsumexp(match, -1) - count.log())  # (B, M, L)
+        best = torch.where(cell_mask.any(-1), best, torch.zeros_like(best))
+        word_mask = batch.query.mask[:, None, :].float()
+        score = (best * word_mask).sum(-1) / word_mask.sum(-1).clamp(min=1)  # (B, M)
+        visual = self._region_query_weights(inside, modality)
+        read = visual[torch.arange(len(own), device=own.device), own]
+        share = self._mean_hinge_weight() / self.config.region_mean_hinge
+        return total + weight * share * self._hinge(batch, score, query_weights=read)
+
+    return with_words
 
 
 def _values_only_match(value_reading):
@@ -1304,6 +1366,9 @@ PACKAGE = {
         "region_best_cells": (0.5, 0.05, 0.75)
     },
     "pkg region best 2 cells 0.5: amc": {"region_best_cells": (0.5, 0.05, None, 2)},
+    "pkg region word cells 0.5: amc": {"region_word_cells": (0.5,)},
+    "pkg region word cells 1.0: amc": {"region_word_cells": (1.0,)},
+    "pkg region word cells 2.0: amc": {"region_word_cells": (2.0,)},
     "pkg region best cells 0.5 by spread: amc": {"region_best_cells": (0.5, 0.05, None, None, 1.0)},
     "pkg region best cells 0.5 by spread squared: amc": {
         "region_best_cells": (0.5, 0.05, None, None, 2.0)
