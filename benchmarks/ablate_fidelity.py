@@ -1366,6 +1366,7 @@ PACKAGE = {
         "region_best_cells": (0.5, 0.05, 0.75)
     },
     "pkg region best 2 cells 0.5: amc": {"region_best_cells": (0.5, 0.05, None, 2)},
+    "pkg region word cells 0.3: amc": {"region_word_cells": (0.3,)},
     "pkg region word cells 0.5: amc": {"region_word_cells": (0.5,)},
     "pkg region word cells 1.0: amc": {"region_word_cells": (1.0,)},
     "pkg region word cells 2.0: amc": {"region_word_cells": (2.0,)},
